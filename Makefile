@@ -1,0 +1,134 @@
+# nerve — build, test, run, bench.
+#
+#   make            build ./nerve (installs missing Debian packages when root)
+#   make test       unit + integration tests against a throwaway redis-server
+#   make run        nerve serve with config/nerve.yaml (starts a local redis
+#                   on a free port when REDIS_URL is unset and none answers)
+#   make bench      benchmark suite (tests/bench/README.md)
+#   make asan       the test suite built with ASan + UBSan
+#   make clean
+
+CC        ?= cc
+OPT       ?= -O2
+SANITIZER ?=
+BUILD     ?= build
+# The binary: ./nerve by default; sanitizer builds put theirs in their BUILD dir.
+BIN       ?= nerve
+
+PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto
+WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS    += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -Iinclude -pthread
+LDLIBS    += -lcivetweb -lm -pthread
+
+ifneq ($(SANITIZER),)
+CFLAGS    += -fsanitize=$(SANITIZER) -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS   += -fsanitize=$(SANITIZER)
+endif
+
+# Debian packages: build, test (cmocka, redis-server), bench (wrk).
+DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
+             libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev
+DEB_TEST  := libcmocka-dev redis-server redis-tools
+DEB_BENCH := wrk
+
+# pkg-config is only consulted once the packages are there (see deps).
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+MAIN_OBJ   := $(BUILD)/engine/main.o
+LIB        := $(BUILD)/libnerve.a
+
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+HARN_SRC   := $(wildcard tests/integration/harness*.c)
+HARN_OBJ   := $(HARN_SRC:%.c=$(BUILD)/%.o)
+INTEG_SRC  := $(wildcard tests/integration/test_*.c)
+INTEG_BIN  := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/%)
+BENCH_SRC  := $(wildcard tests/bench/*.c)
+BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+
+DEPS_STAMP := $(BUILD)/.deps-build
+TDEPS_STAMP := $(BUILD)/.deps-test
+
+.PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind clean
+.DEFAULT_GOAL := all
+
+all: $(BIN)
+
+# --- Debian packages -------------------------------------------------------
+# install_pkgs LIST: install what dpkg does not report as installed, when we are
+# root; otherwise print the exact command and fail.
+define install_pkgs
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >&2 || exit 1; \
+	  else \
+	    echo "deps: missing Debian packages; run as root:"; \
+	    echo "  apt-get update && apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+endef
+
+$(DEPS_STAMP):
+	$(call install_pkgs,$(DEB_BUILD))
+	@mkdir -p $(@D) && touch $@
+$(TDEPS_STAMP): $(DEPS_STAMP)
+	$(call install_pkgs,$(DEB_TEST))
+	@mkdir -p $(@D) && touch $@
+
+deps: $(DEPS_STAMP)
+deps-test: $(TDEPS_STAMP)
+deps-bench: $(TDEPS_STAMP)
+	$(call install_pkgs,$(DEB_BENCH))
+
+# --- build -----------------------------------------------------------------
+$(BIN): $(MAIN_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
+
+$(LIB): $(ENGINE_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) | $(TDEPS_STAMP)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/integration/%.o $(HARN_OBJ) $(LIB) | $(TDEPS_STAMP)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
+
+# --- run, test, bench --------------------------------------------------------
+test: $(BIN) $(UNIT_BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) $(INTEG_BIN)
+
+unit: $(UNIT_BIN)
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN)
+
+integration: $(BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(INTEG_BIN)
+
+run: $(BIN) | $(TDEPS_STAMP)
+	@tests/lib/run-local.sh ./$(BIN) serve -c config/nerve.yaml $(ARGS)
+
+bench: $(BIN) $(BENCH_BIN) deps-bench
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/run.sh
+
+asan:
+	$(MAKE) BUILD=build-asan BIN=build-asan/nerve SANITIZER=address,undefined OPT=-O1 test
+
+clean:
+	rm -rf build build-asan nerve
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

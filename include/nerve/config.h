@@ -1,0 +1,110 @@
+/* config.h -- typed settings loaded from YAML (libyaml).
+ *
+ * cfg_load() reads one YAML file, applies environment overrides and then
+ * `--set dotted.key=value` overrides, and validates every key against one
+ * table of key, type, range and default (engine/config.c). Unknown keys, wrong
+ * types and out-of-range values are errors reported as
+ *     FILE:LINE:COLUMN: key: message
+ * (1-based line and column; overrides report as `--set key: message` or
+ * `env NAME: message`). Every error found is reported, not just the first.
+ *
+ * Ownership: cfg_load() returns a cfg the caller owns and frees with
+ * cfg_free(); every string and array inside it belongs to the cfg. A cfg is
+ * immutable after load and may be read from any thread.
+ */
+#ifndef NERVE_CONFIG_H
+#define NERVE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct cJSON;
+
+typedef struct cfg_seed {
+    char *sku;
+    long long stock;
+} cfg_seed;
+
+typedef struct cfg {
+    char *path;                 /* the file it was read from */
+
+    /* server */
+    char *listen;               /* "HOST:PORT", default 127.0.0.1:8011 */
+    int threads;                /* CivetWeb worker threads, 1..1024, default 32 */
+    long max_body_bytes;        /* 64..1048576, default 8192 */
+    char *cors_origin;          /* "" = no CORS headers */
+    char *pidfile;              /* "" = none */
+    int request_timeout_ms;     /* 100..600000, default 10000 */
+    int shutdown_grace_ms;      /* 0..600000, default 10000 */
+
+    /* redis */
+    char *redis_url;            /* redis://[user:pass@]host:port/db */
+    int redis_connect_timeout_ms;   /* 1..60000, default 1000 */
+    int redis_command_timeout_ms;   /* 1..60000, default 1000 */
+    int redis_reconnect_max_ms;     /* 1..60000, default 2000 */
+    char *redis_prefix;         /* default "nerve:" */
+
+    /* bus */
+    char **bus_channels;        /* subscribed channels */
+    size_t n_bus_channels;
+    char *alerts_channel;       /* default system_alerts */
+    char *inventory_channel;    /* default inventory_events */
+    char *sales_channel;        /* default sales_events */
+    int queue_size;             /* bounded event queue, 1..1000000, default 10000 */
+    long max_event_bytes;       /* 64..16777216, default 65536 */
+
+    /* lock */
+    int lock_ttl_ms;            /* 10..600000, default 2000 */
+    int lock_max_wait_ms;       /* 0..600000, default 1000 */
+
+    /* sale */
+    long long max_qty;          /* 1..1000000000, default 1000 */
+    int idempotency_ttl_s;      /* 1..31536000, default 86400 */
+    int max_batch;              /* sales of one SKU committed per lock, 1..1024, default 128 */
+
+    /* rules */
+    char *rules_dir;            /* default "rules" */
+    char **rules_files;         /* optional explicit list; empty = every *.lua in rules_dir */
+    size_t n_rules_files;
+    long long rules_instruction_limit;  /* 1000..1e9, default 1000000 */
+    long long rules_memory_limit;       /* bytes per Lua state, 65536..1<<31, default 8 MiB */
+    struct cJSON *params;       /* rules.params as a JSON tree (object), never NULL */
+
+    /* panic (emergency stop) */
+    char *panic_webhook_url;    /* "" = none */
+    int panic_timeout_ms;       /* per attempt, 1..600000, default 2000 */
+    int panic_max_attempts;     /* 1..100, default 5 */
+    int panic_backoff_initial_ms;   /* 1..600000, default 100 */
+    int panic_backoff_max_ms;       /* 1..3600000, default 5000 */
+    double panic_backoff_multiplier;/* 1.0..10.0, default 2.0 */
+    bool panic_jitter;          /* full jitter, default true */
+    bool panic_dry_run;         /* default false */
+
+    /* alerts */
+    int alerts_throttle_s;      /* 0..86400, default 60 */
+    long audit_maxlen;          /* nerve:audit cap, 1..10000000, default 10000 */
+
+    /* inventory.seed */
+    cfg_seed *seed;
+    size_t n_seed;
+
+    /* log */
+    char *log_level;            /* debug|info|warn|error, default info */
+    char *log_format;           /* text|json, default text */
+
+    /* secrets: environment only (NERVE_ADMIN_TOKEN, NERVE_PANIC_TOKEN); NULL when unset */
+    char *admin_token;
+    char *panic_token;
+} cfg;
+
+/* Load and validate PATH, then the environment overrides (REDIS_URL,
+ * NERVE_LISTEN, NERVE_RULES_DIR, NERVE_PANIC_URL, secrets), then SETS (each
+ * "dotted.key=value", NSETS of them) in order. On success returns a new cfg and
+ * sets *errors to NULL. On failure returns NULL and sets *errors to a
+ * malloc'd text, one message per line, that the caller frees. */
+cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors);
+
+/* Free a cfg; NULL is fine. */
+void cfg_free(cfg *c);
+
+#endif

@@ -1,0 +1,83 @@
+/* rds.h -- Redis connections (hiredis) with timeouts, reconnect and scripts.
+ *
+ * An rds_client is one hiredis connection. It is NOT thread-safe: each thread
+ * uses its own, which rds_pool hands out (one per calling thread, created on
+ * first use), so the hot path never waits on a shared lock. A client connects
+ * lazily; when a command fails with an I/O or protocol error the connection is
+ * dropped and the next call reconnects, but not before a capped exponential
+ * backoff has passed (1 ms doubling up to redis_reconnect_max_ms): while it
+ * waits, calls fail at once, which is what lets sales answer 503 quickly while
+ * Redis is down and recover by themselves when it is back.
+ *
+ * Ownership: replies returned by rds_* are the caller's, freed with
+ * freeReplyObject(). rds_pool_free() frees every client it created.
+ */
+#ifndef NERVE_RDS_H
+#define NERVE_RDS_H
+
+#include <stddef.h>
+#include <hiredis/hiredis.h>
+
+typedef struct rds_opts {
+    char host[256];
+    int port;
+    char user[128];             /* "" = AUTH with password only (or none) */
+    char pass[256];             /* "" = no AUTH */
+    int db;
+    int connect_timeout_ms;
+    int command_timeout_ms;
+    int reconnect_max_ms;
+} rds_opts;
+
+/* Parse redis://[user:pass@]host[:port][/db] (also `:pass@` and
+ * percent-escapes in user and password) into O, keeping O's timeouts.
+ * Returns 0, or -1 with a message in ERR. */
+int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen);
+
+typedef struct rds_client rds_client;
+
+/* A client that connects on first use. Copies O. NULL only on OOM. */
+rds_client *rds_client_new(const rds_opts *o);
+void rds_client_free(rds_client *c);
+
+/* Run one command (printf-style as redisCommand, or argv form). Returns the
+ * reply, or NULL on a connection problem (rds_errstr says which); an error
+ * reply from Redis is returned as a REDIS_REPLY_ERROR reply, not NULL. */
+redisReply *rds_command(rds_client *c, const char *fmt, ...);
+redisReply *rds_commandargv(rds_client *c, int argc, const char **argv,
+                            const size_t *argvlen);
+
+/* Pipelining: queue commands with rds_append*, then read exactly as many
+ * replies with rds_get_reply. On NULL the connection was dropped; every
+ * reply still pending is lost. */
+int rds_appendargv(rds_client *c, int argc, const char **argv, const size_t *argvlen);
+redisReply *rds_get_reply(rds_client *c);
+
+/* The last connection error, "" if none. */
+const char *rds_errstr(const rds_client *c);
+/* 1 when connected (or never tried), 0 while down. */
+int rds_is_up(const rds_client *c);
+
+/* A Lua script run by EVALSHA, loaded again by SCRIPT LOAD when Redis
+ * answers NOSCRIPT (after a restart or SCRIPT FLUSH). Define one per script
+ * as a static: RDS_SCRIPT(name, "lua source"). The sha is filled on first
+ * use; sharing one rds_script across threads is safe. */
+typedef struct rds_script {
+    const char *src;
+    char sha[41];
+    int loaded;                 /* accessed atomically */
+} rds_script;
+#define RDS_SCRIPT_INIT(source) { (source), {0}, 0 }
+
+/* EVALSHA SCRIPT NKEYS ARGV... (ARGC strings, the keys first). Returns the
+ * reply or NULL as rds_command. */
+redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
+                     const char **argv, const size_t *argvlen);
+
+/* One client per calling thread. Thread-safe. */
+typedef struct rds_pool rds_pool;
+rds_pool *rds_pool_new(const rds_opts *o);
+rds_client *rds_pool_client(rds_pool *p);    /* never NULL except on OOM */
+void rds_pool_free(rds_pool *p);
+
+#endif

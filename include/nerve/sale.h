@@ -1,0 +1,109 @@
+/* sale.h -- the atomic sale: request validation, per-SKU coalescing and the
+ * fenced commit script.
+ *
+ * A sale of SKU runs under the distributed lock nerve:{SKU}:lock. Sales of one
+ * SKU that arrive while another is in progress in this process queue up; the
+ * thread whose request is at the head of the queue takes the lock once and
+ * commits the whole batch (up to cfg.max_batch sales, in arrival order) with
+ * one script call. The script checks, atomically inside Redis: that the lock
+ * is still held by our token (fencing: a holder stalled past the TTL cannot
+ * commit after another took over), each order_id against its idempotency
+ * record, each qty against the stock; it then decrements, records the orders
+ * and publishes the stock_changed and sale events. Every sale is still checked
+ * on its own; batching only shares the lock round trips.
+ *
+ * Keys (PREFIX defaults to "nerve:"): PREFIX{SKU}:stock, PREFIX{SKU}:lock,
+ * PREFIX{SKU}:order:<order_id> (one hash tag per SKU: single-slot scripts).
+ *
+ * Ownership: sale_engine_new copies what it needs from its options except the
+ * pool, which must outlive the engine. sale_execute is thread-safe.
+ */
+#ifndef NERVE_SALE_H
+#define NERVE_SALE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "nerve/rds.h"
+
+#define SALE_STR_MAX 128        /* sku and order_id, bytes */
+
+typedef struct sale_req {
+    char sku[SALE_STR_MAX + 1];
+    long long qty;
+    char order_id[SALE_STR_MAX + 1];    /* generated when the client sent none */
+    bool client_order_id;               /* true when the client sent it */
+    double unit_price;
+    bool has_price;
+} sale_req;
+
+typedef enum {
+    SALE_OK = 0,            /* 200 (also a duplicate: see res.duplicate) */
+    SALE_BAD_REQUEST,       /* 400 */
+    SALE_OUT_OF_STOCK,      /* 409 (also an SKU with no stock record) */
+    SALE_REJECTED,          /* 422 a sale_request rule said no */
+    SALE_HALTED,            /* 423 kill switch with halt_sales */
+    SALE_UNAVAILABLE,       /* 503 Redis down or lock wait exceeded */
+} sale_status;
+
+typedef struct sale_res {
+    sale_status status;
+    long long qty;                  /* for a duplicate: the first sale's */
+    long long stock_remaining;      /* -1 when unknown */
+    bool duplicate;
+    char message[256];              /* human text for errors */
+    char rule[129];                 /* SALE_REJECTED */
+    char reason[256];               /* SALE_REJECTED */
+    char scope[160];                /* SALE_HALTED */
+} sale_res;
+
+/* Validate a JSON body: {"sku": str, "qty": int >= 1, "order_id": str?,
+ * "unit_price": number?}. On success fills REQ (generating an order_id when
+ * absent) and returns 0; otherwise returns -1 with a human message in ERR. */
+int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
+               char *err, size_t errlen);
+
+/* 1 when S is a valid SKU: 1..SALE_STR_MAX bytes of [A-Za-z0-9._:-]. */
+int sale_sku_valid(const char *s, size_t len);
+
+/* Called for each sale before it is queued; returns SALE_OK to let it pass or
+ * SALE_HALTED/SALE_REJECTED with RES filled in. Must be thread-safe. */
+typedef sale_status (*sale_gate_fn)(void *ud, const sale_req *req, sale_res *res);
+
+typedef struct sale_opts {
+    const char *prefix;             /* key prefix, "nerve:" */
+    const char *inventory_channel;  /* stock_changed events */
+    const char *sales_channel;      /* sale events */
+    int lock_ttl_ms;
+    int lock_max_wait_ms;
+    int idempotency_ttl_s;
+    int max_batch;
+    long long max_qty;
+    sale_gate_fn gate;              /* may be NULL */
+    void *gate_ud;
+} sale_opts;
+
+typedef struct sale_engine sale_engine;
+
+/* NULL only on OOM. POOL must outlive the engine. */
+sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool);
+void sale_engine_free(sale_engine *e);
+
+/* Run one validated sale to its end, waiting for its batch. Thread-safe. */
+void sale_execute(sale_engine *e, const sale_req *req, sale_res *res);
+
+/* Commit N sales of SKU with the lock held by TOKEN, in one script call.
+ * Exposed for tests of the fencing. Returns 0 with RES[0..N) filled, 1 when
+ * the lock is not held by TOKEN (nothing changed), -1 on a Redis error
+ * (message in ERR; state unknown only if the connection broke mid-call, in
+ * which case the script ran entirely or not at all). */
+int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
+                const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen);
+
+/* Stock record helpers. sale_stock_get: 0 with *stock set, 1 when the SKU
+ * has no stock record, -1 on error. sale_stock_set: 0 or -1. sale_stock_seed:
+ * SET NX; 1 when set, 0 when already present, -1 on error. */
+int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long *stock);
+int sale_stock_set(rds_client *c, const char *prefix, const char *sku, long long stock);
+int sale_stock_seed(rds_client *c, const char *prefix, const char *sku, long long stock);
+
+#endif
