@@ -30,7 +30,7 @@ typedef struct cfg {
 
     /* server */
     char *listen;               /* "HOST:PORT", default 127.0.0.1:8011 */
-    int threads;                /* CivetWeb worker threads, 1..1024, default 32 */
+    int threads;                /* CivetWeb worker threads, 1..1024, default 128: one per open keep-alive connection */
     long max_body_bytes;        /* 64..1048576, default 8192 */
     char *cors_origin;          /* "" = no CORS headers */
     char *pidfile;              /* "" = none */

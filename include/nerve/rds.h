@@ -65,7 +65,7 @@ int rds_is_up(const rds_client *c);
 typedef struct rds_script {
     const char *src;
     char sha[41];
-    int loaded;                 /* accessed atomically */
+    _Atomic int loaded;         /* sha is set; sha is never written after */
 } rds_script;
 #define RDS_SCRIPT_INIT(source) { (source), {0}, 0 }
 

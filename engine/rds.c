@@ -1,0 +1,362 @@
+/* rds.c -- Redis connections with timeouts, AUTH/SELECT, reconnect backoff,
+ * EVALSHA scripts and a per-thread pool (see rds.h).
+ *
+ * Why a pool of per-thread clients rather than one shared connection: a
+ * redisContext is not thread-safe, and a mutex around a shared one would
+ * serialise every sale. Each HTTP worker gets its own connection instead.
+ */
+#include "nerve/rds.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct rds_client {
+    rds_opts o;
+    redisContext *ctx;
+    int down;                   /* last attempt failed */
+    int backoff_ms;             /* current reconnect backoff */
+    long long retry_at_ms;      /* monotonic ms before which we do not retry */
+    char errstr[256];
+};
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void set_error(rds_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(rds_client *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- URL ---------------------------------------------------------------- */
+
+static int unescape(const char *s, size_t len, char *out, size_t cap) {
+    size_t j = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (ch == '%') {
+            if (i + 2 >= len) return -1;    /* needs two hex digits */
+            char hex[3] = { s[i + 1], s[i + 2], 0 };
+            char *end;
+            long v = strtol(hex, &end, 16);
+            if (*end || end != hex + 2) return -1;
+            ch = (char)v;
+            i += 2;
+        }
+        if (j + 1 >= cap) return -1;
+        out[j++] = ch;
+    }
+    out[j] = 0;
+    return 0;
+}
+
+int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen) {
+    const char *p;
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "redis url must start with redis:// (got \"%.64s\")", url);
+        return -1;
+    }
+    p = url + 8;
+    o->user[0] = o->pass[0] = 0;
+    o->port = 6379;
+    o->db = 0;
+
+    const char *at = strrchr(p, '@');
+    const char *slash = strchr(at ? at : p, '/');
+    if (at && (!slash || at < slash)) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            if (unescape(p, (size_t)(colon - p), o->user, sizeof o->user) ||
+                unescape(colon + 1, (size_t)(at - colon - 1), o->pass, sizeof o->pass)) {
+                snprintf(err, errlen, "redis url: bad user or password");
+                return -1;
+            }
+        } else if (unescape(p, (size_t)(at - p), o->pass, sizeof o->pass)) {
+            snprintf(err, errlen, "redis url: bad password");
+            return -1;
+        }
+        p = at + 1;
+    }
+    const char *hostend = p + strcspn(p, ":/");
+    size_t hl = (size_t)(hostend - p);
+    if (hl == 0 || hl >= sizeof o->host) {
+        snprintf(err, errlen, "redis url: missing or too long host");
+        return -1;
+    }
+    memcpy(o->host, p, hl);
+    o->host[hl] = 0;
+    p = hostend;
+    if (*p == ':') {
+        char *end;
+        errno = 0;
+        long v = strtol(p + 1, &end, 10);
+        if (end == p + 1 || errno || v < 1 || v > 65535 || (*end && *end != '/')) {
+            snprintf(err, errlen, "redis url: port must be 1..65535");
+            return -1;
+        }
+        o->port = (int)v;
+        p = end;
+    }
+    if (*p == '/') {
+        p++;
+        if (*p) {
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || *end || errno || v < 0 || v > 100000) {
+                snprintf(err, errlen, "redis url: database must be a number >= 0");
+                return -1;
+            }
+            o->db = (int)v;
+        }
+    }
+    return 0;
+}
+
+/* ---- client --------------------------------------------------------------- */
+
+rds_client *rds_client_new(const rds_opts *o) {
+    rds_client *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->o = *o;
+    return c;
+}
+
+static void drop(rds_client *c) {
+    if (c->ctx) {
+        redisFree(c->ctx);
+        c->ctx = NULL;
+    }
+    /* Capped exponential backoff between reconnect attempts. */
+    c->down = 1;
+    c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 1;
+    int cap = c->o.reconnect_max_ms > 0 ? c->o.reconnect_max_ms : 2000;
+    if (c->backoff_ms > cap) c->backoff_ms = cap;
+    c->retry_at_ms = now_ms() + c->backoff_ms;
+}
+
+void rds_client_free(rds_client *c) {
+    if (!c) return;
+    if (c->ctx) redisFree(c->ctx);
+    free(c);
+}
+
+static struct timeval tv_ms(int ms) {
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return tv;
+}
+
+/* Run a setup command on a fresh context; 0 ok. */
+static int setup_cmd(rds_client *c, redisReply *r, const char *what) {
+    if (!r) {
+        set_error(c, "%s: %s", what, c->ctx->errstr);
+        return -1;
+    }
+    int bad = r->type == REDIS_REPLY_ERROR;
+    if (bad) set_error(c, "%s: %s", what, r->str);
+    freeReplyObject(r);
+    return bad ? -1 : 0;
+}
+
+static int ensure(rds_client *c) {
+    if (c->ctx) return 0;
+    if (c->down && now_ms() < c->retry_at_ms) {
+        if (!c->errstr[0]) set_error(c, "redis down, retrying");
+        return -1;
+    }
+    c->ctx = redisConnectWithTimeout(c->o.host, c->o.port, tv_ms(c->o.connect_timeout_ms));
+    if (!c->ctx || c->ctx->err) {
+        set_error(c, "connect %s:%d: %s", c->o.host, c->o.port,
+                  c->ctx ? c->ctx->errstr : "out of memory");
+        drop(c);
+        return -1;
+    }
+    redisSetTimeout(c->ctx, tv_ms(c->o.command_timeout_ms));
+    redisEnableKeepAlive(c->ctx);
+    if (c->o.pass[0]) {
+        redisReply *r = c->o.user[0]
+            ? redisCommand(c->ctx, "AUTH %s %s", c->o.user, c->o.pass)
+            : redisCommand(c->ctx, "AUTH %s", c->o.pass);
+        if (setup_cmd(c, r, "AUTH")) goto err;
+    }
+    if (c->o.db) {
+        if (setup_cmd(c, redisCommand(c->ctx, "SELECT %d", c->o.db), "SELECT")) goto err;
+    }
+    c->down = 0;
+    c->backoff_ms = 0;
+    c->errstr[0] = 0;
+    return 0;
+err:
+    drop(c);
+    return -1;
+}
+
+/* After a NULL reply the context is unusable: remember why and drop it. */
+static void *failed(rds_client *c) {
+    set_error(c, "%s", c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
+    drop(c);
+    return NULL;
+}
+
+redisReply *rds_command(rds_client *c, const char *fmt, ...) {
+    if (ensure(c)) return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c->ctx, fmt, ap);
+    va_end(ap);
+    return r ? r : failed(c);
+}
+
+redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
+    if (ensure(c)) return NULL;
+    redisReply *r = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    return r ? r : failed(c);
+}
+
+int rds_appendargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
+    if (ensure(c)) return -1;
+    if (redisAppendCommandArgv(c->ctx, argc, argv, argvlen) != REDIS_OK) {
+        failed(c);
+        return -1;
+    }
+    return 0;
+}
+
+redisReply *rds_get_reply(rds_client *c) {
+    if (!c->ctx) return NULL;
+    void *r = NULL;
+    if (redisGetReply(c->ctx, &r) != REDIS_OK || !r) return failed(c);
+    return r;
+}
+
+const char *rds_errstr(const rds_client *c) { return c->errstr; }
+int rds_is_up(const rds_client *c) { return !c->down; }
+
+/* ---- scripts --------------------------------------------------------------- */
+
+/* SCRIPT LOAD S. The sha is a pure function of the source, so it is stored
+ * once (under a mutex) and never written again; a later load after NOSCRIPT
+ * only puts the script back into Redis' cache. */
+static int load_script(rds_client *c, rds_script *s) {
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    redisReply *r = rds_command(c, "SCRIPT LOAD %s", s->src);
+    if (!r) return -1;
+    if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+        set_error(c, "SCRIPT LOAD: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        freeReplyObject(r);
+        return -1;
+    }
+    pthread_mutex_lock(&mu);
+    if (!atomic_load_explicit(&s->loaded, memory_order_relaxed)) {
+        memcpy(s->sha, r->str, 40);
+        s->sha[40] = 0;
+        atomic_store_explicit(&s->loaded, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&mu);
+    freeReplyObject(r);
+    return 0;
+}
+
+redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
+                     const char **argv, const size_t *argvlen) {
+    /* Heap, not stack: CivetWeb workers run on small (~100 KiB) stacks. */
+    const char **av = malloc(((size_t)argc + 3) * sizeof *av);
+    size_t *al = malloc(((size_t)argc + 3) * sizeof *al);
+    redisReply *r = NULL;
+    char nk[16];
+    if (!av || !al) {
+        set_error(c, "out of memory");
+        goto out;
+    }
+    snprintf(nk, sizeof nk, "%d", nkeys);
+    av[0] = "EVALSHA"; al[0] = 7;
+    av[2] = nk;        al[2] = strlen(nk);
+    for (int i = 0; i < argc; i++) {
+        av[i + 3] = argv[i];
+        al[i + 3] = argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+    for (int tries = 0; tries < 2; tries++) {
+        if ((tries > 0 || !atomic_load_explicit(&s->loaded, memory_order_acquire)) &&
+            load_script(c, s))
+            goto out;
+        av[1] = s->sha; al[1] = 40;
+        r = rds_commandargv(c, argc + 3, av, al);
+        if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+            /* Redis restarted or flushed its script cache: load again. */
+            freeReplyObject(r);
+            r = NULL;
+            continue;
+        }
+        goto out;
+    }
+    set_error(c, "script could not be loaded");
+out:
+    free(av);
+    free(al);
+    return r;
+}
+
+/* ---- pool ------------------------------------------------------------------ */
+
+struct rds_pool {
+    rds_opts o;
+    pthread_key_t key;
+    pthread_mutex_t mu;         /* guards the list of all clients */
+    rds_client **all;
+    size_t n, cap;
+};
+
+rds_pool *rds_pool_new(const rds_opts *o) {
+    rds_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->o = *o;
+    if (pthread_key_create(&p->key, NULL)) {
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    return p;
+}
+
+rds_client *rds_pool_client(rds_pool *p) {
+    rds_client *c = pthread_getspecific(p->key);
+    if (c) return c;
+    c = rds_client_new(&p->o);
+    if (!c) return NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->n == p->cap) {
+        size_t ncap = p->cap ? p->cap * 2 : 16;
+        rds_client **na = realloc(p->all, ncap * sizeof *na);
+        if (!na) {
+            pthread_mutex_unlock(&p->mu);
+            rds_client_free(c);
+            return NULL;
+        }
+        p->all = na;
+        p->cap = ncap;
+    }
+    p->all[p->n++] = c;
+    pthread_mutex_unlock(&p->mu);
+    pthread_setspecific(p->key, c);
+    return c;
+}
+
+void rds_pool_free(rds_pool *p) {
+    if (!p) return;
+    for (size_t i = 0; i < p->n; i++) rds_client_free(p->all[i]);
+    free(p->all);
+    pthread_key_delete(p->key);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

@@ -1,0 +1,562 @@
+/* sale.c -- the atomic sale (see sale.h).
+ *
+ * Why coalescing: a distributed lock taken per request costs at least two
+ * Redis round trips during which every other sale of that SKU waits, so a
+ * hot SKU would be capped at a few thousand sales/s however many threads we
+ * have. Instead, sales of one SKU queue in this process and the thread at the
+ * head of the queue commits everything queued so far under ONE lock
+ * acquisition and ONE script call; the others sleep on a condition variable
+ * until their result is filled in. The script still checks every sale on its
+ * own, in order, against the lock token, its idempotency record and the stock,
+ * so batching changes latency and throughput, never the outcome.
+ */
+#include "nerve/sale.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nerve/lock.h"
+#include "nerve/log.h"
+
+#define KEY_MAX 512
+
+/* ---- validation ------------------------------------------------------------ */
+
+int sale_sku_valid(const char *s, size_t len) {
+    if (len == 0 || len > SALE_STR_MAX) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* An order id is printable ASCII without spaces: it becomes part of a key
+ * and of logs, and clients use UUIDs or similar. */
+static int order_id_valid(const char *s, size_t len) {
+    if (len == 0 || len > SALE_STR_MAX) return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f) return 0;
+    return 1;
+}
+
+int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
+               char *err, size_t errlen) {
+    memset(req, 0, sizeof *req);
+    if (len == 0) {
+        snprintf(err, errlen, "request body is empty; expected a JSON object");
+        return -1;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    int rc = -1;
+    if (!root || (size_t)(end - body) < len) {
+        /* Allow only trailing white space after the object. */
+        if (root) {
+            while ((size_t)(end - body) < len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+                end++;
+            if ((size_t)(end - body) == len) goto parsed;
+        }
+        snprintf(err, errlen, "malformed JSON body");
+        goto out;
+    }
+parsed:
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, errlen, "body must be a JSON object");
+        goto out;
+    }
+    const cJSON *sku = cJSON_GetObjectItemCaseSensitive(root, "sku");
+    if (!sku) {
+        snprintf(err, errlen, "sku is required");
+        goto out;
+    }
+    if (!cJSON_IsString(sku)) {
+        snprintf(err, errlen, "sku must be a string");
+        goto out;
+    }
+    size_t sl = strlen(sku->valuestring);
+    if (sl == 0) {
+        snprintf(err, errlen, "sku must not be empty");
+        goto out;
+    }
+    if (sl > SALE_STR_MAX) {
+        snprintf(err, errlen, "sku must be at most %d bytes", SALE_STR_MAX);
+        goto out;
+    }
+    if (!sale_sku_valid(sku->valuestring, sl)) {
+        snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . : -");
+        goto out;
+    }
+    memcpy(req->sku, sku->valuestring, sl + 1);
+
+    const cJSON *qty = cJSON_GetObjectItemCaseSensitive(root, "qty");
+    if (!qty) {
+        snprintf(err, errlen, "qty is required");
+        goto out;
+    }
+    if (!cJSON_IsNumber(qty) || !isfinite(qty->valuedouble) ||
+        qty->valuedouble != floor(qty->valuedouble)) {
+        snprintf(err, errlen, "qty must be an integer");
+        goto out;
+    }
+    if (qty->valuedouble < 1 || qty->valuedouble > (double)max_qty) {
+        snprintf(err, errlen, "qty must be between 1 and %lld", max_qty);
+        goto out;
+    }
+    req->qty = (long long)qty->valuedouble;
+
+    const cJSON *oid = cJSON_GetObjectItemCaseSensitive(root, "order_id");
+    if (oid && !cJSON_IsNull(oid)) {
+        if (!cJSON_IsString(oid)) {
+            snprintf(err, errlen, "order_id must be a string");
+            goto out;
+        }
+        size_t ol = strlen(oid->valuestring);
+        if (ol > SALE_STR_MAX) {
+            snprintf(err, errlen, "order_id must be at most %d bytes", SALE_STR_MAX);
+            goto out;
+        }
+        if (!order_id_valid(oid->valuestring, ol)) {
+            snprintf(err, errlen, "order_id must be 1 to %d printable ASCII characters without spaces",
+                     SALE_STR_MAX);
+            goto out;
+        }
+        memcpy(req->order_id, oid->valuestring, ol + 1);
+        req->client_order_id = true;
+    } else {
+        char tok[LOCK_TOKEN_LEN + 1];
+        lock_token_new(tok);
+        snprintf(req->order_id, sizeof req->order_id, "ord-%s", tok);
+    }
+
+    const cJSON *price = cJSON_GetObjectItemCaseSensitive(root, "unit_price");
+    if (price && !cJSON_IsNull(price)) {
+        if (!cJSON_IsNumber(price) || !isfinite(price->valuedouble) || price->valuedouble < 0 ||
+            price->valuedouble > 1e15) {
+            snprintf(err, errlen, "unit_price must be a number between 0 and 1e15");
+            goto out;
+        }
+        req->unit_price = price->valuedouble;
+        req->has_price = true;
+    }
+    rc = 0;
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- keys ------------------------------------------------------------------- */
+
+static int key(char *buf, const char *prefix, const char *sku, const char *suffix) {
+    int n = snprintf(buf, KEY_MAX, "%s{%s}:%s", prefix, sku, suffix);
+    return n > 0 && n < KEY_MAX ? n : -1;
+}
+
+/* ---- the commit script --------------------------------------------------------
+ * KEYS[1] lock, KEYS[2] stock, KEYS[2+i] order record of sale i.
+ * ARGV[1] token, [2] order ttl s, [3] inventory channel, [4] sales channel,
+ * [5] ts (epoch seconds), [6] sku, [7] "1" to release the lock at the end,
+ * then per sale: qty, unit_price ("" = none), order_id.
+ * Reply: {"ok", code1, val1, code2, val2, ...} with code "ok" (val = stock
+ * remaining), "oos" (val = stock), "none" (no stock record), "dup" (val =
+ * "qty:stock_remaining" of the first sale); or {"lock_lost"}. */
+static rds_script commit_script = RDS_SCRIPT_INIT(
+    LOCK_FENCE_LUA
+    "local s = redis.call('GET', KEYS[2])\n"
+    "local stock = s and tonumber(s)\n"
+    "local sold = false\n"
+    "local ts = tonumber(ARGV[5])\n"
+    "local out = {'ok'}\n"
+    "for i = 1, #KEYS - 2 do\n"
+    "  local b = 8 + (i - 1) * 3\n"
+    "  local qty = tonumber(ARGV[b])\n"
+    "  local okey = KEYS[2 + i]\n"
+    "  local prev = redis.call('GET', okey)\n"
+    "  if prev then\n"
+    "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
+    "  elseif not stock then\n"
+    "    out[#out + 1] = 'none'; out[#out + 1] = 0\n"
+    "  elseif stock < qty then\n"
+    "    out[#out + 1] = 'oos'; out[#out + 1] = stock\n"
+    "  else\n"
+    "    stock = stock - qty\n"
+    "    sold = true\n"
+    "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
+    "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
+    "    local price = cjson.null\n"
+    "    if ARGV[b + 1] ~= '' then price = tonumber(ARGV[b + 1]) end\n"
+    "    redis.call('PUBLISH', ARGV[3], cjson.encode({type='stock_changed', sku=ARGV[6],\n"
+    "      stock_remaining=stock, ts=ts}))\n"
+    "    redis.call('PUBLISH', ARGV[4], cjson.encode({type='sale', sku=ARGV[6], qty=qty,\n"
+    "      unit_price=price, order_id=ARGV[b + 2], ts=ts}))\n"
+    "  end\n"
+    "end\n"
+    "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
+    "if ARGV[7] == '1' then redis.call('DEL', KEYS[1]) end\n"
+    "return out\n");
+
+static void set_unavailable(sale_res *r, const char *msg) {
+    r->status = SALE_UNAVAILABLE;
+    r->stock_remaining = -1;
+    snprintf(r->message, sizeof r->message, "%s", msg);
+}
+
+static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const char *token,
+                       const sale_req *const *reqs, sale_res *const *res, size_t n,
+                       int release, char *err, size_t errlen) {
+    size_t nkeys = 2 + n, argc = nkeys + 7 + 3 * n;
+    const char **argv = calloc(argc, sizeof *argv);
+    size_t *argvlen = calloc(argc, sizeof *argvlen);
+    char (*keys)[KEY_MAX] = calloc(nkeys, KEY_MAX);
+    char (*nums)[2][40] = calloc(n, sizeof *nums);
+    char ttl[24], ts[40];
+    int rc = -1;
+    redisReply *r = NULL;
+    if (!argv || !argvlen || !keys || !nums) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (key(keys[0], o->prefix, sku, "lock") < 0 || key(keys[1], o->prefix, sku, "stock") < 0) {
+        snprintf(err, errlen, "key too long");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char suffix[KEY_MAX];
+        snprintf(suffix, sizeof suffix, "order:%s", reqs[i]->order_id);
+        if (key(keys[2 + i], o->prefix, sku, suffix) < 0) {
+            snprintf(err, errlen, "key too long");
+            goto out;
+        }
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    snprintf(ttl, sizeof ttl, "%d", o->idempotency_ttl_s);
+    snprintf(ts, sizeof ts, "%lld.%03ld", (long long)now.tv_sec, now.tv_nsec / 1000000);
+
+    size_t a = 0;
+    for (size_t i = 0; i < nkeys; i++) argv[a++] = keys[i];
+    argv[a++] = token;
+    argv[a++] = ttl;
+    argv[a++] = o->inventory_channel;
+    argv[a++] = o->sales_channel;
+    argv[a++] = ts;
+    argv[a++] = sku;
+    argv[a++] = release ? "1" : "0";
+    for (size_t i = 0; i < n; i++) {
+        snprintf(nums[i][0], sizeof nums[i][0], "%lld", reqs[i]->qty);
+        if (reqs[i]->has_price)
+            snprintf(nums[i][1], sizeof nums[i][1], "%.17g", reqs[i]->unit_price);
+        argv[a++] = nums[i][0];
+        argv[a++] = nums[i][1];
+        argv[a++] = reqs[i]->order_id;
+    }
+    for (size_t i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
+
+    r = rds_eval(c, &commit_script, (int)nkeys, (int)argc, argv, argvlen);
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", rds_errstr(c));
+        goto out;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        goto out;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING) {
+        snprintf(err, errlen, "redis: unexpected reply to the commit script");
+        goto out;
+    }
+    if (strcmp(r->element[0]->str, "lock_lost") == 0) {
+        rc = 1;
+        goto out;
+    }
+    if (r->elements != 1 + 2 * n) {
+        snprintf(err, errlen, "redis: commit script answered %zu items for %zu sales", r->elements, n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *code = r->element[1 + 2 * i], *val = r->element[2 + 2 * i];
+        sale_res *s = res[i];
+        s->qty = reqs[i]->qty;
+        s->duplicate = false;
+        if (strcmp(code->str, "ok") == 0) {
+            s->status = SALE_OK;
+            s->stock_remaining = val->integer;
+        } else if (strcmp(code->str, "dup") == 0) {
+            long long q = 0, st = 0;
+            if (val->type == REDIS_REPLY_STRING) sscanf(val->str, "%lld:%lld", &q, &st);
+            s->status = SALE_OK;
+            s->duplicate = true;
+            s->qty = q;
+            s->stock_remaining = st;
+        } else if (strcmp(code->str, "none") == 0) {
+            s->status = SALE_OUT_OF_STOCK;
+            s->stock_remaining = 0;
+            snprintf(s->message, sizeof s->message, "SKU %s has no stock", sku);
+        } else {
+            s->status = SALE_OUT_OF_STOCK;
+            s->stock_remaining = val->integer;
+            snprintf(s->message, sizeof s->message, "only %lld left of SKU %s, %lld requested",
+                     val->integer, sku, reqs[i]->qty);
+        }
+    }
+    rc = 0;
+out:
+    freeReplyObject(r);
+    free(argv);
+    free(argvlen);
+    free(keys);
+    free(nums);
+    return rc;
+}
+
+int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
+                const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen) {
+    const sale_req **rp = calloc(n ? n : 1, sizeof *rp);
+    sale_res **sp = calloc(n ? n : 1, sizeof *sp);
+    int rc = -1;
+    if (rp && sp) {
+        for (size_t i = 0; i < n; i++) {
+            rp[i] = &reqs[i];
+            sp[i] = &res[i];
+        }
+        rc = commit_ptrs(c, o, sku, token, rp, sp, n, 1, err, errlen);
+    } else {
+        snprintf(err, errlen, "out of memory");
+    }
+    free(rp);
+    free(sp);
+    return rc;
+}
+
+/* ---- stock helpers ------------------------------------------------------------ */
+
+int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long *stock) {
+    char k[KEY_MAX];
+    if (key(k, prefix, sku, "stock") < 0) return -1;
+    redisReply *r = rds_command(c, "GET %s", k);
+    if (!r) return -1;
+    int rc = -1;
+    if (r->type == REDIS_REPLY_NIL) {
+        rc = 1;
+    } else if (r->type == REDIS_REPLY_STRING) {
+        char *end;
+        long long v = strtoll(r->str, &end, 10);
+        if (end != r->str && *end == 0) {
+            *stock = v;
+            rc = 0;
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int stock_write(rds_client *c, const char *prefix, const char *sku, long long stock, int nx) {
+    char k[KEY_MAX];
+    if (key(k, prefix, sku, "stock") < 0) return -1;
+    redisReply *r = nx ? rds_command(c, "SET %s %lld NX", k, stock)
+                       : rds_command(c, "SET %s %lld", k, stock);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_STATUS ? 1 : r->type == REDIS_REPLY_NIL ? 0 : -1;
+    freeReplyObject(r);
+    return rc;
+}
+
+int sale_stock_set(rds_client *c, const char *prefix, const char *sku, long long stock) {
+    return stock_write(c, prefix, sku, stock, 0) == 1 ? 0 : -1;
+}
+
+int sale_stock_seed(rds_client *c, const char *prefix, const char *sku, long long stock) {
+    return stock_write(c, prefix, sku, stock, 1);
+}
+
+/* ---- coalescing engine -------------------------------------------------------- */
+
+typedef struct waiter {
+    const sale_req *req;
+    sale_res *res;
+    struct waiter *next;
+    int done;                   /* res is filled in */
+    int lead;                   /* this thread must commit the next batch */
+} waiter;
+
+/* Per-SKU queue; lives while anyone is queued on it (refs > 0). */
+typedef struct skuq {
+    struct skuq *hnext;
+    waiter *head, *tail;
+    int leader;                 /* a batch is in flight or a leader is designated */
+    int refs;
+    pthread_cond_t cv;
+    char sku[SALE_STR_MAX + 1];
+} skuq;
+
+#define NSTRIPES 256
+
+typedef struct stripe {
+    pthread_mutex_t mu;
+    skuq *chain;
+} stripe;
+
+struct sale_engine {
+    sale_opts o;
+    char *prefix, *inv_ch, *sales_ch;
+    rds_pool *pool;
+    stripe stripes[NSTRIPES];
+};
+
+sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool) {
+    sale_engine *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->o = *o;
+    e->prefix = strdup(o->prefix);
+    e->inv_ch = strdup(o->inventory_channel);
+    e->sales_ch = strdup(o->sales_channel);
+    if (!e->prefix || !e->inv_ch || !e->sales_ch) goto err;
+    e->o.prefix = e->prefix;
+    e->o.inventory_channel = e->inv_ch;
+    e->o.sales_channel = e->sales_ch;
+    if (e->o.max_batch < 1) e->o.max_batch = 1;
+    e->pool = pool;
+    for (int i = 0; i < NSTRIPES; i++) pthread_mutex_init(&e->stripes[i].mu, NULL);
+    return e;
+err:
+    sale_engine_free(e);
+    return NULL;
+}
+
+void sale_engine_free(sale_engine *e) {
+    if (!e) return;
+    free(e->prefix);
+    free(e->inv_ch);
+    free(e->sales_ch);
+    free(e);
+}
+
+static unsigned hash(const char *s) {
+    unsigned h = 2166136261u;   /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Take the lock for SKU, commit the N sales, release. Fills every result. */
+static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sale_res **res, size_t n) {
+    char err[256] = "";
+    char lk[KEY_MAX], token[LOCK_TOKEN_LEN + 1];
+    const char *fail = NULL;
+    rds_client *c = rds_pool_client(e->pool);
+    if (!c) {
+        fail = "out of memory";
+    } else if (key(lk, e->o.prefix, sku, "lock") < 0) {
+        fail = "key too long";
+    } else {
+        lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
+        if (st == LOCK_TIMEOUT) {
+            snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
+            fail = err;
+        } else if (st == LOCK_ERR) {
+            fail = err;
+        } else {
+            int rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, err, sizeof err);
+            if (rc == 1) {
+                snprintf(err, sizeof err, "lock on SKU %s expired before the commit; retry", sku);
+                fail = err;
+            } else if (rc < 0) {
+                /* Best effort: free the SKU for others now rather than at TTL. */
+                lock_release(c, lk, token);
+                fail = err;
+            }
+        }
+    }
+    if (fail) {
+        log_warn("sale", "batch failed sku=%s n=%zu error=\"%s\"", sku, n, fail);
+        for (size_t i = 0; i < n; i++) set_unavailable(res[i], fail);
+    }
+}
+
+void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
+    memset(res, 0, sizeof *res);
+    res->stock_remaining = -1;
+    if (e->o.gate && e->o.gate(e->o.gate_ud, req, res) != SALE_OK) return;
+
+    stripe *s = &e->stripes[hash(req->sku) % NSTRIPES];
+    waiter w = { .req = req, .res = res };
+
+    pthread_mutex_lock(&s->mu);
+    skuq *q = s->chain;
+    while (q && strcmp(q->sku, req->sku) != 0) q = q->hnext;
+    if (!q) {
+        q = calloc(1, sizeof *q);
+        if (!q) {
+            pthread_mutex_unlock(&s->mu);
+            set_unavailable(res, "out of memory");
+            return;
+        }
+        pthread_cond_init(&q->cv, NULL);
+        strcpy(q->sku, req->sku);
+        q->hnext = s->chain;
+        s->chain = q;
+    }
+    q->refs++;
+    if (q->tail) q->tail->next = &w; else q->head = &w;
+    q->tail = &w;
+    if (!q->leader) {
+        /* No batch in flight, so the queue held nothing before us. */
+        q->leader = 1;
+        w.lead = 1;
+    }
+    while (!w.done && !w.lead) pthread_cond_wait(&q->cv, &s->mu);
+
+    if (!w.done) {
+        /* We are at the head: detach up to max_batch sales and commit them.
+         * The arrays live on the heap: CivetWeb workers have small stacks. */
+        size_t max = (size_t)e->o.max_batch, n = 0;
+        waiter **batch = malloc(max * sizeof *batch);
+        const sale_req **reqs = malloc(max * sizeof *reqs);
+        sale_res **resv = malloc(max * sizeof *resv);
+        waiter *b1[1];
+        const sale_req *r1[1];
+        sale_res *s1[1];
+        int heap = batch && reqs && resv;
+        if (!heap) {
+            /* Out of memory: commit just our own sale, which is at the head. */
+            free(batch), free(reqs), free(resv);
+            batch = b1, reqs = r1, resv = s1, max = 1;
+        }
+        while (q->head && n < max) {
+            waiter *x = q->head;
+            q->head = x->next;
+            batch[n] = x;
+            reqs[n] = x->req;
+            resv[n] = x->res;
+            n++;
+        }
+        if (!q->head) q->tail = NULL;
+        pthread_mutex_unlock(&s->mu);
+
+        run_batch(e, q->sku, reqs, resv, n);
+
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < n; i++) batch[i]->done = 1;
+        if (heap) {
+            free(batch);
+            free(reqs);
+            free(resv);
+        }
+        if (q->head) q->head->lead = 1; else q->leader = 0;
+        pthread_cond_broadcast(&q->cv);
+    }
+    if (--q->refs == 0) {
+        skuq **pp = &s->chain;
+        while (*pp != q) pp = &(*pp)->hnext;
+        *pp = q->hnext;
+        pthread_cond_destroy(&q->cv);
+        free(q);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
