@@ -1,0 +1,141 @@
+/* queue.c -- bounded event queue (see queue.h).
+ *
+ * A ring of item slots guarded by one mutex: pushes come from one bus thread
+ * and pops from one evaluator thread, so the lock is never contended enough
+ * to matter next to the JSON parse and the Lua call each event costs.
+ */
+#include "nerve/queue.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct evq {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    evq_item *ring;
+    size_t cap, head, n;
+    int closed;
+    evq_stats st;
+};
+
+uint64_t evq_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+evq *evq_new(size_t capacity) {
+    evq *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    q->ring = calloc(capacity ? capacity : 1, sizeof *q->ring);
+    if (!q->ring) {
+        free(q);
+        return NULL;
+    }
+    q->cap = capacity ? capacity : 1;
+    q->st.capacity = q->cap;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return q;
+}
+
+void evq_item_free(evq_item *it) {
+    if (!it) return;
+    free(it->channel);
+    free(it->data);
+    it->channel = it->data = NULL;
+}
+
+void evq_free(evq *q) {
+    if (!q) return;
+    for (size_t i = 0; i < q->n; i++) evq_item_free(&q->ring[(q->head + i) % q->cap]);
+    free(q->ring);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    free(q);
+}
+
+int evq_push(evq *q, const char *channel, const char *data, size_t len) {
+    /* Refuse before copying when full: a flood must cost as little as possible. */
+    pthread_mutex_lock(&q->mu);
+    int full = q->closed || q->n == q->cap;
+    if (full) {
+        q->st.dropped++;
+        q->st.last_drop_ns = evq_now_ns();
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (full) return -1;
+
+    evq_item it = { strdup(channel), malloc(len + 1), len, evq_now_ns() };
+    if (!it.channel || !it.data) {
+        evq_item_free(&it);
+        return -1;
+    }
+    memcpy(it.data, data, len);
+    it.data[len] = 0;
+
+    pthread_mutex_lock(&q->mu);
+    if (q->closed || q->n == q->cap) {
+        q->st.dropped++;
+        q->st.last_drop_ns = evq_now_ns();
+        pthread_mutex_unlock(&q->mu);
+        evq_item_free(&it);
+        return -1;
+    }
+    q->ring[(q->head + q->n) % q->cap] = it;
+    q->n++;
+    q->st.pushed++;
+    if (q->n > q->st.high_water) q->st.high_water = q->n;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return 0;
+}
+
+int evq_pop(evq *q, evq_item *out, int timeout_ms) {
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (dl.tv_nsec >= 1000000000) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&q->mu);
+    while (q->n == 0 && !q->closed) {
+        if (pthread_cond_timedwait(&q->cv, &q->mu, &dl) == ETIMEDOUT) break;
+    }
+    int rc;
+    if (q->n) {
+        *out = q->ring[q->head];
+        memset(&q->ring[q->head], 0, sizeof q->ring[q->head]);
+        q->head = (q->head + 1) % q->cap;
+        q->n--;
+        q->st.popped++;
+        rc = 1;
+    } else {
+        rc = q->closed ? -1 : 0;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+void evq_close(evq *q) {
+    pthread_mutex_lock(&q->mu);
+    q->closed = 1;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+void evq_get_stats(evq *q, evq_stats *out) {
+    pthread_mutex_lock(&q->mu);
+    *out = q->st;
+    out->depth = q->n;
+    pthread_mutex_unlock(&q->mu);
+}

@@ -1,0 +1,137 @@
+/* rules_int.h -- internals shared by the rules engine's files (not a public
+ * header): the set's layout (rules.c), the sandbox (rules_sandbox.c) and the
+ * evaluator (rules_vm.c).
+ *
+ * A rules_sbx is one sandboxed lua_State with its allocator and limits. All
+ * Lua work goes through rules_sbx_pcall(), which runs a C callback in
+ * protected mode under the instruction budget, so that a memory error can
+ * never reach Lua's panic handler and every error becomes a (line, message)
+ * pair the caller prefixes with the file name.
+ */
+#ifndef NERVE_RULES_INT_H
+#define NERVE_RULES_INT_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include "nerve/rules.h"
+
+#define RULES_MSG_MAX       1024    /* one error message */
+#define RULES_NAME_MAX      64
+#define RULES_CHANNEL_MAX   128
+#define RULES_MAX_CHANNELS  32      /* per rule */
+#define RULES_LOG_MAX       16      /* log() lines per evaluation */
+#define RULES_STATE_DEPTH   64      /* ctx.state nesting that survives a reload */
+
+typedef struct rules_rule {
+    char *name;
+    char *file;
+    char *description;
+    char **channels;
+    size_t n_channels;
+    char *src;                  /* the source text, NUL-terminated */
+    size_t src_len;
+    char sha256[65];
+    int line;                   /* line of `evaluate`: fallback for errors */
+    int n_fixtures;
+} rules_rule;
+
+/* One cache line per rule so that threads evaluating different rules do not
+ * bounce each other's counters. */
+typedef struct rules_counters {
+    alignas(64) _Atomic uint64_t evaluations;
+    _Atomic uint64_t errors;
+    _Atomic uint64_t duration_ns;
+    _Atomic uint64_t decisions[RULES_ACTION_COUNT];
+} rules_counters;
+
+struct rules_set {
+    atomic_int refs;
+    rules_rule *rules;
+    size_t n;
+    rules_counters *ctr;        /* n of them, 64-byte aligned */
+    char **channels;            /* union of the rules' channels */
+    size_t n_channels;
+    char sha256[65];
+    long long instr_limit;
+    size_t mem_limit;
+    size_t max_event_bytes;
+    struct cJSON *params;       /* owned copy of cfg.params (an object) */
+    long long loaded_at;
+};
+
+/* ---- the sandbox (rules_sandbox.c) ------------------------------------- */
+
+enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM };
+
+typedef struct rules_sbx_err {
+    int kind;                   /* RULES_SBX_* */
+    int line;                   /* >= 1 */
+    char msg[RULES_MSG_MAX];    /* without the FILE:LINE: prefix */
+} rules_sbx_err;
+
+typedef struct rules_sbx {
+    lua_State *L;
+    size_t used;                /* bytes allocated by L */
+    size_t limit;               /* cap on used */
+    int instr_limit;
+    int abort;                  /* RULES_SBX_INSTR / _MEM once a limit was hit */
+    int abort_line;
+    int err_line;               /* line recorded by the message handler */
+    bool armed;                 /* inside rules_sbx_pcall */
+    int logs_left;
+    const char *file;           /* borrowed; chunk name is "@" file */
+    const char *name;           /* borrowed; rule name for log(), may be NULL */
+    int def_line;               /* fallback line for errors without one */
+    char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */
+} rules_sbx;
+
+/* Create the sandboxed state. FILE and NAME must outlive S. 0, or -1 with E. */
+int rules_sbx_open(rules_sbx *s, const char *file, const char *name,
+                   long long instr_limit, size_t mem_limit, rules_sbx_err *e);
+/* Close the state; S may be zeroed or already closed. */
+void rules_sbx_close(rules_sbx *s);
+
+/* Run FN(L, UD) in protected mode with a fresh instruction budget. Whatever FN
+ * leaves on the stack is dropped. FN may raise Lua errors; it must not hold C
+ * resources across calls that can raise. Returns 0, or -1 with E filled
+ * (E->kind says whether a limit was hit; after RULES_SBX_MEM the caller should
+ * rebuild the state). */
+typedef void (*rules_sbx_fn)(lua_State *L, void *ud);
+int rules_sbx_pcall(rules_sbx *s, rules_sbx_fn fn, void *ud, rules_sbx_err *e);
+
+/* Inside FN: compile SRC (text only) as the sandbox's file and run it,
+ * pushing its first result. Raises on a syntax or runtime error. */
+void rules_sbx_run_chunk(lua_State *L, const char *src, size_t len);
+
+/* Inside FN: push the JSON value J as Lua (objects and arrays as tables, null
+ * as nil). With RO, every table is wrapped read-only, named RO in errors
+ * ("params"). Raises past RULES_JSON_DEPTH + DEPTH levels. */
+void rules_sbx_push_json(lua_State *L, const struct cJSON *j, const char *ro, int depth);
+/* Inside FN: push a read-only deep copy of the table at IDX. */
+void rules_sbx_push_ro_copy(lua_State *L, int idx, const char *ro, int depth);
+/* Inside FN: build ctx over the params at PARAMS_IDX and the table at
+ * STATE_IDX; pushes the read-only ctx, then its inner table (where channel
+ * and now are written before each call). */
+void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx);
+
+/* Inside FN: validate what evaluate returned (at absolute IDX) for CHANNEL.
+ * Fills OUT (action, level, reason, scope, halt_sales) and *N. Returns 0, or
+ * -1 with a message like `decision 2: kill needs a scope` in ERR. */
+int rules_sbx_decisions(lua_State *L, int idx, const char *channel,
+                        rules_decision *out, size_t *n, char *err, size_t errlen);
+
+/* Inside FN (running on DST): push a copy of the plain data at the top of
+ * SRC's stack (another, idle state). Raises on DST past RULES_STATE_DEPTH. */
+void rules_sbx_copy(lua_State *dst, lua_State *src);
+
+/* Copy S into DST (size N) replacing control characters with spaces. */
+void rules_sanitize(char *dst, size_t n, const char *s, size_t len);
+
+/* Shared by the vm and the dry run. */
+int rules_channel_in(const rules_rule *r, const char *channel);
+
+#endif

@@ -1,0 +1,50 @@
+/* queue.h -- the bounded event queue between the bus and the evaluator.
+ *
+ * Multi-producer, multi-consumer FIFO of (channel, payload) copies, with a
+ * fixed capacity: a push into a full queue drops the event and counts it
+ * (never unbounded memory growth). FIFO order means events of one channel are
+ * evaluated in arrival order by a single consumer.
+ *
+ * Ownership: evq_push copies its arguments; evq_pop hands the item's strings
+ * to the caller, who frees them with evq_item_free. All functions are
+ * thread-safe.
+ */
+#ifndef NERVE_QUEUE_H
+#define NERVE_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct evq_item {
+    char *channel;
+    char *data;                 /* NUL-terminated; len excludes the NUL */
+    size_t len;
+    uint64_t enq_ns;            /* CLOCK_MONOTONIC when pushed */
+} evq_item;
+
+typedef struct evq_stats {
+    uint64_t pushed, dropped, popped;
+    size_t depth, capacity, high_water;
+    uint64_t last_drop_ns;      /* CLOCK_MONOTONIC of the last drop, 0 if never */
+} evq_stats;
+
+typedef struct evq evq;
+
+evq *evq_new(size_t capacity);          /* NULL on OOM */
+void evq_free(evq *q);                  /* frees queued items; NULL is fine */
+
+/* 0 queued; -1 full (dropped and counted), closed, or out of memory. */
+int evq_push(evq *q, const char *channel, const char *data, size_t len);
+
+/* Wait up to TIMEOUT_MS for an item: 1 got one, 0 timed out, -1 closed and empty. */
+int evq_pop(evq *q, evq_item *out, int timeout_ms);
+
+/* No more pushes; pops drain what is left, then return -1. */
+void evq_close(evq *q);
+
+void evq_get_stats(evq *q, evq_stats *out);
+void evq_item_free(evq_item *it);
+
+uint64_t evq_now_ns(void);
+
+#endif

@@ -1,0 +1,233 @@
+/* rules.h -- the rules engine: sandboxed Lua 5.4 rule files over events.
+ *
+ * A rule file is Lua source that returns a table (SPEC §7):
+ *
+ *     return {
+ *       name = "inventory_threshold",       -- unique in the set, [A-Za-z0-9_.-]{1,64}
+ *       on = { "inventory_events" },        -- channels; "sale_request" = sale-time policy
+ *       description = "...",                -- optional
+ *       evaluate = function(event, ctx) ... end,
+ *       tests = { {channel=..., event={...}, expect={...}, now=?, params=?}, ... },  -- optional
+ *     }
+ *
+ * This module is the only one that touches the Lua C API. It has two objects:
+ *
+ *   rules_set  an immutable compiled rule set: each rule's source text, name,
+ *              file, channels and sha256, the params tree and the limits. A set
+ *              exists only if every file compiled and loaded in a fresh
+ *              sandbox, returned a valid table, and passed its fixtures. It is
+ *              refcounted: any thread may take a reference, read its info and
+ *              its counters; the last unref frees it.
+ *
+ *   rules_vm   an evaluator instantiated from a set for ONE thread. It holds one
+ *              lua_State per rule, so a rule that leaks memory cannot starve
+ *              another; each state has a byte-counting allocator capped at
+ *              rules.memory_limit, and each evaluation an instruction budget of
+ *              rules.instruction_limit. A rules_vm is not thread-safe: give each
+ *              evaluating thread its own (ctx.state is then per thread too).
+ *
+ * Sandbox: the globals are a whitelist -- assert error ipairs next pairs pcall
+ * xpcall select tonumber tostring type unpack rawequal rawlen rawget
+ * getmetatable setmetatable (refusing __gc and protected metatables), string
+ * (no dump), table, math, utf8, os.time/os.clock/os.date and log(level, msg)
+ * (levels debug|info|warn|error, to the log module, component "rules", at most
+ * 16 lines per evaluation). No io, debug, package, require, load, loadfile,
+ * dofile, collectgarbage, print, rawset. Over the instruction or memory limit
+ * the evaluation is aborted and a pcall inside the rule cannot swallow that:
+ * the count hook keeps raising until control is back in C. C functions that
+ * allocate (string.rep, table.concat, patterns...) are bounded by the memory
+ * limit; CPU spent inside one C call (a pathological pattern) is not counted.
+ *
+ * evaluate(event, ctx): EVENT is the event JSON as a fresh Lua table (JSON
+ * null = absent key; integral numbers are integers). CTX is read-only:
+ * ctx.params (read-only, recursively, from rules.params), ctx.channel,
+ * ctx.now (integer epoch seconds) and ctx.state, a table owned by the rule that
+ * persists between events of that vm and across reloads when the rule's name
+ * and source are unchanged (see rules_vm_new). It returns nothing, one
+ * decision, or a list of decisions (at most RULES_MAX_DECISIONS):
+ *     {action="alert", level="info"|"warning"|"critical", reason=str, scope=str?}
+ *     {action="kill", scope=str, reason=str, halt_sales=bool?}   (default false)
+ *     {action="reject", reason=str}                  (only on "sale_request")
+ * Unknown fields are errors (a typo such as `halt_sale` must not pass). A scope
+ * is 1..RULES_SCOPE_MAX printable ASCII characters without spaces.
+ *
+ * Fixtures (tests): each has channel (one of the rule's `on`), event (table),
+ * expect (list of partial decisions, {} = no decision), optional now (number,
+ * default: the time of loading) and optional params (table, used instead of
+ * rules.params so fixtures do not depend on deployment values). A rule's
+ * fixtures run in order against one ctx.state that starts empty, like a
+ * sequence of live events. A decision matches an expect entry when every field
+ * the entry gives is equal; the counts must be equal.
+ *
+ * Every message a user sees reads `FILE:LINE: message`, FILE being the path as
+ * configured (rules_dir + "/" + name, or the rules_files entry). LINE is exact
+ * for syntax and runtime errors; for a bad field of the returned table it is
+ * the line where that key appears in the source (best effort), else the line
+ * of `evaluate`, else 1.
+ */
+#ifndef NERVE_RULES_H
+#define NERVE_RULES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct cfg;
+struct cJSON;
+
+#define RULES_SALE_CHANNEL  "sale_request"
+#define RULES_MAX_DECISIONS 32      /* per evaluation of one rule */
+#define RULES_SCOPE_MAX     200     /* bytes */
+#define RULES_REASON_MAX    1024    /* bytes */
+#define RULES_JSON_DEPTH    32      /* event nesting */
+#define RULES_FILE_MAX      (1 << 20)   /* bytes of one rule file */
+
+typedef struct rules_set rules_set;
+typedef struct rules_vm rules_vm;
+
+typedef enum { RULES_ALERT = 0, RULES_KILL, RULES_REJECT, RULES_ACTION_COUNT } rules_action;
+typedef enum { RULES_LEVEL_NONE = 0, RULES_INFO, RULES_WARNING, RULES_CRITICAL } rules_level;
+
+/* "alert", "kill", "reject"; "info", "warning", "critical" ("" for NONE). */
+const char *rules_action_name(rules_action a);
+const char *rules_level_name(rules_level l);
+
+/* One decision. Every pointer is valid only during the callback that receives
+ * it: copy what you keep. rule and file belong to the set; reason and scope to
+ * the rule's Lua state. */
+typedef struct rules_decision {
+    const char *rule;
+    const char *file;
+    const char *channel;
+    rules_action action;
+    rules_level level;          /* alerts; RULES_LEVEL_NONE otherwise */
+    const char *reason;         /* never NULL */
+    const char *scope;          /* NULL when the decision has none (alert, reject) */
+    bool halt_sales;            /* kill only; false otherwise */
+} rules_decision;
+
+typedef void (*rules_decision_cb)(void *ud, const rules_decision *d);
+/* MSG reads `FILE:LINE: message` (one line); RULE is the rule's name. */
+typedef void (*rules_error_cb)(void *ud, const char *rule, const char *msg);
+
+/* ---- rule sets (immutable; thread-safe) -------------------------------- */
+
+/* Compile the rules CFG names: rules_files when non-empty (in that order),
+ * else every regular *.lua file in rules_dir not starting with '.', sorted by
+ * name. Each file is read as text (bytecode is refused), run in a fresh
+ * sandbox under the configured limits, its returned table validated (names
+ * unique across the set) and its fixtures run. The set copies what it needs
+ * from CFG (params, limits, max_event_bytes): CFG may be freed afterwards.
+ *
+ * Returns a set with one reference, or NULL with *ERRORS set to a malloc'd
+ * text the caller frees: every problem found in every file, one
+ * `FILE:LINE: message` per line. No rule files at all is an error. */
+rules_set *rules_set_load(const struct cfg *c, char **errors);
+
+/* Take / drop a reference. Thread-safe. rules_set_unref(NULL) is a no-op. */
+rules_set *rules_set_ref(rules_set *s);
+void rules_set_unref(rules_set *s);
+
+typedef struct rules_info {
+    const char *name;
+    const char *file;
+    const char *description;        /* "" when none */
+    const char *const *channels;
+    size_t n_channels;
+    const char *sha256;             /* hex digest of the source text */
+    int n_fixtures;
+} rules_info;
+
+/* Number of rules, in evaluation order (the order of the files). */
+size_t rules_set_count(const rules_set *s);
+/* Fill OUT for rule I (pointers owned by the set). 0, or -1 if I is out of range. */
+int rules_set_info(const rules_set *s, size_t i, rules_info *out);
+/* Hex sha256 over every rule in order: sha256 of "FILE\0SHA256HEX\n"... */
+const char *rules_set_sha256(const rules_set *s);
+/* Wall-clock time (epoch seconds) the set finished loading. */
+long long rules_set_loaded_at(const rules_set *s);
+/* 1 when at least one rule listens on CHANNEL (so a caller may skip parsing). */
+int rules_set_listens(const rules_set *s, const char *channel);
+/* The union of every rule's channels, in first-seen order; *N gets the count. */
+const char *const *rules_set_channels(const rules_set *s, size_t *n);
+
+/* Per-rule counters, cumulative over every vm built from this set (a reload
+ * starts a new set at zero). Updated with relaxed atomics; any thread may read. */
+typedef struct rules_stats {
+    uint64_t evaluations;
+    uint64_t errors;                /* runtime errors, limits, invalid decisions */
+    uint64_t decisions[RULES_ACTION_COUNT];
+    uint64_t duration_ns;           /* cumulative wall time in evaluate */
+} rules_stats;
+int rules_set_stats(const rules_set *s, size_t i, rules_stats *out);
+
+/* ---- evaluators (one per thread) -------------------------------------- */
+
+typedef enum {
+    RULES_STATE_NEW = 0,    /* no rule of that name in the previous vm */
+    RULES_STATE_KEPT,       /* same name and source sha: ctx.state carried over */
+    RULES_STATE_RESET,      /* same name, changed source: ctx.state starts empty */
+    RULES_STATE_LOST,       /* unchanged, but the state could not be copied
+                               (over the memory limit, too deep): starts empty */
+} rules_state_origin;
+
+const char *rules_state_origin_name(rules_state_origin o);  /* "new", "kept", ... */
+
+/* Build an evaluator for SET (takes its own reference). When PREVIOUS is not
+ * NULL (a vm of the same thread, typically on the set being replaced), the
+ * ctx.state of every rule with the same name and source sha256 is copied from
+ * it (plain data: tables, strings, numbers, booleans; functions, metatables
+ * and userdata are dropped); PREVIOUS is left untouched and still owned by
+ * the caller, who frees it when done. rules_vm_state_origin tells what
+ * happened to each rule. Returns NULL with a message in ERR (when ERR is not
+ * NULL) if a state cannot be created. */
+rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen);
+void rules_vm_free(rules_vm *vm);
+
+/* The set the vm evaluates (borrowed; the vm holds a reference). */
+rules_set *rules_vm_set(const rules_vm *vm);
+/* What happened to rule I's ctx.state in rules_vm_new. */
+rules_state_origin rules_vm_state_origin(const rules_vm *vm, size_t i);
+
+/* Where rule errors go. Default (CB NULL): logged at error level, component
+ * "rules", as `FILE:LINE: message rule=NAME`. */
+void rules_vm_on_error(rules_vm *vm, rules_error_cb cb, void *ud);
+
+/* Evaluate one event. JSON (LEN bytes, at most cfg.max_event_bytes) must be a
+ * JSON object nested at most RULES_JSON_DEPTH deep. Every rule whose `on`
+ * holds CHANNEL runs, in set order; each valid decision goes to CB(UD, d)
+ * (CB may be NULL). A rule's runtime error, limit overrun or invalid decision
+ * goes to the error callback and that rule's counters, and no decision of that
+ * evaluation of that rule is delivered; other rules are not affected. A rule
+ * that ran out of memory gets a fresh Lua state (its ctx.state is lost).
+ * Callbacks must not call back into this vm.
+ *
+ * Returns the number of rules that failed (0 = all fine), or -1 when the event
+ * itself is not acceptable (rules_vm_errstr says why; no rule ran). */
+int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
+               rules_decision_cb cb, void *ud);
+
+/* The same on an already parsed event (a JSON object, not checked for depth
+ * beyond RULES_JSON_DEPTH: deeper nesting is that rule's error), with ctx.now
+ * = NOW (epoch seconds). */
+int rules_eval_cjson(rules_vm *vm, const char *channel, const struct cJSON *event,
+                     long long now, rules_decision_cb cb, void *ud);
+
+/* Why the last rules_eval returned -1. */
+const char *rules_vm_errstr(const rules_vm *vm);
+
+/* ---- dry run (`nerve rules test`) -------------------------------------- */
+
+/* Read IN (named IN_NAME in messages), one JSON object per line:
+ *     {"channel": str, "event": {...}, "now": int?}
+ * (blank lines and lines starting with '#' are skipped), evaluate each on a
+ * fresh vm of SET, and print on OUT one JSON line per decision:
+ *     {"rule":..., "channel":..., "decision":{"action":...,...}}
+ * Rule errors go to ERROUT as `FILE:LINE: message`, bad input lines as
+ * `IN_NAME:LINE: message`. Returns 0 when every line was valid and no rule
+ * failed, else -1. No Redis involved. */
+int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out,
+                      FILE *errout);
+
+#endif
