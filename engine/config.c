@@ -86,13 +86,14 @@ typedef struct opt {
 #define OPT_LLONG(k, f, lo, hi, d) { .key = k, .type = T_LLONG, F(f), .min = lo, .max = hi, .idef = d }
 #define OPT_DOUBLE(k, f, lo, hi, d) { .key = k, .type = T_DOUBLE, F(f), .dmin = lo, .dmax = hi, .ddef = d }
 #define OPT_BOOL(k, f, d)          { .key = k, .type = T_BOOL, F(f), .idef = d }
-#define OPT_STR(k, f, lo, d, chk)  { .key = k, .type = T_STR, F(f), .min = lo, .max = MAX_STR, .sdef = d, .check = chk }
+#define OPT_STR(k, f, lo, d, chk)  { .key = k, .type = T_STR, F(f), .min = lo, .max = MAX_STR, \
+                                     .sdef = d, .check = chk }
 #define OPT_ENUM(k, f, d, ch)      { .key = k, .type = T_ENUM, F(f), .sdef = d, .choices = ch }
 #define OPT_LIST(k, f, n, d)       { .key = k, .type = T_LIST, F(f), .off_n = offsetof(cfg, n), .sdef = d }
 #define OPT_PARAMS(k, f)           { .key = k, .type = T_PARAMS, F(f) }
 #define OPT_SEED(k, f, n)          { .key = k, .type = T_SEED, F(f), .off_n = offsetof(cfg, n) }
 
-static check_fn check_listen, check_redis_url, check_prefix, check_http_url;
+static check_fn check_listen, check_redis_url, check_prefix, check_http_url, check_header;
 
 static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
@@ -101,7 +102,7 @@ static const opt opts[] = {
     OPT_STR   ("server.listen", listen, 1, "127.0.0.1:8011", check_listen),
     OPT_INT   ("server.threads", threads, 1, 1024, 128),
     OPT_LONG  ("server.max_body_bytes", max_body_bytes, 64, 1048576, 8192),
-    OPT_STR   ("server.cors_origin", cors_origin, 0, "", NULL),
+    OPT_STR   ("server.cors_origin", cors_origin, 0, "", check_header),
     OPT_STR   ("server.pidfile", pidfile, 0, "", NULL),
     OPT_INT   ("server.request_timeout_ms", request_timeout_ms, 100, 600000, 10000),
     OPT_INT   ("server.shutdown_grace_ms", shutdown_grace_ms, 0, 600000, 10000),
@@ -188,6 +189,13 @@ typedef struct loader {
     origin at[NOPTS];   /* where each key was last set, for cross-key checks */
 } loader;
 
+/* N advanced by snprintf's result R in a buffer of SIZE bytes, clamped to
+ * the truncated length. */
+static size_t advance(size_t n, int r, size_t size)
+{
+    return r < 0 ? n : n + (size_t)r < size ? n + (size_t)r : size - 1;
+}
+
 static void append(loader *L, const char *s, size_t n)
 {
     if (L->len + n + 1 > L->cap) {
@@ -209,13 +217,14 @@ static void append(loader *L, const char *s, size_t n)
 __attribute__((format(printf, 4, 5)))
 static void errf(loader *L, const origin *at, const char *key, const char *fmt, ...)
 {
+    static const char enough[] = "too many errors; stopping here\n";
     char line[2048];
-    size_t n = 0, i;
+    size_t n, i;
     int r = 0;
     va_list ap;
 
     if (L->nerr++ >= MAX_ERRORS) {
-        if (L->nerr == MAX_ERRORS + 1) append(L, "too many errors; stopping here\n", 31);
+        if (L->nerr == MAX_ERRORS + 1) append(L, enough, sizeof enough - 1);
         return;
     }
     switch (at->kind) {
@@ -227,15 +236,11 @@ static void errf(loader *L, const origin *at, const char *key, const char *fmt, 
     case AT_SET: r = snprintf(line, sizeof line, "--set "); break;
     case AT_DEFAULT: break;
     }
-    n = r < 0 ? 0 : (size_t)r < sizeof line ? (size_t)r : sizeof line - 1;
-    if (key) {
-        r = snprintf(line + n, sizeof line - n, "%s: ", key);
-        n = r < 0 ? n : n + (size_t)r < sizeof line ? n + (size_t)r : sizeof line - 1;
-    }
+    n = advance(0, r, sizeof line);
+    if (key) n = advance(n, snprintf(line + n, sizeof line - n, "%s: ", key), sizeof line);
     va_start(ap, fmt);
-    r = vsnprintf(line + n, sizeof line - n, fmt, ap);
+    n = advance(n, vsnprintf(line + n, sizeof line - n, fmt, ap), sizeof line);
     va_end(ap);
-    n = r < 0 ? n : n + (size_t)r < sizeof line ? n + (size_t)r : sizeof line - 1;
     for (i = 0; i < n; i++)
         if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f) line[i] = '?';
     line[n++] = '\n';   /* vsnprintf left room: n <= sizeof line - 1 */
@@ -405,6 +410,18 @@ static int check_http_url(const char *s, char *msg, size_t size)
     return -1;
 }
 
+/* The value goes into a response header: a CR or LF would inject headers. */
+static int check_header(const char *s, char *msg, size_t size)
+{
+    const char *p;
+    for (p = s; *p; p++)
+        if (iscntrl((unsigned char)*p)) {
+            snprintf(msg, size, "must not contain control characters");
+            return -1;
+        }
+    return 0;
+}
+
 /* Keys are PREFIX{SKU}:stock: a brace in the prefix would move the hash tag
  * and break the one-slot-per-SKU layout. */
 static int check_prefix(const char *s, char *msg, size_t size)
@@ -447,6 +464,7 @@ static const char *secret_env(const char *key)
     last = last ? last + 1 : key;
     if (strstr(last, "token") || strstr(last, "password") || strstr(last, "secret")) {
         if (strstr(key, "admin")) return "NERVE_ADMIN_TOKEN";
+        if (strstr(key, "redis")) return "REDIS_URL";
         if (strstr(key, "panic") || strstr(key, "webhook")) return "NERVE_PANIC_TOKEN";
         return "NERVE_ADMIN_TOKEN or NERVE_PANIC_TOKEN";
     }
@@ -521,9 +539,8 @@ static bool map_too_big(loader *L, yaml_node_t *m, const origin *base, const cha
  * LEN in a PATHBUF buffer; returns the new length. */
 static size_t path_push(char *path, size_t len, const char *name, size_t i)
 {
-    int r = name ? snprintf(path + len, PATHBUF - len, ".%s", name)
-                 : snprintf(path + len, PATHBUF - len, "[%zu]", i);
-    return r < 0 ? len : len + (size_t)r < PATHBUF ? len + (size_t)r : PATHBUF - 1;
+    return advance(len, name ? snprintf(path + len, PATHBUF - len, ".%s", name)
+                             : snprintf(path + len, PATHBUF - len, "[%zu]", i), PATHBUF);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -685,7 +702,10 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth,
     }
     if (n->type == YAML_SCALAR_NODE) {
         if (has_nul(n)) { errf(L, &at, path, "contains a NUL byte"); return NULL; }
-        if (n->data.scalar.length > MAX_STR) { errf(L, &at, path, "longer than %d bytes", MAX_STR); return NULL; }
+        if (n->data.scalar.length > MAX_STR) {
+            errf(L, &at, path, "longer than %d bytes", MAX_STR);
+            return NULL;
+        }
         if (!(j = scalar_json(n))) L->oom = true;
         return j;
     }
@@ -765,7 +785,8 @@ static bool seed_sku(loader *L, const char *sku, const origin *at)
 {
     char q[QBUF];
     if (sku_ok(sku)) return true;
-    errf(L, at, "inventory.seed", "invalid SKU %s (want 1 to %d of A-Z a-z 0-9 . _ : -)", quote(q, sku), MAX_SKU);
+    errf(L, at, "inventory.seed", "invalid SKU %s (want 1 to %d of A-Z a-z 0-9 . _ : -)",
+         quote(q, sku), MAX_SKU);
     return false;
 }
 
@@ -836,7 +857,10 @@ static void set_node(loader *L, const opt *o, const char *key, yaml_document_t *
     switch (o->type) {
     case T_INT: case T_LONG: case T_LLONG:
         if (!s) { errf(L, &at, key, "expected an integer (got %s)", kind(n)); return; }
-        if ((rc = parse_ll(s, &v)) == -1) { errf(L, &at, key, "expected an integer (got %s)", quote(q, s)); return; }
+        if ((rc = parse_ll(s, &v)) == -1) {
+            errf(L, &at, key, "expected an integer (got %s)", quote(q, s));
+            return;
+        }
         if (rc == -2 || v < o->min || v > o->max) {
             errf(L, &at, key, "must be between %lld and %lld (got %.*s)", o->min, o->max, MAX_SHOW, s);
             return;
@@ -845,7 +869,10 @@ static void set_node(loader *L, const opt *o, const char *key, yaml_document_t *
         break;
     case T_DOUBLE:
         if (!s) { errf(L, &at, key, "expected a number (got %s)", kind(n)); return; }
-        if ((rc = parse_num(s, &dv)) == -1) { errf(L, &at, key, "expected a number (got %s)", quote(q, s)); return; }
+        if ((rc = parse_num(s, &dv)) == -1) {
+            errf(L, &at, key, "expected a number (got %s)", quote(q, s));
+            return;
+        }
         if (rc == -2 || dv < o->dmin || dv > o->dmax) {
             errf(L, &at, key, "must be between %g and %g (got %.*s)", o->dmin, o->dmax, MAX_SHOW, s);
             return;
@@ -854,7 +881,10 @@ static void set_node(loader *L, const opt *o, const char *key, yaml_document_t *
         break;
     case T_BOOL:
         if (!s) { errf(L, &at, key, "expected true or false (got %s)", kind(n)); return; }
-        if ((rc = parse_bool(s)) < 0) { errf(L, &at, key, "expected true or false (got %s)", quote(q, s)); return; }
+        if ((rc = parse_bool(s)) < 0) {
+            errf(L, &at, key, "expected true or false (got %s)", quote(q, s));
+            return;
+        }
         set_integer(o, L->c, rc);
         break;
     case T_STR:
@@ -1098,7 +1128,7 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
     snprintf(full, sizeof full, "rules.params");
     for (name = buf; (dot = strchr(name, '.')); name = dot + 1, depth++) {
         *dot = '\0';
-        if (!*name || depth > MAX_DEPTH) { errf(L, at, key, "bad params path"); return; }
+        if (!*name || depth > MAX_DEPTH) break;
         path_push(full, strlen(full), name, 0);
         if (!(sub = cJSON_GetObjectItemCaseSensitive(obj, name))) {
             if (!(sub = cJSON_AddObjectToObject(obj, name))) { L->oom = true; return; }
@@ -1108,7 +1138,10 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
         }
         obj = sub;
     }
-    if (!*name || depth > MAX_DEPTH) { errf(L, at, key, "bad params path"); return; }
+    if (!*name || depth > MAX_DEPTH) {
+        errf(L, at, key, "path parts must be non-empty, at most %d of them", MAX_DEPTH);
+        return;
+    }
     if ((n = value_node(L, &d, val, TREE_START, at, key))) {
         char p[PATHBUF];
         snprintf(p, sizeof p, "%s", key);

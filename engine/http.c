@@ -279,17 +279,213 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
 static int handle_readyz(http_server *s, struct mg_connection *conn) {
     rds_client *c = rds_pool_client(s->d.pool);
     redisReply *r = c ? rds_command(c, "PING") : NULL;
-    int ok = r && r->type == REDIS_REPLY_STATUS;
-    char reason[300] = "";
-    if (!ok)
+    int redis_ok = r && r->type == REDIS_REPLY_STATUS;
+    cJSON *reasons = cJSON_CreateArray();
+    char reason[400];
+    if (!redis_ok) {
         snprintf(reason, sizeof reason, "redis: %s",
                  r && r->type == REDIS_REPLY_ERROR ? r->str : c ? rds_errstr(c) : "out of memory");
+        cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
+    }
     freeReplyObject(r);
     cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "redis", redis_ok);
+    if (s->d.live) {
+        uint64_t gen;
+        rules_set *set = live_get(s->d.live, &gen);
+        cJSON_AddBoolToObject(o, "rules_loaded", set != NULL);
+        cJSON_AddNumberToObject(o, "rules_generation", (double)gen);
+        if (!set) cJSON_AddItemToArray(reasons, cJSON_CreateString("no rules loaded"));
+        rules_set_unref(set);
+    }
+    if (s->d.q) {
+        evq_stats qs;
+        evq_get_stats(s->d.q, &qs);
+        cJSON *q = cJSON_AddObjectToObject(o, "event_queue");
+        cJSON_AddNumberToObject(q, "depth", (double)qs.depth);
+        cJSON_AddNumberToObject(q, "capacity", (double)qs.capacity);
+        cJSON_AddNumberToObject(q, "dropped", (double)qs.dropped);
+        /* Overflowing = dropped an event within the last 10 s. */
+        int overflowing = qs.last_drop_ns && evq_now_ns() - qs.last_drop_ns < 10000000000ull;
+        cJSON_AddBoolToObject(q, "overflowing", overflowing);
+        if (overflowing) {
+            snprintf(reason, sizeof reason, "event queue overflowing: %llu events dropped",
+                     (unsigned long long)qs.dropped);
+            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
+        }
+    }
+    if (s->d.bus) {
+        bus_stats bs;
+        bus_get_stats(s->d.bus, &bs);
+        cJSON_AddBoolToObject(o, "bus_connected", bs.connected);
+    }
+    int ok = cJSON_GetArraySize(reasons) == 0;
     cJSON_AddStringToObject(o, "status", ok ? "ready" : "not_ready");
-    cJSON_AddBoolToObject(o, "redis", ok);
-    if (!ok) cJSON_AddStringToObject(o, "reason", reason);
+    if (!ok) {
+        const cJSON *first = cJSON_GetArrayItem(reasons, 0);
+        cJSON_AddStringToObject(o, "reason", first->valuestring);
+        cJSON_AddItemToObject(o, "reasons", reasons);
+    } else {
+        cJSON_Delete(reasons);
+    }
     return send_json(s, conn, ok ? 200 : 503, o, NULL, 0);
+}
+
+/* Split "FILE:LINE: message" lines into a JSON array. */
+static cJSON *error_lines(const char *text) {
+    cJSON *arr = cJSON_CreateArray();
+    while (text && *text) {
+        const char *nl = strchr(text, '\n');
+        size_t n = nl ? (size_t)(nl - text) : strlen(text);
+        if (n) {
+            char *line = strndup(text, n);
+            if (line) cJSON_AddItemToArray(arr, cJSON_CreateString(line));
+            free(line);
+        }
+        text += n + (nl ? 1 : 0);
+    }
+    return arr;
+}
+
+static int handle_rules(http_server *s, struct mg_connection *conn) {
+    if (!s->d.live) return send_error(s, conn, 404, "not_found", "rules are not enabled");
+    uint64_t gen;
+    rules_set *set = live_get(s->d.live, &gen);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "generation", (double)gen);
+    cJSON *arr = cJSON_AddArrayToObject(o, "rules");
+    if (set) {
+        cJSON_AddStringToObject(o, "sha256", rules_set_sha256(set));
+        cJSON_AddNumberToObject(o, "loaded_at", (double)rules_set_loaded_at(set));
+        for (size_t i = 0; i < rules_set_count(set); i++) {
+            rules_info in;
+            rules_stats st;
+            if (rules_set_info(set, i, &in) || rules_set_stats(set, i, &st)) continue;
+            cJSON *r = cJSON_CreateObject();
+            cJSON_AddStringToObject(r, "name", in.name);
+            cJSON_AddStringToObject(r, "file", in.file);
+            if (in.description[0]) cJSON_AddStringToObject(r, "description", in.description);
+            cJSON *ch = cJSON_AddArrayToObject(r, "channels");
+            for (size_t j = 0; j < in.n_channels; j++) cJSON_AddItemToArray(ch, cJSON_CreateString(in.channels[j]));
+            cJSON_AddStringToObject(r, "sha256", in.sha256);
+            cJSON_AddNumberToObject(r, "fixtures", in.n_fixtures);
+            cJSON_AddNumberToObject(r, "evaluations", (double)st.evaluations);
+            cJSON_AddNumberToObject(r, "errors", (double)st.errors);
+            cJSON *d = cJSON_AddObjectToObject(r, "decisions");
+            for (int a = 0; a < RULES_ACTION_COUNT; a++)
+                cJSON_AddNumberToObject(d, rules_action_name((rules_action)a), (double)st.decisions[a]);
+            cJSON_AddNumberToObject(r, "duration_seconds", (double)st.duration_ns / 1e9);
+            cJSON_AddItemToArray(arr, r);
+        }
+    } else {
+        cJSON_AddNullToObject(o, "sha256");
+    }
+    rules_set_unref(set);
+    live_reload lr;
+    live_last_reload(s->d.live, &lr);
+    cJSON *last = cJSON_AddObjectToObject(o, "last_reload");
+    if (lr.at) {
+        cJSON_AddStringToObject(last, "result", lr.ok ? "ok" : "failed");
+        cJSON_AddNumberToObject(last, "at", (double)lr.at);
+        cJSON_AddItemToObject(last, "errors", error_lines(lr.errors));
+    } else {
+        cJSON_AddStringToObject(last, "result", "none");
+    }
+    free(lr.errors);
+    return send_json(s, conn, 200, o, NULL, 0);
+}
+
+static int unavailable(http_server *s, struct mg_connection *conn, const char *msg) {
+    extra_hdr h = { "Retry-After", "1" };
+    return send_json(s, conn, 503, error_obj("unavailable", msg), &h, 1);
+}
+
+static int handle_killswitch_get(http_server *s, struct mg_connection *conn) {
+    rds_client *c = rds_pool_client(s->d.pool);
+    cJSON *arr = c && s->d.ks ? ks_list(s->d.ks, c) : NULL;
+    if (!arr) return unavailable(s, conn, "redis unavailable");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "engaged", arr);
+    return send_json(s, conn, 200, o, NULL, 0);
+}
+
+static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
+    int st = check_admin(s, conn);
+    if (st) return st;
+    char *body;
+    size_t len;
+    int rc = read_body(conn, s->d.cfg->max_body_bytes, &body, &len);
+    if (rc == 413) return send_error(s, conn, 413, "payload_too_large", "request body too large");
+    if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    free(body);
+    const cJSON *scope = cJSON_GetObjectItemCaseSensitive(root, "scope");
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(root, "reason");
+    const cJSON *halt = cJSON_GetObjectItemCaseSensitive(root, "halt_sales");
+    const char *bad = NULL;
+    if (!cJSON_IsObject(root)) bad = "body must be a JSON object {\"scope\", \"reason\", \"halt_sales\"?}";
+    else if (!cJSON_IsString(scope) || !ks_scope_valid(scope->valuestring))
+        bad = "scope must be 1-160 bytes of A-Z a-z 0-9 . _ : - (e.g. global, sku:ABC, campaign:42)";
+    else if (!cJSON_IsString(reason) || !reason->valuestring[0] || strlen(reason->valuestring) > 1024)
+        bad = "reason must be a non-empty string of at most 1024 bytes";
+    else if (halt && !cJSON_IsBool(halt)) bad = "halt_sales must be true or false";
+    if (bad) {
+        cJSON_Delete(root);
+        return send_error(s, conn, 400, "bad_request", bad);
+    }
+    rds_client *c = rds_pool_client(s->d.pool);
+    char err[256] = "redis unavailable";
+    int r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring, cJSON_IsTrue(halt),
+                         err, sizeof err) : -1;
+    if (r < 0) {
+        cJSON_Delete(root);
+        return unavailable(s, conn, err);
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "scope", scope->valuestring);
+    cJSON_AddBoolToObject(o, "engaged", 1);
+    cJSON_AddBoolToObject(o, "already_engaged", r == 0);
+    cJSON_AddBoolToObject(o, "halt_sales", cJSON_IsTrue(halt));
+    cJSON_Delete(root);
+    return send_json(s, conn, 200, o, NULL, 0);
+}
+
+static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, const char *scope) {
+    int st = check_admin(s, conn);
+    if (st) return st;
+    if (!ks_scope_valid(scope)) return send_error(s, conn, 400, "bad_request", "invalid scope");
+    rds_client *c = rds_pool_client(s->d.pool);
+    int r = c ? ks_reset(s->d.ks, c, scope) : -1;
+    if (r < 0) return unavailable(s, conn, "redis unavailable");
+    if (r == 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "scope %s is not engaged", scope);
+        return send_error(s, conn, 404, "not_found", msg);
+    }
+    log_warn("http", "kill switch reset scope=%s", scope);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "scope", scope);
+    cJSON_AddBoolToObject(o, "reset", 1);
+    return send_json(s, conn, 200, o, NULL, 0);
+}
+
+static int handle_reload(http_server *s, struct mg_connection *conn) {
+    int st = check_admin(s, conn);
+    if (st) return st;
+    if (!s->d.reload) return send_error(s, conn, 404, "not_found", "reload is not available");
+    uint64_t gen = 0;
+    char *errors = NULL;
+    if (s->d.reload(s->d.reload_ud, &gen, &errors) != 0) {
+        cJSON *o = error_obj("reload_failed", "reload refused; the previous rules and config stay in force");
+        cJSON_AddItemToObject(o, "errors", error_lines(errors));
+        free(errors);
+        return send_json(s, conn, 422, o, NULL, 0);
+    }
+    free(errors);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    cJSON_AddNumberToObject(o, "generation", (double)gen);
+    return send_json(s, conn, 200, o, NULL, 0);
 }
 
 static int handle_preflight(http_server *s, struct mg_connection *conn, const char *allow) {
@@ -328,6 +524,26 @@ static int route(struct mg_connection *conn, void *cbdata) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "status", "ok");
         return send_json(s, conn, 200, o, NULL, 0);
+    }
+    if (is(p, "/rules")) {
+        if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");
+        return handle_rules(s, conn);
+    }
+    if (is(p, "/killswitch")) {
+        if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");
+        return handle_killswitch_get(s, conn);
+    }
+    if (is(p, "/admin/killswitch")) {
+        if (!is(m, "POST")) return send_method_not_allowed(s, conn, "POST");
+        return handle_killswitch_post(s, conn);
+    }
+    if (strncmp(p, "/admin/killswitch/", 18) == 0) {
+        if (!is(m, "DELETE")) return send_method_not_allowed(s, conn, "DELETE");
+        return handle_killswitch_delete(s, conn, p + 18);
+    }
+    if (is(p, "/admin/reload")) {
+        if (!is(m, "POST")) return send_method_not_allowed(s, conn, "POST");
+        return handle_reload(s, conn);
     }
     if (is(p, "/readyz")) {
         if (!is(m, "GET") && !is(m, "HEAD")) return send_method_not_allowed(s, conn, "GET");

@@ -1,26 +1,20 @@
-/* main.c -- the nerve command line and the daemon's lifecycle.
- *
- * main() parses the command, loads the config and wires the modules
- * together: rds pool -> sale engine -> http server. Signals are blocked in
- * every thread and taken synchronously by the main thread with sigwait(), so
- * no work ever runs inside a signal handler.
+/* main.c -- the nerve command line: parses the command and its options and
+ * hands over to the module that does the work (daemon.c for `serve`, the
+ * rules engine for `check` and `rules test`). Only main decides exit codes.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "nerve/config.h"
-#include "nerve/http.h"
+#include "nerve/daemon.h"
 #include "nerve/log.h"
-#include "nerve/rds.h"
-#include "nerve/sale.h"
+#include "nerve/rules.h"
 
-#define NERVE_VERSION "0.1.0"
+#define NERVE_VERSION "0.2.0"
 #define MAX_SETS 256
 
 typedef struct opts {
@@ -39,6 +33,9 @@ static void usage(FILE *f) {
             "commands:\n"
             "  serve   [-c FILE]            run the daemon (default config/nerve.yaml)\n"
             "  check   [-c FILE]            validate config and rules; exit 0 only if all is valid\n"
+            "  rules test [-c FILE] EVENTS.jsonl\n"
+            "                               dry-run: feed each {\"channel\",\"event\"} line to the rules,\n"
+            "                               print one JSON line per decision; no Redis needed\n"
             "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
             "  help                         this text\n"
             "  --version                    print the version\n"
@@ -114,57 +111,63 @@ static cfg *load_config(const opts *o) {
     return c;
 }
 
-/* ---- pidfile ---------------------------------------------------------------- */
-
-static pid_t read_pid(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char buf[32] = "";
-    char *ok = fgets(buf, sizeof buf, f);
-    fclose(f);
-    if (!ok) return -1;
-    char *end;
-    long v = strtol(buf, &end, 10);
-    if (end == buf || v <= 0) return -1;
-    return (pid_t)v;
-}
-
-/* Write our pid to PATH, refusing when a live process already holds it. */
-static int pidfile_write(const char *path) {
-    pid_t other = read_pid(path);
-    if (other > 0 && other != getpid() && (kill(other, 0) == 0 || errno == EPERM)) {
-        fprintf(stderr, "nerve: another nerve (pid %d) holds pidfile %s; stop it first or set server.pidfile\n",
-                (int)other, path);
-        return -1;
-    }
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        fprintf(stderr, "nerve: cannot write pidfile %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char buf[32];
-    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
-    int bad = write(fd, buf, (size_t)n) != n;
-    bad |= close(fd) != 0;
-    /* rename is atomic: a reader sees the old pidfile or ours, never half. */
-    if (bad || rename(tmp, path) != 0) {
-        fprintf(stderr, "nerve: cannot write pidfile %s: %s\n", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- commands ------------------------------------------------------------------ */
 
 static int cmd_check(const opts *o) {
     cfg *c = load_config(o);
     if (!c) return 1;
-    printf("%s: ok\n", o->config);
+    char *errors = NULL;
+    rules_set *set = rules_set_load(c, &errors);
+    int rc = 0;
+    if (!set) {
+        fputs(errors ? errors : "rules: out of memory\n", stderr);
+        rc = 1;
+    } else {
+        int fixtures = 0;
+        for (size_t i = 0; i < rules_set_count(set); i++) {
+            rules_info in;
+            if (rules_set_info(set, i, &in) == 0) fixtures += in.n_fixtures;
+        }
+        printf("%s: ok (%zu rules, %d fixtures passed, ruleset sha256 %s)\n", o->config,
+               rules_set_count(set), fixtures, rules_set_sha256(set));
+    }
+    free(errors);
+    rules_set_unref(set);
     cfg_free(c);
-    return 0;
+    return rc;
+}
+
+static int cmd_rules(const opts *o) {
+    if (o->nrest < 1 || strcmp(o->rest[0], "test") != 0) {
+        fprintf(stderr, "usage: nerve rules test [-c FILE] EVENTS.jsonl (use - for standard input)\n");
+        return 2;
+    }
+    if (o->nrest != 2) {
+        fprintf(stderr, "nerve rules test: expected exactly one EVENTS.jsonl file (use - for standard input)\n");
+        return 2;
+    }
+    const char *path = o->rest[1];
+    FILE *in = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (!in) {
+        fprintf(stderr, "%s: cannot open: %s\n", path, strerror(errno));
+        return 1;
+    }
+    cfg *c = load_config(o);
+    int rc = 1;
+    if (c) {
+        char *errors = NULL;
+        rules_set *set = rules_set_load(c, &errors);
+        if (!set) {
+            fputs(errors ? errors : "rules: out of memory\n", stderr);
+        } else {
+            rc = rules_test_events(set, in, path, stdout, stderr) == 0 ? 0 : 1;
+        }
+        free(errors);
+        rules_set_unref(set);
+        cfg_free(c);
+    }
+    if (in != stdin) fclose(in);
+    return rc;
 }
 
 static int cmd_reload(const opts *o) {
@@ -174,7 +177,7 @@ static int cmd_reload(const opts *o) {
     if (!c->pidfile[0]) {
         fprintf(stderr, "nerve: server.pidfile is not set in %s; cannot find the daemon\n", o->config);
     } else {
-        pid_t pid = read_pid(c->pidfile);
+        pid_t pid = daemon_pidfile_read(c->pidfile);
         if (pid <= 0)
             fprintf(stderr, "nerve: no running daemon: cannot read a pid from %s\n", c->pidfile);
         else if (kill(pid, SIGHUP) != 0)
@@ -188,101 +191,9 @@ static int cmd_reload(const opts *o) {
     return rc;
 }
 
-static void seed_inventory(const cfg *c, rds_pool *pool) {
-    if (!c->n_seed) return;
-    rds_client *rc = rds_pool_client(pool);
-    size_t set = 0;
-    for (size_t i = 0; i < c->n_seed; i++) {
-        int r = sale_stock_seed(rc, c->redis_prefix, c->seed[i].sku, c->seed[i].stock);
-        if (r < 0) {
-            log_warn("main", "inventory seed skipped: redis unavailable error=\"%s\"", rds_errstr(rc));
-            return;
-        }
-        set += (size_t)r;
-    }
-    log_info("main", "inventory seeded skus=%zu new=%zu", c->n_seed, set);
-}
-
 static int cmd_serve(const opts *o) {
-    cfg *c = load_config(o);
-    if (!c) return 1;
-
-    int rc = 1;
-    rds_pool *pool = NULL;
-    sale_engine *se = NULL;
-    http_server *http = NULL;
-    int have_pidfile = 0;
-
-    /* Block the signals we handle before any thread starts, so that every
-     * thread inherits the mask and only sigwait() below sees them. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    rds_opts ro;
-    memset(&ro, 0, sizeof ro);
-    ro.connect_timeout_ms = c->redis_connect_timeout_ms;
-    ro.command_timeout_ms = c->redis_command_timeout_ms;
-    ro.reconnect_max_ms = c->redis_reconnect_max_ms;
-    char err[512];
-    if (rds_parse_url(c->redis_url, &ro, err, sizeof err)) {
-        log_error("main", "%s", err);
-        goto out;
-    }
-    if (c->pidfile[0]) {
-        if (pidfile_write(c->pidfile)) goto out;
-        have_pidfile = 1;
-    }
-    pool = rds_pool_new(&ro);
-    sale_opts so = {
-        .prefix = c->redis_prefix,
-        .inventory_channel = c->inventory_channel,
-        .sales_channel = c->sales_channel,
-        .lock_ttl_ms = c->lock_ttl_ms,
-        .lock_max_wait_ms = c->lock_max_wait_ms,
-        .idempotency_ttl_s = c->idempotency_ttl_s,
-        .max_batch = c->max_batch,
-        .max_qty = c->max_qty,
-    };
-    se = pool ? sale_engine_new(&so, pool) : NULL;
-    if (!se) {
-        log_error("main", "out of memory");
-        goto out;
-    }
-    seed_inventory(c, pool);
-
-    http_deps hd = { .cfg = c, .pool = pool, .sale = se };
-    http = http_start(&hd, err, sizeof err);
-    if (!http) {
-        log_error("main", "%s", err);
-        goto out;
-    }
-    log_info("main", "nerve %s serving listen=%s redis=%s:%d/%d threads=%d pid=%d", NERVE_VERSION,
-             c->listen, ro.host, ro.port, ro.db, c->threads, (int)getpid());
-
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig) != 0) continue;
-        if (sig == SIGHUP) {
-            log_warn("main", "SIGHUP: reload is not available in this build; nothing changed");
-            continue;
-        }
-        log_info("main", "signal %s: shutting down", sig == SIGTERM ? "TERM" : "INT");
-        break;
-    }
-    rc = 0;
-out:
-    http_stop(http);    /* stops accepting, lets in-flight requests finish */
-    sale_engine_free(se);
-    rds_pool_free(pool);
-    if (have_pidfile && read_pid(c->pidfile) == getpid()) unlink(c->pidfile);
-    if (rc == 0) log_info("main", "stopped");
-    cfg_free(c);
-    return rc;
+    daemon_args a = { o->config, o->sets, o->nsets, o->log_format };
+    return daemon_run(&a);
 }
 
 int main(int argc, char **argv) {
@@ -308,6 +219,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "serve") == 0) rc = cmd_serve(&o);
     else if (strcmp(cmd, "check") == 0) rc = cmd_check(&o);
     else if (strcmp(cmd, "reload") == 0) rc = cmd_reload(&o);
+    else if (strcmp(cmd, "rules") == 0) rc = cmd_rules(&o);
     else {
         fprintf(stderr, "nerve: unknown command '%s' (see nerve help)\n", cmd);
         rc = 2;

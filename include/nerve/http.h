@@ -13,14 +13,34 @@
 #define NERVE_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "nerve/actions.h"
+#include "nerve/bus.h"
 #include "nerve/config.h"
+#include "nerve/evaluator.h"
+#include "nerve/killswitch.h"
+#include "nerve/live.h"
+#include "nerve/queue.h"
 #include "nerve/rds.h"
 #include "nerve/sale.h"
+
+/* Reload config params and rules (POST /admin/reload). Returns 0 with the
+ * new generation, or -1 with *errors (malloc'd, `FILE:LINE: message` lines). */
+typedef int (*http_reload_fn)(void *ud, uint64_t *generation, char **errors);
 
 typedef struct http_deps {
     const cfg *cfg;
     rds_pool *pool;
     sale_engine *sale;
+    live *live;                 /* may be NULL in tests of the sale path alone */
+    ks *ks;
+    act *act;
+    evq *q;
+    bus *bus;
+    eval *eval;
+    http_reload_fn reload;
+    void *reload_ud;
 } http_deps;
 
 typedef struct http_server http_server;

@@ -12,8 +12,15 @@
  * jitter: exactly that bound) — and tries again, up to max_attempts in all.
  * The job's callbacks report every attempt and the final outcome.
  *
- * Threading: panic_submit and panic_stats are thread-safe. Callbacks run on
- * the panic worker thread.
+ * One attempt is one fresh connection and one request (no connection reuse,
+ * no redirects, http/https only); the answer's body is read and discarded
+ * (at most 64 KiB of it). The token is never logged.
+ *
+ * Threading: panic_submit, panic_get_stats and panic_drain are thread-safe.
+ * Callbacks run on the panic worker thread; they must not call panic_free.
+ * panic_new calls curl_global_init() and panic_free curl_global_cleanup(),
+ * neither of which is thread-safe: create and free the panic module before
+ * and after any other thread uses libcurl (in main, at start and exit).
  * Ownership: panic_new copies the options (strings included); jobs copy their
  * strings; the callback user data is borrowed until on_done has run.
  */
@@ -47,11 +54,15 @@ typedef struct panic_attempt {
 } panic_attempt;
 
 typedef struct panic_job {
-    const char *scope, *reason, *rule;  /* copied by panic_submit */
-    double ts;                          /* epoch seconds of the engagement */
+    /* Copied by panic_submit (each truncated to 4 KiB at a UTF-8 boundary).
+     * scope is required; reason NULL is sent as ""; rule NULL (a manual
+     * engagement) is sent as JSON null and stays NULL in the callbacks. */
+    const char *scope, *reason, *rule;
+    double ts;                          /* epoch seconds of the engagement; <= 0 = now */
     /* Called after each attempt (may be NULL). */
     void (*on_attempt)(void *ud, const struct panic_job *job, const panic_attempt *a);
-    /* Called once at the end with the outcome and the attempts made. */
+    /* Called once at the end with the outcome and the attempts made;
+     * last_error is NULL unless the outcome is PANIC_STOP_FAILED. */
     void (*on_done)(void *ud, const struct panic_job *job, panic_outcome outcome, int attempts,
                     const char *last_error);
     void *ud;
@@ -59,10 +70,14 @@ typedef struct panic_job {
 
 typedef struct panic panic;
 
-/* Start the worker thread. NULL on failure with a message in ERR. */
+/* Validate the options and start the worker thread. NULL on failure with a
+ * message in ERR (e.g. "panic: max_attempts must be >= 1 (got 0)").
+ * Ranges: timeout_ms, max_attempts, queue_max >= 1; backoff_initial_ms,
+ * backoff_max_ms >= 0; backoff_multiplier >= 1; url empty or http(s)://. */
 panic *panic_new(const panic_opts *o, char *err, size_t errlen);
 
-/* Queue a job (copied). 0, or -1 when the queue is full or stopping. */
+/* Queue a job (copied) and return at once. 0, or -1 (logged) when the queue
+ * is full, the module is stopping, or the job has no scope. */
 int panic_submit(panic *p, const panic_job *job);
 
 /* Counters since start. */
@@ -71,12 +86,15 @@ typedef struct panic_stats {
 } panic_stats;
 void panic_get_stats(panic *p, panic_stats *out);
 
-/* Block until every queued job has finished or TIMEOUT_MS passed; 0 when idle. */
+/* Block until every queued job has finished (its on_done has returned) or
+ * TIMEOUT_MS passed (< 0: no limit); 0 when idle, -1 on timeout. */
 int panic_drain(panic *p, int timeout_ms);
 
-/* Stop the worker (a job in progress ends after its current attempt; queued
- * jobs are reported through on_done as STOP_FAILED with "shutting down") and
- * free. NULL is fine. */
+/* Stop the worker (a job in progress ends after its current attempt -- a
+ * backoff sleep is cut short at once -- and reports STOP_FAILED with
+ * "shutting down: ..." unless that attempt succeeded; queued jobs are
+ * reported through on_done as STOP_FAILED with "shutting down") and free.
+ * Returns after every on_done has run. NULL is fine. */
 void panic_free(panic *p);
 
 #endif

@@ -50,10 +50,10 @@ typedef struct sale_res {
     long long qty;                  /* for a duplicate: the first sale's */
     long long stock_remaining;      /* -1 when unknown */
     bool duplicate;
-    char message[256];              /* human text for errors */
+    char message[512];              /* human text for errors */
     char rule[129];                 /* SALE_REJECTED */
     char reason[256];               /* SALE_REJECTED */
-    char scope[160];                /* SALE_HALTED */
+    char scope[208];                /* SALE_HALTED */
 } sale_res;
 
 /* Validate a JSON body: {"sku": str, "qty": int >= 1, "order_id": str?,

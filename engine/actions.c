@@ -1,0 +1,240 @@
+/* actions.c -- decisions to alerts, kill switch and emergency stop (see
+ * actions.h).
+ */
+#include "nerve/actions.h"
+
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nerve/log.h"
+
+#define KEY_MAX 600
+
+struct act {
+    char *prefix, *alerts_channel, *instance;
+    int throttle_s;
+    long audit_maxlen;
+    bool dry_run;
+    ks *k;
+    panic *p;
+    rds_pool *pool;
+    pthread_mutex_t mu;         /* guards st */
+    act_stats st;
+};
+
+act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
+    act *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->prefix = strdup(o->prefix);
+    a->alerts_channel = strdup(o->alerts_channel);
+    a->instance = strdup(o->instance);
+    if (!a->prefix || !a->alerts_channel || !a->instance) {
+        free(a->prefix), free(a->alerts_channel), free(a->instance), free(a);
+        return NULL;
+    }
+    a->throttle_s = o->throttle_s;
+    a->audit_maxlen = o->audit_maxlen;
+    a->dry_run = o->dry_run;
+    a->k = k;
+    a->p = p;
+    a->pool = pool;
+    pthread_mutex_init(&a->mu, NULL);
+    return a;
+}
+
+void act_free(act *a) {
+    if (!a) return;
+    free(a->prefix);
+    free(a->alerts_channel);
+    free(a->instance);
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+static void count(act *a, uint64_t *field) {
+    pthread_mutex_lock(&a->mu);
+    (*field)++;
+    pthread_mutex_unlock(&a->mu);
+}
+
+void act_get_stats(act *a, act_stats *out) {
+    pthread_mutex_lock(&a->mu);
+    *out = a->st;
+    pthread_mutex_unlock(&a->mu);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static cJSON *alert_obj(act *a, const char *level, const char *kind, const char *rule,
+                        const char *scope, const char *reason) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "level", level);
+    cJSON_AddStringToObject(o, "kind", kind);
+    cJSON_AddStringToObject(o, "rule", rule ? rule : "");
+    if (scope) cJSON_AddStringToObject(o, "scope", scope);
+    cJSON_AddStringToObject(o, "reason", reason ? reason : "");
+    cJSON_AddNumberToObject(o, "ts", now_s());
+    cJSON_AddStringToObject(o, "instance", a->instance);
+    return o;
+}
+
+/* Append TEXT to the capped audit stream. */
+static void audit(act *a, rds_client *c, const char *kind, const char *text) {
+    char key[KEY_MAX], maxlen[24];
+    snprintf(key, sizeof key, "%saudit", a->prefix);
+    snprintf(maxlen, sizeof maxlen, "%ld", a->audit_maxlen);
+    const char *argv[] = { "XADD", key, "MAXLEN", "~", maxlen, "*", "kind", kind, "data", text };
+    redisReply *r = rds_commandargv(c, 10, argv, NULL);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("actions", "audit append failed error=\"%s\"", r ? r->str : rds_errstr(c));
+    freeReplyObject(r);
+}
+
+/* Publish an unthrottled alert object (consumed) and audit it. */
+static int publish(act *a, rds_client *c, cJSON *o) {
+    char *txt = cJSON_PrintUnformatted(o);
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(o, "kind");
+    char kindbuf[64];
+    snprintf(kindbuf, sizeof kindbuf, "%s", cJSON_IsString(kind) ? kind->valuestring : "alert");
+    cJSON_Delete(o);
+    if (!txt) return -1;
+    redisReply *r = rds_command(c, "PUBLISH %s %s", a->alerts_channel, txt);
+    int rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+    freeReplyObject(r);
+    if (rc == 0) audit(a, c, kindbuf, txt);
+    else count(a, &a->st.errors);
+    free(txt);
+    return rc;
+}
+
+/* KEYS[1] throttle marker, KEYS[2] suppressed counter; ARGV[1] window s,
+ * ARGV[2] channel, ARGV[3] alert JSON. Publishes with "suppressed" filled in
+ * and returns the JSON, or returns false when inside the window. */
+static rds_script throttle_script = RDS_SCRIPT_INIT(
+    "local w = tonumber(ARGV[1])\n"
+    "if w > 0 and not redis.call('SET', KEYS[1], '1', 'NX', 'EX', w) then\n"
+    "  redis.call('INCR', KEYS[2])\n"
+    "  redis.call('EXPIRE', KEYS[2], w * 100 + 86400)\n"
+    "  return false\n"
+    "end\n"
+    "local n = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "redis.call('DEL', KEYS[2])\n"
+    "local a = cjson.decode(ARGV[3])\n"
+    "a.suppressed = n\n"
+    "local txt = cjson.encode(a)\n"
+    "redis.call('PUBLISH', ARGV[2], txt)\n"
+    "return txt\n");
+
+int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
+              const char *scope, const char *reason) {
+    char k1[KEY_MAX], k2[KEY_MAX], win[16];
+    /* One hash tag per (rule, scope): the script's two keys share a slot. */
+    snprintf(k1, sizeof k1, "%sthrottle:{%s|%s}", a->prefix, rule ? rule : "", scope ? scope : "");
+    snprintf(k2, sizeof k2, "%sthrottle:{%s|%s}:suppressed", a->prefix, rule ? rule : "", scope ? scope : "");
+    snprintf(win, sizeof win, "%d", a->throttle_s);
+    cJSON *o = alert_obj(a, level, kind, rule, scope, reason);
+    char *txt = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!txt) return -1;
+    const char *argv[] = { k1, k2, win, a->alerts_channel, txt };
+    redisReply *r = rds_eval(c, &throttle_script, 2, 5, argv, NULL);
+    free(txt);
+    int rc;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        log_warn("actions", "alert not published rule=%s error=\"%s\"", rule ? rule : "",
+                 r ? r->str : rds_errstr(c));
+        count(a, &a->st.errors);
+        rc = -1;
+    } else if (r->type == REDIS_REPLY_STRING) {
+        count(a, &a->st.alerts_published);
+        audit(a, c, kind, r->str);
+        log_info("actions", "alert level=%s kind=%s rule=%s scope=%s reason=\"%s\"", level, kind,
+                 rule ? rule : "", scope ? scope : "", reason ? reason : "");
+        rc = 1;
+    } else {
+        count(a, &a->st.alerts_suppressed);
+        rc = 0;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* ---- kill + emergency stop ------------------------------------------------------ */
+
+static void on_attempt(void *ud, const panic_job *job, const panic_attempt *at) {
+    act *a = ud;
+    rds_client *c = rds_pool_client(a->pool);
+    if (c && !at->ok) ks_set_state(a->k, c, job->scope, "stopping", at->attempt, at->error);
+}
+
+static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int attempts,
+                    const char *last_error) {
+    act *a = ud;
+    rds_client *c = rds_pool_client(a->pool);
+    if (!c) return;
+    const char *state = outcome == PANIC_STOPPED ? "stopped"
+                      : outcome == PANIC_DRY_RUN ? "dry_run" : "stop_failed";
+    if (ks_set_state(a->k, c, job->scope, state, attempts, last_error))
+        log_warn("actions", "could not record kill state scope=%s state=%s", job->scope, state);
+    if (outcome == PANIC_STOP_FAILED) {
+        char reason[512];
+        snprintf(reason, sizeof reason, "emergency stop failed after %d attempts: %s (original: %s)",
+                 attempts, last_error ? last_error : "unknown", job->reason);
+        log_error("actions", "critical failure scope=%s %s", job->scope, reason);
+        cJSON *o = alert_obj(a, "fatal", "critical_failure", job->rule, job->scope, reason);
+        cJSON_AddNumberToObject(o, "attempts", attempts);
+        publish(a, c, o);
+    }
+}
+
+int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
+             bool halt_sales, char *err, size_t errlen) {
+    double ts = now_s();
+    int rc = ks_engage(a->k, c, scope, reason, rule, halt_sales, a->dry_run ? "dry_run" : "stopping",
+                       ts, err, errlen);
+    if (rc < 0) {
+        count(a, &a->st.errors);
+        log_error("actions", "kill switch not engaged scope=%s error=\"%s\"", scope, err);
+        return -1;
+    }
+    if (rc == 0) {
+        count(a, &a->st.kills_already);
+        return 0;
+    }
+    count(a, &a->st.kills_engaged);
+    log_warn("actions", "kill switch engaged scope=%s rule=%s halt_sales=%s reason=\"%s\"", scope, rule,
+             halt_sales ? "true" : "false", reason);
+    cJSON *o = alert_obj(a, "critical", "kill_switch", rule, scope, reason);
+    cJSON_AddBoolToObject(o, "halt_sales", halt_sales);
+    cJSON_AddStringToObject(o, "state", a->dry_run ? "would_stop" : "stopping");
+    publish(a, c, o);
+
+    panic_job job = { .scope = scope, .reason = reason, .rule = rule, .ts = ts,
+                      .on_attempt = on_attempt, .on_done = on_done, .ud = a };
+    if (panic_submit(a->p, &job) != 0) {
+        log_error("actions", "emergency stop queue full scope=%s", scope);
+        on_done(a, &job, PANIC_STOP_FAILED, 0, "emergency stop queue full");
+    }
+    return 1;
+}
+
+int act_decision(act *a, rds_client *c, const rules_decision *d) {
+    char err[256];
+    switch (d->action) {
+    case RULES_ALERT:
+        return act_alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope, d->reason) < 0 ? -1 : 0;
+    case RULES_KILL:
+        return act_kill(a, c, d->rule, d->scope, d->reason, d->halt_sales, err, sizeof err) < 0 ? -1 : 0;
+    case RULES_REJECT:
+    default:
+        return 0;
+    }
+}

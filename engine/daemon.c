@@ -1,0 +1,345 @@
+/* daemon.c -- `nerve serve` (see daemon.h). */
+#include "nerve/daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nerve/actions.h"
+#include "nerve/bus.h"
+#include "nerve/config.h"
+#include "nerve/evaluator.h"
+#include "nerve/http.h"
+#include "nerve/killswitch.h"
+#include "nerve/live.h"
+#include "nerve/log.h"
+#include "nerve/panic.h"
+#include "nerve/policy.h"
+#include "nerve/queue.h"
+#include "nerve/rds.h"
+#include "nerve/rules.h"
+#include "nerve/sale.h"
+
+/* ---- pidfile ---------------------------------------------------------------- */
+
+int daemon_pidfile_read(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char buf[32] = "";
+    char *ok = fgets(buf, sizeof buf, f);
+    fclose(f);
+    if (!ok) return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(buf, &end, 10);
+    if (end == buf || errno || v <= 0 || v > 0x7fffffff) return -1;
+    return (int)v;
+}
+
+int daemon_pidfile_write(const char *path, char *err, size_t errlen) {
+    int other = daemon_pidfile_read(path);
+    if (other > 0 && other != (int)getpid() && (kill(other, 0) == 0 || errno == EPERM)) {
+        snprintf(err, errlen, "another nerve (pid %d) holds pidfile %s; stop it first or set server.pidfile",
+                 other, path);
+        return -1;
+    }
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot write pidfile %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    int bad = write(fd, buf, (size_t)n) != n;
+    int saved = errno;
+    bad |= close(fd) != 0;
+    /* rename is atomic: a reader sees the old pidfile or ours, never half. */
+    if (bad || rename(tmp, path) != 0) {
+        if (!bad) saved = errno;
+        snprintf(err, errlen, "cannot write pidfile %s: %s", path, strerror(saved ? saved : EIO));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the running daemon -------------------------------------------------------- */
+
+typedef struct nerved {
+    const daemon_args *args;
+    cfg *c;
+    rds_pool *pool;
+    live *live;
+    panic *panic;
+    ks *ks;
+    act *act;
+    evq *q;
+    eval *eval;
+    bus *bus;
+    policy *policy;
+    sale_engine *sale;
+    http_server *http;
+    pthread_mutex_t reload_mu;  /* one reload at a time (SIGHUP and HTTP) */
+} nerved;
+
+/* Settings that only take effect at start: reported, never half-applied. */
+static void report_restart_only(const cfg *old, const cfg *nw) {
+    struct { const char *key; int differs; } keys[] = {
+        { "server.listen", strcmp(old->listen, nw->listen) != 0 },
+        { "server.threads", old->threads != nw->threads },
+        { "server.max_body_bytes", old->max_body_bytes != nw->max_body_bytes },
+        { "server.pidfile", strcmp(old->pidfile, nw->pidfile) != 0 },
+        { "redis.url", strcmp(old->redis_url, nw->redis_url) != 0 },
+        { "redis.prefix", strcmp(old->redis_prefix, nw->redis_prefix) != 0 },
+        { "bus.channels", old->n_bus_channels != nw->n_bus_channels },
+        { "bus.queue_size", old->queue_size != nw->queue_size },
+        { "lock.ttl_ms", old->lock_ttl_ms != nw->lock_ttl_ms },
+        { "sale.max_qty", old->max_qty != nw->max_qty },
+        { "panic.webhook_url", strcmp(old->panic_webhook_url, nw->panic_webhook_url) != 0 },
+    };
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (keys[i].differs)
+            log_warn("reload", "%s changed but needs a restart; still using the old value", keys[i].key);
+}
+
+/* Re-read the config file and the rules; swap only when everything is valid. */
+static int do_reload(void *ud, uint64_t *generation, char **errors) {
+    nerved *d = ud;
+    pthread_mutex_lock(&d->reload_mu);
+    *errors = NULL;
+    char *errs = NULL;
+    int rc = -1;
+    cfg *nc = cfg_load(d->args->config, d->args->sets, d->args->nsets, &errs);
+    rules_set *set = nc ? rules_set_load(nc, &errs) : NULL;
+    if (!set) {
+        const char *text = errs ? errs : "reload failed: out of memory\n";
+        for (const char *p = text; *p;) {
+            const char *nl = strchr(p, '\n');
+            int n = nl ? (int)(nl - p) : (int)strlen(p);
+            if (n) log_error("reload", "%.*s", n, p);
+            p += n + (nl ? 1 : 0);
+        }
+        live_record_reload(d->live, false, text);
+        rds_client *c = rds_pool_client(d->pool);
+        if (c) {
+            char reason[512];
+            snprintf(reason, sizeof reason, "reload failed, previous rules kept: %.400s", text);
+            char *nl = strchr(reason, '\n');
+            if (nl) *nl = 0;
+            act_alert(d->act, c, "reload_failed", "critical", "reload", NULL, reason);
+        }
+        *errors = errs;
+        errs = NULL;
+    } else {
+        report_restart_only(d->c, nc);
+        uint64_t g = live_swap(d->live, set);
+        live_record_reload(d->live, true, NULL);
+        log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s", (unsigned long long)g,
+                 rules_set_count(set), rules_set_sha256(set));
+        if (generation) *generation = g;
+        rc = 0;
+    }
+    free(errs);
+    cfg_free(nc);
+    pthread_mutex_unlock(&d->reload_mu);
+    return rc;
+}
+
+static void on_control(void *ud, const char *msg, size_t len) {
+    nerved *d = ud;
+    ks_on_control(d->ks, msg, len);
+}
+
+static void on_bus_connect(void *ud) {
+    nerved *d = ud;
+    rds_client *c = rds_pool_client(d->pool);
+    if (c) ks_refresh(d->ks, c);
+}
+
+static void seed_inventory(const cfg *c, rds_pool *pool) {
+    if (!c->n_seed) return;
+    rds_client *rc = rds_pool_client(pool);
+    size_t set = 0;
+    for (size_t i = 0; i < c->n_seed; i++) {
+        int r = rc ? sale_stock_seed(rc, c->redis_prefix, c->seed[i].sku, c->seed[i].stock) : -1;
+        if (r < 0) {
+            log_warn("main", "inventory seed skipped: redis unavailable error=\"%s\"", rc ? rds_errstr(rc) : "oom");
+            return;
+        }
+        set += (size_t)r;
+    }
+    log_info("main", "inventory seeded skus=%zu new=%zu", c->n_seed, set);
+}
+
+int daemon_run(const daemon_args *a) {
+    nerved d;
+    memset(&d, 0, sizeof d);
+    d.args = a;
+    pthread_mutex_init(&d.reload_mu, NULL);
+    int rc = 1, have_pidfile = 0;
+    char err[512];
+
+    /* Block the signals we handle before any thread starts, so that every
+     * thread inherits the mask and only sigwait() below sees them. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char *errs = NULL;
+    d.c = cfg_load(a->config, a->sets, a->nsets, &errs);
+    if (!d.c) {
+        fputs(errs ? errs : "config: out of memory\n", stderr);
+        free(errs);
+        return 1;
+    }
+    cfg *c = d.c;
+    log_set_level_name(c->log_level);
+    log_set_json(strcmp(a->log_format ? a->log_format : c->log_format, "json") == 0);
+
+    rules_set *set = rules_set_load(c, &errs);
+    if (!set) {
+        fputs(errs ? errs : "rules: out of memory\n", stderr);
+        fprintf(stderr, "nerve: refusing to start with broken rules (check them with `nerve check`)\n");
+        free(errs);
+        goto out;
+    }
+
+    rds_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.connect_timeout_ms = c->redis_connect_timeout_ms;
+    ro.command_timeout_ms = c->redis_command_timeout_ms;
+    ro.reconnect_max_ms = c->redis_reconnect_max_ms;
+    if (rds_parse_url(c->redis_url, &ro, err, sizeof err)) {
+        log_error("main", "%s", err);
+        rules_set_unref(set);
+        goto out;
+    }
+    if (c->pidfile[0]) {
+        if (daemon_pidfile_write(c->pidfile, err, sizeof err)) {
+            fprintf(stderr, "nerve: %s\n", err);
+            rules_set_unref(set);
+            goto out;
+        }
+        have_pidfile = 1;
+    }
+
+    char host[128] = "host", instance[200];
+    gethostname(host, sizeof host - 1);
+    snprintf(instance, sizeof instance, "%s:%d", host, (int)getpid());
+    char control[600];
+    snprintf(control, sizeof control, "%scontrol", c->redis_prefix);
+
+    d.live = live_new();
+    if (d.live) live_swap(d.live, set);
+    else rules_set_unref(set);
+    d.pool = rds_pool_new(&ro);
+    panic_opts po = {
+        .url = c->panic_webhook_url, .token = c->panic_token, .timeout_ms = c->panic_timeout_ms,
+        .max_attempts = c->panic_max_attempts, .backoff_initial_ms = c->panic_backoff_initial_ms,
+        .backoff_max_ms = c->panic_backoff_max_ms, .backoff_multiplier = c->panic_backoff_multiplier,
+        .jitter = c->panic_jitter, .dry_run = c->panic_dry_run, .queue_max = 1024,
+    };
+    d.panic = panic_new(&po, err, sizeof err);
+    if (!d.panic) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    d.ks = ks_new(c->redis_prefix, control, instance);
+    act_opts ao = { .prefix = c->redis_prefix, .alerts_channel = c->alerts_channel, .instance = instance,
+                    .throttle_s = c->alerts_throttle_s, .audit_maxlen = c->audit_maxlen,
+                    .dry_run = c->panic_dry_run };
+    d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
+    d.q = evq_new((size_t)c->queue_size);
+    d.policy = d.live && d.ks && d.act ? policy_new(d.live, d.ks, d.act, d.pool) : NULL;
+    if (!d.live || !d.pool || !d.act || !d.q || !d.policy) {
+        log_error("main", "out of memory");
+        goto out;
+    }
+    rds_client *c0 = rds_pool_client(d.pool);
+    if (c0) ks_refresh(d.ks, c0);
+    seed_inventory(c, d.pool);
+
+    eval_opts eo = { .live = d.live, .q = d.q, .act = d.act, .ks = d.ks, .pool = d.pool };
+    d.eval = eval_start(&eo, err, sizeof err);
+    if (!d.eval) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    bus_opts bo = { .redis = ro, .channels = c->bus_channels, .n_channels = c->n_bus_channels,
+                    .max_event_bytes = (size_t)c->max_event_bytes, .control_channel = control,
+                    .on_control = on_control, .on_connect = on_bus_connect, .ud = &d };
+    d.bus = bus_start(&bo, d.q, err, sizeof err);
+    if (!d.bus) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    sale_opts so = {
+        .prefix = c->redis_prefix, .inventory_channel = c->inventory_channel,
+        .sales_channel = c->sales_channel, .lock_ttl_ms = c->lock_ttl_ms,
+        .lock_max_wait_ms = c->lock_max_wait_ms, .idempotency_ttl_s = c->idempotency_ttl_s,
+        .max_batch = c->max_batch, .max_qty = c->max_qty, .gate = policy_gate, .gate_ud = d.policy,
+    };
+    d.sale = sale_engine_new(&so, d.pool);
+    if (!d.sale) {
+        log_error("main", "out of memory");
+        goto out;
+    }
+    http_deps hd = { .cfg = c, .pool = d.pool, .sale = d.sale, .live = d.live, .ks = d.ks,
+                     .act = d.act, .q = d.q, .bus = d.bus, .eval = d.eval,
+                     .reload = do_reload, .reload_ud = &d };
+    d.http = http_start(&hd, err, sizeof err);
+    if (!d.http) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    log_info("main", "nerve serving listen=%s redis=%s:%d/%d threads=%d rules=%zu pid=%d", c->listen,
+             ro.host, ro.port, ro.db, c->threads, rules_set_count(set), (int)getpid());
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&sigs, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            uint64_t g = 0;
+            char *e2 = NULL;
+            log_info("main", "SIGHUP: reloading config and rules");
+            do_reload(&d, &g, &e2);
+            free(e2);
+            continue;
+        }
+        log_info("main", "signal %s: shutting down", sig == SIGTERM ? "TERM" : "INT");
+        break;
+    }
+    rc = 0;
+out:
+    /* Order: stop taking requests (in-flight ones finish), then stop the bus,
+     * let the evaluator drain the queue, then the emergency stops. */
+    http_stop(d.http);
+    bus_stop(d.bus);
+    if (d.q) evq_close(d.q);
+    eval_stop(d.eval);
+    if (d.panic) panic_drain(d.panic, c->shutdown_grace_ms);
+    panic_free(d.panic);
+    sale_engine_free(d.sale);
+    policy_free(d.policy);
+    act_free(d.act);
+    ks_free(d.ks);
+    evq_free(d.q);
+    rds_pool_free(d.pool);
+    live_free(d.live);
+    if (have_pidfile && daemon_pidfile_read(c->pidfile) == (int)getpid()) unlink(c->pidfile);
+    if (rc == 0) log_info("main", "stopped");
+    pthread_mutex_destroy(&d.reload_mu);
+    cfg_free(c);
+    return rc;
+}

@@ -1,0 +1,155 @@
+/* evaluator.c -- queued events -> rules -> actions (see evaluator.h). */
+#include "nerve/evaluator.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nerve/log.h"
+
+struct eval {
+    eval_opts o;
+    pthread_t th;
+    pthread_mutex_t mu;         /* guards st */
+    eval_stats st;
+};
+
+typedef struct call_ctx {
+    eval *e;
+    rds_client *c;
+    uint64_t decisions;
+} call_ctx;
+
+static void on_decision(void *ud, const rules_decision *d) {
+    call_ctx *cc = ud;
+    cc->decisions++;
+    log_debug("eval", "decision rule=%s action=%s scope=%s reason=\"%s\"", d->rule,
+              rules_action_name(d->action), d->scope ? d->scope : "", d->reason);
+    if (cc->c) act_decision(cc->e->o.act, cc->c, d);
+}
+
+static void on_rule_error(void *ud, const char *rule, const char *msg) {
+    eval *e = ud;
+    pthread_mutex_lock(&e->mu);
+    e->st.rule_errors++;
+    pthread_mutex_unlock(&e->mu);
+    log_error("rules", "%s rule=%s", msg, rule);
+}
+
+static void count_event(eval *e, const char *channel, int bad, uint64_t decisions) {
+    pthread_mutex_lock(&e->mu);
+    e->st.events++;
+    e->st.bad_events += (uint64_t)bad;
+    e->st.decisions += decisions;
+    size_t i = 0;
+    while (i < e->st.n_channels && strcmp(e->st.channels[i].name, channel) != 0) i++;
+    if (i == e->st.n_channels && i < EVAL_MAX_CHANNELS) {
+        snprintf(e->st.channels[i].name, sizeof e->st.channels[i].name, "%s", channel);
+        e->st.n_channels++;
+    }
+    if (i < e->st.n_channels) e->st.channels[i].events++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Make sure *VM evaluates the live set; rebuild between events on a swap. */
+static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
+    uint64_t g = live_generation(e->o.live);
+    if (*vm && g == *gen) return;
+    uint64_t got;
+    rules_set *set = live_get(e->o.live, &got);
+    if (!set) {
+        rules_vm_free(*vm);
+        *vm = NULL;
+        *gen = got;
+        return;
+    }
+    char err[256] = "";
+    rules_vm *nvm = rules_vm_new(set, *vm, err, sizeof err);
+    if (!nvm) {
+        log_error("eval", "cannot build an evaluator for generation %llu: %s; keeping the previous one",
+                  (unsigned long long)got, err);
+        rules_set_unref(set);
+        *gen = got;     /* do not retry on every event */
+        return;
+    }
+    for (size_t i = 0; i < rules_set_count(set); i++) {
+        rules_info info;
+        if (rules_set_info(set, i, &info) == 0 && *vm)
+            log_info("eval", "rule %s state %s generation=%llu", info.name,
+                     rules_state_origin_name(rules_vm_state_origin(nvm, i)), (unsigned long long)got);
+    }
+    rules_set_unref(set);
+    rules_vm_on_error(nvm, on_rule_error, e);
+    rules_vm_free(*vm);
+    *vm = nvm;
+    *gen = got;
+}
+
+static void *run(void *arg) {
+    eval *e = arg;
+    rules_vm *vm = NULL;
+    uint64_t gen = 0;
+    uint64_t last_refresh = 0, bad_burst = 0;
+    for (;;) {
+        evq_item it;
+        int rc = evq_pop(e->o.q, &it, 200);
+        if (rc < 0) break;
+        uint64_t now = evq_now_ns();
+        if (now - last_refresh > 2000000000ull) {
+            /* Repair the halt cache from Redis now and then. */
+            rds_client *c = rds_pool_client(e->o.pool);
+            if (c) ks_refresh(e->o.ks, c);
+            last_refresh = now;
+        }
+        if (rc == 0) continue;
+        sync_vm(e, &vm, &gen);
+        call_ctx cc = { e, rds_pool_client(e->o.pool), 0 };
+        int bad = 0;
+        if (vm) {
+            int r = rules_eval(vm, it.channel, it.data, it.len, on_decision, &cc);
+            if (r < 0) {
+                bad = 1;
+                if (bad_burst++ == 0)
+                    log_warn("eval", "unusable event channel=%s error=\"%s\" (logged once per burst)",
+                             it.channel, rules_vm_errstr(vm));
+            } else {
+                bad_burst = 0;
+            }
+        }
+        count_event(e, it.channel, bad, cc.decisions);
+        evq_item_free(&it);
+    }
+    rules_vm_free(vm);
+    return NULL;
+}
+
+eval *eval_start(const eval_opts *o, char *err, size_t errlen) {
+    eval *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->o = *o;
+    pthread_mutex_init(&e->mu, NULL);
+    if (pthread_create(&e->th, NULL, run, e) != 0) {
+        snprintf(err, errlen, "cannot start the evaluator thread");
+        pthread_mutex_destroy(&e->mu);
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void eval_stop(eval *e) {
+    if (!e) return;
+    pthread_join(e->th, NULL);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+void eval_get_stats(eval *e, eval_stats *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->st;
+    pthread_mutex_unlock(&e->mu);
+}

@@ -1,0 +1,70 @@
+/* live.c -- the rule set in force (see live.h). A mutex rather than an atomic
+ * pointer: taking a reference and reading the pointer must be one step, or a
+ * reader could ref a set that the swapper just dropped. The critical section
+ * is a few instructions. */
+#include "nerve/live.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct live {
+    pthread_mutex_t mu;
+    rules_set *set;
+    _Atomic uint64_t gen;
+    live_reload last;
+};
+
+live *live_new(void) {
+    live *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    pthread_mutex_init(&l->mu, NULL);
+    return l;
+}
+
+void live_free(live *l) {
+    if (!l) return;
+    rules_set_unref(l->set);
+    free(l->last.errors);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+uint64_t live_swap(live *l, rules_set *set) {
+    pthread_mutex_lock(&l->mu);
+    rules_set *old = l->set;
+    l->set = set;
+    uint64_t g = atomic_fetch_add(&l->gen, 1) + 1;
+    pthread_mutex_unlock(&l->mu);
+    rules_set_unref(old);       /* readers still holding it keep it alive */
+    return g;
+}
+
+rules_set *live_get(live *l, uint64_t *generation) {
+    pthread_mutex_lock(&l->mu);
+    rules_set *s = l->set ? rules_set_ref(l->set) : NULL;
+    if (generation) *generation = atomic_load(&l->gen);
+    pthread_mutex_unlock(&l->mu);
+    return s;
+}
+
+uint64_t live_generation(live *l) { return atomic_load(&l->gen); }
+
+void live_record_reload(live *l, bool ok, const char *errors) {
+    char *copy = errors ? strdup(errors) : NULL;
+    pthread_mutex_lock(&l->mu);
+    free(l->last.errors);
+    l->last.ok = ok;
+    l->last.at = (long long)time(NULL);
+    l->last.errors = copy;
+    pthread_mutex_unlock(&l->mu);
+}
+
+void live_last_reload(live *l, live_reload *out) {
+    pthread_mutex_lock(&l->mu);
+    *out = l->last;
+    out->errors = l->last.errors ? strdup(l->last.errors) : NULL;
+    pthread_mutex_unlock(&l->mu);
+}

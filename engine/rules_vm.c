@@ -1,0 +1,395 @@
+/* rules_vm.c -- the per-thread rule evaluator.
+ *
+ * A rules_vm owns one sandboxed lua_State per rule of its set (separate
+ * states: a rule at its memory cap cannot make another fail). Building it
+ * runs each rule file again in its state, keeps `evaluate` and a read-only ctx
+ * in the registry, and so the hot path per event and rule is: refresh
+ * ctx.channel and ctx.now, build the event table, call, validate, deliver.
+ *
+ * After a memory-limit error a rule's state is rebuilt from the source (its
+ * ctx.state is lost); an instruction-limit or runtime error leaves the state
+ * as the rule left it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <cjson/cJSON.h>
+
+#include "nerve/log.h"
+#include "rules_int.h"
+
+typedef struct vm_rule {
+    rules_sbx sbx;              /* address must not change: Lua points at it */
+    const rules_rule *r;
+    rules_counters *ctr;
+    int ref_eval, ref_ctx, ref_inner, ref_state;
+    bool dead;                  /* its state could not be rebuilt */
+    rules_state_origin origin;
+} vm_rule;
+
+struct rules_vm {
+    rules_set *set;
+    vm_rule *rules;
+    size_t n;
+    rules_error_cb on_error;
+    void *on_error_ud;
+    char errstr[256];
+};
+
+const char *rules_state_origin_name(rules_state_origin o)
+{
+    static const char *const names[] = { "new", "kept", "reset", "lost" };
+
+    return (unsigned)o <= RULES_STATE_LOST ? names[o] : "?";
+}
+
+int rules_channel_in(const rules_rule *r, const char *channel)
+{
+    for (size_t i = 0; i < r->n_channels; i++)
+        if (strcmp(r->channels[i], channel) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---- building a rule's state ------------------------------------------ */
+
+struct setup_args {
+    vm_rule *vr;
+    const cJSON *params;
+};
+
+static void setup_fn(lua_State *L, void *ud)
+{
+    struct setup_args *a = ud;
+    vm_rule *vr = a->vr;
+
+    rules_sbx_run_chunk(L, vr->r->src, vr->r->src_len);
+    if (!lua_istable(L, 1))
+        luaL_error(L, "rule file must return a table");
+    lua_pushliteral(L, "evaluate");
+    if (lua_rawget(L, 1) != LUA_TFUNCTION)
+        luaL_error(L, "evaluate must be a function");
+    vr->ref_eval = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (a->params)
+        rules_sbx_push_json(L, a->params, "params", 0);
+    else
+        rules_sbx_push_json(L, &(cJSON){ .type = cJSON_Object }, "params", 0);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    vr->ref_state = luaL_ref(L, LUA_REGISTRYINDEX);
+    rules_sbx_push_ctx(L, -2, -1);
+    vr->ref_inner = luaL_ref(L, LUA_REGISTRYINDEX);
+    vr->ref_ctx = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static int open_rule(const rules_set *set, vm_rule *vr, char *err, size_t errlen)
+{
+    struct setup_args a = { vr, set->params };
+    rules_sbx_err e;
+
+    if (rules_sbx_open(&vr->sbx, vr->r->file, vr->r->name, set->instr_limit,
+                       set->mem_limit, &e) == 0) {
+        vr->sbx.def_line = vr->r->line;
+        if (rules_sbx_pcall(&vr->sbx, setup_fn, &a, &e) == 0)
+            return 0;
+        rules_sbx_close(&vr->sbx);
+    }
+    snprintf(err, errlen, "%s:%d: %s", vr->r->file, e.line, e.msg);
+    return -1;
+}
+
+/* ---- carrying ctx.state over ------------------------------------------- */
+
+struct carry_args {
+    vm_rule *from, *to;
+};
+
+static void carry_fn(lua_State *L, void *ud)
+{
+    struct carry_args *a = ud;
+    lua_State *src = a->from->sbx.L;
+
+    if (!lua_checkstack(src, 2))
+        luaL_error(L, "ctx.state copy: source stack exhausted");
+    lua_rawgeti(src, LUA_REGISTRYINDEX, a->from->ref_state);
+    rules_sbx_copy(L, src);
+    lua_pop(src, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->to->ref_inner);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "state");
+    lua_pop(L, 1);
+    lua_rawseti(L, LUA_REGISTRYINDEX, a->to->ref_state);
+}
+
+static rules_state_origin carry(const rules_vm *prev, vm_rule *to)
+{
+    struct carry_args a;
+    rules_sbx_err e;
+    int top, rc;
+
+    for (size_t j = 0; j < prev->n; j++) {
+        vm_rule *from = &prev->rules[j];
+
+        if (strcmp(from->r->name, to->r->name) != 0)
+            continue;
+        if (strcmp(from->r->sha256, to->r->sha256) != 0)
+            return RULES_STATE_RESET;
+        if (from->dead || from->sbx.L == NULL)
+            return RULES_STATE_LOST;
+        a.from = from;
+        a.to = to;
+        top = lua_gettop(from->sbx.L);
+        rc = rules_sbx_pcall(&to->sbx, carry_fn, &a, &e);
+        lua_settop(from->sbx.L, top);
+        if (rc != 0) {
+            log_warn("rules", "ctx.state not carried over: %s rule=%s", e.msg, to->r->name);
+            return RULES_STATE_LOST;
+        }
+        return RULES_STATE_KEPT;
+    }
+    return RULES_STATE_NEW;
+}
+
+rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen)
+{
+    char buf[RULES_MSG_MAX];
+    rules_vm *vm = calloc(1, sizeof(*vm));
+
+    if (vm == NULL)
+        goto oom;
+    vm->set = rules_set_ref(set);
+    vm->n = set->n;
+    vm->rules = calloc(set->n ? set->n : 1, sizeof(*vm->rules));
+    if (vm->rules == NULL)
+        goto oom;
+    for (size_t i = 0; i < set->n; i++) {
+        vm_rule *vr = &vm->rules[i];
+
+        vr->r = &set->rules[i];
+        vr->ctr = &set->ctr[i];
+        if (open_rule(set, vr, buf, sizeof(buf)) != 0) {
+            if (err)
+                snprintf(err, errlen, "%s", buf);
+            rules_vm_free(vm);
+            return NULL;
+        }
+        vr->origin = previous ? carry(previous, vr) : RULES_STATE_NEW;
+    }
+    return vm;
+oom:
+    if (err)
+        snprintf(err, errlen, "out of memory");
+    rules_vm_free(vm);
+    return NULL;
+}
+
+void rules_vm_free(rules_vm *vm)
+{
+    if (vm == NULL)
+        return;
+    if (vm->rules)
+        for (size_t i = 0; i < vm->n; i++)
+            rules_sbx_close(&vm->rules[i].sbx);
+    free(vm->rules);
+    rules_set_unref(vm->set);
+    free(vm);
+}
+
+rules_set *rules_vm_set(const rules_vm *vm)
+{
+    return vm->set;
+}
+
+rules_state_origin rules_vm_state_origin(const rules_vm *vm, size_t i)
+{
+    return i < vm->n ? vm->rules[i].origin : RULES_STATE_NEW;
+}
+
+void rules_vm_on_error(rules_vm *vm, rules_error_cb cb, void *ud)
+{
+    vm->on_error = cb;
+    vm->on_error_ud = ud;
+}
+
+const char *rules_vm_errstr(const rules_vm *vm)
+{
+    return vm->errstr;
+}
+
+/* ---- evaluation --------------------------------------------------------- */
+
+struct eval_args {
+    vm_rule *vr;
+    const char *channel;
+    const cJSON *event;
+    long long now;
+    rules_decision_cb cb;
+    void *ud;
+    bool bad;                   /* evaluate returned an invalid decision */
+    char err[RULES_MSG_MAX];
+};
+
+static void eval_fn(lua_State *L, void *ud)
+{
+    struct eval_args *a = ud;
+    vm_rule *vr = a->vr;
+    rules_decision d[RULES_MAX_DECISIONS];
+    size_t n;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_inner);
+    lua_pushstring(L, a->channel);
+    lua_setfield(L, -2, "channel");
+    lua_pushinteger(L, (lua_Integer)a->now);
+    lua_setfield(L, -2, "now");
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_eval);
+    rules_sbx_push_json(L, a->event, NULL, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_ctx);
+    lua_call(L, 2, 1);
+    if (rules_sbx_decisions(L, 1, a->channel, d, &n, a->err, sizeof(a->err)) != 0) {
+        a->bad = true;
+        return;
+    }
+    /* All valid: deliver (the strings are anchored on this stack). */
+    for (size_t i = 0; i < n; i++) {
+        d[i].rule = vr->r->name;
+        d[i].file = vr->r->file;
+        d[i].channel = a->channel;
+        atomic_fetch_add_explicit(&vr->ctr->decisions[d[i].action], 1, memory_order_relaxed);
+        if (a->cb)
+            a->cb(a->ud, &d[i]);
+    }
+}
+
+static void report(rules_vm *vm, const vm_rule *vr, const char *msg)
+{
+    if (vm->on_error)
+        vm->on_error(vm->on_error_ud, vr->r->name, msg);
+    else
+        log_error("rules", "%s rule=%s", msg, vr->r->name);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* 0 when the rule ran fine, 1 when it failed. */
+static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
+{
+    char msg[RULES_MSG_MAX + 256];
+    rules_sbx_err e;
+    uint64_t t0;
+    int rc;
+
+    if (vr->dead) {
+        snprintf(msg, sizeof(msg), "%s:%d: rule disabled: its state could not be rebuilt "
+                 "after exceeding the memory limit", vr->r->file, vr->r->line);
+        atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
+        report(vm, vr, msg);
+        return 1;
+    }
+    a->vr = vr;
+    a->bad = false;
+    t0 = now_ns();
+    rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
+    atomic_fetch_add_explicit(&vr->ctr->duration_ns, now_ns() - t0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
+    if (rc == 0 && !a->bad)
+        return 0;
+    atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
+    if (rc != 0)
+        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, e.line, e.msg);
+    else
+        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, vr->r->line, a->err);
+    if (rc != 0 && e.kind == RULES_SBX_MEM) {
+        char rerr[RULES_MSG_MAX];
+        size_t len = strlen(msg);
+
+        rules_sbx_close(&vr->sbx);
+        if (open_rule(vm->set, vr, rerr, sizeof(rerr)) == 0) {
+            snprintf(msg + len, sizeof(msg) - len, "; ctx.state reset");
+        } else {
+            vr->dead = true;
+            snprintf(msg + len, sizeof(msg) - len, "; rule disabled: %s", rerr);
+        }
+    }
+    report(vm, vr, msg);
+    return 1;
+}
+
+int rules_eval_cjson(rules_vm *vm, const char *channel, const cJSON *event,
+                     long long now, rules_decision_cb cb, void *ud)
+{
+    struct eval_args a = { .channel = channel, .event = event, .now = now,
+                           .cb = cb, .ud = ud };
+    int failed = 0;
+
+    for (size_t i = 0; i < vm->n; i++)
+        if (rules_channel_in(vm->rules[i].r, channel))
+            failed += eval_one(vm, &vm->rules[i], &a);
+    return failed;
+}
+
+static int json_depth(const cJSON *j)
+{
+    int max = 0;
+
+    if (!cJSON_IsArray(j) && !cJSON_IsObject(j))
+        return 0;
+    for (const cJSON *c = j->child; c; c = c->next) {
+        int d = json_depth(c);
+
+        if (d > max)
+            max = d;
+    }
+    return max + 1;
+}
+
+int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
+               rules_decision_cb cb, void *ud)
+{
+    const char *end = NULL;
+    cJSON *ev;
+    int rc;
+
+    vm->errstr[0] = '\0';
+    if (!rules_set_listens(vm->set, channel))
+        return 0;
+    if (len > vm->set->max_event_bytes) {
+        snprintf(vm->errstr, sizeof(vm->errstr), "event of %zu bytes is over the limit of %zu",
+                 len, vm->set->max_event_bytes);
+        return -1;
+    }
+    ev = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (ev == NULL) {
+        snprintf(vm->errstr, sizeof(vm->errstr), "event is not valid JSON (at byte %td)",
+                 end ? end - json : (ptrdiff_t)0);
+        return -1;
+    }
+    while (end && (size_t)(end - json) < len && (*end == ' ' || *end == '\t' ||
+                                                 *end == '\r' || *end == '\n'))
+        end++;
+    if (!cJSON_IsObject(ev) || (end && (size_t)(end - json) < len)) {
+        snprintf(vm->errstr, sizeof(vm->errstr), "event is not one JSON object");
+        cJSON_Delete(ev);
+        return -1;
+    }
+    if (json_depth(ev) > RULES_JSON_DEPTH) {
+        snprintf(vm->errstr, sizeof(vm->errstr), "event nested deeper than %d levels",
+                 RULES_JSON_DEPTH);
+        cJSON_Delete(ev);
+        return -1;
+    }
+    rc = rules_eval_cjson(vm, channel, ev, (long long)time(NULL), cb, ud);
+    cJSON_Delete(ev);
+    return rc;
+}

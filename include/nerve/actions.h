@@ -1,0 +1,66 @@
+/* actions.h -- turn rule decisions into alerts, kill switch engagements and
+ * emergency stops.
+ *
+ * alert: published on the alerts channel as JSON
+ *     {"level","kind":"rule_alert","rule","scope","reason","ts","instance","suppressed"}
+ * at most once per (rule, scope) per throttle window, fleet-wide (the throttle
+ * key lives in Redis); the suppressed ones are counted there and the next
+ * published alert carries "suppressed": N. Published alerts are appended to
+ * the capped stream PREFIXaudit.
+ * kill: engages the scope (killswitch.h); when this instance created the
+ * record it publishes {"level":"critical","kind":"kill_switch",...}, appends
+ * it to the audit stream and submits the emergency stop to the panic worker;
+ * its outcome is written into the record and, when every attempt failed,
+ * {"level":"fatal","kind":"critical_failure",...} is published.
+ * reject: nothing to do here (the sale path answers 422).
+ *
+ * Thread-safety: every function is thread-safe; each takes the calling
+ * thread's rds_client. Ownership: act_new borrows K, P and POOL (they must
+ * outlive it) and copies the options' strings.
+ */
+#ifndef NERVE_ACTIONS_H
+#define NERVE_ACTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nerve/killswitch.h"
+#include "nerve/panic.h"
+#include "nerve/rds.h"
+#include "nerve/rules.h"
+
+typedef struct act_opts {
+    const char *prefix;
+    const char *alerts_channel;
+    const char *instance;
+    int throttle_s;
+    long audit_maxlen;
+    bool dry_run;               /* panic.dry_run: record "would stop", no webhook */
+} act_opts;
+
+typedef struct act_stats {
+    uint64_t alerts_published, alerts_suppressed, kills_engaged, kills_already, errors;
+} act_stats;
+
+typedef struct act act;
+
+act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool);
+void act_free(act *a);
+
+/* Handle one decision. 0, or -1 on a Redis error (logged and counted). */
+int act_decision(act *a, rds_client *c, const rules_decision *d);
+
+/* Publish an alert (throttled per RULE and SCOPE). KIND is "rule_alert",
+ * "reload_failed", ...; SCOPE may be NULL. 1 published, 0 suppressed, -1 error. */
+int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
+              const char *scope, const char *reason);
+
+/* Engage SCOPE (also by hand, RULE "admin"). 1 engaged by this call, 0
+ * already engaged, -1 error (message in ERR). */
+int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
+             bool halt_sales, char *err, size_t errlen);
+
+void act_get_stats(act *a, act_stats *out);
+
+#endif
