@@ -18,12 +18,19 @@
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/log.h"
+#include "nerve/metrics.h"
 #include "nerve/panic.h"
 #include "nerve/policy.h"
 #include "nerve/queue.h"
 #include "nerve/rds.h"
 #include "nerve/rules.h"
 #include "nerve/sale.h"
+
+void daemon_print_errors(const char *text) {
+    fputs(text, stderr);
+    if (text[0] && text[strlen(text) - 1] != '\n') fputc('\n', stderr);
+}
+#define print_errors daemon_print_errors
 
 /* ---- pidfile ---------------------------------------------------------------- */
 
@@ -127,6 +134,7 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
             p += n + (nl ? 1 : 0);
         }
         live_record_reload(d->live, false, text);
+        metrics_reload(0);
         rds_client *c = rds_pool_client(d->pool);
         if (c) {
             char reason[512];
@@ -141,6 +149,7 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
         report_restart_only(d->c, nc);
         uint64_t g = live_swap(d->live, set);
         live_record_reload(d->live, true, NULL);
+        metrics_reload(1);
         log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s", (unsigned long long)g,
                  rules_set_count(set), rules_set_sha256(set));
         if (generation) *generation = g;
@@ -199,7 +208,7 @@ int daemon_run(const daemon_args *a) {
     char *errs = NULL;
     d.c = cfg_load(a->config, a->sets, a->nsets, &errs);
     if (!d.c) {
-        fputs(errs ? errs : "config: out of memory\n", stderr);
+        print_errors(errs ? errs : "config: out of memory");
         free(errs);
         return 1;
     }
@@ -209,7 +218,7 @@ int daemon_run(const daemon_args *a) {
 
     rules_set *set = rules_set_load(c, &errs);
     if (!set) {
-        fputs(errs ? errs : "rules: out of memory\n", stderr);
+        print_errors(errs ? errs : "rules: out of memory");
         fprintf(stderr, "nerve: refusing to start with broken rules (check them with `nerve check`)\n");
         free(errs);
         goto out;
@@ -244,11 +253,16 @@ int daemon_run(const daemon_args *a) {
     if (d.live) live_swap(d.live, set);
     else rules_set_unref(set);
     d.pool = rds_pool_new(&ro);
+    /* No webhook configured: there is nothing to call, so emergency stops are
+     * recorded and alerted as "would stop" (dry run) instead of failing. */
+    bool dry_run = c->panic_dry_run || !c->panic_webhook_url[0];
+    if (!c->panic_webhook_url[0])
+        log_warn("main", "panic.webhook_url is not set: kill switch engagements are recorded as dry runs");
     panic_opts po = {
         .url = c->panic_webhook_url, .token = c->panic_token, .timeout_ms = c->panic_timeout_ms,
         .max_attempts = c->panic_max_attempts, .backoff_initial_ms = c->panic_backoff_initial_ms,
         .backoff_max_ms = c->panic_backoff_max_ms, .backoff_multiplier = c->panic_backoff_multiplier,
-        .jitter = c->panic_jitter, .dry_run = c->panic_dry_run, .queue_max = 1024,
+        .jitter = c->panic_jitter, .dry_run = dry_run, .queue_max = 1024,
     };
     d.panic = panic_new(&po, err, sizeof err);
     if (!d.panic) {
@@ -258,7 +272,7 @@ int daemon_run(const daemon_args *a) {
     d.ks = ks_new(c->redis_prefix, control, instance);
     act_opts ao = { .prefix = c->redis_prefix, .alerts_channel = c->alerts_channel, .instance = instance,
                     .throttle_s = c->alerts_throttle_s, .audit_maxlen = c->audit_maxlen,
-                    .dry_run = c->panic_dry_run };
+                    .dry_run = dry_run };
     d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
     d.q = evq_new((size_t)c->queue_size);
     d.policy = d.live && d.ks && d.act ? policy_new(d.live, d.ks, d.act, d.pool) : NULL;
@@ -296,7 +310,7 @@ int daemon_run(const daemon_args *a) {
         goto out;
     }
     http_deps hd = { .cfg = c, .pool = d.pool, .sale = d.sale, .live = d.live, .ks = d.ks,
-                     .act = d.act, .q = d.q, .bus = d.bus, .eval = d.eval,
+                     .act = d.act, .q = d.q, .bus = d.bus, .eval = d.eval, .panic = d.panic,
                      .reload = do_reload, .reload_ud = &d };
     d.http = http_start(&hd, err, sizeof err);
     if (!d.http) {

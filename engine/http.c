@@ -12,8 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nerve/log.h"
+#include "nerve/metrics.h"
 
 struct http_server {
     http_deps d;
@@ -163,7 +165,26 @@ static int check_admin(http_server *s, struct mg_connection *conn) {
 
 /* ---- handlers -------------------------------------------------------------------- */
 
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int do_sale(http_server *s, struct mg_connection *conn, sale_res *res);
+
+/* POST /sale: count and time every answer, whatever it is. */
 static int handle_sale(http_server *s, struct mg_connection *conn) {
+    double t0 = mono_s();
+    sale_res res;
+    memset(&res, 0, sizeof res);
+    res.status = SALE_BAD_REQUEST;
+    int status = do_sale(s, conn, &res);
+    metrics_sale(res.status, res.duplicate, mono_s() - t0);
+    return status;
+}
+
+static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
     const cfg *c = s->d.cfg;
     char *body;
     size_t len;
@@ -186,6 +207,7 @@ static int handle_sale(http_server *s, struct mg_connection *conn) {
 
     sale_res res;
     sale_execute(s->d.sale, &req, &res);
+    *resp = res;
     cJSON *o;
     switch (res.status) {
     case SALE_OK:
@@ -395,6 +417,23 @@ static int handle_rules(http_server *s, struct mg_connection *conn) {
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
+static int handle_metrics(http_server *s, struct mg_connection *conn) {
+    metrics_sources src = { .live = s->d.live, .eval = s->d.eval, .q = s->d.q, .panic = s->d.panic,
+                            .ks = s->d.ks, .redis = rds_pool_client(s->d.pool) };
+    char *text = metrics_render(&src);
+    if (!text) return send_error(s, conn, 500, "internal", "out of memory");
+    char len[24];
+    snprintf(len, sizeof len, "%zu", strlen(text));
+    mg_response_header_start(conn, 200);
+    mg_response_header_add(conn, "Content-Type", "text/plain; version=0.0.4; charset=utf-8", -1);
+    mg_response_header_add(conn, "Content-Length", len, -1);
+    mg_response_header_add(conn, "Cache-Control", "no-store", -1);
+    mg_response_header_send(conn);
+    mg_write(conn, text, strlen(text));
+    free(text);
+    return 200;
+}
+
 static int unavailable(http_server *s, struct mg_connection *conn, const char *msg) {
     extra_hdr h = { "Retry-After", "1" };
     return send_json(s, conn, 503, error_obj("unavailable", msg), &h, 1);
@@ -524,6 +563,10 @@ static int route(struct mg_connection *conn, void *cbdata) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "status", "ok");
         return send_json(s, conn, 200, o, NULL, 0);
+    }
+    if (is(p, "/metrics")) {
+        if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");
+        return handle_metrics(s, conn);
     }
     if (is(p, "/rules")) {
         if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");

@@ -101,8 +101,7 @@ static cfg *load_config(const opts *o) {
     char *errors = NULL;
     cfg *c = cfg_load(o->config, o->sets, o->nsets, &errors);
     if (!c) {
-        fputs(errors ? errors : "config: out of memory\n", stderr);
-        if (errors && errors[0] && errors[strlen(errors) - 1] != '\n') fputc('\n', stderr);
+        daemon_print_errors(errors ? errors : "config: out of memory");
         free(errors);
         return NULL;
     }
@@ -120,7 +119,7 @@ static int cmd_check(const opts *o) {
     rules_set *set = rules_set_load(c, &errors);
     int rc = 0;
     if (!set) {
-        fputs(errors ? errors : "rules: out of memory\n", stderr);
+        daemon_print_errors(errors ? errors : "rules: out of memory");
         rc = 1;
     } else {
         int fixtures = 0;
@@ -158,7 +157,7 @@ static int cmd_rules(const opts *o) {
         char *errors = NULL;
         rules_set *set = rules_set_load(c, &errors);
         if (!set) {
-            fputs(errors ? errors : "rules: out of memory\n", stderr);
+            daemon_print_errors(errors ? errors : "rules: out of memory");
         } else {
             rc = rules_test_events(set, in, path, stdout, stderr) == 0 ? 0 : 1;
         }

@@ -133,5 +133,7 @@ void rules_sanitize(char *dst, size_t n, const char *s, size_t len);
 
 /* Shared by the vm and the dry run. */
 int rules_channel_in(const rules_rule *r, const char *channel);
+/* Container nesting of J (a scalar is 0, {} is 1). */
+int rules_json_depth(const struct cJSON *j);
 
 #endif

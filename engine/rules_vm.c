@@ -98,7 +98,7 @@ static int open_rule(const rules_set *set, vm_rule *vr, char *err, size_t errlen
             return 0;
         rules_sbx_close(&vr->sbx);
     }
-    snprintf(err, errlen, "%s:%d: %s", vr->r->file, e.line, e.msg);
+    snprintf(err, errlen, "%s:%d: %.900s", vr->r->file, e.line, e.msg);
     return -1;
 }
 
@@ -339,14 +339,14 @@ int rules_eval_cjson(rules_vm *vm, const char *channel, const cJSON *event,
     return failed;
 }
 
-static int json_depth(const cJSON *j)
+int rules_json_depth(const cJSON *j)
 {
     int max = 0;
 
     if (!cJSON_IsArray(j) && !cJSON_IsObject(j))
         return 0;
     for (const cJSON *c = j->child; c; c = c->next) {
-        int d = json_depth(c);
+        int d = rules_json_depth(c);
 
         if (d > max)
             max = d;
@@ -383,7 +383,7 @@ int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
         cJSON_Delete(ev);
         return -1;
     }
-    if (json_depth(ev) > RULES_JSON_DEPTH) {
+    if (rules_json_depth(ev) > RULES_JSON_DEPTH) {
         snprintf(vm->errstr, sizeof(vm->errstr), "event nested deeper than %d levels",
                  RULES_JSON_DEPTH);
         cJSON_Delete(ev);

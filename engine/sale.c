@@ -22,6 +22,7 @@
 
 #include "nerve/lock.h"
 #include "nerve/log.h"
+#include "nerve/metrics.h"
 
 #define KEY_MAX 512
 
@@ -455,7 +456,11 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
     } else if (key(lk, e->o.prefix, sku, "lock") < 0) {
         fail = "key too long";
     } else {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        metrics_lock_wait((double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
         if (st == LOCK_TIMEOUT) {
             snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
             fail = err;

@@ -19,6 +19,9 @@ typedef struct daemon_args {
     const char *log_format;     /* "text", "json" or NULL (from config) */
 } daemon_args;
 
+/* Print `FILE:LINE: message` lines on stderr, ending with a newline. */
+void daemon_print_errors(const char *text);
+
 /* Run until SIGTERM/SIGINT. Returns the process exit code. */
 int daemon_run(const daemon_args *a);
 

@@ -21,6 +21,7 @@
 #include "nerve/evaluator.h"
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
+#include "nerve/panic.h"
 #include "nerve/queue.h"
 #include "nerve/rds.h"
 #include "nerve/sale.h"
@@ -39,6 +40,7 @@ typedef struct http_deps {
     evq *q;
     bus *bus;
     eval *eval;
+    panic *panic;
     http_reload_fn reload;
     void *reload_ud;
 } http_deps;

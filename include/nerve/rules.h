@@ -60,7 +60,8 @@
  * the entry gives is equal; the counts must be equal.
  *
  * Every message a user sees reads `FILE:LINE: message`, FILE being the path as
- * configured (rules_dir + "/" + name, or the rules_files entry). LINE is exact
+ * configured (rules_dir + "/" + name; rules_dir is "rules" by default, so
+ * `rules/inventory.lua:12: ...`). LINE is exact
  * for syntax and runtime errors; for a bad field of the returned table it is
  * the line where that key appears in the source (best effort), else the line
  * of `evaluate`, else 1.
@@ -113,7 +114,8 @@ typedef void (*rules_error_cb)(void *ud, const char *rule, const char *msg);
 
 /* ---- rule sets (immutable; thread-safe) -------------------------------- */
 
-/* Compile the rules CFG names: rules_files when non-empty (in that order),
+/* Compile the rules CFG names: rules_files when non-empty (in that order;
+ * a relative entry is relative to rules_dir, an absolute one is used as is),
  * else every regular *.lua file in rules_dir not starting with '.', sorted by
  * name. Each file is read as text (bytecode is refused), run in a fresh
  * sandbox under the configured limits, its returned table validated (names
