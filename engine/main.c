@@ -13,6 +13,7 @@
 #include "nerve/daemon.h"
 #include "nerve/log.h"
 #include "nerve/rules.h"
+#include "nerve/stress.h"
 
 #define NERVE_VERSION "0.2.0"
 #define MAX_SETS 256
@@ -37,6 +38,8 @@ static void usage(FILE *f) {
             "                               dry-run: feed each {\"channel\",\"event\"} line to the rules,\n"
             "                               print one JSON line per decision; no Redis needed\n"
             "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
+            "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
+            "                               load test with invariant checks (nerve stress --help)\n"
             "  help                         this text\n"
             "  --version                    print the version\n"
             "\n"
@@ -209,6 +212,7 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    if (strcmp(cmd, "stress") == 0) return stress_main(argc - 2, argv + 2);
     opts o;
     if (parse_opts(argc - 2, argv + 2, &o)) {
         free(o.rest);
