@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nerve/actions.h"
@@ -159,6 +160,27 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
     cfg_free(nc);
     pthread_mutex_unlock(&d->reload_mu);
     return rc;
+}
+
+/* Runs once shutdown has begun: a second SIGTERM/SIGINT exits at once, and a
+ * shutdown that overruns the grace period is cut short. */
+typedef struct watchdog {
+    sigset_t sigs;
+    int grace_ms;
+} watchdog;
+
+static void *watchdog_run(void *arg) {
+    watchdog *w = arg;
+    struct timespec ts = { w->grace_ms / 1000 + 1, (long)(w->grace_ms % 1000) * 1000000 };
+    for (;;) {
+        int sig = sigtimedwait(&w->sigs, NULL, &ts);
+        if (sig == SIGHUP) continue;        /* no reloads while stopping */
+        if (sig < 0 && errno == EINTR) continue;
+        if (sig < 0) log_error("main", "shutdown took longer than the grace period (%d ms); exiting now", w->grace_ms);
+        else log_warn("main", "second signal: exiting now");
+        _exit(sig < 0 ? 1 : 130);
+    }
+    return NULL;
 }
 
 static void on_control(void *ud, const char *msg, size_t len) {
@@ -331,9 +353,15 @@ int daemon_run(const daemon_args *a) {
             free(e2);
             continue;
         }
-        log_info("main", "signal %s: shutting down", sig == SIGTERM ? "TERM" : "INT");
+        log_info("main", "signal %s: shutting down (grace %d ms)", sig == SIGTERM ? "TERM" : "INT",
+                 c->shutdown_grace_ms);
         break;
     }
+    static watchdog wd;
+    wd.sigs = sigs;
+    wd.grace_ms = c->shutdown_grace_ms;
+    pthread_t wt;
+    if (pthread_create(&wt, NULL, watchdog_run, &wd) == 0) pthread_detach(wt);
     rc = 0;
 out:
     /* Order: stop taking requests (in-flight ones finish), then stop the bus,
