@@ -238,7 +238,10 @@ static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
     case SALE_UNAVAILABLE:
     default: {
         extra_hdr h = { "Retry-After", "1" };
-        return send_json(s, conn, 503, error_obj("unavailable", res.message), &h, 1);
+        o = error_obj("unavailable", res.message);
+        cJSON_AddStringToObject(o, "sku", req.sku);
+        cJSON_AddStringToObject(o, "order_id", req.order_id);
+        return send_json(s, conn, 503, o, &h, 1);
     }
     }
 }

@@ -474,6 +474,13 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             } else if (rc < 0) {
                 /* Best effort: free the SKU for others now rather than at TTL. */
                 lock_release(c, lk, token);
+                /* The script may have run before the connection broke: say
+                 * so, so that clients retry with the same order_id (which
+                 * then answers the recorded result instead of selling twice). */
+                char why[160];
+                snprintf(why, sizeof why, "%s", err);
+                snprintf(err, sizeof err, "%.159s; the sale may or may not have been recorded: retry with the same order_id",
+                         why);
                 fail = err;
             }
         }
