@@ -575,7 +575,7 @@ static void fixture_fn(lua_State *L, void *ud)
     res = lua_gettop(L);
 
     if (rules_sbx_decisions(L, res, f->chan, d, &n, fmsg, sizeof(fmsg)) != 0) {
-        eb_add(la->eb, la->file, la->eval_line, "fixture %d (%s): %s", f->i, f->chan, fmsg);
+        eb_add(la->eb, la->file, f->line, "fixture %d (%s): %s", f->i, f->chan, fmsg);
         return;
     }
     if (n != n_exp) {

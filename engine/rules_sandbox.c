@@ -53,6 +53,18 @@ void rules_sanitize(char *dst, size_t n, const char *s, size_t len)
 
 static void count_hook(lua_State *L, lua_Debug *ar);
 
+/* The line the rule is executing (innermost Lua frame), 0 if none. Only
+ * reads the call-info chain: safe from inside the allocator. */
+static int current_line(lua_State *L)
+{
+    lua_Debug ar;
+
+    for (int level = 0; level < 8 && lua_getstack(L, level, &ar); level++)
+        if (lua_getinfo(L, "l", &ar) && ar.currentline > 0)
+            return ar.currentline;
+    return 0;
+}
+
 static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     rules_sbx *s = ud;
@@ -70,8 +82,10 @@ static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
          * lua_sethook is safe at any point (lua.c calls it from a signal
          * handler). */
         if (s->armed && s->L != NULL) {
-            if (s->abort == RULES_SBX_OK)
+            if (s->abort == RULES_SBX_OK) {
                 s->abort = RULES_SBX_MEM;
+                s->abort_line = current_line(s->L);
+            }
             lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
         }
         return NULL;

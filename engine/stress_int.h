@@ -1,0 +1,166 @@
+/* stress_int.h -- internals shared by the files of `nerve stress` (not a
+ * public header; the contract is include/nerve/stress.h).
+ *
+ *   stress.c         options, setup (stock, kill switch), the run, exit code
+ *   stress_http.c    URLs, an incremental HTTP/1.1 response parser, and a
+ *                    blocking one-shot client for setup and final reads
+ *   stress_load.c    the load generator: worker threads, each with its own
+ *                    epoll loop over its own keep-alive connections
+ *   stress_report.c  latency percentiles, invariants, human and JSON report
+ *
+ * Data flows one way: stress.c configures a stress_run, stress_load fills
+ * the per-thread stress_stats, stress_report merges and judges them.
+ */
+#ifndef NERVE_STRESS_INT_H
+#define NERVE_STRESS_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#define STRESS_MAX_URLS     64
+#define STRESS_MAX_SKUS     10000
+#define STRESS_MAX_CLIENTS  10000
+#define STRESS_MAX_THREADS  256
+#define STRESS_SKU_MAX      128     /* bytes, as the sale endpoint allows */
+#define STRESS_ERR_MAX      256
+#define STRESS_RESP_MAX     (1024 * 1024)   /* largest response accepted */
+
+/* ---- URLs and HTTP (stress_http.c) ---------------------------------------------- */
+
+typedef struct stress_url {
+    char base[300];             /* "http://HOST:PORT" as given, no trailing slash */
+    char host[256];             /* what to resolve (IPv6 without brackets) */
+    char hostport[280];         /* the Host header */
+    int port;
+    struct sockaddr_storage addr;   /* filled by stress_url_resolve */
+    socklen_t addrlen;
+} stress_url;
+
+/* Parse "http://HOST[:PORT][/]" into U (port 80 when absent). 0, or -1 with
+ * the reason in ERR. */
+int stress_url_parse(const char *s, stress_url *u, char *err, size_t errlen);
+/* Resolve U's host into U->addr (first address getaddrinfo returns).
+ * 0, or -1 with the reason in ERR. */
+int stress_url_resolve(stress_url *u, char *err, size_t errlen);
+
+/* A parsed response. Pointers point into the caller's buffer. */
+typedef struct stress_resp {
+    int status;
+    bool close;                 /* the server will close: Connection: close or HTTP/1.0 */
+    const char *body;
+    size_t body_len;
+    size_t total;               /* bytes of the whole message in the buffer */
+} stress_resp;
+
+/* Parse the response at BUF[0..LEN). EOF: the peer closed after LEN bytes
+ * (completes a close-delimited body). Returns 1 complete (R filled; a
+ * chunked body is decoded in place, so BUF is modified), 0 incomplete, -1
+ * malformed (reason in ERR). */
+int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err, size_t errlen);
+
+/* The answer of one blocking request. */
+typedef struct stress_reply {
+    int status;                 /* 0: transport error, see err/errnum */
+    char *body;                 /* malloc'd, NUL-terminated; NULL on error */
+    size_t len;
+    int errnum;                 /* errno of a transport error, 0 otherwise */
+    char err[STRESS_ERR_MAX];
+} stress_reply;
+
+/* METHOD PATH on U with BODY (NULL: none) and, when TOKEN is not NULL,
+ * `Authorization: Bearer TOKEN`, on a fresh connection closed afterwards,
+ * all within TIMEOUT_MS. Fills OUT (free its body with stress_reply_free).
+ * Returns the status, 0 on a transport error. */
+int stress_http_request(const stress_url *u, const char *method, const char *path,
+                        const char *token, const char *body, int timeout_ms,
+                        stress_reply *out);
+void stress_reply_free(stress_reply *r);
+
+/* Monotonic clock, nanoseconds. */
+uint64_t stress_now_ns(void);
+
+/* ---- the load (stress_load.c) ------------------------------------------------------ */
+
+/* What one worker thread counted. Owned by its thread during the run, read
+ * by the report afterwards. */
+typedef struct stress_stats {
+    long long requests;         /* answered or failed */
+    long long by_status[600];   /* HTTP answers by status (out of range: 599) */
+    long long transport;        /* no complete HTTP answer */
+    long long duplicates;       /* 200 with "duplicate": true */
+    long long mismatched;       /* 200 not echoing its own order_id and sku */
+    long long negative;         /* 200 with stock_remaining < 0 */
+    long long min_remaining;    /* smallest stock_remaining of a 200 (LLONG_MAX: none) */
+    long long *sold;            /* [nskus] units of non-duplicate 200s */
+    long long *per_url;         /* [nurls] requests sent to each URL */
+    uint32_t *lat_us;           /* latency of each answered request, microseconds */
+    size_t nlat, caplat;
+    long long lat_dropped;      /* samples not kept (out of memory) */
+    char first_error[STRESS_ERR_MAX];
+    char first_mismatch[STRESS_ERR_MAX];
+} stress_stats;
+
+typedef struct stress_run {
+    /* in */
+    stress_url *urls;
+    int nurls;
+    char (*skus)[STRESS_SKU_MAX + 1];
+    int nskus;
+    long long qty;
+    int clients;
+    int threads;
+    long long requests;         /* > 0: this many; 0: --duration */
+    double duration_s;
+    int timeout_ms;             /* per request */
+    char run_id[32];            /* order_id = "st-<run_id>-<index>" */
+    /* shared while running */
+    atomic_llong next;          /* next request index to hand out */
+    atomic_llong done;          /* finished requests (for progress) */
+    atomic_llong failed;        /* finished requests that were not 2xx/4xx sale answers */
+    atomic_int stop;            /* set: hand out no more requests */
+    atomic_int threads_done;
+    uint64_t deadline_ns;       /* duration mode */
+    /* out */
+    stress_stats *stats;        /* [threads] */
+    double secs;                /* wall time of the run */
+} stress_run;
+
+/* Start R->threads workers and return; R->stats is allocated here. 0, or -1
+ * (ERR) when nothing could start. Call stress_load_wait to join. */
+int stress_load_start(stress_run *r, char *err, size_t errlen);
+/* Join the workers and set R->secs. */
+void stress_load_wait(stress_run *r);
+/* Free what stress_load_start allocated. NULL is fine. */
+void stress_load_free(stress_run *r);
+
+/* ---- the report (stress_report.c) ---------------------------------------------------- */
+
+typedef struct stress_sku_result {
+    long long initial;
+    long long final;            /* valid when final_ok */
+    bool final_ok;
+    char final_err[STRESS_ERR_MAX];
+    long long sold;
+    int kill;                   /* -1 not asserted, 0 not engaged, 1 engaged */
+} stress_sku_result;
+
+typedef struct stress_report_in {
+    const stress_run *run;
+    stress_sku_result *skus;    /* [run->nskus] */
+    long long stock;
+    bool kill_check;
+    long long critical;
+    bool interrupted;
+    bool json;
+} stress_report_in;
+
+/* Merge the threads' stats, judge the invariants, print the report on OUT
+ * and one "INVARIANT FAILED: ..." line per failure on ERR. Returns 0 when
+ * every invariant holds, 1 otherwise. */
+int stress_report(const stress_report_in *in, FILE *out, FILE *err);
+
+#endif
