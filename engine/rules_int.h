@@ -1,6 +1,7 @@
 /* rules_int.h -- internals shared by the rules engine's files (not a public
- * header): the set's layout (rules.c), the sandbox (rules_sandbox.c) and the
- * evaluator (rules_vm.c).
+ * header): the set's layout and loading (rules.c), fixtures and the dry run
+ * (rules_test.c), the sandbox (rules_sandbox.c), the values crossing it
+ * (rules_values.c) and the evaluator (rules_vm.c).
  *
  * A rules_sbx is one sandboxed lua_State with its allocator and limits. All
  * Lua work goes through rules_sbx_pcall(), which runs a C callback in
@@ -63,7 +64,52 @@ struct rules_set {
     long long loaded_at;
 };
 
-/* ---- the sandbox (rules_sandbox.c) ------------------------------------- */
+/* ---- loading (rules.c) and fixtures (rules_test.c) --------------------- */
+
+/* Load errors, collected: one "FILE:LINE: message\n" per problem. */
+typedef struct rules_errbuf {
+    char *s;
+    size_t len, cap;
+    int count;                  /* problems seen, even if the text ran out of memory */
+} rules_errbuf;
+
+void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Best-effort line of the NTH (1-based) `KEY =` at or after line FROM of
+ * SRC, ignoring what follows `--`; 0 when not found. */
+int rules_key_line(const char *src, size_t len, const char *key, int from, int nth);
+/* 1 when S (LEN bytes) is a valid channel name. */
+int rules_channel_ok(const char *s, size_t len);
+
+/* One rule file being loaded. validate_fn (rules.c) fills it; strings point
+ * into the Lua state and are copied out after the protected call (so no C
+ * allocation can be skipped by a Lua error), before the state is closed. */
+struct rules_load {
+    const char *file;
+    const char *src;
+    size_t src_len;
+    const struct cJSON *params;
+    rules_errbuf *eb;
+    int errors_before;
+    const char *name;
+    const char *desc;
+    const char *chan[RULES_MAX_CHANNELS];
+    size_t n_chan;
+    int eval_line;
+    int tests_line;
+    int n_fix;
+    bool ok;                    /* the shape is valid: fixtures can run */
+    int ref_rule, ref_state, ref_params;    /* registry refs in the sandbox */
+    long long now;              /* default ctx.now of fixtures */
+};
+
+/* Run the N_FIX fixtures of the rule A describes in its sandbox S, adding
+ * every failure to A->eb. */
+struct rules_sbx;
+void rules_run_fixtures(struct rules_sbx *s, struct rules_load *a);
+
+/* ---- the sandbox (rules_sandbox.c, rules_values.c) --------------------- */
 
 enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM };
 
@@ -82,6 +128,10 @@ typedef struct rules_sbx {
     int abort_line;
     int err_line;               /* line recorded by the message handler */
     bool armed;                 /* inside rules_sbx_pcall */
+    bool pending;               /* an allocation was refused; Lua may retry it */
+    void *pend_ptr;             /* ... this one */
+    size_t pend_osize, pend_nsize;
+    int pend_line;
     int logs_left;
     const char *file;           /* borrowed; chunk name is "@" file */
     const char *name;           /* borrowed; rule name for log(), may be NULL */

@@ -85,6 +85,13 @@ uint64_t stress_now_ns(void);
 
 /* ---- the load (stress_load.c) ------------------------------------------------------ */
 
+/* A sale whose outcome the run did not learn: its connection failed after
+ * the request went out, or it answered 503 (which may follow a commit). */
+typedef struct stress_pending {
+    long long idx;
+    int url;
+} stress_pending;
+
 /* What one worker thread counted. Owned by its thread during the run, read
  * by the report afterwards. */
 typedef struct stress_stats {
@@ -100,6 +107,9 @@ typedef struct stress_stats {
     uint32_t *lat_us;           /* latency of each answered request, microseconds */
     size_t nlat, caplat;
     long long lat_dropped;      /* samples not kept (out of memory) */
+    stress_pending *pending;    /* to replay after the run */
+    size_t npending, cappending;
+    long long pending_lost;     /* not kept (out of memory) */
     char first_error[STRESS_ERR_MAX];
     char first_mismatch[STRESS_ERR_MAX];
 } stress_stats;
@@ -124,13 +134,18 @@ typedef struct stress_run {
     atomic_int stop;            /* set: hand out no more requests */
     atomic_int threads_done;
     uint64_t deadline_ns;       /* duration mode */
+    uint64_t started_ns;        /* when the workers started */
     /* out */
     stress_stats *stats;        /* [threads] */
     double secs;                /* wall time of the run */
 } stress_run;
 
+/* The order_id of request IDX: "st-<run_id>-<idx>". */
+void stress_order_id(const stress_run *r, long long idx, char *out, size_t len);
+
 /* Start R->threads workers and return; R->stats is allocated here. 0, or -1
- * (ERR) when nothing could start. Call stress_load_wait to join. */
+ * (reason in ERR) when the run could not start as asked; either way call
+ * stress_load_wait (joins whatever started) and then stress_load_free. */
 int stress_load_start(stress_run *r, char *err, size_t errlen);
 /* Join the workers and set R->secs. */
 void stress_load_wait(stress_run *r);
@@ -148,9 +163,19 @@ typedef struct stress_sku_result {
     int kill;                   /* -1 not asserted, 0 not engaged, 1 engaged */
 } stress_sku_result;
 
+/* What replaying the pending sales with their own order_id found out. */
+typedef struct stress_replay {
+    long long replayed;
+    long long had_sold;         /* 200 "duplicate": the first attempt had sold */
+    long long sold_now;         /* 200: sold by the replay */
+    long long not_sold;         /* 409 */
+    long long unresolved;       /* anything else, or out of time */
+} stress_replay;
+
 typedef struct stress_report_in {
     const stress_run *run;
-    stress_sku_result *skus;    /* [run->nskus] */
+    stress_sku_result *skus;    /* [run->nskus]; sold includes the replays */
+    const stress_replay *replay;
     long long stock;
     bool kill_check;
     long long critical;

@@ -34,9 +34,13 @@
  * 16 lines per evaluation). No io, debug, package, require, load, loadfile,
  * dofile, collectgarbage, print, rawset. Over the instruction or memory limit
  * the evaluation is aborted and a pcall inside the rule cannot swallow that:
- * the count hook keeps raising until control is back in C. C functions that
- * allocate (string.rep, table.concat, patterns...) are bounded by the memory
- * limit; CPU spent inside one C call (a pathological pattern) is not counted.
+ * the count hook keeps raising until control is back in C. The memory limit
+ * counts live data: an allocation over the cap first gets an emergency
+ * collection (states run the generational collector, so garbage rarely piles
+ * up); only what still does not fit aborts, and the rule then gets a fresh
+ * state (its ctx.state is lost). C functions that allocate (string.rep,
+ * table.concat, patterns...) are bounded by the memory limit; CPU spent inside
+ * one C call (a pathological pattern) is not counted.
  *
  * evaluate(event, ctx): EVENT is the event JSON as a fresh Lua table (JSON
  * null = absent key; integral numbers are integers). CTX is read-only:
@@ -61,10 +65,11 @@
  *
  * Every message a user sees reads `FILE:LINE: message`, FILE being the path as
  * configured (rules_dir + "/" + name; rules_dir is "rules" by default, so
- * `rules/inventory.lua:12: ...`). LINE is exact
- * for syntax and runtime errors; for a bad field of the returned table it is
- * the line where that key appears in the source (best effort), else the line
- * of `evaluate`, else 1.
+ * `rules/inventory.lua:12: ...`). LINE is exact for syntax and runtime errors
+ * and where a limit was hit; for an invalid decision it is the line of
+ * `evaluate`; for a bad field of the returned table, the line where that key
+ * appears in the source (best effort), else 1; for a fixture, the line of its
+ * `channel =` key.
  */
 #ifndef NERVE_RULES_H
 #define NERVE_RULES_H
@@ -104,7 +109,7 @@ typedef struct rules_decision {
     rules_action action;
     rules_level level;          /* alerts; RULES_LEVEL_NONE otherwise */
     const char *reason;         /* never NULL */
-    const char *scope;          /* NULL when the decision has none (alert, reject) */
+    const char *scope;          /* NULL when none (optional for alert, never for reject) */
     bool halt_sales;            /* kill only; false otherwise */
 } rules_decision;
 

@@ -2,8 +2,9 @@
  *
  *   $(BUILD)/bench/bench_rules [SECONDS] [RULES_DIR]      (defaults: 3, rules)
  *
- * Loads the shipped rules (every .lua file in rules/) with the params of config/nerve.yaml,
- * builds one rules_vm and feeds it, on one thread, a fixed mix of JSON events
+ * Loads the shipped rules (every .lua file in rules/) with the params of
+ * config/nerve.yaml, builds one rules_vm and feeds it, on one thread, a fixed
+ * mix of JSON events
  * as text -- stock changes (mostly above the thresholds, some warnings), sales,
  * ad spend, revenue and refunds -- through rules_eval() for SECONDS seconds,
  * the path the bus evaluator takes (JSON parse, event table, evaluate,

@@ -1,0 +1,441 @@
+/* rules_values.c -- Lua values in and out of a rule's sandbox.
+ *
+ * Everything that crosses the boundary between C and a rule's Lua state is
+ * converted here: events (JSON) into tables, params into read-only tables,
+ * ctx, what evaluate returns into validated decisions, and ctx.state from one
+ * state into another on reload. These functions run inside rules_sbx_pcall()
+ * (they may raise: a memory error, a depth limit), and every one of them is
+ * bounded -- nesting depth, number of decisions, string lengths -- because the
+ * data comes from outside (events) or from a rule (decisions, state).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <cjson/cJSON.h>
+
+#include "rules_int.h"
+
+/* ---- read-only tables -------------------------------------------------- */
+
+static int ro_newindex(lua_State *L)
+{
+    return luaL_error(L, "%s is read-only", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static int ro_len(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, lua_upvalueindex(1)));
+    return 1;
+}
+
+static int ro_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 3))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int ro_pairs(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));  /* ro_next over the inner table */
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Replace the table on top with an empty proxy whose metatable reads from it
+ * (__index is the table itself: no function call on the hot path) and refuses
+ * writes. The inner table is reachable only through the proxy's metatable,
+ * which is protected. */
+static void ro_wrap(lua_State *L, const char *what)
+{
+    int inner = lua_gettop(L);
+
+    luaL_checkstack(L, 4, "read-only table");
+    lua_createtable(L, 0, 0);
+    lua_createtable(L, 0, 5);
+    lua_pushvalue(L, inner);
+    lua_setfield(L, -2, "__index");
+    lua_pushstring(L, what);
+    lua_pushcclosure(L, ro_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushvalue(L, inner);
+    lua_pushcclosure(L, ro_len, 1);
+    lua_setfield(L, -2, "__len");
+    lua_pushvalue(L, inner);
+    lua_pushcclosure(L, ro_next, 1);
+    lua_pushcclosure(L, ro_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_replace(L, inner);
+}
+
+void rules_sbx_push_ro_copy(lua_State *L, int idx, const char *ro, int depth)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > RULES_JSON_DEPTH)
+        luaL_error(L, "%s nested deeper than %d levels", ro, RULES_JSON_DEPTH);
+    luaL_checkstack(L, 4, "read-only copy");
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pushvalue(L, -2);
+        if (lua_type(L, -2) == LUA_TTABLE)
+            rules_sbx_push_ro_copy(L, -2, ro, depth + 1);
+        else
+            lua_pushvalue(L, -2);
+        lua_rawset(L, -5);
+        lua_pop(L, 1);
+    }
+    ro_wrap(L, ro);
+}
+
+static void push_number(lua_State *L, double d)
+{
+    /* Integral values become integers so that reasons print "5", not "5.0". */
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 &&
+        d == (double)(lua_Integer)d)
+        lua_pushinteger(L, (lua_Integer)d);
+    else
+        lua_pushnumber(L, d);
+}
+
+void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth)
+{
+    const cJSON *c;
+    int n = 0, i = 1;
+
+    switch (j->type & 0xff) {
+    case cJSON_False: lua_pushboolean(L, 0); return;
+    case cJSON_True: lua_pushboolean(L, 1); return;
+    case cJSON_Number: push_number(L, j->valuedouble); return;
+    case cJSON_String: lua_pushstring(L, j->valuestring); return;
+    case cJSON_Array:
+    case cJSON_Object:
+        break;
+    default:            /* null, raw, invalid */
+        lua_pushnil(L);
+        return;
+    }
+    if (depth >= RULES_JSON_DEPTH)
+        luaL_error(L, "JSON nested deeper than %d levels", RULES_JSON_DEPTH);
+    luaL_checkstack(L, 3, "JSON nesting");
+    for (c = j->child; c; c = c->next)
+        n++;
+    if ((j->type & 0xff) == cJSON_Array) {
+        lua_createtable(L, n, 0);
+        for (c = j->child; c; c = c->next, i++) {
+            rules_sbx_push_json(L, c, ro, depth + 1);
+            lua_rawseti(L, -2, i);
+        }
+    } else {
+        lua_createtable(L, 0, n);
+        for (c = j->child; c; c = c->next) {
+            if ((c->type & 0xff) == cJSON_NULL || c->string == NULL)
+                continue;
+            lua_pushstring(L, c->string);
+            rules_sbx_push_json(L, c, ro, depth + 1);
+            lua_rawset(L, -3);
+        }
+    }
+    if (ro)
+        ro_wrap(L, ro);
+}
+
+void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx)
+{
+    params_idx = lua_absindex(L, params_idx);
+    state_idx = lua_absindex(L, state_idx);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, params_idx);
+    lua_setfield(L, -2, "params");
+    lua_pushvalue(L, state_idx);
+    lua_setfield(L, -2, "state");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "channel");
+    lua_pushinteger(L, 0);
+    lua_setfield(L, -2, "now");
+    lua_pushvalue(L, -1);
+    ro_wrap(L, "ctx");          /* stack: inner, ctx */
+    lua_insert(L, -2);          /* stack: ctx, inner */
+}
+
+/* ---- decisions ---------------------------------------------------------- */
+
+static const char *const action_names[] = { "alert", "kill", "reject" };
+static const char *const level_names[] = { "", "info", "warning", "critical" };
+
+const char *rules_action_name(rules_action a)
+{
+    return (unsigned)a < RULES_ACTION_COUNT ? action_names[a] : "?";
+}
+
+const char *rules_level_name(rules_level l)
+{
+    return (unsigned)l <= RULES_CRITICAL ? level_names[l] : "?";
+}
+
+#define DERR(...) do { \
+        int w_ = snprintf(err, errlen, "decision %d: ", num); \
+        if (w_ >= 0 && (size_t)w_ < errlen) snprintf(err + w_, errlen - (size_t)w_, __VA_ARGS__); \
+        return -1; \
+    } while (0)
+
+static int scope_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > RULES_SCOPE_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+/* Validate the decision table at absolute index T. */
+static int parse_decision(lua_State *L, int t, int num, const char *channel,
+                          rules_decision *d, char *err, size_t errlen)
+{
+    const char *action = NULL, *level = NULL;
+    size_t reason_len = 0, scope_len = 0;
+    bool has_halt = false;
+
+    memset(d, 0, sizeof(*d));
+    luaL_checkstack(L, 3, "decision");
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        const char *k;
+        int vt = lua_type(L, -1);
+
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            const char *tn = luaL_typename(L, -2);
+
+            lua_pop(L, 2);
+            DERR("unexpected key of type %s", tn);
+        }
+        k = lua_tostring(L, -2);
+        if (strcmp(k, "halt_sales") == 0) {
+            if (vt != LUA_TBOOLEAN) {
+                lua_pop(L, 2);
+                DERR("halt_sales must be a boolean, not a %s", lua_typename(L, vt));
+            }
+            d->halt_sales = lua_toboolean(L, -1);
+            has_halt = true;
+        } else if (strcmp(k, "action") == 0 || strcmp(k, "level") == 0 ||
+                   strcmp(k, "reason") == 0 || strcmp(k, "scope") == 0) {
+            size_t len;
+            const char *v;
+
+            if (vt != LUA_TSTRING) {
+                lua_pop(L, 2);
+                DERR("%s must be a string, not a %s", k, lua_typename(L, vt));
+            }
+            /* Strings stay anchored by the decision table on the stack. */
+            v = lua_tolstring(L, -1, &len);
+            switch (k[0]) {
+            case 'a': action = v; break;
+            case 'l': level = v; break;
+            case 'r': d->reason = v; reason_len = len; break;
+            default: d->scope = v; scope_len = len; break;
+            }
+        } else {
+            char kb[64];
+
+            rules_sanitize(kb, sizeof(kb), k, strlen(k));
+            lua_pop(L, 2);
+            DERR("unknown field \"%s\"", kb);
+        }
+        lua_pop(L, 1);
+    }
+    if (action == NULL)
+        DERR("missing action");
+    if (strcmp(action, "alert") == 0) {
+        d->action = RULES_ALERT;
+    } else if (strcmp(action, "kill") == 0) {
+        d->action = RULES_KILL;
+    } else if (strcmp(action, "reject") == 0) {
+        d->action = RULES_REJECT;
+    } else {
+        char ab[64];
+
+        rules_sanitize(ab, sizeof(ab), action, strlen(action));
+        DERR("unknown action \"%s\" (expected alert, kill or reject)", ab);
+    }
+    if (d->reason == NULL || reason_len == 0)
+        DERR("%s needs a reason", action);
+    if (reason_len > RULES_REASON_MAX)
+        DERR("reason longer than %d bytes", RULES_REASON_MAX);
+    if (d->scope && !scope_ok(d->scope, scope_len))
+        DERR("scope must be 1 to %d printable characters without spaces", RULES_SCOPE_MAX);
+    switch (d->action) {
+    case RULES_ALERT:
+        if (level == NULL)
+            DERR("alert needs a level (info, warning or critical)");
+        if (strcmp(level, "info") == 0)
+            d->level = RULES_INFO;
+        else if (strcmp(level, "warning") == 0)
+            d->level = RULES_WARNING;
+        else if (strcmp(level, "critical") == 0)
+            d->level = RULES_CRITICAL;
+        else {
+            char lb[64];
+
+            rules_sanitize(lb, sizeof(lb), level, strlen(level));
+            DERR("unknown level \"%s\" (expected info, warning or critical)", lb);
+        }
+        if (has_halt)
+            DERR("halt_sales applies to kill only");
+        break;
+    case RULES_KILL:
+        if (d->scope == NULL)
+            DERR("kill needs a scope");
+        if (level)
+            DERR("level applies to alert only");
+        break;
+    default:
+        if (strcmp(channel, RULES_SALE_CHANNEL) != 0)
+            DERR("reject is only allowed in %s rules (channel is %s)",
+                 RULES_SALE_CHANNEL, channel);
+        if (level || d->scope || has_halt)
+            DERR("reject takes only action and reason");
+        break;
+    }
+    return 0;
+}
+
+int rules_sbx_decisions(lua_State *L, int idx, const char *channel,
+                        rules_decision *out, size_t *n, char *err, size_t errlen)
+{
+    lua_Integer len;
+    int num = 0;
+
+    *n = 0;
+    if (lua_isnoneornil(L, idx))
+        return 0;
+    if (lua_type(L, idx) != LUA_TTABLE) {
+        snprintf(err, errlen, "evaluate must return nothing, a decision or a list of "
+                 "decisions, not a %s", luaL_typename(L, idx));
+        return -1;
+    }
+    luaL_checkstack(L, 3, "decisions");
+    lua_pushliteral(L, "action");
+    if (lua_rawget(L, idx) != LUA_TNIL) {
+        lua_pop(L, 1);
+        *n = 1;
+        return parse_decision(L, idx, 1, channel, out, err, errlen);
+    }
+    lua_pop(L, 1);
+    len = (lua_Integer)lua_rawlen(L, idx);
+    /* A list: every key must be 1..len. */
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > len) {
+            lua_pop(L, 1);
+            snprintf(err, errlen, "evaluate returned a table that is neither a decision "
+                     "(no action) nor a list of decisions");
+            return -1;
+        }
+    }
+    if (len > RULES_MAX_DECISIONS) {
+        snprintf(err, errlen, "more than %d decisions in one evaluation", RULES_MAX_DECISIONS);
+        return -1;
+    }
+    for (num = 1; num <= len; num++) {
+        /* Each decision table stays on the stack: its strings must live until
+         * the callbacks ran. */
+        if (lua_rawgeti(L, idx, num) != LUA_TTABLE) {
+            snprintf(err, errlen, "decision %d: must be a table, not a %s", num,
+                     luaL_typename(L, -1));
+            return -1;
+        }
+        if (parse_decision(L, lua_gettop(L), num, channel, &out[num - 1], err, errlen) != 0)
+            return -1;
+    }
+    *n = (size_t)len;
+    return 0;
+}
+
+/* ---- copying plain data between states -------------------------------- */
+
+static int plain(int t)
+{
+    return t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING || t == LUA_TTABLE;
+}
+
+/* Push onto DST a copy of the value on top of SRC. SEEN (absolute index on
+ * DST) maps SRC tables (by address, as light userdata) to their DST copies,
+ * so shared subtables and cycles are preserved. SRC is idle; only raw
+ * operations that cannot allocate are used on it, plus lua_checkstack, which
+ * reports failure instead of raising. */
+static void copy_value(lua_State *dst, lua_State *src, int seen, int depth)
+{
+    const void *p;
+
+    switch (lua_type(src, -1)) {
+    case LUA_TBOOLEAN:
+        lua_pushboolean(dst, lua_toboolean(src, -1));
+        return;
+    case LUA_TNUMBER:
+        if (lua_isinteger(src, -1))
+            lua_pushinteger(dst, lua_tointeger(src, -1));
+        else
+            lua_pushnumber(dst, lua_tonumber(src, -1));
+        return;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(src, -1, &len);
+
+        lua_pushlstring(dst, s, len);
+        return;
+    }
+    case LUA_TTABLE:
+        break;
+    default:
+        lua_pushnil(dst);
+        return;
+    }
+    p = lua_topointer(src, -1);
+    if (lua_rawgetp(dst, seen, p) == LUA_TTABLE)
+        return;
+    lua_pop(dst, 1);
+    if (depth >= RULES_STATE_DEPTH)
+        luaL_error(dst, "ctx.state nested deeper than %d levels", RULES_STATE_DEPTH);
+    luaL_checkstack(dst, 4, "ctx.state copy");
+    if (!lua_checkstack(src, 4))
+        luaL_error(dst, "ctx.state copy: source stack exhausted");
+    lua_newtable(dst);
+    lua_pushvalue(dst, -1);
+    lua_rawsetp(dst, seen, p);
+    lua_pushnil(src);
+    while (lua_next(src, -2)) {
+        if (plain(lua_type(src, -2)) && plain(lua_type(src, -1))) {
+            lua_pushvalue(src, -2);
+            copy_value(dst, src, seen, depth + 1);      /* key */
+            lua_pop(src, 1);
+            copy_value(dst, src, seen, depth + 1);      /* value */
+            if (lua_isnil(dst, -1) || lua_isnil(dst, -2))
+                lua_pop(dst, 2);
+            else
+                lua_rawset(dst, -3);
+        }
+        lua_pop(src, 1);
+    }
+}
+
+void rules_sbx_copy(lua_State *dst, lua_State *src)
+{
+    int seen;
+
+    lua_newtable(dst);
+    seen = lua_gettop(dst);
+    copy_value(dst, src, seen, 0);
+    lua_remove(dst, seen);
+}
