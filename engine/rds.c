@@ -268,6 +268,11 @@ static int load_script(rds_client *c, rds_script *s) {
     return 0;
 }
 
+int rds_script_load(rds_client *c, rds_script *s) {
+    if (atomic_load_explicit(&s->loaded, memory_order_acquire)) return 0;
+    return load_script(c, s);
+}
+
 redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
                      const char **argv, const size_t *argvlen) {
     /* Heap, not stack: CivetWeb workers run on small (~100 KiB) stacks. */

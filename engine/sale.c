@@ -209,9 +209,53 @@ static void set_unavailable(sale_res *r, const char *msg) {
     snprintf(r->message, sizeof r->message, "%s", msg);
 }
 
+/* Pipeline "SET lock token NX PX ttl" and "EVALSHA commit": one round trip
+ * for a free SKU. When the SET finds the lock taken the script answers
+ * lock_lost without touching anything. Returns the commit reply, or NULL
+ * with *busy = 1 when the lock was held by someone else, or NULL on error. */
+static redisReply *acquire_and_commit(rds_client *c, const char *lock_key, const char *token,
+                                      int ttl_ms, int nkeys, int argc, const char **argv,
+                                      const size_t *argvlen, int *busy) {
+    *busy = 0;
+    if (rds_script_load(c, &commit_script)) return NULL;
+    char ttl[24], nk[16];
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    snprintf(nk, sizeof nk, "%d", nkeys);
+    const char *set[] = { "SET", lock_key, token, "NX", "PX", ttl };
+    const char **ev = malloc(((size_t)argc + 3) * sizeof *ev);
+    size_t *evl = malloc(((size_t)argc + 3) * sizeof *evl);
+    redisReply *r1 = NULL, *r2 = NULL;
+    if (!ev || !evl) goto out;
+    ev[0] = "EVALSHA", evl[0] = 7;
+    ev[1] = commit_script.sha, evl[1] = 40;
+    ev[2] = nk, evl[2] = strlen(nk);
+    for (int i = 0; i < argc; i++) ev[i + 3] = argv[i], evl[i + 3] = argvlen[i];
+    if (rds_appendargv(c, 6, set, NULL) || rds_appendargv(c, argc + 3, ev, evl)) goto out;
+    r1 = rds_get_reply(c);
+    if (r1) r2 = rds_get_reply(c);
+    if (!r1 || !r2) goto out;
+    if (r1->type == REDIS_REPLY_NIL) {
+        *busy = 1;                      /* r2 is lock_lost: nothing changed */
+        freeReplyObject(r2);
+        r2 = NULL;
+    } else if (r2->type == REDIS_REPLY_ERROR && strncmp(r2->str, "NOSCRIPT", 8) == 0) {
+        /* Redis lost its script cache (restart): we hold the lock, commit the slow way. */
+        freeReplyObject(r2);
+        r2 = rds_eval(c, &commit_script, nkeys, argc, argv, argvlen);
+    }
+out:
+    freeReplyObject(r1);
+    free(ev);
+    free(evl);
+    return r2;
+}
+
+/* Commit N sales. With ACQUIRE_TTL_MS > 0 the lock is taken in the same round
+ * trip (returns 2, nothing changed, when it is busy); otherwise the caller
+ * already holds it with TOKEN (returns 1 when it no longer does). */
 static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const char *token,
                        const sale_req *const *reqs, sale_res *const *res, size_t n,
-                       int release, char *err, size_t errlen) {
+                       int release, int acquire_ttl_ms, char *err, size_t errlen) {
     size_t nkeys = 2 + n, argc = nkeys + 7 + 3 * n;
     const char **argv = calloc(argc, sizeof *argv);
     size_t *argvlen = calloc(argc, sizeof *argvlen);
@@ -260,7 +304,16 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
     }
     for (size_t i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
 
-    r = rds_eval(c, &commit_script, (int)nkeys, (int)argc, argv, argvlen);
+    if (acquire_ttl_ms > 0) {
+        int busy;
+        r = acquire_and_commit(c, keys[0], token, acquire_ttl_ms, (int)nkeys, (int)argc, argv, argvlen, &busy);
+        if (busy) {
+            rc = 2;
+            goto out;
+        }
+    } else {
+        r = rds_eval(c, &commit_script, (int)nkeys, (int)argc, argv, argvlen);
+    }
     if (!r) {
         snprintf(err, errlen, "redis: %s", rds_errstr(c));
         goto out;
@@ -327,7 +380,7 @@ int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *
             rp[i] = &reqs[i];
             sp[i] = &res[i];
         }
-        rc = commit_ptrs(c, o, sku, token, rp, sp, n, 1, err, errlen);
+        rc = commit_ptrs(c, o, sku, token, rp, sp, n, 1, 0, err, errlen);
     } else {
         snprintf(err, errlen, "out of memory");
     }
@@ -456,33 +509,41 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
     } else if (key(lk, e->o.prefix, sku, "lock") < 0) {
         fail = "key too long";
     } else {
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        metrics_lock_wait((double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
-        if (st == LOCK_TIMEOUT) {
-            snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
-            fail = err;
-        } else if (st == LOCK_ERR) {
-            fail = err;
-        } else {
-            int rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, err, sizeof err);
-            if (rc == 1) {
-                snprintf(err, sizeof err, "lock on SKU %s expired before the commit; retry", sku);
+        /* Fast path: take the lock and commit in one round trip. */
+        lock_token_new(token);
+        int rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, e->o.lock_ttl_ms, err, sizeof err);
+        if (rc == 2) {
+            /* Another instance holds the SKU: wait for it, then commit. */
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            metrics_lock_wait((double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+            if (st == LOCK_TIMEOUT) {
+                snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
                 fail = err;
-            } else if (rc < 0) {
-                /* Best effort: free the SKU for others now rather than at TTL. */
-                lock_release(c, lk, token);
-                /* The script may have run before the connection broke: say
-                 * so, so that clients retry with the same order_id (which
-                 * then answers the recorded result instead of selling twice). */
-                char why[160];
-                snprintf(why, sizeof why, "%s", err);
-                snprintf(err, sizeof err, "%.159s; the sale may or may not have been recorded: retry with the same order_id",
-                         why);
+            } else if (st == LOCK_ERR) {
                 fail = err;
+            } else {
+                rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, 0, err, sizeof err);
             }
+        } else {
+            metrics_lock_wait(0);
+        }
+        if (!fail && rc == 1) {
+            snprintf(err, sizeof err, "lock on SKU %s expired before the commit; retry", sku);
+            fail = err;
+        } else if (!fail && rc < 0) {
+            /* Best effort: free the SKU for others now rather than at TTL. */
+            lock_release(c, lk, token);
+            /* The script may have run before the connection broke: say
+             * so, so that clients retry with the same order_id (which
+             * then answers the recorded result instead of selling twice). */
+            char why[160];
+            snprintf(why, sizeof why, "%s", err);
+            snprintf(err, sizeof err, "%.159s; the sale may or may not have been recorded: retry with the same order_id",
+                     why);
+            fail = err;
         }
     }
     if (fail) {

@@ -79,6 +79,7 @@ int stress_url_parse(const char *s, stress_url *u, char *err, size_t errlen) {
         u->port = (int)port;
         p = end;
     }
+    if (*p && *p != '/') goto bad;
     if (*p == '/') p++;
     if (*p) {
         set_err(err, errlen, "--url: expected http://HOST:PORT without a path, got '%.200s'", s);

@@ -28,6 +28,7 @@
 #define STRESS_SKU_MAX      128     /* bytes, as the sale endpoint allows */
 #define STRESS_ERR_MAX      256
 #define STRESS_RESP_MAX     (1024 * 1024)   /* largest response accepted */
+#define STRESS_HIST_US      65536   /* latencies under this many µs: counted per µs */
 
 /* ---- URLs and HTTP (stress_http.c) ---------------------------------------------- */
 
@@ -104,9 +105,14 @@ typedef struct stress_stats {
     long long min_remaining;    /* smallest stock_remaining of a 200 (LLONG_MAX: none) */
     long long *sold;            /* [nskus] units of non-duplicate 200s */
     long long *per_url;         /* [nurls] requests sent to each URL */
-    uint32_t *lat_us;           /* latency of each answered request, microseconds */
-    size_t nlat, caplat;
-    long long lat_dropped;      /* samples not kept (out of memory) */
+    /* Latency of every answered request, exact to the microsecond in
+     * bounded memory: a count per µs below STRESS_HIST_US (65 ms), and each
+     * slower one kept. */
+    uint64_t *hist;             /* [STRESS_HIST_US] */
+    uint32_t *slow_us;
+    size_t nslow, capslow;
+    long long nlat;             /* samples in all */
+    long long lat_dropped;      /* slow samples not kept (out of memory) */
     stress_pending *pending;    /* to replay after the run */
     size_t npending, cappending;
     long long pending_lost;     /* not kept (out of memory) */

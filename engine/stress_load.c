@@ -67,18 +67,24 @@ static worker *workers;         /* [run->threads]: one run per process */
 /* ---- recording ---------------------------------------------------------------- */
 
 static void push_latency(stress_stats *st, uint64_t ns) {
-    if (st->nlat == st->caplat) {
-        size_t nc = st->caplat ? st->caplat * 2 : 65536;
-        uint32_t *n = realloc(st->lat_us, nc * sizeof *n);
+    uint64_t us = (ns + 500) / 1000;
+    st->nlat++;
+    if (us < STRESS_HIST_US) {
+        st->hist[us]++;
+        return;
+    }
+    if (st->nslow == st->capslow) {
+        size_t nc = st->capslow ? st->capslow * 2 : 1024;
+        uint32_t *n = realloc(st->slow_us, nc * sizeof *n);
         if (!n) {
+            st->nlat--;
             st->lat_dropped++;
             return;
         }
-        st->lat_us = n;
-        st->caplat = nc;
+        st->slow_us = n;
+        st->capslow = nc;
     }
-    uint64_t us = (ns + 500) / 1000;
-    st->lat_us[st->nlat++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+    st->slow_us[st->nslow++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 }
 
 void stress_order_id(const stress_run *r, long long idx, char *out, size_t len) {
@@ -426,15 +432,13 @@ int stress_load_start(stress_run *r, char *err, size_t errlen) {
     r->stats = calloc((size_t)r->threads, sizeof *r->stats);
     workers = calloc((size_t)r->threads, sizeof *workers);
     if (!r->stats || !workers) goto oom;
-    size_t prealloc = r->requests > 0 ? (size_t)(r->requests / r->threads) + 64 : 65536;
     for (int t = 0; t < r->threads; t++) {
         stress_stats *st = &r->stats[t];
         st->min_remaining = LLONG_MAX;
         st->sold = calloc((size_t)r->nskus, sizeof *st->sold);
         st->per_url = calloc((size_t)r->nurls, sizeof *st->per_url);
-        st->lat_us = malloc(prealloc * sizeof *st->lat_us);
-        if (!st->sold || !st->per_url || !st->lat_us) goto oom;
-        st->caplat = prealloc;
+        st->hist = calloc(STRESS_HIST_US, sizeof *st->hist);
+        if (!st->sold || !st->per_url || !st->hist) goto oom;
 
         worker *w = &workers[t];
         w->run = r;
@@ -495,7 +499,8 @@ void stress_load_free(stress_run *r) {
     for (int t = 0; r->stats && t < r->threads; t++) {
         free(r->stats[t].sold);
         free(r->stats[t].per_url);
-        free(r->stats[t].lat_us);
+        free(r->stats[t].hist);
+        free(r->stats[t].slow_us);
         free(r->stats[t].pending);
     }
     free(r->stats);

@@ -1,7 +1,7 @@
 /* stress_report.c -- what a `nerve stress` run proved.
  *
  * Merges the worker threads' counters and latency samples (percentiles are
- * exact: nearest rank over every sample, sorted), judges the invariants of
+ * exact to the microsecond: nearest rank over every sample), judges the invariants of
  * SPEC §9 and prints the result once, as a table for people or as one JSON
  * object for scripts. The invariants, in order:
  *
@@ -29,8 +29,10 @@ typedef struct totals {
     long long requests, by_status[600], transport, duplicates, mismatched, negative;
     long long min_remaining, sold, lat_dropped;
     long long *per_url;
-    uint32_t *lat;
-    size_t nlat;
+    uint64_t *hist;             /* [STRESS_HIST_US], all threads */
+    uint32_t *slow;             /* sorted */
+    size_t nslow;
+    long long nlat;
     const char *first_error, *first_mismatch;
 } totals;
 
@@ -51,10 +53,11 @@ static int merge(const stress_run *r, totals *t) {
     memset(t, 0, sizeof *t);
     t->min_remaining = LLONG_MAX;
     size_t n = 0;
-    for (int i = 0; i < r->threads; i++) n += r->stats[i].nlat;
+    for (int i = 0; i < r->threads; i++) n += r->stats[i].nslow;
     t->per_url = calloc((size_t)r->nurls, sizeof *t->per_url);
-    t->lat = malloc((n ? n : 1) * sizeof *t->lat);
-    if (!t->per_url || !t->lat) return -1;
+    t->hist = calloc(STRESS_HIST_US, sizeof *t->hist);
+    t->slow = malloc((n ? n : 1) * sizeof *t->slow);
+    if (!t->per_url || !t->hist || !t->slow) return -1;
     for (int i = 0; i < r->threads; i++) {
         const stress_stats *s = &r->stats[i];
         t->requests += s->requests;
@@ -66,22 +69,36 @@ static int merge(const stress_run *r, totals *t) {
         t->lat_dropped += s->lat_dropped;
         if (s->min_remaining < t->min_remaining) t->min_remaining = s->min_remaining;
         for (int k = 0; k < r->nurls; k++) t->per_url[k] += s->per_url[k];
-        memcpy(t->lat + t->nlat, s->lat_us, s->nlat * sizeof *t->lat);
+        for (int k = 0; k < STRESS_HIST_US; k++) t->hist[k] += s->hist[k];
+        if (s->nslow) memcpy(t->slow + t->nslow, s->slow_us, s->nslow * sizeof *t->slow);
+        t->nslow += s->nslow;
         t->nlat += s->nlat;
         if (!t->first_error && s->first_error[0]) t->first_error = s->first_error;
         if (!t->first_mismatch && s->first_mismatch[0]) t->first_mismatch = s->first_mismatch;
     }
-    qsort(t->lat, t->nlat, sizeof *t->lat, cmp_u32);
+    qsort(t->slow, t->nslow, sizeof *t->slow, cmp_u32);
     return 0;
 }
 
-/* Nearest-rank percentile P (0..100] in milliseconds; 0 without samples. */
-static double pct_ms(const totals *t, double p) {
-    if (t->nlat == 0) return 0;
-    size_t rank = (size_t)((p / 100.0) * (double)t->nlat + 0.999999);
+static void totals_free(totals *t) {
+    free(t->per_url);
+    free(t->hist);
+    free(t->slow);
+}
+
+/* Nearest-rank percentile PERMILLE/10 in milliseconds (0 without samples):
+ * the sample at rank ceil(permille * n / 1000) in ascending order. */
+static double pct_ms(const totals *t, unsigned permille) {
+    if (t->nlat <= 0) return 0;
+    unsigned long long n = (unsigned long long)t->nlat;
+    unsigned long long rank = (permille * n + 999) / 1000, seen = 0;
     if (rank < 1) rank = 1;
-    if (rank > t->nlat) rank = t->nlat;
-    return t->lat[rank - 1] / 1000.0;
+    for (int us = 0; us < STRESS_HIST_US; us++) {
+        seen += t->hist[us];
+        if (seen >= rank) return us / 1000.0;
+    }
+    size_t i = (size_t)(rank - seen - 1);
+    return (i < t->nslow ? t->slow[i] : t->nslow ? t->slow[t->nslow - 1] : 0) / 1000.0;
 }
 
 /* ---- invariants ------------------------------------------------------------------- */
@@ -237,8 +254,8 @@ static void print_table(const stress_report_in *in, const totals *t, const check
                 rp->had_sold, rp->sold_now, rp->not_sold, rp->unresolved);
     fprintf(out, "  %-14s %12.3f s\n", "duration", r->secs);
     fprintf(out, "  %-14s %12.1f req/s\n", "throughput", rate);
-    fprintf(out, "  %-14s p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  (%zu samples)\n", "latency ms",
-            pct_ms(t, 50), pct_ms(t, 90), pct_ms(t, 99), pct_ms(t, 100), t->nlat);
+    fprintf(out, "  %-14s p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  (%lld samples)\n", "latency ms",
+            pct_ms(t, 500), pct_ms(t, 900), pct_ms(t, 990), pct_ms(t, 1000), t->nlat);
     if (r->nurls > 1)
         for (int i = 0; i < r->nurls; i++)
             fprintf(out, "  %-14s %12lld  %s\n", i ? "" : "per instance", t->per_url[i],
@@ -285,7 +302,7 @@ static void print_json(const stress_report_in *in, const totals *t, const check 
     cJSON *bs = cJSON_AddObjectToObject(o, "by_status");
     for (int s = 0; s < 600; s++) {
         if (!t->by_status[s]) continue;
-        char k[8];
+        char k[16];
         snprintf(k, sizeof k, "%d", s);
         cJSON_AddNumberToObject(bs, k, (double)t->by_status[s]);
     }
@@ -300,10 +317,10 @@ static void print_json(const stress_report_in *in, const totals *t, const check 
     cJSON_AddNumberToObject(o, "duration_s", r->secs);
     cJSON_AddNumberToObject(o, "throughput_rps", r->secs > 0 ? (double)t->requests / r->secs : 0);
     cJSON *lat = cJSON_AddObjectToObject(o, "latency_ms");
-    cJSON_AddNumberToObject(lat, "p50", pct_ms(t, 50));
-    cJSON_AddNumberToObject(lat, "p90", pct_ms(t, 90));
-    cJSON_AddNumberToObject(lat, "p99", pct_ms(t, 99));
-    cJSON_AddNumberToObject(lat, "max", pct_ms(t, 100));
+    cJSON_AddNumberToObject(lat, "p50", pct_ms(t, 500));
+    cJSON_AddNumberToObject(lat, "p90", pct_ms(t, 900));
+    cJSON_AddNumberToObject(lat, "p99", pct_ms(t, 990));
+    cJSON_AddNumberToObject(lat, "max", pct_ms(t, 1000));
     cJSON_AddNumberToObject(lat, "samples", (double)t->nlat);
     cJSON_AddNumberToObject(o, "clients", r->clients);
     cJSON_AddNumberToObject(o, "threads", r->threads);
@@ -357,8 +374,7 @@ int stress_report(const stress_report_in *in, FILE *out, FILE *err) {
     totals t;
     if (merge(in->run, &t) != 0) {
         fprintf(err, "nerve stress: out of memory for the report\n");
-        free(t.per_url);
-        free(t.lat);
+        totals_free(&t);
         return 1;
     }
     check c[NCHECKS];
@@ -373,7 +389,6 @@ int stress_report(const stress_report_in *in, FILE *out, FILE *err) {
     if (t.lat_dropped)
         fprintf(err, "nerve stress: note: %lld latency samples not kept (out of memory)\n",
                 t.lat_dropped);
-    free(t.per_url);
-    free(t.lat);
+    totals_free(&t);
     return pass ? 0 : 1;
 }

@@ -74,6 +74,12 @@ typedef struct rds_script {
 redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
                      const char **argv, const size_t *argvlen);
 
+/* Make sure S's sha is known (SCRIPT LOAD once), so that a caller can
+ * pipeline "EVALSHA s->sha ..." itself. 0, or -1 (rds_errstr says why). A
+ * pipelined EVALSHA can still answer NOSCRIPT after a Redis restart: fall
+ * back to rds_eval then. */
+int rds_script_load(rds_client *c, rds_script *s);
+
 /* One client per calling thread. Thread-safe. */
 typedef struct rds_pool rds_pool;
 rds_pool *rds_pool_new(const rds_opts *o);
