@@ -54,6 +54,8 @@ TDEPS_STAMP := $(BUILD)/.deps-test
 
 .PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind clean
 .DEFAULT_GOAL := all
+# Keep test and bench objects between runs (they are intermediate files).
+.SECONDARY:
 
 all: $(BIN)
 
