@@ -10,6 +10,7 @@
  * held) or 1 (one failed, named on stderr).
  */
 #include "nerve/stress.h"
+#include "nerve/sale.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -59,7 +60,7 @@ static void usage(FILE *f) {
             "\n"
             "  --url URL           daemon base URL, http://HOST:PORT; repeat it for a fleet\n"
             "                      sharing one Redis (connections go round-robin)\n"
-            "  --sku SKU           SKU to sell: 1-128 bytes of A-Z a-z 0-9 . : - _\n"
+            "  --sku SKU           SKU to sell: 1-128 bytes of A-Z a-z 0-9 . : -\n"
             "  --stock N           stock set before the run (PUT /admin/stock/SKU)\n"
             "  --clients C         concurrent keep-alive connections, 1..%d\n"
             "  --requests R        total sale requests, or\n"
@@ -111,14 +112,6 @@ static int parse_ll(const char *name, const char *v, long long lo, long long hi,
     }
     *out = n;
     return 0;
-}
-
-static bool sku_valid(const char *s) {
-    size_t n = strlen(s);
-    if (n == 0 || n > STRESS_SKU_MAX) return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("._:-", s[i])) return false;
-    return true;
 }
 
 /* Parse ARGV into O. 0, 1 after --help, -1 after printing why. */
@@ -179,8 +172,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
             }
             o->nurls++;
         } else if (strcmp(name, "--sku") == 0) {
-            if (!sku_valid(v)) {
-                fprintf(stderr, "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . : - _, got '%s'\n",
+            if (!sale_sku_valid(v, strlen(v))) {
+                fprintf(stderr, "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . : -, got '%s'\n",
                         STRESS_SKU_MAX, v);
                 return -1;
             }
