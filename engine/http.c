@@ -9,6 +9,7 @@
 #include <civetweb.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,13 @@
 struct http_server {
     http_deps d;
     struct mg_context *ctx;
+    /* Graceful stop: CivetWeb refuses writes once mg_stop has begun, so
+     * in-flight requests must finish before it is called. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int inflight;               /* requests being handled */
+    int draining;               /* http_stop began: take no new request */
+    int released;               /* requests held while draining may go */
 };
 
 /* ---- responses --------------------------------------------------------------- */
@@ -555,8 +563,29 @@ static int handle_preflight(http_server *s, struct mg_connection *conn, const ch
 
 static int is(const char *m, const char *want) { return strcmp(m, want) == 0; }
 
+static int route_request(http_server *s, struct mg_connection *conn);
+
+/* Count requests in flight; while stopping, hold new ones unanswered until
+ * the server closes their connection (the client sees a request that was
+ * never taken, not a half answer or a sale it was not told about). */
 static int route(struct mg_connection *conn, void *cbdata) {
     http_server *s = cbdata;
+    pthread_mutex_lock(&s->mu);
+    if (s->draining) {
+        while (!s->released) pthread_cond_wait(&s->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+        return 503;
+    }
+    s->inflight++;
+    pthread_mutex_unlock(&s->mu);
+    int status = route_request(s, conn);
+    pthread_mutex_lock(&s->mu);
+    if (--s->inflight == 0 && s->draining) pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return status;
+}
+
+static int route_request(http_server *s, struct mg_connection *conn) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const char *m = ri->request_method, *p = ri->local_uri ? ri->local_uri : "";
 
@@ -628,6 +657,12 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
         return NULL;
     }
     s->d = *d;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
     char threads[16], timeout[16];
     snprintf(threads, sizeof threads, "%d", d->cfg->threads);
     snprintf(timeout, sizeof timeout, "%d", d->cfg->request_timeout_ms);
@@ -656,6 +691,8 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     s->ctx = mg_start2(&init, &ed);
     if (!s->ctx) {
         snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen, ebuf[0] ? ebuf : "start failed");
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
         free(s);
         mg_exit_library();
         return NULL;
@@ -666,7 +703,22 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
 
 void http_stop(http_server *s) {
     if (!s) return;
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += s->d.cfg->shutdown_grace_ms / 1000;
+    dl.tv_nsec += (long)(s->d.cfg->shutdown_grace_ms % 1000) * 1000000;
+    if (dl.tv_nsec >= 1000000000) dl.tv_sec++, dl.tv_nsec -= 1000000000;
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    while (s->inflight > 0)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) != 0) break;
+    if (s->inflight > 0) log_warn("http", "grace period over with %d requests in flight", s->inflight);
+    s->released = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
     mg_stop(s->ctx);
     mg_exit_library();
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
     free(s);
 }

@@ -171,7 +171,7 @@ char *metrics_render(const metrics_sources *s) {
     static const char *const rule_metrics[][3] = {
         { "nerve_rule_evaluations_total", "counter", "Rule evaluations, by rule (current rule set)." },
         { "nerve_rule_errors_total", "counter", "Rule errors (runtime, limits, invalid decisions), by rule." },
-        { "nerve_rule_duration_seconds", "counter", "Cumulative time spent in evaluate, by rule, seconds." },
+        { "nerve_rule_duration_seconds", "summary", "Time spent in evaluate, by rule, seconds." },
         { "nerve_decisions_total", "counter", "Decisions, by rule and action." },
     };
     for (int m = 0; m < 4; m++) {
@@ -184,7 +184,10 @@ char *metrics_render(const metrics_sources *s) {
             esc(in.name, e1, sizeof e1);
             if (m == 0) out(&b, "nerve_rule_evaluations_total{rule=\"%s\"} %llu\n", e1, (unsigned long long)st.evaluations);
             if (m == 1) out(&b, "nerve_rule_errors_total{rule=\"%s\"} %llu\n", e1, (unsigned long long)st.errors);
-            if (m == 2) out(&b, "nerve_rule_duration_seconds{rule=\"%s\"} %.9f\n", e1, (double)st.duration_ns / 1e9);
+            if (m == 2) {
+                out(&b, "nerve_rule_duration_seconds_sum{rule=\"%s\"} %.9f\n", e1, (double)st.duration_ns / 1e9);
+                out(&b, "nerve_rule_duration_seconds_count{rule=\"%s\"} %llu\n", e1, (unsigned long long)st.evaluations);
+            }
             if (m == 3)
                 for (int a = 0; a < RULES_ACTION_COUNT; a++)
                     out(&b, "nerve_decisions_total{rule=\"%s\",action=\"%s\"} %llu\n", e1,

@@ -8,6 +8,7 @@
 #include "nerve/rds.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -22,6 +23,7 @@ struct rds_client {
     int down;                   /* last attempt failed */
     int backoff_ms;             /* current reconnect backoff */
     long long retry_at_ms;      /* monotonic ms before which we do not retry */
+    long long last_used_ms;     /* monotonic ms of the last command */
     char errstr[256];
 };
 
@@ -169,8 +171,26 @@ static int setup_cmd(rds_client *c, redisReply *r, const char *what) {
     return bad ? -1 : 0;
 }
 
+/* An idle request/response connection never has anything to read: if its
+ * socket is readable, Redis closed it (restart, timeout, kill). Checked only
+ * after a pause, so a busy connection pays nothing. */
+static int stale(rds_client *c) {
+    long long now = now_ms();
+    long long idle = now - c->last_used_ms;
+    c->last_used_ms = now;
+    if (idle < 50) return 0;
+    struct pollfd p = { c->ctx->fd, POLLIN, 0 };
+    return poll(&p, 1, 0) > 0;
+}
+
 static int ensure(rds_client *c) {
-    if (c->ctx) return 0;
+    if (c->ctx && !stale(c)) return 0;
+    if (c->ctx) {
+        /* Reconnect at once: the connection was fine until it went away. */
+        redisFree(c->ctx);
+        c->ctx = NULL;
+        c->down = 0;
+    }
     if (c->down && now_ms() < c->retry_at_ms) {
         if (!c->errstr[0]) set_error(c, "redis down, retrying");
         return -1;
