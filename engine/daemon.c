@@ -367,11 +367,15 @@ out:
     /* Order: stop taking requests (in-flight ones finish), then stop the bus,
      * let the evaluator drain the queue, then the emergency stops. */
     http_stop(d.http);
+    log_debug("main", "http stopped");
     bus_stop(d.bus);
+    log_debug("main", "bus stopped");
     if (d.q) evq_close(d.q);
     eval_stop(d.eval);
+    log_debug("main", "event queue drained");
     if (d.panic) panic_drain(d.panic, c->shutdown_grace_ms);
     panic_free(d.panic);
+    log_debug("main", "emergency stops finished");
     sale_engine_free(d.sale);
     policy_free(d.policy);
     act_free(d.act);
