@@ -134,6 +134,22 @@ void ks_on_control(ks *k, const char *msg, size_t len) {
 
 /* ---- records ------------------------------------------------------------------ */
 
+/* Records are indexed in the set PREFIXkills so that listing them never
+ * has to SCAN the keyspace (millions of order keys on a busy shop).
+ * KEYS[1] record, KEYS[2] index; ARGV[1] record JSON, ARGV[2] scope.
+ * 1 created, 0 already engaged. */
+static rds_script engage_script = RDS_SCRIPT_INIT(
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then\n"
+    "  redis.call('SADD', KEYS[2], ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "redis.call('SADD', KEYS[2], ARGV[2])\n"
+    "return 0\n");
+
+static rds_script reset_script = RDS_SCRIPT_INIT(
+    "redis.call('SREM', KEYS[2], ARGV[1])\n"
+    "return redis.call('DEL', KEYS[1])\n");
+
 int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
               bool halt_sales, const char *state, double ts, char *err, size_t errlen) {
     char key[KEY_MAX];
@@ -160,17 +176,20 @@ int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    redisReply *r = rds_command(c, "SET %s %s NX", key, txt);
+    char idx[KEY_MAX];
+    snprintf(idx, sizeof idx, "%skills", k->prefix);
+    const char *argv[] = { key, idx, txt, scope };
+    redisReply *r = rds_eval(c, &engage_script, 2, 4, argv, NULL);
     free(txt);
     int rc;
     if (!r) {
         snprintf(err, errlen, "redis: %s", rds_errstr(c));
         rc = -1;
-    } else if (r->type == REDIS_REPLY_STATUS) {
+    } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
         rc = 1;
         atomic_fetch_add(&k->n_engaged, 1);
         announce(k, c, "engage", scope, halt_sales);
-    } else if (r->type == REDIS_REPLY_NIL) {
+    } else if (r->type == REDIS_REPLY_INTEGER) {
         rc = 0;
     } else {
         snprintf(err, errlen, "redis: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
@@ -206,9 +225,11 @@ int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int
 }
 
 int ks_reset(ks *k, rds_client *c, const char *scope) {
-    char key[KEY_MAX];
+    char key[KEY_MAX], idx[KEY_MAX];
     if (kill_key(k, key, scope)) return -1;
-    redisReply *r = rds_command(c, "DEL %s", key);
+    snprintf(idx, sizeof idx, "%skills", k->prefix);
+    const char *argv[] = { key, idx, scope };
+    redisReply *r = rds_eval(c, &reset_script, 2, 3, argv, NULL);
     if (!r || r->type != REDIS_REPLY_INTEGER) {
         freeReplyObject(r);
         return -1;
@@ -224,32 +245,36 @@ int ks_reset(ks *k, rds_client *c, const char *scope) {
     return rc;
 }
 
+/* SMEMBERS of the index, then each record; members whose record is gone
+ * (deleted by hand, or expired) are dropped from the index. */
 cJSON *ks_list(ks *k, rds_client *c) {
-    char pattern[KEY_MAX];
-    snprintf(pattern, sizeof pattern, "%skill:*", k->prefix);
+    char idx[KEY_MAX], key[KEY_MAX];
+    snprintf(idx, sizeof idx, "%skills", k->prefix);
+    redisReply *m = rds_command(c, "SMEMBERS %s", idx);
+    if (!m || m->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(m);
+        return NULL;
+    }
     cJSON *arr = cJSON_CreateArray();
-    char cursor[32] = "0";
-    int guard = 0;
-    do {
-        redisReply *r = rds_command(c, "SCAN %s MATCH %s COUNT 500", cursor, pattern);
-        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-            freeReplyObject(r);
+    for (size_t i = 0; i < m->elements && i < 100000; i++) {
+        const redisReply *scope = m->element[i];
+        if (scope->type != REDIS_REPLY_STRING || kill_key(k, key, scope->str)) continue;
+        redisReply *v = rds_command(c, "GET %s", key);
+        if (!v) {
             cJSON_Delete(arr);
+            freeReplyObject(m);
             return NULL;
         }
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
-        const redisReply *keys = r->element[1];
-        for (size_t i = 0; i < keys->elements; i++) {
-            redisReply *v = rds_command(c, "GET %b", keys->element[i]->str, keys->element[i]->len);
-            if (v && v->type == REDIS_REPLY_STRING) {
-                cJSON *rec = cJSON_ParseWithLength(v->str, v->len);
-                if (cJSON_IsObject(rec)) cJSON_AddItemToArray(arr, rec);
-                else cJSON_Delete(rec);
-            }
-            freeReplyObject(v);
+        if (v->type == REDIS_REPLY_STRING) {
+            cJSON *rec = cJSON_ParseWithLength(v->str, v->len);
+            if (cJSON_IsObject(rec)) cJSON_AddItemToArray(arr, rec);
+            else cJSON_Delete(rec);
+        } else if (v->type == REDIS_REPLY_NIL) {
+            freeReplyObject(rds_command(c, "SREM %s %s", idx, scope->str));
         }
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0") != 0 && ++guard < 100000);
+        freeReplyObject(v);
+    }
+    freeReplyObject(m);
     return arr;
 }
 

@@ -8,6 +8,7 @@
 #include "nerve/lock.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -39,26 +40,20 @@ static unsigned long long jitter_rand(void) {
     return s;
 }
 
+/* Tokens only need to be unique among holders, so instead of a syscall per
+ * token each thread draws 64 random bits once from getrandom() and appends a
+ * counter: 128 bits, never repeated within the thread, and colliding across
+ * threads or instances only if two 64-bit random draws collide. */
 void lock_token_new(char token[LOCK_TOKEN_LEN + 1]) {
-    unsigned char b[LOCK_TOKEN_LEN / 2];
-    size_t got = 0;
-    while (got < sizeof b) {
-        ssize_t n = getrandom(b + got, sizeof b - got, 0);
-        if (n < 0) {
+    static _Thread_local unsigned long long seed, counter;
+    while (!seed) {
+        if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
             if (errno == EINTR) continue;
-            /* No kernel entropy interface: fall back to the jitter PRNG;
-             * tokens then only need to differ, which this still gives. */
-            for (; got < sizeof b; got++) b[got] = (unsigned char)jitter_rand();
-            break;
+            seed = jitter_rand() ^ (unsigned long long)(uintptr_t)&seed;
         }
-        got += (size_t)n;
     }
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < sizeof b; i++) {
-        token[2 * i] = hex[b[i] >> 4];
-        token[2 * i + 1] = hex[b[i] & 15];
-    }
-    token[LOCK_TOKEN_LEN] = 0;
+    counter++;
+    snprintf(token, LOCK_TOKEN_LEN + 1, "%016llx%016llx", seed, counter);
 }
 
 lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms,

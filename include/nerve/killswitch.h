@@ -4,7 +4,10 @@
  * creating PREFIXkill:S only if absent (SET NX), so exactly one instance of a
  * fleet wins and runs the emergency stop. The record is JSON:
  * {"scope","reason","rule","ts","instance","state","halt_sales","attempts"}
- * with state "stopping", "stopped", "stop_failed" or "dry_run".
+ * with state "stopping", "stopped", "stop_failed" or "dry_run". Engaged scopes
+ * are also members of the set PREFIXkills, so that listing them costs
+ * O(engaged), not a SCAN of the keyspace; a record deleted by hand is dropped
+ * from that index at the next listing.
  *
  * Sales must not pay a Redis round trip to learn whether they are halted, and
  * kill keys cannot share the SKU's hash slot, so every instance keeps a local
