@@ -52,7 +52,7 @@ BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 DEPS_STAMP := $(BUILD)/.deps-build
 TDEPS_STAMP := $(BUILD)/.deps-test
 
-.PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind clean
+.PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind fuzz clean
 .DEFAULT_GOAL := all
 # Keep test and bench objects between runs (they are intermediate files).
 .SECONDARY:
@@ -127,8 +127,16 @@ run: $(BIN) | $(TDEPS_STAMP)
 bench: $(BIN) $(BENCH_BIN) deps-bench
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/run.sh
 
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 asan:
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	$(MAKE) BUILD=build-asan BIN=build-asan/nerve SANITIZER=address,undefined OPT=-O1 test
+
+# Unit tests and a short daemon session under valgrind memcheck (zero leaks,
+# zero errors, or it fails).
+valgrind: $(BIN) $(UNIT_BIN) | $(TDEPS_STAMP)
+	$(call install_pkgs,valgrind)
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/valgrind.sh $(UNIT_BIN)
 
 clean:
 	rm -rf build build-asan nerve

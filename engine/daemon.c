@@ -214,7 +214,8 @@ int daemon_run(const daemon_args *a) {
     memset(&d, 0, sizeof d);
     d.args = a;
     pthread_mutex_init(&d.reload_mu, NULL);
-    int rc = 1, have_pidfile = 0;
+    int rc = 1, have_pidfile = 0, have_wd = 0;
+    pthread_t wd_thread;
     char err[512];
 
     /* Block the signals we handle before any thread starts, so that every
@@ -360,8 +361,7 @@ int daemon_run(const daemon_args *a) {
     static watchdog wd;
     wd.sigs = sigs;
     wd.grace_ms = c->shutdown_grace_ms;
-    pthread_t wt;
-    if (pthread_create(&wt, NULL, watchdog_run, &wd) == 0) pthread_detach(wt);
+    have_wd = pthread_create(&wd_thread, NULL, watchdog_run, &wd) == 0;
     rc = 0;
 out:
     /* Order: stop taking requests (in-flight ones finish), then stop the bus,
@@ -384,6 +384,11 @@ out:
     rds_pool_free(d.pool);
     live_free(d.live);
     if (have_pidfile && daemon_pidfile_read(c->pidfile) == (int)getpid()) unlink(c->pidfile);
+    if (have_wd) {
+        /* sigtimedwait is a cancellation point: the watchdog ends here. */
+        pthread_cancel(wd_thread);
+        pthread_join(wd_thread, NULL);
+    }
     if (rc == 0) log_info("main", "stopped");
     pthread_mutex_destroy(&d.reload_mu);
     cfg_free(c);

@@ -271,7 +271,7 @@ static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
 
 static int handle_stock_get(http_server *s, struct mg_connection *conn, const char *sku) {
     if (!sale_sku_valid(sku, strlen(sku)))
-        return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . : -");
+        return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     rds_client *rc = rds_pool_client(s->d.pool);
     long long stock = 0;
     int r = rc ? sale_stock_get(rc, s->d.cfg->redis_prefix, sku, &stock) : -1;
@@ -296,7 +296,7 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
     int st = check_admin(s, conn);
     if (st) return st;
     if (!sale_sku_valid(sku, strlen(sku)))
-        return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . : -");
+        return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     char *body;
     size_t len;
     int rc = read_body(conn, s->d.cfg->max_body_bytes, &body, &len);
@@ -674,6 +674,11 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
         "request_timeout_ms", timeout,
         "tcp_nodelay", "1",
         "max_request_size", "16384",
+        /* CORS is ours (server.cors_origin); CivetWeb's defaults would
+         * answer every preflight with "*". */
+        "access_control_allow_origin", "",
+        "access_control_allow_methods", "",
+        "access_control_allow_headers", "",
         NULL,
     };
     struct mg_callbacks cb;

@@ -33,7 +33,7 @@ int sale_sku_valid(const char *s, size_t len) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == ':' || ch == '-'))
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
             return 0;
     }
     return 1;
@@ -48,11 +48,30 @@ static int order_id_valid(const char *s, size_t len) {
     return 1;
 }
 
+/* cJSON stores strings NUL-terminated, so "a\u0000b" would silently become
+ * "a": refuse NUL, raw or escaped, before parsing. Each backslash consumes
+ * the character after it, so "\\u0000" (an escaped backslash) passes. */
+static int has_nul(const char *s, size_t len) {
+    if (memchr(s, 0, len)) return 1;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (s[i] != '\\') continue;
+        if (s[i + 1] == 'u' && i + 5 < len && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
+            s[i + 5] == '0')
+            return 1;
+        i++;
+    }
+    return 0;
+}
+
 int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
                char *err, size_t errlen) {
     memset(req, 0, sizeof *req);
     if (len == 0) {
         snprintf(err, errlen, "request body is empty; expected a JSON object");
+        return -1;
+    }
+    if (has_nul(body, len)) {
+        snprintf(err, errlen, "strings must not contain NUL characters");
         return -1;
     }
     const char *end = NULL;
@@ -92,7 +111,7 @@ parsed:
         goto out;
     }
     if (!sale_sku_valid(sku->valuestring, sl)) {
-        snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . : -");
+        snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . _ : -");
         goto out;
     }
     memcpy(req->sku, sku->valuestring, sl + 1);
@@ -540,7 +559,7 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
              * so, so that clients retry with the same order_id (which
              * then answers the recorded result instead of selling twice). */
             char why[160];
-            snprintf(why, sizeof why, "%s", err);
+            snprintf(why, sizeof why, "%.159s", err);
             snprintf(err, sizeof err, "%.159s; the sale may or may not have been recorded: retry with the same order_id",
                      why);
             fail = err;

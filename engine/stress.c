@@ -60,7 +60,7 @@ static void usage(FILE *f) {
             "\n"
             "  --url URL           daemon base URL, http://HOST:PORT; repeat it for a fleet\n"
             "                      sharing one Redis (connections go round-robin)\n"
-            "  --sku SKU           SKU to sell: 1-128 bytes of A-Z a-z 0-9 . : -\n"
+            "  --sku SKU           SKU to sell: 1-128 bytes of A-Z a-z 0-9 . _ : -\n"
             "  --stock N           stock set before the run (PUT /admin/stock/SKU)\n"
             "  --clients C         concurrent keep-alive connections, 1..%d\n"
             "  --requests R        total sale requests, or\n"
@@ -173,7 +173,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
             o->nurls++;
         } else if (strcmp(name, "--sku") == 0) {
             if (!sale_sku_valid(v, strlen(v))) {
-                fprintf(stderr, "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . : -, got '%s'\n",
+                fprintf(stderr, "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . _ : -, got '%s'\n",
                         STRESS_SKU_MAX, v);
                 return -1;
             }

@@ -95,7 +95,8 @@ void sale_execute(sale_engine *e, const sale_req *req, sale_res *res);
  * Exposed for tests of the fencing. Returns 0 with RES[0..N) filled, 1 when
  * the lock is not held by TOKEN (nothing changed), -1 on a Redis error
  * (message in ERR; state unknown only if the connection broke mid-call, in
- * which case the script ran entirely or not at all). */
+ * which case the script ran entirely or not at all). The script releases the
+ * lock (compare-and-delete) after committing. */
 int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
                 const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen);
 

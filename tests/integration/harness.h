@@ -1,0 +1,247 @@
+/* harness.h -- throwaway redis-server and nerve daemons for integration tests.
+ *
+ * Everything an integration test needs to drive the real daemon over real
+ * HTTP against a real Redis, in the spirit of hiredis' test.sh:
+ *
+ *   - a temp dir (mkdtemp under /tmp) removed at exit (kept when the
+ *     environment has NERVE_TEST_KEEP=1);
+ *   - redis-server on a free port, in its own directory under the temp dir;
+ *     stop, pause (SIGSTOP), resume, restart on the same port;
+ *   - the daemon ($NERVE_BIN, default ./nerve) started from the repo root
+ *     (NERVE_ROOT, default the current directory) with
+ *     `serve -c config/nerve.yaml --set server.listen=... --set redis.url=...
+ *     --set server.pidfile=` plus the test's own --set values, with
+ *     NERVE_ADMIN_TOKEN=test-token and its stderr in a log file;
+ *   - HTTP helpers over libcurl and a concurrent keep-alive load generator.
+ *
+ * Children run in their own process groups with PR_SET_PDEATHSIG and are
+ * killed at exit and on fatal signals, so a failed or aborted test leaves
+ * nothing behind. Waiting is always a poll of a condition with a deadline.
+ *
+ * Threads: only h_load_start()/h_load_run() start threads, which touch
+ * nothing but their own state; everything else is meant for the test's main
+ * thread (cmocka's asserts are not thread-safe either).
+ * Ownership: h_*_start() return objects freed by the matching stop; h_resp
+ * and h_load results are freed with h_resp_free() and h_load_free().
+ */
+#ifndef NERVE_TEST_HARNESS_H
+#define NERVE_TEST_HARNESS_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <limits.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <cjson/cJSON.h>
+#include <hiredis/hiredis.h>
+
+#define H_ADMIN_TOKEN "test-token"
+#define H_STR_(x) #x
+#define H_STR(x) H_STR_(x)
+#define H_PREFIX "nerve:"
+
+/* --- process ----------------------------------------------------------- */
+
+/* Create the temp dir, install the exit and signal cleanup, init libcurl.
+ * Idempotent; every h_*_start calls it. Aborts the process on failure. */
+void h_init(void);
+const char *h_tmpdir(void);
+
+/* Monotonic seconds, a deadline MS from now, and whether it is still ahead. */
+double h_now(void);
+double h_deadline(int ms);
+bool h_before(double deadline);
+/* A short pause between two polls of a condition (not synchronisation). */
+void h_nap(void);
+
+/* Print a cmocka error at FILE:LINE and fail the running test. */
+void h_fail_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Per-test bookkeeping, to pass as cmocka setup/teardown: on failure the
+ * teardown prints the tail of every daemon log written during the test; it
+ * always resumes a paused redis, stops the daemons the test started and left
+ * running, joins a load the test left running, and stops the redis servers
+ * the test started. A test calls h_pass() as its last statement (reached
+ * only when no assertion failed). */
+int h_test_setup(void **state);
+int h_test_teardown(void **state);
+void h_pass(void);
+
+/* --- redis-server ------------------------------------------------------ */
+
+typedef struct h_redis {
+    pid_t pid;                  /* 0 while stopped */
+    int port;
+    bool aof;                   /* appendonly yes, appendfsync always */
+    bool paused;
+    bool owned;                 /* started inside a test: stopped by teardown */
+    char dir[128];
+    char log[160];
+    redisContext *ctx;          /* h_redis_cmd's connection */
+} h_redis;
+
+/* Start redis-server on a free port (retrying on a port race) and wait until
+ * it answers PING. AOF keeps data across h_redis_stop/h_redis_restart.
+ * NULL on failure (the reason is printed). */
+h_redis *h_redis_start(bool aof);
+/* SIGTERM and wait. 0, or -1 when it had to be killed. */
+int h_redis_stop(h_redis *r);
+int h_redis_pause(h_redis *r);
+int h_redis_resume(h_redis *r);
+/* Start again on the same port and directory; 0 once it answers PING. */
+int h_redis_restart(h_redis *r);
+/* Stop if running and free. NULL is fine. */
+void h_redis_free(h_redis *r);
+
+/* "redis://127.0.0.1:PORT/0" into BUF. */
+const char *h_redis_url(const h_redis *r, char *buf, size_t len);
+/* A fresh connection (caller frees with redisFree), NULL on failure. */
+redisContext *h_redis_connect(const h_redis *r);
+/* A command on the redis' own cached connection (reconnects as needed).
+ * The reply is the caller's (freeReplyObject); NULL on a connection error. */
+redisReply *h_redis_cmd(h_redis *r, const char *fmt, ...);
+/* GET KEY as an integer: 0 with *V set, 1 when absent, -1 on error or when
+ * the value is not an integer. */
+int h_redis_get_ll(h_redis *r, const char *key, long long *v);
+
+/* --- the daemon -------------------------------------------------------- */
+
+typedef struct h_daemon {
+    pid_t pid;                  /* 0 once reaped */
+    int port;
+    bool owned;
+    char base[64];              /* "http://127.0.0.1:PORT" */
+    char log[160];
+} h_daemon;
+
+/* Start `nerve serve` against R with the extra `key=value` overrides SETS
+ * (NSETS of them), with or without NERVE_ADMIN_TOKEN=test-token, and wait
+ * (10 s) until GET /healthz answers 200. NULL on failure, after printing the
+ * log tail. */
+h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
+                          const char *const *sets, size_t nsets);
+/* Same with the overrides as NULL-terminated arguments and the token set. */
+h_daemon *h_daemon_start(const h_redis *r, ...) __attribute__((sentinel));
+/* SIGTERM, wait up to 20 s (then SIGKILL) and free D. Returns the exit
+ * status (0..255) of a normal exit, -1 otherwise; a non-zero result is
+ * printed with the log tail. NULL returns -1. */
+int h_daemon_stop(h_daemon *d);
+/* 1 while the process runs. */
+int h_daemon_alive(h_daemon *d);
+/* Print the last LINES lines of D's log. */
+void h_daemon_log_tail(const h_daemon *d, int lines);
+
+/* --- HTTP -------------------------------------------------------------- */
+
+typedef struct h_resp {
+    long status;                /* 0 when the request failed (see err) */
+    char *body;                 /* NUL-terminated */
+    size_t len;
+    char *headers;              /* raw response header block */
+    cJSON *json;                /* the body parsed, NULL when not JSON */
+    double secs;                /* request duration */
+    char err[256];
+} h_resp;
+
+/* METHOD PATH on D with BODY (NULL = none; a body gets
+ * `Content-Type: application/json` unless a header line says otherwise) and
+ * extra header lines ("Name: value"), NULL-terminated. Fills R (free with
+ * h_resp_free) and returns the status, 0 on transport error. */
+long h_http(const h_daemon *d, const char *method, const char *path,
+            const char *body, h_resp *r, ...) __attribute__((sentinel));
+void h_resp_free(h_resp *r);
+/* The value of response header NAME (case-insensitive) into OUT; false when
+ * absent. */
+bool h_header(const h_resp *r, const char *name, char *out, size_t outlen);
+
+/* JSON accessors: the string at KEY or NULL; an integral number at KEY
+ * (false when absent or not integral); a bool at KEY as 0/1, -1 otherwise. */
+const char *h_jstr(const cJSON *o, const char *key);
+bool h_jll(const cJSON *o, const char *key, long long *v);
+int h_jbool(const cJSON *o, const char *key);
+/* true when O is an object whose keys are exactly the NULL-terminated list. */
+bool h_jkeys(const cJSON *o, ...) __attribute__((sentinel));
+
+/* POST PATH {"sku","qty"[,"order_id"]} (ORDER_ID NULL = none). */
+long h_sale(const h_daemon *d, const char *path, const char *sku, long long qty,
+            const char *order_id, h_resp *r);
+
+/* Assertions that report the caller's FILE:LINE. */
+#define H_SET_STOCK(d, sku, n) h_set_stock_at((d), (sku), (n), __FILE__, __LINE__)
+#define H_GET_STOCK(d, sku) h_get_stock_at((d), (sku), __FILE__, __LINE__)
+#define H_REDIS_STOCK(r, sku) h_redis_stock_at((r), (sku), __FILE__, __LINE__)
+/* R is a JSON error: status STATUS, Content-Type application/json, body
+ * {"error": CODE, "message": non-empty string, ...}; CODE NULL = any
+ * non-empty string. */
+#define H_ASSERT_ERROR(r, status, code) \
+    h_assert_error_at((r), (status), (code), __FILE__, __LINE__)
+/* R has Content-Type application/json and a JSON object body. */
+#define H_ASSERT_JSON(r) h_assert_json_at((r), __FILE__, __LINE__)
+
+void h_set_stock_at(const h_daemon *d, const char *sku, long long stock,
+                    const char *file, int line);
+/* GET /stock/SKU: the stock, or -1 on 404 (other answers fail the test). */
+long long h_get_stock_at(const h_daemon *d, const char *sku, const char *file, int line);
+/* GET PREFIX{SKU}:stock: the value, or -1 when absent. */
+long long h_redis_stock_at(h_redis *r, const char *sku, const char *file, int line);
+void h_assert_error_at(const h_resp *r, long status, const char *code,
+                       const char *file, int line);
+void h_assert_json_at(const h_resp *r, const char *file, int line);
+
+/* --- concurrent load ---------------------------------------------------- */
+
+typedef struct h_sale_rec {
+    bool sent;                  /* false: not sent (h_load_stop) */
+    long status;                /* 0: transport error */
+    double secs;
+    char *body;
+    bool json_ct;               /* Content-Type: application/json */
+    bool retry_after;           /* a Retry-After header was present */
+    cJSON *json;                /* parsed after the run, NULL if not JSON */
+} h_sale_rec;
+
+typedef struct h_load {
+    /* in */
+    const h_daemon *d;
+    const char *path;           /* "/sale" */
+    const char *sku;
+    long long qty;
+    const char *order_id;       /* the same order_id in every request, or NULL */
+    const char *order_prefix;   /* else "PREFIX-<i>" per request, or NULL: none */
+    int clients;                /* threads, each with one keep-alive handle */
+    int requests;               /* total, shared out dynamically */
+    bool together;              /* connect first, then fire at once (barrier) */
+    bool serial;                /* one request at a time, client k sending
+                                 * requests k, k + clients...: with together,
+                                 * each on its own open connection */
+    int timeout_ms;             /* per request, default 60000 */
+    /* out */
+    h_sale_rec *recs;           /* [requests], in request index order */
+    int sent;                   /* requests sent (all unless stopped) */
+    int by_status[600];
+    int transport_errors;
+    double secs;                /* wall time of the run */
+    double max_secs;            /* slowest request */
+    struct h_load_run *run;     /* private: the running threads */
+} h_load;
+
+/* Run L to its end (fills the out fields). 0, or -1 when the threads could
+ * not start. */
+int h_load_run(h_load *l);
+/* The same in two steps, so the test can act (pause Redis...) while the load
+ * runs: start the threads, then join them and fill the out fields. In
+ * between, h_load_completed() says how many requests were answered. A load
+ * left running by a failed test is joined by h_test_teardown(). */
+int h_load_start(h_load *l);
+int h_load_completed(const h_load *l);
+/* Let the running requests finish but send no more. */
+void h_load_stop(h_load *l);
+int h_load_wait(h_load *l);
+void h_load_free(h_load *l);
+
+#endif
