@@ -9,6 +9,10 @@
 #include <civetweb.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -706,6 +710,49 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     return s;
 }
 
+/* CivetWeb's master thread polls its listening socket with a 2 s timeout
+ * and only then sees the stop flag; a connection to ourselves wakes it at
+ * once, which makes every shutdown (and every test) 2 s shorter. */
+typedef struct waker {
+    char host[128], port[16];
+    _Atomic int done;
+} waker;
+
+static void *wake_listener(void *arg) {
+    waker *w = arg;
+    for (int i = 0; i < 40 && !atomic_load(&w->done); i++) {
+        struct timespec ts = { 0, 50 * 1000000L };
+        nanosleep(&ts, NULL);
+        struct addrinfo hints, *ai = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        if (getaddrinfo(w->host, w->port, &hints, &ai) != 0) return NULL;
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            connect(fd, ai->ai_addr, ai->ai_addrlen);
+            close(fd);
+        }
+        freeaddrinfo(ai);
+    }
+    return NULL;
+}
+
+static int start_waker(const char *listen, waker *w, pthread_t *th) {
+    const char *colon = strrchr(listen, ':');
+    if (!colon) return -1;
+    const char *h = listen;
+    size_t hl = (size_t)(colon - listen);
+    if (hl >= 2 && h[0] == '[') h++, hl -= 2;
+    if (hl == 0 || hl >= sizeof w->host) return -1;
+    memcpy(w->host, h, hl);
+    w->host[hl] = 0;
+    if (strcmp(w->host, "0.0.0.0") == 0) strcpy(w->host, "127.0.0.1");
+    if (strcmp(w->host, "::") == 0) strcpy(w->host, "::1");
+    snprintf(w->port, sizeof w->port, "%s", colon + 1);
+    atomic_store(&w->done, 0);
+    return pthread_create(th, NULL, wake_listener, w) == 0 ? 0 : -1;
+}
+
 void http_stop(http_server *s) {
     if (!s) return;
     struct timespec dl;
@@ -721,7 +768,14 @@ void http_stop(http_server *s) {
     s->released = 1;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    waker w;
+    pthread_t wt;
+    int waking = start_waker(s->d.cfg->listen, &w, &wt) == 0;
     mg_stop(s->ctx);
+    if (waking) {
+        atomic_store(&w.done, 1);
+        pthread_join(wt, NULL);
+    }
     mg_exit_library();
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
