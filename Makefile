@@ -128,9 +128,18 @@ bench: $(BIN) $(BENCH_BIN) deps-bench
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/run.sh
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Reports of every process (test binaries and the daemons they start) go to
+# files, and any report fails the run even when the test itself passed.
+SAN_REPORTS := $(CURDIR)/build-asan/sanitizer-reports
 asan:
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	$(MAKE) BUILD=build-asan BIN=build-asan/nerve SANITIZER=address,undefined OPT=-O1 test
+	@rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$(SAN_REPORTS)/asan \
+	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SAN_REPORTS)/ubsan \
+	 $(MAKE) BUILD=build-asan BIN=build-asan/nerve SANITIZER=address,undefined OPT=-O1 test; rc=$$?; \
+	 if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
+	   echo "sanitizer reports:"; for f in $(SAN_REPORTS)/*; do echo "== $$f"; head -60 "$$f"; done; \
+	   echo "0 passed, 1 failed"; exit 1; fi; \
+	 exit $$rc
 
 # Unit tests and a short daemon session under valgrind memcheck (zero leaks,
 # zero errors, or it fails).
