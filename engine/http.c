@@ -166,6 +166,35 @@ static int read_body(struct mg_connection *conn, long max, char **out, size_t *l
     return 0;
 }
 
+/* Read the body, answering 413 (and closing: the rest of an oversized body
+ * is never read) or 400 itself. 0 with *BODY (caller frees), or the status
+ * already sent. */
+static int take_body(http_server *s, struct mg_connection *conn, char **body, size_t *len) {
+    int rc = read_body(conn, s->d.cfg->max_body_bytes, body, len);
+    if (rc == 413) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "request body over %ld bytes", s->d.cfg->max_body_bytes);
+        extra_hdr h = { "Connection", "close" };
+        return send_json(s, conn, 413, error_obj("payload_too_large", msg), &h, 1);
+    }
+    if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
+    return 0;
+}
+
+/* take_body, then parse it as JSON: 0 with *ROOT (NULL when it is not JSON
+ * or holds a NUL; the caller answers 400 with what it expected), or the
+ * status already sent. */
+static int take_json(http_server *s, struct mg_connection *conn, cJSON **root) {
+    char *body;
+    size_t len;
+    *root = NULL;
+    int st = take_body(s, conn, &body, &len);
+    if (st) return st;
+    if (!sale_json_has_nul(body, len)) *root = cJSON_ParseWithLength(body, len);
+    free(body);
+    return 0;
+}
+
 /* Constant-time comparison of the bearer token with the configured one. */
 static int token_ok(const char *given, const char *want) {
     size_t gl = strlen(given), wl = strlen(want);
@@ -215,14 +244,8 @@ static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
     const cfg *c = s->d.cfg;
     char *body;
     size_t len;
-    int rc = read_body(conn, c->max_body_bytes, &body, &len);
-    if (rc == 413) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "request body over %ld bytes", c->max_body_bytes);
-        extra_hdr h = { "Connection", "close" };
-        return send_json(s, conn, 413, error_obj("payload_too_large", msg), &h, 1);
-    }
-    if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
+    int st = take_body(s, conn, &body, &len);
+    if (st) return st;
 
     sale_req req;
     char err[256];
@@ -301,13 +324,9 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
     if (st) return st;
     if (!sale_sku_valid(sku, strlen(sku)))
         return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
-    char *body;
-    size_t len;
-    int rc = read_body(conn, s->d.cfg->max_body_bytes, &body, &len);
-    if (rc == 413) return send_error(s, conn, 413, "payload_too_large", "request body too large");
-    if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    free(body);
+    cJSON *root;
+    int rc = take_json(s, conn, &root);
+    if (rc) return rc;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "stock");
     if (!cJSON_IsObject(root) || !cJSON_IsNumber(v) || v->valuedouble < 0 ||
         v->valuedouble > 1e15 || v->valuedouble != (double)(long long)v->valuedouble) {
@@ -480,13 +499,9 @@ static int handle_killswitch_get(http_server *s, struct mg_connection *conn) {
 static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     int st = check_admin(s, conn);
     if (st) return st;
-    char *body;
-    size_t len;
-    int rc = read_body(conn, s->d.cfg->max_body_bytes, &body, &len);
-    if (rc == 413) return send_error(s, conn, 413, "payload_too_large", "request body too large");
-    if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    free(body);
+    cJSON *root;
+    int rc = take_json(s, conn, &root);
+    if (rc) return rc;
     const cJSON *scope = cJSON_GetObjectItemCaseSensitive(root, "scope");
     const cJSON *reason = cJSON_GetObjectItemCaseSensitive(root, "reason");
     const cJSON *halt = cJSON_GetObjectItemCaseSensitive(root, "halt_sales");

@@ -132,6 +132,10 @@ typedef struct rules_sbx {
     void *pend_ptr;             /* ... this one */
     size_t pend_osize, pend_nsize;
     int pend_line;
+    size_t churn;               /* bytes allocated in this pcall (growth only) */
+    size_t churn_limit;         /* mem limit + 64 bytes per instruction of budget */
+    bool churned;               /* the instruction abort came from churn */
+    bool compiling;             /* parsing a chunk: allocations are not charged */
     int logs_left;
     const char *file;           /* borrowed; chunk name is "@" file */
     const char *name;           /* borrowed; rule name for log(), may be NULL */

@@ -77,6 +77,25 @@ static void mem_abort(rules_sbx *s)
     lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
 }
 
+/* Work that no instruction counts: what C functions and the VM's own
+ * operations allocate (string.rep writes its result byte by byte, `..`,
+ * table.concat, gsub...). Each allocation is bounded by the memory limit, but
+ * a loop of them is not: 100000 instructions of string.rep("x", 65536) ran
+ * for seconds. So the bytes allocated in one protected call count too: past
+ * the memory limit plus 64 bytes per instruction of the budget, the call is
+ * aborted like one over the instruction limit. Parsing a chunk is exempt
+ * (it is bounded by the file size). */
+static void charge(rules_sbx *s, size_t n)
+{
+    s->churn += n;
+    if (s->churn > s->churn_limit && s->abort == RULES_SBX_OK) {
+        s->abort = RULES_SBX_INSTR;
+        s->churned = true;
+        s->abort_line = current_line(s->L);
+        lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+    }
+}
+
 /* When an allocation is refused, Lua runs an emergency full collection
  * (which only frees and shrinks) and retries the very same call. Only a
  * refused retry is a real overrun: a rule whose live data fits but whose
@@ -120,6 +139,8 @@ static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (p == NULL)
         return NULL;
     s->used = s->used - osize + nsize;
+    if (nsize > osize && s->armed && !s->compiling && s->L != NULL)
+        charge(s, nsize - osize);
     return p;
 }
 
@@ -240,8 +261,12 @@ static void fill_error(rules_sbx *s, int st, rules_sbx_err *e)
     if (s->abort == RULES_SBX_INSTR) {
         e->kind = RULES_SBX_INSTR;
         e->line = fallback_line(s, s->abort_line);
-        snprintf(e->msg, sizeof(e->msg), "instruction limit exceeded (%d instructions)",
-                 s->instr_limit);
+        if (s->churned)
+            snprintf(e->msg, sizeof(e->msg), "instruction limit exceeded (%d instructions; "
+                     "allocated more than %zu bytes)", s->instr_limit, s->churn_limit);
+        else
+            snprintf(e->msg, sizeof(e->msg), "instruction limit exceeded (%d instructions)",
+                     s->instr_limit);
     } else if (s->abort == RULES_SBX_MEM || st == LUA_ERRMEM) {
         e->kind = RULES_SBX_MEM;
         e->line = fallback_line(s, s->abort_line);
@@ -289,6 +314,9 @@ int rules_sbx_pcall(rules_sbx *s, rules_sbx_fn fn, void *ud, rules_sbx_err *e)
     s->abort_line = 0;
     s->err_line = 0;
     s->pending = false;
+    s->churn = 0;
+    s->churned = false;
+    s->compiling = false;
     s->logs_left = RULES_LOG_MAX;
     lua_sethook(L, count_hook, LUA_MASKCOUNT, s->instr_limit);
     s->armed = true;
@@ -430,6 +458,7 @@ int rules_sbx_open(rules_sbx *s, const char *file, const char *name,
     s->limit = mem_limit;
     s->instr_limit = instr_limit < 1 ? 1
                    : instr_limit > 1000000000LL ? 1000000000 : (int)instr_limit;
+    s->churn_limit = mem_limit + (size_t)s->instr_limit * 64;
     chunkid(s->short_src, file);
     s->L = lua_newstate(sbx_alloc, s);
     if (s->L == NULL) {
@@ -461,7 +490,11 @@ void rules_sbx_run_chunk(lua_State *L, const char *src, size_t len)
     char chunkname[RULES_MSG_MAX];
 
     snprintf(chunkname, sizeof(chunkname), "@%s", s->file);
-    if (luaL_loadbufferx(L, src, len, chunkname, "t") != LUA_OK)
+    s->compiling = true;
+    if (luaL_loadbufferx(L, src, len, chunkname, "t") != LUA_OK) {
+        s->compiling = false;
         lua_error(L);           /* the message already reads FILE:LINE: */
+    }
+    s->compiling = false;
     lua_call(L, 0, 1);
 }

@@ -51,7 +51,7 @@ static int order_id_valid(const char *s, size_t len) {
 /* cJSON stores strings NUL-terminated, so "a\u0000b" would silently become
  * "a": refuse NUL, raw or escaped, before parsing. Each backslash consumes
  * the character after it, so "\\u0000" (an escaped backslash) passes. */
-static int has_nul(const char *s, size_t len) {
+int sale_json_has_nul(const char *s, size_t len) {
     if (memchr(s, 0, len)) return 1;
     for (size_t i = 0; i + 1 < len; i++) {
         if (s[i] != '\\') continue;
@@ -70,7 +70,7 @@ int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
         snprintf(err, errlen, "request body is empty; expected a JSON object");
         return -1;
     }
-    if (has_nul(body, len)) {
+    if (sale_json_has_nul(body, len)) {
         snprintf(err, errlen, "strings must not contain NUL characters");
         return -1;
     }
