@@ -17,8 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "nerve/jsonck.h"
 #include "nerve/log.h"
 #include "nerve/metrics.h"
 
@@ -181,16 +183,18 @@ static int take_body(http_server *s, struct mg_connection *conn, char **body, si
     return 0;
 }
 
-/* take_body, then parse it as JSON: 0 with *ROOT (NULL when it is not JSON
- * or holds a NUL; the caller answers 400 with what it expected), or the
- * status already sent. */
+/* take_body, then parse it as JSON: 0 with *ROOT (NULL when it is not
+ * strict JSON (jsonck.h); the caller answers 400 with what it expected), or
+ * the status already sent. */
 static int take_json(http_server *s, struct mg_connection *conn, cJSON **root) {
     char *body;
     size_t len;
     *root = NULL;
     int st = take_body(s, conn, &body, &len);
     if (st) return st;
-    if (!sale_json_has_nul(body, len)) *root = cJSON_ParseWithLength(body, len);
+    char why[128];
+    if (jsonck_check(body, len, JSONCK_MAX_DEPTH, why, sizeof why) == 0)
+        *root = cJSON_ParseWithLength(body, len);
     free(body);
     return 0;
 }
@@ -468,7 +472,7 @@ static int handle_rules(http_server *s, struct mg_connection *conn) {
 
 static int handle_metrics(http_server *s, struct mg_connection *conn) {
     metrics_sources src = { .live = s->d.live, .eval = s->d.eval, .q = s->d.q, .panic = s->d.panic,
-                            .ks = s->d.ks, .redis = rds_pool_client(s->d.pool) };
+                            .ks = s->d.ks, .bus = s->d.bus, .redis = rds_pool_client(s->d.pool) };
     char *text = metrics_render(&src);
     if (!text) return send_error(s, conn, 500, "internal", "out of memory");
     size_t tl = strlen(text);
@@ -542,7 +546,7 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
     if (r < 0) return unavailable(s, conn, "redis unavailable");
     if (r == 0) {
         char msg[256];
-        snprintf(msg, sizeof msg, "scope %s is not engaged", scope);
+        snprintf(msg, sizeof msg, "scope %.200s is not engaged", scope);
         return send_error(s, conn, 404, "not_found", msg);
     }
     log_warn("http", "kill switch reset scope=%s", scope);
@@ -580,6 +584,32 @@ static int handle_preflight(http_server *s, struct mg_connection *conn, const ch
     return send_raw(s, conn, 204, NULL, h, s->d.cfg->cors_origin[0] ? 3 : 0);
 }
 
+/* Requests that change state: refuse cross-site browser requests (a page
+ * elsewhere making a visitor's browser buy) and bodies that are not JSON.
+ * Browsers send Origin on every cross-origin POST/PUT/DELETE, so an Origin
+ * other than server.cors_origin is refused (403); clients without a browser
+ * send none. Content-Type must be application/json or absent;
+ * application/x-www-form-urlencoded, which `curl -d` sends by default, is
+ * tolerated because the Origin check already stops browsers. 0, or the
+ * status sent. */
+static int check_write_request(http_server *s, struct mg_connection *conn) {
+    const char *origin = mg_get_header(conn, "Origin");
+    const char *allowed = s->d.cfg->cors_origin;
+    if (origin && !(allowed[0] && (strcmp(allowed, "*") == 0 || strcmp(allowed, origin) == 0)))
+        return send_error(s, conn, 403, "forbidden_origin",
+                          "cross-origin request refused: set server.cors_origin to allow this origin");
+    const char *ct = mg_get_header(conn, "Content-Type");
+    if (ct) {
+        size_t n = strcspn(ct, ";");
+        while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t')) n--;
+        if (!((n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+              (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0)))
+            return send_error(s, conn, 415, "unsupported_media_type",
+                              "send the body as Content-Type: application/json");
+    }
+    return 0;
+}
+
 static int is(const char *m, const char *want) { return strcmp(m, want) == 0; }
 
 static int route_request(http_server *s, struct mg_connection *conn);
@@ -606,8 +636,22 @@ static int route(struct mg_connection *conn, void *cbdata) {
 
 static int route_request(http_server *s, struct mg_connection *conn) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
-    const char *m = ri->request_method, *p = ri->local_uri ? ri->local_uri : "";
+    const char *m = ri->request_method;
+    /* CivetWeb is told not to decode the path (decode_url=no) because its
+     * decoded form is a C string: "%00" would cut it short, and
+     * /stock/A%00junk would act on SKU A. We decode here and refuse NUL. */
+    char p[2048];
+    const char *raw = ri->local_uri ? ri->local_uri : "";
+    int pl = mg_url_decode(raw, (int)strlen(raw), p, (int)sizeof p, 0);
+    if (pl < 0 || (size_t)pl >= sizeof p - 1)
+        return send_error(s, conn, 414, "uri_too_long", "request path too long");
+    if (memchr(p, 0, (size_t)pl))
+        return send_error(s, conn, 400, "bad_request", "request path must not contain NUL (%00)");
 
+    if (is(m, "POST") || is(m, "PUT") || is(m, "DELETE")) {
+        int st = check_write_request(s, conn);
+        if (st) return st;
+    }
     if (is(p, "/sale") || is(p, "/test/simulate-sale")) {
         if (is(m, "POST")) return handle_sale(s, conn);
         if (is(m, "OPTIONS")) return handle_preflight(s, conn, "POST, OPTIONS");
@@ -693,6 +737,7 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
         "request_timeout_ms", timeout,
         "tcp_nodelay", "1",
         "max_request_size", "16384",
+        "decode_url", "no",
         /* CORS is ours (server.cors_origin); CivetWeb's defaults would
          * answer every preflight with "*". */
         "access_control_allow_origin", "",

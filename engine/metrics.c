@@ -1,6 +1,7 @@
 /* metrics.c -- counters, histograms and Prometheus exposition (see metrics.h). */
 #include "nerve/metrics.h"
 
+#include "nerve/bus.h"
 #include "nerve/evaluator.h"
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
@@ -154,6 +155,23 @@ char *metrics_render(const metrics_sources *s) {
         out(&b, "# HELP nerve_events_invalid_total Bus events that were not a JSON object.\n"
                 "# TYPE nerve_events_invalid_total counter\nnerve_events_invalid_total %llu\n",
             (unsigned long long)es.bad_events);
+    }
+    if (s->bus) {
+        bus_stats bs;
+        bus_get_stats(s->bus, &bs);
+        out(&b, "# HELP nerve_bus_messages_total Messages received from the Redis bus.\n"
+                "# TYPE nerve_bus_messages_total counter\nnerve_bus_messages_total %llu\n",
+            (unsigned long long)bs.messages);
+        out(&b, "# HELP nerve_events_dropped_total Bus messages dropped before evaluation, by reason.\n"
+                "# TYPE nerve_events_dropped_total counter\n"
+                "nerve_events_dropped_total{reason=\"oversized\"} %llu\n"
+                "nerve_events_dropped_total{reason=\"queue_full\"} %llu\n",
+            (unsigned long long)bs.oversized, (unsigned long long)bs.queue_full);
+        out(&b, "# HELP nerve_bus_reconnects_total Times the bus subscriber reconnected.\n"
+                "# TYPE nerve_bus_reconnects_total counter\nnerve_bus_reconnects_total %llu\n",
+            (unsigned long long)bs.reconnects);
+        out(&b, "# HELP nerve_bus_connected 1 while the bus subscriber is subscribed.\n"
+                "# TYPE nerve_bus_connected gauge\nnerve_bus_connected %d\n", bs.connected ? 1 : 0);
     }
     if (s->q) {
         evq_stats qs;

@@ -260,10 +260,20 @@ static int kline(const struct rules_load *a, const char *key)
     return l > 0 ? l : 1;
 }
 
+/* Anchor the string on top of the stack in table ANCHOR and return it: the
+ * strings kept in struct rules_load must outlive any change the rule's own
+ * code (its fixtures' evaluate) makes to the table they came from. */
+static const char *anchored(lua_State *L, int anchor)
+{
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
+    return lua_tostring(L, -1);
+}
+
 static void validate_fn(lua_State *L, void *ud)
 {
     struct rules_load *a = ud;
-    int t, vt;
+    int t, vt, anchor;
 
     rules_sbx_run_chunk(L, a->src, a->src_len);
     t = lua_gettop(L);
@@ -274,6 +284,10 @@ static void validate_fn(lua_State *L, void *ud)
     }
     lua_pushvalue(L, t);
     a->ref_rule = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);            /* referenced from the registry until the state closes */
+    anchor = lua_gettop(L);
+    lua_pushvalue(L, anchor);
+    (void)luaL_ref(L, LUA_REGISTRYINDEX);
 
     lua_pushnil(L);
     while (lua_next(L, t)) {
@@ -300,13 +314,13 @@ static void validate_fn(lua_State *L, void *ud)
         rules_eb_add(a->eb, a->file, kline(a, "name"), "name must be a string of 1 to %d "
                      "characters from [A-Za-z0-9_.-]", RULES_NAME_MAX);
     else
-        a->name = lua_tostring(L, -1);
+        a->name = anchored(L, anchor);
     lua_pop(L, 1);
 
     lua_pushliteral(L, "description");
     vt = lua_rawget(L, t);
     if (vt == LUA_TSTRING && lua_rawlen(L, -1) <= RULES_REASON_MAX)
-        a->desc = lua_tostring(L, -1);
+        a->desc = anchored(L, anchor);
     else if (vt != LUA_TNIL)
         rules_eb_add(a->eb, a->file, kline(a, "description"),
                      "description must be a string of at most %d bytes", RULES_REASON_MAX);
@@ -330,7 +344,7 @@ static void validate_fn(lua_State *L, void *ud)
                 lua_pop(L, 1);
                 break;
             }
-            a->chan[a->n_chan++] = lua_tostring(L, -1);
+            a->chan[a->n_chan++] = anchored(L, anchor);
             lua_pop(L, 1);
         }
     }

@@ -61,6 +61,10 @@ static void fmt_expect(lua_State *L, int e, char *buf, size_t len)
     size_t off = strlen(buf);
     int first = 1;
 
+    if (!lua_istable(L, e)) {       /* evaluate replaced it */
+        snprintf(buf + off, len - off, "(changed by evaluate)");
+        return;
+    }
     off += (size_t)snprintf(buf + off, len - off, "{");
     for (int k = 0; expect_keys[k] && off < len; k++) {
         lua_pushstring(L, expect_keys[k]);
@@ -110,8 +114,8 @@ static void fixture_fn(lua_State *L, void *ud)
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, la->ref_rule);
     lua_pushliteral(L, "tests");
-    lua_rawget(L, -2);
-    if (lua_rawgeti(L, -1, f->i) != LUA_TTABLE)
+    /* An earlier fixture's evaluate may have replaced the list. */
+    if (lua_rawget(L, -2) != LUA_TTABLE || lua_rawgeti(L, -1, f->i) != LUA_TTABLE)
         FERR("must be a table {channel=..., event={...}, expect={...}}");
     fx = lua_gettop(L);
 
@@ -173,6 +177,9 @@ static void fixture_fn(lua_State *L, void *ud)
         lua_pop(L, 1);
     }
     vt = lua_getfield(L, fx, "now");
+    if (vt == LUA_TNUMBER && !lua_isinteger(L, -1) &&
+        !(lua_tonumber(L, -1) >= -9.2e18 && lua_tonumber(L, -1) <= 9.2e18))
+        FERR("now must be a number (epoch seconds)");   /* NaN, or no long long */
     if (vt == LUA_TNUMBER)
         now = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1)
                                    : (long long)lua_tonumber(L, -1);
@@ -221,7 +228,9 @@ static void fixture_fn(lua_State *L, void *ud)
         FERR("expected %.480s, got %.480s", n_exp ? exp : "no decision", n ? got : "no decision");
     }
     for (size_t k = 0; k < n; k++) {
-        lua_rawgeti(L, expect, (lua_Integer)k + 1);
+        /* Checked again: evaluate can reach the fixture and change it. */
+        if (lua_rawgeti(L, expect, (lua_Integer)k + 1) != LUA_TTABLE)
+            FERR("expect[%zu] was changed by evaluate", k + 1);
         for (int i = 0; expect_keys[i]; i++) {
             const char *want, *have;
             int is_bool = i == 4;
@@ -232,6 +241,8 @@ static void fixture_fn(lua_State *L, void *ud)
                 lua_pop(L, 1);
                 continue;
             }
+            if (!is_bool && vt != LUA_TSTRING)
+                FERR("expect[%zu]: %s was changed by evaluate", k + 1, expect_keys[i]);
             want = is_bool ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
             have = got_field(&d[k], expect_keys[i]);
             if (have == NULL || strcmp(want, have) != 0) {

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "nerve/jsonck.h"
 #include "nerve/lock.h"
 #include "nerve/log.h"
 #include "nerve/metrics.h"
@@ -30,13 +31,15 @@
 
 int sale_sku_valid(const char *s, size_t len) {
     if (len == 0 || len > SALE_STR_MAX) return 0;
+    int alnum = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
-            return 0;
+        int an = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+        if (!an && ch != '.' && ch != '_' && ch != ':' && ch != '-') return 0;
+        alnum |= an;
     }
-    return 1;
+    /* "." and ".." are in the character set but are path traversal, not SKUs. */
+    return alnum;
 }
 
 /* An order id is printable ASCII without spaces: it becomes part of a key
@@ -48,21 +51,6 @@ static int order_id_valid(const char *s, size_t len) {
     return 1;
 }
 
-/* cJSON stores strings NUL-terminated, so "a\u0000b" would silently become
- * "a": refuse NUL, raw or escaped, before parsing. Each backslash consumes
- * the character after it, so "\\u0000" (an escaped backslash) passes. */
-int sale_json_has_nul(const char *s, size_t len) {
-    if (memchr(s, 0, len)) return 1;
-    for (size_t i = 0; i + 1 < len; i++) {
-        if (s[i] != '\\') continue;
-        if (s[i + 1] == 'u' && i + 5 < len && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
-            s[i + 5] == '0')
-            return 1;
-        i++;
-    }
-    return 0;
-}
-
 int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
                char *err, size_t errlen) {
     memset(req, 0, sizeof *req);
@@ -70,8 +58,9 @@ int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
         snprintf(err, errlen, "request body is empty; expected a JSON object");
         return -1;
     }
-    if (sale_json_has_nul(body, len)) {
-        snprintf(err, errlen, "strings must not contain NUL characters");
+    char why[128];
+    if (jsonck_check(body, len, JSONCK_MAX_DEPTH, why, sizeof why)) {
+        snprintf(err, errlen, "malformed JSON body: %s", why);
         return -1;
     }
     const char *end = NULL;
@@ -111,7 +100,7 @@ parsed:
         goto out;
     }
     if (!sale_sku_valid(sku->valuestring, sl)) {
-        snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . _ : -");
+        snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . _ : - (and at least one letter or digit)");
         goto out;
     }
     memcpy(req->sku, sku->valuestring, sl + 1);

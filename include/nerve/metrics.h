@@ -22,6 +22,7 @@ struct eval;
 struct evq;
 struct panic;
 struct ks;
+struct bus;
 struct rds_client;
 
 /* Count one answered sale (STATUS, DUPLICATE) that took SECONDS end to end. */
@@ -37,6 +38,7 @@ typedef struct metrics_sources {
     struct evq *q;
     struct panic *panic;
     struct ks *ks;
+    struct bus *bus;
     struct rds_client *redis;          /* the scraping thread's client, for nerve_redis_up and kill scopes */
 } metrics_sources;
 

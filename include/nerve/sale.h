@@ -62,11 +62,8 @@ typedef struct sale_res {
 int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
                char *err, size_t errlen);
 
-/* 1 when the JSON text S (LEN bytes) holds a NUL, raw or as \u0000: cJSON
- * would silently cut such a string short, so every JSON body is checked. */
-int sale_json_has_nul(const char *s, size_t len);
-
-/* 1 when S is a valid SKU: 1..SALE_STR_MAX bytes of [A-Za-z0-9._:-]. */
+/* 1 when S is a valid SKU: 1..SALE_STR_MAX bytes of [A-Za-z0-9._:-] with at
+ * least one letter or digit (so "." and ".." are not SKUs). */
 int sale_sku_valid(const char *s, size_t len);
 
 /* Called for each sale before it is queued; returns SALE_OK to let it pass or
