@@ -151,3 +151,46 @@ clean:
 	rm -rf build build-asan nerve
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# --- fuzzing -----------------------------------------------------------------
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="sale config rules event"]
+# libFuzzer targets (tests/fuzz/README.md), built with clang + ASan + UBSan in
+# build-fuzz/ (the engine too, with fuzzer-no-link coverage), each run for
+# FUZZ_SECONDS on its corpus by tests/fuzz/run.sh, one process at a time, which
+# prints execs, exec/s, coverage and corpus size per target. Saved inputs are
+# replayed by tests/unit/test_fuzz_regressions.c in `make test`.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= sale config rules event
+FUZZ_BUILD   := build-fuzz
+FUZZ_SAN     := address,undefined
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -MMD -MP -Iinclude -pthread \
+                -fno-omit-frame-pointer -fno-sanitize-recover=all
+DEB_FUZZ     := clang libclang-rt-14-dev
+FUZZ_STAMP   := $(FUZZ_BUILD)/.deps-fuzz
+FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_LIB     := $(FUZZ_BUILD)/libnerve.a
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_STAMP): $(DEPS_STAMP)
+	$(call install_pkgs,$(DEB_FUZZ))
+	@mkdir -p $(@D) && touch $@
+
+$(FUZZ_BUILD)/%.o: %.c | $(FUZZ_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) $(PKG_CFLAGS) -c -o $@ $<
+
+$(FUZZ_LIB): $(FUZZ_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB) | $(FUZZ_STAMP)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) $(PKG_CFLAGS) -o $@ $< \
+	    $(FUZZ_LIB) $(PKG_LIBS) $(LDLIBS)
+
+fuzz: $(FUZZ_BIN)
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(FUZZ_TARGETS)
+
+ifneq ($(filter fuzz $(FUZZ_BUILD)/%,$(MAKECMDGOALS)),)
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
+endif

@@ -24,6 +24,7 @@ struct rds_client {
     int backoff_ms;             /* current reconnect backoff */
     long long retry_at_ms;      /* monotonic ms before which we do not retry */
     long long last_used_ms;     /* monotonic ms of the last command */
+    int unknown;                /* the last failure came after a command was sent */
     char errstr[256];
 };
 
@@ -184,6 +185,7 @@ static int stale(rds_client *c) {
 }
 
 static int ensure(rds_client *c) {
+    c->unknown = 0;
     if (c->ctx && !stale(c)) return 0;
     if (c->ctx) {
         /* Reconnect at once: the connection was fine until it went away. */
@@ -224,6 +226,7 @@ err:
 
 /* After a NULL reply the context is unusable: remember why and drop it. */
 static void *failed(rds_client *c) {
+    c->unknown = 1;
     set_error(c, "%s", c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
     drop(c);
     return NULL;
@@ -261,6 +264,7 @@ redisReply *rds_get_reply(rds_client *c) {
 }
 
 const char *rds_errstr(const rds_client *c) { return c->errstr; }
+int rds_outcome_unknown(const rds_client *c) { return c->unknown; }
 int rds_is_up(const rds_client *c) { return !c->down; }
 
 /* ---- scripts --------------------------------------------------------------- */

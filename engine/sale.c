@@ -547,10 +547,12 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             /* The script may have run before the connection broke: say
              * so, so that clients retry with the same order_id (which
              * then answers the recorded result instead of selling twice). */
-            char why[160];
-            snprintf(why, sizeof why, "%.159s", err);
-            snprintf(err, sizeof err, "%.159s; the sale may or may not have been recorded: retry with the same order_id",
-                     why);
+            if (rds_outcome_unknown(c)) {
+                char why[160];
+                snprintf(why, sizeof why, "%.159s", err);
+                snprintf(err, sizeof err,
+                         "%.159s; the sale may or may not have been recorded: retry with the same order_id", why);
+            }
             fail = err;
         }
     }

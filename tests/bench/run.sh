@@ -1,36 +1,56 @@
 #!/usr/bin/env bash
-# run.sh -- the sale benchmark (tests/bench/README.md).
+# run.sh -- the nerve benchmark (tests/bench/README.md).
 #
 #   BUILD=build NERVE_BIN=/abs/path/nerve tests/bench/run.sh      (what `make bench` runs)
 #
-# Starts a throwaway redis-server, nerve and the ceiling server (a bare
-# CivetWeb answering POST /sale with the same options as nerve, no Redis), all
-# on 127.0.0.1 free ports inside one `mktemp -d` directory, and drives them with
-# wrk (tests/bench/sale.lua):
-#   ceiling      POST /sale against the ceiling server: what the HTTP stack
-#                and this machine can do at most;
-#   hot SKU      every sale on one SKU (stock large enough never to run out);
-#   1,000 SKUs   sales cycling over bench-0 .. bench-999.
-# Then checks, for each nerve scenario, that the units sold (the 200s counted
-# by wrk, plus the sales still in flight when wrk stopped, resolved by
-# replaying their order_id) equal the stock Redis lost; records nerve's peak
-# RSS; runs $BUILD/bench/bench_rules when built; prints one table.
+# Starts, all on 127.0.0.1 free ports inside one `mktemp -d` directory, the
+# ceiling server (a bare CivetWeb answering POST /sale with the same options
+# as nerve, no Redis) and up to three nerve daemons, each with a throwaway
+# redis-server of its own (Pub/Sub is server-wide: on a shared Redis each
+# daemon would also evaluate the other's sale events):
+#   main   the config's rules (rules/: inventory + financial);
+#   rule   copies of those plus a sale_request rule (rejects qty > 100; the
+#          bench sells qty 1, so it never fires but runs on every sale);
+#   many   100 generated rule files (bench_reload), for the reload timing.
+# Scenarios (SCENARIOS, in this order by default):
+#   ceiling      wrk POST /sale against the ceiling server: what the HTTP
+#                stack and this machine can do at most;
+#   hot          every sale on one SKU (stock never runs out)            [main]
+#   hot-rule     the same with the sale_request rule                      [rule]
+#   hot-reload   hot SKU while POST /admin/reload runs every 100 ms       [main]
+#   spread       sales cycling over 1,000 SKUs                            [main]
+#   spread-rule  the same with the sale_request rule                      [rule]
+#   reload       rules_set_load() of 100 rule files in process (bench_reload),
+#                then POST /admin/reload on a daemon running them         [many]
+#   kill         stock event published -> kill record in Redis
+#                (bench_kill_latency)                                     [main]
+#   rules        in-process rule evaluation throughput (bench_rules)
+# After each wrk scenario on nerve it checks that the units sold (the 200s
+# counted by wrk, plus the sales still in flight when wrk stopped, resolved by
+# replaying their order_id) equal the stock Redis lost. Then prints one table
+# with every figure, its reference and its target, and the peak RSS of every
+# nerve process.
 #
 # Environment (all optional):
-#   DURATION=10s      wrk duration of each measured scenario (wrk syntax: 10s, 1m)
+#   DURATION=10s      wrk duration of each measured scenario (Ns, Nm)
 #   WARMUP=2s         unmeasured run before each scenario, 0 to skip
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling hot spread"   which scenarios to run
+#   SCENARIOS="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules"
 #   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix)
-#   NERVE_ARGS        more arguments for `nerve serve`, e.g. "--set rules.dir=/tmp/r"
+#   NERVE_ARGS        more arguments for every `nerve serve`, e.g. "--set sale.max_batch=64"
+#   RELOAD_EVERY_MS=100  reload period of hot-reload
+#   RELOAD_RULES=100  rule files of the reload scenario;  RELOAD_RUNS=20 (in
+#                     process), RELOAD_HTTP_RUNS=10 (POST /admin/reload)
+#   KILL_EVENTS=500   events of the kill scenario
 #   KEEP_TMP=1        keep the temporary directory (logs) for a look afterwards
 #
 # Exit status: 0 when the bench ran and every invariant held, even when a
 # performance target was missed (the table says which); 1 when an invariant
-# failed or a run was invalid (non-2xx answers, nerve died); 2 when the bench
-# could not run (missing tool or binary, a server would not start).
+# failed or a run was invalid (non-2xx answers, a failed reload, a kill record
+# that never appeared, a program that failed, a nerve that died); 2 when the
+# bench could not run (missing tool or binary, a server would not start).
 
 # Functions called only through wait_until or a trap look unreachable:
 # shellcheck disable=SC2317
@@ -49,40 +69,77 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling hot spread}
+SCENARIOS=${SCENARIOS:-ceiling hot hot-rule hot-reload spread spread-rule reload kill rules}
 NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
 case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
 SERVER_THREADS=${SERVER_THREADS:-}
 read -r -a nerve_args <<<"${NERVE_ARGS:-}"
 NERVE_PREFIX=${NERVE_PREFIX:-nerve:}
+RELOAD_EVERY_MS=${RELOAD_EVERY_MS:-100}
+RELOAD_RULES=${RELOAD_RULES:-100}
+RELOAD_RUNS=${RELOAD_RUNS:-20}
+RELOAD_HTTP_RUNS=${RELOAD_HTTP_RUNS:-10}
+KILL_EVENTS=${KILL_EVENTS:-500}
 ADMIN_TOKEN=bench-token
 HOT_SKU=hot
 HOT_STOCK=1000000000            # 1e9: at 100k sales/s, 10,000 s of selling
 SPREAD_SKUS=1000
 SPREAD_STOCK=1000000000
 MAX_REPLAY=5000                 # more unanswered sales than this: something is broken
+SALE_RULE=sale_qty_limit        # the name of the sale_request rule of `rule`
 
-# Targets (SPEC issue "foundation"): ratio to the ceiling and p99.
-TARGET_HOT_PCT=15
-TARGET_SPREAD_PCT=30
-TARGET_P99_MS=10
+# Targets (issues 1-5): ratio to the reference, latencies, throughput.
+TARGET_HOT_PCT=15               # hot SKU >= 15% of the ceiling
+TARGET_SPREAD_PCT=30            # 1,000 SKUs >= 30% of the ceiling
+TARGET_P99_MS=10                # every sale scenario
+TARGET_SAME_PCT=90              # with the sale rule / during reloads: within 10%
+TARGET_RELOAD_MS=50             # median reload of 100 rule files
+TARGET_KILL_P99_MS=5            # stock event -> kill record, p99
+TARGET_RULES_EPS=200000         # rule evaluations per second, one core
 
 cd "$root" || exit 2
 
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
+known="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules"
+for s in $SCENARIOS; do
+    case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
+done
+want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
+for v in RELOAD_EVERY_MS RELOAD_RULES RELOAD_RUNS RELOAD_HTTP_RUNS KILL_EVENTS CONNECTIONS WRK_THREADS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v '${!v}' is not a positive number"
+done
+
+# DURATION in seconds, for the reload loop that runs alongside wrk.
+case $DURATION in
+    *[!0-9smh]* | "" ) die "DURATION '$DURATION': use Ns, Nm or Nh" ;;
+    *s) DURATION_S=${DURATION%s} ;;
+    *m) DURATION_S=$((${DURATION%m} * 60)) ;;
+    *h) DURATION_S=$((${DURATION%h} * 3600)) ;;
+    *) DURATION_S=$DURATION ;;
+esac
+if ! [[ $DURATION_S =~ ^[0-9]+$ ]] || [ "$DURATION_S" -eq 0 ]; then
+    die "DURATION '$DURATION': use Ns, Nm or Nh"
+fi
+
 for tool in wrk redis-server redis-cli timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
 done
-want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 need_nerve=0
-if want hot || want spread; then need_nerve=1; fi
-[ -x "$BUILD/bench/ceiling" ] || die "$BUILD/bench/ceiling not built (make bench builds it)"
+for s in hot hot-rule spread spread-rule hot-reload reload kill; do want $s && need_nerve=1; done
+if want ceiling; then
+    [ -x "$BUILD/bench/ceiling" ] || die "$BUILD/bench/ceiling not built (make bench builds it)"
+fi
 if [ $need_nerve = 1 ]; then
     [ -x "$NERVE_BIN" ] || die "nerve binary $NERVE_BIN not found (make bench builds it)"
     [ -f "$NERVE_CONFIG" ] || die "config $NERVE_CONFIG not found"
 fi
+for p in hot-reload:bench_reload reload:bench_reload kill:bench_kill_latency rules:bench_rules; do
+    if want "${p%%:*}" && [ ! -x "$BUILD/bench/${p#*:}" ]; then
+        die "$BUILD/bench/${p#*:} not built (make bench builds it)"
+    fi
+done
 
 # The ceiling runs with nerve's thread count: server.threads of the config
 # (nerve's built-in default, 32, when the file does not set it).
@@ -96,6 +153,7 @@ if [ "$SERVER_THREADS" -lt "$CONNECTIONS" ]; then
     note "warning: $SERVER_THREADS server threads < $CONNECTIONS connections: CivetWeb keeps" \
         "a thread per keep-alive connection, the others wait unmeasured (README, Threads)"
 fi
+status=0
 
 # --- children and cleanup --------------------------------------------------
 
@@ -205,23 +263,29 @@ key_cmds() {
     printf '%s\n' "$@" | awk -v c="$cmd" -v p="$NERVE_PREFIX" -v t="$tail" '{ print c " " p "{" $0 "}:stock" t }'
 }
 
+# start_redis NAME: a throwaway redis-server; sets RPORT and REDIS_PID.
 start_redis() {
+    local name=$1
     for _ in 1 2 3 4 5; do
         RPORT=$(free_port) || break
-        redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$tmp" --save '' \
-            --appendonly no --daemonize no --logfile "$tmp/redis.log" &
+        redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$tmp" --dbfilename "dump-$name.rdb" \
+            --save '' --appendonly no --daemonize no --logfile "$tmp/redis-$name.log" &
         REDIS_PID=$!
         pids+=("$REDIS_PID")
         wait_until 5 "$REDIS_PID" redis_ping && return 0
         stop "$REDIS_PID" 2
     done
-    setup_fail "redis-server did not start"
+    setup_fail "redis-server ($name) did not start"
 }
 
 nerve_healthy() { http GET "$NPORT" /healthz && [ "$HTTP_STATUS" = 200 ]; }
 nerve_ready() { http GET "$NPORT" /readyz && [ "$HTTP_STATUS" = 200 ]; }
 
+# start_nerve NAME [ARG...]: nerve on RPORT with ARG... after NERVE_ARGS; sets
+# NPORT and NERVE_PID.
 start_nerve() {
+    local name=$1
+    shift
     for _ in 1 2 3; do
         NPORT=$(free_port) || break
         env NERVE_ADMIN_TOKEN="$ADMIN_TOKEN" "$NERVE_BIN" serve -c "$NERVE_CONFIG" \
@@ -229,20 +293,20 @@ start_nerve() {
             --set "redis.url=redis://127.0.0.1:$RPORT/0" \
             --set "server.pidfile=" \
             --set "server.threads=$SERVER_THREADS" \
-            --set "log.level=warn" "${nerve_args[@]}" >"$tmp/nerve.log" 2>&1 &
+            --set "log.level=warn" "${nerve_args[@]}" "$@" >"$tmp/nerve-$name.log" 2>&1 &
         NERVE_PID=$!
         pids+=("$NERVE_PID")
         if wait_until 15 "$NERVE_PID" nerve_healthy; then
             # Measure the steady state: Redis connected, rules loaded.
             wait_until 15 "$NERVE_PID" nerve_ready ||
-                note "nerve /readyz still $HTTP_STATUS after 15 s: ${HTTP_BODY:0:200}"
+                note "nerve ($name) /readyz still $HTTP_STATUS after 15 s: ${HTTP_BODY:0:200}"
             return 0
         fi
-        kill -0 "$NERVE_PID" 2>/dev/null || grep -qi 'address already in use\|cannot listen' "$tmp/nerve.log" ||
+        kill -0 "$NERVE_PID" 2>/dev/null || grep -qi 'address already in use\|cannot listen' "$tmp/nerve-$name.log" ||
             break   # died for another reason than the port: no point retrying
         stop "$NERVE_PID" 5
     done
-    setup_fail "nerve did not answer GET /healthz (log below)"
+    setup_fail "nerve ($name) did not answer GET /healthz (log below)"
 }
 
 ceiling_up() { http POST "$CPORT" /sale '{"sku":"hot","qty":1}' && [ "$HTTP_STATUS" = 200 ]; }
@@ -257,6 +321,108 @@ start_ceiling() {
         stop "$CEILING_PID" 2
     done
     setup_fail "ceiling server did not start"
+}
+
+# --- nerve instances ----------------------------------------------------------
+#
+# Each instance is a nerve with a redis-server of its own, started the first
+# time a scenario needs it (use NAME), stopped at exit (or by retire NAME).
+
+declare -A I_NPORT I_RPORT I_PID I_RPID I_DESC I_RSS I_DROPPED I_STATE
+instances=()
+
+# write_sale_rules DIR: the shipped rules plus a sale_request rule.
+write_sale_rules() {
+    local dir=$1
+    if ! mkdir -p "$dir" || ! cp "$root/rules/inventory.lua" "$root/rules/financial.lua" "$dir/"; then
+        setup_fail "cannot copy the shipped rules into $dir"
+    fi
+    cat >"$dir/sale_limit.lua" <<'LUA' || setup_fail "cannot write $dir/sale_limit.lua"
+-- sale_limit.lua -- written by tests/bench/run.sh: a sale-time policy that
+-- runs on every sale of the bench and never fires on it (the bench sells qty 1).
+return {
+  name = "sale_qty_limit",
+  description = "reject orders of more than 100 units",
+  on = { "sale_request" },
+  evaluate = function(event, ctx)
+    if type(event.qty) == "number" and event.qty > 100 then
+      return { action = "reject", reason = "at most 100 units per order" }
+    end
+    return nil
+  end,
+  tests = {
+    { channel = "sale_request", event = { sku = "A", qty = 101, order_id = "o-1" },
+      expect = { { action = "reject", reason = "at most 100 units per order" } } },
+    { channel = "sale_request", event = { sku = "A", qty = 1, order_id = "o-2" },
+      expect = {} },
+  },
+}
+LUA
+}
+
+# rule_evaluations NAME: evaluations of rule NAME in GET /rules of the current
+# instance ("" when it is not loaded).
+rule_evaluations() {
+    http GET "$NPORT" /rules && [ "$HTTP_STATUS" = 200 ] || return 0
+    grep -o "\"name\":\"$1\"[^}]*\"evaluations\":[0-9]*" <<<"$HTTP_BODY" | sed 's/.*://' | head -n 1
+}
+
+# use NAME: make instance NAME current (NPORT, RPORT, NERVE_PID), starting it
+# first when needed.
+use() {
+    local name=$1 args=()
+    if [ -z "${I_STATE[$name]:-}" ]; then
+        case $name in
+            main) I_DESC[$name]="config's rules" ;;
+            rule)
+                I_DESC[$name]="+ sale rule"
+                write_sale_rules "$tmp/rules-sale"
+                args=(--set "rules.dir=$tmp/rules-sale" --set "rules.files=[]")
+                ;;
+            many)
+                I_DESC[$name]="$RELOAD_RULES rule files"
+                [ -d "$tmp/rules-many" ] || setup_fail "no $tmp/rules-many (bench_reload writes it)"
+                args=(--set "rules.dir=$tmp/rules-many" --set "rules.files=[]")
+                ;;
+        esac
+        start_redis "$name"
+        start_nerve "$name" "${args[@]}"
+        I_NPORT[$name]=$NPORT I_RPORT[$name]=$RPORT I_PID[$name]=$NERVE_PID I_RPID[$name]=$REDIS_PID
+        I_STATE[$name]=up
+        instances+=("$name")
+        note "nerve $name (${I_DESC[$name]}): 127.0.0.1:$NPORT, pid $NERVE_PID; redis 127.0.0.1:$RPORT"
+        if [ "$name" = rule ] && [ -z "$(rule_evaluations "$SALE_RULE")" ]; then
+            http GET "$NPORT" /rules
+            setup_fail "nerve rule: $SALE_RULE is not among the loaded rules: HTTP $HTTP_STATUS ${HTTP_BODY:0:300}"
+        fi
+    fi
+    NPORT=${I_NPORT[$name]} RPORT=${I_RPORT[$name]} NERVE_PID=${I_PID[$name]}
+}
+
+# collect NAME: peak RSS and dropped events of a running instance; a dead one
+# fails the bench.
+collect() {
+    local name=$1 pid=${I_PID[$1]}
+    [ "${I_STATE[$name]}" = up ] || return 0
+    if kill -0 "$pid" 2>/dev/null && [ -r "/proc/$pid/status" ]; then
+        I_RSS[$name]=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
+        if http GET "${I_NPORT[$name]}" /metrics && [ "$HTTP_STATUS" = 200 ]; then
+            I_DROPPED[$name]=$(awk '$1 == "nerve_event_queue_dropped_total" { print $2 }' <<<"$HTTP_BODY")
+        fi
+        I_STATE[$name]=collected
+    else
+        I_STATE[$name]=died
+        status=1
+        failed_setup=1
+        note "nerve $name is no longer running"
+    fi
+}
+
+# retire NAME: collect, then stop the instance and its Redis.
+retire() {
+    collect "$1"
+    stop "${I_PID[$1]}"
+    stop "${I_RPID[$1]}" 2
 }
 
 # --- wrk runs ------------------------------------------------------------------
@@ -326,15 +492,70 @@ stock_sum() {
 
 # --- scenarios -------------------------------------------------------------------
 
-declare -A RPS P50 P90 P99 MAXL NON2XX CODES ERRS INV INVMSG
+declare -A RPS P50 P90 P99 MAXL NON2XX CODES ERRS INV INVMSG LOAD FIG DETAIL OTHERS CPU0
 order=()
-status=0
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg 2>/dev/null; }
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# cpu_snap VAR: VAR = "BUSY TOTAL OURS", clock ticks: the machine's busy and
+# total CPU time (/proc/stat) and the CPU time of this script and its
+# children -- the running ones from /proc/PID/stat, the finished ones (wrk,
+# the bench programs) from `times`. Must run in this shell, not in $(...):
+# a subshell's `times` knows nothing of our children.
+cpu_snap() {
+    local u n s i w q sq st busy total ours pid line st_fields
+    read -r _ u n s i w q sq st _ </proc/stat
+    busy=$((u + n + s + q + sq + st))
+    total=$((busy + i + w))
+    times >"$tmp/times"
+    ours=$(awk -v hz="$CLK_TCK" '
+        { for (k = 1; k <= 2; k++) { split($k, a, /[ms]/); t += (a[1] * 60 + a[2]) * hz } }
+        END { printf "%.0f\n", t }' "$tmp/times")
+    for pid in "${pids[@]}"; do
+        line=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        read -r -a st_fields <<<"${line##*) }"
+        # A pid of ours, not a recycled one: its parent is this shell.
+        [ "${st_fields[1]}" = $$ ] && ours=$((ours + st_fields[11] + st_fields[12]))
+    done
+    printf -v "$1" '%s %s %s' "$busy" "$total" "$ours"
+}
+
+# begin NAME / finish NAME: around the measured part of scenario NAME; keep
+# the load average at its start and the CPU share of other processes.
+begin() {
+    local snap
+    LOAD[$1]=$(loadavg)
+    cpu_snap snap
+    CPU0[$1]=$snap
+}
+finish() {
+    local snap
+    cpu_snap snap
+    OTHERS[$1]=$(others_pct "${CPU0[$1]}" "$snap")
+}
+
+# others_pct SNAP0 SNAP1: the share of the machine's CPU time that processes
+# other than ours used between the two snapshots (0% = the bench had the
+# machine to itself).
+others_pct() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        t = y[2] - x[2]; o = (y[1] - x[1]) - (y[3] - x[3])
+        if (o < 0) o = 0
+        if (t > 0) printf "%.0f%%\n", 100 * o / t; else print "-" }'
+}
+
+# after WORD TEXT: the number that follows "WORD " in TEXT ("" if none).
+after() { sed -n "s/.*$1 \([0-9][0-9.]*\).*/\1/p" <<<"$2" | head -n 1; }
 
 # record NAME FILE: keep the figures of one wrk run.
 record() {
     local name=$1 f=$2
     order+=("$name")
     RPS[$name]=$(field "$f" rps)
+    FIG[$name]="${RPS[$name]} req/s"
     P50[$name]=$(field "$f" p50_ms)
     P90[$name]=$(field "$f" p90_ms)
     P99[$name]=$(field "$f" p99_ms)
@@ -342,6 +563,7 @@ record() {
     NON2XX[$name]=$(field "$f" non2xx)
     CODES[$name]=$(grep '^BENCH_CODES' "$f" | cut -d' ' -f3-)
     ERRS[$name]=$(grep '^BENCH_ERRORS' "$f" | cut -d' ' -f2-)
+    DETAIL[$name]="p90 ${P90[$name]} ms; status ${CODES[$name]}; socket errors ${ERRS[$name]}"
     if [ "${NON2XX[$name]:-1}" != 0 ]; then
         note "$name: ${NON2XX[$name]} non-2xx answers (${CODES[$name]}): the run is invalid"
         status=1
@@ -379,34 +601,77 @@ check_invariant() {
     fi
 }
 
+# set_stock SKU N: PUT /admin/stock on the current instance.
+set_stock() {
+    if ! http PUT "$NPORT" "/admin/stock/$1" "{\"stock\": $2}" "$ADMIN_TOKEN" ||
+        [ "$HTTP_STATUS" != 200 ]; then
+        setup_fail "PUT /admin/stock/$1: HTTP $HTTP_STATUS $HTTP_BODY"
+    fi
+}
+
 scenario_ceiling() {
     note "ceiling: $DURATION"
+    [ -n "${CEILING_PID:-}" ] || start_ceiling
     warmup "$CPORT" ceiling "$HOT_SKU"
+    begin ceiling
     wrk_run "$tmp/ceiling.out" "$DURATION" "$CPORT" ceiling "$HOT_SKU"
+    finish ceiling
     record ceiling "$tmp/ceiling.out"
 }
 
+# scenario_hot NAME INSTANCE: hot, hot-rule (on rule) or hot-reload (with a
+# reload every RELOAD_EVERY_MS in the background).
 scenario_hot() {
-    local before
-    note "hot SKU: $DURATION"
-    if ! http PUT "$NPORT" "/admin/stock/$HOT_SKU" "{\"stock\": $HOT_STOCK}" "$ADMIN_TOKEN" ||
-        [ "$HTTP_STATUS" != 200 ]; then
-        setup_fail "PUT /admin/stock/$HOT_SKU: HTTP $HTTP_STATUS $HTTP_BODY"
-    fi
+    local name=$1 inst=$2 before rpid="" rc line evals0="" evals1
+    use "$inst"
+    note "$(label "$name"): $DURATION"
+    set_stock "$HOT_SKU" "$HOT_STOCK"
     # Warm up on another SKU, so no warm-up sale can land on the hot stock.
-    http PUT "$NPORT" /admin/stock/warmup "{\"stock\": $HOT_STOCK}" "$ADMIN_TOKEN"
+    set_stock warmup "$HOT_STOCK"
     warmup "$NPORT" hot warmup
     before=$(stock_sum "$HOT_SKU")
     [ "$before" = "$HOT_STOCK" ] ||
         setup_fail "stock of $HOT_SKU in Redis is '$before', expected $HOT_STOCK (redis.prefix not '$NERVE_PREFIX'?)"
-    wrk_run "$tmp/hot.out" "$DURATION" "$NPORT" hot "$HOT_SKU" "$tmp/hot.pending"
-    record hot "$tmp/hot.out"
-    check_invariant hot "$tmp/hot.out" "$tmp/hot.pending" "$before" "$HOT_SKU"
+    [ "$inst" = rule ] && evals0=$(rule_evaluations "$SALE_RULE")
+    begin "$name"
+    if [ "$name" = hot-reload ]; then
+        "$BUILD/bench/bench_reload" --http "http://127.0.0.1:$NPORT/admin/reload" --token "$ADMIN_TOKEN" \
+            --every-ms "$RELOAD_EVERY_MS" --for-s "$DURATION_S" >"$tmp/reloader.out" 2>&1 &
+        rpid=$!
+        pids+=("$rpid")
+    fi
+    wrk_run "$tmp/$name.out" "$DURATION" "$NPORT" hot "$HOT_SKU" "$tmp/$name.pending"
+    if [ -n "$rpid" ]; then
+        wait "$rpid"
+        rc=$?
+    fi
+    finish "$name"
+    record "$name" "$tmp/$name.out"
+    if [ -n "$rpid" ]; then
+        line=$(grep '^reloads:' "$tmp/reloader.out" | tail -n 1)
+        RL_DONE=$(sed -n 's/^reloads: \([0-9]*\) done.*/\1/p' <<<"$line")
+        RL_FAILED=$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$line")
+        DETAIL[$name]+="; $line"
+        if [ $rc != 0 ] || [ "${RL_FAILED:-x}" != 0 ]; then
+            INV[$name-reloads]=FAIL
+            INVMSG[$name-reloads]="reloads during the run: ${line:-none} (exit $rc): $(grep -v '^reloads:' "$tmp/reloader.out" | head -n 1)"
+            status=1
+        else
+            INV[$name-reloads]=PASS INVMSG[$name-reloads]="$RL_DONE reloads during the run, every one answered 200"
+        fi
+    fi
+    if [ "$inst" = rule ]; then
+        evals1=$(rule_evaluations "$SALE_RULE")
+        DETAIL[$name]+="; $SALE_RULE evaluated $((${evals1:-0} - ${evals0:-0})) times during the run"
+    fi
+    check_invariant "$name" "$tmp/$name.out" "$tmp/$name.pending" "$before" "$HOT_SKU"
 }
 
+# scenario_spread NAME INSTANCE: spread or spread-rule.
 scenario_spread() {
-    local before i skus=()
-    note "1,000 SKUs: $DURATION"
+    local name=$1 inst=$2 before i skus=() evals0="" evals1
+    use "$inst"
+    note "$(label "$name"): $DURATION"
     for ((i = 0; i < SPREAD_SKUS; i++)); do skus+=("bench-$i"); done
     key_cmds SET " $SPREAD_STOCK" "${skus[@]}" | rcli >"$tmp/seed.out" ||
         setup_fail "redis-cli SET of the stocks failed"
@@ -416,115 +681,250 @@ scenario_spread() {
         [ "$(json_num stock)" != "$SPREAD_STOCK" ]; then
         setup_fail "GET /stock/bench-$((SPREAD_SKUS - 1)) after seeding: HTTP $HTTP_STATUS $HTTP_BODY"
     fi
-    http PUT "$NPORT" /admin/stock/warmup "{\"stock\": $HOT_STOCK}" "$ADMIN_TOKEN"
+    set_stock warmup "$HOT_STOCK"
     warmup "$NPORT" hot warmup
     before=$(stock_sum "${skus[@]}")
-    wrk_run "$tmp/spread.out" "$DURATION" "$NPORT" spread "$SPREAD_SKUS" "$tmp/spread.pending"
-    record spread "$tmp/spread.out"
-    check_invariant spread "$tmp/spread.out" "$tmp/spread.pending" "$before" "${skus[@]}"
+    [ "$inst" = rule ] && evals0=$(rule_evaluations "$SALE_RULE")
+    begin "$name"
+    wrk_run "$tmp/$name.out" "$DURATION" "$NPORT" spread "$SPREAD_SKUS" "$tmp/$name.pending"
+    finish "$name"
+    record "$name" "$tmp/$name.out"
+    if [ "$inst" = rule ]; then
+        evals1=$(rule_evaluations "$SALE_RULE")
+        DETAIL[$name]+="; $SALE_RULE evaluated $((${evals1:-0} - ${evals0:-0})) times during the run"
+    fi
+    check_invariant "$name" "$tmp/$name.out" "$tmp/$name.pending" "$before" "${skus[@]}"
+}
+
+# program_row NAME LINE FIGURE P50 P99 MAX: a row from a bench program's line.
+program_row() {
+    order+=("$1")
+    DETAIL[$1]=$2 FIG[$1]=$3 P50[$1]=$4 P99[$1]=$5 MAXL[$1]=$6
+}
+
+# program_failed NAME RC LOG: a bench program failed.
+program_failed() {
+    order+=("$1")
+    FIG[$1]="FAILED"
+    DETAIL[$1]="FAILED (exit $2): $(grep -v '^[[:space:]]*$' "$3" | tail -n 3 | tr '\n' ' ')"
+    status=1
+}
+
+# reload: rules_set_load() of RELOAD_RULES files in process, then POST
+# /admin/reload on a nerve started on the same files.
+scenario_reload() {
+    local out rc
+    note "reload: $RELOAD_RULES rule files, $RELOAD_RUNS loads in process, $RELOAD_HTTP_RUNS POST /admin/reload"
+    mkdir -p "$tmp/rules-many" || die "mkdir $tmp/rules-many failed"
+    begin reload-load
+    out=$("$BUILD/bench/bench_reload" --rules "$RELOAD_RULES" --runs "$RELOAD_RUNS" \
+        --dir "$tmp/rules-many" --config "$NERVE_CONFIG" 2>"$tmp/bench_reload.log")
+    rc=$?
+    finish reload-load
+    if [ $rc != 0 ]; then
+        cat "$tmp/bench_reload.log" >&2
+        program_failed reload-load $rc "$tmp/bench_reload.log"
+        return
+    fi
+    program_row reload-load "$out" "$RELOAD_RUNS loads" "$(after median "$out")" - "$(after max "$out")"
+    use many
+    begin reload-http
+    out=$("$BUILD/bench/bench_reload" --http "http://127.0.0.1:$NPORT/admin/reload" --token "$ADMIN_TOKEN" \
+        --runs "$RELOAD_HTTP_RUNS" 2>"$tmp/bench_reload_http.log")
+    rc=$?
+    finish reload-http
+    if [ $rc != 0 ]; then
+        program_failed reload-http $rc "$tmp/bench_reload_http.log"
+    else
+        program_row reload-http "$out" "$RELOAD_HTTP_RUNS reloads" "$(after median "$out")" - "$(after max "$out")"
+    fi
+    retire many
+}
+
+scenario_kill() {
+    local out rc
+    use main
+    note "kill latency: $KILL_EVENTS events"
+    begin kill
+    out=$("$BUILD/bench/bench_kill_latency" 127.0.0.1 "$RPORT" "$KILL_EVENTS" "$NERVE_PREFIX" \
+        2>"$tmp/bench_kill_latency.log")
+    rc=$?
+    finish kill
+    if [ $rc != 0 ]; then
+        program_failed kill $rc "$tmp/bench_kill_latency.log"
+        return
+    fi
+    program_row kill "$out" "$(after latency: "$out") events" "$(after p50 "$out")" \
+        "$(after p99 "$out")" "$(after max "$out")"
+}
+
+scenario_rules() {
+    local out rc
+    note "bench_rules"
+    begin rules
+    out=$("$BUILD/bench/bench_rules" 2>"$tmp/bench_rules.log")
+    rc=$?
+    finish rules
+    if [ $rc != 0 ]; then
+        program_failed rules $rc "$tmp/bench_rules.log"
+        return
+    fi
+    out=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n 1)
+    program_row rules "$out" "$(after rules_eval: "$out") ev/s" - - -
+}
+
+label() {
+    case $1 in
+        ceiling) echo "ceiling" ;;
+        hot) echo "hot SKU" ;;
+        hot-rule) echo "hot SKU + sale rule" ;;
+        spread) echo "1,000 SKUs" ;;
+        spread-rule) echo "1,000 SKUs + sale rule" ;;
+        hot-reload) echo "hot SKU during reloads" ;;
+        reload-load) echo "reload $RELOAD_RULES rules, in process" ;;
+        reload-http) echo "reload $RELOAD_RULES rules, HTTP" ;;
+        kill) echo "stock event -> kill record" ;;
+        rules) echo "rule evaluation, 1 core" ;;
+        *) echo "$1" ;;
+    esac
 }
 
 # --- main ------------------------------------------------------------------------
 
 note "temporary directory $tmp"
-start_ceiling
-if [ $need_nerve = 1 ]; then
-    start_redis
-    start_nerve
-    note "redis 127.0.0.1:$RPORT, nerve 127.0.0.1:$NPORT (pid $NERVE_PID), ceiling 127.0.0.1:$CPORT"
-fi
-
+LOAD_START=$(loadavg)
+T_START=$(date +%s)
 for s in $SCENARIOS; do
     case $s in
         ceiling) scenario_ceiling ;;
-        hot) scenario_hot ;;
-        spread) scenario_spread ;;
-        *) die "unknown scenario '$s' (ceiling, hot, spread)" ;;
+        hot) scenario_hot hot main ;;
+        hot-rule) scenario_hot hot-rule rule ;;
+        spread) scenario_spread spread main ;;
+        spread-rule) scenario_spread spread-rule rule ;;
+        hot-reload) scenario_hot hot-reload main ;;
+        reload) scenario_reload ;;
+        kill) scenario_kill ;;
+        rules) scenario_rules ;;
     esac
 done
-
-rss=""
-dropped=""
-nerve_alive=1
-if [ $need_nerve = 1 ]; then
-    if kill -0 "$NERVE_PID" 2>/dev/null && [ -r "/proc/$NERVE_PID/status" ]; then
-        rss=$(awk '/^VmHWM:/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$NERVE_PID/status")
-        if http GET "$NPORT" /metrics && [ "$HTTP_STATUS" = 200 ]; then
-            dropped=$(awk '$1 == "nerve_event_queue_dropped_total" { print $2 }' <<<"$HTTP_BODY")
-        fi
-    else
-        nerve_alive=0
-        status=1
-        note "nerve is no longer running"
-        failed_setup=1
-    fi
-fi
-
-rules_line=""
-if [ -x "$BUILD/bench/bench_rules" ]; then
-    note "bench_rules"
-    if rules_out=$("$BUILD/bench/bench_rules" 2>"$tmp/bench_rules.log"); then
-        rules_line=$(grep -v '^[[:space:]]*$' <<<"$rules_out" | tail -n 1)
-    else
-        rules_line="FAILED (exit $?): $(tail -n 1 "$tmp/bench_rules.log")"
-        status=1
-    fi
-fi
+for inst in "${instances[@]}"; do collect "$inst"; done
+LOAD_END=$(loadavg)
+T_TOTAL=$(($(date +%s) - T_START))
 
 # --- report ----------------------------------------------------------------------
 
-label() {
-    case $1 in ceiling) echo "ceiling" ;; hot) echo "hot SKU" ;; spread) echo "1,000 SKUs" ;; esac
-}
-ceil=${RPS[ceiling]:-}
-pct() { [ -n "$ceil" ] && awk -v a="$1" -v c="$ceil" 'BEGIN { if (c > 0) printf "%.1f%%", 100 * a / c; else print "-" }' || echo "-"; }
 met() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "NOT MET"; fi; }
 
-# target NAME MIN_PCT: the target column of a nerve scenario.
-target() {
-    local name=$1 min=$2 t
-    if [ -n "$ceil" ]; then
-        t=">= $min%: $(met "${RPS[$name]} * 100 >= $min * $ceil")"
-    else
-        t=">= $min%: no ceiling run"
-    fi
-    echo "$t, p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
+# ratio NAME REF: NAME's req/s as a percentage of REF's ("" when REF did not run).
+ratio() {
+    [ -n "${RPS[$2]:-}" ] && [ -n "${RPS[$1]:-}" ] || return 0
+    awk -v a="${RPS[$1]}" -v c="${RPS[$2]}" 'BEGIN { if (c > 0) printf "%.1f\n", 100 * a / c }'
 }
 
-echo
-echo "nerve sale bench: wrk $WRK_THREADS threads, $CONNECTIONS connections, $DURATION per scenario;" \
-    "server threads $SERVER_THREADS; $(nproc) CPUs"
-printf '%-11s %10s %8s %8s %8s %8s %8s  %s\n' scenario "req/s" "p50 ms" "p90 ms" "p99 ms" "max ms" ceiling target
-for name in "${order[@]}"; do
-    case $name in
-        ceiling) t="-" ;;
-        hot) t=$(target hot $TARGET_HOT_PCT) ;;
-        spread) t=$(target spread $TARGET_SPREAD_PCT) ;;
+# reference NAME: the scenario NAME's req/s is compared with.
+reference() {
+    case $1 in
+        ceiling | hot | spread) echo ceiling ;;
+        hot-rule | hot-reload) echo hot ;;
+        spread-rule) echo spread ;;
     esac
-    printf '%-11s %10s %8s %8s %8s %8s %8s  %s\n' "$(label "$name")" "${RPS[$name]}" "${P50[$name]}" \
-        "${P90[$name]}" "${P99[$name]}" "${MAXL[$name]}" "$(pct "${RPS[$name]}")" "$t"
+}
+
+# sale_target NAME MIN_PCT: the target column of a sale scenario.
+sale_target() {
+    local name=$1 min=$2 ref r t
+    ref=$(reference "$name")
+    r=$(ratio "$name" "$ref")
+    if [ -n "$r" ]; then
+        t=">= $min%: $(met "$r >= $min")"
+    else
+        t=">= $min% of $(label "$ref"): not run"
+    fi
+    t+=", p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
+    if [ "$name" = hot-reload ]; then
+        t+=", ${RL_FAILED:-?} of ${RL_DONE:-?} reloads failed"
+    fi
+    echo "$t"
+}
+
+# row_fields NAME: sets REF_COL and TGT_COL.
+row_fields() {
+    local name=$1 ref r
+    REF_COL="-" TGT_COL="-"
+    case $name in
+        ceiling | hot | spread | hot-rule | spread-rule | hot-reload)
+            ref=$(reference "$name")
+            r=$(ratio "$name" "$ref")
+            [ -n "$r" ] && REF_COL="$r% of $(label "$ref")"
+            [ "$name" = ceiling ] && return 0
+            case $name in
+                hot) TGT_COL=$(sale_target "$name" $TARGET_HOT_PCT) ;;
+                spread) TGT_COL=$(sale_target "$name" $TARGET_SPREAD_PCT) ;;
+                *) TGT_COL=$(sale_target "$name" $TARGET_SAME_PCT) ;;
+            esac
+            ;;
+        reload-load | reload-http)
+            [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
+            TGT_COL="median < $TARGET_RELOAD_MS ms: $(met "${P50[$name]} < $TARGET_RELOAD_MS")"
+            ;;
+        kill)
+            [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
+            TGT_COL="p99 < $TARGET_KILL_P99_MS ms: $(met "${P99[$name]} < $TARGET_KILL_P99_MS")"
+            ;;
+        rules)
+            [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
+            TGT_COL=">= $TARGET_RULES_EPS/s: $(met "${FIG[$name]%% *} >= $TARGET_RULES_EPS")"
+            ;;
+    esac
+}
+
+fmt='%-30s %15s %8s %8s %8s  %-21s %5s %6s  %s\n'
+echo
+echo "nerve bench: wrk $WRK_THREADS threads, $CONNECTIONS connections, $DURATION per scenario" \
+    "(+ $WARMUP warm-up); server threads $SERVER_THREADS; $(nproc) CPUs;" \
+    "load average $LOAD_START at start, $LOAD_END at end; ${T_TOTAL} s"
+# shellcheck disable=SC2059
+printf "$fmt" scenario figure "p50 ms" "p99 ms" "max ms" reference load others target
+for name in "${order[@]}"; do
+    row_fields "$name"
+    # shellcheck disable=SC2059
+    printf "$fmt" "$(label "$name")" "${FIG[$name]}" "${P50[$name]:--}" "${P99[$name]:--}" \
+        "${MAXL[$name]:--}" "$REF_COL" "${LOAD[$name]%% *}" "${OTHERS[$name]:--}" "$TGT_COL"
+done
+for inst in "${instances[@]}"; do
+    case ${I_STATE[$inst]} in
+        died) fig="DIED" ;;
+        *) fig="${I_RSS[$inst]:-?} MiB" ;;
+    esac
+    # shellcheck disable=SC2059
+    printf "$fmt" "peak RSS, nerve ${I_DESC[$inst]}" "$fig" - - - - - - "-"
 done
 echo
 for name in "${order[@]}"; do
-    echo "$(label "$name"): status ${CODES[$name]}; socket errors ${ERRS[$name]}"
+    echo "$(label "$name"): ${DETAIL[$name]}"
 done
-for name in "${order[@]}"; do
+for name in "${order[@]}" hot-reload-reloads; do
     [ -n "${INV[$name]:-}" ] || continue
-    echo "invariant $(label "$name"): ${INV[$name]}: ${INVMSG[$name]}"
+    case $name in
+        hot-reload-reloads) echo "invariant hot SKU during reloads, reloads: ${INV[$name]}: ${INVMSG[$name]}" ;;
+        *) echo "invariant $(label "$name"): ${INV[$name]}: ${INVMSG[$name]}" ;;
+    esac
 done
-[ -n "$rss" ] && echo "nerve peak RSS (VmHWM): $rss"
-[ -n "$dropped" ] && echo "nerve events dropped, queue full (nerve_event_queue_dropped_total): $dropped"
-if [ $need_nerve = 1 ] && [ -s "$tmp/nerve.log" ]; then
-    # The daemon ran with log.level=warn: everything it said is worth a look.
-    echo "nerve log: $(wc -l <"$tmp/nerve.log") lines at warn or above; the first of each kind:"
-    cut -d' ' -f2- "$tmp/nerve.log" |
-        awk '{ k = $0; gsub(/[0-9]+/, "N", k) } !seen[k]++ { print "  " $0 }' | head -n 5
-fi
-[ $nerve_alive = 1 ] || echo "nerve: DIED during the bench"
-[ -n "$rules_line" ] && echo "bench_rules: $rules_line"
+for inst in "${instances[@]}"; do
+    d=${I_DROPPED[$inst]:-}
+    [ -n "$d" ] && echo "nerve ${I_DESC[$inst]}: events dropped, queue full (nerve_event_queue_dropped_total): $d"
+    [ "${I_STATE[$inst]}" = died ] && echo "nerve ${I_DESC[$inst]}: DIED during the bench"
+    log="$tmp/nerve-$inst.log"
+    if [ -s "$log" ]; then
+        # The daemons run with log.level=warn: everything they said is worth a look.
+        echo "nerve ${I_DESC[$inst]} log: $(wc -l <"$log") lines at warn or above; the first of each kind:"
+        cut -d' ' -f2- "$log" |
+            awk '{ k = $0; gsub(/[0-9]+/, "N", k) } !seen[k]++ { print "  " substr($0, 1, 200) }' | head -n 5
+    fi
+done
 if [ $status = 0 ]; then
     echo "bench: OK (targets are reported, not enforced)"
 else
-    echo "bench: FAILED (invalid run or invariant failure, see above)"
+    echo "bench: FAILED (invalid run, failed invariant or program, see above)"
 fi
 exit $status
