@@ -1,0 +1,1653 @@
+/* test_fleet.c -- three nerve instances sharing one Redis: the way nerve
+ * scales out (SPEC §1, §5, §8, §9).
+ *
+ * What a fleet must guarantee, each checked against Redis' own records:
+ *   1. `nerve stress` spread over the three instances sells exactly the
+ *      stock: no oversell, the report agrees with the stock key, the order
+ *      records and each instance's own sales counter;
+ *   2. a kill decided by all three (each evaluates every stock_changed)
+ *      engages the kill switch once: one record, one kill_switch alert, one
+ *      call of the emergency-stop webhook fleet-wide;
+ *   3. alert throttling is fleet-wide: three instances evaluating the same
+ *      events publish one alert per rule and scope in the window;
+ *   4. an instance that dies holding a SKU's lock blocks that SKU for at
+ *      most the lock TTL, and a kill -9 under load loses nothing and sells
+ *      nothing twice (unanswered sales are resent with their order_id);
+ *   5. a halting kill engaged or reset on one instance reaches the others
+ *      at once (control channel), and one whose announcement was lost
+ *      within the periodic refresh;
+ *   6. fencing: an instance stalled past its lock's TTL while another sold
+ *      cannot commit when it wakes up.
+ *
+ * To make an instance hold a lock at a chosen moment, the test holds the
+ * lock itself with a foreign token, asks the instance to sell, and pauses
+ * Redis (SIGSTOP) once the instance's retry `SET lock NX PX` sits unread in
+ * Redis' socket (seen in /proc/net/tcp); the instance is then killed or
+ * stopped before Redis resumes and runs that SET for it.
+ *
+ * The rules are this file's own, written into the temp dir, so that tuning
+ * of the shipped rules never changes what is tested. Daemons are started by
+ * the harness (owned by the test: the teardown stops whatever a failed test
+ * left running, resumes a paused Redis and joins loads).
+ */
+#include "harness.h"
+
+/* One translation unit with the test: the Makefile does not link tests/lib. */
+#include "../lib/mock_webhook.c"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define FLEET 3
+#define ALERTS "system_alerts"
+#define MAX_MSGS 1024
+#define STRESS_TIMEOUT_MS 45000
+#define LOCK_TTL_MS 3000
+#define LOCK_WAIT_MS 2000
+
+extern char **environ;
+
+static h_redis *redis;
+static mock_server *hook;
+static char hook_url[128];
+static h_daemon *fleet[FLEET];
+
+/* --- files, redis, daemons ------------------------------------------------ */
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        fail_msg("fopen %s: %s", path, strerror(errno));
+    fputs(text, f);
+    if (fclose(f) != 0)
+        fail_msg("write %s: %s", path, strerror(errno));
+}
+
+/* A fresh directory TMP/NAME holding the one rule file FILE = TEXT; the
+ * override "rules.dir=..." into SET. */
+static void rules_dir(const char *name, const char *file, const char *text, char *set,
+                      size_t setlen)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/%s", h_tmpdir(), name);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        fail_msg("mkdir %s: %s", dir, strerror(errno));
+    write_file(dir, file, text);
+    snprintf(set, setlen, "rules.dir=%s", dir);
+}
+
+/* Start the three instances against the shared redis with the same
+ * overrides SETS (NULL-terminated). */
+static void fleet_start(const char *const *sets)
+{
+    size_t n = 0;
+    while (sets[n])
+        n++;
+    for (int i = 0; i < FLEET; i++) {
+        fleet[i] = h_daemon_startv(redis, true, sets, n);
+        if (fleet[i] == NULL)
+            fail_msg("instance %d of the fleet did not start", i + 1);
+    }
+}
+
+/* SIGTERM every instance still running; each must exit 0. */
+static void fleet_stop(void)
+{
+    for (int i = 0; i < FLEET; i++) {
+        if (fleet[i] == NULL)
+            continue;
+        h_daemon *d = fleet[i];
+        fleet[i] = NULL;
+        int rc = h_daemon_stop(d);
+        if (rc != 0)
+            fail_msg("instance %d: exit status %d after SIGTERM, expected 0", i + 1, rc);
+    }
+}
+
+static long long redis_ll(redisReply *rep)
+{
+    long long v = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    if (rep)
+        freeReplyObject(rep);
+    return v;
+}
+
+/* Wait until N clients subscribe to CHANNEL (the three instances' buses). */
+static void wait_subscribers(const char *channel, long long n)
+{
+    double dl = h_deadline(10000);
+    long long got = -1;
+    while (h_before(dl)) {
+        redisReply *rep = h_redis_cmd(redis, "PUBSUB NUMSUB %s", channel);
+        got = -1;
+        if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+            rep->element[1]->type == REDIS_REPLY_INTEGER)
+            got = rep->element[1]->integer;
+        if (rep)
+            freeReplyObject(rep);
+        if (got == n)
+            return;
+        h_nap();
+    }
+    fail_msg("expected %lld subscribers on %s within 10 s, got %lld", n, channel, got);
+}
+
+/* KEYS PATTERN counted (a test-sized keyspace). */
+static long long count_keys(const char *pattern)
+{
+    redisReply *rep = h_redis_cmd(redis, "KEYS %s", pattern);
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+        fail_msg("KEYS %s failed", pattern);
+    long long n = (long long)rep->elements;
+    freeReplyObject(rep);
+    return n;
+}
+
+static long long order_keys(const char *sku)
+{
+    char pat[256];
+    snprintf(pat, sizeof pat, H_PREFIX "{%s}:order:*", sku);
+    return count_keys(pat);
+}
+
+/* The kill record of SCOPE, parsed (caller deletes), NULL when absent. */
+static cJSON *kill_record(const char *scope)
+{
+    redisReply *rep = h_redis_cmd(redis, "GET " H_PREFIX "kill:%s", scope);
+    cJSON *o = NULL;
+    if (rep && rep->type == REDIS_REPLY_STRING)
+        o = cJSON_Parse(rep->str);
+    if (rep)
+        freeReplyObject(rep);
+    return o;
+}
+
+/* Poll until SCOPE's record exists (STATE NULL) or has state STATE. */
+static cJSON *wait_kill(const char *scope, const char *state, int ms)
+{
+    double dl = h_deadline(ms);
+    char last[1024] = "(no record)";
+    while (h_before(dl)) {
+        cJSON *o = kill_record(scope);
+        if (o) {
+            const char *s = h_jstr(o, "state");
+            if (state == NULL || (s && strcmp(s, state) == 0))
+                return o;
+            char *txt = cJSON_PrintUnformatted(o);
+            snprintf(last, sizeof last, "%s", txt ? txt : "?");
+            free(txt);
+            cJSON_Delete(o);
+        }
+        h_nap();
+    }
+    fail_msg("kill record %s%s%s not there within %d ms; last seen: %s", scope,
+             state ? " with state " : "", state ? state : "", ms, last);
+    return NULL;
+}
+
+/* Rule NAME's entry in D's GET /rules (caller deletes the returned root via
+ * *ROOT), NULL when not listed. */
+static const cJSON *rule_entry(const h_daemon *d, const char *name, cJSON **root)
+{
+    h_resp r;
+    h_http(d, "GET", "/rules", NULL, &r, NULL);
+    *root = r.json;
+    r.json = NULL;
+    h_resp_free(&r);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(*root, "rules")) {
+        const char *n = h_jstr(it, "name");
+        if (n && strcmp(n, name) == 0)
+            return it;
+    }
+    return NULL;
+}
+
+/* Counter FIELD of rule NAME on D ("evaluations", "errors"), or the count of
+ * decisions of ACTION when ACTION is not NULL; -1 when not listed. */
+static long long rule_stat(const h_daemon *d, const char *name, const char *field,
+                           const char *action)
+{
+    cJSON *root;
+    const cJSON *e = rule_entry(d, name, &root);
+    long long v = -1;
+    if (e && action)
+        e = cJSON_GetObjectItemCaseSensitive(e, "decisions");
+    if (e && !h_jll(e, action ? action : field, &v))
+        v = -1;
+    cJSON_Delete(root);
+    return v;
+}
+
+/* Poll until every instance has evaluated WANT events with rule NAME. */
+static void wait_evaluations(const char *name, long long want, int ms)
+{
+    double dl = h_deadline(ms);
+    for (int i = 0; i < FLEET; i++) {
+        long long v = -1;
+        while (h_before(dl) && (v = rule_stat(fleet[i], name, "evaluations", NULL)) < want)
+            h_nap();
+        if (v != want)
+            fail_msg("instance %d: rule %s evaluations: expected %lld within %d ms, got %lld",
+                     i + 1, name, want, ms, v);
+    }
+}
+
+/* The value of the sample NAME (with its labels, exactly) in D's /metrics. */
+static long long metric(const h_daemon *d, const char *name)
+{
+    h_resp r;
+    if (h_http(d, "GET", "/metrics", NULL, &r, NULL) != 200)
+        fail_msg("GET /metrics on %s: %ld %s", d->base, r.status, r.err);
+    long long v = -1;
+    size_t nl = strlen(name);
+    for (const char *p = r.body; p && *p;) {
+        if (strncmp(p, name, nl) == 0 && p[nl] == ' ') {
+            v = strtoll(p + nl + 1, NULL, 10);
+            break;
+        }
+        p = strchr(p, '\n');
+        p = p ? p + 1 : NULL;
+    }
+    h_resp_free(&r);
+    if (v < 0)
+        fail_msg("%s/metrics has no sample %s", d->base, name);
+    return v;
+}
+
+/* --- the test's own subscriber on system_alerts --------------------------- */
+
+typedef struct sub {
+    redisContext *c;
+    cJSON *msg[MAX_MSGS];
+    size_t n;
+} sub;
+
+static sub *alerts;             /* closed by the teardown */
+
+static sub *sub_open(const char *channel)
+{
+    sub *s = calloc(1, sizeof *s);
+    assert_non_null(s);
+    s->c = h_redis_connect(redis);
+    assert_non_null(s->c);
+    redisReply *rep = redisCommand(s->c, "SUBSCRIBE %s", channel);
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+        fail_msg("SUBSCRIBE %s failed: %s", channel, s->c->errstr);
+    freeReplyObject(rep);
+    return s;
+}
+
+static void sub_close(sub *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->n; i++)
+        cJSON_Delete(s->msg[i]);
+    redisFree(s->c);
+    free(s);
+}
+
+/* Read every message that arrives within MS (0: only what is already here). */
+static void sub_pump(sub *s, int ms)
+{
+    double dl = h_deadline(ms);
+    for (;;) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(s->c, &reply) != REDIS_OK)
+            fail_msg("subscriber: %s", s->c->errstr);
+        if (reply) {
+            redisReply *rep = reply;
+            if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+                rep->element[0]->type == REDIS_REPLY_STRING &&
+                strcmp(rep->element[0]->str, "message") == 0 && s->n < MAX_MSGS) {
+                s->msg[s->n] = cJSON_Parse(rep->element[2]->str);
+                if (s->msg[s->n] == NULL)
+                    fail_msg("an alert that is not JSON: %s", rep->element[2]->str);
+                s->n++;
+            }
+            freeReplyObject(rep);
+            continue;
+        }
+        int left = (int)((dl - h_now()) * 1000);
+        if (left < 0)
+            left = 0;
+        struct pollfd pf = { s->c->fd, POLLIN, 0 };
+        int pr = poll(&pf, 1, left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0)
+            return;
+        if (redisBufferRead(s->c) != REDIS_OK)
+            fail_msg("subscriber: %s", s->c->errstr);
+    }
+}
+
+static bool msg_is(const cJSON *m, const char *kind, const char *scope)
+{
+    const char *k = h_jstr(m, "kind"), *sc = h_jstr(m, "scope");
+    return k && strcmp(k, kind) == 0 && sc && strcmp(sc, scope) == 0;
+}
+
+static int sub_count(const sub *s, const char *kind, const char *scope)
+{
+    int n = 0;
+    for (size_t i = 0; i < s->n; i++)
+        n += msg_is(s->msg[i], kind, scope);
+    return n;
+}
+
+static const cJSON *sub_find(const sub *s, const char *kind, const char *scope)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (msg_is(s->msg[i], kind, scope))
+            return s->msg[i];
+    return NULL;
+}
+
+/* Pump until at least N messages of KIND and SCOPE arrived; fails after MS. */
+static void sub_wait(sub *s, const char *kind, const char *scope, int n, int ms)
+{
+    double dl = h_deadline(ms);
+    while (sub_count(s, kind, scope) < n && h_before(dl))
+        sub_pump(s, 20);
+    if (sub_count(s, kind, scope) < n)
+        fail_msg("expected %d %s alert(s) for scope %s on " ALERTS " within %d ms, saw %d", n,
+                 kind, scope, ms, sub_count(s, kind, scope));
+}
+
+/* The messages of KIND and SCOPE, one JSON per line, for failure messages. */
+static void sub_print(const sub *s, const char *kind, const char *scope)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (!msg_is(s->msg[i], kind, scope))
+            continue;
+        char *txt = cJSON_PrintUnformatted(s->msg[i]);
+        printf("  alert: %s\n", txt ? txt : "?");
+        free(txt);
+    }
+}
+
+/* --- running `nerve stress` ------------------------------------------------ */
+
+typedef struct run {
+    int rc;                     /* exit status; -1: killed or did not run */
+    char *out, *err;
+    cJSON *json;
+} run;
+
+static void run_free(run *r)
+{
+    free(r->out);
+    free(r->err);
+    cJSON_Delete(r->json);
+    memset(r, 0, sizeof *r);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
+    if (s && n > 0 && fread(s, 1, (size_t)n, f) != (size_t)n)
+        s[0] = '\0';
+    fclose(f);
+    return s;
+}
+
+/* Run `nerve stress ARGV...` (NULL-terminated) with the admin token in its
+ * environment; wait for it with a deadline (then SIGKILL and fail). */
+static void stress_run(run *r, const char *const *args)
+{
+    memset(r, 0, sizeof *r);
+    r->rc = -1;
+    const char *bin = getenv("NERVE_BIN");
+    const char *argv[64];
+    int argc = 0;
+    argv[argc++] = bin && *bin ? bin : "./nerve";
+    argv[argc++] = "stress";
+    for (size_t i = 0; args[i] && argc < 63; i++)
+        argv[argc++] = args[i];
+    argv[argc] = NULL;
+
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 2, sizeof *env);
+    assert_non_null(env);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "NERVE_ADMIN_TOKEN=", 18) != 0)
+            env[k++] = environ[i];
+    env[k++] = "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN;
+    env[k] = NULL;
+
+    char out[PATH_MAX], err[PATH_MAX];
+    static int seq;
+    snprintf(out, sizeof out, "%s/fleet-stress-%d.out", h_tmpdir(), ++seq);
+    snprintf(err, sizeof err, "%s/fleet-stress-%d.err", h_tmpdir(), seq);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
+            _exit(126);
+        execve(argv[0], (char *const *)argv, env);
+        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    free(env);
+    if (pid < 0)
+        fail_msg("fork: %s", strerror(errno));
+    int status = 0;
+    double dl = h_deadline(STRESS_TIMEOUT_MS);
+    pid_t w;
+    while ((w = waitpid(pid, &status, WNOHANG)) == 0 && h_before(dl))
+        h_nap();
+    if (w == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    r->out = slurp(out);
+    r->err = slurp(err);
+    r->json = cJSON_Parse(r->out);
+    if (w == 0)
+        fail_msg("nerve stress did not finish within %d ms; stderr:\n%s", STRESS_TIMEOUT_MS,
+                 r->err);
+    r->rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static long long jnum(const run *r, const cJSON *o, const char *key)
+{
+    long long v;
+    if (!h_jll(o, key, &v))
+        fail_msg("stress report has no integer \"%s\": %s", key, r->out);
+    return v;
+}
+
+/* --- rules ------------------------------------------------------------------ */
+
+static const char *const QUIET_RULE =
+    "return {\n"
+    "  name = \"fleet_quiet\",\n"
+    "  on = { \"fleet_quiet\" },\n"
+    "  evaluate = function(event, ctx) end,\n"
+    "}\n";
+
+static const char *const INVENTORY_RULE =
+    "return {\n"
+    "  name = \"fleet_inventory\",\n"
+    "  on = { \"inventory_events\" },\n"
+    "  evaluate = function(event, ctx)\n"
+    "    if event.type == \"stock_changed\" and type(event.stock_remaining) == \"number\"\n"
+    "       and event.stock_remaining <= 5 then\n"
+    "      return { action = \"kill\", scope = \"sku:\" .. event.sku,\n"
+    "               reason = string.format(\"stock of %s is %d\", event.sku,\n"
+    "                                      math.floor(event.stock_remaining)) }\n"
+    "    end\n"
+    "  end,\n"
+    "}\n";
+
+static const char *const ALERT_EVERY_RULE =
+    "return {\n"
+    "  name = \"fleet_alert_every\",\n"
+    "  on = { \"fleet_events\" },\n"
+    "  evaluate = function(event, ctx)\n"
+    "    return { action = \"alert\", level = \"warning\", scope = \"fleet:t3\",\n"
+    "             reason = \"event \" .. tostring(event.n) }\n"
+    "  end,\n"
+    "}\n";
+
+/* --- 1. nerve stress across the fleet ----------------------------------------- */
+
+static void test_stress_across_fleet(void **state)
+{
+    (void)state;
+    const char *sku = "fleet-stress";
+    char rset[PATH_MAX + 16];
+    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
+    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", NULL };
+    fleet_start(sets);
+
+    const char *args[] = { "--url", fleet[0]->base, "--url", fleet[1]->base, "--url",
+                           fleet[2]->base, "--sku", sku, "--stock", "3000", "--clients", "48",
+                           "--requests", "9000", "--json", "--quiet", NULL };
+    run r;
+    stress_run(&r, args);
+    if (r.rc != 0 || r.json == NULL)
+        fail_msg("nerve stress exited %d, expected 0\nstdout:\n%s\nstderr:\n%s", r.rc, r.out,
+                 r.err);
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(r.json, "invariants"), *c;
+    if (cJSON_GetArraySize(inv) != 5)
+        fail_msg("stress report without its 5 invariants: %s", r.out);
+    cJSON_ArrayForEach(c, inv) {
+        const char *name = h_jstr(c, "name"), *res = h_jstr(c, "result");
+        bool skip = name && strcmp(name, "kill_switch") == 0;
+        if (!res || strcmp(res, skip ? "skipped" : "PASS") != 0)
+            fail_msg("invariant %s: %s (%s)", name ? name : "?", res ? res : "?",
+                     h_jstr(c, "detail") ? h_jstr(c, "detail") : "");
+    }
+    assert_int_equal(h_jbool(r.json, "pass"), 1);
+    long long ok = jnum(&r, r.json, "ok");
+    printf("fleet stress: %lld requests in %.2f s, ok %lld, out_of_stock %lld, unavailable %lld\n",
+           jnum(&r, r.json, "requests"),
+           cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(r.json, "duration_s")), ok,
+           jnum(&r, r.json, "out_of_stock"), jnum(&r, r.json, "unavailable"));
+    assert_int_equal(jnum(&r, r.json, "requests"), 9000);
+    assert_int_equal(jnum(&r, r.json, "qty"), 1);
+    assert_int_equal(jnum(&r, r.json, "errors"), 0);
+    assert_int_equal(jnum(&r, r.json, "duplicates"), 0);
+    assert_int_equal(jnum(&r, r.json, "initial_stock"), 3000);
+    assert_int_equal(jnum(&r, r.json, "sold"), 3000);
+    assert_int_equal(jnum(&r, r.json, "final_stock"), 0);
+    assert_true(ok <= 3000);
+
+    /* Every instance served a share, and the shares add up. */
+    const cJSON *urls = cJSON_GetObjectItemCaseSensitive(r.json, "urls"), *u;
+    assert_int_equal(cJSON_GetArraySize(urls), FLEET);
+    long long total = 0;
+    cJSON_ArrayForEach(u, urls) {
+        long long n = jnum(&r, u, "requests");
+        if (n <= 0)
+            fail_msg("instance %s served no request: %s", h_jstr(u, "url"), r.out);
+        total += n;
+    }
+    assert_int_equal(total, 9000);
+
+    /* Redis' records: the stock key and one order record per unit sold. */
+    assert_int_equal(H_REDIS_STOCK(redis, sku), 0);
+    assert_int_equal(order_keys(sku), 3000);
+    for (int i = 0; i < FLEET; i++)
+        assert_int_equal(H_GET_STOCK(fleet[i], sku), 0);
+
+    /* The instances' own counters: each sold some, together exactly the
+     * stock (a replayed sale answers "duplicate", never "ok" twice). */
+    long long sold_by_instances = 0;
+    for (int i = 0; i < FLEET; i++) {
+        long long n = metric(fleet[i], "nerve_sales_total{result=\"ok\"}");
+        printf("fleet stress: instance %d sold %lld\n", i + 1, n);
+        if (n <= 0)
+            fail_msg("instance %d sold nothing (nerve_sales_total{result=\"ok\"} = %lld)",
+                     i + 1, n);
+        sold_by_instances += n;
+    }
+    assert_int_equal(sold_by_instances, 3000);
+    run_free(&r);
+
+    /* One order_id racing through the three instances at once sells once:
+     * one fresh 200, every other answer the same sale, "duplicate": true. */
+    const char *race = "fleet-race";
+    H_SET_STOCK(fleet[0], race, 100);
+    h_load loads[FLEET];
+    for (int i = 0; i < FLEET; i++) {
+        loads[i] = (h_load){ .d = fleet[i], .path = "/sale", .sku = race, .qty = 3,
+                             .order_id = "race-1", .clients = 8, .requests = 8, .together = true,
+                             .timeout_ms = 10000 };
+        assert_int_equal(h_load_start(&loads[i]), 0);
+    }
+    int fresh = 0, dups = 0;
+    for (int i = 0; i < FLEET; i++) {
+        assert_int_equal(h_load_wait(&loads[i]), 0);
+        for (int k = 0; k < loads[i].requests; k++) {
+            const h_sale_rec *rec = &loads[i].recs[k];
+            long long left = -1, qty = -1;
+            if (rec->status != 200 || !h_jll(rec->json, "stock_remaining", &left) ||
+                !h_jll(rec->json, "qty", &qty) || left != 97 || qty != 3)
+                fail_msg("order race-1 through instance %d: expected 200 with qty 3 and "
+                         "stock_remaining 97, got %ld %s", i + 1, rec->status, rec->body);
+            if (h_jbool(rec->json, "duplicate") == 1)
+                dups++;
+            else
+                fresh++;
+        }
+        h_load_free(&loads[i]);
+    }
+    if (fresh != 1)
+        fail_msg("order race-1 sent 24 times through 3 instances at once: expected 1 fresh sale "
+                 "and 23 duplicates, got %d fresh and %d duplicates", fresh, dups);
+    assert_int_equal(H_REDIS_STOCK(redis, race), 97);
+    assert_int_equal(order_keys(race), 1);
+    fleet_stop();
+    h_pass();
+}
+
+/* --- 2. the kill switch engages once fleet-wide ------------------------------- */
+
+static void test_kill_once_fleet_wide(void **state)
+{
+    (void)state;
+    const char *sku = "fleet-kill", *scope = "sku:fleet-kill";
+    char rset[PATH_MAX + 16], uset[200];
+    rules_dir("fleet-inventory", "inventory.lua", INVENTORY_RULE, rset, sizeof rset);
+    snprintf(uset, sizeof uset, "panic.webhook_url=%s", hook_url);
+    const char *sets[] = { rset, uset, "bus.channels=[inventory_events]", "panic.max_attempts=3",
+                           "panic.backoff_initial_ms=50", NULL };
+    fleet_start(sets);
+    wait_subscribers("inventory_events", FLEET);
+    alerts = sub_open(ALERTS);
+    H_SET_STOCK(fleet[0], sku, 24);
+
+    /* 30 sales for 24 units, ten through each instance, all at once. */
+    h_load loads[FLEET];
+    char prefix[FLEET][32];
+    for (int i = 0; i < FLEET; i++) {
+        snprintf(prefix[i], sizeof prefix[i], "fk-%d", i);
+        loads[i] = (h_load){ .d = fleet[i], .path = "/sale", .sku = sku, .qty = 1,
+                             .order_prefix = prefix[i], .clients = 5, .requests = 10,
+                             .together = true, .timeout_ms = 10000 };
+        assert_int_equal(h_load_start(&loads[i]), 0);
+    }
+    int ok = 0, oos = 0;
+    for (int i = 0; i < FLEET; i++) {
+        assert_int_equal(h_load_wait(&loads[i]), 0);
+        printf("fleet kill: instance %d: %d sold, %d out of stock\n", i + 1,
+               loads[i].by_status[200], loads[i].by_status[409]);
+        if (loads[i].by_status[200] + loads[i].by_status[409] != 10)
+            fail_msg("instance %d: expected only 200 and 409 answers, got %d + %d of 10 "
+                     "(503: %d, transport errors: %d)", i + 1, loads[i].by_status[200],
+                     loads[i].by_status[409], loads[i].by_status[503], loads[i].transport_errors);
+        if (loads[i].by_status[200] < 4)
+            fail_msg("instance %d sold %d units: expected at least 4 (24 units, 10 "
+                     "requests per instance)", i + 1, loads[i].by_status[200]);
+        ok += loads[i].by_status[200];
+        oos += loads[i].by_status[409];
+        h_load_free(&loads[i]);
+    }
+    assert_int_equal(ok, 24);
+    assert_int_equal(oos, 6);
+
+    /* Stock 5..0 is under the threshold: six events, each evaluated by all
+     * three instances, eighteen kill decisions -- one engagement. */
+    cJSON_Delete(wait_kill(scope, NULL, 5000));
+    sub_wait(alerts, "kill_switch", scope, 1, 5000);
+    assert_int_equal(mock_wait_requests(hook, 1, 5000), 0);
+    cJSON *rec = wait_kill(scope, "stopped", 5000);
+    wait_evaluations("fleet_inventory", 24, 5000);
+
+    /* More events under the threshold, through every instance. */
+    H_SET_STOCK(fleet[1], sku, 4);
+    for (int i = 0; i < 4; i++) {
+        h_resp r;
+        h_sale(fleet[i % FLEET], "/sale", sku, 1, NULL, &r);
+        long long left = -1;
+        if (r.status != 200 || !h_jll(r.json, "stock_remaining", &left) || left != 3 - i)
+            fail_msg("sale %d through instance %d: expected 200 with stock_remaining %d, got "
+                     "%ld %s %s", i + 1, i % FLEET + 1, 3 - i, r.status, r.body, r.err);
+        h_resp_free(&r);
+    }
+    wait_evaluations("fleet_inventory", 28, 5000);
+    long long kills = 0;
+    for (int i = 0; i < FLEET; i++) {
+        long long k = rule_stat(fleet[i], "fleet_inventory", NULL, "kill");
+        if (k != 10)
+            fail_msg("instance %d: expected 10 kill decisions (stock 5..0, then 3..0), got %lld",
+                     i + 1, k);
+        kills += k;
+    }
+    assert_int_equal(kills, 30);
+
+    /* Settle, then count: one record, one alert, one webhook call. */
+    sub_pump(alerts, 500);
+    if (sub_count(alerts, "kill_switch", scope) != 1) {
+        sub_print(alerts, "kill_switch", scope);
+        fail_msg("expected exactly 1 kill_switch alert for %s on " ALERTS " (30 kill decisions "
+                 "over 3 instances), got %d", scope, sub_count(alerts, "kill_switch", scope));
+    }
+    if (mock_requests(hook) != 1) {
+        for (size_t i = 0; i < mock_requests(hook); i++)
+            printf("  webhook call %zu: %s\n", i + 1, mock_request(hook, i)->body);
+        fail_msg("expected exactly 1 emergency-stop webhook call fleet-wide, got %zu",
+                 mock_requests(hook));
+    }
+    cJSON *body = cJSON_Parse(mock_request(hook, 0)->body);
+    assert_non_null(body);
+    assert_string_equal(h_jstr(body, "scope"), scope);
+    assert_string_equal(h_jstr(body, "rule"), "fleet_inventory");
+    assert_string_equal(h_jstr(body, "reason"), "stock of fleet-kill is 5");
+    cJSON_Delete(body);
+    assert_int_equal(count_keys(H_PREFIX "kill:sku:fleet-kill*"), 1);
+    assert_int_equal(redis_ll(h_redis_cmd(redis, "SISMEMBER " H_PREFIX "kills %s", scope)), 1);
+
+    /* The winner wrote the record and published the alert; it is one of
+     * the three. */
+    const char *inst = h_jstr(rec, "instance");
+    assert_non_null(inst);
+    const cJSON *a = sub_find(alerts, "kill_switch", scope);
+    assert_string_equal(h_jstr(a, "instance"), inst);
+    assert_string_equal(h_jstr(a, "level"), "critical");
+    const char *colon = strrchr(inst, ':');
+    long pid = colon ? strtol(colon + 1, NULL, 10) : -1;
+    bool ours = false;
+    for (int i = 0; i < FLEET; i++)
+        ours |= pid == (long)fleet[i]->pid;
+    if (!ours)
+        fail_msg("the kill record names instance %s, none of the fleet's pids", inst);
+    long long attempts = -1;
+    assert_true(h_jll(rec, "attempts", &attempts));
+    assert_int_equal(attempts, 1);
+    cJSON_Delete(rec);
+
+    /* Every instance lists it. */
+    for (int i = 0; i < FLEET; i++) {
+        h_resp r;
+        assert_int_equal(h_http(fleet[i], "GET", "/killswitch", NULL, &r, NULL), 200);
+        int seen = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(r.json, "engaged")) {
+            const char *s = h_jstr(it, "scope");
+            seen += s && strcmp(s, scope) == 0;
+        }
+        if (seen != 1)
+            fail_msg("instance %d: GET /killswitch lists %s %d times: %s", i + 1, scope, seen,
+                     r.body);
+        h_resp_free(&r);
+    }
+    fleet_stop();
+    h_pass();
+}
+
+/* --- 3. alert throttling is fleet-wide ----------------------------------------- */
+
+static void test_throttle_fleet_wide(void **state)
+{
+    (void)state;
+    const char *scope = "fleet:t3";
+    char rset[PATH_MAX + 16];
+    rules_dir("fleet-alerts", "every.lua", ALERT_EVERY_RULE, rset, sizeof rset);
+    const char *sets[] = { rset, "bus.channels=[fleet_events]", "alerts.throttle_s=60", NULL };
+    fleet_start(sets);
+    wait_subscribers("fleet_events", FLEET);
+    alerts = sub_open(ALERTS);
+
+    for (int i = 1; i <= 10; i++) {
+        char ev[64];
+        snprintf(ev, sizeof ev, "{\"n\":%d}", i);
+        long long got = redis_ll(h_redis_cmd(redis, "PUBLISH fleet_events %s", ev));
+        if (got != FLEET)
+            fail_msg("PUBLISH fleet_events reached %lld subscribers, expected %d", got, FLEET);
+    }
+    wait_evaluations("fleet_alert_every", 10, 5000);
+    sub_pump(alerts, 500);
+    int n = sub_count(alerts, "rule_alert", scope);
+    if (n != 1) {
+        sub_print(alerts, "rule_alert", scope);
+        fail_msg("10 events x 3 instances, alerts.throttle_s=60: expected exactly 1 rule_alert "
+                 "for fleet_alert_every/%s on " ALERTS ", got %d", scope, n);
+    }
+    const cJSON *a = sub_find(alerts, "rule_alert", scope);
+    assert_string_equal(h_jstr(a, "rule"), "fleet_alert_every");
+    assert_string_equal(h_jstr(a, "level"), "warning");
+    long long sup = 0;
+    if (cJSON_HasObjectItem(a, "suppressed") && (!h_jll(a, "suppressed", &sup) || sup != 0))
+        fail_msg("the first alert: expected no or zero \"suppressed\", got %lld", sup);
+
+    /* The other 29 evaluations were counted as suppressed, fleet-wide. */
+    long long counted = -1;
+    int rc = h_redis_get_ll(redis, H_PREFIX "throttle:{fleet_alert_every|fleet:t3}:suppressed",
+                            &counted);
+    if (rc != 0 || counted != 29)
+        fail_msg("suppressed counter in Redis: expected 29 (30 evaluations, 1 published), got "
+                 "%lld (rc %d)", counted, rc);
+    long long ttl = redis_ll(h_redis_cmd(redis, "TTL " H_PREFIX
+                                         "throttle:{fleet_alert_every|fleet:t3}"));
+    if (ttl <= 0 || ttl > 60)
+        fail_msg("throttle marker TTL: expected 1..60 s, got %lld", ttl);
+    fleet_stop();
+    h_pass();
+}
+
+/* --- 4. an instance dies holding a lock; kill -9 under load ---------------- */
+
+/* The books of one SKU: what the clients were told. */
+typedef struct book {
+    long long sold;             /* units known sold: 200s + replays that found them sold */
+    long long answered_ok;      /* 200 answers to the first request */
+    long long replayed, replay_had_sold, replay_sold_now, replay_not_sold;
+} book;
+
+/* POST /sale {SKU, 1, OID} to D until it is answered with anything but 503
+ * (the lock of a dead holder may still be there). */
+static long sale_settled(const h_daemon *d, const char *sku, const char *oid, h_resp *r)
+{
+    double dl = h_deadline(LOCK_TTL_MS + 5000);
+    for (;;) {
+        long st = h_sale(d, "/sale", sku, 1, oid, r);
+        if (st != 503 || !h_before(dl))
+            return st;
+        h_resp_free(r);
+    }
+}
+
+/* Resend OID (first answered STATUS: 0 or 503) to SURVIVOR and book what it
+ * says: 200 (duplicate: it had sold; fresh: it sells now) or 409. */
+static void replay(const h_daemon *survivor, const char *sku, const char *oid, long status,
+                   book *b)
+{
+    h_resp r;
+    long st = sale_settled(survivor, sku, oid, &r);
+    b->replayed++;
+    if (st == 200) {
+        b->sold++;
+        if (h_jbool(r.json, "duplicate") == 1)
+            b->replay_had_sold++;
+        else
+            b->replay_sold_now++;
+        const char *o = h_jstr(r.json, "order_id");
+        if (o == NULL || strcmp(o, oid) != 0)
+            fail_msg("replay of %s: the answer names order %s: %s", oid, o ? o : "(none)", r.body);
+    } else if (st == 409) {
+        b->replay_not_sold++;
+    } else {
+        fail_msg("replay of %s (first answer %ld) on %s: expected 200 or 409, got %ld %s %s", oid,
+                 status, survivor->base, st, r.body, r.err);
+    }
+    h_resp_free(&r);
+}
+
+/* Book the records of load L (order ids PREFIX-i): every 200 must be a fresh
+ * sale echoing its order_id with a stock_remaining matching the order's
+ * record in Redis ("qty:stock_remaining"); unanswered and 503 are replayed
+ * on SURVIVOR. */
+static void book_load(h_load *l, const char *prefix, const h_daemon *survivor, book *b)
+{
+    redisContext *c = h_redis_connect(redis);
+    assert_non_null(c);
+    int pending = 0;
+    for (int i = 0; i < l->requests; i++) {
+        h_sale_rec *rec = &l->recs[i];
+        if (!rec->sent || rec->status != 200)
+            continue;
+        redisAppendCommand(c, "GET " H_PREFIX "{%s}:order:%s-%d", l->sku, prefix, i);
+        pending++;
+    }
+    for (int i = 0; i < l->requests; i++) {
+        h_sale_rec *rec = &l->recs[i];
+        if (!rec->sent)
+            continue;
+        char oid[64];
+        snprintf(oid, sizeof oid, "%s-%d", prefix, i);
+        if (rec->status == 200) {
+            redisReply *rep = NULL;
+            if (redisGetReply(c, (void **)&rep) != REDIS_OK)
+                fail_msg("redis: %s", c->errstr);
+            pending--;
+            long long left = -1;
+            const char *o = h_jstr(rec->json, "order_id");
+            if (h_jbool(rec->json, "duplicate") == 1 ||
+                !h_jll(rec->json, "stock_remaining", &left) || o == NULL || strcmp(o, oid) != 0)
+                fail_msg("order %s: a 200 that is not a fresh sale of it: %s", oid, rec->body);
+            char want[64];
+            snprintf(want, sizeof want, "1:%lld", left);
+            if (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, want) != 0)
+                fail_msg("order %s answered 200 with stock_remaining %lld, but its record in "
+                         "Redis is %s (expected \"%s\")", oid, left,
+                         rep->type == REDIS_REPLY_STRING ? rep->str : "(none)", want);
+            freeReplyObject(rep);
+            b->sold++;
+            b->answered_ok++;
+        } else if (rec->status == 0 || rec->status == 503) {
+            replay(survivor, l->sku, oid, rec->status, b);
+        } else if (rec->status != 409) {
+            fail_msg("order %s: unexpected answer %ld %s", oid, rec->status, rec->body);
+        }
+    }
+    assert_int_equal(pending, 0);
+    redisFree(c);
+}
+
+/* Resend up to N orders of L answered 200 (the first and last N/2) to
+ * SURVIVOR: each must answer the first result, "duplicate": true. */
+static void expect_duplicates(h_load *l, const char *prefix, const h_daemon *survivor, int n)
+{
+    int oks = 0;
+    for (int i = 0; i < l->requests; i++)
+        oks += l->recs[i].sent && l->recs[i].status == 200;
+    int seen = 0;
+    for (int i = 0; i < l->requests; i++) {
+        h_sale_rec *rec = &l->recs[i];
+        if (!rec->sent || rec->status != 200)
+            continue;
+        seen++;
+        if (seen > n / 2 && seen <= oks - n / 2)
+            continue;
+        char oid[64];
+        snprintf(oid, sizeof oid, "%s-%d", prefix, i);
+        long long was = -1, now = -1;
+        h_jll(rec->json, "stock_remaining", &was);
+        h_resp r;
+        long st = sale_settled(survivor, l->sku, oid, &r);
+        if (st != 200 || h_jbool(r.json, "duplicate") != 1 ||
+            !h_jll(r.json, "stock_remaining", &now) || now != was)
+            fail_msg("order %s (answered 200, stock_remaining %lld) resent to %s: expected 200 "
+                     "\"duplicate\": true with the same stock_remaining, got %ld %s", oid, was,
+                     survivor->base, st, r.body);
+        h_resp_free(&r);
+    }
+}
+
+/* The whole books of SKU: what the clients were told sold is exactly what
+ * left the stock, and what Redis recorded as orders. */
+static void expect_books(const char *sku, long long initial, const book *b)
+{
+    long long final = H_REDIS_STOCK(redis, sku), orders = order_keys(sku);
+    printf("fleet books: %s: initial %lld, final %lld, sold %lld (200s %lld; replayed %lld: had "
+           "sold %lld, sold now %lld, not sold %lld), order records %lld\n", sku, initial, final,
+           b->sold, b->answered_ok, b->replayed, b->replay_had_sold, b->replay_sold_now,
+           b->replay_not_sold, orders);
+    if (b->sold != initial - final)
+        fail_msg("%s: units the clients were told sold (%lld) != initial - final (%lld - %lld = "
+                 "%lld)", sku, b->sold, initial, final, initial - final);
+    if (orders != b->sold)
+        fail_msg("%s: %lld order records in Redis, %lld units sold", sku, orders, b->sold);
+}
+
+/* Sales of SKU with fresh order ids PREFIX-k, round-robin over D[0..N-1],
+ * from now until the first 200 (or DEADLINE): every earlier answer must be
+ * a 503 (lock wait). The time of the first 200's answer. Then the 503s are
+ * resent: a lock-wait 503 sold nothing, so each must sell now, fresh. All
+ * of it is booked in B. */
+static double first_sale(h_daemon *const *d, int n, const char *sku, const char *prefix,
+                         double deadline, book *b)
+{
+    int k;
+    double t = 0;
+    bool sold = false;
+    for (k = 0; !sold && h_before(deadline); k++) {
+        char oid[64];
+        snprintf(oid, sizeof oid, "%s-%d", prefix, k);
+        h_resp r;
+        long st = h_sale(d[k % n], "/sale", sku, 1, oid, &r);
+        t = h_now();
+        if (st == 200) {
+            if (h_jbool(r.json, "duplicate") == 1)
+                fail_msg("a fresh order %s answered as a duplicate: %s", oid, r.body);
+            h_resp_free(&r);
+            b->sold++;
+            b->answered_ok++;
+            sold = true;
+            break;
+        }
+        if (st != 503)
+            fail_msg("sale %s on %s while the lock is held: expected 503 (lock wait), got %ld "
+                     "%s %s", oid, d[k % n]->base, st, r.body, r.err);
+        H_ASSERT_ERROR(&r, 503, "unavailable");
+        if (!h_header(&r, "Retry-After", NULL, 0))
+            fail_msg("503 without Retry-After: %s", r.body);
+        h_resp_free(&r);
+    }
+    if (!sold)
+        fail_msg("no sale of %s before the deadline (%d answered 503)", sku, k);
+    for (int j = 0; j < k; j++) {
+        char oid[64];
+        snprintf(oid, sizeof oid, "%s-%d", prefix, j);
+        book one = { 0 };
+        replay(d[(j + 1) % n], sku, oid, 503, &one);
+        if (one.replay_had_sold)
+            fail_msg("order %s answered 503 (lock wait) but had sold", oid);
+        b->sold += one.sold;
+        b->replayed += one.replayed;
+        b->replay_sold_now += one.replay_sold_now;
+        b->replay_not_sold += one.replay_not_sold;
+    }
+    return t;
+}
+
+/* The redis-side receive queue of the connection from 127.0.0.1:PEER to our
+ * redis (bytes sent by the client and not yet read by the server); -1 when
+ * there is no such connection. */
+static long redis_rx_queue(int peer)
+{
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (f == NULL)
+        return -1;
+    char line[512];
+    long q = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned lip, lport, rip, rport, st;
+        unsigned long txq, rxq;
+        if (sscanf(line, " %*u: %8X:%4X %8X:%4X %2X %8lX:%8lX", &lip, &lport, &rip, &rport, &st,
+                   &txq, &rxq) == 7 && (int)lport == redis->port && (int)rport == peer)
+            q = (long)rxq;
+    }
+    fclose(f);
+    return q;
+}
+
+/* A MONITOR line `TS [DB ADDR] "SET" "KEY" "TOKEN" ...` from a TCP client:
+ * its port and token. */
+static bool monitor_set(const char *line, const char *key, int *port, char *tok, size_t toklen)
+{
+    const char *br = strchr(line, '['), *end = br ? strchr(br, ']') : NULL;
+    const char *sp = br ? strchr(br, ' ') : NULL;
+    if (end == NULL || sp == NULL || sp > end || strncasecmp(end, "] \"SET\" \"", 9) != 0)
+        return false;
+    const char *colon = NULL;
+    for (const char *p = sp; p < end; p++)
+        if (*p == ':')
+            colon = p;
+    if (colon == NULL)
+        return false;           /* [0 lua]: a script's own command */
+    const char *k = end + 9;
+    size_t kl = strlen(key);
+    if (strncmp(k, key, kl) != 0 || strncmp(k + kl, "\" \"", 3) != 0)
+        return false;
+    const char *t = k + kl + 3, *te = strchr(t, '"');
+    if (te == NULL || (size_t)(te - t) >= toklen)
+        return false;
+    memcpy(tok, t, (size_t)(te - t));
+    tok[te - t] = '\0';
+    *port = (int)strtol(colon + 1, NULL, 10);
+    return true;
+}
+
+static redisContext *monitor;   /* closed by the teardown */
+static h_load loads4[FLEET], victim_sale;   /* stopped by the teardown */
+static pid_t stopped_pid;       /* an instance left SIGSTOPped: continued by the teardown */
+
+/* Watch MONITOR until some TCP client SETs KEY (a token other than FOREIGN)
+ * twice: the instance asked to sell has found the lock busy and is in its
+ * retry loop. That client's port, or a failed test after MS. */
+static int wait_lock_retry(const char *key, const char *foreign, int ms)
+{
+    double dl = h_deadline(ms);
+    int ports[16] = { 0 }, seen[16] = { 0 }, np = 0;
+    while (h_before(dl)) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(monitor, &reply) != REDIS_OK)
+            fail_msg("monitor: %s", monitor->errstr);
+        if (reply) {
+            redisReply *rep = reply;
+            int port;
+            char tok[128];
+            if (rep->type == REDIS_REPLY_STATUS &&
+                monitor_set(rep->str, key, &port, tok, sizeof tok) && strcmp(tok, foreign) != 0) {
+                int i = 0;
+                while (i < np && ports[i] != port)
+                    i++;
+                if (i == np && np < 16)
+                    ports[np++] = port;
+                if (i < np && ++seen[i] >= 2) {
+                    freeReplyObject(rep);
+                    return port;
+                }
+            }
+            freeReplyObject(rep);
+            continue;
+        }
+        struct pollfd pf = { monitor->fd, POLLIN, 0 };
+        if (poll(&pf, 1, 10) > 0 && redisBufferRead(monitor) != REDIS_OK)
+            fail_msg("monitor: %s", monitor->errstr);
+    }
+    fail_msg("nobody retried SET %s within %d ms while it was held", key, ms);
+    return -1;
+}
+
+/* Make VICTIM send `SET LOCK_KEY <its token> NX PX ttl` into a paused
+ * Redis, so that Redis runs it only when resumed, whatever VICTIM does in
+ * between (dies, stalls). We hold LOCK_KEY with a foreign token for
+ * FOREIGN_MS and ask VICTIM (through SALE, one sale of the SKU, started
+ * here) to sell: MONITOR shows it retrying; Redis is paused until that
+ * connection's next SET is seen waiting, unread, in Redis' socket (a pause
+ * can land after Redis ran a SET but before it wrote the answer: the victim
+ * then waits for it and sends nothing -- resume and pause again; its
+ * retries are at most 50 ms apart); then our lock's TTL is waited out.
+ * Returns with Redis paused; the victim's port, the pauses it took and the
+ * bytes seen waiting into *PAUSES and *RXQ. */
+static int pause_with_set_pending(h_load *sale, const char *lock_key, int foreign_ms,
+                                  double *t_stop, int *pauses, long *rxq)
+{
+    monitor = h_redis_connect(redis);
+    assert_non_null(monitor);
+    redisReply *rep = redisCommand(monitor, "MONITOR");
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    double t_f = h_now();
+    rep = h_redis_cmd(redis, "SET %s foreign-holder PX %d", lock_key, foreign_ms);
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    double t_set = h_now();         /* our lock expires before t_set + foreign_ms */
+    assert_int_equal(h_load_start(sale), 0);
+    int port = wait_lock_retry(lock_key, "foreign-holder", foreign_ms - 500);
+    redisFree(monitor);
+    monitor = NULL;
+    *pauses = 0;
+    *rxq = 0;
+    for (;;) {
+        if (h_now() > t_f + (foreign_ms - 200) / 1000.0)
+            fail_msg("setup: no SET of the victim caught waiting in a paused Redis in %d pauses "
+                     "before our %d ms lock expired", *pauses, foreign_ms);
+        assert_int_equal(h_redis_pause(redis), 0);
+        *t_stop = h_now();
+        (*pauses)++;
+        double dl = h_deadline(100);
+        while (h_before(dl) && (*rxq = redis_rx_queue(port)) <= 0)
+            h_nap();
+        if (*rxq > 0)
+            break;
+        assert_int_equal(h_redis_resume(redis), 0);
+        h_nap();
+    }
+    while (h_now() < t_set + foreign_ms / 1000.0 + 0.05)    /* our lock's TTL runs out */
+        h_nap();
+    return port;
+}
+
+/* LOCK_KEY's holder (not our foreign token) and PTTL, once Redis ran the
+ * victim's SET (polled: just resumed, Redis may answer us before it reads
+ * the victim's socket); fails the test (a setup failure) otherwise. */
+static long long expect_victim_holds(const char *lock_key, char *holder, size_t len, int port,
+                                     long rxq)
+{
+    double dl = h_deadline(1000);
+    long long pttl = -2;
+    do {
+        redisReply *rep = h_redis_cmd(redis, "GET %s", lock_key);
+        assert_non_null(rep);
+        holder[0] = '\0';
+        if (rep->type == REDIS_REPLY_STRING)
+            snprintf(holder, len, "%s", rep->str);
+        freeReplyObject(rep);
+        pttl = redis_ll(h_redis_cmd(redis, "PTTL %s", lock_key));
+        if (holder[0] != '\0' && strcmp(holder, "foreign-holder") != 0 && pttl > 0 &&
+            pttl <= LOCK_TTL_MS)
+            return pttl;
+        h_nap();
+    } while (h_before(dl));
+    fail_msg("setup: expected %s held by the victim's token with a PTTL of at most %d ms, got "
+             "holder '%s' PTTL %lld (bytes seen waiting: %ld, now %ld)", lock_key, LOCK_TTL_MS,
+             holder, pttl, rxq, redis_rx_queue(port));
+    return -1;
+}
+
+static void test_dead_lock_holder(void **state)
+{
+    (void)state;
+    char rset[PATH_MAX + 16], ttl[64], wait[64];
+    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
+    snprintf(ttl, sizeof ttl, "lock.ttl_ms=%d", LOCK_TTL_MS);
+    snprintf(wait, sizeof wait, "lock.max_wait_ms=%d", LOCK_WAIT_MS);
+    /* A long command timeout: Redis is paused below for a second and a
+     * half, which must not look like a broken connection. */
+    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", ttl, wait,
+                           "redis.command_timeout_ms=10000", NULL };
+    fleet_start(sets);
+
+    /* --- A. a holder that died: a foreign token with the lock TTL. Every
+     * instance waits it out and none sells before it expires. */
+    const char *sku_a = "fleet-held", *lock_a = H_PREFIX "{fleet-held}:lock";
+    book ba = { 0 };
+    H_SET_STOCK(fleet[0], sku_a, 50);
+    double t0 = h_now();
+    redisReply *rep = h_redis_cmd(redis, "SET %s dead-holder-a PX %d", lock_a, LOCK_TTL_MS);
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    /* One sale through each instance at once: each waits lock.max_wait_ms
+     * (less than the TTL) and answers 503. */
+    h_load *held = loads4;
+    static const char *const hprefix[FLEET] = { "held-a0", "held-a1", "held-a2" };
+    for (int i = 0; i < FLEET; i++) {
+        held[i] = (h_load){ .d = fleet[i], .path = "/sale", .sku = sku_a, .qty = 1,
+                            .order_prefix = hprefix[i], .clients = 1, .requests = 1,
+                            .timeout_ms = 20000 };
+        assert_int_equal(h_load_start(&held[i]), 0);
+    }
+    for (int i = 0; i < FLEET; i++) {
+        assert_int_equal(h_load_wait(&held[i]), 0);
+        const h_sale_rec *rec = &held[i].recs[0];
+        if (rec->status != 503 || h_now() >= t0 + LOCK_TTL_MS / 1000.0)
+            fail_msg("instance %d, a sale while another holder has the lock (%d ms): expected "
+                     "503 after lock.max_wait_ms (%d ms), got %ld after %.0f ms: %s", i + 1,
+                     LOCK_TTL_MS, LOCK_WAIT_MS, rec->status, rec->secs * 1000, rec->body);
+    }
+    double t_ok = first_sale(fleet, FLEET, sku_a, "held-a", t0 + LOCK_TTL_MS / 1000.0 + 5, &ba);
+    printf("fleet lock: a dead holder's lock (TTL %d ms): first sale %.0f ms after it was taken\n",
+           LOCK_TTL_MS, (t_ok - t0) * 1000);
+    if (t_ok < t0 + LOCK_TTL_MS / 1000.0)
+        fail_msg("a sale of %s succeeded %.0f ms after another holder took its lock for %d ms",
+                 sku_a, (t_ok - t0) * 1000, LOCK_TTL_MS);
+    if (t_ok > t0 + LOCK_TTL_MS / 1000.0 + 1.0)
+        fail_msg("the first sale of %s came %.0f ms after a dead holder took its lock: expected "
+                 "within the TTL (%d ms) + 1000 ms", sku_a, (t_ok - t0) * 1000, LOCK_TTL_MS);
+    for (int i = 0; i < FLEET; i++) {
+        char oid[32];
+        snprintf(oid, sizeof oid, "held-a-after-%d", i);
+        h_resp r;
+        if (h_sale(fleet[i], "/sale", sku_a, 1, oid, &r) != 200)
+            fail_msg("instance %d after the lock expired: expected 200, got %ld %s", i + 1,
+                     r.status, r.body);
+        h_resp_free(&r);
+        ba.sold++;
+        ba.answered_ok++;
+    }
+    for (int i = 0; i < FLEET; i++) {
+        book one = { 0 };
+        book_load(&held[i], hprefix[i], fleet[(i + 1) % FLEET], &one);
+        if (one.replay_had_sold)
+            fail_msg("order %s-0 answered 503 (lock wait) but had sold", hprefix[i]);
+        ba.sold += one.sold;
+        ba.replayed += one.replayed;
+        ba.replay_sold_now += one.replay_sold_now;
+        h_load_free(&held[i]);
+    }
+    expect_books(sku_a, 50, &ba);
+
+    /* --- B. kill -9 of the first instance under load, while it holds the
+     * lock of another SKU. Load on SKU L through all three; the victim is
+     * asked to sell SKU S while we hold its lock, and Redis is paused with
+     * the victim's next `SET S:lock NX PX` unread in its socket
+     * (pause_with_set_pending); the victim is killed -9 and Redis resumed:
+     * Redis then runs that SET for a process that is gone. */
+    h_daemon *victim = fleet[0];
+    h_daemon *survivors[2] = { fleet[1], fleet[2] };
+    const char *sku_l = "fleet-load", *sku_s = "fleet-dead";
+    const char *lock_s = H_PREFIX "{fleet-dead}:lock";
+    const long long stock_l = 1000000, stock_s = 10;
+    H_SET_STOCK(fleet[1], sku_l, stock_l);
+    H_SET_STOCK(fleet[1], sku_s, stock_s);
+
+    h_load *loads = loads4;
+    static const char *const lprefix[FLEET] = { "load-v", "load-a", "load-b" };
+    for (int i = 0; i < FLEET; i++) {
+        loads[i] = (h_load){ .d = fleet[i], .path = "/sale", .sku = sku_l, .qty = 1,
+                             .order_prefix = lprefix[i], .clients = 4, .requests = 100000,
+                             .timeout_ms = 20000 };
+        assert_int_equal(h_load_start(&loads[i]), 0);
+    }
+    double dl = h_deadline(10000);
+    while (h_before(dl) && (h_load_completed(&loads[0]) < 200 ||
+                            h_load_completed(&loads[1]) < 200 || h_load_completed(&loads[2]) < 200))
+        h_nap();
+    for (int i = 0; i < FLEET; i++)
+        if (h_load_completed(&loads[i]) < 200)
+            fail_msg("load on instance %d: only %d answers in 10 s", i + 1,
+                     h_load_completed(&loads[i]));
+
+    h_load *vs = &victim_sale;
+    *vs = (h_load){ .d = victim, .path = "/sale", .sku = sku_s, .qty = 1, .order_id = "dead-v",
+                    .clients = 1, .requests = 1, .timeout_ms = 20000 };
+    double t_stop;
+    int pauses;
+    long rxq;
+    int port = pause_with_set_pending(vs, lock_s, 1500, &t_stop, &pauses, &rxq);
+    h_load_stop(&loads[0]);         /* in flight now, and nothing new for the victim */
+    assert_int_equal(kill(victim->pid, SIGKILL), 0);
+    dl = h_deadline(10000);
+    while (h_before(dl) && h_daemon_alive(victim))
+        h_nap();
+    if (victim->pid != 0)
+        fail_msg("the victim (pid %d) still runs 10 s after SIGKILL", (int)victim->pid);
+    double t_kill = h_now();
+    assert_int_equal(h_redis_resume(redis), 0);
+    printf("fleet lock: victim killed -9 %.0f ms after Redis was paused (pause %d; its pending "
+           "bytes on port %d: %ld); Redis resumed\n", (t_kill - t_stop) * 1000, pauses, port, rxq);
+
+    /* The victim's SET ran after its death: S is locked by nobody alive. */
+    char holder[128];
+    long long pttl = expect_victim_holds(lock_s, holder, sizeof holder, port, rxq);
+    double t_check = h_now();
+    printf("fleet lock: %s held by the dead instance (token %s), PTTL %lld ms\n", lock_s, holder,
+           pttl);
+
+    /* Under load, the survivors sell L at once (its lock, if the victim
+     * held it, within the TTL) and S only once the dead holder's lock
+     * expired, within the TTL plus a margin. */
+    book bl = { 0 }, bs = { 0 };
+    double t_l = first_sale(survivors, 2, sku_l, "probe-l", t_kill + LOCK_TTL_MS / 1000.0 + 5, &bl);
+    printf("fleet lock: first sale of %s on a survivor %.0f ms after the kill\n", sku_l,
+           (t_l - t_kill) * 1000);
+    if (t_l - t_kill > LOCK_TTL_MS / 1000.0 + 1.0)
+        fail_msg("the survivors sold %s again only %.0f ms after the kill: expected within the "
+                 "lock TTL (%d ms) + 1000 ms", sku_l, (t_l - t_kill) * 1000, LOCK_TTL_MS);
+    double t_s = first_sale(survivors, 2, sku_s, "probe-s", t_kill + LOCK_TTL_MS / 1000.0 + 5, &bs);
+    printf("fleet lock: first sale of %s on a survivor %.0f ms after the kill (the dead holder's "
+           "lock had %lld ms left at %.0f ms)\n", sku_s, (t_s - t_kill) * 1000, pttl,
+           (t_check - t_kill) * 1000);
+    if (t_s < t_check + pttl / 1000.0 - 0.005)
+        fail_msg("a survivor sold %s %.0f ms after the kill, while the dead instance's lock still "
+                 "had %.0f ms to live", sku_s, (t_s - t_kill) * 1000,
+                 (t_check + pttl / 1000.0 - t_s) * 1000);
+    if (t_s - t_kill > LOCK_TTL_MS / 1000.0 + 1.0)
+        fail_msg("the survivors sold %s again only %.0f ms after the kill: expected within the "
+                 "lock TTL (%d ms) + 1000 ms", sku_s, (t_s - t_kill) * 1000, LOCK_TTL_MS);
+
+    /* Stop the load and settle the books. */
+    h_load_stop(&loads[1]);
+    h_load_stop(&loads[2]);
+    for (int i = 0; i < FLEET; i++)
+        assert_int_equal(h_load_wait(&loads[i]), 0);
+    assert_int_equal(h_load_wait(vs), 0);
+    for (int i = 0; i < FLEET; i++)
+        printf("fleet lock: load on instance %d: %d sent, %d sold, %d x 503, %d unanswered\n",
+               i + 1, loads[i].sent, loads[i].by_status[200], loads[i].by_status[503],
+               loads[i].transport_errors);
+    if (vs->recs[0].status != 0)
+        fail_msg("the victim answered the sale it was killed in: %ld %s", vs->recs[0].status,
+                 vs->recs[0].body);
+    for (int i = 0; i < FLEET; i++)
+        book_load(&loads[i], lprefix[i], survivors[i % 2], &bl);
+    expect_duplicates(&loads[0], lprefix[0], survivors[0], 40);
+    expect_duplicates(&loads[1], lprefix[1], survivors[1], 10);
+    replay(survivors[0], sku_s, "dead-v", 0, &bs);
+    if (bs.replay_had_sold)
+        fail_msg("the victim died before committing order dead-v, yet its replay says it sold");
+    expect_books(sku_l, stock_l, &bl);
+    expect_books(sku_s, stock_s, &bs);
+    for (int i = 0; i < FLEET; i++)
+        h_load_free(&loads[i]);
+    h_load_free(vs);
+
+    /* The survivors are healthy and stop cleanly. */
+    fleet[0] = NULL;
+    printf("fleet lock: the victim was killed -9 on purpose; the harness reports it as exited:\n");
+    h_daemon_stop(victim);
+    fleet_stop();
+    h_pass();
+}
+
+/* --- 5. a halting kill reaches the whole fleet ------------------------------- */
+
+/* Poll a sale of SKU through D until it answers WANT (423 with SCOPE, or
+ * 200); the seconds it took from T0. Fails after MS. Sales that went
+ * through are counted in *SOLD. */
+static double wait_sale_answer(const h_daemon *d, const char *sku, long want, const char *scope,
+                               double t0, int ms, long long *sold)
+{
+    double dl = h_deadline(ms);
+    long st = 0;
+    char last[512] = "";
+    while (h_before(dl)) {
+        h_resp r;
+        st = h_sale(d, "/sale", sku, 1, NULL, &r);
+        if (st == 200)
+            (*sold)++;
+        snprintf(last, sizeof last, "%ld %s", st, r.body);
+        bool hit = st == want;
+        if (hit && want == 423) {
+            H_ASSERT_ERROR(&r, 423, "sales_halted");
+            const char *sc = h_jstr(r.json, "scope");
+            if (sc == NULL || strcmp(sc, scope) != 0)
+                fail_msg("423 from %s: expected \"scope\": \"%s\", got %s", d->base, scope, r.body);
+        }
+        h_resp_free(&r);
+        if (hit)
+            return h_now() - t0;
+        if (st != 200 && st != 423)
+            fail_msg("sale of %s on %s: expected 200 or 423, got %s", sku, d->base, last);
+        h_nap();
+    }
+    fail_msg("%s: a sale of %s still answers %s after %d ms; expected %ld", d->base, sku, last,
+             ms, want);
+    return -1;
+}
+
+static void test_halt_reaches_fleet(void **state)
+{
+    (void)state;
+    const char *sku = "fleet-halt", *scope = "sku:fleet-halt";
+    char rset[PATH_MAX + 16];
+    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
+    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", "panic.dry_run=true", NULL };
+    fleet_start(sets);
+    wait_subscribers(H_PREFIX "control", FLEET);
+    H_SET_STOCK(fleet[0], sku, 1000);
+    long long sold = 0;
+    for (int i = 0; i < FLEET; i++)
+        wait_sale_answer(fleet[i], sku, 200, NULL, h_now(), 1000, &sold);
+
+    /* Engaged by hand on the first instance: every instance halts at once
+     * (the control channel), within a second. */
+    h_resp r;
+    double t0 = h_now();
+    h_http(fleet[0], "POST", "/admin/killswitch",
+           "{\"scope\":\"sku:fleet-halt\",\"reason\":\"fleet halt\",\"halt_sales\":true}", &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200)
+        fail_msg("POST /admin/killswitch: expected 200, got %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    for (int i = 0; i < FLEET; i++) {
+        double took = wait_sale_answer(fleet[i], sku, 423, scope, t0, 1000, &sold);
+        printf("fleet halt: instance %d halted %.0f ms after the engagement\n", i + 1, took * 1000);
+    }
+
+    /* Reset on the second instance: every instance sells again. */
+    t0 = h_now();
+    h_http(fleet[1], "DELETE", "/admin/killswitch/sku:fleet-halt", NULL, &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200)
+        fail_msg("DELETE /admin/killswitch/%s: expected 200, got %ld %s", scope, r.status, r.body);
+    h_resp_free(&r);
+    for (int i = 0; i < FLEET; i++)
+        wait_sale_answer(fleet[i], sku, 200, NULL, t0, 1000, &sold);
+
+    /* A record whose announcement was lost (written straight into Redis,
+     * as an instance would, without the control message): the periodic
+     * refresh (every 2 s) finds it; and its removal likewise. */
+    redisReply *rep = h_redis_cmd(redis, "SET " H_PREFIX "kill:%s %s", scope,
+                                  "{\"scope\":\"sku:fleet-halt\",\"reason\":\"silent\","
+                                  "\"rule\":\"fleet\",\"ts\":1,\"instance\":\"gone:1\","
+                                  "\"state\":\"dry_run\",\"halt_sales\":true,\"attempts\":0}");
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    assert_true(redis_ll(h_redis_cmd(redis, "SADD " H_PREFIX "kills %s", scope)) >= 0);
+    t0 = h_now();
+    for (int i = 0; i < FLEET; i++) {
+        double took = wait_sale_answer(fleet[i], sku, 423, scope, t0, 4000, &sold);
+        printf("fleet halt: instance %d found the silent record after %.0f ms\n", i + 1,
+               took * 1000);
+    }
+    assert_true(redis_ll(h_redis_cmd(redis, "DEL " H_PREFIX "kill:%s", scope)) == 1);
+    assert_true(redis_ll(h_redis_cmd(redis, "SREM " H_PREFIX "kills %s", scope)) == 1);
+    t0 = h_now();
+    for (int i = 0; i < FLEET; i++)
+        wait_sale_answer(fleet[i], sku, 200, NULL, t0, 4000, &sold);
+
+    /* Nothing sold while halted, nothing lost. */
+    assert_int_equal(H_REDIS_STOCK(redis, sku), 1000 - sold);
+    assert_int_equal(order_keys(sku), sold);
+    fleet_stop();
+    h_pass();
+}
+
+/* --- 6. fencing: a holder stalled past its TTL cannot commit ------------------ */
+
+/* 1 when every thread of PID is stopped (state T in /proc/PID/task/N/stat). */
+static int all_threads_stopped(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return 0;
+    int all = 1, seen = 0;
+    struct dirent *e;
+    while (all && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char stat[400], line[512];
+        snprintf(stat, sizeof stat, "%.60s/%s/stat", path, e->d_name);
+        FILE *f = fopen(stat, "r");
+        if (f == NULL)
+            continue;               /* a thread that just exited */
+        const char *close_paren = NULL;
+        if (fgets(line, sizeof line, f))
+            close_paren = strrchr(line, ')');
+        fclose(f);
+        seen++;
+        all = close_paren && close_paren[1] == ' ' && close_paren[2] == 'T';
+    }
+    closedir(d);
+    return all && seen > 0;
+}
+
+/* SIGSTOP PID and wait until it is stopped for real: a stop reaches the
+ * threads of a process one by one, and until the last one stopped, a
+ * thread can still read an answer and act on it. */
+static void stop_process(pid_t pid)
+{
+    assert_int_equal(kill(pid, SIGSTOP), 0);
+    stopped_pid = pid;
+    double dl = h_deadline(5000);
+    while (h_before(dl) && !all_threads_stopped(pid))
+        h_nap();
+    if (!all_threads_stopped(pid))
+        fail_msg("pid %d: not every thread stopped within 5 s of SIGSTOP", (int)pid);
+}
+
+static void test_fencing_stalled_holder(void **state)
+{
+    (void)state;
+    char rset[PATH_MAX + 16], ttl[64], wait[64];
+    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
+    snprintf(ttl, sizeof ttl, "lock.ttl_ms=%d", LOCK_TTL_MS);
+    snprintf(wait, sizeof wait, "lock.max_wait_ms=%d", LOCK_WAIT_MS);
+    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", ttl, wait,
+                           "redis.command_timeout_ms=10000", NULL };
+    fleet_start(sets);
+    const char *sku = "fleet-fence", *lock = H_PREFIX "{fleet-fence}:lock";
+    h_daemon *stalled = fleet[0];
+    h_daemon *others[2] = { fleet[1], fleet[2] };
+    H_SET_STOCK(fleet[1], sku, 10);
+
+    /* The first instance takes the lock (its SET runs once Redis resumes)
+     * but is stopped (SIGSTOP) before it reads the answer: it holds the
+     * lock without knowing it, past the TTL. */
+    h_load *vs = &victim_sale;
+    *vs = (h_load){ .d = stalled, .path = "/sale", .sku = sku, .qty = 1, .order_id = "fence-v",
+                    .clients = 1, .requests = 1, .timeout_ms = 30000 };
+    double t_stop;
+    int pauses;
+    long rxq;
+    int port = pause_with_set_pending(vs, lock, 1500, &t_stop, &pauses, &rxq);
+    stop_process(stalled->pid);
+    assert_int_equal(h_redis_resume(redis), 0);
+    char holder[128];
+    long long pttl = expect_victim_holds(lock, holder, sizeof holder, port, rxq);
+    double t_check = h_now();
+    printf("fleet fence: %s held by the stopped instance (token %s), PTTL %lld ms\n", lock,
+           holder, pttl);
+
+    /* The others wait its TTL out, then sell. */
+    book b = { 0 };
+    double t_s = first_sale(others, 2, sku, "fence-o", t_check + LOCK_TTL_MS / 1000.0 + 5, &b);
+    if (t_s < t_check + pttl / 1000.0 - 0.005)
+        fail_msg("another instance sold %s while the stopped instance's lock still had %.0f ms "
+                 "to live", sku, (t_check + pttl / 1000.0 - t_s) * 1000);
+    long long after = H_REDIS_STOCK(redis, sku);
+
+    /* The stalled holder wakes up, believes it holds the lock and commits:
+     * the commit script sees another token (or none) and refuses. */
+    assert_int_equal(kill(stalled->pid, SIGCONT), 0);
+    stopped_pid = 0;
+    assert_int_equal(h_load_wait(vs), 0);
+    const h_sale_rec *rec = &vs->recs[0];
+    if (rec->status != 503)
+        fail_msg("the instance stalled past its lock TTL committed order fence-v: expected 503 "
+                 "(lock lost), got %ld %s", rec->status, rec->body);
+    const char *code = h_jstr(rec->json, "error"), *msg = h_jstr(rec->json, "message");
+    assert_non_null(code);
+    assert_string_equal(code, "unavailable");
+    assert_non_null(msg);
+    assert_string_equal(msg, "lock on SKU fleet-fence expired before the commit; retry");
+    assert_true(rec->retry_after);
+    assert_int_equal(H_REDIS_STOCK(redis, sku), after);
+    assert_int_equal(redis_ll(h_redis_cmd(redis, "EXISTS " H_PREFIX "{fleet-fence}:order:fence-v")),
+                     0);
+
+    /* Resent, it sells once, on any instance. */
+    replay(stalled, sku, "fence-v", 503, &b);
+    if (b.replay_had_sold)
+        fail_msg("order fence-v answered 503 (lock lost) but had sold");
+    expect_books(sku, 10, &b);
+    h_load_free(vs);
+    fleet_stop();
+    h_pass();
+}
+
+/* --- main ------------------------------------------------------------------------ */
+
+static int setup(void **state)
+{
+    mock_set_script(hook, NULL, 0, 200);
+    mock_set_delay_ms(hook, 0);
+    mock_reset(hook);
+    return h_test_setup(state);
+}
+
+static int teardown(void **state)
+{
+    sub_close(alerts);
+    alerts = NULL;
+    if (monitor)
+        redisFree(monitor);
+    monitor = NULL;
+    if (stopped_pid > 0)
+        kill(stopped_pid, SIGCONT);
+    stopped_pid = 0;
+    /* A failed test may leave its loads running: send nothing more. */
+    for (int i = 0; i < FLEET; i++)
+        h_load_stop(&loads4[i]);
+    h_load_stop(&victim_sale);
+    int rc = h_test_teardown(state);   /* stops the instances, joins the loads */
+    for (int i = 0; i < FLEET; i++) {
+        fleet[i] = NULL;
+        loads4[i].run = NULL;
+    }
+    victim_sale.run = NULL;
+    return rc;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    redis = h_redis_start(false);
+    if (redis == NULL)
+        return -1;
+    int port = 0;
+    hook = mock_start(&port);
+    if (hook == NULL || mock_url(hook, "/hook", hook_url, sizeof hook_url) != 0)
+        return -1;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    mock_stop(hook);
+    h_redis_free(redis);
+    return 0;
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_stress_across_fleet),
+        T(test_kill_once_fleet_wide),
+        T(test_throttle_fleet_wide),
+        T(test_dead_lock_holder),
+        T(test_halt_reaches_fleet),
+        T(test_fencing_stalled_holder),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
