@@ -29,7 +29,9 @@ trap 'exit 130' INT TERM
 
 for _ in 1 2 3 4 5 6 7 8 9 10; do
     port=$(( 20000 + RANDOM % 30000 ))
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+    # Own session: a Ctrl-C on make run reaches nerve (which stops cleanly)
+    # and not redis, which the EXIT trap stops afterwards.
+    setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
         --daemonize no >"$dir/redis.log" 2>&1 &
     redis_pid=$!
     for _ in $(seq 1 100); do
