@@ -7,11 +7,11 @@
  *
  * How: libyaml's document API (yaml_parser_load) gives a node tree whose
  * nodes keep their start marks. We walk its two fixed levels (section, key)
- * and look each dotted key up in `opts`, the one table that drives defaults,
- * parsing, range checks, environment and --set overrides and cfg_free() (the
- * shape of Redis' createIntConfig() table). Two keys are trees rather than
- * values: rules.params (any YAML mapping, converted to a cJSON object the Lua
- * rules read) and inventory.seed (SKU -> initial stock).
+ * and look each dotted key up in `cfg_opts`, the one table that drives
+ * defaults, parsing, range checks, environment and --set overrides and
+ * cfg_free() (the shape of Redis' createIntConfig() table). Two keys are trees
+ * rather than values: rules.params (any YAML mapping, converted to a cJSON
+ * object the Lua rules read) and inventory.seed (SKU -> initial stock).
  *
  * Errors are collected, not returned on the first, so one run of `nerve
  * check` shows everything to fix. Every input is bounded (file size, string
@@ -20,65 +20,31 @@
  * logs, exits or keeps global state: cfg_load() is safe to call from any
  * thread (the environment must not be modified concurrently, as for any
  * getenv() caller).
+ *
+ * This file holds the table and its string checks, the error report, YAML
+ * documents and the walk of a file, the checks between keys, cfg_load() and
+ * cfg_free(): where a key is and what went wrong. What a key's value becomes
+ * (scalars, lists, the params tree, the seeds, defaults, environment and --set
+ * overrides) is config_values.c; engine/config_int.h is what the two share.
  */
 #include "nerve/config.h"
 
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <cjson/cJSON.h>
 #include <yaml.h>
 
-#define MAX_FILE_BYTES  (4L << 20)  /* a config file */
-#define MAX_VALUE_BYTES (1L << 20)  /* one --set value */
-#define MAX_STR         4096        /* a string setting or list entry, bytes */
-#define MAX_LIST        256         /* entries of a string list */
-#define MAX_MAP         10000       /* entries of one YAML mapping */
-#define MAX_DEPTH       32          /* rules.params nesting */
-#define MAX_NODES       65536       /* values in one rules.params tree */
-#define MAX_KEY         256         /* a mapping key or dotted key, bytes */
-#define MAX_SKU         128
-#define MAX_PREFIX      64          /* redis.prefix, bytes */
-#define MAX_ERRORS      100         /* lines reported before giving up */
-#define MAX_SHOW        64          /* bytes of a bad value echoed back */
-#define QBUF            (MAX_SHOW * 4 + 8)
-#define PATHBUF         1024
-#define TREE_START      "[{\"'"      /* override values parsed as YAML */
+#include "config_int.h"
 
 /* ------------------------------------------------------------------------ */
 /* The table                                                                */
 /* ------------------------------------------------------------------------ */
-
-typedef enum {
-    T_INT, T_LONG, T_LLONG, T_DOUBLE, T_BOOL,   /* numbers */
-    T_STR, T_ENUM, T_LIST,                      /* strings */
-    T_PARAMS, T_SEED                            /* trees */
-} otype;
-
-/* An extra syntax check for a string setting: 0 when S is fine, else -1 with
- * a message in MSG. */
-typedef int check_fn(const char *s, char *msg, size_t size);
-
-typedef struct opt {
-    const char *key;            /* "section.name" */
-    otype type;
-    size_t off;                 /* the field in struct cfg */
-    size_t off_n;               /* T_LIST, T_SEED: its count field */
-    long long min, max;         /* integers: value; T_STR: length in bytes */
-    long long idef;             /* integers and T_BOOL */
-    double dmin, dmax, ddef;    /* T_DOUBLE */
-    const char *sdef;           /* T_STR, T_ENUM; T_LIST: comma-separated */
-    const char *const *choices; /* T_ENUM, NULL-terminated */
-    check_fn *check;            /* T_STR, optional */
-} opt;
 
 #define F(f) .off = offsetof(cfg, f)
 #define OPT_INT(k, f, lo, hi, d)   { .key = k, .type = T_INT, F(f), .min = lo, .max = hi, .idef = d }
@@ -98,7 +64,7 @@ static check_fn check_listen, check_redis_url, check_prefix, check_http_url, che
 static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
 
-static const opt opts[] = {
+const opt cfg_opts[] = {
     OPT_STR   ("server.listen", listen, 1, "127.0.0.1:8011", check_listen),
     OPT_INT   ("server.threads", threads, 1, 1024, 128),
     OPT_LONG  ("server.max_body_bytes", max_body_bytes, 64, 1048576, 8192),
@@ -151,47 +117,18 @@ static const opt opts[] = {
     OPT_ENUM  ("log.level", log_level, "info", log_levels),
     OPT_ENUM  ("log.format", log_format, "text", log_formats),
 };
-#define NOPTS (sizeof opts / sizeof opts[0])
 
-/* Environment variables that override a key (empty = unset). */
-static const struct { const char *env, *key; } env_keys[] = {
-    { "REDIS_URL", "redis.url" },
-    { "NERVE_LISTEN", "server.listen" },
-    { "NERVE_RULES_DIR", "rules.dir" },
-    { "NERVE_PANIC_URL", "panic.webhook_url" },
-};
-
-/* The field of C that O describes. */
-#define FIELD(c, o, T) ((T *)(void *)((char *)(c) + (o)->off))
-#define COUNT(c, o)    ((size_t *)(void *)((char *)(c) + (o)->off_n))
+/* config_int.h sizes loader.at[] with CFG_NOPTS. */
+_Static_assert(sizeof cfg_opts / sizeof cfg_opts[0] == CFG_NOPTS,
+               "CFG_NOPTS must count the rows of cfg_opts");
 
 /* ------------------------------------------------------------------------ */
 /* Error collection                                                         */
 /* ------------------------------------------------------------------------ */
 
-/* Where a value came from, which decides an error's prefix. */
-typedef enum { AT_DEFAULT = 0, AT_FILE, AT_ENV, AT_SET } at_kind;
-
-typedef struct origin {
-    at_kind kind;
-    const char *file;   /* AT_FILE */
-    const char *name;   /* AT_ENV: the variable */
-    int line, col;      /* AT_FILE, 1-based; 0 = the file as a whole */
-} origin;
-
-typedef struct loader {
-    cfg *c;
-    char *err;          /* the report, one error per line */
-    size_t len, cap;
-    int nerr;
-    bool oom;
-    long budget;        /* rules.params values left in this conversion */
-    origin at[NOPTS];   /* where each key was last set, for cross-key checks */
-} loader;
-
 /* N advanced by snprintf's result R in a buffer of SIZE bytes, clamped to
  * the truncated length. */
-static size_t advance(size_t n, int r, size_t size)
+size_t cfg_advance(size_t n, int r, size_t size)
 {
     return r < 0 ? n : n + (size_t)r < size ? n + (size_t)r : size - 1;
 }
@@ -215,7 +152,7 @@ static void append(loader *L, const char *s, size_t n)
  * "--set KEY: message" (KEY may be NULL). Control characters that a key or
  * path may carry are replaced so that one error stays one line. */
 __attribute__((format(printf, 4, 5)))
-static void errf(loader *L, const origin *at, const char *key, const char *fmt, ...)
+void cfg_errf(loader *L, const origin *at, const char *key, const char *fmt, ...)
 {
     static const char enough[] = "too many errors; stopping here\n";
     char line[2048];
@@ -236,10 +173,10 @@ static void errf(loader *L, const origin *at, const char *key, const char *fmt, 
     case AT_SET: r = snprintf(line, sizeof line, "--set "); break;
     case AT_DEFAULT: break;
     }
-    n = advance(0, r, sizeof line);
-    if (key) n = advance(n, snprintf(line + n, sizeof line - n, "%s: ", key), sizeof line);
+    n = cfg_advance(0, r, sizeof line);
+    if (key) n = cfg_advance(n, snprintf(line + n, sizeof line - n, "%s: ", key), sizeof line);
     va_start(ap, fmt);
-    n = advance(n, vsnprintf(line + n, sizeof line - n, fmt, ap), sizeof line);
+    n = cfg_advance(n, vsnprintf(line + n, sizeof line - n, fmt, ap), sizeof line);
     va_end(ap);
     for (i = 0; i < n; i++)
         if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f) line[i] = '?';
@@ -249,7 +186,7 @@ static void errf(loader *L, const origin *at, const char *key, const char *fmt, 
 
 /* S as it appears in a message: quoted, escaped, at most MAX_SHOW bytes (cut
  * on a UTF-8 boundary). BUF holds QBUF bytes. */
-static const char *quote(char *buf, const char *s)
+const char *cfg_quote(char *buf, const char *s)
 {
     size_t o = 0, i;
 
@@ -277,101 +214,6 @@ static const char *quote(char *buf, const char *s)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Scalars                                                                  */
-/* ------------------------------------------------------------------------ */
-
-/* A whole decimal integer: 0, -1 when S is not one, -2 when out of range. */
-static int parse_ll(const char *s, long long *out)
-{
-    const char *p = s + (*s == '+' || *s == '-');
-    char *end;
-    long long v;
-
-    if (!isdigit((unsigned char)*p)) return -1;     /* strtoll skips spaces */
-    errno = 0;
-    v = strtoll(s, &end, 10);
-    if (*end) return -1;
-    if (errno == ERANGE) return -2;
-    *out = v;
-    return 0;
-}
-
-/* A YAML 1.2 core-schema number without .inf/.nan, which JSON cannot carry:
- * strtod alone would also take hex, "inf", "nan" and leading spaces. Assumes
- * the "C" LC_NUMERIC locale, which nerve never changes. */
-static int parse_num(const char *s, double *out)
-{
-    const char *p = s + (*s == '+' || *s == '-');
-    size_t digits = 0;
-    char *end;
-    double v;
-
-    while (isdigit((unsigned char)*p)) p++, digits++;
-    if (*p == '.')
-        for (p++; isdigit((unsigned char)*p); p++) digits++;
-    if (!digits) return -1;
-    if (*p == 'e' || *p == 'E') {
-        p++;
-        p += (*p == '+' || *p == '-');
-        if (!isdigit((unsigned char)*p)) return -1;
-        while (isdigit((unsigned char)*p)) p++;
-    }
-    if (*p) return -1;
-    errno = 0;
-    v = strtod(s, &end);
-    if (*end) return -1;
-    if (!isfinite(v)) return -2;
-    *out = v;
-    return 0;
-}
-
-/* A typed boolean key knows it wants a boolean, so the YAML 1.1 spellings are
- * safe here (unlike in rules.params, where `no` must stay a string). */
-static int parse_bool(const char *s)
-{
-    static const char *const yes[] = { "true", "yes", "on" }, *const no[] = { "false", "no", "off" };
-    size_t i;
-    for (i = 0; i < 3; i++) {
-        if (!strcasecmp(s, yes[i])) return 1;
-        if (!strcasecmp(s, no[i])) return 0;
-    }
-    return -1;
-}
-
-static bool is_null_text(const char *s)
-{
-    return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
-}
-
-static bool is_null(const yaml_node_t *n)
-{
-    return n->type == YAML_SCALAR_NODE && n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-           is_null_text((const char *)n->data.scalar.value);
-}
-
-static const char *kind(const yaml_node_t *n)
-{
-    return n->type == YAML_MAPPING_NODE ? "a mapping" : n->type == YAML_SEQUENCE_NODE ? "a list" : "a string";
-}
-
-static const char *scalar(const yaml_node_t *n)
-{
-    return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
-}
-
-/* libyaml allows "\0" escapes; a C string would silently cut there. */
-static bool has_nul(const yaml_node_t *n)
-{
-    return strlen((const char *)n->data.scalar.value) != n->data.scalar.length;
-}
-
-static bool sku_ok(const char *s)
-{
-    size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-");
-    return n >= 1 && n <= MAX_SKU && !s[n];
-}
-
-/* ------------------------------------------------------------------------ */
 /* String checks                                                            */
 /* ------------------------------------------------------------------------ */
 
@@ -381,7 +223,7 @@ static int check_listen(const char *s, char *msg, size_t size)
         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_";
     size_t hlen = colon ? (size_t)(colon - s) : 0;
     long long port = 0;
-    bool ok = hlen > 0 && isdigit((unsigned char)colon[1]) && parse_ll(colon + 1, &port) == 0 &&
+    bool ok = hlen > 0 && isdigit((unsigned char)colon[1]) && cfg_parse_ll(colon + 1, &port) == 0 &&
               port >= 1 && port <= 65535;
     char q[QBUF];
 
@@ -391,7 +233,7 @@ static int check_listen(const char *s, char *msg, size_t size)
     else if (ok)
         ok = strspn(s, host_chars) == hlen;
     if (ok) return 0;
-    snprintf(msg, size, "must be HOST:PORT with a port between 1 and 65535 (got %s)", quote(q, s));
+    snprintf(msg, size, "must be HOST:PORT with a port between 1 and 65535 (got %s)", cfg_quote(q, s));
     return -1;
 }
 
@@ -432,7 +274,7 @@ static int check_prefix(const char *s, char *msg, size_t size)
     for (p = s; *p; p++)
         if (*p == '{' || *p == '}' || isspace((unsigned char)*p) || iscntrl((unsigned char)*p)) break;
     if (!*p && p - s <= MAX_PREFIX) return 0;
-    snprintf(msg, size, "must be at most %d bytes without spaces, { or } (got %s)", MAX_PREFIX, quote(q, s));
+    snprintf(msg, size, "must be at most %d bytes without spaces, { or } (got %s)", MAX_PREFIX, cfg_quote(q, s));
     return -1;
 }
 
@@ -440,19 +282,19 @@ static int check_prefix(const char *s, char *msg, size_t size)
 /* Lookups                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static const opt *find_opt(const char *key)
+const opt *cfg_find_opt(const char *key)
 {
     size_t i;
-    for (i = 0; i < NOPTS; i++)
-        if (!strcmp(opts[i].key, key)) return &opts[i];
+    for (i = 0; i < CFG_NOPTS; i++)
+        if (!strcmp(cfg_opts[i].key, key)) return &cfg_opts[i];
     return NULL;
 }
 
 static bool is_section(const char *name)
 {
     size_t i, n = strlen(name);
-    for (i = 0; i < NOPTS; i++)
-        if (!strncmp(opts[i].key, name, n) && opts[i].key[n] == '.') return true;
+    for (i = 0; i < CFG_NOPTS; i++)
+        if (!strncmp(cfg_opts[i].key, name, n) && cfg_opts[i].key[n] == '.') return true;
     return false;
 }
 
@@ -471,16 +313,16 @@ static const char *secret_env(const char *key)
     return NULL;
 }
 
-static void unknown_key(loader *L, const origin *at, const char *key)
+void cfg_unknown_key(loader *L, const origin *at, const char *key)
 {
     const char *env = secret_env(key);
     if (env)
-        errf(L, at, key, "secrets come from the environment (%s), never from the config file", env);
+        cfg_errf(L, at, key, "secrets come from the environment (%s), never from the config file", env);
     else
-        errf(L, at, key, "unknown key");
+        cfg_errf(L, at, key, "unknown key");
 }
 
-static origin at_node(const origin *base, const yaml_node_t *n)
+origin cfg_at_node(const origin *base, const yaml_node_t *n)
 {
     origin o = *base;
     if (o.kind == AT_FILE) {
@@ -490,434 +332,49 @@ static origin at_node(const origin *base, const yaml_node_t *n)
     return o;
 }
 
-static yaml_node_t *node(yaml_document_t *d, int id)
+yaml_node_t *cfg_node(yaml_document_t *d, int id)
 {
     return yaml_document_get_node(d, id);
 }
 
 /* The text of mapping key K, or NULL after reporting it (under PARENT) when
  * it is not a usable string. */
-static const char *key_text(loader *L, const yaml_node_t *k, const origin *base, const char *parent)
+const char *cfg_key_text(loader *L, const yaml_node_t *k, const origin *base, const char *parent)
 {
-    origin at = at_node(base, k);
-    if (k->type == YAML_SCALAR_NODE && !has_nul(k) && k->data.scalar.length >= 1 &&
+    origin at = cfg_at_node(base, k);
+    if (k->type == YAML_SCALAR_NODE && !cfg_has_nul(k) && k->data.scalar.length >= 1 &&
         k->data.scalar.length <= MAX_KEY)
         return (const char *)k->data.scalar.value;
-    errf(L, &at, parent, "keys must be strings of 1 to %d bytes", MAX_KEY);
+    cfg_errf(L, &at, parent, "keys must be strings of 1 to %d bytes", MAX_KEY);
     return NULL;
 }
 
 /* Report PAIR's key (under KEY) if an earlier key of mapping M has the same
  * text; true if it was a duplicate. O(n^2), which MAX_MAP bounds. */
-static bool duplicate(loader *L, yaml_document_t *d, yaml_node_t *m, yaml_node_pair_t *pair,
-                      const origin *base, const char *key)
+bool cfg_duplicate(loader *L, yaml_document_t *d, yaml_node_t *m, yaml_node_pair_t *pair,
+                   const origin *base, const char *key)
 {
-    yaml_node_t *k = node(d, pair->key), *q;
+    yaml_node_t *k = cfg_node(d, pair->key), *q;
     yaml_node_pair_t *p;
 
     for (p = m->data.mapping.pairs.start; p < pair; p++) {
-        q = node(d, p->key);
+        q = cfg_node(d, p->key);
         if (q->type == YAML_SCALAR_NODE && q->data.scalar.length == k->data.scalar.length &&
             !memcmp(q->data.scalar.value, k->data.scalar.value, k->data.scalar.length)) {
-            origin at = at_node(base, k);
-            errf(L, &at, key, "duplicate key (first at line %d)", (int)q->start_mark.line + 1);
+            origin at = cfg_at_node(base, k);
+            cfg_errf(L, &at, key, "duplicate key (first at line %d)", (int)q->start_mark.line + 1);
             return true;
         }
     }
     return false;
 }
 
-static bool map_too_big(loader *L, yaml_node_t *m, const origin *base, const char *key)
+bool cfg_map_too_big(loader *L, yaml_node_t *m, const origin *base, const char *key)
 {
-    origin at = at_node(base, m);
+    origin at = cfg_at_node(base, m);
     if (m->data.mapping.pairs.top - m->data.mapping.pairs.start <= MAX_MAP) return false;
-    errf(L, &at, key, "more than %d entries", MAX_MAP);
+    cfg_errf(L, &at, key, "more than %d entries", MAX_MAP);
     return true;
-}
-
-/* Append ".NAME" (or "[I]" when NAME is NULL) to the dotted PATH of length
- * LEN in a PATHBUF buffer; returns the new length. */
-static size_t path_push(char *path, size_t len, const char *name, size_t i)
-{
-    return advance(len, name ? snprintf(path + len, PATHBUF - len, ".%s", name)
-                             : snprintf(path + len, PATHBUF - len, "[%zu]", i), PATHBUF);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Setting values                                                           */
-/* ------------------------------------------------------------------------ */
-
-static void free_list(char **v, size_t n)
-{
-    size_t i;
-    if (!v) return;
-    for (i = 0; i < n; i++) free(v[i]);
-    free(v);
-}
-
-static void free_seed(cfg_seed *v, size_t n)
-{
-    size_t i;
-    if (!v) return;
-    for (i = 0; i < n; i++) free(v[i].sku);
-    free(v);
-}
-
-static void set_string(loader *L, const opt *o, const char *s)
-{
-    char *dup = strdup(s);
-    if (!dup) { L->oom = true; return; }
-    free(*FIELD(L->c, o, char *));
-    *FIELD(L->c, o, char *) = dup;
-}
-
-static void set_integer(const opt *o, cfg *c, long long v)
-{
-    switch (o->type) {
-    case T_INT: *FIELD(c, o, int) = (int)v; break;
-    case T_LONG: *FIELD(c, o, long) = (long)v; break;
-    case T_BOOL: *FIELD(c, o, bool) = v != 0; break;
-    default: *FIELD(c, o, long long) = v; break;
-    }
-}
-
-/* Add the string S of LEN bytes, entry IDX of list KEY, to V[*N]; false
- * after reporting a bad entry. */
-static bool list_add(loader *L, char **v, size_t *n, const char *s, size_t len,
-                     const char *key, size_t idx, const origin *at)
-{
-    char ek[PATHBUF], q[QBUF];
-    size_t i;
-
-    snprintf(ek, sizeof ek, "%s[%zu]", key, idx);
-    if (*n >= MAX_LIST) { errf(L, at, key, "more than %d entries", MAX_LIST); return false; }
-    if (!len) { errf(L, at, ek, "must not be empty"); return false; }
-    if (len > MAX_STR) { errf(L, at, ek, "longer than %d bytes", MAX_STR); return false; }
-    if (memchr(s, '\0', len)) { errf(L, at, ek, "contains a NUL byte"); return false; }
-    for (i = 0; i < *n; i++)
-        if (strlen(v[i]) == len && !memcmp(v[i], s, len)) {
-            errf(L, at, ek, "duplicate entry %s", quote(q, v[i]));
-            return false;
-        }
-    if (!(v[*n] = strndup(s, len))) { L->oom = true; return false; }
-    (*n)++;
-    return true;
-}
-
-/* A YAML list, or (from the environment or --set only) a comma-separated
- * string; null is the empty list. */
-static bool set_list(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                     yaml_node_t *n, const origin *base)
-{
-    origin at = at_node(base, n);
-    char **v = calloc(MAX_LIST, sizeof *v);
-    size_t cnt = 0;
-    bool ok = true;
-
-    if (!v) { L->oom = true; return false; }
-    if (n->type == YAML_SEQUENCE_NODE) {
-        yaml_node_item_t *first = n->data.sequence.items.start, *it;
-        if (n->data.sequence.items.top - first > MAX_LIST) {
-            errf(L, &at, key, "more than %d entries", MAX_LIST);
-            ok = false;
-        }
-        for (it = first; cnt < MAX_LIST && it < n->data.sequence.items.top; it++) {
-            yaml_node_t *e = node(d, *it);
-            origin eat = at_node(base, e);
-            const char *s = scalar(e);
-            if (!s || is_null(e)) {
-                char ek[PATHBUF];
-                snprintf(ek, sizeof ek, "%s[%zu]", key, (size_t)(it - first));
-                errf(L, &eat, ek, "expected a string (got %s)", s ? "null" : kind(e));
-                ok = false;
-            } else if (!list_add(L, v, &cnt, s, e->data.scalar.length, key, (size_t)(it - first), &eat)) {
-                ok = false;
-            }
-        }
-    } else if (is_null(n)) {
-        /* the empty list */
-    } else if (n->type == YAML_SCALAR_NODE && base->kind != AT_FILE) {
-        const char *s = scalar(n), *end;
-        size_t idx;
-        for (idx = 0;; idx++) {
-            size_t len;
-            while (*s == ' ') s++;
-            end = strchr(s, ',');
-            len = end ? (size_t)(end - s) : strlen(s);
-            while (len && s[len - 1] == ' ') len--;
-            if (!(ok = list_add(L, v, &cnt, s, len, key, idx, &at)) || !end) break;
-            s = end + 1;
-        }
-    } else {
-        errf(L, &at, key, "expected a list (got %s)", kind(n));
-        ok = false;
-    }
-    if (!ok) {
-        free_list(v, cnt);
-        return false;
-    }
-    free_list(*FIELD(L->c, o, char **), *COUNT(L->c, o));
-    *FIELD(L->c, o, char **) = v;
-    *COUNT(L->c, o) = cnt;
-    return true;
-}
-
-/* A rules.params scalar, resolved as YAML 1.2's core schema does: quoted is
- * always a string; plain null/~/empty, true/false, integers and decimal
- * numbers become JSON null, booleans and numbers (integers beyond 2^53 lose
- * precision: cJSON numbers are doubles); anything else is a string. */
-static cJSON *scalar_json(const yaml_node_t *n)
-{
-    const char *s = (const char *)n->data.scalar.value;
-    long long v;
-    double dv;
-
-    if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return cJSON_CreateString(s);
-    if (is_null_text(s)) return cJSON_CreateNull();
-    if (!strcmp(s, "true") || !strcmp(s, "True") || !strcmp(s, "TRUE")) return cJSON_CreateTrue();
-    if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "FALSE")) return cJSON_CreateFalse();
-    if (parse_ll(s, &v) == 0) return cJSON_CreateNumber((double)v);
-    if (parse_num(s, &dv) == 0) return cJSON_CreateNumber(dv);
-    return cJSON_CreateString(s);
-}
-
-/* Convert node N at nesting DEPTH (rules.params itself is 0) whose dotted
- * path is PATH[0..LEN). Reports every bad node below N; returns NULL if
- * there was any (or out of memory). Aliases are followed, so L->budget and
- * MAX_DEPTH are what stop alias bombs and self-referencing anchors. */
-static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth,
-                      char *path, size_t len, const origin *base)
-{
-    origin at = at_node(base, n);
-    cJSON *j = NULL, *child;
-    bool ok = true;
-
-    if (--L->budget < 0) {
-        if (L->budget == -1) errf(L, &at, "rules.params", "more than %d values", MAX_NODES);
-        return NULL;
-    }
-    if (depth > MAX_DEPTH) {
-        errf(L, &at, path, "nested deeper than %d levels", MAX_DEPTH);
-        return NULL;
-    }
-    if (n->type == YAML_SCALAR_NODE) {
-        if (has_nul(n)) { errf(L, &at, path, "contains a NUL byte"); return NULL; }
-        if (n->data.scalar.length > MAX_STR) {
-            errf(L, &at, path, "longer than %d bytes", MAX_STR);
-            return NULL;
-        }
-        if (!(j = scalar_json(n))) L->oom = true;
-        return j;
-    }
-    if (n->type == YAML_SEQUENCE_NODE) {
-        yaml_node_item_t *it;
-        if (!(j = cJSON_CreateArray())) { L->oom = true; return NULL; }
-        for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
-            size_t l = path_push(path, len, NULL, (size_t)(it - n->data.sequence.items.start));
-            child = to_json(L, d, node(d, *it), depth + 1, path, l, base);
-            path[len] = '\0';
-            if (!child || !cJSON_AddItemToArray(j, child)) { cJSON_Delete(child); ok = false; }
-        }
-    } else {
-        yaml_node_pair_t *p;
-        if (map_too_big(L, n, base, path)) return NULL;
-        if (!(j = cJSON_CreateObject())) { L->oom = true; return NULL; }
-        for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
-            const char *k = key_text(L, node(d, p->key), base, path);
-            size_t l;
-            if (!k) { ok = false; continue; }
-            l = path_push(path, len, k, 0);
-            if (duplicate(L, d, n, p, base, path)) {
-                ok = false;
-            } else {
-                child = to_json(L, d, node(d, p->value), depth + 1, path, l, base);
-                if (!child || !cJSON_AddItemToObject(j, k, child)) { cJSON_Delete(child); ok = false; }
-            }
-            path[len] = '\0';
-        }
-    }
-    if (!ok) {
-        cJSON_Delete(j);
-        return NULL;
-    }
-    return j;
-}
-
-/* rules.params as a whole: a mapping, or null for an empty one. */
-static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                       yaml_node_t *n, const origin *base)
-{
-    origin at = at_node(base, n);
-    char path[PATHBUF];
-    cJSON *j;
-
-    if (n->type != YAML_MAPPING_NODE && !is_null(n)) {
-        errf(L, &at, key, "expected a mapping (got %s)", kind(n));
-        return false;
-    }
-    snprintf(path, sizeof path, "%s", key);
-    L->budget = MAX_NODES;
-    j = is_null(n) ? cJSON_CreateObject() : to_json(L, d, n, 0, path, strlen(path), base);
-    if (!j) {
-        if (is_null(n)) L->oom = true;
-        return false;
-    }
-    cJSON_Delete(*FIELD(L->c, o, cJSON *));
-    *FIELD(L->c, o, cJSON *) = j;
-    return true;
-}
-
-/* The stock of SKU from node N; false after reporting it. */
-static bool seed_stock(loader *L, const char *sku, const yaml_node_t *n, const origin *base,
-                       long long *out)
-{
-    origin at = at_node(base, n);
-    const char *s = scalar(n);
-    char key[PATHBUF], q[QBUF];
-
-    if (s && parse_ll(s, out) == 0 && *out >= 0) return true;
-    snprintf(key, sizeof key, "inventory.seed.%s", sku);
-    errf(L, &at, key, "expected a non-negative integer (got %s)", s ? quote(q, s) : kind(n));
-    return false;
-}
-
-static bool seed_sku(loader *L, const char *sku, const origin *at)
-{
-    char q[QBUF];
-    if (sku_ok(sku)) return true;
-    errf(L, at, "inventory.seed", "invalid SKU %s (want 1 to %d of A-Z a-z 0-9 . _ : -)",
-         quote(q, sku), MAX_SKU);
-    return false;
-}
-
-/* inventory.seed as a whole: a mapping SKU -> stock, or null for none. */
-static bool set_seed(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                     yaml_node_t *n, const origin *base)
-{
-    origin at = at_node(base, n);
-    yaml_node_pair_t *p;
-    cfg_seed *v;
-    size_t cnt = 0;
-    bool ok = true;
-
-    if (is_null(n)) {
-        free_seed(L->c->seed, L->c->n_seed);
-        L->c->seed = NULL;
-        L->c->n_seed = 0;
-        return true;
-    }
-    if (n->type != YAML_MAPPING_NODE) {
-        errf(L, &at, key, "expected a mapping of SKU to stock (got %s)", kind(n));
-        return false;
-    }
-    if (map_too_big(L, n, base, key)) return false;
-    if (!(v = calloc((size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start) + 1, sizeof *v))) {
-        L->oom = true;
-        return false;
-    }
-    for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = node(d, p->key);
-        const char *sku = key_text(L, k, base, key);
-        origin kat = at_node(base, k);
-        char dk[PATHBUF];
-        long long stock;
-
-        if (!sku || !seed_sku(L, sku, &kat)) { ok = false; continue; }
-        snprintf(dk, sizeof dk, "%s.%s", key, sku);
-        if (duplicate(L, d, n, p, base, dk) || !seed_stock(L, sku, node(d, p->value), base, &stock)) {
-            ok = false;
-            continue;
-        }
-        if (!(v[cnt].sku = strdup(sku))) { L->oom = true; ok = false; break; }
-        v[cnt++].stock = stock;
-    }
-    if (!ok) {
-        free_seed(v, cnt);
-        return false;
-    }
-    free_seed(*FIELD(L->c, o, cfg_seed *), *COUNT(L->c, o));
-    *FIELD(L->c, o, cfg_seed *) = v;
-    *COUNT(L->c, o) = cnt;
-    return true;
-}
-
-/* Set key O (spelled KEY) from node N; reports and returns on a bad value,
- * leaving the previous value. Integers, numbers and booleans are read from
- * the scalar's text whatever its quoting: the table says what the key is. */
-static void set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                     yaml_node_t *n, const origin *base)
-{
-    origin at = at_node(base, n);
-    const char *s = scalar(n);
-    char q[QBUF], msg[512];
-    long long v;
-    double dv;
-    int rc;
-
-    switch (o->type) {
-    case T_INT: case T_LONG: case T_LLONG:
-        if (!s) { errf(L, &at, key, "expected an integer (got %s)", kind(n)); return; }
-        if ((rc = parse_ll(s, &v)) == -1) {
-            errf(L, &at, key, "expected an integer (got %s)", quote(q, s));
-            return;
-        }
-        if (rc == -2 || v < o->min || v > o->max) {
-            errf(L, &at, key, "must be between %lld and %lld (got %.*s)", o->min, o->max, MAX_SHOW, s);
-            return;
-        }
-        set_integer(o, L->c, v);
-        break;
-    case T_DOUBLE:
-        if (!s) { errf(L, &at, key, "expected a number (got %s)", kind(n)); return; }
-        if ((rc = parse_num(s, &dv)) == -1) {
-            errf(L, &at, key, "expected a number (got %s)", quote(q, s));
-            return;
-        }
-        if (rc == -2 || dv < o->dmin || dv > o->dmax) {
-            errf(L, &at, key, "must be between %g and %g (got %.*s)", o->dmin, o->dmax, MAX_SHOW, s);
-            return;
-        }
-        *FIELD(L->c, o, double) = dv;
-        break;
-    case T_BOOL:
-        if (!s) { errf(L, &at, key, "expected true or false (got %s)", kind(n)); return; }
-        if ((rc = parse_bool(s)) < 0) {
-            errf(L, &at, key, "expected true or false (got %s)", quote(q, s));
-            return;
-        }
-        set_integer(o, L->c, rc);
-        break;
-    case T_STR:
-        if (!s) { errf(L, &at, key, "expected a string (got %s)", kind(n)); return; }
-        if (is_null(n)) s = "";     /* `pidfile:` or `~`: none */
-        if (has_nul(n)) { errf(L, &at, key, "contains a NUL byte"); return; }
-        if ((long long)strlen(s) > o->max) { errf(L, &at, key, "longer than %lld bytes", o->max); return; }
-        if ((long long)strlen(s) < o->min) { errf(L, &at, key, "must not be empty"); return; }
-        if (o->check && o->check(s, msg, sizeof msg) < 0) { errf(L, &at, key, "%s", msg); return; }
-        set_string(L, o, s);
-        break;
-    case T_ENUM: {
-        const char *const *c;
-        size_t off = 0;
-        for (c = o->choices; s && *c; c++)
-            if (!strcasecmp(s, *c)) break;
-        if (s && *c) { set_string(L, o, *c); break; }
-        for (c = o->choices; *c && off < sizeof msg; c++)
-            off += (size_t)snprintf(msg + off, sizeof msg - off, "%s%s", off ? ", " : "", *c);
-        errf(L, &at, key, "must be one of %s (got %s)", msg, s ? quote(q, s) : kind(n));
-        return;
-    }
-    case T_LIST:
-        if (!set_list(L, o, key, d, n, base)) return;
-        break;
-    case T_PARAMS:
-        if (!set_params(L, o, key, d, n, base)) return;
-        break;
-    case T_SEED:
-        if (!set_seed(L, o, key, d, n, base)) return;
-        break;
-    }
-    L->at[o - opts] = at;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -951,13 +408,13 @@ static void yaml_problem(loader *L, const yaml_parser_t *p, const origin *base, 
     if (p->context && at.kind == AT_FILE)
         snprintf(ctx, sizeof ctx, " (%s at line %d, column %d)", p->context,
                  (int)p->context_mark.line + 1, (int)p->context_mark.column + 1);
-    errf(L, &at, key, "%s%s%s%s", at.kind == AT_FILE ? "" : "invalid YAML: ", what, val, ctx);
+    cfg_errf(L, &at, key, "%s%s%s%s", at.kind == AT_FILE ? "" : "invalid YAML: ", what, val, ctx);
 }
 
 /* Load the one document of BUF[0..LEN) into D; -1 after reporting a syntax
  * error or a second document. D is always safe to yaml_document_delete(). */
-static int load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len,
-                    const origin *base, const char *key)
+int cfg_load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len,
+                 const origin *base, const char *key)
 {
     yaml_parser_t p;
     yaml_document_t extra;
@@ -981,7 +438,7 @@ static int load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len,
                 at.line = (int)extra.start_mark.line + 1;
                 at.col = (int)extra.start_mark.column + 1;
             }
-            errf(L, &at, key, "expected one YAML document, found more");
+            cfg_errf(L, &at, key, "expected one YAML document, found more");
             yaml_document_delete(&extra);
             goto err;
         }
@@ -1000,20 +457,20 @@ static void walk_section(loader *L, yaml_document_t *d, const char *section, yam
     yaml_node_pair_t *p;
     char key[2 * MAX_KEY + 2];
 
-    if (map_too_big(L, m, base, section)) return;
+    if (cfg_map_too_big(L, m, base, section)) return;
     for (p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = node(d, p->key);
-        const char *name = key_text(L, k, base, section);
-        origin kat = at_node(base, k);
+        yaml_node_t *k = cfg_node(d, p->key);
+        const char *name = cfg_key_text(L, k, base, section);
+        origin kat = cfg_at_node(base, k);
         const opt *o;
 
         if (!name) continue;
         snprintf(key, sizeof key, "%s.%s", section, name);
-        if (duplicate(L, d, m, p, base, key)) continue;
-        if (!(o = find_opt(key)))
-            unknown_key(L, &kat, key);
+        if (cfg_duplicate(L, d, m, p, base, key)) continue;
+        if (!(o = cfg_find_opt(key)))
+            cfg_unknown_key(L, &kat, key);
         else
-            set_node(L, o, key, d, node(d, p->value), base);
+            cfg_set_node(L, o, key, d, cfg_node(d, p->value), base);
     }
 }
 
@@ -1022,23 +479,23 @@ static void walk_top(loader *L, yaml_document_t *d, yaml_node_t *root, const ori
     yaml_node_pair_t *p;
 
     if (root->type != YAML_MAPPING_NODE) {
-        origin at = at_node(base, root);
-        if (!is_null(root)) errf(L, &at, NULL, "expected a mapping at top level");
+        origin at = cfg_at_node(base, root);
+        if (!cfg_is_null(root)) cfg_errf(L, &at, NULL, "expected a mapping at top level");
         return;
     }
-    if (map_too_big(L, root, base, NULL)) return;
+    if (cfg_map_too_big(L, root, base, NULL)) return;
     for (p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = node(d, p->key), *v = node(d, p->value);
-        const char *name = key_text(L, k, base, NULL);
-        origin kat = at_node(base, k), vat = at_node(base, v);
+        yaml_node_t *k = cfg_node(d, p->key), *v = cfg_node(d, p->value);
+        const char *name = cfg_key_text(L, k, base, NULL);
+        origin kat = cfg_at_node(base, k), vat = cfg_at_node(base, v);
 
-        if (!name || duplicate(L, d, root, p, base, name)) continue;
+        if (!name || cfg_duplicate(L, d, root, p, base, name)) continue;
         if (!is_section(name))
-            unknown_key(L, &kat, name);
+            cfg_unknown_key(L, &kat, name);
         else if (v->type == YAML_MAPPING_NODE)
             walk_section(L, d, name, v, base);
-        else if (!is_null(v))       /* `log:` alone: all defaults */
-            errf(L, &vat, name, "expected a mapping (got %s)", kind(v));
+        else if (!cfg_is_null(v))       /* `log:` alone: all defaults */
+            cfg_errf(L, &vat, name, "expected a mapping (got %s)", cfg_kind(v));
     }
 }
 
@@ -1053,7 +510,7 @@ static void load_file(loader *L, const char *path)
 
     if (!(f = fopen(path, "rb"))) {
         e = errno;
-        errf(L, &at, NULL, "cannot open: %s", strerror_r(e, ebuf, sizeof ebuf));
+        cfg_errf(L, &at, NULL, "cannot open: %s", strerror_r(e, ebuf, sizeof ebuf));
         return;
     }
     if (!(buf = malloc(MAX_FILE_BYTES + 1))) { L->oom = true; goto err; }
@@ -1061,14 +518,14 @@ static void load_file(loader *L, const char *path)
         len += n;
     if (ferror(f)) {
         e = errno;
-        errf(L, &at, NULL, "cannot read: %s", strerror_r(e, ebuf, sizeof ebuf));
+        cfg_errf(L, &at, NULL, "cannot read: %s", strerror_r(e, ebuf, sizeof ebuf));
         goto err;
     }
     if (n > 0) {
-        errf(L, &at, NULL, "larger than %ld bytes", MAX_FILE_BYTES);
+        cfg_errf(L, &at, NULL, "larger than %ld bytes", MAX_FILE_BYTES);
         goto err;
     }
-    if (load_doc(L, &d, buf, len, &at, NULL) == 0) {
+    if (cfg_load_doc(L, &d, buf, len, &at, NULL) == 0) {
         yaml_node_t *root = yaml_document_get_root_node(&d);
         if (root) walk_top(L, &d, root, &at);
         yaml_document_delete(&d);
@@ -1079,210 +536,22 @@ err:
 }
 
 /* ------------------------------------------------------------------------ */
-/* Overrides                                                                */
+/* Checks between keys                                                      */
 /* ------------------------------------------------------------------------ */
-
-/* The YAML node for override text VAL into D, or NULL after reporting it. A
- * value whose first character is in YAML_START (" ' for a quoted string, and
- * also [ { for keys that take a list or mapping) is parsed as YAML; anything
- * else is taken verbatim as a plain scalar, so that `--set
- * server.cors_origin=*`, a URL or `[::1]:8011` need no quoting. D is always
- * safe to yaml_document_delete(). */
-static yaml_node_t *value_node(loader *L, yaml_document_t *d, const char *val,
-                               const char *yaml_start, const origin *at, const char *key)
-{
-    size_t len = strlen(val);
-    int id;
-
-    memset(d, 0, sizeof *d);
-    if (len > MAX_VALUE_BYTES) {
-        errf(L, at, key, "longer than %ld bytes", MAX_VALUE_BYTES);
-        return NULL;
-    }
-    if (*val && strchr(yaml_start, *val)) {
-        if (load_doc(L, d, val, len, at, key) < 0) return NULL;
-        return yaml_document_get_root_node(d);
-    }
-    if (!yaml_document_initialize(d, NULL, NULL, NULL, 1, 1)) { L->oom = true; return NULL; }
-    if (!(id = yaml_document_add_scalar(d, NULL, (const yaml_char_t *)val, (int)len,
-                                        YAML_PLAIN_SCALAR_STYLE))) {
-        errf(L, at, key, "not valid UTF-8");
-        return NULL;
-    }
-    return node(d, id);
-}
-
-/* --set rules.params.A.B=VALUE: set one leaf, creating the mappings on the
- * way. PATH is "A.B". */
-static void set_param_leaf(loader *L, const char *key, const char *path, const char *val,
-                           const origin *at)
-{
-    char buf[PATHBUF], full[PATHBUF], *name, *dot;
-    cJSON *obj = L->c->params, *j, *sub;
-    yaml_document_t d;
-    yaml_node_t *n;
-    int depth = 1;
-
-    if (strlen(path) >= sizeof buf) { errf(L, at, key, "key too long"); return; }
-    memcpy(buf, path, strlen(path) + 1);
-    snprintf(full, sizeof full, "rules.params");
-    for (name = buf; (dot = strchr(name, '.')); name = dot + 1, depth++) {
-        *dot = '\0';
-        if (!*name || depth > MAX_DEPTH) break;
-        path_push(full, strlen(full), name, 0);
-        if (!(sub = cJSON_GetObjectItemCaseSensitive(obj, name))) {
-            if (!(sub = cJSON_AddObjectToObject(obj, name))) { L->oom = true; return; }
-        } else if (!cJSON_IsObject(sub)) {
-            errf(L, at, key, "%s is not a mapping", full);
-            return;
-        }
-        obj = sub;
-    }
-    if (!*name || depth > MAX_DEPTH) {
-        errf(L, at, key, "path parts must be non-empty, at most %d of them", MAX_DEPTH);
-        return;
-    }
-    if ((n = value_node(L, &d, val, TREE_START, at, key))) {
-        char p[PATHBUF];
-        snprintf(p, sizeof p, "%s", key);
-        L->budget = MAX_NODES;
-        if ((j = to_json(L, &d, n, depth, p, strlen(p), at))) {
-            bool ok = cJSON_GetObjectItemCaseSensitive(obj, name)
-                ? cJSON_ReplaceItemInObjectCaseSensitive(obj, name, j)
-                : cJSON_AddItemToObject(obj, name, j);
-            if (!ok) { cJSON_Delete(j); L->oom = true; }
-        }
-    }
-    yaml_document_delete(&d);
-}
-
-/* --set inventory.seed.SKU=N: add or replace one SKU (which may contain
- * dots, so the rest of the key is the SKU). */
-static void set_seed_leaf(loader *L, const char *key, const char *sku, const char *val,
-                          const origin *at)
-{
-    cfg *c = L->c;
-    yaml_document_t d;
-    yaml_node_t *n;
-    long long stock;
-    size_t i;
-
-    if (!seed_sku(L, sku, at)) return;
-    if ((n = value_node(L, &d, val, "", at, key)) && seed_stock(L, sku, n, at, &stock)) {
-        for (i = 0; i < c->n_seed && strcmp(c->seed[i].sku, sku); i++)
-            ;
-        if (i < c->n_seed) {
-            c->seed[i].stock = stock;
-        } else if (c->n_seed >= MAX_MAP) {
-            errf(L, at, "inventory.seed", "more than %d entries", MAX_MAP);
-        } else {
-            cfg_seed *v = realloc(c->seed, (c->n_seed + 1) * sizeof *v);
-            if (!v) { L->oom = true; goto err; }
-            c->seed = v;
-            if (!(v[c->n_seed].sku = strdup(sku))) { L->oom = true; goto err; }
-            v[c->n_seed++].stock = stock;
-        }
-    }
-err:
-    yaml_document_delete(&d);
-}
-
-static void apply_set(loader *L, const char *arg)
-{
-    origin at = { .kind = AT_SET };
-    const char *eq = strchr(arg, '=');
-    char key[MAX_KEY + 1];
-    size_t klen = eq ? (size_t)(eq - arg) : strlen(arg);
-    const opt *o;
-
-    snprintf(key, sizeof key, "%.*s", (int)(klen < MAX_KEY ? klen : MAX_KEY), arg);
-    if (!eq || !klen) { errf(L, &at, key, "expected dotted.key=value"); return; }
-    if (klen > MAX_KEY) { errf(L, &at, key, "key longer than %d bytes", MAX_KEY); return; }
-    if ((o = find_opt(key))) {
-        yaml_document_t d;
-        bool tree = o->type == T_LIST || o->type == T_PARAMS || o->type == T_SEED;
-        yaml_node_t *n = value_node(L, &d, eq + 1, tree ? TREE_START : "\"'", &at, key);
-        if (n) set_node(L, o, key, &d, n, &at);
-        yaml_document_delete(&d);
-    } else if (!strncmp(key, "rules.params.", 13)) {
-        set_param_leaf(L, key, key + 13, eq + 1, &at);
-    } else if (!strncmp(key, "inventory.seed.", 15)) {
-        set_seed_leaf(L, key, key + 15, eq + 1, &at);
-    } else {
-        unknown_key(L, &at, key);
-    }
-}
-
-static void apply_env(loader *L)
-{
-    static const char *const secrets[] = { "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN" };
-    char **dst[] = { &L->c->admin_token, &L->c->panic_token };
-    size_t i;
-
-    for (i = 0; i < sizeof env_keys / sizeof env_keys[0]; i++) {
-        const char *v = getenv(env_keys[i].env);
-        origin at = { .kind = AT_ENV, .name = env_keys[i].env };
-        yaml_document_t d;
-        yaml_node_t *n;
-        if (!v || !*v) continue;
-        if ((n = value_node(L, &d, v, "", &at, env_keys[i].key)))
-            set_node(L, find_opt(env_keys[i].key), env_keys[i].key, &d, n, &at);
-        yaml_document_delete(&d);
-    }
-    for (i = 0; i < 2; i++) {
-        const char *v = getenv(secrets[i]);
-        origin at = { .kind = AT_ENV, .name = secrets[i] };
-        if (!v || !*v) continue;
-        if (strlen(v) > MAX_STR) { errf(L, &at, NULL, "longer than %d bytes", MAX_STR); continue; }
-        if (!(*dst[i] = strdup(v))) L->oom = true;
-    }
-}
 
 /* Checks between keys, after every override, reported where the key was
  * last set. */
 static void cross_check(loader *L)
 {
-    const opt *lo = find_opt("panic.backoff_initial_ms"), *hi = find_opt("panic.backoff_max_ms");
-    const origin *alo = &L->at[lo - opts], *ahi = &L->at[hi - opts];
+    const opt *lo = cfg_find_opt("panic.backoff_initial_ms"), *hi = cfg_find_opt("panic.backoff_max_ms");
+    const origin *alo = &L->at[lo - cfg_opts], *ahi = &L->at[hi - cfg_opts];
     cfg *c = L->c;
 
     if (c->panic_backoff_initial_ms <= c->panic_backoff_max_ms) return;
     if (alo->kind != AT_DEFAULT)
-        errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)", c->panic_backoff_max_ms);
+        cfg_errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)", c->panic_backoff_max_ms);
     else
-        errf(L, ahi, hi->key, "must not be below panic.backoff_initial_ms (%d)", c->panic_backoff_initial_ms);
-}
-
-static void set_defaults(loader *L)
-{
-    cfg *c = L->c;
-    size_t i;
-
-    for (i = 0; i < NOPTS; i++) {
-        const opt *o = &opts[i];
-        switch (o->type) {
-        case T_INT:
-            assert(o->min >= INT_MIN && o->max <= INT_MAX);
-            /* fall through */
-        case T_LONG: case T_LLONG: case T_BOOL:
-            set_integer(o, c, o->idef);
-            break;
-        case T_DOUBLE: *FIELD(c, o, double) = o->ddef; break;
-        case T_STR: case T_ENUM: set_string(L, o, o->sdef); break;
-        case T_LIST: {
-            origin at = { .kind = AT_DEFAULT };
-            yaml_document_t d;
-            yaml_node_t *n = value_node(L, &d, o->sdef, "", &at, o->key);
-            if (n) set_list(L, o, o->key, &d, n, &at);
-            yaml_document_delete(&d);
-            break;
-        }
-        case T_PARAMS:
-            if (!(*FIELD(c, o, cJSON *) = cJSON_CreateObject())) L->oom = true;
-            break;
-        case T_SEED: break;
-        }
-    }
+        cfg_errf(L, ahi, hi->key, "must not be below panic.backoff_initial_ms (%d)", c->panic_backoff_initial_ms);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1301,11 +570,11 @@ cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors)
         L.oom = true;
         goto err;
     }
-    set_defaults(&L);
+    cfg_set_defaults(&L);
     if (L.oom) goto err;
     load_file(&L, path);
-    apply_env(&L);
-    for (i = 0; i < nsets; i++) apply_set(&L, sets[i]);
+    cfg_apply_env(&L);
+    for (i = 0; i < nsets; i++) cfg_apply_set(&L, sets[i]);
     cross_check(&L);
     if (L.oom || L.nerr) goto err;
     free(L.err);
@@ -1327,13 +596,13 @@ void cfg_free(cfg *c)
     size_t i;
 
     if (!c) return;
-    for (i = 0; i < NOPTS; i++) {
-        const opt *o = &opts[i];
+    for (i = 0; i < CFG_NOPTS; i++) {
+        const opt *o = &cfg_opts[i];
         switch (o->type) {
         case T_STR: case T_ENUM: free(*FIELD(c, o, char *)); break;
-        case T_LIST: free_list(*FIELD(c, o, char **), *COUNT(c, o)); break;
+        case T_LIST: cfg_free_list(*FIELD(c, o, char **), *COUNT(c, o)); break;
         case T_PARAMS: cJSON_Delete(*FIELD(c, o, cJSON *)); break;
-        case T_SEED: free_seed(*FIELD(c, o, cfg_seed *), *COUNT(c, o)); break;
+        case T_SEED: cfg_free_seed(*FIELD(c, o, cfg_seed *), *COUNT(c, o)); break;
         default: break;
         }
     }
