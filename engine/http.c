@@ -314,7 +314,7 @@ static int handle_stock_get(http_server *s, struct mg_connection *conn, const ch
     }
     if (r == 1) {
         char msg[200];
-        snprintf(msg, sizeof msg, "unknown SKU %s", sku);
+        snprintf(msg, sizeof msg, "unknown SKU %.140s", sku);
         return send_error(s, conn, 404, "not_found", msg);
     }
     cJSON *o = cJSON_CreateObject();

@@ -217,6 +217,16 @@ void h_fail_at(const char *file, int line, const char *fmt, ...)
     _fail(file, line);
 }
 
+/* The strings of AP up to its NULL, at most MAX of them, into OUT; how many. */
+static size_t va_strings(va_list ap, const char **out, size_t max)
+{
+    size_t n = 0;
+    const char *s;
+    while ((s = va_arg(ap, const char *)) != NULL && n < max)
+        out[n++] = s;
+    return n;
+}
+
 /* --- logs --------------------------------------------------------------- */
 
 static long file_size(const char *path)
@@ -277,18 +287,22 @@ static void note_test_log(const char *path, long from)
 /* --- children ---------------------------------------------------------- */
 
 /* The environment for a child: ours minus the variables that would steer the
- * daemon (config overrides, secrets) or a preloaded libstdbuf, plus EXTRA. */
-static char **child_env(const char *extra)
+ * daemon (config overrides, secrets) or a preloaded libstdbuf, plus EXTRA
+ * (NULL-terminated "NAME=value" strings; NULL: none). The array is the
+ * caller's to free; its strings are not copied. */
+static char **child_env(const char *const *extra)
 {
     static const char *const drop[] = {
         "REDIS_URL=", "NERVE_LISTEN=", "NERVE_RULES_DIR=", "NERVE_PANIC_URL=",
         "NERVE_ADMIN_TOKEN=", "NERVE_PANIC_TOKEN=", "_STDBUF_I=", "_STDBUF_O=",
         "_STDBUF_E=",
     };
-    size_t n = 0;
+    size_t n = 0, nx = 0;
     while (environ[n])
         n++;
-    char **env = calloc(n + 2, sizeof *env);
+    while (extra && extra[nx])
+        nx++;
+    char **env = calloc(n + nx + 1, sizeof *env);
     if (env == NULL)
         return NULL;
     size_t k = 0;
@@ -302,15 +316,17 @@ static char **child_env(const char *extra)
         if (!skip)
             env[k++] = environ[i];
     }
-    if (extra)
-        env[k++] = (char *)extra;
+    for (size_t i = 0; i < nx; i++)
+        env[k++] = (char *)extra[i];
     env[k] = NULL;
     return env;
 }
 
-/* Fork ARGV[0] (a path, or a name looked up in PATH) with ENV, stdout and
- * stderr appended to LOG, in directory CWD. Returns the pid or -1. */
-static pid_t spawn(char *const argv[], char *const env[], const char *log, const char *cwd)
+/* Fork ARGV[0] (a path, or a name looked up in PATH) with ENV, in directory
+ * CWD, stdin /dev/null, stdout appended to LOG and stderr to ERRLOG (NULL:
+ * LOG too). Returns the pid or -1 (the reason printed). */
+static pid_t spawn(char *const argv[], char *const env[], const char *log, const char *errlog,
+                   const char *cwd)
 {
     pid_t parent = getpid();
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -318,10 +334,18 @@ static pid_t spawn(char *const argv[], char *const env[], const char *log, const
         fprintf(stderr, "harness: %s: %s\n", log, strerror(errno));
         return -1;
     }
+    int efd = errlog ? open(errlog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : fd;
+    if (efd < 0) {
+        fprintf(stderr, "harness: %s: %s\n", errlog, strerror(errno));
+        close(fd);
+        return -1;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "harness: fork: %s\n", strerror(errno));
         close(fd);
+        if (efd != fd)
+            close(efd);
         return -1;
     }
     if (pid == 0) {
@@ -333,7 +357,7 @@ static pid_t spawn(char *const argv[], char *const env[], const char *log, const
         if (in >= 0)
             dup2(in, 0);
         dup2(fd, 1);
-        dup2(fd, 2);
+        dup2(efd, 2);
         close_range(3, ~0U, 0);
         sigset_t none;
         sigemptyset(&none);
@@ -349,6 +373,8 @@ static pid_t spawn(char *const argv[], char *const env[], const char *log, const
     }
     setpgid(pid, pid);
     close(fd);
+    if (efd != fd)
+        close(efd);
     track_child(pid);
     return pid;
 }
@@ -398,7 +424,7 @@ static void describe_status(int status, char *buf, size_t len)
         snprintf(buf, len, "wait status %#x", status);
 }
 
-static int free_port(void)
+int h_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -498,7 +524,7 @@ static int redis_launch(h_redis *r)
 
     char **env = child_env(NULL);
     long from = file_size(r->log);
-    pid_t pid = env ? spawn(argv, env, r->log, r->dir) : -1;
+    pid_t pid = env ? spawn(argv, env, r->log, NULL, r->dir) : -1;
     free(env);
     if (pid < 0)
         return -1;
@@ -545,7 +571,7 @@ h_redis *h_redis_start(bool aof)
         return NULL;
     }
     for (int attempt = 0; attempt < 5; attempt++) {
-        r->port = free_port();
+        r->port = h_free_port();
         if (r->port > 0 && redis_launch(r) == 0) {
             track((void **)redis_live, r);
             return r;
@@ -696,8 +722,7 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *ud)
 }
 
 
-/* $NERVE_BIN (default ./nerve) made absolute: the daemon runs in rootdir. */
-static const char *nerve_bin(void)
+const char *h_nerve_bin(void)
 {
     static char path[PATH_MAX];
     const char *b = getenv("NERVE_BIN");
@@ -750,7 +775,7 @@ static int log_mentions(const char *path, long from, const char *what)
 /* Launch once on D->port. 1 ready, 0 exited early (maybe a port race),
  * -1 when it failed otherwise (exited, or alive but not healthy in time:
  * killed). */
-static int daemon_launch(h_daemon *d, const h_redis *r, bool admin_token,
+static int daemon_launch(h_daemon *d, const h_redis *r, const char *const *extra_env,
                          const char *const *sets, size_t nsets)
 {
     char listen[64], url[64];
@@ -764,7 +789,7 @@ static int daemon_launch(h_daemon *d, const h_redis *r, bool admin_token,
     if (argv == NULL)
         return -1;
     size_t n = 0;
-    argv[n++] = (char *)nerve_bin();
+    argv[n++] = (char *)h_nerve_bin();
     argv[n++] = "serve";
     argv[n++] = "-c";
     argv[n++] = "config/nerve.yaml";
@@ -780,7 +805,7 @@ static int daemon_launch(h_daemon *d, const h_redis *r, bool admin_token,
     }
     argv[n] = NULL;
 
-    char **env = child_env(admin_token ? "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN : NULL);
+    char **env = child_env(extra_env);
     long from = file_size(d->log);
     {
         FILE *f = fopen(d->log, "a");
@@ -792,7 +817,7 @@ static int daemon_launch(h_daemon *d, const h_redis *r, bool admin_token,
             fclose(f);
         }
     }
-    pid_t pid = env ? spawn(argv, env, d->log, rootdir) : -1;
+    pid_t pid = env ? spawn(argv, env, d->log, NULL, rootdir) : -1;
     free(env);
     free(argv);
     if (pid < 0)
@@ -805,7 +830,7 @@ static int daemon_launch(h_daemon *d, const h_redis *r, bool admin_token,
         if (reaped(pid, &status)) {
             char why[128];
             describe_status(status, why, sizeof why);
-            printf("harness: %s exited before /healthz answered (%s)\n", nerve_bin(), why);
+            printf("harness: %s exited before /healthz answered (%s)\n", h_nerve_bin(), why);
             print_tail("daemon log", d->log, from, TAIL_LINES);
             d->pid = 0;
             return log_mentions(d->log, from, "in use") ? 0 : -1;
@@ -823,13 +848,13 @@ static int daemon_launch(h_daemon *d, const h_redis *r, bool admin_token,
     return -1;
 }
 
-h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
-                          const char *const *sets, size_t nsets)
+h_daemon *h_daemon_start_env(const h_redis *r, const char *const *env,
+                             const char *const *sets, size_t nsets)
 {
     static int seq;
     h_init();
-    if (access(nerve_bin(), X_OK) != 0) {
-        printf("harness: NERVE_BIN %s: %s\n", nerve_bin(), strerror(errno));
+    if (access(h_nerve_bin(), X_OK) != 0) {
+        printf("harness: NERVE_BIN %s: %s\n", h_nerve_bin(), strerror(errno));
         return NULL;
     }
     h_daemon *d = calloc(1, sizeof *d);
@@ -838,10 +863,10 @@ h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
     d->owned = in_test;
     snprintf(d->log, sizeof d->log, "%s/nerve-%d.log", tmpdir, ++seq);
     for (int attempt = 0; attempt < 3; attempt++) {
-        d->port = free_port();
+        d->port = h_free_port();
         if (d->port <= 0)
             continue;
-        int rc = daemon_launch(d, r, admin_token, sets, nsets);
+        int rc = daemon_launch(d, r, env, sets, nsets);
         if (rc == 1) {
             track((void **)daemon_live, d);
             note_test_log(d->log, 0);
@@ -854,15 +879,19 @@ h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
     return NULL;
 }
 
+h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
+                          const char *const *sets, size_t nsets)
+{
+    static const char *const token[] = { "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN, NULL };
+    return h_daemon_start_env(r, admin_token ? token : NULL, sets, nsets);
+}
+
 h_daemon *h_daemon_start(const h_redis *r, ...)
 {
     const char *sets[64];
-    size_t n = 0;
     va_list ap;
     va_start(ap, r);
-    const char *s;
-    while ((s = va_arg(ap, const char *)) != NULL && n < 64)
-        sets[n++] = s;
+    size_t n = va_strings(ap, sets, 64);
     va_end(ap);
     return h_daemon_startv(r, true, sets, n);
 }
@@ -915,6 +944,68 @@ void h_daemon_log_tail(const h_daemon *d, int lines)
         print_tail("daemon log", d->log, 0, lines);
 }
 
+/* --- one-shot commands ------------------------------------------------- */
+
+int h_run_nerve(h_run *r, int timeout_ms, const char *const *env, const char *const *args)
+{
+    static int seq;
+    h_init();
+    memset(r, 0, sizeof *r);
+    r->status = -1;
+    char out[PATH_MAX], err[PATH_MAX];
+    seq++;
+    snprintf(out, sizeof out, "%s/run-%d.out", tmpdir, seq);
+    snprintf(err, sizeof err, "%s/run-%d.err", tmpdir, seq);
+    size_t n = 0;
+    while (args[n])
+        n++;
+    char **argv = calloc(n + 2, sizeof *argv);
+    char **envp = child_env(env);
+    pid_t pid = -1;
+    if (argv && envp) {
+        argv[0] = (char *)h_nerve_bin();
+        for (size_t i = 0; i < n; i++)
+            argv[i + 1] = (char *)args[i];
+        pid = spawn(argv, envp, out, err, rootdir);
+    }
+    free(argv);
+    free(envp);
+    if (pid < 0) {
+        r->out = strdup("");
+        r->err = strdup("harness: could not start nerve (the reason is printed above)\n");
+        return -1;
+    }
+    int status = 0;
+    bool done;
+    double dl = h_deadline(timeout_ms);
+    while (!(done = reaped(pid, &status)) && h_before(dl))
+        h_nap();
+    if (!done) {
+        r->timed_out = true;
+        kill(-pid, SIGKILL);
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        untrack_child(pid);
+    } else if (WIFEXITED(status)) {
+        r->status = WEXITSTATUS(status);
+    }
+    char *o = h_read_file(out), *e = h_read_file(err);
+    r->out = o ? o : strdup("");
+    r->err = e ? e : strdup("");
+    r->json = cJSON_Parse(r->out);
+    return r->status;
+}
+
+void h_run_free(h_run *r)
+{
+    if (r == NULL)
+        return;
+    free(r->out);
+    free(r->err);
+    cJSON_Delete(r->json);
+    memset(r, 0, sizeof *r);
+}
+
 /* --- per test ---------------------------------------------------------- */
 
 int h_test_setup(void **state)
@@ -952,6 +1043,7 @@ int h_test_teardown(void **state)
     for (int i = 0; i < MAX_TRACKED; i++)
         if (loads_live[i])          /* left running by a failed test */
             run_finish(loads_live[i], NULL, NULL);
+    h_sub_close_all();
     for (int i = 0; i < MAX_TRACKED; i++) {
         h_redis *r = redis_live[i];
         if (r && r->owned)
@@ -1012,12 +1104,9 @@ long h_http(const h_daemon *d, const char *method, const char *path,
     h_init();
     memset(r, 0, sizeof *r);
     const char *extra[32];
-    size_t n = 0;
     va_list ap;
     va_start(ap, r);
-    const char *s;
-    while ((s = va_arg(ap, const char *)) != NULL && n < 32)
-        extra[n++] = s;
+    size_t n = va_strings(ap, extra, 32);
     va_end(ap);
 
     CURL *h = curl_easy_init();

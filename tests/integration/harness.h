@@ -12,7 +12,16 @@
  *     `serve -c config/nerve.yaml --set server.listen=... --set redis.url=...
  *     --set server.pidfile=` plus the test's own --set values, with
  *     NERVE_ADMIN_TOKEN=test-token and its stderr in a log file;
- *   - HTTP helpers over libcurl and a concurrent keep-alive load generator.
+ *   - one-shot `nerve ...` commands (check, reload, stress...) with their
+ *     exit status, stdout and stderr;
+ *   - HTTP helpers over libcurl and a concurrent keep-alive load generator;
+ *   - (harness_fixtures.c) files and rule directories in the temp dir, a
+ *     mock emergency-stop webhook (tests/lib/mock_webhook.h, compiled in
+ *     there), and the redis-server (daemon, webhook) a group of tests
+ *     shares;
+ *   - (harness_observe.c) the bus (subscribers, PUBLISH, a subscriber of
+ *     the test's own), kill records, and the daemon's counters (GET /rules,
+ *     GET /metrics).
  *
  * Children run in their own process groups with PR_SET_PDEATHSIG and are
  * killed at exit and on fatal signals, so a failed or aborted test leaves
@@ -21,8 +30,13 @@
  * Threads: only h_load_start()/h_load_run() start threads, which touch
  * nothing but their own state; everything else is meant for the test's main
  * thread (cmocka's asserts are not thread-safe either).
- * Ownership: h_*_start() return objects freed by the matching stop; h_resp
- * and h_load results are freed with h_resp_free() and h_load_free().
+ * Ownership: h_*_start() return objects freed by the matching stop; h_resp,
+ * h_load and h_run results are freed with h_resp_free(), h_load_free() and
+ * h_run_free(); a subscriber with h_sub_close(); strings returned as
+ * `char *` are the caller's to free().
+ * Failing: the H_UPPER_CASE helper macros (and the *_at functions behind
+ * them) fail the running test at the caller's FILE:LINE, saying what they
+ * saw, instead of returning an error.
  */
 #ifndef NERVE_TEST_HARNESS_H
 #define NERVE_TEST_HARNESS_H
@@ -38,6 +52,8 @@
 #include <sys/types.h>
 #include <cjson/cJSON.h>
 #include <hiredis/hiredis.h>
+
+#include "../lib/mock_webhook.h"
 
 #define H_ADMIN_TOKEN "test-token"
 #define H_STR_(x) #x
@@ -58,6 +74,14 @@ bool h_before(double deadline);
 /* A short pause between two polls of a condition (not synchronisation). */
 void h_nap(void);
 
+/* A TCP port on 127.0.0.1 that nothing listens on just now (the kernel's
+ * pick for port 0, released again), -1 on error. Someone may take it before
+ * the caller binds it: starts that bind it retry. */
+int h_free_port(void);
+/* $NERVE_BIN (default ./nerve) made absolute (as given when that fails):
+ * children run in the repo root, not in the test's directory. */
+const char *h_nerve_bin(void);
+
 /* Print a cmocka error at FILE:LINE and fail the running test. */
 void h_fail_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -65,9 +89,10 @@ void h_fail_at(const char *file, int line, const char *fmt, ...)
 /* Per-test bookkeeping, to pass as cmocka setup/teardown: on failure the
  * teardown prints the tail of every daemon log written during the test; it
  * always resumes a paused redis, stops the daemons the test started and left
- * running, joins a load the test left running, and stops the redis servers
- * the test started. A test calls h_pass() as its last statement (reached
- * only when no assertion failed). */
+ * running, joins a load the test left running, closes the subscribers left
+ * open (h_sub_close_all), and stops the redis servers the test started. A
+ * test calls h_pass() as its last statement (reached only when no assertion
+ * failed). */
 int h_test_setup(void **state);
 int h_test_teardown(void **state);
 void h_pass(void);
@@ -127,6 +152,14 @@ h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
                           const char *const *sets, size_t nsets);
 /* Same with the overrides as NULL-terminated arguments and the token set. */
 h_daemon *h_daemon_start(const h_redis *r, ...) __attribute__((sentinel));
+/* Same with ENV, NULL-terminated "NAME=value" strings (NULL: none), added to
+ * the child's environment after the harness dropped the variables that
+ * steer the daemon (REDIS_URL, NERVE_LISTEN, NERVE_RULES_DIR,
+ * NERVE_PANIC_URL, NERVE_ADMIN_TOKEN, NERVE_PANIC_TOKEN): the way to hand it
+ * secrets such as NERVE_PANIC_TOKEN. The admin token is set only when ENV
+ * has it. ENV is not kept after the start. */
+h_daemon *h_daemon_start_env(const h_redis *r, const char *const *env,
+                             const char *const *sets, size_t nsets);
 /* SIGTERM, wait up to 20 s (then SIGKILL) and free D. Returns the exit
  * status (0..255) of a normal exit, -1 otherwise; a non-zero result is
  * printed with the log tail. NULL returns -1. */
@@ -135,6 +168,79 @@ int h_daemon_stop(h_daemon *d);
 int h_daemon_alive(h_daemon *d);
 /* Print the last LINES lines of D's log. */
 void h_daemon_log_tail(const h_daemon *d, int lines);
+
+/* --- per group, the mock webhook (harness_fixtures.c) ------------------ */
+
+/* Fixtures shared by a group of tests, for a file's main():
+ *
+ *     h_group_use(&redis, &daemon, sets);
+ *     return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
+ *
+ * h_group_setup starts one redis-server (no AOF) into *REDIS and, when
+ * DAEMON is not NULL, one daemon on it into *DAEMON (h_daemon_startv with
+ * the admin token and the NULL-terminated overrides SETS, NULL: none; SETS
+ * is read at setup time, so it may point at buffers the file fills in just
+ * before). h_group_teardown stops that daemon (whatever *DAEMON holds then:
+ * a test may have replaced it) and frees the redis, setting both pointers
+ * to NULL; it fails (-1) when the daemon did not exit 0. A file with more
+ * fixtures of its own calls these from its group setup/teardown. The
+ * pointers must outlive the group run; main thread only. */
+void h_group_use(h_redis **redis, h_daemon **daemon, const char *const *sets);
+/* Also a mock webhook for the group, started after the redis into *HOOK,
+ * its override "panic.webhook_url=..." into SET (SETLEN bytes); stopped
+ * first by h_group_teardown. */
+void h_group_hook(mock_server **hook, char *set, size_t setlen);
+int h_group_setup(void **state);
+int h_group_teardown(void **state);
+
+/* A mock emergency-stop webhook (tests/lib/mock_webhook.h) answering 200 at
+ * once on 127.0.0.1: the server (the caller stops it with mock_stop) and,
+ * into SET (SETLEN bytes), the override "panic.webhook_url=<its /hook URL>".
+ * NULL on failure (the reason printed). */
+mock_server *h_hook_start(char *set, size_t setlen);
+/* Back to answering 200 at once, and forget the requests seen (between two
+ * tests). NULL is fine. */
+void h_hook_reset(mock_server *m);
+
+/* --- files in the temp dir (harness_fixtures.c) ------------------------ */
+
+/* Write TEXT to DIR/NAME, created or truncated. */
+#define H_WRITE_FILE(dir, name, text) \
+    h_write_file_at((dir), (name), (text), __FILE__, __LINE__)
+/* A directory NAME in the temp dir (made when missing) holding the rule file
+ * RULE with TEXT (RULE NULL: an empty directory, or as it is): its path into
+ * DIR (DIRLEN bytes) and the override "rules.dir=<path>" into SET (SETLEN
+ * bytes), each only when not NULL. */
+#define H_RULES_DIR(name, rule, text, dir, dirlen, set, setlen) \
+    h_rules_dir_at((name), (rule), (text), (dir), (dirlen), (set), (setlen), __FILE__, __LINE__)
+
+void h_write_file_at(const char *dir, const char *name, const char *text,
+                     const char *file, int line);
+void h_rules_dir_at(const char *name, const char *rule, const char *text, char *dir,
+                    size_t dirlen, char *set, size_t setlen, const char *file, int line);
+/* The whole of PATH, NUL-terminated (the caller frees it); NULL when it
+ * cannot be read, with errno set. */
+char *h_read_file(const char *path);
+
+/* --- one-shot commands ------------------------------------------------- */
+
+typedef struct h_run {
+    int status;                 /* exit status 0..255; -1: killed by a signal,
+                                 * timed out, or could not start */
+    bool timed_out;             /* killed (SIGKILL) at the deadline */
+    char *out, *err;            /* the whole stdout and stderr, NUL-terminated */
+    cJSON *json;                /* stdout parsed, NULL when not JSON */
+} h_run;
+
+/* Run `$NERVE_BIN ARGS...` (ARGS NULL-terminated) from the repo root, in its
+ * own process group, with stdin /dev/null and the environment the daemon gets
+ * (the steering variables dropped, see h_daemon_start_env) plus ENV
+ * (NULL-terminated "NAME=value" strings, NULL: none); wait up to TIMEOUT_MS,
+ * then SIGKILL the group. Fills R (free with h_run_free; out and err are
+ * never NULL, err says why when it could not start) and returns its status. */
+int h_run_nerve(h_run *r, int timeout_ms, const char *const *env, const char *const *args);
+/* NULL is fine. */
+void h_run_free(h_run *r);
 
 /* --- HTTP -------------------------------------------------------------- */
 
@@ -192,6 +298,72 @@ long long h_redis_stock_at(h_redis *r, const char *sku, const char *file, int li
 void h_assert_error_at(const h_resp *r, long status, const char *code,
                        const char *file, int line);
 void h_assert_json_at(const h_resp *r, const char *file, int line);
+
+/* --- the bus, kill records, counters (harness_observe.c) --------------- */
+
+/* Poll PUBSUB NUMSUB until at least N clients (the daemons' buses) subscribe
+ * to CHANNEL on R; fails after 10 s with the count last seen. */
+#define H_WAIT_SUBSCRIBERS(r, channel, n) \
+    h_wait_subscribers_at((r), (channel), (n), __FILE__, __LINE__)
+void h_wait_subscribers_at(h_redis *r, const char *channel, long long n,
+                           const char *file, int line);
+/* PUBLISH CHANNEL MSG on R: the number of receivers, -1 on error. */
+long long h_publish(h_redis *r, const char *channel, const char *msg);
+
+/* The test's own subscriber to one channel whose messages are JSON objects
+ * with "kind" and "scope" (system_alerts): it keeps every message it reads,
+ * parsed, with the time it read it. Opaque; reading happens only in the
+ * pump. It lives until h_sub_close (NULL is fine), which frees the messages
+ * too, or until the end of the test: h_test_teardown closes every subscriber
+ * still open (h_sub_close_all). */
+typedef struct h_sub h_sub;
+
+/* Connect to R and SUBSCRIBE to CHANNEL. */
+#define H_SUB_OPEN(r, channel) h_sub_open_at((r), (channel), __FILE__, __LINE__)
+/* Read every message that arrives within MS (0: only what is already here);
+ * fails on a connection error or a message that is not JSON. */
+#define H_SUB_PUMP(s, ms) h_sub_pump_at((s), (ms), __FILE__, __LINE__)
+/* Pump until at least N messages of KIND and SCOPE arrived; fails after MS. */
+#define H_SUB_WAIT(s, kind, scope, n, ms) \
+    h_sub_wait_at((s), (kind), (scope), (n), (ms), __FILE__, __LINE__)
+
+h_sub *h_sub_open_at(h_redis *r, const char *channel, const char *file, int line);
+void h_sub_close(h_sub *s);
+void h_sub_close_all(void);
+void h_sub_pump_at(h_sub *s, int ms, const char *file, int line);
+void h_sub_wait_at(h_sub *s, const char *kind, const char *scope, int n, int ms,
+                   const char *file, int line);
+/* The messages read so far of KIND and SCOPE (NULL: any scope): how many;
+ * the I-th (0-based, NULL when there is none; still S's), and the h_now()
+ * it was read at into *AT when AT is not NULL; each printed, one JSON a line
+ * (for a failure message). */
+int h_sub_count(const h_sub *s, const char *kind, const char *scope);
+const cJSON *h_sub_find(const h_sub *s, const char *kind, const char *scope, int i, double *at);
+void h_sub_print(const h_sub *s, const char *kind, const char *scope);
+
+/* The kill record of SCOPE in R (PREFIX kill:SCOPE), parsed (the caller
+ * deletes it); NULL when absent or not JSON. */
+cJSON *h_kill_record(h_redis *r, const char *scope);
+/* Poll until SCOPE's record exists (STATE NULL) or has state STATE; the
+ * record (the caller deletes it); fails after MS with the record last seen. */
+#define H_WAIT_KILL(r, scope, state, ms) \
+    h_wait_kill_at((r), (scope), (state), (ms), __FILE__, __LINE__)
+cJSON *h_wait_kill_at(h_redis *r, const char *scope, const char *state, int ms,
+                      const char *file, int line);
+
+/* The integral counter FIELD ("evaluations", "errors") of rule NAME in D's
+ * GET /rules, -1 when the rule is not listed or the request failed. */
+long long h_rule_stat(const h_daemon *d, const char *name, const char *field);
+/* GET /rules "generation"; fails unless 200 with an integral one. */
+#define H_GENERATION(d) h_generation_at((d), __FILE__, __LINE__)
+long long h_generation_at(const h_daemon *d, const char *file, int line);
+/* GET /metrics as text (the caller frees it); fails unless 200. */
+#define H_METRICS(d) h_metrics_at((d), __FILE__, __LINE__)
+char *h_metrics_at(const h_daemon *d, const char *file, int line);
+/* In the Prometheus TEXT, the sum of the samples of metric NAME (`NAME v` or
+ * `NAME{labels} v`) whose labels contain the string LABEL (NULL: every
+ * sample); -1 when no sample matched. */
+double h_metric(const char *text, const char *name, const char *label);
 
 /* --- concurrent load ---------------------------------------------------- */
 

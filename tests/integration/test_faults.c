@@ -22,8 +22,6 @@
  */
 #include "harness.h"
 
-#include "../lib/mock_webhook.c"
-
 #include "nerve/rds.h"
 #include "nerve/sale.h"
 
@@ -50,8 +48,6 @@
 
 #define CHANNELS "bus.channels=[inventory_events,sales_events,test_events,probe_events,flood_events]"
 
-extern char **environ;
-
 static int faults;              /* faults injected, for the summary */
 static mock_server *hook;       /* test 3: stopped by the teardown */
 
@@ -62,16 +58,6 @@ static void sleep_ms(int ms)
     struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        fail_msg("fopen %s: %s", path, strerror(errno));
-    fputs(text, f);
-    if (fclose(f) != 0)
-        fail_msg("write %s: %s", path, strerror(errno));
 }
 
 static const char *const KILLER_RULE =
@@ -106,130 +92,17 @@ static const char *const BURNER_RULE =
     "  end,\n"
     "}\n";
 
-/* A rules dir under the temp dir with the three rules; "rules.dir=..." into SET. */
+/* A rules dir under the temp dir with the three rules (written once);
+ * "rules.dir=..." into SET. */
 static void rules_dir(char *set, size_t len)
 {
     static char dir[PATH_MAX];
     if (dir[0] == '\0') {
-        snprintf(dir, sizeof dir, "%s/fault-rules", h_tmpdir());
-        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-            fail_msg("mkdir %s: %s", dir, strerror(errno));
-        char p[PATH_MAX + 32];
-        snprintf(p, sizeof p, "%s/killer.lua", dir);
-        write_file(p, KILLER_RULE);
-        snprintf(p, sizeof p, "%s/probe.lua", dir);
-        write_file(p, PROBE_RULE);
-        snprintf(p, sizeof p, "%s/burner.lua", dir);
-        write_file(p, BURNER_RULE);
+        H_RULES_DIR("fault-rules", "killer.lua", KILLER_RULE, dir, sizeof dir, NULL, 0);
+        H_WRITE_FILE(dir, "probe.lua", PROBE_RULE);
+        H_WRITE_FILE(dir, "burner.lua", BURNER_RULE);
     }
     snprintf(set, len, "rules.dir=%s", dir);
-}
-
-static long long publish(h_redis *r, const char *channel, const char *json)
-{
-    redisReply *rep = h_redis_cmd(r, "PUBLISH %s %s", channel, json);
-    long long n = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
-    freeReplyObject(rep);
-    return n;
-}
-
-static void wait_subscribed(h_redis *r, const char *channel, int ms)
-{
-    double dl = h_deadline(ms);
-    while (h_before(dl)) {
-        redisReply *rep = h_redis_cmd(r, "PUBSUB NUMSUB %s", channel);
-        long long n = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2
-                      ? rep->element[1]->integer : 0;
-        freeReplyObject(rep);
-        if (n > 0)
-            return;
-        h_nap();
-    }
-    fail_msg("nobody subscribed to %s within %d ms", channel, ms);
-}
-
-static cJSON *kill_record(h_redis *r, const char *scope)
-{
-    redisReply *rep = h_redis_cmd(r, "GET " H_PREFIX "kill:%s", scope);
-    cJSON *o = rep && rep->type == REDIS_REPLY_STRING ? cJSON_Parse(rep->str) : NULL;
-    freeReplyObject(rep);
-    return o;
-}
-
-/* Poll until SCOPE's record exists (STATE NULL) or has STATE; fails after MS. */
-static cJSON *wait_kill(h_redis *r, const char *scope, const char *state, int ms)
-{
-    double dl = h_deadline(ms);
-    char last[512] = "(no record)";
-    while (h_before(dl)) {
-        cJSON *o = kill_record(r, scope);
-        if (o) {
-            const char *s = h_jstr(o, "state");
-            if (state == NULL || (s && strcmp(s, state) == 0))
-                return o;
-            char *t = cJSON_PrintUnformatted(o);
-            snprintf(last, sizeof last, "%s", t ? t : "?");
-            free(t);
-            cJSON_Delete(o);
-        }
-        h_nap();
-    }
-    fail_msg("kill record %s%s%s not there within %d ms; last seen: %s", scope,
-             state ? " in state " : "", state ? state : "", ms, last);
-    return NULL;
-}
-
-static char *scrape(const h_daemon *d)
-{
-    h_resp r;
-    h_http(d, "GET", "/metrics", NULL, &r, NULL);
-    if (r.status != 200)
-        fail_msg("GET /metrics: %ld %s", r.status, r.err);
-    char *s = strdup(r.body);
-    h_resp_free(&r);
-    return s;
-}
-
-/* The sum of the samples of NAME whose labels contain LABEL (NULL: all). */
-static double metric(const char *text, const char *name, const char *label)
-{
-    double sum = 0;
-    size_t nl = strlen(name);
-    for (const char *p = text; p && *p; ) {
-        const char *eol = strchr(p, '\n');
-        if (strncmp(p, name, nl) == 0 && (p[nl] == ' ' || p[nl] == '{')) {
-            const char *v = p + nl;
-            bool match = label == NULL;
-            if (*v == '{') {
-                const char *close = strchr(v, '}');
-                if (close && label) {
-                    char *lab = strndup(v, (size_t)(close - v));
-                    match = strstr(lab, label) != NULL;
-                    free(lab);
-                }
-                v = close ? close + 1 : v;
-            }
-            if (match)
-                sum += strtod(v, NULL);
-        }
-        p = eol ? eol + 1 : NULL;
-    }
-    return sum;
-}
-
-static long long rule_stat(const h_daemon *d, const char *name, const char *field)
-{
-    h_resp r;
-    h_http(d, "GET", "/rules", NULL, &r, NULL);
-    long long v = -1;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(r.json, "rules")) {
-        const char *n = h_jstr(it, "name");
-        if (n && strcmp(n, name) == 0 && !h_jll(it, field, &v))
-            v = -1;
-    }
-    h_resp_free(&r);
-    return v;
 }
 
 /* VmRSS of PID in KiB, -1 if unreadable. */
@@ -429,7 +302,7 @@ static void test_redis_sigkill(void **state)
                                  "lock.max_wait_ms=500", NULL);
     assert_non_null(d);
     pid_t pid = d->pid;
-    wait_subscribed(r, "test_events", 10000);
+    H_WAIT_SUBSCRIBERS(r, "test_events", 1);
     H_SET_STOCK(d, sku, initial);
 
     for (int i = 0; i < 3; i++)
@@ -552,11 +425,11 @@ static void test_redis_sigkill(void **state)
     snprintf(ev, sizeof ev, "{\"kill\":\"%s\"}", scope);
     dl = h_deadline(15000);
     long long got = 0;
-    while (h_before(dl) && (got = publish(r, "test_events", ev)) < 1)
+    while (h_before(dl) && (got = h_publish(r, "test_events", ev)) < 1)
         sleep_ms(50);
     if (got < 1)
         fail_msg("the bus did not resubscribe within 15 s of the redis restart");
-    cJSON_Delete(wait_kill(r, scope, NULL, 5000));
+    cJSON_Delete(H_WAIT_KILL(r, scope, NULL, 5000));
 
     assert_int_equal(d->pid, pid);
     assert_int_equal(h_daemon_alive(d), 1);
@@ -737,13 +610,13 @@ static void expect_not_delayed(h_daemon *d, h_redis *r, const char *sku, long lo
         fail_msg("sale %s took %.2f s (the webhook must not delay sales)", when, hr.secs);
     printf("# sale %s answered in %.3f s\n", when, hr.secs);
     h_resp_free(&hr);
-    long long before = rule_stat(d, "fault_probe", "evaluations");
+    long long before = h_rule_stat(d, "fault_probe", "evaluations");
     double t0 = h_now();
-    assert_true(publish(r, "probe_events", "{\"n\":1}") >= 1);
+    assert_true(h_publish(r, "probe_events", "{\"n\":1}") >= 1);
     double dl = h_deadline(1000);
-    while (rule_stat(d, "fault_probe", "evaluations") <= before && h_before(dl))
+    while (h_rule_stat(d, "fault_probe", "evaluations") <= before && h_before(dl))
         h_nap();
-    if (rule_stat(d, "fault_probe", "evaluations") <= before)
+    if (h_rule_stat(d, "fault_probe", "evaluations") <= before)
         fail_msg("an event %s was not evaluated within 1 s", when);
     printf("# event %s evaluated in %.3f s\n", when, h_now() - t0);
 }
@@ -753,32 +626,29 @@ static void test_webhook_hang_and_close(void **state)
     (void)state;
     h_redis *r = h_redis_start(false);
     assert_non_null(r);
-    int port = 0;
-    hook = mock_start(&port);
+    char uset[160], rset[PATH_MAX + 32];
+    hook = h_hook_start(uset, sizeof uset);
     assert_non_null(hook);
-    char url[128], uset[160], rset[PATH_MAX + 32];
-    assert_int_equal(mock_url(hook, "/hook", url, sizeof url), 0);
-    snprintf(uset, sizeof uset, "panic.webhook_url=%s", url);
     rules_dir(rset, sizeof rset);
     h_daemon *d = h_daemon_start(r, rset, uset, CHANNELS, "panic.timeout_ms=1500",
                                  "panic.max_attempts=4", "panic.backoff_initial_ms=50",
                                  "panic.backoff_max_ms=200", "alerts.throttle_s=0", NULL);
     assert_non_null(d);
-    wait_subscribed(r, "test_events", 10000);
+    H_WAIT_SUBSCRIBERS(r, "test_events", 1);
     H_SET_STOCK(d, "fault-hook", 100);
 
     /* a: hangs 3 s (past the 1.5 s timeout), closes, closes after 100 ms, 200. */
     mock_set_steps(hook, (const mock_step[]){ { 200, 3000 }, { MOCK_CLOSE, 0 }, { MOCK_CLOSE, 100 } },
                    3, (mock_step){ 200, 0 });
-    assert_true(publish(r, "test_events", "{\"kill\":\"hook:a\"}") >= 1);
+    assert_true(h_publish(r, "test_events", "{\"kill\":\"hook:a\"}") >= 1);
     assert_int_equal(mock_wait_requests(hook, 1, 5000), 0);
     faults++;
-    cJSON *rec = kill_record(r, "hook:a");
+    cJSON *rec = h_kill_record(r, "hook:a");
     assert_non_null(rec);
     assert_string_equal(h_jstr(rec, "state"), "stopping");
     cJSON_Delete(rec);
     expect_not_delayed(d, r, "fault-hook", 99, "while the webhook hangs");
-    rec = wait_kill(r, "hook:a", "stopped", 10000);
+    rec = H_WAIT_KILL(r, "hook:a", "stopped", 10000);
     long long attempts = -1;
     assert_true(h_jll(rec, "attempts", &attempts));
     cJSON_Delete(rec);
@@ -797,20 +667,20 @@ static void test_webhook_hang_and_close(void **state)
     /* b: hangs, then closes every time: stop_failed after max_attempts. */
     mock_reset(hook);
     mock_set_steps(hook, (const mock_step[]){ { 200, 3000 } }, 1, (mock_step){ MOCK_CLOSE, 0 });
-    assert_true(publish(r, "test_events", "{\"kill\":\"hook:b\"}") >= 1);
+    assert_true(h_publish(r, "test_events", "{\"kill\":\"hook:b\"}") >= 1);
     assert_int_equal(mock_wait_requests(hook, 1, 5000), 0);
     faults++;
     expect_not_delayed(d, r, "fault-hook", 98, "while the webhook hangs again");
-    rec = wait_kill(r, "hook:b", "stop_failed", 10000);
+    rec = H_WAIT_KILL(r, "hook:b", "stop_failed", 10000);
     assert_true(h_jll(rec, "attempts", &attempts));
     cJSON_Delete(rec);
     if (attempts != 4 || mock_requests(hook) != 4)
         fail_msg("hook:b: expected stop_failed after 4 attempts, got attempts %lld, %zu requests",
                  attempts, mock_requests(hook));
     faults += 3;
-    char *m = scrape(d);
-    double failed = metric(m, "nerve_panic_attempts_total", "result=\"failed\"");
-    double ok = metric(m, "nerve_panic_attempts_total", "result=\"ok\"");
+    char *m = H_METRICS(d);
+    double failed = h_metric(m, "nerve_panic_attempts_total", "result=\"failed\"");
+    double ok = h_metric(m, "nerve_panic_attempts_total", "result=\"ok\"");
     free(m);
     printf("# nerve_panic_attempts_total: ok %.0f, failed %.0f\n", ok, failed);
     assert_true(failed == 7 && ok == 1);
@@ -833,7 +703,7 @@ static void test_bus_flood(void **state)
     h_daemon *d = h_daemon_start(r, rset, CHANNELS, "panic.dry_run=true", "bus.queue_size=1000",
                                  NULL);
     assert_non_null(d);
-    wait_subscribed(r, "flood_events", 10000);
+    H_WAIT_SUBSCRIBERS(r, "flood_events", 1);
     redisContext *pc = h_redis_connect(r);
     assert_non_null(pc);
     char payload[128];
@@ -850,14 +720,14 @@ static void test_bus_flood(void **state)
         freeReplyObject(rep);
     }
     double dl = h_deadline(20000);
-    while (rule_stat(d, "fault_burner", "evaluations") < 500 && h_before(dl))
+    while (h_rule_stat(d, "fault_burner", "evaluations") < 500 && h_before(dl))
         sleep_ms(10);
-    assert_int_equal(rule_stat(d, "fault_burner", "evaluations"), 500);
+    assert_int_equal(h_rule_stat(d, "fault_burner", "evaluations"), 500);
     double eval_rate = 500 / (h_now() - t0);
     long rss0 = rss_kib(d->pid);
-    char *m0 = scrape(d);
-    double drop0 = metric(m0, "nerve_event_queue_dropped_total", NULL);
-    double ev0 = metric(m0, "nerve_events_total", "flood_events");
+    char *m0 = H_METRICS(d);
+    double drop0 = h_metric(m0, "nerve_event_queue_dropped_total", NULL);
+    double ev0 = h_metric(m0, "nerve_events_total", "flood_events");
     free(m0);
     assert_int_equal(readyz(d, NULL, 0), 200);
 
@@ -917,16 +787,16 @@ static void test_bus_flood(void **state)
     long ready_status = readyz(d, why, sizeof why);
     printf("# /readyz back to %ld %.1f s after the flood\n", ready_status, back);
 
-    char *m1 = scrape(d);
-    double dropped = metric(m1, "nerve_event_queue_dropped_total", NULL) - drop0;
-    double evaluated = metric(m1, "nerve_events_total", "flood_events") - ev0;
+    char *m1 = H_METRICS(d);
+    double dropped = h_metric(m1, "nerve_event_queue_dropped_total", NULL) - drop0;
+    double evaluated = h_metric(m1, "nerve_events_total", "flood_events") - ev0;
     free(m1);
     printf("# nerve_event_queue_dropped_total +%.0f, nerve_events_total{flood_events} +%.0f "
            "(sum %.0f of %lld delivered)\n", dropped, evaluated, dropped + evaluated, delivered);
 
     /* Events are evaluated again. */
-    assert_true(publish(r, "flood_events", "{\"kill\":\"flood:after\"}") >= 1);
-    cJSON_Delete(wait_kill(r, "flood:after", NULL, 10000));
+    assert_true(h_publish(r, "flood_events", "{\"kill\":\"flood:after\"}") >= 1);
+    cJSON_Delete(H_WAIT_KILL(r, "flood:after", NULL, 10000));
 
     assert_int_equal(h_daemon_alive(d), 1);
     redisFree(pc);
@@ -1123,23 +993,6 @@ static void test_slowloris(void **state)
 
 /* --- 6. an unwritable pidfile ----------------------------------------------------------- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    int port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 typedef struct exit_res {
     int status;                 /* exit status, -1: signal or still running (killed) */
     double secs;
@@ -1157,14 +1010,13 @@ static void run_serve(const h_redis *r, const char *pidfile, int fs, const char 
 {
     memset(o, 0, sizeof *o);
     o->status = -1;
-    const char *b = getenv("NERVE_BIN");
-    char bin[PATH_MAX];
-    if (realpath(b && *b ? b : "./nerve", bin) == NULL)
-        fail_msg("NERVE_BIN: %s", strerror(errno));
+    const char *bin = h_nerve_bin();
+    if (access(bin, X_OK) != 0)
+        fail_msg("NERVE_BIN %s: %s", bin, strerror(errno));
     char url[96], pf[PATH_MAX + 32], listen[64];
     snprintf(url, sizeof url, "redis.url=redis://127.0.0.1:%d/0", r->port);
     snprintf(pf, sizeof pf, "server.pidfile=%s", pidfile);
-    snprintf(listen, sizeof listen, "server.listen=127.0.0.1:%d", free_port());
+    snprintf(listen, sizeof listen, "server.listen=127.0.0.1:%d", h_free_port());
     const char *argv[] = { bin, "serve", "-c", "config/nerve.yaml", "--set", listen,
                            "--set", url, "--set", pf, NULL };
     int p[2];
@@ -1292,11 +1144,6 @@ static void test_unwritable_pidfile(void **state)
 
 /* --- main ----------------------------------------------------------------------------------- */
 
-static int setup(void **state)
-{
-    return h_test_setup(state);
-}
-
 static int teardown(void **state)
 {
     slow_join();
@@ -1315,7 +1162,7 @@ static int group_teardown(void **state)
     return 0;
 }
 
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, teardown)
 
 int main(void)
 {

@@ -32,12 +32,7 @@
  */
 #include "harness.h"
 
-/* One translation unit with the test: the Makefile does not link tests/lib. */
-#include "../lib/mock_webhook.c"
-
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -45,50 +40,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #define FLEET 3
 #define ALERTS "system_alerts"
-#define MAX_MSGS 1024
 #define STRESS_TIMEOUT_MS 45000
 #define LOCK_TTL_MS 3000
 #define LOCK_WAIT_MS 2000
 
-extern char **environ;
-
 static h_redis *redis;
-static mock_server *hook;
-static char hook_url[128];
+static mock_server *hook;       /* the group's mock webhook */
+static char hook_set[160];      /* "panic.webhook_url=<hook>" */
 static h_daemon *fleet[FLEET];
 
-/* --- files, redis, daemons ------------------------------------------------ */
-
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        fail_msg("fopen %s: %s", path, strerror(errno));
-    fputs(text, f);
-    if (fclose(f) != 0)
-        fail_msg("write %s: %s", path, strerror(errno));
-}
-
-/* A fresh directory TMP/NAME holding the one rule file FILE = TEXT; the
- * override "rules.dir=..." into SET. */
-static void rules_dir(const char *name, const char *file, const char *text, char *set,
-                      size_t setlen)
-{
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/%s", h_tmpdir(), name);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        fail_msg("mkdir %s: %s", dir, strerror(errno));
-    write_file(dir, file, text);
-    snprintf(set, setlen, "rules.dir=%s", dir);
-}
+/* --- redis, daemons --------------------------------------------------------- */
 
 /* Start the three instances against the shared redis with the same
  * overrides SETS (NULL-terminated). */
@@ -126,26 +90,6 @@ static long long redis_ll(redisReply *rep)
     return v;
 }
 
-/* Wait until N clients subscribe to CHANNEL (the three instances' buses). */
-static void wait_subscribers(const char *channel, long long n)
-{
-    double dl = h_deadline(10000);
-    long long got = -1;
-    while (h_before(dl)) {
-        redisReply *rep = h_redis_cmd(redis, "PUBSUB NUMSUB %s", channel);
-        got = -1;
-        if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-            rep->element[1]->type == REDIS_REPLY_INTEGER)
-            got = rep->element[1]->integer;
-        if (rep)
-            freeReplyObject(rep);
-        if (got == n)
-            return;
-        h_nap();
-    }
-    fail_msg("expected %lld subscribers on %s within 10 s, got %lld", n, channel, got);
-}
-
 /* KEYS PATTERN counted (a test-sized keyspace). */
 static long long count_keys(const char *pattern)
 {
@@ -162,41 +106,6 @@ static long long order_keys(const char *sku)
     char pat[256];
     snprintf(pat, sizeof pat, H_PREFIX "{%s}:order:*", sku);
     return count_keys(pat);
-}
-
-/* The kill record of SCOPE, parsed (caller deletes), NULL when absent. */
-static cJSON *kill_record(const char *scope)
-{
-    redisReply *rep = h_redis_cmd(redis, "GET " H_PREFIX "kill:%s", scope);
-    cJSON *o = NULL;
-    if (rep && rep->type == REDIS_REPLY_STRING)
-        o = cJSON_Parse(rep->str);
-    if (rep)
-        freeReplyObject(rep);
-    return o;
-}
-
-/* Poll until SCOPE's record exists (STATE NULL) or has state STATE. */
-static cJSON *wait_kill(const char *scope, const char *state, int ms)
-{
-    double dl = h_deadline(ms);
-    char last[1024] = "(no record)";
-    while (h_before(dl)) {
-        cJSON *o = kill_record(scope);
-        if (o) {
-            const char *s = h_jstr(o, "state");
-            if (state == NULL || (s && strcmp(s, state) == 0))
-                return o;
-            char *txt = cJSON_PrintUnformatted(o);
-            snprintf(last, sizeof last, "%s", txt ? txt : "?");
-            free(txt);
-            cJSON_Delete(o);
-        }
-        h_nap();
-    }
-    fail_msg("kill record %s%s%s not there within %d ms; last seen: %s", scope,
-             state ? " with state " : "", state ? state : "", ms, last);
-    return NULL;
 }
 
 /* Rule NAME's entry in D's GET /rules (caller deletes the returned root via
@@ -217,17 +126,15 @@ static const cJSON *rule_entry(const h_daemon *d, const char *name, cJSON **root
     return NULL;
 }
 
-/* Counter FIELD of rule NAME on D ("evaluations", "errors"), or the count of
- * decisions of ACTION when ACTION is not NULL; -1 when not listed. */
-static long long rule_stat(const h_daemon *d, const char *name, const char *field,
-                           const char *action)
+/* The count of decisions of ACTION by rule NAME on D; -1 when not listed. */
+static long long rule_decisions(const h_daemon *d, const char *name, const char *action)
 {
     cJSON *root;
     const cJSON *e = rule_entry(d, name, &root);
     long long v = -1;
-    if (e && action)
+    if (e)
         e = cJSON_GetObjectItemCaseSensitive(e, "decisions");
-    if (e && !h_jll(e, action ? action : field, &v))
+    if (e && !h_jll(e, action, &v))
         v = -1;
     cJSON_Delete(root);
     return v;
@@ -239,7 +146,7 @@ static void wait_evaluations(const char *name, long long want, int ms)
     double dl = h_deadline(ms);
     for (int i = 0; i < FLEET; i++) {
         long long v = -1;
-        while (h_before(dl) && (v = rule_stat(fleet[i], name, "evaluations", NULL)) < want)
+        while (h_before(dl) && (v = h_rule_stat(fleet[i], name, "evaluations")) < want)
             h_nap();
         if (v != want)
             fail_msg("instance %d: rule %s evaluations: expected %lld within %d ms, got %lld",
@@ -247,237 +154,26 @@ static void wait_evaluations(const char *name, long long want, int ms)
     }
 }
 
-/* The value of the sample NAME (with its labels, exactly) in D's /metrics. */
-static long long metric(const h_daemon *d, const char *name)
-{
-    h_resp r;
-    if (h_http(d, "GET", "/metrics", NULL, &r, NULL) != 200)
-        fail_msg("GET /metrics on %s: %ld %s", d->base, r.status, r.err);
-    long long v = -1;
-    size_t nl = strlen(name);
-    for (const char *p = r.body; p && *p;) {
-        if (strncmp(p, name, nl) == 0 && p[nl] == ' ') {
-            v = strtoll(p + nl + 1, NULL, 10);
-            break;
-        }
-        p = strchr(p, '\n');
-        p = p ? p + 1 : NULL;
-    }
-    h_resp_free(&r);
-    if (v < 0)
-        fail_msg("%s/metrics has no sample %s", d->base, name);
-    return v;
-}
-
-/* --- the test's own subscriber on system_alerts --------------------------- */
-
-typedef struct sub {
-    redisContext *c;
-    cJSON *msg[MAX_MSGS];
-    size_t n;
-} sub;
-
-static sub *alerts;             /* closed by the teardown */
-
-static sub *sub_open(const char *channel)
-{
-    sub *s = calloc(1, sizeof *s);
-    assert_non_null(s);
-    s->c = h_redis_connect(redis);
-    assert_non_null(s->c);
-    redisReply *rep = redisCommand(s->c, "SUBSCRIBE %s", channel);
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
-        fail_msg("SUBSCRIBE %s failed: %s", channel, s->c->errstr);
-    freeReplyObject(rep);
-    return s;
-}
-
-static void sub_close(sub *s)
-{
-    if (s == NULL)
-        return;
-    for (size_t i = 0; i < s->n; i++)
-        cJSON_Delete(s->msg[i]);
-    redisFree(s->c);
-    free(s);
-}
-
-/* Read every message that arrives within MS (0: only what is already here). */
-static void sub_pump(sub *s, int ms)
-{
-    double dl = h_deadline(ms);
-    for (;;) {
-        void *reply = NULL;
-        if (redisGetReplyFromReader(s->c, &reply) != REDIS_OK)
-            fail_msg("subscriber: %s", s->c->errstr);
-        if (reply) {
-            redisReply *rep = reply;
-            if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
-                rep->element[0]->type == REDIS_REPLY_STRING &&
-                strcmp(rep->element[0]->str, "message") == 0 && s->n < MAX_MSGS) {
-                s->msg[s->n] = cJSON_Parse(rep->element[2]->str);
-                if (s->msg[s->n] == NULL)
-                    fail_msg("an alert that is not JSON: %s", rep->element[2]->str);
-                s->n++;
-            }
-            freeReplyObject(rep);
-            continue;
-        }
-        int left = (int)((dl - h_now()) * 1000);
-        if (left < 0)
-            left = 0;
-        struct pollfd pf = { s->c->fd, POLLIN, 0 };
-        int pr = poll(&pf, 1, left);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0)
-            return;
-        if (redisBufferRead(s->c) != REDIS_OK)
-            fail_msg("subscriber: %s", s->c->errstr);
-    }
-}
-
-static bool msg_is(const cJSON *m, const char *kind, const char *scope)
-{
-    const char *k = h_jstr(m, "kind"), *sc = h_jstr(m, "scope");
-    return k && strcmp(k, kind) == 0 && sc && strcmp(sc, scope) == 0;
-}
-
-static int sub_count(const sub *s, const char *kind, const char *scope)
-{
-    int n = 0;
-    for (size_t i = 0; i < s->n; i++)
-        n += msg_is(s->msg[i], kind, scope);
-    return n;
-}
-
-static const cJSON *sub_find(const sub *s, const char *kind, const char *scope)
-{
-    for (size_t i = 0; i < s->n; i++)
-        if (msg_is(s->msg[i], kind, scope))
-            return s->msg[i];
-    return NULL;
-}
-
-/* Pump until at least N messages of KIND and SCOPE arrived; fails after MS. */
-static void sub_wait(sub *s, const char *kind, const char *scope, int n, int ms)
-{
-    double dl = h_deadline(ms);
-    while (sub_count(s, kind, scope) < n && h_before(dl))
-        sub_pump(s, 20);
-    if (sub_count(s, kind, scope) < n)
-        fail_msg("expected %d %s alert(s) for scope %s on " ALERTS " within %d ms, saw %d", n,
-                 kind, scope, ms, sub_count(s, kind, scope));
-}
-
-/* The messages of KIND and SCOPE, one JSON per line, for failure messages. */
-static void sub_print(const sub *s, const char *kind, const char *scope)
-{
-    for (size_t i = 0; i < s->n; i++) {
-        if (!msg_is(s->msg[i], kind, scope))
-            continue;
-        char *txt = cJSON_PrintUnformatted(s->msg[i]);
-        printf("  alert: %s\n", txt ? txt : "?");
-        free(txt);
-    }
-}
-
 /* --- running `nerve stress` ------------------------------------------------ */
 
-typedef struct run {
-    int rc;                     /* exit status; -1: killed or did not run */
-    char *out, *err;
-    cJSON *json;
-} run;
-
-static void run_free(run *r)
+/* Run `nerve stress ARGS...` (NULL-terminated) with the admin token in its
+ * environment; fails when it does not finish within STRESS_TIMEOUT_MS. */
+static void stress_run(h_run *r, const char *const *args)
 {
-    free(r->out);
-    free(r->err);
-    cJSON_Delete(r->json);
-    memset(r, 0, sizeof *r);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
-    if (s && n > 0 && fread(s, 1, (size_t)n, f) != (size_t)n)
-        s[0] = '\0';
-    fclose(f);
-    return s;
-}
-
-/* Run `nerve stress ARGV...` (NULL-terminated) with the admin token in its
- * environment; wait for it with a deadline (then SIGKILL and fail). */
-static void stress_run(run *r, const char *const *args)
-{
-    memset(r, 0, sizeof *r);
-    r->rc = -1;
-    const char *bin = getenv("NERVE_BIN");
+    static const char *const env[] = { "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN, NULL };
     const char *argv[64];
     int argc = 0;
-    argv[argc++] = bin && *bin ? bin : "./nerve";
     argv[argc++] = "stress";
     for (size_t i = 0; args[i] && argc < 63; i++)
         argv[argc++] = args[i];
     argv[argc] = NULL;
-
-    size_t n = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 2, sizeof *env);
-    assert_non_null(env);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "NERVE_ADMIN_TOKEN=", 18) != 0)
-            env[k++] = environ[i];
-    env[k++] = "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN;
-    env[k] = NULL;
-
-    char out[PATH_MAX], err[PATH_MAX];
-    static int seq;
-    snprintf(out, sizeof out, "%s/fleet-stress-%d.out", h_tmpdir(), ++seq);
-    snprintf(err, sizeof err, "%s/fleet-stress-%d.err", h_tmpdir(), seq);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
-            _exit(126);
-        execve(argv[0], (char *const *)argv, env);
-        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    free(env);
-    if (pid < 0)
-        fail_msg("fork: %s", strerror(errno));
-    int status = 0;
-    double dl = h_deadline(STRESS_TIMEOUT_MS);
-    pid_t w;
-    while ((w = waitpid(pid, &status, WNOHANG)) == 0 && h_before(dl))
-        h_nap();
-    if (w == 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-    }
-    r->out = slurp(out);
-    r->err = slurp(err);
-    r->json = cJSON_Parse(r->out);
-    if (w == 0)
+    h_run_nerve(r, STRESS_TIMEOUT_MS, env, argv);
+    if (r->timed_out)
         fail_msg("nerve stress did not finish within %d ms; stderr:\n%s", STRESS_TIMEOUT_MS,
                  r->err);
-    r->rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static long long jnum(const run *r, const cJSON *o, const char *key)
+static long long jnum(const h_run *r, const cJSON *o, const char *key)
 {
     long long v;
     if (!h_jll(o, key, &v))
@@ -525,17 +221,17 @@ static void test_stress_across_fleet(void **state)
     (void)state;
     const char *sku = "fleet-stress";
     char rset[PATH_MAX + 16];
-    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
+    H_RULES_DIR("fleet-quiet", "quiet.lua", QUIET_RULE, NULL, 0, rset, sizeof rset);
     const char *sets[] = { rset, "bus.channels=[fleet_quiet]", NULL };
     fleet_start(sets);
 
     const char *args[] = { "--url", fleet[0]->base, "--url", fleet[1]->base, "--url",
                            fleet[2]->base, "--sku", sku, "--stock", "3000", "--clients", "48",
                            "--requests", "9000", "--json", "--quiet", NULL };
-    run r;
+    h_run r;
     stress_run(&r, args);
-    if (r.rc != 0 || r.json == NULL)
-        fail_msg("nerve stress exited %d, expected 0\nstdout:\n%s\nstderr:\n%s", r.rc, r.out,
+    if (r.status != 0 || r.json == NULL)
+        fail_msg("nerve stress exited %d, expected 0\nstdout:\n%s\nstderr:\n%s", r.status, r.out,
                  r.err);
     const cJSON *inv = cJSON_GetObjectItemCaseSensitive(r.json, "invariants"), *c;
     if (cJSON_GetArraySize(inv) != 5)
@@ -584,7 +280,9 @@ static void test_stress_across_fleet(void **state)
      * stock (a replayed sale answers "duplicate", never "ok" twice). */
     long long sold_by_instances = 0;
     for (int i = 0; i < FLEET; i++) {
-        long long n = metric(fleet[i], "nerve_sales_total{result=\"ok\"}");
+        char *m = H_METRICS(fleet[i]);
+        long long n = (long long)h_metric(m, "nerve_sales_total", "result=\"ok\"");
+        free(m);
         printf("fleet stress: instance %d sold %lld\n", i + 1, n);
         if (n <= 0)
             fail_msg("instance %d sold nothing (nerve_sales_total{result=\"ok\"} = %lld)",
@@ -592,7 +290,7 @@ static void test_stress_across_fleet(void **state)
         sold_by_instances += n;
     }
     assert_int_equal(sold_by_instances, 3000);
-    run_free(&r);
+    h_run_free(&r);
 
     /* One order_id racing through the three instances at once sells once:
      * one fresh 200, every other answer the same sale, "duplicate": true. */
@@ -637,14 +335,13 @@ static void test_kill_once_fleet_wide(void **state)
 {
     (void)state;
     const char *sku = "fleet-kill", *scope = "sku:fleet-kill";
-    char rset[PATH_MAX + 16], uset[200];
-    rules_dir("fleet-inventory", "inventory.lua", INVENTORY_RULE, rset, sizeof rset);
-    snprintf(uset, sizeof uset, "panic.webhook_url=%s", hook_url);
-    const char *sets[] = { rset, uset, "bus.channels=[inventory_events]", "panic.max_attempts=3",
-                           "panic.backoff_initial_ms=50", NULL };
+    char rset[PATH_MAX + 16];
+    H_RULES_DIR("fleet-inventory", "inventory.lua", INVENTORY_RULE, NULL, 0, rset, sizeof rset);
+    const char *sets[] = { rset, hook_set, "bus.channels=[inventory_events]",
+                           "panic.max_attempts=3", "panic.backoff_initial_ms=50", NULL };
     fleet_start(sets);
-    wait_subscribers("inventory_events", FLEET);
-    alerts = sub_open(ALERTS);
+    H_WAIT_SUBSCRIBERS(redis, "inventory_events", FLEET);
+    h_sub *alerts = H_SUB_OPEN(redis, ALERTS);
     H_SET_STOCK(fleet[0], sku, 24);
 
     /* 30 sales for 24 units, ten through each instance, all at once. */
@@ -678,10 +375,10 @@ static void test_kill_once_fleet_wide(void **state)
 
     /* Stock 5..0 is under the threshold: six events, each evaluated by all
      * three instances, eighteen kill decisions -- one engagement. */
-    cJSON_Delete(wait_kill(scope, NULL, 5000));
-    sub_wait(alerts, "kill_switch", scope, 1, 5000);
+    cJSON_Delete(H_WAIT_KILL(redis, scope, NULL, 5000));
+    H_SUB_WAIT(alerts, "kill_switch", scope, 1, 5000);
     assert_int_equal(mock_wait_requests(hook, 1, 5000), 0);
-    cJSON *rec = wait_kill(scope, "stopped", 5000);
+    cJSON *rec = H_WAIT_KILL(redis, scope, "stopped", 5000);
     wait_evaluations("fleet_inventory", 24, 5000);
 
     /* More events under the threshold, through every instance. */
@@ -698,7 +395,7 @@ static void test_kill_once_fleet_wide(void **state)
     wait_evaluations("fleet_inventory", 28, 5000);
     long long kills = 0;
     for (int i = 0; i < FLEET; i++) {
-        long long k = rule_stat(fleet[i], "fleet_inventory", NULL, "kill");
+        long long k = rule_decisions(fleet[i], "fleet_inventory", "kill");
         if (k != 10)
             fail_msg("instance %d: expected 10 kill decisions (stock 5..0, then 3..0), got %lld",
                      i + 1, k);
@@ -707,11 +404,11 @@ static void test_kill_once_fleet_wide(void **state)
     assert_int_equal(kills, 30);
 
     /* Settle, then count: one record, one alert, one webhook call. */
-    sub_pump(alerts, 500);
-    if (sub_count(alerts, "kill_switch", scope) != 1) {
-        sub_print(alerts, "kill_switch", scope);
+    H_SUB_PUMP(alerts, 500);
+    if (h_sub_count(alerts, "kill_switch", scope) != 1) {
+        h_sub_print(alerts, "kill_switch", scope);
         fail_msg("expected exactly 1 kill_switch alert for %s on " ALERTS " (30 kill decisions "
-                 "over 3 instances), got %d", scope, sub_count(alerts, "kill_switch", scope));
+                 "over 3 instances), got %d", scope, h_sub_count(alerts, "kill_switch", scope));
     }
     if (mock_requests(hook) != 1) {
         for (size_t i = 0; i < mock_requests(hook); i++)
@@ -732,7 +429,7 @@ static void test_kill_once_fleet_wide(void **state)
      * the three. */
     const char *inst = h_jstr(rec, "instance");
     assert_non_null(inst);
-    const cJSON *a = sub_find(alerts, "kill_switch", scope);
+    const cJSON *a = h_sub_find(alerts, "kill_switch", scope, 0, NULL);
     assert_string_equal(h_jstr(a, "instance"), inst);
     assert_string_equal(h_jstr(a, "level"), "critical");
     const char *colon = strrchr(inst, ':');
@@ -773,11 +470,11 @@ static void test_throttle_fleet_wide(void **state)
     (void)state;
     const char *scope = "fleet:t3";
     char rset[PATH_MAX + 16];
-    rules_dir("fleet-alerts", "every.lua", ALERT_EVERY_RULE, rset, sizeof rset);
+    H_RULES_DIR("fleet-alerts", "every.lua", ALERT_EVERY_RULE, NULL, 0, rset, sizeof rset);
     const char *sets[] = { rset, "bus.channels=[fleet_events]", "alerts.throttle_s=60", NULL };
     fleet_start(sets);
-    wait_subscribers("fleet_events", FLEET);
-    alerts = sub_open(ALERTS);
+    H_WAIT_SUBSCRIBERS(redis, "fleet_events", FLEET);
+    h_sub *alerts = H_SUB_OPEN(redis, ALERTS);
 
     for (int i = 1; i <= 10; i++) {
         char ev[64];
@@ -787,14 +484,14 @@ static void test_throttle_fleet_wide(void **state)
             fail_msg("PUBLISH fleet_events reached %lld subscribers, expected %d", got, FLEET);
     }
     wait_evaluations("fleet_alert_every", 10, 5000);
-    sub_pump(alerts, 500);
-    int n = sub_count(alerts, "rule_alert", scope);
+    H_SUB_PUMP(alerts, 500);
+    int n = h_sub_count(alerts, "rule_alert", scope);
     if (n != 1) {
-        sub_print(alerts, "rule_alert", scope);
+        h_sub_print(alerts, "rule_alert", scope);
         fail_msg("10 events x 3 instances, alerts.throttle_s=60: expected exactly 1 rule_alert "
                  "for fleet_alert_every/%s on " ALERTS ", got %d", scope, n);
     }
-    const cJSON *a = sub_find(alerts, "rule_alert", scope);
+    const cJSON *a = h_sub_find(alerts, "rule_alert", scope, 0, NULL);
     assert_string_equal(h_jstr(a, "rule"), "fleet_alert_every");
     assert_string_equal(h_jstr(a, "level"), "warning");
     long long sup = 0;
@@ -945,6 +642,18 @@ static void expect_duplicates(h_load *l, const char *prefix, const h_daemon *sur
     }
 }
 
+/* Add ONE, the books of the replay of ORDER, first answered 503 for a lock
+ * wait, to B: a lock wait sells nothing, so the replay must not find it sold. */
+static void book_lock_wait_replay(book *b, const book *one, const char *order)
+{
+    if (one->replay_had_sold)
+        fail_msg("order %s answered 503 (lock wait) but had sold", order);
+    b->sold += one->sold;
+    b->replayed += one->replayed;
+    b->replay_sold_now += one->replay_sold_now;
+    b->replay_not_sold += one->replay_not_sold;
+}
+
 /* The whole books of SKU: what the clients were told sold is exactly what
  * left the stock, and what Redis recorded as orders. */
 static void expect_books(const char *sku, long long initial, const book *b)
@@ -1002,12 +711,7 @@ static double first_sale(h_daemon *const *d, int n, const char *sku, const char 
         snprintf(oid, sizeof oid, "%s-%d", prefix, j);
         book one = { 0 };
         replay(d[(j + 1) % n], sku, oid, 503, &one);
-        if (one.replay_had_sold)
-            fail_msg("order %s answered 503 (lock wait) but had sold", oid);
-        b->sold += one.sold;
-        b->replayed += one.replayed;
-        b->replay_sold_now += one.replay_sold_now;
-        b->replay_not_sold += one.replay_not_sold;
+        book_lock_wait_replay(b, &one, oid);
     }
     return t;
 }
@@ -1179,18 +883,23 @@ static long long expect_victim_holds(const char *lock_key, char *holder, size_t 
     return -1;
 }
 
+/* The fleet of the lock tests: the quiet rule, lock.ttl_ms LOCK_TTL_MS,
+ * lock.max_wait_ms LOCK_WAIT_MS, and a long command timeout: Redis is paused
+ * for a second and a half, which must not look like a broken connection. */
+static void fleet_start_locking(void)
+{
+    char rset[PATH_MAX + 16];
+    H_RULES_DIR("fleet-quiet", "quiet.lua", QUIET_RULE, NULL, 0, rset, sizeof rset);
+    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", "lock.ttl_ms=" H_STR(LOCK_TTL_MS),
+                           "lock.max_wait_ms=" H_STR(LOCK_WAIT_MS),
+                           "redis.command_timeout_ms=10000", NULL };
+    fleet_start(sets);
+}
+
 static void test_dead_lock_holder(void **state)
 {
     (void)state;
-    char rset[PATH_MAX + 16], ttl[64], wait[64];
-    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
-    snprintf(ttl, sizeof ttl, "lock.ttl_ms=%d", LOCK_TTL_MS);
-    snprintf(wait, sizeof wait, "lock.max_wait_ms=%d", LOCK_WAIT_MS);
-    /* A long command timeout: Redis is paused below for a second and a
-     * half, which must not look like a broken connection. */
-    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", ttl, wait,
-                           "redis.command_timeout_ms=10000", NULL };
-    fleet_start(sets);
+    fleet_start_locking();
 
     /* --- A. a holder that died: a foreign token with the lock TTL. Every
      * instance waits it out and none sells before it expires. */
@@ -1241,12 +950,10 @@ static void test_dead_lock_holder(void **state)
     }
     for (int i = 0; i < FLEET; i++) {
         book one = { 0 };
+        char oid[32];
+        snprintf(oid, sizeof oid, "%s-0", hprefix[i]);
         book_load(&held[i], hprefix[i], fleet[(i + 1) % FLEET], &one);
-        if (one.replay_had_sold)
-            fail_msg("order %s-0 answered 503 (lock wait) but had sold", hprefix[i]);
-        ba.sold += one.sold;
-        ba.replayed += one.replayed;
-        ba.replay_sold_now += one.replay_sold_now;
+        book_lock_wait_replay(&ba, &one, oid);
         h_load_free(&held[i]);
     }
     expect_books(sku_a, 50, &ba);
@@ -1405,10 +1112,10 @@ static void test_halt_reaches_fleet(void **state)
     (void)state;
     const char *sku = "fleet-halt", *scope = "sku:fleet-halt";
     char rset[PATH_MAX + 16];
-    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
+    H_RULES_DIR("fleet-quiet", "quiet.lua", QUIET_RULE, NULL, 0, rset, sizeof rset);
     const char *sets[] = { rset, "bus.channels=[fleet_quiet]", "panic.dry_run=true", NULL };
     fleet_start(sets);
-    wait_subscribers(H_PREFIX "control", FLEET);
+    H_WAIT_SUBSCRIBERS(redis, H_PREFIX "control", FLEET);
     H_SET_STOCK(fleet[0], sku, 1000);
     long long sold = 0;
     for (int i = 0; i < FLEET; i++)
@@ -1516,13 +1223,7 @@ static void stop_process(pid_t pid)
 static void test_fencing_stalled_holder(void **state)
 {
     (void)state;
-    char rset[PATH_MAX + 16], ttl[64], wait[64];
-    rules_dir("fleet-quiet", "quiet.lua", QUIET_RULE, rset, sizeof rset);
-    snprintf(ttl, sizeof ttl, "lock.ttl_ms=%d", LOCK_TTL_MS);
-    snprintf(wait, sizeof wait, "lock.max_wait_ms=%d", LOCK_WAIT_MS);
-    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", ttl, wait,
-                           "redis.command_timeout_ms=10000", NULL };
-    fleet_start(sets);
+    fleet_start_locking();
     const char *sku = "fleet-fence", *lock = H_PREFIX "{fleet-fence}:lock";
     h_daemon *stalled = fleet[0];
     h_daemon *others[2] = { fleet[1], fleet[2] };
@@ -1587,16 +1288,12 @@ static void test_fencing_stalled_holder(void **state)
 
 static int setup(void **state)
 {
-    mock_set_script(hook, NULL, 0, 200);
-    mock_set_delay_ms(hook, 0);
-    mock_reset(hook);
+    h_hook_reset(hook);
     return h_test_setup(state);
 }
 
 static int teardown(void **state)
 {
-    sub_close(alerts);
-    alerts = NULL;
     if (monitor)
         redisFree(monitor);
     monitor = NULL;
@@ -1616,27 +1313,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    if (redis == NULL)
-        return -1;
-    int port = 0;
-    hook = mock_start(&port);
-    if (hook == NULL || mock_url(hook, "/hook", hook_url, sizeof hook_url) != 0)
-        return -1;
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    mock_stop(hook);
-    h_redis_free(redis);
-    return 0;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -1649,5 +1325,7 @@ int main(void)
         T(test_halt_reaches_fleet),
         T(test_fencing_stalled_holder),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, NULL, NULL);
+    h_group_hook(&hook, hook_set, sizeof hook_set);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

@@ -36,7 +36,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_BODY 65536          /* server.max_body_bytes: deep JSON reaches the parser */
@@ -48,8 +47,8 @@
 #define CHANNELS "bus.channels=[inventory_events,sales_events,test_events]"
 
 static h_redis *redis;
-static h_daemon *dmn;
-static char rules_set[PATH_MAX + 32];
+static h_daemon *dmn;           /* the group's: restarted by the HTTP test when it dies */
+static char rules_set[PATH_MAX + 32];   /* filled in by group_setup */
 
 /* --- the daemon -------------------------------------------------------------- */
 
@@ -64,12 +63,16 @@ static const char *const PROBE_RULE =
     "  end,\n"
     "}\n";
 
+/* The daemon's overrides: the group's start (h_group_use) and restarts. */
+static const char *const daemon_sets[] = {
+    rules_set, CHANNELS, "server.max_body_bytes=" H_STR(MAX_BODY), "server.request_timeout_ms=3000",
+    "panic.dry_run=true", "alerts.throttle_s=0", NULL,
+};
+
 static h_daemon *start_daemon(void)
 {
-    char body[64];
-    snprintf(body, sizeof body, "server.max_body_bytes=%d", MAX_BODY);
-    return h_daemon_start(redis, rules_set, CHANNELS, body, "server.request_timeout_ms=3000",
-                          "panic.dry_run=true", "alerts.throttle_s=0", NULL);
+    return h_daemon_startv(redis, true, daemon_sets,
+                           sizeof daemon_sets / sizeof daemon_sets[0] - 1);
 }
 
 /* --- raw HTTP ------------------------------------------------------------------ */
@@ -983,10 +986,7 @@ static void test_hostile_http(void **state)
            "Authorization: Bearer " TOKEN, NULL);
     assert_int_equal(r0.status, 200);
     h_resp_free(&r0);
-    h_http(dmn, "GET", "/rules", NULL, &r0, NULL);
-    long long gen0 = -1;
-    assert_true(h_jll(r0.json, "generation", &gen0));
-    h_resp_free(&r0);
+    long long gen0 = H_GENERATION(dmn);
 
     int failures = 0, restarts = 0, by_json = 0, by_civet = 0, closed = 0;
     size_t bytes = 0;
@@ -1058,10 +1058,7 @@ static void test_hostile_http(void **state)
             take_snap(&before);
         }
     }
-    h_http(dmn, "GET", "/rules", NULL, &r0, NULL);
-    long long gen1 = -1;
-    assert_true(h_jll(r0.json, "generation", &gen1));
-    h_resp_free(&r0);
+    long long gen1 = H_GENERATION(dmn);
     if (gen1 != gen0 && restarts == 0) {
         failures++;
         print_error("the rules generation moved from %lld to %lld: a reload went through\n",
@@ -1078,26 +1075,6 @@ static void test_hostile_http(void **state)
 }
 
 /* --- the bus ------------------------------------------------------------------------------ */
-
-/* The sum of every sample of metric NAME ("name" or "name{...}"), -1 if absent. */
-static double metric(const char *text, const char *name)
-{
-    double sum = -1;
-    size_t nl = strlen(name);
-    for (const char *p = text; p && *p; ) {
-        const char *eol = strchr(p, '\n');
-        if (strncmp(p, name, nl) == 0 && (p[nl] == ' ' || p[nl] == '{')) {
-            const char *v = p[nl] == '{' ? strchr(p, '}') : p + nl;
-            if (v) {
-                if (*v == '}')
-                    v++;
-                sum = (sum < 0 ? 0 : sum) + strtod(v, NULL);
-            }
-        }
-        p = eol ? eol + 1 : NULL;
-    }
-    return sum;
-}
 
 /* The sum of every counter whose name speaks of dropped, oversized or invalid events. */
 static double drop_counters(const char *text)
@@ -1122,29 +1099,9 @@ static double drop_counters(const char *text)
     return sum;
 }
 
-static char *scrape(const h_daemon *d)
-{
-    h_resp r;
-    h_http(d, "GET", "/metrics", NULL, &r, NULL);
-    assert_int_equal(r.status, 200);
-    char *s = strdup(r.body);
-    h_resp_free(&r);
-    return s;
-}
-
 static long long probe_evaluations(const h_daemon *d)
 {
-    h_resp r;
-    h_http(d, "GET", "/rules", NULL, &r, NULL);
-    long long v = -1;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(r.json, "rules")) {
-        const char *n = h_jstr(it, "name");
-        if (n && strcmp(n, "hostile_probe") == 0 && !h_jll(it, "evaluations", &v))
-            v = -1;
-    }
-    h_resp_free(&r);
-    return v;
+    return h_rule_stat(d, "hostile_probe", "evaluations");
 }
 
 static void publish_bin(const char *channel, const char *data, size_t len)
@@ -1179,30 +1136,15 @@ typedef struct bus_case {
 /* A bus case from a literal (NUL bytes allowed). */
 #define BC(what, lit) ((bus_case){ (what), (lit), sizeof(lit) - 1 })
 
-static void wait_subscribed(const char *channel)
-{
-    double dl = h_deadline(10000);
-    while (h_before(dl)) {
-        redisReply *rep = h_redis_cmd(redis, "PUBSUB NUMSUB %s", channel);
-        long long n = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2
-                      ? rep->element[1]->integer : 0;
-        freeReplyObject(rep);
-        if (n > 0)
-            return;
-        h_nap();
-    }
-    fail_msg("nobody subscribed to %s", channel);
-}
-
 static void test_hostile_bus(void **state)
 {
     (void)state;
-    wait_subscribed("test_events");
+    H_WAIT_SUBSCRIBERS(redis, "test_events", 1);
     const h_daemon *d = dmn;
     long long ev0 = probe_evaluations(d);
     assert_true(ev0 >= 0);
-    char *m0 = scrape(d);
-    double inv0 = metric(m0, "nerve_events_invalid_total"), drop0 = drop_counters(m0);
+    char *m0 = H_METRICS(d);
+    double inv0 = h_metric(m0, "nerve_events_invalid_total", NULL), drop0 = drop_counters(m0);
     if (inv0 < 0)
         fail_msg("/metrics has no nerve_events_invalid_total");
     int sent = 0;
@@ -1219,8 +1161,8 @@ static void test_hostile_bus(void **state)
     publish_bin("test_events", obj, (2 << 20) - 1);
     sent += 2;
     sync_bus(d, ev0 + 1);
-    char *m1 = scrape(d);
-    double drop1 = drop_counters(m1), inv1 = metric(m1, "nerve_events_invalid_total");
+    char *m1 = H_METRICS(d);
+    double drop1 = drop_counters(m1), inv1 = h_metric(m1, "nerve_events_invalid_total", NULL);
     bool oversized_counted = drop1 - drop0 >= 2;
     if (!oversized_counted)
         print_error("2 events over bus.max_event_bytes (1 MiB + 1 and 2 MiB) were dropped but no "
@@ -1264,8 +1206,8 @@ static void test_hostile_bus(void **state)
         publish_bin("test_events", bad[i].data, bad[i].len);
     sent += (int)nb;
     sync_bus(d, ev0 + 2);
-    char *m2 = scrape(d);
-    double inv2 = metric(m2, "nerve_events_invalid_total");
+    char *m2 = H_METRICS(d);
+    double inv2 = h_metric(m2, "nerve_events_invalid_total", NULL);
     int inv_fail = inv2 - inv1 != (double)nb;
     if (inv_fail)
         print_error("%zu invalid events published: nerve_events_invalid_total %.0f -> %.0f "
@@ -1295,8 +1237,8 @@ static void test_hostile_bus(void **state)
         publish_bin("test_events", odd[i].data, odd[i].len);
     sent += (int)no;
     sync_bus(d, ev0 + 3 + (long long)no);
-    char *m3 = scrape(d);
-    double inv3 = metric(m3, "nerve_events_invalid_total");
+    char *m3 = H_METRICS(d);
+    double inv3 = h_metric(m3, "nerve_events_invalid_total", NULL);
     if (inv3 != inv2) {
         inv_fail = 1;
         print_error("odd but valid events counted as invalid: %.0f -> %.0f\n", inv2, inv3);
@@ -1368,34 +1310,12 @@ static void test_hostile_bus(void **state)
 
 /* --- main ------------------------------------------------------------------------------------ */
 
+/* The group's redis and daemon (h_group_use in main), once the rules are
+ * there for it. */
 static int group_setup(void **state)
 {
-    (void)state;
-    redis = h_redis_start(false);
-    if (redis == NULL)
-        return -1;
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/hostile-rules", h_tmpdir());
-    if (mkdir(dir, 0700) != 0)
-        return -1;
-    char path[PATH_MAX + 16];
-    snprintf(path, sizeof path, "%s/probe.lua", dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
-    fputs(PROBE_RULE, f);
-    fclose(f);
-    snprintf(rules_set, sizeof rules_set, "rules.dir=%s", dir);
-    dmn = start_daemon();
-    return dmn ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    int rc = dmn ? h_daemon_stop(dmn) : 0;
-    h_redis_free(redis);
-    return rc == 0 ? 0 : -1;
+    H_RULES_DIR("hostile-rules", "probe.lua", PROBE_RULE, NULL, 0, rules_set, sizeof rules_set);
+    return h_group_setup(state);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
@@ -1406,5 +1326,6 @@ int main(void)
         T(test_hostile_http),
         T(test_hostile_bus),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, &dmn, daemon_sets);
+    return cmocka_run_group_tests(tests, group_setup, h_group_teardown);
 }

@@ -484,27 +484,6 @@ static void test_cors_off(void **state)
 
 /* --- main --------------------------------------------------------------- */
 
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    if (redis == NULL)
-        return -1;
-    char body[64], qty[64];
-    snprintf(body, sizeof body, "server.max_body_bytes=%d", MAX_BODY);
-    snprintf(qty, sizeof qty, "sale.max_qty=%d", MAX_QTY);
-    daemon_ = h_daemon_start(redis, body, qty, NULL);
-    return daemon_ ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    int rc = daemon_ ? h_daemon_stop(daemon_) : 0;
-    h_redis_free(redis);
-    return rc == 0 ? 0 : -1;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
 int main(void)
@@ -522,5 +501,8 @@ int main(void)
         T(test_cors_off),
         T(test_readyz),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    static const char *const sets[] = { "server.max_body_bytes=" H_STR(MAX_BODY),
+                                        "sale.max_qty=" H_STR(MAX_QTY), NULL };
+    h_group_use(&redis, &daemon_, sets);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

@@ -3,195 +3,32 @@
  * answering every accepted request and releasing every lock, and the
  * offline commands `nerve check` and `nerve rules test`.
  *
- * Daemons come from the harness; the one-shot commands are run by run_nerve()
- * below, which captures their exit status, stdout and stderr apart.
+ * Daemons come from the harness, and so do the one-shot commands (run_nerve()
+ * below, over h_run_nerve), with their exit status, stdout and stderr apart.
  */
 #include "harness.h"
 
-#include <arpa/inet.h>
 #include <curl/curl.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define AUTH "Authorization: Bearer " H_ADMIN_TOKEN
-
-extern char **environ;
 
 static h_redis *redis;
 
 /* --- small helpers -------------------------------------------------------- */
 
-static void write_file(const char *path, const char *text)
+/* Run `nerve ARGS...` (NULL-terminated) with none of the variables that
+ * steer nerve in its environment, for at most 10 s. Fills R (free with
+ * h_run_free) and returns its status. */
+static int run_nerve(h_run *r, const char *const *args)
 {
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        fail_msg("fopen %s: %s", path, strerror(errno));
-    fputs(text, f);
-    if (fclose(f) != 0)
-        fail_msg("write %s: %s", path, strerror(errno));
-}
-
-/* The whole of PATH (caller frees); "" when it cannot be read. */
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return strdup("");
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fwrite(chunk, 1, n, m);
-    fclose(f);
-    fclose(m);
-    return buf;
-}
-
-/* A fresh directory TMP/NAME holding rule file FILE = TEXT; path into OUT. */
-static void rules_dir(const char *name, const char *file, const char *text, char *out,
-                      size_t outlen)
-{
-    snprintf(out, outlen, "%s/%s", h_tmpdir(), name);
-    if (mkdir(out, 0700) != 0 && errno != EEXIST)
-        fail_msg("mkdir %s: %s", out, strerror(errno));
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", out, file);
-    write_file(path, text);
-}
-
-static long long generation(const h_daemon *d)
-{
-    h_resp r;
-    h_http(d, "GET", "/rules", NULL, &r, NULL);
-    long long g = -1;
-    if (r.status != 200 || !h_jll(r.json, "generation", &g))
-        fail_msg("GET /rules: %ld %s %s", r.status, r.body, r.err);
-    h_resp_free(&r);
-    return g;
-}
-
-static const char *nerve_bin(void)
-{
-    static char path[PATH_MAX];
-    const char *b = getenv("NERVE_BIN");
-    if (b == NULL || *b == '\0')
-        b = "./nerve";
-    if (path[0] == '\0' && realpath(b, path) == NULL)
-        return b;
-    return path;
-}
-
-/* What a one-shot command did. */
-typedef struct run {
-    int status;                 /* exit status 0..255; -1 killed or timed out */
-    char *out, *err;            /* stdout and stderr, NUL-terminated */
-} run;
-
-static void run_free(run *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof *r);
-}
-
-/* Run `nerve ARGS...` (NULL-terminated) from the repo root, with none of
- * the variables that steer nerve in its environment; wait up to TIMEOUT_MS
- * (then SIGKILL). Fills R (free with run_free) and returns its status. */
-static int run_nerve(run *r, int timeout_ms, const char *const *args)
-{
-    static int seq;
-    static const char *const drop[] = {
-        "REDIS_URL=", "NERVE_LISTEN=", "NERVE_RULES_DIR=", "NERVE_PANIC_URL=",
-        "NERVE_ADMIN_TOKEN=", "NERVE_PANIC_TOKEN=", "LD_PRELOAD=", "_STDBUF_",
-    };
-    memset(r, 0, sizeof *r);
-    char out[PATH_MAX], err[PATH_MAX];
-    seq++;
-    snprintf(out, sizeof out, "%s/run-%d.out", h_tmpdir(), seq);
-    snprintf(err, sizeof err, "%s/run-%d.err", h_tmpdir(), seq);
-    const char *argv[64];
-    size_t n = 0;
-    argv[n++] = nerve_bin();
-    for (size_t i = 0; args[i] && n < 63; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    size_t ne = 0;
-    while (environ[ne])
-        ne++;
-    char **env = calloc(ne + 1, sizeof *env);
-    assert_non_null(env);
-    size_t k = 0;
-    for (size_t i = 0; i < ne; i++) {
-        bool skip = false;
-        for (size_t j = 0; j < sizeof drop / sizeof drop[0]; j++)
-            skip |= strncmp(environ[i], drop[j], strlen(drop[j])) == 0;
-        if (!skip)
-            env[k++] = environ[i];
-    }
-    env[k] = NULL;
-    const char *root = getenv("NERVE_ROOT");
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        int in = open("/dev/null", O_RDONLY);
-        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (in < 0 || fo < 0 || fe < 0)
-            _exit(127);
-        dup2(in, 0);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        close_range(3, ~0U, 0);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        if (root && *root && chdir(root) != 0)
-            _exit(127);
-        execve(argv[0], (char *const *)argv, env);
-        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid);
-    free(env);
-    int status = 0;
-    bool done = false;
-    double dl = h_deadline(timeout_ms);
-    while (h_before(dl)) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            done = true;
-            break;
-        }
-        h_nap();
-    }
-    if (!done) {
-        kill(-pid, SIGKILL);
-        waitpid(pid, &status, 0);
-    }
-    r->status = done && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r->out = read_file(out);
-    r->err = read_file(err);
-    return r->status;
+    return h_run_nerve(r, 10000, NULL, args);
 }
 
 /* --- rules ------------------------------------------------------------------ */
@@ -231,27 +68,11 @@ static const char *const SYNTAX_ERROR_RULE =   /* error on line 5 */
 
 /* --- 1. one daemon per pidfile; nerve reload ---------------------------------- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
 static int pidfile_pid(const char *path)
 {
-    char *t = read_file(path);
+    char *t = h_read_file(path);
+    if (t == NULL)
+        return -1;
     char *end;
     long v = strtol(t, &end, 10);
     int ok = end != t && (*end == '\n' || *end == '\0');
@@ -262,9 +83,8 @@ static int pidfile_pid(const char *path)
 static void test_pidfile_and_reload_command(void **state)
 {
     (void)state;
-    char dir[PATH_MAX], rset[PATH_MAX + 16], pidfile[PATH_MAX], pset[PATH_MAX + 32];
-    rules_dir("lc-pid", "lc.lua", LC_RULE, dir, sizeof dir);
-    snprintf(rset, sizeof rset, "rules.dir=%s", dir);
+    char rset[PATH_MAX + 16], pidfile[PATH_MAX], pset[PATH_MAX + 32];
+    H_RULES_DIR("lc-pid", "lc.lua", LC_RULE, NULL, 0, rset, sizeof rset);
     snprintf(pidfile, sizeof pidfile, "%s/nerve.pid", h_tmpdir());
     snprintf(pset, sizeof pset, "server.pidfile=%s", pidfile);
 
@@ -274,33 +94,33 @@ static void test_pidfile_and_reload_command(void **state)
 
     /* A second daemon with the same pidfile refuses to start and says why. */
     char listen[64], url[96], pid_s[32];
-    snprintf(listen, sizeof listen, "server.listen=127.0.0.1:%d", free_port());
+    snprintf(listen, sizeof listen, "server.listen=127.0.0.1:%d", h_free_port());
     snprintf(url, sizeof url, "redis.url=redis://127.0.0.1:%d/0", redis->port);
     snprintf(pid_s, sizeof pid_s, "%d", (int)d->pid);
-    run r;
-    run_nerve(&r, 10000, (const char *const[]){ "serve", "-c", "config/nerve.yaml", "--set", listen,
-                                                "--set", url, "--set", rset, "--set", pset, NULL });
+    h_run r;
+    run_nerve(&r, (const char *const[]){ "serve", "-c", "config/nerve.yaml", "--set", listen,
+                                         "--set", url, "--set", rset, "--set", pset, NULL });
     if (r.status == 0 || r.status == -1)
         fail_msg("a second nerve on pidfile %s: expected a non-zero exit, got %s%d; stderr:\n%s",
                  pidfile, r.status == -1 ? "killed/timed out " : "", r.status, r.err);
     if (strstr(r.err, pidfile) == NULL || strstr(r.err, pid_s) == NULL)
         fail_msg("the second nerve's message should name %s and pid %s; stderr:\n%s", pidfile,
                  pid_s, r.err);
-    run_free(&r);
+    h_run_free(&r);
     assert_int_equal(h_daemon_alive(d), 1);
     assert_int_equal(pidfile_pid(pidfile), d->pid);     /* not clobbered */
 
     /* nerve reload signals the daemon of the pidfile. */
-    long long g0 = generation(d);
-    run_nerve(&r, 10000, (const char *const[]){ "reload", "-c", "config/nerve.yaml", "--set", pset,
-                                                "--set", rset, NULL });
+    long long g0 = H_GENERATION(d);
+    run_nerve(&r, (const char *const[]){ "reload", "-c", "config/nerve.yaml", "--set", pset,
+                                         "--set", rset, NULL });
     if (r.status != 0)
         fail_msg("nerve reload: exit %d; stdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
-    run_free(&r);
+    h_run_free(&r);
     double dl = h_deadline(5000);
     long long g = g0;
     while (g == g0 && h_before(dl)) {
-        g = generation(d);
+        g = H_GENERATION(d);
         if (g == g0)
             h_nap();
     }
@@ -309,11 +129,11 @@ static void test_pidfile_and_reload_command(void **state)
     /* No daemon behind the pidfile: nerve reload fails. */
     char nopid[PATH_MAX + 32];
     snprintf(nopid, sizeof nopid, "server.pidfile=%s/none.pid", h_tmpdir());
-    run_nerve(&r, 10000, (const char *const[]){ "reload", "-c", "config/nerve.yaml", "--set", nopid,
-                                                "--set", rset, NULL });
+    run_nerve(&r, (const char *const[]){ "reload", "-c", "config/nerve.yaml", "--set", nopid,
+                                         "--set", rset, NULL });
     if (r.status == 0)
         fail_msg("nerve reload without a daemon: expected a non-zero exit; stdout:\n%s", r.out);
-    run_free(&r);
+    h_run_free(&r);
 
     assert_int_equal(h_daemon_stop(d), 0);
     if (access(pidfile, F_OK) == 0)
@@ -472,9 +292,8 @@ static int teardown(void **state)
 static void test_sigterm_under_load(void **state)
 {
     (void)state;
-    char dir[PATH_MAX], rset[PATH_MAX + 16];
-    rules_dir("lc-term", "lc.lua", LC_RULE, dir, sizeof dir);
-    snprintf(rset, sizeof rset, "rules.dir=%s", dir);
+    char rset[PATH_MAX + 16];
+    H_RULES_DIR("lc-term", "lc.lua", LC_RULE, NULL, 0, rset, sizeof rset);
     const int grace_ms = 5000;
     h_daemon *d = h_daemon_start(redis, rset, "server.shutdown_grace_ms=5000",
                                  "panic.dry_run=true", NULL);
@@ -531,42 +350,39 @@ static void test_sigterm_under_load(void **state)
 static void test_check_and_rules_test(void **state)
 {
     (void)state;
-    char good[PATH_MAX], bad[PATH_MAX], gset[PATH_MAX + 16], bset[PATH_MAX + 16];
-    rules_dir("lc-check-good", "lc.lua", LC_RULE, good, sizeof good);
-    rules_dir("lc-check-bad", "lc.lua", LC_RULE, bad, sizeof bad);
+    char bad[PATH_MAX], gset[PATH_MAX + 16], bset[PATH_MAX + 16];
+    H_RULES_DIR("lc-check-good", "lc.lua", LC_RULE, NULL, 0, gset, sizeof gset);
+    H_RULES_DIR("lc-check-bad", "lc.lua", LC_RULE, bad, sizeof bad, bset, sizeof bset);
+    H_WRITE_FILE(bad, "broken.lua", SYNTAX_ERROR_RULE);
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/broken.lua", bad);
-    write_file(path, SYNTAX_ERROR_RULE);
-    snprintf(gset, sizeof gset, "rules.dir=%s", good);
-    snprintf(bset, sizeof bset, "rules.dir=%s", bad);
-    run r;
+    h_run r;
 
-    run_nerve(&r, 10000, (const char *const[]){ "check", "-c", "config/nerve.yaml", "--set", gset,
-                                                NULL });
+    run_nerve(&r, (const char *const[]){ "check", "-c", "config/nerve.yaml", "--set", gset, NULL });
     if (r.status != 0)
         fail_msg("nerve check on a good dir: exit %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out,
                  r.err);
-    run_free(&r);
+    h_run_free(&r);
 
-    run_nerve(&r, 10000, (const char *const[]){ "check", "-c", "config/nerve.yaml", "--set", bset,
-                                                NULL });
+    run_nerve(&r, (const char *const[]){ "check", "-c", "config/nerve.yaml", "--set", bset, NULL });
     char want[PATH_MAX + 128];
     snprintf(want, sizeof want, "%s:5: ", path);
     if (r.status != 1 || (strstr(r.err, want) == NULL && strstr(r.out, want) == NULL))
         fail_msg("nerve check with a syntax error: expected exit 1 and \"%s...\", got exit %d\n"
                  "stdout:\n%s\nstderr:\n%s", want, r.status, r.out, r.err);
-    run_free(&r);
+    h_run_free(&r);
 
     /* rules test: one JSON line per decision. */
     char events[PATH_MAX];
     snprintf(events, sizeof events, "%s/events.jsonl", h_tmpdir());
-    write_file(events,
-               "{\"channel\":\"test_events\",\"event\":{\"id\":\"n0\"}}\n"
-               "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
-               "{\"channel\":\"test_events\",\"event\":{\"id\":\"n2\",\"alert\":true,\"kill\":true}}\n"
-               "{\"channel\":\"other_events\",\"event\":{\"id\":\"n3\",\"alert\":true}}\n");
-    run_nerve(&r, 10000, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
-                                                gset, events, NULL });
+    H_WRITE_FILE(h_tmpdir(), "events.jsonl",
+                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n0\"}}\n"
+                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
+                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n2\",\"alert\":true,"
+                 "\"kill\":true}}\n"
+                 "{\"channel\":\"other_events\",\"event\":{\"id\":\"n3\",\"alert\":true}}\n");
+    run_nerve(&r, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
+                                         gset, events, NULL });
     if (r.status != 0)
         fail_msg("nerve rules test: exit %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
     static const struct { const char *action, *scope, *reason; int halt; } want_d[] = {
@@ -600,46 +416,33 @@ static void test_check_and_rules_test(void **state)
         lines++;
     }
     assert_int_equal(lines, 3);
-    run_free(&r);
+    h_run_free(&r);
 
     /* A line that is not an event: non-zero, and the line is named. */
-    write_file(events,
-               "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
-               "this is not json\n");
-    run_nerve(&r, 10000, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
-                                                gset, events, NULL });
+    H_WRITE_FILE(h_tmpdir(), "events.jsonl",
+                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
+                 "this is not json\n");
+    run_nerve(&r, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
+                                         gset, events, NULL });
     snprintf(want, sizeof want, "%s:2:", events);
     if (r.status == 0 || r.status == -1 || strstr(r.err, want) == NULL)
         fail_msg("nerve rules test with a bad line: expected a non-zero exit and \"%s\" on "
                  "stderr, got exit %d\nstderr:\n%s", want, r.status, r.err);
-    run_free(&r);
+    h_run_free(&r);
 
     /* A rule error: non-zero, reported as FILE:LINE of the rule. */
-    write_file(events, "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"boom\":true}}\n");
-    run_nerve(&r, 10000, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
-                                                gset, events, NULL });
+    H_WRITE_FILE(h_tmpdir(), "events.jsonl",
+                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"boom\":true}}\n");
+    run_nerve(&r, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
+                                         gset, events, NULL });
     if (r.status == 0 || r.status == -1 || strstr(r.err, "lc.lua:5:") == NULL)
         fail_msg("nerve rules test with a rule error: expected a non-zero exit and "
                  "\"lc.lua:5:\" on stderr, got exit %d\nstderr:\n%s", r.status, r.err);
-    run_free(&r);
+    h_run_free(&r);
     h_pass();
 }
 
 /* --- main ----------------------------------------------------------------------- */
-
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    return redis ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    h_redis_free(redis);
-    return 0;
-}
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, teardown)
 
@@ -650,5 +453,6 @@ int main(void)
         T(test_sigterm_under_load),
         T(test_check_and_rules_test),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, NULL, NULL);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

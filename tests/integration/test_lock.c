@@ -512,20 +512,6 @@ static void test_parse_url(void **state)
 
 /* --- main --------------------------------------------------------------- */
 
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    return redis ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    h_redis_free(redis);
-    return 0;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
 int main(void)
@@ -542,5 +528,6 @@ int main(void)
         T(test_commit_checks_each_sale),
         T(test_mutual_exclusion),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, NULL, NULL);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

@@ -35,13 +35,9 @@ static char *stop_and_read_log(h_daemon *d)
     char path[sizeof d->log];
     snprintf(path, sizeof path, "%s", d->log);
     assert_int_equal(h_daemon_stop(d), 0);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char *buf = NULL;
-    size_t cap = 0;
-    ssize_t n = getdelim(&buf, &cap, '\0', f);
-    fclose(f);
-    assert_true(n > 0);
+    char *buf = h_read_file(path);
+    assert_non_null(buf);
+    assert_true(buf[0] != '\0');
     return buf;
 }
 
@@ -97,25 +93,12 @@ static void test_text_lines(void **state)
     h_pass();
 }
 
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    return redis ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    h_redis_free(redis);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_json_lines, h_test_setup, h_test_teardown),
         cmocka_unit_test_setup_teardown(test_text_lines, h_test_setup, h_test_teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, NULL, NULL);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

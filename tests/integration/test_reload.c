@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define CHANNELS "bus.channels=[inventory_events,sales_events,test_events]"
@@ -32,18 +31,6 @@ static h_redis *redis;
 
 /* --- small helpers -------------------------------------------------------- */
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        fail_msg("fopen %s: %s", path, strerror(errno));
-    fputs(text, f);
-    if (fclose(f) != 0)
-        fail_msg("write %s: %s", path, strerror(errno));
-}
-
 static void remove_file(const char *dir, const char *name)
 {
     char path[PATH_MAX];
@@ -52,39 +39,10 @@ static void remove_file(const char *dir, const char *name)
         fail_msg("unlink %s: %s", path, strerror(errno));
 }
 
-/* A fresh directory TMP/NAME into OUT and "rules.dir=..." into SET. */
-static void make_dir(const char *name, char *out, size_t outlen, char *set, size_t setlen)
-{
-    snprintf(out, outlen, "%s/%s", h_tmpdir(), name);
-    if (mkdir(out, 0700) != 0 && errno != EEXIST)
-        fail_msg("mkdir %s: %s", out, strerror(errno));
-    snprintf(set, setlen, "rules.dir=%s", out);
-}
-
-static void wait_subscribed(const char *channel)
-{
-    double dl = h_deadline(10000);
-    while (h_before(dl)) {
-        redisReply *rep = h_redis_cmd(redis, "PUBSUB NUMSUB %s", channel);
-        long long n = 0;
-        if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-            rep->element[1]->type == REDIS_REPLY_INTEGER)
-            n = rep->element[1]->integer;
-        if (rep)
-            freeReplyObject(rep);
-        if (n > 0)
-            return;
-        h_nap();
-    }
-    fail_msg("nobody subscribed to %s within 10 s", channel);
-}
-
 static void publish(const char *channel, const char *json)
 {
-    redisReply *rep = h_redis_cmd(redis, "PUBLISH %s %s", channel, json);
-    if (rep == NULL || rep->type != REDIS_REPLY_INTEGER || rep->integer < 1)
+    if (h_publish(redis, channel, json) < 1)
         fail_msg("PUBLISH %s %s reached no subscriber", channel, json);
-    freeReplyObject(rep);
 }
 
 /* Poll until kill record SCOPE exists; its reason into OUT. */
@@ -92,10 +50,7 @@ static void wait_kill_reason(const char *scope, char *out, size_t outlen, int ms
 {
     double dl = h_deadline(ms);
     while (h_before(dl)) {
-        redisReply *rep = h_redis_cmd(redis, "GET " H_PREFIX "kill:%s", scope);
-        cJSON *o = rep && rep->type == REDIS_REPLY_STRING ? cJSON_Parse(rep->str) : NULL;
-        if (rep)
-            freeReplyObject(rep);
+        cJSON *o = h_kill_record(redis, scope);
         if (o) {
             const char *r = h_jstr(o, "reason");
             snprintf(out, outlen, "%s", r ? r : "");
@@ -120,47 +75,11 @@ static cJSON *get_rules(const h_daemon *d)
     return o;
 }
 
-static long long generation(const h_daemon *d)
-{
-    cJSON *o = get_rules(d);
-    long long g = -1;
-    if (!h_jll(o, "generation", &g))
-        fail_msg("GET /rules: no integral \"generation\"");
-    cJSON_Delete(o);
-    return g;
-}
-
-/* GET /metrics as text (caller frees). */
-static char *get_metrics(const h_daemon *d)
-{
-    h_resp r;
-    h_http(d, "GET", "/metrics", NULL, &r, NULL);
-    if (r.status != 200)
-        fail_msg("GET /metrics: %ld %s", r.status, r.err);
-    char *t = r.body;
-    r.body = NULL;
-    h_resp_free(&r);
-    return t;
-}
-
-/* The value of the sample line that starts with SERIES + ' ', -1 if none. */
-static double metric_line(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; p && *p; ) {
-        if (strncmp(p, series, n) == 0 && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-        p = strchr(p, '\n');
-        p = p ? p + 1 : NULL;
-    }
-    return -1;
-}
-
 static long long reloads_total(const h_daemon *d)
 {
-    char *m = get_metrics(d);
-    double ok = metric_line(m, "nerve_reloads_total{result=\"ok\"}");
-    double bad = metric_line(m, "nerve_reloads_total{result=\"failed\"}");
+    char *m = H_METRICS(d);
+    double ok = h_metric(m, "nerve_reloads_total", "result=\"ok\"");
+    double bad = h_metric(m, "nerve_reloads_total", "result=\"failed\"");
     free(m);
     if (ok < 0 || bad < 0)
         fail_msg("/metrics has no nerve_reloads_total{result=\"ok\"|\"failed\"}");
@@ -355,14 +274,14 @@ static void test_reload_under_load(void **state)
 {
     (void)state;
     char dir[PATH_MAX], rset[PATH_MAX + 16], text[2048];
-    make_dir("rl-load", dir, sizeof dir, rset, sizeof rset);
+    H_RULES_DIR("rl-load", NULL, NULL, dir, sizeof dir, rset, sizeof rset);
     marker_text(text, sizeof text, 0);
-    write_file(dir, "marker.lua", text);
+    H_WRITE_FILE(dir, "marker.lua", text);
     const char *sku = "rl-load-1";
     const long long stock = 1000000;
     h_daemon *d = h_daemon_start(redis, rset, CHANNELS, "panic.dry_run=true", NULL);
     assert_non_null(d);
-    wait_subscribed("test_events");
+    H_WAIT_SUBSCRIBERS(redis, "test_events", 1);
     H_SET_STOCK(d, sku, stock);
 
     load *l = &the_load;
@@ -374,7 +293,7 @@ static void test_reload_under_load(void **state)
         fail_msg("the load did not get going: ok %lld bad %lld (%s)", (long long)l->ok,
                  (long long)l->bad, l->first_bad);
 
-    long long gen = generation(d);
+    long long gen = H_GENERATION(d);
     int good = 0, bad = 0;
     for (int i = 0; i < 20; i++) {
         bool is_good = i % 2 == 0;
@@ -384,21 +303,21 @@ static void test_reload_under_load(void **state)
         int line = 0;
         if (is_good) {
             marker_text(text, sizeof text, i);
-            write_file(dir, "marker.lua", text);
+            H_WRITE_FILE(dir, "marker.lua", text);
             remove_file(dir, "broken.lua");
             remove_file(dir, "fixture.lua");
         } else if (kind == BAD_SYNTAX) {
-            write_file(dir, "broken.lua", SYNTAX_ERROR_RULE);
+            H_WRITE_FILE(dir, "broken.lua", SYNTAX_ERROR_RULE);
             file = "broken.lua";
             line = 5;
         } else if (kind == BAD_FIXTURE) {
-            write_file(dir, "fixture.lua", FAILING_FIXTURE_RULE);
+            H_WRITE_FILE(dir, "fixture.lua", FAILING_FIXTURE_RULE);
             file = "fixture.lua";
         } else {
             /* Half-written by an editor: a new version cut in the middle. */
             marker_text(text, sizeof text, 1000 + i);
             text[strlen(text) / 2] = '\0';
-            write_file(dir, "marker.lua", text);
+            H_WRITE_FILE(dir, "marker.lua", text);
             file = "marker.lua";
         }
 
@@ -530,14 +449,14 @@ static void test_state_across_reload(void **state)
 {
     (void)state;
     char dir[PATH_MAX], rset[PATH_MAX + 16], text[1024];
-    make_dir("rl-state", dir, sizeof dir, rset, sizeof rset);
+    H_RULES_DIR("rl-state", NULL, NULL, dir, sizeof dir, rset, sizeof rset);
     counter_text(text, sizeof text, "a", "counter a");
-    write_file(dir, "a.lua", text);
+    H_WRITE_FILE(dir, "a.lua", text);
     counter_text(text, sizeof text, "b", "counter b");
-    write_file(dir, "b.lua", text);
+    H_WRITE_FILE(dir, "b.lua", text);
     h_daemon *d = h_daemon_start(redis, rset, CHANNELS, "panic.dry_run=true", NULL);
     assert_non_null(d);
-    wait_subscribed("test_events");
+    H_WAIT_SUBSCRIBERS(redis, "test_events", 1);
 
     expect_counts("s1", 1, 1);
     expect_counts("s2", 2, 2);
@@ -545,7 +464,7 @@ static void test_state_across_reload(void **state)
 
     /* b's source changes (same name): its state starts over; a's carries. */
     counter_text(text, sizeof text, "b", "counter b, edited");
-    write_file(dir, "b.lua", text);
+    H_WRITE_FILE(dir, "b.lua", text);
     reload_ok(d);
     expect_counts("s4", 4, 1);
 
@@ -554,7 +473,7 @@ static void test_state_across_reload(void **state)
     expect_counts("s5", 5, 2);
 
     /* A failed reload changes nothing either. */
-    write_file(dir, "broken.lua", SYNTAX_ERROR_RULE);
+    H_WRITE_FILE(dir, "broken.lua", SYNTAX_ERROR_RULE);
     h_resp r;
     h_http(d, "POST", "/admin/reload", "{}", &r, AUTH, NULL);
     H_ASSERT_ERROR(&r, 422, "reload_failed");
@@ -924,12 +843,12 @@ static void test_metrics(void **state)
 {
     (void)state;
     char dir[PATH_MAX], rset[PATH_MAX + 16], text[2048];
-    make_dir("rl-metrics", dir, sizeof dir, rset, sizeof rset);
+    H_RULES_DIR("rl-metrics", NULL, NULL, dir, sizeof dir, rset, sizeof rset);
     marker_text(text, sizeof text, 1);
-    write_file(dir, "marker.lua", text);
+    H_WRITE_FILE(dir, "marker.lua", text);
     h_daemon *d = h_daemon_start(redis, rset, CHANNELS, "panic.dry_run=true", NULL);
     assert_non_null(d);
-    wait_subscribed("test_events");
+    H_WAIT_SUBSCRIBERS(redis, "test_events", 1);
 
     int failures = 0;
     prom *before = scrape(d);
@@ -954,7 +873,7 @@ static void test_metrics(void **state)
     int reloads_ok = 0, reloads_failed = 0;
     for (int i = 0; i < 3; i++) {
         if (i == 1)
-            write_file(dir, "broken.lua", SYNTAX_ERROR_RULE);
+            H_WRITE_FILE(dir, "broken.lua", SYNTAX_ERROR_RULE);
         h_resp r;
         long st = h_http(d, "POST", "/admin/reload", "{}", &r, AUTH, NULL);
         reloads_ok += st == 200;
@@ -980,7 +899,7 @@ static void test_metrics(void **state)
     expect_delta(before, after, "nerve_reloads_total", "result=\"failed\"", reloads_failed,
                  &failures);
     double g = prom_get(after, "nerve_rules_generation", "");
-    long long rg = generation(d);
+    long long rg = H_GENERATION(d);
     if (g != (double)rg) {
         print_error("nerve_rules_generation %g, GET /rules generation %lld\n", g, rg);
         failures++;
@@ -1011,20 +930,6 @@ static void test_metrics(void **state)
 
 /* --- main ----------------------------------------------------------------------- */
 
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    return redis ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    h_redis_free(redis);
-    return 0;
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, teardown)
 
 int main(void)
@@ -1035,5 +940,6 @@ int main(void)
         T(test_prom_parser),
         T(test_metrics),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, NULL, NULL);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

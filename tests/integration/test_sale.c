@@ -361,6 +361,17 @@ static void sell_now(outage *o, const char *order_id)
     h_resp_free(&r);
 }
 
+/* sell_now() each of the orders PREFIX-0 .. PREFIX-<N-1>, one after the
+ * other: the orders a test sent while Redis was away, sent again. */
+static void sell_each_now(outage *o, const char *prefix, int n)
+{
+    char oid[64];
+    for (int i = 0; i < n; i++) {
+        snprintf(oid, sizeof oid, "%s-%d", prefix, i);
+        sell_now(o, oid);
+    }
+}
+
 /* The same for CLIENTS first sales PREFIX-<i>, one at a time, each on its
  * own connection, all CLIENTS connections open at once: so every worker
  * serves one when CLIENTS = WORKERS, on its own Redis connection. */
@@ -487,14 +498,8 @@ static void test_redis_frozen(void **state)
         }
     }
     h_load_free(&fl);
-    for (int i = 0; i < 4; i++) {
-        snprintf(oid, sizeof oid, "frozen-%d", i);
-        sell_now(&o, oid);
-    }
-    for (int i = 0; i < 2 * FROZEN_CLIENTS; i++) {
-        snprintf(oid, sizeof oid, "frozen-c-%d", i);
-        sell_now(&o, oid);
-    }
+    sell_each_now(&o, "frozen", 4);
+    sell_each_now(&o, "frozen-c", 2 * FROZEN_CLIENTS);
     sell_all_now(&o, "after", WORKERS);
     outage_finish(&o);
     h_pass();
@@ -531,38 +536,14 @@ static void test_redis_restart(void **state)
     sell_until_ok(&o, "restarted-0", 20000);
     printf("# Redis restarted: first sale after %.2f s\n", h_now() - t0);
     wait_backoff();
-    for (int i = 0; i < 10; i++) {
-        snprintf(oid, sizeof oid, "stopped-%d", i);
-        sell_now(&o, oid);
-    }
-    for (int i = 0; i < 32; i++) {
-        snprintf(oid, sizeof oid, "stopped-c-%d", i);
-        sell_now(&o, oid);
-    }
+    sell_each_now(&o, "stopped", 10);
+    sell_each_now(&o, "stopped-c", 32);
     sell_all_now(&o, "after", WORKERS);
     outage_finish(&o);
     h_pass();
 }
 
 /* --- main --------------------------------------------------------------- */
-
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    if (redis == NULL)
-        return -1;
-    daemon_ = h_daemon_start(redis, NULL);
-    return daemon_ ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    int rc = daemon_ ? h_daemon_stop(daemon_) : 0;
-    h_redis_free(redis);
-    return rc == 0 ? 0 : -1;
-}
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
@@ -578,5 +559,6 @@ int main(void)
         T(test_redis_frozen),
         T(test_redis_restart),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, &daemon_, NULL);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }

@@ -6,134 +6,47 @@
  */
 #include "harness.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 /* One translation unit with the test: the Makefile does not link tests/lib. */
 #include "../lib/bad_server.c"
 
 #define STRESS_TIMEOUT_MS 120000
 
-extern char **environ;
-
 static h_redis *redis;
 static h_daemon *daemon_;
 
 /* --- running `nerve stress` ------------------------------------------- */
 
-typedef struct run {
-    int rc;                     /* exit status; -1: killed or did not run */
-    char *out, *err;            /* whole stdout and stderr */
-    cJSON *json;                /* stdout parsed, NULL when not JSON */
-} run;
-
-static void run_free(run *r)
-{
-    free(r->out);
-    free(r->err);
-    cJSON_Delete(r->json);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
-    if (s && n > 0 && fread(s, 1, (size_t)n, f) != (size_t)n)
-        s[0] = '\0';
-    fclose(f);
-    return s;
-}
-
-static const char *nerve_bin(void)
-{
-    const char *b = getenv("NERVE_BIN");
-    return b && *b ? b : "./nerve";
-}
-
 /* Run `nerve stress ARGS...` (NULL-terminated) with NERVE_ADMIN_TOKEN set to
- * TOKEN, or unset when TOKEN is NULL; wait for it with a deadline. */
-static void stress_at(run *r, const char *token, const char *file, int line, ...)
+ * TOKEN, or unset when TOKEN is NULL; wait for it with a deadline. Fills R
+ * (free with h_run_free); fails at FILE:LINE when it did not finish. */
+static void stress_at(h_run *r, const char *token, const char *file, int line, ...)
 {
-    memset(r, 0, sizeof *r);
-    r->rc = -1;
-    const char *argv[64];
+    const char *args[64];
     int argc = 0;
-    argv[argc++] = nerve_bin();
-    argv[argc++] = "stress";
+    args[argc++] = "stress";
     va_list ap;
     va_start(ap, line);
     for (const char *a; (a = va_arg(ap, const char *)) != NULL && argc < 63;)
-        argv[argc++] = a;
+        args[argc++] = a;
     va_end(ap);
-    argv[argc] = NULL;
-
-    size_t n = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 2, sizeof *env);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "NERVE_ADMIN_TOKEN=", 18) != 0)
-            env[k++] = environ[i];
+    args[argc] = NULL;
     char tok[256];
-    if (token) {
-        snprintf(tok, sizeof tok, "NERVE_ADMIN_TOKEN=%s", token);
-        env[k++] = tok;
-    }
-
-    char out[300], err[300];
-    static int seq;
-    snprintf(out, sizeof out, "%s/stress-%d.out", h_tmpdir(), ++seq);
-    snprintf(err, sizeof err, "%s/stress-%d.err", h_tmpdir(), seq);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
-            _exit(126);
-        execve(argv[0], (char *const *)argv, env);
-        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    free(env);
-    if (pid < 0)
-        h_fail_at(file, line, "fork: %s", strerror(errno));
-    int status = 0;
-    double deadline = h_deadline(STRESS_TIMEOUT_MS);
-    pid_t w;
-    while ((w = waitpid(pid, &status, WNOHANG)) == 0 && h_before(deadline))
-        h_nap();
-    if (w == 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-    }
-    r->out = slurp(out);
-    r->err = slurp(err);
-    r->json = cJSON_Parse(r->out);
-    if (w == 0)
+    snprintf(tok, sizeof tok, "NERVE_ADMIN_TOKEN=%s", token ? token : "");
+    const char *env[] = { tok, NULL };
+    h_run_nerve(r, STRESS_TIMEOUT_MS, token ? env : NULL, args);
+    if (r->timed_out)
         h_fail_at(file, line, "nerve stress did not finish within %d ms; stderr:\n%s",
                   STRESS_TIMEOUT_MS, r->err);
-    r->rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 #define STRESS(r, token, ...) stress_at((r), (token), __FILE__, __LINE__, __VA_ARGS__, NULL)
 
 /* A number of the JSON report (fails the test when absent). */
-static long long jnum_at(const run *r, const cJSON *o, const char *key, const char *file, int line)
+static long long jnum_at(const h_run *r, const cJSON *o, const char *key, const char *file,
+                         int line)
 {
     long long v;
     if (!h_jll(o, key, &v))
@@ -142,16 +55,16 @@ static long long jnum_at(const run *r, const cJSON *o, const char *key, const ch
 }
 #define JNUM(r, key) jnum_at((r), (r)->json, (key), __FILE__, __LINE__)
 
-static void expect_rc_at(const run *r, int rc, const char *file, int line)
+static void expect_rc_at(const h_run *r, int rc, const char *file, int line)
 {
-    if (r->rc != rc)
-        h_fail_at(file, line, "nerve stress exited %d, expected %d\nstdout:\n%s\nstderr:\n%s", r->rc,
-                  rc, r->out, r->err);
+    if (r->status != rc)
+        h_fail_at(file, line, "nerve stress exited %d, expected %d\nstdout:\n%s\nstderr:\n%s",
+                  r->status, rc, r->out, r->err);
 }
 #define EXPECT_RC(r, rc) expect_rc_at((r), (rc), __FILE__, __LINE__)
 
 /* Every invariant of the report PASS (or skipped when KILL is false). */
-static void expect_all_pass_at(const run *r, bool kill, const char *file, int line)
+static void expect_all_pass_at(const h_run *r, bool kill, const char *file, int line)
 {
     const cJSON *inv = cJSON_GetObjectItemCaseSensitive(r->json, "invariants"), *c;
     if (!cJSON_IsArray(inv) || cJSON_GetArraySize(inv) != 5)
@@ -179,26 +92,13 @@ static long long redis_orders(const char *sku)
     return n;
 }
 
-static const cJSON *sku_entry(const run *r, int i)
+static const cJSON *sku_entry(const h_run *r, int i)
 {
     const cJSON *skus = cJSON_GetObjectItemCaseSensitive(r->json, "skus");
     assert_true(cJSON_IsArray(skus));
     const cJSON *e = cJSON_GetArrayItem(skus, i);
     assert_non_null(e);
     return e;
-}
-
-/* A port nothing listens on (bound, read, released). */
-static int dead_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t al = sizeof a;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* --- against nerve ------------------------------------------------------- */
@@ -209,7 +109,7 @@ static void test_stress_sells_exactly_the_stock(void **state)
 {
     (void)state;
     const char *sku = "stress-a";
-    run r;
+    h_run r;
     STRESS(&r, H_ADMIN_TOKEN, "--url", daemon_->base, "--sku", sku, "--stock", "500",
            "--clients", "32", "--requests", "2000", "--kill-check", "--json");
     EXPECT_RC(&r, 0);
@@ -235,7 +135,7 @@ static void test_stress_sells_exactly_the_stock(void **state)
     assert_non_null(k);
     assert_int_equal(k->integer, 1);
     freeReplyObject(k);
-    run_free(&r);
+    h_run_free(&r);
 
     /* Again: the kill switch left engaged is reset first, the stock set
      * anew, and the order ids of the first run do not collide. */
@@ -247,7 +147,7 @@ static void test_stress_sells_exactly_the_stock(void **state)
     EXPECT_ALL_PASS(&r, true);
     assert_int_equal(H_REDIS_STOCK(redis, sku), 0);
     assert_int_equal(redis_orders(sku), 500 + 300);
-    run_free(&r);
+    h_run_free(&r);
     h_pass();
 }
 
@@ -255,7 +155,7 @@ static void test_stress_sells_exactly_the_stock(void **state)
 static void test_stress_many_skus_for_a_duration(void **state)
 {
     (void)state;
-    run r;
+    h_run r;
     STRESS(&r, H_ADMIN_TOKEN, "--url", daemon_->base, "--sku", "stress-m", "--skus", "4",
            "--qty", "2", "--stock", "100", "--clients", "16", "--duration", "1", "--json");
     EXPECT_RC(&r, 0);
@@ -275,7 +175,7 @@ static void test_stress_many_skus_for_a_duration(void **state)
         assert_int_equal(H_REDIS_STOCK(redis, sku), 0);
         assert_int_equal(redis_orders(sku), 50);
     }
-    run_free(&r);
+    h_run_free(&r);
     h_pass();
 }
 
@@ -286,7 +186,7 @@ static void test_stress_fleet(void **state)
     h_daemon *second = h_daemon_start(redis, NULL);
     assert_non_null(second);
     const char *sku = "stress-f";
-    run r;
+    h_run r;
     STRESS(&r, H_ADMIN_TOKEN, "--url", daemon_->base, "--url", second->base, "--sku", sku,
            "--stock", "700", "--clients", "24", "--requests", "3000", "--json");
     EXPECT_RC(&r, 0);
@@ -303,7 +203,7 @@ static void test_stress_fleet(void **state)
     assert_int_equal(total, 3000);
     assert_int_equal(H_REDIS_STOCK(redis, sku), 0);
     assert_int_equal(redis_orders(sku), 700);
-    run_free(&r);
+    h_run_free(&r);
     assert_int_equal(h_daemon_stop(second), 0);
     h_pass();
 }
@@ -317,7 +217,7 @@ static void test_stress_catches_an_oversell(void **state)
     assert_int_equal(bad_server_start(&port), 0);
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    run r;
+    h_run r;
     STRESS(&r, "any", "--url", url, "--sku", "bad", "--stock", "100", "--clients", "8",
            "--requests", "500", "--json");
     bad_server_stop();
@@ -326,7 +226,7 @@ static void test_stress_catches_an_oversell(void **state)
     assert_int_equal(JNUM(&r, "ok"), 200);
     assert_int_equal(JNUM(&r, "final_stock"), 0);
     assert_int_equal(h_jbool(r.json, "pass"), 0);
-    run_free(&r);
+    h_run_free(&r);
 
     /* The table says it too. */
     assert_int_equal(bad_server_start(&port), 0);
@@ -337,13 +237,14 @@ static void test_stress_catches_an_oversell(void **state)
     EXPECT_RC(&r, 1);
     assert_non_null(strstr(r.out, "FAIL  sold == initial - final"));
     assert_string_equal(r.err, "INVARIANT FAILED: sold (20) != initial - final (10)\n");
-    run_free(&r);
+    h_run_free(&r);
     h_pass();
 }
 
 /* --- setup errors ------------------------------------------------------------ */
 
-static void expect_setup_error_at(run *r, const char *want, bool prefix, const char *file, int line)
+static void expect_setup_error_at(h_run *r, const char *want, bool prefix, const char *file,
+                                  int line)
 {
     expect_rc_at(r, 2, file, line);
     if (prefix ? strncmp(r->err, want, strlen(want)) != 0 : strcmp(r->err, want) != 0)
@@ -351,7 +252,7 @@ static void expect_setup_error_at(run *r, const char *want, bool prefix, const c
                   want);
     if (r->out[0])
         h_fail_at(file, line, "a setup error printed a report: %s", r->out);
-    run_free(r);
+    h_run_free(r);
 }
 #define EXPECT_SETUP_ERROR(r, want) expect_setup_error_at((r), (want), false, __FILE__, __LINE__)
 #define EXPECT_SETUP_ERROR_PREFIX(r, want) expect_setup_error_at((r), (want), true, __FILE__, __LINE__)
@@ -359,14 +260,15 @@ static void expect_setup_error_at(run *r, const char *want, bool prefix, const c
 static void test_stress_setup_errors(void **state)
 {
     (void)state;
-    run r;
+    h_run r;
     char url[64], want[256];
 
     STRESS(&r, H_ADMIN_TOKEN, "--url", "localhost:8011", "--sku", "e", "--stock", "5",
            "--clients", "2", "--requests", "10");
     EXPECT_SETUP_ERROR(&r, "nerve stress: --url: expected http://HOST:PORT, got 'localhost:8011'\n");
 
-    int port = dead_port();
+    int port = h_free_port();              /* nothing listens on it */
+    assert_true(port > 0);
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
     STRESS(&r, H_ADMIN_TOKEN, "--url", url, "--sku", "e", "--stock", "5", "--clients", "2",
            "--requests", "10");
@@ -399,7 +301,7 @@ static void test_stress_setup_errors(void **state)
     EXPECT_RC(&r, 0);
     assert_int_equal(strncmp(r.out, "usage: nerve stress --url URL", 29), 0);
     assert_string_equal(r.err, "");
-    run_free(&r);
+    h_run_free(&r);
 
     /* None of these sold anything or set a stock. */
     assert_int_equal(H_REDIS_STOCK(redis, "e"), -1);
@@ -407,24 +309,6 @@ static void test_stress_setup_errors(void **state)
 }
 
 /* --- main ------------------------------------------------------------------- */
-
-static int group_setup(void **state)
-{
-    (void)state;
-    redis = h_redis_start(false);
-    if (redis == NULL)
-        return -1;
-    daemon_ = h_daemon_start(redis, NULL);
-    return daemon_ ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    int rc = daemon_ ? h_daemon_stop(daemon_) : 0;
-    h_redis_free(redis);
-    return rc == 0 ? 0 : -1;
-}
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
@@ -437,5 +321,6 @@ int main(void)
         T(test_stress_catches_an_oversell),
         T(test_stress_setup_errors),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    h_group_use(&redis, &daemon_, NULL);
+    return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
 }
