@@ -613,3 +613,44 @@ void cfg_free(cfg *c)
     free(c->path);
     free(c);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Comparing two configs                                                     */
+/* ------------------------------------------------------------------------ */
+
+static bool same_list(char *const *a, size_t na, char *const *b, size_t nb) {
+    if (na != nb) return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0) return false;
+    return true;
+}
+
+static bool same_value(const cfg *a, const cfg *b, const opt *o) {
+    switch (o->type) {
+    case T_INT: return *FIELD(a, o, int) == *FIELD(b, o, int);
+    case T_LONG: return *FIELD(a, o, long) == *FIELD(b, o, long);
+    case T_LLONG: return *FIELD(a, o, long long) == *FIELD(b, o, long long);
+    case T_DOUBLE: return *FIELD(a, o, double) == *FIELD(b, o, double);
+    case T_BOOL: return *FIELD(a, o, bool) == *FIELD(b, o, bool);
+    case T_STR:
+    case T_ENUM: return strcmp(*FIELD(a, o, char *), *FIELD(b, o, char *)) == 0;
+    case T_LIST: return same_list(*FIELD(a, o, char **), *COUNT(a, o), *FIELD(b, o, char **), *COUNT(b, o));
+    case T_PARAMS: return cJSON_Compare(a->params, b->params, 1);
+    case T_SEED:
+        if (a->n_seed != b->n_seed) return false;
+        for (size_t i = 0; i < a->n_seed; i++)
+            if (strcmp(a->seed[i].sku, b->seed[i].sku) || a->seed[i].stock != b->seed[i].stock) return false;
+        return true;
+    }
+    return false;
+}
+
+size_t cfg_diff(const cfg *a, const cfg *b, const char **keys, size_t max) {
+    size_t n = 0;
+    for (size_t i = 0; i < CFG_NOPTS; i++)
+        if (!same_value(a, b, &cfg_opts[i])) {
+            if (n < max) keys[n] = cfg_opts[i].key;
+            n++;
+        }
+    return n;
+}

@@ -97,24 +97,20 @@ typedef struct nerved {
     pthread_mutex_t reload_mu;  /* one reload at a time (SIGHUP and HTTP) */
 } nerved;
 
-/* Settings that only take effect at start: reported, never half-applied. */
+/* A reload applies rules.* (the rule set, its params and limits) and
+ * log.level; every other setting is read at start only. Report each one that
+ * changed, rather than half-apply it. */
 static void report_restart_only(const cfg *old, const cfg *nw) {
-    struct { const char *key; int differs; } keys[] = {
-        { "server.listen", strcmp(old->listen, nw->listen) != 0 },
-        { "server.threads", old->threads != nw->threads },
-        { "server.max_body_bytes", old->max_body_bytes != nw->max_body_bytes },
-        { "server.pidfile", strcmp(old->pidfile, nw->pidfile) != 0 },
-        { "redis.url", strcmp(old->redis_url, nw->redis_url) != 0 },
-        { "redis.prefix", strcmp(old->redis_prefix, nw->redis_prefix) != 0 },
-        { "bus.channels", old->n_bus_channels != nw->n_bus_channels },
-        { "bus.queue_size", old->queue_size != nw->queue_size },
-        { "lock.ttl_ms", old->lock_ttl_ms != nw->lock_ttl_ms },
-        { "sale.max_qty", old->max_qty != nw->max_qty },
-        { "panic.webhook_url", strcmp(old->panic_webhook_url, nw->panic_webhook_url) != 0 },
-    };
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        if (keys[i].differs)
-            log_warn("reload", "%s changed but needs a restart; still using the old value", keys[i].key);
+    const char *keys[64];
+    size_t n = cfg_diff(old, nw, keys, 64);
+    for (size_t i = 0; i < n && i < 64; i++) {
+        if (strncmp(keys[i], "rules.", 6) == 0 || strcmp(keys[i], "log.level") == 0) continue;
+        log_warn("reload", "%s changed but needs a restart; still using the old value", keys[i]);
+    }
+    if (strcmp(old->log_level, nw->log_level) != 0) {
+        log_set_level_name(nw->log_level);
+        log_info("reload", "log.level is now %s", nw->log_level);
+    }
 }
 
 /* Re-read the config file and the rules; swap only when everything is valid. */

@@ -104,6 +104,11 @@ typedef struct cfg {
  * malloc'd text, one message per line, that the caller frees. */
 cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors);
 
+/* The dotted keys whose values differ between A and B (secrets excluded),
+ * in table order: up to MAX of them in KEYS (static strings); returns how
+ * many differ. */
+size_t cfg_diff(const cfg *a, const cfg *b, const char **keys, size_t max);
+
 /* Free a cfg; NULL is fine. */
 void cfg_free(cfg *c);
 
