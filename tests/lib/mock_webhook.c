@@ -203,8 +203,11 @@ static void mk_req_free(mock_req *r) {
     free(r);
 }
 
-/* Append R; choose its answer from the script. -1 when out of memory. */
-static int mk_record(mock_server *m, mock_req *r) {
+/* Append R; choose its answer from the script, also returned in *STATUS and
+ * *DELAY_MS: once recorded, R belongs to the server and mock_reset may free
+ * it at any time, so the connection thread must not read it again.
+ * -1 when out of memory. */
+static int mk_record(mock_server *m, mock_req *r, int *status, int *delay_ms) {
     pthread_mutex_lock(&m->mu);
     if (m->nreqs == m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 16;
@@ -219,6 +222,8 @@ static int mk_record(mock_server *m, mock_req *r) {
     mock_step st = m->pos < m->nsteps ? m->steps[m->pos++] : m->dflt;
     r->status = st.status;
     r->delay_ms = st.delay_ms < 0 ? m->delay_ms : st.delay_ms;
+    *status = r->status;
+    *delay_ms = r->delay_ms;
     m->reqs[m->nreqs++] = r;
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
@@ -331,14 +336,15 @@ static void *mk_conn_main(void *arg) {
         pthread_mutex_lock(&m->mu);
         body_bytes = m->body_bytes;
         pthread_mutex_unlock(&m->mu);
-        if (mk_record(m, r) != 0) {
+        int status, delay_ms;
+        if (mk_record(m, r, &status, &delay_ms) != 0) {
             mk_req_free(r);
             goto out;
         }
-        /* R belongs to the server now; its fields are immutable. */
-        if (r->delay_ms > 0 && mk_wait(m, -1, 0, r->delay_ms) != 0) goto out;
-        if (r->status == MOCK_CLOSE) goto out;
-        if (mk_respond(m, fd, r->status, body_bytes, close_after) != 0 || close_after) goto out;
+        /* R belongs to the server now (mock_reset may free it): use the copies. */
+        if (delay_ms > 0 && mk_wait(m, -1, 0, delay_ms) != 0) goto out;
+        if (status == MOCK_CLOSE) goto out;
+        if (mk_respond(m, fd, status, body_bytes, close_after) != 0 || close_after) goto out;
     }
 out:
     free(buf);
