@@ -239,6 +239,11 @@ static int parse_decision(lua_State *L, int t, int num, const char *channel,
             }
             /* Strings stay anchored by the decision table on the stack. */
             v = lua_tolstring(L, -1, &len);
+            /* Decisions travel on as C strings: "\0" would cut them short. */
+            if (strlen(v) != len) {
+                lua_pop(L, 2);
+                DERR("%s must not contain NUL characters", k);
+            }
             switch (k[0]) {
             case 'a': action = v; break;
             case 'l': level = v; break;

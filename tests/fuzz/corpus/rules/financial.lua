@@ -1,0 +1,334 @@
+--[[ financial.lua -- financial risk: ad budget, refund ratio, pricing errors.
+
+Why: the expensive failures of a commerce/ads platform are rarely outages;
+they are a campaign burning through its budget, a wave of refunds, or a price
+typed wrong and sold a thousand times. This rule watches the money events and
+
+  on financial_events
+    {"type": "spend", "campaign": C, "amount": A}
+        adds A to campaign C's ad spend of the day (UTC). Once it is over
+        daily_budget:
+          kill  scope "campaign:<C>", halt_sales = false  (pause the campaign)
+          alert critical, scope "campaign:<C>".
+    {"type": "revenue", "amount": A}     adds A to the day's revenue.
+    {"type": "refund", "amount": A}      adds A to the day's refunds. Once the
+        day's revenue is at least min_revenue_for_ratio and refunds are over
+        refund_ratio_max of it:
+          alert critical, scope "refund_ratio".
+  on sales_events (published by nerve after each sale)
+    {"type": "sale", "sku": S, "qty": Q, "unit_price": P, "order_id": O}
+        adds Q * P to the day's revenue. When P is under the SKU's minimum
+        price (min_unit_price_by_sku[S], else min_unit_price), the price is
+        wrong and every further sale loses money:
+          kill  scope "sku:<S>", halt_sales = true   (stop selling it)
+          alert critical, scope "sku:<S>".
+        A sale without a unit_price has nothing to judge.
+
+Parameters (config rules.params.financial), defaults in DEFAULTS below; a
+missing or non-numeric one falls back to its default.
+
+State: ctx.state.days[YYYY-MM-DD] = {spend = {[campaign] = amount}, revenue,
+refunds}, for today and yesterday (UTC, from ctx.now) only, so it stays small
+and an event arriving just after midnight does not resurrect old days. The
+state survives reloads of an unchanged rule file; a restart starts the day
+over, which errs on the side of spending (documented limitation).
+
+Malformed events (missing campaign, non-numeric or negative amount) are
+ignored and logged at debug level.
+]]
+
+local DEFAULTS = {
+  daily_budget = 1000.0,
+  refund_ratio_max = 0.3,
+  min_revenue_for_ratio = 100.0,
+  min_unit_price = 1.0,
+}
+
+local function param(params, key)
+  local section = params.financial
+  local v = type(section) == "table" and section[key] or nil
+  if type(v) == "number" then
+    return v
+  end
+  return DEFAULTS[key]
+end
+
+local function min_price(params, sku)
+  local section = params.financial
+  local by_sku = type(section) == "table" and section.min_unit_price_by_sku or nil
+  local v = type(by_sku) == "table" and by_sku[sku] or nil
+  if type(v) == "number" then
+    return v
+  end
+  return param(params, "min_unit_price")
+end
+
+-- Identifiers that become part of a kill scope: printable, no spaces.
+local function valid_id(s)
+  return type(s) == "string" and #s > 0 and #s <= 128 and s:match("^[%w._:@/-]+$") ~= nil
+end
+
+local function valid_amount(a)
+  return type(a) == "number" and a >= 0 and a < math.huge
+end
+
+local function money(x)
+  return string.format("%.2f", x)
+end
+
+-- The running totals of the UTC day of ctx.now; keeps today and yesterday.
+local function today(ctx)
+  local day = os.date("!%Y-%m-%d", ctx.now)
+  local days = ctx.state.days
+  if days == nil then
+    days = {}
+    ctx.state.days = days
+  end
+  local t = days[day]
+  if t == nil then
+    t = { spend = {}, revenue = 0, refunds = 0 }
+    days[day] = t
+    local yesterday = os.date("!%Y-%m-%d", ctx.now - 86400)
+    for d in pairs(days) do
+      if d ~= day and d ~= yesterday then
+        days[d] = nil
+      end
+    end
+  end
+  return t, day
+end
+
+local function on_spend(event, ctx)
+  local campaign, amount = event.campaign, event.amount
+  if not valid_id(campaign) or not valid_amount(amount) then
+    log("debug", "ignoring a malformed spend event")
+    return nil
+  end
+  local t, day = today(ctx)
+  local total = (t.spend[campaign] or 0) + amount
+  t.spend[campaign] = total
+  local budget = param(ctx.params, "daily_budget")
+  if total <= budget then
+    return nil
+  end
+  local scope = "campaign:" .. campaign
+  local what = string.format("ad spend of campaign %s on %s is %s, over the daily budget of %s",
+                             campaign, day, money(total), money(budget))
+  return {
+    { action = "kill", scope = scope, halt_sales = false, reason = what .. ": pausing the campaign" },
+    { action = "alert", level = "critical", scope = scope, reason = what },
+  }
+end
+
+local function on_revenue(event, ctx)
+  if not valid_amount(event.amount) then
+    log("debug", "ignoring a malformed revenue event")
+    return nil
+  end
+  local t = today(ctx)
+  t.revenue = t.revenue + event.amount
+  return nil
+end
+
+local function on_refund(event, ctx)
+  if not valid_amount(event.amount) then
+    log("debug", "ignoring a malformed refund event")
+    return nil
+  end
+  local t, day = today(ctx)
+  t.refunds = t.refunds + event.amount
+  local max = param(ctx.params, "refund_ratio_max")
+  if t.revenue < param(ctx.params, "min_revenue_for_ratio") or t.refunds <= max * t.revenue then
+    return nil
+  end
+  return {
+    action = "alert",
+    level = "critical",
+    scope = "refund_ratio",
+    reason = string.format("refunds on %s are %s, %.1f%% of revenue %s, over the %.1f%% limit",
+                           day, money(t.refunds), 100 * t.refunds / t.revenue,
+                           money(t.revenue), 100 * max),
+  }
+end
+
+local function on_sale(event, ctx)
+  local sku, price, qty = event.sku, event.unit_price, event.qty
+  if event.type ~= "sale" or not valid_id(sku) then
+    return nil
+  end
+  if price == nil then
+    return nil
+  end
+  if type(price) ~= "number" then
+    log("debug", "ignoring a sale with a non-numeric unit_price")
+    return nil
+  end
+  if type(qty) == "number" and qty > 0 and price >= 0 then
+    local t = today(ctx)
+    t.revenue = t.revenue + qty * price
+  end
+  local min = min_price(ctx.params, sku)
+  if price >= min then
+    return nil
+  end
+  local scope = "sku:" .. sku
+  local what = string.format("sale %s of %s at unit price %s, under the minimum %s: pricing error",
+                             tostring(event.order_id or "?"), sku, money(price), money(min))
+  return {
+    { action = "kill", scope = scope, halt_sales = true, reason = what .. ", sales halted" },
+    { action = "alert", level = "critical", scope = scope, reason = what },
+  }
+end
+
+local financial = { spend = on_spend, revenue = on_revenue, refund = on_refund }
+
+-- 2026-01-01T00:00:00Z, for fixtures.
+local DAY1 = 1767225600
+
+-- Fixture params: small numbers, independent of the deployment's config.
+local P = {
+  financial = {
+    daily_budget = 100,
+    refund_ratio_max = 0.25,
+    min_revenue_for_ratio = 50,
+    min_unit_price = 2,
+    min_unit_price_by_sku = { ["GOLD-1"] = 500 },
+  },
+}
+
+return {
+  name = "financial_risk",
+  description = "Kill a campaign over its daily ad budget; alert when refunds exceed a share of revenue; halt sales of a SKU sold under its minimum price.",
+  on = { "financial_events", "sales_events" },
+
+  evaluate = function(event, ctx)
+    if ctx.channel == "sales_events" then
+      return on_sale(event, ctx)
+    end
+    local handler = financial[event.type]
+    if handler then
+      return handler(event, ctx)
+    end
+    return nil
+  end,
+
+  -- Fixtures run in order on one ctx.state, like a day of events.
+  tests = {
+    { -- under budget
+      channel = "financial_events", now = DAY1, params = P,
+      event = { type = "spend", campaign = "c1", amount = 60 },
+      expect = {},
+    },
+    { -- the same campaign goes over: pause it and alert
+      channel = "financial_events", now = DAY1 + 60, params = P,
+      event = { type = "spend", campaign = "c1", amount = 50.5 },
+      expect = {
+        { action = "kill", scope = "campaign:c1", halt_sales = false,
+          reason = "ad spend of campaign c1 on 2026-01-01 is 110.50, over the daily budget of 100.00: pausing the campaign" },
+        { action = "alert", level = "critical", scope = "campaign:c1",
+          reason = "ad spend of campaign c1 on 2026-01-01 is 110.50, over the daily budget of 100.00" },
+      },
+    },
+    { -- budgets are per campaign
+      channel = "financial_events", now = DAY1 + 120, params = P,
+      event = { type = "spend", campaign = "c2", amount = 100 },
+      expect = {},
+    },
+    { -- and per day
+      channel = "financial_events", now = DAY1 + 86400, params = P,
+      event = { type = "spend", campaign = "c1", amount = 99 },
+      expect = {},
+    },
+    { -- default budget (1000) when params say nothing
+      channel = "financial_events", now = DAY1 + 86400, params = {},
+      event = { type = "spend", campaign = "c3", amount = 1000.01 },
+      expect = {
+        { action = "kill", scope = "campaign:c3", halt_sales = false },
+        { action = "alert", level = "critical", scope = "campaign:c3" },
+      },
+    },
+    { -- day 3: revenue below the minimum for judging the ratio
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "revenue", amount = 40 },
+      expect = {},
+    },
+    { -- 20 of 40 refunded, but 40 < min_revenue_for_ratio: not judged yet
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "refund", amount = 20 },
+      expect = {},
+    },
+    {
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "revenue", amount = 60 },
+      expect = {},
+    },
+    { -- 30 of 100 refunded > 25%
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "refund", amount = 10 },
+      expect = {
+        { action = "alert", level = "critical", scope = "refund_ratio",
+          reason = "refunds on 2026-01-03 are 30.00, 30.0% of revenue 100.00, over the 25.0% limit" },
+      },
+    },
+    { -- a sale at a sane price only adds revenue (100 + 2 * 10 = 120; 30 is 25%)
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 2, unit_price = 10, order_id = "o-1" },
+      expect = {},
+    },
+    {
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "refund", amount = 0 },
+      expect = {},
+    },
+    { -- exactly the minimum price is fine
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 2, order_id = "o-2" },
+      expect = {},
+    },
+    { -- under it: a pricing error halts the SKU's sales
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 1.99, order_id = "o-3" },
+      expect = {
+        { action = "kill", scope = "sku:ABC-1", halt_sales = true,
+          reason = "sale o-3 of ABC-1 at unit price 1.99, under the minimum 2.00: pricing error, sales halted" },
+        { action = "alert", level = "critical", scope = "sku:ABC-1" },
+      },
+    },
+    { -- a per-SKU minimum overrides the global one
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "GOLD-1", qty = 1, unit_price = 100, order_id = "o-4" },
+      expect = {
+        { action = "kill", scope = "sku:GOLD-1", halt_sales = true },
+        { action = "alert", level = "critical", scope = "sku:GOLD-1" },
+      },
+    },
+    { -- default minimum (1.0)
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = {},
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 0, order_id = "o-5" },
+      expect = {
+        { action = "kill", scope = "sku:ABC-1", halt_sales = true },
+        { action = "alert", level = "critical", scope = "sku:ABC-1" },
+      },
+    },
+    { -- no price, nothing to judge
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, order_id = "o-6" },
+      expect = {},
+    },
+    { -- malformed events are ignored
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "spend", campaign = "c1", amount = "lots" },
+      expect = {},
+    },
+    {
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "spend", amount = 1e9 },
+      expect = {},
+    },
+    {
+      channel = "financial_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "impression", campaign = "c1", amount = 1e9 },
+      expect = {},
+    },
+  },
+}

@@ -1,0 +1,2 @@
+-- not_table.lua: a rule file must return a table
+return 42

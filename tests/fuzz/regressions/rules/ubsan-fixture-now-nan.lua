@@ -1,0 +1,8 @@
+-- UBSan float-cast-overflow: now = NaN converted to long long.
+-- Fixed: engine/rules_test.c refuses a now that does not fit.
+return {
+  name = "now",
+  on = { "c" },
+  evaluate = function(event, ctx) end,
+  tests = { { channel = "c", event = {}, expect = {}, now = 0/0 } },
+}
