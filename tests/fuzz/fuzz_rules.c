@@ -3,7 +3,8 @@
  * rules_vm.c).
  *
  * The input is the text of one Lua rule file. It is written as rule.lua into
- * a private temporary directory and loaded with rules_set_load() under small
+ * a private temporary directory (made for this input and removed right after
+ * loading, so an aborted run leaves nothing behind) and loaded with rules_set_load() under small
  * limits (100000 instructions, 1 MiB per state), which compiles it in the
  * sandbox, validates the returned table and runs its fixtures. When it loads,
  * an evaluator is built and a few fixed events are evaluated on (up to four
@@ -49,45 +50,36 @@ static const char *const rz_events[] = {
 };
 
 static struct {
-    bool ready;
+    const char *tmp;            /* where the per-input directories go */
     char dir[256];
     char file[300];
     const char *channel;        /* being evaluated */
     const char *name;           /* the loaded rule's */
 } rz;
 
-static void rz_teardown(void)
-{
-    if (!rz.ready)
-        return;
-    unlink(rz.file);
-    rmdir(rz.dir);
-    rz.ready = false;
-}
-
 static void rz_setup(void)
 {
-    const char *tmp = getenv("TMPDIR");
-
-    if (rz.ready)
+    if (rz.tmp)
         return;
     fuzz_quiet_logs();
     /* tmpfs when there is one: a file is written for every input. */
+    rz.tmp = getenv("TMPDIR");
     if (access("/dev/shm", W_OK) == 0)
-        tmp = "/dev/shm";
-    else if (tmp == NULL || *tmp == '\0')
-        tmp = "/tmp";
-    snprintf(rz.dir, sizeof(rz.dir), "%s/nerve-fuzz-rules.XXXXXX", tmp);
-    FUZZ_CHECK(mkdtemp(rz.dir) != NULL, "mkdtemp %s: %s", rz.dir, strerror(errno));
-    snprintf(rz.file, sizeof(rz.file), "%s/rule.lua", rz.dir);
-    rz.ready = true;
-    atexit(rz_teardown);
+        rz.tmp = "/dev/shm";
+    else if (rz.tmp == NULL || *rz.tmp == '\0')
+        rz.tmp = "/tmp";
 }
 
+/* Make a fresh directory holding DATA as rule.lua. */
 static void rz_write(const uint8_t *data, size_t size)
 {
-    int fd = open(rz.file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd;
     size_t off = 0;
+
+    snprintf(rz.dir, sizeof(rz.dir), "%s/nerve-fuzz-rules.XXXXXX", rz.tmp);
+    FUZZ_CHECK(mkdtemp(rz.dir) != NULL, "mkdtemp %s: %s", rz.dir, strerror(errno));
+    snprintf(rz.file, sizeof(rz.file), "%s/rule.lua", rz.dir);
+    fd = open(rz.file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
     FUZZ_CHECK(fd >= 0, "open %s: %s", rz.file, strerror(errno));
     while (off < size) {
@@ -188,6 +180,8 @@ static int fuzz_rules_one(const uint8_t *data, size_t size)
 
     s = rules_set_load(&c, &errs);
     cJSON_Delete(c.params);
+    unlink(rz.file);            /* the set keeps the source; rz.file stays the name */
+    rmdir(rz.dir);
     if (s == NULL) {
         rz_check_load_errors(errs);
         free(errs);
