@@ -30,6 +30,16 @@ targets=("$@")
 [ "${#targets[@]}" -eq 0 ] && targets=(sale config rules event)
 
 # Input size limits: bodies are small, config and rule files are not.
+# Seeds that live elsewhere in the tree and are not copied into corpus/:
+# the shipped rules and the unit tests' rule fixtures (rules), the shipped
+# config (config).
+extra_seeds() {
+    case $1 in
+        rules) echo rules tests/unit/rules ;;
+        config) echo tests/unit/config ;;
+    esac
+}
+
 max_len() {
     case "$1" in
     sale) echo 4096 ;;
@@ -64,7 +74,7 @@ for t in "${targets[@]}"; do
         nice -n 10 "$bin" -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 \
             -rss_limit_mb=2048 -malloc_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
             -artifact_prefix="$art/" ${FUZZ_FLAGS:-} \
-            "$work" "tests/fuzz/corpus/$t" "tests/fuzz/regressions/$t" >"$log" 2>&1
+            "$work" "tests/fuzz/corpus/$t" "tests/fuzz/regressions/$t" $(extra_seeds "$t") >"$log" 2>&1
         rc=$?
 
         # The last status line: "#N  DONE  cov: C ft: F corp: U/SIZE ... exec/s: E rss: R".
