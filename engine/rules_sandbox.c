@@ -389,6 +389,76 @@ static int sbx_log(lua_State *L)
     return 0;
 }
 
+/* Lua's pattern matcher backtracks inside one C call, where the instruction
+ * hook cannot interrupt it: ("a"):rep(2000):find(".-.-.-b") runs for hours.
+ * Each item repeated with *, + or - multiplies the worst case by the subject
+ * length, so a call whose subject length to the power of its repeated items
+ * exceeds PATTERN_BUDGET is refused as that rule's error before it starts. */
+#define PATTERN_BUDGET 1e8
+
+static int pattern_repeats(const char *p, size_t n)
+{
+    int k = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t item = i;
+        if (p[i] == '%') {
+            if (i + 1 < n && p[i + 1] == 'b') { i += 3; continue; }     /* %bxy */
+            if (i + 1 < n && p[i + 1] == 'f') {                          /* %f[set] */
+                i += 2;
+                while (i < n && p[i] != ']') i += (p[i] == '%') ? 2 : 1;
+                continue;
+            }
+            i++;
+        } else if (p[i] == '[') {
+            i++;
+            if (i < n && p[i] == '^') i++;
+            if (i < n && p[i] == ']') i++;
+            while (i < n && p[i] != ']') i += (p[i] == '%') ? 2 : 1;
+        }
+        (void)item;
+        if (i + 1 < n && (p[i + 1] == '*' || p[i + 1] == '+' || p[i + 1] == '-')) {
+            k++;
+            i++;
+        }
+    }
+    return k;
+}
+
+static int sbx_pattern_guard(lua_State *L)
+{
+    size_t slen, plen;
+    luaL_checklstring(L, 1, &slen);
+    const char *pat = luaL_checklstring(L, 2, &plen);
+    int plain = lua_toboolean(L, lua_upvalueindex(2)) && lua_toboolean(L, 4);
+    if (!plain) {
+        int k = pattern_repeats(pat, plen);
+        double cost = 1;
+        for (int i = 0; i < k && cost <= PATTERN_BUDGET; i++) cost *= (double)(slen + 1);
+        if (k >= 2 && cost > PATTERN_BUDGET)
+            return luaL_error(L, "pattern with %d repeated items is too costly for a %d-byte subject "
+                              "(it could backtrack for hours): shorten the subject or simplify the pattern",
+                              k, (int)(slen > 0x7fffffff ? 0x7fffffff : slen));
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Wrap string.find/match/gmatch/gsub with the guard above. */
+static void guard_patterns(lua_State *L)
+{
+    static const char *const fns[] = { "find", "match", "gmatch", "gsub", NULL };
+    lua_getglobal(L, LUA_STRLIBNAME);
+    for (int i = 0; fns[i]; i++) {
+        lua_getfield(L, -1, fns[i]);
+        lua_pushboolean(L, i == 0);     /* only find has a "plain" argument */
+        lua_pushcclosure(L, sbx_pattern_guard, 2);
+        lua_setfield(L, -2, fns[i]);
+    }
+    lua_pop(L, 1);
+}
+
 static void open_env(lua_State *L, void *ud)
 {
     static const char *const drop[] = {
@@ -427,6 +497,7 @@ static void open_env(lua_State *L, void *ud)
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
     lua_pop(L, 1);
+    guard_patterns(L);
     /* getmetatable("") would hand out the string library's metatable. */
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
