@@ -39,8 +39,10 @@
  * collection (states run the generational collector, so garbage rarely piles
  * up); only what still does not fit aborts, and the rule then gets a fresh
  * state (its ctx.state is lost). C functions that allocate (string.rep,
- * table.concat, patterns...) are bounded by the memory limit; CPU spent inside
- * one C call (a pathological pattern) is not counted.
+ * table.concat, patterns...) are bounded by the memory limit; CPU inside one
+ * C call is not seen by the hook, so string.find/match/gmatch/gsub refuse a
+ * call whose worst-case backtracking (subject length ^ repeated items) is
+ * over 1e8 steps.
  *
  * evaluate(event, ctx): EVENT is the event JSON as a fresh Lua table (JSON
  * null = absent key; integral numbers are integers). CTX is read-only:
