@@ -2,13 +2,13 @@
 #include "nerve/policy.h"
 
 #include <cjson/cJSON.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "nerve/log.h"
+#include "nerve/tslot.h"
 
 typedef struct tvm {
     rules_vm *vm;
@@ -20,63 +20,36 @@ struct policy {
     ks *k;
     act *a;
     rds_pool *pool;
-    pthread_key_t key;
-    pthread_mutex_t mu;         /* guards all[] */
-    tvm **all;
-    size_t n, cap;
+    tslot *vms;                 /* one tvm per HTTP worker thread */
 };
 
-static void tvm_free(void *p) {
-    tvm *t = p;
-    if (t) rules_vm_free(t->vm);
-    /* The struct itself stays in all[] and is freed by policy_free. */
-    if (t) t->vm = NULL;
+static void *tvm_create(void *ud) {
+    (void)ud;
+    return calloc(1, sizeof(tvm));
+}
+
+static void tvm_destroy(void *obj) {
+    tvm *t = obj;
+    rules_vm_free(t->vm);
+    free(t);
 }
 
 policy *policy_new(live *l, ks *k, act *a, rds_pool *pool) {
     policy *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->l = l, p->k = k, p->a = a, p->pool = pool;
-    if (pthread_key_create(&p->key, tvm_free)) {
+    p->vms = tslot_new(tvm_create, tvm_destroy, NULL);
+    if (!p->vms) {
         free(p);
         return NULL;
     }
-    pthread_mutex_init(&p->mu, NULL);
     return p;
 }
 
 void policy_free(policy *p) {
     if (!p) return;
-    for (size_t i = 0; i < p->n; i++) {
-        rules_vm_free(p->all[i]->vm);
-        free(p->all[i]);
-    }
-    free(p->all);
-    pthread_key_delete(p->key);
-    pthread_mutex_destroy(&p->mu);
+    tslot_free(p->vms);
     free(p);
-}
-
-static tvm *thread_vm(policy *p) {
-    tvm *t = pthread_getspecific(p->key);
-    if (t) return t;
-    t = calloc(1, sizeof *t);
-    if (!t) return NULL;
-    pthread_mutex_lock(&p->mu);
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? p->cap * 2 : 32;
-        tvm **na = realloc(p->all, nc * sizeof *na);
-        if (!na) {
-            pthread_mutex_unlock(&p->mu);
-            free(t);
-            return NULL;
-        }
-        p->all = na, p->cap = nc;
-    }
-    p->all[p->n++] = t;
-    pthread_mutex_unlock(&p->mu);
-    pthread_setspecific(p->key, t);
-    return t;
 }
 
 typedef struct gate_ctx {
@@ -110,7 +83,7 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
                  req->sku, scope);
         return SALE_HALTED;
     }
-    tvm *t = thread_vm(p);
+    tvm *t = tslot_get(p->vms);
     if (!t) return SALE_OK;
     uint64_t g = live_generation(p->l);
     if (!t->vm || t->gen != g) {

@@ -7,6 +7,8 @@
  */
 #include "nerve/rds.h"
 
+#include "nerve/tslot.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -340,52 +342,28 @@ out:
 
 struct rds_pool {
     rds_opts o;
-    pthread_key_t key;
-    pthread_mutex_t mu;         /* guards the list of all clients */
-    rds_client **all;
-    size_t n, cap;
+    tslot *clients;             /* one rds_client per calling thread */
 };
+
+static void *pool_create(void *ud) { return rds_client_new(&((rds_pool *)ud)->o); }
+static void pool_destroy(void *c) { rds_client_free(c); }
 
 rds_pool *rds_pool_new(const rds_opts *o) {
     rds_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->o = *o;
-    if (pthread_key_create(&p->key, NULL)) {
+    p->clients = tslot_new(pool_create, pool_destroy, p);
+    if (!p->clients) {
         free(p);
         return NULL;
     }
-    pthread_mutex_init(&p->mu, NULL);
     return p;
 }
 
-rds_client *rds_pool_client(rds_pool *p) {
-    rds_client *c = pthread_getspecific(p->key);
-    if (c) return c;
-    c = rds_client_new(&p->o);
-    if (!c) return NULL;
-    pthread_mutex_lock(&p->mu);
-    if (p->n == p->cap) {
-        size_t ncap = p->cap ? p->cap * 2 : 16;
-        rds_client **na = realloc(p->all, ncap * sizeof *na);
-        if (!na) {
-            pthread_mutex_unlock(&p->mu);
-            rds_client_free(c);
-            return NULL;
-        }
-        p->all = na;
-        p->cap = ncap;
-    }
-    p->all[p->n++] = c;
-    pthread_mutex_unlock(&p->mu);
-    pthread_setspecific(p->key, c);
-    return c;
-}
+rds_client *rds_pool_client(rds_pool *p) { return tslot_get(p->clients); }
 
 void rds_pool_free(rds_pool *p) {
     if (!p) return;
-    for (size_t i = 0; i < p->n; i++) rds_client_free(p->all[i]);
-    free(p->all);
-    pthread_key_delete(p->key);
-    pthread_mutex_destroy(&p->mu);
+    tslot_free(p->clients);
     free(p);
 }

@@ -10,7 +10,7 @@
  * decisions of sale rules go to the actions module like any other.
  *
  * Ownership: policy_new borrows its arguments (they must outlive it). Each
- * thread's vm is freed when the thread exits or with policy_free.
+ * thread's vm (a tslot) is freed with policy_free, after the HTTP server stopped.
  */
 #ifndef NERVE_POLICY_H
 #define NERVE_POLICY_H
