@@ -1144,6 +1144,40 @@ long h_http(const h_daemon *d, const char *method, const char *path,
     return r->status;
 }
 
+CURL *h_sale_curl(const h_daemon *d, const char *sku)
+{
+    CURL *h = curl_easy_init();
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *all = hdrs ? curl_slist_append(hdrs, "Expect:") : NULL;
+    if (h == NULL || all == NULL) {
+        curl_slist_free_all(hdrs);
+        if (h != NULL)
+            curl_easy_cleanup(h);
+        return NULL;
+    }
+    char url[256], body[256];
+    snprintf(url, sizeof url, "%s/sale", d->base);
+    snprintf(body, sizeof body, "{\"sku\":\"%s\",\"qty\":1}", sku);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 20000L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, all);
+    curl_easy_setopt(h, CURLOPT_COPYPOSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, all);      /* freed with the handle */
+    return h;
+}
+
+void h_sale_curl_free(CURL *h)
+{
+    if (h == NULL)
+        return;
+    struct curl_slist *hdrs = NULL;
+    curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&hdrs);
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
+}
+
 void h_resp_free(h_resp *r)
 {
     if (r == NULL)

@@ -51,6 +51,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 #include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <hiredis/hiredis.h>
 
 #include "../lib/mock_webhook.h"
@@ -364,6 +365,13 @@ char *h_metrics_at(const h_daemon *d, const char *file, int line);
  * `NAME{labels} v`) whose labels contain the string LABEL (NULL: every
  * sample); -1 when no sample matched. */
 double h_metric(const char *text, const char *name, const char *label);
+
+/* A libcurl handle that POSTs {"sku":SKU,"qty":1} to D's /sale with a JSON
+ * Content-Type, keep-alive and a 20 s timeout, for tests that run their own
+ * endless sale loops (the caller sets its write callback, error buffer...).
+ * Free with h_sale_curl_free. NULL on OOM. */
+CURL *h_sale_curl(const h_daemon *d, const char *sku);
+void h_sale_curl_free(CURL *h);
 
 /* --- concurrent load ---------------------------------------------------- */
 

@@ -114,18 +114,10 @@ static size_t sink(char *p, size_t size, size_t n, void *ud)
 static void *load_main(void *arg)
 {
     load *l = arg;
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-    hdrs = curl_slist_append(hdrs, "Expect:");
-    char url[256], body[256], resp[1024], err[CURL_ERROR_SIZE];
-    snprintf(url, sizeof url, "%s/sale", l->d->base);
-    snprintf(body, sizeof body, "{\"sku\":\"%s\",\"qty\":1}", l->sku);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 20000L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    CURL *h = h_sale_curl(l->d, l->sku);
+    if (h == NULL)
+        return NULL;
+    char resp[1024], err[CURL_ERROR_SIZE];
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, err);
@@ -150,8 +142,7 @@ static void *load_main(void *arg)
             }
         }
     }
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
+    h_sale_curl_free(h);
     return NULL;
 }
 
