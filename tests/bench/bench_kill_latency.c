@@ -46,6 +46,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #include <hiredis/hiredis.h>
 
 #define MAX_EVENTS      100000
@@ -54,35 +56,6 @@
 #define CHANNEL         "inventory_events"
 #define RULE            "inventory_threshold"
 #define PREFIX_MAX      64
-
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* strtol with end pointer and range: 0, or -1 when S is not in MIN..MAX. */
-static int parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno == ERANGE || end == s || *end != '\0' || v < min || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 /* Copy S into OUT (OUTLEN bytes) with the glob characters of a Redis pattern
  * escaped. 0, or -1 when it does not fit. */
@@ -145,7 +118,7 @@ static double one_event(bench *b, const char *sku)
              sku, (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000);
     snprintf(want, sizeof(want), "__keyspace@%ld__:%skill:sku:%s", b->db, b->prefix, sku);
 
-    t0 = now_ms();
+    t0 = bench_now_ms();
     r = redisCommand(b->pub, "PUBLISH %s %s", CHANNEL, json);
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         fprintf(stderr, "bench_kill_latency: PUBLISH: %s\n",
@@ -179,7 +152,7 @@ static double one_event(bench *b, const char *sku)
                 strcmp(r->element[2]->str, want) == 0;
         freeReplyObject(r);
         if (match)
-            return now_ms() - t0;
+            return bench_now_ms() - t0;
     }
     fprintf(stderr, "bench_kill_latency: too many unrelated notifications\n");
     return -1;
@@ -191,12 +164,12 @@ static double one_event(bench *b, const char *sku)
 static void cleanup(bench *b, long count)
 {
     char last[256];
-    double deadline = now_ms() + 2000;
+    double deadline = bench_now_ms() + 2000;
     long pending = 0;
 
     snprintf(last, sizeof(last), "%sthrottle:{" RULE "|sku:%s%ld}", b->prefix, b->sku_base,
              count - 1);
-    while (now_ms() < deadline) {
+    while (bench_now_ms() < deadline) {
         redisReply *r = redisCommand(b->pub, "EXISTS %s", last);
         int there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
 
@@ -247,9 +220,9 @@ int main(int argc, char **argv)
 
     memset(&b, 0, sizeof(b));
     b.prefix = "nerve:";
-    if (argc < 3 || argc > 6 || parse_long(argv[2], 1, 65535, &port) != 0 ||
-        (argc > 3 && parse_long(argv[3], 1, MAX_EVENTS, &n) != 0) ||
-        (argc > 5 && parse_long(argv[5], 0, 15, &db) != 0)) {
+    if (argc < 3 || argc > 6 || bench_parse_long(argv[2], 1, 65535, &port) != 0 ||
+        (argc > 3 && bench_parse_long(argv[3], 1, MAX_EVENTS, &n) != 0) ||
+        (argc > 5 && bench_parse_long(argv[5], 0, 15, &db) != 0)) {
         fprintf(stderr, "usage: bench_kill_latency HOST PORT [N [PREFIX [DB]]]  "
                 "(N 1..%d, default 500; PREFIX default nerve:; DB default 0)\n", MAX_EVENTS);
         return 2;
@@ -318,7 +291,7 @@ int main(int argc, char **argv)
         if (i >= WARMUP_EVENTS)
             lat[measured++] = ms;
     }
-    qsort(lat, (size_t)measured, sizeof(*lat), cmp_double);
+    qsort(lat, (size_t)measured, sizeof(*lat), bench_cmp_double);
     printf("kill latency: %ld events, p50 %.3f ms, p99 %.3f ms, max %.3f ms\n", measured,
            lat[(measured - 1) / 2], lat[(measured * 99 + 99) / 100 - 1], lat[measured - 1]);
     rc = 0;

@@ -41,6 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #include <curl/curl.h>
 
 #include "nerve/config.h"
@@ -61,46 +63,18 @@ typedef struct opts {
     long for_s;
 } opts;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
 /* Sorts V (N > 0) and prints "min A ms, median B ms, max C ms". */
 static void print_summary(double *v, size_t n)
 {
     double med;
 
-    qsort(v, n, sizeof(*v), cmp_double);
+    qsort(v, n, sizeof(*v), bench_cmp_double);
     med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
     printf("min %.3f ms, median %.3f ms, max %.3f ms", v[0], med, v[n - 1]);
 }
 
 /* strtol with end pointer and range: 0, or -1 when S is not an integer in
  * MIN..MAX. */
-static int parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno == ERANGE || end == s || *end != '\0' || v < min || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -146,13 +120,13 @@ static int parse_args(int argc, char **argv, opts *o)
             return -1;
         }
         if (strcmp(a, "--rules") == 0)
-            bad = parse_long(v, 1, MAX_RULES, &o->rules);
+            bad = bench_parse_long(v, 1, MAX_RULES, &o->rules);
         else if (strcmp(a, "--runs") == 0)
-            bad = parse_long(v, 1, MAX_RUNS, &o->runs);
+            bad = bench_parse_long(v, 1, MAX_RUNS, &o->runs);
         else if (strcmp(a, "--every-ms") == 0)
-            bad = parse_long(v, 1, 3600000, &o->every_ms);
+            bad = bench_parse_long(v, 1, 3600000, &o->every_ms);
         else if (strcmp(a, "--for-s") == 0)
-            bad = parse_long(v, 1, 86400, &o->for_s);
+            bad = bench_parse_long(v, 1, 86400, &o->for_s);
         else if (strcmp(a, "--dir") == 0)
             o->dir = v;
         else if (strcmp(a, "--config") == 0)
@@ -272,9 +246,9 @@ static int bench_load(const opts *o)
     }
     rc = 1;
     for (long i = -1; i < o->runs; i++) {       /* run -1 warms the page cache */
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         rules_set *s = rules_set_load(c, &errs);
-        double t1 = now_ms();
+        double t1 = bench_now_ms();
 
         if (s == NULL) {
             fprintf(stderr, "bench_reload: rules_set_load failed:\n%s",
@@ -380,10 +354,10 @@ static int bench_http(const opts *o)
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
 
     if (o->every_ms > 0) {
-        double start = now_ms(), end = start + (double)o->for_s * 1000, next = start;
+        double start = bench_now_ms(), end = start + (double)o->for_s * 1000, next = start;
 
         while (done < cap) {
-            double t0 = now_ms(), t1;
+            double t0 = bench_now_ms(), t1;
             struct timespec ts;
 
             if (t0 >= end)
@@ -397,7 +371,7 @@ static int bench_http(const opts *o)
                 continue;
             }
             post_reload(h, &a, &failures);
-            t1 = now_ms();
+            t1 = bench_now_ms();
             ms[done++] = t1 - t0;
             /* The next tick after now: late ticks are skipped, not bunched. */
             while (next <= t1)
@@ -411,10 +385,10 @@ static int bench_http(const opts *o)
         printf("\n");
     } else {
         for (; done < o->runs; done++) {
-            double t0 = now_ms();
+            double t0 = bench_now_ms();
 
             post_reload(h, &a, &failures);
-            ms[done] = now_ms() - t0;
+            ms[done] = bench_now_ms() - t0;
         }
         printf("POST /admin/reload: %ld runs: ", done);
         print_summary(ms, (size_t)done);
