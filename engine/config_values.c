@@ -32,6 +32,7 @@
 #include <yaml.h>
 
 #include "config_int.h"
+#include "nerve/sale.h"
 
 /* ------------------------------------------------------------------------ */
 /* Scalars                                                                  */
@@ -120,19 +121,6 @@ static const char *scalar(const yaml_node_t *n)
 bool cfg_has_nul(const yaml_node_t *n)
 {
     return strlen((const char *)n->data.scalar.value) != n->data.scalar.length;
-}
-
-/* The sale endpoint's SKU rule (sale_sku_valid): 1..MAX_SKU of the alphabet,
- * with a letter or digit ("." and ".." are path traversal, not SKUs). */
-static bool sku_ok(const char *s)
-{
-    size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-");
-    return n >= 1 && n <= MAX_SKU && !s[n];
-}
-
-static bool sku_has_alnum(const char *s)
-{
-    return strpbrk(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -384,8 +372,10 @@ static bool seed_stock(loader *L, const char *sku, const yaml_node_t *n, const o
 static bool seed_sku(loader *L, const char *sku, const origin *at)
 {
     char q[QBUF];
-    if (sku_ok(sku) && sku_has_alnum(sku)) return true;
-    if (sku_ok(sku))
+    /* Exactly the sale endpoint's rule: a seed no sale could use is an error. */
+    size_t n = strlen(sku);
+    if (sale_sku_valid(sku, n)) return true;
+    if (n >= 1 && n <= MAX_SKU && strspn(sku, "._:-") == n)
         cfg_errf(L, at, "inventory.seed", "invalid SKU %s (needs a letter or digit)",
                  cfg_quote(q, sku));
     else
