@@ -63,6 +63,7 @@ static check_fn check_listen, check_redis_url, check_prefix, check_http_url, che
 
 static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
+static const char *const sale_on_error_values[] = { "reject", "allow", NULL };
 
 const opt cfg_opts[] = {
     OPT_STR   ("server.listen", listen, 1, "127.0.0.1:8011", check_listen),
@@ -86,6 +87,7 @@ const opt cfg_opts[] = {
     OPT_STR   ("bus.sales_channel", sales_channel, 1, "sales_events", NULL),
     OPT_INT   ("bus.queue_size", queue_size, 1, 1000000, 10000),
     OPT_LONG  ("bus.max_event_bytes", max_event_bytes, 64, 16777216, 65536),
+    OPT_INT   ("bus.stall_ms", stall_ms, 100, 3600000, 5000),
 
     OPT_INT   ("lock.ttl_ms", lock_ttl_ms, 10, 600000, 2000),
     OPT_INT   ("lock.max_wait_ms", lock_max_wait_ms, 0, 600000, 1000),
@@ -98,6 +100,8 @@ const opt cfg_opts[] = {
     OPT_LIST  ("rules.files", rules_files, n_rules_files, ""),
     OPT_LLONG ("rules.instruction_limit", rules_instruction_limit, 1000, 1000000000, 1000000),
     OPT_LLONG ("rules.memory_limit", rules_memory_limit, 65536, 2147483648LL, 8388608),
+    OPT_INT   ("rules.eval_timeout_ms", rules_eval_timeout_ms, 1, 60000, 100),
+    OPT_ENUM  ("rules.sale_on_error", rules_sale_on_error, "reject", sale_on_error_values),
     OPT_PARAMS("rules.params", params),
 
     OPT_STR   ("panic.webhook_url", panic_webhook_url, 0, "", check_http_url),

@@ -52,6 +52,7 @@ typedef struct cfg {
     char *sales_channel;        /* default sales_events */
     int queue_size;             /* bounded event queue, 1..1000000, default 10000 */
     long max_event_bytes;       /* 64..16777216, default 65536 */
+    int stall_ms;               /* /readyz: evaluator stalled when events wait and none finished for this long, 100..3600000, default 5000 */
 
     /* lock */
     int lock_ttl_ms;            /* 10..600000, default 2000 */
@@ -68,6 +69,8 @@ typedef struct cfg {
     size_t n_rules_files;
     long long rules_instruction_limit;  /* 1000..1e9, default 1000000 */
     long long rules_memory_limit;       /* bytes per Lua state, 65536..1<<31, default 8 MiB */
+    int rules_eval_timeout_ms;          /* wall-clock deadline of one rule evaluation, 1..60000, default 100 */
+    char *rules_sale_on_error;          /* reject|allow: a failing sale_request rule fails the sale closed (422) or open */
     struct cJSON *params;       /* rules.params as a JSON tree (object), never NULL */
 
     /* panic (emergency stop) */
