@@ -303,7 +303,8 @@ int daemon_run(const daemon_args *a) {
     if (c0) ks_refresh(d.ks, c0);
     seed_inventory(c, d.pool);
 
-    eval_opts eo = { .live = d.live, .q = d.q, .act = d.act, .ks = d.ks, .pool = d.pool };
+    eval_opts eo = { .live = d.live, .q = d.q, .act = d.act, .ks = d.ks, .pool = d.pool,
+                     .stall_ms = c->stall_ms };
     d.eval = eval_start(&eo, err, sizeof err);
     if (!d.eval) {
         log_error("main", "%s", err);

@@ -11,8 +11,12 @@
 struct eval {
     eval_opts o;
     pthread_t th;
-    pthread_mutex_t mu;         /* guards st */
+    pthread_mutex_t mu;         /* guards st and the liveness stamps */
     eval_stats st;
+    /* Liveness stamps (evq_now_ns), written by the evaluator thread. */
+    uint64_t last_done_ns;      /* last event finished; the start time until one has */
+    uint64_t busy_since_ns;     /* the event in evaluation was taken, 0 when idle */
+    uint64_t busy_enq_ns;       /* ... and was queued */
 };
 
 typedef struct call_ctx {
@@ -49,6 +53,15 @@ static void count_event(eval *e, const char *channel, int bad, uint64_t decision
         e->st.n_channels++;
     }
     if (i < e->st.n_channels) e->st.channels[i].events++;
+    e->last_done_ns = evq_now_ns();
+    e->busy_since_ns = e->busy_enq_ns = 0;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void mark_busy(eval *e, uint64_t enq_ns) {
+    pthread_mutex_lock(&e->mu);
+    e->busy_since_ns = evq_now_ns();
+    e->busy_enq_ns = enq_ns ? enq_ns : e->busy_since_ns;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -95,6 +108,9 @@ static void *run(void *arg) {
         evq_item it;
         int rc = evq_pop(e->o.q, &it, 200);
         if (rc < 0) break;
+        /* Busy from the pop: a halt cache refresh or a VM rebuild that hangs
+         * delays this event as much as a rule that does. */
+        if (rc == 1) mark_busy(e, it.enq_ns);
         uint64_t now = evq_now_ns();
         if (now - last_refresh > 2000000000ull) {
             /* Repair the halt cache from Redis now and then. */
@@ -131,6 +147,8 @@ eval *eval_start(const eval_opts *o, char *err, size_t errlen) {
         return NULL;
     }
     e->o = *o;
+    if (e->o.stall_ms <= 0) e->o.stall_ms = 5000;
+    e->last_done_ns = evq_now_ns();
     pthread_mutex_init(&e->mu, NULL);
     if (pthread_create(&e->th, NULL, run, e) != 0) {
         snprintf(err, errlen, "cannot start the evaluator thread");
@@ -152,4 +170,33 @@ void eval_get_stats(eval *e, eval_stats *out) {
     pthread_mutex_lock(&e->mu);
     *out = e->st;
     pthread_mutex_unlock(&e->mu);
+}
+
+static uint64_t since(uint64_t now, uint64_t t) { return t && now > t ? now - t : 0; }
+
+void eval_get_liveness(eval *e, eval_liveness *out) {
+    memset(out, 0, sizeof *out);
+    /* Two locks, each held for a copy: neither waits for an evaluation. The
+     * snapshot may be a pop apart, which can only hide a stall for an instant,
+     * never invent one: an item old enough to count was queued at both reads. */
+    pthread_mutex_lock(&e->mu);
+    uint64_t done = e->last_done_ns, busy_since = e->busy_since_ns, busy_enq = e->busy_enq_ns;
+    pthread_mutex_unlock(&e->mu);
+    evq_stats qs;
+    evq_get_stats(e->o.q, &qs);
+    uint64_t now = evq_now_ns();
+
+    out->stall_ms = e->o.stall_ms;
+    out->queued = qs.depth;
+    out->oldest_age_ns = evq_oldest_age_ns(&qs, now);
+    out->busy = busy_since != 0;
+    out->busy_ns = since(now, busy_since);
+    out->since_done_ns = since(now, done);
+    /* The work pending longest: the event in evaluation, else the queue head. */
+    uint64_t first = busy_since ? busy_enq : qs.depth ? qs.oldest_enq_ns : 0;
+    if (first) {
+        uint64_t from = first > done ? first : done;
+        out->waiting_ns = since(now, from);
+        out->stalled = out->waiting_ns >= (uint64_t)out->stall_ms * 1000000u;
+    }
 }

@@ -380,12 +380,33 @@ static int handle_readyz(http_server *s, struct mg_connection *conn) {
         cJSON_AddNumberToObject(q, "depth", (double)qs.depth);
         cJSON_AddNumberToObject(q, "capacity", (double)qs.capacity);
         cJSON_AddNumberToObject(q, "dropped", (double)qs.dropped);
+        cJSON_AddNumberToObject(q, "oldest_age_seconds", (double)(evq_oldest_age_ns(&qs, evq_now_ns()) / 1000000) / 1e3);
         /* Overflowing = dropped an event within the last 10 s. */
         int overflowing = qs.last_drop_ns && evq_now_ns() - qs.last_drop_ns < 10000000000ull;
         cJSON_AddBoolToObject(q, "overflowing", overflowing);
         if (overflowing) {
             snprintf(reason, sizeof reason, "event queue overflowing: %llu events dropped",
                      (unsigned long long)qs.dropped);
+            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
+        }
+    }
+    if (s->d.eval) {
+        /* Events waiting on an evaluator that finishes none: kills are not
+         * being decided, so this instance must not look ready. */
+        eval_liveness lv;
+        eval_get_liveness(s->d.eval, &lv);
+        cJSON *ev = cJSON_AddObjectToObject(o, "evaluator");
+        cJSON_AddBoolToObject(ev, "busy", lv.busy);
+        cJSON_AddNumberToObject(ev, "busy_seconds", (double)(lv.busy_ns / 1000000) / 1e3);
+        cJSON_AddNumberToObject(ev, "last_completed_age_seconds", (double)(lv.since_done_ns / 1000000) / 1e3);
+        cJSON_AddNumberToObject(ev, "stall_ms", lv.stall_ms);
+        cJSON_AddBoolToObject(ev, "stalled", lv.stalled);
+        if (lv.stalled) {
+            snprintf(reason, sizeof reason,
+                     "evaluator stalled: %zu events queued (oldest %.1f s), %s, no event finished for %.1f s "
+                     "(bus.stall_ms=%d)", lv.queued, (double)lv.oldest_age_ns / 1e9,
+                     lv.busy ? "one in evaluation" : "none in evaluation", (double)lv.waiting_ns / 1e9,
+                     lv.stall_ms);
             cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
         }
     }

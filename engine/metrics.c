@@ -155,6 +155,18 @@ char *metrics_render(const metrics_sources *s) {
         out(&b, "# HELP nerve_events_invalid_total Bus events that were not a JSON object.\n"
                 "# TYPE nerve_events_invalid_total counter\nnerve_events_invalid_total %llu\n",
             (unsigned long long)es.bad_events);
+        /* Liveness (bus.stall_ms): alert on stalled, or on busy_seconds near
+         * rules.eval_timeout_ms; last_completed_age alone also grows when idle. */
+        eval_liveness lv;
+        eval_get_liveness(s->eval, &lv);
+        out(&b, "# HELP nerve_evaluator_busy_seconds How long the event in evaluation has been running, 0 when idle.\n"
+                "# TYPE nerve_evaluator_busy_seconds gauge\nnerve_evaluator_busy_seconds %.3f\n",
+            (double)lv.busy_ns / 1e9);
+        out(&b, "# HELP nerve_evaluator_last_completed_age_seconds Seconds since the evaluator last finished an event "
+                "(since start when none).\n# TYPE nerve_evaluator_last_completed_age_seconds gauge\n"
+                "nerve_evaluator_last_completed_age_seconds %.3f\n", (double)lv.since_done_ns / 1e9);
+        out(&b, "# HELP nerve_evaluator_stalled 1 while events wait and none finished for bus.stall_ms.\n"
+                "# TYPE nerve_evaluator_stalled gauge\nnerve_evaluator_stalled %d\n", lv.stalled);
     }
     if (s->bus) {
         bus_stats bs;
@@ -178,6 +190,9 @@ char *metrics_render(const metrics_sources *s) {
         evq_get_stats(s->q, &qs);
         out(&b, "# HELP nerve_event_queue_depth Events waiting for the rules.\n# TYPE nerve_event_queue_depth gauge\n"
                 "nerve_event_queue_depth %zu\n", qs.depth);
+        out(&b, "# HELP nerve_event_queue_oldest_age_seconds How long the oldest queued event has waited, 0 when empty.\n"
+                "# TYPE nerve_event_queue_oldest_age_seconds gauge\nnerve_event_queue_oldest_age_seconds %.3f\n",
+            (double)evq_oldest_age_ns(&qs, evq_now_ns()) / 1e9);
         out(&b, "# HELP nerve_event_queue_dropped_total Events dropped because the queue was full.\n"
                 "# TYPE nerve_event_queue_dropped_total counter\nnerve_event_queue_dropped_total %llu\n",
             (unsigned long long)qs.dropped);

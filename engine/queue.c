@@ -137,5 +137,12 @@ void evq_get_stats(evq *q, evq_stats *out) {
     pthread_mutex_lock(&q->mu);
     *out = q->st;
     out->depth = q->n;
+    /* FIFO: the head is the oldest, so its age is how late the consumer is. */
+    out->oldest_enq_ns = q->n ? q->ring[q->head].enq_ns : 0;
     pthread_mutex_unlock(&q->mu);
+}
+
+uint64_t evq_oldest_age_ns(const evq_stats *st, uint64_t now) {
+    if (!st->depth || !st->oldest_enq_ns || now < st->oldest_enq_ns) return 0;
+    return now - st->oldest_enq_ns;
 }

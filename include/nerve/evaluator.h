@@ -7,6 +7,11 @@
  * two events, carrying ctx.state of unchanged rules over (logged per rule).
  * While idle it refreshes the kill switch halt cache every couple of seconds.
  *
+ * Liveness: the thread stamps when it takes an event and when it finishes
+ * one, so another thread can tell a slow or stuck evaluator (a rule that does
+ * not return, Redis calls timing out one after another) from an idle one
+ * without waiting on it: eval_get_liveness never waits for an evaluation.
+ *
  * Ownership: eval_start borrows everything in eval_opts (it must outlive the
  * evaluator). eval_stop returns once the queue is closed and drained (the
  * caller closes it) or immediately if asked to abandon. Stats are thread-safe.
@@ -31,6 +36,7 @@ typedef struct eval_opts {
     act *act;
     ks *ks;
     rds_pool *pool;
+    int stall_ms;               /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
 } eval_opts;
 
 typedef struct eval_channel_count {
@@ -44,11 +50,28 @@ typedef struct eval_stats {
     size_t n_channels;
 } eval_stats;
 
+/* A snapshot for /readyz and /metrics. Times are nanoseconds at the moment
+ * of the call. */
+typedef struct eval_liveness {
+    size_t queued;              /* events waiting in the queue */
+    uint64_t oldest_age_ns;     /* how long the oldest queued event has waited, 0 when none */
+    int busy;                   /* 1 while an event is being evaluated */
+    uint64_t busy_ns;           /* how long the current event has been in evaluation, 0 when idle */
+    uint64_t since_done_ns;     /* since the last event finished (since start when none has) */
+    uint64_t waiting_ns;        /* how long work has been pending with no event finished, 0 when none pending */
+    int stalled;                /* waiting_ns >= stall_ms */
+    int stall_ms;
+} eval_liveness;
+
 typedef struct eval eval;
 
 eval *eval_start(const eval_opts *o, char *err, size_t errlen);
 /* Wait for the thread to finish the queue (close it first), then free. */
 void eval_stop(eval *e);
 void eval_get_stats(eval *e, eval_stats *out);
+/* Stalled = an event is queued or in evaluation, and no event has finished
+ * for stall_ms counted from when that work arrived (so an evaluator idle for
+ * an hour is not stalled by the first event that follows). */
+void eval_get_liveness(eval *e, eval_liveness *out);
 
 #endif

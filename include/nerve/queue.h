@@ -26,6 +26,7 @@ typedef struct evq_stats {
     uint64_t pushed, dropped, popped;
     size_t depth, capacity, high_water;
     uint64_t last_drop_ns;      /* CLOCK_MONOTONIC of the last drop, 0 if never */
+    uint64_t oldest_enq_ns;     /* enq_ns of the oldest queued item, 0 when empty */
 } evq_stats;
 
 typedef struct evq evq;
@@ -42,7 +43,10 @@ int evq_pop(evq *q, evq_item *out, int timeout_ms);
 /* No more pushes; pops drain what is left, then return -1. */
 void evq_close(evq *q);
 
+/* A consistent snapshot (one lock), cheap enough for every scrape and probe. */
 void evq_get_stats(evq *q, evq_stats *out);
+/* How long the oldest queued item has waited at NOW (evq_now_ns), 0 when empty. */
+uint64_t evq_oldest_age_ns(const evq_stats *st, uint64_t now);
 void evq_item_free(evq_item *it);
 
 uint64_t evq_now_ns(void);
