@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "nerve/log.h"
+#include "nerve/metrics.h"
 
 #define KEY_MAX 600
 
@@ -136,9 +137,12 @@ static rds_script throttle_script = RDS_SCRIPT_INIT(
 int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
               const char *scope, const char *reason) {
     char k1[KEY_MAX], k2[KEY_MAX], win[16];
-    /* One hash tag per (rule, scope): the script's two keys share a slot. */
-    snprintf(k1, sizeof k1, "%sthrottle:{%s|%s}", a->prefix, rule ? rule : "", scope ? scope : "");
-    snprintf(k2, sizeof k2, "%sthrottle:{%s|%s}:suppressed", a->prefix, rule ? rule : "", scope ? scope : "");
+    /* One window per (rule, scope, level): a warning must never keep a later
+     * critical about the same thing quiet. One hash tag per key pair, so
+     * that the script's two keys share a slot. */
+    const char *ru = rule ? rule : "", *sc = scope ? scope : "";
+    snprintf(k1, sizeof k1, "%sthrottle:{%s|%s|%s}", a->prefix, ru, sc, level);
+    snprintf(k2, sizeof k2, "%sthrottle:{%s|%s|%s}:suppressed", a->prefix, ru, sc, level);
     snprintf(win, sizeof win, "%d", a->throttle_s);
     cJSON *o = alert_obj(a, level, kind, rule, scope, reason);
     char *txt = cJSON_PrintUnformatted(o);
@@ -161,6 +165,7 @@ int act_alert(act *a, rds_client *c, const char *kind, const char *level, const 
         rc = 1;
     } else {
         count(a, &a->st.alerts_suppressed);
+        metrics_alert_suppressed(level);
         rc = 0;
     }
     freeReplyObject(r);

@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,15 +14,104 @@
 #include "nerve/log.h"
 
 #define KEY_MAX 512
-#define HALT_MAX 4096           /* halted scopes cached; more are looked up as "global" */
+#define PIPELINE 256            /* GETs in flight per round trip when reading every record */
+#define DIRTY_MAX 4096          /* point updates remembered while a refresh reads Redis */
+#define LIST_MAX 100000         /* records returned by ks_list */
+
+/* ---- a set of strings ----------------------------------------------------------
+ * Open addressing with linear probing, at most half full, deletion by
+ * backward shift (no tombstones), so a lookup is one hash and a short probe
+ * however many scopes are halted. Not thread-safe: the cache's lock guards it. */
+
+typedef struct sset {
+    char **slot;
+    size_t cap, n;              /* cap: 0 or a power of two */
+} sset;
+
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull;            /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static size_t sset_find(const sset *t, const char *s) {
+    if (!t->n) return SIZE_MAX;
+    for (size_t i = hash_str(s) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+        if (!t->slot[i]) return SIZE_MAX;
+        if (strcmp(t->slot[i], s) == 0) return i;
+    }
+}
+
+static int sset_has(const sset *t, const char *s) { return sset_find(t, s) != SIZE_MAX; }
+
+/* Put the owned string D into a slot (D not present, room guaranteed). */
+static void sset_place(sset *t, char *d) {
+    size_t i = hash_str(d) & (t->cap - 1);
+    while (t->slot[i]) i = (i + 1) & (t->cap - 1);
+    t->slot[i] = d;
+    t->n++;
+}
+
+static int sset_grow(sset *t) {
+    size_t nc = t->cap ? t->cap * 2 : 16;
+    char **ns = calloc(nc, sizeof *ns);
+    if (!ns) return -1;
+    sset old = *t;
+    t->slot = ns, t->cap = nc, t->n = 0;
+    for (size_t i = 0; i < old.cap; i++)
+        if (old.slot[i]) sset_place(t, old.slot[i]);
+    free(old.slot);
+    return 0;
+}
+
+/* 0 (added or already there), -1 out of memory. */
+static int sset_add(sset *t, const char *s) {
+    if (sset_has(t, s)) return 0;
+    if ((t->n + 1) * 2 > t->cap && sset_grow(t)) return -1;
+    char *d = strdup(s);
+    if (!d) return -1;
+    sset_place(t, d);
+    return 0;
+}
+
+static void sset_del(sset *t, const char *s) {
+    size_t i = sset_find(t, s);
+    if (i == SIZE_MAX) return;
+    free(t->slot[i]);
+    t->slot[i] = NULL;
+    t->n--;
+    /* Backward shift: pull up every entry of the run after I that would
+     * otherwise become unreachable from its home slot. */
+    size_t mask = t->cap - 1;
+    for (size_t j = (i + 1) & mask; t->slot[j]; j = (j + 1) & mask) {
+        size_t home = hash_str(t->slot[j]) & mask;
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            t->slot[i] = t->slot[j];
+            t->slot[j] = NULL;
+            i = j;
+        }
+    }
+}
+
+static void sset_clear(sset *t) {
+    for (size_t i = 0; i < t->cap; i++) free(t->slot[i]);
+    free(t->slot);
+    t->slot = NULL, t->cap = t->n = 0;
+}
+
+/* ---- the kill switch ------------------------------------------------------------- */
 
 struct ks {
     char *prefix, *control, *instance;
-    pthread_rwlock_t rw;        /* guards halted[] */
-    char **halted;
-    size_t n_halted;
-    _Atomic size_t n_fast;      /* == n_halted, read without the lock */
+    pthread_rwlock_t rw;        /* guards halted, global, dirty, tracking, overflow */
+    sset halted;                /* "global" and "sku:<SKU>" scopes engaged with halt_sales */
+    bool global;                /* == sset_has(&halted, "global") */
+    sset dirty;                 /* scopes set by point updates since the running refresh began */
+    bool tracking, overflow;    /* a refresh is reading Redis; DIRTY_MAX exceeded meanwhile */
+    pthread_mutex_t refresh_mu; /* one refresh at a time */
+    _Atomic size_t n_fast;      /* == halted.n, read without the lock */
     _Atomic size_t n_engaged;
+    _Atomic unsigned long long ctl_ok, ctl_invalid, ctl_error;
 };
 
 ks *ks_new(const char *prefix, const char *control_channel, const char *instance) {
@@ -30,77 +120,118 @@ ks *ks_new(const char *prefix, const char *control_channel, const char *instance
     k->prefix = strdup(prefix);
     k->control = strdup(control_channel);
     k->instance = strdup(instance);
-    k->halted = calloc(HALT_MAX, sizeof *k->halted);
-    if (!k->prefix || !k->control || !k->instance || !k->halted) {
-        ks_free(k);
+    if (!k->prefix || !k->control || !k->instance) {
+        free(k->prefix), free(k->control), free(k->instance), free(k);
         return NULL;
     }
     pthread_rwlock_init(&k->rw, NULL);
+    pthread_mutex_init(&k->refresh_mu, NULL);
     return k;
 }
 
 void ks_free(ks *k) {
     if (!k) return;
-    for (size_t i = 0; i < k->n_halted; i++) free(k->halted[i]);
-    free(k->halted);
+    sset_clear(&k->halted);
+    sset_clear(&k->dirty);
     free(k->prefix);
     free(k->control);
     free(k->instance);
-    if (k->halted) pthread_rwlock_destroy(&k->rw);
+    pthread_rwlock_destroy(&k->rw);
+    pthread_mutex_destroy(&k->refresh_mu);
     free(k);
 }
 
-int ks_scope_valid(const char *s) {
-    size_t n = strlen(s);
-    if (n == 0 || n > KS_SCOPE_MAX) return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == ':' || ch == '-' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
+int ks_scope_valid(const char *s) { return s && scope_valid(s, strlen(s)); }
 
 static int kill_key(const ks *k, char *buf, const char *scope) {
     int n = snprintf(buf, KEY_MAX, "%skill:%s", k->prefix, scope);
     return n > 0 && n < KEY_MAX ? 0 : -1;
 }
 
+/* Only these scopes can halt a sale (ks_halted); nothing else is cached. */
+static int can_halt(const char *scope) {
+    return strcmp(scope, "global") == 0 || strncmp(scope, "sku:", 4) == 0;
+}
+
 /* ---- the halt cache --------------------------------------------------------- */
 
+/* Call with the write lock held, after changing halted. */
+static void publish_count(ks *k) {
+    k->global = sset_has(&k->halted, "global");
+    atomic_store_explicit(&k->n_fast, k->halted.n, memory_order_release);
+}
+
+/* A point update: SCOPE is (not) halted, as this instance just made it or
+ * just read it from Redis. */
 static void cache_set(ks *k, const char *scope, bool halted) {
+    if (!can_halt(scope)) return;
     pthread_rwlock_wrlock(&k->rw);
-    size_t i = 0;
-    while (i < k->n_halted && strcmp(k->halted[i], scope) != 0) i++;
-    if (halted && i == k->n_halted && k->n_halted < HALT_MAX) {
-        char *d = strdup(scope);
-        if (d) k->halted[k->n_halted++] = d;
-    } else if (!halted && i < k->n_halted) {
-        free(k->halted[i]);
-        k->halted[i] = k->halted[--k->n_halted];
+    if (halted) {
+        if (sset_add(&k->halted, scope))
+            log_error("killswitch", "out of memory: halt of scope=%s not cached", scope);
+    } else {
+        sset_del(&k->halted, scope);
     }
-    atomic_store(&k->n_fast, k->n_halted);
+    publish_count(k);
+    if (k->tracking && !k->overflow) {
+        if (k->dirty.n >= DIRTY_MAX || sset_add(&k->dirty, scope)) k->overflow = true;
+    }
     pthread_rwlock_unlock(&k->rw);
 }
 
 int ks_halted(ks *k, const char *sku, char *scope_out) {
     if (atomic_load_explicit(&k->n_fast, memory_order_acquire) == 0) return 0;
-    char mine[KS_SCOPE_MAX + 8];
-    snprintf(mine, sizeof mine, "sku:%s", sku);
+    char mine[KS_SCOPE_MAX + 1];
+    size_t sl = strlen(sku), ml = sl + 4;
+    if (ml <= KS_SCOPE_MAX) {       /* a longer one is no scope: never cached */
+        memcpy(mine, "sku:", 4);
+        memcpy(mine + 4, sku, sl + 1);
+    }
     int hit = 0;
     pthread_rwlock_rdlock(&k->rw);
-    for (size_t i = 0; i < k->n_halted && !hit; i++) {
-        if (strcmp(k->halted[i], "global") == 0 || strcmp(k->halted[i], mine) == 0) {
-            snprintf(scope_out, KS_SCOPE_MAX + 1, "%s", k->halted[i]);
-            hit = 1;
-        }
+    if (k->global) {
+        memcpy(scope_out, "global", 7);
+        hit = 1;
+    } else if (ml <= KS_SCOPE_MAX && sset_has(&k->halted, mine)) {
+        memcpy(scope_out, mine, ml + 1);
+        hit = 1;
     }
     pthread_rwlock_unlock(&k->rw);
     return hit;
 }
 
 size_t ks_engaged_count(ks *k) { return atomic_load(&k->n_engaged); }
+
+void ks_get_stats(ks *k, ks_stats *out) {
+    out->control_ok = atomic_load(&k->ctl_ok);
+    out->control_invalid = atomic_load(&k->ctl_invalid);
+    out->control_error = atomic_load(&k->ctl_error);
+    out->halting = atomic_load(&k->n_fast);
+}
+
+/* Does the record TEXT (LEN bytes) halt sales? */
+static bool record_halts(const char *text, size_t len) {
+    cJSON *rec = cJSON_ParseWithLength(text, len);
+    bool h = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "halt_sales"));
+    cJSON_Delete(rec);
+    return h;
+}
+
+/* Read SCOPE's record and make the cache follow it. 0, or -1 when Redis did
+ * not answer (the cache is left alone). */
+static int reread(ks *k, rds_client *c, const char *scope) {
+    char key[KEY_MAX];
+    if (!can_halt(scope)) return 0;
+    if (kill_key(k, key, scope)) return -1;
+    const char *argv[] = { "GET", key };
+    redisReply *r = rds_commandargv(c, 2, argv, NULL);
+    int rc = 0;
+    if (r && r->type == REDIS_REPLY_STRING) cache_set(k, scope, record_halts(r->str, r->len));
+    else if (r && r->type == REDIS_REPLY_NIL) cache_set(k, scope, false);
+    else rc = -1;
+    freeReplyObject(r);
+    return rc;
+}
 
 /* Tell the fleet (and our own bus) that SCOPE changed. */
 static void announce(ks *k, rds_client *c, const char *op, const char *scope, bool halt) {
@@ -117,17 +248,25 @@ static void announce(ks *k, rds_client *c, const char *op, const char *scope, bo
     free(txt);
 }
 
-void ks_on_control(ks *k, const char *msg, size_t len) {
+void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len) {
     cJSON *o = cJSON_ParseWithLength(msg, len);
     const cJSON *op = cJSON_GetObjectItemCaseSensitive(o, "op");
     const cJSON *scope = cJSON_GetObjectItemCaseSensitive(o, "scope");
-    const cJSON *halt = cJSON_GetObjectItemCaseSensitive(o, "halt_sales");
-    if (cJSON_IsString(op) && cJSON_IsString(scope) && ks_scope_valid(scope->valuestring)) {
-        if (strcmp(op->valuestring, "engage") == 0) {
-            if (cJSON_IsTrue(halt)) cache_set(k, scope->valuestring, true);
-        } else if (strcmp(op->valuestring, "reset") == 0) {
-            cache_set(k, scope->valuestring, false);
-        }
+    if (!cJSON_IsString(op) || !cJSON_IsString(scope) || !ks_scope_valid(scope->valuestring) ||
+        (strcmp(op->valuestring, "engage") != 0 && strcmp(op->valuestring, "reset") != 0)) {
+        if (atomic_fetch_add(&k->ctl_invalid, 1) == 0)
+            log_warn("killswitch", "ignoring a control message that is not {\"op\":\"engage\"|\"reset\","
+                     "\"scope\":...} bytes=%zu (logged once; counted in nerve_control_messages_total)", len);
+        cJSON_Delete(o);
+        return;
+    }
+    /* Whatever the message claims, the record decides. */
+    if (!c || reread(k, c, scope->valuestring)) {
+        atomic_fetch_add(&k->ctl_error, 1);
+        log_warn("killswitch", "control message for scope=%s: record not re-read (%s); the periodic "
+                 "refresh will repair the cache", scope->valuestring, c ? rds_errstr(c) : "no client");
+    } else {
+        atomic_fetch_add(&k->ctl_ok, 1);
     }
     cJSON_Delete(o);
 }
@@ -196,8 +335,10 @@ int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const
         rc = -1;
     }
     freeReplyObject(r);
-    /* Already engaged by someone else, or failed: the cache follows Redis. */
-    if (rc != 1 && halt_sales) ks_refresh(k, c);
+    /* Already engaged by someone else, or failed: the cache follows the
+     * record. When even that read fails the halt stays (fail closed) until a
+     * refresh reads Redis again. */
+    if (rc != 1 && halt_sales) reread(k, c, scope);
     return rc;
 }
 
@@ -245,64 +386,141 @@ int ks_reset(ks *k, rds_client *c, const char *scope) {
     return rc;
 }
 
-/* SMEMBERS of the index, then each record; members whose record is gone
- * (deleted by hand, or expired) are dropped from the index. */
-cJSON *ks_list(ks *k, rds_client *c) {
-    char idx[KEY_MAX], key[KEY_MAX];
+/* Each record (at most MAX of them) to FN: SMEMBERS of the index, then the
+ * records by pipelined GETs, PIPELINE per round trip. Members whose record
+ * is gone (deleted by hand, or expired) are dropped from the index. 0 / -1. */
+static int each_record(ks *k, rds_client *c, size_t max,
+                       void (*fn)(void *ud, const char *text, size_t len), void *ud) {
+    char idx[KEY_MAX];
     snprintf(idx, sizeof idx, "%skills", k->prefix);
-    redisReply *m = rds_command(c, "SMEMBERS %s", idx);
+    const char *sm[] = { "SMEMBERS", idx };
+    redisReply *m = rds_commandargv(c, 2, sm, NULL);
     if (!m || m->type != REDIS_REPLY_ARRAY) {
         freeReplyObject(m);
-        return NULL;
+        return -1;
     }
-    cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; i < m->elements && i < 100000; i++) {
-        const redisReply *scope = m->element[i];
-        if (scope->type != REDIS_REPLY_STRING || kill_key(k, key, scope->str)) continue;
-        redisReply *v = rds_command(c, "GET %s", key);
-        if (!v) {
-            cJSON_Delete(arr);
-            freeReplyObject(m);
-            return NULL;
+    size_t n = m->elements < max ? m->elements : max;
+    char (*key)[KEY_MAX] = malloc(PIPELINE * sizeof *key);
+    size_t *which = malloc(PIPELINE * sizeof *which);
+    const char **stale = calloc(n + 2, sizeof *stale);  /* "SREM" idx member... */
+    size_t n_stale = 0;
+    int rc = key && which && stale ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n;) {
+        size_t batch = 0;
+        for (; i < n && batch < PIPELINE; i++) {
+            const redisReply *scope = m->element[i];
+            if (scope->type != REDIS_REPLY_STRING || kill_key(k, key[batch], scope->str)) continue;
+            const char *get[] = { "GET", key[batch] };
+            if (rds_appendargv(c, 2, get, NULL)) {
+                rc = -1;
+                break;
+            }
+            which[batch++] = i;
         }
-        if (v->type == REDIS_REPLY_STRING) {
-            cJSON *rec = cJSON_ParseWithLength(v->str, v->len);
-            if (cJSON_IsObject(rec)) cJSON_AddItemToArray(arr, rec);
-            else cJSON_Delete(rec);
-        } else if (v->type == REDIS_REPLY_NIL) {
-            freeReplyObject(rds_command(c, "SREM %s %s", idx, scope->str));
+        /* Every queued reply is read, even after an error, so that the
+         * connection stays in step. */
+        for (size_t j = 0; j < batch; j++) {
+            redisReply *v = rds_get_reply(c);
+            if (!v) {
+                rc = -1;            /* the connection dropped: the pending replies are lost */
+                break;
+            }
+            if (v->type == REDIS_REPLY_STRING) {
+                if (rc == 0) fn(ud, v->str, v->len);
+            } else if (v->type == REDIS_REPLY_NIL) {
+                stale[2 + n_stale++] = m->element[which[j]]->str;
+            } else {
+                rc = -1;
+            }
+            freeReplyObject(v);
         }
-        freeReplyObject(v);
     }
+    if (rc == 0 && n_stale) {
+        stale[0] = "SREM";
+        stale[1] = idx;
+        freeReplyObject(rds_commandargv(c, (int)(n_stale + 2), stale, NULL));
+    }
+    free(key);
+    free(which);
+    free(stale);
     freeReplyObject(m);
-    return arr;
+    return rc;
+}
+
+static void list_add(void *ud, const char *text, size_t len) {
+    cJSON *rec = cJSON_ParseWithLength(text, len);
+    if (cJSON_IsObject(rec)) cJSON_AddItemToArray(ud, rec);
+    else cJSON_Delete(rec);
+}
+
+cJSON *ks_list(ks *k, rds_client *c) {
+    cJSON *arr = cJSON_CreateArray();
+    if (arr && each_record(k, c, LIST_MAX, list_add, arr) == 0) return arr;
+    cJSON_Delete(arr);
+    return NULL;
+}
+
+typedef struct fresh {
+    sset halted;
+    size_t engaged;
+    int oom;
+} fresh;
+
+static void fresh_add(void *ud, const char *text, size_t len) {
+    fresh *f = ud;
+    cJSON *rec = cJSON_ParseWithLength(text, len);
+    const cJSON *scope = cJSON_GetObjectItemCaseSensitive(rec, "scope");
+    if (cJSON_IsObject(rec)) f->engaged++;
+    if (cJSON_IsString(scope) && can_halt(scope->valuestring) &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "halt_sales")) &&
+        sset_add(&f->halted, scope->valuestring))
+        f->oom = 1;
+    cJSON_Delete(rec);
 }
 
 int ks_refresh(ks *k, rds_client *c) {
-    cJSON *arr = ks_list(k, c);
-    if (!arr) return -1;
-    /* Build the new set, then swap it in under the write lock. */
-    char **fresh = calloc(HALT_MAX, sizeof *fresh);
-    size_t n = 0, engaged = 0;
-    const cJSON *rec;
-    cJSON_ArrayForEach(rec, arr) {
-        engaged++;
-        const cJSON *scope = cJSON_GetObjectItemCaseSensitive(rec, "scope");
-        if (fresh && n < HALT_MAX && cJSON_IsString(scope) &&
-            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "halt_sales")))
-            if ((fresh[n] = strdup(scope->valuestring))) n++;
-    }
-    cJSON_Delete(arr);
-    if (!fresh) return -1;
+    pthread_mutex_lock(&k->refresh_mu);
+    /* Point updates made while Redis is read are newer than what the read
+     * returns for their scopes: remember which scopes they touched. */
     pthread_rwlock_wrlock(&k->rw);
-    char **old = k->halted;
-    size_t old_n = k->n_halted;
-    k->halted = fresh;
-    k->n_halted = n;
-    atomic_store(&k->n_fast, n);
+    k->tracking = true;
+    k->overflow = false;
     pthread_rwlock_unlock(&k->rw);
-    atomic_store(&k->n_engaged, engaged);
-    for (size_t i = 0; i < old_n; i++) free(old[i]);
-    free(old);
-    return 0;
+
+    fresh f = { { NULL, 0, 0 }, 0, 0 };
+    int rc = each_record(k, c, SIZE_MAX, fresh_add, &f);
+    if (f.oom) {
+        log_error("killswitch", "out of memory rebuilding the halt cache; keeping the old one");
+        rc = -1;
+    }
+
+    pthread_rwlock_wrlock(&k->rw);
+    if (rc == 0) {
+        /* The cache's own word for every scope a point update touched; when
+         * there were too many to remember, keep every halt either side knows
+         * (fail closed: a stale halt lasts until the next refresh). */
+        sset *keep = k->overflow ? &k->halted : &k->dirty;
+        for (size_t i = 0; i < keep->cap && !f.oom; i++) {
+            const char *s = keep->slot[i];
+            if (!s) continue;
+            if (sset_has(&k->halted, s)) f.oom |= sset_add(&f.halted, s) != 0;
+            else sset_del(&f.halted, s);
+        }
+        if (f.oom) {
+            log_error("killswitch", "out of memory rebuilding the halt cache; keeping the old one");
+            rc = -1;
+        } else {
+            sset old = k->halted;
+            k->halted = f.halted;
+            f.halted = old;
+            publish_count(k);
+            atomic_store(&k->n_engaged, f.engaged);
+        }
+    }
+    k->tracking = false;
+    sset_clear(&k->dirty);
+    pthread_rwlock_unlock(&k->rw);
+    pthread_mutex_unlock(&k->refresh_mu);
+    sset_clear(&f.halted);
+    return rc;
 }

@@ -3,10 +3,13 @@
  *
  * alert: published on the alerts channel as JSON
  *     {"level","kind":"rule_alert","rule","scope","reason","ts","instance","suppressed"}
- * at most once per (rule, scope) per throttle window, fleet-wide (the throttle
- * key lives in Redis); the suppressed ones are counted there and the next
- * published alert carries "suppressed": N. Published alerts are appended to
- * the capped stream PREFIXaudit.
+ * at most once per (rule, scope, level) per throttle window, fleet-wide (the
+ * throttle key lives in Redis), so an alert of one level never silences one
+ * of another (a warning never keeps a critical quiet); the suppressed ones
+ * are counted there and the next published alert of that (rule, scope,
+ * level) carries "suppressed": N, and counted by this instance in
+ * nerve_alerts_suppressed_total{level}. Published alerts are appended to the
+ * capped stream PREFIXaudit.
  * kill: engages the scope (killswitch.h); when this instance created the
  * record it publishes {"level":"critical","kind":"kill_switch",...}, appends
  * it to the audit stream and submits the emergency stop to the panic worker;
@@ -51,7 +54,7 @@ void act_free(act *a);
 /* Handle one decision. 0, or -1 on a Redis error (logged and counted). */
 int act_decision(act *a, rds_client *c, const rules_decision *d);
 
-/* Publish an alert (throttled per RULE and SCOPE). KIND is "rule_alert",
+/* Publish an alert (throttled per RULE, SCOPE and LEVEL). KIND is "rule_alert",
  * "reload_failed", ...; SCOPE may be NULL. 1 published, 0 suppressed, -1 error. */
 int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
               const char *scope, const char *reason);

@@ -11,14 +11,23 @@
  *
  * Sales must not pay a Redis round trip to learn whether they are halted, and
  * kill keys cannot share the SKU's hash slot, so every instance keeps a local
- * cache of the scopes engaged with halt_sales. The cache is updated
- * synchronously by this instance's own engagements, by control messages that
- * other instances publish (bus control channel), and by a full refresh from
- * Redis (on bus reconnect and periodically) that repairs anything missed.
+ * cache of what halts a sale: a flag for "global" and a hash set of the
+ * "sku:<SKU>" scopes engaged with halt_sales (no other scope halts a sale).
+ * It holds every one of them, however many Redis holds: one lookup per sale,
+ * and none (no lock either) while nothing is halted. The cache is updated
+ * synchronously by this instance's own engagements and resets, by a re-read
+ * of one record from Redis when a control message names its scope, and by a
+ * full refresh from Redis (on bus reconnect and periodically) that repairs
+ * anything missed. A control message is only a hint to re-read: what it
+ * says (op, halt_sales) is never believed, so a publisher on the control
+ * channel can neither halt nor release anything; the record in Redis is the
+ * truth.
+ *
+ * Scopes follow the one grammar of scope.h.
  *
  * Thread-safety: ks_halted is lock-free when nothing is halted and takes a
- * read lock otherwise; every other function is thread-safe. Functions that
- * talk to Redis take the caller's rds_client.
+ * read lock otherwise; every other function is thread-safe (refreshes are
+ * serialised). Functions that talk to Redis take the caller's rds_client.
  * Ownership: ks_list returns a cJSON array the caller frees.
  */
 #ifndef NERVE_KILLSWITCH_H
@@ -28,10 +37,11 @@
 #include <stddef.h>
 
 #include "nerve/rds.h"
+#include "nerve/scope.h"
 
 struct cJSON;
 
-#define KS_SCOPE_MAX 160
+#define KS_SCOPE_MAX SCOPE_MAX
 
 typedef struct ks ks;
 
@@ -40,7 +50,7 @@ typedef struct ks ks;
 ks *ks_new(const char *prefix, const char *control_channel, const char *instance);
 void ks_free(ks *k);
 
-/* 1 when S is a valid scope: 1..KS_SCOPE_MAX bytes of [A-Za-z0-9._:-]. */
+/* 1 when the C string S is a valid scope (scope_valid of scope.h). */
 int ks_scope_valid(const char *s);
 
 /* Engage SCOPE. Returns 1 when this call created the record (the caller runs
@@ -56,14 +66,31 @@ int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int
 /* Delete the record. 1 deleted, 0 was not engaged, -1 error. */
 int ks_reset(ks *k, rds_client *c, const char *scope);
 
-/* All records, as a JSON array of objects (NULL on a Redis error). */
+/* All records (the first 100,000), as a JSON array of objects (NULL on a
+ * Redis error). */
 struct cJSON *ks_list(ks *k, rds_client *c);
 
-/* Rebuild the halt cache from Redis. 0 / -1. */
+/* Rebuild the halt cache from every record in Redis. Changes this instance
+ * made to the cache while the refresh read Redis are newer and win. 0 / -1
+ * (the cache is then left as it was). */
 int ks_refresh(ks *k, rds_client *c);
 
-/* Apply a control-channel message (from another instance or ourselves). */
-void ks_on_control(ks *k, const char *msg, size_t len);
+/* A control-channel message (from another instance or ourselves):
+ * {"op":"engage"|"reset","scope":S,...}. When S can halt a sale, S's record
+ * is read from Redis with C and the cache follows it (halted iff the record
+ * exists with "halt_sales": true). A message that is not such JSON is
+ * ignored and counted. One GET per message, nothing queued: a flood costs
+ * round trips, never memory. */
+void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len);
+
+typedef struct ks_stats {
+    unsigned long long control_ok;       /* messages acted on (re-read, or nothing to re-read) */
+    unsigned long long control_invalid;  /* not JSON, no op/scope, scope outside the grammar */
+    unsigned long long control_error;    /* the re-read failed (the periodic refresh repairs) */
+    size_t halting;                      /* scopes in the halt cache */
+} ks_stats;
+
+void ks_get_stats(ks *k, ks_stats *out);
 
 /* Is a sale of SKU halted? When it is, the halting scope is copied into
  * SCOPE_OUT (KS_SCOPE_MAX + 1 bytes) and 1 is returned. */

@@ -706,6 +706,272 @@ static void test_sandbox_survival(void **state)
     h_pass();
 }
 
+/* --- 8. one scope grammar: what can be engaged can be listed and reset ------- */
+
+#define AUTH "Authorization: Bearer " H_ADMIN_TOKEN
+
+/* POST /admin/killswitch {"scope":SCOPE,...}: the status. */
+static long admin_engage(const h_daemon *d, const char *scope, bool halt, h_resp *r)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"scope\":\"%s\",\"reason\":\"test\",\"halt_sales\":%s}", scope,
+             halt ? "true" : "false");
+    return h_http(d, "POST", "/admin/killswitch", body, r, AUTH, NULL);
+}
+
+/* Is SCOPE listed by GET /killswitch? */
+static bool listed(const h_daemon *d, const char *scope)
+{
+    h_resp r;
+    if (h_http(d, "GET", "/killswitch", NULL, &r, NULL) != 200)
+        fail_msg("GET /killswitch: %ld %s", r.status, r.body);
+    bool found = false;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(r.json, "engaged")) {
+        const char *sc = h_jstr(it, "scope");
+        found |= sc && strcmp(sc, scope) == 0;
+    }
+    h_resp_free(&r);
+    return found;
+}
+
+static void test_scope_grammar_admin(void **state)
+{
+    (void)state;
+    const char *scope = "campaign:spring/sale@x";
+    const char *sets[] = { CHANNELS, "panic.dry_run=true", NULL };
+    h_daemon *d = start_nerve(sets);
+    h_resp r;
+
+    /* Every byte class of the grammar, engaged, listed, labelled, reset raw. */
+    assert_int_equal(admin_engage(d, scope, false, &r), 200);
+    h_resp_free(&r);
+    cJSON *rec = h_kill_record(redis, scope);
+    assert_non_null(rec);
+    cJSON_Delete(rec);
+    if (!listed(d, scope))
+        fail_msg("GET /killswitch does not list %s", scope);
+    char *m = H_METRICS(d);
+    if (h_metric(m, "nerve_kill_switch_engaged", "scope=\"campaign:spring/sale@x\"") != 1)
+        fail_msg("/metrics has no nerve_kill_switch_engaged{scope=\"%s\"} 1", scope);
+    free(m);
+    h_http(d, "DELETE", "/admin/killswitch/campaign:spring/sale@x", NULL, &r, AUTH, NULL);
+    if (r.status != 200)
+        fail_msg("DELETE /admin/killswitch/campaign:spring/sale@x: expected 200, got %ld %s",
+                 r.status, r.body);
+    assert_string_equal(h_jstr(r.json, "scope"), scope);
+    h_resp_free(&r);
+    assert_null(h_kill_record(redis, scope));
+    assert_false(listed(d, scope));
+
+    /* The same scope, percent-encoded in the path. */
+    assert_int_equal(admin_engage(d, scope, false, &r), 200);
+    h_resp_free(&r);
+    h_http(d, "DELETE", "/admin/killswitch/campaign:spring%2Fsale%40x", NULL, &r, AUTH, NULL);
+    if (r.status != 200)
+        fail_msg("DELETE /admin/killswitch/campaign:spring%%2Fsale%%40x: expected 200, got %ld %s",
+                 r.status, r.body);
+    assert_string_equal(h_jstr(r.json, "scope"), scope);
+    h_resp_free(&r);
+    assert_null(h_kill_record(redis, scope));
+
+    /* A scope holding an encoded byte (what a rule's campaign "a b" becomes)
+     * is reached with its '%' encoded once more. */
+    assert_int_equal(admin_engage(d, "campaign:a%20b", false, &r), 200);
+    h_resp_free(&r);
+    assert_true(listed(d, "campaign:a%20b"));
+    h_http(d, "DELETE", "/admin/killswitch/campaign:a%2520b", NULL, &r, AUTH, NULL);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    assert_false(listed(d, "campaign:a%20b"));
+
+    /* The grammar's bounds: 200 bytes engage, 201 do not; the message says
+     * what a scope is. */
+    char longest[256];
+    memset(longest, 'a', 200);
+    memcpy(longest, "campaign:", 9);
+    longest[200] = 0;
+    assert_int_equal(admin_engage(d, longest, false, &r), 200);
+    h_resp_free(&r);
+    char path[300];
+    snprintf(path, sizeof path, "/admin/killswitch/%s", longest);
+    assert_int_equal(h_http(d, "DELETE", path, NULL, &r, AUTH, NULL), 200);
+    h_resp_free(&r);
+    strcat(longest, "a");
+    admin_engage(d, longest, false, &r);
+    H_ASSERT_ERROR(&r, 400, "bad_request");
+    if (strstr(h_jstr(r.json, "message"), "A-Z a-z 0-9 . _ : - / @ +") == NULL)
+        fail_msg("400 for a 201-byte scope: the message does not state the grammar: %s", r.body);
+    h_resp_free(&r);
+    admin_engage(d, "campaign:a b", false, &r);
+    H_ASSERT_ERROR(&r, 400, "bad_request");
+    h_resp_free(&r);
+    h_http(d, "DELETE", "/admin/killswitch/campaign:a%20b", NULL, &r, AUTH, NULL);
+    H_ASSERT_ERROR(&r, 400, "bad_request");
+    if (strstr(h_jstr(r.json, "message"), "A-Z a-z 0-9 . _ : - / @ +") == NULL)
+        fail_msg("400 for DELETE of an invalid scope: the message does not state the grammar: %s",
+                 r.body);
+    h_resp_free(&r);
+
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
+/* --- 9. control messages carry no authority ----------------------------------- */
+
+/* nerve_control_messages_total{result=RESULT} of D (0 when absent). */
+static double control_count(const h_daemon *d, const char *result)
+{
+    char label[64];
+    snprintf(label, sizeof label, "result=\"%s\"", result);
+    char *m = H_METRICS(d);
+    double v = h_metric(m, "nerve_control_messages_total", label);
+    free(m);
+    return v < 0 ? 0 : v;
+}
+
+/* Poll until D has handled N more control messages of RESULT than BASE. */
+static void wait_control(const h_daemon *d, const char *result, double base, int n)
+{
+    double dl = h_deadline(5000), v = base;
+    while (h_before(dl) && (v = control_count(d, result)) < base + n)
+        h_nap();
+    if (v < base + n)
+        fail_msg("control messages result=%s: expected %.0f, got %.0f", result, base + n, v);
+}
+
+static void test_control_forgery(void **state)
+{
+    (void)state;
+    const char *ctl = H_PREFIX "control";
+    const char *sets[] = { CHANNELS, "panic.dry_run=true", NULL };
+    h_daemon *d = start_nerve(sets);
+    H_WAIT_SUBSCRIBERS(redis, ctl, 1);
+    H_SET_STOCK(d, "ks-ctl-1", 100);
+    H_SET_STOCK(d, "ks-ctl-2", 100);
+    H_SET_STOCK(d, "ks-ctl-3", 100);
+    h_resp r;
+
+    double ok = control_count(d, "ok");
+    assert_int_equal(admin_engage(d, "sku:ks-ctl-1", true, &r), 200);
+    h_resp_free(&r);
+    wait_control(d, "ok", ok, 1);           /* its own announcement */
+    assert_int_equal(sell(d, "ks-ctl-1", -1, &r), 423);
+    h_resp_free(&r);
+
+    /* A forged reset: the record still halts, so the SKU stays halted. */
+    ok = control_count(d, "ok");
+    assert_true(h_publish(redis, ctl, "{\"op\":\"reset\",\"scope\":\"sku:ks-ctl-1\"}") >= 1);
+    wait_control(d, "ok", ok, 1);
+    sell(d, "ks-ctl-1", -1, &r);
+    if (r.status != 423)
+        fail_msg("after a forged reset: expected 423 for ks-ctl-1, got %ld %s", r.status, r.body);
+    h_resp_free(&r);
+
+    /* Forged engagements (global, a SKU): no record, nothing halts, nothing
+     * is listed. */
+    ok = control_count(d, "ok");
+    assert_true(h_publish(redis, ctl,
+                          "{\"op\":\"engage\",\"scope\":\"global\",\"halt_sales\":true}") >= 1);
+    assert_true(h_publish(redis, ctl,
+                          "{\"op\":\"engage\",\"scope\":\"sku:ks-ctl-2\",\"halt_sales\":true,"
+                          "\"instance\":\"forged:1\"}") >= 1);
+    wait_control(d, "ok", ok, 2);
+    sell(d, "ks-ctl-2", -1, &r);
+    if (r.status != 200)
+        fail_msg("after forged engagements of global and sku:ks-ctl-2: expected 200, got %ld %s",
+                 r.status, r.body);
+    h_resp_free(&r);
+    assert_int_equal(sell(d, "ks-ctl-3", -1, &r), 200);
+    h_resp_free(&r);
+    assert_false(listed(d, "global"));
+    assert_false(listed(d, "sku:ks-ctl-2"));
+
+    /* Garbage is ignored and counted. */
+    double bad = control_count(d, "invalid");
+    assert_true(h_publish(redis, ctl, "not json") >= 1);
+    assert_true(h_publish(redis, ctl, "{\"op\":\"engage\",\"scope\":\"bad scope\"}") >= 1);
+    assert_true(h_publish(redis, ctl, "{\"op\":\"explode\",\"scope\":\"global\"}") >= 1);
+    assert_true(h_publish(redis, ctl, "[1,2,3]") >= 1);
+    wait_control(d, "invalid", bad, 4);
+    assert_int_equal(sell(d, "ks-ctl-3", -1, &r), 200);
+    h_resp_free(&r);
+
+    /* A genuine reset (the record gone) releases at once. */
+    h_http(d, "DELETE", "/admin/killswitch/sku:ks-ctl-1", NULL, &r, AUTH, NULL);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    assert_int_equal(sell(d, "ks-ctl-1", -1, &r), 200);
+    h_resp_free(&r);
+
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
+/* --- 10. alerts are throttled per level ---------------------------------------- */
+
+/* {"level": L, "n": N} on test_events: an alert of level L about one scope. */
+static const char *const ALERT_LEVEL_RULE =
+    "return {\n"
+    "  name = \"e2e_alert_level\",\n"
+    "  on = { \"test_events\" },\n"
+    "  evaluate = function(event, ctx)\n"
+    "    return { action = \"alert\", level = event.level, scope = \"levels:one\",\n"
+    "             reason = event.level .. \" \" .. tostring(event.n) }\n"
+    "  end,\n"
+    "}\n";
+
+static void test_alert_levels(void **state)
+{
+    (void)state;
+    char rset[PATH_MAX + 16];
+    H_RULES_DIR("ks-levels", "levels.lua", ALERT_LEVEL_RULE, NULL, 0, rset, sizeof rset);
+    const char *sets[] = { rset, CHANNELS, "alerts.throttle_s=60", NULL };
+    h_daemon *d = start_nerve(sets);
+    H_WAIT_SUBSCRIBERS(redis, "test_events", 1);
+    h_sub *alerts = H_SUB_OPEN(redis, ALERTS);
+
+    /* warning, then critical (and another warning, critical) inside the window. */
+    assert_true(h_publish(redis, "test_events", "{\"level\":\"warning\",\"n\":1}") >= 1);
+    assert_true(h_publish(redis, "test_events", "{\"level\":\"critical\",\"n\":2}") >= 1);
+    assert_true(h_publish(redis, "test_events", "{\"level\":\"warning\",\"n\":3}") >= 1);
+    assert_true(h_publish(redis, "test_events", "{\"level\":\"critical\",\"n\":4}") >= 1);
+    assert_true(h_publish(redis, "test_events", "{\"level\":\"info\",\"n\":5}") >= 1);
+    wait_rule_stat(d, "e2e_alert_level", "evaluations", 5, 5000);
+    H_SUB_WAIT(alerts, "rule_alert", "levels:one", 3, 3000);
+    H_SUB_PUMP(alerts, 200);
+    if (h_sub_count(alerts, "rule_alert", "levels:one") != 3) {
+        h_sub_print(alerts, "rule_alert", "levels:one");
+        fail_msg("expected 3 alerts (one per level) in the window, got %d",
+                 h_sub_count(alerts, "rule_alert", "levels:one"));
+    }
+    const char *want[] = { "warning 1", "critical 2", "info 5" };
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(h_jstr(h_sub_find(alerts, "rule_alert", "levels:one", i, NULL), "reason"),
+                            want[i]);
+    assert_string_equal(h_jstr(h_sub_find(alerts, "rule_alert", "levels:one", 1, NULL), "level"),
+                        "critical");
+
+    /* One warning and one critical kept quiet, counted by level. */
+    double w = -1, c = -1, i = -1, dl = h_deadline(3000);
+    while (h_before(dl)) {
+        char *m = H_METRICS(d);
+        w = h_metric(m, "nerve_alerts_suppressed_total", "level=\"warning\"");
+        c = h_metric(m, "nerve_alerts_suppressed_total", "level=\"critical\"");
+        i = h_metric(m, "nerve_alerts_suppressed_total", "level=\"info\"");
+        free(m);
+        if (w >= 1 && c >= 1)
+            break;
+        h_nap();
+    }
+    if (w != 1 || c != 1 || i != 0)
+        fail_msg("nerve_alerts_suppressed_total: expected warning 1, critical 1, info 0; got %g %g %g",
+                 w, c, i);
+
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 /* --- main ----------------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -720,6 +986,9 @@ int main(void)
         T(test_alert_throttling),
         T(test_bus_redis_restart),
         T(test_sandbox_survival),
+        T(test_scope_grammar_admin),
+        T(test_control_forgery),
+        T(test_alert_levels),
     };
     h_group_use(&redis, NULL, NULL);
     h_group_hook(&hook, hook_set, sizeof hook_set);
