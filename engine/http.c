@@ -282,6 +282,7 @@ static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
         o = error_obj("policy_rejected", res.message[0] ? res.message : res.reason);
         cJSON_AddStringToObject(o, "rule", res.rule);
         cJSON_AddStringToObject(o, "reason", res.reason);
+        if (res.has_catalog_price) cJSON_AddNumberToObject(o, "catalog_price", res.catalog_price);
         return send_json(s, conn, 422, o, NULL, 0);
     case SALE_HALTED:
         o = error_obj("sales_halted", res.message[0] ? res.message : "sales are halted by the kill switch");
@@ -300,29 +301,40 @@ static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
     }
 }
 
+/* 503 for a Redis failure on a stock request. */
+static int stock_unavailable(http_server *s, struct mg_connection *conn, rds_client *rc) {
+    extra_hdr h = { "Retry-After", "1" };
+    char msg[300];
+    snprintf(msg, sizeof msg, "redis unavailable: %s", rc ? rds_errstr(rc) : "out of memory");
+    return send_json(s, conn, 503, error_obj("unavailable", msg), &h, 1);
+}
+
+/* {"sku", "stock", "price"?}: price only when the operator set one. */
+static cJSON *item_obj(const char *sku, const sale_item *it) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "sku", sku);
+    cJSON_AddNumberToObject(o, "stock", (double)it->stock);
+    if (it->has_price) cJSON_AddNumberToObject(o, "price", it->price);
+    return o;
+}
+
 static int handle_stock_get(http_server *s, struct mg_connection *conn, const char *sku) {
     if (!sale_sku_valid(sku, strlen(sku)))
         return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     rds_client *rc = rds_pool_client(s->d.pool);
-    long long stock = 0;
-    int r = rc ? sale_stock_get(rc, s->d.cfg->redis_prefix, sku, &stock) : -1;
-    if (r < 0) {
-        extra_hdr h = { "Retry-After", "1" };
-        char msg[300];
-        snprintf(msg, sizeof msg, "redis unavailable: %s", rc ? rds_errstr(rc) : "out of memory");
-        return send_json(s, conn, 503, error_obj("unavailable", msg), &h, 1);
-    }
+    sale_item it;
+    int r = rc ? sale_item_get(rc, s->d.cfg->redis_prefix, sku, &it) : -1;
+    if (r < 0) return stock_unavailable(s, conn, rc);
     if (r == 1) {
         char msg[200];
         snprintf(msg, sizeof msg, "unknown SKU %.140s", sku);
         return send_error(s, conn, 404, "not_found", msg);
     }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "sku", sku);
-    cJSON_AddNumberToObject(o, "stock", (double)stock);
-    return send_json(s, conn, 200, o, NULL, 0);
+    return send_json(s, conn, 200, item_obj(sku, &it), NULL, 0);
 }
 
+/* PUT /admin/stock/{sku} {"stock"?, "price"?}: the stock and the catalog
+ * price sales are checked against (sale.h), changed together or not at all. */
 static int handle_stock_put(http_server *s, struct mg_connection *conn, const char *sku) {
     int st = check_admin(s, conn);
     if (st) return st;
@@ -331,24 +343,25 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
     cJSON *root;
     int rc = take_json(s, conn, &root);
     if (rc) return rc;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "stock");
-    if (!cJSON_IsObject(root) || !cJSON_IsNumber(v) || v->valuedouble < 0 ||
-        v->valuedouble > 1e15 || v->valuedouble != (double)(long long)v->valuedouble) {
-        cJSON_Delete(root);
-        return send_error(s, conn, 400, "bad_request", "body must be {\"stock\": integer >= 0}");
-    }
-    long long stock = (long long)v->valuedouble;
+    sale_put put;
+    char err[256];
+    int bad = sale_put_parse(root, &put, err, sizeof err);
     cJSON_Delete(root);
+    if (bad) return send_error(s, conn, 400, "bad_request", err);
     rds_client *c = rds_pool_client(s->d.pool);
-    if (!c || sale_stock_set(c, s->d.cfg->redis_prefix, sku, stock)) {
-        extra_hdr h = { "Retry-After", "1" };
-        return send_json(s, conn, 503, error_obj("unavailable", "redis unavailable"), &h, 1);
+    sale_item now;
+    int r = c ? sale_item_put(c, s->d.cfg->redis_prefix, sku, &put, &now) : -1;
+    if (r < 0) return stock_unavailable(s, conn, c);
+    if (r == 1) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "unknown SKU %.140s: set its stock first (a price alone changes nothing)", sku);
+        return send_error(s, conn, 404, "not_found", msg);
     }
-    log_info("http", "stock set sku=%s stock=%lld", sku, stock);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "sku", sku);
-    cJSON_AddNumberToObject(o, "stock", (double)stock);
-    return send_json(s, conn, 200, o, NULL, 0);
+    if (now.has_price)
+        log_info("http", "stock set sku=%s stock=%lld price=%.15g", sku, now.stock, now.price);
+    else
+        log_info("http", "stock set sku=%s stock=%lld", sku, now.stock);
+    return send_json(s, conn, 200, item_obj(sku, &now), NULL, 0);
 }
 
 static int handle_readyz(http_server *s, struct mg_connection *conn) {

@@ -169,27 +169,43 @@ static int key(char *buf, const char *prefix, const char *sku, const char *suffi
 }
 
 /* ---- the commit script --------------------------------------------------------
- * KEYS[1] lock, KEYS[2] stock, KEYS[2+i] order record of sale i.
+ * KEYS[1] lock, KEYS[2] stock, KEYS[3] catalog price, KEYS[3+i] order record
+ * of sale i.
  * ARGV[1] token, [2] order ttl s, [3] inventory channel, [4] sales channel,
  * [5] ts (epoch seconds), [6] sku, [7] "1" to release the lock at the end,
  * then per sale: qty, unit_price ("" = none), order_id.
  * Reply: {"ok", code1, val1, code2, val2, ...} with code "ok" (val = stock
  * remaining), "oos" (val = stock), "none" (no stock record), "dup" (val =
- * "qty:stock_remaining" of the first sale); or {"lock_lost"}. */
+ * "qty:stock_remaining" of the first sale), "price" (val = the catalog
+ * price, as stored: the client's unit_price is under it); or {"lock_lost"}.
+ *
+ * The catalog price is read in the same script as the stock, so a sale is
+ * judged against the price in force when it is decremented, whatever PUT
+ * /admin/stock does meanwhile. A stored price that is not a number in
+ * 0..1e15 counts as none: cjson cannot encode NaN or inf, and an error after
+ * the first decrement would leave a sale recorded that was answered as
+ * failed (Redis does not roll a script back). */
 static rds_script commit_script = RDS_SCRIPT_INIT(
     LOCK_FENCE_LUA
     "local s = redis.call('GET', KEYS[2])\n"
     "local stock = s and tonumber(s)\n"
+    "local cp = redis.call('GET', KEYS[3])\n"
+    "local catalog = cp and tonumber(cp)\n"
+    "if catalog and not (catalog >= 0 and catalog <= 1e15) then catalog = nil end\n"
     "local sold = false\n"
     "local ts = tonumber(ARGV[5])\n"
     "local out = {'ok'}\n"
-    "for i = 1, #KEYS - 2 do\n"
+    "for i = 1, #KEYS - 3 do\n"
     "  local b = 8 + (i - 1) * 3\n"
     "  local qty = tonumber(ARGV[b])\n"
-    "  local okey = KEYS[2 + i]\n"
+    "  local client = nil\n"
+    "  if ARGV[b + 1] ~= '' then client = tonumber(ARGV[b + 1]) end\n"
+    "  local okey = KEYS[3 + i]\n"
     "  local prev = redis.call('GET', okey)\n"
     "  if prev then\n"
     "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
+    "  elseif catalog and client and client < catalog then\n"
+    "    out[#out + 1] = 'price'; out[#out + 1] = cp\n"
     "  elseif not stock then\n"
     "    out[#out + 1] = 'none'; out[#out + 1] = 0\n"
     "  elseif stock < qty then\n"
@@ -199,12 +215,12 @@ static rds_script commit_script = RDS_SCRIPT_INIT(
     "    sold = true\n"
     "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
     "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
-    "    local price = cjson.null\n"
-    "    if ARGV[b + 1] ~= '' then price = tonumber(ARGV[b + 1]) end\n"
+    "    local ev = {type='sale', sku=ARGV[6], qty=qty, unit_price=client or catalog or cjson.null,\n"
+    "      order_id=ARGV[b + 2], ts=ts}\n"
+    "    if catalog then ev.catalog_price = catalog end\n"
     "    redis.call('PUBLISH', ARGV[3], cjson.encode({type='stock_changed', sku=ARGV[6],\n"
     "      stock_remaining=stock, ts=ts}))\n"
-    "    redis.call('PUBLISH', ARGV[4], cjson.encode({type='sale', sku=ARGV[6], qty=qty,\n"
-    "      unit_price=price, order_id=ARGV[b + 2], ts=ts}))\n"
+    "    redis.call('PUBLISH', ARGV[4], cjson.encode(ev))\n"
     "  end\n"
     "end\n"
     "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
@@ -215,6 +231,24 @@ static void set_unavailable(sale_res *r, const char *msg) {
     r->status = SALE_UNAVAILABLE;
     r->stock_remaining = -1;
     snprintf(r->message, sizeof r->message, "%s", msg);
+}
+
+/* A sale whose unit_price is under the catalog price CP (as stored): 422,
+ * nothing sold. %.15g prints what the client and the operator typed (9.99,
+ * not 9.9900000000000002). */
+static void reject_under_catalog(sale_res *r, const sale_req *req, const char *cp) {
+    double catalog = strtod(cp, NULL);
+    r->status = SALE_REJECTED;
+    r->stock_remaining = -1;
+    r->catalog_price = catalog;
+    r->has_catalog_price = true;
+    snprintf(r->rule, sizeof r->rule, "%s", SALE_RULE_CATALOG_PRICE);
+    snprintf(r->reason, sizeof r->reason, "unit_price %.15g is under the catalog price %.15g",
+             req->unit_price, catalog);
+    snprintf(r->message, sizeof r->message,
+             "unit_price %.15g is under the catalog price %.15g of SKU %s: send at least the "
+             "catalog price, or no unit_price to pay it",
+             req->unit_price, catalog, req->sku);
 }
 
 /* Pipeline "SET lock token NX PX ttl" and "EVALSHA commit": one round trip
@@ -264,7 +298,7 @@ out:
 static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const char *token,
                        const sale_req *const *reqs, sale_res *const *res, size_t n,
                        int release, int acquire_ttl_ms, char *err, size_t errlen) {
-    size_t nkeys = 2 + n, argc = nkeys + 7 + 3 * n;
+    size_t nkeys = 3 + n, argc = nkeys + 7 + 3 * n;
     const char **argv = calloc(argc, sizeof *argv);
     size_t *argvlen = calloc(argc, sizeof *argvlen);
     char (*keys)[KEY_MAX] = calloc(nkeys, KEY_MAX);
@@ -276,14 +310,15 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    if (key(keys[0], o->prefix, sku, "lock") < 0 || key(keys[1], o->prefix, sku, "stock") < 0) {
+    if (key(keys[0], o->prefix, sku, "lock") < 0 || key(keys[1], o->prefix, sku, "stock") < 0 ||
+        key(keys[2], o->prefix, sku, "price") < 0) {
         snprintf(err, errlen, "key too long");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         char suffix[KEY_MAX];
         snprintf(suffix, sizeof suffix, "order:%s", reqs[i]->order_id);
-        if (key(keys[2 + i], o->prefix, sku, suffix) < 0) {
+        if (key(keys[3 + i], o->prefix, sku, suffix) < 0) {
             snprintf(err, errlen, "key too long");
             goto out;
         }
@@ -357,6 +392,8 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
             s->duplicate = true;
             s->qty = q;
             s->stock_remaining = st;
+        } else if (strcmp(code->str, "price") == 0) {
+            reject_under_catalog(s, reqs[i], val->type == REDIS_REPLY_STRING ? val->str : "");
         } else if (strcmp(code->str, "none") == 0) {
             s->status = SALE_OUT_OF_STOCK;
             s->stock_remaining = 0;
@@ -436,6 +473,120 @@ int sale_stock_set(rds_client *c, const char *prefix, const char *sku, long long
 
 int sale_stock_seed(rds_client *c, const char *prefix, const char *sku, long long stock) {
     return stock_write(c, prefix, sku, stock, 1);
+}
+
+/* ---- the catalog record ------------------------------------------------------- */
+
+int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen) {
+    static const char shape[] =
+        "body must be {\"stock\": integer >= 0, \"price\": number >= 0 or null} with at least one of them";
+    memset(p, 0, sizeof *p);
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, errlen, "%s", shape);
+        return -1;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "stock");
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "price");
+    if (!v && !pr) {
+        snprintf(err, errlen, "%s", shape);
+        return -1;
+    }
+    if (v) {
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 1e15 ||
+            v->valuedouble != floor(v->valuedouble)) {
+            snprintf(err, errlen, "stock must be an integer between 0 and 1e15; nothing was changed");
+            return -1;
+        }
+        p->has_stock = true;
+        p->stock = (long long)v->valuedouble;
+    }
+    if (pr && cJSON_IsNull(pr)) {
+        p->price_op = SALE_PRICE_CLEAR;
+    } else if (pr) {
+        if (!cJSON_IsNumber(pr) || !isfinite(pr->valuedouble) || pr->valuedouble < 0 ||
+            pr->valuedouble > SALE_PRICE_MAX) {
+            snprintf(err, errlen,
+                     "price must be a number between 0 and 1e15 (or null to remove the catalog price); "
+                     "nothing was changed");
+            return -1;
+        }
+        p->price_op = SALE_PRICE_SET;
+        p->price = pr->valuedouble;
+    }
+    return 0;
+}
+
+/* KEYS[1] stock, KEYS[2] price. ARGV[1] stock ("" = keep), ARGV[2] "set",
+ * "clear" or "keep", ARGV[3] price. Reply {"ok", stock, price or ""} or
+ * {"none"} (price only, and no stock record: nothing changed). One script so
+ * that stock and price change together and a price is never left on a SKU
+ * that has no stock record. */
+static rds_script put_script = RDS_SCRIPT_INIT(
+    "local s = redis.call('GET', KEYS[1])\n"
+    "if ARGV[1] == '' and not s then return {'none'} end\n"
+    "if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1]); s = ARGV[1] end\n"
+    "if ARGV[2] == 'set' then redis.call('SET', KEYS[2], ARGV[3])\n"
+    "elseif ARGV[2] == 'clear' then redis.call('DEL', KEYS[2]) end\n"
+    "return {'ok', s, redis.call('GET', KEYS[2]) or ''}\n");
+
+/* A stored price as the commit script reads it: a number in 0..1e15 or none. */
+static int price_parse(const char *s, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end != 0 || !isfinite(v) || v < 0 || v > SALE_PRICE_MAX) return 0;
+    *out = v;
+    return 1;
+}
+
+static void item_fill(sale_item *it, const redisReply *stock, const redisReply *price) {
+    memset(it, 0, sizeof *it);
+    if (stock->type == REDIS_REPLY_STRING) it->stock = strtoll(stock->str, NULL, 10);
+    if (price->type == REDIS_REPLY_STRING && price->str[0]) it->has_price = price_parse(price->str, &it->price);
+}
+
+int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale_put *p,
+                  sale_item *now) {
+    char ks[KEY_MAX], kp[KEY_MAX], st[32] = "", pr[40] = "";
+    if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
+    if (p->has_stock) snprintf(st, sizeof st, "%lld", p->stock);
+    if (p->price_op == SALE_PRICE_SET) snprintf(pr, sizeof pr, "%.17g", p->price);
+    const char *op = p->price_op == SALE_PRICE_SET ? "set" : p->price_op == SALE_PRICE_CLEAR ? "clear" : "keep";
+    const char *argv[] = { ks, kp, st, op, pr };
+    size_t argvlen[] = { strlen(ks), strlen(kp), strlen(st), strlen(op), strlen(pr) };
+    redisReply *r = rds_eval(c, &put_script, 2, 5, argv, argvlen);
+    int rc = -1;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_STRING) {
+        if (strcmp(r->element[0]->str, "none") == 0) {
+            rc = 1;
+        } else if (r->elements == 3) {
+            item_fill(now, r->element[1], r->element[2]);
+            rc = 0;
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int sale_item_get(rds_client *c, const char *prefix, const char *sku, sale_item *it) {
+    char ks[KEY_MAX], kp[KEY_MAX];
+    if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
+    redisReply *r = rds_command(c, "MGET %s %s", ks, kp);
+    int rc = -1;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        const redisReply *s = r->element[0];
+        if (s->type == REDIS_REPLY_NIL) {
+            rc = 1;
+        } else if (s->type == REDIS_REPLY_STRING) {
+            char *end;
+            strtoll(s->str, &end, 10);
+            if (end != s->str && *end == 0) {
+                item_fill(it, s, r->element[1]);
+                rc = 0;
+            }
+        }
+    }
+    freeReplyObject(r);
+    return rc;
 }
 
 /* ---- coalescing engine -------------------------------------------------------- */

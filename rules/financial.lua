@@ -15,14 +15,23 @@ typed wrong and sold a thousand times. This rule watches the money events and
         day's revenue is at least min_revenue_for_ratio and refunds are over
         refund_ratio_max of it:
           alert critical, scope "refund_ratio".
+  on sale_request (every POST /sale, before anything is sold)
+    {"type": "sale_request", "sku": S, "qty": Q, "unit_price": P?, ...}
+        a P under the SKU's minimum price (min_unit_price_by_sku[S], else
+        min_unit_price) is refused: {action = "reject"}, the sale answers 422.
+        The client chose P: it is never a reason to halt anything.
   on sales_events (published by nerve after each sale)
-    {"type": "sale", "sku": S, "qty": Q, "unit_price": P, "order_id": O}
-        adds Q * P to the day's revenue. When P is under the SKU's minimum
-        price (min_unit_price_by_sku[S], else min_unit_price), the price is
-        wrong and every further sale loses money:
+    {"type": "sale", "sku": S, "qty": Q, "unit_price": P, "catalog_price": C?,
+     "order_id": O}
+        adds Q * P (what was paid) to the day's revenue. C is the catalog price
+        the operator set with PUT /admin/stock (the client cannot set it); when
+        C is under the SKU's minimum price, the catalog is wrong and every
+        further sale loses money:
           kill  scope "sku:<S>", halt_sales = true   (stop selling it)
           alert critical, scope "sku:<S>".
-        A sale without a unit_price has nothing to judge.
+        A P under the minimum (only possible when the sale_request check did
+        not run, e.g. rules.sale_on_error = allow) raises a warning alert and
+        halts nothing: an anonymous client must not be able to stop sales.
 
 Parameters (config rules.params.financial), defaults in DEFAULTS below; a
 missing or non-numeric one falls back to its default.
@@ -111,6 +120,9 @@ local function on_spend(event, ctx)
   if total <= budget then
     return nil
   end
+  -- TODO(issue 9, scope grammar): build this with ctx.scope("campaign", campaign)
+  -- once the sandbox has it, so that any campaign id yields a scope the admin
+  -- API can list and reset (valid_id above keeps ids inside the grammar today).
   local scope = "campaign:" .. campaign
   local what = string.format("ad spend of campaign %s on %s is %s, over the daily budget of %s",
                              campaign, day, money(total), money(budget))
@@ -151,33 +163,69 @@ local function on_refund(event, ctx)
   }
 end
 
-local function on_sale(event, ctx)
-  local sku, price, qty = event.sku, event.unit_price, event.qty
-  if event.type ~= "sale" or not valid_id(sku) then
-    return nil
+-- A price as people write it: 2 decimals when that is exact, else all digits
+-- (0.001 must not read as 0.00).
+local function price_str(x)
+  local s = string.format("%.2f", x)
+  if tonumber(s) == x then
+    return s
   end
-  if price == nil then
-    return nil
-  end
-  if type(price) ~= "number" then
-    log("debug", "ignoring a sale with a non-numeric unit_price")
-    return nil
-  end
-  if type(qty) == "number" and qty > 0 and price >= 0 then
-    local t = today(ctx)
-    t.revenue = t.revenue + qty * price
+  return string.format("%.15g", x)
+end
+
+-- sale_request: refuse a client price under the SKU's minimum. This is the
+-- only place a client's unit_price is judged against the floor.
+local function on_sale_request(event, ctx)
+  local sku, price = event.sku, event.unit_price
+  if type(sku) ~= "string" or type(price) ~= "number" then
+    return nil   -- no price sent: the catalog price (if any) applies
   end
   local min = min_price(ctx.params, sku)
   if price >= min then
     return nil
   end
-  local scope = "sku:" .. sku
-  local what = string.format("sale %s of %s at unit price %s, under the minimum %s: pricing error",
-                             tostring(event.order_id or "?"), sku, money(price), money(min))
   return {
-    { action = "kill", scope = scope, halt_sales = true, reason = what .. ", sales halted" },
-    { action = "alert", level = "critical", scope = scope, reason = what },
+    action = "reject",
+    reason = string.format("unit_price %s is under the minimum price %s of SKU %s",
+                           price_str(price), price_str(min), sku),
   }
+end
+
+local function on_sale(event, ctx)
+  local sku, price, qty, catalog = event.sku, event.unit_price, event.qty, event.catalog_price
+  if event.type ~= "sale" or not valid_id(sku) then
+    return nil
+  end
+  if price ~= nil and type(price) ~= "number" then
+    log("debug", "ignoring a sale with a non-numeric unit_price")
+    price = nil
+  end
+  if price and type(qty) == "number" and qty > 0 and valid_amount(price) then
+    local t = today(ctx)
+    t.revenue = t.revenue + qty * price
+  end
+  local min = min_price(ctx.params, sku)
+  local scope = "sku:" .. sku
+  local order = tostring(event.order_id or "?")
+  if valid_amount(catalog) and catalog < min then
+    -- The operator's catalog price is under the floor: a real pricing error.
+    local what = string.format("catalog price of %s is %s, under the minimum %s (sale %s): pricing error",
+                               sku, price_str(catalog), price_str(min), order)
+    return {
+      { action = "kill", scope = scope, halt_sales = true, reason = what .. ", sales halted" },
+      { action = "alert", level = "critical", scope = scope, reason = what },
+    }
+  end
+  if price and price < min then
+    -- The client's price: the sale_request check should have refused it.
+    return {
+      action = "alert", level = "warning", scope = scope,
+      reason = string.format("sale %s of %s at the client's unit price %s, under the minimum %s: "
+                             .. "not refused at sale time (is rules.sale_on_error allow?); nothing halted",
+                             order, sku, price_str(price), price_str(min)),
+    }
+  end
+  return nil
 end
 
 local financial = { spend = on_spend, revenue = on_revenue, refund = on_refund }
@@ -198,10 +246,13 @@ local P = {
 
 return {
   name = "financial_risk",
-  description = "Kill a campaign over its daily ad budget; alert when refunds exceed a share of revenue; halt sales of a SKU sold under its minimum price.",
-  on = { "financial_events", "sales_events" },
+  description = "Kill a campaign over its daily ad budget; alert when refunds exceed a share of revenue; refuse sales under the minimum price; halt sales of a SKU whose catalog price is under it.",
+  on = { "financial_events", "sales_events", "sale_request" },
 
   evaluate = function(event, ctx)
+    if ctx.channel == "sale_request" then
+      return on_sale_request(event, ctx)
+    end
     if ctx.channel == "sales_events" then
       return on_sale(event, ctx)
     end
@@ -282,21 +333,30 @@ return {
     },
     { -- exactly the minimum price is fine
       channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
-      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 2, order_id = "o-2" },
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 2, catalog_price = 2, order_id = "o-2" },
       expect = {},
     },
-    { -- under it: a pricing error halts the SKU's sales
+    { -- a catalog price under it: the operator's pricing error halts the SKU's sales
       channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
-      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 1.99, order_id = "o-3" },
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 1.99, catalog_price = 1.99, order_id = "o-3" },
       expect = {
         { action = "kill", scope = "sku:ABC-1", halt_sales = true,
-          reason = "sale o-3 of ABC-1 at unit price 1.99, under the minimum 2.00: pricing error, sales halted" },
+          reason = "catalog price of ABC-1 is 1.99, under the minimum 2.00 (sale o-3): pricing error, sales halted" },
+        { action = "alert", level = "critical", scope = "sku:ABC-1" },
+      },
+    },
+    { -- also when the client paid more than the (wrong) catalog price
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 5, catalog_price = 0.001, order_id = "o-3b" },
+      expect = {
+        { action = "kill", scope = "sku:ABC-1", halt_sales = true,
+          reason = "catalog price of ABC-1 is 0.001, under the minimum 2.00 (sale o-3b): pricing error, sales halted" },
         { action = "alert", level = "critical", scope = "sku:ABC-1" },
       },
     },
     { -- a per-SKU minimum overrides the global one
       channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
-      event = { type = "sale", sku = "GOLD-1", qty = 1, unit_price = 100, order_id = "o-4" },
+      event = { type = "sale", sku = "GOLD-1", qty = 1, unit_price = 100, catalog_price = 100, order_id = "o-4" },
       expect = {
         { action = "kill", scope = "sku:GOLD-1", halt_sales = true },
         { action = "alert", level = "critical", scope = "sku:GOLD-1" },
@@ -304,15 +364,59 @@ return {
     },
     { -- default minimum (1.0)
       channel = "sales_events", now = DAY1 + 2 * 86400, params = {},
-      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 0, order_id = "o-5" },
+      event = { type = "sale", sku = "ABC-1", qty = 1, catalog_price = 0, unit_price = 0, order_id = "o-5" },
       expect = {
         { action = "kill", scope = "sku:ABC-1", halt_sales = true },
         { action = "alert", level = "critical", scope = "sku:ABC-1" },
       },
     },
-    { -- no price, nothing to judge
+    { -- the client's price under the minimum: never a kill, a warning at most
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 0, order_id = "o-5b" },
+      expect = {
+        { action = "alert", level = "warning", scope = "sku:ABC-1",
+          reason = "sale o-5b of ABC-1 at the client's unit price 0.00, under the minimum 2.00: not refused at sale time (is rules.sale_on_error allow?); nothing halted" },
+      },
+    },
+    { -- the client's price under a sane catalog price: still not a kill
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 1, catalog_price = 10, order_id = "o-5c" },
+      expect = {
+        { action = "alert", level = "warning", scope = "sku:ABC-1" },
+      },
+    },
+    { -- no price at all, nothing to judge
       channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
       event = { type = "sale", sku = "ABC-1", qty = 1, order_id = "o-6" },
+      expect = {},
+    },
+    { -- a non-numeric catalog_price is not a pricing error
+      channel = "sales_events", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale", sku = "ABC-1", qty = 1, unit_price = 3, catalog_price = "0", order_id = "o-6b" },
+      expect = {},
+    },
+    { -- sale time: a client price under the minimum is refused
+      channel = "sale_request", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale_request", sku = "ABC-1", qty = 1, unit_price = 0, order_id = "o-7" },
+      expect = {
+        { action = "reject", reason = "unit_price 0.00 is under the minimum price 2.00 of SKU ABC-1" },
+      },
+    },
+    {
+      channel = "sale_request", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale_request", sku = "GOLD-1", qty = 1, unit_price = 499.999, order_id = "o-8" },
+      expect = {
+        { action = "reject", reason = "unit_price 499.999 is under the minimum price 500.00 of SKU GOLD-1" },
+      },
+    },
+    { -- at the minimum, or no price (the catalog price applies): let it through
+      channel = "sale_request", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale_request", sku = "ABC-1", qty = 1, unit_price = 2, order_id = "o-9" },
+      expect = {},
+    },
+    {
+      channel = "sale_request", now = DAY1 + 2 * 86400, params = P,
+      event = { type = "sale_request", sku = "ABC-1", qty = 1, order_id = "o-10" },
       expect = {},
     },
     { -- malformed events are ignored

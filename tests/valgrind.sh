@@ -67,7 +67,8 @@ if [ $up = 1 ]; then
     expect 409 POST /sale '{"sku":"VG1","qty":30}'
     expect 400 POST /sale '{"sku":"VG 1","qty":1}'
     expect 400 POST /sale '{not json'
-    expect 200 POST /sale '{"sku":"VG1","qty":1,"unit_price":0.01}'
+    expect 422 POST /sale '{"sku":"VG1","qty":1,"unit_price":0.01}'
+    expect 200 POST /sale '{"sku":"VG1","qty":1,"unit_price":9.99}'
     expect 200 GET /stock/VG1
     expect 404 GET /stock/none
     expect 200 GET /rules

@@ -8,12 +8,19 @@
  * one script call. The script checks, atomically inside Redis: that the lock
  * is still held by our token (fencing: a holder stalled past the TTL cannot
  * commit after another took over), each order_id against its idempotency
- * record, each qty against the stock; it then decrements, records the orders
- * and publishes the stock_changed and sale events. Every sale is still checked
- * on its own; batching only shares the lock round trips.
+ * record, each client unit_price against the SKU's catalog price (when the
+ * operator set one), each qty against the stock; it then decrements, records
+ * the orders and publishes the stock_changed and sale events. Every sale is
+ * still checked on its own; batching only shares the lock round trips.
  *
- * Keys (PREFIX defaults to "nerve:"): PREFIX{SKU}:stock, PREFIX{SKU}:lock,
- * PREFIX{SKU}:order:<order_id> (one hash tag per SKU: single-slot scripts).
+ * The catalog price is the operator's (PUT /admin/stock), never the client's:
+ * a client may pay more than it, never less, and the sale event carries it as
+ * catalog_price so that rules judge pricing errors on a number no anonymous
+ * client controls.
+ *
+ * Keys (PREFIX defaults to "nerve:"): PREFIX{SKU}:stock, PREFIX{SKU}:price,
+ * PREFIX{SKU}:lock, PREFIX{SKU}:order:<order_id> (one hash tag per SKU:
+ * single-slot scripts).
  *
  * Ownership: sale_engine_new copies what it needs from its options except the
  * pool, which must outlive the engine. sale_execute is thread-safe.
@@ -23,6 +30,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <cjson/cJSON.h>
 #include "nerve/rds.h"
 
 #define SALE_STR_MAX 128        /* sku and order_id, bytes */
@@ -54,7 +62,14 @@ typedef struct sale_res {
     char rule[129];                 /* SALE_REJECTED */
     char reason[256];               /* SALE_REJECTED */
     char scope[208];                /* SALE_HALTED */
+    double catalog_price;           /* SALE_REJECTED by rule "catalog_price" */
+    bool has_catalog_price;
 } sale_res;
+
+/* The rule name a sale under the catalog price is rejected with. */
+#define SALE_RULE_CATALOG_PRICE "catalog_price"
+/* Highest unit_price and catalog price, like any money amount we accept. */
+#define SALE_PRICE_MAX 1e15
 
 /* Validate a JSON body: {"sku": str, "qty": int >= 1, "order_id": str?,
  * "unit_price": number?}. On success fills REQ (generating an order_id when
@@ -107,5 +122,39 @@ int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *
 int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long *stock);
 int sale_stock_set(rds_client *c, const char *prefix, const char *sku, long long stock);
 int sale_stock_seed(rds_client *c, const char *prefix, const char *sku, long long stock);
+
+/* A SKU's catalog record: its stock and the operator's catalog price. */
+typedef struct sale_item {
+    long long stock;
+    double price;
+    bool has_price;
+} sale_item;
+
+/* What PUT /admin/stock/{sku} asks for: {"stock": int >= 0, "price":
+ * number 0..1e15 | null}, at least one of them; price null removes the
+ * catalog price, an absent one leaves it as it is. */
+typedef enum { SALE_PRICE_KEEP, SALE_PRICE_SET, SALE_PRICE_CLEAR } sale_price_op;
+typedef struct sale_put {
+    bool has_stock;
+    long long stock;
+    sale_price_op price_op;
+    double price;                   /* SALE_PRICE_SET */
+} sale_put;
+
+/* Validate a PUT /admin/stock body (ROOT may be NULL: not JSON). 0 with P
+ * filled, or -1 with a message naming what was wrong in ERR. */
+int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen);
+
+/* Apply P to SKU atomically (one script: the stock and the price change
+ * together or not at all) and read back the record into *NOW. 0 done; 1 when
+ * P sets only the price and SKU has no stock record (nothing changed: a price
+ * without stock would describe a SKU nerve does not sell); -1 on error. */
+int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale_put *p,
+                  sale_item *now);
+
+/* Read SKU's stock and catalog price in one round trip: 0 with *IT filled,
+ * 1 when the SKU has no stock record, -1 on error. A stored price that is not
+ * a number in 0..SALE_PRICE_MAX reads as none, as the commit script sees it. */
+int sale_item_get(rds_client *c, const char *prefix, const char *sku, sale_item *it);
 
 #endif

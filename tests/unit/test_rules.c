@@ -783,10 +783,11 @@ static void test_shipped_load(void **state)
     assert_int_equal(rules_set_info(s, 0, &in), 0);
     assert_string_equal(in.name, "financial_risk");
     assert_string_equal(in.file, "rules/financial.lua");
-    assert_int_equal(in.n_channels, 2);
+    assert_int_equal(in.n_channels, 3);
     assert_string_equal(in.channels[0], "financial_events");
     assert_string_equal(in.channels[1], "sales_events");
-    assert_int_equal(in.n_fixtures, 19);
+    assert_string_equal(in.channels[2], RULES_SALE_CHANNEL);
+    assert_int_equal(in.n_fixtures, 27);
     assert_int_equal(strlen(in.sha256), 64);
     assert_int_equal(rules_set_info(s, 1, &in), 0);
     assert_string_equal(in.name, "inventory_threshold");
@@ -794,12 +795,14 @@ static void test_shipped_load(void **state)
     assert_int_equal(in.n_fixtures, 11);
     assert_true(strlen(in.description) > 0);
     ch = rules_set_channels(s, &n);
-    assert_int_equal(n, 3);
+    assert_int_equal(n, 4);
     assert_string_equal(ch[0], "financial_events");
     assert_string_equal(ch[1], "sales_events");
-    assert_string_equal(ch[2], "inventory_events");
+    assert_string_equal(ch[2], RULES_SALE_CHANNEL);
+    assert_string_equal(ch[3], "inventory_events");
     assert_true(rules_set_listens(s, "inventory_events"));
-    assert_false(rules_set_listens(s, RULES_SALE_CHANNEL));
+    /* financial.lua refuses client prices under the floor at sale time. */
+    assert_true(rules_set_listens(s, RULES_SALE_CHANNEL));
     assert_int_equal(strlen(rules_set_sha256(s)), 64);
     assert_true(rules_set_loaded_at(s) > 1700000000);
     /* The fixtures do not depend on the deployment's params. */
@@ -846,13 +849,13 @@ static void test_shipped_eval(void **state)
     assert_int_equal(cap.n_dec, 0);
     assert_int_equal(eval(vm, "sales_events",
                           "{\"type\":\"sale\",\"sku\":\"S-2\",\"qty\":1,\"unit_price\":0.25,"
-                          "\"order_id\":\"o-9\"}", &cap), 0);
+                          "\"catalog_price\":0.25,\"order_id\":\"o-9\"}", &cap), 0);
     assert_int_equal(cap.n_dec, 2);
     assert_int_equal(cap.dec_action[0], RULES_KILL);
     assert_string_equal(cap.dec_scope[0], "sku:S-2");
     assert_true(cap.dec_halt[0]);
-    assert_string_equal(cap.dec_reason[0], "sale o-9 of S-2 at unit price 0.25, under the "
-                        "minimum 1.00: pricing error, sales halted");
+    assert_string_equal(cap.dec_reason[0], "catalog price of S-2 is 0.25, under the minimum "
+                        "1.00 (sale o-9): pricing error, sales halted");
     inv = rule_index(s, "inventory_threshold");
     assert_int_equal(rules_set_stats(s, inv, &st), 0);
     assert_int_equal(st.evaluations, 3);
