@@ -179,9 +179,12 @@ static void *watchdog_run(void *arg) {
     return NULL;
 }
 
+/* On the bus thread: a control message only names a scope whose record to
+ * re-read (killswitch.h), with the bus thread's own pooled client (its
+ * subscribed connection can send nothing). One GET per message, no queue. */
 static void on_control(void *ud, const char *msg, size_t len) {
     nerved *d = ud;
-    ks_on_control(d->ks, msg, len);
+    ks_on_control(d->ks, rds_pool_client(d->pool), msg, len);
 }
 
 static void on_bus_connect(void *ud) {

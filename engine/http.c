@@ -546,7 +546,7 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     const char *bad = NULL;
     if (!cJSON_IsObject(root)) bad = "body must be a JSON object {\"scope\", \"reason\", \"halt_sales\"?}";
     else if (!cJSON_IsString(scope) || !ks_scope_valid(scope->valuestring))
-        bad = "scope must be 1-160 bytes of A-Z a-z 0-9 . _ : - (e.g. global, sku:ABC, campaign:42)";
+        bad = "scope must be " SCOPE_GRAMMAR;
     else if (!cJSON_IsString(reason) || !reason->valuestring[0] || strlen(reason->valuestring) > 1024)
         bad = "reason must be a non-empty string of at most 1024 bytes";
     else if (halt && !cJSON_IsBool(halt)) bad = "halt_sales must be true or false";
@@ -574,7 +574,12 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
 static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, const char *scope) {
     int st = check_admin(s, conn);
     if (st) return st;
-    if (!ks_scope_valid(scope)) return send_error(s, conn, 400, "bad_request", "invalid scope");
+    /* SCOPE is the whole rest of the path, decoded once: a scope with '/'
+     * is reached raw or as %2F. */
+    if (!ks_scope_valid(scope))
+        return send_error(s, conn, 400, "bad_request",
+                          "the path after /admin/killswitch/ must be a scope: " SCOPE_GRAMMAR
+                          " (the path is percent-decoded once)");
     rds_client *c = rds_pool_client(s->d.pool);
     int r = c ? ks_reset(s->d.ks, c, scope) : -1;
     if (r < 0) return unavailable(s, conn, "redis unavailable");

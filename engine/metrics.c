@@ -64,6 +64,16 @@ void metrics_lock_wait(double seconds) { hist_observe(&lock_wait, seconds); }
 
 void metrics_reload(int ok) { atomic_fetch_add(ok ? &reloads_ok : &reloads_failed, 1); }
 
+static const char *const alert_levels[] = { "info", "warning", "critical", "fatal", "other" };
+#define N_ALERT_LEVELS (sizeof alert_levels / sizeof *alert_levels)
+static _Atomic uint64_t alerts_suppressed[N_ALERT_LEVELS];
+
+void metrics_alert_suppressed(const char *level) {
+    size_t i = 0;
+    while (i + 1 < N_ALERT_LEVELS && strcmp(level ? level : "", alert_levels[i]) != 0) i++;
+    atomic_fetch_add_explicit(&alerts_suppressed[i], 1, memory_order_relaxed);
+}
+
 /* ---- text buffer ------------------------------------------------------------------ */
 
 typedef struct buf {
@@ -243,6 +253,25 @@ char *metrics_render(const metrics_sources *s) {
                 "# TYPE nerve_panic_attempts_total counter\n"
                 "nerve_panic_attempts_total{result=\"ok\"} %llu\nnerve_panic_attempts_total{result=\"failed\"} %llu\n",
             ps.attempts_ok, ps.attempts_failed);
+    }
+
+    out(&b, "# HELP nerve_alerts_suppressed_total Alerts this instance kept quiet inside their throttle "
+            "window (per rule, scope and level), by level.\n# TYPE nerve_alerts_suppressed_total counter\n");
+    for (size_t i = 0; i < N_ALERT_LEVELS; i++)
+        out(&b, "nerve_alerts_suppressed_total{level=\"%s\"} %llu\n", alert_levels[i],
+            (unsigned long long)atomic_load(&alerts_suppressed[i]));
+    if (s->ks) {
+        ks_stats kst;
+        ks_get_stats(s->ks, &kst);
+        out(&b, "# HELP nerve_control_messages_total Control-channel messages, by result: ok (the named "
+                "record re-read), invalid (ignored), error (re-read failed).\n"
+                "# TYPE nerve_control_messages_total counter\n"
+                "nerve_control_messages_total{result=\"ok\"} %llu\n"
+                "nerve_control_messages_total{result=\"invalid\"} %llu\n"
+                "nerve_control_messages_total{result=\"error\"} %llu\n",
+            kst.control_ok, kst.control_invalid, kst.control_error);
+        out(&b, "# HELP nerve_kill_switch_halting Scopes (global, sku:...) this instance halts sales for.\n"
+                "# TYPE nerve_kill_switch_halting gauge\nnerve_kill_switch_halting %zu\n", kst.halting);
     }
 
     int redis_up = 0;

@@ -31,6 +31,9 @@ void metrics_sale(sale_status status, int duplicate, double seconds);
 void metrics_lock_wait(double seconds);
 /* One reload attempt. */
 void metrics_reload(int ok);
+/* One alert this instance kept quiet inside its throttle window, by LEVEL
+ * ("info", "warning", "critical", "fatal"; anything else counts as "other"). */
+void metrics_alert_suppressed(const char *level);
 
 typedef struct metrics_sources {
     struct live *live;
