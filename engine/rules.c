@@ -226,7 +226,23 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb)
             continue;
         if (asprintf(&path, "%s%s%s", dir, sep, de->d_name) < 0)
             continue;
-        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        /* A *.lua entry that cannot be loaded is an error, never skipped:
+         * a dangling symlink or a vanished file would otherwise silently
+         * remove a safety rule from the set (and `nerve check` say ok). */
+        if (stat(path, &st) != 0) {
+            int saved = errno;
+            struct stat lst;
+
+            if (lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode))
+                rules_eb_add(eb, path, 1, "cannot load rule file: dangling symlink (%s)",
+                             strerror(saved));
+            else
+                rules_eb_add(eb, path, 1, "cannot load rule file: %s", strerror(saved));
+            free(path);
+            continue;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            rules_eb_add(eb, path, 1, "cannot load rule file: not a regular file");
             free(path);
             continue;
         }
@@ -242,7 +258,7 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb)
         v[(*n)++] = path;
     }
     closedir(d);
-    if (*n == 0)
+    if (*n == 0 && eb->count == 0)
         rules_eb_add(eb, dir, 1, "no rule files (*.lua) in the rules directory");
     else
         qsort(v, *n, sizeof(*v), cmp_str);
@@ -419,7 +435,8 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
     a.eb = eb;
     a.errors_before = eb->count;
     a.now = (long long)time(NULL);
-    if (rules_sbx_open(&s, file, NULL, set->instr_limit, set->mem_limit, &e) != 0) {
+    if (rules_sbx_open(&s, file, NULL, set->instr_limit, set->mem_limit, set->timeout_ms,
+                       &e) != 0) {
         rules_eb_add(eb, file, e.line, "%s", e.msg);
         free(src);
         return;
@@ -542,6 +559,8 @@ rules_set *rules_set_load(const cfg *c, char **errors)
                                                     : DEFAULT_INSTR_LIMIT;
     s->mem_limit = c->rules_memory_limit > 0 ? (size_t)c->rules_memory_limit
                                              : DEFAULT_MEM_LIMIT;
+    s->timeout_ms = c->rules_eval_timeout_ms > 0 ? c->rules_eval_timeout_ms : 100;
+    s->sale_allow = c->rules_sale_on_error && strcmp(c->rules_sale_on_error, "allow") == 0;
     s->max_event_bytes = c->max_event_bytes > 0 ? (size_t)c->max_event_bytes
                                                 : DEFAULT_EVENT_BYTES;
     s->params = c->params ? cJSON_Duplicate(c->params, 1) : cJSON_CreateObject();
@@ -610,6 +629,16 @@ const char *rules_set_sha256(const rules_set *s)
 long long rules_set_loaded_at(const rules_set *s)
 {
     return s->loaded_at;
+}
+
+int rules_set_sale_allow(const rules_set *s)
+{
+    return s->sale_allow;
+}
+
+int rules_set_timeout_ms(const rules_set *s)
+{
+    return s->timeout_ms;
 }
 
 int rules_set_listens(const rules_set *s, const char *channel)

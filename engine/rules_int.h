@@ -59,6 +59,8 @@ struct rules_set {
     char sha256[65];
     long long instr_limit;
     size_t mem_limit;
+    int timeout_ms;             /* wall-clock deadline of one evaluation */
+    bool sale_allow;            /* rules.sale_on_error == allow */
     size_t max_event_bytes;
     struct cJSON *params;       /* owned copy of cfg.params (an object) */
     long long loaded_at;
@@ -111,7 +113,7 @@ void rules_run_fixtures(struct rules_sbx *s, struct rules_load *a);
 
 /* ---- the sandbox (rules_sandbox.c, rules_values.c) --------------------- */
 
-enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM };
+enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM, RULES_SBX_TIME };
 
 typedef struct rules_sbx_err {
     int kind;                   /* RULES_SBX_* */
@@ -124,7 +126,11 @@ typedef struct rules_sbx {
     size_t used;                /* bytes allocated by L */
     size_t limit;               /* cap on used */
     int instr_limit;
-    int abort;                  /* RULES_SBX_INSTR / _MEM once a limit was hit */
+    long long budget;           /* instructions (and charged C work) left in this pcall */
+    int period;                 /* instructions between two count hooks */
+    int timeout_ms;             /* wall-clock deadline of one pcall */
+    uint64_t deadline_ns;       /* CLOCK_MONOTONIC; set by rules_sbx_pcall */
+    int abort;                  /* RULES_SBX_INSTR / _MEM / _TIME once a limit was hit */
     int abort_line;
     int err_line;               /* line recorded by the message handler */
     bool armed;                 /* inside rules_sbx_pcall */
@@ -140,22 +146,41 @@ typedef struct rules_sbx {
     const char *file;           /* borrowed; chunk name is "@" file */
     const char *name;           /* borrowed; rule name for log(), may be NULL */
     int def_line;               /* fallback line for errors without one */
+    rules_incr_fn incr;         /* ctx.incr backend; NULL = counters local to this state */
+    void *incr_ud;
     char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */
 } rules_sbx;
 
+/* The sandbox that owns L (kept in L's extra space). */
+static inline rules_sbx *rules_sbx_of(lua_State *L)
+{
+    return *(rules_sbx **)lua_getextraspace(L);
+}
+
 /* Create the sandboxed state. FILE and NAME must outlive S. 0, or -1 with E. */
 int rules_sbx_open(rules_sbx *s, const char *file, const char *name,
-                   long long instr_limit, size_t mem_limit, rules_sbx_err *e);
+                   long long instr_limit, size_t mem_limit, int timeout_ms,
+                   rules_sbx_err *e);
+/* Monotonic clock, ns. */
+uint64_t rules_now_ns(void);
 /* Close the state; S may be zeroed or already closed. */
 void rules_sbx_close(rules_sbx *s);
 
-/* Run FN(L, UD) in protected mode with a fresh instruction budget. Whatever FN
+/* Run FN(L, UD) in protected mode with a fresh instruction budget and a
+ * deadline of timeout_ms from now (or DEADLINE_NS when that is earlier and
+ * not 0: a file's fixtures share one overall budget). Whatever FN
  * leaves on the stack is dropped. FN may raise Lua errors; it must not hold C
  * resources across calls that can raise. Returns 0, or -1 with E filled
  * (E->kind says whether a limit was hit; after RULES_SBX_MEM the caller should
  * rebuild the state). */
 typedef void (*rules_sbx_fn)(lua_State *L, void *ud);
 int rules_sbx_pcall(rules_sbx *s, rules_sbx_fn fn, void *ud, rules_sbx_err *e);
+int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t deadline_ns,
+                          rules_sbx_err *e);
+
+/* Inside FN, from a C function a rule called: raise the abort (which no
+ * pcall in the rule can swallow) when the deadline has passed. */
+void rules_sbx_check_deadline(lua_State *L);
 
 /* Inside FN: compile SRC (text only) as the sandbox's file and run it,
  * pushing its first result. Raises on a syntax or runtime error. */

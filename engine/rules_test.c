@@ -260,8 +260,16 @@ static void fixture_fn(lua_State *L, void *ud)
     }
 }
 
+/* A file's fixtures share one budget of FIXTURE_DEADLINES evaluation
+ * deadlines, and stop at the first that hits a limit: a rule whose 1000
+ * fixtures each run just under the deadline must not hold `nerve check` or a
+ * reload for minutes. */
+#define FIXTURE_DEADLINES 20
+
 void rules_run_fixtures(rules_sbx *s, struct rules_load *a)
 {
+    uint64_t until = rules_now_ns() + (uint64_t)s->timeout_ms * 1000000u * FIXTURE_DEADLINES;
+
     for (int i = 1; i <= a->n_fix; i++) {
         struct fix_args f = { .la = a, .i = i };
         rules_sbx_err e;
@@ -270,8 +278,18 @@ void rules_run_fixtures(rules_sbx *s, struct rules_load *a)
 
         f.line = l > 0 ? l : a->tests_line > 0 ? a->tests_line : a->eval_line;
         snprintf(f.chan, sizeof(f.chan), "?");
-        if (rules_sbx_pcall(s, fixture_fn, &f, &e) != 0)
-            rules_eb_add(a->eb, a->file, e.line, "fixture %d (%s): %s", i, f.chan, e.msg);
+        if (rules_sbx_pcall_until(s, fixture_fn, &f, until, &e) == 0)
+            continue;
+        if (e.kind == RULES_SBX_TIME && rules_now_ns() >= until && i > 1)
+            snprintf(e.msg, sizeof(e.msg), "fixtures ran longer than %d ms in all",
+                     s->timeout_ms * FIXTURE_DEADLINES);
+        rules_eb_add(a->eb, a->file, e.line, "fixture %d (%s): %s", i, f.chan, e.msg);
+        if (e.kind != RULES_SBX_ERR) {
+            if (i < a->n_fix)
+                rules_eb_add(a->eb, a->file, e.line, "fixtures %d to %d not run after that limit",
+                             i + 1, a->n_fix);
+            break;
+        }
     }
 }
 

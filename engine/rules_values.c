@@ -15,6 +15,7 @@
 #include <lauxlib.h>
 #include <cjson/cJSON.h>
 
+#include "nerve/scope.h"
 #include "rules_int.h"
 
 /* ---- read-only tables -------------------------------------------------- */
@@ -150,11 +151,106 @@ void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth
         ro_wrap(L, ro);
 }
 
+/* ctx.scope(kind, id): "kind:" .. id with every byte the scope grammar
+ * does not allow percent-encoded, so that any campaign or SKU id yields a
+ * scope that can be engaged, listed and reset. */
+static int ctx_scope(lua_State *L)
+{
+    char out[SCOPE_MAX + 1];
+    size_t ilen;
+    const char *kind = luaL_checkstring(L, 1);
+    const char *id = luaL_checklstring(L, 2, &ilen);
+
+    if (scope_make(out, sizeof(out), kind, id, ilen) != 0)
+        return luaL_error(L, "ctx.scope: kind must be a non-empty word of A-Z a-z 0-9 . _ - "
+                          "and the scope at most %d bytes once encoded", SCOPE_MAX);
+    lua_pushstring(L, out);
+    return 1;
+}
+
+#define INCR_KEY_MAX    128
+#define INCR_WINDOW_MAX 604800          /* one week */
+#define INCR_BY_MAX     1000000000
+
+/* ctx.incr(key, window_s [, by]): add BY (default 1, 0 reads) to the
+ * counter KEY of this rule in the current fixed window of WINDOW_S seconds
+ * (aligned on multiples of it, by ctx.now) and return the new total. Backed
+ * by Redis in the daemon (one count for the whole fleet), by a table local to
+ * this Lua state in fixtures and dry runs. Upvalue 1: the inner ctx table. */
+static int ctx_incr(lua_State *L)
+{
+    rules_sbx *s = rules_sbx_of(L);
+    size_t klen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    lua_Integer window = luaL_checkinteger(L, 2);
+    lua_Integer by = luaL_optinteger(L, 3, 1);
+    lua_Integer now;
+    long long count = 0;
+    char err[256];
+
+    luaL_argcheck(L, klen >= 1 && klen <= INCR_KEY_MAX, 1, "key must be 1 to 128 bytes");
+    for (size_t i = 0; i < klen; i++)
+        luaL_argcheck(L, (unsigned char)key[i] >= 0x20 && key[i] != 0x7f, 1,
+                      "key must not hold control characters");
+    luaL_argcheck(L, window >= 1 && window <= INCR_WINDOW_MAX, 2,
+                  "window must be 1 to 604800 seconds");
+    luaL_argcheck(L, by >= 0 && by <= INCR_BY_MAX, 3, "by must be 0 to 1000000000");
+    lua_getfield(L, lua_upvalueindex(1), "now");
+    now = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (s->incr != NULL) {
+        if (s->incr(s->incr_ud, s->name ? s->name : "?", key, klen, (long long)window,
+                    (long long)by, (long long)now, &count, err, sizeof(err)) != 0)
+            return luaL_error(L, "ctx.incr: %s", err);
+        rules_sbx_check_deadline(L);
+        lua_pushinteger(L, (lua_Integer)count);
+        return 1;
+    }
+    /* Local: registry[&ctx_incr][key] = { window, bucket, count }. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, (void *)ctx_incr);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)ctx_incr);
+    }
+    lua_pushvalue(L, 1);
+    if (lua_rawget(L, -2) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 3, 0);
+        lua_pushvalue(L, 1);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    if (lua_tointeger(L, -2) == window && lua_tointeger(L, -1) == now / window) {
+        lua_rawgeti(L, -3, 3);
+        count = (long long)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    count += by;
+    lua_pushinteger(L, window);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, now / window);
+    lua_rawseti(L, -2, 2);
+    lua_pushinteger(L, (lua_Integer)count);
+    lua_rawseti(L, -2, 3);
+    lua_pushinteger(L, (lua_Integer)count);
+    return 1;
+}
+
 void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx)
 {
     params_idx = lua_absindex(L, params_idx);
     state_idx = lua_absindex(L, state_idx);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 6);
+    lua_pushcfunction(L, ctx_scope);
+    lua_setfield(L, -2, "scope");
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, ctx_incr, 1);
+    lua_setfield(L, -2, "incr");
     lua_pushvalue(L, params_idx);
     lua_setfield(L, -2, "params");
     lua_pushvalue(L, state_idx);
@@ -189,15 +285,6 @@ const char *rules_level_name(rules_level l)
         return -1; \
     } while (0)
 
-static int scope_ok(const char *s, size_t len)
-{
-    if (len == 0 || len > RULES_SCOPE_MAX)
-        return 0;
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
-            return 0;
-    return 1;
-}
 
 /* Validate the decision table at absolute index T. */
 static int parse_decision(lua_State *L, int t, int num, const char *channel,
@@ -277,8 +364,13 @@ static int parse_decision(lua_State *L, int t, int num, const char *channel,
         DERR("%s needs a reason", action);
     if (reason_len > RULES_REASON_MAX)
         DERR("reason longer than %d bytes", RULES_REASON_MAX);
-    if (d->scope && !scope_ok(d->scope, scope_len))
-        DERR("scope must be 1 to %d printable characters without spaces", RULES_SCOPE_MAX);
+    if (d->scope && !scope_valid(d->scope, scope_len)) {
+        char sb[64];
+
+        rules_sanitize(sb, sizeof(sb), d->scope, scope_len);
+        DERR("invalid scope \"%s%s\": a scope is %s; build one from any id with "
+             "ctx.scope(kind, id)", sb, scope_len > 60 ? "..." : "", SCOPE_GRAMMAR);
+    }
     switch (d->action) {
     case RULES_ALERT:
         if (level == NULL)

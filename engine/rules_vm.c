@@ -37,6 +37,8 @@ struct rules_vm {
     size_t n;
     rules_error_cb on_error;
     void *on_error_ud;
+    rules_incr_fn incr;
+    void *incr_ud;
     char errstr[256];
 };
 
@@ -86,14 +88,17 @@ static void setup_fn(lua_State *L, void *ud)
     vr->ref_ctx = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int open_rule(const rules_set *set, vm_rule *vr, char *err, size_t errlen)
+static int open_rule(const rules_vm *vm, vm_rule *vr, char *err, size_t errlen)
 {
+    const rules_set *set = vm->set;
     struct setup_args a = { vr, set->params };
     rules_sbx_err e;
 
     if (rules_sbx_open(&vr->sbx, vr->r->file, vr->r->name, set->instr_limit,
-                       set->mem_limit, &e) == 0) {
+                       set->mem_limit, set->timeout_ms, &e) == 0) {
         vr->sbx.def_line = vr->r->line;
+        vr->sbx.incr = vm->incr;
+        vr->sbx.incr_ud = vm->incr_ud;
         if (rules_sbx_pcall(&vr->sbx, setup_fn, &a, &e) == 0)
             return 0;
         rules_sbx_close(&vr->sbx);
@@ -154,7 +159,28 @@ static rules_state_origin carry(const rules_vm *prev, vm_rule *to)
     return RULES_STATE_NEW;
 }
 
+/* Does rule R belong in a vm of KIND? */
+static int of_kind(const rules_rule *r, rules_vm_kind kind)
+{
+    int sale = rules_channel_in(r, RULES_SALE_CHANNEL);
+
+    switch (kind) {
+    case RULES_VM_EVENTS:
+        return r->n_channels > (size_t)sale;
+    case RULES_VM_SALE:
+        return sale;
+    default:
+        return 1;
+    }
+}
+
 rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen)
+{
+    return rules_vm_new_kind(set, previous, RULES_VM_ALL, err, errlen);
+}
+
+rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind,
+                            char *err, size_t errlen)
 {
     char buf[RULES_MSG_MAX];
     rules_vm *vm = calloc(1, sizeof(*vm));
@@ -162,16 +188,22 @@ rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t err
     if (vm == NULL)
         goto oom;
     vm->set = rules_set_ref(set);
-    vm->n = set->n;
     vm->rules = calloc(set->n ? set->n : 1, sizeof(*vm->rules));
     if (vm->rules == NULL)
         goto oom;
+    if (previous) {
+        vm->incr = previous->incr;
+        vm->incr_ud = previous->incr_ud;
+    }
     for (size_t i = 0; i < set->n; i++) {
-        vm_rule *vr = &vm->rules[i];
+        vm_rule *vr = &vm->rules[vm->n];
 
+        if (!of_kind(&set->rules[i], kind))
+            continue;
+        vm->n++;
         vr->r = &set->rules[i];
         vr->ctr = &set->ctr[i];
-        if (open_rule(set, vr, buf, sizeof(buf)) != 0) {
+        if (open_rule(vm, vr, buf, sizeof(buf)) != 0) {
             if (err)
                 snprintf(err, errlen, "%s", buf);
             rules_vm_free(vm);
@@ -199,6 +231,21 @@ void rules_vm_free(rules_vm *vm)
     free(vm);
 }
 
+size_t rules_vm_count(const rules_vm *vm)
+{
+    return vm->n;
+}
+
+void rules_vm_set_incr(rules_vm *vm, rules_incr_fn fn, void *ud)
+{
+    vm->incr = fn;
+    vm->incr_ud = ud;
+    for (size_t i = 0; i < vm->n; i++) {
+        vm->rules[i].sbx.incr = fn;
+        vm->rules[i].sbx.incr_ud = ud;
+    }
+}
+
 rules_set *rules_vm_set(const rules_vm *vm)
 {
     return vm->set;
@@ -206,7 +253,11 @@ rules_set *rules_vm_set(const rules_vm *vm)
 
 rules_state_origin rules_vm_state_origin(const rules_vm *vm, size_t i)
 {
-    return i < vm->n ? vm->rules[i].origin : RULES_STATE_NEW;
+    /* I indexes the set; a vm of one kind holds a subset. */
+    for (size_t j = 0; i < vm->set->n && j < vm->n; j++)
+        if (vm->rules[j].r == &vm->set->rules[i])
+            return vm->rules[j].origin;
+    return RULES_STATE_NEW;
 }
 
 void rules_vm_on_error(rules_vm *vm, rules_error_cb cb, void *ud)
@@ -273,14 +324,6 @@ static void report(rules_vm *vm, const vm_rule *vr, const char *msg)
         log_error("rules", "%s rule=%s", msg, vr->r->name);
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* 0 when the rule ran fine, 1 when it failed. */
 static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
 {
@@ -299,9 +342,9 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
     }
     a->vr = vr;
     a->bad = false;
-    t0 = now_ns();
+    t0 = rules_now_ns();
     rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
-    atomic_fetch_add_explicit(&vr->ctr->duration_ns, now_ns() - t0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&vr->ctr->duration_ns, rules_now_ns() - t0, memory_order_relaxed);
     atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
     if (rc == 0 && !a->bad)
         return 0;
@@ -315,7 +358,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
         size_t len = strlen(msg);
 
         rules_sbx_close(&vr->sbx);
-        if (open_rule(vm->set, vr, rerr, sizeof(rerr)) == 0) {
+        if (open_rule(vm, vr, rerr, sizeof(rerr)) == 0) {
             snprintf(msg + len, sizeof(msg) - len, "; ctx.state reset");
         } else {
             vr->dead = true;

@@ -86,7 +86,7 @@ struct cJSON;
 
 #define RULES_SALE_CHANNEL  "sale_request"
 #define RULES_MAX_DECISIONS 32      /* per evaluation of one rule */
-#define RULES_SCOPE_MAX     200     /* bytes */
+#define RULES_SCOPE_MAX     200     /* bytes: SCOPE_MAX of nerve/scope.h */
 #define RULES_REASON_MAX    1024    /* bytes */
 #define RULES_JSON_DEPTH    32      /* event nesting */
 #define RULES_FILE_MAX      (1 << 20)   /* bytes of one rule file */
@@ -116,6 +116,16 @@ typedef struct rules_decision {
 } rules_decision;
 
 typedef void (*rules_decision_cb)(void *ud, const rules_decision *d);
+
+/* Backend of ctx.incr(key, window_s [, by]) (see "Counters" above): add BY
+ * to the counter KEY (KEYLEN bytes, no NUL) of RULE in the fixed window of
+ * WINDOW_S seconds that holds NOW (epoch seconds; windows are aligned on
+ * multiples of WINDOW_S), and set *COUNT to the new total. 0, or -1 with a
+ * message in ERR (the rule then fails with it). Called on the evaluating
+ * thread, inside the evaluation: it must be bounded in time. */
+typedef int (*rules_incr_fn)(void *ud, const char *rule, const char *key, size_t keylen,
+                             long long window_s, long long by, long long now,
+                             long long *count, char *err, size_t errlen);
 /* MSG reads `FILE:LINE: message` (one line); RULE is the rule's name. */
 typedef void (*rules_error_cb)(void *ud, const char *rule, const char *msg);
 
@@ -156,6 +166,10 @@ int rules_set_info(const rules_set *s, size_t i, rules_info *out);
 const char *rules_set_sha256(const rules_set *s);
 /* Wall-clock time (epoch seconds) the set finished loading. */
 long long rules_set_loaded_at(const rules_set *s);
+/* rules.sale_on_error of the config the set was loaded with: 1 = allow. */
+int rules_set_sale_allow(const rules_set *s);
+/* rules.eval_timeout_ms of the set. */
+int rules_set_timeout_ms(const rules_set *s);
 /* 1 when at least one rule listens on CHANNEL (so a caller may skip parsing). */
 int rules_set_listens(const rules_set *s, const char *channel);
 /* The union of every rule's channels, in first-seen order; *N gets the count. */
@@ -192,6 +206,25 @@ const char *rules_state_origin_name(rules_state_origin o);  /* "new", "kept", ..
  * happened to each rule. Returns NULL with a message in ERR (when ERR is not
  * NULL) if a state cannot be created. */
 rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen);
+
+/* Which rules a vm holds: every rule, the rules that listen on at least one
+ * bus channel (the evaluator's), or those that listen on "sale_request" (one
+ * vm per HTTP worker, so an event rule's state is never copied per thread).
+ * A rule on both kinds of channel is in both vms, each with its own
+ * ctx.state. */
+typedef enum { RULES_VM_ALL = 0, RULES_VM_EVENTS, RULES_VM_SALE } rules_vm_kind;
+
+/* rules_vm_new restricted to KIND. A vm with no rule is valid (evaluates
+ * nothing). */
+rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind,
+                            char *err, size_t errlen);
+
+/* Number of rules (and so Lua states) VM holds. */
+size_t rules_vm_count(const rules_vm *vm);
+
+/* Where ctx.incr goes. Default (FN NULL): a counter local to each rule's Lua
+ * state, for fixtures, `nerve rules test` and `nerve check`. */
+void rules_vm_set_incr(rules_vm *vm, rules_incr_fn fn, void *ud);
 void rules_vm_free(rules_vm *vm);
 
 /* The set the vm evaluates (borrowed; the vm holds a reference). */
