@@ -92,6 +92,7 @@ typedef struct nerved {
     eval *eval;
     bus *bus;
     policy *policy;
+    ctr *counters;
     sale_engine *sale;
     http_server *http;
     pthread_mutex_t reload_mu;  /* one reload at a time (SIGHUP and HTTP) */
@@ -297,8 +298,10 @@ int daemon_run(const daemon_args *a) {
                     .dry_run = dry_run };
     d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
     d.q = evq_new((size_t)c->queue_size);
-    d.policy = d.live && d.ks && d.act ? policy_new(d.live, d.ks, d.act, d.pool) : NULL;
-    if (!d.live || !d.pool || !d.act || !d.q || !d.policy) {
+    d.counters = d.pool ? ctr_new(d.pool, c->redis_prefix) : NULL;
+    d.policy = d.live && d.ks && d.act && d.counters
+               ? policy_new(d.live, d.ks, d.act, d.pool, d.counters) : NULL;
+    if (!d.live || !d.pool || !d.act || !d.q || !d.counters || !d.policy) {
         log_error("main", "out of memory");
         goto out;
     }
@@ -307,7 +310,7 @@ int daemon_run(const daemon_args *a) {
     seed_inventory(c, d.pool);
 
     eval_opts eo = { .live = d.live, .q = d.q, .act = d.act, .ks = d.ks, .pool = d.pool,
-                     .stall_ms = c->stall_ms };
+                     .counters = d.counters, .stall_ms = c->stall_ms };
     d.eval = eval_start(&eo, err, sizeof err);
     if (!d.eval) {
         log_error("main", "%s", err);
@@ -378,6 +381,7 @@ out:
     log_debug("main", "emergency stops finished");
     sale_engine_free(d.sale);
     policy_free(d.policy);
+    ctr_free(d.counters);
     act_free(d.act);
     ks_free(d.ks);
     evq_free(d.q);

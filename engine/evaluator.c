@@ -78,7 +78,9 @@ static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
         return;
     }
     char err[256] = "";
-    rules_vm *nvm = rules_vm_new(set, *vm, err, sizeof err);
+    /* Only the rules of bus channels: sale_request rules run in the HTTP
+     * workers' vms (policy.c). */
+    rules_vm *nvm = rules_vm_new_kind(set, *vm, RULES_VM_EVENTS, err, sizeof err);
     if (!nvm) {
         log_error("eval", "cannot build an evaluator for generation %llu: %s; keeping the previous one",
                   (unsigned long long)got, err);
@@ -94,6 +96,7 @@ static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
     }
     rules_set_unref(set);
     rules_vm_on_error(nvm, on_rule_error, e);
+    if (e->o.counters) rules_vm_set_incr(nvm, ctr_incr, e->o.counters);
     rules_vm_free(*vm);
     *vm = nvm;
     *gen = got;

@@ -74,6 +74,12 @@ void metrics_alert_suppressed(const char *level) {
     atomic_fetch_add_explicit(&alerts_suppressed[i], 1, memory_order_relaxed);
 }
 
+static _Atomic uint64_t sale_rule_failures[2];     /* [0] allowed, [1] rejected */
+
+void metrics_sale_rule_failure(int rejected) {
+    atomic_fetch_add_explicit(&sale_rule_failures[rejected ? 1 : 0], 1, memory_order_relaxed);
+}
+
 /* ---- text buffer ------------------------------------------------------------------ */
 
 typedef struct buf {
@@ -255,6 +261,12 @@ char *metrics_render(const metrics_sources *s) {
             ps.attempts_ok, ps.attempts_failed);
     }
 
+    out(&b, "# HELP nerve_sale_rule_failures_total Sales whose sale_request rules failed (error, limit or "
+            "deadline), by outcome (rules.sale_on_error).\n# TYPE nerve_sale_rule_failures_total counter\n"
+            "nerve_sale_rule_failures_total{outcome=\"rejected\"} %llu\n"
+            "nerve_sale_rule_failures_total{outcome=\"allowed\"} %llu\n",
+        (unsigned long long)atomic_load(&sale_rule_failures[1]),
+        (unsigned long long)atomic_load(&sale_rule_failures[0]));
     out(&b, "# HELP nerve_alerts_suppressed_total Alerts this instance kept quiet inside their throttle "
             "window (per rule, scope and level), by level.\n# TYPE nerve_alerts_suppressed_total counter\n");
     for (size_t i = 0; i < N_ALERT_LEVELS; i++)

@@ -2,17 +2,23 @@
 #include "nerve/policy.h"
 
 #include <cjson/cJSON.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "nerve/log.h"
+#include "nerve/metrics.h"
 #include "nerve/tslot.h"
 
+typedef struct gate_ctx gate_ctx;
+
+/* One per HTTP worker thread: a vm holding only the sale_request rules. */
 typedef struct tvm {
     rules_vm *vm;
     uint64_t gen;
+    gate_ctx *cur;              /* the sale being evaluated, for the error callback */
 } tvm;
 
 struct policy {
@@ -20,7 +26,15 @@ struct policy {
     ks *k;
     act *a;
     rds_pool *pool;
+    ctr *counters;
     tslot *vms;                 /* one tvm per HTTP worker thread */
+};
+
+struct gate_ctx {
+    policy *p;
+    sale_res *res;
+    int rejected;
+    char failed_rule[129];     /* first rule that failed, "" if none */
 };
 
 static void *tvm_create(void *ud) {
@@ -34,10 +48,10 @@ static void tvm_destroy(void *obj) {
     free(t);
 }
 
-policy *policy_new(live *l, ks *k, act *a, rds_pool *pool) {
+policy *policy_new(live *l, ks *k, act *a, rds_pool *pool, ctr *counters) {
     policy *p = calloc(1, sizeof *p);
     if (!p) return NULL;
-    p->l = l, p->k = k, p->a = a, p->pool = pool;
+    p->l = l, p->k = k, p->a = a, p->pool = pool, p->counters = counters;
     p->vms = tslot_new(tvm_create, tvm_destroy, NULL);
     if (!p->vms) {
         free(p);
@@ -51,12 +65,6 @@ void policy_free(policy *p) {
     tslot_free(p->vms);
     free(p);
 }
-
-typedef struct gate_ctx {
-    policy *p;
-    sale_res *res;
-    int rejected;
-} gate_ctx;
 
 static void on_decision(void *ud, const rules_decision *d) {
     gate_ctx *g = ud;
@@ -73,6 +81,44 @@ static void on_decision(void *ud, const rules_decision *d) {
     if (c) act_decision(g->p->a, c, d);
 }
 
+/* A sale rule failed (error, limit, deadline): logged with FILE:LINE like
+ * any rule error; the gate decides what the sale gets. */
+static void on_rule_error(void *ud, const char *rule, const char *msg) {
+    tvm *t = ud;
+    log_error("rules", "%s rule=%s", msg, rule);
+    if (t->cur && !t->cur->failed_rule[0])
+        snprintf(t->cur->failed_rule, sizeof t->cur->failed_rule, "%s", rule);
+}
+
+/* Make T's vm evaluate the live set (rebuilt on a generation change; the
+ * previous vm carries ctx.state over). */
+static void sync_vm(policy *p, tvm *t) {
+    uint64_t g = live_generation(p->l);
+    if (t->vm && t->gen == g) return;
+    uint64_t got;
+    rules_set *set = live_get(p->l, &got);
+    rules_vm *nvm = NULL;
+    if (set && rules_set_listens(set, RULES_SALE_CHANNEL)) {
+        char err[256] = "";
+        nvm = rules_vm_new_kind(set, t->vm, RULES_VM_SALE, err, sizeof err);
+        if (!nvm) {
+            /* Keep the previous evaluator rather than none: a sale must not
+             * skip its rules because a state could not be built. */
+            log_error("policy", "cannot build a sale-rule evaluator for generation %llu: %s; "
+                      "keeping the previous one", (unsigned long long)got, err);
+            rules_set_unref(set);
+            t->gen = got;
+            return;
+        }
+        rules_vm_on_error(nvm, on_rule_error, t);
+        if (p->counters) rules_vm_set_incr(nvm, ctr_incr, p->counters);
+    }
+    rules_set_unref(set);
+    rules_vm_free(t->vm);
+    t->vm = nvm;
+    t->gen = got;
+}
+
 sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
     policy *p = ud;
     char scope[KS_SCOPE_MAX + 1];
@@ -84,36 +130,47 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
         return SALE_HALTED;
     }
     tvm *t = tslot_get(p->vms);
-    if (!t) return SALE_OK;
-    uint64_t g = live_generation(p->l);
-    if (!t->vm || t->gen != g) {
-        uint64_t got;
-        rules_set *set = live_get(p->l, &got);
-        rules_vm *nvm = NULL;
-        if (set && rules_set_listens(set, RULES_SALE_CHANNEL)) {
-            char err[256] = "";
-            nvm = rules_vm_new(set, t->vm, err, sizeof err);
-            if (!nvm) log_error("policy", "cannot build a sale-rule evaluator: %s", err);
-        }
-        rules_set_unref(set);
-        rules_vm_free(t->vm);
-        t->vm = nvm;
-        t->gen = got;
+    if (!t) {
+        res->status = SALE_UNAVAILABLE;
+        snprintf(res->message, sizeof res->message, "out of memory building the sale-rule evaluator");
+        return SALE_UNAVAILABLE;
     }
+    sync_vm(p, t);
     if (!t->vm) return SALE_OK;
 
     cJSON *ev = cJSON_CreateObject();
+    if (!ev) {
+        res->status = SALE_UNAVAILABLE;
+        snprintf(res->message, sizeof res->message, "out of memory evaluating the sale rules");
+        return SALE_UNAVAILABLE;
+    }
     cJSON_AddStringToObject(ev, "type", "sale_request");
     cJSON_AddStringToObject(ev, "sku", req->sku);
     cJSON_AddNumberToObject(ev, "qty", (double)req->qty);
     if (req->has_price) cJSON_AddNumberToObject(ev, "unit_price", req->unit_price);
     cJSON_AddStringToObject(ev, "order_id", req->order_id);
-    gate_ctx gc = { p, res, 0 };
-    rules_eval_cjson(t->vm, RULES_SALE_CHANNEL, ev, (long long)time(NULL), on_decision, &gc);
+    gate_ctx gc = { .p = p, .res = res };
+    t->cur = &gc;
+    int failed = rules_eval_cjson(t->vm, RULES_SALE_CHANNEL, ev, (long long)time(NULL), on_decision, &gc);
+    t->cur = NULL;
     cJSON_Delete(ev);
     if (gc.rejected) {
         res->status = SALE_REJECTED;
         return SALE_REJECTED;
+    }
+    if (failed > 0) {
+        int allow = rules_set_sale_allow(rules_vm_set(t->vm));
+        metrics_sale_rule_failure(!allow);
+        if (!allow) {
+            const char *rule = gc.failed_rule[0] ? gc.failed_rule : "?";
+            res->status = SALE_REJECTED;
+            snprintf(res->rule, sizeof res->rule, "%s", rule);
+            snprintf(res->reason, sizeof res->reason,
+                     "sale rule failed (rules.sale_on_error=reject: sales fail closed)");
+            snprintf(res->message, sizeof res->message,
+                     "rejected: sale rule %s failed, and sales fail closed (rules.sale_on_error=reject)", rule);
+            return SALE_REJECTED;
+        }
     }
     return SALE_OK;
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "nerve/actions.h"
+#include "nerve/counters.h"
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/queue.h"
@@ -36,6 +37,7 @@ typedef struct eval_opts {
     act *act;
     ks *ks;
     rds_pool *pool;
+    ctr *counters;              /* ctx.incr backend; NULL: counted per Lua state */
     int stall_ms;               /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
 } eval_opts;
 

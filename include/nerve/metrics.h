@@ -35,6 +35,10 @@ void metrics_reload(int ok);
  * ("info", "warning", "critical", "fatal"; anything else counts as "other"). */
 void metrics_alert_suppressed(const char *level);
 
+/* A sale_request rule failed; REJECTED: the sale was refused (sale_on_error
+ * reject), else let through (allow). */
+void metrics_sale_rule_failure(int rejected);
+
 typedef struct metrics_sources {
     struct live *live;
     struct eval *eval;
