@@ -10,6 +10,8 @@ typed wrong and sold a thousand times. This rule watches the money events and
         daily_budget:
           kill  scope "campaign:<C>", halt_sales = false  (pause the campaign)
           alert critical, scope "campaign:<C>".
+        (<C> as ctx.scope writes it: bytes outside the scope grammar are
+        percent-encoded, "Spring Sale" -> "campaign:Spring%20Sale".)
     {"type": "revenue", "amount": A}     adds A to the day's revenue.
     {"type": "refund", "amount": A}      adds A to the day's refunds. Once the
         day's revenue is at least min_revenue_for_ratio and refunds are over
@@ -72,9 +74,16 @@ local function min_price(params, sku)
   return param(params, "min_unit_price")
 end
 
--- Identifiers that become part of a kill scope: printable, no spaces.
-local function valid_id(s)
-  return type(s) == "string" and #s > 0 and #s <= 128 and s:match("^[%w._:@/-]+$") ~= nil
+-- A campaign id: any 1..128 bytes without control characters. ctx.scope
+-- percent-encodes what the scope grammar does not allow, so a campaign named
+-- "Spring Sale" is still budgeted, and its kill can be listed and reset.
+local function valid_campaign(s)
+  return type(s) == "string" and #s > 0 and #s <= 128 and not s:find("[%c]")
+end
+
+-- A SKU as nerve sells them: [A-Za-z0-9._:-], 1..128 bytes.
+local function valid_sku(s)
+  return type(s) == "string" and #s > 0 and #s <= 128 and s:match("^[%w._:-]+$") ~= nil
 end
 
 local function valid_amount(a)
@@ -109,7 +118,7 @@ end
 
 local function on_spend(event, ctx)
   local campaign, amount = event.campaign, event.amount
-  if not valid_id(campaign) or not valid_amount(amount) then
+  if not valid_campaign(campaign) or not valid_amount(amount) then
     log("debug", "ignoring a malformed spend event")
     return nil
   end
@@ -120,10 +129,7 @@ local function on_spend(event, ctx)
   if total <= budget then
     return nil
   end
-  -- TODO(issue 9, scope grammar): build this with ctx.scope("campaign", campaign)
-  -- once the sandbox has it, so that any campaign id yields a scope the admin
-  -- API can list and reset (valid_id above keeps ids inside the grammar today).
-  local scope = "campaign:" .. campaign
+  local scope = ctx.scope("campaign", campaign)
   local what = string.format("ad spend of campaign %s on %s is %s, over the daily budget of %s",
                              campaign, day, money(total), money(budget))
   return {
@@ -193,7 +199,7 @@ end
 
 local function on_sale(event, ctx)
   local sku, price, qty, catalog = event.sku, event.unit_price, event.qty, event.catalog_price
-  if event.type ~= "sale" or not valid_id(sku) then
+  if event.type ~= "sale" or not valid_sku(sku) then
     return nil
   end
   if price ~= nil and type(price) ~= "number" then
@@ -205,7 +211,7 @@ local function on_sale(event, ctx)
     t.revenue = t.revenue + qty * price
   end
   local min = min_price(ctx.params, sku)
-  local scope = "sku:" .. sku
+  local scope = ctx.scope("sku", sku)
   local order = tostring(event.order_id or "?")
   if valid_amount(catalog) and catalog < min then
     -- The operator's catalog price is under the floor: a real pricing error.
@@ -278,6 +284,14 @@ return {
           reason = "ad spend of campaign c1 on 2026-01-01 is 110.50, over the daily budget of 100.00: pausing the campaign" },
         { action = "alert", level = "critical", scope = "campaign:c1",
           reason = "ad spend of campaign c1 on 2026-01-01 is 110.50, over the daily budget of 100.00" },
+      },
+    },
+    { -- any campaign id is budgeted; its scope is percent-encoded into the grammar
+      channel = "financial_events", now = DAY1 + 60, params = P,
+      event = { type = "spend", campaign = "Spring Sale/50%", amount = 100.5 },
+      expect = {
+        { action = "kill", scope = "campaign:Spring%20Sale/50%25", halt_sales = false },
+        { action = "alert", level = "critical", scope = "campaign:Spring%20Sale/50%25" },
       },
     },
     { -- budgets are per campaign

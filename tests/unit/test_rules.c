@@ -787,7 +787,7 @@ static void test_shipped_load(void **state)
     assert_string_equal(in.channels[0], "financial_events");
     assert_string_equal(in.channels[1], "sales_events");
     assert_string_equal(in.channels[2], RULES_SALE_CHANNEL);
-    assert_int_equal(in.n_fixtures, 27);
+    assert_int_equal(in.n_fixtures, 28);
     assert_int_equal(strlen(in.sha256), 64);
     assert_int_equal(rules_set_info(s, 1, &in), 0);
     assert_string_equal(in.name, "inventory_threshold");
