@@ -72,8 +72,10 @@ typedef struct sale_res {
 #define SALE_PRICE_MAX 1e15
 
 /* Validate a JSON body: {"sku": str, "qty": int >= 1, "order_id": str?,
- * "unit_price": number?}. On success fills REQ (generating an order_id when
- * absent) and returns 0; otherwise returns -1 with a human message in ERR. */
+ * "unit_price": number 0..1e15?}. On success fills REQ (generating an
+ * order_id when absent) and returns 0; otherwise returns -1 with a human
+ * message in ERR. The unit_price is the client's offer: the commit refuses it
+ * under the SKU's catalog price, and it is never trusted as the price. */
 int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
                char *err, size_t errlen);
 
