@@ -663,6 +663,11 @@ static int sbx_guarded(lua_State *L)
         double left = s->deadline_ns > now ? (double)(s->deadline_ns - now) : 0;
         double units = estimate(L, kind);
 
+        if (units * NS_PER_UNIT > left && units * NS_PER_UNIT <= s->timeout_ms * 1e6) {
+            /* It would fit a whole evaluation, not the time left: the rule
+             * is over its deadline. */
+            return sbx_abort(L, s, RULES_SBX_TIME);
+        }
         if (units * NS_PER_UNIT > left) {
             const char *name = lua_tostring(L, lua_upvalueindex(3));
             char msg[400];
@@ -670,13 +675,13 @@ static int sbx_guarded(lua_State *L)
             /* lua_pushfstring knows no %g precision: format here. */
             if (kind >= G_FIND && kind <= G_GSUB)
                 snprintf(msg, sizeof(msg), "%s: pattern too costly for a %.0f-byte subject (it "
-                         "could backtrack for about %.3g steps, more than the %.0f ms left "
-                         "before the evaluation deadline): shorten the subject or simplify "
-                         "the pattern", name, str_arg_len(L, 1), units, floor(left / 1e6));
+                         "could backtrack for about %.3g steps, more than fit in the %d ms "
+                         "evaluation deadline): shorten the subject or simplify the pattern",
+                         name, str_arg_len(L, 1), units, s->timeout_ms);
             else
                 snprintf(msg, sizeof(msg), "%s: too much work for one call (about %.3g steps, "
-                         "more than the %.0f ms left before the evaluation deadline)", name,
-                         units, floor(left / 1e6));
+                         "more than fit in the %d ms evaluation deadline)", name, units,
+                         s->timeout_ms);
             return luaL_error(L, "%s", msg);
         }
     }

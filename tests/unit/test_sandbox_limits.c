@@ -1,0 +1,453 @@
+/* test_sandbox_limits.c -- the evaluation deadline (rules.eval_timeout_ms)
+ * holds whatever the Lua does, ctx.incr and ctx.scope, vms of one kind, and
+ * rule files that cannot be read. No network: rules are written to a
+ * temporary directory and evaluated in process.
+ *
+ * Each hostile case ran forever (or for hours) before the deadline existed:
+ * a message handler runs with hooks off, and a C function loops where no
+ * instruction is counted. Here each must end as that rule's error, quickly,
+ * and the rule after it must still decide.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "nerve/config.h"
+#include "nerve/rules.h"
+
+#define TIMEOUT_MS 50
+
+static char dir[256];
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void write_rule(const char *name, const char *text)
+{
+    char path[512];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Load FILES from dir with a huge instruction limit, so that only the
+ * deadline can stop a loop. */
+static rules_set *load_files(const char *const *files, size_t n, char **errs)
+{
+    cfg c;
+    rules_set *s;
+
+    memset(&c, 0, sizeof(c));
+    c.rules_dir = dir;
+    c.rules_files = (char **)files;
+    c.n_rules_files = n;
+    c.rules_instruction_limit = 1000000000;
+    c.rules_memory_limit = 8 << 20;
+    c.rules_eval_timeout_ms = TIMEOUT_MS;
+    c.max_event_bytes = 4096;
+    c.params = cJSON_CreateObject();
+    *errs = NULL;
+    s = rules_set_load(&c, errs);
+    cJSON_Delete(c.params);
+    return s;
+}
+
+typedef struct capture {
+    int n_err, n_dec;
+    char err[4][1024];
+    char reason[4][256];
+    char scope[4][256];
+} capture;
+
+static void on_dec(void *ud, const rules_decision *d)
+{
+    capture *c = ud;
+
+    if (c->n_dec < 4) {
+        snprintf(c->reason[c->n_dec], sizeof(c->reason[0]), "%s", d->reason);
+        snprintf(c->scope[c->n_dec], sizeof(c->scope[0]), "%s", d->scope ? d->scope : "");
+    }
+    c->n_dec++;
+}
+
+static void on_err(void *ud, const char *rule, const char *msg)
+{
+    capture *c = ud;
+
+    (void)rule;
+    if (c->n_err < 4)
+        snprintf(c->err[c->n_err], sizeof(c->err[0]), "%s", msg);
+    c->n_err++;
+}
+
+typedef struct hostile {
+    const char *name;
+    const char *body;           /* the body of evaluate(e, ctx) */
+    const char *want;           /* the error must contain this */
+} hostile;
+
+static const hostile cases[] = {
+    { "xpcall_handler_loop", "xpcall(error, function() while true do end end)",
+      "evaluation deadline exceeded (50 ms)" },
+    { "nested_xpcall", "xpcall(function() xpcall(error, function() while true do end end) end,\n"
+                       "  function() while true do end end)", "evaluation deadline exceeded" },
+    { "pcall_swallow_loop", "while true do pcall(function() while true do end end) end",
+      "evaluation deadline exceeded" },
+    { "close_loop", "do local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+                    "  error('boom') end", "evaluation deadline exceeded" },
+    { "goto_loop", "::top:: goto top", "evaluation deadline exceeded" },
+    { "gsub_fn_loop", "('x'):gsub('x', function() while true do end end)", "evaluation deadline exceeded" },
+    { "sort_cmp_loop", "table.sort({3, 2, 1}, function(a, b) while true do end end)",
+      "evaluation deadline exceeded" },
+    { "error_tostring", "error(setmetatable({}, {__tostring = function() while true do end end}))",
+      "error object is a table value" },
+    { "table_move", "table.move({}, 1, 1e15, 2)", "table.move: too much work for one call" },
+    { "table_concat", "table.concat({}, '', 1, 1e15)", "table.concat: too much work for one call" },
+    { "find_quadratic", "local s = ('a'):rep(40000); s:find('.-b')",
+      "string.find: pattern too costly for a 40000-byte subject" },
+    { "balance", "local s = ('('):rep(100000); s:find('%b()')", "string.find: pattern too costly" },
+    { "long_pattern", "local s = ('a'):rep(200000); s:match(('a'):rep(100000) .. 'b')",
+      "string.match: pattern too costly" },
+    { "gmatch_loop", "for w in ('a'):rep(100000):gmatch('.-.-b') do end", "string.gmatch: pattern too costly" },
+    { "os_date", "os.date(('%c'):rep(2000000))", "os.date: too much work for one call" },
+    { "rep_then_find_loop", "local s = ('ab'):rep(100000)\n"
+                            "while true do s:find('b', 1, true) end", "evaluation deadline exceeded" },
+    { "utf8_len_loop", "local s = ('\\u{10FFFF}'):rep(1000000)\nwhile true do utf8.len(s) end",
+      "evaluation deadline exceeded" },
+};
+
+static void test_hostile_case(void **state)
+{
+    const hostile *h = *state;
+    const char *files[] = { "hostile.lua", "good.lua" };
+    char text[2048], *errs;
+    capture cap;
+    rules_set *s;
+    rules_vm *vm;
+    double t0, took;
+
+    snprintf(text, sizeof(text), "return { name = '%s', on = {'t'},\n"
+             "  evaluate = function(e, ctx)\n%s\n  end }\n", h->name, h->body);
+    write_rule("hostile.lua", text);
+    s = load_files(files, 2, &errs);
+    if (s == NULL)
+        fail_msg("load: %s", errs);
+    vm = rules_vm_new(s, NULL, text, sizeof(text));
+    assert_non_null(vm);
+    rules_vm_on_error(vm, on_err, &cap);
+    for (int round = 0; round < 2; round++) {
+        memset(&cap, 0, sizeof(cap));
+        t0 = now_s();
+        assert_int_equal(rules_eval(vm, "t", "{}", 2, on_dec, &cap), 1);
+        took = now_s() - t0;
+        assert_int_equal(cap.n_err, 1);
+        if (strstr(cap.err[0], h->want) == NULL || strncmp(cap.err[0], dir, strlen(dir)) != 0)
+            fail_msg("%s: got \"%s\", want FILE:LINE: ...%s...", h->name, cap.err[0], h->want);
+        /* The neighbour still decides, and the hostile rule cost at most
+         * about its deadline (generous bound: sanitizers and valgrind). */
+        assert_int_equal(cap.n_dec, 1);
+        assert_string_equal(cap.reason[0], "good");
+        if (took > 2.0)
+            fail_msg("%s: evaluation took %.3f s (deadline %d ms)", h->name, took, TIMEOUT_MS);
+    }
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
+/* string.rep("", 1e15) used to loop 1e15 times copying nothing. */
+static void test_rep_empty(void **state)
+{
+    const char *files[] = { "rep.lua" };
+    char *errs, err[256];
+    capture cap = { 0 };
+
+    (void)state;
+    write_rule("rep.lua", "return { name = 'rep', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  local s = string.rep('', 1e15) .. string.rep('', 1e15, '')\n"
+               "  return { action = 'alert', level = 'info', reason = 'len ' .. #s } end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    assert_int_equal(rules_eval(vm, "t", "{}", 2, on_dec, &cap), 0);
+    assert_int_equal(cap.n_dec, 1);
+    assert_string_equal(cap.reason[0], "len 0");
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
+/* A fixture that loops fails the load within a few deadlines, and the
+ * fixtures after it are not run. */
+static void test_fixture_deadline(void **state)
+{
+    const char *files[] = { "fix.lua" };
+    char *errs;
+    double t0 = now_s();
+
+    (void)state;
+    write_rule("fix.lua", "return { name = 'fix', on = {'t'},\n"
+               "  evaluate = function(e, ctx) while e.loop do end end,\n"
+               "  tests = {\n"
+               "    { channel = 't', event = { loop = true }, expect = {} },\n"
+               "    { channel = 't', event = { loop = true }, expect = {} },\n"
+               "    { channel = 't', event = { loop = true }, expect = {} },\n"
+               "  } }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_null(s);
+    assert_non_null(errs);
+    if (strstr(errs, "/fix.lua:2: fixture 1 (t): evaluation deadline exceeded (50 ms)\n") == NULL ||
+        strstr(errs, "fixtures 2 to 3 not run after that limit") == NULL)
+        fail_msg("errors: %s", errs);
+    assert_true(now_s() - t0 < 2.0);
+    free(errs);
+
+    /* A chunk that loops at load. */
+    write_rule("fix.lua", "while true do end\nreturn {}\n");
+    s = load_files(files, 1, &errs);
+    assert_null(s);
+    if (strstr(errs, "/fix.lua:1: evaluation deadline exceeded (50 ms)") == NULL)
+        fail_msg("errors: %s", errs);
+    free(errs);
+}
+
+static int eval_now(rules_vm *vm, long long now, const char *json, capture *cap)
+{
+    cJSON *ev = cJSON_Parse(json);
+    int rc;
+
+    memset(cap, 0, sizeof(*cap));
+    rc = rules_eval_cjson(vm, "t", ev, now, on_dec, cap);
+    cJSON_Delete(ev);
+    return rc;
+}
+
+/* The local ctx.incr (fixtures, dry runs) counts in fixed windows aligned on
+ * multiples of window_s, as the Redis one does. */
+static void test_incr_local(void **state)
+{
+    const char *files[] = { "incr.lua" };
+    char *errs, err[256];
+    capture cap;
+
+    (void)state;
+    write_rule("incr.lua", "return { name = 'incr', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  return { action = 'alert', level = 'info',\n"
+               "           reason = tostring(ctx.incr(e.key, 60, e.by)) } end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    eval_now(vm, 120, "{\"key\":\"a\"}", &cap);
+    assert_string_equal(cap.reason[0], "1");
+    eval_now(vm, 179, "{\"key\":\"a\",\"by\":4}", &cap);
+    assert_string_equal(cap.reason[0], "5");
+    eval_now(vm, 179, "{\"key\":\"b\"}", &cap);
+    assert_string_equal(cap.reason[0], "1");
+    eval_now(vm, 179, "{\"key\":\"a\",\"by\":0}", &cap);
+    assert_string_equal(cap.reason[0], "5");
+    eval_now(vm, 180, "{\"key\":\"a\"}", &cap);          /* next window */
+    assert_string_equal(cap.reason[0], "1");
+    eval_now(vm, 180, "{\"key\":\"\"}", &cap);
+    assert_int_equal(cap.n_err, 1);
+    assert_non_null(strstr(cap.err[0], "key must be 1 to 128 bytes"));
+    eval_now(vm, 180, "{\"key\":\"a\",\"by\":-1}", &cap);
+    assert_int_equal(cap.n_err, 1);
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
+/* A counter backend that records what it is asked. */
+static int fake_incr(void *ud, const char *rule, const char *key, size_t keylen,
+                     long long window_s, long long by, long long now, long long *count,
+                     char *err, size_t errlen)
+{
+    char *seen = ud;
+
+    if (strcmp(key, "down") == 0) {
+        snprintf(err, errlen, "redis unavailable");
+        return -1;
+    }
+    snprintf(seen, 256, "%s|%.*s|%lld|%lld|%lld", rule, (int)keylen, key, window_s, by, now);
+    *count = 42;
+    return 0;
+}
+
+static void test_incr_backend(void **state)
+{
+    const char *files[] = { "incr.lua" };
+    char *errs, err[256], seen[256] = "";
+    capture cap;
+
+    (void)state;
+    write_rule("incr.lua", "return { name = 'incr', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  return { action = 'alert', level = 'info',\n"
+               "           reason = tostring(ctx.incr(e.key, 3600, 2)) } end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    rules_vm_set_incr(vm, fake_incr, seen);
+    eval_now(vm, 7200, "{\"key\":\"card:1\"}", &cap);
+    assert_string_equal(cap.reason[0], "42");
+    assert_string_equal(seen, "incr|card:1|3600|2|7200");
+    /* A backend error fails the rule (never a silent skip). */
+    eval_now(vm, 7200, "{\"key\":\"down\"}", &cap);
+    assert_int_equal(cap.n_err, 1);
+    assert_non_null(strstr(cap.err[0], "ctx.incr: redis unavailable"));
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
+/* ctx.scope encodes any id into the one scope grammar; a rule returning a
+ * scope outside it is that rule's error. */
+static void test_scope(void **state)
+{
+    const char *files[] = { "scope.lua" };
+    char *errs, err[256];
+    capture cap;
+
+    (void)state;
+    write_rule("scope.lua", "return { name = 'scope', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  if e.raw then return { action = 'kill', scope = e.raw, reason = 'r' } end\n"
+               "  return { action = 'kill', scope = ctx.scope('campaign', e.id), reason = 'r' } end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    eval_now(vm, 1, "{\"id\":\"spring/sale@x\"}", &cap);
+    assert_string_equal(cap.scope[0], "campaign:spring/sale@x");
+    eval_now(vm, 1, "{\"id\":\"spring sale 100%\"}", &cap);
+    assert_string_equal(cap.scope[0], "campaign:spring%20sale%20100%25");
+    eval_now(vm, 1, "{\"raw\":\"campaign:spring sale\"}", &cap);
+    assert_int_equal(cap.n_dec, 0);
+    assert_int_equal(cap.n_err, 1);
+    if (strstr(cap.err[0], "/scope.lua:1: decision 1: invalid scope \"campaign:spring sale\"") == NULL)
+        fail_msg("got %s", cap.err[0]);
+    eval_now(vm, 1, "{\"raw\":\"sku:A%zz\"}", &cap);
+    assert_int_equal(cap.n_err, 1);
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
+/* The evaluator's vm holds only bus rules, a worker's only sale rules. */
+static void test_vm_kinds(void **state)
+{
+    const char *files[] = { "ev.lua", "sale.lua", "both.lua" };
+    char *errs, err[256];
+
+    (void)state;
+    write_rule("ev.lua", "return { name = 'ev', on = {'t'}, evaluate = function() end }\n");
+    write_rule("sale.lua", "return { name = 'sale', on = {'sale_request'}, evaluate = function() end }\n");
+    write_rule("both.lua", "return { name = 'both', on = {'t', 'sale_request'}, evaluate = function() end }\n");
+    rules_set *s = load_files(files, 3, &errs);
+    assert_non_null(s);
+    rules_vm *all = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm *ev = rules_vm_new_kind(s, NULL, RULES_VM_EVENTS, err, sizeof(err));
+    rules_vm *sale = rules_vm_new_kind(s, NULL, RULES_VM_SALE, err, sizeof(err));
+    assert_int_equal(rules_vm_count(all), 3);
+    assert_int_equal(rules_vm_count(ev), 2);
+    assert_int_equal(rules_vm_count(sale), 2);
+    rules_vm_free(all);
+    rules_vm_free(ev);
+    rules_vm_free(sale);
+    rules_set_unref(s);
+}
+
+/* A *.lua that cannot be read is a load error naming it, never skipped. */
+static void test_unreadable_files(void **state)
+{
+    char path[512], *errs;
+    cfg c;
+    rules_set *s;
+
+    (void)state;
+    char sub[300];
+    snprintf(sub, sizeof(sub), "%s/d", dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    snprintf(path, sizeof(path), "%s/good.lua", sub);
+    FILE *f = fopen(path, "w");
+    fputs("return { name = 'good', on = {'t'}, evaluate = function() end }\n", f);
+    fclose(f);
+    snprintf(path, sizeof(path), "%s/inventory.lua", sub);
+    assert_int_equal(symlink("/nonexistent/inventory.lua", path), 0);
+    snprintf(path, sizeof(path), "%s/dir.lua", sub);
+    assert_int_equal(mkdir(path, 0700), 0);
+
+    memset(&c, 0, sizeof(c));
+    c.rules_dir = sub;
+    c.rules_instruction_limit = 100000;
+    c.rules_memory_limit = 1 << 20;
+    c.max_event_bytes = 4096;
+    c.params = cJSON_CreateObject();
+    s = rules_set_load(&c, &errs);
+    cJSON_Delete(c.params);
+    assert_null(s);
+    char want[1024];
+    snprintf(want, sizeof(want), "%s/inventory.lua:1: cannot load rule file: dangling symlink "
+             "(No such file or directory)\n", sub);
+    if (strstr(errs, want) == NULL)
+        fail_msg("errors: %s", errs);
+    snprintf(want, sizeof(want), "%s/dir.lua:1: cannot load rule file: not a regular file\n", sub);
+    if (strstr(errs, want) == NULL)
+        fail_msg("errors: %s", errs);
+    free(errs);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "%s/nerve-sbx.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    write_rule("good.lua", "return { name = 'good', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  return { action = 'alert', level = 'info', reason = 'good' } end }\n");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[512];
+
+    (void)state;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    struct CMUnitTest tests[sizeof(cases) / sizeof(cases[0]) + 16];
+    size_t n = 0;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct CMUnitTest t = cmocka_unit_test_prestate(test_hostile_case, (void *)&cases[i]);
+
+        t.name = cases[i].name;
+        tests[n++] = t;
+    }
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_rep_empty);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_fixture_deadline);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_local);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_backend);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_scope);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_vm_kinds);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_unreadable_files);
+    return _cmocka_run_group_tests("sandbox_limits", tests, n, setup, teardown);
+}
