@@ -17,7 +17,11 @@
  *      at once (control channel), and one whose announcement was lost
  *      within the periodic refresh;
  *   6. fencing: an instance stalled past its lock's TTL while another sold
- *      cannot commit when it wakes up.
+ *      cannot commit when it wakes up;
+ *   7. halts hold at any count: with 10,000 halting records in Redis every
+ *      one answers 423 on every instance, and a new halt holds on the
+ *      instance that engaged it before the admin call returns and on the
+ *      other within 50 ms.
  *
  * To make an instance hold a lock at a chosen moment, the test holds the
  * lock itself with a foreign token, asks the instance to sell, and pauses
@@ -500,13 +504,14 @@ static void test_throttle_fleet_wide(void **state)
 
     /* The other 29 evaluations were counted as suppressed, fleet-wide. */
     long long counted = -1;
-    int rc = h_redis_get_ll(redis, H_PREFIX "throttle:{fleet_alert_every|fleet:t3}:suppressed",
+    int rc = h_redis_get_ll(redis,
+                            H_PREFIX "throttle:{fleet_alert_every|fleet:t3|warning}:suppressed",
                             &counted);
     if (rc != 0 || counted != 29)
         fail_msg("suppressed counter in Redis: expected 29 (30 evaluations, 1 published), got "
                  "%lld (rc %d)", counted, rc);
     long long ttl = redis_ll(h_redis_cmd(redis, "TTL " H_PREFIX
-                                         "throttle:{fleet_alert_every|fleet:t3}"));
+                                         "throttle:{fleet_alert_every|fleet:t3|warning}"));
     if (ttl <= 0 || ttl > 60)
         fail_msg("throttle marker TTL: expected 1..60 s, got %lld", ttl);
     fleet_stop();
@@ -1286,6 +1291,148 @@ static void test_fencing_stalled_holder(void **state)
 
 /* --- main ------------------------------------------------------------------------ */
 
+/* --- 7. halts hold at any count ---------------------------------------------- */
+
+#define MANY 10000
+
+/* Write (DEL when !ON) the halting records of sku:many-00000..MANY-1 and
+ * their index entries straight into Redis, pipelined, as instances that
+ * engaged them would have. */
+static void many_records(bool on)
+{
+    redisContext *c = h_redis_connect(redis);
+    assert_non_null(c);
+    for (int i = 0; i < MANY; i++) {
+        char scope[32], rec[256];
+        snprintf(scope, sizeof scope, "sku:many-%05d", i);
+        snprintf(rec, sizeof rec,
+                 "{\"scope\":\"%s\",\"reason\":\"many\",\"rule\":\"fleet\",\"ts\":1,"
+                 "\"instance\":\"gone:1\",\"state\":\"dry_run\",\"halt_sales\":true,\"attempts\":0}",
+                 scope);
+        if (on) {
+            redisAppendCommand(c, "SET " H_PREFIX "kill:%s %s", scope, rec);
+            redisAppendCommand(c, "SADD " H_PREFIX "kills %s", scope);
+        } else {
+            redisAppendCommand(c, "DEL " H_PREFIX "kill:%s", scope);
+            redisAppendCommand(c, "SREM " H_PREFIX "kills %s", scope);
+        }
+    }
+    for (int i = 0; i < 2 * MANY; i++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep == NULL ||
+            rep->type == REDIS_REPLY_ERROR)
+            fail_msg("writing the %d records: reply %d failed", MANY, i);
+        freeReplyObject(rep);
+    }
+    redisFree(c);
+}
+
+/* Poll sales of SKU (no stock) through D until one answers 423 naming
+ * sku:SKU; the seconds it took from T0. Fails after MS. */
+static double wait_halted(const h_daemon *d, const char *sku, double t0, int ms)
+{
+    double dl = h_deadline(ms);
+    char scope[64], last[512] = "";
+    snprintf(scope, sizeof scope, "sku:%s", sku);
+    while (h_before(dl)) {
+        h_resp r;
+        long st = h_sale(d, "/sale", sku, 1, NULL, &r);
+        const char *sc = h_jstr(r.json, "scope");
+        bool hit = st == 423 && sc && strcmp(sc, scope) == 0;
+        snprintf(last, sizeof last, "%ld %s", st, r.body);
+        h_resp_free(&r);
+        if (hit)
+            return h_now() - t0;
+        h_nap();
+    }
+    fail_msg("%s: a sale of %s still answers %s after %d ms; expected 423 naming %s", d->base,
+             sku, last, ms, scope);
+    return -1;
+}
+
+/* One sale of SKU through D answers 423 naming sku:SKU, now. */
+static void expect_halted_now(const h_daemon *d, const char *sku, const char *when)
+{
+    h_resp r;
+    char scope[64];
+    snprintf(scope, sizeof scope, "sku:%s", sku);
+    h_sale(d, "/sale", sku, 1, NULL, &r);
+    const char *sc = h_jstr(r.json, "scope");
+    if (r.status != 423 || sc == NULL || strcmp(sc, scope) != 0)
+        fail_msg("%s: a sale of %s on %s answered %ld %s; expected 423 naming %s", when, sku,
+                 d->base, r.status, r.body, scope);
+    h_resp_free(&r);
+}
+
+static void test_halts_at_any_count(void **state)
+{
+    (void)state;
+    char rset[PATH_MAX + 16];
+    H_RULES_DIR("fleet-quiet", "quiet.lua", QUIET_RULE, NULL, 0, rset, sizeof rset);
+    const char *sets[] = { rset, "bus.channels=[fleet_quiet]", "panic.dry_run=true", NULL };
+    fleet[0] = h_daemon_startv(redis, true, sets, 3);
+    fleet[1] = h_daemon_startv(redis, true, sets, 3);
+    if (fleet[0] == NULL || fleet[1] == NULL)
+        fail_msg("the two instances did not start");
+    H_WAIT_SUBSCRIBERS(redis, H_PREFIX "control", 2);
+
+    /* 10,000 halts engaged elsewhere: the periodic refresh (2 s) brings
+     * every one of them into both caches. */
+    double t0 = h_now();
+    many_records(true);
+    long long sold = 0;
+    for (int i = 0; i < 2; i++) {
+        double took = wait_halted(fleet[i], "many-09999", t0, 8000);
+        printf("fleet many: instance %d holds %d halts %.0f ms after they were written\n", i + 1,
+               MANY, took * 1000);
+    }
+    for (int i = 0; i < MANY; i += MANY / 200) {
+        char sku[32];
+        snprintf(sku, sizeof sku, "many-%05d", i);
+        expect_halted_now(fleet[0], sku, "10,000 halts");
+        expect_halted_now(fleet[1], sku, "10,000 halts");
+    }
+    assert_int_equal(sold, 0);
+
+    /* New halts on top: on the instance that engaged them before the admin
+     * call returned, on the other within 50 ms. */
+    double worst = 0;
+    for (int v = 0; v < 3; v++) {
+        char sku[32], scope[40], body[160];
+        snprintf(sku, sizeof sku, "many-victim-%d", v);
+        snprintf(scope, sizeof scope, "sku:%s", sku);
+        H_SET_STOCK(fleet[0], sku, 100);
+        h_resp r;
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(h_sale(fleet[i], "/sale", sku, 1, NULL, &r), 200);
+            h_resp_free(&r);
+        }
+        snprintf(body, sizeof body, "{\"scope\":\"%s\",\"reason\":\"victim\",\"halt_sales\":true}",
+                 scope);
+        h_http(fleet[0], "POST", "/admin/killswitch", body, &r,
+               "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+        t0 = h_now();
+        if (r.status != 200)
+            fail_msg("POST /admin/killswitch %s: %ld %s", scope, r.status, r.body);
+        h_resp_free(&r);
+        expect_halted_now(fleet[0], sku, "right after the admin call returned");
+        double took = wait_sale_answer(fleet[1], sku, 423, scope, t0, 1000, &sold);
+        printf("fleet many: halt %d held on the other instance %.1f ms after the admin call "
+               "returned (with %d halts cached)\n", v + 1, took * 1000, MANY);
+        if (took > worst)
+            worst = took;
+    }
+    if (worst > 0.050)
+        fail_msg("a new halt took %.1f ms to reach the other instance; expected within 50 ms",
+                 worst * 1000);
+    expect_halted_now(fleet[1], "many-00000", "after the new halts");
+    assert_int_equal(sold, 0);
+
+    many_records(false);
+    fleet_stop();
+    h_pass();
+}
+
 static int setup(void **state)
 {
     h_hook_reset(hook);
@@ -1324,6 +1471,7 @@ int main(void)
         T(test_dead_lock_holder),
         T(test_halt_reaches_fleet),
         T(test_fencing_stalled_holder),
+        T(test_halts_at_any_count),
     };
     h_group_use(&redis, NULL, NULL);
     h_group_hook(&hook, hook_set, sizeof hook_set);
