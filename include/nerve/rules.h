@@ -20,11 +20,14 @@
  *              its counters; the last unref frees it.
  *
  *   rules_vm   an evaluator instantiated from a set for ONE thread. It holds one
- *              lua_State per rule, so a rule that leaks memory cannot starve
- *              another; each state has a byte-counting allocator capped at
- *              rules.memory_limit, and each evaluation an instruction budget of
- *              rules.instruction_limit. A rules_vm is not thread-safe: give each
- *              evaluating thread its own (ctx.state is then per thread too).
+ *              lua_State per rule (of one kind: bus rules for the evaluator,
+ *              sale_request rules for an HTTP worker), so a rule that leaks
+ *              memory cannot starve another; each state has a byte-counting
+ *              allocator capped at rules.memory_limit, and each evaluation an
+ *              instruction budget of rules.instruction_limit and a wall-clock
+ *              deadline of rules.eval_timeout_ms. A rules_vm is not
+ *              thread-safe: give each evaluating thread its own (ctx.state is
+ *              then per thread too; ctx.incr is the fleet-wide count).
  *
  * Sandbox: the globals are a whitelist -- assert error ipairs next pairs pcall
  * xpcall select tonumber tostring type unpack rawequal rawlen rawget
@@ -34,28 +37,38 @@
  * 16 lines per evaluation). No io, debug, package, require, load, loadfile,
  * dofile, collectgarbage, print, rawset. Over the instruction or memory limit
  * the evaluation is aborted and a pcall inside the rule cannot swallow that:
- * the count hook keeps raising until control is back in C. The memory limit
+ * the count hook keeps raising until control is back in C. The same holds for
+ * the deadline, which the count hook checks every 1000 instructions; xpcall
+ * never runs a rule's message handler once an abort is pending (Lua runs it
+ * with hooks off), and every function of string, table, utf8 and os.date is
+ * guarded: a call whose estimated work cannot fit the deadline is refused
+ * before it starts, and the clock is checked when it returns. The memory limit
  * counts live data: an allocation over the cap first gets an emergency
  * collection (states run the generational collector, so garbage rarely piles
  * up); only what still does not fit aborts, and the rule then gets a fresh
  * state (its ctx.state is lost). C functions that allocate (string.rep,
  * table.concat, patterns...) are bounded by the memory limit; CPU inside one
  * C call is not seen by the hook, so string.find/match/gmatch/gsub refuse a
- * call whose worst-case backtracking (subject length ^ repeated items) is
- * over 1e8 steps.
+ * call whose worst-case backtracking (attempts x items x subject length per
+ * backtracking repeat, %b or back reference) could not finish before the
+ * deadline.
  *
  * evaluate(event, ctx): EVENT is the event JSON as a fresh Lua table (JSON
  * null = absent key; integral numbers are integers). CTX is read-only:
  * ctx.params (read-only, recursively, from rules.params), ctx.channel,
- * ctx.now (integer epoch seconds) and ctx.state, a table owned by the rule that
+ * ctx.now (integer epoch seconds), ctx.state, a table owned by the rule that
  * persists between events of that vm and across reloads when the rule's name
- * and source are unchanged (see rules_vm_new). It returns nothing, one
+ * and source are unchanged (see rules_vm_new), ctx.scope(kind, id) ("kind:"
+ * .. id percent-encoded into the scope grammar of nerve/scope.h) and
+ * ctx.incr(key, window_s [, by]) (a counter of this rule in fixed windows:
+ * see rules_incr_fn; fleet-wide in the daemon). It returns nothing, one
  * decision, or a list of decisions (at most RULES_MAX_DECISIONS):
  *     {action="alert", level="info"|"warning"|"critical", reason=str, scope=str?}
  *     {action="kill", scope=str, reason=str, halt_sales=bool?}   (default false)
  *     {action="reject", reason=str}                  (only on "sale_request")
  * Unknown fields are errors (a typo such as `halt_sale` must not pass). A scope
- * is 1..RULES_SCOPE_MAX printable ASCII characters without spaces.
+ * must follow the one grammar of nerve/scope.h (scope_valid), so that every
+ * scope a rule can engage can also be listed and reset through the API.
  *
  * Fixtures (tests): each has channel (one of the rule's `on`), event (table),
  * expect (list of partial decisions, {} = no decision), optional now (number,

@@ -30,6 +30,7 @@
 
 #include "nerve/log.h"
 #include "nerve/rules.h"
+#include "nerve/scope.h"
 
 #define FUZZ_CHECK(cond, ...) do { \
         if (!(cond)) { \
@@ -94,8 +95,7 @@ static inline void fuzz_check_decision(const rules_decision *d, const char *chan
     if (d->scope) {
         size_t slen = strlen(d->scope);
 
-        FUZZ_CHECK(slen >= 1 && slen <= RULES_SCOPE_MAX && fuzz_printable(d->scope, slen),
-                   "scope \"%.40s\"", d->scope);
+        FUZZ_CHECK(scope_valid(d->scope, slen), "scope \"%.40s\"", d->scope);
     }
     switch (d->action) {
     case RULES_ALERT:
