@@ -130,6 +130,7 @@ typedef struct rules_sbx {
     int period;                 /* instructions between two count hooks */
     int timeout_ms;             /* wall-clock deadline of one pcall */
     uint64_t deadline_ns;       /* CLOCK_MONOTONIC; set by rules_sbx_pcall */
+    uint64_t last_hook_ns;      /* when the count hook last looked */
     int abort;                  /* RULES_SBX_INSTR / _MEM / _TIME once a limit was hit */
     int abort_line;
     int err_line;               /* line recorded by the message handler */

@@ -167,8 +167,13 @@ uint64_t rules_now_ns(void)
 }
 
 /* Instructions between two looks at the budget and the clock: a look costs
- * about a clock read, so the overhead is well under 1 %. */
-#define HOOK_PERIOD 1000
+ * about a clock read, so the overhead is well under 1 %. Some single
+ * instructions are slow (comparing two 4 MB strings, tonumber on one), so the
+ * period adapts: it shrinks (down to HOOK_PERIOD_MIN) until a look comes about
+ * every HOOK_AIM_NS, and so bounds how far past the deadline a rule can run. */
+#define HOOK_PERIOD     1000
+#define HOOK_PERIOD_MIN 16
+#define HOOK_AIM_NS     1000000.0
 
 /* A limit was hit: record it, make the hook fire on every instruction from
  * now on, and raise the abort token. Raised again at the next instruction if
@@ -190,9 +195,18 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 
     (void)ar;
     if (s->abort == RULES_SBX_OK) {
+        uint64_t now = rules_now_ns();
+
         s->budget -= s->period;
-        if (s->budget > 0 && rules_now_ns() < s->deadline_ns) {
-            s->period = s->budget < HOOK_PERIOD ? (int)s->budget : HOOK_PERIOD;
+        if (s->budget > 0 && now < s->deadline_ns) {
+            double dt = (double)(now - s->last_hook_ns), next = HOOK_PERIOD;
+
+            if (dt > HOOK_AIM_NS)
+                next = fmax(HOOK_PERIOD_MIN, s->period * HOOK_AIM_NS / dt);
+            else if (s->period < HOOK_PERIOD)
+                next = fmin(HOOK_PERIOD, s->period * 2.0);
+            s->last_hook_ns = now;
+            s->period = (double)s->budget < next ? (int)s->budget : (int)next;
             lua_sethook(L, count_hook, LUA_MASKCOUNT, s->period);
             return;
         }
@@ -381,8 +395,11 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     s->compiling = false;
     s->logs_left = RULES_LOG_MAX;
     s->budget = s->instr_limit;
-    s->period = s->instr_limit < HOOK_PERIOD ? s->instr_limit : HOOK_PERIOD;
-    s->deadline_ns = rules_now_ns() + (uint64_t)s->timeout_ms * 1000000u;
+    /* Slow start: the first look comes early, whatever the first
+     * instructions cost; the period then doubles while they are cheap. */
+    s->period = s->instr_limit < HOOK_PERIOD_MIN ? s->instr_limit : HOOK_PERIOD_MIN;
+    s->last_hook_ns = rules_now_ns();
+    s->deadline_ns = s->last_hook_ns + (uint64_t)s->timeout_ms * 1000000u;
     if (deadline_ns != 0 && deadline_ns < s->deadline_ns)
         s->deadline_ns = deadline_ns;
     lua_sethook(L, count_hook, LUA_MASKCOUNT, s->period);
