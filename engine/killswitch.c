@@ -254,17 +254,20 @@ void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len) {
     const cJSON *scope = cJSON_GetObjectItemCaseSensitive(o, "scope");
     if (!cJSON_IsString(op) || !cJSON_IsString(scope) || !ks_scope_valid(scope->valuestring) ||
         (strcmp(op->valuestring, "engage") != 0 && strcmp(op->valuestring, "reset") != 0)) {
-        if (atomic_fetch_add(&k->ctl_invalid, 1) == 0)
+        /* Logged for the first and every 1000th: a flood must not flood the log. */
+        if (atomic_fetch_add(&k->ctl_invalid, 1) % 1000 == 0)
             log_warn("killswitch", "ignoring a control message that is not {\"op\":\"engage\"|\"reset\","
-                     "\"scope\":...} bytes=%zu (logged once; counted in nerve_control_messages_total)", len);
+                     "\"scope\":...} bytes=%zu (logged 1 in 1000; counted in nerve_control_messages_total)",
+                     len);
         cJSON_Delete(o);
         return;
     }
     /* Whatever the message claims, the record decides. */
     if (!c || reread(k, c, scope->valuestring)) {
-        atomic_fetch_add(&k->ctl_error, 1);
-        log_warn("killswitch", "control message for scope=%s: record not re-read (%s); the periodic "
-                 "refresh will repair the cache", scope->valuestring, c ? rds_errstr(c) : "no client");
+        if (atomic_fetch_add(&k->ctl_error, 1) % 1000 == 0)
+            log_warn("killswitch", "control message for scope=%s: record not re-read (%s); the periodic "
+                     "refresh will repair the cache (logged 1 in 1000)", scope->valuestring,
+                     c ? rds_errstr(c) : "no client");
     } else {
         atomic_fetch_add(&k->ctl_ok, 1);
     }

@@ -1428,6 +1428,36 @@ static void test_halts_at_any_count(void **state)
     expect_halted_now(fleet[1], "many-00000", "after the new halts");
     assert_int_equal(sold, 0);
 
+    /* Engage and reset by hand for 5 s while the periodic refreshes (each
+     * reading 10,000 records) run: a refresh that read Redis before an
+     * engagement or a reset must not undo it when it swaps its result in. */
+    int rounds = 0;
+    double until = h_now() + 5.0;
+    while (h_now() < until) {
+        char sku[32], body[160], path[96];
+        snprintf(sku, sizeof sku, "churn-%d", rounds);
+        snprintf(body, sizeof body, "{\"scope\":\"sku:%s\",\"reason\":\"churn\",\"halt_sales\":true}", sku);
+        h_resp r;
+        h_http(fleet[0], "POST", "/admin/killswitch", body, &r, "Authorization: Bearer " H_ADMIN_TOKEN,
+               NULL);
+        if (r.status != 200)
+            fail_msg("POST /admin/killswitch sku:%s: %ld %s", sku, r.status, r.body);
+        h_resp_free(&r);
+        expect_halted_now(fleet[0], sku, "right after the engagement (refreshes running)");
+        snprintf(path, sizeof path, "/admin/killswitch/sku:%s", sku);
+        h_http(fleet[0], "DELETE", path, NULL, &r, "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+        if (r.status != 200)
+            fail_msg("DELETE %s: %ld %s", path, r.status, r.body);
+        h_resp_free(&r);
+        h_sale(fleet[0], "/sale", sku, 1, NULL, &r);     /* no stock: 409 once released */
+        if (r.status != 409)
+            fail_msg("round %d: a sale of %s right after its reset answered %ld %s; expected 409",
+                     rounds, sku, r.status, r.body);
+        h_resp_free(&r);
+        rounds++;
+    }
+    printf("fleet many: %d engage/reset rounds held while refreshes ran\n", rounds);
+
     many_records(false);
     fleet_stop();
     h_pass();
