@@ -131,6 +131,10 @@ typedef struct rules_sbx {
     int timeout_ms;             /* wall-clock deadline of one pcall */
     uint64_t deadline_ns;       /* CLOCK_MONOTONIC; set by rules_sbx_pcall */
     uint64_t last_hook_ns;      /* when the count hook last looked */
+    uint64_t start_ns;          /* when this pcall started */
+    uint64_t hard_ns;           /* wall-clock cap, whatever the CPU time */
+    uint64_t mark_ns, cpu_mark; /* wall and thread CPU time once the call ran 1 ms */
+    uint64_t io_ns;             /* wall time in blocking calls (ctx.incr) after the mark */
     int abort;                  /* RULES_SBX_INSTR / _MEM / _TIME once a limit was hit */
     int abort_line;
     int err_line;               /* line recorded by the message handler */
@@ -182,6 +186,10 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
 /* Inside FN, from a C function a rule called: raise the abort (which no
  * pcall in the rule can swallow) when the deadline has passed. */
 void rules_sbx_check_deadline(lua_State *L);
+
+/* The rule was blocked NS nanoseconds in a call that waits rather than
+ * computes (ctx.incr): that time counts against its deadline in full. */
+void rules_sbx_blocked(rules_sbx *s, uint64_t ns);
 
 /* Inside FN: compile SRC (text only) as the sandbox's file and run it,
  * pushing its first result. Raises on a syntax or runtime error. */

@@ -175,6 +175,60 @@ uint64_t rules_now_ns(void)
 #define HOOK_PERIOD_MIN 16
 #define HOOK_AIM_NS     1000000.0
 
+/* The deadline is about the rule's own work: on a loaded machine a thread
+ * can be preempted for tens of ms, and a benign rule must not fail for it.
+ * So once a call has run HOOK_MARK_NS of wall time, the thread's CPU clock is
+ * read (a system call: only long calls pay it); when the wall-clock deadline
+ * passes, the time the rule really used -- wall time up to the mark, then CPU
+ * time plus time blocked in ctx.incr -- decides, and the deadline moves out
+ * if that is still under rules.eval_timeout_ms. HARD_FACTOR x the timeout
+ * of wall time ends it in any case. */
+#define HOOK_MARK_NS 1000000u
+#define HARD_FACTOR  10u
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Called with the wall clock NOW whenever it was read inside a call. */
+static void tick(rules_sbx *s, uint64_t now)
+{
+    if (s->cpu_mark == 0 && now - s->start_ns >= HOOK_MARK_NS) {
+        s->cpu_mark = thread_cpu_ns();
+        s->mark_ns = now;
+    }
+}
+
+/* 1 when the call is over its deadline; else 0, moving the deadline out when
+ * the wall clock passed it while the rule itself did not use the time. */
+static int over_deadline(rules_sbx *s, uint64_t now)
+{
+    uint64_t limit = (uint64_t)s->timeout_ms * 1000000u, used;
+
+    if (now < s->deadline_ns)
+        return 0;
+    if (now >= s->hard_ns || s->cpu_mark == 0)
+        return 1;
+    used = (s->mark_ns - s->start_ns) + (thread_cpu_ns() - s->cpu_mark) + s->io_ns;
+    if (used >= limit)
+        return 1;
+    s->deadline_ns = now + (limit - used);
+    if (s->deadline_ns > s->hard_ns)
+        s->deadline_ns = s->hard_ns;
+    return 0;
+}
+
+void rules_sbx_blocked(rules_sbx *s, uint64_t ns)
+{
+    if (s->cpu_mark != 0)
+        s->io_ns += ns;
+}
+
 /* A limit was hit: record it, make the hook fire on every instruction from
  * now on, and raise the abort token. Raised again at the next instruction if
  * a pcall in the rule catches it, until control is back in C. */
@@ -198,7 +252,8 @@ static void count_hook(lua_State *L, lua_Debug *ar)
         uint64_t now = rules_now_ns();
 
         s->budget -= s->period;
-        if (s->budget > 0 && now < s->deadline_ns) {
+        tick(s, now);
+        if (s->budget > 0 && !over_deadline(s, now)) {
             double dt = (double)(now - s->last_hook_ns), next = HOOK_PERIOD;
 
             if (dt > HOOK_AIM_NS)
@@ -219,7 +274,13 @@ void rules_sbx_check_deadline(lua_State *L)
 {
     rules_sbx *s = rules_sbx_of(L);
 
-    if (s->armed && (s->abort != RULES_SBX_OK || rules_now_ns() >= s->deadline_ns))
+    uint64_t now;
+
+    if (!s->armed)
+        return;
+    now = rules_now_ns();
+    tick(s, now);
+    if (s->abort != RULES_SBX_OK || over_deadline(s, now))
         sbx_abort(L, s, RULES_SBX_TIME);
 }
 
@@ -398,10 +459,14 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     /* Slow start: the first look comes early, whatever the first
      * instructions cost; the period then doubles while they are cheap. */
     s->period = s->instr_limit < HOOK_PERIOD_MIN ? s->instr_limit : HOOK_PERIOD_MIN;
-    s->last_hook_ns = rules_now_ns();
-    s->deadline_ns = s->last_hook_ns + (uint64_t)s->timeout_ms * 1000000u;
+    s->start_ns = s->last_hook_ns = rules_now_ns();
+    s->deadline_ns = s->start_ns + (uint64_t)s->timeout_ms * 1000000u;
+    s->hard_ns = s->start_ns + (uint64_t)s->timeout_ms * 1000000u * HARD_FACTOR;
     if (deadline_ns != 0 && deadline_ns < s->deadline_ns)
         s->deadline_ns = deadline_ns;
+    if (deadline_ns != 0 && deadline_ns < s->hard_ns)
+        s->hard_ns = deadline_ns;
+    s->cpu_mark = s->mark_ns = s->io_ns = 0;
     lua_sethook(L, count_hook, LUA_MASKCOUNT, s->period);
     s->armed = true;
     st = lua_pcall(L, 1, 0, base + 1);
@@ -482,6 +547,7 @@ static int sbx_log(lua_State *L)
  * deadline is refused before it starts, as that rule's error, and the clock
  * is checked when any guarded call returns. */
 #define NS_PER_UNIT 4.0
+#define SMALL_UNITS 2500        /* about 10 us */
 
 enum guard_kind {
     G_PLAIN = 0,        /* work bounded by its string arguments (linear) */
@@ -675,10 +741,23 @@ static int sbx_guarded(lua_State *L)
         lua_pushliteral(L, "");
         return 1;
     }
-    if (s->armed) {
+    double units = s->armed ? estimate(L, kind) : 0;
+
+    /* Most calls are tiny: no clock for them (the count hook still sees the
+     * time a loop of them takes). */
+    if (units < SMALL_UNITS) {
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_insert(L, 1);
+        lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+        return lua_gettop(L);
+    }
+    {
         uint64_t now = rules_now_ns();
-        double left = s->deadline_ns > now ? (double)(s->deadline_ns - now) : 0;
-        double units = estimate(L, kind);
+        double left;
+
+        tick(s, now);
+        over_deadline(s, now);          /* may move the deadline out */
+        left = s->deadline_ns > now ? (double)(s->deadline_ns - now) : 0;
 
         if (units * NS_PER_UNIT > left && units * NS_PER_UNIT <= s->timeout_ms * 1e6) {
             /* It would fit a whole evaluation, not the time left: the rule

@@ -199,8 +199,12 @@ static int ctx_incr(lua_State *L)
     now = lua_tointeger(L, -1);
     lua_pop(L, 1);
     if (s->incr != NULL) {
-        if (s->incr(s->incr_ud, s->name ? s->name : "?", key, klen, (long long)window,
-                    (long long)by, (long long)now, &count, err, sizeof(err)) != 0)
+        uint64_t t0 = rules_now_ns();
+        int rc = s->incr(s->incr_ud, s->name ? s->name : "?", key, klen, (long long)window,
+                         (long long)by, (long long)now, &count, err, sizeof(err));
+
+        rules_sbx_blocked(s, rules_now_ns() - t0);
+        if (rc != 0)
             return luaL_error(L, "ctx.incr: %s", err);
         rules_sbx_check_deadline(L);
         lua_pushinteger(L, (lua_Integer)count);

@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <cjson/cJSON.h>
@@ -321,6 +323,92 @@ static void test_incr_backend(void **state)
     rules_set_unref(s);
 }
 
+static int slow_incr(void *ud, const char *rule, const char *key, size_t keylen,
+                     long long window_s, long long by, long long now, long long *count,
+                     char *err, size_t errlen)
+{
+    struct timespec ts = { 0, 20 * 1000000 };
+
+    (void)ud, (void)rule, (void)key, (void)keylen, (void)window_s, (void)by, (void)now;
+    (void)err, (void)errlen;
+    nanosleep(&ts, NULL);       /* a slow Redis, not synchronisation */
+    *count = 1;
+    return 0;
+}
+
+/* Time blocked in ctx.incr counts in full against the deadline, although
+ * the thread uses no CPU meanwhile. */
+static void test_blocked_counts(void **state)
+{
+    const char *files[] = { "slow.lua" };
+    char *errs, err[256];
+    capture cap;
+
+    (void)state;
+    write_rule("slow.lua", "return { name = 'slow', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  while true do ctx.incr('k', 60) end end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    rules_vm_set_incr(vm, slow_incr, NULL);
+    double t0 = now_s();
+    eval_now(vm, 1, "{}", &cap);
+    assert_int_equal(cap.n_err, 1);
+    assert_non_null(strstr(cap.err[0], "evaluation deadline exceeded (50 ms)"));
+    assert_true(now_s() - t0 < 2.0);
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
+/* A rule preempted for longer than its deadline, while its own CPU time
+ * stays under it, is not failed: on a loaded machine benign rules must not
+ * lose their decisions. The evaluation runs in a child that the test stops
+ * (SIGSTOP) for 150 ms in the middle of a 25 ms CPU loop. */
+static void test_preempted_not_failed(void **state)
+{
+    const char *files[] = { "spin.lua" };
+    char *errs, err[256], go;
+    int pfd[2];
+    pid_t pid;
+    int status;
+
+    (void)state;
+    write_rule("spin.lua", "return { name = 'spin', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  local t = os.clock() while os.clock() - t < 0.025 do end\n"
+               "  return { action = 'alert', level = 'info', reason = 'done' } end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    assert_int_equal(pipe(pfd), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        capture cap;
+        rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+        double t0;
+
+        rules_vm_on_error(vm, on_err, &cap);
+        (void)!write(pfd[1], "g", 1);
+        t0 = now_s();
+        eval_now(vm, 1, "{}", &cap);
+        /* 0: decided, ran long; 2: failed; 3: the stop missed the call. */
+        _exit(cap.n_err ? 2 : cap.n_dec != 1 ? 4 : now_s() - t0 < 0.14 ? 3 : 0);
+    }
+    assert_int_equal(read(pfd[0], &go, 1), 1);
+    struct timespec ts = { 0, 5 * 1000000 };
+    nanosleep(&ts, NULL);
+    kill(pid, SIGSTOP);
+    ts.tv_nsec = 150 * 1000000;
+    nanosleep(&ts, NULL);
+    kill(pid, SIGCONT);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    close(pfd[0]);
+    close(pfd[1]);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    rules_set_unref(s);
+}
+
 /* ctx.scope encodes any id into the one scope grammar; a rule returning a
  * scope outside it is that rule's error. */
 static void test_scope(void **state)
@@ -451,6 +539,8 @@ int main(void)
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_fixture_deadline);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_local);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_backend);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_blocked_counts);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_preempted_not_failed);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_scope);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_vm_kinds);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_unreadable_files);
