@@ -110,6 +110,7 @@ struct ks {
     bool tracking, overflow;    /* a refresh is reading Redis; DIRTY_MAX exceeded meanwhile */
     pthread_mutex_t refresh_mu; /* one refresh at a time */
     _Atomic size_t n_fast;      /* == halted.n, read without the lock */
+    _Atomic uint64_t gen;       /* bumped by every change of halted (under the write lock) */
     _Atomic size_t n_engaged;
     _Atomic unsigned long long ctl_ok, ctl_invalid, ctl_error;
 };
@@ -161,11 +162,8 @@ static void publish_count(ks *k) {
     atomic_store_explicit(&k->n_fast, k->halted.n, memory_order_release);
 }
 
-/* A point update: SCOPE is (not) halted, as this instance just made it or
- * just read it from Redis. */
-static void cache_set(ks *k, const char *scope, bool halted) {
-    if (!can_halt(scope)) return;
-    pthread_rwlock_wrlock(&k->rw);
+/* A point update, with the write lock held: SCOPE is (not) halted. */
+static void apply(ks *k, const char *scope, bool halted) {
     if (halted) {
         if (sset_add(&k->halted, scope))
             log_error("killswitch", "out of memory: halt of scope=%s not cached", scope);
@@ -173,9 +171,17 @@ static void cache_set(ks *k, const char *scope, bool halted) {
         sset_del(&k->halted, scope);
     }
     publish_count(k);
+    atomic_fetch_add(&k->gen, 1);
     if (k->tracking && !k->overflow) {
         if (k->dirty.n >= DIRTY_MAX || sset_add(&k->dirty, scope)) k->overflow = true;
     }
+}
+
+/* SCOPE is (not) halted, as this instance just made it in Redis. */
+static void cache_set(ks *k, const char *scope, bool halted) {
+    if (!can_halt(scope)) return;
+    pthread_rwlock_wrlock(&k->rw);
+    apply(k, scope, halted);
     pthread_rwlock_unlock(&k->rw);
 }
 
@@ -218,19 +224,32 @@ static bool record_halts(const char *text, size_t len) {
 }
 
 /* Read SCOPE's record and make the cache follow it. 0, or -1 when Redis did
- * not answer (the cache is left alone). */
+ * not answer (the cache is left alone).
+ * A read can be overtaken: this instance resets a scope (DEL, then the
+ * cache) between our GET and our update, and our older answer would halt it
+ * again. So the answer is applied only when the cache did not change while
+ * it was read; otherwise it is read again (a few times, then applied: the
+ * refresh repairs what a flood of changes could still leave stale). */
 static int reread(ks *k, rds_client *c, const char *scope) {
     char key[KEY_MAX];
     if (!can_halt(scope)) return 0;
     if (kill_key(k, key, scope)) return -1;
     const char *argv[] = { "GET", key };
-    redisReply *r = rds_commandargv(c, 2, argv, NULL);
-    int rc = 0;
-    if (r && r->type == REDIS_REPLY_STRING) cache_set(k, scope, record_halts(r->str, r->len));
-    else if (r && r->type == REDIS_REPLY_NIL) cache_set(k, scope, false);
-    else rc = -1;
-    freeReplyObject(r);
-    return rc;
+    for (int attempt = 0;; attempt++) {
+        uint64_t before = atomic_load(&k->gen);
+        redisReply *r = rds_commandargv(c, 2, argv, NULL);
+        if (!r || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_NIL)) {
+            freeReplyObject(r);
+            return -1;
+        }
+        bool halts = r->type == REDIS_REPLY_STRING && record_halts(r->str, r->len);
+        freeReplyObject(r);
+        pthread_rwlock_wrlock(&k->rw);
+        bool fresh = atomic_load(&k->gen) == before || attempt >= 3;
+        if (fresh) apply(k, scope, halts);
+        pthread_rwlock_unlock(&k->rw);
+        if (fresh) return 0;
+    }
 }
 
 /* Tell the fleet (and our own bus) that SCOPE changed. */
@@ -517,6 +536,7 @@ int ks_refresh(ks *k, rds_client *c) {
             k->halted = f.halted;
             f.halted = old;
             publish_count(k);
+            atomic_fetch_add(&k->gen, 1);
             atomic_store(&k->n_engaged, f.engaged);
         }
     }

@@ -1358,10 +1358,13 @@ static void expect_halted_now(const h_daemon *d, const char *sku, const char *wh
     snprintf(scope, sizeof scope, "sku:%s", sku);
     h_sale(d, "/sale", sku, 1, NULL, &r);
     const char *sc = h_jstr(r.json, "scope");
-    if (r.status != 423 || sc == NULL || strcmp(sc, scope) != 0)
-        fail_msg("%s: a sale of %s on %s answered %ld %s; expected 423 naming %s", when, sku,
-                 d->base, r.status, r.body, scope);
+    bool ok = r.status == 423 && sc != NULL && strcmp(sc, scope) == 0;
+    char last[512];
+    snprintf(last, sizeof last, "%ld %s", r.status, r.body);
     h_resp_free(&r);
+    if (!ok)
+        fail_msg("%s: a sale of %s on %s answered %s; expected 423 naming %s", when, sku, d->base,
+                 last, scope);
 }
 
 static void test_halts_at_any_count(void **state)
@@ -1449,11 +1452,13 @@ static void test_halts_at_any_count(void **state)
         if (r.status != 200)
             fail_msg("DELETE %s: %ld %s", path, r.status, r.body);
         h_resp_free(&r);
-        h_sale(fleet[0], "/sale", sku, 1, NULL, &r);     /* no stock: 409 once released */
-        if (r.status != 409)
-            fail_msg("round %d: a sale of %s right after its reset answered %ld %s; expected 409",
-                     rounds, sku, r.status, r.body);
+        long st = h_sale(fleet[0], "/sale", sku, 1, NULL, &r);     /* no stock: 409 once released */
+        char last[512];
+        snprintf(last, sizeof last, "%ld %s", st, r.body);
         h_resp_free(&r);
+        if (st != 409)
+            fail_msg("round %d: a sale of %s right after its reset answered %s; expected 409",
+                     rounds, sku, last);
         rounds++;
     }
     printf("fleet many: %d engage/reset rounds held while refreshes ran\n", rounds);
