@@ -31,8 +31,9 @@
  *
  * Afterwards it removes what the events left in Redis so later scenarios see
  * nothing of it: each kill record, its member of the index set PREFIXkills
- * and the alert throttle keys of the inventory rule (PREFIXthrottle:{RULE|
- * sku:...}, RULE = inventory_threshold), after waiting (bounded) for nerve to
+ * and the alert throttle keys of the inventory rule's critical alert
+ * (PREFIXthrottle:{RULE|sku:...|critical}, RULE = inventory_threshold; one
+ * throttle per rule, scope and level), after waiting (bounded) for nerve to
  * have written the last of them.
  *
  * Exit status: 0 when every record appeared; 1 when one did not within 2 s;
@@ -167,7 +168,7 @@ static void cleanup(bench *b, long count)
     double deadline = bench_now_ms() + 2000;
     long pending = 0;
 
-    snprintf(last, sizeof(last), "%sthrottle:{" RULE "|sku:%s%ld}", b->prefix, b->sku_base,
+    snprintf(last, sizeof(last), "%sthrottle:{" RULE "|sku:%s%ld|critical}", b->prefix, b->sku_base,
              count - 1);
     while (bench_now_ms() < deadline) {
         redisReply *r = redisCommand(b->pub, "EXISTS %s", last);
@@ -183,8 +184,8 @@ static void cleanup(bench *b, long count)
 
         snprintf(scope, sizeof(scope), "sku:%s%ld", b->sku_base, i);
         snprintf(k1, sizeof(k1), "%skill:%s", b->prefix, scope);
-        snprintf(k2, sizeof(k2), "%sthrottle:{" RULE "|%s}", b->prefix, scope);
-        snprintf(k3, sizeof(k3), "%sthrottle:{" RULE "|%s}:suppressed", b->prefix, scope);
+        snprintf(k2, sizeof(k2), "%sthrottle:{" RULE "|%s|critical}", b->prefix, scope);
+        snprintf(k3, sizeof(k3), "%sthrottle:{" RULE "|%s|critical}:suppressed", b->prefix, scope);
         snprintf(idx, sizeof(idx), "%skills", b->prefix);
         redisAppendCommand(b->pub, "DEL %s", k1);
         redisAppendCommand(b->pub, "DEL %s", k2);
