@@ -113,7 +113,8 @@ void rules_run_fixtures(struct rules_sbx *s, struct rules_load *a);
 
 /* ---- the sandbox (rules_sandbox.c, rules_values.c) --------------------- */
 
-enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM, RULES_SBX_TIME };
+enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM, RULES_SBX_TIME,
+       RULES_SBX_STACK };
 
 typedef struct rules_sbx_err {
     int kind;                   /* RULES_SBX_* */
@@ -135,6 +136,8 @@ typedef struct rules_sbx {
     uint64_t hard_ns;           /* wall-clock cap, whatever the CPU time */
     uint64_t mark_ns, cpu_mark; /* wall and thread CPU time once the call ran 1 ms */
     uint64_t io_ns;             /* wall time in blocking calls (ctx.incr) after the mark */
+    uintptr_t stack_guard;      /* lowest C stack address a call may start at; 0 = none */
+    int hookmask;               /* LUA_MASKCOUNT, plus LUA_MASKCALL with a stack guard */
     int abort;                  /* RULES_SBX_INSTR / _MEM / _TIME once a limit was hit */
     int abort_line;
     int err_line;               /* line recorded by the message handler */
@@ -186,6 +189,10 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
 /* Inside FN, from a C function a rule called: raise the abort (which no
  * pcall in the rule can swallow) when the deadline has passed. */
 void rules_sbx_check_deadline(lua_State *L);
+
+/* Inside FN, after calling into the rule: raise the pending abort, if any
+ * (a rule that caught it and returned at once must still fail with it). */
+void rules_sbx_check_abort(lua_State *L);
 
 /* The rule was blocked NS nanoseconds in a call that waits rather than
  * computes (ctx.incr): that time counts against its deadline in full. */

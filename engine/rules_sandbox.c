@@ -34,6 +34,8 @@
  *    name them ("bad argument #1 to 'move'").
  */
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +177,40 @@ uint64_t rules_now_ns(void)
 #define HOOK_PERIOD_MIN 16
 #define HOOK_AIM_NS     1000000.0
 
+/* CivetWeb runs its workers on small stacks (100,000 bytes in Debian's
+ * build), and Lua allows 200 nested C calls (metamethods, C functions calling
+ * back into Lua) before its own "C stack overflow": some recursions through
+ * metamethods need more than 100 KB for that, and the worker would crash. On
+ * a thread whose stack is under STACK_SMALL, every call is checked against
+ * the stack left (a call hook, so only such threads pay for it) and a call
+ * that would start with less than STACK_MARGIN left fails the rule. The
+ * margin covers the deepest C work one call does without calling back into
+ * Lua (the pattern matcher's recursion, format buffers). */
+#define STACK_SMALL  (1u << 20)
+#define STACK_MARGIN (40u << 10)
+
+static __thread uintptr_t stack_low;
+static __thread size_t stack_size;
+static __thread int stack_known;
+
+static void stack_bounds(void)
+{
+    pthread_attr_t a;
+    void *addr;
+    size_t size;
+
+    if (stack_known)
+        return;
+    stack_known = 1;
+    if (pthread_getattr_np(pthread_self(), &a) != 0)
+        return;
+    if (pthread_attr_getstack(&a, &addr, &size) == 0) {
+        stack_low = (uintptr_t)addr;
+        stack_size = size;
+    }
+    pthread_attr_destroy(&a);
+}
+
 /* The deadline is about the rule's own work: on a loaded machine a thread
  * can be preempted for tens of ms, and a benign rule must not fail for it.
  * So once a call has run HOOK_MARK_NS of wall time, the thread's CPU clock is
@@ -247,7 +283,14 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 {
     rules_sbx *s = rules_sbx_of(L);
 
-    (void)ar;
+    if (ar->event == LUA_HOOKCALL || ar->event == LUA_HOOKTAILCALL) {
+        char here;
+
+        /* Only set with a stack guard (a thread with a small stack). */
+        if (s->abort == RULES_SBX_OK && (uintptr_t)&here < s->stack_guard)
+            sbx_abort(L, s, RULES_SBX_STACK);
+        return;
+    }
     if (s->abort == RULES_SBX_OK) {
         uint64_t now = rules_now_ns();
 
@@ -262,12 +305,20 @@ static void count_hook(lua_State *L, lua_Debug *ar)
                 next = fmin(HOOK_PERIOD, s->period * 2.0);
             s->last_hook_ns = now;
             s->period = (double)s->budget < next ? (int)s->budget : (int)next;
-            lua_sethook(L, count_hook, LUA_MASKCOUNT, s->period);
+            lua_sethook(L, count_hook, s->hookmask, s->period);
             return;
         }
         sbx_abort(L, s, s->budget > 0 ? RULES_SBX_TIME : RULES_SBX_INSTR);
     }
     sbx_abort(L, s, s->abort);
+}
+
+void rules_sbx_check_abort(lua_State *L)
+{
+    rules_sbx *s = rules_sbx_of(L);
+
+    if (s->armed && s->abort != RULES_SBX_OK)
+        sbx_abort(L, s, s->abort);
 }
 
 void rules_sbx_check_deadline(lua_State *L)
@@ -385,7 +436,13 @@ static void fill_error(rules_sbx *s, int st, rules_sbx_err *e)
 {
     lua_State *L = s->L;
 
-    if (s->abort == RULES_SBX_TIME) {
+    if (s->abort == RULES_SBX_STACK) {
+        e->kind = RULES_SBX_STACK;
+        e->line = fallback_line(s, s->abort_line);
+        snprintf(e->msg, sizeof(e->msg), "C stack overflow (calls through metamethods or "
+                 "library functions nested too deeply for this thread's %zu KiB stack)",
+                 stack_size >> 10);
+    } else if (s->abort == RULES_SBX_TIME) {
         e->kind = RULES_SBX_TIME;
         e->line = fallback_line(s, s->abort_line);
         snprintf(e->msg, sizeof(e->msg), "evaluation deadline exceeded (%d ms)", s->timeout_ms);
@@ -467,7 +524,10 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     if (deadline_ns != 0 && deadline_ns < s->hard_ns)
         s->hard_ns = deadline_ns;
     s->cpu_mark = s->mark_ns = s->io_ns = 0;
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, s->period);
+    stack_bounds();
+    s->stack_guard = stack_size > 0 && stack_size < STACK_SMALL ? stack_low + STACK_MARGIN : 0;
+    s->hookmask = LUA_MASKCOUNT | (s->stack_guard ? LUA_MASKCALL : 0);
+    lua_sethook(L, count_hook, s->hookmask, s->period);
     s->armed = true;
     st = lua_pcall(L, 1, 0, base + 1);
     s->armed = false;

@@ -205,6 +205,7 @@ static void fixture_fn(lua_State *L, void *ud)
     lua_pushvalue(L, ev);
     lua_pushvalue(L, -3);
     lua_call(L, 2, 1);
+    rules_sbx_check_abort(L);
     res = lua_gettop(L);
 
     if (rules_sbx_decisions(L, res, f->chan, d, &n, fmsg, sizeof(fmsg)) != 0) {

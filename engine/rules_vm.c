@@ -301,6 +301,7 @@ static void eval_fn(lua_State *L, void *ud)
     rules_sbx_push_json(L, a->event, NULL, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_ctx);
     lua_call(L, 2, 1);
+    rules_sbx_check_abort(L);
     if (rules_sbx_decisions(L, 1, a->channel, d, &n, a->err, sizeof(a->err)) != 0) {
         a->bad = true;
         return;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -409,6 +410,75 @@ static void test_preempted_not_failed(void **state)
     rules_set_unref(s);
 }
 
+struct small_run {
+    rules_set *set;
+    capture cap;
+    int rc;
+};
+
+static void *small_thread(void *arg)
+{
+    struct small_run *r = arg;
+    char err[256];
+    rules_vm *vm = rules_vm_new(r->set, NULL, err, sizeof(err));
+
+    if (vm == NULL)
+        return NULL;
+    rules_vm_on_error(vm, on_err, &r->cap);
+    for (int i = 0; i < 3; i++) {
+        memset(&r->cap, 0, sizeof(r->cap));
+        r->rc = rules_eval(vm, "t", "{}", 2, on_dec, &r->cap);
+    }
+    rules_vm_free(vm);
+    return NULL;
+}
+
+/* Recursion through metamethods on a thread with CivetWeb's 100,000-byte
+ * stack crashed the process before Lua's own limit of 200 C levels: the
+ * stack guard fails the rule instead. */
+static void test_small_stack(void **state)
+{
+    static const char *const bodies[] = {
+        "local mt = {}\nmt.__concat = function(a, b) return a .. b end\n"
+        "local t = setmetatable({}, mt)\nreturn { action = 'alert', level = 'info', reason = t .. 'x' }",
+        "local mt = {}\nmt.__index = function(t, k) return t[k .. 'x'] end\n"
+        "return { action = 'alert', level = 'info', reason = setmetatable({}, mt).a }",
+        "local mt = {}\nmt.__tostring = function(t) return tostring(t) end\n"
+        "return { action = 'alert', level = 'info', reason = tostring(setmetatable({}, mt)) }",
+        "local function f(s) return (s:gsub('.', function(c) return f(c) end)) end\n"
+        "return { action = 'alert', level = 'info', reason = f('ab') }",
+    };
+    const char *files[] = { "hostile.lua", "good.lua" };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        char text[1024], *errs;
+        struct small_run r = { 0 };
+        pthread_attr_t a;
+        pthread_t th;
+
+        snprintf(text, sizeof(text), "return { name = 'rec', on = {'t'},\n"
+                 "  evaluate = function(e, ctx)\n%s\n  end }\n", bodies[i]);
+        write_rule("hostile.lua", text);
+        r.set = load_files(files, 2, &errs);
+        assert_non_null(r.set);
+        assert_int_equal(pthread_attr_init(&a), 0);
+        assert_int_equal(pthread_attr_setstacksize(&a, 100000), 0);
+        assert_int_equal(pthread_create(&th, &a, small_thread, &r), 0);
+        pthread_join(th, NULL);
+        pthread_attr_destroy(&a);
+        /* The rule failed (stack guard, or Lua's own C stack limit), the
+         * process is alive, and the neighbour still decided. */
+        assert_int_equal(r.rc, 1);
+        assert_int_equal(r.cap.n_err, 1);
+        if (strstr(r.cap.err[0], "stack overflow") == NULL)
+            fail_msg("case %zu: %s", i, r.cap.err[0]);
+        assert_int_equal(r.cap.n_dec, 1);
+        assert_string_equal(r.cap.reason[0], "good");
+        rules_set_unref(r.set);
+    }
+}
+
 /* ctx.scope encodes any id into the one scope grammar; a rule returning a
  * scope outside it is that rule's error. */
 static void test_scope(void **state)
@@ -541,6 +611,7 @@ int main(void)
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_backend);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_blocked_counts);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_preempted_not_failed);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_small_stack);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_scope);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_vm_kinds);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_unreadable_files);
