@@ -789,6 +789,15 @@ static double estimate(lua_State *L, int kind)
     }
 }
 
+/* Call upvalue 1 with the arguments on the stack; leave its results. */
+static int call_upvalue(lua_State *L, int nresults)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, nresults);
+    return lua_gettop(L);
+}
+
 /* upvalue 1: the original function; 2: its guard_kind; 3: its name. */
 static int sbx_guarded(lua_State *L)
 {
@@ -805,12 +814,8 @@ static int sbx_guarded(lua_State *L)
 
     /* Most calls are tiny: no clock for them (the count hook still sees the
      * time a loop of them takes). */
-    if (units < SMALL_UNITS) {
-        lua_pushvalue(L, lua_upvalueindex(1));
-        lua_insert(L, 1);
-        lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-        return lua_gettop(L);
-    }
+    if (units < SMALL_UNITS)
+        return call_upvalue(L, LUA_MULTRET);
     {
         uint64_t now = rules_now_ns();
         double left;
@@ -841,9 +846,7 @@ static int sbx_guarded(lua_State *L)
             return luaL_error(L, "%s", msg);
         }
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    call_upvalue(L, LUA_MULTRET);
     rules_sbx_check_deadline(L);
     return lua_gettop(L);
 }
@@ -894,9 +897,7 @@ static int xpcall_handler(lua_State *L)
 
     if (s->abort != RULES_SBX_OK)
         return 1;               /* the abort token, as it is */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
+    call_upvalue(L, 1);
     return 1;
 }
 
@@ -906,10 +907,7 @@ static int sbx_xpcall(lua_State *L)
     lua_pushvalue(L, 2);
     lua_pushcclosure(L, xpcall_handler, 1);
     lua_replace(L, 2);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_upvalue(L, LUA_MULTRET);
 }
 
 static void guard_env(lua_State *L)

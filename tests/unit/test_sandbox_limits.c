@@ -26,6 +26,7 @@
 
 #include "nerve/config.h"
 #include "nerve/rules.h"
+#include "rules_capture.h"
 
 #define TIMEOUT_MS 50
 
@@ -71,34 +72,6 @@ static rules_set *load_files(const char *const *files, size_t n, char **errs)
     s = rules_set_load(&c, errs);
     cJSON_Delete(c.params);
     return s;
-}
-
-typedef struct capture {
-    int n_err, n_dec;
-    char err[4][1024];
-    char reason[4][256];
-    char scope[4][256];
-} capture;
-
-static void on_dec(void *ud, const rules_decision *d)
-{
-    capture *c = ud;
-
-    if (c->n_dec < 4) {
-        snprintf(c->reason[c->n_dec], sizeof(c->reason[0]), "%s", d->reason);
-        snprintf(c->scope[c->n_dec], sizeof(c->scope[0]), "%s", d->scope ? d->scope : "");
-    }
-    c->n_dec++;
-}
-
-static void on_err(void *ud, const char *rule, const char *msg)
-{
-    capture *c = ud;
-
-    (void)rule;
-    if (c->n_err < 4)
-        snprintf(c->err[c->n_err], sizeof(c->err[0]), "%s", msg);
-    c->n_err++;
 }
 
 typedef struct hostile {
@@ -166,12 +139,12 @@ static void test_hostile_case(void **state)
         assert_int_equal(rules_eval(vm, "t", "{}", 2, on_dec, &cap), 1);
         took = now_s() - t0;
         assert_int_equal(cap.n_err, 1);
-        if (strstr(cap.err[0], h->want) == NULL || strncmp(cap.err[0], dir, strlen(dir)) != 0)
-            fail_msg("%s: got \"%s\", want FILE:LINE: ...%s...", h->name, cap.err[0], h->want);
+        if (strstr(cap.err_msg[0], h->want) == NULL || strncmp(cap.err_msg[0], dir, strlen(dir)) != 0)
+            fail_msg("%s: got \"%s\", want FILE:LINE: ...%s...", h->name, cap.err_msg[0], h->want);
         /* The neighbour still decides, and the hostile rule cost at most
          * about its deadline (generous bound: sanitizers and valgrind). */
         assert_int_equal(cap.n_dec, 1);
-        assert_string_equal(cap.reason[0], "good");
+        assert_string_equal(cap.dec_reason[0], "good");
         print_message("%s: %.1f ms\n", h->name, took * 1e3);
         if (took > 2.0)
             fail_msg("%s: evaluation took %.3f s (deadline %d ms)", h->name, took, TIMEOUT_MS);
@@ -197,7 +170,7 @@ static void test_rep_empty(void **state)
     rules_vm_on_error(vm, on_err, &cap);
     assert_int_equal(rules_eval(vm, "t", "{}", 2, on_dec, &cap), 0);
     assert_int_equal(cap.n_dec, 1);
-    assert_string_equal(cap.reason[0], "len 0");
+    assert_string_equal(cap.dec_reason[0], "len 0");
     rules_vm_free(vm);
     rules_set_unref(s);
 }
@@ -264,18 +237,18 @@ static void test_incr_local(void **state)
     rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
     rules_vm_on_error(vm, on_err, &cap);
     eval_now(vm, 120, "{\"key\":\"a\"}", &cap);
-    assert_string_equal(cap.reason[0], "1");
+    assert_string_equal(cap.dec_reason[0], "1");
     eval_now(vm, 179, "{\"key\":\"a\",\"by\":4}", &cap);
-    assert_string_equal(cap.reason[0], "5");
+    assert_string_equal(cap.dec_reason[0], "5");
     eval_now(vm, 179, "{\"key\":\"b\"}", &cap);
-    assert_string_equal(cap.reason[0], "1");
+    assert_string_equal(cap.dec_reason[0], "1");
     eval_now(vm, 179, "{\"key\":\"a\",\"by\":0}", &cap);
-    assert_string_equal(cap.reason[0], "5");
+    assert_string_equal(cap.dec_reason[0], "5");
     eval_now(vm, 180, "{\"key\":\"a\"}", &cap);          /* next window */
-    assert_string_equal(cap.reason[0], "1");
+    assert_string_equal(cap.dec_reason[0], "1");
     eval_now(vm, 180, "{\"key\":\"\"}", &cap);
     assert_int_equal(cap.n_err, 1);
-    assert_non_null(strstr(cap.err[0], "key must be 1 to 128 bytes"));
+    assert_non_null(strstr(cap.err_msg[0], "key must be 1 to 128 bytes"));
     eval_now(vm, 180, "{\"key\":\"a\",\"by\":-1}", &cap);
     assert_int_equal(cap.n_err, 1);
     rules_vm_free(vm);
@@ -314,12 +287,12 @@ static void test_incr_backend(void **state)
     rules_vm_on_error(vm, on_err, &cap);
     rules_vm_set_incr(vm, fake_incr, seen);
     eval_now(vm, 7200, "{\"key\":\"card:1\"}", &cap);
-    assert_string_equal(cap.reason[0], "42");
+    assert_string_equal(cap.dec_reason[0], "42");
     assert_string_equal(seen, "incr|card:1|3600|2|7200");
     /* A backend error fails the rule (never a silent skip). */
     eval_now(vm, 7200, "{\"key\":\"down\"}", &cap);
     assert_int_equal(cap.n_err, 1);
-    assert_non_null(strstr(cap.err[0], "ctx.incr: redis unavailable"));
+    assert_non_null(strstr(cap.err_msg[0], "ctx.incr: redis unavailable"));
     rules_vm_free(vm);
     rules_set_unref(s);
 }
@@ -356,7 +329,7 @@ static void test_blocked_counts(void **state)
     double t0 = now_s();
     eval_now(vm, 1, "{}", &cap);
     assert_int_equal(cap.n_err, 1);
-    assert_non_null(strstr(cap.err[0], "evaluation deadline exceeded (50 ms)"));
+    assert_non_null(strstr(cap.err_msg[0], "evaluation deadline exceeded (50 ms)"));
     assert_true(now_s() - t0 < 2.0);
     rules_vm_free(vm);
     rules_set_unref(s);
@@ -471,10 +444,10 @@ static void test_small_stack(void **state)
          * process is alive, and the neighbour still decided. */
         assert_int_equal(r.rc, 1);
         assert_int_equal(r.cap.n_err, 1);
-        if (strstr(r.cap.err[0], "stack overflow") == NULL)
-            fail_msg("case %zu: %s", i, r.cap.err[0]);
+        if (strstr(r.cap.err_msg[0], "stack overflow") == NULL)
+            fail_msg("case %zu: %s", i, r.cap.err_msg[0]);
         assert_int_equal(r.cap.n_dec, 1);
-        assert_string_equal(r.cap.reason[0], "good");
+        assert_string_equal(r.cap.dec_reason[0], "good");
         rules_set_unref(r.set);
     }
 }
@@ -496,14 +469,14 @@ static void test_scope(void **state)
     rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
     rules_vm_on_error(vm, on_err, &cap);
     eval_now(vm, 1, "{\"id\":\"spring/sale@x\"}", &cap);
-    assert_string_equal(cap.scope[0], "campaign:spring/sale@x");
+    assert_string_equal(cap.dec_scope[0], "campaign:spring/sale@x");
     eval_now(vm, 1, "{\"id\":\"spring sale 100%\"}", &cap);
-    assert_string_equal(cap.scope[0], "campaign:spring%20sale%20100%25");
+    assert_string_equal(cap.dec_scope[0], "campaign:spring%20sale%20100%25");
     eval_now(vm, 1, "{\"raw\":\"campaign:spring sale\"}", &cap);
     assert_int_equal(cap.n_dec, 0);
     assert_int_equal(cap.n_err, 1);
-    if (strstr(cap.err[0], "/scope.lua:1: decision 1: invalid scope \"campaign:spring sale\"") == NULL)
-        fail_msg("got %s", cap.err[0]);
+    if (strstr(cap.err_msg[0], "/scope.lua:1: decision 1: invalid scope \"campaign:spring sale\"") == NULL)
+        fail_msg("got %s", cap.err_msg[0]);
     eval_now(vm, 1, "{\"raw\":\"sku:A%zz\"}", &cap);
     assert_int_equal(cap.n_err, 1);
     rules_vm_free(vm);
