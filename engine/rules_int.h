@@ -1,6 +1,7 @@
 /* rules_int.h -- internals shared by the rules engine's files (not a public
  * header): the set's layout and loading (rules.c), fixtures and the dry run
- * (rules_test.c), the sandbox (rules_sandbox.c), the values crossing it
+ * (rules_test.c), the sandbox (rules_sandbox.c, bounded C calls in
+ * rules_guard.c), the values crossing it
  * (rules_values.c) and the evaluator (rules_vm.c).
  *
  * A rules_sbx is one sandboxed lua_State with its allocator and limits. All
@@ -189,6 +190,14 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
 /* Inside FN, from a C function a rule called: raise the abort (which no
  * pcall in the rule can swallow) when the deadline has passed. */
 void rules_sbx_check_deadline(lua_State *L);
+
+/* Raise abort KIND from a C function the rule called (rules_guard.c). */
+int rules_sbx_abort(lua_State *L, int kind);
+/* Nanoseconds left before the call's deadline (0 when past it). */
+double rules_sbx_time_left(lua_State *L);
+/* Guard the sandbox's library functions and xpcall (rules_guard.c); called
+ * once by rules_sbx_open on the fresh environment. */
+void rules_guard_env(lua_State *L);
 
 /* Inside FN, after calling into the rule: raise the pending abort, if any
  * (a rule that caught it and returned at once must still fail with it). */
