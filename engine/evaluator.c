@@ -77,6 +77,11 @@ static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
         *gen = got;
         return;
     }
+    if (*vm && rules_vm_rebind(*vm, set) == 0) {
+        rules_set_unref(set);
+        *gen = got;
+        return;
+    }
     char err[256] = "";
     /* Only the rules of bus channels: sale_request rules run in the HTTP
      * workers' vms (policy.c). */

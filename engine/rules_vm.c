@@ -39,6 +39,7 @@ struct rules_vm {
     void *on_error_ud;
     rules_incr_fn incr;
     void *incr_ud;
+    rules_vm_kind kind;
     char errstr[256];
 };
 
@@ -188,6 +189,7 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
     if (vm == NULL)
         goto oom;
     vm->set = rules_set_ref(set);
+    vm->kind = kind;
     vm->rules = calloc(set->n ? set->n : 1, sizeof(*vm->rules));
     if (vm->rules == NULL)
         goto oom;
@@ -229,6 +231,54 @@ void rules_vm_free(rules_vm *vm)
     free(vm->rules);
     rules_set_unref(vm->set);
     free(vm);
+}
+
+/* Limits and params a rule's Lua state was built with. */
+static int same_build(const rules_set *a, const rules_set *b)
+{
+    return a->instr_limit == b->instr_limit && a->mem_limit == b->mem_limit &&
+           a->timeout_ms == b->timeout_ms && cJSON_Compare(a->params, b->params, 1);
+}
+
+int rules_vm_rebind(rules_vm *vm, rules_set *set)
+{
+    size_t k = 0;
+
+    if (vm->set == set)
+        return 0;
+    if (!same_build(vm->set, set))
+        return -1;
+    /* The same rules of this kind, in the same order, same source. */
+    for (size_t i = 0; i < set->n; i++) {
+        if (!of_kind(&set->rules[i], vm->kind))
+            continue;
+        if (k >= vm->n || strcmp(vm->rules[k].r->name, set->rules[i].name) != 0 ||
+            strcmp(vm->rules[k].r->sha256, set->rules[i].sha256) != 0 ||
+            vm->rules[k].dead)
+            return -1;
+        k++;
+    }
+    if (k != vm->n)
+        return -1;
+    k = 0;
+    for (size_t i = 0; i < set->n; i++) {
+        vm_rule *vr;
+
+        if (!of_kind(&set->rules[i], vm->kind))
+            continue;
+        vr = &vm->rules[k++];
+        vr->r = &set->rules[i];
+        vr->ctr = &set->ctr[i];
+        vr->origin = RULES_STATE_KEPT;
+        /* The sandbox borrows these strings: point it at the new set's. */
+        vr->sbx.file = vr->r->file;
+        vr->sbx.name = vr->r->name;
+        vr->sbx.def_line = vr->r->line;
+    }
+    rules_set_ref(set);
+    rules_set_unref(vm->set);
+    vm->set = set;
+    return 0;
 }
 
 size_t rules_vm_count(const rules_vm *vm)

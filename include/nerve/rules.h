@@ -232,6 +232,13 @@ typedef enum { RULES_VM_ALL = 0, RULES_VM_EVENTS, RULES_VM_SALE } rules_vm_kind;
 rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind,
                             char *err, size_t errlen);
 
+/* Move VM onto SET without rebuilding any Lua state, when that changes
+ * nothing a rule can see: SET holds exactly the same rules of VM's kind
+ * (names and source, in order) with the same params and limits (typically a
+ * reload that changed other rules, or nothing). Every ctx.state is kept;
+ * counters then go to SET. 0, or -1 (VM unchanged: build a new one). */
+int rules_vm_rebind(rules_vm *vm, rules_set *set);
+
 /* Number of rules (and so Lua states) VM holds. */
 size_t rules_vm_count(const rules_vm *vm);
 

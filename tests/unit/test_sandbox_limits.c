@@ -507,6 +507,53 @@ static void test_vm_kinds(void **state)
     rules_set_unref(s);
 }
 
+/* A reload that changed nothing a vm's rules can see moves the vm onto the
+ * new set (no Lua state rebuilt, ctx.state kept, counters on the new set);
+ * anything else refuses, and the caller builds a new vm. */
+static void test_rebind(void **state)
+{
+    const char *files[] = { "cnt.lua", "ev.lua" };
+    char *errs, err[256];
+    capture cap;
+    rules_stats st;
+
+    (void)state;
+    write_rule("cnt.lua", "return { name = 'cnt', on = {'sale_request'}, evaluate = function(e, ctx)\n"
+               "  ctx.state.n = (ctx.state.n or 0) + 1\n"
+               "  return { action = 'reject', reason = tostring(ctx.state.n) } end }\n");
+    write_rule("ev.lua", "return { name = 'ev', on = {'t'}, evaluate = function() end }\n");
+    rules_set *a = load_files(files, 2, &errs), *b;
+    assert_non_null(a);
+    rules_vm *vm = rules_vm_new_kind(a, NULL, RULES_VM_SALE, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    memset(&cap, 0, sizeof(cap));
+    rules_eval(vm, "sale_request", "{}", 2, on_dec, &cap);
+    assert_string_equal(cap.dec_reason[0], "1");
+
+    /* Another bus rule changed: the sale vm is rebound. */
+    write_rule("ev.lua", "return { name = 'ev', on = {'t'}, evaluate = function() return nil end }\n");
+    b = load_files(files, 2, &errs);
+    assert_non_null(b);
+    assert_int_equal(rules_vm_rebind(vm, b), 0);
+    assert_ptr_equal(rules_vm_set(vm), b);
+    rules_set_unref(a);                 /* the vm no longer needs it */
+    memset(&cap, 0, sizeof(cap));
+    rules_eval(vm, "sale_request", "{}", 2, on_dec, &cap);
+    assert_string_equal(cap.dec_reason[0], "2");
+    assert_int_equal(rules_set_stats(b, 0, &st), 0);
+    assert_int_equal(st.evaluations, 1);
+
+    /* The sale rule itself changed: refused, the vm untouched. */
+    write_rule("cnt.lua", "return { name = 'cnt', on = {'sale_request'}, evaluate = function() end }\n");
+    rules_set *c = load_files(files, 2, &errs);
+    assert_non_null(c);
+    assert_int_equal(rules_vm_rebind(vm, c), -1);
+    assert_ptr_equal(rules_vm_set(vm), b);
+    rules_set_unref(c);
+    rules_vm_free(vm);
+    rules_set_unref(b);
+}
+
 /* A *.lua that cannot be read is a load error naming it, never skipped. */
 static void test_unreadable_files(void **state)
 {
@@ -587,6 +634,7 @@ int main(void)
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_small_stack);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_scope);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_vm_kinds);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_rebind);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_unreadable_files);
     return _cmocka_run_group_tests("sandbox_limits", tests, n, setup, teardown);
 }
