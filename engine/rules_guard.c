@@ -64,10 +64,13 @@ static int tail_only(const char *p, size_t i, size_t n)
  * pattern's items; an item repeated with * + - that can be backtracked over,
  * a %b (which scans to the end of the subject) and a back reference multiply
  * the attempt by the subject length, ? by two; an unanchored search makes
- * one attempt per position. Malformed patterns are left to Lua to refuse. */
+ * one attempt per position; a repeat that ends the pattern costs one scan in
+ * all. Malformed patterns are left to Lua to refuse. Several backtracking
+ * repeats on a long subject are refused even when the real input would be
+ * quick: the bound is the worst case, which an attacker can supply. */
 static double pattern_units(const char *p, size_t plen, size_t n, int scan)
 {
-    double len1 = (double)n + 1, mult = 1, items = 1;
+    double len1 = (double)n + 1, mult = 1, items = 1, tail = 0;
     size_t i = 0;
 
     if (plen > 0 && p[0] == '^' && scan != G_GMATCH) {
@@ -126,13 +129,16 @@ static double pattern_units(const char *p, size_t plen, size_t n, int scan)
             if (!tail_only(p, i, plen))
                 mult *= len1;
             else
-                items += len1;              /* one scan, no backtracking */
+                tail = len1;    /* one scan, and only by a match that then succeeds */
         } else if (i < plen && p[i] == '?') {
             i++;
             mult *= 2;
         }
     }
-    return (scan ? len1 : 1) * items * mult + (double)plen;
+    /* A trailing repeat scans only in an attempt that succeeds at once, and
+     * each success consumes what it scanned (gsub, gmatch) or ends the call
+     * (find, match): linear in all, not per attempt. */
+    return (scan ? len1 : 1) * items * mult + 2 * tail + (double)plen;
 }
 
 static double str_arg_len(lua_State *L, int idx)

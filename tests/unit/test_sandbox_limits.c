@@ -175,6 +175,44 @@ static void test_rep_empty(void **state)
     rules_set_unref(s);
 }
 
+static int eval_now(rules_vm *vm, long long now, const char *json, capture *cap)
+{
+    cJSON *ev = cJSON_Parse(json);
+    int rc;
+
+    memset(cap, 0, sizeof(*cap));
+    rc = rules_eval_cjson(vm, "t", ev, now, on_dec, cap);
+    cJSON_Delete(ev);
+    return rc;
+}
+
+/* Common patterns on long subjects stay allowed: a repeat that ends the
+ * pattern is linear (whitespace clean-up over 64 KB). */
+static void test_patterns_allowed(void **state)
+{
+    const char *files[] = { "pat.lua" };
+    char *errs, err[256];
+    capture cap;
+
+    (void)state;
+    write_rule("pat.lua", "return { name = 'pat', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  local s = ('ab  '):rep(16000)\n"
+               "  local t, n = s:gsub('%s+', ' ')\n"
+               "  local words = 0 for w in s:gmatch('%a+') do words = words + 1 end\n"
+               "  local k = ('campaign-' .. ('x'):rep(100) .. '-42'):match('^(%a+)-(%w+)-(%d+)$')\n"
+               "  return { action = 'alert', level = 'info', reason = n .. ' ' .. words .. ' ' .. k } end }\n");
+    rules_set *s = load_files(files, 1, &errs);
+    assert_non_null(s);
+    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
+    rules_vm_on_error(vm, on_err, &cap);
+    eval_now(vm, 1, "{}", &cap);
+    if (cap.n_err)
+        fail_msg("%s", cap.err_msg[0]);
+    assert_string_equal(cap.dec_reason[0], "16000 16000 campaign");
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
 /* A fixture that loops fails the load within a few deadlines, and the
  * fixtures after it are not run. */
 static void test_fixture_deadline(void **state)
@@ -209,16 +247,6 @@ static void test_fixture_deadline(void **state)
     free(errs);
 }
 
-static int eval_now(rules_vm *vm, long long now, const char *json, capture *cap)
-{
-    cJSON *ev = cJSON_Parse(json);
-    int rc;
-
-    memset(cap, 0, sizeof(*cap));
-    rc = rules_eval_cjson(vm, "t", ev, now, on_dec, cap);
-    cJSON_Delete(ev);
-    return rc;
-}
 
 /* The local ctx.incr (fixtures, dry runs) counts in fixed windows aligned on
  * multiples of window_s, as the Redis one does. */
@@ -626,6 +654,7 @@ int main(void)
         tests[n++] = t;
     }
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_rep_empty);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_patterns_allowed);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_fixture_deadline);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_local);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_incr_backend);
