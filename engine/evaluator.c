@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nerve/clock.h"
 #include "nerve/log.h"
 
 struct eval {
@@ -13,7 +14,7 @@ struct eval {
     pthread_t th;
     pthread_mutex_t mu;         /* guards st and the liveness stamps */
     eval_stats st;
-    /* Liveness stamps (evq_now_ns), written by the evaluator thread. */
+    /* Liveness stamps (clock_now_ns), written by the evaluator thread. */
     uint64_t last_done_ns;      /* last event finished; the start time until one has */
     uint64_t busy_since_ns;     /* the event in evaluation was taken, 0 when idle */
     uint64_t busy_enq_ns;       /* ... and was queued */
@@ -53,14 +54,14 @@ static void count_event(eval *e, const char *channel, int bad, uint64_t decision
         e->st.n_channels++;
     }
     if (i < e->st.n_channels) e->st.channels[i].events++;
-    e->last_done_ns = evq_now_ns();
+    e->last_done_ns = clock_now_ns();
     e->busy_since_ns = e->busy_enq_ns = 0;
     pthread_mutex_unlock(&e->mu);
 }
 
 static void mark_busy(eval *e, uint64_t enq_ns) {
     pthread_mutex_lock(&e->mu);
-    e->busy_since_ns = evq_now_ns();
+    e->busy_since_ns = clock_now_ns();
     e->busy_enq_ns = enq_ns ? enq_ns : e->busy_since_ns;
     pthread_mutex_unlock(&e->mu);
 }
@@ -119,7 +120,7 @@ static void *run(void *arg) {
         /* Busy from the pop: a halt cache refresh or a VM rebuild that hangs
          * delays this event as much as a rule that does. */
         if (rc == 1) mark_busy(e, it.enq_ns);
-        uint64_t now = evq_now_ns();
+        uint64_t now = clock_now_ns();
         if (now - last_refresh > 2000000000ull) {
             /* Repair the halt cache from Redis now and then. */
             rds_client *c = rds_pool_client(e->o.pool);
@@ -156,7 +157,7 @@ eval *eval_start(const eval_opts *o, char *err, size_t errlen) {
     }
     e->o = *o;
     if (e->o.stall_ms <= 0) e->o.stall_ms = 5000;
-    e->last_done_ns = evq_now_ns();
+    e->last_done_ns = clock_now_ns();
     pthread_mutex_init(&e->mu, NULL);
     if (pthread_create(&e->th, NULL, run, e) != 0) {
         snprintf(err, errlen, "cannot start the evaluator thread");
@@ -192,7 +193,7 @@ void eval_get_liveness(eval *e, eval_liveness *out) {
     pthread_mutex_unlock(&e->mu);
     evq_stats qs;
     evq_get_stats(e->o.q, &qs);
-    uint64_t now = evq_now_ns();
+    uint64_t now = clock_now_ns();
 
     out->stall_ms = e->o.stall_ms;
     out->queued = qs.depth;

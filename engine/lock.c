@@ -7,6 +7,8 @@
  */
 #include "nerve/lock.h"
 
+#include "nerve/clock.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -76,11 +78,7 @@ lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_
     return st;
 }
 
-static long long mono_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
+static long long mono_us(void) { return (long long)(clock_now_ns() / 1000u); }
 
 lock_status lock_acquire(rds_client *c, const char *key, int ttl_ms, int max_wait_ms,
                          char token[LOCK_TOKEN_LEN + 1], char *err, size_t errlen) {

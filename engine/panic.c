@@ -17,6 +17,7 @@
  * died can never turn one attempt into two POSTs.
  */
 #include "nerve/panic.h"
+#include "nerve/clock.h"
 #include "nerve/log.h"
 
 #include <cjson/cJSON.h>
@@ -107,24 +108,6 @@ static uint64_t rng_below(uint64_t n) {
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static long long mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct timespec mono_deadline(long long ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* Copy at most JOB_STR_MAX bytes of S, cut at a UTF-8 character boundary.
  * NULL stays NULL. *OOM is set when the allocation failed. */
 static char *copy_bounded(const char *s, bool *oom) {
@@ -169,7 +152,7 @@ static long long backoff_delay_ms(const panic_opts *o, int k) {
 /* Sleep MS on the worker's condvar. 0 when the time ran out, -1 when
  * panic_free() asked us to stop (at once, whatever remained). */
 static int sleep_ms(panic *p, long long ms) {
-    struct timespec dl = mono_deadline(ms);
+    struct timespec dl = clock_deadline_ms(ms);
     pthread_mutex_lock(&p->mu);
     while (!p->stopping) {
         if (pthread_cond_timedwait(&p->wake, &p->mu, &dl) == ETIMEDOUT) break;
@@ -445,17 +428,12 @@ panic *panic_new(const panic_opts *o, char *err, size_t errlen) {
 #endif
     }
 
-    pthread_condattr_t ca;
     if (pthread_mutex_init(&p->mu, NULL) != 0) goto sync_err;
     made = 1;
-    if (pthread_condattr_init(&ca) != 0) goto sync_err;
-    int crc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    if (crc == 0 && (crc = pthread_cond_init(&p->wake, &ca)) == 0) {
-        made = 2;
-        if ((crc = pthread_cond_init(&p->idle, &ca)) == 0) made = 3;
-    }
-    pthread_condattr_destroy(&ca);
-    if (crc != 0) goto sync_err;
+    if (clock_cond_init(&p->wake) != 0) goto sync_err;
+    made = 2;
+    if (clock_cond_init(&p->idle) != 0) goto sync_err;
+    made = 3;
 
     /* The worker takes no signals: they belong to main's handlers. */
     sigset_t all, old;
@@ -545,7 +523,7 @@ void panic_get_stats(panic *p, panic_stats *out) {
 
 int panic_drain(panic *p, int timeout_ms) {
     if (!p) return 0;
-    struct timespec dl = mono_deadline(timeout_ms < 0 ? 0 : timeout_ms);
+    struct timespec dl = clock_deadline_ms(timeout_ms);
     pthread_mutex_lock(&p->mu);
     while (p->head || p->busy) {
         if (timeout_ms < 0) pthread_cond_wait(&p->idle, &p->mu);
@@ -558,13 +536,13 @@ int panic_drain(panic *p, int timeout_ms) {
 
 void panic_free(panic *p) {
     if (!p) return;
-    long long t0 = mono_ms();
+    long long t0 = clock_now_ms();
     pthread_mutex_lock(&p->mu);
     p->stopping = true;
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     pthread_join(p->thread, NULL);
-    log_debug("panic", "stopped in %lld ms", mono_ms() - t0);
+    log_debug("panic", "stopped in %lld ms", clock_now_ms() - t0);
 
     curl_easy_cleanup(p->curl);
     for (struct curl_slist *h = p->headers; h; h = h->next) explicit_bzero(h->data, strlen(h->data));

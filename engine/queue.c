@@ -6,6 +6,8 @@
  */
 #include "nerve/queue.h"
 
+#include "nerve/clock.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -21,12 +23,6 @@ struct evq {
     evq_stats st;
 };
 
-uint64_t evq_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 evq *evq_new(size_t capacity) {
     evq *q = calloc(1, sizeof *q);
     if (!q) return NULL;
@@ -38,13 +34,11 @@ evq *evq_new(size_t capacity) {
     q->cap = capacity ? capacity : 1;
     q->st.capacity = q->cap;
     pthread_mutex_init(&q->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&q->cv);
     return q;
 }
+
+uint64_t evq_now_ns(void) { return clock_now_ns(); }
 
 void evq_item_free(evq_item *it) {
     if (!it) return;
@@ -68,12 +62,12 @@ int evq_push(evq *q, const char *channel, const char *data, size_t len) {
     int full = q->closed || q->n == q->cap;
     if (full) {
         q->st.dropped++;
-        q->st.last_drop_ns = evq_now_ns();
+        q->st.last_drop_ns = clock_now_ns();
     }
     pthread_mutex_unlock(&q->mu);
     if (full) return -1;
 
-    evq_item it = { strdup(channel), malloc(len + 1), len, evq_now_ns() };
+    evq_item it = { strdup(channel), malloc(len + 1), len, clock_now_ns() };
     if (!it.channel || !it.data) {
         evq_item_free(&it);
         return -1;
@@ -84,7 +78,7 @@ int evq_push(evq *q, const char *channel, const char *data, size_t len) {
     pthread_mutex_lock(&q->mu);
     if (q->closed || q->n == q->cap) {
         q->st.dropped++;
-        q->st.last_drop_ns = evq_now_ns();
+        q->st.last_drop_ns = clock_now_ns();
         pthread_mutex_unlock(&q->mu);
         evq_item_free(&it);
         return -1;
@@ -99,14 +93,7 @@ int evq_push(evq *q, const char *channel, const char *data, size_t len) {
 }
 
 int evq_pop(evq *q, evq_item *out, int timeout_ms) {
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    if (dl.tv_nsec >= 1000000000) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000;
-    }
+    struct timespec dl = clock_deadline_ms(timeout_ms);
     pthread_mutex_lock(&q->mu);
     while (q->n == 0 && !q->closed) {
         if (pthread_cond_timedwait(&q->cv, &q->mu, &dl) == ETIMEDOUT) break;

@@ -7,6 +7,7 @@
  */
 #include "nerve/rds.h"
 
+#include "nerve/clock.h"
 #include "nerve/tslot.h"
 
 #include <errno.h>
@@ -29,12 +30,6 @@ struct rds_client {
     int unknown;                /* the last failure came after a command was sent */
     char errstr[256];
 };
-
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void set_error(rds_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_error(rds_client *c, const char *fmt, ...) {
@@ -148,7 +143,7 @@ static void drop(rds_client *c) {
     c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 1;
     int cap = c->o.reconnect_max_ms > 0 ? c->o.reconnect_max_ms : 2000;
     if (c->backoff_ms > cap) c->backoff_ms = cap;
-    c->retry_at_ms = now_ms() + c->backoff_ms;
+    c->retry_at_ms = clock_now_ms() + c->backoff_ms;
 }
 
 void rds_client_free(rds_client *c) {
@@ -178,7 +173,7 @@ static int setup_cmd(rds_client *c, redisReply *r, const char *what) {
  * socket is readable, Redis closed it (restart, timeout, kill). Checked only
  * after a pause, so a busy connection pays nothing. */
 static int stale(rds_client *c) {
-    long long now = now_ms();
+    long long now = clock_now_ms();
     long long idle = now - c->last_used_ms;
     c->last_used_ms = now;
     if (idle < 50) return 0;
@@ -195,7 +190,7 @@ static int ensure(rds_client *c) {
         c->ctx = NULL;
         c->down = 0;
     }
-    if (c->down && now_ms() < c->retry_at_ms) {
+    if (c->down && clock_now_ms() < c->retry_at_ms) {
         if (!c->errstr[0]) set_error(c, "redis down, retrying");
         return -1;
     }

@@ -41,6 +41,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "nerve/clock.h"
 #include "nerve/log.h"
 #include "rules_int.h"
 
@@ -158,10 +159,7 @@ static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 
 uint64_t rules_now_ns(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return clock_now_ns();
 }
 
 /* Instructions between two looks at the budget and the clock: a look costs

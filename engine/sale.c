@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "nerve/clock.h"
 #include "nerve/jsonck.h"
 #include "nerve/lock.h"
 #include "nerve/log.h"
@@ -673,11 +674,9 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
         int rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, e->o.lock_ttl_ms, err, sizeof err);
         if (rc == 2) {
             /* Another instance holds the SKU: wait for it, then commit. */
-            struct timespec t0, t1;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
+            uint64_t t0 = clock_now_ns();
             lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            metrics_lock_wait((double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+            metrics_lock_wait((double)(clock_now_ns() - t0) / 1e9);
             if (st == LOCK_TIMEOUT) {
                 snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
                 fail = err;

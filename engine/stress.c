@@ -292,7 +292,7 @@ static int get_stock(const stress_url *u, const char *sku, int wait_ms, long lon
                      char *err, size_t errlen) {
     char path[STRESS_SKU_MAX + 16];
     snprintf(path, sizeof path, "/stock/%s", sku);
-    uint64_t deadline = stress_now_ns() + (uint64_t)wait_ms * 1000000u;
+    uint64_t deadline = clock_now_ns() + (uint64_t)wait_ms * 1000000u;
     for (;;) {
         stress_reply r;
         int st = stress_http_request(u, "GET", path, NULL, NULL, SETUP_TIMEOUT_MS, &r);
@@ -311,7 +311,7 @@ static int get_stock(const stress_url *u, const char *sku, int wait_ms, long lon
         }
         cJSON_Delete(o);
         stress_reply_free(&r);
-        if (rc == 0 || (st != 0 && st != 503) || stress_now_ns() >= deadline) return rc;
+        if (rc == 0 || (st != 0 && st != 503) || clock_now_ns() >= deadline) return rc;
         struct timespec ts = { 0, 100 * 1000000 };
         nanosleep(&ts, NULL);
     }
@@ -394,7 +394,7 @@ static void make_run_id(char *out, size_t len) {
     unsigned char b[8];
     if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
         unsigned long long x = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32) ^
-                               stress_now_ns();
+                               clock_now_ns();
         memcpy(b, &x, sizeof b);
     }
     snprintf(out, len, "%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5],
@@ -408,7 +408,7 @@ static void make_run_id(char *out, size_t len) {
  * 409 means not sold; anything else (422, 423, ...) leaves it unresolved.
  * Adds the units to RES[].sold. */
 static void replay(const opts *o, const stress_run *r, stress_sku_result *res, stress_replay *rp) {
-    uint64_t deadline = stress_now_ns() + REPLAY_WAIT_MS * 1000000ull;
+    uint64_t deadline = clock_now_ns() + REPLAY_WAIT_MS * 1000000ull;
     for (int t = 0; t < r->threads; t++) {
         const stress_stats *st = &r->stats[t];
         rp->unresolved += st->pending_lost;
@@ -438,7 +438,7 @@ static void replay(const opts *o, const stress_run *r, stress_sku_result *res, s
                     rp->not_sold++;
                     break;
                 }
-                if ((code != 0 && code != 503) || stress_now_ns() >= deadline) {
+                if ((code != 0 && code != 503) || clock_now_ns() >= deadline) {
                     rp->unresolved++;
                     break;
                 }
@@ -457,7 +457,7 @@ static void replay(const opts *o, const stress_run *r, stress_sku_result *res, s
 /* One progress line: totals, and the rate since the previous line. */
 static void progress(const stress_run *r, FILE *f, long long *prev, uint64_t *prev_ns) {
     long long done = atomic_load(&r->done), failed = atomic_load(&r->failed);
-    uint64_t now = stress_now_ns();
+    uint64_t now = clock_now_ns();
     double secs = (double)(now - r->started_ns) / 1e9, dt = (double)(now - *prev_ns) / 1e9;
     double rate = dt > 0 ? (double)(done - *prev) / dt : 0;
     *prev = done;
@@ -489,7 +489,7 @@ static int run_load(stress_run *r, bool show) {
         struct timespec ts = { 0, 20 * 1000000 };
         nanosleep(&ts, NULL);
         if (interrupted) atomic_store(&r->stop, 1);
-        if (show && stress_now_ns() - last >= 250000000u) progress(r, stderr, &prev, &last);
+        if (show && clock_now_ns() - last >= 250000000u) progress(r, stderr, &prev, &last);
     }
     stress_load_wait(r);
     if (show) fprintf(stderr, "\r\033[K");
@@ -576,7 +576,7 @@ int stress_main(int argc, char **argv) {
             res[i].kill = 0;
     }
     if (o.kill_check) {
-        uint64_t deadline = stress_now_ns() + KILL_WAIT_MS * 1000000ull;
+        uint64_t deadline = clock_now_ns() + KILL_WAIT_MS * 1000000ull;
         for (;;) {
             cJSON *scopes = engaged_scopes(&o.urls[0]);
             int pending = 0;
@@ -585,7 +585,7 @@ int stress_main(int argc, char **argv) {
                 pending += res[i].kill == 0;
             }
             cJSON_Delete(scopes);
-            if (!pending || stress_now_ns() >= deadline) break;
+            if (!pending || clock_now_ns() >= deadline) break;
             struct timespec ts = { 0, 100 * 1000000 };
             nanosleep(&ts, NULL);
         }

@@ -26,12 +26,6 @@
 
 #define HEAD_MAX (64 * 1024)    /* status line + headers */
 
-uint64_t stress_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void set_err(char *err, size_t errlen, const char *fmt, ...) {
@@ -266,7 +260,7 @@ int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err
 /* ---- the blocking client ------------------------------------------------------------- */
 
 static int remaining_ms(uint64_t deadline) {
-    uint64_t now = stress_now_ns();
+    uint64_t now = clock_now_ns();
     return now >= deadline ? 0 : (int)((deadline - now) / 1000000u) + 1;
 }
 
@@ -298,7 +292,7 @@ int stress_http_request(const stress_url *u, const char *method, const char *pat
                         const char *token, const char *body, int timeout_ms,
                         stress_reply *out) {
     memset(out, 0, sizeof *out);
-    uint64_t deadline = stress_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    uint64_t deadline = clock_now_ns() + (uint64_t)timeout_ms * 1000000u;
     size_t bl = body ? strlen(body) : 0;
     size_t cap = strlen(method) + strlen(path) + strlen(u->hostport) + (token ? strlen(token) : 0) +
                  bl + 256;

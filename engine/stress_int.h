@@ -14,6 +14,7 @@
 #ifndef NERVE_STRESS_INT_H
 #define NERVE_STRESS_INT_H
 
+#include "nerve/clock.h"
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -80,9 +81,6 @@ int stress_http_request(const stress_url *u, const char *method, const char *pat
                         const char *token, const char *body, int timeout_ms,
                         stress_reply *out);
 void stress_reply_free(stress_reply *r);
-
-/* Monotonic clock, nanoseconds. */
-uint64_t stress_now_ns(void);
 
 /* ---- the load (stress_load.c) ------------------------------------------------------ */
 

@@ -137,7 +137,7 @@ static void check_ok(worker *w, const conn *c, const char *body, size_t len) {
 
 static void record_answer(worker *w, conn *c, const stress_resp *resp) {
     stress_stats *st = w->st;
-    push_latency(st, stress_now_ns() - c->t0);
+    push_latency(st, clock_now_ns() - c->t0);
     st->requests++;
     st->by_status[resp->status < 600 ? resp->status : 599]++;
     int s = resp->status;
@@ -196,7 +196,7 @@ static void finish(worker *w, conn *c) {
 static bool claim(worker *w, conn *c) {
     stress_run *r = w->run;
     if (atomic_load_explicit(&r->stop, memory_order_relaxed)) return false;
-    if (r->requests == 0 && stress_now_ns() >= r->deadline_ns) return false;
+    if (r->requests == 0 && clock_now_ns() >= r->deadline_ns) return false;
     long long i = atomic_fetch_add_explicit(&r->next, 1, memory_order_relaxed);
     if (r->requests > 0 && i >= r->requests) return false;
     c->idx = i;
@@ -211,7 +211,7 @@ static bool claim(worker *w, conn *c) {
                      r->urls[c->url].hostport, bl, body);
     c->req_len = n > 0 && (size_t)n < sizeof c->req ? (size_t)n : 0;
     c->req_off = 0;
-    c->t0 = stress_now_ns();
+    c->t0 = clock_now_ns();
     w->st->per_url[c->url]++;
     return true;
 }
@@ -244,7 +244,7 @@ static int open_conn(worker *w, conn *c) {
     c->want_out = true;
     c->len = 0;
     c->state = C_CONNECTING;
-    if (c->idx < 0) c->t0 = stress_now_ns();
+    if (c->idx < 0) c->t0 = clock_now_ns();
     return 0;
 }
 
@@ -280,7 +280,7 @@ static void fail(worker *w, conn *c, const char *what, int errnum) {
     record_transport(w, c, why, sent);
     close_conn(w, c);
     c->state = C_BACKOFF;
-    c->retry_at = stress_now_ns() + BACKOFF_MS * 1000000ull;
+    c->retry_at = clock_now_ns() + BACKOFF_MS * 1000000ull;
     w->backoff++;
 }
 
@@ -398,7 +398,7 @@ static void *worker_main(void *arg) {
         conn *c = &w->conns[i];
         if (open_conn(w, c) != 0) fail(w, c, "connect", errno);
     }
-    uint64_t last_sweep = stress_now_ns();
+    uint64_t last_sweep = clock_now_ns();
     while (w->active > 0) {
         int timeout = w->backoff > 0 ? BACKOFF_MS / 2 : 50;
         int n = epoll_wait(w->ep, evs, 256, timeout);
@@ -414,7 +414,7 @@ static void *worker_main(void *arg) {
                 on_readable(w, c);
             }
         }
-        uint64_t now = stress_now_ns();
+        uint64_t now = clock_now_ns();
         if (now - last_sweep >= (w->backoff > 0 ? BACKOFF_MS / 2 : 50) * 1000000ull ||
             (w->run->requests == 0 && now >= w->run->deadline_ns)) {
             sweep(w, now);
@@ -460,8 +460,8 @@ int stress_load_start(stress_run *r, char *err, size_t errlen) {
             return -1;
         }
     }
-    if (r->requests == 0) r->deadline_ns = stress_now_ns() + (uint64_t)(r->duration_s * 1e9);
-    uint64_t t0 = stress_now_ns();
+    if (r->requests == 0) r->deadline_ns = clock_now_ns() + (uint64_t)(r->duration_s * 1e9);
+    uint64_t t0 = clock_now_ns();
     for (int t = 0; t < r->threads; t++) {
         int rc = pthread_create(&workers[t].tid, NULL, worker_main, &workers[t]);
         if (rc != 0) {
@@ -484,7 +484,7 @@ void stress_load_wait(stress_run *r) {
     if (!workers) return;
     for (int t = 0; t < r->threads; t++)
         if (workers[t].started) pthread_join(workers[t].tid, NULL);
-    r->secs = (double)(stress_now_ns() - r->started_ns) / 1e9;
+    r->secs = (double)(clock_now_ns() - r->started_ns) / 1e9;
 }
 
 void stress_load_free(stress_run *r) {

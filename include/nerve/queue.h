@@ -45,10 +45,12 @@ void evq_close(evq *q);
 
 /* A consistent snapshot (one lock), cheap enough for every scrape and probe. */
 void evq_get_stats(evq *q, evq_stats *out);
-/* How long the oldest queued item has waited at NOW (evq_now_ns), 0 when empty. */
+/* How long the oldest queued item has waited at NOW (clock_now_ns), 0 when empty. */
 uint64_t evq_oldest_age_ns(const evq_stats *st, uint64_t now);
 void evq_item_free(evq_item *it);
 
+/* clock_now_ns() under its old name, for the callers that still use it
+ * (http.c, metrics.c); new code calls clock_now_ns. */
 uint64_t evq_now_ns(void);
 
 #endif
