@@ -5,13 +5,13 @@
 
 #include <cjson/cJSON.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "nerve/log.h"
-#include "nerve/metrics.h"
 
 #define KEY_MAX 600
 
@@ -25,6 +25,7 @@ struct act {
     rds_pool *pool;
     pthread_mutex_t mu;         /* guards st */
     act_stats st;
+    _Atomic uint64_t suppressed[ACT_LEVEL_COUNT];  /* act_alert_stats */
 };
 
 act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
@@ -66,6 +67,21 @@ void act_get_stats(act *a, act_stats *out) {
     pthread_mutex_lock(&a->mu);
     *out = a->st;
     pthread_mutex_unlock(&a->mu);
+}
+
+static const char *const level_names[ACT_LEVEL_COUNT] = { "info", "warning", "critical", "fatal", "other" };
+
+const char *act_level_name(act_level l) { return (unsigned)l < ACT_LEVEL_COUNT ? level_names[l] : NULL; }
+
+static act_level level_of(const char *level) {
+    int i = 0;
+    while (i < ACT_LEVEL_OTHER && strcmp(level ? level : "", level_names[i]) != 0) i++;
+    return (act_level)i;
+}
+
+void act_get_alert_stats(act *a, act_alert_stats *out) {
+    for (int i = 0; i < ACT_LEVEL_COUNT; i++)
+        out->suppressed[i] = atomic_load_explicit(&a->suppressed[i], memory_order_relaxed);
 }
 
 static double now_s(void) {
@@ -165,7 +181,7 @@ int act_alert(act *a, rds_client *c, const char *kind, const char *level, const 
         rc = 1;
     } else {
         count(a, &a->st.alerts_suppressed);
-        metrics_alert_suppressed(level);
+        atomic_fetch_add_explicit(&a->suppressed[level_of(level)], 1, memory_order_relaxed);
         rc = 0;
     }
     freeReplyObject(r);

@@ -37,7 +37,6 @@
 #define MAX_DEPTH       32          /* rules.params nesting */
 #define MAX_NODES       65536       /* values in one rules.params tree */
 #define MAX_KEY         256         /* a mapping key or dotted key, bytes */
-#define MAX_SKU         128
 #define MAX_PREFIX      64          /* redis.prefix, bytes */
 #define MAX_ERRORS      100         /* lines reported before giving up */
 #define MAX_SHOW        64          /* bytes of a bad value echoed back */

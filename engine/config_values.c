@@ -32,7 +32,7 @@
 #include <yaml.h>
 
 #include "config_int.h"
-#include "nerve/sale.h"
+#include "nerve/sku.h"
 
 /* ------------------------------------------------------------------------ */
 /* Scalars                                                                  */
@@ -374,13 +374,13 @@ static bool seed_sku(loader *L, const char *sku, const origin *at)
     char q[QBUF];
     /* Exactly the sale endpoint's rule: a seed no sale could use is an error. */
     size_t n = strlen(sku);
-    if (sale_sku_valid(sku, n)) return true;
-    if (n >= 1 && n <= MAX_SKU && strspn(sku, "._:-") == n)
+    if (sku_valid(sku, n)) return true;
+    if (n >= 1 && n <= SKU_MAX && strspn(sku, "._:-") == n)
         cfg_errf(L, at, "inventory.seed", "invalid SKU %s (needs a letter or digit)",
                  cfg_quote(q, sku));
     else
         cfg_errf(L, at, "inventory.seed", "invalid SKU %s (want 1 to %d of A-Z a-z 0-9 . _ : -)",
-                 cfg_quote(q, sku), MAX_SKU);
+                 cfg_quote(q, sku), SKU_MAX);
     return false;
 }
 

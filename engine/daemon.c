@@ -19,7 +19,6 @@
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/log.h"
-#include "nerve/metrics.h"
 #include "nerve/panic.h"
 #include "nerve/policy.h"
 #include "nerve/queue.h"
@@ -132,7 +131,6 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
             p += n + (nl ? 1 : 0);
         }
         live_record_reload(d->live, false, text);
-        metrics_reload(0);
         rds_client *c = rds_pool_client(d->pool);
         if (c) {
             char reason[512];
@@ -147,7 +145,6 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
         report_restart_only(d->c, nc);
         uint64_t g = live_swap(d->live, set);
         live_record_reload(d->live, true, NULL);
-        metrics_reload(1);
         log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s", (unsigned long long)g,
                  rules_set_count(set), rules_set_sha256(set));
         if (generation) *generation = g;
@@ -336,8 +333,8 @@ int daemon_run(const daemon_args *a) {
         goto out;
     }
     http_deps hd = { .cfg = c, .pool = d.pool, .sale = d.sale, .live = d.live, .ks = d.ks,
-                     .act = d.act, .q = d.q, .bus = d.bus, .eval = d.eval, .panic = d.panic,
-                     .reload = do_reload, .reload_ud = &d };
+                     .act = d.act, .policy = d.policy, .q = d.q, .bus = d.bus, .eval = d.eval,
+                     .panic = d.panic, .reload = do_reload, .reload_ud = &d };
     d.http = http_start(&hd, err, sizeof err);
     if (!d.http) {
         log_error("main", "%s", err);

@@ -22,7 +22,8 @@
 
 #include "nerve/jsonck.h"
 #include "nerve/log.h"
-#include "nerve/metrics.h"
+#include "nerve/sku.h"
+#include "nerve/status.h"
 
 struct http_server {
     http_deps d;
@@ -240,7 +241,7 @@ static int handle_sale(http_server *s, struct mg_connection *conn) {
     memset(&res, 0, sizeof res);
     res.status = SALE_BAD_REQUEST;
     int status = do_sale(s, conn, &res);
-    metrics_sale(res.status, res.duplicate, mono_s() - t0);
+    sale_record(s->d.sale, res.status, res.duplicate, mono_s() - t0);
     return status;
 }
 
@@ -319,7 +320,7 @@ static cJSON *item_obj(const char *sku, const sale_item *it) {
 }
 
 static int handle_stock_get(http_server *s, struct mg_connection *conn, const char *sku) {
-    if (!sale_sku_valid(sku, strlen(sku)))
+    if (!sku_valid(sku, strlen(sku)))
         return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     rds_client *rc = rds_pool_client(s->d.pool);
     sale_item it;
@@ -338,7 +339,7 @@ static int handle_stock_get(http_server *s, struct mg_connection *conn, const ch
 static int handle_stock_put(http_server *s, struct mg_connection *conn, const char *sku) {
     int st = check_admin(s, conn);
     if (st) return st;
-    if (!sale_sku_valid(sku, strlen(sku)))
+    if (!sku_valid(sku, strlen(sku)))
         return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     cJSON *root;
     int rc = take_json(s, conn, &root);
@@ -364,150 +365,31 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
     return send_json(s, conn, 200, item_obj(sku, &now), NULL, 0);
 }
 
-static int handle_readyz(http_server *s, struct mg_connection *conn) {
-    rds_client *c = rds_pool_client(s->d.pool);
-    redisReply *r = c ? rds_command(c, "PING") : NULL;
-    int redis_ok = r && r->type == REDIS_REPLY_STATUS;
-    cJSON *reasons = cJSON_CreateArray();
-    char reason[400];
-    if (!redis_ok) {
-        snprintf(reason, sizeof reason, "redis: %s",
-                 r && r->type == REDIS_REPLY_ERROR ? r->str : c ? rds_errstr(c) : "out of memory");
-        cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
-    }
-    freeReplyObject(r);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "redis", redis_ok);
-    if (s->d.live) {
-        uint64_t gen;
-        rules_set *set = live_get(s->d.live, &gen);
-        cJSON_AddBoolToObject(o, "rules_loaded", set != NULL);
-        cJSON_AddNumberToObject(o, "rules_generation", (double)gen);
-        if (!set) cJSON_AddItemToArray(reasons, cJSON_CreateString("no rules loaded"));
-        rules_set_unref(set);
-    }
-    if (s->d.q) {
-        evq_stats qs;
-        evq_get_stats(s->d.q, &qs);
-        cJSON *q = cJSON_AddObjectToObject(o, "event_queue");
-        cJSON_AddNumberToObject(q, "depth", (double)qs.depth);
-        cJSON_AddNumberToObject(q, "capacity", (double)qs.capacity);
-        cJSON_AddNumberToObject(q, "dropped", (double)qs.dropped);
-        cJSON_AddNumberToObject(q, "oldest_age_seconds", (double)(evq_oldest_age_ns(&qs, evq_now_ns()) / 1000000) / 1e3);
-        /* Overflowing = dropped an event within the last 10 s. */
-        int overflowing = qs.last_drop_ns && evq_now_ns() - qs.last_drop_ns < 10000000000ull;
-        cJSON_AddBoolToObject(q, "overflowing", overflowing);
-        if (overflowing) {
-            snprintf(reason, sizeof reason, "event queue overflowing: %llu events dropped",
-                     (unsigned long long)qs.dropped);
-            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
-        }
-    }
-    if (s->d.eval) {
-        /* Events waiting on an evaluator that finishes none: kills are not
-         * being decided, so this instance must not look ready. */
-        eval_liveness lv;
-        eval_get_liveness(s->d.eval, &lv);
-        cJSON *ev = cJSON_AddObjectToObject(o, "evaluator");
-        cJSON_AddBoolToObject(ev, "busy", lv.busy);
-        cJSON_AddNumberToObject(ev, "busy_seconds", (double)(lv.busy_ns / 1000000) / 1e3);
-        cJSON_AddNumberToObject(ev, "last_completed_age_seconds", (double)(lv.since_done_ns / 1000000) / 1e3);
-        cJSON_AddNumberToObject(ev, "stall_ms", lv.stall_ms);
-        cJSON_AddBoolToObject(ev, "stalled", lv.stalled);
-        if (lv.stalled) {
-            snprintf(reason, sizeof reason,
-                     "evaluator stalled: %zu events queued (oldest %.1f s), %s, no event finished for %.1f s "
-                     "(bus.stall_ms=%d)", lv.queued, (double)lv.oldest_age_ns / 1e9,
-                     lv.busy ? "one in evaluation" : "none in evaluation", (double)lv.waiting_ns / 1e9,
-                     lv.stall_ms);
-            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
-        }
-    }
-    if (s->d.bus) {
-        bus_stats bs;
-        bus_get_stats(s->d.bus, &bs);
-        cJSON_AddBoolToObject(o, "bus_connected", bs.connected);
-    }
-    int ok = cJSON_GetArraySize(reasons) == 0;
-    cJSON_AddStringToObject(o, "status", ok ? "ready" : "not_ready");
-    if (!ok) {
-        const cJSON *first = cJSON_GetArrayItem(reasons, 0);
-        cJSON_AddStringToObject(o, "reason", first->valuestring);
-        cJSON_AddItemToObject(o, "reasons", reasons);
-    } else {
-        cJSON_Delete(reasons);
-    }
-    return send_json(s, conn, ok ? 200 : 503, o, NULL, 0);
+/* The read side's view of the daemon: status.c builds every answer below. */
+static status_sources sources(http_server *s) {
+    status_sources src = { .pool = s->d.pool, .sale = s->d.sale, .policy = s->d.policy, .act = s->d.act,
+                           .live = s->d.live, .eval = s->d.eval, .q = s->d.q, .bus = s->d.bus,
+                           .panic = s->d.panic, .ks = s->d.ks };
+    return src;
 }
 
-/* Split "FILE:LINE: message" lines into a JSON array. */
-static cJSON *error_lines(const char *text) {
-    cJSON *arr = cJSON_CreateArray();
-    while (text && *text) {
-        const char *nl = strchr(text, '\n');
-        size_t n = nl ? (size_t)(nl - text) : strlen(text);
-        if (n) {
-            char *line = strndup(text, n);
-            if (line) cJSON_AddItemToArray(arr, cJSON_CreateString(line));
-            free(line);
-        }
-        text += n + (nl ? 1 : 0);
-    }
-    return arr;
+static int handle_readyz(http_server *s, struct mg_connection *conn) {
+    status_sources src = sources(s);
+    bool ready = false;
+    cJSON *o = status_readyz(&src, &ready);
+    return send_json(s, conn, ready ? 200 : 503, o, NULL, 0);    /* NULL: 500 */
 }
 
 static int handle_rules(http_server *s, struct mg_connection *conn) {
-    if (!s->d.live) return send_error(s, conn, 404, "not_found", "rules are not enabled");
-    uint64_t gen;
-    rules_set *set = live_get(s->d.live, &gen);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "generation", (double)gen);
-    cJSON *arr = cJSON_AddArrayToObject(o, "rules");
-    if (set) {
-        cJSON_AddStringToObject(o, "sha256", rules_set_sha256(set));
-        cJSON_AddNumberToObject(o, "loaded_at", (double)rules_set_loaded_at(set));
-        for (size_t i = 0; i < rules_set_count(set); i++) {
-            rules_info in;
-            rules_stats st;
-            if (rules_set_info(set, i, &in) || rules_set_stats(set, i, &st)) continue;
-            cJSON *r = cJSON_CreateObject();
-            cJSON_AddStringToObject(r, "name", in.name);
-            cJSON_AddStringToObject(r, "file", in.file);
-            if (in.description[0]) cJSON_AddStringToObject(r, "description", in.description);
-            cJSON *ch = cJSON_AddArrayToObject(r, "channels");
-            for (size_t j = 0; j < in.n_channels; j++) cJSON_AddItemToArray(ch, cJSON_CreateString(in.channels[j]));
-            cJSON_AddStringToObject(r, "sha256", in.sha256);
-            cJSON_AddNumberToObject(r, "fixtures", in.n_fixtures);
-            cJSON_AddNumberToObject(r, "evaluations", (double)st.evaluations);
-            cJSON_AddNumberToObject(r, "errors", (double)st.errors);
-            cJSON *d = cJSON_AddObjectToObject(r, "decisions");
-            for (int a = 0; a < RULES_ACTION_COUNT; a++)
-                cJSON_AddNumberToObject(d, rules_action_name((rules_action)a), (double)st.decisions[a]);
-            cJSON_AddNumberToObject(r, "duration_seconds", (double)st.duration_ns / 1e9);
-            cJSON_AddItemToArray(arr, r);
-        }
-    } else {
-        cJSON_AddNullToObject(o, "sha256");
-    }
-    rules_set_unref(set);
-    live_reload lr;
-    live_last_reload(s->d.live, &lr);
-    cJSON *last = cJSON_AddObjectToObject(o, "last_reload");
-    if (lr.at) {
-        cJSON_AddStringToObject(last, "result", lr.ok ? "ok" : "failed");
-        cJSON_AddNumberToObject(last, "at", (double)lr.at);
-        cJSON_AddItemToObject(last, "errors", error_lines(lr.errors));
-    } else {
-        cJSON_AddStringToObject(last, "result", "none");
-    }
-    free(lr.errors);
+    status_sources src = sources(s);
+    cJSON *o;
+    if (status_rules(&src, &o)) return send_error(s, conn, 404, "not_found", "rules are not enabled");
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
 static int handle_metrics(http_server *s, struct mg_connection *conn) {
-    metrics_sources src = { .live = s->d.live, .eval = s->d.eval, .q = s->d.q, .panic = s->d.panic,
-                            .ks = s->d.ks, .bus = s->d.bus, .redis = rds_pool_client(s->d.pool) };
-    char *text = metrics_render(&src);
+    status_sources src = sources(s);
+    char *text = status_metrics(&src);
     if (!text) return send_error(s, conn, 500, "internal", "out of memory");
     size_t tl = strlen(text);
     char head[256];
@@ -526,11 +408,9 @@ static int unavailable(http_server *s, struct mg_connection *conn, const char *m
 }
 
 static int handle_killswitch_get(http_server *s, struct mg_connection *conn) {
-    rds_client *c = rds_pool_client(s->d.pool);
-    cJSON *arr = c && s->d.ks ? ks_list(s->d.ks, c) : NULL;
-    if (!arr) return unavailable(s, conn, "redis unavailable");
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddItemToObject(o, "engaged", arr);
+    status_sources src = sources(s);
+    cJSON *o = status_killswitch(&src);
+    if (!o) return unavailable(s, conn, "redis unavailable");
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
@@ -603,7 +483,7 @@ static int handle_reload(http_server *s, struct mg_connection *conn) {
     char *errors = NULL;
     if (s->d.reload(s->d.reload_ud, &gen, &errors) != 0) {
         cJSON *o = error_obj("reload_failed", "reload refused; the previous rules and config stay in force");
-        cJSON_AddItemToObject(o, "errors", error_lines(errors));
+        cJSON_AddItemToObject(o, "errors", status_error_lines(errors));
         free(errors);
         return send_json(s, conn, 422, o, NULL, 0);
     }

@@ -15,6 +15,7 @@ struct live {
     rules_set *set;
     _Atomic uint64_t gen;
     live_reload last;
+    _Atomic uint64_t reloads_ok, reloads_failed;
 };
 
 live *live_new(void) {
@@ -60,6 +61,12 @@ void live_record_reload(live *l, bool ok, const char *errors) {
     l->last.at = (long long)time(NULL);
     l->last.errors = copy;
     pthread_mutex_unlock(&l->mu);
+    atomic_fetch_add_explicit(ok ? &l->reloads_ok : &l->reloads_failed, 1, memory_order_relaxed);
+}
+
+void live_get_stats(live *l, live_stats *out) {
+    out->reloads_ok = atomic_load_explicit(&l->reloads_ok, memory_order_relaxed);
+    out->reloads_failed = atomic_load_explicit(&l->reloads_failed, memory_order_relaxed);
 }
 
 void live_last_reload(live *l, live_reload *out) {

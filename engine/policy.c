@@ -9,7 +9,6 @@
 #include <time.h>
 
 #include "nerve/log.h"
-#include "nerve/metrics.h"
 #include "nerve/tslot.h"
 
 typedef struct gate_ctx gate_ctx;
@@ -28,6 +27,7 @@ struct policy {
     rds_pool *pool;
     ctr *counters;
     tslot *vms;                 /* one tvm per HTTP worker thread */
+    _Atomic uint64_t failed_rejected, failed_allowed;   /* policy_stats */
 };
 
 struct gate_ctx {
@@ -64,6 +64,11 @@ void policy_free(policy *p) {
     if (!p) return;
     tslot_free(p->vms);
     free(p);
+}
+
+void policy_get_stats(policy *p, policy_stats *out) {
+    out->rule_failures_rejected = atomic_load_explicit(&p->failed_rejected, memory_order_relaxed);
+    out->rule_failures_allowed = atomic_load_explicit(&p->failed_allowed, memory_order_relaxed);
 }
 
 static void on_decision(void *ud, const rules_decision *d) {
@@ -167,7 +172,7 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
     }
     if (failed > 0) {
         int allow = rules_set_sale_allow(rules_vm_set(t->vm));
-        metrics_sale_rule_failure(!allow);
+        atomic_fetch_add_explicit(allow ? &p->failed_allowed : &p->failed_rejected, 1, memory_order_relaxed);
         if (!allow) {
             const char *rule = gc.failed_rule[0] ? gc.failed_rule : "?";
             res->status = SALE_REJECTED;

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,24 +25,10 @@
 #include "nerve/jsonck.h"
 #include "nerve/lock.h"
 #include "nerve/log.h"
-#include "nerve/metrics.h"
 
 #define KEY_MAX 512
 
 /* ---- validation ------------------------------------------------------------ */
-
-int sale_sku_valid(const char *s, size_t len) {
-    if (len == 0 || len > SALE_STR_MAX) return 0;
-    int alnum = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        int an = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
-        if (!an && ch != '.' && ch != '_' && ch != ':' && ch != '-') return 0;
-        alnum |= an;
-    }
-    /* "." and ".." are in the character set but are path traversal, not SKUs. */
-    return alnum;
-}
 
 /* An order id is printable ASCII without spaces: it becomes part of a key
  * and of logs, and clients use UUIDs or similar. */
@@ -100,7 +87,7 @@ parsed:
         snprintf(err, errlen, "sku must be at most %d bytes", SALE_STR_MAX);
         goto out;
     }
-    if (!sale_sku_valid(sku->valuestring, sl)) {
+    if (!sku_valid(sku->valuestring, sl)) {
         snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . _ : - (and at least one letter or digit)");
         goto out;
     }
@@ -622,6 +609,8 @@ struct sale_engine {
     char *prefix, *inv_ch, *sales_ch;
     rds_pool *pool;
     stripe stripes[NSTRIPES];
+    _Atomic uint64_t results[SALE_RESULT_COUNT];
+    hist duration, lock_wait;
 };
 
 sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool) {
@@ -652,6 +641,35 @@ void sale_engine_free(sale_engine *e) {
     free(e);
 }
 
+static const char *const result_names[SALE_RESULT_COUNT] = {
+    "ok", "duplicate", "out_of_stock", "rejected", "halted", "unavailable", "bad_request",
+};
+
+const char *sale_result_name(sale_result r) {
+    return (unsigned)r < SALE_RESULT_COUNT ? result_names[r] : NULL;
+}
+
+void sale_record(sale_engine *e, sale_status status, bool duplicate, double seconds) {
+    sale_result r;
+    switch (status) {
+    case SALE_OK: r = duplicate ? SALE_RESULT_DUPLICATE : SALE_RESULT_OK; break;
+    case SALE_OUT_OF_STOCK: r = SALE_RESULT_OUT_OF_STOCK; break;
+    case SALE_REJECTED: r = SALE_RESULT_REJECTED; break;
+    case SALE_HALTED: r = SALE_RESULT_HALTED; break;
+    case SALE_BAD_REQUEST: r = SALE_RESULT_BAD_REQUEST; break;
+    default: r = SALE_RESULT_UNAVAILABLE; break;
+    }
+    atomic_fetch_add_explicit(&e->results[r], 1, memory_order_relaxed);
+    hist_observe(&e->duration, seconds);
+}
+
+void sale_get_stats(sale_engine *e, sale_stats *out) {
+    for (int i = 0; i < SALE_RESULT_COUNT; i++)
+        out->results[i] = atomic_load_explicit(&e->results[i], memory_order_relaxed);
+    hist_read(&e->duration, &out->duration);
+    hist_read(&e->lock_wait, &out->lock_wait);
+}
+
 static unsigned hash(const char *s) {
     unsigned h = 2166136261u;   /* FNV-1a */
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
@@ -676,7 +694,7 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             /* Another instance holds the SKU: wait for it, then commit. */
             uint64_t t0 = clock_now_ns();
             lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
-            metrics_lock_wait((double)(clock_now_ns() - t0) / 1e9);
+            hist_observe(&e->lock_wait, (double)(clock_now_ns() - t0) / 1e9);
             if (st == LOCK_TIMEOUT) {
                 snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
                 fail = err;
@@ -686,7 +704,7 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
                 rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, 0, err, sizeof err);
             }
         } else {
-            metrics_lock_wait(0);
+            hist_observe(&e->lock_wait, 0);
         }
         if (!fail && rc == 1) {
             snprintf(err, sizeof err, "lock on SKU %s expired before the commit; retry", sku);

@@ -10,7 +10,7 @@
  * held) or 1 (one failed, named on stderr).
  */
 #include "nerve/stress.h"
-#include "nerve/sale.h"
+#include "nerve/sku.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -172,7 +172,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
             }
             o->nurls++;
         } else if (strcmp(name, "--sku") == 0) {
-            if (!sale_sku_valid(v, strlen(v))) {
+            if (!sku_valid(v, strlen(v))) {
                 fprintf(stderr, "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . _ : -, got '%s'\n",
                         STRESS_SKU_MAX, v);
                 return -1;

@@ -66,4 +66,25 @@ int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const c
 
 void act_get_stats(act *a, act_stats *out);
 
+/* Alert levels as this instance counts them (nerve_alerts_suppressed_total's
+ * level label): a level outside the four known ones counts as "other". */
+typedef enum {
+    ACT_LEVEL_INFO,
+    ACT_LEVEL_WARNING,
+    ACT_LEVEL_CRITICAL,
+    ACT_LEVEL_FATAL,
+    ACT_LEVEL_OTHER,
+    ACT_LEVEL_COUNT
+} act_level;
+
+/* "info", "warning", "critical", "fatal", "other"; NULL out of range. */
+const char *act_level_name(act_level l);
+
+typedef struct act_alert_stats {
+    uint64_t suppressed[ACT_LEVEL_COUNT];  /* kept quiet inside their throttle window */
+} act_alert_stats;
+
+/* Counters since act_new. Thread-safe, lock-free. */
+void act_get_alert_stats(act *a, act_alert_stats *out);
+
 #endif

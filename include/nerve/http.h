@@ -22,6 +22,7 @@
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/panic.h"
+#include "nerve/policy.h"
 #include "nerve/queue.h"
 #include "nerve/rds.h"
 #include "nerve/sale.h"
@@ -37,6 +38,7 @@ typedef struct http_deps {
     live *live;                 /* may be NULL in tests of the sale path alone */
     ks *ks;
     act *act;
+    policy *policy;             /* read by GET /metrics only; may be NULL */
     evq *q;
     bus *bus;
     eval *eval;

@@ -42,4 +42,11 @@ void live_record_reload(live *l, bool ok, const char *errors);
 /* Copy of the last reload result; free out->errors. */
 void live_last_reload(live *l, live_reload *out);
 
+typedef struct live_stats {
+    uint64_t reloads_ok, reloads_failed;    /* live_record_reload calls, by OK */
+} live_stats;
+
+/* Reload attempts since live_new (each live_record_reload counts one). */
+void live_get_stats(live *l, live_stats *out);
+
 #endif

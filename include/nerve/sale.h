@@ -30,10 +30,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <cjson/cJSON.h>
+#include "nerve/hist.h"
 #include "nerve/rds.h"
+#include "nerve/sku.h"
 
-#define SALE_STR_MAX 128        /* sku and order_id, bytes */
+#define SALE_STR_MAX SKU_MAX    /* sku and order_id, bytes */
 
 typedef struct sale_req {
     char sku[SALE_STR_MAX + 1];
@@ -79,10 +82,6 @@ typedef struct sale_res {
 int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
                char *err, size_t errlen);
 
-/* 1 when S is a valid SKU: 1..SALE_STR_MAX bytes of [A-Za-z0-9._:-] with at
- * least one letter or digit (so "." and ".." are not SKUs). */
-int sale_sku_valid(const char *s, size_t len);
-
 /* Called for each sale before it is queued; returns SALE_OK to let it pass or
  * SALE_HALTED/SALE_REJECTED with RES filled in. Must be thread-safe. */
 typedef sale_status (*sale_gate_fn)(void *ud, const sale_req *req, sale_res *res);
@@ -108,6 +107,38 @@ void sale_engine_free(sale_engine *e);
 
 /* Run one validated sale to its end, waiting for its batch. Thread-safe. */
 void sale_execute(sale_engine *e, const sale_req *req, sale_res *res);
+
+/* How sales were answered, as counted (nerve_sales_total's result label):
+ * SALE_OK is split into first sales and duplicates. */
+typedef enum {
+    SALE_RESULT_OK,
+    SALE_RESULT_DUPLICATE,
+    SALE_RESULT_OUT_OF_STOCK,
+    SALE_RESULT_REJECTED,
+    SALE_RESULT_HALTED,
+    SALE_RESULT_UNAVAILABLE,
+    SALE_RESULT_BAD_REQUEST,
+    SALE_RESULT_COUNT
+} sale_result;
+
+/* "ok", "duplicate", "out_of_stock", "rejected", "halted", "unavailable",
+ * "bad_request"; NULL out of range. */
+const char *sale_result_name(sale_result r);
+
+typedef struct sale_stats {
+    uint64_t results[SALE_RESULT_COUNT];
+    hist_snap duration;             /* what sale_record was told, seconds */
+    hist_snap lock_wait;            /* per batch: 0 when the fast path took the lock */
+} sale_stats;
+
+/* Count one answered sale with STATUS (DUPLICATE: a repeated order_id) that
+ * took SECONDS end to end. The caller that answers the client records it,
+ * because it alone sees every answer (a body that fails sale_parse never
+ * reaches the engine) and when the request arrived. Thread-safe, lock-free. */
+void sale_record(sale_engine *e, sale_status status, bool duplicate, double seconds);
+
+/* The engine's counters since sale_engine_new. Thread-safe. */
+void sale_get_stats(sale_engine *e, sale_stats *out);
 
 /* Commit N sales of SKU with the lock held by TOKEN, in one script call.
  * Exposed for tests of the fencing. Returns 0 with RES[0..N) filled, 1 when

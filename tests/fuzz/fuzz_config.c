@@ -26,7 +26,7 @@
 #include <cjson/cJSON.h>
 
 #include "nerve/config.h"
-#include "nerve/sale.h"
+#include "nerve/sku.h"
 #include "fuzz.h"
 
 #define CFG_MAX_SETS 4
@@ -114,7 +114,7 @@ static void cfg_check(const cfg *c)
     FUZZ_CHECK(c->panic_webhook_url, "panic.webhook_url");
     CFG_RANGE(c->alerts_throttle_s, 0, 86400);
     for (size_t i = 0; i < c->n_seed; i++) {
-        FUZZ_CHECK(c->seed[i].sku && sale_sku_valid(c->seed[i].sku, strlen(c->seed[i].sku)),
+        FUZZ_CHECK(c->seed[i].sku && sku_valid(c->seed[i].sku, strlen(c->seed[i].sku)),
                    "inventory.seed SKU \"%.40s\"", c->seed[i].sku ? c->seed[i].sku : "(null)");
         FUZZ_CHECK(c->seed[i].stock >= 0, "inventory.seed stock %lld", c->seed[i].stock);
     }

@@ -4,7 +4,7 @@
  * The input is the raw body. It is parsed with two max_qty values (the
  * default 1000 and the largest allowed, 1e9). On success the request must
  * satisfy what the rest of the sale path relies on without checking again:
- * the sku is a valid SKU (sale_sku_valid), qty is in 1..max_qty, the
+ * the sku is a valid SKU (sku_valid), qty is in 1..max_qty, the
  * order_id is 1..128 printable ASCII characters without spaces (generated
  * "ord-..." when the client sent none) and a unit price is finite and in
  * 0..1e15; and the body nests at most JSONCK_MAX_DEPTH levels (cJSON recurses
@@ -19,6 +19,7 @@
 
 #include "nerve/jsonck.h"
 #include "nerve/sale.h"
+#include "nerve/sku.h"
 #include "fuzz.h"
 
 /* Container nesting of J (a scalar is 0, {} is 1). */
@@ -49,7 +50,7 @@ static void sale_check(const uint8_t *data, size_t size, long long max_qty)
         return;
     }
     len = strnlen(req.sku, sizeof(req.sku));
-    FUZZ_CHECK(len < sizeof(req.sku) && sale_sku_valid(req.sku, len), "sku \"%.40s\"", req.sku);
+    FUZZ_CHECK(len < sizeof(req.sku) && sku_valid(req.sku, len), "sku \"%.40s\"", req.sku);
     FUZZ_CHECK(req.qty >= 1 && req.qty <= max_qty, "qty %lld (max %lld)", req.qty, max_qty);
     len = strnlen(req.order_id, sizeof(req.order_id));
     FUZZ_CHECK(len >= 1 && len <= SALE_STR_MAX && fuzz_printable(req.order_id, len),

@@ -53,6 +53,9 @@ static mock_server *hook;       /* test 3: stopped by the teardown */
 
 /* --- small helpers ----------------------------------------------------------- */
 
+/* A pause that is part of a scenario (Redis kept frozen, a slow client's
+ * byte rate), never a wait for something to happen: those poll their
+ * condition with a deadline (h_deadline/h_before/h_nap). */
 static void sleep_ms(int ms)
 {
     struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
@@ -179,7 +182,7 @@ static long long sold_after_replay(const h_daemon *d, const char *sku, const cha
                 bad++;
             h_resp_free(&r);
             if (st == 503)
-                sleep_ms(50);
+                h_nap();
         }
         if (st == 200)
             sold++;
@@ -336,6 +339,9 @@ static void test_redis_sigkill(void **state)
     int down_first = wv.n;
     while (h_now() < t_kill + 1.5) {
         wave_run(d, sku);
+        /* Scenario: Redis stays down 1.5 s with a wave every 100 ms (a wave
+         * of fast 503s takes milliseconds; unpaced, the outage would use up
+         * MAX_WAVES). */
         sleep_ms(100);
     }
     int down_waves = wv.n - down_first;
@@ -360,14 +366,25 @@ static void test_redis_sigkill(void **state)
             break;
         if (last != 503)
             fail_msg("a sale after the redis restart: %ld (expected 503 until it recovers)", last);
-        sleep_ms(20);
+        h_nap();
     }
     if (last != 200)
         fail_msg("sales did not recover within 15 s of the redis restart");
     printf("# sales recovered %.2f s after the restart\n", h_now() - t_up);
-    /* Each worker thread's connection retries on its own backoff (at most
-     * redis.reconnect_max_ms): past that, every sale must succeed. */
-    sleep_ms(400);
+    /* Each worker thread's connection retries on its own backoff, at most
+     * redis.reconnect_max_ms (300) after its last failure, which came before
+     * t_up: once that bound has passed and a whole wave answered 200, every
+     * sale must succeed. The settling waves count like any other (200 or
+     * 503, replayed below), not as "after the recovery". */
+    dl = h_deadline(15000);
+    bool settled = false;
+    while (!settled && h_before(dl)) {
+        h_load *w = wave_start(d, sku);
+        assert_int_equal(h_load_wait(w), 0);
+        settled = w->by_status[200] == 150 && h_now() > t_up + 0.3;
+    }
+    if (!settled)
+        fail_msg("no whole wave of 150 sales answered 200 within 15 s of the recovery");
     int up_first = wv.n;
     for (int i = 0; i < 4; i++)
         wave_run(d, sku);
@@ -426,7 +443,7 @@ static void test_redis_sigkill(void **state)
     dl = h_deadline(15000);
     long long got = 0;
     while (h_before(dl) && (got = h_publish(r, "test_events", ev)) < 1)
-        sleep_ms(50);
+        h_nap();
     if (got < 1)
         fail_msg("the bus did not resubscribe within 15 s of the redis restart");
     cJSON_Delete(H_WAIT_KILL(r, scope, NULL, 5000));
@@ -455,7 +472,8 @@ static void test_fencing_redis_pause(void **state)
     assert_int_equal(rep->type, REDIS_REPLY_STATUS);
     freeReplyObject(rep);
 
-    /* Freeze Redis for twice the TTL: by its own clock the lock expires. */
+    /* Freeze Redis for twice the TTL: by its own clock the lock expires.
+     * Scenario, not a wait: nothing can be polled in a frozen Redis. */
     assert_int_equal(h_redis_pause(r), 0);
     faults++;
     sleep_ms(600);
@@ -556,10 +574,29 @@ static void test_redis_pause_under_load(void **state)
     assert_int_equal(h_redis_pause(r), 0);      /* 1.2 s: over lock.ttl_ms and the timeout */
     faults++;
     int at_pause = h_load_completed(&l1) + h_load_completed(&l2);
-    sleep_ms(1200);
+    sleep_ms(1200);             /* scenario: the freeze itself */
     assert_int_equal(h_redis_resume(r), 0);
     printf("# redis frozen 1.2 s after %d answers (lock.ttl_ms=300)\n", at_pause);
-    sleep_ms(1500);
+    /* The loads go on across the recovery until the whole stock is sold and
+     * each daemon has answered 100 more (409s: the lock is free again). */
+    int c1 = h_load_completed(&l1), c2 = h_load_completed(&l2);
+    double t_resume = h_now();
+    dl = h_deadline(15000);
+    long long stock_left = -1;
+    bool over = false;
+    while (!over && h_before(dl)) {
+        stock_left = H_REDIS_STOCK(r, sku);
+        over = stock_left == 0 && h_load_completed(&l1) >= c1 + 100 &&
+               h_load_completed(&l2) >= c2 + 100;
+        if (!over)
+            h_nap();
+    }
+    printf("# stock sold out and 100 more answers each %.2f s after the resume\n",
+           h_now() - t_resume);
+    if (!over)
+        fail_msg("15 s after the freeze: stock %lld left, %d and %d answers since the resume "
+                 "(expected 0 left and 100 each)", stock_left, h_load_completed(&l1) - c1,
+                 h_load_completed(&l2) - c2);
     h_load_stop(&l1);
     h_load_stop(&l2);
     assert_int_equal(h_load_wait(&l1), 0);
@@ -721,7 +758,7 @@ static void test_bus_flood(void **state)
     }
     double dl = h_deadline(20000);
     while (h_rule_stat(d, "fault_burner", "evaluations") < 500 && h_before(dl))
-        sleep_ms(10);
+        h_nap();
     assert_int_equal(h_rule_stat(d, "fault_burner", "evaluations"), 500);
     double eval_rate = 500 / (h_now() - t0);
     long rss0 = rss_kib(d->pid);
@@ -782,7 +819,7 @@ static void test_bus_flood(void **state)
     /* Recovery: /readyz 200 again, within ~15 s of the flood's end. */
     dl = h_deadline(20000);
     while (readyz(d, why, sizeof why) != 200 && h_before(dl))
-        sleep_ms(100);
+        h_nap();
     double back = h_now() - t_end;
     long ready_status = readyz(d, why, sizeof why);
     printf("# /readyz back to %ld %.1f s after the flood\n", ready_status, back);
@@ -825,6 +862,7 @@ typedef struct slow_run {
     int fd[SLOW_MAX];
     double opened[SLOW_MAX], closed_at[SLOW_MAX];   /* 0: still open at the end */
     int bytes[SLOW_MAX];
+    atomic_int engaged;         /* connections that sent their first byte (or were cut) */
     atomic_bool stop;
     pthread_t th;
     bool running;
@@ -850,15 +888,18 @@ static void *slow_main(void *arg)
             ssize_t w = rd == 0 ? -1 : send(s->fd[i], &ch, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (rd == 0 || (rd < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
                 (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) || rd > 0) {
+                if (s->bytes[i] == 0)
+                    atomic_fetch_add(&s->engaged, 1);
                 s->closed_at[i] = h_now();
                 close(s->fd[i]);
                 s->fd[i] = -1;
                 open--;
                 continue;
             }
-            if (w == 1)
-                s->bytes[i]++;
+            if (w == 1 && s->bytes[i]++ == 0)
+                atomic_fetch_add(&s->engaged, 1);
         }
+        /* Scenario: one byte per connection every period_ms. */
         for (int slept = 0; slept < s->period_ms && !atomic_load(&s->stop); slept += 20)
             sleep_ms(20);
     }
@@ -879,6 +920,7 @@ static void slow_start(int port, int n, int period_ms, int run_ms)
     slow.period_ms = period_ms;
     slow.run_ms = run_ms;
     atomic_init(&slow.stop, false);
+    atomic_init(&slow.engaged, 0);
     for (int i = 0; i < n; i++) {
         slow.fd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         assert_true(slow.fd[i] >= 0);
@@ -893,6 +935,18 @@ static void slow_start(int port, int n, int period_ms, int run_ms)
     }
     assert_int_equal(pthread_create(&slow.th, NULL, slow_main, &slow), 0);
     slow.running = true;
+}
+
+/* Wait until every slow connection has sent its first byte: they are then
+ * all in the server's hands (accepted first, ahead of any sale). */
+static void slow_wait_engaged(void)
+{
+    double dl = h_deadline(5000);
+    while (atomic_load(&slow.engaged) < slow.n && h_before(dl))
+        h_nap();
+    if (atomic_load(&slow.engaged) < slow.n)
+        fail_msg("only %d of %d slow clients sent a byte within 5 s", atomic_load(&slow.engaged),
+                 slow.n);
 }
 
 static void slow_join(void)
@@ -921,7 +975,7 @@ static int sales_during(h_daemon *d, const char *sku, int ms, double *max, long 
             *max = hr.secs;
         h_resp_free(&hr);
         n++;
-        sleep_ms(200);
+        sleep_ms(200);          /* scenario: a buyer every 200 ms */
     }
     return n;
 }
@@ -962,7 +1016,7 @@ static void test_slowloris(void **state)
     /* 20 slow clients, 32 threads: sales go on. */
     slow_start(d->port, 20, 500, 6000);
     faults++;
-    sleep_ms(300);
+    slow_wait_engaged();
     int n = sales_during(d, "fault-slow", 4000, &max, &left);
     printf("# 20 slowloris clients, 32 threads: %d sales, slowest %.3f s\n", n, max);
     if (max > 3.0)
@@ -976,7 +1030,7 @@ static void test_slowloris(void **state)
     /* 40 slow clients, more than the 32 threads: sales wait for the cut. */
     slow_start(d->port, 40, 500, 8000);
     faults++;
-    sleep_ms(300);
+    slow_wait_engaged();
     n = sales_during(d, "fault-slow", 5000, &max, &left);
     printf("# 40 slowloris clients, 32 threads: %d sales, slowest %.3f s\n", n, max);
     slow_join();
