@@ -24,6 +24,8 @@
 #ifndef NERVE_POLICY_H
 #define NERVE_POLICY_H
 
+#include <stdint.h>
+
 #include "nerve/actions.h"
 #include "nerve/counters.h"
 #include "nerve/killswitch.h"
@@ -38,5 +40,14 @@ void policy_free(policy *p);
 
 /* A sale_gate_fn: UD is the policy. */
 sale_status policy_gate(void *ud, const sale_req *req, sale_res *res);
+
+typedef struct policy_stats {
+    /* Sales whose sale_request rules failed (error, limit or deadline), by
+     * what rules.sale_on_error made of them. */
+    uint64_t rule_failures_rejected, rule_failures_allowed;
+} policy_stats;
+
+/* Counters since policy_new. Thread-safe. */
+void policy_get_stats(policy *p, policy_stats *out);
 
 #endif
