@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "nerve/backoff.h"
 #include "nerve/log.h"
 
 struct bus {
@@ -126,25 +127,30 @@ static void on_reply(bus *b, redisReply *r, uint64_t *burst_drops) {
 
 static void *run(void *arg) {
     bus *b = arg;
-    int backoff = 0;
-    int cap = b->o.redis.reconnect_max_ms > 0 ? b->o.redis.reconnect_max_ms : 2000;
+    /* 10 ms doubling to the reconnect cap, jittered so that a fleet does
+     * not resubscribe in lockstep after a Redis restart. */
+    backoff_policy bp = { 10, b->o.redis.reconnect_max_ms > 0 ? b->o.redis.reconnect_max_ms : 2000,
+                          2.0, BACKOFF_JITTER_EQUAL };
+    int fails = 0;
     int first = 1;
     char err[512];
     while (!atomic_load(&b->stop)) {
         redisContext *c = subscribe(b, err, sizeof err);
         if (!c) {
-            backoff = backoff ? (backoff * 2 > cap ? cap : backoff * 2) : 10;
-            log_warn("bus", "subscriber down, retrying in %d ms error=\"%s\"", backoff, err);
+            if (fails < 64) fails++;
+            long long backoff = backoff_delay(&bp, fails);
+            log_warn("bus", "subscriber down, retrying in %lld ms error=\"%s\"", backoff, err);
             /* Sleep in slices so bus_stop stays prompt. */
-            for (int slept = 0; slept < backoff && !atomic_load(&b->stop); slept += 50) {
-                struct timespec ts = { 0, 50 * 1000000L };
+            for (long long left = backoff; left > 0 && !atomic_load(&b->stop); left -= 50) {
+                long long ms = left < 50 ? left : 50;
+                struct timespec ts = { 0, ms * 1000000L };
                 nanosleep(&ts, NULL);
             }
             continue;
         }
         if (!first) stat_add(b, &b->st.reconnects, 1);
         first = 0;
-        backoff = 0;
+        fails = 0;
         set_connected(b, true);
         log_info("bus", "subscribed channels=%zu", b->o.n_channels);
         if (b->o.on_connect) b->o.on_connect(b->o.ud);

@@ -1,20 +1,24 @@
 /* lock.c -- per-key distributed lock in Redis (see lock.h).
  *
  * SET NX PX to take, compare-and-delete / compare-and-pexpire scripts to
- * release / extend. Waiting retries with exponential backoff and full jitter
- * (sleep a random time in [0, backoff]) so that contending instances spread
- * out instead of hammering Redis in lockstep.
+ * release / extend. Waiting retries with capped exponential backoff and
+ * equal jitter (backoff.h: a random time in [backoff/2, backoff], so never a
+ * busy spin) so that contending instances spread out instead of hammering
+ * Redis in lockstep.
  */
 #include "nerve/lock.h"
 
+#include "nerve/backoff.h"
 #include "nerve/clock.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
+
+/* Waits between tries, in microseconds: 200 us doubling to 50 ms. */
+static const backoff_policy wait_backoff = { 200, 50000, 2.0, BACKOFF_JITTER_EQUAL };
 
 static rds_script release_script = RDS_SCRIPT_INIT(
     "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
@@ -28,34 +32,18 @@ static rds_script extend_script = RDS_SCRIPT_INIT(
     "end\n"
     "return 0\n");
 
-/* 64 random bits from a per-thread xorshift seeded by getrandom(). Used for
- * jitter only; tokens come straight from getrandom(). */
-static unsigned long long jitter_rand(void) {
-    static _Thread_local unsigned long long s;
-    if (!s) {
-        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s || !s)
-            s = (unsigned long long)time(NULL) * 2654435761u + 1;
-    }
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-}
-
-/* Tokens only need to be unique among holders, so instead of a syscall per
- * token each thread draws 64 random bits once from getrandom() and appends a
- * counter: 128 bits, never repeated within the thread, and colliding across
- * threads or instances only if two 64-bit random draws collide. */
+/* 128 bits from arc4random_buf (the kernel's CSPRNG; it cannot fail), so two
+ * holders anywhere in the fleet share a token only with probability 2^-128.
+ * One draw per acquisition: a few hundred ns against a Redis round trip. */
 void lock_token_new(char token[LOCK_TOKEN_LEN + 1]) {
-    static _Thread_local unsigned long long seed, counter;
-    while (!seed) {
-        if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
-            if (errno == EINTR) continue;
-            seed = jitter_rand() ^ (unsigned long long)(uintptr_t)&seed;
-        }
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[LOCK_TOKEN_LEN / 2];
+    arc4random_buf(b, sizeof b);
+    for (size_t i = 0; i < sizeof b; i++) {
+        token[2 * i] = hex[b[i] >> 4];
+        token[2 * i + 1] = hex[b[i] & 15];
     }
-    counter++;
-    snprintf(token, LOCK_TOKEN_LEN + 1, "%016llx%016llx", seed, counter);
+    token[LOCK_TOKEN_LEN] = 0;
 }
 
 lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms,
@@ -84,19 +72,15 @@ lock_status lock_acquire(rds_client *c, const char *key, int ttl_ms, int max_wai
                          char token[LOCK_TOKEN_LEN + 1], char *err, size_t errlen) {
     lock_token_new(token);
     long long deadline = mono_us() + (long long)max_wait_ms * 1000;
-    long long backoff_us = 200;
-    for (;;) {
+    for (int attempt = 1;; attempt++) {
         lock_status st = lock_try(c, key, token, ttl_ms, err, errlen);
         if (st != LOCK_TIMEOUT) return st;
         long long now = mono_us();
         if (now >= deadline) return LOCK_TIMEOUT;
-        /* "Equal" jitter: uniform in [backoff/2, backoff], capped at the deadline;
-         * keeps a floor so retries are never a busy spin. */
-        long long sleep_us = backoff_us / 2 + (long long)(jitter_rand() % (unsigned long long)(backoff_us / 2 + 1));
+        long long sleep_us = backoff_delay(&wait_backoff, attempt);
         if (sleep_us > deadline - now) sleep_us = deadline - now;
         struct timespec ts = { sleep_us / 1000000, (sleep_us % 1000000) * 1000 };
         nanosleep(&ts, NULL);
-        if (backoff_us < 50000) backoff_us *= 2;
     }
 }
 

@@ -17,6 +17,7 @@
  * died can never turn one attempt into two POSTs.
  */
 #include "nerve/panic.h"
+#include "nerve/backoff.h"
 #include "nerve/clock.h"
 #include "nerve/log.h"
 
@@ -31,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <time.h>
 
 #define RESP_BODY_MAX (64 * 1024)   /* answer bytes read before we stop caring */
@@ -60,51 +60,6 @@ struct panic {
     bool busy, stopping;
     panic_stats stats;
 };
-
-/* ---- random numbers: xoshiro256** per thread, seeded from getrandom() ---- */
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(void) {
-    static _Thread_local uint64_t s[4];
-    static _Thread_local bool seeded;
-    if (!seeded) {
-        uint64_t seed = 0;
-        if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
-            /* No entropy interface: jitter only has to differ between
-             * instances, which time and an address still give. */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            seed = (uint64_t)ts.tv_sec * 1000000007ULL ^ (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)&seed;
-        }
-        for (int i = 0; i < 4; i++) s[i] = splitmix64(&seed);
-        seeded = true;
-    }
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
-
-/* Uniform in [0, n) without modulo bias (n > 0). */
-static uint64_t rng_below(uint64_t n) {
-    uint64_t threshold = -n % n;
-    for (;;) {
-        uint64_t r = rng_next();
-        if (r >= threshold) return r % n;
-    }
-}
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -135,18 +90,12 @@ static void job_free(pjob *j) {
     free(j);
 }
 
-/* The cap of the delay after attempt K (1-based): min(max, initial*mult^(K-1)),
- * in whole milliseconds, never above the exact bound. */
-static long long backoff_cap_ms(const panic_opts *o, int k) {
-    double cap = (double)o->backoff_initial_ms * pow(o->backoff_multiplier, k - 1);
-    if (!(cap < (double)o->backoff_max_ms)) return o->backoff_max_ms;   /* also inf */
-    return (long long)cap;
-}
-
+/* The delay after attempt K (1-based), in ms: backoff.h's cap
+ * min(max, initial*mult^(K-1)), full jitter unless the options turn it off. */
 static long long backoff_delay_ms(const panic_opts *o, int k) {
-    long long cap = backoff_cap_ms(o, k);
-    if (!o->jitter || cap <= 0) return cap;
-    return (long long)rng_below((uint64_t)cap + 1);
+    backoff_policy b = { o->backoff_initial_ms, o->backoff_max_ms, o->backoff_multiplier,
+                         o->jitter ? BACKOFF_JITTER_FULL : BACKOFF_JITTER_NONE };
+    return backoff_delay(&b, k);
 }
 
 /* Sleep MS on the worker's condvar. 0 when the time ran out, -1 when

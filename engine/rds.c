@@ -7,6 +7,7 @@
  */
 #include "nerve/rds.h"
 
+#include "nerve/backoff.h"
 #include "nerve/clock.h"
 #include "nerve/tslot.h"
 
@@ -24,7 +25,7 @@ struct rds_client {
     rds_opts o;
     redisContext *ctx;
     int down;                   /* last attempt failed */
-    int backoff_ms;             /* current reconnect backoff */
+    int fails;                  /* failed connections in a row (the backoff attempt) */
     long long retry_at_ms;      /* monotonic ms before which we do not retry */
     long long last_used_ms;     /* monotonic ms of the last command */
     int unknown;                /* the last failure came after a command was sent */
@@ -138,12 +139,13 @@ static void drop(rds_client *c) {
         redisFree(c->ctx);
         c->ctx = NULL;
     }
-    /* Capped exponential backoff between reconnect attempts. */
+    /* Capped exponential backoff between reconnect attempts, jittered so
+     * that a fleet's clients do not reconnect in lockstep. */
     c->down = 1;
-    c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 1;
-    int cap = c->o.reconnect_max_ms > 0 ? c->o.reconnect_max_ms : 2000;
-    if (c->backoff_ms > cap) c->backoff_ms = cap;
-    c->retry_at_ms = clock_now_ms() + c->backoff_ms;
+    if (c->fails < 64) c->fails++;
+    backoff_policy b = { 1, c->o.reconnect_max_ms > 0 ? c->o.reconnect_max_ms : 2000, 2.0,
+                         BACKOFF_JITTER_EQUAL };
+    c->retry_at_ms = clock_now_ms() + backoff_delay(&b, c->fails);
 }
 
 void rds_client_free(rds_client *c) {
@@ -213,7 +215,7 @@ static int ensure(rds_client *c) {
         if (setup_cmd(c, redisCommand(c->ctx, "SELECT %d", c->o.db), "SELECT")) goto err;
     }
     c->down = 0;
-    c->backoff_ms = 0;
+    c->fails = 0;
     c->errstr[0] = 0;
     return 0;
 err:

@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -392,11 +391,7 @@ static int ensure_fds(long long clients) {
 
 static void make_run_id(char *out, size_t len) {
     unsigned char b[8];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
-        unsigned long long x = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32) ^
-                               clock_now_ns();
-        memcpy(b, &x, sizeof b);
-    }
+    arc4random_buf(b, sizeof b);
     snprintf(out, len, "%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5],
              b[6], b[7]);
 }

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include "nerve/rds.h"
 
-#define LOCK_TOKEN_LEN 32       /* hex characters, 128 random bits */
+#define LOCK_TOKEN_LEN 32       /* hex characters: 128 random bits (arc4random_buf) */
 
 typedef enum {
     LOCK_ERR = -1,              /* Redis unreachable or replied an error */
@@ -26,7 +26,7 @@ typedef enum {
     LOCK_TIMEOUT = 1,           /* still held by someone else after max_wait_ms */
 } lock_status;
 
-/* Fill TOKEN (LOCK_TOKEN_LEN hex chars + NUL) with fresh random bits. */
+/* Fill TOKEN (LOCK_TOKEN_LEN hex chars + NUL) with 128 fresh random bits. */
 void lock_token_new(char token[LOCK_TOKEN_LEN + 1]);
 
 /* Acquire KEY for TTL_MS with a new token written into TOKEN, waiting up to

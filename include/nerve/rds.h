@@ -5,7 +5,8 @@
  * first use), so the hot path never waits on a shared lock. A client connects
  * lazily; when a command fails with an I/O or protocol error the connection is
  * dropped and the next call reconnects, but not before a capped exponential
- * backoff has passed (1 ms doubling up to redis_reconnect_max_ms): while it
+ * backoff has passed (1 ms doubling up to redis_reconnect_max_ms, equal
+ * jitter: see backoff.h): while it
  * waits, calls fail at once, which is what lets sales answer 503 quickly while
  * Redis is down and recover by themselves when it is back.
  *

@@ -10,9 +10,14 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "nerve/backoff.h"
 #include "nerve/clock.h"
+#include "nerve/lock.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -70,11 +75,125 @@ static void test_clock_cond_timedwait(void **state) {
     pthread_cond_destroy(&cv);
 }
 
+/* ---- backoff ---------------------------------------------------------------- */
+
+/* The cap grows geometrically from initial and stops at max, exactly. */
+static void test_backoff_cap(void **state) {
+    (void)state;
+    backoff_policy p = { 10, 1000, 2.0, BACKOFF_JITTER_NONE };
+    long long want[] = { 10, 20, 40, 80, 160, 320, 640, 1000, 1000 };
+    for (int k = 1; k <= 9; k++) {
+        assert_int_equal(backoff_cap(&p, k), want[k - 1]);
+        assert_int_equal(backoff_delay(&p, k), want[k - 1]);     /* no jitter: exactly the cap */
+    }
+    assert_int_equal(backoff_cap(&p, 0), 10);                   /* attempts count from 1 */
+    assert_int_equal(backoff_cap(&p, -3), 10);
+    assert_int_equal(backoff_cap(&p, INT_MAX), 1000);           /* pow overflows to inf: still max */
+    backoff_policy frac = { 100, 1000, 1.5, BACKOFF_JITTER_NONE };
+    assert_int_equal(backoff_cap(&frac, 2), 150);
+    assert_int_equal(backoff_cap(&frac, 3), 225);
+    backoff_policy flat = { 7, 1000, 0.5, BACKOFF_JITTER_NONE };   /* multiplier < 1 counts as 1 */
+    assert_int_equal(backoff_cap(&flat, 5), 7);
+    backoff_policy zero = { 0, 0, 2.0, BACKOFF_JITTER_FULL };
+    assert_int_equal(backoff_delay(&zero, 3), 0);
+    backoff_policy tiny_max = { 500, 100, 2.0, BACKOFF_JITTER_NONE }; /* initial over max */
+    assert_int_equal(backoff_cap(&tiny_max, 1), 100);
+}
+
+/* Draw N delays for attempt K and check the range; return how many distinct
+ * values were seen in the bottom and top quarter of the cap (jitter must
+ * actually spread). */
+static void check_jitter(const backoff_policy *p, int k, long long lo, long long hi) {
+    int low = 0, high = 0;
+    long long cap = backoff_cap(p, k), min = LLONG_MAX, max = -1;
+    for (int i = 0; i < 20000; i++) {
+        long long d = backoff_delay(p, k);
+        assert_true(d >= lo && d <= hi);
+        if (d < min) min = d;
+        if (d > max) max = d;
+        if (d < lo + (hi - lo) / 4) low++;
+        if (d > hi - (hi - lo) / 4) high++;
+    }
+    /* 20000 uniform draws: each quarter gets ~5000; 3000 is far outside chance. */
+    assert_true(low > 3000 && high > 3000);
+    assert_true(max <= cap);
+    assert_true(min <= lo + (hi - lo) / 100 && max >= hi - (hi - lo) / 100);
+}
+
+static void test_backoff_full_jitter(void **state) {
+    (void)state;
+    backoff_policy p = { 100, 5000, 2.0, BACKOFF_JITTER_FULL };
+    check_jitter(&p, 1, 0, 100);
+    check_jitter(&p, 4, 0, 800);
+    check_jitter(&p, 30, 0, 5000);
+}
+
+static void test_backoff_equal_jitter(void **state) {
+    (void)state;
+    backoff_policy p = { 200, 50000, 2.0, BACKOFF_JITTER_EQUAL };
+    check_jitter(&p, 1, 100, 200);
+    check_jitter(&p, 5, 1600, 3200);
+    check_jitter(&p, 20, 25000, 50000);
+}
+
+/* backoff_uniform reaches both ends, also above 32 bits. */
+static void test_backoff_uniform_range(void **state) {
+    (void)state;
+    assert_int_equal(backoff_uniform(0), 0);
+    assert_int_equal(backoff_uniform(-5), 0);
+    int seen[4] = { 0 };
+    for (int i = 0; i < 2000; i++) {
+        long long v = backoff_uniform(3);
+        assert_true(v >= 0 && v <= 3);
+        seen[v]++;
+    }
+    for (int i = 0; i < 4; i++) assert_true(seen[i] > 300);
+    long long big = 1LL << 40, top = 0;
+    for (int i = 0; i < 1000; i++) {
+        long long v = backoff_uniform(big);
+        assert_true(v >= 0 && v <= big);
+        if (v > top) top = v;
+    }
+    assert_true(top > (1LL << 39));     /* the high bits are random too */
+}
+
+/* ---- random source ------------------------------------------------------------ */
+
+/* Lock tokens: 32 lowercase hex digits, all different, and every bit
+ * position varies (128 random bits, not 64 and a counter). */
+static void test_lock_token_random_bits(void **state) {
+    (void)state;
+    enum { N = 2000 };
+    static char tok[N][LOCK_TOKEN_LEN + 1];
+    unsigned char ones[LOCK_TOKEN_LEN] = { 0 }, zeros[LOCK_TOKEN_LEN] = { 0 };
+    for (int i = 0; i < N; i++) {
+        lock_token_new(tok[i]);
+        assert_int_equal(strlen(tok[i]), LOCK_TOKEN_LEN);
+        assert_int_equal(strspn(tok[i], "0123456789abcdef"), LOCK_TOKEN_LEN);
+        for (int j = 0; j < LOCK_TOKEN_LEN; j++) {
+            int v = tok[i][j] <= '9' ? tok[i][j] - '0' : tok[i][j] - 'a' + 10;
+            if (v & 8) ones[j] |= 1; else zeros[j] |= 1;
+            if (v & 1) ones[j] |= 2; else zeros[j] |= 2;
+        }
+    }
+    for (int j = 0; j < LOCK_TOKEN_LEN; j++) {
+        assert_int_equal(ones[j], 3);
+        assert_int_equal(zeros[j], 3);
+    }
+    qsort(tok, N, sizeof tok[0], (int (*)(const void *, const void *))strcmp);
+    for (int i = 1; i < N; i++) assert_true(strcmp(tok[i - 1], tok[i]) != 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clock_is_monotonic),
         cmocka_unit_test(test_clock_deadline_normalised),
         cmocka_unit_test(test_clock_cond_timedwait),
+        cmocka_unit_test(test_backoff_cap),
+        cmocka_unit_test(test_backoff_full_jitter),
+        cmocka_unit_test(test_backoff_equal_jitter),
+        cmocka_unit_test(test_backoff_uniform_range),
+        cmocka_unit_test(test_lock_token_random_bits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
