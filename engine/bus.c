@@ -41,29 +41,11 @@ static void set_connected(bus *b, bool up) {
     pthread_mutex_unlock(&b->mu);
 }
 
-static struct timeval tv_ms(int ms) {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    return tv;
-}
-
-/* Connect, authenticate, select and subscribe. NULL with a message in ERR. */
+/* Connect (rds_connect: timeouts, AUTH, SELECT) and subscribe. NULL with a
+ * message in ERR. */
 static redisContext *subscribe(bus *b, char *err, size_t errlen) {
-    const rds_opts *r = &b->o.redis;
-    redisContext *c = redisConnectWithTimeout(r->host, r->port, tv_ms(r->connect_timeout_ms));
-    if (!c || c->err) {
-        snprintf(err, errlen, "connect %.200s:%d: %.120s", r->host, r->port, c ? c->errstr : "out of memory");
-        goto err;
-    }
-    redisSetTimeout(c, tv_ms(r->command_timeout_ms));
-    redisEnableKeepAlive(c);
-    if (r->pass[0]) {
-        redisReply *rep = r->user[0] ? redisCommand(c, "AUTH %s %s", r->user, r->pass)
-                                     : redisCommand(c, "AUTH %s", r->pass);
-        int bad = !rep || rep->type == REDIS_REPLY_ERROR;
-        if (bad) snprintf(err, errlen, "AUTH: %s", rep ? rep->str : c->errstr);
-        freeReplyObject(rep);
-        if (bad) goto err;
-    }
+    redisContext *c = rds_connect(&b->o.redis, err, errlen);
+    if (!c) return NULL;
     /* SUBSCRIBE ch... control */
     size_t n = b->o.n_channels + (b->control ? 1 : 0);
     const char **argv = calloc(n + 1, sizeof *argv);

@@ -159,16 +159,40 @@ static struct timeval tv_ms(int ms) {
     return tv;
 }
 
-/* Run a setup command on a fresh context; 0 ok. */
-static int setup_cmd(rds_client *c, redisReply *r, const char *what) {
+/* Run a setup command on a fresh context; 0 ok, -1 with a message in ERR. */
+static int setup_cmd(redisContext *ctx, redisReply *r, const char *what, char *err, size_t errlen) {
     if (!r) {
-        set_error(c, "%s: %s", what, c->ctx->errstr);
+        snprintf(err, errlen, "%s: %s", what, ctx->errstr);
         return -1;
     }
     int bad = r->type == REDIS_REPLY_ERROR;
-    if (bad) set_error(c, "%s: %s", what, r->str);
+    if (bad) snprintf(err, errlen, "%s: %s", what, r->str);
     freeReplyObject(r);
     return bad ? -1 : 0;
+}
+
+redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen) {
+    redisContext *ctx = redisConnectWithTimeout(o->host, o->port, tv_ms(o->connect_timeout_ms));
+    if (!ctx || ctx->err) {
+        snprintf(err, errlen, "connect %.200s:%d: %.200s", o->host, o->port,
+                 ctx ? ctx->errstr : "out of memory");
+        goto err;
+    }
+    redisSetTimeout(ctx, tv_ms(o->command_timeout_ms));
+    redisEnableKeepAlive(ctx);
+    if (o->pass[0]) {
+        redisReply *r = o->user[0]
+            ? redisCommand(ctx, "AUTH %s %s", o->user, o->pass)
+            : redisCommand(ctx, "AUTH %s", o->pass);
+        if (setup_cmd(ctx, r, "AUTH", err, errlen)) goto err;
+    }
+    if (o->db) {
+        if (setup_cmd(ctx, redisCommand(ctx, "SELECT %d", o->db), "SELECT", err, errlen)) goto err;
+    }
+    return ctx;
+err:
+    if (ctx) redisFree(ctx);
+    return NULL;
 }
 
 /* An idle request/response connection never has anything to read: if its
@@ -196,31 +220,15 @@ static int ensure(rds_client *c) {
         if (!c->errstr[0]) set_error(c, "redis down, retrying");
         return -1;
     }
-    c->ctx = redisConnectWithTimeout(c->o.host, c->o.port, tv_ms(c->o.connect_timeout_ms));
-    if (!c->ctx || c->ctx->err) {
-        set_error(c, "connect %s:%d: %s", c->o.host, c->o.port,
-                  c->ctx ? c->ctx->errstr : "out of memory");
+    c->ctx = rds_connect(&c->o, c->errstr, sizeof c->errstr);
+    if (!c->ctx) {
         drop(c);
         return -1;
-    }
-    redisSetTimeout(c->ctx, tv_ms(c->o.command_timeout_ms));
-    redisEnableKeepAlive(c->ctx);
-    if (c->o.pass[0]) {
-        redisReply *r = c->o.user[0]
-            ? redisCommand(c->ctx, "AUTH %s %s", c->o.user, c->o.pass)
-            : redisCommand(c->ctx, "AUTH %s", c->o.pass);
-        if (setup_cmd(c, r, "AUTH")) goto err;
-    }
-    if (c->o.db) {
-        if (setup_cmd(c, redisCommand(c->ctx, "SELECT %d", c->o.db), "SELECT")) goto err;
     }
     c->down = 0;
     c->fails = 0;
     c->errstr[0] = 0;
     return 0;
-err:
-    drop(c);
-    return -1;
 }
 
 /* After a NULL reply the context is unusable: remember why and drop it. */

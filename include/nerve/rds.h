@@ -35,6 +35,14 @@ typedef struct rds_opts {
  * Returns 0, or -1 with a message in ERR. */
 int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen);
 
+/* Open a connection to O's server the one way nerve does: connect and
+ * command timeouts, TCP keepalive, AUTH (user and password, or password
+ * only) and SELECT when O asks for them. Used by rds_client and by the bus's
+ * subscriber. Returns the context (the caller frees it with redisFree), or
+ * NULL with "connect HOST:PORT: ...", "AUTH: ..." or "SELECT: ..." in ERR.
+ * Thread-safe (no shared state). */
+redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen);
+
 typedef struct rds_client rds_client;
 
 /* A client that connects on first use. Copies O. NULL only on OOM. */
