@@ -68,44 +68,14 @@ static void mark_busy(eval *e, uint64_t enq_ns) {
 
 /* Make sure *VM evaluates the live set; rebuild between events on a swap. */
 static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
-    uint64_t g = live_generation(e->o.live);
-    if (*vm && g == *gen) return;
-    uint64_t got;
-    rules_set *set = live_get(e->o.live, &got);
-    if (!set) {
-        rules_vm_free(*vm);
-        *vm = NULL;
-        *gen = got;
-        return;
-    }
-    if (*vm && rules_vm_rebind(*vm, set) == 0) {
-        rules_set_unref(set);
-        *gen = got;
-        return;
-    }
-    char err[256] = "";
     /* Only the rules of bus channels: sale_request rules run in the HTTP
      * workers' vms (policy.c). */
-    rules_vm *nvm = rules_vm_new_kind(set, *vm, RULES_VM_EVENTS, err, sizeof err);
-    if (!nvm) {
-        log_error("eval", "cannot build an evaluator for generation %llu: %s; keeping the previous one",
-                  (unsigned long long)got, err);
-        rules_set_unref(set);
-        *gen = got;     /* do not retry on every event */
-        return;
-    }
-    for (size_t i = 0; i < rules_set_count(set); i++) {
-        rules_info info;
-        if (rules_set_info(set, i, &info) == 0 && *vm)
-            log_info("eval", "rule %s state %s generation=%llu", info.name,
-                     rules_state_origin_name(rules_vm_state_origin(nvm, i)), (unsigned long long)got);
-    }
-    rules_set_unref(set);
-    rules_vm_on_error(nvm, on_rule_error, e);
-    if (e->o.counters) rules_vm_set_incr(nvm, ctr_incr, e->o.counters);
-    rules_vm_free(*vm);
-    *vm = nvm;
-    *gen = got;
+    live_vm_opts o = {
+        .kind = RULES_VM_EVENTS, .log_component = "eval", .what = "an evaluator", .log_states = true,
+        .on_error = on_rule_error, .error_ud = e,
+        .incr = e->o.counters ? ctr_incr : NULL, .incr_ud = e->o.counters,
+    };
+    live_sync_vm(e->o.live, vm, gen, &o);
 }
 
 static void *run(void *arg) {

@@ -96,39 +96,14 @@ static void on_rule_error(void *ud, const char *rule, const char *msg) {
 }
 
 /* Make T's vm evaluate the live set (rebuilt on a generation change; the
- * previous vm carries ctx.state over). */
+ * previous vm carries ctx.state over). No sale rule, no vm. */
 static void sync_vm(policy *p, tvm *t) {
-    uint64_t g = live_generation(p->l);
-    if (t->vm && t->gen == g) return;
-    uint64_t got;
-    rules_set *set = live_get(p->l, &got);
-    rules_vm *nvm = NULL;
-    /* A reload that left the sale rules alone costs no rebuild (128 workers
-     * rebuilding on every reload showed in the sales' p99). */
-    if (set && t->vm && rules_vm_rebind(t->vm, set) == 0) {
-        rules_set_unref(set);
-        t->gen = got;
-        return;
-    }
-    if (set && rules_set_listens(set, RULES_SALE_CHANNEL)) {
-        char err[256] = "";
-        nvm = rules_vm_new_kind(set, t->vm, RULES_VM_SALE, err, sizeof err);
-        if (!nvm) {
-            /* Keep the previous evaluator rather than none: a sale must not
-             * skip its rules because a state could not be built. */
-            log_error("policy", "cannot build a sale-rule evaluator for generation %llu: %s; "
-                      "keeping the previous one", (unsigned long long)got, err);
-            rules_set_unref(set);
-            t->gen = got;
-            return;
-        }
-        rules_vm_on_error(nvm, on_rule_error, t);
-        if (p->counters) rules_vm_set_incr(nvm, ctr_incr, p->counters);
-    }
-    rules_set_unref(set);
-    rules_vm_free(t->vm);
-    t->vm = nvm;
-    t->gen = got;
+    live_vm_opts o = {
+        .kind = RULES_VM_SALE, .only_channel = RULES_SALE_CHANNEL, .log_component = "policy",
+        .what = "a sale-rule evaluator", .on_error = on_rule_error, .error_ud = t,
+        .incr = p->counters ? ctr_incr : NULL, .incr_ud = p->counters,
+    };
+    live_sync_vm(p->l, &t->vm, &t->gen, &o);
 }
 
 sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {

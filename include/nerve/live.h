@@ -37,6 +37,32 @@ uint64_t live_swap(live *l, rules_set *set);
 rules_set *live_get(live *l, uint64_t *generation);
 uint64_t live_generation(live *l);
 
+/* How a reader's cached vm is built by live_sync_vm. */
+typedef struct live_vm_opts {
+    rules_vm_kind kind;             /* which rules the vm holds */
+    const char *only_channel;       /* build a vm only when the set has a rule on this
+                                     * channel (else *vm becomes NULL); NULL = always */
+    const char *log_component;      /* "eval", "policy": who logs */
+    const char *what;               /* "an evaluator": what a failed build could not make */
+    bool log_states;                /* log each rule's ctx.state origin after a rebuild */
+    rules_error_cb on_error;        /* rules_vm_on_error of a new vm (NULL = default) */
+    void *error_ud;
+    rules_incr_fn incr;             /* ctx.incr backend of a new vm (NULL = per-rule local) */
+    void *incr_ud;
+} live_vm_opts;
+
+/* Make *VM evaluate L's current set when its generation moved past *GEN: a
+ * reload that left the vm's rules alone moves it onto the new set
+ * (rules_vm_rebind: no Lua state rebuilt); otherwise a new vm of O's kind is
+ * built from the old one (each rule's ctx.state carried over), given O's
+ * error callback and incr backend, and replaces it. When the set is gone (or
+ * O->only_channel is not listened on) *VM is freed and set to NULL. When a
+ * build fails, the error is logged and the previous vm kept (a sale must not
+ * skip its rules because a state could not be built), and *GEN still moves on
+ * so that the build is not retried on every call. *VM and *GEN belong to the
+ * calling thread; *VM starts NULL and *GEN 0. */
+void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o);
+
 /* Record the result of a reload attempt (ERRORS copied; NULL for success). */
 void live_record_reload(live *l, bool ok, const char *errors);
 /* Copy of the last reload result; free out->errors. */
