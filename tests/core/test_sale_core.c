@@ -1,0 +1,289 @@
+/* test_sale_core.c -- the sale core (parse, lock, commit) linked alone.
+ *
+ * This binary is built by its own Makefile rule from exactly the objects the
+ * sale path needs (SALE_CORE_OBJ: sale, lock, rds, jsonck, log, sku, hist and
+ * the leaves they include) with -lhiredis -lcjson and nothing of Lua,
+ * libcurl, libyaml or CivetWeb: that the link succeeds is the proof that the
+ * sale path no longer drags the daemon in (issue 10; before, a program
+ * calling only sale_parse linked 19 of 28 objects through metrics.c). The
+ * tests then run that core against a real redis-server: one sale parsed and
+ * committed, its duplicate and an out-of-stock one, the engine's own
+ * counters, and the fence that refuses a commit whose lock is held by
+ * another token.
+ *
+ * No harness: tests/integration/harness.c speaks HTTP through libcurl, which
+ * is what this binary must not link, so the throwaway redis-server (free
+ * port, mkdtemp directory, killed at exit) is started here in a few lines.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <link.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "nerve/clock.h"
+#include "nerve/lock.h"
+#include "nerve/rds.h"
+#include "nerve/sale.h"
+
+/* ---- a throwaway redis-server ------------------------------------------------ */
+
+static pid_t redis_pid;
+static int redis_port;
+static char redis_dir[64];
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+/* Poll PING until it answers or 5 s pass. */
+static int redis_wait_up(void) {
+    uint64_t deadline = clock_now_ns() + 5000000000ull;
+    while (clock_now_ns() < deadline) {
+        struct timeval tv = { 0, 200000 };
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+        redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+        int up = r && r->type == REDIS_REPLY_STATUS;
+        if (r) freeReplyObject(r);
+        if (c) redisFree(c);
+        if (up) return 0;
+        int st;
+        if (waitpid(redis_pid, &st, WNOHANG) == redis_pid) return -1;     /* it died (port taken?) */
+        struct timespec nap = { 0, 20000000 };
+        nanosleep(&nap, NULL);
+    }
+    return -1;
+}
+
+static void redis_stop(void) {
+    if (redis_pid > 0) {
+        kill(redis_pid, SIGTERM);
+        waitpid(redis_pid, NULL, 0);
+        redis_pid = 0;
+    }
+    if (redis_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", redis_dir);
+        if (system(cmd) != 0) fprintf(stderr, "test_sale_core: could not remove %s\n", redis_dir);
+        redis_dir[0] = 0;
+    }
+}
+
+static int group_setup(void **state) {
+    (void)state;
+    snprintf(redis_dir, sizeof redis_dir, "%s", "/tmp/nerve-core.XXXXXX");
+    if (!mkdtemp(redis_dir)) {
+        fprintf(stderr, "test_sale_core: mkdtemp: %s\n", strerror(errno));
+        redis_dir[0] = 0;
+        return -1;
+    }
+    const char *server = getenv("REDIS_SERVER") ? getenv("REDIS_SERVER") : "redis-server";
+    for (int attempt = 0; attempt < 5; attempt++) {
+        redis_port = free_port();
+        char port[16];
+        snprintf(port, sizeof port, "%d", redis_port);
+        pid_t parent = getpid();
+        redis_pid = fork();
+        if (redis_pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent) _exit(127);
+            execlp(server, server, "--port", port, "--bind", "127.0.0.1", "--dir", redis_dir, "--save", "",
+                   "--appendonly", "no", "--logfile", "redis.log", (char *)NULL);
+            _exit(127);
+        }
+        if (redis_pid > 0 && redis_wait_up() == 0) return 0;
+        if (redis_pid > 0) {
+            kill(redis_pid, SIGKILL);
+            waitpid(redis_pid, NULL, 0);
+            redis_pid = 0;
+        }
+    }
+    fprintf(stderr, "test_sale_core: could not start %s (is it installed? REDIS_SERVER=path)\n", server);
+    redis_stop();
+    return -1;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    redis_stop();
+    return 0;
+}
+
+/* ---- the tests ----------------------------------------------------------------- */
+
+static rds_pool *pool_new(void) {
+    char url[64], err[256];
+    rds_opts o;
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = 1000;
+    o.command_timeout_ms = 1000;
+    o.reconnect_max_ms = 1000;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", redis_port);
+    if (rds_parse_url(url, &o, err, sizeof err)) fail_msg("%s", err);
+    rds_pool *p = rds_pool_new(&o);
+    assert_non_null(p);
+    return p;
+}
+
+static sale_opts opts(void) {
+    sale_opts o = {
+        .prefix = "nerve:", .inventory_channel = "inventory_events", .sales_channel = "sales_events",
+        .lock_ttl_ms = 2000, .lock_max_wait_ms = 1000, .idempotency_ttl_s = 60, .max_batch = 16,
+        .max_qty = 1000,
+    };
+    return o;
+}
+
+/* dl_iterate_phdr callback: count loaded objects named like Lua or libcurl. */
+static int find_forbidden(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    const char *n = info->dlpi_name ? info->dlpi_name : "";
+    if (strstr(n, "liblua") || strstr(n, "libcurl") || strstr(n, "libyaml") || strstr(n, "civetweb")) {
+        fprintf(stderr, "loaded: %s\n", n);
+        ++*(int *)data;
+    }
+    return 0;
+}
+
+/* The process runs without Lua, libcurl, libyaml and CivetWeb loaded: the
+ * link line named none of them, and nothing pulled them in. */
+static void test_core_links_no_lua_no_curl(void **state) {
+    (void)state;
+    int forbidden = 0;
+    dl_iterate_phdr(find_forbidden, &forbidden);
+    assert_int_equal(forbidden, 0);
+}
+
+/* Parse a body, commit it under the SKU's lock, then its duplicate and a sale
+ * over the stock; the engine counts what it was told and times its locks. */
+static void test_core_parse_lock_commit(void **state) {
+    (void)state;
+    rds_pool *pool = pool_new();
+    rds_client *c = rds_pool_client(pool);
+    assert_non_null(c);
+    assert_int_equal(sale_stock_set(c, "nerve:", "core-1", 5), 0);
+
+    sale_opts o = opts();
+    sale_engine *e = sale_engine_new(&o, pool);
+    assert_non_null(e);
+
+    const char *body = "{\"sku\":\"core-1\",\"qty\":2,\"order_id\":\"core-o1\"}";
+    sale_req req;
+    char err[256];
+    assert_int_equal(sale_parse(body, strlen(body), o.max_qty, &req, err, sizeof err), 0);
+    assert_string_equal(req.sku, "core-1");
+    assert_int_equal(req.qty, 2);
+
+    sale_res res;
+    sale_execute(e, &req, &res);
+    assert_int_equal(res.status, SALE_OK);
+    assert_false(res.duplicate);
+    assert_int_equal(res.stock_remaining, 3);
+    sale_record(e, res.status, res.duplicate, 0.0002);
+
+    sale_execute(e, &req, &res);            /* the same order_id again */
+    assert_int_equal(res.status, SALE_OK);
+    assert_true(res.duplicate);
+    assert_int_equal(res.stock_remaining, 3);
+    sale_record(e, res.status, res.duplicate, 0.0002);
+
+    const char *big = "{\"sku\":\"core-1\",\"qty\":4}";
+    assert_int_equal(sale_parse(big, strlen(big), o.max_qty, &req, err, sizeof err), 0);
+    sale_execute(e, &req, &res);
+    assert_int_equal(res.status, SALE_OUT_OF_STOCK);
+    sale_record(e, res.status, res.duplicate, 3.0);
+
+    const char *bad = "{\"sku\":\"..\",\"qty\":1}";
+    assert_int_equal(sale_parse(bad, strlen(bad), o.max_qty, &req, err, sizeof err), -1);
+    sale_record(e, SALE_BAD_REQUEST, false, 0.00005);
+
+    long long stock = -1;
+    assert_int_equal(sale_stock_get(c, "nerve:", "core-1", &stock), 0);
+    assert_int_equal(stock, 3);
+
+    sale_stats st;
+    sale_get_stats(e, &st);
+    assert_int_equal(st.results[SALE_RESULT_OK], 1);
+    assert_int_equal(st.results[SALE_RESULT_DUPLICATE], 1);
+    assert_int_equal(st.results[SALE_RESULT_OUT_OF_STOCK], 1);
+    assert_int_equal(st.results[SALE_RESULT_BAD_REQUEST], 1);
+    assert_int_equal(st.results[SALE_RESULT_UNAVAILABLE], 0);
+    assert_string_equal(sale_result_name(SALE_RESULT_OUT_OF_STOCK), "out_of_stock");
+    assert_int_equal(st.duration.count, 4);
+    assert_int_equal(st.duration.counts[0], 1);                 /* 50 us <= 100 us */
+    assert_int_equal(st.duration.counts[1], 2);                 /* 200 us <= 250 us */
+    assert_int_equal(st.duration.counts[HIST_BUCKETS], 1);      /* 3 s: +Inf */
+    assert_true(st.duration.sum > 3.0002 && st.duration.sum < 3.0006);
+    /* Three batches, each took the lock on the fast path: waited 0. */
+    assert_int_equal(st.lock_wait.count, 3);
+    assert_int_equal(st.lock_wait.counts[0], 3);
+
+    sale_engine_free(e);
+    rds_pool_free(pool);
+}
+
+/* The commit is fenced by the lock: a token that does not hold it commits
+ * nothing; the holder's commit goes through and releases the lock. */
+static void test_core_commit_fenced_by_lock(void **state) {
+    (void)state;
+    rds_pool *pool = pool_new();
+    rds_client *c = rds_pool_client(pool);
+    assert_int_equal(sale_stock_set(c, "nerve:", "core-2", 10), 0);
+    sale_opts o = opts();
+
+    char holder[LOCK_TOKEN_LEN + 1], other[LOCK_TOKEN_LEN + 1], err[256];
+    assert_int_equal(lock_acquire(c, "nerve:{core-2}:lock", 5000, 0, holder, err, sizeof err), LOCK_OK);
+    lock_token_new(other);
+    assert_string_not_equal(holder, other);
+
+    sale_req req;
+    const char *body = "{\"sku\":\"core-2\",\"qty\":1,\"order_id\":\"core-o2\"}";
+    assert_int_equal(sale_parse(body, strlen(body), o.max_qty, &req, err, sizeof err), 0);
+    sale_res res;
+    memset(&res, 0, sizeof res);
+    assert_int_equal(sale_commit(c, &o, "core-2", other, &req, &res, 1, err, sizeof err), 1);
+    long long stock = -1;
+    assert_int_equal(sale_stock_get(c, "nerve:", "core-2", &stock), 0);
+    assert_int_equal(stock, 10);
+
+    assert_int_equal(sale_commit(c, &o, "core-2", holder, &req, &res, 1, err, sizeof err), 0);
+    assert_int_equal(res.status, SALE_OK);
+    assert_int_equal(res.stock_remaining, 9);
+    /* Released by the script: another token takes it at once. */
+    assert_int_equal(lock_try(c, "nerve:{core-2}:lock", other, 1000, err, sizeof err), LOCK_OK);
+    assert_int_equal(lock_release(c, "nerve:{core-2}:lock", other), 1);
+    rds_pool_free(pool);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_core_links_no_lua_no_curl),
+        cmocka_unit_test(test_core_parse_lock_commit),
+        cmocka_unit_test(test_core_commit_fenced_by_lock),
+    };
+    return cmocka_run_group_tests_name("sale_core", tests, group_setup, group_teardown);
+}
