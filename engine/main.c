@@ -3,6 +3,7 @@
  * rules engine for `check` and `rules test`). Only main decides exit codes.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,51 +53,52 @@ static void usage(FILE *f) {
             "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
 }
 
-/* Parse options after the command. Returns 0, or -1 after printing why. */
+/* Parse the options after the command: ARGV[0] is the command, options and
+ * positional arguments may be mixed (getopt_long permutes them; "--" ends
+ * the options). Returns 0, or -1 after printing why. */
 static int parse_opts(int argc, char **argv, opts *o) {
+    static const struct option longopts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "set", required_argument, NULL, 's' },
+        { "log-format", required_argument, NULL, 'l' },
+        { NULL, 0, NULL, 0 },
+    };
     memset(o, 0, sizeof *o);
     o->config = "config/nerve.yaml";
     o->rest = calloc((size_t)argc + 1, sizeof *o->rest);
     if (!o->rest) return -1;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = NULL;
-        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0 ||
-            strcmp(a, "--log-format") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "nerve: %s needs a value\n", a);
-                return -1;
-            }
-            val = argv[++i];
-        } else if (strncmp(a, "--config=", 9) == 0) {
-            a = "--config", val = argv[i] + 9;
-        } else if (strncmp(a, "--set=", 6) == 0) {
-            a = "--set", val = argv[i] + 6;
-        } else if (strncmp(a, "--log-format=", 13) == 0) {
-            a = "--log-format", val = argv[i] + 13;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "nerve: unknown option %s (see nerve help)\n", a);
-            return -1;
-        } else {
-            o->rest[o->nrest++] = argv[i];
-            continue;
-        }
-        if (strcmp(a, "--set") == 0) {
+    opterr = 0;                 /* our messages, not getopt's */
+    optind = 0;                 /* GNU: start afresh */
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            o->config = optarg;
+            break;
+        case 's':
             if (o->nsets == MAX_SETS) {
                 fprintf(stderr, "nerve: at most %d --set options\n", MAX_SETS);
                 return -1;
             }
-            o->sets[o->nsets++] = (char *)val;
-        } else if (strcmp(a, "--log-format") == 0) {
-            if (strcmp(val, "text") && strcmp(val, "json")) {
+            o->sets[o->nsets++] = optarg;
+            break;
+        case 'l':
+            if (strcmp(optarg, "text") && strcmp(optarg, "json")) {
                 fprintf(stderr, "nerve: --log-format must be text or json\n");
                 return -1;
             }
-            o->log_format = val;
-        } else {
-            o->config = val;
+            o->log_format = optarg;
+            break;
+        case ':':
+            fprintf(stderr, "nerve: %s needs a value\n", argv[optind - 1]);
+            return -1;
+        default:
+            if (optopt) fprintf(stderr, "nerve: unknown option -%c (see nerve help)\n", optopt);
+            else fprintf(stderr, "nerve: unknown option %s (see nerve help)\n", argv[optind - 1]);
+            return -1;
         }
     }
+    for (int i = optind; i < argc; i++) o->rest[o->nrest++] = argv[i];
     return 0;
 }
 
@@ -212,9 +214,9 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "stress") == 0) return stress_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
     opts o;
-    if (parse_opts(argc - 2, argv + 2, &o)) {
+    if (parse_opts(argc - 1, argv + 1, &o)) {
         free(o.rest);
         return 2;
     }

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,7 +114,8 @@ static int parse_ll(const char *name, const char *v, long long lo, long long hi,
     return 0;
 }
 
-/* Parse ARGV into O. 0, 1 after --help, -1 after printing why. */
+/* Parse ARGV (ARGV[0] is "stress") into O with getopt_long. 0, 1 after
+ * --help, -1 after printing why. */
 static int parse_opts(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
     o->qty = 1;
@@ -121,40 +123,39 @@ static int parse_opts(int argc, char **argv, opts *o) {
     o->critical = 5;
     o->timeout_ms = 30000;
     bool have_clients = false, have_requests = false, have_duration = false;
-    static const char *const flags[] = { "--json", "--kill-check", "--quiet", NULL };
-    static const char *const valued[] = { "--url", "--sku", "--stock", "--clients", "--requests",
-                                          "--duration", "--qty", "--skus", "--token",
-                                          "--critical", "--threads", "--timeout", NULL };
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+    /* Every long option returns 0 with its index; "--NAME" is then looked
+     * up below, so the table is the only list of names. */
+    static const struct option longopts[] = {
+        { "json", no_argument, NULL, 0 },        { "kill-check", no_argument, NULL, 0 },
+        { "quiet", no_argument, NULL, 0 },       { "help", no_argument, NULL, 'h' },
+        { "url", required_argument, NULL, 0 },   { "sku", required_argument, NULL, 0 },
+        { "stock", required_argument, NULL, 0 }, { "clients", required_argument, NULL, 0 },
+        { "requests", required_argument, NULL, 0 }, { "duration", required_argument, NULL, 0 },
+        { "qty", required_argument, NULL, 0 },   { "skus", required_argument, NULL, 0 },
+        { "token", required_argument, NULL, 0 }, { "critical", required_argument, NULL, 0 },
+        { "threads", required_argument, NULL, 0 }, { "timeout", required_argument, NULL, 0 },
+        { NULL, 0, NULL, 0 },
+    };
+    opterr = 0;                 /* our messages, not getopt's */
+    optind = 0;                 /* GNU: start afresh */
+    int ch, idx;
+    while ((ch = getopt_long(argc, argv, ":h", longopts, &idx)) != -1) {
+        if (ch == 'h') {
             usage(stdout);
             return 1;
         }
-        const char *name = NULL;
-        for (int k = 0; flags[k]; k++)
-            if (strcmp(a, flags[k]) == 0) name = flags[k];
-        for (int k = 0; !name && valued[k]; k++) {
-            size_t n = strlen(valued[k]);
-            if (strcmp(a, valued[k]) == 0) {
-                if (i + 1 >= argc) {
-                    fprintf(stderr, "nerve stress: %s needs a value (see nerve stress --help)\n", a);
-                    return -1;
-                }
-                name = valued[k];
-                v = argv[++i];
-            } else if (strncmp(a, valued[k], n) == 0 && a[n] == '=') {
-                name = valued[k];
-                v = a + n + 1;
-            }
-        }
-        if (!name) {
-            if (a[0] == '-')
-                fprintf(stderr, "nerve stress: unknown option %s (see nerve stress --help)\n", a);
-            else
-                fprintf(stderr, "nerve stress: unexpected argument '%s' (see nerve stress --help)\n", a);
+        if (ch == ':') {
+            fprintf(stderr, "nerve stress: %s needs a value (see nerve stress --help)\n", argv[optind - 1]);
             return -1;
         }
+        if (ch != 0) {
+            if (optopt) fprintf(stderr, "nerve stress: unknown option -%c (see nerve stress --help)\n", optopt);
+            else fprintf(stderr, "nerve stress: unknown option %s (see nerve stress --help)\n", argv[optind - 1]);
+            return -1;
+        }
+        char name[32];
+        snprintf(name, sizeof name, "--%s", longopts[idx].name);
+        const char *v = optarg;
         long long n = 0;
         if (strcmp(name, "--json") == 0) o->json = true;
         else if (strcmp(name, "--kill-check") == 0) o->kill_check = true;
@@ -207,6 +208,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
                 if (nums[k].seen) *nums[k].seen = true;
             }
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "nerve stress: unexpected argument '%s' (see nerve stress --help)\n", argv[optind]);
+        return -1;
     }
     const char *missing = !o->nurls ? "--url" : !o->sku ? "--sku" : !o->have_stock ? "--stock"
                         : !have_clients ? "--clients" : NULL;
