@@ -6,7 +6,15 @@
 #                   on a free port when REDIS_URL is unset and none answers)
 #   make bench      benchmark suite (tests/bench/README.md)
 #   make asan       the test suite built with ASan + UBSan
+#   make fuzz       libFuzzer targets (tests/fuzz/README.md)
+#   make lint       clang-format --dry-run over engine/ and include/ (.clang-format)
 #   make clean
+#
+# Each target first installs the Debian packages its steps need (as root;
+# otherwise it prints the apt-get line and stops): the build packages before
+# any compile, cmocka before any test object, redis before `make run` and the
+# tests run, wrk before the bench, clang before the fuzz build, clang-format
+# before lint. tests/deps/test_make_deps.sh checks that order.
 
 CC        ?= cc
 OPT       ?= -O2
@@ -25,11 +33,15 @@ CFLAGS    += -fsanitize=$(SANITIZER) -fno-sanitize-recover=all -fno-omit-frame-p
 LDFLAGS   += -fsanitize=$(SANITIZER)
 endif
 
-# Debian packages: build, test (cmocka, redis-server), bench (wrk).
+# Debian packages, by what needs them: compiling anything (build), the
+# tests (cmocka to compile them, redis to run them), make run, the bench
+# (wrk, redis), make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev
-DEB_TEST  := libcmocka-dev redis-server redis-tools
-DEB_BENCH := wrk
+DEB_REDIS := redis-server redis-tools
+DEB_TEST  := libcmocka-dev $(DEB_REDIS)
+DEB_BENCH := wrk $(DEB_REDIS)
+DEB_LINT  := clang-format
 
 # pkg-config is only consulted once the packages are there (see deps).
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -49,10 +61,22 @@ INTEG_BIN  := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 BENCH_SRC  := $(wildcard tests/bench/*.c)
 BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-DEPS_STAMP := $(BUILD)/.deps-build
-TDEPS_STAMP := $(BUILD)/.deps-test
+LINT_SRC   := $(wildcard engine/*.c engine/*.h include/nerve/*.h)
 
-.PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind fuzz clean
+# One stamp per package list: a compile or run has its list's stamp as an
+# order-only prerequisite, so the packages are there before it starts and
+# installing them never makes anything out of date.
+DEPS_STAMP  := $(BUILD)/.deps-build
+TDEPS_STAMP := $(BUILD)/.deps-test
+RDEPS_STAMP := $(BUILD)/.deps-run
+BDEPS_STAMP := $(BUILD)/.deps-bench
+LDEPS_STAMP := $(BUILD)/.deps-lint
+# A stamp is redone (a dpkg-query per package) whenever dpkg's database or
+# this Makefile changed since, so a package removed after the stamp was made,
+# or one added to a list, is noticed by the next make.
+STAMP_INPUTS := $(wildcard /var/lib/dpkg/status) $(lastword $(MAKEFILE_LIST))
+
+.PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind fuzz lint clean
 .DEFAULT_GOAL := all
 # Keep test and bench objects between runs (they are intermediate files).
 .SECONDARY:
@@ -61,7 +85,8 @@ all: $(BIN)
 
 # --- Debian packages -------------------------------------------------------
 # install_pkgs LIST: install what dpkg does not report as installed, when we are
-# root; otherwise print the exact command and fail.
+# root; otherwise print the exact command and fail. flock: two lists installed
+# at once (make -j test bench) would otherwise race for dpkg's lock.
 define install_pkgs
 	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -69,7 +94,8 @@ define install_pkgs
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "deps: installing$$missing"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >&2 || exit 1; \
+	    flock /tmp/nerve-apt.lock sh -c "apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing" >&2 || exit 1; \
 	  else \
 	    echo "deps: missing Debian packages; run as root:"; \
 	    echo "  apt-get update && apt-get install -y$$missing"; exit 1; \
@@ -77,17 +103,27 @@ define install_pkgs
 	fi
 endef
 
-$(DEPS_STAMP):
+# Test objects include the engine's headers too (hiredis, cJSON...), and the
+# fuzz build needs them as well: those stamps come after the build one.
+$(DEPS_STAMP): $(STAMP_INPUTS)
 	$(call install_pkgs,$(DEB_BUILD))
 	@mkdir -p $(@D) && touch $@
-$(TDEPS_STAMP): $(DEPS_STAMP)
+$(TDEPS_STAMP): $(DEPS_STAMP) $(STAMP_INPUTS)
 	$(call install_pkgs,$(DEB_TEST))
+	@mkdir -p $(@D) && touch $@
+$(RDEPS_STAMP): $(STAMP_INPUTS)
+	$(call install_pkgs,$(DEB_REDIS))
+	@mkdir -p $(@D) && touch $@
+$(BDEPS_STAMP): $(STAMP_INPUTS)
+	$(call install_pkgs,$(DEB_BENCH))
+	@mkdir -p $(@D) && touch $@
+$(LDEPS_STAMP): $(STAMP_INPUTS)
+	$(call install_pkgs,$(DEB_LINT))
 	@mkdir -p $(@D) && touch $@
 
 deps: $(DEPS_STAMP)
 deps-test: $(TDEPS_STAMP)
-deps-bench: $(TDEPS_STAMP)
-	$(call install_pkgs,$(DEB_BENCH))
+deps-bench: $(BDEPS_STAMP)
 
 # --- build -----------------------------------------------------------------
 $(BIN): $(MAIN_OBJ) $(LIB)
@@ -97,9 +133,22 @@ $(LIB): $(ENGINE_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+# PKG_CFLAGS is expanded when a recipe runs, after its stamp: pkg-config and
+# the .pc files are part of the build packages.
+define compile
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+endef
+
+# Engine and bench objects need the build packages; unit and integration
+# test objects (and the harness) include cmocka.h: the test packages first.
+# make picks the most specific pattern.
+$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+	$(compile)
+$(BUILD)/tests/unit/%.o: tests/unit/%.c | $(TDEPS_STAMP)
+	$(compile)
+$(BUILD)/tests/integration/%.o: tests/integration/%.c | $(TDEPS_STAMP)
+	$(compile)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) | $(TDEPS_STAMP)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka $(LDLIBS)
@@ -113,8 +162,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/integration/%.o $(HARN_OBJ) $(LIB) | $(TDEPS_ST
 SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale lock rds backoff clock tslot jsonck log sku hist)
 CORE_BIN      := $(BUILD)/tests/test_sale_core
 $(BUILD)/tests/core/%.o: tests/core/%.c | $(TDEPS_STAMP)
-	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+	$(compile)
 $(CORE_BIN): $(BUILD)/tests/core/test_sale_core.o $(SALE_CORE_OBJ) | $(TDEPS_STAMP)
 	$(CC) $(LDFLAGS) -o $@ $^ -lhiredis -lcjson -lcmocka -lm -pthread
 
@@ -123,8 +171,11 @@ $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 # --- run, test, bench --------------------------------------------------------
+# tests/deps/test_make_deps.sh runs this Makefile in a scratch copy with
+# stand-in apt-get, dpkg-query and compilers (a few seconds, no network).
 test: $(BIN) $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
-	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) tests/deps_graph.sh
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) \
+	    tests/deps/test_make_deps.sh tests/deps_graph.sh
 
 unit: $(UNIT_BIN)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN)
@@ -132,10 +183,10 @@ unit: $(UNIT_BIN)
 integration: $(BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(INTEG_BIN)
 
-run: $(BIN) | $(TDEPS_STAMP)
+run: $(BIN) | $(RDEPS_STAMP)
 	@tests/lib/run-local.sh ./$(BIN) serve -c config/nerve.yaml $(ARGS)
 
-bench: $(BIN) $(BENCH_BIN) deps-bench
+bench: $(BIN) $(BENCH_BIN) | $(BDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/run.sh
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -160,8 +211,23 @@ valgrind: $(BIN) $(UNIT_BIN) | $(TDEPS_STAMP)
 	$(call install_pkgs,valgrind)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/valgrind.sh $(UNIT_BIN)
 
+# make lint: every file clang-format (Debian 12's, version 14) would change,
+# with the number of places in each; `clang-format -i FILE...` fixes them.
+lint: | $(LDEPS_STAMP)
+	@clang-format --version | grep -q 'version 14\.' || \
+	  echo "lint: warning: .clang-format is tuned for clang-format 14; this is $$(clang-format --version)"
+	@out=$$(clang-format --dry-run --Werror $(LINT_SRC) 2>&1); rc=$$?; \
+	if [ $$rc -ne 0 ]; then \
+	  files=$$(printf '%s\n' "$$out" | sed -n 's/^\([^:]*\):[0-9]*:[0-9]*: error: code should be clang-formatted.*/\1/p' | uniq -c); \
+	  if [ -z "$$files" ]; then printf '%s\n' "$$out"; exit $$rc; fi; \
+	  echo "lint: not clang-formatted (places to change, file):"; printf '%s\n' "$$files"; \
+	  echo "lint: $$(printf '%s\n' "$$files" | wc -l) files; fix with clang-format -i FILE..."; exit 1; \
+	fi; \
+	echo "lint: $(words $(LINT_SRC)) files clang-formatted"
+
+# build-fuzz/ stays: it holds the fuzzers' corpus copies and crash artifacts.
 clean:
-	rm -rf build build-asan nerve
+	rm -rf build build-asan nerve $(BUILD) $(BIN)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -185,7 +251,7 @@ FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_LIB     := $(FUZZ_BUILD)/libnerve.a
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
-$(FUZZ_STAMP): $(DEPS_STAMP)
+$(FUZZ_STAMP): $(DEPS_STAMP) $(STAMP_INPUTS)
 	$(call install_pkgs,$(DEB_FUZZ))
 	@mkdir -p $(@D) && touch $@
 
