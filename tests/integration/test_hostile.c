@@ -13,9 +13,11 @@
  *      X_CLOSED  the connection is closed without an answer.
  *    After every case the daemon must be alive (/healthz 200) and Redis
  *    unchanged: the test SKUs' stock, the kill switch records, DBSIZE.
- *    The whole corpus always runs; failures are listed one by one and the
- *    test fails at the end. A daemon that died is restarted (and the case
- *    counted as a failure) so that one crash does not hide the rest.
+ *    Every case is a cmocka test of its own, named "http/CLASS: case"
+ *    (CMOCKA_FILTER='http/header:*' runs one class), between a first test
+ *    that sets the state up and a summary that checks no reload went
+ *    through. A failed case puts the state back, and a daemon that died is
+ *    restarted, so that one failure or crash does not hide the rest.
  *
  *    Every request is sent with `Connection: close` and the sending side is
  *    shut (SHUT_WR) once written, so a request whose body is shorter than its
@@ -24,6 +26,7 @@
  * 2. Hostile messages on the event bus (binary, over bus.max_event_bytes,
  *    deeply nested, not an object, invalid UTF-8) and on the control channel:
  *    the daemon survives, counts them, and still evaluates a valid event.
+ *    One test per kind of message, each measuring its own counters.
  */
 #include "harness.h"
 
