@@ -74,7 +74,8 @@ LDEPS_STAMP := $(BUILD)/.deps-lint
 # A stamp is redone (a dpkg-query per package) whenever dpkg's database or
 # this Makefile changed since, so a package removed after the stamp was made,
 # or one added to a list, is noticed by the next make.
-STAMP_INPUTS := $(wildcard /var/lib/dpkg/status) $(lastword $(MAKEFILE_LIST))
+DPKG_STATUS  ?= /var/lib/dpkg/status
+STAMP_INPUTS := $(wildcard $(DPKG_STATUS)) $(lastword $(MAKEFILE_LIST))
 
 .PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind fuzz lint clean
 .DEFAULT_GOAL := all

@@ -1,16 +1,35 @@
 /* http.c -- the HTTP API on CivetWeb (see http.h).
  *
- * One CivetWeb request handler receives every request and routes on method
- * and path, so that unknown paths and wrong methods get the same JSON error
- * bodies as everything else instead of CivetWeb's HTML pages.
+ * One CivetWeb request handler receives every request and routes it through
+ * one table (routes[]: path, methods, handler, admin, body policy), so that
+ * unknown paths and wrong methods get the same JSON error bodies as
+ * everything else instead of CivetWeb's HTML pages, and OPTIONS, HEAD and
+ * 405 with Allow are answered the same way for every route.
+ *
+ * Before any route runs, the request's framing is checked (RFC 9112 §6):
+ * CivetWeb reads a request with both Transfer-Encoding and Content-Length as
+ * chunked and takes the first of two Content-Length headers, where a proxy
+ * in front may read the other one; the bytes the two disagree on would be
+ * read here as a second request (request smuggling). Such a request answers
+ * 400 and its connection is closed.
+ *
+ * CivetWeb gives each open connection a worker thread until it closes, also
+ * while it sits idle between requests or sends its head one byte at a time.
+ * When every worker holds one, the connections that have waited longest for
+ * a request (server.evict_idle_ms) are shut, so that a new client is served
+ * within a fraction of a second however many idle ones are held open.
  */
 #include "nerve/http.h"
 
 #include <civetweb.h>
 #include <cjson/cJSON.h>
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -20,6 +39,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "nerve/clock.h"
 #include "nerve/jsonck.h"
 #include "nerve/log.h"
 #include "nerve/sku.h"
@@ -35,7 +55,33 @@ struct http_server {
     int inflight;               /* requests being handled */
     int draining;               /* http_stop began: take no new request */
     int released;               /* requests held while draining may go */
+    /* Open connections, one slot per worker thread (under mu): see
+     * "idle connections" below. */
+    struct conn_slot *slots;
+    int nslots, open;
+    pthread_cond_t evict_cv;    /* every worker holds a connection, or stopping */
+    pthread_t evictor;
+    int evictor_started, evict_stop;
+    unsigned long long evicted; /* connections shut while waiting */
 };
+
+/* HEAD: the answer's head is sent as GET would send it, and no body
+ * (RFC 9110 §9.3.2). Set by route_request on the worker thread for the
+ * time of one request; out_write drops what follows the head. */
+static _Thread_local int head_only, head_sent;
+
+/* Every byte of an answer goes through here. */
+static void out_write(struct mg_connection *conn, const char *buf, size_t len) {
+    if (head_only) {
+        if (head_sent) return;
+        const char *end = len >= 4 ? memmem(buf, len, "\r\n\r\n", 4) : NULL;
+        if (end) {
+            len = (size_t)(end + 4 - buf);
+            head_sent = 1;
+        }
+    }
+    mg_write(conn, buf, len);
+}
 
 /* ---- responses --------------------------------------------------------------- */
 
@@ -59,10 +105,11 @@ static int send_raw(http_server *s, struct mg_connection *conn, int status, cons
         if (!buf) return 500;
         cap = need;
     }
-    int n = snprintf(buf, cap, "HTTP/1.1 %d %s\r\n%sContent-Length: %zu\r\nCache-Control: no-store\r\n",
-                     status, mg_get_response_code_text(conn, status),
-                     body ? "Content-Type: application/json\r\n" : "", bl);
+    int n = snprintf(buf, cap, "HTTP/1.1 %d %s\r\n%sCache-Control: no-store\r\n", status,
+                     mg_get_response_code_text(conn, status), body ? "Content-Type: application/json\r\n" : "");
     size_t len = (size_t)n;
+    /* A 204 carries no body and, RFC 9110 §8.6, no Content-Length. */
+    if (status != 204) len += (size_t)snprintf(buf + len, cap - len, "Content-Length: %zu\r\n", bl);
     if (s->d.cfg->cors_origin[0])
         len += (size_t)snprintf(buf + len, cap - len, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
                                 s->d.cfg->cors_origin);
@@ -73,7 +120,7 @@ static int send_raw(http_server *s, struct mg_connection *conn, int status, cons
         memcpy(buf + len, body, bl);
         len += bl;
     }
-    mg_write(conn, buf, len);
+    out_write(conn, buf, len);
     if (buf != stackbuf) free(buf);
     return status;
 }
@@ -128,6 +175,86 @@ static int send_method_not_allowed(http_server *s, struct mg_connection *conn, c
 
 /* ---- request helpers ---------------------------------------------------------- */
 
+/* Make CivetWeb close the connection once this answer is sent, without
+ * reading what is left of the request: it would otherwise read and drop an
+ * unread body (Content-Length or chunked) and take the bytes after it as the
+ * next request, whatever our answer's Connection header says. */
+static void force_close(struct mg_connection *conn) { mg_disable_connection_keep_alive(conn); }
+
+/* CivetWeb stops reading header lines at the 64th (MG_MAX_HEADERS) and at an
+ * obsolete line folding (a line starting with a space or tab, RFC 9112
+ * §5.2): what follows is not seen by anyone here, though a proxy in front
+ * may have read a Content-Length or Transfer-Encoding there. 1 when the head
+ * went on past the last header CivetWeb kept. CivetWeb parses the head in
+ * place, ending each line with NULs: after the last value come its one or
+ * two line-end bytes (now NUL), then the next line, which must be the empty
+ * one. */
+static int head_cut_short(const struct mg_request_info *ri) {
+    if (ri->num_headers >= MG_MAX_HEADERS) return 1;
+    if (ri->num_headers == 0) return 0;
+    const char *v = ri->http_headers[ri->num_headers - 1].value;
+    const char *e = v + strlen(v);      /* the last line's CR or LF */
+    if (e[1] != '\0') return e[1] == ' ' || e[1] == '\t';   /* LF, then the next line */
+    /* CR LF, or LF then the empty line that ends the head (its LF, now NUL).
+     * In the second case e[2] is past the head: read it only well inside
+     * CivetWeb's 16 KiB buffer (max_request_size), which starts at or before
+     * the method. A head this long is closed after the answer anyway. */
+    if (e + 2 - ri->request_method >= 15 * 1024) return 1;
+    return e[2] == ' ' || e[2] == '\t';
+}
+
+/* 1 when V is a Content-Length value RFC 9112 §6.2 allows: 1*DIGIT (the
+ * optional whitespace after it is allowed too). Not "+41", " 41x", "-1",
+ * "0x10", "", "41, 42". */
+static int length_valid(const char *v) {
+    size_t n = strspn(v, "0123456789");
+    if (n == 0) return 0;
+    while (v[n] == ' ' || v[n] == '\t') n++;
+    return v[n] == '\0';
+}
+
+/* The digits of a Content-Length value, for comparing two of them. */
+static size_t length_digits(const char *v) { return strspn(v, "0123456789"); }
+
+/* RFC 9112 §6.1-6.3: one reading of where this request ends, checked on the
+ * header lines CivetWeb parsed (every one, repeats included) before any
+ * body is read. 0 when the framing is sound; otherwise answers 400 with
+ * Connection: close, closes the connection, and returns 400. A head that
+ * went on past what CivetWeb kept (head_cut_short) is answered as usual and
+ * its connection closed after the answer. */
+static int check_framing(http_server *s, struct mg_connection *conn) {
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    const char *cl = NULL, *why = NULL;
+    int te = 0;
+    for (int i = 0; i < ri->num_headers && !why; i++) {
+        const char *n = ri->http_headers[i].name, *v = ri->http_headers[i].value;
+        if (strcasecmp(n, "Content-Length") == 0) {
+            if (!length_valid(v))
+                why = "Content-Length must be a decimal number of bytes, digits only";
+            else if (cl && (length_digits(cl) != length_digits(v) || memcmp(cl, v, length_digits(v)) != 0))
+                why = "two different Content-Length headers";
+            cl = v;
+        } else if (strcasecmp(n, "Transfer-Encoding") == 0) {
+            /* CivetWeb refuses codings it does not know, reads the first
+             * header only, and takes "identity" for no coding at all. */
+            if (te++) why = "more than one Transfer-Encoding header";
+            else if (strcasecmp(v, "chunked") != 0) why = "Transfer-Encoding must be chunked";
+        }
+    }
+    if (!why && te && cl) why = "both Transfer-Encoding and Content-Length: send one of them";
+    if (!why && te && strcmp(ri->http_version, "1.0") == 0) why = "Transfer-Encoding in an HTTP/1.0 request";
+    if (!why) {
+        if (head_cut_short(ri)) force_close(conn);
+        return 0;
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "ambiguous request framing (RFC 9112 section 6): %s", why);
+    log_info("http", "framing refused from %s: %s", ri->remote_addr, why);
+    force_close(conn);
+    extra_hdr h = { "Connection", "close" };
+    return send_json(s, conn, 400, error_obj("bad_request", msg), &h, 1);
+}
+
 /* Read the whole body into a malloc'd buffer of at most max bytes.
  * Returns 0 (body in *out, length *len), 413 when larger, 400 on a read error. */
 static int read_body(struct mg_connection *conn, long max, char **out, size_t *len) {
@@ -178,6 +305,7 @@ static int take_body(http_server *s, struct mg_connection *conn, char **body, si
         char msg[96];
         snprintf(msg, sizeof msg, "request body over %ld bytes", s->d.cfg->max_body_bytes);
         extra_hdr h = { "Connection", "close" };
+        force_close(conn);
         return send_json(s, conn, 413, error_obj("payload_too_large", msg), &h, 1);
     }
     if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
@@ -337,8 +465,6 @@ static int handle_stock_get(http_server *s, struct mg_connection *conn, const ch
 /* PUT /admin/stock/{sku} {"stock"?, "price"?}: the stock and the catalog
  * price sales are checked against (sale.h), changed together or not at all. */
 static int handle_stock_put(http_server *s, struct mg_connection *conn, const char *sku) {
-    int st = check_admin(s, conn);
-    if (st) return st;
     if (!sku_valid(sku, strlen(sku)))
         return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     cJSON *root;
@@ -396,8 +522,8 @@ static int handle_metrics(http_server *s, struct mg_connection *conn) {
     int hl = snprintf(head, sizeof head,
                       "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                       "Content-Length: %zu\r\nCache-Control: no-store\r\n\r\n", tl);
-    mg_write(conn, head, (size_t)hl);
-    mg_write(conn, text, tl);
+    out_write(conn, head, (size_t)hl);
+    out_write(conn, text, tl);
     free(text);
     return 200;
 }
@@ -415,8 +541,6 @@ static int handle_killswitch_get(http_server *s, struct mg_connection *conn) {
 }
 
 static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
-    int st = check_admin(s, conn);
-    if (st) return st;
     cJSON *root;
     int rc = take_json(s, conn, &root);
     if (rc) return rc;
@@ -452,8 +576,6 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
 }
 
 static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, const char *scope) {
-    int st = check_admin(s, conn);
-    if (st) return st;
     /* SCOPE is the whole rest of the path, decoded once: a scope with '/'
      * is reached raw or as %2F. */
     if (!ks_scope_valid(scope))
@@ -476,8 +598,6 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
 }
 
 static int handle_reload(http_server *s, struct mg_connection *conn) {
-    int st = check_admin(s, conn);
-    if (st) return st;
     if (!s->d.reload) return send_error(s, conn, 404, "not_found", "reload is not available");
     uint64_t gen = 0;
     char *errors = NULL;
@@ -494,29 +614,31 @@ static int handle_reload(http_server *s, struct mg_connection *conn) {
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
-static int handle_preflight(http_server *s, struct mg_connection *conn, const char *allow) {
-    extra_hdr h[3] = {
-        { "Access-Control-Allow-Methods", allow },
-        { "Access-Control-Allow-Headers", "Content-Type, Authorization" },
-        { "Access-Control-Max-Age", "600" },
-    };
-    return send_raw(s, conn, 204, NULL, h, s->d.cfg->cors_origin[0] ? 3 : 0);
+static int handle_healthz(http_server *s, struct mg_connection *conn) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    return send_json(s, conn, 200, o, NULL, 0);
 }
 
 /* Requests that change state: refuse cross-site browser requests (a page
- * elsewhere making a visitor's browser buy) and bodies that are not JSON.
- * Browsers send Origin on every cross-origin POST/PUT/DELETE, so an Origin
- * other than server.cors_origin is refused (403); clients without a browser
- * send none. Content-Type must be application/json or absent;
- * application/x-www-form-urlencoded, which `curl -d` sends by default, is
- * tolerated because the Origin check already stops browsers. 0, or the
- * status sent. */
-static int check_write_request(http_server *s, struct mg_connection *conn) {
+ * elsewhere making a visitor's browser buy). Browsers send Origin on every
+ * cross-origin POST/PUT/DELETE, so an Origin other than server.cors_origin
+ * is refused (403); clients without a browser send none. 0, or the status
+ * sent. */
+static int check_origin(http_server *s, struct mg_connection *conn) {
     const char *origin = mg_get_header(conn, "Origin");
     const char *allowed = s->d.cfg->cors_origin;
     if (origin && !(allowed[0] && (strcmp(allowed, "*") == 0 || strcmp(allowed, origin) == 0)))
         return send_error(s, conn, 403, "forbidden_origin",
                           "cross-origin request refused: set server.cors_origin to allow this origin");
+    return 0;
+}
+
+/* A body, when typed, must be application/json;
+ * application/x-www-form-urlencoded, which `curl -d` sends by default, is
+ * tolerated because the Origin check already stops browsers. 0, or the
+ * status sent (415). */
+static int check_content_type(http_server *s, struct mg_connection *conn) {
     const char *ct = mg_get_header(conn, "Content-Type");
     if (ct) {
         size_t n = strcspn(ct, ";");
@@ -529,9 +651,92 @@ static int check_write_request(http_server *s, struct mg_connection *conn) {
     return 0;
 }
 
-static int is(const char *m, const char *want) { return strcmp(m, want) == 0; }
+/* ---- routes ----------------------------------------------------------------------- */
+
+enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
+
+/* What a route does with a request body. */
+typedef enum {
+    BODY_NONE,                  /* reads none; Content-Type not looked at */
+    BODY_JSON,                  /* reads a JSON body, which must be there:
+                                 * Content-Type application/json (or form,
+                                 * or none), 400 without one, 413 over
+                                 * server.max_body_bytes */
+    BODY_OPTIONAL,              /* reads none, but one may come: when typed,
+                                 * as for BODY_JSON (415 otherwise) */
+} body_policy;
+
+typedef struct route_def {
+    const char *path;           /* exact, or a prefix when it ends in '/':
+                                 * the (decoded) rest is the handler's ARG */
+    unsigned methods;           /* M_*: GET brings HEAD; every route answers OPTIONS */
+    int admin;                  /* needs Authorization: Bearer NERVE_ADMIN_TOKEN */
+    body_policy body;
+    int (*fn)(http_server *s, struct mg_connection *conn);
+    int (*fn_arg)(http_server *s, struct mg_connection *conn, const char *arg);
+} route_def;
+
+/* The HTTP API (SPEC §6), first match wins. */
+static const route_def routes[] = {
+    { "/sale",               M_POST,   0, BODY_JSON,     handle_sale,            NULL },
+    { "/test/simulate-sale", M_POST,   0, BODY_JSON,     handle_sale,            NULL },
+    { "/stock/",             M_GET,    0, BODY_NONE,     NULL,                   handle_stock_get },
+    { "/healthz",            M_GET,    0, BODY_NONE,     handle_healthz,         NULL },
+    { "/readyz",             M_GET,    0, BODY_NONE,     handle_readyz,          NULL },
+    { "/metrics",            M_GET,    0, BODY_NONE,     handle_metrics,         NULL },
+    { "/rules",              M_GET,    0, BODY_NONE,     handle_rules,           NULL },
+    { "/killswitch",         M_GET,    0, BODY_NONE,     handle_killswitch_get,  NULL },
+    { "/admin/stock/",       M_PUT,    1, BODY_JSON,     NULL,                   handle_stock_put },
+    { "/admin/killswitch",   M_POST,   1, BODY_JSON,     handle_killswitch_post, NULL },
+    { "/admin/killswitch/",  M_DELETE, 1, BODY_OPTIONAL, NULL,                   handle_killswitch_delete },
+    { "/admin/reload",       M_POST,   1, BODY_OPTIONAL, handle_reload,          NULL },
+};
+
+/* The route for path P, with *ARG the rest of a prefix route's path; NULL
+ * when none. */
+static const route_def *route_find(const char *p, const char **arg) {
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const route_def *r = &routes[i];
+        size_t n = strlen(r->path);
+        if (r->path[n - 1] == '/' ? strncmp(p, r->path, n) == 0 : strcmp(p, r->path) == 0) {
+            *arg = p + (r->path[n - 1] == '/' ? n : strlen(p));
+            return r;
+        }
+    }
+    return NULL;
+}
+
+/* The Allow header of route R: its methods, HEAD with GET, and OPTIONS. */
+static const char *route_allow(const route_def *r, char *buf, size_t len) {
+    snprintf(buf, len, "%s%s%s%sOPTIONS", r->methods & M_GET ? "GET, HEAD, " : "",
+             r->methods & M_POST ? "POST, " : "", r->methods & M_PUT ? "PUT, " : "",
+             r->methods & M_DELETE ? "DELETE, " : "");
+    return buf;
+}
+
+/* M as one of M_*, HEAD as M_GET; 0 for any other method. */
+static unsigned method_bit(const char *m) {
+    if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) return M_GET;
+    if (strcmp(m, "POST") == 0) return M_POST;
+    if (strcmp(m, "PUT") == 0) return M_PUT;
+    if (strcmp(m, "DELETE") == 0) return M_DELETE;
+    return 0;
+}
+
+/* OPTIONS: 204 with Allow, and the CORS preflight headers when
+ * server.cors_origin is set (send_raw adds Access-Control-Allow-Origin). */
+static int handle_options(http_server *s, struct mg_connection *conn, const char *allow) {
+    extra_hdr h[4] = {
+        { "Allow", allow },
+        { "Access-Control-Allow-Methods", allow },
+        { "Access-Control-Allow-Headers", "Content-Type, Authorization" },
+        { "Access-Control-Max-Age", "600" },
+    };
+    return send_raw(s, conn, 204, NULL, h, s->d.cfg->cors_origin[0] ? 4 : 1);
+}
 
 static int route_request(http_server *s, struct mg_connection *conn);
+static void conn_busy(http_server *s, const struct mg_connection *conn, int busy);
 
 /* Count requests in flight; while stopping, hold new ones unanswered until
  * the server closes their connection (the client sees a request that was
@@ -545,17 +750,23 @@ static int route(struct mg_connection *conn, void *cbdata) {
         return 503;
     }
     s->inflight++;
+    conn_busy(s, conn, 1);
     pthread_mutex_unlock(&s->mu);
     int status = route_request(s, conn);
     pthread_mutex_lock(&s->mu);
+    conn_busy(s, conn, 0);
     if (--s->inflight == 0 && s->draining) pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return status;
 }
 
-static int route_request(http_server *s, struct mg_connection *conn) {
+/* Framing, path, route, OPTIONS, method (405), Origin and Content-Type of
+ * writes, admin token, body presence, then the route's handler. */
+static int dispatch(http_server *s, struct mg_connection *conn) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const char *m = ri->request_method;
+    int st = check_framing(s, conn);
+    if (st) return st;
     /* CivetWeb is told not to decode the path (decode_url=no) because its
      * decoded form is a C string: "%00" would cut it short, and
      * /stock/A%00junk would act on SKU A. We decode here and refuse NUL. */
@@ -567,62 +778,194 @@ static int route_request(http_server *s, struct mg_connection *conn) {
     if (memchr(p, 0, (size_t)pl))
         return send_error(s, conn, 400, "bad_request", "request path must not contain NUL (%00)");
 
-    if (is(m, "POST") || is(m, "PUT") || is(m, "DELETE")) {
-        int st = check_write_request(s, conn);
-        if (st) return st;
+    const char *arg;
+    const route_def *r = route_find(p, &arg);
+    if (!r) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "no such endpoint: %.150s", p);
+        return send_error(s, conn, 404, "not_found", msg);
     }
-    if (is(p, "/sale") || is(p, "/test/simulate-sale")) {
-        if (is(m, "POST")) return handle_sale(s, conn);
-        if (is(m, "OPTIONS")) return handle_preflight(s, conn, "POST, OPTIONS");
-        return send_method_not_allowed(s, conn, "POST");
+    char allow[64];
+    route_allow(r, allow, sizeof allow);
+    if (strcmp(m, "OPTIONS") == 0) return handle_options(s, conn, allow);
+    unsigned mb = method_bit(m);
+    if (!(r->methods & mb)) return send_method_not_allowed(s, conn, allow);
+    if (mb != M_GET && (st = check_origin(s, conn))) return st;
+    if (r->body != BODY_NONE && (st = check_content_type(s, conn))) return st;
+    if (r->admin && (st = check_admin(s, conn))) return st;
+    if (r->body == BODY_JSON && ri->content_length <= 0 && !mg_get_header(conn, "Transfer-Encoding"))
+        return send_error(s, conn, 400, "bad_request", "this endpoint needs a JSON body (Content-Type: application/json)");
+    return r->fn ? r->fn(s, conn) : r->fn_arg(s, conn, arg);
+}
+
+static int route_request(http_server *s, struct mg_connection *conn) {
+    head_only = strcmp(mg_get_request_info(conn)->request_method, "HEAD") == 0;
+    head_sent = 0;
+    int status = dispatch(s, conn);
+    head_only = 0;
+    return status;
+}
+
+/* ---- idle connections ---------------------------------------------------------------
+ *
+ * CivetWeb gives a connection a worker thread from accept to close: while
+ * it waits for a request (an idle keep-alive connection, one that sends
+ * nothing, or one that sends its head a byte a second) the thread waits
+ * with it, up to server.request_timeout_ms. With every worker held so, a
+ * new client waited in CivetWeb's queue for whole timeouts (threads + 50
+ * idle connections: 10 s for one sale). So each connection has a slot
+ * (init_connection/connection_close callbacks) saying whether it is in a
+ * handler or waiting for a request, and since when; when every worker holds
+ * a connection, the evictor thread shuts the ones that have waited at least
+ * server.evict_idle_ms, longest waiting first. Their worker sees the
+ * connection end and takes the next one from the queue. A client that was
+ * shut between two requests reconnects (RFC 9112 §9.3.1 lets a server close
+ * an idle connection at any time). Everything here runs under s->mu.
+ */
+typedef struct conn_slot {
+    int used, busy;             /* open; in a handler */
+    int evicted;                /* shut: waiting for CivetWeb to close it */
+    uint64_t since_ns;          /* waiting for a request since (clock_now_ns) */
+    const struct mg_connection *conn;
+    char addr[48];              /* the peer as CivetWeb prints it, "" until known */
+    int port, server_port;
+} conn_slot;
+
+/* CivetWeb fills in a connection's two ends before on_conn_open but only
+ * hands out its request info once it reads a request (which it has begun
+ * by the time a connection has waited evict_idle_ms). Under s->mu. 0 once
+ * C's ends are known. */
+static int slot_ends(conn_slot *c) {
+    if (c->addr[0]) return 0;
+    const struct mg_request_info *ri = mg_get_request_info(c->conn);
+    if (!ri || !ri->remote_addr[0]) return -1;
+    snprintf(c->addr, sizeof c->addr, "%s", ri->remote_addr);
+    c->port = ri->remote_port;
+    c->server_port = ri->server_port;
+    return 0;
+}
+
+static int on_conn_open(const struct mg_connection *conn, void **data) {
+    http_server *s = mg_get_user_data(mg_get_context(conn));
+    *data = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->nslots; i++) {
+        conn_slot *c = &s->slots[i];
+        if (c->used) continue;
+        memset(c, 0, sizeof *c);
+        c->used = 1;
+        c->since_ns = clock_now_ns();
+        c->conn = conn;
+        *data = c;
+        if (++s->open == s->nslots) pthread_cond_signal(&s->evict_cv);
+        break;
     }
-    if (strncmp(p, "/stock/", 7) == 0) {
-        if (is(m, "GET")) return handle_stock_get(s, conn, p + 7);
-        if (is(m, "OPTIONS")) return handle_preflight(s, conn, "GET, OPTIONS");
-        return send_method_not_allowed(s, conn, "GET");
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void on_conn_close(const struct mg_connection *conn) {
+    http_server *s = mg_get_user_data(mg_get_context(conn));
+    conn_slot *c = mg_get_user_connection_data(conn);
+    if (!c) return;
+    pthread_mutex_lock(&s->mu);
+    c->used = 0;
+    s->open--;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Under s->mu: CONN enters (BUSY 1) or leaves a handler. */
+static void conn_busy(http_server *s, const struct mg_connection *conn, int busy) {
+    (void)s;
+    conn_slot *c = mg_get_user_connection_data(conn);
+    if (!c) return;
+    c->busy = busy;
+    if (!busy) c->since_ns = clock_now_ns();
+}
+
+/* 1 when socket FD is the server side of slot C's connection. */
+static int fd_is(int fd, const conn_slot *c) {
+    struct sockaddr_storage a;
+    socklen_t al = sizeof a;
+    char host[48];
+    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0) return 0;
+    if (a.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&a)->sin_port) != c->server_port
+        : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port) != c->server_port : 1)
+        return 0;
+    al = sizeof a;
+    if (getpeername(fd, (struct sockaddr *)&a, &al) != 0) return 0;
+    int port;
+    if (a.ss_family == AF_INET) {
+        port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, host, sizeof host);
+    } else {
+        port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, host, sizeof host);
     }
-    if (strncmp(p, "/admin/stock/", 13) == 0) {
-        if (is(m, "PUT")) return handle_stock_put(s, conn, p + 13);
-        if (is(m, "OPTIONS")) return handle_preflight(s, conn, "PUT, OPTIONS");
-        return send_method_not_allowed(s, conn, "PUT");
+    return port == c->port && strcmp(host, c->addr) == 0;
+}
+
+/* Under s->mu: shut the connections of the slots marked in WANT (N of
+ * them). CivetWeb keeps its sockets to itself, so they are found among the
+ * process's descriptors by their two ends; a slot is freed (on_conn_close,
+ * which takes s->mu) before CivetWeb closes its socket, so a descriptor
+ * found here is still that connection's. One whose next request is already
+ * arriving (bytes unread) is left alone. */
+static void evict(http_server *s, const char *want, int n) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return;
+    struct dirent *e;
+    while (n > 0 && (e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || fd == dirfd(d)) continue;
+        for (int i = 0; i < s->nslots; i++) {
+            if (!want[i] || !fd_is((int)fd, &s->slots[i])) continue;
+            int unread = 0;
+            if (ioctl((int)fd, FIONREAD, &unread) == 0 && unread == 0) {
+                shutdown((int)fd, SHUT_RDWR);
+                s->slots[i].evicted = 1;
+                s->evicted++;
+            }
+            n--;
+            break;
+        }
     }
-    if (is(p, "/healthz")) {
-        if (!is(m, "GET") && !is(m, "HEAD")) return send_method_not_allowed(s, conn, "GET");
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "status", "ok");
-        return send_json(s, conn, 200, o, NULL, 0);
+    closedir(d);
+}
+
+/* While every worker holds a connection, shut those waiting for a request
+ * for server.evict_idle_ms or more; sleep otherwise. */
+static void *evictor_main(void *arg) {
+    http_server *s = arg;
+    uint64_t limit = (uint64_t)s->d.cfg->evict_idle_ms * 1000000u;
+    char *want = calloc((size_t)s->nslots, 1);
+    if (!want) return NULL;
+    pthread_mutex_lock(&s->mu);
+    while (!s->evict_stop) {
+        if (s->open < s->nslots) {
+            pthread_cond_wait(&s->evict_cv, &s->mu);
+            continue;
+        }
+        uint64_t now = clock_now_ns(), next = now + limit;
+        int n = 0;
+        for (int i = 0; i < s->nslots; i++) {
+            conn_slot *c = &s->slots[i];
+            want[i] = c->used && !c->busy && !c->evicted && now - c->since_ns >= limit && slot_ends(c) == 0;
+            n += want[i];
+            if (c->used && !c->busy && !c->evicted && !want[i] && c->since_ns + limit < next)
+                next = c->since_ns + limit;
+        }
+        if (n) {
+            evict(s, want, n);
+            log_debug("http", "every worker busy: %d idle connections shut (%llu in all)", n, s->evicted);
+        }
+        struct timespec dl = clock_deadline_ms((long long)((next - now) / 1000000u) + 1);
+        pthread_cond_timedwait(&s->evict_cv, &s->mu, &dl);
     }
-    if (is(p, "/metrics")) {
-        if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");
-        return handle_metrics(s, conn);
-    }
-    if (is(p, "/rules")) {
-        if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");
-        return handle_rules(s, conn);
-    }
-    if (is(p, "/killswitch")) {
-        if (!is(m, "GET")) return send_method_not_allowed(s, conn, "GET");
-        return handle_killswitch_get(s, conn);
-    }
-    if (is(p, "/admin/killswitch")) {
-        if (!is(m, "POST")) return send_method_not_allowed(s, conn, "POST");
-        return handle_killswitch_post(s, conn);
-    }
-    if (strncmp(p, "/admin/killswitch/", 18) == 0) {
-        if (!is(m, "DELETE")) return send_method_not_allowed(s, conn, "DELETE");
-        return handle_killswitch_delete(s, conn, p + 18);
-    }
-    if (is(p, "/admin/reload")) {
-        if (!is(m, "POST")) return send_method_not_allowed(s, conn, "POST");
-        return handle_reload(s, conn);
-    }
-    if (is(p, "/readyz")) {
-        if (!is(m, "GET") && !is(m, "HEAD")) return send_method_not_allowed(s, conn, "GET");
-        return handle_readyz(s, conn);
-    }
-    char msg[200];
-    snprintf(msg, sizeof msg, "no such endpoint: %.150s", p);
-    return send_error(s, conn, 404, "not_found", msg);
+    pthread_mutex_unlock(&s->mu);
+    free(want);
+    return NULL;
 }
 
 /* CivetWeb's own messages go through our log module. */
@@ -645,6 +988,17 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
+    clock_cond_init(&s->evict_cv);
+    s->nslots = d->cfg->threads;
+    s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
+    if (!s->slots) {
+        snprintf(err, errlen, "out of memory");
+        pthread_cond_destroy(&s->evict_cv);
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return NULL;
+    }
     char threads[16], timeout[16];
     snprintf(threads, sizeof threads, "%d", d->cfg->threads);
     snprintf(timeout, sizeof timeout, "%d", d->cfg->request_timeout_ms);
@@ -667,6 +1021,8 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof cb);
     cb.log_message = on_log;
+    cb.init_connection = on_conn_open;
+    cb.connection_close = on_conn_close;
     mg_init_library(0);
     struct mg_init_data init = { &cb, s, opts };
     struct mg_error_data ed;
@@ -679,13 +1035,20 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     s->ctx = mg_start2(&init, &ed);
     if (!s->ctx) {
         snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen, ebuf[0] ? ebuf : "start failed");
+        pthread_cond_destroy(&s->evict_cv);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);
+        free(s->slots);
         free(s);
         mg_exit_library();
         return NULL;
     }
     mg_set_request_handler(s->ctx, "/", route, s);
+    /* Without it idle connections hold workers for request_timeout_ms, as
+     * before: worth a warning, not a refusal to serve. */
+    int e = pthread_create(&s->evictor, NULL, evictor_main, s);
+    s->evictor_started = e == 0;
+    if (e) log_warn("http", "cannot start the idle connection evictor: %s", strerror(e));
     return s;
 }
 
@@ -750,13 +1113,23 @@ void http_stop(http_server *s) {
     waker w;
     pthread_t wt;
     int waking = start_waker(s->d.cfg->listen, &w, &wt) == 0;
+    /* The evictor reads CivetWeb's connections, which mg_stop frees. */
+    if (s->evictor_started) {
+        pthread_mutex_lock(&s->mu);
+        s->evict_stop = 1;
+        pthread_cond_signal(&s->evict_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->evictor, NULL);
+    }
     mg_stop(s->ctx);
     if (waking) {
         atomic_store(&w.done, 1);
         pthread_join(wt, NULL);
     }
     mg_exit_library();
+    pthread_cond_destroy(&s->evict_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    free(s->slots);
     free(s);
 }

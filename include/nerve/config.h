@@ -35,6 +35,7 @@ typedef struct cfg {
     char *cors_origin;          /* "" = no CORS headers */
     char *pidfile;              /* "" = none */
     int request_timeout_ms;     /* 100..600000, default 10000 */
+    int evict_idle_ms;          /* 1..60000, default 50: with every worker busy, shut connections idle this long */
     int shutdown_grace_ms;      /* 0..600000, default 10000 */
 
     /* redis */

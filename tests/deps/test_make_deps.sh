@@ -48,15 +48,22 @@ stub=$tmp/bin
 mkdir -p "$stub"
 log=$tmp/log
 
+# Nothing is installed; or, when DEPS_STATE names a file, what it lists.
 cat >"$stub/dpkg-query" <<'EOF'
 #!/bin/sh
-# Nothing is installed.
 echo "dpkg-query $*" >>"$DEPS_LOG"
+for pkg; do :; done
+if [ -n "${DEPS_STATE:-}" ] && grep -qxF "$pkg" "$DEPS_STATE"; then
+    printf 'install ok installed'
+    exit 0
+fi
 exit 1
 EOF
+# Log "install PKG..." for `apt-get install`, then pretend it worked (and
+# with DEPS_STATE, remember the packages and touch dpkg's database, as dpkg
+# would).
 cat >"$stub/apt-get" <<'EOF'
 #!/bin/sh
-# Log "install PKG..." for `apt-get install`, then pretend it worked.
 echo "apt-get $*" >>"$DEPS_LOG"
 if [ "$(echo " $* " | grep -c ' install ')" -gt 0 ]; then
     pkgs=""
@@ -64,6 +71,10 @@ if [ "$(echo " $* " | grep -c ' install ')" -gt 0 ]; then
         case $a in -*|install) ;; *) pkgs="$pkgs $a" ;; esac
     done
     echo "install$pkgs" >>"$DEPS_LOG"
+    if [ -n "${DEPS_STATE:-}" ]; then
+        printf '%s\n' $pkgs >>"$DEPS_STATE"
+        touch "$DPKG_STATUS"
+    fi
 fi
 exit 0
 EOF
@@ -163,17 +174,25 @@ not_installed() {
     done
 }
 
-# check TARGET: make TARGET in a clean copy, then the rules for TARGET.
-check() {
+# run_make TARGET JOBS [VAR=VALUE...]: make TARGET in the scratch tree, with
+# the stand-ins; a failure is a reason.
+run_make() {
     local target=$1 jobs=$2 rc
-    rm -rf "$tree"/build "$tree"/build-* "$tree/nerve"
-    : >"$log"
+    shift 2
     # env -i: nothing of the caller's make (MAKEFLAGS, BUILD, CC, CFLAGS...)
     # reaches this one.
-    env -i PATH="$stub:$PATH" HOME="$tmp" DEPS_LOG="$log" \
+    env -i PATH="$stub:$PATH" HOME="$tmp" DEPS_LOG="$log" DPKG_STATUS="$tmp/status" "$@" \
         make -C "$tree" --no-print-directory "$jobs" ${target:+"$target"} >"$tmp/make.out" 2>&1
     rc=$?
     [ "$rc" -eq 0 ] || why+="  make $target exited $rc: $(tail -3 "$tmp/make.out" | tr '\n' ' ')"$'\n'
+}
+
+# check TARGET: make TARGET in a clean copy, then the rules for TARGET.
+check() {
+    local target=$1 jobs=$2
+    rm -rf "$tree"/build "$tree"/build-* "$tree/nerve"
+    : >"$log"
+    run_make "$target" "$jobs"
 
     # Everything is compiled after the build packages, pkg-config included.
     case $target in
@@ -205,8 +224,28 @@ check() {
     esac
 }
 
+# check_removed: the stamps do not outlive the packages. make test installs
+# everything; a second make test installs nothing; libcmocka-dev is removed
+# (dpkg's database changes); the next make test installs it again.
+check_removed() {
+    local state=$tmp/installed
+    rm -rf "$tree"/build "$tree"/build-* "$tree/nerve"
+    : >"$state"
+    touch "$tmp/status"
+    : >"$log"; run_make test -j1 DEPS_STATE="$state"
+    installed_before "libcmocka-dev" '^run tests/run\.sh' "tests/run.sh (first make test)"
+    : >"$log"; run_make test -j1 DEPS_STATE="$state"
+    if grep -q '^install' "$log"; then
+        why+="  a second make test installed again: $(grep '^install' "$log" | tr '\n' ' ')"$'\n'
+    fi
+    grep -vxF libcmocka-dev "$state" >"$state.new"; mv "$state.new" "$state"
+    touch "$tmp/status"
+    : >"$log"; run_make test -j1 DEPS_STATE="$state"
+    installed_before "libcmocka-dev" '^run tests/run\.sh' "tests/run.sh (after libcmocka-dev was removed)"
+}
+
 targets=("" test run bench asan fuzz lint)
-total=$(( ${#targets[@]} * 2 ))
+total=$(( ${#targets[@]} * 2 + 1 ))
 failed=()
 echo "[==========] Running $total test(s)."
 for jobs in -j1 -j8; do
@@ -229,6 +268,17 @@ for jobs in -j1 -j8; do
         fi
     done
 done
+name="make test after libcmocka-dev was removed"
+echo "[ RUN      ] $name"
+why=""
+check_removed
+if [ -z "$why" ]; then
+    echo "[       OK ] $name"
+else
+    printf '%s' "$why"
+    echo "[  FAILED  ] $name"
+    failed+=("$name")
+fi
 echo "[==========] $total test(s) run."
 echo "[  PASSED  ] $((total - ${#failed[@]})) test(s)."
 if [ "${#failed[@]}" -gt 0 ]; then
