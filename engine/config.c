@@ -36,11 +36,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <cjson/cJSON.h>
 #include <yaml.h>
 
 #include "config_int.h"
+#include "nerve/url.h"
 
 /* ------------------------------------------------------------------------ */
 /* The table                                                                */
@@ -72,7 +74,6 @@ const opt cfg_opts[] = {
     OPT_STR   ("server.cors_origin", cors_origin, 0, "", check_header),
     OPT_STR   ("server.pidfile", pidfile, 0, "", NULL),
     OPT_INT   ("server.request_timeout_ms", request_timeout_ms, 100, 600000, 10000),
-    OPT_INT   ("server.evict_idle_ms", evict_idle_ms, 1, 60000, 50),
     OPT_INT   ("server.shutdown_grace_ms", shutdown_grace_ms, 0, 600000, 10000),
 
     OPT_STR   ("redis.url", redis_url, 1, "redis://127.0.0.1:6379/0", check_redis_url),
@@ -242,18 +243,27 @@ static int check_listen(const char *s, char *msg, size_t size)
     return -1;
 }
 
-/* URLs are not echoed back: they may carry a password or token. */
+/* URLs are parsed as the daemon will use them (url.h, over libcurl), so a
+ * bad port or database is a FILE:LINE error here, not a failure in serve.
+ * They are not echoed back: they may carry a password or token. */
 static int check_redis_url(const char *s, char *msg, size_t size)
 {
-    if (!strncmp(s, "redis://", 8) && s[8]) return 0;
-    snprintf(msg, size, "must be a redis:// URL (redis://[user:password@]host:port/db)");
+    url_redis u;
+    char err[200];
+    if (url_parse_redis(s, &u, err, sizeof err) == 0) return 0;
+    if (strncmp(s, "redis://", 8) != 0) snprintf(msg, size, "%s", err);
+    else snprintf(msg, size, "invalid redis:// URL: %s", err);
     return -1;
 }
 
 static int check_http_url(const char *s, char *msg, size_t size)
 {
-    if (!*s || (!strncmp(s, "http://", 7) && s[7]) || (!strncmp(s, "https://", 8) && s[8])) return 0;
-    snprintf(msg, size, "must be an http:// or https:// URL, or empty for none");
+    char err[200];
+    if (!*s || url_check_http(s, err, sizeof err) == 0) return 0;
+    if (strncasecmp(s, "http://", 7) != 0 && strncasecmp(s, "https://", 8) != 0)
+        snprintf(msg, size, "must be an http:// or https:// URL, or empty for none");
+    else
+        snprintf(msg, size, "invalid http(s) URL: %s", err);
     return -1;
 }
 

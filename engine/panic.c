@@ -20,6 +20,7 @@
 #include "nerve/backoff.h"
 #include "nerve/clock.h"
 #include "nerve/log.h"
+#include "nerve/url.h"
 
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
@@ -306,9 +307,12 @@ static int check_opts(const panic_opts *o, char *err, size_t errlen) {
                  o->backoff_multiplier);
         return -1;
     }
-    if (o->url && *o->url && strncasecmp(o->url, "http://", 7) != 0 &&
-        strncasecmp(o->url, "https://", 8) != 0) {
-        snprintf(err, errlen, "panic: webhook url must start with http:// or https://");
+    char uerr[200];
+    if (o->url && *o->url && url_check_http(o->url, uerr, sizeof uerr) != 0) {
+        if (strncasecmp(o->url, "http://", 7) != 0 && strncasecmp(o->url, "https://", 8) != 0)
+            snprintf(err, errlen, "panic: webhook url must start with http:// or https://");
+        else
+            snprintf(err, errlen, "panic: webhook url: %s", uerr);
         return -1;
     }
     return 0;

@@ -11,6 +11,7 @@
 #include "nerve/clock.h"
 #include "nerve/tslot.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -89,20 +90,22 @@ int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen) {
         }
         p = at + 1;
     }
-    const char *hostend = p + strcspn(p, ":/");
-    size_t hl = (size_t)(hostend - p);
+    /* An IPv6 literal is bracketed in the URL, bare for hiredis. */
+    int v6 = *p == '[';
+    const char *hostend = v6 ? strchr(p, ']') : p + strcspn(p, ":/");
+    size_t hl = hostend ? (size_t)(hostend - p) - (size_t)v6 : 0;
     if (hl == 0 || hl >= sizeof o->host) {
         snprintf(err, errlen, "redis url: missing or too long host");
         return -1;
     }
-    memcpy(o->host, p, hl);
+    memcpy(o->host, p + v6, hl);
     o->host[hl] = 0;
-    p = hostend;
+    p = hostend + v6;
     if (*p == ':') {
         char *end;
         errno = 0;
         long v = strtol(p + 1, &end, 10);
-        if (end == p + 1 || errno || v < 1 || v > 65535 || (*end && *end != '/')) {
+        if (!isdigit((unsigned char)p[1]) || errno || v < 1 || v > 65535 || (*end && *end != '/')) {
             snprintf(err, errlen, "redis url: port must be 1..65535");
             return -1;
         }
@@ -115,7 +118,7 @@ int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen) {
             char *end;
             errno = 0;
             long v = strtol(p, &end, 10);
-            if (end == p || *end || errno || v < 0 || v > 100000) {
+            if (!isdigit((unsigned char)*p) || *end || errno || v < 0 || v > 100000) {
                 snprintf(err, errlen, "redis url: database must be a number >= 0");
                 return -1;
             }

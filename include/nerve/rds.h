@@ -30,9 +30,12 @@ typedef struct rds_opts {
     int reconnect_max_ms;
 } rds_opts;
 
-/* Parse redis://[user:pass@]host[:port][/db] (also `:pass@` and
- * percent-escapes in user and password) into O, keeping O's timeouts.
- * Returns 0, or -1 with a message in ERR. */
+/* Parse redis://[user:pass@]host[:port][/db] (also `:pass@`, `pass@`,
+ * percent-escapes in user and password, and a [bracketed] IPv6 host) into
+ * O, keeping O's timeouts. Returns 0, or -1 with a message in ERR. Curl-free
+ * so that the sale path links without libcurl; config validation uses
+ * url_parse_redis (url.h), and the unit tests hold the two to the same
+ * answers. */
 int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen);
 
 /* Open a connection to O's server the one way nerve does: connect and

@@ -67,6 +67,9 @@ static void test_misuse(void **state) {
     expect((const char *const[]){ "check", "-c", NULL }, 2, "nerve: -c needs a value\n", NULL);
     expect((const char *const[]){ "check", "--log-format=xml", NULL }, 2,
            "nerve: --log-format must be text or json\n", NULL);
+    /* A URL serve could not use fails nerve check, not serve later. */
+    expect((const char *const[]){ "check", "--set", "redis.url=redis://h:99999/0", NULL }, 1,
+           "--set redis.url: invalid redis:// URL: port must be 1..65535\n", NULL);
     expect((const char *const[]){ "frob", NULL }, 2, "nerve: unknown command 'frob' (see nerve help)\n", NULL);
     /* The stress tool's own parser: the same kinds of misuse. */
     expect((const char *const[]){ "stress", "--url", NULL }, 2,

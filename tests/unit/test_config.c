@@ -84,6 +84,9 @@ static const bad_case bad_cases[] = {
     { "bad urls, not echoed", FX "bad_url.yaml", { NULL },
       FX "bad_url.yaml:2:8: redis.url: must be a redis:// URL (redis://[user:password@]host:port/db)\n"
       FX "bad_url.yaml:4:16: panic.webhook_url: must be an http:// or https:// URL, or empty for none\n" },
+    { "URL parts checked as serve will use them", FX "bad_url_parts.yaml", { NULL },
+      FX "bad_url_parts.yaml:2:8: redis.url: invalid redis:// URL: port must be 1..65535\n"
+      FX "bad_url_parts.yaml:4:16: panic.webhook_url: invalid http(s) URL: port must be 1..65535\n" },
     { "bad seed", FX "bad_sku.yaml", { NULL },
       FX "bad_sku.yaml:4:5: inventory.seed: invalid SKU \"bad sku\" (want 1 to 128 of A-Z a-z 0-9 . _ : -)\n"
       FX "bad_sku.yaml:5:10: inventory.seed.neg: expected a non-negative integer (got \"-1\")\n"
@@ -141,6 +144,19 @@ static const bad_case bad_cases[] = {
     { "--set bad seed", FX "empty.yaml", { "inventory.seed.bad sku=1", "inventory.seed.ok=-3", NULL },
       "--set inventory.seed: invalid SKU \"bad sku\" (want 1 to 128 of A-Z a-z 0-9 . _ : -)\n"
       "--set inventory.seed.ok: expected a non-negative integer (got \"-3\")\n" },
+    { "--set redis.url port out of range", FX "empty.yaml", { "redis.url=redis://h:99999/0", NULL },
+      "--set redis.url: invalid redis:// URL: port must be 1..65535\n" },
+    { "--set redis.url port 0, db not a number", FX "empty.yaml",
+      { "redis.url=redis://h:0/0", "redis.url=redis://h:1/x", NULL },
+      "--set redis.url: invalid redis:// URL: port must be 1..65535\n"
+      "--set redis.url: invalid redis:// URL: database must be a number in 0..100000\n" },
+    { "--set redis.url junk after the db", FX "empty.yaml",
+      { "redis.url=redis://h:1/0/junk", "redis.url=redis://h:1/0?x=1", "redis.url=redis://:p@h:/0", NULL },
+      "--set redis.url: invalid redis:// URL: database must be a number in 0..100000\n"
+      "--set redis.url: invalid redis:// URL: nothing may follow the database number\n"
+      "--set redis.url: invalid redis:// URL: port must be 1..65535\n" },
+    { "--set webhook without host", FX "empty.yaml", { "panic.webhook_url=http://:80/hook", NULL },
+      "--set panic.webhook_url: invalid http(s) URL: No host part in the URL\n" },
     { "--set bad listen", FX "empty.yaml", { "server.listen=127.0.0.1:65536", NULL },
       "--set server.listen: must be HOST:PORT with a port between 1 and 65535 (got \"127.0.0.1:65536\")\n" },
     { "--set header injection", FX "empty.yaml", { "server.cors_origin=\"*\\r\\nX-Evil: 1\"", NULL },
