@@ -20,12 +20,13 @@
 set -u
 root="${1:-.}"
 
-# Low to high. Leaves first (no nerve includes), then the sale path (rds,
+# Low to high. Leaves first (no nerve includes; url is libcurl's URL API,
+# for config and panic, never the sale core), then the sale path (rds,
 # lock, config, sale), the bus path (queue, bus, rules, live), the actions
 # they lead to, the sale gate and the evaluator, the CLI tools, and at the
 # top the read side (status: it reads everything), the HTTP edge, the
 # daemon that wires it all and main.
-layers="${DEPS_LAYERS:-log clock backoff jsonck sku hist scope tslot rds lock config sale queue bus rules live
+layers="${DEPS_LAYERS:-log clock backoff url jsonck sku hist scope tslot rds lock config sale queue bus rules live
     counters killswitch panic actions policy evaluator stress status http daemon main}"
 
 cd "$root" || exit 2
