@@ -13,8 +13,6 @@
 
 #include "nerve/log.h"
 
-#define KEY_MAX 600
-
 struct act {
     char *prefix, *alerts_channel, *instance;
     int throttle_s;
@@ -105,7 +103,7 @@ static cJSON *alert_obj(act *a, const char *level, const char *kind, const char 
 
 /* Append TEXT to the capped audit stream. */
 static void audit(act *a, rds_client *c, const char *kind, const char *text) {
-    char key[KEY_MAX], maxlen[24];
+    char key[RDS_KEY_MAX], maxlen[24];
     snprintf(key, sizeof key, "%saudit", a->prefix);
     snprintf(maxlen, sizeof maxlen, "%ld", a->audit_maxlen);
     const char *argv[] = { "XADD", key, "MAXLEN", "~", maxlen, "*", "kind", kind, "data", text };
@@ -152,7 +150,7 @@ static rds_script throttle_script = RDS_SCRIPT_INIT(
 
 int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
               const char *scope, const char *reason) {
-    char k1[KEY_MAX], k2[KEY_MAX], win[16];
+    char k1[RDS_KEY_MAX], k2[RDS_KEY_MAX], win[16];
     /* One window per (rule, scope, level): a warning must never keep a later
      * critical about the same thing quiet. One hash tag per key pair, so
      * that the script's two keys share a slot. */

@@ -88,7 +88,7 @@ const opt cfg_opts[] = {
     OPT_STR   ("bus.inventory_channel", inventory_channel, 1, "inventory_events", NULL),
     OPT_STR   ("bus.sales_channel", sales_channel, 1, "sales_events", NULL),
     OPT_INT   ("bus.queue_size", queue_size, 1, 1000000, 10000),
-    OPT_LONG  ("bus.max_event_bytes", max_event_bytes, 64, 16777216, 65536),
+    OPT_LONG  ("bus.max_event_bytes", max_event_bytes, 64, 16777216, CFG_MAX_EVENT_BYTES_DEFAULT),
     OPT_INT   ("bus.stall_ms", stall_ms, 100, 3600000, 5000),
 
     OPT_INT   ("lock.ttl_ms", lock_ttl_ms, 10, 600000, 2000),
@@ -100,9 +100,10 @@ const opt cfg_opts[] = {
 
     OPT_STR   ("rules.dir", rules_dir, 1, "rules", NULL),
     OPT_LIST  ("rules.files", rules_files, n_rules_files, ""),
-    OPT_LLONG ("rules.instruction_limit", rules_instruction_limit, 1000, 1000000000, 1000000),
-    OPT_LLONG ("rules.memory_limit", rules_memory_limit, 65536, 2147483648LL, 8388608),
-    OPT_INT   ("rules.eval_timeout_ms", rules_eval_timeout_ms, 1, 60000, 100),
+    OPT_LLONG ("rules.instruction_limit", rules_instruction_limit, 1000, 1000000000,
+               CFG_RULES_INSTRUCTION_LIMIT_DEFAULT),
+    OPT_LLONG ("rules.memory_limit", rules_memory_limit, 65536, 2147483648LL, CFG_RULES_MEMORY_LIMIT_DEFAULT),
+    OPT_INT   ("rules.eval_timeout_ms", rules_eval_timeout_ms, 1, 60000, CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT),
     OPT_ENUM  ("rules.sale_on_error", rules_sale_on_error, "reject", sale_on_error_values),
     OPT_PARAMS("rules.params", params),
 

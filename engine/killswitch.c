@@ -13,7 +13,6 @@
 
 #include "nerve/log.h"
 
-#define KEY_MAX 512
 #define PIPELINE 256            /* GETs in flight per round trip when reading every record */
 #define DIRTY_MAX 4096          /* point updates remembered while a refresh reads Redis */
 #define LIST_MAX 100000         /* records returned by ks_list */
@@ -145,8 +144,8 @@ void ks_free(ks *k) {
 int ks_scope_valid(const char *s) { return s && scope_valid(s, strlen(s)); }
 
 static int kill_key(const ks *k, char *buf, const char *scope) {
-    int n = snprintf(buf, KEY_MAX, "%skill:%s", k->prefix, scope);
-    return n > 0 && n < KEY_MAX ? 0 : -1;
+    int n = snprintf(buf, RDS_KEY_MAX, "%skill:%s", k->prefix, scope);
+    return n > 0 && n < RDS_KEY_MAX ? 0 : -1;
 }
 
 /* Only these scopes can halt a sale (ks_halted); nothing else is cached. */
@@ -231,7 +230,7 @@ static bool record_halts(const char *text, size_t len) {
  * it was read; otherwise it is read again (a few times, then applied: the
  * refresh repairs what a flood of changes could still leave stale). */
 static int reread(ks *k, rds_client *c, const char *scope) {
-    char key[KEY_MAX];
+    char key[RDS_KEY_MAX];
     if (!can_halt(scope)) return 0;
     if (kill_key(k, key, scope)) return -1;
     const char *argv[] = { "GET", key };
@@ -313,7 +312,7 @@ static rds_script reset_script = RDS_SCRIPT_INIT(
 
 int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
               bool halt_sales, const char *state, double ts, char *err, size_t errlen) {
-    char key[KEY_MAX];
+    char key[RDS_KEY_MAX];
     if (kill_key(k, key, scope)) {
         snprintf(err, errlen, "scope too long");
         return -1;
@@ -337,7 +336,7 @@ int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    char idx[KEY_MAX];
+    char idx[RDS_KEY_MAX];
     snprintf(idx, sizeof idx, "%skills", k->prefix);
     const char *argv[] = { key, idx, txt, scope };
     redisReply *r = rds_eval(c, &engage_script, 2, 4, argv, NULL);
@@ -377,7 +376,7 @@ static rds_script set_state_script = RDS_SCRIPT_INIT(
 
 int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int attempts,
                  const char *last_error) {
-    char key[KEY_MAX], att[16];
+    char key[RDS_KEY_MAX], att[16];
     if (kill_key(k, key, scope)) return -1;
     snprintf(att, sizeof att, "%d", attempts);
     const char *argv[4] = { key, state, att, last_error ? last_error : "" };
@@ -388,7 +387,7 @@ int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int
 }
 
 int ks_reset(ks *k, rds_client *c, const char *scope) {
-    char key[KEY_MAX], idx[KEY_MAX];
+    char key[RDS_KEY_MAX], idx[RDS_KEY_MAX];
     if (kill_key(k, key, scope)) return -1;
     snprintf(idx, sizeof idx, "%skills", k->prefix);
     const char *argv[] = { key, idx, scope };
@@ -413,7 +412,7 @@ int ks_reset(ks *k, rds_client *c, const char *scope) {
  * is gone (deleted by hand, or expired) are dropped from the index. 0 / -1. */
 static int each_record(ks *k, rds_client *c, size_t max,
                        void (*fn)(void *ud, const char *text, size_t len), void *ud) {
-    char idx[KEY_MAX];
+    char idx[RDS_KEY_MAX];
     snprintf(idx, sizeof idx, "%skills", k->prefix);
     const char *sm[] = { "SMEMBERS", idx };
     redisReply *m = rds_commandargv(c, 2, sm, NULL);
@@ -422,7 +421,7 @@ static int each_record(ks *k, rds_client *c, size_t max,
         return -1;
     }
     size_t n = m->elements < max ? m->elements : max;
-    char (*key)[KEY_MAX] = malloc(PIPELINE * sizeof *key);
+    char (*key)[RDS_KEY_MAX] = malloc(PIPELINE * sizeof *key);
     size_t *which = malloc(PIPELINE * sizeof *which);
     const char **stale = calloc(n + 2, sizeof *stale);  /* "SREM" idx member... */
     size_t n_stale = 0;

@@ -27,10 +27,6 @@
 #include "nerve/config.h"
 #include "rules_int.h"
 
-#define DEFAULT_INSTR_LIMIT     1000000LL
-#define DEFAULT_MEM_LIMIT       (8u << 20)
-#define DEFAULT_EVENT_BYTES     65536u
-
 /* ---- collected errors --------------------------------------------------- */
 
 void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...)
@@ -556,13 +552,14 @@ rules_set *rules_set_load(const cfg *c, char **errors)
     }
     atomic_init(&s->refs, 1);
     s->instr_limit = c->rules_instruction_limit > 0 ? c->rules_instruction_limit
-                                                    : DEFAULT_INSTR_LIMIT;
+                                                    : CFG_RULES_INSTRUCTION_LIMIT_DEFAULT;
     s->mem_limit = c->rules_memory_limit > 0 ? (size_t)c->rules_memory_limit
-                                             : DEFAULT_MEM_LIMIT;
-    s->timeout_ms = c->rules_eval_timeout_ms > 0 ? c->rules_eval_timeout_ms : 100;
+                                             : CFG_RULES_MEMORY_LIMIT_DEFAULT;
+    s->timeout_ms = c->rules_eval_timeout_ms > 0 ? c->rules_eval_timeout_ms
+                                                 : CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT;
     s->sale_allow = c->rules_sale_on_error && strcmp(c->rules_sale_on_error, "allow") == 0;
     s->max_event_bytes = c->max_event_bytes > 0 ? (size_t)c->max_event_bytes
-                                                : DEFAULT_EVENT_BYTES;
+                                                : CFG_MAX_EVENT_BYTES_DEFAULT;
     s->params = c->params ? cJSON_Duplicate(c->params, 1) : cJSON_CreateObject();
     files = list_files(c, &nfiles, &eb);
     s->rules = calloc(nfiles ? nfiles : 1, sizeof(*s->rules));

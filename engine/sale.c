@@ -26,8 +26,6 @@
 #include "nerve/lock.h"
 #include "nerve/log.h"
 
-#define KEY_MAX 512
-
 /* ---- validation ------------------------------------------------------------ */
 
 /* An order id is printable ASCII without spaces: it becomes part of a key
@@ -152,8 +150,8 @@ out:
 /* ---- keys ------------------------------------------------------------------- */
 
 static int key(char *buf, const char *prefix, const char *sku, const char *suffix) {
-    int n = snprintf(buf, KEY_MAX, "%s{%s}:%s", prefix, sku, suffix);
-    return n > 0 && n < KEY_MAX ? n : -1;
+    int n = snprintf(buf, RDS_KEY_MAX, "%s{%s}:%s", prefix, sku, suffix);
+    return n > 0 && n < RDS_KEY_MAX ? n : -1;
 }
 
 /* ---- the commit script --------------------------------------------------------
@@ -289,7 +287,7 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
     size_t nkeys = 3 + n, argc = nkeys + 7 + 3 * n;
     const char **argv = calloc(argc, sizeof *argv);
     size_t *argvlen = calloc(argc, sizeof *argvlen);
-    char (*keys)[KEY_MAX] = calloc(nkeys, KEY_MAX);
+    char (*keys)[RDS_KEY_MAX] = calloc(nkeys, RDS_KEY_MAX);
     char (*nums)[2][40] = calloc(n, sizeof *nums);
     char ttl[24], ts[40];
     int rc = -1;
@@ -304,7 +302,7 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        char suffix[KEY_MAX];
+        char suffix[RDS_KEY_MAX];
         snprintf(suffix, sizeof suffix, "order:%s", reqs[i]->order_id);
         if (key(keys[3 + i], o->prefix, sku, suffix) < 0) {
             snprintf(err, errlen, "key too long");
@@ -425,7 +423,7 @@ int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *
 /* ---- stock helpers ------------------------------------------------------------ */
 
 int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long *stock) {
-    char k[KEY_MAX];
+    char k[RDS_KEY_MAX];
     if (key(k, prefix, sku, "stock") < 0) return -1;
     redisReply *r = rds_command(c, "GET %s", k);
     if (!r) return -1;
@@ -445,7 +443,7 @@ int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long
 }
 
 static int stock_write(rds_client *c, const char *prefix, const char *sku, long long stock, int nx) {
-    char k[KEY_MAX];
+    char k[RDS_KEY_MAX];
     if (key(k, prefix, sku, "stock") < 0) return -1;
     redisReply *r = nx ? rds_command(c, "SET %s %lld NX", k, stock)
                        : rds_command(c, "SET %s %lld", k, stock);
@@ -534,7 +532,7 @@ static void item_fill(sale_item *it, const redisReply *stock, const redisReply *
 
 int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale_put *p,
                   sale_item *now) {
-    char ks[KEY_MAX], kp[KEY_MAX], st[32] = "", pr[40] = "";
+    char ks[RDS_KEY_MAX], kp[RDS_KEY_MAX], st[32] = "", pr[40] = "";
     if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
     if (p->has_stock) snprintf(st, sizeof st, "%lld", p->stock);
     if (p->price_op == SALE_PRICE_SET) snprintf(pr, sizeof pr, "%.17g", p->price);
@@ -556,7 +554,7 @@ int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale
 }
 
 int sale_item_get(rds_client *c, const char *prefix, const char *sku, sale_item *it) {
-    char ks[KEY_MAX], kp[KEY_MAX];
+    char ks[RDS_KEY_MAX], kp[RDS_KEY_MAX];
     if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
     redisReply *r = rds_command(c, "MGET %s %s", ks, kp);
     int rc = -1;
@@ -679,7 +677,7 @@ static unsigned hash(const char *s) {
 /* Take the lock for SKU, commit the N sales, release. Fills every result. */
 static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sale_res **res, size_t n) {
     char err[256] = "";
-    char lk[KEY_MAX], token[LOCK_TOKEN_LEN + 1];
+    char lk[RDS_KEY_MAX], token[LOCK_TOKEN_LEN + 1];
     const char *fail = NULL;
     rds_client *c = rds_pool_client(e->pool);
     if (!c) {

@@ -20,6 +20,14 @@
 
 struct cJSON;
 
+/* Defaults of the limits a rule set reads, named once: the config table
+ * uses them, and so does rules_set_load for a cfg whose field is 0 (one
+ * built by hand, as fixtures and fuzzers do). */
+#define CFG_MAX_EVENT_BYTES_DEFAULT             65536
+#define CFG_RULES_INSTRUCTION_LIMIT_DEFAULT     1000000
+#define CFG_RULES_MEMORY_LIMIT_DEFAULT          8388608     /* 8 MiB */
+#define CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT       100
+
 typedef struct cfg_seed {
     char *sku;
     long long stock;

@@ -19,6 +19,13 @@
 #include <stddef.h>
 #include <hiredis/hiredis.h>
 
+/* Room for any key nerve formats (PREFIX + a SKU, scope or rule name + a
+ * suffix): redis.prefix is at most 64 bytes, a SKU 128, a scope 200, a rule
+ * name 128, with room to spare. Every module that builds keys sizes its
+ * buffers with this and treats a longer key as an error (snprintf result
+ * checked), never truncates one. */
+#define RDS_KEY_MAX 600
+
 typedef struct rds_opts {
     char host[256];
     int port;
