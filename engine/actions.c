@@ -4,7 +4,6 @@
 #include "nerve/actions.h"
 
 #include <cjson/cJSON.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +20,6 @@ struct act {
     ks *k;
     panic *p;
     rds_pool *pool;
-    pthread_mutex_t mu;         /* guards st */
-    act_stats st;
     _Atomic uint64_t suppressed[ACT_LEVEL_COUNT];  /* act_alert_stats */
 };
 
@@ -42,7 +39,6 @@ act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
     a->k = k;
     a->p = p;
     a->pool = pool;
-    pthread_mutex_init(&a->mu, NULL);
     return a;
 }
 
@@ -51,20 +47,7 @@ void act_free(act *a) {
     free(a->prefix);
     free(a->alerts_channel);
     free(a->instance);
-    pthread_mutex_destroy(&a->mu);
     free(a);
-}
-
-static void count(act *a, uint64_t *field) {
-    pthread_mutex_lock(&a->mu);
-    (*field)++;
-    pthread_mutex_unlock(&a->mu);
-}
-
-void act_get_stats(act *a, act_stats *out) {
-    pthread_mutex_lock(&a->mu);
-    *out = a->st;
-    pthread_mutex_unlock(&a->mu);
 }
 
 static const char *const level_names[ACT_LEVEL_COUNT] = { "info", "warning", "critical", "fatal", "other" };
@@ -125,7 +108,6 @@ static int publish(act *a, rds_client *c, cJSON *o) {
     int rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
     freeReplyObject(r);
     if (rc == 0) audit(a, c, kindbuf, txt);
-    else count(a, &a->st.errors);
     free(txt);
     return rc;
 }
@@ -169,16 +151,13 @@ int act_alert(act *a, rds_client *c, const char *kind, const char *level, const 
     if (!r || r->type == REDIS_REPLY_ERROR) {
         log_warn("actions", "alert not published rule=%s error=\"%s\"", rule ? rule : "",
                  r ? r->str : rds_errstr(c));
-        count(a, &a->st.errors);
         rc = -1;
     } else if (r->type == REDIS_REPLY_STRING) {
-        count(a, &a->st.alerts_published);
         audit(a, c, kind, r->str);
         log_info("actions", "alert level=%s kind=%s rule=%s scope=%s reason=\"%s\"", level, kind,
                  rule ? rule : "", scope ? scope : "", reason ? reason : "");
         rc = 1;
     } else {
-        count(a, &a->st.alerts_suppressed);
         atomic_fetch_add_explicit(&a->suppressed[level_of(level)], 1, memory_order_relaxed);
         rc = 0;
     }
@@ -220,15 +199,10 @@ int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const c
     int rc = ks_engage(a->k, c, scope, reason, rule, halt_sales, a->dry_run ? "dry_run" : "stopping",
                        ts, err, errlen);
     if (rc < 0) {
-        count(a, &a->st.errors);
         log_error("actions", "kill switch not engaged scope=%s error=\"%s\"", scope, err);
         return -1;
     }
-    if (rc == 0) {
-        count(a, &a->st.kills_already);
-        return 0;
-    }
-    count(a, &a->st.kills_engaged);
+    if (rc == 0) return 0;
     log_warn("actions", "kill switch engaged scope=%s rule=%s halt_sales=%s reason=\"%s\"", scope, rule,
              halt_sales ? "true" : "false", reason);
     cJSON *o = alert_obj(a, "critical", "kill_switch", rule, scope, reason);

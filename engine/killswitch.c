@@ -110,7 +110,6 @@ struct ks {
     pthread_mutex_t refresh_mu; /* one refresh at a time */
     _Atomic size_t n_fast;      /* == halted.n, read without the lock */
     _Atomic uint64_t gen;       /* bumped by every change of halted (under the write lock) */
-    _Atomic size_t n_engaged;
     _Atomic unsigned long long ctl_ok, ctl_invalid, ctl_error;
 };
 
@@ -205,7 +204,6 @@ int ks_halted(ks *k, const char *sku, char *scope_out) {
     return hit;
 }
 
-size_t ks_engaged_count(ks *k) { return atomic_load(&k->n_engaged); }
 
 void ks_get_stats(ks *k, ks_stats *out) {
     out->control_ok = atomic_load(&k->ctl_ok);
@@ -347,7 +345,6 @@ int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const
         rc = -1;
     } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
         rc = 1;
-        atomic_fetch_add(&k->n_engaged, 1);
         announce(k, c, "engage", scope, halt_sales);
     } else if (r->type == REDIS_REPLY_INTEGER) {
         rc = 0;
@@ -399,10 +396,6 @@ int ks_reset(ks *k, rds_client *c, const char *scope) {
     int rc = r->integer > 0;
     freeReplyObject(r);
     cache_set(k, scope, false);
-    if (rc) {
-        size_t n = atomic_load(&k->n_engaged);
-        if (n) atomic_store(&k->n_engaged, n - 1);
-    }
     announce(k, c, "reset", scope, false);
     return rc;
 }
@@ -483,7 +476,6 @@ cJSON *ks_list(ks *k, rds_client *c) {
 
 typedef struct fresh {
     sset halted;
-    size_t engaged;
     int oom;
 } fresh;
 
@@ -491,7 +483,6 @@ static void fresh_add(void *ud, const char *text, size_t len) {
     fresh *f = ud;
     cJSON *rec = cJSON_ParseWithLength(text, len);
     const cJSON *scope = cJSON_GetObjectItemCaseSensitive(rec, "scope");
-    if (cJSON_IsObject(rec)) f->engaged++;
     if (cJSON_IsString(scope) && can_halt(scope->valuestring) &&
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "halt_sales")) &&
         sset_add(&f->halted, scope->valuestring))
@@ -508,7 +499,7 @@ int ks_refresh(ks *k, rds_client *c) {
     k->overflow = false;
     pthread_rwlock_unlock(&k->rw);
 
-    fresh f = { { NULL, 0, 0 }, 0, 0 };
+    fresh f = { { NULL, 0, 0 }, 0 };
     int rc = each_record(k, c, SIZE_MAX, fresh_add, &f);
     if (f.oom) {
         log_error("killswitch", "out of memory rebuilding the halt cache; keeping the old one");
@@ -536,7 +527,6 @@ int ks_refresh(ks *k, rds_client *c) {
             f.halted = old;
             publish_count(k);
             atomic_fetch_add(&k->gen, 1);
-            atomic_store(&k->n_engaged, f.engaged);
         }
     }
     k->tracking = false;

@@ -275,7 +275,6 @@ redisReply *rds_get_reply(rds_client *c) {
 
 const char *rds_errstr(const rds_client *c) { return c->errstr; }
 int rds_outcome_unknown(const rds_client *c) { return c->unknown; }
-int rds_is_up(const rds_client *c) { return !c->down; }
 
 /* ---- scripts --------------------------------------------------------------- */
 

@@ -42,16 +42,12 @@ typedef struct act_opts {
     bool dry_run;               /* panic.dry_run: record "would stop", no webhook */
 } act_opts;
 
-typedef struct act_stats {
-    uint64_t alerts_published, alerts_suppressed, kills_engaged, kills_already, errors;
-} act_stats;
-
 typedef struct act act;
 
 act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool);
 void act_free(act *a);
 
-/* Handle one decision. 0, or -1 on a Redis error (logged and counted). */
+/* Handle one decision. 0, or -1 on a Redis error (logged). */
 int act_decision(act *a, rds_client *c, const rules_decision *d);
 
 /* Publish an alert (throttled per RULE, SCOPE and LEVEL). KIND is "rule_alert",
@@ -63,8 +59,6 @@ int act_alert(act *a, rds_client *c, const char *kind, const char *level, const 
  * already engaged, -1 error (message in ERR). */
 int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
              bool halt_sales, char *err, size_t errlen);
-
-void act_get_stats(act *a, act_stats *out);
 
 /* Alert levels as this instance counts them (nerve_alerts_suppressed_total's
  * level label): a level outside the four known ones counts as "other". */

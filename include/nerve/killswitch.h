@@ -96,7 +96,4 @@ void ks_get_stats(ks *k, ks_stats *out);
  * SCOPE_OUT (KS_SCOPE_MAX + 1 bytes) and 1 is returned. */
 int ks_halted(ks *k, const char *sku, char *scope_out);
 
-/* Number of engaged scopes known from the last refresh/engagements (for metrics). */
-size_t ks_engaged_count(ks *k);
-
 #endif

@@ -77,8 +77,6 @@ const char *rds_errstr(const rds_client *c);
 /* 1 when the last failure happened after a command had been sent (Redis may
  * have run it), 0 when nothing was sent (not connected). */
 int rds_outcome_unknown(const rds_client *c);
-/* 1 when connected (or never tried), 0 while down. */
-int rds_is_up(const rds_client *c);
 
 /* A Lua script run by EVALSHA, loaded again by SCRIPT LOAD when Redis
  * answers NOSCRIPT (after a restart or SCRIPT FLUSH). Define one per script
