@@ -81,6 +81,9 @@ STAMP_INPUTS := $(wildcard $(DPKG_STATUS)) $(lastword $(MAKEFILE_LIST))
 .DEFAULT_GOAL := all
 # Keep test and bench objects between runs (they are intermediate files).
 .SECONDARY:
+# A recipe that fails or is interrupted leaves no half-written target (an
+# archive cut short by Ctrl-C would otherwise look up to date).
+.DELETE_ON_ERROR:
 
 all: $(BIN)
 
