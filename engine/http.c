@@ -70,6 +70,9 @@ struct http_server {
  * time of one request; out_write drops what follows the head. */
 static _Thread_local int head_only, head_sent;
 
+/* force_close was called for this request: the answer says so. */
+static _Thread_local int closing;
+
 /* Every byte of an answer goes through here. */
 static void out_write(struct mg_connection *conn, const char *buf, size_t len) {
     if (head_only) {
@@ -115,6 +118,7 @@ static int send_raw(http_server *s, struct mg_connection *conn, int status, cons
                                 s->d.cfg->cors_origin);
     for (int i = 0; i < nhdrs; i++)
         len += (size_t)snprintf(buf + len, cap - len, "%s: %s\r\n", hdrs[i].name, hdrs[i].value);
+    if (closing) len += (size_t)snprintf(buf + len, cap - len, "Connection: close\r\n");
     len += (size_t)snprintf(buf + len, cap - len, "\r\n");
     if (bl) {
         memcpy(buf + len, body, bl);
@@ -179,7 +183,10 @@ static int send_method_not_allowed(http_server *s, struct mg_connection *conn, c
  * reading what is left of the request: it would otherwise read and drop an
  * unread body (Content-Length or chunked) and take the bytes after it as the
  * next request, whatever our answer's Connection header says. */
-static void force_close(struct mg_connection *conn) { mg_disable_connection_keep_alive(conn); }
+static void force_close(struct mg_connection *conn) {
+    mg_disable_connection_keep_alive(conn);
+    closing = 1;
+}
 
 /* CivetWeb stops reading header lines at the 64th (MG_MAX_HEADERS) and at an
  * obsolete line folding (a line starting with a space or tab, RFC 9112
@@ -251,8 +258,7 @@ static int check_framing(http_server *s, struct mg_connection *conn) {
     snprintf(msg, sizeof msg, "ambiguous request framing (RFC 9112 section 6): %s", why);
     log_info("http", "framing refused from %s: %s", ri->remote_addr, why);
     force_close(conn);
-    extra_hdr h = { "Connection", "close" };
-    return send_json(s, conn, 400, error_obj("bad_request", msg), &h, 1);
+    return send_json(s, conn, 400, error_obj("bad_request", msg), NULL, 0);
 }
 
 /* Read the whole body into a malloc'd buffer of at most max bytes.
@@ -304,9 +310,8 @@ static int take_body(http_server *s, struct mg_connection *conn, char **body, si
     if (rc == 413) {
         char msg[96];
         snprintf(msg, sizeof msg, "request body over %ld bytes", s->d.cfg->max_body_bytes);
-        extra_hdr h = { "Connection", "close" };
         force_close(conn);
-        return send_json(s, conn, 413, error_obj("payload_too_large", msg), &h, 1);
+        return send_json(s, conn, 413, error_obj("payload_too_large", msg), NULL, 0);
     }
     if (rc) return send_error(s, conn, 400, "bad_request", "could not read the request body");
     return 0;
@@ -800,7 +805,7 @@ static int dispatch(http_server *s, struct mg_connection *conn) {
 
 static int route_request(http_server *s, struct mg_connection *conn) {
     head_only = strcmp(mg_get_request_info(conn)->request_method, "HEAD") == 0;
-    head_sent = 0;
+    head_sent = closing = 0;
     int status = dispatch(s, conn);
     head_only = 0;
     return status;

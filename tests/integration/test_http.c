@@ -1,12 +1,19 @@
 /* test_http.c -- the HTTP API's edges (SPEC §6): every bad input answers its
  * code with a JSON error body and changes nothing; the read-only endpoints;
- * admin authentication; readiness; CORS.
+ * admin authentication; readiness; CORS; the route table (OPTIONS, HEAD and
+ * 405 with Allow on every route).
  */
 #include "harness.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define MAX_BODY 4096
 #define MAX_QTY 100
@@ -482,6 +489,201 @@ static void test_cors_off(void **state)
     h_pass();
 }
 
+/* --- the route table ------------------------------------------------------ */
+
+/* Every route of the table (engine/http.c), its Allow header and a method it
+ * does not take. */
+typedef struct route_case {
+    const char *path, *allow, *wrong;
+} route_case;
+
+static const route_case route_cases[] = {
+    { "/sale", "POST, OPTIONS", "GET" },
+    { "/test/simulate-sale", "POST, OPTIONS", "PUT" },
+    { "/stock/http-rt", "GET, HEAD, OPTIONS", "POST" },
+    { "/healthz", "GET, HEAD, OPTIONS", "DELETE" },
+    { "/readyz", "GET, HEAD, OPTIONS", "POST" },
+    { "/metrics", "GET, HEAD, OPTIONS", "PUT" },
+    { "/rules", "GET, HEAD, OPTIONS", "POST" },
+    { "/killswitch", "GET, HEAD, OPTIONS", "DELETE" },
+    { "/admin/stock/http-rt", "PUT, OPTIONS", "GET" },
+    { "/admin/killswitch", "POST, OPTIONS", "GET" },
+    { "/admin/killswitch/sku:http-rt", "DELETE, OPTIONS", "POST" },
+    { "/admin/reload", "POST, OPTIONS", "GET" },
+};
+#define N_ROUTES (sizeof route_cases / sizeof route_cases[0])
+
+/* Header NAME of R is exactly WANT (false with a message otherwise). */
+static bool header_is(const h_resp *r, const char *name, const char *want, const char *what)
+{
+    char v[256] = "";
+    if (h_header(r, name, v, sizeof v) && strcmp(v, want) == 0)
+        return true;
+    print_error("%s: expected %s: %s, got \"%s\"; headers:\n%s\n", what, name, want, v, r->headers);
+    return false;
+}
+
+/* OPTIONS answers 204 with Allow on every route, with no body; with
+ * server.cors_origin the preflight headers come too, and only then. */
+static void test_routes_options(void **state)
+{
+    (void)state;
+    h_daemon *cors = h_daemon_start(redis, "server.cors_origin=https://x.example", NULL);
+    assert_non_null(cors);
+    int failures = 0;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        const route_case *c = &route_cases[i];
+        char what[128];
+        h_resp r;
+        snprintf(what, sizeof what, "OPTIONS %s", c->path);
+        h_http(daemon_, "OPTIONS", c->path, NULL, &r, NULL);
+        bool ok = r.status == 204 && r.len == 0 && header_is(&r, "Allow", c->allow, what) &&
+                  !h_header(&r, "Access-Control-Allow-Methods", NULL, 0) &&
+                  !h_header(&r, "Content-Length", NULL, 0);
+        if (!ok)
+            print_error("%s: expected 204, Allow, no body, no CORS, no Content-Length; got %ld "
+                        "(%zu bytes)\n%s\n", what, r.status, r.len, r.headers);
+        failures += !ok;
+        h_resp_free(&r);
+
+        snprintf(what, sizeof what, "OPTIONS %s with server.cors_origin", c->path);
+        h_http(cors, "OPTIONS", c->path, NULL, &r, "Origin: https://x.example",
+               "Access-Control-Request-Method: POST", NULL);
+        ok = r.status == 204 && header_is(&r, "Allow", c->allow, what) &&
+             header_is(&r, "Access-Control-Allow-Methods", c->allow, what) &&
+             header_is(&r, "Access-Control-Allow-Origin", "https://x.example", what) &&
+             header_is(&r, "Access-Control-Allow-Headers", "Content-Type, Authorization", what);
+        if (!ok)
+            print_error("%s: got %ld\n", what, r.status);
+        failures += !ok;
+        h_resp_free(&r);
+    }
+    assert_int_equal(h_daemon_stop(cors), 0);
+    assert_int_equal(failures, 0);
+    h_pass();
+}
+
+/* A method a route does not take: 405 method_not_allowed, Allow as the
+ * table says; no token needed to hear it, and nothing changes. */
+static void test_routes_wrong_method(void **state)
+{
+    (void)state;
+    H_SET_STOCK(daemon_, "http-rt", 4);
+    int failures = 0;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        const route_case *c = &route_cases[i];
+        char what[128];
+        h_resp r;
+        snprintf(what, sizeof what, "%s %s", c->wrong, c->path);
+        h_http(daemon_, c->wrong, c->path, NULL, &r, NULL);
+        const char *e = h_jstr(r.json, "error");
+        bool ok = r.status == 405 && e && strcmp(e, "method_not_allowed") == 0 &&
+                  header_is(&r, "Allow", c->allow, what);
+        if (!ok)
+            print_error("%s: expected 405 method_not_allowed, got %ld %s\n", what, r.status, r.body);
+        failures += !ok;
+        h_resp_free(&r);
+    }
+    assert_int_equal(failures, 0);
+    expect_stock("http-rt", 4);
+    h_pass();
+}
+
+/* Read one answer's head from FD (and its body only when WITH_BODY) into
+ * BUF; the status, -1 on timeout or close. *CLEN: its Content-Length, -1
+ * when none. */
+static int read_head(int fd, bool with_body, char *buf, size_t len, long *clen)
+{
+    size_t n = 0;
+    double dl = h_deadline(5000);
+    char *hend = NULL;
+    *clen = -1;
+    while (h_before(dl) && n < len - 1) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        /* One byte at a time up to the head's end: what follows must still
+         * be in the socket for the next read. */
+        ssize_t r = recv(fd, buf + n, hend ? len - 1 - n : 1, 0);
+        if (r <= 0)
+            return -1;
+        n += (size_t)r;
+        buf[n] = '\0';
+        if (!hend && (hend = strstr(buf, "\r\n\r\n")) != NULL) {
+            const char *cl = strcasestr(buf, "\r\nContent-Length:");
+            *clen = cl ? strtol(cl + 17, NULL, 10) : -1;
+            if (!with_body || *clen <= 0)
+                break;
+        }
+        if (hend && (long)(n - (size_t)(hend + 4 - buf)) >= *clen)
+            break;
+    }
+    if (!hend || strncmp(buf, "HTTP/1.1 ", 9) != 0)
+        return -1;
+    return atoi(buf + 9);
+}
+
+/* HEAD on every GET route, all on one keep-alive connection, each followed
+ * by a GET on it: the same status and head as GET, a Content-Length, and
+ * no body (a body would be read as the next answer's status line). */
+static void test_routes_head(void **state)
+{
+    (void)state;
+    H_SET_STOCK(daemon_, "http-rt", 4);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)daemon_->port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    int failures = 0;
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        const route_case *c = &route_cases[i];
+        if (strncmp(c->allow, "GET", 3) != 0)
+            continue;
+        h_resp g;
+        h_http(daemon_, "GET", c->path, NULL, &g, NULL);
+        char req[256], head[8192], next[65536];
+        long clen, nlen;
+        snprintf(req, sizeof req, "HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n", c->path);
+        assert_int_equal(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+        int st = read_head(fd, false, head, sizeof head, &clen);
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", c->path);
+        assert_int_equal(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+        int st2 = read_head(fd, true, next, sizeof next, &nlen);
+        /* /healthz and /stock/{sku} do not change between the two: same length. */
+        bool stable = strcmp(c->path, "/healthz") == 0 || strncmp(c->path, "/stock/", 7) == 0;
+        bool ok = st == g.status && clen >= 0 && st2 == g.status &&
+                  (!stable || (clen == (long)g.len && nlen == clen));
+        printf("# HEAD %-16s -> %d, Content-Length %ld; then GET on the connection -> %d (%ld bytes)\n",
+               c->path, st, clen, st2, nlen);
+        if (!ok)
+            print_error("HEAD %s: expected %ld with a Content-Length (%zu for GET) and no body, "
+                        "then GET %ld on the same connection; got %d (Content-Length %ld), then %d\n"
+                        "HEAD answered:\n%s\nthen:\n%.300s\n", c->path, g.status, g.len, g.status,
+                        st, clen, st2, head, next);
+        failures += !ok;
+        h_resp_free(&g);
+    }
+    /* HEAD is GET's: refused where GET is, still without a body. */
+    char head[4096], next[4096];
+    long clen, nlen;
+    const char *req = "HEAD /admin/reload HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+    int st = read_head(fd, false, head, sizeof head, &clen);
+    int st2 = read_head(fd, true, next, sizeof next, &nlen);
+    printf("# HEAD /admin/reload -> %d, then GET /healthz on the connection -> %d\n", st, st2);
+    if (st != 405 || !strstr(head, "\r\nAllow: POST, OPTIONS\r\n") || st2 != 200)
+        failures++, print_error("HEAD /admin/reload: expected 405 with Allow: POST, OPTIONS and no "
+                                "body, then 200; got %d, then %d:\n%s\n%s\n", st, st2, head, next);
+    close(fd);
+    assert_int_equal(failures, 0);
+    h_pass();
+}
+
 /* --- main --------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
@@ -500,6 +702,9 @@ int main(void)
         T(test_cors),
         T(test_cors_off),
         T(test_readyz),
+        T(test_routes_options),
+        T(test_routes_wrong_method),
+        T(test_routes_head),
     };
     static const char *const sets[] = { "server.max_body_bytes=" H_STR(MAX_BODY),
                                         "sale.max_qty=" H_STR(MAX_QTY), NULL };
