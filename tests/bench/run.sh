@@ -25,6 +25,8 @@
 #   kill         stock event published -> kill record in Redis
 #                (bench_kill_latency)                                     [main]
 #   rules        in-process rule evaluation throughput (bench_rules)
+#   idle         a new client's sale while SERVER_THREADS + IDLE_EXTRA silent
+#                connections are held open (server.evict_idle_ms)     [main]
 # After each wrk scenario on nerve it checks that the units sold (the 200s
 # counted by wrk, plus the sales still in flight when wrk stopped, resolved by
 # replaying their order_id) equal the stock Redis lost. Then prints one table
@@ -37,13 +39,16 @@
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules"
+#   SCENARIOS="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules idle"
 #   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix)
 #   NERVE_ARGS        more arguments for every `nerve serve`, e.g. "--set sale.max_batch=64"
 #   RELOAD_EVERY_MS=100  reload period of hot-reload
 #   RELOAD_RULES=100  rule files of the reload scenario;  RELOAD_RUNS=20 (in
 #                     process), RELOAD_HTTP_RUNS=10 (POST /admin/reload)
 #   KILL_EVENTS=500   events of the kill scenario
+#   IDLE_EXTRA=50, IDLE_SALES=10   the idle scenario: connections held beyond
+#                     the worker threads, and timed sales (each with its own
+#                     freshly opened idle connections)
 #   RERUN_OTHERS_PCT=10, RERUNS=1   a sale scenario during which other
 #                     processes used more than 10% of the CPUs runs again (at
 #                     most once); the quieter run's figures are kept
@@ -72,7 +77,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling hot hot-rule hot-reload spread spread-rule reload kill rules}
+SCENARIOS=${SCENARIOS:-ceiling hot hot-rule hot-reload spread spread-rule reload kill rules idle}
 NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
 case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
 SERVER_THREADS=${SERVER_THREADS:-}
@@ -83,6 +88,8 @@ RELOAD_RULES=${RELOAD_RULES:-100}
 RELOAD_RUNS=${RELOAD_RUNS:-20}
 RELOAD_HTTP_RUNS=${RELOAD_HTTP_RUNS:-10}
 KILL_EVENTS=${KILL_EVENTS:-500}
+IDLE_EXTRA=${IDLE_EXTRA:-50}
+IDLE_SALES=${IDLE_SALES:-10}
 RERUN_OTHERS_PCT=${RERUN_OTHERS_PCT:-10}
 RERUNS=${RERUNS:-1}
 ADMIN_TOKEN=bench-token
@@ -101,18 +108,19 @@ TARGET_SAME_PCT=90              # with the sale rule / during reloads: within 10
 TARGET_RELOAD_MS=50             # median reload of 100 rule files
 TARGET_KILL_P99_MS=5            # stock event -> kill record, p99
 TARGET_RULES_EPS=200000         # rule evaluations per second, one core
+TARGET_IDLE_MS=1000             # a new client's sale with threads + IDLE_EXTRA idle connections held
 
 cd "$root" || exit 2
 
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
-known="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules"
+known="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules idle"
 for s in $SCENARIOS; do
     case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
 done
 want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
-for v in RELOAD_EVERY_MS RELOAD_RULES RELOAD_RUNS RELOAD_HTTP_RUNS KILL_EVENTS CONNECTIONS WRK_THREADS; do
+for v in RELOAD_EVERY_MS RELOAD_RULES RELOAD_RUNS RELOAD_HTTP_RUNS KILL_EVENTS CONNECTIONS WRK_THREADS IDLE_SALES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v '${!v}' is not a positive number"
 done
 for v in RERUN_OTHERS_PCT RERUNS; do
@@ -135,7 +143,7 @@ for tool in wrk redis-server redis-cli timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
 done
 need_nerve=0
-for s in hot hot-rule spread spread-rule hot-reload reload kill; do want $s && need_nerve=1; done
+for s in hot hot-rule spread spread-rule hot-reload reload kill idle; do want $s && need_nerve=1; done
 if want ceiling; then
     [ -x "$BUILD/bench/ceiling" ] || die "$BUILD/bench/ceiling not built (make bench builds it)"
 fi
@@ -766,6 +774,47 @@ scenario_kill() {
         "$(after p99 "$out")" "$(after max "$out")"
 }
 
+# idle: IDLE_SALES times, open SERVER_THREADS + IDLE_EXTRA connections that
+# send nothing, then time one sale on a new connection (it comes after all of
+# them in CivetWeb's queue), and close them. Before server.evict_idle_ms it
+# waited for server.request_timeout_ms (10 s).
+scenario_idle() {
+    local n=$((SERVER_THREADS + IDLE_EXTRA)) max_fds fds fd i t0 t1 ms=() failed=0 out
+    max_fds=$(ulimit -n)
+    if [[ $max_fds =~ ^[0-9]+$ ]] && [ $((n + 64)) -gt "$max_fds" ]; then
+        n=$((max_fds - 64))
+        note "idle: ulimit -n $max_fds: holding only $n connections"
+    fi
+    use main
+    http PUT "$NPORT" /admin/stock/idle '{"stock":1000000000}' "$ADMIN_TOKEN"
+    [ "$HTTP_STATUS" = 200 ] || { program_failed idle "$HTTP_STATUS" /dev/null; return; }
+    note "idle: $IDLE_SALES sales, each behind $n silent connections ($SERVER_THREADS threads)"
+    begin idle
+    for ((i = 0; i < IDLE_SALES; i++)); do
+        fds=()
+        while [ ${#fds[@]} -lt "$n" ]; do
+            { exec {fd}<>"/dev/tcp/127.0.0.1/$NPORT"; } 2>/dev/null || break
+            fds+=("$fd")
+        done
+        t0=$(date +%s%N)
+        http POST "$NPORT" /sale "{\"sku\":\"idle\",\"qty\":1,\"order_id\":\"idle-$$-$i\"}"
+        t1=$(date +%s%N)
+        [ "$HTTP_STATUS" = 200 ] || failed=$((failed + 1))
+        ms+=("$(((t1 - t0) / 1000))")
+        for fd in "${fds[@]}"; do exec {fd}>&-; done
+    done
+    finish idle
+    out=$(printf '%s\n' "${ms[@]}" | sort -n | awk -v held="${#fds[@]}" -v f="$failed" '
+        { v[NR] = $1 / 1000 }
+        END { printf "%d silent connections held; %d sales, %d not answered 200; p50 %.1f p99 %.1f max %.1f\n",
+              held, NR, f, v[int((NR + 1) / 2)], v[int(NR * 0.99 + 0.999)], v[NR] }')
+    program_row idle "$out" "${#ms[@]} sales" "$(after p50 "$out")" "$(after p99 "$out")" "$(after max "$out")"
+    if [ "$failed" -gt 0 ]; then
+        INV[idle]=FAIL INVMSG[idle]="$failed of $IDLE_SALES sales not answered 200"
+        status=1
+    fi
+}
+
 scenario_rules() {
     local out rc
     note "bench_rules"
@@ -858,6 +907,7 @@ label() {
         reload-http) echo "reload $RELOAD_RULES rules, HTTP" ;;
         kill) echo "stock event -> kill record" ;;
         rules) echo "rule evaluation, 1 core" ;;
+        idle) echo "new client, threads+$IDLE_EXTRA idle" ;;
         *) echo "$1" ;;
     esac
 }
@@ -878,6 +928,7 @@ for s in $SCENARIOS; do
         reload) scenario_reload ;;
         kill) scenario_kill ;;
         rules) scenario_rules ;;
+        idle) scenario_idle ;;
     esac
 done
 for inst in "${instances[@]}"; do collect "$inst"; done
@@ -943,6 +994,10 @@ row_fields() {
         kill)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
             TGT_COL="p99 < $TARGET_KILL_P99_MS ms: $(met "${P99[$name]} < $TARGET_KILL_P99_MS")"
+            ;;
+        idle)
+            [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
+            TGT_COL="max < $TARGET_IDLE_MS ms: $(met "${MAXL[$name]} < $TARGET_IDLE_MS")"
             ;;
         rules)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
