@@ -130,8 +130,8 @@ static rds_script throttle_script = RDS_SCRIPT_INIT(
     "redis.call('PUBLISH', ARGV[2], txt)\n"
     "return txt\n");
 
-int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
-              const char *scope, const char *reason) {
+act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
+                           const char *scope, const char *reason) {
     char k1[RDS_KEY_MAX], k2[RDS_KEY_MAX], win[16];
     /* One window per (rule, scope, level): a warning must never keep a later
      * critical about the same thing quiet. One hash tag per key pair, so
@@ -143,23 +143,23 @@ int act_alert(act *a, rds_client *c, const char *kind, const char *level, const 
     cJSON *o = alert_obj(a, level, kind, rule, scope, reason);
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
-    if (!txt) return -1;
+    if (!txt) return ACT_ALERT_ERROR;
     const char *argv[] = { k1, k2, win, a->alerts_channel, txt };
     redisReply *r = rds_eval(c, &throttle_script, 2, 5, argv, NULL);
     free(txt);
-    int rc;
+    act_alert_result rc;
     if (!r || r->type == REDIS_REPLY_ERROR) {
         log_warn("actions", "alert not published rule=%s error=\"%s\"", rule ? rule : "",
                  r ? r->str : rds_errstr(c));
-        rc = -1;
+        rc = ACT_ALERT_ERROR;
     } else if (r->type == REDIS_REPLY_STRING) {
         audit(a, c, kind, r->str);
         log_info("actions", "alert level=%s kind=%s rule=%s scope=%s reason=\"%s\"", level, kind,
                  rule ? rule : "", scope ? scope : "", reason ? reason : "");
-        rc = 1;
+        rc = ACT_ALERT_PUBLISHED;
     } else {
         atomic_fetch_add_explicit(&a->suppressed[level_of(level)], 1, memory_order_relaxed);
-        rc = 0;
+        rc = ACT_ALERT_SUPPRESSED;
     }
     freeReplyObject(r);
     return rc;
@@ -193,16 +193,15 @@ static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int a
     }
 }
 
-int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
-             bool halt_sales, char *err, size_t errlen) {
+ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
+                   bool halt_sales, char *err, size_t errlen) {
     double ts = now_s();
-    int rc = ks_engage(a->k, c, scope, reason, rule, halt_sales, a->dry_run ? "dry_run" : "stopping",
+    ks_change rc = ks_engage(a->k, c, scope, reason, rule, halt_sales, a->dry_run ? "dry_run" : "stopping",
                        ts, err, errlen);
-    if (rc < 0) {
-        log_error("actions", "kill switch not engaged scope=%s error=\"%s\"", scope, err);
-        return -1;
+    if (rc != KS_CHANGED) {
+        if (rc == KS_ERROR) log_error("actions", "kill switch not engaged scope=%s error=\"%s\"", scope, err);
+        return rc;
     }
-    if (rc == 0) return 0;
     log_warn("actions", "kill switch engaged scope=%s rule=%s halt_sales=%s reason=\"%s\"", scope, rule,
              halt_sales ? "true" : "false", reason);
     cJSON *o = alert_obj(a, "critical", "kill_switch", rule, scope, reason);
@@ -216,16 +215,17 @@ int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const c
         log_error("actions", "emergency stop queue full scope=%s", scope);
         on_done(a, &job, PANIC_STOP_FAILED, 0, "emergency stop queue full");
     }
-    return 1;
+    return KS_CHANGED;
 }
 
 int act_decision(act *a, rds_client *c, const rules_decision *d) {
     char err[256];
     switch (d->action) {
     case RULES_ALERT:
-        return act_alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope, d->reason) < 0 ? -1 : 0;
+        return act_alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope, d->reason) ==
+               ACT_ALERT_ERROR ? -1 : 0;
     case RULES_KILL:
-        return act_kill(a, c, d->rule, d->scope, d->reason, d->halt_sales, err, sizeof err) < 0 ? -1 : 0;
+        return act_kill(a, c, d->rule, d->scope, d->reason, d->halt_sales, err, sizeof err) == KS_ERROR ? -1 : 0;
     case RULES_REJECT:
     default:
         return 0;

@@ -85,11 +85,11 @@ static void *run(void *arg) {
     uint64_t last_refresh = 0, bad_burst = 0;
     for (;;) {
         evq_item it;
-        int rc = evq_pop(e->o.q, &it, 200);
-        if (rc < 0) break;
+        evq_pop_result rc = evq_pop(e->o.q, &it, 200);
+        if (rc == EVQ_CLOSED) break;
         /* Busy from the pop: a halt cache refresh or a VM rebuild that hangs
          * delays this event as much as a rule that does. */
-        if (rc == 1) mark_busy(e, it.enq_ns);
+        if (rc == EVQ_GOT) mark_busy(e, it.enq_ns);
         uint64_t now = clock_now_ns();
         if (now - last_refresh > 2000000000ull) {
             /* Repair the halt cache from Redis now and then. */
@@ -97,7 +97,7 @@ static void *run(void *arg) {
             if (c) ks_refresh(e->o.ks, c);
             last_refresh = now;
         }
-        if (rc == 0) continue;
+        if (rc == EVQ_TIMEOUT) continue;
         sync_vm(e, &vm, &gen);
         call_ctx cc = { e, rds_pool_client(e->o.pool), 0 };
         int bad = 0;

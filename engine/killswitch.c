@@ -308,12 +308,12 @@ static rds_script reset_script = RDS_SCRIPT_INIT(
     "redis.call('SREM', KEYS[2], ARGV[1])\n"
     "return redis.call('DEL', KEYS[1])\n");
 
-int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
-              bool halt_sales, const char *state, double ts, char *err, size_t errlen) {
+ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
+                    bool halt_sales, const char *state, double ts, char *err, size_t errlen) {
     char key[RDS_KEY_MAX];
     if (kill_key(k, key, scope)) {
         snprintf(err, errlen, "scope too long");
-        return -1;
+        return KS_ERROR;
     }
     /* Halt locally before the record exists anywhere: a sale that sees the
      * record must never slip through our own cache. */
@@ -339,24 +339,24 @@ int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const
     const char *argv[] = { key, idx, txt, scope };
     redisReply *r = rds_eval(c, &engage_script, 2, 4, argv, NULL);
     free(txt);
-    int rc;
+    ks_change rc;
     if (!r) {
         snprintf(err, errlen, "redis: %s", rds_errstr(c));
-        rc = -1;
+        rc = KS_ERROR;
     } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
-        rc = 1;
+        rc = KS_CHANGED;
         announce(k, c, "engage", scope, halt_sales);
     } else if (r->type == REDIS_REPLY_INTEGER) {
-        rc = 0;
+        rc = KS_UNCHANGED;
     } else {
         snprintf(err, errlen, "redis: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        rc = -1;
+        rc = KS_ERROR;
     }
     freeReplyObject(r);
     /* Already engaged by someone else, or failed: the cache follows the
      * record. When even that read fails the halt stays (fail closed) until a
      * refresh reads Redis again. */
-    if (rc != 1 && halt_sales) reread(k, c, scope);
+    if (rc != KS_CHANGED && halt_sales) reread(k, c, scope);
     return rc;
 }
 
@@ -383,17 +383,17 @@ int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int
     return rc;
 }
 
-int ks_reset(ks *k, rds_client *c, const char *scope) {
+ks_change ks_reset(ks *k, rds_client *c, const char *scope) {
     char key[RDS_KEY_MAX], idx[RDS_KEY_MAX];
-    if (kill_key(k, key, scope)) return -1;
+    if (kill_key(k, key, scope)) return KS_ERROR;
     snprintf(idx, sizeof idx, "%skills", k->prefix);
     const char *argv[] = { key, idx, scope };
     redisReply *r = rds_eval(c, &reset_script, 2, 3, argv, NULL);
     if (!r || r->type != REDIS_REPLY_INTEGER) {
         freeReplyObject(r);
-        return -1;
+        return KS_ERROR;
     }
-    int rc = r->integer > 0;
+    ks_change rc = r->integer > 0 ? KS_CHANGED : KS_UNCHANGED;
     freeReplyObject(r);
     cache_set(k, scope, false);
     announce(k, c, "reset", scope, false);

@@ -84,21 +84,22 @@ lock_status lock_acquire(rds_client *c, const char *key, int ttl_ms, int max_wai
     }
 }
 
-static int compare_and(rds_client *c, rds_script *s, const char *key, const char *token,
-                       const char *arg2) {
+static lock_cas compare_and(rds_client *c, rds_script *s, const char *key, const char *token,
+                            const char *arg2) {
     const char *argv[3] = { key, token, arg2 };
     redisReply *r = rds_eval(c, s, 1, arg2 ? 3 : 2, argv, NULL);
-    if (!r) return -1;
-    int rc = r->type == REDIS_REPLY_INTEGER ? (r->integer ? 1 : 0) : -1;
+    if (!r) return LOCK_CAS_ERROR;
+    lock_cas rc = r->type != REDIS_REPLY_INTEGER ? LOCK_CAS_ERROR
+                : r->integer ? LOCK_CAS_DONE : LOCK_CAS_NOT_OWNER;
     freeReplyObject(r);
     return rc;
 }
 
-int lock_release(rds_client *c, const char *key, const char *token) {
+lock_cas lock_release(rds_client *c, const char *key, const char *token) {
     return compare_and(c, &release_script, key, token, NULL);
 }
 
-int lock_extend(rds_client *c, const char *key, const char *token, int ttl_ms) {
+lock_cas lock_extend(rds_client *c, const char *key, const char *token, int ttl_ms) {
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     return compare_and(c, &extend_script, key, token, ttl);

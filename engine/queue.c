@@ -92,22 +92,22 @@ int evq_push(evq *q, const char *channel, const char *data, size_t len) {
     return 0;
 }
 
-int evq_pop(evq *q, evq_item *out, int timeout_ms) {
+evq_pop_result evq_pop(evq *q, evq_item *out, int timeout_ms) {
     struct timespec dl = clock_deadline_ms(timeout_ms);
     pthread_mutex_lock(&q->mu);
     while (q->n == 0 && !q->closed) {
         if (pthread_cond_timedwait(&q->cv, &q->mu, &dl) == ETIMEDOUT) break;
     }
-    int rc;
+    evq_pop_result rc;
     if (q->n) {
         *out = q->ring[q->head];
         memset(&q->ring[q->head], 0, sizeof q->ring[q->head]);
         q->head = (q->head + 1) % q->cap;
         q->n--;
         q->st.popped++;
-        rc = 1;
+        rc = EVQ_GOT;
     } else {
-        rc = q->closed ? -1 : 0;
+        rc = q->closed ? EVQ_CLOSED : EVQ_TIMEOUT;
     }
     pthread_mutex_unlock(&q->mu);
     return rc;

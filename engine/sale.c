@@ -279,9 +279,10 @@ out:
 }
 
 /* Commit N sales. With ACQUIRE_TTL_MS > 0 the lock is taken in the same round
- * trip (returns 2, nothing changed, when it is busy); otherwise the caller
- * already holds it with TOKEN (returns 1 when it no longer does). */
-static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const char *token,
+ * trip (SALE_COMMIT_BUSY, nothing changed, when it is held); otherwise the
+ * caller already holds it with TOKEN (SALE_COMMIT_LOCK_LOST when it no
+ * longer does). */
+static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const char *token,
                        const sale_req *const *reqs, sale_res *const *res, size_t n,
                        int release, int acquire_ttl_ms, char *err, size_t errlen) {
     size_t nkeys = 3 + n, argc = nkeys + 7 + 3 * n;
@@ -290,7 +291,7 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
     char (*keys)[RDS_KEY_MAX] = calloc(nkeys, RDS_KEY_MAX);
     char (*nums)[2][40] = calloc(n, sizeof *nums);
     char ttl[24], ts[40];
-    int rc = -1;
+    sale_commit_result rc = SALE_COMMIT_ERROR;
     redisReply *r = NULL;
     if (!argv || !argvlen || !keys || !nums) {
         snprintf(err, errlen, "out of memory");
@@ -337,7 +338,7 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
         int busy;
         r = acquire_and_commit(c, keys[0], token, acquire_ttl_ms, (int)nkeys, (int)argc, argv, argvlen, &busy);
         if (busy) {
-            rc = 2;
+            rc = SALE_COMMIT_BUSY;
             goto out;
         }
     } else {
@@ -356,7 +357,7 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
         goto out;
     }
     if (strcmp(r->element[0]->str, "lock_lost") == 0) {
-        rc = 1;
+        rc = SALE_COMMIT_LOCK_LOST;
         goto out;
     }
     if (r->elements != 1 + 2 * n) {
@@ -391,7 +392,7 @@ static int commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const
                      val->integer, sku, reqs[i]->qty);
         }
     }
-    rc = 0;
+    rc = SALE_COMMIT_DONE;
 out:
     freeReplyObject(r);
     free(argv);
@@ -401,11 +402,11 @@ out:
     return rc;
 }
 
-int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
-                const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen) {
+sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
+                               const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen) {
     const sale_req **rp = calloc(n ? n : 1, sizeof *rp);
     sale_res **sp = calloc(n ? n : 1, sizeof *sp);
-    int rc = -1;
+    sale_commit_result rc = SALE_COMMIT_ERROR;
     if (rp && sp) {
         for (size_t i = 0; i < n; i++) {
             rp[i] = &reqs[i];
@@ -687,8 +688,8 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
     } else {
         /* Fast path: take the lock and commit in one round trip. */
         lock_token_new(token);
-        int rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, e->o.lock_ttl_ms, err, sizeof err);
-        if (rc == 2) {
+        sale_commit_result rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, e->o.lock_ttl_ms, err, sizeof err);
+        if (rc == SALE_COMMIT_BUSY) {
             /* Another instance holds the SKU: wait for it, then commit. */
             uint64_t t0 = clock_now_ns();
             lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
@@ -704,10 +705,10 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
         } else {
             hist_observe(&e->lock_wait, 0);
         }
-        if (!fail && rc == 1) {
+        if (!fail && rc == SALE_COMMIT_LOCK_LOST) {
             snprintf(err, sizeof err, "lock on SKU %s expired before the commit; retry", sku);
             fail = err;
-        } else if (!fail && rc < 0) {
+        } else if (!fail && rc == SALE_COMMIT_ERROR) {
             /* Best effort: free the SKU for others now rather than at TTL. */
             lock_release(c, lk, token);
             /* The script may have run before the connection broke: say

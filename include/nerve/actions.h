@@ -50,14 +50,21 @@ void act_free(act *a);
 /* Handle one decision. 0, or -1 on a Redis error (logged). */
 int act_decision(act *a, rds_client *c, const rules_decision *d);
 
+typedef enum {
+    ACT_ALERT_ERROR = -1,
+    ACT_ALERT_SUPPRESSED = 0,   /* inside the throttle window: counted, not sent */
+    ACT_ALERT_PUBLISHED = 1,
+} act_alert_result;
+
 /* Publish an alert (throttled per RULE, SCOPE and LEVEL). KIND is "rule_alert",
- * "reload_failed", ...; SCOPE may be NULL. 1 published, 0 suppressed, -1 error. */
-int act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
+ * "reload_failed", ...; SCOPE may be NULL. */
+act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
               const char *scope, const char *reason);
 
-/* Engage SCOPE (also by hand, RULE "admin"). 1 engaged by this call, 0
- * already engaged, -1 error (message in ERR). */
-int act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
+/* Engage SCOPE (also by hand, RULE "admin"): KS_CHANGED engaged by this
+ * call (alert published, emergency stop queued), KS_UNCHANGED already
+ * engaged, KS_ERROR (message in ERR). */
+ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
              bool halt_sales, char *err, size_t errlen);
 
 /* Alert levels as this instance counts them (nerve_alerts_suppressed_total's

@@ -53,18 +53,26 @@ void ks_free(ks *k);
 /* 1 when the C string S is a valid scope (scope_valid of scope.h). */
 int ks_scope_valid(const char *s);
 
-/* Engage SCOPE. Returns 1 when this call created the record (the caller runs
- * the emergency stop), 0 when it was already engaged, -1 on a Redis error
- * (message in ERR). STATE is the initial state ("stopping" or "dry_run"). */
-int ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
+/* What a change of a scope's record did (ks_engage, ks_reset, act_kill). */
+typedef enum {
+    KS_ERROR = -1,              /* Redis error (message in ERR where there is one) */
+    KS_UNCHANGED = 0,           /* already so: engaged before / was not engaged */
+    KS_CHANGED = 1,             /* this call engaged it (the caller runs the emergency stop) / reset it */
+} ks_change;
+
+/* Engage SCOPE. Returns KS_CHANGED when this call created the record (the
+ * caller runs the emergency stop), KS_UNCHANGED when it was already engaged,
+ * KS_ERROR on a Redis error (message in ERR). STATE is the initial state
+ * ("stopping" or "dry_run"). */
+ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
               bool halt_sales, const char *state, double ts, char *err, size_t errlen);
 
 /* Update the state (and attempts, last_error) of an existing record. 0 / -1. */
 int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int attempts,
                  const char *last_error);
 
-/* Delete the record. 1 deleted, 0 was not engaged, -1 error. */
-int ks_reset(ks *k, rds_client *c, const char *scope);
+/* Delete the record: KS_CHANGED deleted, KS_UNCHANGED was not engaged, KS_ERROR. */
+ks_change ks_reset(ks *k, rds_client *c, const char *scope);
 
 /* All records (the first 100,000), as a JSON array of objects (NULL on a
  * Redis error). */

@@ -38,13 +38,18 @@ lock_status lock_acquire(rds_client *c, const char *key, int ttl_ms, int max_wai
 lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms,
                      char *err, size_t errlen);
 
-/* Delete KEY only if it still holds TOKEN. Returns 1 released, 0 not the
- * owner (nothing changed), -1 on error. */
-int lock_release(rds_client *c, const char *key, const char *token);
+/* What a compare-and-X on the lock did. */
+typedef enum {
+    LOCK_CAS_ERROR = -1,        /* Redis unreachable or replied an error */
+    LOCK_CAS_NOT_OWNER = 0,     /* KEY does not hold TOKEN: nothing changed */
+    LOCK_CAS_DONE = 1,          /* released / extended */
+} lock_cas;
 
-/* Reset KEY's TTL to TTL_MS only if it still holds TOKEN. 1, 0 or -1 as
- * lock_release. */
-int lock_extend(rds_client *c, const char *key, const char *token, int ttl_ms);
+/* Delete KEY only if it still holds TOKEN. */
+lock_cas lock_release(rds_client *c, const char *key, const char *token);
+
+/* Reset KEY's TTL to TTL_MS only if it still holds TOKEN. */
+lock_cas lock_extend(rds_client *c, const char *key, const char *token, int ttl_ms);
 
 /* Lua fragment for scripts that write under the lock: with KEYS[1] the lock
  * key and ARGV[1] the token, it returns {"lock_lost"} unless the lock is held

@@ -37,8 +37,14 @@ void evq_free(evq *q);                  /* frees queued items; NULL is fine */
 /* 0 queued; -1 full (dropped and counted), closed, or out of memory. */
 int evq_push(evq *q, const char *channel, const char *data, size_t len);
 
-/* Wait up to TIMEOUT_MS for an item: 1 got one, 0 timed out, -1 closed and empty. */
-int evq_pop(evq *q, evq_item *out, int timeout_ms);
+typedef enum {
+    EVQ_CLOSED = -1,            /* closed and empty: the consumer is done */
+    EVQ_TIMEOUT = 0,            /* nothing arrived in time */
+    EVQ_GOT = 1,                /* *OUT holds an item */
+} evq_pop_result;
+
+/* Wait up to TIMEOUT_MS for an item. */
+evq_pop_result evq_pop(evq *q, evq_item *out, int timeout_ms);
 
 /* No more pushes; pops drain what is left, then return -1. */
 void evq_close(evq *q);

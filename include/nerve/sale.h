@@ -140,13 +140,21 @@ void sale_record(sale_engine *e, sale_status status, bool duplicate, double seco
 /* The engine's counters since sale_engine_new. Thread-safe. */
 void sale_get_stats(sale_engine *e, sale_stats *out);
 
+/* What a commit script call did. */
+typedef enum {
+    SALE_COMMIT_ERROR = -1,     /* Redis error, message in ERR */
+    SALE_COMMIT_DONE = 0,       /* every RES filled */
+    SALE_COMMIT_LOCK_LOST = 1,  /* the lock is not held by TOKEN: nothing changed */
+    SALE_COMMIT_BUSY = 2,       /* (taking the lock in the same call) held by another: nothing changed */
+} sale_commit_result;
+
 /* Commit N sales of SKU with the lock held by TOKEN, in one script call.
- * Exposed for tests of the fencing. Returns 0 with RES[0..N) filled, 1 when
- * the lock is not held by TOKEN (nothing changed), -1 on a Redis error
- * (message in ERR; state unknown only if the connection broke mid-call, in
- * which case the script ran entirely or not at all). The script releases the
- * lock (compare-and-delete) after committing. */
-int sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
+ * Exposed for tests of the fencing. Returns SALE_COMMIT_DONE with
+ * RES[0..N) filled, SALE_COMMIT_LOCK_LOST, or SALE_COMMIT_ERROR (message in
+ * ERR; state unknown only if the connection broke mid-call, in which case
+ * the script ran entirely or not at all). The script releases the lock
+ * (compare-and-delete) after committing. */
+sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
                 const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen);
 
 /* Stock record helpers. sale_stock_get: 0 with *stock set, 1 when the SKU

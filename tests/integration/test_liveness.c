@@ -109,7 +109,7 @@ static void test_queue_oldest_age(void **state)
 
     /* FIFO: popping the head makes the second item the oldest. */
     evq_item it;
-    assert_int_equal(evq_pop(q, &it, 0), 1);
+    assert_int_equal(evq_pop(q, &it, 0), EVQ_GOT);
     assert_true(it.enq_ns == first);
     assert_string_equal(it.data, "{\"a\":1}");
     evq_item_free(&it);
@@ -117,7 +117,7 @@ static void test_queue_oldest_age(void **state)
     assert_int_equal(st.depth, 1);
     assert_true(st.oldest_enq_ns >= first && st.oldest_enq_ns <= after);
     uint64_t second = st.oldest_enq_ns;
-    assert_int_equal(evq_pop(q, &it, 0), 1);
+    assert_int_equal(evq_pop(q, &it, 0), EVQ_GOT);
     assert_true(it.enq_ns == second);
     evq_item_free(&it);
     evq_get_stats(q, &st);

@@ -128,7 +128,7 @@ static void *mx_worker(void *arg)
         if (rep)
             freeReplyObject(rep);
         atomic_fetch_sub(&m->inside, 1);
-        if (lock_release(c, m->key, token) != 1)
+        if (lock_release(c, m->key, token) != LOCK_CAS_DONE)
             atomic_fetch_add(&m->bad_release, 1);
         done++;
     }
@@ -183,13 +183,13 @@ static void test_release_by_non_owner(void **state)
 
     lock_token_new(other);
     assert_string_not_equal(other, token);
-    assert_int_equal(lock_release(c, key, other), 0);
+    assert_int_equal(lock_release(c, key, other), LOCK_CAS_NOT_OWNER);
     get_str(key, held, sizeof held);
     assert_string_equal(held, token);           /* still the owner's */
 
-    assert_int_equal(lock_release(c, key, token), 1);
+    assert_int_equal(lock_release(c, key, token), LOCK_CAS_DONE);
     assert_int_equal(pttl(key), -2);
-    assert_int_equal(lock_release(c, key, token), 0);   /* twice: nothing left */
+    assert_int_equal(lock_release(c, key, token), LOCK_CAS_NOT_OWNER);   /* twice: nothing left */
     rds_client_free(c);
     h_pass();
 }
@@ -203,18 +203,18 @@ static void test_extend_by_non_owner(void **state)
 
     assert_int_equal(lock_acquire(c, key, 10000, 0, token, err, sizeof err), LOCK_OK);
     lock_token_new(other);
-    assert_int_equal(lock_extend(c, key, other, 60000), 0);
+    assert_int_equal(lock_extend(c, key, other, 60000), LOCK_CAS_NOT_OWNER);
     long long t = pttl(key);
     assert_true(t > 0 && t <= 10000);
     get_str(key, held, sizeof held);
     assert_string_equal(held, token);
 
-    assert_int_equal(lock_extend(c, key, token, 60000), 1);
+    assert_int_equal(lock_extend(c, key, token, 60000), LOCK_CAS_DONE);
     t = pttl(key);
     assert_true(t > 10000 && t <= 60000);
 
-    assert_int_equal(lock_release(c, key, token), 1);
-    assert_int_equal(lock_extend(c, key, token, 60000), 0);    /* gone: not revived */
+    assert_int_equal(lock_release(c, key, token), LOCK_CAS_DONE);
+    assert_int_equal(lock_extend(c, key, token, 60000), LOCK_CAS_NOT_OWNER);    /* gone: not revived */
     assert_int_equal(pttl(key), -2);
     rds_client_free(c);
     h_pass();
@@ -232,9 +232,9 @@ static void test_try_with_own_token(void **state)
     assert_int_equal(lock_try(c, key, b, 10000, err, sizeof err), LOCK_TIMEOUT);
     get_str(key, held, sizeof held);
     assert_string_equal(held, a);
-    assert_int_equal(lock_release(c, key, a), 1);
+    assert_int_equal(lock_release(c, key, a), LOCK_CAS_DONE);
     assert_int_equal(lock_try(c, key, b, 10000, err, sizeof err), LOCK_OK);
-    assert_int_equal(lock_release(c, key, b), 1);
+    assert_int_equal(lock_release(c, key, b), LOCK_CAS_DONE);
     rds_client_free(c);
     h_pass();
 }
@@ -259,7 +259,7 @@ static void test_max_wait_zero_is_prompt(void **state)
     took = h_now() - t0;
     if (took < 0.2 || took > 1.5)
         fail_msg("max_wait_ms 300 gave up after %.3f s", took);
-    assert_int_equal(lock_release(c, key, a), 1);
+    assert_int_equal(lock_release(c, key, a), LOCK_CAS_DONE);
     rds_client_free(c);
     h_pass();
 }
@@ -282,10 +282,10 @@ static void test_expiry_lets_next_in(void **state)
         fail_msg("second holder got in after %.3f s (TTL 0.3 s)", took);
     get_str(key, held, sizeof held);
     assert_string_equal(held, b);
-    assert_int_equal(lock_release(c, key, a), 0);       /* the expired holder */
+    assert_int_equal(lock_release(c, key, a), LOCK_CAS_NOT_OWNER);       /* the expired holder */
     get_str(key, held, sizeof held);
     assert_string_equal(held, b);
-    assert_int_equal(lock_release(c2, key, b), 1);
+    assert_int_equal(lock_release(c2, key, b), LOCK_CAS_DONE);
     rds_client_free(c);
     rds_client_free(c2);
     h_pass();
@@ -346,17 +346,17 @@ static void test_expired_holder_commit_refused(void **state)
 
     /* Nobody holds it: A's commit is refused. */
     memset(&res, 0, sizeof res);
-    assert_int_equal(sale_commit(c, &o, sku, a, &req, &res, 1, err, sizeof err), 1);
+    assert_int_equal(sale_commit(c, &o, sku, a, &req, &res, 1, err, sizeof err), SALE_COMMIT_LOCK_LOST);
     assert_int_equal(H_REDIS_STOCK(redis, sku), 10);
 
     /* B holds it: A's commit is still refused, B's goes through. */
     assert_int_equal(lock_acquire(c, key, 10000, 0, b, err, sizeof err), LOCK_OK);
-    assert_int_equal(sale_commit(c, &o, sku, a, &req, &res, 1, err, sizeof err), 1);
+    assert_int_equal(sale_commit(c, &o, sku, a, &req, &res, 1, err, sizeof err), SALE_COMMIT_LOCK_LOST);
     assert_int_equal(H_REDIS_STOCK(redis, sku), 10);
     assert_int_equal(order_exists(sku, "fence-order-1"), 0);
 
     memset(&res, 0, sizeof res);
-    assert_int_equal(sale_commit(c, &o, sku, b, &req, &res, 1, err, sizeof err), 0);
+    assert_int_equal(sale_commit(c, &o, sku, b, &req, &res, 1, err, sizeof err), SALE_COMMIT_DONE);
     assert_int_equal(res.status, SALE_OK);
     assert_false(res.duplicate);
     assert_int_equal(res.stock_remaining, 9);
@@ -368,7 +368,7 @@ static void test_expired_holder_commit_refused(void **state)
     lock_release(c, key, b);
     assert_int_equal(lock_acquire(c, key, 10000, 0, b, err, sizeof err), LOCK_OK);
     memset(&res, 0, sizeof res);
-    assert_int_equal(sale_commit(c, &o, sku, b, &req, &res, 1, err, sizeof err), 0);
+    assert_int_equal(sale_commit(c, &o, sku, b, &req, &res, 1, err, sizeof err), SALE_COMMIT_DONE);
     assert_int_equal(res.status, SALE_OK);
     assert_true(res.duplicate);
     assert_int_equal(res.qty, 1);
@@ -401,11 +401,11 @@ static void test_deleted_lock_commit_refused(void **state)
     assert_int_equal(lock_acquire(c, key, 10000, 0, b, err, sizeof err), LOCK_OK);
 
     memset(res, 0, sizeof res);
-    assert_int_equal(sale_commit(c, &o, sku, a, reqs, res, 2, err, sizeof err), 1);
+    assert_int_equal(sale_commit(c, &o, sku, a, reqs, res, 2, err, sizeof err), SALE_COMMIT_LOCK_LOST);
     assert_int_equal(H_REDIS_STOCK(redis, sku), 5);
     assert_int_equal(order_exists(sku, "fence-order-2a"), 0);
     assert_int_equal(order_exists(sku, "fence-order-2b"), 0);
-    assert_int_equal(lock_release(c, key, b), 1);
+    assert_int_equal(lock_release(c, key, b), LOCK_CAS_DONE);
     rds_client_free(c);
     h_pass();
 }
@@ -431,7 +431,7 @@ static void test_commit_checks_each_sale(void **state)
     assert_int_equal(sale_stock_set(c, H_PREFIX, sku, 3), 0);
     assert_int_equal(lock_acquire(c, key, 10000, 0, t, err, sizeof err), LOCK_OK);
     memset(res, 0, sizeof res);
-    assert_int_equal(sale_commit(c, &o, sku, t, reqs, res, 3, err, sizeof err), 0);
+    assert_int_equal(sale_commit(c, &o, sku, t, reqs, res, 3, err, sizeof err), SALE_COMMIT_DONE);
     assert_int_equal(res[0].status, SALE_OK);
     assert_int_equal(res[0].stock_remaining, 1);
     assert_int_equal(res[1].status, SALE_OUT_OF_STOCK);
