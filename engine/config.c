@@ -74,6 +74,7 @@ const opt cfg_opts[] = {
     OPT_STR   ("server.cors_origin", cors_origin, 0, "", check_header),
     OPT_STR   ("server.pidfile", pidfile, 0, "", NULL),
     OPT_INT   ("server.request_timeout_ms", request_timeout_ms, 100, 600000, 10000),
+    OPT_INT   ("server.evict_idle_ms", evict_idle_ms, 1, 60000, 50),
     OPT_INT   ("server.shutdown_grace_ms", shutdown_grace_ms, 0, 600000, 10000),
 
     OPT_STR   ("redis.url", redis_url, 1, "redis://127.0.0.1:6379/0", check_redis_url),
