@@ -24,12 +24,10 @@
 #include <civetweb.h>
 #include <cjson/cJSON.h>
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -40,6 +38,7 @@
 #include <time.h>
 
 #include "nerve/clock.h"
+#include "nerve/conns.h"
 #include "nerve/jsonck.h"
 #include "nerve/log.h"
 #include "nerve/sku.h"
@@ -55,14 +54,7 @@ struct http_server {
     int inflight;               /* requests being handled */
     int draining;               /* http_stop began: take no new request */
     int released;               /* requests held while draining may go */
-    /* Open connections, one slot per worker thread (under mu): see
-     * "idle connections" below. */
-    struct conn_slot *slots;
-    int nslots, open;
-    pthread_cond_t evict_cv;    /* every worker holds a connection, or stopping */
-    pthread_t evictor;
-    int evictor_started, evict_stop;
-    unsigned long long evicted; /* connections shut while waiting */
+    conns *conns;               /* open connections, idle eviction */
 };
 
 /* HEAD: the answer's head is sent as GET would send it, and no body
@@ -359,22 +351,17 @@ static int check_admin(http_server *s, struct mg_connection *conn) {
 
 /* ---- handlers -------------------------------------------------------------------- */
 
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int do_sale(http_server *s, struct mg_connection *conn, sale_res *res);
 
 /* POST /sale: count and time every answer, whatever it is. */
 static int handle_sale(http_server *s, struct mg_connection *conn) {
-    double t0 = mono_s();
+    uint64_t t0 = clock_now_ns();
     sale_res res;
     memset(&res, 0, sizeof res);
     res.status = SALE_BAD_REQUEST;
     int status = do_sale(s, conn, &res);
-    sale_record(s->d.sale, res.status, res.duplicate, mono_s() - t0);
+    sale_record(s->d.sale, res.status, res.duplicate, (double)(clock_now_ns() - t0) / 1e9);
     return status;
 }
 
@@ -565,16 +552,16 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     }
     rds_client *c = rds_pool_client(s->d.pool);
     char err[256] = "redis unavailable";
-    int r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring, cJSON_IsTrue(halt),
-                         err, sizeof err) : -1;
-    if (r < 0) {
+    ks_change r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring, cJSON_IsTrue(halt),
+                         err, sizeof err) : KS_ERROR;
+    if (r == KS_ERROR) {
         cJSON_Delete(root);
         return unavailable(s, conn, err);
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "scope", scope->valuestring);
     cJSON_AddBoolToObject(o, "engaged", 1);
-    cJSON_AddBoolToObject(o, "already_engaged", r == 0);
+    cJSON_AddBoolToObject(o, "already_engaged", r == KS_UNCHANGED);
     cJSON_AddBoolToObject(o, "halt_sales", cJSON_IsTrue(halt));
     cJSON_Delete(root);
     return send_json(s, conn, 200, o, NULL, 0);
@@ -588,9 +575,9 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
                           "the path after /admin/killswitch/ must be a scope: " SCOPE_GRAMMAR
                           " (the path is percent-decoded once)");
     rds_client *c = rds_pool_client(s->d.pool);
-    int r = c ? ks_reset(s->d.ks, c, scope) : -1;
-    if (r < 0) return unavailable(s, conn, "redis unavailable");
-    if (r == 0) {
+    ks_change r = c ? ks_reset(s->d.ks, c, scope) : KS_ERROR;
+    if (r == KS_ERROR) return unavailable(s, conn, "redis unavailable");
+    if (r == KS_UNCHANGED) {
         char msg[256];
         snprintf(msg, sizeof msg, "scope %.200s is not engaged", scope);
         return send_error(s, conn, 404, "not_found", msg);
@@ -741,7 +728,6 @@ static int handle_options(http_server *s, struct mg_connection *conn, const char
 }
 
 static int route_request(http_server *s, struct mg_connection *conn);
-static void conn_busy(http_server *s, const struct mg_connection *conn, int busy);
 
 /* Count requests in flight; while stopping, hold new ones unanswered until
  * the server closes their connection (the client sees a request that was
@@ -755,11 +741,12 @@ static int route(struct mg_connection *conn, void *cbdata) {
         return 503;
     }
     s->inflight++;
-    conn_busy(s, conn, 1);
     pthread_mutex_unlock(&s->mu);
+    conns_slot *slot = mg_get_user_connection_data(conn);
+    conns_busy(slot, 1);
     int status = route_request(s, conn);
+    conns_busy(slot, 0);
     pthread_mutex_lock(&s->mu);
-    conn_busy(s, conn, 0);
     if (--s->inflight == 0 && s->draining) pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return status;
@@ -811,166 +798,16 @@ static int route_request(http_server *s, struct mg_connection *conn) {
     return status;
 }
 
-/* ---- idle connections ---------------------------------------------------------------
- *
- * CivetWeb gives a connection a worker thread from accept to close: while
- * it waits for a request (an idle keep-alive connection, one that sends
- * nothing, or one that sends its head a byte a second) the thread waits
- * with it, up to server.request_timeout_ms. With every worker held so, a
- * new client waited in CivetWeb's queue for whole timeouts (threads + 50
- * idle connections: 10 s for one sale). So each connection has a slot
- * (init_connection/connection_close callbacks) saying whether it is in a
- * handler or waiting for a request, and since when; when every worker holds
- * a connection, the evictor thread shuts the ones that have waited at least
- * server.evict_idle_ms, longest waiting first. Their worker sees the
- * connection end and takes the next one from the queue. A client that was
- * shut between two requests reconnects (RFC 9112 §9.3.1 lets a server close
- * an idle connection at any time). Everything here runs under s->mu.
- */
-typedef struct conn_slot {
-    int used, busy;             /* open; in a handler */
-    int evicted;                /* shut: waiting for CivetWeb to close it */
-    uint64_t since_ns;          /* waiting for a request since (clock_now_ns) */
-    const struct mg_connection *conn;
-    char addr[48];              /* the peer as CivetWeb prints it, "" until known */
-    int port, server_port;
-} conn_slot;
-
-/* CivetWeb fills in a connection's two ends before on_conn_open but only
- * hands out its request info once it reads a request (which it has begun
- * by the time a connection has waited evict_idle_ms). Under s->mu. 0 once
- * C's ends are known. */
-static int slot_ends(conn_slot *c) {
-    if (c->addr[0]) return 0;
-    const struct mg_request_info *ri = mg_get_request_info(c->conn);
-    if (!ri || !ri->remote_addr[0]) return -1;
-    snprintf(c->addr, sizeof c->addr, "%s", ri->remote_addr);
-    c->port = ri->remote_port;
-    c->server_port = ri->server_port;
-    return 0;
-}
-
+/* Open connections and idle eviction live in conns.c. */
 static int on_conn_open(const struct mg_connection *conn, void **data) {
     http_server *s = mg_get_user_data(mg_get_context(conn));
-    *data = NULL;
-    pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < s->nslots; i++) {
-        conn_slot *c = &s->slots[i];
-        if (c->used) continue;
-        memset(c, 0, sizeof *c);
-        c->used = 1;
-        c->since_ns = clock_now_ns();
-        c->conn = conn;
-        *data = c;
-        if (++s->open == s->nslots) pthread_cond_signal(&s->evict_cv);
-        break;
-    }
-    pthread_mutex_unlock(&s->mu);
+    *data = conns_open(s->conns, conn);
     return 0;
 }
 
 static void on_conn_close(const struct mg_connection *conn) {
     http_server *s = mg_get_user_data(mg_get_context(conn));
-    conn_slot *c = mg_get_user_connection_data(conn);
-    if (!c) return;
-    pthread_mutex_lock(&s->mu);
-    c->used = 0;
-    s->open--;
-    pthread_mutex_unlock(&s->mu);
-}
-
-/* Under s->mu: CONN enters (BUSY 1) or leaves a handler. */
-static void conn_busy(http_server *s, const struct mg_connection *conn, int busy) {
-    (void)s;
-    conn_slot *c = mg_get_user_connection_data(conn);
-    if (!c) return;
-    c->busy = busy;
-    if (!busy) c->since_ns = clock_now_ns();
-}
-
-/* 1 when socket FD is the server side of slot C's connection. */
-static int fd_is(int fd, const conn_slot *c) {
-    struct sockaddr_storage a;
-    socklen_t al = sizeof a;
-    char host[48];
-    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0) return 0;
-    if (a.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&a)->sin_port) != c->server_port
-        : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port) != c->server_port : 1)
-        return 0;
-    al = sizeof a;
-    if (getpeername(fd, (struct sockaddr *)&a, &al) != 0) return 0;
-    int port;
-    if (a.ss_family == AF_INET) {
-        port = ntohs(((struct sockaddr_in *)&a)->sin_port);
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, host, sizeof host);
-    } else {
-        port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, host, sizeof host);
-    }
-    return port == c->port && strcmp(host, c->addr) == 0;
-}
-
-/* Under s->mu: shut the connections of the slots marked in WANT (N of
- * them). CivetWeb keeps its sockets to itself, so they are found among the
- * process's descriptors by their two ends; a slot is freed (on_conn_close,
- * which takes s->mu) before CivetWeb closes its socket, so a descriptor
- * found here is still that connection's. One whose next request is already
- * arriving (bytes unread) is left alone. */
-static void evict(http_server *s, const char *want, int n) {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return;
-    struct dirent *e;
-    while (n > 0 && (e = readdir(d)) != NULL) {
-        char *end;
-        long fd = strtol(e->d_name, &end, 10);
-        if (*end || end == e->d_name || fd == dirfd(d)) continue;
-        for (int i = 0; i < s->nslots; i++) {
-            if (!want[i] || !fd_is((int)fd, &s->slots[i])) continue;
-            int unread = 0;
-            if (ioctl((int)fd, FIONREAD, &unread) == 0 && unread == 0) {
-                shutdown((int)fd, SHUT_RDWR);
-                s->slots[i].evicted = 1;
-                s->evicted++;
-            }
-            n--;
-            break;
-        }
-    }
-    closedir(d);
-}
-
-/* While every worker holds a connection, shut those waiting for a request
- * for server.evict_idle_ms or more; sleep otherwise. */
-static void *evictor_main(void *arg) {
-    http_server *s = arg;
-    uint64_t limit = (uint64_t)s->d.cfg->evict_idle_ms * 1000000u;
-    char *want = calloc((size_t)s->nslots, 1);
-    if (!want) return NULL;
-    pthread_mutex_lock(&s->mu);
-    while (!s->evict_stop) {
-        if (s->open < s->nslots) {
-            pthread_cond_wait(&s->evict_cv, &s->mu);
-            continue;
-        }
-        uint64_t now = clock_now_ns(), next = now + limit;
-        int n = 0;
-        for (int i = 0; i < s->nslots; i++) {
-            conn_slot *c = &s->slots[i];
-            want[i] = c->used && !c->busy && !c->evicted && now - c->since_ns >= limit && slot_ends(c) == 0;
-            n += want[i];
-            if (c->used && !c->busy && !c->evicted && !want[i] && c->since_ns + limit < next)
-                next = c->since_ns + limit;
-        }
-        if (n) {
-            evict(s, want, n);
-            log_debug("http", "every worker busy: %d idle connections shut (%llu in all)", n, s->evicted);
-        }
-        struct timespec dl = clock_deadline_ms((long long)((next - now) / 1000000u) + 1);
-        pthread_cond_timedwait(&s->evict_cv, &s->mu, &dl);
-    }
-    pthread_mutex_unlock(&s->mu);
-    free(want);
-    return NULL;
+    conns_close(s->conns, mg_get_user_connection_data(conn));
 }
 
 /* CivetWeb's own messages go through our log module. */
@@ -988,17 +825,10 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     }
     s->d = *d;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    clock_cond_init(&s->evict_cv);
-    s->nslots = d->cfg->threads;
-    s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
-    if (!s->slots) {
+    clock_cond_init(&s->cv);
+    s->conns = conns_new(d->cfg->threads, d->cfg->evict_idle_ms);
+    if (!s->conns) {
         snprintf(err, errlen, "out of memory");
-        pthread_cond_destroy(&s->evict_cv);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);
         free(s);
@@ -1040,10 +870,9 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     s->ctx = mg_start2(&init, &ed);
     if (!s->ctx) {
         snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen, ebuf[0] ? ebuf : "start failed");
-        pthread_cond_destroy(&s->evict_cv);
+        conns_free(s->conns);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);
-        free(s->slots);
         free(s);
         mg_exit_library();
         return NULL;
@@ -1051,9 +880,7 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     mg_set_request_handler(s->ctx, "/", route, s);
     /* Without it idle connections hold workers for request_timeout_ms, as
      * before: worth a warning, not a refusal to serve. */
-    int e = pthread_create(&s->evictor, NULL, evictor_main, s);
-    s->evictor_started = e == 0;
-    if (e) log_warn("http", "cannot start the idle connection evictor: %s", strerror(e));
+    if (conns_start(s->conns) != 0) log_warn("http", "cannot start the idle connection evictor");
     return s;
 }
 
@@ -1102,11 +929,7 @@ static int start_waker(const char *listen, waker *w, pthread_t *th) {
 
 void http_stop(http_server *s) {
     if (!s) return;
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += s->d.cfg->shutdown_grace_ms / 1000;
-    dl.tv_nsec += (long)(s->d.cfg->shutdown_grace_ms % 1000) * 1000000;
-    if (dl.tv_nsec >= 1000000000) dl.tv_sec++, dl.tv_nsec -= 1000000000;
+    struct timespec dl = clock_deadline_ms(s->d.cfg->shutdown_grace_ms);
     pthread_mutex_lock(&s->mu);
     s->draining = 1;
     while (s->inflight > 0)
@@ -1119,22 +942,15 @@ void http_stop(http_server *s) {
     pthread_t wt;
     int waking = start_waker(s->d.cfg->listen, &w, &wt) == 0;
     /* The evictor reads CivetWeb's connections, which mg_stop frees. */
-    if (s->evictor_started) {
-        pthread_mutex_lock(&s->mu);
-        s->evict_stop = 1;
-        pthread_cond_signal(&s->evict_cv);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->evictor, NULL);
-    }
+    conns_stop(s->conns);
     mg_stop(s->ctx);
     if (waking) {
         atomic_store(&w.done, 1);
         pthread_join(wt, NULL);
     }
     mg_exit_library();
-    pthread_cond_destroy(&s->evict_cv);
+    conns_free(s->conns);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
-    free(s->slots);
     free(s);
 }

@@ -38,8 +38,6 @@ evq *evq_new(size_t capacity) {
     return q;
 }
 
-uint64_t evq_now_ns(void) { return clock_now_ns(); }
-
 void evq_item_free(evq_item *it) {
     if (!it) return;
     free(it->channel);

@@ -15,6 +15,7 @@
 #define NERVE_STRESS_INT_H
 
 #include "nerve/clock.h"
+#include "nerve/sku.h"
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,7 +27,7 @@
 #define STRESS_MAX_SKUS     10000
 #define STRESS_MAX_CLIENTS  10000
 #define STRESS_MAX_THREADS  256
-#define STRESS_SKU_MAX      128     /* bytes, as the sale endpoint allows */
+#define STRESS_SKU_MAX      SKU_MAX /* bytes, as the sale endpoint allows (nerve/sku.h) */
 #define STRESS_ERR_MAX      256
 #define STRESS_RESP_MAX     (1024 * 1024)   /* largest response accepted */
 #define STRESS_HIST_US      65536   /* latencies under this many µs: counted per µs */

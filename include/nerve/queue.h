@@ -55,8 +55,4 @@ void evq_get_stats(evq *q, evq_stats *out);
 uint64_t evq_oldest_age_ns(const evq_stats *st, uint64_t now);
 void evq_item_free(evq_item *it);
 
-/* clock_now_ns() under its old name, for the callers that still use it
- * (http.c, metrics.c); new code calls clock_now_ns. */
-uint64_t evq_now_ns(void);
-
 #endif

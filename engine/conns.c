@@ -1,0 +1,220 @@
+/* conns.c -- open HTTP connections and idle eviction (see conns.h). */
+#include "nerve/conns.h"
+
+#include <civetweb.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nerve/clock.h"
+#include "nerve/log.h"
+
+struct conns_slot {
+    int used;                   /* open (under mu) */
+    int evicted;                /* shut: waiting for CivetWeb to close it (under mu) */
+    atomic_int busy;            /* in a handler (the worker writes, the evictor reads) */
+    _Atomic uint64_t since_ns;  /* waiting for a request since (clock_now_ns) */
+    const struct mg_connection *conn;
+    char addr[48];              /* the peer as CivetWeb prints it, "" until known */
+    int port, server_port;
+};
+
+struct conns {
+    pthread_mutex_t mu;         /* guards the slots' used/evicted/ends, open, stop */
+    pthread_cond_t cv;          /* every worker holds a connection, or stopping */
+    conns_slot *slots;
+    int nslots, open;
+    int evict_idle_ms;
+    pthread_t evictor;
+    int started, stop;
+    unsigned long long evicted; /* connections shut while waiting */
+};
+
+conns *conns_new(int nslots, int evict_idle_ms) {
+    conns *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->slots = calloc((size_t)(nslots > 0 ? nslots : 1), sizeof *c->slots);
+    if (!c->slots) {
+        free(c);
+        return NULL;
+    }
+    c->nslots = nslots;
+    c->evict_idle_ms = evict_idle_ms > 0 ? evict_idle_ms : 1;
+    pthread_mutex_init(&c->mu, NULL);
+    clock_cond_init(&c->cv);
+    return c;
+}
+
+void conns_free(conns *c) {
+    if (!c) return;
+    conns_stop(c);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c->slots);
+    free(c);
+}
+
+conns_slot *conns_open(conns *s, const struct mg_connection *conn) {
+    conns_slot *got = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->nslots; i++) {
+        conns_slot *c = &s->slots[i];
+        if (c->used) continue;
+        memset(c, 0, sizeof *c);
+        c->used = 1;
+        atomic_store(&c->since_ns, clock_now_ns());
+        c->conn = conn;
+        got = c;
+        if (++s->open == s->nslots) pthread_cond_signal(&s->cv);
+        break;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+void conns_close(conns *s, conns_slot *c) {
+    if (!c) return;
+    pthread_mutex_lock(&s->mu);
+    c->used = 0;
+    s->open--;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void conns_busy(conns_slot *c, int busy) {
+    if (!c) return;
+    if (!busy) atomic_store(&c->since_ns, clock_now_ns());
+    atomic_store(&c->busy, busy);
+}
+
+unsigned long long conns_evicted(conns *s) {
+    pthread_mutex_lock(&s->mu);
+    unsigned long long n = s->evicted;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* CivetWeb fills in a connection's two ends before on_conn_open but only
+ * hands out its request info once it reads a request (which it has begun
+ * by the time a connection has waited evict_idle_ms). Under the mutex. 0 once
+ * C's ends are known. */
+static int slot_ends(conns_slot *c) {
+    if (c->addr[0]) return 0;
+    const struct mg_request_info *ri = mg_get_request_info(c->conn);
+    if (!ri || !ri->remote_addr[0]) return -1;
+    snprintf(c->addr, sizeof c->addr, "%s", ri->remote_addr);
+    c->port = ri->remote_port;
+    c->server_port = ri->server_port;
+    return 0;
+}
+
+/* 1 when socket FD is the server side of slot C's connection. */
+static int fd_is(int fd, const conns_slot *c) {
+    struct sockaddr_storage a;
+    socklen_t al = sizeof a;
+    char host[48];
+    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0) return 0;
+    if (a.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&a)->sin_port) != c->server_port
+        : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port) != c->server_port : 1)
+        return 0;
+    al = sizeof a;
+    if (getpeername(fd, (struct sockaddr *)&a, &al) != 0) return 0;
+    int port;
+    if (a.ss_family == AF_INET) {
+        port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, host, sizeof host);
+    } else {
+        port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a)->sin6_addr, host, sizeof host);
+    }
+    return port == c->port && strcmp(host, c->addr) == 0;
+}
+
+/* Under c->mu: shut the connections of the slots marked in WANT (N of
+ * them). CivetWeb keeps its sockets to itself, so they are found among the
+ * process's descriptors by their two ends; a slot is freed (conns_close,
+ * which takes the mutex) before CivetWeb closes its socket, so a descriptor
+ * found here is still that connection's. One whose next request is already
+ * arriving (bytes unread) is left alone. */
+static void evict(conns *s, const char *want, int n) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return;
+    struct dirent *e;
+    while (n > 0 && (e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || fd == dirfd(d)) continue;
+        for (int i = 0; i < s->nslots; i++) {
+            if (!want[i] || !fd_is((int)fd, &s->slots[i])) continue;
+            int unread = 0;
+            if (ioctl((int)fd, FIONREAD, &unread) == 0 && unread == 0) {
+                shutdown((int)fd, SHUT_RDWR);
+                s->slots[i].evicted = 1;
+                s->evicted++;
+            }
+            n--;
+            break;
+        }
+    }
+    closedir(d);
+}
+
+/* While every worker holds a connection, shut those waiting for a request
+ * for server.evict_idle_ms or more; sleep otherwise. */
+static void *evictor_main(void *arg) {
+    conns *s = arg;
+    uint64_t limit = (uint64_t)s->evict_idle_ms * 1000000u;
+    char *want = calloc((size_t)s->nslots, 1);
+    if (!want) return NULL;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        if (s->open < s->nslots) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        uint64_t now = clock_now_ns(), next = now + limit;
+        int n = 0;
+        for (int i = 0; i < s->nslots; i++) {
+            conns_slot *c = &s->slots[i];
+            int waiting = c->used && !atomic_load(&c->busy) && !c->evicted;
+            uint64_t since = atomic_load(&c->since_ns);
+            want[i] = waiting && now - since >= limit && slot_ends(c) == 0;
+            n += want[i];
+            if (waiting && !want[i] && since + limit < next) next = since + limit;
+        }
+        if (n) {
+            evict(s, want, n);
+            log_debug("http", "every worker busy: %d idle connections shut (%llu in all)", n, s->evicted);
+        }
+        struct timespec dl = clock_deadline_ms((long long)((next - now) / 1000000u) + 1);
+        pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(want);
+    return NULL;
+}
+
+int conns_start(conns *s) {
+    if (pthread_create(&s->evictor, NULL, evictor_main, s) != 0) return -1;
+    s->started = 1;
+    return 0;
+}
+
+void conns_stop(conns *s) {
+    if (!s->started) return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->evictor, NULL);
+    s->started = 0;
+}
