@@ -20,7 +20,7 @@ struct act {
     ks *k;
     panic *p;
     rds_pool *pool;
-    _Atomic uint64_t suppressed[ACT_LEVEL_COUNT];  /* act_alert_stats */
+    _Atomic uint64_t suppressed[ACT_LEVEL_COUNT]; /* act_alert_stats */
 };
 
 act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
@@ -50,9 +50,12 @@ void act_free(act *a) {
     free(a);
 }
 
-static const char *const level_names[ACT_LEVEL_COUNT] = { "info", "warning", "critical", "fatal", "other" };
+static const char *const level_names[ACT_LEVEL_COUNT] = { "info", "warning", "critical", "fatal",
+                                                          "other" };
 
-const char *act_level_name(act_level l) { return (unsigned)l < ACT_LEVEL_COUNT ? level_names[l] : NULL; }
+const char *act_level_name(act_level l) {
+    return (unsigned)l < ACT_LEVEL_COUNT ? level_names[l] : NULL;
+}
 
 static act_level level_of(const char *level) {
     int i = 0;
@@ -130,8 +133,8 @@ static rds_script throttle_script = RDS_SCRIPT_INIT(
     "redis.call('PUBLISH', ARGV[2], txt)\n"
     "return txt\n");
 
-act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
-                           const char *scope, const char *reason) {
+act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level,
+                           const char *rule, const char *scope, const char *reason) {
     char k1[RDS_KEY_MAX], k2[RDS_KEY_MAX], win[16];
     /* One window per (rule, scope, level): a warning must never keep a later
      * critical about the same thing quiet. One hash tag per key pair, so
@@ -178,14 +181,16 @@ static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int a
     act *a = ud;
     rds_client *c = rds_pool_client(a->pool);
     if (!c) return;
-    const char *state = outcome == PANIC_STOPPED ? "stopped"
-                      : outcome == PANIC_DRY_RUN ? "dry_run" : "stop_failed";
+    const char *state = outcome == PANIC_STOPPED   ? "stopped"
+                        : outcome == PANIC_DRY_RUN ? "dry_run"
+                                                   : "stop_failed";
     if (ks_set_state(a->k, c, job->scope, state, attempts, last_error))
         log_warn("actions", "could not record kill state scope=%s state=%s", job->scope, state);
     if (outcome == PANIC_STOP_FAILED) {
         char reason[512];
-        snprintf(reason, sizeof reason, "emergency stop failed after %d attempts: %s (original: %s)",
-                 attempts, last_error ? last_error : "unknown", job->reason);
+        snprintf(reason, sizeof reason,
+                 "emergency stop failed after %d attempts: %s (original: %s)", attempts,
+                 last_error ? last_error : "unknown", job->reason);
         log_error("actions", "critical failure scope=%s %s", job->scope, reason);
         cJSON *o = alert_obj(a, "fatal", "critical_failure", job->rule, job->scope, reason);
         cJSON_AddNumberToObject(o, "attempts", attempts);
@@ -196,21 +201,27 @@ static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int a
 ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
                    bool halt_sales, char *err, size_t errlen) {
     double ts = now_s();
-    ks_change rc = ks_engage(a->k, c, scope, reason, rule, halt_sales, a->dry_run ? "dry_run" : "stopping",
-                       ts, err, errlen);
+    ks_change rc = ks_engage(a->k, c, scope, reason, rule, halt_sales,
+                             a->dry_run ? "dry_run" : "stopping", ts, err, errlen);
     if (rc != KS_CHANGED) {
-        if (rc == KS_ERROR) log_error("actions", "kill switch not engaged scope=%s error=\"%s\"", scope, err);
+        if (rc == KS_ERROR)
+            log_error("actions", "kill switch not engaged scope=%s error=\"%s\"", scope, err);
         return rc;
     }
-    log_warn("actions", "kill switch engaged scope=%s rule=%s halt_sales=%s reason=\"%s\"", scope, rule,
-             halt_sales ? "true" : "false", reason);
+    log_warn("actions", "kill switch engaged scope=%s rule=%s halt_sales=%s reason=\"%s\"", scope,
+             rule, halt_sales ? "true" : "false", reason);
     cJSON *o = alert_obj(a, "critical", "kill_switch", rule, scope, reason);
     cJSON_AddBoolToObject(o, "halt_sales", halt_sales);
     cJSON_AddStringToObject(o, "state", a->dry_run ? "would_stop" : "stopping");
     publish(a, c, o);
 
-    panic_job job = { .scope = scope, .reason = reason, .rule = rule, .ts = ts,
-                      .on_attempt = on_attempt, .on_done = on_done, .ud = a };
+    panic_job job = { .scope = scope,
+                      .reason = reason,
+                      .rule = rule,
+                      .ts = ts,
+                      .on_attempt = on_attempt,
+                      .on_done = on_done,
+                      .ud = a };
     if (panic_submit(a->p, &job) != 0) {
         log_error("actions", "emergency stop queue full scope=%s", scope);
         on_done(a, &job, PANIC_STOP_FAILED, 0, "emergency stop queue full");
@@ -222,12 +233,16 @@ int act_decision(act *a, rds_client *c, const rules_decision *d) {
     char err[256];
     switch (d->action) {
     case RULES_ALERT:
-        return act_alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope, d->reason) ==
-               ACT_ALERT_ERROR ? -1 : 0;
+        return act_alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope,
+                         d->reason) == ACT_ALERT_ERROR
+                   ? -1
+                   : 0;
     case RULES_KILL:
-        return act_kill(a, c, d->rule, d->scope, d->reason, d->halt_sales, err, sizeof err) == KS_ERROR ? -1 : 0;
+        return act_kill(a, c, d->rule, d->scope, d->reason, d->halt_sales, err, sizeof err) ==
+                       KS_ERROR
+                   ? -1
+                   : 0;
     case RULES_REJECT:
-    default:
-        return 0;
+    default: return 0;
     }
 }

@@ -9,7 +9,7 @@ long long backoff_cap(const backoff_policy *p, int attempt) {
     if (attempt < 1) attempt = 1;
     double mult = p->multiplier >= 1.0 ? p->multiplier : 1.0;
     double cap = (double)p->initial * pow(mult, attempt - 1);
-    if (!(cap < (double)p->max)) return p->max > 0 ? p->max : 0;    /* also inf and NaN */
+    if (!(cap < (double)p->max)) return p->max > 0 ? p->max : 0; /* also inf and NaN */
     return cap > 0 ? (long long)cap : 0;
 }
 

@@ -25,7 +25,7 @@ struct bus {
     evq *q;
     pthread_t th;
     _Atomic int stop;
-    pthread_mutex_t mu;         /* guards st */
+    pthread_mutex_t mu; /* guards st */
     bus_stats st;
 };
 
@@ -65,7 +65,8 @@ static redisContext *subscribe(bus *b, char *err, size_t errlen) {
     for (size_t i = 0; i < n; i++) {
         redisReply *rep = NULL;
         if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep || rep->type != REDIS_REPLY_ARRAY) {
-            snprintf(err, errlen, "SUBSCRIBE: %s", rep && rep->type == REDIS_REPLY_ERROR ? rep->str : c->errstr);
+            snprintf(err, errlen, "SUBSCRIBE: %s",
+                     rep && rep->type == REDIS_REPLY_ERROR ? rep->str : c->errstr);
             freeReplyObject(rep);
             goto err;
         }
@@ -79,8 +80,8 @@ err:
 
 /* Handle one pushed reply: ["message", channel, payload]. */
 static void on_reply(bus *b, redisReply *r, uint64_t *burst_drops) {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
-        strcmp(r->element[0]->str, "message") != 0)
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0)
         return;
     const redisReply *ch = r->element[1], *msg = r->element[2];
     if (ch->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING) return;
@@ -92,14 +93,17 @@ static void on_reply(bus *b, redisReply *r, uint64_t *burst_drops) {
     if (msg->len > b->o.max_event_bytes) {
         stat_add(b, &b->st.oversized, 1);
         if ((*burst_drops)++ == 0)
-            log_warn("bus", "dropping oversized event channel=%s bytes=%zu max=%zu (logged once per burst)",
-                     ch->str, msg->len, b->o.max_event_bytes);
+            log_warn(
+                "bus",
+                "dropping oversized event channel=%s bytes=%zu max=%zu (logged once per burst)",
+                ch->str, msg->len, b->o.max_event_bytes);
         return;
     }
     if (evq_push(b->q, ch->str, msg->str, msg->len) != 0) {
         stat_add(b, &b->st.queue_full, 1);
         if ((*burst_drops)++ == 0)
-            log_warn("bus", "event queue full: dropping events channel=%s (logged once per burst)", ch->str);
+            log_warn("bus", "event queue full: dropping events channel=%s (logged once per burst)",
+                     ch->str);
         return;
     }
     if (*burst_drops > 1)
@@ -154,7 +158,8 @@ static void *run(void *arg) {
             if (redisBufferRead(c) != REDIS_OK) break;
         }
         if (!atomic_load(&b->stop))
-            log_warn("bus", "subscriber connection lost error=\"%s\"", c->errstr[0] ? c->errstr : "closed");
+            log_warn("bus", "subscriber connection lost error=\"%s\"",
+                     c->errstr[0] ? c->errstr : "closed");
         set_connected(b, false);
         redisFree(c);
     }

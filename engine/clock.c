@@ -7,7 +7,9 @@ uint64_t clock_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-long long clock_now_ms(void) { return (long long)(clock_now_ns() / 1000000u); }
+long long clock_now_ms(void) {
+    return (long long)(clock_now_ns() / 1000000u);
+}
 
 struct timespec clock_deadline_ms(long long ms) {
     struct timespec ts;

@@ -49,17 +49,26 @@
 /* ------------------------------------------------------------------------ */
 
 #define F(f) .off = offsetof(cfg, f)
-#define OPT_INT(k, f, lo, hi, d)   { .key = k, .type = T_INT, F(f), .min = lo, .max = hi, .idef = d }
-#define OPT_LONG(k, f, lo, hi, d)  { .key = k, .type = T_LONG, F(f), .min = lo, .max = hi, .idef = d }
-#define OPT_LLONG(k, f, lo, hi, d) { .key = k, .type = T_LLONG, F(f), .min = lo, .max = hi, .idef = d }
-#define OPT_DOUBLE(k, f, lo, hi, d) { .key = k, .type = T_DOUBLE, F(f), .dmin = lo, .dmax = hi, .ddef = d }
-#define OPT_BOOL(k, f, d)          { .key = k, .type = T_BOOL, F(f), .idef = d }
-#define OPT_STR(k, f, lo, d, chk)  { .key = k, .type = T_STR, F(f), .min = lo, .max = MAX_STR, \
-                                     .sdef = d, .check = chk }
-#define OPT_ENUM(k, f, d, ch)      { .key = k, .type = T_ENUM, F(f), .sdef = d, .choices = ch }
-#define OPT_LIST(k, f, n, d)       { .key = k, .type = T_LIST, F(f), .off_n = offsetof(cfg, n), .sdef = d }
-#define OPT_PARAMS(k, f)           { .key = k, .type = T_PARAMS, F(f) }
-#define OPT_SEED(k, f, n)          { .key = k, .type = T_SEED, F(f), .off_n = offsetof(cfg, n) }
+#define OPT_INT(k, f, lo, hi, d) \
+    { .key = k, .type = T_INT, F(f), .min = lo, .max = hi, .idef = d }
+#define OPT_LONG(k, f, lo, hi, d) \
+    { .key = k, .type = T_LONG, F(f), .min = lo, .max = hi, .idef = d }
+#define OPT_LLONG(k, f, lo, hi, d) \
+    { .key = k, .type = T_LLONG, F(f), .min = lo, .max = hi, .idef = d }
+#define OPT_DOUBLE(k, f, lo, hi, d) \
+    { .key = k, .type = T_DOUBLE, F(f), .dmin = lo, .dmax = hi, .ddef = d }
+#define OPT_BOOL(k, f, d) \
+    { .key = k, .type = T_BOOL, F(f), .idef = d }
+#define OPT_STR(k, f, lo, d, chk) \
+    { .key = k, .type = T_STR, F(f), .min = lo, .max = MAX_STR, .sdef = d, .check = chk }
+#define OPT_ENUM(k, f, d, ch) \
+    { .key = k, .type = T_ENUM, F(f), .sdef = d, .choices = ch }
+#define OPT_LIST(k, f, n, d) \
+    { .key = k, .type = T_LIST, F(f), .off_n = offsetof(cfg, n), .sdef = d }
+#define OPT_PARAMS(k, f) \
+    { .key = k, .type = T_PARAMS, F(f) }
+#define OPT_SEED(k, f, n) \
+    { .key = k, .type = T_SEED, F(f), .off_n = offsetof(cfg, n) }
 
 static check_fn check_listen, check_redis_url, check_prefix, check_http_url, check_header;
 
@@ -67,64 +76,68 @@ static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL
 static const char *const log_formats[] = { "text", "json", NULL };
 static const char *const sale_on_error_values[] = { "reject", "allow", NULL };
 
+/* clang-format off: one row per key reads as a table. */
 const opt cfg_opts[] = {
-    OPT_STR   ("server.listen", listen, 1, "127.0.0.1:8011", check_listen),
-    OPT_INT   ("server.threads", threads, 1, 1024, 128),
-    OPT_LONG  ("server.max_body_bytes", max_body_bytes, 64, 1048576, 8192),
-    OPT_STR   ("server.cors_origin", cors_origin, 0, "", check_header),
-    OPT_STR   ("server.pidfile", pidfile, 0, "", NULL),
-    OPT_INT   ("server.request_timeout_ms", request_timeout_ms, 100, 600000, 10000),
-    OPT_INT   ("server.evict_idle_ms", evict_idle_ms, 1, 60000, 50),
-    OPT_INT   ("server.shutdown_grace_ms", shutdown_grace_ms, 0, 600000, 10000),
+    OPT_STR("server.listen", listen, 1, "127.0.0.1:8011", check_listen),
+    OPT_INT("server.threads", threads, 1, 1024, 128),
+    OPT_LONG("server.max_body_bytes", max_body_bytes, 64, 1048576, 8192),
+    OPT_STR("server.cors_origin", cors_origin, 0, "", check_header),
+    OPT_STR("server.pidfile", pidfile, 0, "", NULL),
+    OPT_INT("server.request_timeout_ms", request_timeout_ms, 100, 600000, 10000),
+    OPT_INT("server.evict_idle_ms", evict_idle_ms, 1, 60000, 50),
+    OPT_INT("server.shutdown_grace_ms", shutdown_grace_ms, 0, 600000, 10000),
 
-    OPT_STR   ("redis.url", redis_url, 1, "redis://127.0.0.1:6379/0", check_redis_url),
-    OPT_INT   ("redis.connect_timeout_ms", redis_connect_timeout_ms, 1, 60000, 1000),
-    OPT_INT   ("redis.command_timeout_ms", redis_command_timeout_ms, 1, 60000, 1000),
-    OPT_INT   ("redis.reconnect_max_ms", redis_reconnect_max_ms, 1, 60000, 2000),
-    OPT_STR   ("redis.prefix", redis_prefix, 0, "nerve:", check_prefix),
+    OPT_STR("redis.url", redis_url, 1, "redis://127.0.0.1:6379/0", check_redis_url),
+    OPT_INT("redis.connect_timeout_ms", redis_connect_timeout_ms, 1, 60000, 1000),
+    OPT_INT("redis.command_timeout_ms", redis_command_timeout_ms, 1, 60000, 1000),
+    OPT_INT("redis.reconnect_max_ms", redis_reconnect_max_ms, 1, 60000, 2000),
+    OPT_STR("redis.prefix", redis_prefix, 0, "nerve:", check_prefix),
 
-    OPT_LIST  ("bus.channels", bus_channels, n_bus_channels,
-               "inventory_events,sales_events,financial_events"),
-    OPT_STR   ("bus.alerts_channel", alerts_channel, 1, "system_alerts", NULL),
-    OPT_STR   ("bus.inventory_channel", inventory_channel, 1, "inventory_events", NULL),
-    OPT_STR   ("bus.sales_channel", sales_channel, 1, "sales_events", NULL),
-    OPT_INT   ("bus.queue_size", queue_size, 1, 1000000, 10000),
-    OPT_LONG  ("bus.max_event_bytes", max_event_bytes, 64, 16777216, CFG_MAX_EVENT_BYTES_DEFAULT),
-    OPT_INT   ("bus.stall_ms", stall_ms, 100, 3600000, 5000),
+    OPT_LIST("bus.channels", bus_channels, n_bus_channels,
+             "inventory_events,sales_events,financial_events"),
+    OPT_STR("bus.alerts_channel", alerts_channel, 1, "system_alerts", NULL),
+    OPT_STR("bus.inventory_channel", inventory_channel, 1, "inventory_events", NULL),
+    OPT_STR("bus.sales_channel", sales_channel, 1, "sales_events", NULL),
+    OPT_INT("bus.queue_size", queue_size, 1, 1000000, 10000),
+    OPT_LONG("bus.max_event_bytes", max_event_bytes, 64, 16777216, CFG_MAX_EVENT_BYTES_DEFAULT),
+    OPT_INT("bus.stall_ms", stall_ms, 100, 3600000, 5000),
 
-    OPT_INT   ("lock.ttl_ms", lock_ttl_ms, 10, 600000, 2000),
-    OPT_INT   ("lock.max_wait_ms", lock_max_wait_ms, 0, 600000, 1000),
+    OPT_INT("lock.ttl_ms", lock_ttl_ms, 10, 600000, 2000),
+    OPT_INT("lock.max_wait_ms", lock_max_wait_ms, 0, 600000, 1000),
 
-    OPT_LLONG ("sale.max_qty", max_qty, 1, 1000000000, 1000),
-    OPT_INT   ("sale.idempotency_ttl_s", idempotency_ttl_s, 1, 31536000, 86400),
-    OPT_INT   ("sale.max_batch", max_batch, 1, 1024, 128),
+    OPT_LLONG("sale.max_qty", max_qty, 1, 1000000000, 1000),
+    OPT_INT("sale.idempotency_ttl_s", idempotency_ttl_s, 1, 31536000, 86400),
+    OPT_INT("sale.max_batch", max_batch, 1, 1024, 128),
 
-    OPT_STR   ("rules.dir", rules_dir, 1, "rules", NULL),
-    OPT_LIST  ("rules.files", rules_files, n_rules_files, ""),
-    OPT_LLONG ("rules.instruction_limit", rules_instruction_limit, 1000, 1000000000,
-               CFG_RULES_INSTRUCTION_LIMIT_DEFAULT),
-    OPT_LLONG ("rules.memory_limit", rules_memory_limit, 65536, 2147483648LL, CFG_RULES_MEMORY_LIMIT_DEFAULT),
-    OPT_INT   ("rules.eval_timeout_ms", rules_eval_timeout_ms, 1, 60000, CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT),
-    OPT_ENUM  ("rules.sale_on_error", rules_sale_on_error, "reject", sale_on_error_values),
+    OPT_STR("rules.dir", rules_dir, 1, "rules", NULL),
+    OPT_LIST("rules.files", rules_files, n_rules_files, ""),
+    OPT_LLONG("rules.instruction_limit", rules_instruction_limit, 1000, 1000000000,
+              CFG_RULES_INSTRUCTION_LIMIT_DEFAULT),
+    OPT_LLONG("rules.memory_limit", rules_memory_limit, 65536, 2147483648LL,
+              CFG_RULES_MEMORY_LIMIT_DEFAULT),
+    OPT_INT("rules.eval_timeout_ms", rules_eval_timeout_ms, 1, 60000,
+            CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT),
+    OPT_ENUM("rules.sale_on_error", rules_sale_on_error, "reject", sale_on_error_values),
     OPT_PARAMS("rules.params", params),
 
-    OPT_STR   ("panic.webhook_url", panic_webhook_url, 0, "", check_http_url),
-    OPT_INT   ("panic.timeout_ms", panic_timeout_ms, 1, 600000, 2000),
-    OPT_INT   ("panic.max_attempts", panic_max_attempts, 1, 100, 5),
-    OPT_INT   ("panic.backoff_initial_ms", panic_backoff_initial_ms, 1, 600000, 100),
-    OPT_INT   ("panic.backoff_max_ms", panic_backoff_max_ms, 1, 3600000, 5000),
+    OPT_STR("panic.webhook_url", panic_webhook_url, 0, "", check_http_url),
+    OPT_INT("panic.timeout_ms", panic_timeout_ms, 1, 600000, 2000),
+    OPT_INT("panic.max_attempts", panic_max_attempts, 1, 100, 5),
+    OPT_INT("panic.backoff_initial_ms", panic_backoff_initial_ms, 1, 600000, 100),
+    OPT_INT("panic.backoff_max_ms", panic_backoff_max_ms, 1, 3600000, 5000),
     OPT_DOUBLE("panic.backoff_multiplier", panic_backoff_multiplier, 1.0, 10.0, 2.0),
-    OPT_BOOL  ("panic.jitter", panic_jitter, 1),
-    OPT_BOOL  ("panic.dry_run", panic_dry_run, 0),
+    OPT_BOOL("panic.jitter", panic_jitter, 1),
+    OPT_BOOL("panic.dry_run", panic_dry_run, 0),
 
-    OPT_INT   ("alerts.throttle_s", alerts_throttle_s, 0, 86400, 60),
-    OPT_LONG  ("alerts.audit_maxlen", audit_maxlen, 1, 10000000, 10000),
+    OPT_INT("alerts.throttle_s", alerts_throttle_s, 0, 86400, 60),
+    OPT_LONG("alerts.audit_maxlen", audit_maxlen, 1, 10000000, 10000),
 
-    OPT_SEED  ("inventory.seed", seed, n_seed),
+    OPT_SEED("inventory.seed", seed, n_seed),
 
-    OPT_ENUM  ("log.level", log_level, "info", log_levels),
-    OPT_ENUM  ("log.format", log_format, "text", log_formats),
+    OPT_ENUM("log.level", log_level, "info", log_levels),
+    OPT_ENUM("log.format", log_format, "text", log_formats),
 };
+/* clang-format on */
 
 /* config_int.h sizes loader.at[] with CFG_NOPTS. */
 _Static_assert(sizeof cfg_opts / sizeof cfg_opts[0] == CFG_NOPTS,
@@ -136,18 +149,19 @@ _Static_assert(sizeof cfg_opts / sizeof cfg_opts[0] == CFG_NOPTS,
 
 /* N advanced by snprintf's result R in a buffer of SIZE bytes, clamped to
  * the truncated length. */
-size_t cfg_advance(size_t n, int r, size_t size)
-{
+size_t cfg_advance(size_t n, int r, size_t size) {
     return r < 0 ? n : n + (size_t)r < size ? n + (size_t)r : size - 1;
 }
 
-static void append(loader *L, const char *s, size_t n)
-{
+static void append(loader *L, const char *s, size_t n) {
     if (L->len + n + 1 > L->cap) {
         size_t cap = L->cap ? L->cap * 2 : 256;
         char *p;
         while (cap < L->len + n + 1) cap *= 2;
-        if (!(p = realloc(L->err, cap))) { L->oom = true; return; }
+        if (!(p = realloc(L->err, cap))) {
+            L->oom = true;
+            return;
+        }
         L->err = p;
         L->cap = cap;
     }
@@ -159,9 +173,8 @@ static void append(loader *L, const char *s, size_t n)
 /* Add one error line: "FILE:LINE:COL: KEY: message", "env NAME: message" or
  * "--set KEY: message" (KEY may be NULL). Control characters that a key or
  * path may carry are replaced so that one error stays one line. */
-__attribute__((format(printf, 4, 5)))
-void cfg_errf(loader *L, const origin *at, const char *key, const char *fmt, ...)
-{
+__attribute__((format(printf, 4, 5))) void cfg_errf(loader *L, const origin *at, const char *key,
+                                                    const char *fmt, ...) {
     static const char enough[] = "too many errors; stopping here\n";
     char line[2048];
     size_t n, i;
@@ -177,7 +190,10 @@ void cfg_errf(loader *L, const origin *at, const char *key, const char *fmt, ...
         r = at->line ? snprintf(line, sizeof line, "%s:%d:%d: ", at->file, at->line, at->col)
                      : snprintf(line, sizeof line, "%s: ", at->file);
         break;
-    case AT_ENV: r = snprintf(line, sizeof line, "env %s: ", at->name); key = NULL; break;
+    case AT_ENV:
+        r = snprintf(line, sizeof line, "env %s: ", at->name);
+        key = NULL;
+        break;
     case AT_SET: r = snprintf(line, sizeof line, "--set "); break;
     case AT_DEFAULT: break;
     }
@@ -188,14 +204,13 @@ void cfg_errf(loader *L, const origin *at, const char *key, const char *fmt, ...
     va_end(ap);
     for (i = 0; i < n; i++)
         if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f) line[i] = '?';
-    line[n++] = '\n';   /* vsnprintf left room: n <= sizeof line - 1 */
+    line[n++] = '\n'; /* vsnprintf left room: n <= sizeof line - 1 */
     append(L, line, n);
 }
 
 /* S as it appears in a message: quoted, escaped, at most MAX_SHOW bytes (cut
  * on a UTF-8 boundary). BUF holds QBUF bytes. */
-const char *cfg_quote(char *buf, const char *s)
-{
+const char *cfg_quote(char *buf, const char *s) {
     size_t o = 0, i;
 
     buf[o++] = '"';
@@ -225,41 +240,41 @@ const char *cfg_quote(char *buf, const char *s)
 /* String checks                                                            */
 /* ------------------------------------------------------------------------ */
 
-static int check_listen(const char *s, char *msg, size_t size)
-{
+static int check_listen(const char *s, char *msg, size_t size) {
     const char *colon = strrchr(s, ':'), *host_chars = "abcdefghijklmnopqrstuvwxyz"
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_";
+                                                       "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_";
     size_t hlen = colon ? (size_t)(colon - s) : 0;
     long long port = 0;
     bool ok = hlen > 0 && isdigit((unsigned char)colon[1]) && cfg_parse_ll(colon + 1, &port) == 0 &&
               port >= 1 && port <= 65535;
     char q[QBUF];
 
-    if (ok && s[0] == '[')      /* IPv6: [::1]:8011 */
+    if (ok && s[0] == '[') /* IPv6: [::1]:8011 */
         ok = hlen > 2 && s[hlen - 1] == ']' &&
              strspn(s + 1, "0123456789abcdefABCDEF:.%") == hlen - 2;
     else if (ok)
         ok = strspn(s, host_chars) == hlen;
     if (ok) return 0;
-    snprintf(msg, size, "must be HOST:PORT with a port between 1 and 65535 (got %s)", cfg_quote(q, s));
+    snprintf(msg, size, "must be HOST:PORT with a port between 1 and 65535 (got %s)",
+             cfg_quote(q, s));
     return -1;
 }
 
 /* URLs are parsed as the daemon will use them (url.h, over libcurl), so a
  * bad port or database is a FILE:LINE error here, not a failure in serve.
  * They are not echoed back: they may carry a password or token. */
-static int check_redis_url(const char *s, char *msg, size_t size)
-{
+static int check_redis_url(const char *s, char *msg, size_t size) {
     url_redis u;
     char err[200];
     if (url_parse_redis(s, &u, err, sizeof err) == 0) return 0;
-    if (strncmp(s, "redis://", 8) != 0) snprintf(msg, size, "%s", err);
-    else snprintf(msg, size, "invalid redis:// URL: %s", err);
+    if (strncmp(s, "redis://", 8) != 0)
+        snprintf(msg, size, "%s", err);
+    else
+        snprintf(msg, size, "invalid redis:// URL: %s", err);
     return -1;
 }
 
-static int check_http_url(const char *s, char *msg, size_t size)
-{
+static int check_http_url(const char *s, char *msg, size_t size) {
     char err[200];
     if (!*s || url_check_http(s, err, sizeof err) == 0) return 0;
     if (strncasecmp(s, "http://", 7) != 0 && strncasecmp(s, "https://", 8) != 0)
@@ -270,8 +285,7 @@ static int check_http_url(const char *s, char *msg, size_t size)
 }
 
 /* The value goes into a response header: a CR or LF would inject headers. */
-static int check_header(const char *s, char *msg, size_t size)
-{
+static int check_header(const char *s, char *msg, size_t size) {
     const char *p;
     for (p = s; *p; p++)
         if (iscntrl((unsigned char)*p)) {
@@ -283,15 +297,16 @@ static int check_header(const char *s, char *msg, size_t size)
 
 /* Keys are PREFIX{SKU}:stock: a brace in the prefix would move the hash tag
  * and break the one-slot-per-SKU layout. */
-static int check_prefix(const char *s, char *msg, size_t size)
-{
+static int check_prefix(const char *s, char *msg, size_t size) {
     const char *p;
     char q[QBUF];
 
     for (p = s; *p; p++)
-        if (*p == '{' || *p == '}' || isspace((unsigned char)*p) || iscntrl((unsigned char)*p)) break;
+        if (*p == '{' || *p == '}' || isspace((unsigned char)*p) || iscntrl((unsigned char)*p))
+            break;
     if (!*p && p - s <= MAX_PREFIX) return 0;
-    snprintf(msg, size, "must be at most %d bytes without spaces, { or } (got %s)", MAX_PREFIX, cfg_quote(q, s));
+    snprintf(msg, size, "must be at most %d bytes without spaces, { or } (got %s)", MAX_PREFIX,
+             cfg_quote(q, s));
     return -1;
 }
 
@@ -299,16 +314,14 @@ static int check_prefix(const char *s, char *msg, size_t size)
 /* Lookups                                                                  */
 /* ------------------------------------------------------------------------ */
 
-const opt *cfg_find_opt(const char *key)
-{
+const opt *cfg_find_opt(const char *key) {
     size_t i;
     for (i = 0; i < CFG_NOPTS; i++)
         if (!strcmp(cfg_opts[i].key, key)) return &cfg_opts[i];
     return NULL;
 }
 
-static bool is_section(const char *name)
-{
+static bool is_section(const char *name) {
     size_t i, n = strlen(name);
     for (i = 0; i < CFG_NOPTS; i++)
         if (!strncmp(cfg_opts[i].key, name, n) && cfg_opts[i].key[n] == '.') return true;
@@ -317,8 +330,7 @@ static bool is_section(const char *name)
 
 /* The environment variable a secret-looking KEY should have been, or NULL.
  * Only called for keys that are not in the table. */
-static const char *secret_env(const char *key)
-{
+static const char *secret_env(const char *key) {
     const char *last = strrchr(key, '.');
     last = last ? last + 1 : key;
     if (strstr(last, "token") || strstr(last, "password") || strstr(last, "secret")) {
@@ -330,17 +342,16 @@ static const char *secret_env(const char *key)
     return NULL;
 }
 
-void cfg_unknown_key(loader *L, const origin *at, const char *key)
-{
+void cfg_unknown_key(loader *L, const origin *at, const char *key) {
     const char *env = secret_env(key);
     if (env)
-        cfg_errf(L, at, key, "secrets come from the environment (%s), never from the config file", env);
+        cfg_errf(L, at, key, "secrets come from the environment (%s), never from the config file",
+                 env);
     else
         cfg_errf(L, at, key, "unknown key");
 }
 
-origin cfg_at_node(const origin *base, const yaml_node_t *n)
-{
+origin cfg_at_node(const origin *base, const yaml_node_t *n) {
     origin o = *base;
     if (o.kind == AT_FILE) {
         o.line = (int)n->start_mark.line + 1;
@@ -349,15 +360,13 @@ origin cfg_at_node(const origin *base, const yaml_node_t *n)
     return o;
 }
 
-yaml_node_t *cfg_node(yaml_document_t *d, int id)
-{
+yaml_node_t *cfg_node(yaml_document_t *d, int id) {
     return yaml_document_get_node(d, id);
 }
 
 /* The text of mapping key K, or NULL after reporting it (under PARENT) when
  * it is not a usable string. */
-const char *cfg_key_text(loader *L, const yaml_node_t *k, const origin *base, const char *parent)
-{
+const char *cfg_key_text(loader *L, const yaml_node_t *k, const origin *base, const char *parent) {
     origin at = cfg_at_node(base, k);
     if (k->type == YAML_SCALAR_NODE && !cfg_has_nul(k) && k->data.scalar.length >= 1 &&
         k->data.scalar.length <= MAX_KEY)
@@ -369,8 +378,7 @@ const char *cfg_key_text(loader *L, const yaml_node_t *k, const origin *base, co
 /* Report PAIR's key (under KEY) if an earlier key of mapping M has the same
  * text; true if it was a duplicate. O(n^2), which MAX_MAP bounds. */
 bool cfg_duplicate(loader *L, yaml_document_t *d, yaml_node_t *m, yaml_node_pair_t *pair,
-                   const origin *base, const char *key)
-{
+                   const origin *base, const char *key) {
     yaml_node_t *k = cfg_node(d, pair->key), *q;
     yaml_node_pair_t *p;
 
@@ -386,8 +394,7 @@ bool cfg_duplicate(loader *L, yaml_document_t *d, yaml_node_t *m, yaml_node_pair
     return false;
 }
 
-bool cfg_map_too_big(loader *L, yaml_node_t *m, const origin *base, const char *key)
-{
+bool cfg_map_too_big(loader *L, yaml_node_t *m, const origin *base, const char *key) {
     origin at = cfg_at_node(base, m);
     if (m->data.mapping.pairs.top - m->data.mapping.pairs.start <= MAX_MAP) return false;
     cfg_errf(L, &at, key, "more than %d entries", MAX_MAP);
@@ -402,19 +409,23 @@ bool cfg_map_too_big(loader *L, yaml_node_t *m, const origin *base, const char *
  * override). BUF[0..LEN) is the input, to locate reader (encoding) errors,
  * which libyaml reports as a byte offset. */
 static void yaml_problem(loader *L, const yaml_parser_t *p, const origin *base, const char *key,
-                         const char *buf, size_t len)
-{
+                         const char *buf, size_t len) {
     origin at = *base;
     char ctx[128] = "", val[16] = "";
     const char *what = p->problem ? p->problem : "unknown problem";
 
-    if (p->error == YAML_MEMORY_ERROR) { L->oom = true; return; }
+    if (p->error == YAML_MEMORY_ERROR) {
+        L->oom = true;
+        return;
+    }
     if (at.kind == AT_FILE && p->error == YAML_READER_ERROR) {
         size_t i;
         at.line = at.col = 1;
         for (i = 0; i < p->problem_offset && i < len; i++) {
-            if (buf[i] == '\n') at.line++, at.col = 1;
-            else if (((unsigned char)buf[i] & 0xc0) != 0x80) at.col++;
+            if (buf[i] == '\n')
+                at.line++, at.col = 1;
+            else if (((unsigned char)buf[i] & 0xc0) != 0x80)
+                at.col++;
         }
     } else if (at.kind == AT_FILE) {
         at.line = (int)p->problem_mark.line + 1;
@@ -430,15 +441,17 @@ static void yaml_problem(loader *L, const yaml_parser_t *p, const origin *base, 
 
 /* Load the one document of BUF[0..LEN) into D; -1 after reporting a syntax
  * error or a second document. D is always safe to yaml_document_delete(). */
-int cfg_load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len,
-                 const origin *base, const char *key)
-{
+int cfg_load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len, const origin *base,
+                 const char *key) {
     yaml_parser_t p;
     yaml_document_t extra;
     int rc = -1;
 
     memset(d, 0, sizeof *d);
-    if (!yaml_parser_initialize(&p)) { L->oom = true; return -1; }
+    if (!yaml_parser_initialize(&p)) {
+        L->oom = true;
+        return -1;
+    }
     yaml_parser_set_input_string(&p, (const unsigned char *)buf, len);
     if (!yaml_parser_load(&p, d)) {
         yaml_problem(L, &p, base, key, buf, len);
@@ -469,8 +482,7 @@ err:
 }
 
 static void walk_section(loader *L, yaml_document_t *d, const char *section, yaml_node_t *m,
-                         const origin *base)
-{
+                         const origin *base) {
     yaml_node_pair_t *p;
     char key[2 * MAX_KEY + 2];
 
@@ -491,8 +503,7 @@ static void walk_section(loader *L, yaml_document_t *d, const char *section, yam
     }
 }
 
-static void walk_top(loader *L, yaml_document_t *d, yaml_node_t *root, const origin *base)
-{
+static void walk_top(loader *L, yaml_document_t *d, yaml_node_t *root, const origin *base) {
     yaml_node_pair_t *p;
 
     if (root->type != YAML_MAPPING_NODE) {
@@ -511,13 +522,12 @@ static void walk_top(loader *L, yaml_document_t *d, yaml_node_t *root, const ori
             cfg_unknown_key(L, &kat, name);
         else if (v->type == YAML_MAPPING_NODE)
             walk_section(L, d, name, v, base);
-        else if (!cfg_is_null(v))       /* `log:` alone: all defaults */
+        else if (!cfg_is_null(v)) /* `log:` alone: all defaults */
             cfg_errf(L, &vat, name, "expected a mapping (got %s)", cfg_kind(v));
     }
 }
 
-static void load_file(loader *L, const char *path)
-{
+static void load_file(loader *L, const char *path) {
     origin at = { .kind = AT_FILE, .file = path };
     yaml_document_t d;
     char *buf = NULL, ebuf[128];
@@ -530,7 +540,10 @@ static void load_file(loader *L, const char *path)
         cfg_errf(L, &at, NULL, "cannot open: %s", strerror_r(e, ebuf, sizeof ebuf));
         return;
     }
-    if (!(buf = malloc(MAX_FILE_BYTES + 1))) { L->oom = true; goto err; }
+    if (!(buf = malloc(MAX_FILE_BYTES + 1))) {
+        L->oom = true;
+        goto err;
+    }
     while ((n = fread(buf + len, 1, MAX_FILE_BYTES + 1 - len, f)) > 0 && len + n <= MAX_FILE_BYTES)
         len += n;
     if (ferror(f)) {
@@ -558,25 +571,26 @@ err:
 
 /* Checks between keys, after every override, reported where the key was
  * last set. */
-static void cross_check(loader *L)
-{
-    const opt *lo = cfg_find_opt("panic.backoff_initial_ms"), *hi = cfg_find_opt("panic.backoff_max_ms");
+static void cross_check(loader *L) {
+    const opt *lo = cfg_find_opt("panic.backoff_initial_ms"),
+              *hi = cfg_find_opt("panic.backoff_max_ms");
     const origin *alo = &L->at[lo - cfg_opts], *ahi = &L->at[hi - cfg_opts];
     cfg *c = L->c;
 
     if (c->panic_backoff_initial_ms <= c->panic_backoff_max_ms) return;
     if (alo->kind != AT_DEFAULT)
-        cfg_errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)", c->panic_backoff_max_ms);
+        cfg_errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)",
+                 c->panic_backoff_max_ms);
     else
-        cfg_errf(L, ahi, hi->key, "must not be below panic.backoff_initial_ms (%d)", c->panic_backoff_initial_ms);
+        cfg_errf(L, ahi, hi->key, "must not be below panic.backoff_initial_ms (%d)",
+                 c->panic_backoff_initial_ms);
 }
 
 /* ------------------------------------------------------------------------ */
 /* API                                                                      */
 /* ------------------------------------------------------------------------ */
 
-cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors)
-{
+cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors) {
     loader L;
     size_t i;
 
@@ -603,20 +617,22 @@ err:
         free(L.err);
         L.err = strdup("out of memory\n");
     }
-    if (errors) *errors = L.err;
-    else free(L.err);
+    if (errors)
+        *errors = L.err;
+    else
+        free(L.err);
     return NULL;
 }
 
-void cfg_free(cfg *c)
-{
+void cfg_free(cfg *c) {
     size_t i;
 
     if (!c) return;
     for (i = 0; i < CFG_NOPTS; i++) {
         const opt *o = &cfg_opts[i];
         switch (o->type) {
-        case T_STR: case T_ENUM: free(*FIELD(c, o, char *)); break;
+        case T_STR:
+        case T_ENUM: free(*FIELD(c, o, char *)); break;
         case T_LIST: cfg_free_list(*FIELD(c, o, char **), *COUNT(c, o)); break;
         case T_PARAMS: cJSON_Delete(*FIELD(c, o, cJSON *)); break;
         case T_SEED: cfg_free_seed(*FIELD(c, o, cfg_seed *), *COUNT(c, o)); break;
@@ -651,12 +667,14 @@ static bool same_value(const cfg *a, const cfg *b, const opt *o) {
     case T_BOOL: return *FIELD(a, o, bool) == *FIELD(b, o, bool);
     case T_STR:
     case T_ENUM: return strcmp(*FIELD(a, o, char *), *FIELD(b, o, char *)) == 0;
-    case T_LIST: return same_list(*FIELD(a, o, char **), *COUNT(a, o), *FIELD(b, o, char **), *COUNT(b, o));
+    case T_LIST:
+        return same_list(*FIELD(a, o, char **), *COUNT(a, o), *FIELD(b, o, char **), *COUNT(b, o));
     case T_PARAMS: return cJSON_Compare(a->params, b->params, 1);
     case T_SEED:
         if (a->n_seed != b->n_seed) return false;
         for (size_t i = 0; i < a->n_seed; i++)
-            if (strcmp(a->seed[i].sku, b->seed[i].sku) || a->seed[i].stock != b->seed[i].stock) return false;
+            if (strcmp(a->seed[i].sku, b->seed[i].sku) || a->seed[i].stock != b->seed[i].stock)
+                return false;
         return true;
     }
     return false;

@@ -29,27 +29,34 @@
 
 /* ---- bounds on every input ---------------------------------------------- */
 
-#define MAX_FILE_BYTES  (4L << 20)  /* a config file */
-#define MAX_VALUE_BYTES (1L << 20)  /* one --set value */
-#define MAX_STR         4096        /* a string setting or list entry, bytes */
-#define MAX_LIST        256         /* entries of a string list */
-#define MAX_MAP         10000       /* entries of one YAML mapping */
-#define MAX_DEPTH       32          /* rules.params nesting */
-#define MAX_NODES       65536       /* values in one rules.params tree */
-#define MAX_KEY         256         /* a mapping key or dotted key, bytes */
-#define MAX_PREFIX      64          /* redis.prefix, bytes */
-#define MAX_ERRORS      100         /* lines reported before giving up */
-#define MAX_SHOW        64          /* bytes of a bad value echoed back */
+#define MAX_FILE_BYTES  (4L << 20) /* a config file */
+#define MAX_VALUE_BYTES (1L << 20) /* one --set value */
+#define MAX_STR         4096       /* a string setting or list entry, bytes */
+#define MAX_LIST        256        /* entries of a string list */
+#define MAX_MAP         10000      /* entries of one YAML mapping */
+#define MAX_DEPTH       32         /* rules.params nesting */
+#define MAX_NODES       65536      /* values in one rules.params tree */
+#define MAX_KEY         256        /* a mapping key or dotted key, bytes */
+#define MAX_PREFIX      64         /* redis.prefix, bytes */
+#define MAX_ERRORS      100        /* lines reported before giving up */
+#define MAX_SHOW        64         /* bytes of a bad value echoed back */
 #define QBUF            (MAX_SHOW * 4 + 8)
 #define PATHBUF         1024
-#define TREE_START      "[{\"'"      /* override values parsed as YAML */
+#define TREE_START      "[{\"'" /* override values parsed as YAML */
 
 /* ---- the table (config.c) ---------------------------------------------- */
 
 typedef enum {
-    T_INT, T_LONG, T_LLONG, T_DOUBLE, T_BOOL,   /* numbers */
-    T_STR, T_ENUM, T_LIST,                      /* strings */
-    T_PARAMS, T_SEED                            /* trees */
+    T_INT,
+    T_LONG,
+    T_LLONG,
+    T_DOUBLE,
+    T_BOOL, /* numbers */
+    T_STR,
+    T_ENUM,
+    T_LIST, /* strings */
+    T_PARAMS,
+    T_SEED /* trees */
 } otype;
 
 /* An extra syntax check for a string setting: 0 when S is fine, else -1 with
@@ -57,7 +64,7 @@ typedef enum {
 typedef int check_fn(const char *s, char *msg, size_t size);
 
 typedef struct opt {
-    const char *key;            /* "section.name" */
+    const char *key; /* "section.name" */
     otype type;
     size_t off;                 /* the field in struct cfg */
     size_t off_n;               /* T_LIST, T_SEED: its count field */
@@ -88,29 +95,29 @@ typedef enum { AT_DEFAULT = 0, AT_FILE, AT_ENV, AT_SET } at_kind;
 
 typedef struct origin {
     at_kind kind;
-    const char *file;   /* AT_FILE */
-    const char *name;   /* AT_ENV: the variable */
-    int line, col;      /* AT_FILE, 1-based; 0 = the file as a whole */
+    const char *file; /* AT_FILE */
+    const char *name; /* AT_ENV: the variable */
+    int line, col;    /* AT_FILE, 1-based; 0 = the file as a whole */
 } origin;
 
 /* One cfg_load() call: the cfg being built, which the loader owns until
  * cfg_load() hands it over or frees it, and the report (L->err, malloc'd). */
 typedef struct loader {
     cfg *c;
-    char *err;          /* the report, one error per line */
+    char *err; /* the report, one error per line */
     size_t len, cap;
     int nerr;
     bool oom;
-    long budget;        /* rules.params values left in this conversion */
-    origin at[CFG_NOPTS];   /* where each key was last set, for cross-key checks */
+    long budget;          /* rules.params values left in this conversion */
+    origin at[CFG_NOPTS]; /* where each key was last set, for cross-key checks */
 } loader;
 
 /* Add one line to L's report: "FILE:LINE:COL: KEY: message" (AT_FILE; just
  * "FILE: " when AT has no line), "env NAME: message" (AT_ENV; KEY is not
  * shown), "--set KEY: message" (AT_SET) or "KEY: message" (AT_DEFAULT); KEY
  * may be NULL. After MAX_ERRORS lines, one "too many errors" line ends it. */
-__attribute__((format(printf, 4, 5)))
-void cfg_errf(loader *L, const origin *at, const char *key, const char *fmt, ...);
+__attribute__((format(printf, 4, 5))) void cfg_errf(loader *L, const origin *at, const char *key,
+                                                    const char *fmt, ...);
 
 /* S quoted and escaped for a message, cut after MAX_SHOW bytes; written into
  * the caller's BUF of QBUF bytes, which is returned. */
@@ -129,8 +136,8 @@ void cfg_unknown_key(loader *L, const origin *at, const char *key);
 /* Load the one document of BUF[0..LEN) into D; -1 after reporting a syntax
  * error or a second document (under BASE, and KEY for an override). D is
  * the caller's and is always safe to yaml_document_delete(). */
-int cfg_load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len,
-                 const origin *base, const char *key);
+int cfg_load_doc(loader *L, yaml_document_t *d, const char *buf, size_t len, const origin *base,
+                 const char *key);
 
 /* Node ID of D (NULL when out of range); owned by D. */
 yaml_node_t *cfg_node(yaml_document_t *d, int id);
@@ -171,8 +178,8 @@ bool cfg_has_nul(const yaml_node_t *n);
  * (see cfg_at_node). A bad value is reported and the previous value stays.
  * The cfg keeps copies of what it needs: N and D stay the caller's. Records
  * where O was set in L->at for cross-key checks. */
-void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                  yaml_node_t *n, const origin *base);
+void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d, yaml_node_t *n,
+                  const origin *base);
 
 /* Every key of L->c to its default (out of memory sets L->oom). */
 void cfg_set_defaults(loader *L);

@@ -39,13 +39,12 @@
 /* ------------------------------------------------------------------------ */
 
 /* A whole decimal integer: 0, -1 when S is not one, -2 when out of range. */
-int cfg_parse_ll(const char *s, long long *out)
-{
+int cfg_parse_ll(const char *s, long long *out) {
     const char *p = s + (*s == '+' || *s == '-');
     char *end;
     long long v;
 
-    if (!isdigit((unsigned char)*p)) return -1;     /* strtoll skips spaces */
+    if (!isdigit((unsigned char)*p)) return -1; /* strtoll skips spaces */
     errno = 0;
     v = strtoll(s, &end, 10);
     if (*end) return -1;
@@ -57,8 +56,7 @@ int cfg_parse_ll(const char *s, long long *out)
 /* A YAML 1.2 core-schema number without .inf/.nan, which JSON cannot carry:
  * strtod alone would also take hex, "inf", "nan" and leading spaces. Assumes
  * the "C" LC_NUMERIC locale, which nerve never changes. */
-static int parse_num(const char *s, double *out)
-{
+static int parse_num(const char *s, double *out) {
     const char *p = s + (*s == '+' || *s == '-');
     size_t digits = 0;
     char *end;
@@ -85,9 +83,9 @@ static int parse_num(const char *s, double *out)
 
 /* A typed boolean key knows it wants a boolean, so the YAML 1.1 spellings are
  * safe here (unlike in rules.params, where `no` must stay a string). */
-static int parse_bool(const char *s)
-{
-    static const char *const yes[] = { "true", "yes", "on" }, *const no[] = { "false", "no", "off" };
+static int parse_bool(const char *s) {
+    static const char *const yes[] = { "true", "yes", "on" }, *const no[] = { "false", "no",
+                                                                              "off" };
     size_t i;
     for (i = 0; i < 3; i++) {
         if (!strcasecmp(s, yes[i])) return 1;
@@ -96,30 +94,27 @@ static int parse_bool(const char *s)
     return -1;
 }
 
-static bool is_null_text(const char *s)
-{
+static bool is_null_text(const char *s) {
     return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
 }
 
-bool cfg_is_null(const yaml_node_t *n)
-{
+bool cfg_is_null(const yaml_node_t *n) {
     return n->type == YAML_SCALAR_NODE && n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
            is_null_text((const char *)n->data.scalar.value);
 }
 
-const char *cfg_kind(const yaml_node_t *n)
-{
-    return n->type == YAML_MAPPING_NODE ? "a mapping" : n->type == YAML_SEQUENCE_NODE ? "a list" : "a string";
+const char *cfg_kind(const yaml_node_t *n) {
+    return n->type == YAML_MAPPING_NODE    ? "a mapping"
+           : n->type == YAML_SEQUENCE_NODE ? "a list"
+                                           : "a string";
 }
 
-static const char *scalar(const yaml_node_t *n)
-{
+static const char *scalar(const yaml_node_t *n) {
     return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
 /* libyaml allows "\0" escapes; a C string would silently cut there. */
-bool cfg_has_nul(const yaml_node_t *n)
-{
+bool cfg_has_nul(const yaml_node_t *n) {
     return strlen((const char *)n->data.scalar.value) != n->data.scalar.length;
 }
 
@@ -127,32 +122,31 @@ bool cfg_has_nul(const yaml_node_t *n)
 /* Setting values                                                           */
 /* ------------------------------------------------------------------------ */
 
-void cfg_free_list(char **v, size_t n)
-{
+void cfg_free_list(char **v, size_t n) {
     size_t i;
     if (!v) return;
     for (i = 0; i < n; i++) free(v[i]);
     free(v);
 }
 
-void cfg_free_seed(cfg_seed *v, size_t n)
-{
+void cfg_free_seed(cfg_seed *v, size_t n) {
     size_t i;
     if (!v) return;
     for (i = 0; i < n; i++) free(v[i].sku);
     free(v);
 }
 
-static void set_string(loader *L, const opt *o, const char *s)
-{
+static void set_string(loader *L, const opt *o, const char *s) {
     char *dup = strdup(s);
-    if (!dup) { L->oom = true; return; }
+    if (!dup) {
+        L->oom = true;
+        return;
+    }
     free(*FIELD(L->c, o, char *));
     *FIELD(L->c, o, char *) = dup;
 }
 
-static void set_integer(const opt *o, cfg *c, long long v)
-{
+static void set_integer(const opt *o, cfg *c, long long v) {
     switch (o->type) {
     case T_INT: *FIELD(c, o, int) = (int)v; break;
     case T_LONG: *FIELD(c, o, long) = (long)v; break;
@@ -163,38 +157,54 @@ static void set_integer(const opt *o, cfg *c, long long v)
 
 /* Add the string S of LEN bytes, entry IDX of list KEY, to V[*N]; false
  * after reporting a bad entry. */
-static bool list_add(loader *L, char **v, size_t *n, const char *s, size_t len,
-                     const char *key, size_t idx, const origin *at)
-{
+static bool list_add(loader *L, char **v, size_t *n, const char *s, size_t len, const char *key,
+                     size_t idx, const origin *at) {
     char ek[PATHBUF], q[QBUF];
     size_t i;
 
     snprintf(ek, sizeof ek, "%s[%zu]", key, idx);
-    if (*n >= MAX_LIST) { cfg_errf(L, at, key, "more than %d entries", MAX_LIST); return false; }
-    if (!len) { cfg_errf(L, at, ek, "must not be empty"); return false; }
-    if (len > MAX_STR) { cfg_errf(L, at, ek, "longer than %d bytes", MAX_STR); return false; }
-    if (memchr(s, '\0', len)) { cfg_errf(L, at, ek, "contains a NUL byte"); return false; }
+    if (*n >= MAX_LIST) {
+        cfg_errf(L, at, key, "more than %d entries", MAX_LIST);
+        return false;
+    }
+    if (!len) {
+        cfg_errf(L, at, ek, "must not be empty");
+        return false;
+    }
+    if (len > MAX_STR) {
+        cfg_errf(L, at, ek, "longer than %d bytes", MAX_STR);
+        return false;
+    }
+    if (memchr(s, '\0', len)) {
+        cfg_errf(L, at, ek, "contains a NUL byte");
+        return false;
+    }
     for (i = 0; i < *n; i++)
         if (strlen(v[i]) == len && !memcmp(v[i], s, len)) {
             cfg_errf(L, at, ek, "duplicate entry %s", cfg_quote(q, v[i]));
             return false;
         }
-    if (!(v[*n] = strndup(s, len))) { L->oom = true; return false; }
+    if (!(v[*n] = strndup(s, len))) {
+        L->oom = true;
+        return false;
+    }
     (*n)++;
     return true;
 }
 
 /* A YAML list, or (from the environment or --set only) a comma-separated
  * string; null is the empty list. */
-static bool set_list(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                     yaml_node_t *n, const origin *base)
-{
+static bool set_list(loader *L, const opt *o, const char *key, yaml_document_t *d, yaml_node_t *n,
+                     const origin *base) {
     origin at = cfg_at_node(base, n);
     char **v = calloc(MAX_LIST, sizeof *v);
     size_t cnt = 0;
     bool ok = true;
 
-    if (!v) { L->oom = true; return false; }
+    if (!v) {
+        L->oom = true;
+        return false;
+    }
     if (n->type == YAML_SEQUENCE_NODE) {
         yaml_node_item_t *first = n->data.sequence.items.start, *it;
         if (n->data.sequence.items.top - first > MAX_LIST) {
@@ -210,7 +220,8 @@ static bool set_list(loader *L, const opt *o, const char *key, yaml_document_t *
                 snprintf(ek, sizeof ek, "%s[%zu]", key, (size_t)(it - first));
                 cfg_errf(L, &eat, ek, "expected a string (got %s)", s ? "null" : cfg_kind(e));
                 ok = false;
-            } else if (!list_add(L, v, &cnt, s, e->data.scalar.length, key, (size_t)(it - first), &eat)) {
+            } else if (!list_add(L, v, &cnt, s, e->data.scalar.length, key, (size_t)(it - first),
+                                 &eat)) {
                 ok = false;
             }
         }
@@ -244,18 +255,18 @@ static bool set_list(loader *L, const opt *o, const char *key, yaml_document_t *
 
 /* Append ".NAME" (or "[I]" when NAME is NULL) to the dotted PATH of length
  * LEN in a PATHBUF buffer; returns the new length. */
-static size_t path_push(char *path, size_t len, const char *name, size_t i)
-{
-    return cfg_advance(len, name ? snprintf(path + len, PATHBUF - len, ".%s", name)
-                                 : snprintf(path + len, PATHBUF - len, "[%zu]", i), PATHBUF);
+static size_t path_push(char *path, size_t len, const char *name, size_t i) {
+    return cfg_advance(len,
+                       name ? snprintf(path + len, PATHBUF - len, ".%s", name)
+                            : snprintf(path + len, PATHBUF - len, "[%zu]", i),
+                       PATHBUF);
 }
 
 /* A rules.params scalar, resolved as YAML 1.2's core schema does: quoted is
  * always a string; plain null/~/empty, true/false, integers and decimal
  * numbers become JSON null, booleans and numbers (integers beyond 2^53 lose
  * precision: cJSON numbers are doubles); anything else is a string. */
-static cJSON *scalar_json(const yaml_node_t *n)
-{
+static cJSON *scalar_json(const yaml_node_t *n) {
     const char *s = (const char *)n->data.scalar.value;
     long long v;
     double dv;
@@ -263,7 +274,8 @@ static cJSON *scalar_json(const yaml_node_t *n)
     if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return cJSON_CreateString(s);
     if (is_null_text(s)) return cJSON_CreateNull();
     if (!strcmp(s, "true") || !strcmp(s, "True") || !strcmp(s, "TRUE")) return cJSON_CreateTrue();
-    if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "FALSE")) return cJSON_CreateFalse();
+    if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "FALSE"))
+        return cJSON_CreateFalse();
     if (cfg_parse_ll(s, &v) == 0) return cJSON_CreateNumber((double)v);
     if (parse_num(s, &dv) == 0) return cJSON_CreateNumber(dv);
     return cJSON_CreateString(s);
@@ -273,9 +285,8 @@ static cJSON *scalar_json(const yaml_node_t *n)
  * path is PATH[0..LEN). Reports every bad node below N; returns NULL if
  * there was any (or out of memory). Aliases are followed, so L->budget and
  * MAX_DEPTH are what stop alias bombs and self-referencing anchors. */
-static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth,
-                      char *path, size_t len, const origin *base)
-{
+static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth, char *path,
+                      size_t len, const origin *base) {
     origin at = cfg_at_node(base, n);
     cJSON *j = NULL, *child;
     bool ok = true;
@@ -289,7 +300,10 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth,
         return NULL;
     }
     if (n->type == YAML_SCALAR_NODE) {
-        if (cfg_has_nul(n)) { cfg_errf(L, &at, path, "contains a NUL byte"); return NULL; }
+        if (cfg_has_nul(n)) {
+            cfg_errf(L, &at, path, "contains a NUL byte");
+            return NULL;
+        }
         if (n->data.scalar.length > MAX_STR) {
             cfg_errf(L, &at, path, "longer than %d bytes", MAX_STR);
             return NULL;
@@ -299,27 +313,42 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth,
     }
     if (n->type == YAML_SEQUENCE_NODE) {
         yaml_node_item_t *it;
-        if (!(j = cJSON_CreateArray())) { L->oom = true; return NULL; }
+        if (!(j = cJSON_CreateArray())) {
+            L->oom = true;
+            return NULL;
+        }
         for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
             size_t l = path_push(path, len, NULL, (size_t)(it - n->data.sequence.items.start));
             child = to_json(L, d, cfg_node(d, *it), depth + 1, path, l, base);
             path[len] = '\0';
-            if (!child || !cJSON_AddItemToArray(j, child)) { cJSON_Delete(child); ok = false; }
+            if (!child || !cJSON_AddItemToArray(j, child)) {
+                cJSON_Delete(child);
+                ok = false;
+            }
         }
     } else {
         yaml_node_pair_t *p;
         if (cfg_map_too_big(L, n, base, path)) return NULL;
-        if (!(j = cJSON_CreateObject())) { L->oom = true; return NULL; }
+        if (!(j = cJSON_CreateObject())) {
+            L->oom = true;
+            return NULL;
+        }
         for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
             const char *k = cfg_key_text(L, cfg_node(d, p->key), base, path);
             size_t l;
-            if (!k) { ok = false; continue; }
+            if (!k) {
+                ok = false;
+                continue;
+            }
             l = path_push(path, len, k, 0);
             if (cfg_duplicate(L, d, n, p, base, path)) {
                 ok = false;
             } else {
                 child = to_json(L, d, cfg_node(d, p->value), depth + 1, path, l, base);
-                if (!child || !cJSON_AddItemToObject(j, k, child)) { cJSON_Delete(child); ok = false; }
+                if (!child || !cJSON_AddItemToObject(j, k, child)) {
+                    cJSON_Delete(child);
+                    ok = false;
+                }
             }
             path[len] = '\0';
         }
@@ -332,9 +361,8 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth,
 }
 
 /* rules.params as a whole: a mapping, or null for an empty one. */
-static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                       yaml_node_t *n, const origin *base)
-{
+static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t *d, yaml_node_t *n,
+                       const origin *base) {
     origin at = cfg_at_node(base, n);
     char path[PATHBUF];
     cJSON *j;
@@ -357,20 +385,19 @@ static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t
 
 /* The stock of SKU from node N; false after reporting it. */
 static bool seed_stock(loader *L, const char *sku, const yaml_node_t *n, const origin *base,
-                       long long *out)
-{
+                       long long *out) {
     origin at = cfg_at_node(base, n);
     const char *s = scalar(n);
     char key[PATHBUF], q[QBUF];
 
     if (s && cfg_parse_ll(s, out) == 0 && *out >= 0) return true;
     snprintf(key, sizeof key, "inventory.seed.%s", sku);
-    cfg_errf(L, &at, key, "expected a non-negative integer (got %s)", s ? cfg_quote(q, s) : cfg_kind(n));
+    cfg_errf(L, &at, key, "expected a non-negative integer (got %s)",
+             s ? cfg_quote(q, s) : cfg_kind(n));
     return false;
 }
 
-static bool seed_sku(loader *L, const char *sku, const origin *at)
-{
+static bool seed_sku(loader *L, const char *sku, const origin *at) {
     char q[QBUF];
     /* Exactly the sale endpoint's rule: a seed no sale could use is an error. */
     size_t n = strlen(sku);
@@ -385,9 +412,8 @@ static bool seed_sku(loader *L, const char *sku, const origin *at)
 }
 
 /* inventory.seed as a whole: a mapping SKU -> stock, or null for none. */
-static bool set_seed(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                     yaml_node_t *n, const origin *base)
-{
+static bool set_seed(loader *L, const opt *o, const char *key, yaml_document_t *d, yaml_node_t *n,
+                     const origin *base) {
     origin at = cfg_at_node(base, n);
     yaml_node_pair_t *p;
     cfg_seed *v;
@@ -405,7 +431,8 @@ static bool set_seed(loader *L, const opt *o, const char *key, yaml_document_t *
         return false;
     }
     if (cfg_map_too_big(L, n, base, key)) return false;
-    if (!(v = calloc((size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start) + 1, sizeof *v))) {
+    if (!(v = calloc((size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start) + 1,
+                     sizeof *v))) {
         L->oom = true;
         return false;
     }
@@ -416,13 +443,21 @@ static bool set_seed(loader *L, const opt *o, const char *key, yaml_document_t *
         char dk[PATHBUF];
         long long stock;
 
-        if (!sku || !seed_sku(L, sku, &kat)) { ok = false; continue; }
-        snprintf(dk, sizeof dk, "%s.%s", key, sku);
-        if (cfg_duplicate(L, d, n, p, base, dk) || !seed_stock(L, sku, cfg_node(d, p->value), base, &stock)) {
+        if (!sku || !seed_sku(L, sku, &kat)) {
             ok = false;
             continue;
         }
-        if (!(v[cnt].sku = strdup(sku))) { L->oom = true; ok = false; break; }
+        snprintf(dk, sizeof dk, "%s.%s", key, sku);
+        if (cfg_duplicate(L, d, n, p, base, dk) ||
+            !seed_stock(L, sku, cfg_node(d, p->value), base, &stock)) {
+            ok = false;
+            continue;
+        }
+        if (!(v[cnt].sku = strdup(sku))) {
+            L->oom = true;
+            ok = false;
+            break;
+        }
         v[cnt++].stock = stock;
     }
     if (!ok) {
@@ -438,9 +473,8 @@ static bool set_seed(loader *L, const opt *o, const char *key, yaml_document_t *
 /* Set key O (spelled KEY) from node N; reports and returns on a bad value,
  * leaving the previous value. Integers, numbers and booleans are read from
  * the scalar's text whatever its quoting: the table says what the key is. */
-void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
-                  yaml_node_t *n, const origin *base)
-{
+void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d, yaml_node_t *n,
+                  const origin *base) {
     origin at = cfg_at_node(base, n);
     const char *s = scalar(n);
     char q[QBUF], msg[512];
@@ -449,32 +483,45 @@ void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
     int rc;
 
     switch (o->type) {
-    case T_INT: case T_LONG: case T_LLONG:
-        if (!s) { cfg_errf(L, &at, key, "expected an integer (got %s)", cfg_kind(n)); return; }
+    case T_INT:
+    case T_LONG:
+    case T_LLONG:
+        if (!s) {
+            cfg_errf(L, &at, key, "expected an integer (got %s)", cfg_kind(n));
+            return;
+        }
         if ((rc = cfg_parse_ll(s, &v)) == -1) {
             cfg_errf(L, &at, key, "expected an integer (got %s)", cfg_quote(q, s));
             return;
         }
         if (rc == -2 || v < o->min || v > o->max) {
-            cfg_errf(L, &at, key, "must be between %lld and %lld (got %.*s)", o->min, o->max, MAX_SHOW, s);
+            cfg_errf(L, &at, key, "must be between %lld and %lld (got %.*s)", o->min, o->max,
+                     MAX_SHOW, s);
             return;
         }
         set_integer(o, L->c, v);
         break;
     case T_DOUBLE:
-        if (!s) { cfg_errf(L, &at, key, "expected a number (got %s)", cfg_kind(n)); return; }
+        if (!s) {
+            cfg_errf(L, &at, key, "expected a number (got %s)", cfg_kind(n));
+            return;
+        }
         if ((rc = parse_num(s, &dv)) == -1) {
             cfg_errf(L, &at, key, "expected a number (got %s)", cfg_quote(q, s));
             return;
         }
         if (rc == -2 || dv < o->dmin || dv > o->dmax) {
-            cfg_errf(L, &at, key, "must be between %g and %g (got %.*s)", o->dmin, o->dmax, MAX_SHOW, s);
+            cfg_errf(L, &at, key, "must be between %g and %g (got %.*s)", o->dmin, o->dmax,
+                     MAX_SHOW, s);
             return;
         }
         *FIELD(L->c, o, double) = dv;
         break;
     case T_BOOL:
-        if (!s) { cfg_errf(L, &at, key, "expected true or false (got %s)", cfg_kind(n)); return; }
+        if (!s) {
+            cfg_errf(L, &at, key, "expected true or false (got %s)", cfg_kind(n));
+            return;
+        }
         if ((rc = parse_bool(s)) < 0) {
             cfg_errf(L, &at, key, "expected true or false (got %s)", cfg_quote(q, s));
             return;
@@ -482,12 +529,27 @@ void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
         set_integer(o, L->c, rc);
         break;
     case T_STR:
-        if (!s) { cfg_errf(L, &at, key, "expected a string (got %s)", cfg_kind(n)); return; }
-        if (cfg_is_null(n)) s = "";     /* `pidfile:` or `~`: none */
-        if (cfg_has_nul(n)) { cfg_errf(L, &at, key, "contains a NUL byte"); return; }
-        if ((long long)strlen(s) > o->max) { cfg_errf(L, &at, key, "longer than %lld bytes", o->max); return; }
-        if ((long long)strlen(s) < o->min) { cfg_errf(L, &at, key, "must not be empty"); return; }
-        if (o->check && o->check(s, msg, sizeof msg) < 0) { cfg_errf(L, &at, key, "%s", msg); return; }
+        if (!s) {
+            cfg_errf(L, &at, key, "expected a string (got %s)", cfg_kind(n));
+            return;
+        }
+        if (cfg_is_null(n)) s = ""; /* `pidfile:` or `~`: none */
+        if (cfg_has_nul(n)) {
+            cfg_errf(L, &at, key, "contains a NUL byte");
+            return;
+        }
+        if ((long long)strlen(s) > o->max) {
+            cfg_errf(L, &at, key, "longer than %lld bytes", o->max);
+            return;
+        }
+        if ((long long)strlen(s) < o->min) {
+            cfg_errf(L, &at, key, "must not be empty");
+            return;
+        }
+        if (o->check && o->check(s, msg, sizeof msg) < 0) {
+            cfg_errf(L, &at, key, "%s", msg);
+            return;
+        }
         set_string(L, o, s);
         break;
     case T_ENUM: {
@@ -495,7 +557,10 @@ void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
         size_t off = 0;
         for (c = o->choices; s && *c; c++)
             if (!strcasecmp(s, *c)) break;
-        if (s && *c) { set_string(L, o, *c); break; }
+        if (s && *c) {
+            set_string(L, o, *c);
+            break;
+        }
         for (c = o->choices; *c && off < sizeof msg; c++)
             off += (size_t)snprintf(msg + off, sizeof msg - off, "%s%s", off ? ", " : "", *c);
         cfg_errf(L, &at, key, "must be one of %s (got %s)", msg, s ? cfg_quote(q, s) : cfg_kind(n));
@@ -519,7 +584,9 @@ void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d,
 /* ------------------------------------------------------------------------ */
 
 /* Environment variables that override a key (empty = unset). */
-static const struct { const char *env, *key; } env_keys[] = {
+static const struct {
+    const char *env, *key;
+} env_keys[] = {
     { "REDIS_URL", "redis.url" },
     { "NERVE_LISTEN", "server.listen" },
     { "NERVE_RULES_DIR", "rules.dir" },
@@ -533,8 +600,7 @@ static const struct { const char *env, *key; } env_keys[] = {
  * server.cors_origin=*`, a URL or `[::1]:8011` need no quoting. D is always
  * safe to yaml_document_delete(). */
 static yaml_node_t *value_node(loader *L, yaml_document_t *d, const char *val,
-                               const char *yaml_start, const origin *at, const char *key)
-{
+                               const char *yaml_start, const origin *at, const char *key) {
     size_t len = strlen(val);
     int id;
 
@@ -547,7 +613,10 @@ static yaml_node_t *value_node(loader *L, yaml_document_t *d, const char *val,
         if (cfg_load_doc(L, d, val, len, at, key) < 0) return NULL;
         return yaml_document_get_root_node(d);
     }
-    if (!yaml_document_initialize(d, NULL, NULL, NULL, 1, 1)) { L->oom = true; return NULL; }
+    if (!yaml_document_initialize(d, NULL, NULL, NULL, 1, 1)) {
+        L->oom = true;
+        return NULL;
+    }
     if (!(id = yaml_document_add_scalar(d, NULL, (const yaml_char_t *)val, (int)len,
                                         YAML_PLAIN_SCALAR_STYLE))) {
         cfg_errf(L, at, key, "not valid UTF-8");
@@ -559,15 +628,17 @@ static yaml_node_t *value_node(loader *L, yaml_document_t *d, const char *val,
 /* --set rules.params.A.B=VALUE: set one leaf, creating the mappings on the
  * way. PATH is "A.B". */
 static void set_param_leaf(loader *L, const char *key, const char *path, const char *val,
-                           const origin *at)
-{
+                           const origin *at) {
     char buf[PATHBUF], full[PATHBUF], *name, *dot;
     cJSON *obj = L->c->params, *j, *sub;
     yaml_document_t d;
     yaml_node_t *n;
     int depth = 1;
 
-    if (strlen(path) >= sizeof buf) { cfg_errf(L, at, key, "key too long"); return; }
+    if (strlen(path) >= sizeof buf) {
+        cfg_errf(L, at, key, "key too long");
+        return;
+    }
     memcpy(buf, path, strlen(path) + 1);
     snprintf(full, sizeof full, "rules.params");
     for (name = buf; (dot = strchr(name, '.')); name = dot + 1, depth++) {
@@ -575,7 +646,10 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
         if (!*name || depth > MAX_DEPTH) break;
         path_push(full, strlen(full), name, 0);
         if (!(sub = cJSON_GetObjectItemCaseSensitive(obj, name))) {
-            if (!(sub = cJSON_AddObjectToObject(obj, name))) { L->oom = true; return; }
+            if (!(sub = cJSON_AddObjectToObject(obj, name))) {
+                L->oom = true;
+                return;
+            }
         } else if (!cJSON_IsObject(sub)) {
             cfg_errf(L, at, key, "%s is not a mapping", full);
             return;
@@ -592,9 +666,12 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
         L->budget = MAX_NODES;
         if ((j = to_json(L, &d, n, depth, p, strlen(p), at))) {
             bool ok = cJSON_GetObjectItemCaseSensitive(obj, name)
-                ? cJSON_ReplaceItemInObjectCaseSensitive(obj, name, j)
-                : cJSON_AddItemToObject(obj, name, j);
-            if (!ok) { cJSON_Delete(j); L->oom = true; }
+                          ? cJSON_ReplaceItemInObjectCaseSensitive(obj, name, j)
+                          : cJSON_AddItemToObject(obj, name, j);
+            if (!ok) {
+                cJSON_Delete(j);
+                L->oom = true;
+            }
         }
     }
     yaml_document_delete(&d);
@@ -603,8 +680,7 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
 /* --set inventory.seed.SKU=N: add or replace one SKU (which may contain
  * dots, so the rest of the key is the SKU). */
 static void set_seed_leaf(loader *L, const char *key, const char *sku, const char *val,
-                          const origin *at)
-{
+                          const origin *at) {
     cfg *c = L->c;
     yaml_document_t d;
     yaml_node_t *n;
@@ -621,9 +697,15 @@ static void set_seed_leaf(loader *L, const char *key, const char *sku, const cha
             cfg_errf(L, at, "inventory.seed", "more than %d entries", MAX_MAP);
         } else {
             cfg_seed *v = realloc(c->seed, (c->n_seed + 1) * sizeof *v);
-            if (!v) { L->oom = true; goto err; }
+            if (!v) {
+                L->oom = true;
+                goto err;
+            }
             c->seed = v;
-            if (!(v[c->n_seed].sku = strdup(sku))) { L->oom = true; goto err; }
+            if (!(v[c->n_seed].sku = strdup(sku))) {
+                L->oom = true;
+                goto err;
+            }
             v[c->n_seed++].stock = stock;
         }
     }
@@ -631,8 +713,7 @@ err:
     yaml_document_delete(&d);
 }
 
-void cfg_apply_set(loader *L, const char *arg)
-{
+void cfg_apply_set(loader *L, const char *arg) {
     origin at = { .kind = AT_SET };
     const char *eq = strchr(arg, '=');
     char key[MAX_KEY + 1];
@@ -640,8 +721,14 @@ void cfg_apply_set(loader *L, const char *arg)
     const opt *o;
 
     snprintf(key, sizeof key, "%.*s", (int)(klen < MAX_KEY ? klen : MAX_KEY), arg);
-    if (!eq || !klen) { cfg_errf(L, &at, key, "expected dotted.key=value"); return; }
-    if (klen > MAX_KEY) { cfg_errf(L, &at, key, "key longer than %d bytes", MAX_KEY); return; }
+    if (!eq || !klen) {
+        cfg_errf(L, &at, key, "expected dotted.key=value");
+        return;
+    }
+    if (klen > MAX_KEY) {
+        cfg_errf(L, &at, key, "key longer than %d bytes", MAX_KEY);
+        return;
+    }
     if ((o = cfg_find_opt(key))) {
         yaml_document_t d;
         bool tree = o->type == T_LIST || o->type == T_PARAMS || o->type == T_SEED;
@@ -657,8 +744,7 @@ void cfg_apply_set(loader *L, const char *arg)
     }
 }
 
-void cfg_apply_env(loader *L)
-{
+void cfg_apply_env(loader *L) {
     static const char *const secrets[] = { "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN" };
     char **dst[] = { &L->c->admin_token, &L->c->panic_token };
     size_t i;
@@ -677,13 +763,15 @@ void cfg_apply_env(loader *L)
         const char *v = getenv(secrets[i]);
         origin at = { .kind = AT_ENV, .name = secrets[i] };
         if (!v || !*v) continue;
-        if (strlen(v) > MAX_STR) { cfg_errf(L, &at, NULL, "longer than %d bytes", MAX_STR); continue; }
+        if (strlen(v) > MAX_STR) {
+            cfg_errf(L, &at, NULL, "longer than %d bytes", MAX_STR);
+            continue;
+        }
         if (!(*dst[i] = strdup(v))) L->oom = true;
     }
 }
 
-void cfg_set_defaults(loader *L)
-{
+void cfg_set_defaults(loader *L) {
     cfg *c = L->c;
     size_t i;
 
@@ -693,11 +781,12 @@ void cfg_set_defaults(loader *L)
         case T_INT:
             assert(o->min >= INT_MIN && o->max <= INT_MAX);
             /* fall through */
-        case T_LONG: case T_LLONG: case T_BOOL:
-            set_integer(o, c, o->idef);
-            break;
+        case T_LONG:
+        case T_LLONG:
+        case T_BOOL: set_integer(o, c, o->idef); break;
         case T_DOUBLE: *FIELD(c, o, double) = o->ddef; break;
-        case T_STR: case T_ENUM: set_string(L, o, o->sdef); break;
+        case T_STR:
+        case T_ENUM: set_string(L, o, o->sdef); break;
         case T_LIST: {
             origin at = { .kind = AT_DEFAULT };
             yaml_document_t d;

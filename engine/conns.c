@@ -20,18 +20,18 @@
 #include "nerve/log.h"
 
 struct conns_slot {
-    int used;                   /* open (under mu) */
-    int evicted;                /* shut: waiting for CivetWeb to close it (under mu) */
-    atomic_int busy;            /* in a handler (the worker writes, the evictor reads) */
-    _Atomic uint64_t since_ns;  /* waiting for a request since (clock_now_ns) */
+    int used;                  /* open (under mu) */
+    int evicted;               /* shut: waiting for CivetWeb to close it (under mu) */
+    atomic_int busy;           /* in a handler (the worker writes, the evictor reads) */
+    _Atomic uint64_t since_ns; /* waiting for a request since (clock_now_ns) */
     const struct mg_connection *conn;
-    char addr[48];              /* the peer as CivetWeb prints it, "" until known */
+    char addr[48]; /* the peer as CivetWeb prints it, "" until known */
     int port, server_port;
 };
 
 struct conns {
-    pthread_mutex_t mu;         /* guards the slots' used/evicted/ends, open, stop */
-    pthread_cond_t cv;          /* every worker holds a connection, or stopping */
+    pthread_mutex_t mu; /* guards the slots' used/evicted/ends, open, stop */
+    pthread_cond_t cv;  /* every worker holds a connection, or stopping */
     conns_slot *slots;
     int nslots, open;
     int evict_idle_ms;
@@ -123,8 +123,9 @@ static int fd_is(int fd, const conns_slot *c) {
     socklen_t al = sizeof a;
     char host[48];
     if (getsockname(fd, (struct sockaddr *)&a, &al) != 0) return 0;
-    if (a.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&a)->sin_port) != c->server_port
-        : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port) != c->server_port : 1)
+    if (a.ss_family == AF_INET    ? ntohs(((struct sockaddr_in *)&a)->sin_port) != c->server_port
+        : a.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&a)->sin6_port) != c->server_port
+                                  : 1)
         return 0;
     al = sizeof a;
     if (getpeername(fd, (struct sockaddr *)&a, &al) != 0) return 0;
@@ -193,7 +194,8 @@ static void *evictor_main(void *arg) {
         }
         if (n) {
             evict(s, want, n);
-            log_debug("http", "every worker busy: %d idle connections shut (%llu in all)", n, s->evicted);
+            log_debug("http", "every worker busy: %d idle connections shut (%llu in all)", n,
+                      s->evicted);
         }
         struct timespec dl = clock_deadline_ms((long long)((next - now) / 1000000u) + 1);
         pthread_cond_timedwait(&s->cv, &s->mu, &dl);

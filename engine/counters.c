@@ -18,12 +18,10 @@ static rds_script incr_script = RDS_SCRIPT_INIT(
     "if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end\n"
     "return v\n");
 
-ctr *ctr_new(rds_pool *pool, const char *prefix)
-{
+ctr *ctr_new(rds_pool *pool, const char *prefix) {
     ctr *c = calloc(1, sizeof(*c));
 
-    if (c == NULL)
-        return NULL;
+    if (c == NULL) return NULL;
     c->pool = pool;
     c->prefix = strdup(prefix ? prefix : "");
     if (c->prefix == NULL) {
@@ -33,17 +31,14 @@ ctr *ctr_new(rds_pool *pool, const char *prefix)
     return c;
 }
 
-void ctr_free(ctr *c)
-{
-    if (c == NULL)
-        return;
+void ctr_free(ctr *c) {
+    if (c == NULL) return;
     free(c->prefix);
     free(c);
 }
 
 int ctr_incr(void *ud, const char *rule, const char *key, size_t keylen, long long window_s,
-             long long by, long long now, long long *count, char *err, size_t errlen)
-{
+             long long by, long long now, long long *count, char *err, size_t errlen) {
     ctr *c = ud;
     char k[512], by_s[24], ttl_s[24];
     rds_client *cl;
@@ -74,7 +69,8 @@ int ctr_incr(void *ud, const char *rule, const char *key, size_t keylen, long lo
         *count = r->integer;
         rc = 0;
     } else
-        snprintf(err, errlen, "redis: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        snprintf(err, errlen, "redis: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     freeReplyObject(r);
     return rc;
 }

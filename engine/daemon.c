@@ -51,7 +51,8 @@ int daemon_pidfile_read(const char *path) {
 int daemon_pidfile_write(const char *path, char *err, size_t errlen) {
     int other = daemon_pidfile_read(path);
     if (other > 0 && other != (int)getpid() && (kill(other, 0) == 0 || errno == EPERM)) {
-        snprintf(err, errlen, "another nerve (pid %d) holds pidfile %s; stop it first or set server.pidfile",
+        snprintf(err, errlen,
+                 "another nerve (pid %d) holds pidfile %s; stop it first or set server.pidfile",
                  other, path);
         return -1;
     }
@@ -94,7 +95,7 @@ typedef struct nerved {
     ctr *counters;
     sale_engine *sale;
     http_server *http;
-    pthread_mutex_t reload_mu;  /* one reload at a time (SIGHUP and HTTP) */
+    pthread_mutex_t reload_mu; /* one reload at a time (SIGHUP and HTTP) */
 } nerved;
 
 /* A reload applies rules.* (the rule set, its params and limits) and
@@ -145,8 +146,8 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
         report_restart_only(d->c, nc);
         uint64_t g = live_swap(d->live, set);
         live_record_reload(d->live, true, NULL);
-        log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s", (unsigned long long)g,
-                 rules_set_count(set), rules_set_sha256(set));
+        log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s",
+                 (unsigned long long)g, rules_set_count(set), rules_set_sha256(set));
         if (generation) *generation = g;
         rc = 0;
     }
@@ -168,10 +169,13 @@ static void *watchdog_run(void *arg) {
     struct timespec ts = { w->grace_ms / 1000 + 1, (long)(w->grace_ms % 1000) * 1000000 };
     for (;;) {
         int sig = sigtimedwait(&w->sigs, NULL, &ts);
-        if (sig == SIGHUP) continue;        /* no reloads while stopping */
+        if (sig == SIGHUP) continue; /* no reloads while stopping */
         if (sig < 0 && errno == EINTR) continue;
-        if (sig < 0) log_error("main", "shutdown took longer than the grace period (%d ms); exiting now", w->grace_ms);
-        else log_warn("main", "second signal: exiting now");
+        if (sig < 0)
+            log_error("main", "shutdown took longer than the grace period (%d ms); exiting now",
+                      w->grace_ms);
+        else
+            log_warn("main", "second signal: exiting now");
         _exit(sig < 0 ? 1 : 130);
     }
     return NULL;
@@ -198,7 +202,8 @@ static void seed_inventory(const cfg *c, rds_pool *pool) {
     for (size_t i = 0; i < c->n_seed; i++) {
         int r = rc ? sale_stock_seed(rc, c->redis_prefix, c->seed[i].sku, c->seed[i].stock) : -1;
         if (r < 0) {
-            log_warn("main", "inventory seed skipped: redis unavailable error=\"%s\"", rc ? rds_errstr(rc) : "oom");
+            log_warn("main", "inventory seed skipped: redis unavailable error=\"%s\"",
+                     rc ? rds_errstr(rc) : "oom");
             return;
         }
         set += (size_t)r;
@@ -239,7 +244,8 @@ int daemon_run(const daemon_args *a) {
     rules_set *set = rules_set_load(c, &errs);
     if (!set) {
         print_errors(errs ? errs : "rules: out of memory");
-        fprintf(stderr, "nerve: refusing to start with broken rules (check them with `nerve check`)\n");
+        fprintf(stderr,
+                "nerve: refusing to start with broken rules (check them with `nerve check`)\n");
         free(errs);
         goto out;
     }
@@ -270,19 +276,28 @@ int daemon_run(const daemon_args *a) {
     snprintf(control, sizeof control, "%scontrol", c->redis_prefix);
 
     d.live = live_new();
-    if (d.live) live_swap(d.live, set);
-    else rules_set_unref(set);
+    if (d.live)
+        live_swap(d.live, set);
+    else
+        rules_set_unref(set);
     d.pool = rds_pool_new(&ro);
     /* No webhook configured: there is nothing to call, so emergency stops are
      * recorded and alerted as "would stop" (dry run) instead of failing. */
     bool dry_run = c->panic_dry_run || !c->panic_webhook_url[0];
     if (!c->panic_webhook_url[0])
-        log_warn("main", "panic.webhook_url is not set: kill switch engagements are recorded as dry runs");
+        log_warn("main",
+                 "panic.webhook_url is not set: kill switch engagements are recorded as dry runs");
     panic_opts po = {
-        .url = c->panic_webhook_url, .token = c->panic_token, .timeout_ms = c->panic_timeout_ms,
-        .max_attempts = c->panic_max_attempts, .backoff_initial_ms = c->panic_backoff_initial_ms,
-        .backoff_max_ms = c->panic_backoff_max_ms, .backoff_multiplier = c->panic_backoff_multiplier,
-        .jitter = c->panic_jitter, .dry_run = dry_run, .queue_max = 1024,
+        .url = c->panic_webhook_url,
+        .token = c->panic_token,
+        .timeout_ms = c->panic_timeout_ms,
+        .max_attempts = c->panic_max_attempts,
+        .backoff_initial_ms = c->panic_backoff_initial_ms,
+        .backoff_max_ms = c->panic_backoff_max_ms,
+        .backoff_multiplier = c->panic_backoff_multiplier,
+        .jitter = c->panic_jitter,
+        .dry_run = dry_run,
+        .queue_max = 1024,
     };
     d.panic = panic_new(&po, err, sizeof err);
     if (!d.panic) {
@@ -290,14 +305,18 @@ int daemon_run(const daemon_args *a) {
         goto out;
     }
     d.ks = ks_new(c->redis_prefix, control, instance);
-    act_opts ao = { .prefix = c->redis_prefix, .alerts_channel = c->alerts_channel, .instance = instance,
-                    .throttle_s = c->alerts_throttle_s, .audit_maxlen = c->audit_maxlen,
+    act_opts ao = { .prefix = c->redis_prefix,
+                    .alerts_channel = c->alerts_channel,
+                    .instance = instance,
+                    .throttle_s = c->alerts_throttle_s,
+                    .audit_maxlen = c->audit_maxlen,
                     .dry_run = dry_run };
     d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
     d.q = evq_new((size_t)c->queue_size);
     d.counters = d.pool ? ctr_new(d.pool, c->redis_prefix) : NULL;
     d.policy = d.live && d.ks && d.act && d.counters
-               ? policy_new(d.live, d.ks, d.act, d.pool, d.counters) : NULL;
+                   ? policy_new(d.live, d.ks, d.act, d.pool, d.counters)
+                   : NULL;
     if (!d.live || !d.pool || !d.act || !d.q || !d.counters || !d.policy) {
         log_error("main", "out of memory");
         goto out;
@@ -306,42 +325,68 @@ int daemon_run(const daemon_args *a) {
     if (c0) ks_refresh(d.ks, c0);
     seed_inventory(c, d.pool);
 
-    eval_opts eo = { .live = d.live, .q = d.q, .act = d.act, .ks = d.ks, .pool = d.pool,
-                     .counters = d.counters, .stall_ms = c->stall_ms };
+    eval_opts eo = { .live = d.live,
+                     .q = d.q,
+                     .act = d.act,
+                     .ks = d.ks,
+                     .pool = d.pool,
+                     .counters = d.counters,
+                     .stall_ms = c->stall_ms };
     d.eval = eval_start(&eo, err, sizeof err);
     if (!d.eval) {
         log_error("main", "%s", err);
         goto out;
     }
-    bus_opts bo = { .redis = ro, .channels = c->bus_channels, .n_channels = c->n_bus_channels,
-                    .max_event_bytes = (size_t)c->max_event_bytes, .control_channel = control,
-                    .on_control = on_control, .on_connect = on_bus_connect, .ud = &d };
+    bus_opts bo = { .redis = ro,
+                    .channels = c->bus_channels,
+                    .n_channels = c->n_bus_channels,
+                    .max_event_bytes = (size_t)c->max_event_bytes,
+                    .control_channel = control,
+                    .on_control = on_control,
+                    .on_connect = on_bus_connect,
+                    .ud = &d };
     d.bus = bus_start(&bo, d.q, err, sizeof err);
     if (!d.bus) {
         log_error("main", "%s", err);
         goto out;
     }
     sale_opts so = {
-        .prefix = c->redis_prefix, .inventory_channel = c->inventory_channel,
-        .sales_channel = c->sales_channel, .lock_ttl_ms = c->lock_ttl_ms,
-        .lock_max_wait_ms = c->lock_max_wait_ms, .idempotency_ttl_s = c->idempotency_ttl_s,
-        .max_batch = c->max_batch, .max_qty = c->max_qty, .gate = policy_gate, .gate_ud = d.policy,
+        .prefix = c->redis_prefix,
+        .inventory_channel = c->inventory_channel,
+        .sales_channel = c->sales_channel,
+        .lock_ttl_ms = c->lock_ttl_ms,
+        .lock_max_wait_ms = c->lock_max_wait_ms,
+        .idempotency_ttl_s = c->idempotency_ttl_s,
+        .max_batch = c->max_batch,
+        .max_qty = c->max_qty,
+        .gate = policy_gate,
+        .gate_ud = d.policy,
     };
     d.sale = sale_engine_new(&so, d.pool);
     if (!d.sale) {
         log_error("main", "out of memory");
         goto out;
     }
-    http_deps hd = { .cfg = c, .pool = d.pool, .sale = d.sale, .live = d.live, .ks = d.ks,
-                     .act = d.act, .policy = d.policy, .q = d.q, .bus = d.bus, .eval = d.eval,
-                     .panic = d.panic, .reload = do_reload, .reload_ud = &d };
+    http_deps hd = { .cfg = c,
+                     .pool = d.pool,
+                     .sale = d.sale,
+                     .live = d.live,
+                     .ks = d.ks,
+                     .act = d.act,
+                     .policy = d.policy,
+                     .q = d.q,
+                     .bus = d.bus,
+                     .eval = d.eval,
+                     .panic = d.panic,
+                     .reload = do_reload,
+                     .reload_ud = &d };
     d.http = http_start(&hd, err, sizeof err);
     if (!d.http) {
         log_error("main", "%s", err);
         goto out;
     }
-    log_info("main", "nerve serving listen=%s redis=%s:%d/%d threads=%d rules=%zu pid=%d", c->listen,
-             ro.host, ro.port, ro.db, c->threads, rules_set_count(set), (int)getpid());
+    log_info("main", "nerve serving listen=%s redis=%s:%d/%d threads=%d rules=%zu pid=%d",
+             c->listen, ro.host, ro.port, ro.db, c->threads, rules_set_count(set), (int)getpid());
 
     for (;;) {
         int sig = 0;

@@ -12,12 +12,12 @@
 struct eval {
     eval_opts o;
     pthread_t th;
-    pthread_mutex_t mu;         /* guards st and the liveness stamps */
+    pthread_mutex_t mu; /* guards st and the liveness stamps */
     eval_stats st;
     /* Liveness stamps (clock_now_ns), written by the evaluator thread. */
-    uint64_t last_done_ns;      /* last event finished; the start time until one has */
-    uint64_t busy_since_ns;     /* the event in evaluation was taken, 0 when idle */
-    uint64_t busy_enq_ns;       /* ... and was queued */
+    uint64_t last_done_ns;  /* last event finished; the start time until one has */
+    uint64_t busy_since_ns; /* the event in evaluation was taken, 0 when idle */
+    uint64_t busy_enq_ns;   /* ... and was queued */
 };
 
 typedef struct call_ctx {
@@ -71,9 +71,14 @@ static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
     /* Only the rules of bus channels: sale_request rules run in the HTTP
      * workers' vms (policy.c). */
     live_vm_opts o = {
-        .kind = RULES_VM_EVENTS, .log_component = "eval", .what = "an evaluator", .log_states = true,
-        .on_error = on_rule_error, .error_ud = e,
-        .incr = e->o.counters ? ctr_incr : NULL, .incr_ud = e->o.counters,
+        .kind = RULES_VM_EVENTS,
+        .log_component = "eval",
+        .what = "an evaluator",
+        .log_states = true,
+        .on_error = on_rule_error,
+        .error_ud = e,
+        .incr = e->o.counters ? ctr_incr : NULL,
+        .incr_ud = e->o.counters,
     };
     live_sync_vm(e->o.live, vm, gen, &o);
 }
@@ -106,7 +111,8 @@ static void *run(void *arg) {
             if (r < 0) {
                 bad = 1;
                 if (bad_burst++ == 0)
-                    log_warn("eval", "unusable event channel=%s error=\"%s\" (logged once per burst)",
+                    log_warn("eval",
+                             "unusable event channel=%s error=\"%s\" (logged once per burst)",
                              it.channel, rules_vm_errstr(vm));
             } else {
                 bad_burst = 0;
@@ -151,7 +157,9 @@ void eval_get_stats(eval *e, eval_stats *out) {
     pthread_mutex_unlock(&e->mu);
 }
 
-static uint64_t since(uint64_t now, uint64_t t) { return t && now > t ? now - t : 0; }
+static uint64_t since(uint64_t now, uint64_t t) {
+    return t && now > t ? now - t : 0;
+}
 
 void eval_get_liveness(eval *e, eval_liveness *out) {
     memset(out, 0, sizeof *out);

@@ -51,10 +51,10 @@ struct http_server {
      * in-flight requests must finish before it is called. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int inflight;               /* requests being handled */
-    int draining;               /* http_stop began: take no new request */
-    int released;               /* requests held while draining may go */
-    conns *conns;               /* open connections, idle eviction */
+    int inflight; /* requests being handled */
+    int draining; /* http_stop began: take no new request */
+    int released; /* requests held while draining may go */
+    conns *conns; /* open connections, idle eviction */
 };
 
 /* HEAD: the answer's head is sent as GET would send it, and no body
@@ -101,12 +101,14 @@ static int send_raw(http_server *s, struct mg_connection *conn, int status, cons
         cap = need;
     }
     int n = snprintf(buf, cap, "HTTP/1.1 %d %s\r\n%sCache-Control: no-store\r\n", status,
-                     mg_get_response_code_text(conn, status), body ? "Content-Type: application/json\r\n" : "");
+                     mg_get_response_code_text(conn, status),
+                     body ? "Content-Type: application/json\r\n" : "");
     size_t len = (size_t)n;
     /* A 204 carries no body and, RFC 9110 §8.6, no Content-Length. */
     if (status != 204) len += (size_t)snprintf(buf + len, cap - len, "Content-Length: %zu\r\n", bl);
     if (s->d.cfg->cors_origin[0])
-        len += (size_t)snprintf(buf + len, cap - len, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
+        len += (size_t)snprintf(buf + len, cap - len,
+                                "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
                                 s->d.cfg->cors_origin);
     for (int i = 0; i < nhdrs; i++)
         len += (size_t)snprintf(buf + len, cap - len, "%s: %s\r\n", hdrs[i].name, hdrs[i].value);
@@ -192,8 +194,8 @@ static int head_cut_short(const struct mg_request_info *ri) {
     if (ri->num_headers >= MG_MAX_HEADERS) return 1;
     if (ri->num_headers == 0) return 0;
     const char *v = ri->http_headers[ri->num_headers - 1].value;
-    const char *e = v + strlen(v);      /* the last line's CR or LF */
-    if (e[1] != '\0') return e[1] == ' ' || e[1] == '\t';   /* LF, then the next line */
+    const char *e = v + strlen(v);                        /* the last line's CR or LF */
+    if (e[1] != '\0') return e[1] == ' ' || e[1] == '\t'; /* LF, then the next line */
     /* CR LF, or LF then the empty line that ends the head (its LF, now NUL).
      * In the second case e[2] is past the head: read it only well inside
      * CivetWeb's 16 KiB buffer (max_request_size), which starts at or before
@@ -213,7 +215,9 @@ static int length_valid(const char *v) {
 }
 
 /* The digits of a Content-Length value, for comparing two of them. */
-static size_t length_digits(const char *v) { return strspn(v, "0123456789"); }
+static size_t length_digits(const char *v) {
+    return strspn(v, "0123456789");
+}
 
 /* RFC 9112 §6.1-6.3: one reading of where this request ends, checked on the
  * header lines CivetWeb parsed (every one, repeats included) before any
@@ -230,18 +234,22 @@ static int check_framing(http_server *s, struct mg_connection *conn) {
         if (strcasecmp(n, "Content-Length") == 0) {
             if (!length_valid(v))
                 why = "Content-Length must be a decimal number of bytes, digits only";
-            else if (cl && (length_digits(cl) != length_digits(v) || memcmp(cl, v, length_digits(v)) != 0))
+            else if (cl && (length_digits(cl) != length_digits(v) ||
+                            memcmp(cl, v, length_digits(v)) != 0))
                 why = "two different Content-Length headers";
             cl = v;
         } else if (strcasecmp(n, "Transfer-Encoding") == 0) {
             /* CivetWeb refuses codings it does not know, reads the first
              * header only, and takes "identity" for no coding at all. */
-            if (te++) why = "more than one Transfer-Encoding header";
-            else if (strcasecmp(v, "chunked") != 0) why = "Transfer-Encoding must be chunked";
+            if (te++)
+                why = "more than one Transfer-Encoding header";
+            else if (strcasecmp(v, "chunked") != 0)
+                why = "Transfer-Encoding must be chunked";
         }
     }
     if (!why && te && cl) why = "both Transfer-Encoding and Content-Length: send one of them";
-    if (!why && te && strcmp(ri->http_version, "1.0") == 0) why = "Transfer-Encoding in an HTTP/1.0 request";
+    if (!why && te && strcmp(ri->http_version, "1.0") == 0)
+        why = "Transfer-Encoding in an HTTP/1.0 request";
     if (!why) {
         if (head_cut_short(ri)) force_close(conn);
         return 0;
@@ -342,9 +350,10 @@ static int check_admin(http_server *s, struct mg_connection *conn) {
     const char *auth = mg_get_header(conn, "Authorization");
     if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !token_ok(auth + 7, want)) {
         extra_hdr h = { "WWW-Authenticate", "Bearer" };
-        return send_json(s, conn, 401,
-                         error_obj("unauthorized", "missing or wrong admin token (Authorization: Bearer ...)"),
-                         &h, 1);
+        return send_json(
+            s, conn, 401,
+            error_obj("unauthorized", "missing or wrong admin token (Authorization: Bearer ...)"),
+            &h, 1);
     }
     return 0;
 }
@@ -406,11 +415,11 @@ static int do_sale(http_server *s, struct mg_connection *conn, sale_res *resp) {
         if (res.has_catalog_price) cJSON_AddNumberToObject(o, "catalog_price", res.catalog_price);
         return send_json(s, conn, 422, o, NULL, 0);
     case SALE_HALTED:
-        o = error_obj("sales_halted", res.message[0] ? res.message : "sales are halted by the kill switch");
+        o = error_obj("sales_halted",
+                      res.message[0] ? res.message : "sales are halted by the kill switch");
         cJSON_AddStringToObject(o, "scope", res.scope);
         return send_json(s, conn, 423, o, NULL, 0);
-    case SALE_BAD_REQUEST:
-        return send_error(s, conn, 400, "bad_request", res.message);
+    case SALE_BAD_REQUEST: return send_error(s, conn, 400, "bad_request", res.message);
     case SALE_UNAVAILABLE:
     default: {
         extra_hdr h = { "Retry-After", "1" };
@@ -441,7 +450,8 @@ static cJSON *item_obj(const char *sku, const sale_item *it) {
 
 static int handle_stock_get(http_server *s, struct mg_connection *conn, const char *sku) {
     if (!sku_valid(sku, strlen(sku)))
-        return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
+        return send_error(s, conn, 400, "bad_request",
+                          "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     rds_client *rc = rds_pool_client(s->d.pool);
     sale_item it;
     int r = rc ? sale_item_get(rc, s->d.cfg->redis_prefix, sku, &it) : -1;
@@ -458,7 +468,8 @@ static int handle_stock_get(http_server *s, struct mg_connection *conn, const ch
  * price sales are checked against (sale.h), changed together or not at all. */
 static int handle_stock_put(http_server *s, struct mg_connection *conn, const char *sku) {
     if (!sku_valid(sku, strlen(sku)))
-        return send_error(s, conn, 400, "bad_request", "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
+        return send_error(s, conn, 400, "bad_request",
+                          "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     cJSON *root;
     int rc = take_json(s, conn, &root);
     if (rc) return rc;
@@ -473,7 +484,8 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
     if (r < 0) return stock_unavailable(s, conn, c);
     if (r == 1) {
         char msg[256];
-        snprintf(msg, sizeof msg, "unknown SKU %.140s: set its stock first (a price alone changes nothing)", sku);
+        snprintf(msg, sizeof msg,
+                 "unknown SKU %.140s: set its stock first (a price alone changes nothing)", sku);
         return send_error(s, conn, 404, "not_found", msg);
     }
     if (now.has_price)
@@ -485,9 +497,16 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
 
 /* The read side's view of the daemon: status.c builds every answer below. */
 static status_sources sources(http_server *s) {
-    status_sources src = { .pool = s->d.pool, .sale = s->d.sale, .policy = s->d.policy, .act = s->d.act,
-                           .live = s->d.live, .eval = s->d.eval, .q = s->d.q, .bus = s->d.bus,
-                           .panic = s->d.panic, .ks = s->d.ks };
+    status_sources src = { .pool = s->d.pool,
+                           .sale = s->d.sale,
+                           .policy = s->d.policy,
+                           .act = s->d.act,
+                           .live = s->d.live,
+                           .eval = s->d.eval,
+                           .q = s->d.q,
+                           .bus = s->d.bus,
+                           .panic = s->d.panic,
+                           .ks = s->d.ks };
     return src;
 }
 
@@ -495,13 +514,14 @@ static int handle_readyz(http_server *s, struct mg_connection *conn) {
     status_sources src = sources(s);
     bool ready = false;
     cJSON *o = status_readyz(&src, &ready);
-    return send_json(s, conn, ready ? 200 : 503, o, NULL, 0);    /* NULL: 500 */
+    return send_json(s, conn, ready ? 200 : 503, o, NULL, 0); /* NULL: 500 */
 }
 
 static int handle_rules(http_server *s, struct mg_connection *conn) {
     status_sources src = sources(s);
     cJSON *o;
-    if (status_rules(&src, &o)) return send_error(s, conn, 404, "not_found", "rules are not enabled");
+    if (status_rules(&src, &o))
+        return send_error(s, conn, 404, "not_found", "rules are not enabled");
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
@@ -511,9 +531,11 @@ static int handle_metrics(http_server *s, struct mg_connection *conn) {
     if (!text) return send_error(s, conn, 500, "internal", "out of memory");
     size_t tl = strlen(text);
     char head[256];
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                      "Content-Length: %zu\r\nCache-Control: no-store\r\n\r\n", tl);
+    int hl =
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                 "Content-Length: %zu\r\nCache-Control: no-store\r\n\r\n",
+                 tl);
     out_write(conn, head, (size_t)hl);
     out_write(conn, text, tl);
     free(text);
@@ -540,20 +562,24 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     const cJSON *reason = cJSON_GetObjectItemCaseSensitive(root, "reason");
     const cJSON *halt = cJSON_GetObjectItemCaseSensitive(root, "halt_sales");
     const char *bad = NULL;
-    if (!cJSON_IsObject(root)) bad = "body must be a JSON object {\"scope\", \"reason\", \"halt_sales\"?}";
+    if (!cJSON_IsObject(root))
+        bad = "body must be a JSON object {\"scope\", \"reason\", \"halt_sales\"?}";
     else if (!cJSON_IsString(scope) || !ks_scope_valid(scope->valuestring))
         bad = "scope must be " SCOPE_GRAMMAR;
-    else if (!cJSON_IsString(reason) || !reason->valuestring[0] || strlen(reason->valuestring) > 1024)
+    else if (!cJSON_IsString(reason) || !reason->valuestring[0] ||
+             strlen(reason->valuestring) > 1024)
         bad = "reason must be a non-empty string of at most 1024 bytes";
-    else if (halt && !cJSON_IsBool(halt)) bad = "halt_sales must be true or false";
+    else if (halt && !cJSON_IsBool(halt))
+        bad = "halt_sales must be true or false";
     if (bad) {
         cJSON_Delete(root);
         return send_error(s, conn, 400, "bad_request", bad);
     }
     rds_client *c = rds_pool_client(s->d.pool);
     char err[256] = "redis unavailable";
-    ks_change r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring, cJSON_IsTrue(halt),
-                         err, sizeof err) : KS_ERROR;
+    ks_change r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring,
+                               cJSON_IsTrue(halt), err, sizeof err)
+                    : KS_ERROR;
     if (r == KS_ERROR) {
         cJSON_Delete(root);
         return unavailable(s, conn, err);
@@ -594,7 +620,8 @@ static int handle_reload(http_server *s, struct mg_connection *conn) {
     uint64_t gen = 0;
     char *errors = NULL;
     if (s->d.reload(s->d.reload_ud, &gen, &errors) != 0) {
-        cJSON *o = error_obj("reload_failed", "reload refused; the previous rules and config stay in force");
+        cJSON *o = error_obj("reload_failed",
+                             "reload refused; the previous rules and config stay in force");
         cJSON_AddItemToObject(o, "errors", status_error_lines(errors));
         free(errors);
         return send_json(s, conn, 422, o, NULL, 0);
@@ -621,8 +648,9 @@ static int check_origin(http_server *s, struct mg_connection *conn) {
     const char *origin = mg_get_header(conn, "Origin");
     const char *allowed = s->d.cfg->cors_origin;
     if (origin && !(allowed[0] && (strcmp(allowed, "*") == 0 || strcmp(allowed, origin) == 0)))
-        return send_error(s, conn, 403, "forbidden_origin",
-                          "cross-origin request refused: set server.cors_origin to allow this origin");
+        return send_error(
+            s, conn, 403, "forbidden_origin",
+            "cross-origin request refused: set server.cors_origin to allow this origin");
     return 0;
 }
 
@@ -649,20 +677,20 @@ enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
 
 /* What a route does with a request body. */
 typedef enum {
-    BODY_NONE,                  /* reads none; Content-Type not looked at */
-    BODY_JSON,                  /* reads a JSON body, which must be there:
+    BODY_NONE,     /* reads none; Content-Type not looked at */
+    BODY_JSON,     /* reads a JSON body, which must be there:
                                  * Content-Type application/json (or form,
                                  * or none), 400 without one, 413 over
                                  * server.max_body_bytes */
-    BODY_OPTIONAL,              /* reads none, but one may come: when typed,
+    BODY_OPTIONAL, /* reads none, but one may come: when typed,
                                  * as for BODY_JSON (415 otherwise) */
 } body_policy;
 
 typedef struct route_def {
-    const char *path;           /* exact, or a prefix when it ends in '/':
+    const char *path; /* exact, or a prefix when it ends in '/':
                                  * the (decoded) rest is the handler's ARG */
-    unsigned methods;           /* M_*: GET brings HEAD; every route answers OPTIONS */
-    int admin;                  /* needs Authorization: Bearer NERVE_ADMIN_TOKEN */
+    unsigned methods; /* M_*: GET brings HEAD; every route answers OPTIONS */
+    int admin;        /* needs Authorization: Bearer NERVE_ADMIN_TOKEN */
     body_policy body;
     int (*fn)(http_server *s, struct mg_connection *conn);
     int (*fn_arg)(http_server *s, struct mg_connection *conn, const char *arg);
@@ -670,18 +698,18 @@ typedef struct route_def {
 
 /* The HTTP API (SPEC §6), first match wins. */
 static const route_def routes[] = {
-    { "/sale",               M_POST,   0, BODY_JSON,     handle_sale,            NULL },
-    { "/test/simulate-sale", M_POST,   0, BODY_JSON,     handle_sale,            NULL },
-    { "/stock/",             M_GET,    0, BODY_NONE,     NULL,                   handle_stock_get },
-    { "/healthz",            M_GET,    0, BODY_NONE,     handle_healthz,         NULL },
-    { "/readyz",             M_GET,    0, BODY_NONE,     handle_readyz,          NULL },
-    { "/metrics",            M_GET,    0, BODY_NONE,     handle_metrics,         NULL },
-    { "/rules",              M_GET,    0, BODY_NONE,     handle_rules,           NULL },
-    { "/killswitch",         M_GET,    0, BODY_NONE,     handle_killswitch_get,  NULL },
-    { "/admin/stock/",       M_PUT,    1, BODY_JSON,     NULL,                   handle_stock_put },
-    { "/admin/killswitch",   M_POST,   1, BODY_JSON,     handle_killswitch_post, NULL },
-    { "/admin/killswitch/",  M_DELETE, 1, BODY_OPTIONAL, NULL,                   handle_killswitch_delete },
-    { "/admin/reload",       M_POST,   1, BODY_OPTIONAL, handle_reload,          NULL },
+    { "/sale", M_POST, 0, BODY_JSON, handle_sale, NULL },
+    { "/test/simulate-sale", M_POST, 0, BODY_JSON, handle_sale, NULL },
+    { "/stock/", M_GET, 0, BODY_NONE, NULL, handle_stock_get },
+    { "/healthz", M_GET, 0, BODY_NONE, handle_healthz, NULL },
+    { "/readyz", M_GET, 0, BODY_NONE, handle_readyz, NULL },
+    { "/metrics", M_GET, 0, BODY_NONE, handle_metrics, NULL },
+    { "/rules", M_GET, 0, BODY_NONE, handle_rules, NULL },
+    { "/killswitch", M_GET, 0, BODY_NONE, handle_killswitch_get, NULL },
+    { "/admin/stock/", M_PUT, 1, BODY_JSON, NULL, handle_stock_put },
+    { "/admin/killswitch", M_POST, 1, BODY_JSON, handle_killswitch_post, NULL },
+    { "/admin/killswitch/", M_DELETE, 1, BODY_OPTIONAL, NULL, handle_killswitch_delete },
+    { "/admin/reload", M_POST, 1, BODY_OPTIONAL, handle_reload, NULL },
 };
 
 /* The route for path P, with *ARG the rest of a prefix route's path; NULL
@@ -785,8 +813,10 @@ static int dispatch(http_server *s, struct mg_connection *conn) {
     if (mb != M_GET && (st = check_origin(s, conn))) return st;
     if (r->body != BODY_NONE && (st = check_content_type(s, conn))) return st;
     if (r->admin && (st = check_admin(s, conn))) return st;
-    if (r->body == BODY_JSON && ri->content_length <= 0 && !mg_get_header(conn, "Transfer-Encoding"))
-        return send_error(s, conn, 400, "bad_request", "this endpoint needs a JSON body (Content-Type: application/json)");
+    if (r->body == BODY_JSON && ri->content_length <= 0 &&
+        !mg_get_header(conn, "Transfer-Encoding"))
+        return send_error(s, conn, 400, "bad_request",
+                          "this endpoint needs a JSON body (Content-Type: application/json)");
     return r->fn ? r->fn(s, conn) : r->fn_arg(s, conn, arg);
 }
 
@@ -838,19 +868,30 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     snprintf(threads, sizeof threads, "%d", d->cfg->threads);
     snprintf(timeout, sizeof timeout, "%d", d->cfg->request_timeout_ms);
     const char *opts[] = {
-        "listening_ports", d->cfg->listen,
-        "num_threads", threads,
-        "enable_keep_alive", "yes",
-        "keep_alive_timeout_ms", timeout,
-        "request_timeout_ms", timeout,
-        "tcp_nodelay", "1",
-        "max_request_size", "16384",
-        "decode_url", "no",
+        "listening_ports",
+        d->cfg->listen,
+        "num_threads",
+        threads,
+        "enable_keep_alive",
+        "yes",
+        "keep_alive_timeout_ms",
+        timeout,
+        "request_timeout_ms",
+        timeout,
+        "tcp_nodelay",
+        "1",
+        "max_request_size",
+        "16384",
+        "decode_url",
+        "no",
         /* CORS is ours (server.cors_origin); CivetWeb's defaults would
          * answer every preflight with "*". */
-        "access_control_allow_origin", "",
-        "access_control_allow_methods", "",
-        "access_control_allow_headers", "",
+        "access_control_allow_origin",
+        "",
+        "access_control_allow_methods",
+        "",
+        "access_control_allow_headers",
+        "",
         NULL,
     };
     struct mg_callbacks cb;
@@ -869,7 +910,8 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     ed.text_buffer_size = sizeof ebuf;
     s->ctx = mg_start2(&init, &ed);
     if (!s->ctx) {
-        snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen, ebuf[0] ? ebuf : "start failed");
+        snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen,
+                 ebuf[0] ? ebuf : "start failed");
         conns_free(s->conns);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);
@@ -934,7 +976,8 @@ void http_stop(http_server *s) {
     s->draining = 1;
     while (s->inflight > 0)
         if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) != 0) break;
-    if (s->inflight > 0) log_warn("http", "grace period over with %d requests in flight", s->inflight);
+    if (s->inflight > 0)
+        log_warn("http", "grace period over with %d requests in flight", s->inflight);
     s->released = 1;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static int digit(char c) { return c >= '0' && c <= '9'; }
+static int digit(char c) {
+    return c >= '0' && c <= '9';
+}
 
 /* Length of the JSON number at S (grammar of RFC 8259), 0 when invalid. */
 static size_t number_len(const char *s, size_t n) {
@@ -49,14 +51,14 @@ int jsonck_check(const char *s, size_t n, int max_depth, char *err, size_t errle
                     return -1;
                 }
                 if (s[i] != '\\') continue;
-                if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
-                    s[i + 5] == '0') {
+                if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' &&
+                    s[i + 4] == '0' && s[i + 5] == '0') {
                     snprintf(err, errlen, "strings must not contain NUL characters (\\u0000)");
                     return -1;
                 }
-                i++;    /* the escaped character */
+                i++; /* the escaped character */
             }
-            continue;   /* an unterminated string is cJSON's to reject */
+            continue; /* an unterminated string is cJSON's to reject */
         }
         if (c == '[' || c == '{') {
             if (++depth > max_depth) {

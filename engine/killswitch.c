@@ -13,9 +13,9 @@
 
 #include "nerve/log.h"
 
-#define PIPELINE 256            /* GETs in flight per round trip when reading every record */
-#define DIRTY_MAX 4096          /* point updates remembered while a refresh reads Redis */
-#define LIST_MAX 100000         /* records returned by ks_list */
+#define PIPELINE  256    /* GETs in flight per round trip when reading every record */
+#define DIRTY_MAX 4096   /* point updates remembered while a refresh reads Redis */
+#define LIST_MAX  100000 /* records returned by ks_list */
 
 /* ---- a set of strings ----------------------------------------------------------
  * Open addressing with linear probing, at most half full, deletion by
@@ -24,11 +24,11 @@
 
 typedef struct sset {
     char **slot;
-    size_t cap, n;              /* cap: 0 or a power of two */
+    size_t cap, n; /* cap: 0 or a power of two */
 } sset;
 
 static uint64_t hash_str(const char *s) {
-    uint64_t h = 1469598103934665603ull;            /* FNV-1a */
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h ^ (h >> 29);
 }
@@ -41,7 +41,9 @@ static size_t sset_find(const sset *t, const char *s) {
     }
 }
 
-static int sset_has(const sset *t, const char *s) { return sset_find(t, s) != SIZE_MAX; }
+static int sset_has(const sset *t, const char *s) {
+    return sset_find(t, s) != SIZE_MAX;
+}
 
 /* Put the owned string D into a slot (D not present, room guaranteed). */
 static void sset_place(sset *t, char *d) {
@@ -140,7 +142,9 @@ void ks_free(ks *k) {
     free(k);
 }
 
-int ks_scope_valid(const char *s) { return s && scope_valid(s, strlen(s)); }
+int ks_scope_valid(const char *s) {
+    return s && scope_valid(s, strlen(s));
+}
 
 static int kill_key(const ks *k, char *buf, const char *scope) {
     int n = snprintf(buf, RDS_KEY_MAX, "%skill:%s", k->prefix, scope);
@@ -187,7 +191,7 @@ int ks_halted(ks *k, const char *sku, char *scope_out) {
     if (atomic_load_explicit(&k->n_fast, memory_order_acquire) == 0) return 0;
     char mine[KS_SCOPE_MAX + 1];
     size_t sl = strlen(sku), ml = sl + 4;
-    if (ml <= KS_SCOPE_MAX) {       /* a longer one is no scope: never cached */
+    if (ml <= KS_SCOPE_MAX) { /* a longer one is no scope: never cached */
         memcpy(mine, "sku:", 4);
         memcpy(mine + 4, sku, sl + 1);
     }
@@ -272,18 +276,21 @@ void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len) {
         (strcmp(op->valuestring, "engage") != 0 && strcmp(op->valuestring, "reset") != 0)) {
         /* Logged for the first and every 1000th: a flood must not flood the log. */
         if (atomic_fetch_add(&k->ctl_invalid, 1) % 1000 == 0)
-            log_warn("killswitch", "ignoring a control message that is not {\"op\":\"engage\"|\"reset\","
-                     "\"scope\":...} bytes=%zu (logged 1 in 1000; counted in nerve_control_messages_total)",
-                     len);
+            log_warn(
+                "killswitch",
+                "ignoring a control message that is not {\"op\":\"engage\"|\"reset\","
+                "\"scope\":...} bytes=%zu (logged 1 in 1000; counted in nerve_control_messages_total)",
+                len);
         cJSON_Delete(o);
         return;
     }
     /* Whatever the message claims, the record decides. */
     if (!c || reread(k, c, scope->valuestring)) {
         if (atomic_fetch_add(&k->ctl_error, 1) % 1000 == 0)
-            log_warn("killswitch", "control message for scope=%s: record not re-read (%s); the periodic "
-                     "refresh will repair the cache (logged 1 in 1000)", scope->valuestring,
-                     c ? rds_errstr(c) : "no client");
+            log_warn("killswitch",
+                     "control message for scope=%s: record not re-read (%s); the periodic "
+                     "refresh will repair the cache (logged 1 in 1000)",
+                     scope->valuestring, c ? rds_errstr(c) : "no client");
     } else {
         atomic_fetch_add(&k->ctl_ok, 1);
     }
@@ -304,9 +311,8 @@ static rds_script engage_script = RDS_SCRIPT_INIT(
     "redis.call('SADD', KEYS[2], ARGV[2])\n"
     "return 0\n");
 
-static rds_script reset_script = RDS_SCRIPT_INIT(
-    "redis.call('SREM', KEYS[2], ARGV[1])\n"
-    "return redis.call('DEL', KEYS[1])\n");
+static rds_script reset_script = RDS_SCRIPT_INIT("redis.call('SREM', KEYS[2], ARGV[1])\n"
+                                                 "return redis.call('DEL', KEYS[1])\n");
 
 ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
                     bool halt_sales, const char *state, double ts, char *err, size_t errlen) {
@@ -349,7 +355,8 @@ ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason,
     } else if (r->type == REDIS_REPLY_INTEGER) {
         rc = KS_UNCHANGED;
     } else {
-        snprintf(err, errlen, "redis: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        snprintf(err, errlen, "redis: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         rc = KS_ERROR;
     }
     freeReplyObject(r);
@@ -414,9 +421,9 @@ static int each_record(ks *k, rds_client *c, size_t max,
         return -1;
     }
     size_t n = m->elements < max ? m->elements : max;
-    char (*key)[RDS_KEY_MAX] = malloc(PIPELINE * sizeof *key);
+    char(*key)[RDS_KEY_MAX] = malloc(PIPELINE * sizeof *key);
     size_t *which = malloc(PIPELINE * sizeof *which);
-    const char **stale = calloc(n + 2, sizeof *stale);  /* "SREM" idx member... */
+    const char **stale = calloc(n + 2, sizeof *stale); /* "SREM" idx member... */
     size_t n_stale = 0;
     int rc = key && which && stale ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < n;) {
@@ -436,7 +443,7 @@ static int each_record(ks *k, rds_client *c, size_t max,
         for (size_t j = 0; j < batch; j++) {
             redisReply *v = rds_get_reply(c);
             if (!v) {
-                rc = -1;            /* the connection dropped: the pending replies are lost */
+                rc = -1; /* the connection dropped: the pending replies are lost */
                 break;
             }
             if (v->type == REDIS_REPLY_STRING) {
@@ -463,8 +470,10 @@ static int each_record(ks *k, rds_client *c, size_t max,
 
 static void list_add(void *ud, const char *text, size_t len) {
     cJSON *rec = cJSON_ParseWithLength(text, len);
-    if (cJSON_IsObject(rec)) cJSON_AddItemToArray(ud, rec);
-    else cJSON_Delete(rec);
+    if (cJSON_IsObject(rec))
+        cJSON_AddItemToArray(ud, rec);
+    else
+        cJSON_Delete(rec);
 }
 
 cJSON *ks_list(ks *k, rds_client *c) {
@@ -515,8 +524,10 @@ int ks_refresh(ks *k, rds_client *c) {
         for (size_t i = 0; i < keep->cap && !f.oom; i++) {
             const char *s = keep->slot[i];
             if (!s) continue;
-            if (sset_has(&k->halted, s)) f.oom |= sset_add(&f.halted, s) != 0;
-            else sset_del(&f.halted, s);
+            if (sset_has(&k->halted, s))
+                f.oom |= sset_add(&f.halted, s) != 0;
+            else
+                sset_del(&f.halted, s);
         }
         if (f.oom) {
             log_error("killswitch", "out of memory rebuilding the halt cache; keeping the old one");

@@ -45,7 +45,7 @@ uint64_t live_swap(live *l, rules_set *set) {
     l->set = set;
     uint64_t g = atomic_fetch_add(&l->gen, 1) + 1;
     pthread_mutex_unlock(&l->mu);
-    rules_set_unref(old);       /* readers still holding it keep it alive */
+    rules_set_unref(old); /* readers still holding it keep it alive */
     return g;
 }
 
@@ -57,7 +57,9 @@ rules_set *live_get(live *l, uint64_t *generation) {
     return s;
 }
 
-uint64_t live_generation(live *l) { return atomic_load(&l->gen); }
+uint64_t live_generation(live *l) {
+    return atomic_load(&l->gen);
+}
 
 void live_record_reload(live *l, bool ok, const char *errors) {
     char *copy = errors ? strdup(errors) : NULL;
@@ -98,8 +100,9 @@ void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) 
         char err[256] = "";
         nvm = rules_vm_new_kind(set, *vm, o->kind, err, sizeof err);
         if (!nvm) {
-            log_error(o->log_component, "cannot build %s for generation %llu: %s; keeping the previous one",
-                      o->what, (unsigned long long)got, err);
+            log_error(o->log_component,
+                      "cannot build %s for generation %llu: %s; keeping the previous one", o->what,
+                      (unsigned long long)got, err);
             rules_set_unref(set);
             *gen = got;
             return;
@@ -108,7 +111,8 @@ void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) 
             rules_info info;
             if (rules_set_info(set, i, &info) == 0)
                 log_info(o->log_component, "rule %s state %s generation=%llu", info.name,
-                         rules_state_origin_name(rules_vm_state_origin(nvm, i)), (unsigned long long)got);
+                         rules_state_origin_name(rules_vm_state_origin(nvm, i)),
+                         (unsigned long long)got);
         }
         rules_vm_on_error(nvm, o->on_error, o->error_ud);
         if (o->incr) rules_vm_set_incr(nvm, o->incr, o->incr_ud);

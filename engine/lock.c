@@ -20,11 +20,10 @@
 /* Waits between tries, in microseconds: 200 us doubling to 50 ms. */
 static const backoff_policy wait_backoff = { 200, 50000, 2.0, BACKOFF_JITTER_EQUAL };
 
-static rds_script release_script = RDS_SCRIPT_INIT(
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  return redis.call('DEL', KEYS[1])\n"
-    "end\n"
-    "return 0\n");
+static rds_script release_script = RDS_SCRIPT_INIT("if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                                   "  return redis.call('DEL', KEYS[1])\n"
+                                                   "end\n"
+                                                   "return 0\n");
 
 static rds_script extend_script = RDS_SCRIPT_INIT(
     "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
@@ -46,8 +45,8 @@ void lock_token_new(char token[LOCK_TOKEN_LEN + 1]) {
     token[LOCK_TOKEN_LEN] = 0;
 }
 
-lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms,
-                     char *err, size_t errlen) {
+lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms, char *err,
+                     size_t errlen) {
     redisReply *r = rds_command(c, "SET %s %s NX PX %d", key, token, ttl_ms);
     if (!r) {
         snprintf(err, errlen, "redis: %s", rds_errstr(c));
@@ -59,14 +58,17 @@ lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_
     } else if (r->type == REDIS_REPLY_NIL) {
         st = LOCK_TIMEOUT;
     } else {
-        snprintf(err, errlen, "redis: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply to SET");
+        snprintf(err, errlen, "redis: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply to SET");
         st = LOCK_ERR;
     }
     freeReplyObject(r);
     return st;
 }
 
-static long long mono_us(void) { return (long long)(clock_now_ns() / 1000u); }
+static long long mono_us(void) {
+    return (long long)(clock_now_ns() / 1000u);
+}
 
 lock_status lock_acquire(rds_client *c, const char *key, int ttl_ms, int max_wait_ms,
                          char token[LOCK_TOKEN_LEN + 1], char *err, size_t errlen) {
@@ -90,7 +92,8 @@ static lock_cas compare_and(rds_client *c, rds_script *s, const char *key, const
     redisReply *r = rds_eval(c, s, 1, arg2 ? 3 : 2, argv, NULL);
     if (!r) return LOCK_CAS_ERROR;
     lock_cas rc = r->type != REDIS_REPLY_INTEGER ? LOCK_CAS_ERROR
-                : r->integer ? LOCK_CAS_DONE : LOCK_CAS_NOT_OWNER;
+                  : r->integer                   ? LOCK_CAS_DONE
+                                                 : LOCK_CAS_NOT_OWNER;
     freeReplyObject(r);
     return rc;
 }

@@ -28,9 +28,15 @@ int log_set_level_name(const char *name) {
     return -1;
 }
 
-void log_set_level(log_level lvl) { atomic_store(&cur_level, (int)lvl); }
-void log_set_json(bool json) { atomic_store(&json_mode, json); }
-bool log_enabled(log_level lvl) { return (int)lvl >= atomic_load(&cur_level); }
+void log_set_level(log_level lvl) {
+    atomic_store(&cur_level, (int)lvl);
+}
+void log_set_json(bool json) {
+    atomic_store(&json_mode, json);
+}
+bool log_enabled(log_level lvl) {
+    return (int)lvl >= atomic_load(&cur_level);
+}
 
 /* Append S to BUF as the inside of a JSON string. */
 static size_t json_escape(char *buf, size_t cap, size_t n, const char *s) {
@@ -76,14 +82,14 @@ void log_write(log_level lvl, const char *component, const char *fmt, ...) {
         n += (size_t)snprintf(line + n, sizeof line - n, "\"}\n");
     } else {
         for (char *p = msg; *p; p++)
-            if ((unsigned char)*p < 0x20) *p = ' ';   /* one event, one line */
-        n = (size_t)snprintf(line, sizeof line, "%s %s %s %s\n", tsbuf, level_names[li],
-                             component, msg);
+            if ((unsigned char)*p < 0x20) *p = ' '; /* one event, one line */
+        n = (size_t)snprintf(line, sizeof line, "%s %s %s %s\n", tsbuf, level_names[li], component,
+                             msg);
     }
     if (n >= sizeof line) {
         n = sizeof line - 1;
         line[n - 1] = '\n';
     }
     ssize_t w = write(STDERR_FILENO, line, n);
-    (void)w;    /* nowhere to report a failing stderr */
+    (void)w; /* nowhere to report a failing stderr */
 }

@@ -17,40 +17,41 @@
 #include "nerve/stress.h"
 
 #define NERVE_VERSION "0.2.0"
-#define MAX_SETS 256
+#define MAX_SETS      256
 
 typedef struct opts {
     const char *config;
     char *sets[MAX_SETS];
     size_t nsets;
-    const char *log_format;     /* NULL = from config */
-    char **rest;                /* positional arguments after the command */
+    const char *log_format; /* NULL = from config */
+    char **rest;            /* positional arguments after the command */
     int nrest;
 } opts;
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: nerve COMMAND [options]\n"
-            "\n"
-            "commands:\n"
-            "  serve   [-c FILE]            run the daemon (default config/nerve.yaml)\n"
-            "  check   [-c FILE]            validate config and rules; exit 0 only if all is valid\n"
-            "  rules test [-c FILE] EVENTS.jsonl\n"
-            "                               dry-run: feed each {\"channel\",\"event\"} line to the rules,\n"
-            "                               print one JSON line per decision; no Redis needed\n"
-            "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
-            "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
-            "                               load test with invariant checks (nerve stress --help)\n"
-            "  help                         this text\n"
-            "  --version                    print the version\n"
-            "\n"
-            "options for commands that read config:\n"
-            "  -c, --config FILE            config file (default config/nerve.yaml)\n"
-            "  --set dotted.key=value       override a key after the file is read (repeatable)\n"
-            "  --log-format text|json       log line format on stderr\n"
-            "\n"
-            "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL\n"
-            "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
+    fprintf(
+        f,
+        "usage: nerve COMMAND [options]\n"
+        "\n"
+        "commands:\n"
+        "  serve   [-c FILE]            run the daemon (default config/nerve.yaml)\n"
+        "  check   [-c FILE]            validate config and rules; exit 0 only if all is valid\n"
+        "  rules test [-c FILE] EVENTS.jsonl\n"
+        "                               dry-run: feed each {\"channel\",\"event\"} line to the rules,\n"
+        "                               print one JSON line per decision; no Redis needed\n"
+        "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
+        "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
+        "                               load test with invariant checks (nerve stress --help)\n"
+        "  help                         this text\n"
+        "  --version                    print the version\n"
+        "\n"
+        "options for commands that read config:\n"
+        "  -c, --config FILE            config file (default config/nerve.yaml)\n"
+        "  --set dotted.key=value       override a key after the file is read (repeatable)\n"
+        "  --log-format text|json       log line format on stderr\n"
+        "\n"
+        "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL\n"
+        "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
 }
 
 /* Parse the options after the command: ARGV[0] is the command, options and
@@ -67,14 +68,12 @@ static int parse_opts(int argc, char **argv, opts *o) {
     o->config = "config/nerve.yaml";
     o->rest = calloc((size_t)argc + 1, sizeof *o->rest);
     if (!o->rest) return -1;
-    opterr = 0;                 /* our messages, not getopt's */
-    optind = 0;                 /* GNU: start afresh */
+    opterr = 0; /* our messages, not getopt's */
+    optind = 0; /* GNU: start afresh */
     int ch;
     while ((ch = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'c':
-            o->config = optarg;
-            break;
+        case 'c': o->config = optarg; break;
         case 's':
             if (o->nsets == MAX_SETS) {
                 fprintf(stderr, "nerve: at most %d --set options\n", MAX_SETS);
@@ -89,12 +88,12 @@ static int parse_opts(int argc, char **argv, opts *o) {
             }
             o->log_format = optarg;
             break;
-        case ':':
-            fprintf(stderr, "nerve: %s needs a value\n", argv[optind - 1]);
-            return -1;
+        case ':': fprintf(stderr, "nerve: %s needs a value\n", argv[optind - 1]); return -1;
         default:
-            if (optopt) fprintf(stderr, "nerve: unknown option -%c (see nerve help)\n", optopt);
-            else fprintf(stderr, "nerve: unknown option %s (see nerve help)\n", argv[optind - 1]);
+            if (optopt)
+                fprintf(stderr, "nerve: unknown option -%c (see nerve help)\n", optopt);
+            else
+                fprintf(stderr, "nerve: unknown option %s (see nerve help)\n", argv[optind - 1]);
             return -1;
         }
     }
@@ -143,11 +142,14 @@ static int cmd_check(const opts *o) {
 
 static int cmd_rules(const opts *o) {
     if (o->nrest < 1 || strcmp(o->rest[0], "test") != 0) {
-        fprintf(stderr, "usage: nerve rules test [-c FILE] EVENTS.jsonl (use - for standard input)\n");
+        fprintf(stderr,
+                "usage: nerve rules test [-c FILE] EVENTS.jsonl (use - for standard input)\n");
         return 2;
     }
     if (o->nrest != 2) {
-        fprintf(stderr, "nerve rules test: expected exactly one EVENTS.jsonl file (use - for standard input)\n");
+        fprintf(
+            stderr,
+            "nerve rules test: expected exactly one EVENTS.jsonl file (use - for standard input)\n");
         return 2;
     }
     const char *path = o->rest[1];
@@ -179,13 +181,15 @@ static int cmd_reload(const opts *o) {
     if (!c) return 1;
     int rc = 1;
     if (!c->pidfile[0]) {
-        fprintf(stderr, "nerve: server.pidfile is not set in %s; cannot find the daemon\n", o->config);
+        fprintf(stderr, "nerve: server.pidfile is not set in %s; cannot find the daemon\n",
+                o->config);
     } else {
         pid_t pid = daemon_pidfile_read(c->pidfile);
         if (pid <= 0)
             fprintf(stderr, "nerve: no running daemon: cannot read a pid from %s\n", c->pidfile);
         else if (kill(pid, SIGHUP) != 0)
-            fprintf(stderr, "nerve: cannot signal pid %d from %s: %s\n", (int)pid, c->pidfile, strerror(errno));
+            fprintf(stderr, "nerve: cannot signal pid %d from %s: %s\n", (int)pid, c->pidfile,
+                    strerror(errno));
         else {
             printf("sent SIGHUP to nerve pid %d\n", (int)pid);
             rc = 0;
@@ -221,10 +225,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     int rc;
-    if (strcmp(cmd, "serve") == 0) rc = cmd_serve(&o);
-    else if (strcmp(cmd, "check") == 0) rc = cmd_check(&o);
-    else if (strcmp(cmd, "reload") == 0) rc = cmd_reload(&o);
-    else if (strcmp(cmd, "rules") == 0) rc = cmd_rules(&o);
+    if (strcmp(cmd, "serve") == 0)
+        rc = cmd_serve(&o);
+    else if (strcmp(cmd, "check") == 0)
+        rc = cmd_check(&o);
+    else if (strcmp(cmd, "reload") == 0)
+        rc = cmd_reload(&o);
+    else if (strcmp(cmd, "rules") == 0)
+        rc = cmd_rules(&o);
     else {
         fprintf(stderr, "nerve: unknown command '%s' (see nerve help)\n", cmd);
         rc = 2;

@@ -35,26 +35,26 @@
 #include <strings.h>
 #include <time.h>
 
-#define RESP_BODY_MAX (64 * 1024)   /* answer bytes read before we stop caring */
-#define JOB_STR_MAX 4096            /* scope, reason, rule: bytes kept */
+#define RESP_BODY_MAX (64 * 1024) /* answer bytes read before we stop caring */
+#define JOB_STR_MAX   4096        /* scope, reason, rule: bytes kept */
 
 typedef struct pjob {
-    panic_job job;                  /* scope/reason/rule point at the copies */
+    panic_job job; /* scope/reason/rule point at the copies */
     char *scope, *reason, *rule;
     struct pjob *next;
 } pjob;
 
 struct panic {
     /* Immutable after panic_new. */
-    panic_opts o;                   /* url/token point at the copies below */
-    char *url, *token;              /* url NULL = no webhook configured */
-    CURL *curl;                     /* worker thread only */
+    panic_opts o;      /* url/token point at the copies below */
+    char *url, *token; /* url NULL = no webhook configured */
+    CURL *curl;        /* worker thread only */
     struct curl_slist *headers;
     pthread_t thread;
 
     pthread_mutex_t mu;
-    pthread_cond_t wake;            /* worker: a job arrived, or stop */
-    pthread_cond_t idle;            /* drain: queue empty and nothing running */
+    pthread_cond_t wake; /* worker: a job arrived, or stop */
+    pthread_cond_t idle; /* drain: queue empty and nothing running */
     /* Guarded by mu. */
     pjob *head, *tail;
     int queued;
@@ -127,7 +127,7 @@ static size_t discard(char *ptr, size_t size, size_t nmemb, void *ud) {
     s->got += n;
     if (s->got > RESP_BODY_MAX) {
         s->overflow = true;
-        return 0;       /* CURLE_WRITE_ERROR */
+        return 0; /* CURLE_WRITE_ERROR */
     }
     return n;
 }
@@ -144,7 +144,7 @@ static void attempt(panic *p, const char *body, panic_attempt *a) {
     CURLcode rc = curl_easy_perform(p->curl);
     long status = 0;
     curl_easy_getinfo(p->curl, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_setopt(p->curl, CURLOPT_ERRORBUFFER, NULL);     /* errbuf dies here */
+    curl_easy_setopt(p->curl, CURLOPT_ERRORBUFFER, NULL); /* errbuf dies here */
     curl_easy_setopt(p->curl, CURLOPT_WRITEDATA, NULL);
 
     a->http_status = (int)status;
@@ -182,9 +182,12 @@ done:
 /* Count, log and report the end of a job. LAST_ERROR only for STOP_FAILED. */
 static void finish(panic *p, pjob *j, panic_outcome outcome, int attempts, const char *last_error) {
     pthread_mutex_lock(&p->mu);
-    if (outcome == PANIC_STOPPED) p->stats.jobs_stopped++;
-    else if (outcome == PANIC_DRY_RUN) p->stats.jobs_dry_run++;
-    else p->stats.jobs_failed++;
+    if (outcome == PANIC_STOPPED)
+        p->stats.jobs_stopped++;
+    else if (outcome == PANIC_DRY_RUN)
+        p->stats.jobs_dry_run++;
+    else
+        p->stats.jobs_failed++;
     pthread_mutex_unlock(&p->mu);
 
     if (outcome == PANIC_STOPPED)
@@ -196,8 +199,8 @@ static void finish(panic *p, pjob *j, panic_outcome outcome, int attempts, const
         log_warn("panic", "emergency stop failed scope=%s attempts=%d error=\"%s\"", j->scope,
                  attempts, last_error);
     if (j->job.on_done)
-        j->job.on_done(j->job.ud, &j->job, outcome,
-                       attempts, outcome == PANIC_STOP_FAILED ? last_error : NULL);
+        j->job.on_done(j->job.ud, &j->job, outcome, attempts,
+                       outcome == PANIC_STOP_FAILED ? last_error : NULL);
 }
 
 static void run_job(panic *p, pjob *j) {
@@ -214,7 +217,7 @@ static void run_job(panic *p, pjob *j) {
         finish(p, j, PANIC_STOP_FAILED, 0, "out of memory building the request body");
         return;
     }
-    char last[sizeof ((panic_attempt *)0)->error + 64] = "";
+    char last[sizeof((panic_attempt *)0)->error + 64] = "";
     int k = 0, max = p->o.max_attempts;
     panic_attempt a = { 0 };
     while (k < max) {
@@ -224,15 +227,19 @@ static void run_job(panic *p, pjob *j) {
         a.delay_ms = a.ok || k == max ? 0 : backoff_delay_ms(&p->o, k);
 
         pthread_mutex_lock(&p->mu);
-        if (a.ok) p->stats.attempts_ok++;
-        else p->stats.attempts_failed++;
+        if (a.ok)
+            p->stats.attempts_ok++;
+        else
+            p->stats.attempts_failed++;
         pthread_mutex_unlock(&p->mu);
         if (a.ok)
-            log_info("panic", "webhook attempt ok scope=%s attempt=%d/%d status=%d", j->scope, k, max,
-                     a.http_status);
+            log_info("panic", "webhook attempt ok scope=%s attempt=%d/%d status=%d", j->scope, k,
+                     max, a.http_status);
         else
-            log_warn("panic", "webhook attempt failed scope=%s attempt=%d/%d status=%d error=\"%s\" retry_in_ms=%lld",
-                     j->scope, k, max, a.http_status, a.error, a.delay_ms);
+            log_warn(
+                "panic",
+                "webhook attempt failed scope=%s attempt=%d/%d status=%d error=\"%s\" retry_in_ms=%lld",
+                j->scope, k, max, a.http_status, a.error, a.delay_ms);
         if (j->job.on_attempt) j->job.on_attempt(j->job.ud, &j->job, &a);
 
         if (a.ok) break;
@@ -243,8 +250,10 @@ static void run_job(panic *p, pjob *j) {
         }
     }
     cJSON_free(body);
-    if (a.ok) finish(p, j, PANIC_STOPPED, k, NULL);
-    else finish(p, j, PANIC_STOP_FAILED, k, last);
+    if (a.ok)
+        finish(p, j, PANIC_STOPPED, k, NULL);
+    else
+        finish(p, j, PANIC_STOP_FAILED, k, last);
 }
 
 static void *worker_main(void *arg) {
@@ -288,7 +297,10 @@ static void *worker_main(void *arg) {
 /* ---- API -------------------------------------------------------------- */
 
 static int check_opts(const panic_opts *o, char *err, size_t errlen) {
-    const struct { const char *name; long long v, min; } ints[] = {
+    const struct {
+        const char *name;
+        long long v, min;
+    } ints[] = {
         { "timeout_ms", o->timeout_ms, 1 },
         { "max_attempts", o->max_attempts, 1 },
         { "backoff_initial_ms", o->backoff_initial_ms, 0 },
@@ -336,7 +348,7 @@ panic *panic_new(const panic_opts *o, char *err, size_t errlen) {
         snprintf(err, errlen, "panic: out of memory");
         return NULL;
     }
-    int made = 0;           /* how far the sync objects got, for err: */
+    int made = 0; /* how far the sync objects got, for err: */
     p->o = *o;
     if (o->url && *o->url && !(p->url = strdup(o->url))) goto oom;
     if (o->token && *o->token && !(p->token = strdup(o->token))) goto oom;
@@ -346,7 +358,7 @@ panic *panic_new(const panic_opts *o, char *err, size_t errlen) {
     struct curl_slist *h;
     if (!(h = curl_slist_append(NULL, "Content-Type: application/json"))) goto oom;
     p->headers = h;
-    if (!(h = curl_slist_append(p->headers, "Expect:"))) goto oom;   /* no 100-continue round trip */
+    if (!(h = curl_slist_append(p->headers, "Expect:"))) goto oom; /* no 100-continue round trip */
     if (p->token) {
         size_t n = strlen(p->token) + sizeof "Authorization: Bearer ";
         char *auth = malloc(n);
@@ -448,10 +460,14 @@ int panic_submit(panic *p, const panic_job *job) {
     }
 
     pthread_mutex_lock(&p->mu);
-    const char *why = p->stopping ? "shutting down" : p->queued >= p->o.queue_max ? "queue full" : NULL;
+    const char *why = p->stopping                   ? "shutting down"
+                      : p->queued >= p->o.queue_max ? "queue full"
+                                                    : NULL;
     if (!why) {
-        if (p->tail) p->tail->next = j;
-        else p->head = j;
+        if (p->tail)
+            p->tail->next = j;
+        else
+            p->head = j;
         p->tail = j;
         p->queued++;
         pthread_cond_signal(&p->wake);
@@ -479,8 +495,10 @@ int panic_drain(panic *p, int timeout_ms) {
     struct timespec dl = clock_deadline_ms(timeout_ms);
     pthread_mutex_lock(&p->mu);
     while (p->head || p->busy) {
-        if (timeout_ms < 0) pthread_cond_wait(&p->idle, &p->mu);
-        else if (pthread_cond_timedwait(&p->idle, &p->mu, &dl) == ETIMEDOUT) break;
+        if (timeout_ms < 0)
+            pthread_cond_wait(&p->idle, &p->mu);
+        else if (pthread_cond_timedwait(&p->idle, &p->mu, &dl) == ETIMEDOUT)
+            break;
     }
     int rc = p->head || p->busy ? -1 : 0;
     pthread_mutex_unlock(&p->mu);
@@ -498,7 +516,8 @@ void panic_free(panic *p) {
     log_debug("panic", "stopped in %lld ms", clock_now_ms() - t0);
 
     curl_easy_cleanup(p->curl);
-    for (struct curl_slist *h = p->headers; h; h = h->next) explicit_bzero(h->data, strlen(h->data));
+    for (struct curl_slist *h = p->headers; h; h = h->next)
+        explicit_bzero(h->data, strlen(h->data));
     curl_slist_free_all(p->headers);
     if (p->token) explicit_bzero(p->token, strlen(p->token));
     free(p->token);

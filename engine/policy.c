@@ -17,7 +17,7 @@ typedef struct gate_ctx gate_ctx;
 typedef struct tvm {
     rules_vm *vm;
     uint64_t gen;
-    gate_ctx *cur;              /* the sale being evaluated, for the error callback */
+    gate_ctx *cur; /* the sale being evaluated, for the error callback */
 } tvm;
 
 struct policy {
@@ -26,15 +26,15 @@ struct policy {
     act *a;
     rds_pool *pool;
     ctr *counters;
-    tslot *vms;                 /* one tvm per HTTP worker thread */
-    _Atomic uint64_t failed_rejected, failed_allowed;   /* policy_stats */
+    tslot *vms;                                       /* one tvm per HTTP worker thread */
+    _Atomic uint64_t failed_rejected, failed_allowed; /* policy_stats */
 };
 
 struct gate_ctx {
     policy *p;
     sale_res *res;
     int rejected;
-    char failed_rule[129];     /* first rule that failed, "" if none */
+    char failed_rule[129]; /* first rule that failed, "" if none */
 };
 
 static void *tvm_create(void *ud) {
@@ -78,7 +78,8 @@ static void on_decision(void *ud, const rules_decision *d) {
             g->rejected = 1;
             snprintf(g->res->rule, sizeof g->res->rule, "%s", d->rule);
             snprintf(g->res->reason, sizeof g->res->reason, "%s", d->reason);
-            snprintf(g->res->message, sizeof g->res->message, "rejected by rule %s: %s", d->rule, d->reason);
+            snprintf(g->res->message, sizeof g->res->message, "rejected by rule %s: %s", d->rule,
+                     d->reason);
         }
         return;
     }
@@ -99,9 +100,14 @@ static void on_rule_error(void *ud, const char *rule, const char *msg) {
  * previous vm carries ctx.state over). No sale rule, no vm. */
 static void sync_vm(policy *p, tvm *t) {
     live_vm_opts o = {
-        .kind = RULES_VM_SALE, .only_channel = RULES_SALE_CHANNEL, .log_component = "policy",
-        .what = "a sale-rule evaluator", .on_error = on_rule_error, .error_ud = t,
-        .incr = p->counters ? ctr_incr : NULL, .incr_ud = p->counters,
+        .kind = RULES_VM_SALE,
+        .only_channel = RULES_SALE_CHANNEL,
+        .log_component = "policy",
+        .what = "a sale-rule evaluator",
+        .on_error = on_rule_error,
+        .error_ud = t,
+        .incr = p->counters ? ctr_incr : NULL,
+        .incr_ud = p->counters,
     };
     live_sync_vm(p->l, &t->vm, &t->gen, &o);
 }
@@ -112,14 +118,15 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
     if (ks_halted(p->k, req->sku, scope)) {
         res->status = SALE_HALTED;
         snprintf(res->scope, sizeof res->scope, "%s", scope);
-        snprintf(res->message, sizeof res->message, "sales of %s are halted by the kill switch (scope %s)",
-                 req->sku, scope);
+        snprintf(res->message, sizeof res->message,
+                 "sales of %s are halted by the kill switch (scope %s)", req->sku, scope);
         return SALE_HALTED;
     }
     tvm *t = tslot_get(p->vms);
     if (!t) {
         res->status = SALE_UNAVAILABLE;
-        snprintf(res->message, sizeof res->message, "out of memory building the sale-rule evaluator");
+        snprintf(res->message, sizeof res->message,
+                 "out of memory building the sale-rule evaluator");
         return SALE_UNAVAILABLE;
     }
     sync_vm(p, t);
@@ -138,7 +145,8 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
     cJSON_AddStringToObject(ev, "order_id", req->order_id);
     gate_ctx gc = { .p = p, .res = res };
     t->cur = &gc;
-    int failed = rules_eval_cjson(t->vm, RULES_SALE_CHANNEL, ev, (long long)time(NULL), on_decision, &gc);
+    int failed = rules_eval_cjson(t->vm, RULES_SALE_CHANNEL, ev, (long long)time(NULL), on_decision,
+                                  &gc);
     t->cur = NULL;
     cJSON_Delete(ev);
     if (gc.rejected) {
@@ -147,15 +155,18 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
     }
     if (failed > 0) {
         int allow = rules_set_sale_allow(rules_vm_set(t->vm));
-        atomic_fetch_add_explicit(allow ? &p->failed_allowed : &p->failed_rejected, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(allow ? &p->failed_allowed : &p->failed_rejected, 1,
+                                  memory_order_relaxed);
         if (!allow) {
             const char *rule = gc.failed_rule[0] ? gc.failed_rule : "?";
             res->status = SALE_REJECTED;
             snprintf(res->rule, sizeof res->rule, "%s", rule);
             snprintf(res->reason, sizeof res->reason,
                      "sale rule failed (rules.sale_on_error=reject: sales fail closed)");
-            snprintf(res->message, sizeof res->message,
-                     "rejected: sale rule %s failed, and sales fail closed (rules.sale_on_error=reject)", rule);
+            snprintf(
+                res->message, sizeof res->message,
+                "rejected: sale rule %s failed, and sales fail closed (rules.sale_on_error=reject)",
+                rule);
             return SALE_REJECTED;
         }
     }

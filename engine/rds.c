@@ -25,11 +25,11 @@
 struct rds_client {
     rds_opts o;
     redisContext *ctx;
-    int down;                   /* last attempt failed */
-    int fails;                  /* failed connections in a row (the backoff attempt) */
-    long long retry_at_ms;      /* monotonic ms before which we do not retry */
-    long long last_used_ms;     /* monotonic ms of the last command */
-    int unknown;                /* the last failure came after a command was sent */
+    int down;               /* last attempt failed */
+    int fails;              /* failed connections in a row (the backoff attempt) */
+    long long retry_at_ms;  /* monotonic ms before which we do not retry */
+    long long last_used_ms; /* monotonic ms of the last command */
+    int unknown;            /* the last failure came after a command was sent */
     char errstr[256];
 };
 
@@ -48,7 +48,7 @@ static int unescape(const char *s, size_t len, char *out, size_t cap) {
     for (size_t i = 0; i < len; i++) {
         char ch = s[i];
         if (ch == '%') {
-            if (i + 2 >= len) return -1;    /* needs two hex digits */
+            if (i + 2 >= len) return -1; /* needs two hex digits */
             char hex[3] = { s[i + 1], s[i + 2], 0 };
             char *end;
             long v = strtol(hex, &end, 16);
@@ -184,9 +184,8 @@ redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen) {
     redisSetTimeout(ctx, tv_ms(o->command_timeout_ms));
     redisEnableKeepAlive(ctx);
     if (o->pass[0]) {
-        redisReply *r = o->user[0]
-            ? redisCommand(ctx, "AUTH %s %s", o->user, o->pass)
-            : redisCommand(ctx, "AUTH %s", o->pass);
+        redisReply *r = o->user[0] ? redisCommand(ctx, "AUTH %s %s", o->user, o->pass)
+                                   : redisCommand(ctx, "AUTH %s", o->pass);
         if (setup_cmd(ctx, r, "AUTH", err, errlen)) goto err;
     }
     if (o->db) {
@@ -273,8 +272,12 @@ redisReply *rds_get_reply(rds_client *c) {
     return r;
 }
 
-const char *rds_errstr(const rds_client *c) { return c->errstr; }
-int rds_outcome_unknown(const rds_client *c) { return c->unknown; }
+const char *rds_errstr(const rds_client *c) {
+    return c->errstr;
+}
+int rds_outcome_unknown(const rds_client *c) {
+    return c->unknown;
+}
 
 /* ---- scripts --------------------------------------------------------------- */
 
@@ -306,8 +309,8 @@ int rds_script_load(rds_client *c, rds_script *s) {
     return load_script(c, s);
 }
 
-redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
-                     const char **argv, const size_t *argvlen) {
+redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc, const char **argv,
+                     const size_t *argvlen) {
     /* Heap, not stack: CivetWeb workers run on small (~100 KiB) stacks. */
     const char **av = malloc(((size_t)argc + 3) * sizeof *av);
     size_t *al = malloc(((size_t)argc + 3) * sizeof *al);
@@ -318,8 +321,10 @@ redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
         goto out;
     }
     snprintf(nk, sizeof nk, "%d", nkeys);
-    av[0] = "EVALSHA"; al[0] = 7;
-    av[2] = nk;        al[2] = strlen(nk);
+    av[0] = "EVALSHA";
+    al[0] = 7;
+    av[2] = nk;
+    al[2] = strlen(nk);
     for (int i = 0; i < argc; i++) {
         av[i + 3] = argv[i];
         al[i + 3] = argvlen ? argvlen[i] : strlen(argv[i]);
@@ -328,7 +333,8 @@ redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
         if ((tries > 0 || !atomic_load_explicit(&s->loaded, memory_order_acquire)) &&
             load_script(c, s))
             goto out;
-        av[1] = s->sha; al[1] = 40;
+        av[1] = s->sha;
+        al[1] = 40;
         r = rds_commandargv(c, argc + 3, av, al);
         if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
             /* Redis restarted or flushed its script cache: load again. */
@@ -349,11 +355,15 @@ out:
 
 struct rds_pool {
     rds_opts o;
-    tslot *clients;             /* one rds_client per calling thread */
+    tslot *clients; /* one rds_client per calling thread */
 };
 
-static void *pool_create(void *ud) { return rds_client_new(&((rds_pool *)ud)->o); }
-static void pool_destroy(void *c) { rds_client_free(c); }
+static void *pool_create(void *ud) {
+    return rds_client_new(&((rds_pool *)ud)->o);
+}
+static void pool_destroy(void *c) {
+    rds_client_free(c);
+}
 
 rds_pool *rds_pool_new(const rds_opts *o) {
     rds_pool *p = calloc(1, sizeof *p);
@@ -367,7 +377,9 @@ rds_pool *rds_pool_new(const rds_opts *o) {
     return p;
 }
 
-rds_client *rds_pool_client(rds_pool *p) { return tslot_get(p->clients); }
+rds_client *rds_pool_client(rds_pool *p) {
+    return tslot_get(p->clients);
+}
 
 void rds_pool_free(rds_pool *p) {
     if (!p) return;

@@ -29,8 +29,7 @@
 
 /* ---- collected errors --------------------------------------------------- */
 
-void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...)
-{
+void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...) {
     char msg[RULES_MSG_MAX + 128], clean[RULES_MSG_MAX + 128], head[RULES_MSG_MAX];
     va_list ap;
     size_t need;
@@ -46,8 +45,7 @@ void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, 
         size_t cap = (b->cap + need) * 2;
         char *s = realloc(b->s, cap);
 
-        if (s == NULL)
-            return;             /* the count still says something was wrong */
+        if (s == NULL) return; /* the count still says something was wrong */
         b->s = s;
         b->cap = cap;
     }
@@ -56,16 +54,14 @@ void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, 
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int isident(int c)
-{
+static int isident(int c) {
     return isalnum(c) || c == '_';
 }
 
 /* Best-effort line of the NTH (1-based) `KEY =` at or after line FROM,
  * ignoring what follows `--` on a line; 0 when not found. Used to point at a
  * field of the returned table, which Lua keeps no line for. */
-int rules_key_line(const char *src, size_t len, const char *key, int from, int nth)
-{
+int rules_key_line(const char *src, size_t len, const char *key, int from, int nth) {
     size_t klen = strlen(key);
     const char *p, *end = src + len;
     bool comment = false;
@@ -77,8 +73,7 @@ int rules_key_line(const char *src, size_t len, const char *key, int from, int n
             comment = false;
             continue;
         }
-        if (comment || line < from)
-            continue;
+        if (comment || line < from) continue;
         if (p[0] == '-' && p + 1 < end && p[1] == '-') {
             comment = true;
             continue;
@@ -87,50 +82,38 @@ int rules_key_line(const char *src, size_t len, const char *key, int from, int n
             (p == src || !isident((unsigned char)p[-1])) && !isident((unsigned char)p[klen])) {
             const char *q = p + klen;
 
-            while (q < end && (*q == ' ' || *q == '\t'))
-                q++;
-            if (q < end && *q == '=' && (q + 1 >= end || q[1] != '=') && --nth == 0)
-                return line;
+            while (q < end && (*q == ' ' || *q == '\t')) q++;
+            if (q < end && *q == '=' && (q + 1 >= end || q[1] != '=') && --nth == 0) return line;
         }
     }
     return 0;
 }
 
-static int name_ok(const char *s, size_t len)
-{
-    if (len == 0 || len > RULES_NAME_MAX)
-        return 0;
+static int name_ok(const char *s, size_t len) {
+    if (len == 0 || len > RULES_NAME_MAX) return 0;
     for (size_t i = 0; i < len; i++)
-        if (!isident((unsigned char)s[i]) && s[i] != '.' && s[i] != '-')
-            return 0;
+        if (!isident((unsigned char)s[i]) && s[i] != '.' && s[i] != '-') return 0;
     return 1;
 }
 
-int rules_channel_ok(const char *s, size_t len)
-{
-    if (len == 0 || len > RULES_CHANNEL_MAX)
-        return 0;
+int rules_channel_ok(const char *s, size_t len) {
+    if (len == 0 || len > RULES_CHANNEL_MAX) return 0;
     for (size_t i = 0; i < len; i++)
-        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
-            return 0;
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f) return 0;
     return 1;
 }
 
-static void sha256_hex(const void *data, size_t len, char out[65])
-{
+static void sha256_hex(const void *data, size_t len, char out[65]) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
 
-    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1)
-        mdlen = 0;
-    for (unsigned int i = 0; i < mdlen && i < 32; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
+    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1) mdlen = 0;
+    for (unsigned int i = 0; i < mdlen && i < 32; i++) sprintf(out + 2 * i, "%02x", md[i]);
     out[2 * (mdlen < 32 ? mdlen : 32)] = '\0';
 }
 
 /* Read PATH whole (at most RULES_FILE_MAX bytes), NUL-terminated. */
-static char *read_file(const char *path, size_t *len, rules_errbuf *eb)
-{
+static char *read_file(const char *path, size_t *len, rules_errbuf *eb) {
     FILE *f = fopen(path, "rb");
     char *buf;
     size_t n;
@@ -161,23 +144,18 @@ static char *read_file(const char *path, size_t *len, rules_errbuf *eb)
     return NULL;
 }
 
-static int cmp_str(const void *a, const void *b)
-{
+static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void free_strv(char **v, size_t n)
-{
-    if (v == NULL)
-        return;
-    for (size_t i = 0; i < n; i++)
-        free(v[i]);
+static void free_strv(char **v, size_t n) {
+    if (v == NULL) return;
+    for (size_t i = 0; i < n; i++) free(v[i]);
     free(v);
 }
 
 /* The files to load, as paths the user will recognise in messages. */
-static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb)
-{
+static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb) {
     const char *dir = c->rules_dir && *c->rules_dir ? c->rules_dir : "rules";
     char **v = NULL;
     size_t cap = 0;
@@ -218,10 +196,8 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb)
         struct stat st;
         char *path;
 
-        if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0)
-            continue;
-        if (asprintf(&path, "%s%s%s", dir, sep, de->d_name) < 0)
-            continue;
+        if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0) continue;
+        if (asprintf(&path, "%s%s%s", dir, sep, de->d_name) < 0) continue;
         /* A *.lua entry that cannot be loaded is an error, never skipped:
          * a dangling symlink or a vanished file would otherwise silently
          * remove a safety rule from the set (and `nerve check` say ok). */
@@ -265,8 +241,7 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb)
 
 static const char *const rule_keys[] = { "name", "on", "evaluate", "tests", "description", NULL };
 
-static int kline(const struct rules_load *a, const char *key)
-{
+static int kline(const struct rules_load *a, const char *key) {
     int l = rules_key_line(a->src, a->src_len, key, 1, 1);
 
     return l > 0 ? l : 1;
@@ -275,15 +250,13 @@ static int kline(const struct rules_load *a, const char *key)
 /* Anchor the string on top of the stack in table ANCHOR and return it: the
  * strings kept in struct rules_load must outlive any change the rule's own
  * code (its fixtures' evaluate) makes to the table they came from. */
-static const char *anchored(lua_State *L, int anchor)
-{
+static const char *anchored(lua_State *L, int anchor) {
     lua_pushvalue(L, -1);
     lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
     return lua_tostring(L, -1);
 }
 
-static void validate_fn(lua_State *L, void *ud)
-{
+static void validate_fn(lua_State *L, void *ud) {
     struct rules_load *a = ud;
     int t, vt, anchor;
 
@@ -296,7 +269,7 @@ static void validate_fn(lua_State *L, void *ud)
     }
     lua_pushvalue(L, t);
     a->ref_rule = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);            /* referenced from the registry until the state closes */
+    lua_newtable(L); /* referenced from the registry until the state closes */
     anchor = lua_gettop(L);
     lua_pushvalue(L, anchor);
     (void)luaL_ref(L, LUA_REGISTRYINDEX);
@@ -313,7 +286,8 @@ static void validate_fn(lua_State *L, void *ud)
             if (lua_type(L, -1) == LUA_TSTRING)
                 rules_eb_add(a->eb, a->file, kline(a, lua_tostring(L, -1)),
                              "unknown field \"%.40s\" in the rule table (expected name, on, "
-                             "evaluate, tests, description)", lua_tostring(L, -1));
+                             "evaluate, tests, description)",
+                             lua_tostring(L, -1));
             else
                 rules_eb_add(a->eb, a->file, 1, "unexpected %s key in the rule table",
                              luaL_typename(L, -1));
@@ -323,8 +297,10 @@ static void validate_fn(lua_State *L, void *ud)
     lua_pushliteral(L, "name");
     vt = lua_rawget(L, t);
     if (vt != LUA_TSTRING || !name_ok(lua_tostring(L, -1), lua_rawlen(L, -1)))
-        rules_eb_add(a->eb, a->file, kline(a, "name"), "name must be a string of 1 to %d "
-                     "characters from [A-Za-z0-9_.-]", RULES_NAME_MAX);
+        rules_eb_add(a->eb, a->file, kline(a, "name"),
+                     "name must be a string of 1 to %d "
+                     "characters from [A-Za-z0-9_.-]",
+                     RULES_NAME_MAX);
     else
         a->name = anchored(L, anchor);
     lua_pop(L, 1);
@@ -350,8 +326,10 @@ static void validate_fn(lua_State *L, void *ud)
         for (size_t i = 1; i <= n; i++) {
             if (lua_rawgeti(L, on, (lua_Integer)i) != LUA_TSTRING ||
                 !rules_channel_ok(lua_tostring(L, -1), lua_rawlen(L, -1))) {
-                rules_eb_add(a->eb, a->file, kline(a, "on"), "on[%zu] must be a channel name "
-                             "(1 to %d printable characters, no spaces)", i, RULES_CHANNEL_MAX);
+                rules_eb_add(a->eb, a->file, kline(a, "on"),
+                             "on[%zu] must be a channel name "
+                             "(1 to %d printable characters, no spaces)",
+                             i, RULES_CHANNEL_MAX);
                 a->n_chan = 0;
                 lua_pop(L, 1);
                 break;
@@ -371,7 +349,7 @@ static void validate_fn(lua_State *L, void *ud)
 
         lua_getinfo(L, ">S", &ar);
         a->eval_line = ar.linedefined > 0 ? ar.linedefined : 1;
-        lua_pushnil(L);         /* balance the pop below */
+        lua_pushnil(L); /* balance the pop below */
     }
     lua_pop(L, 1);
 
@@ -395,8 +373,7 @@ static void validate_fn(lua_State *L, void *ud)
     a->ok = a->eb->count == a->errors_before;
 }
 
-static void free_rule(rules_rule *r)
-{
+static void free_rule(rules_rule *r) {
     free(r->name);
     free(r->file);
     free(r->description);
@@ -405,8 +382,7 @@ static void free_rule(rules_rule *r)
 }
 
 /* Compile, validate and test FILE; on success append it to SET. */
-static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
-{
+static void load_one(rules_set *set, const char *file, rules_errbuf *eb) {
     struct rules_load a;
     rules_sbx s;
     rules_sbx_err e;
@@ -415,10 +391,10 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
     size_t len = 0;
 
     src = read_file(file, &len, eb);
-    if (src == NULL)
-        return;
+    if (src == NULL) return;
     if (len > 0 && src[0] == LUA_SIGNATURE[0]) {
-        rules_eb_add(eb, file, 1, "precompiled Lua bytecode is not accepted: rule files are "
+        rules_eb_add(eb, file, 1,
+                     "precompiled Lua bytecode is not accepted: rule files are "
                      "loaded from source text only");
         free(src);
         return;
@@ -431,8 +407,8 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
     a.eb = eb;
     a.errors_before = eb->count;
     a.now = (long long)time(NULL);
-    if (rules_sbx_open(&s, file, NULL, set->instr_limit, set->mem_limit, set->timeout_ms,
-                       &e) != 0) {
+    if (rules_sbx_open(&s, file, NULL, set->instr_limit, set->mem_limit, set->timeout_ms, &e) !=
+        0) {
         rules_eb_add(eb, file, e.line, "%s", e.msg);
         free(src);
         return;
@@ -441,8 +417,7 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
         rules_eb_add(eb, file, e.line, "%s", e.msg);
         goto done;
     }
-    if (!a.ok)
-        goto done;
+    if (!a.ok) goto done;
     s.name = a.name;
     s.def_line = a.eval_line;
     for (size_t i = 0; i < set->n; i++)
@@ -453,8 +428,7 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
             goto done;
         }
     rules_run_fixtures(&s, &a);
-    if (eb->count != a.errors_before)
-        goto done;
+    if (eb->count != a.errors_before) goto done;
 
     r = &set->rules[set->n];
     memset(r, 0, sizeof(*r));
@@ -463,8 +437,7 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb)
     r->description = strdup(a.desc ? a.desc : "");
     r->channels = calloc(a.n_chan, sizeof(char *));
     for (size_t i = 0; r->channels && i < a.n_chan; i++)
-        if ((r->channels[r->n_channels] = strdup(a.chan[i])) != NULL)
-            r->n_channels++;
+        if ((r->channels[r->n_channels] = strdup(a.chan[i])) != NULL) r->n_channels++;
     if (!r->name || !r->file || !r->description || r->n_channels != a.n_chan) {
         rules_eb_add(eb, file, 1, "out of memory");
         free_rule(r);
@@ -484,29 +457,24 @@ done:
 
 /* ---- the set ------------------------------------------------------------ */
 
-static void set_free(rules_set *s)
-{
-    if (s == NULL)
-        return;
-    for (size_t i = 0; i < s->n; i++)
-        free_rule(&s->rules[i]);
+static void set_free(rules_set *s) {
+    if (s == NULL) return;
+    for (size_t i = 0; i < s->n; i++) free_rule(&s->rules[i]);
     free(s->rules);
     free(s->ctr);
-    free(s->channels);          /* the strings belong to the rules */
+    free(s->channels); /* the strings belong to the rules */
     cJSON_Delete(s->params);
     free(s);
 }
 
 /* Channel union and the set digest. */
-static int set_finish(rules_set *s)
-{
+static int set_finish(rules_set *s) {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned char dig[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
     size_t total = 0;
 
-    for (size_t i = 0; i < s->n; i++)
-        total += s->rules[i].n_channels;
+    for (size_t i = 0; i < s->n; i++) total += s->rules[i].n_channels;
     s->channels = calloc(total ? total : 1, sizeof(char *));
     s->ctr = aligned_alloc(64, (s->n ? s->n : 1) * sizeof(rules_counters));
     if (md == NULL || s->channels == NULL || s->ctr == NULL) {
@@ -524,21 +492,17 @@ static int set_finish(rules_set *s)
         for (size_t c = 0; c < r->n_channels; c++) {
             size_t k = 0;
 
-            while (k < s->n_channels && strcmp(s->channels[k], r->channels[c]) != 0)
-                k++;
-            if (k == s->n_channels)
-                s->channels[s->n_channels++] = r->channels[c];
+            while (k < s->n_channels && strcmp(s->channels[k], r->channels[c]) != 0) k++;
+            if (k == s->n_channels) s->channels[s->n_channels++] = r->channels[c];
         }
     }
     EVP_DigestFinal_ex(md, dig, &dlen);
     EVP_MD_CTX_free(md);
-    for (unsigned int i = 0; i < dlen && i < 32; i++)
-        sprintf(s->sha256 + 2 * i, "%02x", dig[i]);
+    for (unsigned int i = 0; i < dlen && i < 32; i++) sprintf(s->sha256 + 2 * i, "%02x", dig[i]);
     return 0;
 }
 
-rules_set *rules_set_load(const cfg *c, char **errors)
-{
+rules_set *rules_set_load(const cfg *c, char **errors) {
     rules_errbuf eb = { 0 };
     rules_set *s;
     char **files;
@@ -567,8 +531,7 @@ rules_set *rules_set_load(const cfg *c, char **errors)
         if (eb.count == 0)
             rules_eb_add(&eb, c->rules_dir ? c->rules_dir : "rules", 1, "out of memory");
     } else {
-        for (size_t i = 0; i < nfiles; i++)
-            load_one(s, files[i], &eb);
+        for (size_t i = 0; i < nfiles; i++) load_one(s, files[i], &eb);
     }
     free_strv(files, nfiles);
     if (eb.count == 0 && set_finish(s) != 0)
@@ -583,30 +546,23 @@ rules_set *rules_set_load(const cfg *c, char **errors)
     return s;
 }
 
-rules_set *rules_set_ref(rules_set *s)
-{
-    if (s)
-        atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+rules_set *rules_set_ref(rules_set *s) {
+    if (s) atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     return s;
 }
 
-void rules_set_unref(rules_set *s)
-{
-    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
-        set_free(s);
+void rules_set_unref(rules_set *s) {
+    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) set_free(s);
 }
 
-size_t rules_set_count(const rules_set *s)
-{
+size_t rules_set_count(const rules_set *s) {
     return s->n;
 }
 
-int rules_set_info(const rules_set *s, size_t i, rules_info *out)
-{
+int rules_set_info(const rules_set *s, size_t i, rules_info *out) {
     const rules_rule *r;
 
-    if (i >= s->n)
-        return -1;
+    if (i >= s->n) return -1;
     r = &s->rules[i];
     out->name = r->name;
     out->file = r->file;
@@ -618,46 +574,37 @@ int rules_set_info(const rules_set *s, size_t i, rules_info *out)
     return 0;
 }
 
-const char *rules_set_sha256(const rules_set *s)
-{
+const char *rules_set_sha256(const rules_set *s) {
     return s->sha256;
 }
 
-long long rules_set_loaded_at(const rules_set *s)
-{
+long long rules_set_loaded_at(const rules_set *s) {
     return s->loaded_at;
 }
 
-int rules_set_sale_allow(const rules_set *s)
-{
+int rules_set_sale_allow(const rules_set *s) {
     return s->sale_allow;
 }
 
-int rules_set_timeout_ms(const rules_set *s)
-{
+int rules_set_timeout_ms(const rules_set *s) {
     return s->timeout_ms;
 }
 
-int rules_set_listens(const rules_set *s, const char *channel)
-{
+int rules_set_listens(const rules_set *s, const char *channel) {
     for (size_t i = 0; i < s->n_channels; i++)
-        if (strcmp(s->channels[i], channel) == 0)
-            return 1;
+        if (strcmp(s->channels[i], channel) == 0) return 1;
     return 0;
 }
 
-const char *const *rules_set_channels(const rules_set *s, size_t *n)
-{
+const char *const *rules_set_channels(const rules_set *s, size_t *n) {
     *n = s->n_channels;
     return (const char *const *)s->channels;
 }
 
-int rules_set_stats(const rules_set *s, size_t i, rules_stats *out)
-{
+int rules_set_stats(const rules_set *s, size_t i, rules_stats *out) {
     const rules_counters *c;
 
-    if (i >= s->n)
-        return -1;
+    if (i >= s->n) return -1;
     c = &s->ctr[i];
     out->evaluations = atomic_load_explicit(&c->evaluations, memory_order_relaxed);
     out->errors = atomic_load_explicit(&c->errors, memory_order_relaxed);

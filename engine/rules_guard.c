@@ -41,22 +41,29 @@
 #include "rules_int.h"
 
 #define NS_PER_UNIT 4.0
-#define SMALL_UNITS 2500        /* about 10 us */
+#define SMALL_UNITS 2500 /* about 10 us */
 
 enum guard_kind {
-    G_PLAIN = 0,        /* work bounded by its string arguments (linear) */
-    G_FIND, G_MATCH, G_GMATCH, G_GSUB,
-    G_REP, G_FORMAT, G_DATE,
-    G_MOVE, G_CONCAT, G_UNPACK, G_SHIFT, G_SORT,
+    G_PLAIN = 0, /* work bounded by its string arguments (linear) */
+    G_FIND,
+    G_MATCH,
+    G_GMATCH,
+    G_GSUB,
+    G_REP,
+    G_FORMAT,
+    G_DATE,
+    G_MOVE,
+    G_CONCAT,
+    G_UNPACK,
+    G_SHIFT,
+    G_SORT,
 };
 
 /* 1 when what follows a repeat at P[I..] can never fail (only capture
  * parentheses): the repeat then scans once instead of backtracking. */
-static int tail_only(const char *p, size_t i, size_t n)
-{
+static int tail_only(const char *p, size_t i, size_t n) {
     for (; i < n; i++)
-        if (p[i] != ')' && p[i] != '(')
-            return 0;
+        if (p[i] != ')' && p[i] != '(') return 0;
     return 1;
 }
 
@@ -68,8 +75,7 @@ static int tail_only(const char *p, size_t i, size_t n)
  * all. Malformed patterns are left to Lua to refuse. Several backtracking
  * repeats on a long subject are refused even when the real input would be
  * quick: the bound is the worst case, which an attacker can supply. */
-static double pattern_units(const char *p, size_t plen, size_t n, int scan)
-{
+static double pattern_units(const char *p, size_t plen, size_t n, int scan) {
     double len1 = (double)n + 1, mult = 1, items = 1, tail = 0;
     size_t i = 0;
 
@@ -88,25 +94,21 @@ static double pattern_units(const char *p, size_t plen, size_t n, int scan)
         if (c == '%' && i + 1 < plen) {
             char d = p[i + 1];
 
-            if (d == 'b') {                 /* %bxy: a scan per attempt */
+            if (d == 'b') { /* %bxy: a scan per attempt */
                 i += 4;
                 mult *= len1;
                 continue;
             }
-            if (d == 'f') {                 /* %f[set]: one position */
+            if (d == 'f') { /* %f[set]: one position */
                 i += 2;
-                if (i < plen && p[i] == '[')
-                    i++;
-                if (i < plen && p[i] == '^')
-                    i++;
-                if (i < plen && p[i] == ']')
-                    i++;
-                while (i < plen && p[i] != ']')
-                    i += (p[i] == '%') ? 2 : 1;
+                if (i < plen && p[i] == '[') i++;
+                if (i < plen && p[i] == '^') i++;
+                if (i < plen && p[i] == ']') i++;
+                while (i < plen && p[i] != ']') i += (p[i] == '%') ? 2 : 1;
                 i++;
                 continue;
             }
-            if (d >= '0' && d <= '9') {     /* back reference: a compare */
+            if (d >= '0' && d <= '9') { /* back reference: a compare */
                 i += 2;
                 mult *= len1;
                 continue;
@@ -114,12 +116,9 @@ static double pattern_units(const char *p, size_t plen, size_t n, int scan)
             i += 2;
         } else if (c == '[') {
             i++;
-            if (i < plen && p[i] == '^')
-                i++;
-            if (i < plen && p[i] == ']')
-                i++;
-            while (i < plen && p[i] != ']')
-                i += (p[i] == '%') ? 2 : 1;
+            if (i < plen && p[i] == '^') i++;
+            if (i < plen && p[i] == ']') i++;
+            while (i < plen && p[i] != ']') i += (p[i] == '%') ? 2 : 1;
             i++;
         } else {
             i++;
@@ -129,7 +128,7 @@ static double pattern_units(const char *p, size_t plen, size_t n, int scan)
             if (!tail_only(p, i, plen))
                 mult *= len1;
             else
-                tail = len1;    /* one scan, and only by a match that then succeeds */
+                tail = len1; /* one scan, and only by a match that then succeeds */
         } else if (i < plen && p[i] == '?') {
             i++;
             mult *= 2;
@@ -141,8 +140,7 @@ static double pattern_units(const char *p, size_t plen, size_t n, int scan)
     return (scan ? len1 : 1) * items * mult + 2 * tail + (double)plen;
 }
 
-static double str_arg_len(lua_State *L, int idx)
-{
+static double str_arg_len(lua_State *L, int idx) {
     size_t len = 0;
 
     if (lua_type(L, idx) == LUA_TSTRING)
@@ -152,43 +150,37 @@ static double str_arg_len(lua_State *L, int idx)
     return (double)len;
 }
 
-static double int_arg(lua_State *L, int idx, double dflt)
-{
+static double int_arg(lua_State *L, int idx, double dflt) {
     int isnum = 0;
     lua_Integer v;
 
-    if (lua_isnoneornil(L, idx))
-        return dflt;
+    if (lua_isnoneornil(L, idx)) return dflt;
     v = lua_tointegerx(L, idx, &isnum);
     return isnum ? (double)v : dflt;
 }
 
-static double raw_len(lua_State *L, int idx)
-{
+static double raw_len(lua_State *L, int idx) {
     return lua_type(L, idx) == LUA_TTABLE ? (double)lua_rawlen(L, idx) : 0;
 }
 
 /* Elements in [I, J], 0 when empty. */
-static double range(double i, double j)
-{
+static double range(double i, double j) {
     return j >= i ? j - i + 1 : 0;
 }
 
-static double estimate(lua_State *L, int kind)
-{
+static double estimate(lua_State *L, int kind) {
     double units = 0, n;
     int top = lua_gettop(L);
 
     switch (kind) {
     case G_FIND:
-        if (lua_toboolean(L, 4))            /* plain: a memchr-like scan */
+        if (lua_toboolean(L, 4)) /* plain: a memchr-like scan */
             return str_arg_len(L, 1) * (str_arg_len(L, 2) > 0 ? 2 : 1);
         /* fallthrough */
     case G_MATCH:
     case G_GMATCH:
     case G_GSUB:
-        if (lua_type(L, 2) != LUA_TSTRING)
-            return str_arg_len(L, 1);
+        if (lua_type(L, 2) != LUA_TSTRING) return str_arg_len(L, 1);
         {
             size_t plen;
             const char *p = lua_tolstring(L, 2, &plen);
@@ -206,32 +198,22 @@ static double estimate(lua_State *L, int kind)
         return n > 0 ? fmin(units, (double)rules_sbx_of(L)->limit) / 8 : 0;
     case G_FORMAT:
         units = str_arg_len(L, 1) * 8;
-        for (int i = 2; i <= top; i++)
-            units += str_arg_len(L, i) / 8;
+        for (int i = 2; i <= top; i++) units += str_arg_len(L, i) / 8;
         return units;
-    case G_DATE:
-        return str_arg_len(L, 1) * 64;
-    case G_MOVE:
-        return range(int_arg(L, 2, 1), int_arg(L, 3, 0)) * 4;
-    case G_CONCAT:
-        return range(int_arg(L, 3, 1), int_arg(L, 4, raw_len(L, 1))) * 4;
-    case G_UNPACK:
-        return range(int_arg(L, 2, 1), int_arg(L, 3, raw_len(L, 1))) * 2;
-    case G_SHIFT:
-        return raw_len(L, 1);
-    case G_SORT:
-        n = raw_len(L, 1);
-        return n * (log2(n + 1) + 1) * 4;
+    case G_DATE: return str_arg_len(L, 1) * 64;
+    case G_MOVE: return range(int_arg(L, 2, 1), int_arg(L, 3, 0)) * 4;
+    case G_CONCAT: return range(int_arg(L, 3, 1), int_arg(L, 4, raw_len(L, 1))) * 4;
+    case G_UNPACK: return range(int_arg(L, 2, 1), int_arg(L, 3, raw_len(L, 1))) * 2;
+    case G_SHIFT: return raw_len(L, 1);
+    case G_SORT: n = raw_len(L, 1); return n * (log2(n + 1) + 1) * 4;
     default:
-        for (int i = 1; i <= top; i++)
-            units += str_arg_len(L, i) / 4;
+        for (int i = 1; i <= top; i++) units += str_arg_len(L, i) / 4;
         return units;
     }
 }
 
 /* Call upvalue 1 with the arguments on the stack; leave its results. */
-static int call_upvalue(lua_State *L, int nresults)
-{
+static int call_upvalue(lua_State *L, int nresults) {
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, nresults);
@@ -239,8 +221,7 @@ static int call_upvalue(lua_State *L, int nresults)
 }
 
 /* upvalue 1: the original function; 2: its guard_kind; 3: its name. */
-static int sbx_guarded(lua_State *L)
-{
+static int sbx_guarded(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
     int kind = (int)lua_tointeger(L, lua_upvalueindex(2));
 
@@ -254,8 +235,7 @@ static int sbx_guarded(lua_State *L)
 
     /* Most calls are tiny: no clock for them (the count hook still sees the
      * time a loop of them takes). */
-    if (units < SMALL_UNITS)
-        return call_upvalue(L, LUA_MULTRET);
+    if (units < SMALL_UNITS) return call_upvalue(L, LUA_MULTRET);
     {
         double left = rules_sbx_time_left(L);
 
@@ -270,14 +250,16 @@ static int sbx_guarded(lua_State *L)
 
             /* lua_pushfstring knows no %g precision: format here. */
             if (kind >= G_FIND && kind <= G_GSUB)
-                snprintf(msg, sizeof(msg), "%s: pattern too costly for a %.0f-byte subject (it "
+                snprintf(msg, sizeof(msg),
+                         "%s: pattern too costly for a %.0f-byte subject (it "
                          "could backtrack for about %.3g steps, more than fit in the %d ms "
                          "evaluation deadline): shorten the subject or simplify the pattern",
                          name, str_arg_len(L, 1), units, s->timeout_ms);
             else
-                snprintf(msg, sizeof(msg), "%s: too much work for one call (about %.3g steps, "
-                         "more than fit in the %d ms evaluation deadline)", name, units,
-                         s->timeout_ms);
+                snprintf(msg, sizeof(msg),
+                         "%s: too much work for one call (about %.3g steps, "
+                         "more than fit in the %d ms evaluation deadline)",
+                         name, units, s->timeout_ms);
             return luaL_error(L, "%s", msg);
         }
     }
@@ -290,33 +272,35 @@ static int sbx_guarded(lua_State *L)
  * the original table stays in package.loaded, unreachable from rules, so
  * that Lua's messages keep naming the functions. Returns with the new table
  * on the stack. */
-static void guard_lib(lua_State *L, const char *lib)
-{
-    static const struct { const char *name; int kind; } kinds[] = {
-        { "find", G_FIND }, { "match", G_MATCH }, { "gmatch", G_GMATCH }, { "gsub", G_GSUB },
-        { "rep", G_REP }, { "format", G_FORMAT }, { "date", G_DATE },
-        { "move", G_MOVE }, { "concat", G_CONCAT }, { "unpack", G_UNPACK },
-        { "insert", G_SHIFT }, { "remove", G_SHIFT }, { "sort", G_SORT },
+static void guard_lib(lua_State *L, const char *lib) {
+    static const struct {
+        const char *name;
+        int kind;
+    } kinds[] = {
+        { "find", G_FIND },     { "match", G_MATCH },  { "gmatch", G_GMATCH },
+        { "gsub", G_GSUB },     { "rep", G_REP },      { "format", G_FORMAT },
+        { "date", G_DATE },     { "move", G_MOVE },    { "concat", G_CONCAT },
+        { "unpack", G_UNPACK }, { "insert", G_SHIFT }, { "remove", G_SHIFT },
+        { "sort", G_SORT },
     };
 
-    lua_getglobal(L, lib);                          /* orig */
-    lua_newtable(L);                                /* orig, copy */
+    lua_getglobal(L, lib); /* orig */
+    lua_newtable(L);       /* orig, copy */
     lua_pushnil(L);
-    while (lua_next(L, -3) != 0) {                  /* orig, copy, k, v */
+    while (lua_next(L, -3) != 0) { /* orig, copy, k, v */
         if (lua_type(L, -2) == LUA_TSTRING && lua_tocfunction(L, -1) != NULL) {
             const char *name = lua_tostring(L, -2);
             int kind = G_PLAIN;
 
             for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
-                if (strcmp(name, kinds[i].name) == 0)
-                    kind = kinds[i].kind;
+                if (strcmp(name, kinds[i].name) == 0) kind = kinds[i].kind;
             lua_pushinteger(L, kind);
             lua_pushfstring(L, "%s.%s", lib, name);
-            lua_pushcclosure(L, sbx_guarded, 3);    /* orig, copy, k, guarded */
+            lua_pushcclosure(L, sbx_guarded, 3); /* orig, copy, k, guarded */
         }
         lua_pushvalue(L, -2);
         lua_insert(L, -2);
-        lua_rawset(L, -4);                          /* copy[k] = v or guarded */
+        lua_rawset(L, -4); /* copy[k] = v or guarded */
     }
     lua_remove(L, -2);
     lua_pushvalue(L, -1);
@@ -326,18 +310,15 @@ static void guard_lib(lua_State *L, const char *lib)
 /* xpcall(f, handler, ...) whose handler never runs while an abort is
  * pending: Lua calls it from inside the hook that raised, with hooks off,
  * where nothing could stop it. */
-static int xpcall_handler(lua_State *L)
-{
+static int xpcall_handler(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
 
-    if (s->abort != RULES_SBX_OK)
-        return 1;               /* the abort token, as it is */
+    if (s->abort != RULES_SBX_OK) return 1; /* the abort token, as it is */
     call_upvalue(L, 1);
     return 1;
 }
 
-static int sbx_xpcall(lua_State *L)
-{
+static int sbx_xpcall(lua_State *L) {
     luaL_checktype(L, 2, LUA_TFUNCTION);
     lua_pushvalue(L, 2);
     lua_pushcclosure(L, xpcall_handler, 1);
@@ -345,8 +326,7 @@ static int sbx_xpcall(lua_State *L)
     return call_upvalue(L, LUA_MULTRET);
 }
 
-void rules_guard_env(lua_State *L)
-{
+void rules_guard_env(lua_State *L) {
     lua_getglobal(L, "xpcall");
     lua_pushcclosure(L, sbx_xpcall, 1);
     lua_setglobal(L, "xpcall");

@@ -21,12 +21,12 @@
 #include <lua.h>
 #include "nerve/rules.h"
 
-#define RULES_MSG_MAX       1024    /* one error message */
-#define RULES_NAME_MAX      64
-#define RULES_CHANNEL_MAX   128
-#define RULES_MAX_CHANNELS  32      /* per rule */
-#define RULES_LOG_MAX       16      /* log() lines per evaluation */
-#define RULES_STATE_DEPTH   64      /* ctx.state nesting that survives a reload */
+#define RULES_MSG_MAX      1024 /* one error message */
+#define RULES_NAME_MAX     64
+#define RULES_CHANNEL_MAX  128
+#define RULES_MAX_CHANNELS 32 /* per rule */
+#define RULES_LOG_MAX      16 /* log() lines per evaluation */
+#define RULES_STATE_DEPTH  64 /* ctx.state nesting that survives a reload */
 
 typedef struct rules_rule {
     char *name;
@@ -34,10 +34,10 @@ typedef struct rules_rule {
     char *description;
     char **channels;
     size_t n_channels;
-    char *src;                  /* the source text, NUL-terminated */
+    char *src; /* the source text, NUL-terminated */
     size_t src_len;
     char sha256[65];
-    int line;                   /* line of `evaluate`: fallback for errors */
+    int line; /* line of `evaluate`: fallback for errors */
     int n_fixtures;
 } rules_rule;
 
@@ -54,16 +54,16 @@ struct rules_set {
     atomic_int refs;
     rules_rule *rules;
     size_t n;
-    rules_counters *ctr;        /* n of them, 64-byte aligned */
-    char **channels;            /* union of the rules' channels */
+    rules_counters *ctr; /* n of them, 64-byte aligned */
+    char **channels;     /* union of the rules' channels */
     size_t n_channels;
     char sha256[65];
     long long instr_limit;
     size_t mem_limit;
-    int timeout_ms;             /* wall-clock deadline of one evaluation */
-    bool sale_allow;            /* rules.sale_on_error == allow */
+    int timeout_ms;  /* wall-clock deadline of one evaluation */
+    bool sale_allow; /* rules.sale_on_error == allow */
     size_t max_event_bytes;
-    struct cJSON *params;       /* owned copy of cfg.params (an object) */
+    struct cJSON *params; /* owned copy of cfg.params (an object) */
     long long loaded_at;
 };
 
@@ -73,7 +73,7 @@ struct rules_set {
 typedef struct rules_errbuf {
     char *s;
     size_t len, cap;
-    int count;                  /* problems seen, even if the text ran out of memory */
+    int count; /* problems seen, even if the text ran out of memory */
 } rules_errbuf;
 
 void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...)
@@ -102,9 +102,9 @@ struct rules_load {
     int eval_line;
     int tests_line;
     int n_fix;
-    bool ok;                    /* the shape is valid: fixtures can run */
-    int ref_rule, ref_state, ref_params;    /* registry refs in the sandbox */
-    long long now;              /* default ctx.now of fixtures */
+    bool ok;                             /* the shape is valid: fixtures can run */
+    int ref_rule, ref_state, ref_params; /* registry refs in the sandbox */
+    long long now;                       /* default ctx.now of fixtures */
 };
 
 /* Run the N_FIX fixtures of the rule A describes in its sandbox S, adding
@@ -114,19 +114,25 @@ void rules_run_fixtures(struct rules_sbx *s, struct rules_load *a);
 
 /* ---- the sandbox (rules_sandbox.c, rules_values.c) --------------------- */
 
-enum { RULES_SBX_OK = 0, RULES_SBX_ERR, RULES_SBX_INSTR, RULES_SBX_MEM, RULES_SBX_TIME,
-       RULES_SBX_STACK };
+enum {
+    RULES_SBX_OK = 0,
+    RULES_SBX_ERR,
+    RULES_SBX_INSTR,
+    RULES_SBX_MEM,
+    RULES_SBX_TIME,
+    RULES_SBX_STACK
+};
 
 typedef struct rules_sbx_err {
-    int kind;                   /* RULES_SBX_* */
-    int line;                   /* >= 1 */
-    char msg[RULES_MSG_MAX];    /* without the FILE:LINE: prefix */
+    int kind;                /* RULES_SBX_* */
+    int line;                /* >= 1 */
+    char msg[RULES_MSG_MAX]; /* without the FILE:LINE: prefix */
 } rules_sbx_err;
 
 typedef struct rules_sbx {
     lua_State *L;
-    size_t used;                /* bytes allocated by L */
-    size_t limit;               /* cap on used */
+    size_t used;  /* bytes allocated by L */
+    size_t limit; /* cap on used */
     int instr_limit;
     long long budget;           /* instructions (and charged C work) left in this pcall */
     int period;                 /* instructions between two count hooks */
@@ -141,35 +147,33 @@ typedef struct rules_sbx {
     int hookmask;               /* LUA_MASKCOUNT, plus LUA_MASKCALL with a stack guard */
     int abort;                  /* RULES_SBX_INSTR / _MEM / _TIME once a limit was hit */
     int abort_line;
-    int err_line;               /* line recorded by the message handler */
-    bool armed;                 /* inside rules_sbx_pcall */
-    bool pending;               /* an allocation was refused; Lua may retry it */
-    void *pend_ptr;             /* ... this one */
+    int err_line;   /* line recorded by the message handler */
+    bool armed;     /* inside rules_sbx_pcall */
+    bool pending;   /* an allocation was refused; Lua may retry it */
+    void *pend_ptr; /* ... this one */
     size_t pend_osize, pend_nsize;
     int pend_line;
-    size_t churn;               /* bytes allocated in this pcall (growth only) */
-    size_t churn_limit;         /* mem limit + 64 bytes per instruction of budget */
-    bool churned;               /* the instruction abort came from churn */
-    bool compiling;             /* parsing a chunk: allocations are not charged */
+    size_t churn;       /* bytes allocated in this pcall (growth only) */
+    size_t churn_limit; /* mem limit + 64 bytes per instruction of budget */
+    bool churned;       /* the instruction abort came from churn */
+    bool compiling;     /* parsing a chunk: allocations are not charged */
     int logs_left;
-    const char *file;           /* borrowed; chunk name is "@" file */
-    const char *name;           /* borrowed; rule name for log(), may be NULL */
-    int def_line;               /* fallback line for errors without one */
-    rules_incr_fn incr;         /* ctx.incr backend; NULL = counters local to this state */
+    const char *file;   /* borrowed; chunk name is "@" file */
+    const char *name;   /* borrowed; rule name for log(), may be NULL */
+    int def_line;       /* fallback line for errors without one */
+    rules_incr_fn incr; /* ctx.incr backend; NULL = counters local to this state */
     void *incr_ud;
     char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */
 } rules_sbx;
 
 /* The sandbox that owns L (kept in L's extra space). */
-static inline rules_sbx *rules_sbx_of(lua_State *L)
-{
+static inline rules_sbx *rules_sbx_of(lua_State *L) {
     return *(rules_sbx **)lua_getextraspace(L);
 }
 
 /* Create the sandboxed state. FILE and NAME must outlive S. 0, or -1 with E. */
-int rules_sbx_open(rules_sbx *s, const char *file, const char *name,
-                   long long instr_limit, size_t mem_limit, int timeout_ms,
-                   rules_sbx_err *e);
+int rules_sbx_open(rules_sbx *s, const char *file, const char *name, long long instr_limit,
+                   size_t mem_limit, int timeout_ms, rules_sbx_err *e);
 /* Monotonic clock, ns. */
 uint64_t rules_now_ns(void);
 /* Close the state; S may be zeroed or already closed. */
@@ -225,8 +229,8 @@ void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx);
 /* Inside FN: validate what evaluate returned (at absolute IDX) for CHANNEL.
  * Fills OUT (action, level, reason, scope, halt_sales) and *N. Returns 0, or
  * -1 with a message like `decision 2: kill needs a scope` in ERR. */
-int rules_sbx_decisions(lua_State *L, int idx, const char *channel,
-                        rules_decision *out, size_t *n, char *err, size_t errlen);
+int rules_sbx_decisions(lua_State *L, int idx, const char *channel, rules_decision *out, size_t *n,
+                        char *err, size_t errlen);
 
 /* Inside FN (running on DST): push a copy of the plain data at the top of
  * SRC's stack (another, idle state). Raises on DST past RULES_STATE_DEPTH. */

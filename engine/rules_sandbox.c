@@ -45,15 +45,13 @@
 #include "nerve/log.h"
 #include "rules_int.h"
 
-static const char abort_token = 0;     /* its address is the abort error value */
+static const char abort_token = 0; /* its address is the abort error value */
 
 
-void rules_sanitize(char *dst, size_t n, const char *s, size_t len)
-{
+void rules_sanitize(char *dst, size_t n, const char *s, size_t len) {
     size_t i;
 
-    if (n == 0)
-        return;
+    if (n == 0) return;
     for (i = 0; i < len && i + 1 < n; i++) {
         unsigned char c = (unsigned char)s[i];
         dst[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
@@ -67,21 +65,18 @@ static void count_hook(lua_State *L, lua_Debug *ar);
 
 /* The line the rule is executing (innermost Lua frame), 0 if none. Only
  * reads the call-info chain: safe from inside the allocator. */
-static int current_line(lua_State *L)
-{
+static int current_line(lua_State *L) {
     lua_Debug ar;
 
     for (int level = 0; level < 8 && lua_getstack(L, level, &ar); level++)
-        if (lua_getinfo(L, "l", &ar) && ar.currentline > 0)
-            return ar.currentline;
+        if (lua_getinfo(L, "l", &ar) && ar.currentline > 0) return ar.currentline;
     return 0;
 }
 
 /* The memory limit is hit for good: make it stick even if the rule catches
  * the memory error. lua_sethook is safe at any point (lua.c calls it from a
  * signal handler). */
-static void mem_abort(rules_sbx *s)
-{
+static void mem_abort(rules_sbx *s) {
     if (s->abort == RULES_SBX_OK) {
         s->abort = RULES_SBX_MEM;
         s->abort_line = s->pending ? s->pend_line : current_line(s->L);
@@ -98,8 +93,7 @@ static void mem_abort(rules_sbx *s)
  * the memory limit plus 64 bytes per instruction of the budget, the call is
  * aborted like one over the instruction limit. Parsing a chunk is exempt
  * (it is bounded by the file size). */
-static void charge(rules_sbx *s, size_t n)
-{
+static void charge(rules_sbx *s, size_t n) {
     s->churn += n;
     if (s->churn > s->churn_limit && s->abort == RULES_SBX_OK) {
         s->abort = RULES_SBX_INSTR;
@@ -115,23 +109,19 @@ static void charge(rules_sbx *s, size_t n)
  * garbage reached the cap must not lose its state. A refusal that is not
  * retried raised at once (Lua could not collect, or lauxlib's buffers, which
  * call the allocator directly): the next growth proves it. */
-static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
+static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     rules_sbx *s = ud;
     bool retry;
     void *p;
 
-    if (ptr == NULL)
-        osize = 0;             /* then osize is a type tag, not a size */
+    if (ptr == NULL) osize = 0; /* then osize is a type tag, not a size */
     if (nsize == 0) {
         free(ptr);
         s->used -= osize;
         return NULL;
     }
-    retry = s->pending && ptr == s->pend_ptr && osize == s->pend_osize &&
-            nsize == s->pend_nsize;
-    if (s->pending && nsize > osize && !retry && s->armed)
-        mem_abort(s);
+    retry = s->pending && ptr == s->pend_ptr && osize == s->pend_osize && nsize == s->pend_nsize;
+    if (s->pending && nsize > osize && !retry && s->armed) mem_abort(s);
     if (nsize > osize && nsize - osize > s->limit - s->used) {
         if (s->armed && s->L != NULL) {
             if (retry) {
@@ -146,19 +136,15 @@ static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         }
         return NULL;
     }
-    if (retry)
-        s->pending = false;    /* the collection made room */
+    if (retry) s->pending = false; /* the collection made room */
     p = realloc(ptr, nsize);
-    if (p == NULL)
-        return NULL;
+    if (p == NULL) return NULL;
     s->used = s->used - osize + nsize;
-    if (nsize > osize && s->armed && !s->compiling && s->L != NULL)
-        charge(s, nsize - osize);
+    if (nsize > osize && s->armed && !s->compiling && s->L != NULL) charge(s, nsize - osize);
     return p;
 }
 
-uint64_t rules_now_ns(void)
-{
+uint64_t rules_now_ns(void) {
     return clock_now_ns();
 }
 
@@ -187,17 +173,14 @@ static __thread uintptr_t stack_low;
 static __thread size_t stack_size;
 static __thread int stack_known;
 
-static void stack_bounds(void)
-{
+static void stack_bounds(void) {
     pthread_attr_t a;
     void *addr;
     size_t size;
 
-    if (stack_known)
-        return;
+    if (stack_known) return;
     stack_known = 1;
-    if (pthread_getattr_np(pthread_self(), &a) != 0)
-        return;
+    if (pthread_getattr_np(pthread_self(), &a) != 0) return;
     if (pthread_attr_getstack(&a, &addr, &size) == 0) {
         stack_low = (uintptr_t)addr;
         stack_size = size;
@@ -216,18 +199,15 @@ static void stack_bounds(void)
 #define HOOK_MARK_NS 1000000u
 #define HARD_FACTOR  10u
 
-static uint64_t thread_cpu_ns(void)
-{
+static uint64_t thread_cpu_ns(void) {
     struct timespec ts;
 
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
-        return 0;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* Called with the wall clock NOW whenever it was read inside a call. */
-static void tick(rules_sbx *s, uint64_t now)
-{
+static void tick(rules_sbx *s, uint64_t now) {
     if (s->cpu_mark == 0 && now - s->start_ns >= HOOK_MARK_NS) {
         s->cpu_mark = thread_cpu_ns();
         s->mark_ns = now;
@@ -236,45 +216,34 @@ static void tick(rules_sbx *s, uint64_t now)
 
 /* 1 when the call is over its deadline; else 0, moving the deadline out when
  * the wall clock passed it while the rule itself did not use the time. */
-static int over_deadline(rules_sbx *s, uint64_t now)
-{
+static int over_deadline(rules_sbx *s, uint64_t now) {
     uint64_t limit = (uint64_t)s->timeout_ms * 1000000u, used;
 
-    if (now < s->deadline_ns)
-        return 0;
-    if (now >= s->hard_ns || s->cpu_mark == 0)
-        return 1;
+    if (now < s->deadline_ns) return 0;
+    if (now >= s->hard_ns || s->cpu_mark == 0) return 1;
     used = (s->mark_ns - s->start_ns) + (thread_cpu_ns() - s->cpu_mark) + s->io_ns;
-    if (used >= limit)
-        return 1;
+    if (used >= limit) return 1;
     s->deadline_ns = now + (limit - used);
-    if (s->deadline_ns > s->hard_ns)
-        s->deadline_ns = s->hard_ns;
+    if (s->deadline_ns > s->hard_ns) s->deadline_ns = s->hard_ns;
     return 0;
 }
 
-void rules_sbx_blocked(rules_sbx *s, uint64_t ns)
-{
-    if (s->cpu_mark != 0)
-        s->io_ns += ns;
+void rules_sbx_blocked(rules_sbx *s, uint64_t ns) {
+    if (s->cpu_mark != 0) s->io_ns += ns;
 }
 
 /* A limit was hit: record it, make the hook fire on every instruction from
  * now on, and raise the abort token. Raised again at the next instruction if
  * a pcall in the rule catches it, until control is back in C. */
-static int sbx_abort(lua_State *L, rules_sbx *s, int kind)
-{
-    if (s->abort == RULES_SBX_OK)
-        s->abort = kind;
-    if (s->abort_line == 0)
-        s->abort_line = current_line(L);
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);   /* keep firing */
+static int sbx_abort(lua_State *L, rules_sbx *s, int kind) {
+    if (s->abort == RULES_SBX_OK) s->abort = kind;
+    if (s->abort_line == 0) s->abort_line = current_line(L);
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, 1); /* keep firing */
     lua_pushlightuserdata(L, (void *)&abort_token);
     return lua_error(L);
 }
 
-static void count_hook(lua_State *L, lua_Debug *ar)
-{
+static void count_hook(lua_State *L, lua_Debug *ar) {
     rules_sbx *s = rules_sbx_of(L);
 
     if (ar->event == LUA_HOOKCALL || ar->event == LUA_HOOKTAILCALL) {
@@ -307,48 +276,40 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     sbx_abort(L, s, s->abort);
 }
 
-int rules_sbx_abort(lua_State *L, int kind)
-{
+int rules_sbx_abort(lua_State *L, int kind) {
     return sbx_abort(L, rules_sbx_of(L), kind);
 }
 
-double rules_sbx_time_left(lua_State *L)
-{
+double rules_sbx_time_left(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
     uint64_t now = rules_now_ns();
 
     tick(s, now);
-    over_deadline(s, now);              /* may move the deadline out */
+    over_deadline(s, now); /* may move the deadline out */
     return s->deadline_ns > now ? (double)(s->deadline_ns - now) : 0;
 }
 
-void rules_sbx_check_abort(lua_State *L)
-{
+void rules_sbx_check_abort(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
 
-    if (s->armed && s->abort != RULES_SBX_OK)
-        sbx_abort(L, s, s->abort);
+    if (s->armed && s->abort != RULES_SBX_OK) sbx_abort(L, s, s->abort);
 }
 
-void rules_sbx_check_deadline(lua_State *L)
-{
+void rules_sbx_check_deadline(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
 
     uint64_t now;
 
-    if (!s->armed)
-        return;
+    if (!s->armed) return;
     now = rules_now_ns();
     tick(s, now);
-    if (s->abort != RULES_SBX_OK || over_deadline(s, now))
-        sbx_abort(L, s, RULES_SBX_TIME);
+    if (s->abort != RULES_SBX_OK || over_deadline(s, now)) sbx_abort(L, s, RULES_SBX_TIME);
 }
 
 /* ---- protected calls and error messages -------------------------------- */
 
 /* Lua's abbreviation of "@FILE" (luaO_chunkid), to recognise its messages. */
-static void chunkid(char *out, const char *file)
-{
+static void chunkid(char *out, const char *file) {
     size_t len = strlen(file);
 
     if (len + 1 <= LUA_IDSIZE) {
@@ -360,70 +321,57 @@ static void chunkid(char *out, const char *file)
 }
 
 /* When M starts with "PRE:<digits>:" set *LINE and *REST (after ": "). */
-static int strip_pos(const char *m, size_t mlen, const char *pre, int *line,
-                     const char **rest)
-{
+static int strip_pos(const char *m, size_t mlen, const char *pre, int *line, const char **rest) {
     size_t plen = strlen(pre), i;
     long v = 0;
 
-    if (mlen < plen + 3 || memcmp(m, pre, plen) != 0 || m[plen] != ':')
-        return 0;
+    if (mlen < plen + 3 || memcmp(m, pre, plen) != 0 || m[plen] != ':') return 0;
     for (i = plen + 1; i < mlen && m[i] >= '0' && m[i] <= '9' && v < 100000000; i++)
         v = v * 10 + (m[i] - '0');
-    if (i == plen + 1 || i >= mlen || m[i] != ':')
-        return 0;
+    if (i == plen + 1 || i >= mlen || m[i] != ':') return 0;
     i++;
-    if (i < mlen && m[i] == ' ')
-        i++;
+    if (i < mlen && m[i] == ' ') i++;
     *line = (int)v;
     *rest = m + i;
     return 1;
 }
 
-static int fallback_line(const rules_sbx *s, int line)
-{
-    if (line > 0)
-        return line;
+static int fallback_line(const rules_sbx *s, int line) {
+    if (line > 0) return line;
     return s->def_line > 0 ? s->def_line : 1;
 }
 
-static void log_traceback(lua_State *L, rules_sbx *s)
-{
+static void log_traceback(lua_State *L, rules_sbx *s) {
     char buf[512];
     size_t off = 0;
     lua_Debug ar;
 
     buf[0] = '\0';
     for (int level = 1; level < 16 && lua_getstack(L, level, &ar); level++) {
-        if (!lua_getinfo(L, "Sln", &ar) || ar.currentline <= 0)
-            continue;
+        if (!lua_getinfo(L, "Sln", &ar) || ar.currentline <= 0) continue;
         int w = snprintf(buf + off, sizeof(buf) - off, "%s%d%s%s", off ? " <- " : "",
                          ar.currentline, ar.name ? " in " : "", ar.name ? ar.name : "");
-        if (w < 0 || (size_t)w >= sizeof(buf) - off)
-            break;
+        if (w < 0 || (size_t)w >= sizeof(buf) - off) break;
         off += (size_t)w;
     }
-    log_debug("rules", "error traceback rule=%s file=%s lines=\"%s\"",
-              s->name ? s->name : "?", s->file, buf);
+    log_debug("rules", "error traceback rule=%s file=%s lines=\"%s\"", s->name ? s->name : "?",
+              s->file, buf);
 }
 
 /* Message handler: remember the innermost line of the rule; the message is
  * composed in C afterwards (so this allocates nothing and cannot fail). */
-static int msgh(lua_State *L)
-{
+static int msgh(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
     lua_Debug ar;
 
-    if (s->abort != RULES_SBX_OK)
-        return 1;
+    if (s->abort != RULES_SBX_OK) return 1;
     for (int level = 1; lua_getstack(L, level, &ar); level++) {
         if (lua_getinfo(L, "l", &ar) && ar.currentline > 0) {
             s->err_line = ar.currentline;
             break;
         }
     }
-    if (log_enabled(LOG_LVL_DEBUG))
-        log_traceback(L, s);
+    if (log_enabled(LOG_LVL_DEBUG)) log_traceback(L, s);
     return 1;
 }
 
@@ -432,8 +380,7 @@ struct tramp {
     void *ud;
 };
 
-static int trampoline(lua_State *L)
-{
+static int trampoline(lua_State *L) {
     struct tramp *t = lua_touserdata(L, 1);
 
     lua_settop(L, 0);
@@ -441,14 +388,14 @@ static int trampoline(lua_State *L)
     return 0;
 }
 
-static void fill_error(rules_sbx *s, int st, rules_sbx_err *e)
-{
+static void fill_error(rules_sbx *s, int st, rules_sbx_err *e) {
     lua_State *L = s->L;
 
     if (s->abort == RULES_SBX_STACK) {
         e->kind = RULES_SBX_STACK;
         e->line = fallback_line(s, s->abort_line);
-        snprintf(e->msg, sizeof(e->msg), "C stack overflow (calls through metamethods or "
+        snprintf(e->msg, sizeof(e->msg),
+                 "C stack overflow (calls through metamethods or "
                  "library functions nested too deeply for this thread's %zu KiB stack)",
                  stack_size >> 10);
     } else if (s->abort == RULES_SBX_TIME) {
@@ -459,8 +406,10 @@ static void fill_error(rules_sbx *s, int st, rules_sbx_err *e)
         e->kind = RULES_SBX_INSTR;
         e->line = fallback_line(s, s->abort_line);
         if (s->churned)
-            snprintf(e->msg, sizeof(e->msg), "instruction limit exceeded (%d instructions; "
-                     "allocated more than %zu bytes)", s->instr_limit, s->churn_limit);
+            snprintf(e->msg, sizeof(e->msg),
+                     "instruction limit exceeded (%d instructions; "
+                     "allocated more than %zu bytes)",
+                     s->instr_limit, s->churn_limit);
         else
             snprintf(e->msg, sizeof(e->msg), "instruction limit exceeded (%d instructions)",
                      s->instr_limit);
@@ -492,19 +441,16 @@ static void fill_error(rules_sbx *s, int st, rules_sbx_err *e)
         if (lua_type(L, -1) == LUA_TNUMBER)
             snprintf(e->msg, sizeof(e->msg), "%.14g", lua_tonumber(L, -1));
         else
-            snprintf(e->msg, sizeof(e->msg), "error object is a %s value",
-                     luaL_typename(L, -1));
+            snprintf(e->msg, sizeof(e->msg), "error object is a %s value", luaL_typename(L, -1));
     }
 }
 
-int rules_sbx_pcall(rules_sbx *s, rules_sbx_fn fn, void *ud, rules_sbx_err *e)
-{
+int rules_sbx_pcall(rules_sbx *s, rules_sbx_fn fn, void *ud, rules_sbx_err *e) {
     return rules_sbx_pcall_until(s, fn, ud, 0, e);
 }
 
 int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t deadline_ns,
-                          rules_sbx_err *e)
-{
+                          rules_sbx_err *e) {
     lua_State *L = s->L;
     struct tramp t = { fn, ud };
     int base = lua_gettop(L), st;
@@ -528,10 +474,8 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     s->start_ns = s->last_hook_ns = rules_now_ns();
     s->deadline_ns = s->start_ns + (uint64_t)s->timeout_ms * 1000000u;
     s->hard_ns = s->start_ns + (uint64_t)s->timeout_ms * 1000000u * HARD_FACTOR;
-    if (deadline_ns != 0 && deadline_ns < s->deadline_ns)
-        s->deadline_ns = deadline_ns;
-    if (deadline_ns != 0 && deadline_ns < s->hard_ns)
-        s->hard_ns = deadline_ns;
+    if (deadline_ns != 0 && deadline_ns < s->deadline_ns) s->deadline_ns = deadline_ns;
+    if (deadline_ns != 0 && deadline_ns < s->hard_ns) s->hard_ns = deadline_ns;
     s->cpu_mark = s->mark_ns = s->io_ns = 0;
     stack_bounds();
     s->stack_guard = stack_size > 0 && stack_size < STACK_SMALL ? stack_low + STACK_MARGIN : 0;
@@ -541,7 +485,7 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     st = lua_pcall(L, 1, 0, base + 1);
     s->armed = false;
     lua_sethook(L, NULL, 0, 0);
-    if (s->pending) {           /* refused, not retried, and swallowed */
+    if (s->pending) { /* refused, not retried, and swallowed */
         if (s->abort == RULES_SBX_OK) {
             s->abort = RULES_SBX_MEM;
             s->abort_line = s->pend_line;
@@ -562,8 +506,7 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
 
 /* ---- the sandboxed environment ----------------------------------------- */
 
-static int sbx_setmetatable(lua_State *L)
-{
+static int sbx_setmetatable(lua_State *L) {
     int t = lua_type(L, 2);
 
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -582,11 +525,10 @@ static int sbx_setmetatable(lua_State *L)
     return 1;
 }
 
-static int sbx_log(lua_State *L)
-{
+static int sbx_log(lua_State *L) {
     static const char *const names[] = { "debug", "info", "warn", "error", "warning", NULL };
-    static const log_level levels[] = { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN,
-                                        LOG_LVL_ERROR, LOG_LVL_WARN };
+    static const log_level levels[] = { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN, LOG_LVL_ERROR,
+                                        LOG_LVL_WARN };
     rules_sbx *s = rules_sbx_of(L);
     log_level lvl = levels[luaL_checkoption(L, 1, NULL, names)];
     char buf[512];
@@ -595,24 +537,19 @@ static int sbx_log(lua_State *L)
     lua_Debug ar;
     int line = 0;
 
-    if (!log_enabled(lvl) || s->logs_left <= 0)
-        return 0;
+    if (!log_enabled(lvl) || s->logs_left <= 0) return 0;
     s->logs_left--;
     msg = luaL_tolstring(L, 2, &len);
     rules_sanitize(buf, sizeof(buf), msg, len);
-    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar))
-        line = ar.currentline;
-    log_write(lvl, "rules", "%s rule=%s src=%s:%d", buf, s->name ? s->name : "?",
-              s->file, line);
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) line = ar.currentline;
+    log_write(lvl, "rules", "%s rule=%s src=%s:%d", buf, s->name ? s->name : "?", s->file, line);
     return 0;
 }
 
-static void open_env(lua_State *L, void *ud)
-{
-    static const char *const drop[] = {
-        "load", "loadfile", "dofile", "collectgarbage", "print", "rawset",
-        "warn", "require", NULL
-    };
+static void open_env(lua_State *L, void *ud) {
+    static const char *const drop[] = { "load",           "loadfile", "dofile",
+                                        "collectgarbage", "print",    "rawset",
+                                        "warn",           "require",  NULL };
     static const char *const os_keep[] = { "time", "clock", "date", NULL };
 
     (void)ud;
@@ -659,25 +596,23 @@ static void open_env(lua_State *L, void *ud)
     rules_guard_env(L);
 }
 
-int rules_sbx_open(rules_sbx *s, const char *file, const char *name,
-                   long long instr_limit, size_t mem_limit, int timeout_ms,
-                   rules_sbx_err *e)
-{
+int rules_sbx_open(rules_sbx *s, const char *file, const char *name, long long instr_limit,
+                   size_t mem_limit, int timeout_ms, rules_sbx_err *e) {
     memset(s, 0, sizeof(*s));
     s->timeout_ms = timeout_ms < 1 ? 1 : timeout_ms;
     s->file = file;
     s->name = name;
     s->limit = mem_limit;
-    s->instr_limit = instr_limit < 1 ? 1
-                   : instr_limit > 1000000000LL ? 1000000000 : (int)instr_limit;
+    s->instr_limit = instr_limit < 1              ? 1
+                     : instr_limit > 1000000000LL ? 1000000000
+                                                  : (int)instr_limit;
     s->churn_limit = mem_limit + (size_t)s->instr_limit * 64;
     chunkid(s->short_src, file);
     s->L = lua_newstate(sbx_alloc, s);
     if (s->L == NULL) {
         e->kind = RULES_SBX_MEM;
         e->line = 1;
-        snprintf(e->msg, sizeof(e->msg), "cannot create a Lua state within %zu bytes",
-                 mem_limit);
+        snprintf(e->msg, sizeof(e->msg), "cannot create a Lua state within %zu bytes", mem_limit);
         return -1;
     }
     *(rules_sbx **)lua_getextraspace(s->L) = s;
@@ -688,16 +623,14 @@ int rules_sbx_open(rules_sbx *s, const char *file, const char *name,
     return 0;
 }
 
-void rules_sbx_close(rules_sbx *s)
-{
+void rules_sbx_close(rules_sbx *s) {
     if (s->L != NULL) {
         lua_close(s->L);
         s->L = NULL;
     }
 }
 
-void rules_sbx_run_chunk(lua_State *L, const char *src, size_t len)
-{
+void rules_sbx_run_chunk(lua_State *L, const char *src, size_t len) {
     rules_sbx *s = rules_sbx_of(L);
     char chunkname[RULES_MSG_MAX];
 
@@ -705,7 +638,7 @@ void rules_sbx_run_chunk(lua_State *L, const char *src, size_t len)
     s->compiling = true;
     if (luaL_loadbufferx(L, src, len, chunkname, "t") != LUA_OK) {
         s->compiling = false;
-        lua_error(L);           /* the message already reads FILE:LINE: */
+        lua_error(L); /* the message already reads FILE:LINE: */
     }
     s->compiling = false;
     lua_call(L, 0, 1);

@@ -35,33 +35,31 @@ static const char *const expect_keys[] = {
     "action", "level", "reason", "scope", "halt_sales", NULL
 };
 
-#define FERR(...) do { \
+#define FERR(...) \
+    do { \
         rules_eb_add(f->la->eb, f->la->file, f->line, "fixture %d (%s): %s", f->i, f->chan, \
                      (snprintf(fmsg, sizeof(fmsg), __VA_ARGS__), fmsg)); \
         return; \
     } while (0)
 
 /* Append to BUF a Lua-like rendering of decision D. */
-static void fmt_decision(char *buf, size_t len, const rules_decision *d)
-{
+static void fmt_decision(char *buf, size_t len, const rules_decision *d) {
     size_t off = strlen(buf);
 
     snprintf(buf + off, len - off, "{action=\"%s\"%s%s%s, reason=\"%s\"%s%s%s%s}",
-             rules_action_name(d->action),
-             d->level ? ", level=\"" : "", d->level ? rules_level_name(d->level) : "",
-             d->level ? "\"" : "", d->reason,
+             rules_action_name(d->action), d->level ? ", level=\"" : "",
+             d->level ? rules_level_name(d->level) : "", d->level ? "\"" : "", d->reason,
              d->scope ? ", scope=\"" : "", d->scope ? d->scope : "", d->scope ? "\"" : "",
-             d->action == RULES_KILL ? (d->halt_sales ? ", halt_sales=true"
-                                                      : ", halt_sales=false") : "");
+             d->action == RULES_KILL ? (d->halt_sales ? ", halt_sales=true" : ", halt_sales=false")
+                                     : "");
 }
 
 /* Append the expect entry at absolute index E. */
-static void fmt_expect(lua_State *L, int e, char *buf, size_t len)
-{
+static void fmt_expect(lua_State *L, int e, char *buf, size_t len) {
     size_t off = strlen(buf);
     int first = 1;
 
-    if (!lua_istable(L, e)) {       /* evaluate replaced it */
+    if (!lua_istable(L, e)) { /* evaluate replaced it */
         snprintf(buf + off, len - off, "(changed by evaluate)");
         return;
     }
@@ -79,31 +77,23 @@ static void fmt_expect(lua_State *L, int e, char *buf, size_t len)
                                     expect_keys[k], lua_toboolean(L, -1) ? "true" : "false");
             first = 0;
             break;
-        default:
-            break;
+        default: break;
         }
         lua_pop(L, 1);
     }
-    if (off < len)
-        snprintf(buf + off, len - off, "}");
+    if (off < len) snprintf(buf + off, len - off, "}");
 }
 
 /* The value of field K of decision D as text; NULL when D has none. */
-static const char *got_field(const rules_decision *d, const char *k)
-{
-    if (strcmp(k, "action") == 0)
-        return rules_action_name(d->action);
-    if (strcmp(k, "level") == 0)
-        return d->level ? rules_level_name(d->level) : NULL;
-    if (strcmp(k, "reason") == 0)
-        return d->reason;
-    if (strcmp(k, "scope") == 0)
-        return d->scope;
+static const char *got_field(const rules_decision *d, const char *k) {
+    if (strcmp(k, "action") == 0) return rules_action_name(d->action);
+    if (strcmp(k, "level") == 0) return d->level ? rules_level_name(d->level) : NULL;
+    if (strcmp(k, "reason") == 0) return d->reason;
+    if (strcmp(k, "scope") == 0) return d->scope;
     return d->halt_sales ? "true" : "false";
 }
 
-static void fixture_fn(lua_State *L, void *ud)
-{
+static void fixture_fn(lua_State *L, void *ud) {
     struct fix_args *f = ud;
     struct rules_load *la = f->la;
     rules_decision d[RULES_MAX_DECISIONS];
@@ -126,8 +116,7 @@ static void fixture_fn(lua_State *L, void *ud)
 
         lua_pop(L, 1);
         if (lua_type(L, -1) == LUA_TSTRING)
-            for (int i = 0; keys[i]; i++)
-                known |= strcmp(lua_tostring(L, -1), keys[i]) == 0;
+            for (int i = 0; keys[i]; i++) known |= strcmp(lua_tostring(L, -1), keys[i]) == 0;
         if (!known)
             FERR("unknown field %s%.40s%s (expected channel, event, expect, now, params)",
                  lua_type(L, -1) == LUA_TSTRING ? "\"" : "",
@@ -141,13 +130,10 @@ static void fixture_fn(lua_State *L, void *ud)
     {
         int listed = 0;
 
-        for (size_t i = 0; i < la->n_chan; i++)
-            listed |= strcmp(la->chan[i], f->chan) == 0;
-        if (!listed)
-            FERR("channel is not one of the rule's `on` channels");
+        for (size_t i = 0; i < la->n_chan; i++) listed |= strcmp(la->chan[i], f->chan) == 0;
+        if (!listed) FERR("channel is not one of the rule's `on` channels");
     }
-    if (lua_getfield(L, fx, "event") != LUA_TTABLE)
-        FERR("event must be a table");
+    if (lua_getfield(L, fx, "event") != LUA_TTABLE) FERR("event must be a table");
     ev = lua_gettop(L);
     if (lua_getfield(L, fx, "expect") != LUA_TTABLE)
         FERR("expect must be a list of decisions ({} = no decision)");
@@ -164,11 +150,11 @@ static void fixture_fn(lua_State *L, void *ud)
             int known = -1;
 
             for (int i = 0; lua_type(L, -2) == LUA_TSTRING && expect_keys[i]; i++)
-                if (strcmp(lua_tostring(L, -2), expect_keys[i]) == 0)
-                    known = i;
+                if (strcmp(lua_tostring(L, -2), expect_keys[i]) == 0) known = i;
             if (known < 0)
                 FERR("expect[%zu]: unknown field (expected action, level, reason, scope, "
-                     "halt_sales)", k);
+                     "halt_sales)",
+                     k);
             if (lua_type(L, -1) != (known == 4 ? LUA_TBOOLEAN : LUA_TSTRING))
                 FERR("expect[%zu]: %s must be a %s", k, expect_keys[known],
                      known == 4 ? "boolean" : "string");
@@ -179,7 +165,7 @@ static void fixture_fn(lua_State *L, void *ud)
     vt = lua_getfield(L, fx, "now");
     if (vt == LUA_TNUMBER && !lua_isinteger(L, -1) &&
         !(lua_tonumber(L, -1) >= -9.2e18 && lua_tonumber(L, -1) <= 9.2e18))
-        FERR("now must be a number (epoch seconds)");   /* NaN, or no long long */
+        FERR("now must be a number (epoch seconds)"); /* NaN, or no long long */
     if (vt == LUA_TNUMBER)
         now = lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1)
                                    : (long long)lua_tonumber(L, -1);
@@ -195,7 +181,7 @@ static void fixture_fn(lua_State *L, void *ud)
     params = lua_gettop(L);
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, la->ref_state);
-    rules_sbx_push_ctx(L, params, -1);      /* ctx, inner */
+    rules_sbx_push_ctx(L, params, -1); /* ctx, inner */
     lua_pushstring(L, f->chan);
     lua_setfield(L, -2, "channel");
     lua_pushinteger(L, (lua_Integer)now);
@@ -215,15 +201,13 @@ static void fixture_fn(lua_State *L, void *ud)
     if (n != n_exp) {
         exp[0] = got[0] = '\0';
         for (size_t k = 1; k <= n_exp; k++) {
-            if (k > 1)
-                strncat(exp, ", ", sizeof(exp) - strlen(exp) - 1);
+            if (k > 1) strncat(exp, ", ", sizeof(exp) - strlen(exp) - 1);
             lua_rawgeti(L, expect, (lua_Integer)k);
             fmt_expect(L, lua_gettop(L), exp, sizeof(exp));
             lua_pop(L, 1);
         }
         for (size_t k = 0; k < n; k++) {
-            if (k > 0)
-                strncat(got, ", ", sizeof(got) - strlen(got) - 1);
+            if (k > 0) strncat(got, ", ", sizeof(got) - strlen(got) - 1);
             fmt_decision(got, sizeof(got), &d[k]);
         }
         FERR("expected %.480s, got %.480s", n_exp ? exp : "no decision", n ? got : "no decision");
@@ -250,10 +234,10 @@ static void fixture_fn(lua_State *L, void *ud)
                 const char *q = is_bool ? "" : "\"";
 
                 if (have)
-                    FERR("decision %zu: expected %s=%s%s%s, got %s=%s%s%s", k + 1,
-                         expect_keys[i], q, want, q, expect_keys[i], q, have, q);
-                FERR("decision %zu: expected %s=%s%s%s, got no %s", k + 1, expect_keys[i],
-                     q, want, q, expect_keys[i]);
+                    FERR("decision %zu: expected %s=%s%s%s, got %s=%s%s%s", k + 1, expect_keys[i],
+                         q, want, q, expect_keys[i], q, have, q);
+                FERR("decision %zu: expected %s=%s%s%s, got no %s", k + 1, expect_keys[i], q, want,
+                     q, expect_keys[i]);
             }
             lua_pop(L, 1);
         }
@@ -267,20 +251,18 @@ static void fixture_fn(lua_State *L, void *ud)
  * reload for minutes. */
 #define FIXTURE_DEADLINES 20
 
-void rules_run_fixtures(rules_sbx *s, struct rules_load *a)
-{
+void rules_run_fixtures(rules_sbx *s, struct rules_load *a) {
     uint64_t until = rules_now_ns() + (uint64_t)s->timeout_ms * 1000000u * FIXTURE_DEADLINES;
 
     for (int i = 1; i <= a->n_fix; i++) {
         struct fix_args f = { .la = a, .i = i };
         rules_sbx_err e;
-        int l = a->tests_line > 0
-                ? rules_key_line(a->src, a->src_len, "channel", a->tests_line, i) : 0;
+        int l = a->tests_line > 0 ? rules_key_line(a->src, a->src_len, "channel", a->tests_line, i)
+                                  : 0;
 
         f.line = l > 0 ? l : a->tests_line > 0 ? a->tests_line : a->eval_line;
         snprintf(f.chan, sizeof(f.chan), "?");
-        if (rules_sbx_pcall_until(s, fixture_fn, &f, until, &e) == 0)
-            continue;
+        if (rules_sbx_pcall_until(s, fixture_fn, &f, until, &e) == 0) continue;
         if (e.kind == RULES_SBX_TIME && rules_now_ns() >= until && i > 1)
             snprintf(e.msg, sizeof(e.msg), "fixtures ran longer than %d ms in all",
                      s->timeout_ms * FIXTURE_DEADLINES);
@@ -301,8 +283,7 @@ struct dry {
     int errors;
 };
 
-static void dry_decision(void *ud, const rules_decision *d)
-{
+static void dry_decision(void *ud, const rules_decision *d) {
     struct dry *dr = ud;
     cJSON *o = cJSON_CreateObject(), *dec = cJSON_CreateObject();
     char *txt;
@@ -317,13 +298,10 @@ static void dry_decision(void *ud, const rules_decision *d)
     cJSON_AddStringToObject(o, "rule", d->rule);
     cJSON_AddStringToObject(o, "channel", d->channel);
     cJSON_AddStringToObject(dec, "action", rules_action_name(d->action));
-    if (d->level)
-        cJSON_AddStringToObject(dec, "level", rules_level_name(d->level));
-    if (d->scope)
-        cJSON_AddStringToObject(dec, "scope", d->scope);
+    if (d->level) cJSON_AddStringToObject(dec, "level", rules_level_name(d->level));
+    if (d->scope) cJSON_AddStringToObject(dec, "scope", d->scope);
     cJSON_AddStringToObject(dec, "reason", d->reason);
-    if (d->action == RULES_KILL)
-        cJSON_AddBoolToObject(dec, "halt_sales", d->halt_sales);
+    if (d->action == RULES_KILL) cJSON_AddBoolToObject(dec, "halt_sales", d->halt_sales);
     cJSON_AddItemToObject(o, "decision", dec);
     txt = cJSON_PrintUnformatted(o);
     if (txt) {
@@ -333,8 +311,7 @@ static void dry_decision(void *ud, const rules_decision *d)
     cJSON_Delete(o);
 }
 
-static void dry_error(void *ud, const char *rule, const char *msg)
-{
+static void dry_error(void *ud, const char *rule, const char *msg) {
     struct dry *dr = ud;
 
     (void)rule;
@@ -344,12 +321,10 @@ static void dry_error(void *ud, const char *rule, const char *msg)
 
 /* Check one input line; on success set *CHANNEL, *EVENT and *NOW. */
 static const char *dry_line(const cJSON *j, const char **channel, const cJSON **event,
-                            long long *now)
-{
+                            long long *now) {
     const cJSON *c, *ev, *n;
 
-    if (!cJSON_IsObject(j))
-        return "expected a JSON object {\"channel\": ..., \"event\": {...}}";
+    if (!cJSON_IsObject(j)) return "expected a JSON object {\"channel\": ..., \"event\": {...}}";
     for (c = j->child; c; c = c->next)
         if (strcmp(c->string, "channel") != 0 && strcmp(c->string, "event") != 0 &&
             strcmp(c->string, "now") != 0)
@@ -358,22 +333,18 @@ static const char *dry_line(const cJSON *j, const char **channel, const cJSON **
     if (!cJSON_IsString(c) || !rules_channel_ok(c->valuestring, strlen(c->valuestring)))
         return "channel must be a non-empty string without spaces";
     ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-    if (!cJSON_IsObject(ev))
-        return "event must be a JSON object";
+    if (!cJSON_IsObject(ev)) return "event must be a JSON object";
     n = cJSON_GetObjectItemCaseSensitive(j, "now");
     if (n && (!cJSON_IsNumber(n) || n->valuedouble < 0 || n->valuedouble > 1e15))
         return "now must be epoch seconds";
-    if (rules_json_depth(ev) > RULES_JSON_DEPTH)
-        return "event nested too deep";
+    if (rules_json_depth(ev) > RULES_JSON_DEPTH) return "event nested too deep";
     *channel = c->valuestring;
     *event = ev;
     *now = n ? (long long)n->valuedouble : (long long)time(NULL);
     return NULL;
 }
 
-int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out,
-                      FILE *errout)
-{
+int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out, FILE *errout) {
     struct dry dr = { out, errout, 0 };
     char err[RULES_MSG_MAX], *line = NULL;
     size_t cap = 0, max = set->max_event_bytes + 4096;
@@ -393,12 +364,10 @@ int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out,
         cJSON *j;
 
         lineno++;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            line[--len] = '\0';
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
         for (p = line; *p == ' ' || *p == '\t'; p++)
             ;
-        if (*p == '\0' || *p == '#')
-            continue;
+        if (*p == '\0' || *p == '#') continue;
         if ((size_t)len > max) {
             fprintf(errout, "%s:%d: line longer than %zu bytes\n", in_name, lineno, max);
             dr.errors++;

@@ -20,31 +20,26 @@
 
 /* ---- read-only tables -------------------------------------------------- */
 
-static int ro_newindex(lua_State *L)
-{
+static int ro_newindex(lua_State *L) {
     return luaL_error(L, "%s is read-only", lua_tostring(L, lua_upvalueindex(1)));
 }
 
-static int ro_len(lua_State *L)
-{
+static int ro_len(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)lua_rawlen(L, lua_upvalueindex(1)));
     return 1;
 }
 
-static int ro_next(lua_State *L)
-{
+static int ro_next(lua_State *L) {
     lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 2);
-    if (lua_next(L, 3))
-        return 2;
+    if (lua_next(L, 3)) return 2;
     lua_pushnil(L);
     return 1;
 }
 
-static int ro_pairs(lua_State *L)
-{
-    lua_pushvalue(L, lua_upvalueindex(1));  /* ro_next over the inner table */
+static int ro_pairs(lua_State *L) {
+    lua_pushvalue(L, lua_upvalueindex(1)); /* ro_next over the inner table */
     lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
@@ -54,8 +49,7 @@ static int ro_pairs(lua_State *L)
  * (__index is the table itself: no function call on the hot path) and refuses
  * writes. The inner table is reachable only through the proxy's metatable,
  * which is protected. */
-static void ro_wrap(lua_State *L, const char *what)
-{
+static void ro_wrap(lua_State *L, const char *what) {
     int inner = lua_gettop(L);
 
     luaL_checkstack(L, 4, "read-only table");
@@ -79,8 +73,7 @@ static void ro_wrap(lua_State *L, const char *what)
     lua_replace(L, inner);
 }
 
-void rules_sbx_push_ro_copy(lua_State *L, int idx, const char *ro, int depth)
-{
+void rules_sbx_push_ro_copy(lua_State *L, int idx, const char *ro, int depth) {
     idx = lua_absindex(L, idx);
     if (depth > RULES_JSON_DEPTH)
         luaL_error(L, "%s nested deeper than %d levels", ro, RULES_JSON_DEPTH);
@@ -99,18 +92,15 @@ void rules_sbx_push_ro_copy(lua_State *L, int idx, const char *ro, int depth)
     ro_wrap(L, ro);
 }
 
-static void push_number(lua_State *L, double d)
-{
+static void push_number(lua_State *L, double d) {
     /* Integral values become integers so that reasons print "5", not "5.0". */
-    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 &&
-        d == (double)(lua_Integer)d)
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(lua_Integer)d)
         lua_pushinteger(L, (lua_Integer)d);
     else
         lua_pushnumber(L, d);
 }
 
-void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth)
-{
+void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth) {
     const cJSON *c;
     int n = 0, i = 1;
 
@@ -120,17 +110,13 @@ void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth
     case cJSON_Number: push_number(L, j->valuedouble); return;
     case cJSON_String: lua_pushstring(L, j->valuestring); return;
     case cJSON_Array:
-    case cJSON_Object:
-        break;
-    default:            /* null, raw, invalid */
-        lua_pushnil(L);
-        return;
+    case cJSON_Object: break;
+    default: /* null, raw, invalid */ lua_pushnil(L); return;
     }
     if (depth >= RULES_JSON_DEPTH)
         luaL_error(L, "JSON nested deeper than %d levels", RULES_JSON_DEPTH);
     luaL_checkstack(L, 3, "JSON nesting");
-    for (c = j->child; c; c = c->next)
-        n++;
+    for (c = j->child; c; c = c->next) n++;
     if ((j->type & 0xff) == cJSON_Array) {
         lua_createtable(L, n, 0);
         for (c = j->child; c; c = c->next, i++) {
@@ -140,36 +126,35 @@ void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth
     } else {
         lua_createtable(L, 0, n);
         for (c = j->child; c; c = c->next) {
-            if ((c->type & 0xff) == cJSON_NULL || c->string == NULL)
-                continue;
+            if ((c->type & 0xff) == cJSON_NULL || c->string == NULL) continue;
             lua_pushstring(L, c->string);
             rules_sbx_push_json(L, c, ro, depth + 1);
             lua_rawset(L, -3);
         }
     }
-    if (ro)
-        ro_wrap(L, ro);
+    if (ro) ro_wrap(L, ro);
 }
 
 /* ctx.scope(kind, id): "kind:" .. id with every byte the scope grammar
  * does not allow percent-encoded, so that any campaign or SKU id yields a
  * scope that can be engaged, listed and reset. */
-static int ctx_scope(lua_State *L)
-{
+static int ctx_scope(lua_State *L) {
     char out[SCOPE_MAX + 1];
     size_t ilen;
     const char *kind = luaL_checkstring(L, 1);
     const char *id = luaL_checklstring(L, 2, &ilen);
 
     if (scope_make(out, sizeof(out), kind, id, ilen) != 0)
-        return luaL_error(L, "ctx.scope: kind must be a non-empty word of A-Z a-z 0-9 . _ - "
-                          "and the scope at most %d bytes once encoded", SCOPE_MAX);
+        return luaL_error(L,
+                          "ctx.scope: kind must be a non-empty word of A-Z a-z 0-9 . _ - "
+                          "and the scope at most %d bytes once encoded",
+                          SCOPE_MAX);
     lua_pushstring(L, out);
     return 1;
 }
 
 #define INCR_KEY_MAX    128
-#define INCR_WINDOW_MAX 604800          /* one week */
+#define INCR_WINDOW_MAX 604800 /* one week */
 #define INCR_BY_MAX     1000000000
 
 /* ctx.incr(key, window_s [, by]): add BY (default 1, 0 reads) to the
@@ -177,8 +162,7 @@ static int ctx_scope(lua_State *L)
  * (aligned on multiples of it, by ctx.now) and return the new total. Backed
  * by Redis in the daemon (one count for the whole fleet), by a table local to
  * this Lua state in fixtures and dry runs. Upvalue 1: the inner ctx table. */
-static int ctx_incr(lua_State *L)
-{
+static int ctx_incr(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
     size_t klen;
     const char *key = luaL_checklstring(L, 1, &klen);
@@ -204,8 +188,7 @@ static int ctx_incr(lua_State *L)
                          (long long)by, (long long)now, &count, err, sizeof(err));
 
         rules_sbx_blocked(s, rules_now_ns() - t0);
-        if (rc != 0)
-            return luaL_error(L, "ctx.incr: %s", err);
+        if (rc != 0) return luaL_error(L, "ctx.incr: %s", err);
         rules_sbx_check_deadline(L);
         lua_pushinteger(L, (lua_Integer)count);
         return 1;
@@ -245,8 +228,7 @@ static int ctx_incr(lua_State *L)
     return 1;
 }
 
-void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx)
-{
+void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx) {
     params_idx = lua_absindex(L, params_idx);
     state_idx = lua_absindex(L, state_idx);
     lua_createtable(L, 0, 6);
@@ -264,8 +246,8 @@ void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx)
     lua_pushinteger(L, 0);
     lua_setfield(L, -2, "now");
     lua_pushvalue(L, -1);
-    ro_wrap(L, "ctx");          /* stack: inner, ctx */
-    lua_insert(L, -2);          /* stack: ctx, inner */
+    ro_wrap(L, "ctx"); /* stack: inner, ctx */
+    lua_insert(L, -2); /* stack: ctx, inner */
 }
 
 /* ---- decisions ---------------------------------------------------------- */
@@ -273,17 +255,16 @@ void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx)
 static const char *const action_names[] = { "alert", "kill", "reject" };
 static const char *const level_names[] = { "", "info", "warning", "critical" };
 
-const char *rules_action_name(rules_action a)
-{
+const char *rules_action_name(rules_action a) {
     return (unsigned)a < RULES_ACTION_COUNT ? action_names[a] : "?";
 }
 
-const char *rules_level_name(rules_level l)
-{
+const char *rules_level_name(rules_level l) {
     return (unsigned)l <= RULES_CRITICAL ? level_names[l] : "?";
 }
 
-#define DERR(...) do { \
+#define DERR(...) \
+    do { \
         int w_ = snprintf(err, errlen, "decision %d: ", num); \
         if (w_ >= 0 && (size_t)w_ < errlen) snprintf(err + w_, errlen - (size_t)w_, __VA_ARGS__); \
         return -1; \
@@ -291,9 +272,8 @@ const char *rules_level_name(rules_level l)
 
 
 /* Validate the decision table at absolute index T. */
-static int parse_decision(lua_State *L, int t, int num, const char *channel,
-                          rules_decision *d, char *err, size_t errlen)
-{
+static int parse_decision(lua_State *L, int t, int num, const char *channel, rules_decision *d,
+                          char *err, size_t errlen) {
     const char *action = NULL, *level = NULL;
     size_t reason_len = 0, scope_len = 0;
     bool has_halt = false;
@@ -338,8 +318,14 @@ static int parse_decision(lua_State *L, int t, int num, const char *channel,
             switch (k[0]) {
             case 'a': action = v; break;
             case 'l': level = v; break;
-            case 'r': d->reason = v; reason_len = len; break;
-            default: d->scope = v; scope_len = len; break;
+            case 'r':
+                d->reason = v;
+                reason_len = len;
+                break;
+            default:
+                d->scope = v;
+                scope_len = len;
+                break;
             }
         } else {
             char kb[64];
@@ -350,8 +336,7 @@ static int parse_decision(lua_State *L, int t, int num, const char *channel,
         }
         lua_pop(L, 1);
     }
-    if (action == NULL)
-        DERR("missing action");
+    if (action == NULL) DERR("missing action");
     if (strcmp(action, "alert") == 0) {
         d->action = RULES_ALERT;
     } else if (strcmp(action, "kill") == 0) {
@@ -364,21 +349,19 @@ static int parse_decision(lua_State *L, int t, int num, const char *channel,
         rules_sanitize(ab, sizeof(ab), action, strlen(action));
         DERR("unknown action \"%s\" (expected alert, kill or reject)", ab);
     }
-    if (d->reason == NULL || reason_len == 0)
-        DERR("%s needs a reason", action);
-    if (reason_len > RULES_REASON_MAX)
-        DERR("reason longer than %d bytes", RULES_REASON_MAX);
+    if (d->reason == NULL || reason_len == 0) DERR("%s needs a reason", action);
+    if (reason_len > RULES_REASON_MAX) DERR("reason longer than %d bytes", RULES_REASON_MAX);
     if (d->scope && !scope_valid(d->scope, scope_len)) {
         char sb[64];
 
         rules_sanitize(sb, sizeof(sb), d->scope, scope_len);
         DERR("invalid scope \"%s%s\": a scope is %s; build one from any id with "
-             "ctx.scope(kind, id)", sb, scope_len > 60 ? "..." : "", SCOPE_GRAMMAR);
+             "ctx.scope(kind, id)",
+             sb, scope_len > 60 ? "..." : "", SCOPE_GRAMMAR);
     }
     switch (d->action) {
     case RULES_ALERT:
-        if (level == NULL)
-            DERR("alert needs a level (info, warning or critical)");
+        if (level == NULL) DERR("alert needs a level (info, warning or critical)");
         if (strcmp(level, "info") == 0)
             d->level = RULES_INFO;
         else if (strcmp(level, "warning") == 0)
@@ -391,38 +374,33 @@ static int parse_decision(lua_State *L, int t, int num, const char *channel,
             rules_sanitize(lb, sizeof(lb), level, strlen(level));
             DERR("unknown level \"%s\" (expected info, warning or critical)", lb);
         }
-        if (has_halt)
-            DERR("halt_sales applies to kill only");
+        if (has_halt) DERR("halt_sales applies to kill only");
         break;
     case RULES_KILL:
-        if (d->scope == NULL)
-            DERR("kill needs a scope");
-        if (level)
-            DERR("level applies to alert only");
+        if (d->scope == NULL) DERR("kill needs a scope");
+        if (level) DERR("level applies to alert only");
         break;
     default:
         if (strcmp(channel, RULES_SALE_CHANNEL) != 0)
-            DERR("reject is only allowed in %s rules (channel is %s)",
-                 RULES_SALE_CHANNEL, channel);
-        if (level || d->scope || has_halt)
-            DERR("reject takes only action and reason");
+            DERR("reject is only allowed in %s rules (channel is %s)", RULES_SALE_CHANNEL, channel);
+        if (level || d->scope || has_halt) DERR("reject takes only action and reason");
         break;
     }
     return 0;
 }
 
-int rules_sbx_decisions(lua_State *L, int idx, const char *channel,
-                        rules_decision *out, size_t *n, char *err, size_t errlen)
-{
+int rules_sbx_decisions(lua_State *L, int idx, const char *channel, rules_decision *out, size_t *n,
+                        char *err, size_t errlen) {
     lua_Integer len;
     int num = 0;
 
     *n = 0;
-    if (lua_isnoneornil(L, idx))
-        return 0;
+    if (lua_isnoneornil(L, idx)) return 0;
     if (lua_type(L, idx) != LUA_TTABLE) {
-        snprintf(err, errlen, "evaluate must return nothing, a decision or a list of "
-                 "decisions, not a %s", luaL_typename(L, idx));
+        snprintf(err, errlen,
+                 "evaluate must return nothing, a decision or a list of "
+                 "decisions, not a %s",
+                 luaL_typename(L, idx));
         return -1;
     }
     luaL_checkstack(L, 3, "decisions");
@@ -440,7 +418,8 @@ int rules_sbx_decisions(lua_State *L, int idx, const char *channel,
         lua_pop(L, 1);
         if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > len) {
             lua_pop(L, 1);
-            snprintf(err, errlen, "evaluate returned a table that is neither a decision "
+            snprintf(err, errlen,
+                     "evaluate returned a table that is neither a decision "
                      "(no action) nor a list of decisions");
             return -1;
         }
@@ -466,8 +445,7 @@ int rules_sbx_decisions(lua_State *L, int idx, const char *channel,
 
 /* ---- copying plain data between states -------------------------------- */
 
-static int plain(int t)
-{
+static int plain(int t) {
     return t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING || t == LUA_TTABLE;
 }
 
@@ -476,14 +454,11 @@ static int plain(int t)
  * so shared subtables and cycles are preserved. SRC is idle; only raw
  * operations that cannot allocate are used on it, plus lua_checkstack, which
  * reports failure instead of raising. */
-static void copy_value(lua_State *dst, lua_State *src, int seen, int depth)
-{
+static void copy_value(lua_State *dst, lua_State *src, int seen, int depth) {
     const void *p;
 
     switch (lua_type(src, -1)) {
-    case LUA_TBOOLEAN:
-        lua_pushboolean(dst, lua_toboolean(src, -1));
-        return;
+    case LUA_TBOOLEAN: lua_pushboolean(dst, lua_toboolean(src, -1)); return;
     case LUA_TNUMBER:
         if (lua_isinteger(src, -1))
             lua_pushinteger(dst, lua_tointeger(src, -1));
@@ -497,21 +472,16 @@ static void copy_value(lua_State *dst, lua_State *src, int seen, int depth)
         lua_pushlstring(dst, s, len);
         return;
     }
-    case LUA_TTABLE:
-        break;
-    default:
-        lua_pushnil(dst);
-        return;
+    case LUA_TTABLE: break;
+    default: lua_pushnil(dst); return;
     }
     p = lua_topointer(src, -1);
-    if (lua_rawgetp(dst, seen, p) == LUA_TTABLE)
-        return;
+    if (lua_rawgetp(dst, seen, p) == LUA_TTABLE) return;
     lua_pop(dst, 1);
     if (depth >= RULES_STATE_DEPTH)
         luaL_error(dst, "ctx.state nested deeper than %d levels", RULES_STATE_DEPTH);
     luaL_checkstack(dst, 4, "ctx.state copy");
-    if (!lua_checkstack(src, 4))
-        luaL_error(dst, "ctx.state copy: source stack exhausted");
+    if (!lua_checkstack(src, 4)) luaL_error(dst, "ctx.state copy: source stack exhausted");
     lua_newtable(dst);
     lua_pushvalue(dst, -1);
     lua_rawsetp(dst, seen, p);
@@ -519,9 +489,9 @@ static void copy_value(lua_State *dst, lua_State *src, int seen, int depth)
     while (lua_next(src, -2)) {
         if (plain(lua_type(src, -2)) && plain(lua_type(src, -1))) {
             lua_pushvalue(src, -2);
-            copy_value(dst, src, seen, depth + 1);      /* key */
+            copy_value(dst, src, seen, depth + 1); /* key */
             lua_pop(src, 1);
-            copy_value(dst, src, seen, depth + 1);      /* value */
+            copy_value(dst, src, seen, depth + 1); /* value */
             if (lua_isnil(dst, -1) || lua_isnil(dst, -2))
                 lua_pop(dst, 2);
             else
@@ -531,8 +501,7 @@ static void copy_value(lua_State *dst, lua_State *src, int seen, int depth)
     }
 }
 
-void rules_sbx_copy(lua_State *dst, lua_State *src)
-{
+void rules_sbx_copy(lua_State *dst, lua_State *src) {
     int seen;
 
     lua_newtable(dst);

@@ -23,11 +23,11 @@
 #include "rules_int.h"
 
 typedef struct vm_rule {
-    rules_sbx sbx;              /* address must not change: Lua points at it */
+    rules_sbx sbx; /* address must not change: Lua points at it */
     const rules_rule *r;
     rules_counters *ctr;
     int ref_eval, ref_ctx, ref_inner, ref_state;
-    bool dead;                  /* its state could not be rebuilt */
+    bool dead; /* its state could not be rebuilt */
     rules_state_origin origin;
 } vm_rule;
 
@@ -43,18 +43,15 @@ struct rules_vm {
     char errstr[256];
 };
 
-const char *rules_state_origin_name(rules_state_origin o)
-{
+const char *rules_state_origin_name(rules_state_origin o) {
     static const char *const names[] = { "new", "kept", "reset", "lost" };
 
     return (unsigned)o <= RULES_STATE_LOST ? names[o] : "?";
 }
 
-int rules_channel_in(const rules_rule *r, const char *channel)
-{
+int rules_channel_in(const rules_rule *r, const char *channel) {
     for (size_t i = 0; i < r->n_channels; i++)
-        if (strcmp(r->channels[i], channel) == 0)
-            return 1;
+        if (strcmp(r->channels[i], channel) == 0) return 1;
     return 0;
 }
 
@@ -65,17 +62,14 @@ struct setup_args {
     const cJSON *params;
 };
 
-static void setup_fn(lua_State *L, void *ud)
-{
+static void setup_fn(lua_State *L, void *ud) {
     struct setup_args *a = ud;
     vm_rule *vr = a->vr;
 
     rules_sbx_run_chunk(L, vr->r->src, vr->r->src_len);
-    if (!lua_istable(L, 1))
-        luaL_error(L, "rule file must return a table");
+    if (!lua_istable(L, 1)) luaL_error(L, "rule file must return a table");
     lua_pushliteral(L, "evaluate");
-    if (lua_rawget(L, 1) != LUA_TFUNCTION)
-        luaL_error(L, "evaluate must be a function");
+    if (lua_rawget(L, 1) != LUA_TFUNCTION) luaL_error(L, "evaluate must be a function");
     vr->ref_eval = luaL_ref(L, LUA_REGISTRYINDEX);
     if (a->params)
         rules_sbx_push_json(L, a->params, "params", 0);
@@ -89,19 +83,17 @@ static void setup_fn(lua_State *L, void *ud)
     vr->ref_ctx = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int open_rule(const rules_vm *vm, vm_rule *vr, char *err, size_t errlen)
-{
+static int open_rule(const rules_vm *vm, vm_rule *vr, char *err, size_t errlen) {
     const rules_set *set = vm->set;
     struct setup_args a = { vr, set->params };
     rules_sbx_err e;
 
-    if (rules_sbx_open(&vr->sbx, vr->r->file, vr->r->name, set->instr_limit,
-                       set->mem_limit, set->timeout_ms, &e) == 0) {
+    if (rules_sbx_open(&vr->sbx, vr->r->file, vr->r->name, set->instr_limit, set->mem_limit,
+                       set->timeout_ms, &e) == 0) {
         vr->sbx.def_line = vr->r->line;
         vr->sbx.incr = vm->incr;
         vr->sbx.incr_ud = vm->incr_ud;
-        if (rules_sbx_pcall(&vr->sbx, setup_fn, &a, &e) == 0)
-            return 0;
+        if (rules_sbx_pcall(&vr->sbx, setup_fn, &a, &e) == 0) return 0;
         rules_sbx_close(&vr->sbx);
     }
     snprintf(err, errlen, "%s:%d: %.900s", vr->r->file, e.line, e.msg);
@@ -114,13 +106,11 @@ struct carry_args {
     vm_rule *from, *to;
 };
 
-static void carry_fn(lua_State *L, void *ud)
-{
+static void carry_fn(lua_State *L, void *ud) {
     struct carry_args *a = ud;
     lua_State *src = a->from->sbx.L;
 
-    if (!lua_checkstack(src, 2))
-        luaL_error(L, "ctx.state copy: source stack exhausted");
+    if (!lua_checkstack(src, 2)) luaL_error(L, "ctx.state copy: source stack exhausted");
     lua_rawgeti(src, LUA_REGISTRYINDEX, a->from->ref_state);
     rules_sbx_copy(L, src);
     lua_pop(src, 1);
@@ -131,8 +121,7 @@ static void carry_fn(lua_State *L, void *ud)
     lua_rawseti(L, LUA_REGISTRYINDEX, a->to->ref_state);
 }
 
-static rules_state_origin carry(const rules_vm *prev, vm_rule *to)
-{
+static rules_state_origin carry(const rules_vm *prev, vm_rule *to) {
     struct carry_args a;
     rules_sbx_err e;
     int top, rc;
@@ -140,12 +129,9 @@ static rules_state_origin carry(const rules_vm *prev, vm_rule *to)
     for (size_t j = 0; j < prev->n; j++) {
         vm_rule *from = &prev->rules[j];
 
-        if (strcmp(from->r->name, to->r->name) != 0)
-            continue;
-        if (strcmp(from->r->sha256, to->r->sha256) != 0)
-            return RULES_STATE_RESET;
-        if (from->dead || from->sbx.L == NULL)
-            return RULES_STATE_LOST;
+        if (strcmp(from->r->name, to->r->name) != 0) continue;
+        if (strcmp(from->r->sha256, to->r->sha256) != 0) return RULES_STATE_RESET;
+        if (from->dead || from->sbx.L == NULL) return RULES_STATE_LOST;
         a.from = from;
         a.to = to;
         top = lua_gettop(from->sbx.L);
@@ -161,38 +147,30 @@ static rules_state_origin carry(const rules_vm *prev, vm_rule *to)
 }
 
 /* Does rule R belong in a vm of KIND? */
-static int of_kind(const rules_rule *r, rules_vm_kind kind)
-{
+static int of_kind(const rules_rule *r, rules_vm_kind kind) {
     int sale = rules_channel_in(r, RULES_SALE_CHANNEL);
 
     switch (kind) {
-    case RULES_VM_EVENTS:
-        return r->n_channels > (size_t)sale;
-    case RULES_VM_SALE:
-        return sale;
-    default:
-        return 1;
+    case RULES_VM_EVENTS: return r->n_channels > (size_t)sale;
+    case RULES_VM_SALE: return sale;
+    default: return 1;
     }
 }
 
-rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen)
-{
+rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen) {
     return rules_vm_new_kind(set, previous, RULES_VM_ALL, err, errlen);
 }
 
-rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind,
-                            char *err, size_t errlen)
-{
+rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind, char *err,
+                            size_t errlen) {
     char buf[RULES_MSG_MAX];
     rules_vm *vm = calloc(1, sizeof(*vm));
 
-    if (vm == NULL)
-        goto oom;
+    if (vm == NULL) goto oom;
     vm->set = rules_set_ref(set);
     vm->kind = kind;
     vm->rules = calloc(set->n ? set->n : 1, sizeof(*vm->rules));
-    if (vm->rules == NULL)
-        goto oom;
+    if (vm->rules == NULL) goto oom;
     if (previous) {
         vm->incr = previous->incr;
         vm->incr_ud = previous->incr_ud;
@@ -200,14 +178,12 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
     for (size_t i = 0; i < set->n; i++) {
         vm_rule *vr = &vm->rules[vm->n];
 
-        if (!of_kind(&set->rules[i], kind))
-            continue;
+        if (!of_kind(&set->rules[i], kind)) continue;
         vm->n++;
         vr->r = &set->rules[i];
         vr->ctr = &set->ctr[i];
         if (open_rule(vm, vr, buf, sizeof(buf)) != 0) {
-            if (err)
-                snprintf(err, errlen, "%s", buf);
+            if (err) snprintf(err, errlen, "%s", buf);
             rules_vm_free(vm);
             return NULL;
         }
@@ -215,57 +191,45 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
     }
     return vm;
 oom:
-    if (err)
-        snprintf(err, errlen, "out of memory");
+    if (err) snprintf(err, errlen, "out of memory");
     rules_vm_free(vm);
     return NULL;
 }
 
-void rules_vm_free(rules_vm *vm)
-{
-    if (vm == NULL)
-        return;
+void rules_vm_free(rules_vm *vm) {
+    if (vm == NULL) return;
     if (vm->rules)
-        for (size_t i = 0; i < vm->n; i++)
-            rules_sbx_close(&vm->rules[i].sbx);
+        for (size_t i = 0; i < vm->n; i++) rules_sbx_close(&vm->rules[i].sbx);
     free(vm->rules);
     rules_set_unref(vm->set);
     free(vm);
 }
 
 /* Limits and params a rule's Lua state was built with. */
-static int same_build(const rules_set *a, const rules_set *b)
-{
+static int same_build(const rules_set *a, const rules_set *b) {
     return a->instr_limit == b->instr_limit && a->mem_limit == b->mem_limit &&
            a->timeout_ms == b->timeout_ms && cJSON_Compare(a->params, b->params, 1);
 }
 
-int rules_vm_rebind(rules_vm *vm, rules_set *set)
-{
+int rules_vm_rebind(rules_vm *vm, rules_set *set) {
     size_t k = 0;
 
-    if (vm->set == set)
-        return 0;
-    if (!same_build(vm->set, set))
-        return -1;
+    if (vm->set == set) return 0;
+    if (!same_build(vm->set, set)) return -1;
     /* The same rules of this kind, in the same order, same source. */
     for (size_t i = 0; i < set->n; i++) {
-        if (!of_kind(&set->rules[i], vm->kind))
-            continue;
+        if (!of_kind(&set->rules[i], vm->kind)) continue;
         if (k >= vm->n || strcmp(vm->rules[k].r->name, set->rules[i].name) != 0 ||
-            strcmp(vm->rules[k].r->sha256, set->rules[i].sha256) != 0 ||
-            vm->rules[k].dead)
+            strcmp(vm->rules[k].r->sha256, set->rules[i].sha256) != 0 || vm->rules[k].dead)
             return -1;
         k++;
     }
-    if (k != vm->n)
-        return -1;
+    if (k != vm->n) return -1;
     k = 0;
     for (size_t i = 0; i < set->n; i++) {
         vm_rule *vr;
 
-        if (!of_kind(&set->rules[i], vm->kind))
-            continue;
+        if (!of_kind(&set->rules[i], vm->kind)) continue;
         vr = &vm->rules[k++];
         vr->r = &set->rules[i];
         vr->ctr = &set->ctr[i];
@@ -281,13 +245,11 @@ int rules_vm_rebind(rules_vm *vm, rules_set *set)
     return 0;
 }
 
-size_t rules_vm_count(const rules_vm *vm)
-{
+size_t rules_vm_count(const rules_vm *vm) {
     return vm->n;
 }
 
-void rules_vm_set_incr(rules_vm *vm, rules_incr_fn fn, void *ud)
-{
+void rules_vm_set_incr(rules_vm *vm, rules_incr_fn fn, void *ud) {
     vm->incr = fn;
     vm->incr_ud = ud;
     for (size_t i = 0; i < vm->n; i++) {
@@ -296,28 +258,23 @@ void rules_vm_set_incr(rules_vm *vm, rules_incr_fn fn, void *ud)
     }
 }
 
-rules_set *rules_vm_set(const rules_vm *vm)
-{
+rules_set *rules_vm_set(const rules_vm *vm) {
     return vm->set;
 }
 
-rules_state_origin rules_vm_state_origin(const rules_vm *vm, size_t i)
-{
+rules_state_origin rules_vm_state_origin(const rules_vm *vm, size_t i) {
     /* I indexes the set; a vm of one kind holds a subset. */
     for (size_t j = 0; i < vm->set->n && j < vm->n; j++)
-        if (vm->rules[j].r == &vm->set->rules[i])
-            return vm->rules[j].origin;
+        if (vm->rules[j].r == &vm->set->rules[i]) return vm->rules[j].origin;
     return RULES_STATE_NEW;
 }
 
-void rules_vm_on_error(rules_vm *vm, rules_error_cb cb, void *ud)
-{
+void rules_vm_on_error(rules_vm *vm, rules_error_cb cb, void *ud) {
     vm->on_error = cb;
     vm->on_error_ud = ud;
 }
 
-const char *rules_vm_errstr(const rules_vm *vm)
-{
+const char *rules_vm_errstr(const rules_vm *vm) {
     return vm->errstr;
 }
 
@@ -330,12 +287,11 @@ struct eval_args {
     long long now;
     rules_decision_cb cb;
     void *ud;
-    bool bad;                   /* evaluate returned an invalid decision */
+    bool bad; /* evaluate returned an invalid decision */
     char err[RULES_MSG_MAX];
 };
 
-static void eval_fn(lua_State *L, void *ud)
-{
+static void eval_fn(lua_State *L, void *ud) {
     struct eval_args *a = ud;
     vm_rule *vr = a->vr;
     rules_decision d[RULES_MAX_DECISIONS];
@@ -362,13 +318,11 @@ static void eval_fn(lua_State *L, void *ud)
         d[i].file = vr->r->file;
         d[i].channel = a->channel;
         atomic_fetch_add_explicit(&vr->ctr->decisions[d[i].action], 1, memory_order_relaxed);
-        if (a->cb)
-            a->cb(a->ud, &d[i]);
+        if (a->cb) a->cb(a->ud, &d[i]);
     }
 }
 
-static void report(rules_vm *vm, const vm_rule *vr, const char *msg)
-{
+static void report(rules_vm *vm, const vm_rule *vr, const char *msg) {
     if (vm->on_error)
         vm->on_error(vm->on_error_ud, vr->r->name, msg);
     else
@@ -376,16 +330,17 @@ static void report(rules_vm *vm, const vm_rule *vr, const char *msg)
 }
 
 /* 0 when the rule ran fine, 1 when it failed. */
-static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
-{
+static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     char msg[RULES_MSG_MAX + 256];
     rules_sbx_err e;
     uint64_t t0;
     int rc;
 
     if (vr->dead) {
-        snprintf(msg, sizeof(msg), "%s:%d: rule disabled: its state could not be rebuilt "
-                 "after exceeding the memory limit", vr->r->file, vr->r->line);
+        snprintf(msg, sizeof(msg),
+                 "%s:%d: rule disabled: its state could not be rebuilt "
+                 "after exceeding the memory limit",
+                 vr->r->file, vr->r->line);
         atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
         report(vm, vr, msg);
@@ -397,8 +352,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
     rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
     atomic_fetch_add_explicit(&vr->ctr->duration_ns, rules_now_ns() - t0, memory_order_relaxed);
     atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
-    if (rc == 0 && !a->bad)
-        return 0;
+    if (rc == 0 && !a->bad) return 0;
     atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
     if (rc != 0)
         snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, e.line, e.msg);
@@ -420,47 +374,39 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a)
     return 1;
 }
 
-int rules_eval_cjson(rules_vm *vm, const char *channel, const cJSON *event,
-                     long long now, rules_decision_cb cb, void *ud)
-{
-    struct eval_args a = { .channel = channel, .event = event, .now = now,
-                           .cb = cb, .ud = ud };
+int rules_eval_cjson(rules_vm *vm, const char *channel, const cJSON *event, long long now,
+                     rules_decision_cb cb, void *ud) {
+    struct eval_args a = { .channel = channel, .event = event, .now = now, .cb = cb, .ud = ud };
     int failed = 0;
 
     for (size_t i = 0; i < vm->n; i++)
-        if (rules_channel_in(vm->rules[i].r, channel))
-            failed += eval_one(vm, &vm->rules[i], &a);
+        if (rules_channel_in(vm->rules[i].r, channel)) failed += eval_one(vm, &vm->rules[i], &a);
     return failed;
 }
 
-int rules_json_depth(const cJSON *j)
-{
+int rules_json_depth(const cJSON *j) {
     int max = 0;
 
-    if (!cJSON_IsArray(j) && !cJSON_IsObject(j))
-        return 0;
+    if (!cJSON_IsArray(j) && !cJSON_IsObject(j)) return 0;
     for (const cJSON *c = j->child; c; c = c->next) {
         int d = rules_json_depth(c);
 
-        if (d > max)
-            max = d;
+        if (d > max) max = d;
     }
     return max + 1;
 }
 
 int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
-               rules_decision_cb cb, void *ud)
-{
+               rules_decision_cb cb, void *ud) {
     const char *end = NULL;
     cJSON *ev;
     int rc;
 
     vm->errstr[0] = '\0';
-    if (!rules_set_listens(vm->set, channel))
-        return 0;
+    if (!rules_set_listens(vm->set, channel)) return 0;
     if (len > vm->set->max_event_bytes) {
-        snprintf(vm->errstr, sizeof(vm->errstr), "event of %zu bytes is over the limit of %zu",
-                 len, vm->set->max_event_bytes);
+        snprintf(vm->errstr, sizeof(vm->errstr), "event of %zu bytes is over the limit of %zu", len,
+                 vm->set->max_event_bytes);
         return -1;
     }
     ev = cJSON_ParseWithLengthOpts(json, len, &end, 0);
@@ -469,8 +415,8 @@ int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
                  end ? end - json : (ptrdiff_t)0);
         return -1;
     }
-    while (end && (size_t)(end - json) < len && (*end == ' ' || *end == '\t' ||
-                                                 *end == '\r' || *end == '\n'))
+    while (end && (size_t)(end - json) < len &&
+           (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
         end++;
     if (!cJSON_IsObject(ev) || (end && (size_t)(end - json) < len)) {
         snprintf(vm->errstr, sizeof(vm->errstr), "event is not one JSON object");

@@ -37,8 +37,8 @@ static int order_id_valid(const char *s, size_t len) {
     return 1;
 }
 
-int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
-               char *err, size_t errlen) {
+int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req, char *err,
+               size_t errlen) {
     memset(req, 0, sizeof *req);
     if (len == 0) {
         snprintf(err, errlen, "request body is empty; expected a JSON object");
@@ -55,7 +55,8 @@ int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
     if (!root || (size_t)(end - body) < len) {
         /* Allow only trailing white space after the object. */
         if (root) {
-            while ((size_t)(end - body) < len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+            while ((size_t)(end - body) < len &&
+                   (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
                 end++;
             if ((size_t)(end - body) == len) goto parsed;
         }
@@ -86,7 +87,8 @@ parsed:
         goto out;
     }
     if (!sku_valid(sku->valuestring, sl)) {
-        snprintf(err, errlen, "sku may only contain A-Z a-z 0-9 . _ : - (and at least one letter or digit)");
+        snprintf(err, errlen,
+                 "sku may only contain A-Z a-z 0-9 . _ : - (and at least one letter or digit)");
         goto out;
     }
     memcpy(req->sku, sku->valuestring, sl + 1);
@@ -119,7 +121,8 @@ parsed:
             goto out;
         }
         if (!order_id_valid(oid->valuestring, ol)) {
-            snprintf(err, errlen, "order_id must be 1 to %d printable ASCII characters without spaces",
+            snprintf(err, errlen,
+                     "order_id must be 1 to %d printable ASCII characters without spaces",
                      SALE_STR_MAX);
             goto out;
         }
@@ -263,7 +266,7 @@ static redisReply *acquire_and_commit(rds_client *c, const char *lock_key, const
     if (r1) r2 = rds_get_reply(c);
     if (!r1 || !r2) goto out;
     if (r1->type == REDIS_REPLY_NIL) {
-        *busy = 1;                      /* r2 is lock_lost: nothing changed */
+        *busy = 1; /* r2 is lock_lost: nothing changed */
         freeReplyObject(r2);
         r2 = NULL;
     } else if (r2->type == REDIS_REPLY_ERROR && strncmp(r2->str, "NOSCRIPT", 8) == 0) {
@@ -282,14 +285,15 @@ out:
  * trip (SALE_COMMIT_BUSY, nothing changed, when it is held); otherwise the
  * caller already holds it with TOKEN (SALE_COMMIT_LOCK_LOST when it no
  * longer does). */
-static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const char *sku, const char *token,
-                       const sale_req *const *reqs, sale_res *const *res, size_t n,
-                       int release, int acquire_ttl_ms, char *err, size_t errlen) {
+static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const char *sku,
+                                      const char *token, const sale_req *const *reqs,
+                                      sale_res *const *res, size_t n, int release,
+                                      int acquire_ttl_ms, char *err, size_t errlen) {
     size_t nkeys = 3 + n, argc = nkeys + 7 + 3 * n;
     const char **argv = calloc(argc, sizeof *argv);
     size_t *argvlen = calloc(argc, sizeof *argvlen);
-    char (*keys)[RDS_KEY_MAX] = calloc(nkeys, RDS_KEY_MAX);
-    char (*nums)[2][40] = calloc(n, sizeof *nums);
+    char(*keys)[RDS_KEY_MAX] = calloc(nkeys, RDS_KEY_MAX);
+    char(*nums)[2][40] = calloc(n, sizeof *nums);
     char ttl[24], ts[40];
     sale_commit_result rc = SALE_COMMIT_ERROR;
     redisReply *r = NULL;
@@ -336,7 +340,8 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
 
     if (acquire_ttl_ms > 0) {
         int busy;
-        r = acquire_and_commit(c, keys[0], token, acquire_ttl_ms, (int)nkeys, (int)argc, argv, argvlen, &busy);
+        r = acquire_and_commit(c, keys[0], token, acquire_ttl_ms, (int)nkeys, (int)argc, argv,
+                               argvlen, &busy);
         if (busy) {
             rc = SALE_COMMIT_BUSY;
             goto out;
@@ -352,7 +357,8 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
         snprintf(err, errlen, "redis: %s", r->str);
         goto out;
     }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
         snprintf(err, errlen, "redis: unexpected reply to the commit script");
         goto out;
     }
@@ -361,7 +367,8 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
         goto out;
     }
     if (r->elements != 1 + 2 * n) {
-        snprintf(err, errlen, "redis: commit script answered %zu items for %zu sales", r->elements, n);
+        snprintf(err, errlen, "redis: commit script answered %zu items for %zu sales", r->elements,
+                 n);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -402,8 +409,9 @@ out:
     return rc;
 }
 
-sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
-                               const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen) {
+sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sku,
+                               const char *token, const sale_req *reqs, sale_res *res, size_t n,
+                               char *err, size_t errlen) {
     const sale_req **rp = calloc(n ? n : 1, sizeof *rp);
     sale_res **sp = calloc(n ? n : 1, sizeof *sp);
     sale_commit_result rc = SALE_COMMIT_ERROR;
@@ -443,7 +451,8 @@ int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long
     return rc;
 }
 
-static int stock_write(rds_client *c, const char *prefix, const char *sku, long long stock, int nx) {
+static int stock_write(rds_client *c, const char *prefix, const char *sku, long long stock,
+                       int nx) {
     char k[RDS_KEY_MAX];
     if (key(k, prefix, sku, "stock") < 0) return -1;
     redisReply *r = nx ? rds_command(c, "SET %s %lld NX", k, stock)
@@ -481,7 +490,8 @@ int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen) {
     if (v) {
         if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 1e15 ||
             v->valuedouble != floor(v->valuedouble)) {
-            snprintf(err, errlen, "stock must be an integer between 0 and 1e15; nothing was changed");
+            snprintf(err, errlen,
+                     "stock must be an integer between 0 and 1e15; nothing was changed");
             return -1;
         }
         p->has_stock = true;
@@ -492,9 +502,10 @@ int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen) {
     } else if (pr) {
         if (!cJSON_IsNumber(pr) || !isfinite(pr->valuedouble) || pr->valuedouble < 0 ||
             pr->valuedouble > SALE_PRICE_MAX) {
-            snprintf(err, errlen,
-                     "price must be a number between 0 and 1e15 (or null to remove the catalog price); "
-                     "nothing was changed");
+            snprintf(
+                err, errlen,
+                "price must be a number between 0 and 1e15 (or null to remove the catalog price); "
+                "nothing was changed");
             return -1;
         }
         p->price_op = SALE_PRICE_SET;
@@ -528,7 +539,8 @@ static int price_parse(const char *s, double *out) {
 static void item_fill(sale_item *it, const redisReply *stock, const redisReply *price) {
     memset(it, 0, sizeof *it);
     if (stock->type == REDIS_REPLY_STRING) it->stock = strtoll(stock->str, NULL, 10);
-    if (price->type == REDIS_REPLY_STRING && price->str[0]) it->has_price = price_parse(price->str, &it->price);
+    if (price->type == REDIS_REPLY_STRING && price->str[0])
+        it->has_price = price_parse(price->str, &it->price);
 }
 
 int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale_put *p,
@@ -537,12 +549,15 @@ int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale
     if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
     if (p->has_stock) snprintf(st, sizeof st, "%lld", p->stock);
     if (p->price_op == SALE_PRICE_SET) snprintf(pr, sizeof pr, "%.17g", p->price);
-    const char *op = p->price_op == SALE_PRICE_SET ? "set" : p->price_op == SALE_PRICE_CLEAR ? "clear" : "keep";
+    const char *op = p->price_op == SALE_PRICE_SET     ? "set"
+                     : p->price_op == SALE_PRICE_CLEAR ? "clear"
+                                                       : "keep";
     const char *argv[] = { ks, kp, st, op, pr };
     size_t argvlen[] = { strlen(ks), strlen(kp), strlen(st), strlen(op), strlen(pr) };
     redisReply *r = rds_eval(c, &put_script, 2, 5, argv, argvlen);
     int rc = -1;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_STRING) {
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
         if (strcmp(r->element[0]->str, "none") == 0) {
             rc = 1;
         } else if (r->elements == 3) {
@@ -582,15 +597,15 @@ typedef struct waiter {
     const sale_req *req;
     sale_res *res;
     struct waiter *next;
-    int done;                   /* res is filled in */
-    int lead;                   /* this thread must commit the next batch */
+    int done; /* res is filled in */
+    int lead; /* this thread must commit the next batch */
 } waiter;
 
 /* Per-SKU queue; lives while anyone is queued on it (refs > 0). */
 typedef struct skuq {
     struct skuq *hnext;
     waiter *head, *tail;
-    int leader;                 /* a batch is in flight or a leader is designated */
+    int leader; /* a batch is in flight or a leader is designated */
     int refs;
     pthread_cond_t cv;
     char sku[SALE_STR_MAX + 1];
@@ -670,13 +685,14 @@ void sale_get_stats(sale_engine *e, sale_stats *out) {
 }
 
 static unsigned hash(const char *s) {
-    unsigned h = 2166136261u;   /* FNV-1a */
+    unsigned h = 2166136261u; /* FNV-1a */
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
     return h;
 }
 
 /* Take the lock for SKU, commit the N sales, release. Fills every result. */
-static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sale_res **res, size_t n) {
+static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sale_res **res,
+                      size_t n) {
     char err[256] = "";
     char lk[RDS_KEY_MAX], token[LOCK_TOKEN_LEN + 1];
     const char *fail = NULL;
@@ -688,14 +704,17 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
     } else {
         /* Fast path: take the lock and commit in one round trip. */
         lock_token_new(token);
-        sale_commit_result rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, e->o.lock_ttl_ms, err, sizeof err);
+        sale_commit_result rc = commit_ptrs(c, &e->o, sku, token, reqs, res, n, 1, e->o.lock_ttl_ms,
+                                            err, sizeof err);
         if (rc == SALE_COMMIT_BUSY) {
             /* Another instance holds the SKU: wait for it, then commit. */
             uint64_t t0 = clock_now_ns();
-            lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token, err, sizeof err);
+            lock_status st = lock_acquire(c, lk, e->o.lock_ttl_ms, e->o.lock_max_wait_ms, token,
+                                          err, sizeof err);
             hist_observe(&e->lock_wait, (double)(clock_now_ns() - t0) / 1e9);
             if (st == LOCK_TIMEOUT) {
-                snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku, e->o.lock_max_wait_ms);
+                snprintf(err, sizeof err, "SKU %s is busy: lock wait over %d ms", sku,
+                         e->o.lock_max_wait_ms);
                 fail = err;
             } else if (st == LOCK_ERR) {
                 fail = err;
@@ -717,8 +736,10 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             if (rds_outcome_unknown(c)) {
                 char why[160];
                 snprintf(why, sizeof why, "%.159s", err);
-                snprintf(err, sizeof err,
-                         "%.159s; the sale may or may not have been recorded: retry with the same order_id", why);
+                snprintf(
+                    err, sizeof err,
+                    "%.159s; the sale may or may not have been recorded: retry with the same order_id",
+                    why);
             }
             fail = err;
         }
@@ -753,7 +774,10 @@ void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
         s->chain = q;
     }
     q->refs++;
-    if (q->tail) q->tail->next = &w; else q->head = &w;
+    if (q->tail)
+        q->tail->next = &w;
+    else
+        q->head = &w;
     q->tail = &w;
     if (!q->leader) {
         /* No batch in flight, so the queue held nothing before us. */
@@ -798,7 +822,10 @@ void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
             free(reqs);
             free(resv);
         }
-        if (q->head) q->head->lead = 1; else q->leader = 0;
+        if (q->head)
+            q->head->lead = 1;
+        else
+            q->leader = 0;
         pthread_cond_broadcast(&q->cv);
     }
     if (--q->refs == 0) {

@@ -3,26 +3,21 @@
 
 #include <string.h>
 
-static int plain(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == ':' || c == '-' || c == '/' || c == '@' || c == '+';
+static int plain(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '-' || c == '/' || c == '@' || c == '+';
 }
 
-static int hex(unsigned char c)
-{
+static int hex(unsigned char c) {
     return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f');
 }
 
-int scope_valid(const char *s, size_t len)
-{
-    if (s == NULL || len == 0 || len > SCOPE_MAX)
-        return 0;
+int scope_valid(const char *s, size_t len) {
+    if (s == NULL || len == 0 || len > SCOPE_MAX) return 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
 
-        if (plain(c))
-            continue;
+        if (plain(c)) continue;
         if (c == '%' && i + 2 < len && hex((unsigned char)s[i + 1]) &&
             hex((unsigned char)s[i + 2])) {
             i += 2;
@@ -33,16 +28,13 @@ int scope_valid(const char *s, size_t len)
     return 1;
 }
 
-int scope_make(char *dst, size_t n, const char *kind, const char *id, size_t id_len)
-{
+int scope_make(char *dst, size_t n, const char *kind, const char *id, size_t id_len) {
     static const char digits[] = "0123456789ABCDEF";
     size_t klen = kind ? strlen(kind) : 0, o = 0, cap = n < SCOPE_MAX + 1 ? n : SCOPE_MAX + 1;
 
-    if (n == 0)
-        return -1;
+    if (n == 0) return -1;
     dst[0] = '\0';
-    if (klen == 0 || strchr(kind, '%') || !scope_valid(kind, klen) || klen + 1 >= cap)
-        return -1;
+    if (klen == 0 || strchr(kind, '%') || !scope_valid(kind, klen) || klen + 1 >= cap) return -1;
     memcpy(dst, kind, klen);
     o = klen;
     dst[o++] = ':';
@@ -50,12 +42,10 @@ int scope_make(char *dst, size_t n, const char *kind, const char *id, size_t id_
         unsigned char c = (unsigned char)id[i];
 
         if (plain(c)) {
-            if (o + 1 >= cap)
-                goto toolong;
+            if (o + 1 >= cap) goto toolong;
             dst[o++] = (char)c;
         } else {
-            if (o + 3 >= cap)
-                goto toolong;
+            if (o + 3 >= cap) goto toolong;
             dst[o++] = '%';
             dst[o++] = digits[c >> 4];
             dst[o++] = digits[c & 15];

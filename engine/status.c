@@ -55,9 +55,12 @@ static void out(buf *b, const char *fmt, ...) {
 static const char *esc(const char *s, char *tmp, size_t cap) {
     size_t j = 0;
     for (; *s && j + 3 < cap; s++) {
-        if (*s == '\\' || *s == '"') tmp[j++] = '\\', tmp[j++] = *s;
-        else if (*s == '\n') tmp[j++] = '\\', tmp[j++] = 'n';
-        else tmp[j++] = *s;
+        if (*s == '\\' || *s == '"')
+            tmp[j++] = '\\', tmp[j++] = *s;
+        else if (*s == '\n')
+            tmp[j++] = '\\', tmp[j++] = 'n';
+        else
+            tmp[j++] = *s;
     }
     tmp[j] = 0;
     return tmp;
@@ -84,67 +87,85 @@ static void render_sale(buf *b, const status_sources *s) {
     sale_stats ss;
     memset(&ss, 0, sizeof ss);
     if (s->sale) sale_get_stats(s->sale, &ss);
-    out(b, "# HELP nerve_sales_total Sale requests answered, by result.\n# TYPE nerve_sales_total counter\n");
+    out(b,
+        "# HELP nerve_sales_total Sale requests answered, by result.\n# TYPE nerve_sales_total counter\n");
     for (int i = 0; i < SALE_RESULT_COUNT; i++)
         out(b, "nerve_sales_total{result=\"%s\"} %llu\n", sale_result_name((sale_result)i),
             (unsigned long long)ss.results[i]);
     hist_render(b, "nerve_sale_duration_seconds", "Time to answer a sale, seconds.", &ss.duration);
-    hist_render(b, "nerve_lock_wait_seconds", "Time a sale batch waited for its SKU lock, seconds.", &ss.lock_wait);
+    hist_render(b, "nerve_lock_wait_seconds", "Time a sale batch waited for its SKU lock, seconds.",
+                &ss.lock_wait);
 }
 
 static void render_eval(buf *b, eval *ev) {
     char e1[512];
     eval_stats es;
     eval_get_stats(ev, &es);
-    out(b, "# HELP nerve_events_total Bus events evaluated, by channel.\n# TYPE nerve_events_total counter\n");
+    out(b,
+        "# HELP nerve_events_total Bus events evaluated, by channel.\n# TYPE nerve_events_total counter\n");
     for (size_t i = 0; i < es.n_channels; i++)
         out(b, "nerve_events_total{channel=\"%s\"} %llu\n", esc(es.channels[i].name, e1, sizeof e1),
             (unsigned long long)es.channels[i].events);
-    out(b, "# HELP nerve_events_invalid_total Bus events that were not a JSON object.\n"
-           "# TYPE nerve_events_invalid_total counter\nnerve_events_invalid_total %llu\n",
+    out(b,
+        "# HELP nerve_events_invalid_total Bus events that were not a JSON object.\n"
+        "# TYPE nerve_events_invalid_total counter\nnerve_events_invalid_total %llu\n",
         (unsigned long long)es.bad_events);
     /* Liveness (bus.stall_ms): alert on stalled, or on busy_seconds near
      * rules.eval_timeout_ms; last_completed_age alone also grows when idle. */
     eval_liveness lv;
     eval_get_liveness(ev, &lv);
-    out(b, "# HELP nerve_evaluator_busy_seconds How long the event in evaluation has been running, 0 when idle.\n"
-           "# TYPE nerve_evaluator_busy_seconds gauge\nnerve_evaluator_busy_seconds %.3f\n",
+    out(b,
+        "# HELP nerve_evaluator_busy_seconds How long the event in evaluation has been running, 0 when idle.\n"
+        "# TYPE nerve_evaluator_busy_seconds gauge\nnerve_evaluator_busy_seconds %.3f\n",
         (double)lv.busy_ns / 1e9);
-    out(b, "# HELP nerve_evaluator_last_completed_age_seconds Seconds since the evaluator last finished an event "
-           "(since start when none).\n# TYPE nerve_evaluator_last_completed_age_seconds gauge\n"
-           "nerve_evaluator_last_completed_age_seconds %.3f\n", (double)lv.since_done_ns / 1e9);
-    out(b, "# HELP nerve_evaluator_stalled 1 while events wait and none finished for bus.stall_ms.\n"
-           "# TYPE nerve_evaluator_stalled gauge\nnerve_evaluator_stalled %d\n", lv.stalled);
+    out(b,
+        "# HELP nerve_evaluator_last_completed_age_seconds Seconds since the evaluator last finished an event "
+        "(since start when none).\n# TYPE nerve_evaluator_last_completed_age_seconds gauge\n"
+        "nerve_evaluator_last_completed_age_seconds %.3f\n",
+        (double)lv.since_done_ns / 1e9);
+    out(b,
+        "# HELP nerve_evaluator_stalled 1 while events wait and none finished for bus.stall_ms.\n"
+        "# TYPE nerve_evaluator_stalled gauge\nnerve_evaluator_stalled %d\n",
+        lv.stalled);
 }
 
 static void render_bus(buf *b, bus *bu) {
     bus_stats bs;
     bus_get_stats(bu, &bs);
-    out(b, "# HELP nerve_bus_messages_total Messages received from the Redis bus.\n"
-           "# TYPE nerve_bus_messages_total counter\nnerve_bus_messages_total %llu\n",
+    out(b,
+        "# HELP nerve_bus_messages_total Messages received from the Redis bus.\n"
+        "# TYPE nerve_bus_messages_total counter\nnerve_bus_messages_total %llu\n",
         (unsigned long long)bs.messages);
-    out(b, "# HELP nerve_events_dropped_total Bus messages dropped before evaluation, by reason.\n"
-           "# TYPE nerve_events_dropped_total counter\n"
-           "nerve_events_dropped_total{reason=\"oversized\"} %llu\n"
-           "nerve_events_dropped_total{reason=\"queue_full\"} %llu\n",
+    out(b,
+        "# HELP nerve_events_dropped_total Bus messages dropped before evaluation, by reason.\n"
+        "# TYPE nerve_events_dropped_total counter\n"
+        "nerve_events_dropped_total{reason=\"oversized\"} %llu\n"
+        "nerve_events_dropped_total{reason=\"queue_full\"} %llu\n",
         (unsigned long long)bs.oversized, (unsigned long long)bs.queue_full);
-    out(b, "# HELP nerve_bus_reconnects_total Times the bus subscriber reconnected.\n"
-           "# TYPE nerve_bus_reconnects_total counter\nnerve_bus_reconnects_total %llu\n",
+    out(b,
+        "# HELP nerve_bus_reconnects_total Times the bus subscriber reconnected.\n"
+        "# TYPE nerve_bus_reconnects_total counter\nnerve_bus_reconnects_total %llu\n",
         (unsigned long long)bs.reconnects);
-    out(b, "# HELP nerve_bus_connected 1 while the bus subscriber is subscribed.\n"
-           "# TYPE nerve_bus_connected gauge\nnerve_bus_connected %d\n", bs.connected ? 1 : 0);
+    out(b,
+        "# HELP nerve_bus_connected 1 while the bus subscriber is subscribed.\n"
+        "# TYPE nerve_bus_connected gauge\nnerve_bus_connected %d\n",
+        bs.connected ? 1 : 0);
 }
 
 static void render_queue(buf *b, evq *q) {
     evq_stats qs;
     evq_get_stats(q, &qs);
-    out(b, "# HELP nerve_event_queue_depth Events waiting for the rules.\n# TYPE nerve_event_queue_depth gauge\n"
-           "nerve_event_queue_depth %zu\n", qs.depth);
-    out(b, "# HELP nerve_event_queue_oldest_age_seconds How long the oldest queued event has waited, 0 when empty.\n"
-           "# TYPE nerve_event_queue_oldest_age_seconds gauge\nnerve_event_queue_oldest_age_seconds %.3f\n",
+    out(b,
+        "# HELP nerve_event_queue_depth Events waiting for the rules.\n# TYPE nerve_event_queue_depth gauge\n"
+        "nerve_event_queue_depth %zu\n",
+        qs.depth);
+    out(b,
+        "# HELP nerve_event_queue_oldest_age_seconds How long the oldest queued event has waited, 0 when empty.\n"
+        "# TYPE nerve_event_queue_oldest_age_seconds gauge\nnerve_event_queue_oldest_age_seconds %.3f\n",
         (double)evq_oldest_age_ns(&qs, clock_now_ns()) / 1e9);
-    out(b, "# HELP nerve_event_queue_dropped_total Events dropped because the queue was full.\n"
-           "# TYPE nerve_event_queue_dropped_total counter\nnerve_event_queue_dropped_total %llu\n",
+    out(b,
+        "# HELP nerve_event_queue_dropped_total Events dropped because the queue was full.\n"
+        "# TYPE nerve_event_queue_dropped_total counter\nnerve_event_queue_dropped_total %llu\n",
         (unsigned long long)qs.dropped);
 }
 
@@ -154,24 +175,32 @@ static void render_rules(buf *b, live *l) {
     rules_set *set = l ? live_get(l, &gen) : NULL;
     size_t nr = set ? rules_set_count(set) : 0;
     static const char *const rule_metrics[][3] = {
-        { "nerve_rule_evaluations_total", "counter", "Rule evaluations, by rule (current rule set)." },
-        { "nerve_rule_errors_total", "counter", "Rule errors (runtime, limits, invalid decisions), by rule." },
+        { "nerve_rule_evaluations_total", "counter",
+          "Rule evaluations, by rule (current rule set)." },
+        { "nerve_rule_errors_total", "counter",
+          "Rule errors (runtime, limits, invalid decisions), by rule." },
         { "nerve_rule_duration_seconds", "summary", "Time spent in evaluate, by rule, seconds." },
         { "nerve_decisions_total", "counter", "Decisions, by rule and action." },
     };
     for (int m = 0; m < 4; m++) {
-        out(b, "# HELP %s %s\n# TYPE %s %s\n", rule_metrics[m][0], rule_metrics[m][2], rule_metrics[m][0],
-            rule_metrics[m][1]);
+        out(b, "# HELP %s %s\n# TYPE %s %s\n", rule_metrics[m][0], rule_metrics[m][2],
+            rule_metrics[m][0], rule_metrics[m][1]);
         for (size_t i = 0; i < nr; i++) {
             rules_info in;
             rules_stats st;
             if (rules_set_info(set, i, &in) || rules_set_stats(set, i, &st)) continue;
             esc(in.name, e1, sizeof e1);
-            if (m == 0) out(b, "nerve_rule_evaluations_total{rule=\"%s\"} %llu\n", e1, (unsigned long long)st.evaluations);
-            if (m == 1) out(b, "nerve_rule_errors_total{rule=\"%s\"} %llu\n", e1, (unsigned long long)st.errors);
+            if (m == 0)
+                out(b, "nerve_rule_evaluations_total{rule=\"%s\"} %llu\n", e1,
+                    (unsigned long long)st.evaluations);
+            if (m == 1)
+                out(b, "nerve_rule_errors_total{rule=\"%s\"} %llu\n", e1,
+                    (unsigned long long)st.errors);
             if (m == 2) {
-                out(b, "nerve_rule_duration_seconds_sum{rule=\"%s\"} %.9f\n", e1, (double)st.duration_ns / 1e9);
-                out(b, "nerve_rule_duration_seconds_count{rule=\"%s\"} %llu\n", e1, (unsigned long long)st.evaluations);
+                out(b, "nerve_rule_duration_seconds_sum{rule=\"%s\"} %.9f\n", e1,
+                    (double)st.duration_ns / 1e9);
+                out(b, "nerve_rule_duration_seconds_count{rule=\"%s\"} %llu\n", e1,
+                    (unsigned long long)st.evaluations);
             }
             if (m == 3)
                 for (int a = 0; a < RULES_ACTION_COUNT; a++)
@@ -179,31 +208,39 @@ static void render_rules(buf *b, live *l) {
                         rules_action_name((rules_action)a), (unsigned long long)st.decisions[a]);
         }
     }
-    out(b, "# HELP nerve_rules_generation Generation of the rule set in force.\n# TYPE nerve_rules_generation gauge\n"
-           "nerve_rules_generation %llu\n", (unsigned long long)gen);
-    out(b, "# HELP nerve_rules_loaded Rules in the set in force.\n# TYPE nerve_rules_loaded gauge\n"
-           "nerve_rules_loaded %zu\n", nr);
+    out(b,
+        "# HELP nerve_rules_generation Generation of the rule set in force.\n# TYPE nerve_rules_generation gauge\n"
+        "nerve_rules_generation %llu\n",
+        (unsigned long long)gen);
+    out(b,
+        "# HELP nerve_rules_loaded Rules in the set in force.\n# TYPE nerve_rules_loaded gauge\n"
+        "nerve_rules_loaded %zu\n",
+        nr);
     rules_set_unref(set);
     live_stats ls = { 0, 0 };
     if (l) live_get_stats(l, &ls);
-    out(b, "# HELP nerve_reloads_total Reload attempts, by result.\n# TYPE nerve_reloads_total counter\n"
-           "nerve_reloads_total{result=\"ok\"} %llu\nnerve_reloads_total{result=\"failed\"} %llu\n",
+    out(b,
+        "# HELP nerve_reloads_total Reload attempts, by result.\n# TYPE nerve_reloads_total counter\n"
+        "nerve_reloads_total{result=\"ok\"} %llu\nnerve_reloads_total{result=\"failed\"} %llu\n",
         (unsigned long long)ls.reloads_ok, (unsigned long long)ls.reloads_failed);
 }
 
 static void render_actions(buf *b, const status_sources *s) {
     policy_stats ps = { 0, 0 };
     if (s->policy) policy_get_stats(s->policy, &ps);
-    out(b, "# HELP nerve_sale_rule_failures_total Sales whose sale_request rules failed (error, limit or "
-           "deadline), by outcome (rules.sale_on_error).\n# TYPE nerve_sale_rule_failures_total counter\n"
-           "nerve_sale_rule_failures_total{outcome=\"rejected\"} %llu\n"
-           "nerve_sale_rule_failures_total{outcome=\"allowed\"} %llu\n",
-        (unsigned long long)ps.rule_failures_rejected, (unsigned long long)ps.rule_failures_allowed);
+    out(b,
+        "# HELP nerve_sale_rule_failures_total Sales whose sale_request rules failed (error, limit or "
+        "deadline), by outcome (rules.sale_on_error).\n# TYPE nerve_sale_rule_failures_total counter\n"
+        "nerve_sale_rule_failures_total{outcome=\"rejected\"} %llu\n"
+        "nerve_sale_rule_failures_total{outcome=\"allowed\"} %llu\n",
+        (unsigned long long)ps.rule_failures_rejected,
+        (unsigned long long)ps.rule_failures_allowed);
     act_alert_stats as;
     memset(&as, 0, sizeof as);
     if (s->act) act_get_alert_stats(s->act, &as);
-    out(b, "# HELP nerve_alerts_suppressed_total Alerts this instance kept quiet inside their throttle "
-           "window (per rule, scope and level), by level.\n# TYPE nerve_alerts_suppressed_total counter\n");
+    out(b,
+        "# HELP nerve_alerts_suppressed_total Alerts this instance kept quiet inside their throttle "
+        "window (per rule, scope and level), by level.\n# TYPE nerve_alerts_suppressed_total counter\n");
     for (int i = 0; i < ACT_LEVEL_COUNT; i++)
         out(b, "nerve_alerts_suppressed_total{level=\"%s\"} %llu\n", act_level_name((act_level)i),
             (unsigned long long)as.suppressed[i]);
@@ -214,16 +251,19 @@ static void render_killswitch(buf *b, const status_sources *s, rds_client *c) {
     if (s->ks) {
         ks_stats kst;
         ks_get_stats(s->ks, &kst);
-        out(b, "# HELP nerve_control_messages_total Control-channel messages, by result: ok (the named "
-               "record re-read), invalid (ignored), error (re-read failed).\n"
-               "# TYPE nerve_control_messages_total counter\n"
-               "nerve_control_messages_total{result=\"ok\"} %llu\n"
-               "nerve_control_messages_total{result=\"invalid\"} %llu\n"
-               "nerve_control_messages_total{result=\"error\"} %llu\n",
+        out(b,
+            "# HELP nerve_control_messages_total Control-channel messages, by result: ok (the named "
+            "record re-read), invalid (ignored), error (re-read failed).\n"
+            "# TYPE nerve_control_messages_total counter\n"
+            "nerve_control_messages_total{result=\"ok\"} %llu\n"
+            "nerve_control_messages_total{result=\"invalid\"} %llu\n"
+            "nerve_control_messages_total{result=\"error\"} %llu\n",
             (unsigned long long)kst.control_ok, (unsigned long long)kst.control_invalid,
             (unsigned long long)kst.control_error);
-        out(b, "# HELP nerve_kill_switch_halting Scopes (global, sku:...) this instance halts sales for.\n"
-               "# TYPE nerve_kill_switch_halting gauge\nnerve_kill_switch_halting %zu\n", kst.halting);
+        out(b,
+            "# HELP nerve_kill_switch_halting Scopes (global, sku:...) this instance halts sales for.\n"
+            "# TYPE nerve_kill_switch_halting gauge\nnerve_kill_switch_halting %zu\n",
+            kst.halting);
     }
     int redis_up = 0;
     out(b, "# HELP nerve_kill_switch_engaged Kill switch scopes engaged (1), fleet-wide.\n"
@@ -236,12 +276,15 @@ static void render_killswitch(buf *b, const status_sources *s, rds_client *c) {
         cJSON_ArrayForEach(rec, arr) {
             const cJSON *sc = cJSON_GetObjectItemCaseSensitive(rec, "scope");
             if (!cJSON_IsString(sc) || shown++ >= 1000) continue;
-            out(b, "nerve_kill_switch_engaged{scope=\"%s\"} 1\n", esc(sc->valuestring, e2, sizeof e2));
+            out(b, "nerve_kill_switch_engaged{scope=\"%s\"} 1\n",
+                esc(sc->valuestring, e2, sizeof e2));
         }
         cJSON_Delete(arr);
     }
-    out(b, "# HELP nerve_redis_up 1 when Redis answered this scrape.\n# TYPE nerve_redis_up gauge\n"
-           "nerve_redis_up %d\n", redis_up);
+    out(b,
+        "# HELP nerve_redis_up 1 when Redis answered this scrape.\n# TYPE nerve_redis_up gauge\n"
+        "nerve_redis_up %d\n",
+        redis_up);
 }
 
 char *status_metrics(const status_sources *s) {
@@ -256,9 +299,10 @@ char *status_metrics(const status_sources *s) {
     if (s->panic) {
         panic_stats ps;
         panic_get_stats(s->panic, &ps);
-        out(&b, "# HELP nerve_panic_attempts_total Emergency stop webhook attempts, by result.\n"
-                "# TYPE nerve_panic_attempts_total counter\n"
-                "nerve_panic_attempts_total{result=\"ok\"} %llu\nnerve_panic_attempts_total{result=\"failed\"} %llu\n",
+        out(&b,
+            "# HELP nerve_panic_attempts_total Emergency stop webhook attempts, by result.\n"
+            "# TYPE nerve_panic_attempts_total counter\n"
+            "nerve_panic_attempts_total{result=\"ok\"} %llu\nnerve_panic_attempts_total{result=\"failed\"} %llu\n",
             (unsigned long long)ps.attempts_ok, (unsigned long long)ps.attempts_failed);
     }
     render_actions(&b, s);
@@ -287,7 +331,9 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
     char reason[400];
     if (!redis_ok) {
         snprintf(reason, sizeof reason, "redis: %s",
-                 r && r->type == REDIS_REPLY_ERROR ? r->str : c ? rds_errstr(c) : "out of memory");
+                 r && r->type == REDIS_REPLY_ERROR ? r->str
+                 : c                               ? rds_errstr(c)
+                                                   : "out of memory");
         cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
     }
     freeReplyObject(r);
@@ -308,7 +354,8 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
         cJSON_AddNumberToObject(q, "depth", (double)qs.depth);
         cJSON_AddNumberToObject(q, "capacity", (double)qs.capacity);
         cJSON_AddNumberToObject(q, "dropped", (double)qs.dropped);
-        cJSON_AddNumberToObject(q, "oldest_age_seconds", (double)(evq_oldest_age_ns(&qs, now) / 1000000) / 1e3);
+        cJSON_AddNumberToObject(q, "oldest_age_seconds",
+                                (double)(evq_oldest_age_ns(&qs, now) / 1000000) / 1e3);
         /* Overflowing = dropped an event within the last 10 s. */
         int overflowing = qs.last_drop_ns && now - qs.last_drop_ns < 10000000000ull;
         cJSON_AddBoolToObject(q, "overflowing", overflowing);
@@ -326,15 +373,18 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
         cJSON *ev = cJSON_AddObjectToObject(o, "evaluator");
         cJSON_AddBoolToObject(ev, "busy", lv.busy);
         cJSON_AddNumberToObject(ev, "busy_seconds", (double)(lv.busy_ns / 1000000) / 1e3);
-        cJSON_AddNumberToObject(ev, "last_completed_age_seconds", (double)(lv.since_done_ns / 1000000) / 1e3);
+        cJSON_AddNumberToObject(ev, "last_completed_age_seconds",
+                                (double)(lv.since_done_ns / 1000000) / 1e3);
         cJSON_AddNumberToObject(ev, "stall_ms", lv.stall_ms);
         cJSON_AddBoolToObject(ev, "stalled", lv.stalled);
         if (lv.stalled) {
-            snprintf(reason, sizeof reason,
-                     "evaluator stalled: %zu events queued (oldest %.1f s), %s, no event finished for %.1f s "
-                     "(bus.stall_ms=%d)", lv.queued, (double)lv.oldest_age_ns / 1e9,
-                     lv.busy ? "one in evaluation" : "none in evaluation", (double)lv.waiting_ns / 1e9,
-                     lv.stall_ms);
+            snprintf(
+                reason, sizeof reason,
+                "evaluator stalled: %zu events queued (oldest %.1f s), %s, no event finished for %.1f s "
+                "(bus.stall_ms=%d)",
+                lv.queued, (double)lv.oldest_age_ns / 1e9,
+                lv.busy ? "one in evaluation" : "none in evaluation", (double)lv.waiting_ns / 1e9,
+                lv.stall_ms);
             cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
         }
     }
@@ -347,7 +397,8 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
     cJSON_AddStringToObject(o, "status", ok ? "ready" : "not_ready");
     if (!ok) {
         const cJSON *first = cJSON_GetArrayItem(reasons, 0);
-        cJSON_AddStringToObject(o, "reason", cJSON_IsString(first) ? first->valuestring : "out of memory");
+        cJSON_AddStringToObject(o, "reason",
+                                cJSON_IsString(first) ? first->valuestring : "out of memory");
         cJSON_AddItemToObject(o, "reasons", reasons);
     } else {
         cJSON_Delete(reasons);
@@ -382,7 +433,8 @@ static cJSON *rule_obj(rules_set *set, size_t i) {
     cJSON_AddStringToObject(r, "file", in.file);
     if (in.description[0]) cJSON_AddStringToObject(r, "description", in.description);
     cJSON *ch = cJSON_AddArrayToObject(r, "channels");
-    for (size_t j = 0; j < in.n_channels; j++) cJSON_AddItemToArray(ch, cJSON_CreateString(in.channels[j]));
+    for (size_t j = 0; j < in.n_channels; j++)
+        cJSON_AddItemToArray(ch, cJSON_CreateString(in.channels[j]));
     cJSON_AddStringToObject(r, "sha256", in.sha256);
     cJSON_AddNumberToObject(r, "fixtures", in.n_fixtures);
     cJSON_AddNumberToObject(r, "evaluations", (double)st.evaluations);

@@ -26,10 +26,10 @@
 
 #include "stress_int.h"
 
-#define SETUP_TIMEOUT_MS    5000
-#define FINAL_WAIT_MS       5000    /* final stock: retry a busy/reconnecting daemon */
-#define KILL_WAIT_MS        10000   /* the kill switch is engaged asynchronously */
-#define REPLAY_WAIT_MS      30000   /* all replays of unanswered sales together */
+#define SETUP_TIMEOUT_MS 5000
+#define FINAL_WAIT_MS    5000  /* final stock: retry a busy/reconnecting daemon */
+#define KILL_WAIT_MS     10000 /* the kill switch is engaged asynchronously */
+#define REPLAY_WAIT_MS   30000 /* all replays of unanswered sales together */
 
 typedef struct opts {
     stress_url urls[STRESS_MAX_URLS];
@@ -126,18 +126,26 @@ static int parse_opts(int argc, char **argv, opts *o) {
     /* Every long option returns 0 with its index; "--NAME" is then looked
      * up below, so the table is the only list of names. */
     static const struct option longopts[] = {
-        { "json", no_argument, NULL, 0 },        { "kill-check", no_argument, NULL, 0 },
-        { "quiet", no_argument, NULL, 0 },       { "help", no_argument, NULL, 'h' },
-        { "url", required_argument, NULL, 0 },   { "sku", required_argument, NULL, 0 },
-        { "stock", required_argument, NULL, 0 }, { "clients", required_argument, NULL, 0 },
-        { "requests", required_argument, NULL, 0 }, { "duration", required_argument, NULL, 0 },
-        { "qty", required_argument, NULL, 0 },   { "skus", required_argument, NULL, 0 },
-        { "token", required_argument, NULL, 0 }, { "critical", required_argument, NULL, 0 },
-        { "threads", required_argument, NULL, 0 }, { "timeout", required_argument, NULL, 0 },
+        { "json", no_argument, NULL, 0 },
+        { "kill-check", no_argument, NULL, 0 },
+        { "quiet", no_argument, NULL, 0 },
+        { "help", no_argument, NULL, 'h' },
+        { "url", required_argument, NULL, 0 },
+        { "sku", required_argument, NULL, 0 },
+        { "stock", required_argument, NULL, 0 },
+        { "clients", required_argument, NULL, 0 },
+        { "requests", required_argument, NULL, 0 },
+        { "duration", required_argument, NULL, 0 },
+        { "qty", required_argument, NULL, 0 },
+        { "skus", required_argument, NULL, 0 },
+        { "token", required_argument, NULL, 0 },
+        { "critical", required_argument, NULL, 0 },
+        { "threads", required_argument, NULL, 0 },
+        { "timeout", required_argument, NULL, 0 },
         { NULL, 0, NULL, 0 },
     };
-    opterr = 0;                 /* our messages, not getopt's */
-    optind = 0;                 /* GNU: start afresh */
+    opterr = 0; /* our messages, not getopt's */
+    optind = 0; /* GNU: start afresh */
     int ch, idx;
     while ((ch = getopt_long(argc, argv, ":h", longopts, &idx)) != -1) {
         if (ch == 'h') {
@@ -145,21 +153,29 @@ static int parse_opts(int argc, char **argv, opts *o) {
             return 1;
         }
         if (ch == ':') {
-            fprintf(stderr, "nerve stress: %s needs a value (see nerve stress --help)\n", argv[optind - 1]);
+            fprintf(stderr, "nerve stress: %s needs a value (see nerve stress --help)\n",
+                    argv[optind - 1]);
             return -1;
         }
         if (ch != 0) {
-            if (optopt) fprintf(stderr, "nerve stress: unknown option -%c (see nerve stress --help)\n", optopt);
-            else fprintf(stderr, "nerve stress: unknown option %s (see nerve stress --help)\n", argv[optind - 1]);
+            if (optopt)
+                fprintf(stderr, "nerve stress: unknown option -%c (see nerve stress --help)\n",
+                        optopt);
+            else
+                fprintf(stderr, "nerve stress: unknown option %s (see nerve stress --help)\n",
+                        argv[optind - 1]);
             return -1;
         }
         char name[32];
         snprintf(name, sizeof name, "--%s", longopts[idx].name);
         const char *v = optarg;
         long long n = 0;
-        if (strcmp(name, "--json") == 0) o->json = true;
-        else if (strcmp(name, "--kill-check") == 0) o->kill_check = true;
-        else if (strcmp(name, "--quiet") == 0) o->quiet = true;
+        if (strcmp(name, "--json") == 0)
+            o->json = true;
+        else if (strcmp(name, "--kill-check") == 0)
+            o->kill_check = true;
+        else if (strcmp(name, "--quiet") == 0)
+            o->quiet = true;
         else if (strcmp(name, "--url") == 0) {
             char err[STRESS_ERR_MAX];
             if (o->nurls == STRESS_MAX_URLS) {
@@ -173,8 +189,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
             o->nurls++;
         } else if (strcmp(name, "--sku") == 0) {
             if (!sku_valid(v, strlen(v))) {
-                fprintf(stderr, "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . _ : -, got '%s'\n",
-                        STRESS_SKU_MAX, v);
+                fprintf(
+                    stderr,
+                    "nerve stress: --sku: expected 1-%d bytes of A-Z a-z 0-9 . _ : -, got '%s'\n",
+                    STRESS_SKU_MAX, v);
                 return -1;
             }
             o->sku = v;
@@ -185,13 +203,20 @@ static int parse_opts(int argc, char **argv, opts *o) {
             errno = 0;
             double d = strtod(v, &end);
             if (end == v || *end || errno == ERANGE || !(d > 0) || d > 86400 * 7) {
-                fprintf(stderr, "nerve stress: --duration: expected seconds > 0 (at most a week), got '%s'\n", v);
+                fprintf(
+                    stderr,
+                    "nerve stress: --duration: expected seconds > 0 (at most a week), got '%s'\n",
+                    v);
                 return -1;
             }
             o->duration = d;
             have_duration = true;
         } else {
-            struct { const char *name; long long lo, hi, *dst; bool *seen; } nums[] = {
+            struct {
+                const char *name;
+                long long lo, hi, *dst;
+                bool *seen;
+            } nums[] = {
                 { "--stock", 0, 1000000000000000LL, &o->stock, &o->have_stock },
                 { "--clients", 1, STRESS_MAX_CLIENTS, &o->clients, &have_clients },
                 { "--requests", 1, 1000000000000LL, &o->requests, &have_requests },
@@ -210,11 +235,15 @@ static int parse_opts(int argc, char **argv, opts *o) {
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "nerve stress: unexpected argument '%s' (see nerve stress --help)\n", argv[optind]);
+        fprintf(stderr, "nerve stress: unexpected argument '%s' (see nerve stress --help)\n",
+                argv[optind]);
         return -1;
     }
-    const char *missing = !o->nurls ? "--url" : !o->sku ? "--sku" : !o->have_stock ? "--stock"
-                        : !have_clients ? "--clients" : NULL;
+    const char *missing = !o->nurls        ? "--url"
+                          : !o->sku        ? "--sku"
+                          : !o->have_stock ? "--stock"
+                          : !have_clients  ? "--clients"
+                                           : NULL;
     if (missing) {
         fprintf(stderr, "nerve stress: %s is required (see nerve stress --help)\n", missing);
         return -1;
@@ -239,7 +268,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
 
 /* "connection refused" from ECONNREFUSED: messages read as one sentence. */
 static void lower_first(char *s) {
-    if (s[0] && isupper((unsigned char)s[0]) && !isupper((unsigned char)s[1])) s[0] = (char)tolower((unsigned char)s[0]);
+    if (s[0] && isupper((unsigned char)s[0]) && !isupper((unsigned char)s[1]))
+        s[0] = (char)tolower((unsigned char)s[0]);
 }
 
 static void say_cannot_connect(const stress_url *u, const stress_reply *r) {
@@ -267,9 +297,11 @@ static void body_message(const stress_reply *r, char *out, size_t len) {
 static int check_up(const stress_url *u) {
     stress_reply r;
     int st = stress_http_request(u, "GET", "/healthz", NULL, NULL, SETUP_TIMEOUT_MS, &r);
-    if (st == 0) say_cannot_connect(u, &r);
+    if (st == 0)
+        say_cannot_connect(u, &r);
     else if (st != 200)
-        fprintf(stderr, "nerve stress: %s/healthz answered HTTP %d: is it a nerve daemon?\n", u->base, st);
+        fprintf(stderr, "nerve stress: %s/healthz answered HTTP %d: is it a nerve daemon?\n",
+                u->base, st);
     stress_reply_free(&r);
     return st == 200 ? 0 : -1;
 }
@@ -281,9 +313,11 @@ static int set_stock(const stress_url *u, const char *sku, long long stock, cons
     stress_reply r;
     int st = stress_http_request(u, "PUT", path, token, body, SETUP_TIMEOUT_MS, &r);
     body_message(&r, msg, sizeof msg);
-    if (st == 0) say_cannot_connect(u, &r);
+    if (st == 0)
+        say_cannot_connect(u, &r);
     else if (st == 401 || st == 403)
-        fprintf(stderr, "nerve stress: admin token rejected by %s (HTTP %d: %s)\n", u->base, st, msg);
+        fprintf(stderr, "nerve stress: admin token rejected by %s (HTTP %d: %s)\n", u->base, st,
+                msg);
     else if (st != 200)
         fprintf(stderr, "nerve stress: PUT %s%s answered HTTP %d: %s\n", u->base, path, st, msg);
     stress_reply_free(&r);
@@ -292,8 +326,8 @@ static int set_stock(const stress_url *u, const char *sku, long long stock, cons
 
 /* GET /stock/SKU on U, retrying 503s and transport errors until WAIT_MS is
  * up. 0 with *STOCK, or -1 with the reason in ERR. */
-static int get_stock(const stress_url *u, const char *sku, int wait_ms, long long *stock,
-                     char *err, size_t errlen) {
+static int get_stock(const stress_url *u, const char *sku, int wait_ms, long long *stock, char *err,
+                     size_t errlen) {
     char path[STRESS_SKU_MAX + 16];
     snprintf(path, sizeof path, "/stock/%s", sku);
     uint64_t deadline = clock_now_ns() + (uint64_t)wait_ms * 1000000u;
@@ -355,7 +389,8 @@ static bool has_scope(const cJSON *scopes, const char *sku) {
 static int reset_kill(const opts *o, char (*skus)[STRESS_SKU_MAX + 1], int n) {
     cJSON *scopes = engaged_scopes(&o->urls[0]);
     if (!scopes) {
-        fprintf(stderr, "nerve stress: GET %s/killswitch failed; cannot run --kill-check\n", o->urls[0].base);
+        fprintf(stderr, "nerve stress: GET %s/killswitch failed; cannot run --kill-check\n",
+                o->urls[0].base);
         return -1;
     }
     int rc = 0;
@@ -364,14 +399,17 @@ static int reset_kill(const opts *o, char (*skus)[STRESS_SKU_MAX + 1], int n) {
         char path[STRESS_SKU_MAX + 40], msg[160];
         snprintf(path, sizeof path, "/admin/killswitch/sku:%s", skus[i]);
         stress_reply r;
-        int st = stress_http_request(&o->urls[0], "DELETE", path, o->token, NULL, SETUP_TIMEOUT_MS, &r);
+        int st = stress_http_request(&o->urls[0], "DELETE", path, o->token, NULL, SETUP_TIMEOUT_MS,
+                                     &r);
         body_message(&r, msg, sizeof msg);
         if (st == 200 || st == 404) {
             if (!o->quiet)
-                fprintf(stderr, "nerve stress: reset kill switch sku:%s left engaged by an earlier run\n", skus[i]);
+                fprintf(stderr,
+                        "nerve stress: reset kill switch sku:%s left engaged by an earlier run\n",
+                        skus[i]);
         } else {
-            fprintf(stderr, "nerve stress: DELETE %s%s answered HTTP %d: %s\n", o->urls[0].base, path,
-                    st, st ? msg : r.err);
+            fprintf(stderr, "nerve stress: DELETE %s%s answered HTTP %d: %s\n", o->urls[0].base,
+                    path, st, st ? msg : r.err);
             rc = -1;
         }
         stress_reply_free(&r);
@@ -389,7 +427,8 @@ static int ensure_fds(long long clients) {
         rl.rlim_cur = need;
         if (setrlimit(RLIMIT_NOFILE, &rl) == 0) return 0;
     }
-    fprintf(stderr, "nerve stress: --clients %lld needs %llu open files; the limit is %llu (ulimit -n)\n",
+    fprintf(stderr,
+            "nerve stress: --clients %lld needs %llu open files; the limit is %llu (ulimit -n)\n",
             clients, (unsigned long long)need, (unsigned long long)rl.rlim_max);
     return -1;
 }
@@ -397,8 +436,8 @@ static int ensure_fds(long long clients) {
 static void make_run_id(char *out, size_t len) {
     unsigned char b[8];
     arc4random_buf(b, sizeof b);
-    snprintf(out, len, "%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5],
-             b[6], b[7]);
+    snprintf(out, len, "%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5], b[6],
+             b[7]);
 }
 
 /* Replay every sale whose outcome the run did not learn, with its own
@@ -428,8 +467,10 @@ static void replay(const opts *o, const stress_run *r, stress_sku_result *res, s
                 stress_reply_free(&rep);
                 if (code == 200) {
                     const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "qty");
-                    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "duplicate"))) rp->had_sold++;
-                    else rp->sold_now++;
+                    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "duplicate")))
+                        rp->had_sold++;
+                    else
+                        rp->sold_now++;
                     res[sku].sold += cJSON_IsNumber(q) ? (long long)q->valuedouble : r->qty;
                 }
                 cJSON_Delete(j);
@@ -442,7 +483,7 @@ static void replay(const opts *o, const stress_run *r, stress_sku_result *res, s
                     rp->unresolved++;
                     break;
                 }
-                u = (u + 1) % o->nurls;     /* another instance may answer */
+                u = (u + 1) % o->nurls; /* another instance may answer */
                 if (attempt % o->nurls == 0) {
                     struct timespec ts = { 0, 100 * 1000000 };
                     nanosleep(&ts, NULL);
@@ -478,7 +519,7 @@ static int run_load(stress_run *r, bool show) {
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
-    sa.sa_flags = SA_RESETHAND;     /* a second ^C ends the process */
+    sa.sa_flags = SA_RESETHAND; /* a second ^C ends the process */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
     int rc = stress_load_start(r, err, sizeof err);
@@ -498,7 +539,7 @@ static int run_load(stress_run *r, bool show) {
 }
 
 int stress_main(int argc, char **argv) {
-    static opts o;              /* large (URLs); one run per process */
+    static opts o; /* large (URLs); one run per process */
     int prc = parse_opts(argc, argv, &o);
     if (prc) return prc > 0 ? 0 : 2;
     if (ensure_fds(o.clients) != 0) return 2;
@@ -513,15 +554,17 @@ int stress_main(int argc, char **argv) {
     }
 
     int nskus = (int)o.skus, rc = 2;
-    char (*skus)[STRESS_SKU_MAX + 1] = calloc((size_t)nskus, sizeof *skus);
+    char(*skus)[STRESS_SKU_MAX + 1] = calloc((size_t)nskus, sizeof *skus);
     stress_sku_result *res = calloc((size_t)nskus, sizeof *res);
     if (!skus || !res) {
         fprintf(stderr, "nerve stress: out of memory\n");
         goto out;
     }
     for (int i = 0; i < nskus; i++) {
-        if (o.have_skus) snprintf(skus[i], sizeof skus[i], "%s-%d", o.sku, i);
-        else snprintf(skus[i], sizeof skus[i], "%s", o.sku);
+        if (o.have_skus)
+            snprintf(skus[i], sizeof skus[i], "%s-%d", o.sku, i);
+        else
+            snprintf(skus[i], sizeof skus[i], "%s", o.sku);
     }
 
     /* Stock set through the first instance, read back through every one:
@@ -535,9 +578,10 @@ int stress_main(int argc, char **argv) {
                 goto out;
             }
             if (s != o.stock) {
-                fprintf(stderr, "nerve stress: %s reports stock %lld for %s after %s set it to %lld: "
-                        "do the instances share one Redis?\n", o.urls[u].base, s, skus[i],
-                        o.urls[0].base, o.stock);
+                fprintf(stderr,
+                        "nerve stress: %s reports stock %lld for %s after %s set it to %lld: "
+                        "do the instances share one Redis?\n",
+                        o.urls[u].base, s, skus[i], o.urls[0].base, o.stock);
                 goto out;
             }
         }
@@ -591,7 +635,8 @@ int stress_main(int argc, char **argv) {
         }
     }
 
-    stress_report_in in = { &run, res, &rp, o.stock, o.kill_check, o.critical, interrupted != 0, o.json };
+    stress_report_in in = { &run,  res, &rp, o.stock, o.kill_check, o.critical, interrupted != 0,
+                            o.json };
     rc = stress_report(&in, stdout, stderr);
 out_run:
     stress_load_free(&run);

@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HEAD_MAX (64 * 1024)    /* status line + headers */
+#define HEAD_MAX (64 * 1024) /* status line + headers */
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -41,7 +41,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 int stress_url_parse(const char *s, stress_url *u, char *err, size_t errlen) {
     memset(u, 0, sizeof *u);
     if (strncasecmp(s, "https://", 8) == 0) {
-        set_err(err, errlen, "--url: https is not supported; expected http://HOST:PORT, got '%.200s'", s);
+        set_err(err, errlen,
+                "--url: https is not supported; expected http://HOST:PORT, got '%.200s'", s);
         return -1;
     }
     if (strncasecmp(s, "http://", 7) != 0) goto bad;
@@ -67,7 +68,8 @@ int stress_url_parse(const char *s, stress_url *u, char *err, size_t errlen) {
         long long port = strtoll(p + 1, &end, 10);
         if (end == p + 1 || !isdigit((unsigned char)p[1]) || errno == ERANGE || port < 1 ||
             port > 65535) {
-            set_err(err, errlen, "--url: port must be 1..65535 in '%.200s'; expected http://HOST:PORT", s);
+            set_err(err, errlen,
+                    "--url: port must be 1..65535 in '%.200s'; expected http://HOST:PORT", s);
             return -1;
         }
         u->port = (int)port;
@@ -136,8 +138,8 @@ static bool value_has(const char *v, const char *e, const char *token) {
 /* Walk the chunked body at [P, END). Returns 1 when complete (*TOTAL: bytes
  * of the encoded body incl. the trailer, *DECODED: the payload size), 0
  * incomplete, -1 malformed. DECODE: also compact the payload to P. */
-static int chunked(char *p, const char *end, bool decode, size_t *total, size_t *decoded,
-                   char *err, size_t errlen) {
+static int chunked(char *p, const char *end, bool decode, size_t *total, size_t *decoded, char *err,
+                   size_t errlen) {
     char *start = p, *w = p;
     size_t out = 0;
     for (;;) {
@@ -146,7 +148,8 @@ static int chunked(char *p, const char *end, bool decode, size_t *total, size_t 
         char *e;
         errno = 0;
         unsigned long long sz = strtoull(p, &e, 16);
-        if (e == p || errno == ERANGE || sz > STRESS_RESP_MAX || (*e != '\r' && *e != ';' && *e != '\n')) {
+        if (e == p || errno == ERANGE || sz > STRESS_RESP_MAX ||
+            (*e != '\r' && *e != ';' && *e != '\n')) {
             set_err(err, errlen, "bad chunk size");
             return -1;
         }
@@ -189,8 +192,10 @@ int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err
     if (!hend) {
         if (len > HEAD_MAX) return set_err(err, errlen, "response headers too large"), -1;
         if (eof)
-            return set_err(err, errlen, len ? "connection closed in the middle of the response headers"
-                                            : "connection closed by the server before an answer"), -1;
+            return set_err(err, errlen,
+                           len ? "connection closed in the middle of the response headers"
+                               : "connection closed by the server before an answer"),
+                   -1;
         return 0;
     }
     if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)buf[7]) ||
@@ -230,7 +235,8 @@ int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err
     if (is_chunked) {
         size_t total, decoded;
         int c = chunked(body, buf + len, false, &total, &decoded, err, errlen);
-        if (c == 0 && eof) return set_err(err, errlen, "connection closed in the middle of the body"), -1;
+        if (c == 0 && eof)
+            return set_err(err, errlen, "connection closed in the middle of the body"), -1;
         if (c <= 0) return c;
         chunked(body, buf + len, true, &total, &decoded, err, errlen);
         r->body = body;
@@ -289,8 +295,7 @@ static int transport_error(stress_reply *out, int errnum, const char *what) {
 }
 
 int stress_http_request(const stress_url *u, const char *method, const char *path,
-                        const char *token, const char *body, int timeout_ms,
-                        stress_reply *out) {
+                        const char *token, const char *body, int timeout_ms, stress_reply *out) {
     memset(out, 0, sizeof *out);
     uint64_t deadline = clock_now_ns() + (uint64_t)timeout_ms * 1000000u;
     size_t bl = body ? strlen(body) : 0;

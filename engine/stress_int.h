@@ -23,23 +23,23 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
-#define STRESS_MAX_URLS     64
-#define STRESS_MAX_SKUS     10000
-#define STRESS_MAX_CLIENTS  10000
-#define STRESS_MAX_THREADS  256
-#define STRESS_SKU_MAX      SKU_MAX /* bytes, as the sale endpoint allows (nerve/sku.h) */
-#define STRESS_ERR_MAX      256
-#define STRESS_RESP_MAX     (1024 * 1024)   /* largest response accepted */
-#define STRESS_HIST_US      65536   /* latencies under this many µs: counted per µs */
+#define STRESS_MAX_URLS    64
+#define STRESS_MAX_SKUS    10000
+#define STRESS_MAX_CLIENTS 10000
+#define STRESS_MAX_THREADS 256
+#define STRESS_SKU_MAX     SKU_MAX /* bytes, as the sale endpoint allows (nerve/sku.h) */
+#define STRESS_ERR_MAX     256
+#define STRESS_RESP_MAX    (1024 * 1024) /* largest response accepted */
+#define STRESS_HIST_US     65536         /* latencies under this many µs: counted per µs */
 
 /* ---- URLs and HTTP (stress_http.c) ---------------------------------------------- */
 
 typedef struct stress_url {
-    char base[300];             /* "http://HOST:PORT" as given, no trailing slash */
-    char host[256];             /* what to resolve (IPv6 without brackets) */
-    char hostport[280];         /* the Host header */
+    char base[300];     /* "http://HOST:PORT" as given, no trailing slash */
+    char host[256];     /* what to resolve (IPv6 without brackets) */
+    char hostport[280]; /* the Host header */
     int port;
-    struct sockaddr_storage addr;   /* filled by stress_url_resolve */
+    struct sockaddr_storage addr; /* filled by stress_url_resolve */
     socklen_t addrlen;
 } stress_url;
 
@@ -53,10 +53,10 @@ int stress_url_resolve(stress_url *u, char *err, size_t errlen);
 /* A parsed response. Pointers point into the caller's buffer. */
 typedef struct stress_resp {
     int status;
-    bool close;                 /* the server will close: Connection: close or HTTP/1.0 */
+    bool close; /* the server will close: Connection: close or HTTP/1.0 */
     const char *body;
     size_t body_len;
-    size_t total;               /* bytes of the whole message in the buffer */
+    size_t total; /* bytes of the whole message in the buffer */
 } stress_resp;
 
 /* Parse the response at BUF[0..LEN). EOF: the peer closed after LEN bytes
@@ -67,10 +67,10 @@ int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err
 
 /* The answer of one blocking request. */
 typedef struct stress_reply {
-    int status;                 /* 0: transport error, see err/errnum */
-    char *body;                 /* malloc'd, NUL-terminated; NULL on error */
+    int status; /* 0: transport error, see err/errnum */
+    char *body; /* malloc'd, NUL-terminated; NULL on error */
     size_t len;
-    int errnum;                 /* errno of a transport error, 0 otherwise */
+    int errnum; /* errno of a transport error, 0 otherwise */
     char err[STRESS_ERR_MAX];
 } stress_reply;
 
@@ -79,8 +79,7 @@ typedef struct stress_reply {
  * all within TIMEOUT_MS. Fills OUT (free its body with stress_reply_free).
  * Returns the status, 0 on a transport error. */
 int stress_http_request(const stress_url *u, const char *method, const char *path,
-                        const char *token, const char *body, int timeout_ms,
-                        stress_reply *out);
+                        const char *token, const char *body, int timeout_ms, stress_reply *out);
 void stress_reply_free(stress_reply *r);
 
 /* ---- the load (stress_load.c) ------------------------------------------------------ */
@@ -95,26 +94,26 @@ typedef struct stress_pending {
 /* What one worker thread counted. Owned by its thread during the run, read
  * by the report afterwards. */
 typedef struct stress_stats {
-    long long requests;         /* answered or failed */
-    long long by_status[600];   /* HTTP answers by status (out of range: 599) */
-    long long transport;        /* no complete HTTP answer */
-    long long duplicates;       /* 200 with "duplicate": true */
-    long long mismatched;       /* 200 not echoing its own order_id and sku */
-    long long negative;         /* 200 with stock_remaining < 0 */
-    long long min_remaining;    /* smallest stock_remaining of a 200 (LLONG_MAX: none) */
-    long long *sold;            /* [nskus] units of non-duplicate 200s */
-    long long *per_url;         /* [nurls] requests sent to each URL */
+    long long requests;       /* answered or failed */
+    long long by_status[600]; /* HTTP answers by status (out of range: 599) */
+    long long transport;      /* no complete HTTP answer */
+    long long duplicates;     /* 200 with "duplicate": true */
+    long long mismatched;     /* 200 not echoing its own order_id and sku */
+    long long negative;       /* 200 with stock_remaining < 0 */
+    long long min_remaining;  /* smallest stock_remaining of a 200 (LLONG_MAX: none) */
+    long long *sold;          /* [nskus] units of non-duplicate 200s */
+    long long *per_url;       /* [nurls] requests sent to each URL */
     /* Latency of every answered request, exact to the microsecond in
      * bounded memory: a count per µs below STRESS_HIST_US (65 ms), and each
      * slower one kept. */
-    uint64_t *hist;             /* [STRESS_HIST_US] */
+    uint64_t *hist; /* [STRESS_HIST_US] */
     uint32_t *slow_us;
     size_t nslow, capslow;
-    long long nlat;             /* samples in all */
-    long long lat_dropped;      /* slow samples not kept (out of memory) */
-    stress_pending *pending;    /* to replay after the run */
+    long long nlat;          /* samples in all */
+    long long lat_dropped;   /* slow samples not kept (out of memory) */
+    stress_pending *pending; /* to replay after the run */
     size_t npending, cappending;
-    long long pending_lost;     /* not kept (out of memory) */
+    long long pending_lost; /* not kept (out of memory) */
     char first_error[STRESS_ERR_MAX];
     char first_mismatch[STRESS_ERR_MAX];
 } stress_stats;
@@ -128,21 +127,21 @@ typedef struct stress_run {
     long long qty;
     int clients;
     int threads;
-    long long requests;         /* > 0: this many; 0: --duration */
+    long long requests; /* > 0: this many; 0: --duration */
     double duration_s;
-    int timeout_ms;             /* per request */
-    char run_id[32];            /* order_id = "st-<run_id>-<index>" */
+    int timeout_ms;  /* per request */
+    char run_id[32]; /* order_id = "st-<run_id>-<index>" */
     /* shared while running */
-    atomic_llong next;          /* next request index to hand out */
-    atomic_llong done;          /* finished requests (for progress) */
-    atomic_llong failed;        /* finished requests that were not 2xx/4xx sale answers */
-    atomic_int stop;            /* set: hand out no more requests */
+    atomic_llong next;   /* next request index to hand out */
+    atomic_llong done;   /* finished requests (for progress) */
+    atomic_llong failed; /* finished requests that were not 2xx/4xx sale answers */
+    atomic_int stop;     /* set: hand out no more requests */
     atomic_int threads_done;
-    uint64_t deadline_ns;       /* duration mode */
-    uint64_t started_ns;        /* when the workers started */
+    uint64_t deadline_ns; /* duration mode */
+    uint64_t started_ns;  /* when the workers started */
     /* out */
-    stress_stats *stats;        /* [threads] */
-    double secs;                /* wall time of the run */
+    stress_stats *stats; /* [threads] */
+    double secs;         /* wall time of the run */
 } stress_run;
 
 /* The order_id of request IDX: "st-<run_id>-<idx>". */
@@ -161,25 +160,25 @@ void stress_load_free(stress_run *r);
 
 typedef struct stress_sku_result {
     long long initial;
-    long long final;            /* valid when final_ok */
+    long long final; /* valid when final_ok */
     bool final_ok;
     char final_err[STRESS_ERR_MAX];
     long long sold;
-    int kill;                   /* -1 not asserted, 0 not engaged, 1 engaged */
+    int kill; /* -1 not asserted, 0 not engaged, 1 engaged */
 } stress_sku_result;
 
 /* What replaying the pending sales with their own order_id found out. */
 typedef struct stress_replay {
     long long replayed;
-    long long had_sold;         /* 200 "duplicate": the first attempt had sold */
-    long long sold_now;         /* 200: sold by the replay */
-    long long not_sold;         /* 409 */
-    long long unresolved;       /* anything else, or out of time */
+    long long had_sold;   /* 200 "duplicate": the first attempt had sold */
+    long long sold_now;   /* 200: sold by the replay */
+    long long not_sold;   /* 409 */
+    long long unresolved; /* anything else, or out of time */
 } stress_replay;
 
 typedef struct stress_report_in {
     const stress_run *run;
-    stress_sku_result *skus;    /* [run->nskus]; sold includes the replays */
+    stress_sku_result *skus; /* [run->nskus]; sold includes the replays */
     const stress_replay *replay;
     long long stock;
     bool kill_check;

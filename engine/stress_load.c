@@ -29,21 +29,21 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define BACKOFF_MS  20
-#define READ_CHUNK  16384
-#define REQ_MAX     1024
+#define BACKOFF_MS 20
+#define READ_CHUNK 16384
+#define REQ_MAX    1024
 
 enum { C_IDLE, C_CONNECTING, C_SENDING, C_READING, C_BACKOFF, C_DONE };
 
 typedef struct conn {
-    int fd;                     /* -1 when not connected */
-    int url;                    /* index into run->urls */
+    int fd;  /* -1 when not connected */
+    int url; /* index into run->urls */
     int state;
-    long long idx;              /* request in flight, -1 none */
+    long long idx; /* request in flight, -1 none */
     int sku;
-    uint64_t t0;                /* request start (or connect start before the first) */
-    uint64_t retry_at;          /* C_BACKOFF: when to go on */
-    bool want_out;              /* EPOLLOUT registered */
+    uint64_t t0;       /* request start (or connect start before the first) */
+    uint64_t retry_at; /* C_BACKOFF: when to go on */
+    bool want_out;     /* EPOLLOUT registered */
     char req[REQ_MAX];
     size_t req_len, req_off;
     char *buf;
@@ -55,14 +55,14 @@ typedef struct worker {
     stress_stats *st;
     conn *conns;
     int nconns;
-    int active;                 /* connections not C_DONE */
-    int backoff;                /* connections in C_BACKOFF */
+    int active;  /* connections not C_DONE */
+    int backoff; /* connections in C_BACKOFF */
     int ep;
     pthread_t tid;
     bool started;
 } worker;
 
-static worker *workers;         /* [run->threads]: one run per process */
+static worker *workers; /* [run->threads]: one run per process */
 
 /* ---- recording ---------------------------------------------------------------- */
 
@@ -125,8 +125,10 @@ static void check_ok(worker *w, const conn *c, const char *body, size_t len) {
                      "sent order_id %s sku %s qty %lld, got %.*s", want, r->skus[c->sku], r->qty,
                      (int)(len > 120 ? 120 : len), body);
     }
-    if (dup) st->duplicates++;
-    else st->sold[c->sku] += q;
+    if (dup)
+        st->duplicates++;
+    else
+        st->sold[c->sku] += q;
     if (cJSON_IsNumber(left)) {
         long long s = (long long)left->valuedouble;
         if (s < st->min_remaining) st->min_remaining = s;
@@ -256,7 +258,7 @@ static void next(worker *w, conn *c) {
     }
     if (c->fd < 0) {
         if (open_conn(w, c) != 0) fail(w, c, "connect", errno);
-        return;                 /* sent once connected */
+        return; /* sent once connected */
     }
     send_req(w, c);
 }
@@ -273,7 +275,7 @@ static void fail(worker *w, conn *c, const char *what, int errnum) {
     }
     /* Whether the server may have seen the request: then it may have sold. */
     bool sent = c->idx >= 0 && (c->req_off > 0 || c->state == C_READING);
-    if (c->idx < 0 && !claim(w, c)) {  /* a connection failing before its first request */
+    if (c->idx < 0 && !claim(w, c)) { /* a connection failing before its first request */
         finish(w, c);
         return;
     }
@@ -343,7 +345,8 @@ static void on_readable(worker *w, conn *c) {
     if (c->state != C_READING) {
         /* Bytes (or a close) before the request was sent: the server gave
          * up on this connection. */
-        fail(w, c, n == 0 ? "connection closed by the server" : "unexpected data from the server", 0);
+        fail(w, c, n == 0 ? "connection closed by the server" : "unexpected data from the server",
+             0);
         return;
     }
     c->len += (size_t)n;
@@ -385,8 +388,7 @@ static void sweep(worker *w, uint64_t now) {
                 next(w, c);
             }
             break;
-        default:
-            break;
+        default: break;
         }
     }
 }

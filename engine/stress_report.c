@@ -29,19 +29,19 @@ typedef struct totals {
     long long requests, by_status[600], transport, duplicates, mismatched, negative;
     long long min_remaining, sold, lat_dropped;
     long long *per_url;
-    uint64_t *hist;             /* [STRESS_HIST_US], all threads */
-    uint32_t *slow;             /* sorted */
+    uint64_t *hist; /* [STRESS_HIST_US], all threads */
+    uint32_t *slow; /* sorted */
     size_t nslow;
     long long nlat;
     const char *first_error, *first_mismatch;
 } totals;
 
 typedef struct check {
-    const char *name;           /* JSON key */
-    const char *title;          /* table label */
-    int pass;                   /* 1 pass, 0 fail, -1 not asserted */
+    const char *name;  /* JSON key */
+    const char *title; /* table label */
+    int pass;          /* 1 pass, 0 fail, -1 not asserted */
     char detail[STRESS_ERR_MAX + 64];
-    char failure[STRESS_ERR_MAX + 64];   /* the INVARIANT FAILED line */
+    char failure[STRESS_ERR_MAX + 64]; /* the INVARIANT FAILED line */
 } check;
 
 static int cmp_u32(const void *a, const void *b) {
@@ -143,7 +143,8 @@ static void judge(const stress_report_in *in, const totals *t, check *c) {
         }
         if (c[1].pass && s->final < 0) {
             c[1].pass = 0;
-            snprintf(c[1].failure, sizeof c[1].failure, "final stock (%lld) < 0%s", s->final, forsku);
+            snprintf(c[1].failure, sizeof c[1].failure, "final stock (%lld) < 0%s", s->final,
+                     forsku);
             snprintf(c[1].detail, sizeof c[1].detail, "final %lld%s", s->final, forsku);
         }
     }
@@ -207,8 +208,9 @@ static void judge(const stress_report_in *in, const totals *t, check *c) {
     } else {
         if (c[4].pass < 0) c[4].pass = 1;
         if (many)
-            snprintf(c[4].detail, sizeof c[4].detail, "%d of %d SKUs at or under critical %lld engaged",
-                     engaged, asserted, in->critical);
+            snprintf(c[4].detail, sizeof c[4].detail,
+                     "%d of %d SKUs at or under critical %lld engaged", engaged, asserted,
+                     in->critical);
         else
             snprintf(c[4].detail, sizeof c[4].detail, "sku:%s %s (final %lld <= critical %lld)",
                      r->skus[0], engaged ? "engaged" : "NOT engaged", in->skus[0].final,
@@ -249,9 +251,10 @@ static void print_table(const stress_report_in *in, const totals *t, const check
     if (t->first_error) fprintf(out, "  %-14s %s\n", "first error", t->first_error);
     const stress_replay *rp = in->replay;
     if (rp->replayed || rp->unresolved)
-        fprintf(out, "  %-14s %12lld   unanswered or 503, resent with their order_id: had sold %lld, "
-                "sold now %lld, not sold %lld, unresolved %lld\n", "replayed", rp->replayed,
-                rp->had_sold, rp->sold_now, rp->not_sold, rp->unresolved);
+        fprintf(out,
+                "  %-14s %12lld   unanswered or 503, resent with their order_id: had sold %lld, "
+                "sold now %lld, not sold %lld, unresolved %lld\n",
+                "replayed", rp->replayed, rp->had_sold, rp->sold_now, rp->not_sold, rp->unresolved);
     fprintf(out, "  %-14s %12.3f s\n", "duration", r->secs);
     fprintf(out, "  %-14s %12.1f req/s\n", "throughput", rate);
     fprintf(out, "  %-14s p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  (%lld samples)\n", "latency ms",
@@ -272,8 +275,10 @@ static void print_table(const stress_report_in *in, const totals *t, const check
             continue;
         }
         char fin[32];
-        if (s->final_ok) snprintf(fin, sizeof fin, "%lld", s->final);
-        else snprintf(fin, sizeof fin, "unknown");
+        if (s->final_ok)
+            snprintf(fin, sizeof fin, "%lld", s->final);
+        else
+            snprintf(fin, sizeof fin, "unknown");
         fprintf(out, "  %-*s %10lld %10lld %10s\n", r->nskus > 1 ? 16 : 12, r->skus[i], s->initial,
                 s->sold, fin);
     }
@@ -281,7 +286,10 @@ static void print_table(const stress_report_in *in, const totals *t, const check
 
     fprintf(out, "\ninvariants\n");
     for (int i = 0; i < NCHECKS; i++)
-        fprintf(out, "  %-4s  %-30s %s\n", c[i].pass < 0 ? "-" : c[i].pass ? "PASS" : "FAIL",
+        fprintf(out, "  %-4s  %-30s %s\n",
+                c[i].pass < 0 ? "-"
+                : c[i].pass   ? "PASS"
+                              : "FAIL",
                 c[i].title, c[i].detail);
 }
 
@@ -341,8 +349,10 @@ static void print_json(const stress_report_in *in, const totals *t, const check 
         cJSON_AddStringToObject(k, "sku", r->skus[i]);
         cJSON_AddNumberToObject(k, "initial_stock", (double)s->initial);
         cJSON_AddNumberToObject(k, "sold", (double)s->sold);
-        if (s->final_ok) cJSON_AddNumberToObject(k, "final_stock", (double)s->final);
-        else cJSON_AddNullToObject(k, "final_stock"), all_final = false;
+        if (s->final_ok)
+            cJSON_AddNumberToObject(k, "final_stock", (double)s->final);
+        else
+            cJSON_AddNullToObject(k, "final_stock"), all_final = false;
         if (s->kill >= 0) cJSON_AddBoolToObject(k, "kill_switch_engaged", s->kill == 1);
         cJSON_AddItemToArray(skus, k);
         si += s->initial, ss += s->sold, sf += s->final_ok ? s->final : 0;
@@ -350,15 +360,20 @@ static void print_json(const stress_report_in *in, const totals *t, const check 
     /* Totals over the SKUs (one SKU: its own figures). */
     cJSON_AddNumberToObject(o, "sold", (double)ss);
     cJSON_AddNumberToObject(o, "initial_stock", (double)si);
-    if (all_final) cJSON_AddNumberToObject(o, "final_stock", (double)sf);
-    else cJSON_AddNullToObject(o, "final_stock");
+    if (all_final)
+        cJSON_AddNumberToObject(o, "final_stock", (double)sf);
+    else
+        cJSON_AddNullToObject(o, "final_stock");
     cJSON_AddItemToObject(o, "skus", skus);
     cJSON *inv = cJSON_AddArrayToObject(o, "invariants");
     for (int i = 0; i < NCHECKS; i++) {
         cJSON *k = cJSON_CreateObject();
         cJSON_AddStringToObject(k, "name", c[i].name);
         cJSON_AddStringToObject(k, "check", c[i].title);
-        cJSON_AddStringToObject(k, "result", c[i].pass < 0 ? "skipped" : c[i].pass ? "PASS" : "FAIL");
+        cJSON_AddStringToObject(k, "result",
+                                c[i].pass < 0 ? "skipped"
+                                : c[i].pass   ? "PASS"
+                                              : "FAIL");
         cJSON_AddStringToObject(k, "detail", c[i].detail);
         cJSON_AddItemToArray(inv, k);
     }
@@ -381,8 +396,10 @@ int stress_report(const stress_report_in *in, FILE *out, FILE *err) {
     judge(in, &t, c);
     bool pass = true;
     for (int i = 0; i < NCHECKS; i++) pass = pass && c[i].pass != 0;
-    if (in->json) print_json(in, &t, c, pass, out);
-    else print_table(in, &t, c, out);
+    if (in->json)
+        print_json(in, &t, c, pass, out);
+    else
+        print_table(in, &t, c, out);
     fflush(out);
     for (int i = 0; i < NCHECKS; i++)
         if (c[i].pass == 0) fprintf(err, "INVARIANT FAILED: %s\n", c[i].failure);

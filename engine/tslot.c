@@ -11,7 +11,7 @@ struct tslot {
     void *(*create)(void *ud);
     void (*destroy)(void *obj);
     void *ud;
-    pthread_mutex_t mu;         /* guards all, n, cap */
+    pthread_mutex_t mu; /* guards all, n, cap */
     void **all;
     size_t n, cap;
 };

@@ -67,8 +67,10 @@ static CURLU *parse(const char *url, unsigned flags, char *err, size_t errlen) {
     if (rc != CURLUE_OK) {
         /* curl's reason ("No host part in the URL", "Bad scheme"...) never
          * contains the URL. */
-        if (rc == CURLUE_BAD_PORT_NUMBER) snprintf(err, errlen, "port must be 1..65535");
-        else snprintf(err, errlen, "%s", curl_url_strerror(rc));
+        if (rc == CURLUE_BAD_PORT_NUMBER)
+            snprintf(err, errlen, "port must be 1..65535");
+        else
+            snprintf(err, errlen, "%s", curl_url_strerror(rc));
         curl_url_cleanup(u);
         return NULL;
     }
@@ -130,7 +132,8 @@ int url_parse_redis(const char *url, url_redis *out, char *err, size_t errlen) {
     if (get_port(u, 6379, &out->port, err, errlen) != 0) goto out;
     if (get_part(u, CURLUPART_USER, 0, user, sizeof user) != 0 ||
         get_part(u, CURLUPART_PASSWORD, 0, pass, sizeof pass) != 0 ||
-        unescape(user, out->user, sizeof out->user) != 0 || unescape(pass, out->pass, sizeof out->pass) != 0) {
+        unescape(user, out->user, sizeof out->user) != 0 ||
+        unescape(pass, out->pass, sizeof out->pass) != 0) {
         snprintf(err, errlen, "bad or too long user or password");
         goto out;
     }
@@ -156,7 +159,8 @@ int url_parse_redis(const char *url, url_redis *out, char *err, size_t errlen) {
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || *end || errno || v < 0 || v > 100000 || *p == '-' || *p == '+' || *p == ' ') {
+        if (end == p || *end || errno || v < 0 || v > 100000 || *p == '-' || *p == '+' ||
+            *p == ' ') {
             snprintf(err, errlen, "database must be a number in 0..100000");
             goto out;
         }

@@ -39,7 +39,7 @@ typedef struct act_opts {
     const char *instance;
     int throttle_s;
     long audit_maxlen;
-    bool dry_run;               /* panic.dry_run: record "would stop", no webhook */
+    bool dry_run; /* panic.dry_run: record "would stop", no webhook */
 } act_opts;
 
 typedef struct act act;
@@ -52,20 +52,20 @@ int act_decision(act *a, rds_client *c, const rules_decision *d);
 
 typedef enum {
     ACT_ALERT_ERROR = -1,
-    ACT_ALERT_SUPPRESSED = 0,   /* inside the throttle window: counted, not sent */
+    ACT_ALERT_SUPPRESSED = 0, /* inside the throttle window: counted, not sent */
     ACT_ALERT_PUBLISHED = 1,
 } act_alert_result;
 
 /* Publish an alert (throttled per RULE, SCOPE and LEVEL). KIND is "rule_alert",
  * "reload_failed", ...; SCOPE may be NULL. */
-act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level, const char *rule,
-              const char *scope, const char *reason);
+act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level,
+                           const char *rule, const char *scope, const char *reason);
 
 /* Engage SCOPE (also by hand, RULE "admin"): KS_CHANGED engaged by this
  * call (alert published, emergency stop queued), KS_UNCHANGED already
  * engaged, KS_ERROR (message in ERR). */
 ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
-             bool halt_sales, char *err, size_t errlen);
+                   bool halt_sales, char *err, size_t errlen);
 
 /* Alert levels as this instance counts them (nerve_alerts_suppressed_total's
  * level label): a level outside the four known ones counts as "other". */
@@ -82,7 +82,7 @@ typedef enum {
 const char *act_level_name(act_level l);
 
 typedef struct act_alert_stats {
-    uint64_t suppressed[ACT_LEVEL_COUNT];  /* kept quiet inside their throttle window */
+    uint64_t suppressed[ACT_LEVEL_COUNT]; /* kept quiet inside their throttle window */
 } act_alert_stats;
 
 /* Counters since act_new. Thread-safe, lock-free. */

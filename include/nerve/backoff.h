@@ -24,9 +24,9 @@ typedef enum {
 } backoff_jitter;
 
 typedef struct backoff_policy {
-    long long initial;          /* cap after the first failure, >= 0 */
-    long long max;              /* the cap never grows past this, >= 0 */
-    double multiplier;          /* growth per attempt, >= 1 (values below count as 1) */
+    long long initial; /* cap after the first failure, >= 0 */
+    long long max;     /* the cap never grows past this, >= 0 */
+    double multiplier; /* growth per attempt, >= 1 (values below count as 1) */
     backoff_jitter jitter;
 } backoff_policy;
 

@@ -30,9 +30,9 @@ typedef struct bus_opts {
     char *const *channels;
     size_t n_channels;
     size_t max_event_bytes;
-    const char *control_channel;            /* NULL = none */
+    const char *control_channel; /* NULL = none */
     void (*on_control)(void *ud, const char *msg, size_t len);
-    void (*on_connect)(void *ud);           /* after each (re)subscribe; may be NULL */
+    void (*on_connect)(void *ud); /* after each (re)subscribe; may be NULL */
     void *ud;
 } bus_opts;
 

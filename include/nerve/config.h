@@ -23,10 +23,10 @@ struct cJSON;
 /* Defaults of the limits a rule set reads, named once: the config table
  * uses them, and so does rules_set_load for a cfg whose field is 0 (one
  * built by hand, as fixtures and fuzzers do). */
-#define CFG_MAX_EVENT_BYTES_DEFAULT             65536
-#define CFG_RULES_INSTRUCTION_LIMIT_DEFAULT     1000000
-#define CFG_RULES_MEMORY_LIMIT_DEFAULT          8388608     /* 8 MiB */
-#define CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT       100
+#define CFG_MAX_EVENT_BYTES_DEFAULT         65536
+#define CFG_RULES_INSTRUCTION_LIMIT_DEFAULT 1000000
+#define CFG_RULES_MEMORY_LIMIT_DEFAULT      8388608 /* 8 MiB */
+#define CFG_RULES_EVAL_TIMEOUT_MS_DEFAULT   100
 
 typedef struct cfg_seed {
     char *sku;
@@ -34,75 +34,76 @@ typedef struct cfg_seed {
 } cfg_seed;
 
 typedef struct cfg {
-    char *path;                 /* the file it was read from */
+    char *path; /* the file it was read from */
 
     /* server */
-    char *listen;               /* "HOST:PORT", default 127.0.0.1:8011 */
-    int threads;                /* CivetWeb worker threads, 1..1024, default 128: one per open keep-alive connection */
-    long max_body_bytes;        /* 64..1048576, default 8192 */
-    char *cors_origin;          /* "" = no CORS headers */
-    char *pidfile;              /* "" = none */
-    int request_timeout_ms;     /* 100..600000, default 10000 */
-    int evict_idle_ms;          /* 1..60000, default 50: with every worker busy, shut connections idle this long */
-    int shutdown_grace_ms;      /* 0..600000, default 10000 */
+    char *listen; /* "HOST:PORT", default 127.0.0.1:8011 */
+    int threads; /* CivetWeb worker threads, 1..1024, default 128: one per open keep-alive connection */
+    long max_body_bytes;    /* 64..1048576, default 8192 */
+    char *cors_origin;      /* "" = no CORS headers */
+    char *pidfile;          /* "" = none */
+    int request_timeout_ms; /* 100..600000, default 10000 */
+    int evict_idle_ms; /* 1..60000, default 50: with every worker busy, shut connections idle this long */
+    int shutdown_grace_ms; /* 0..600000, default 10000 */
 
     /* redis */
-    char *redis_url;            /* redis://[user:pass@]host:port/db */
-    int redis_connect_timeout_ms;   /* 1..60000, default 1000 */
-    int redis_command_timeout_ms;   /* 1..60000, default 1000 */
-    int redis_reconnect_max_ms;     /* 1..60000, default 2000 */
-    char *redis_prefix;         /* default "nerve:" */
+    char *redis_url;              /* redis://[user:pass@]host:port/db */
+    int redis_connect_timeout_ms; /* 1..60000, default 1000 */
+    int redis_command_timeout_ms; /* 1..60000, default 1000 */
+    int redis_reconnect_max_ms;   /* 1..60000, default 2000 */
+    char *redis_prefix;           /* default "nerve:" */
 
     /* bus */
-    char **bus_channels;        /* subscribed channels */
+    char **bus_channels; /* subscribed channels */
     size_t n_bus_channels;
-    char *alerts_channel;       /* default system_alerts */
-    char *inventory_channel;    /* default inventory_events */
-    char *sales_channel;        /* default sales_events */
-    int queue_size;             /* bounded event queue, 1..1000000, default 10000 */
-    long max_event_bytes;       /* 64..16777216, default 65536 */
-    int stall_ms;               /* /readyz: evaluator stalled when events wait and none finished for this long, 100..3600000, default 5000 */
+    char *alerts_channel;    /* default system_alerts */
+    char *inventory_channel; /* default inventory_events */
+    char *sales_channel;     /* default sales_events */
+    int queue_size;          /* bounded event queue, 1..1000000, default 10000 */
+    long max_event_bytes;    /* 64..16777216, default 65536 */
+    int stall_ms; /* /readyz: evaluator stalled when events wait and none finished for this long, 100..3600000, default 5000 */
 
     /* lock */
-    int lock_ttl_ms;            /* 10..600000, default 2000 */
-    int lock_max_wait_ms;       /* 0..600000, default 1000 */
+    int lock_ttl_ms;      /* 10..600000, default 2000 */
+    int lock_max_wait_ms; /* 0..600000, default 1000 */
 
     /* sale */
-    long long max_qty;          /* 1..1000000000, default 1000 */
-    int idempotency_ttl_s;      /* 1..31536000, default 86400 */
-    int max_batch;              /* sales of one SKU committed per lock, 1..1024, default 128 */
+    long long max_qty;     /* 1..1000000000, default 1000 */
+    int idempotency_ttl_s; /* 1..31536000, default 86400 */
+    int max_batch;         /* sales of one SKU committed per lock, 1..1024, default 128 */
 
     /* rules */
-    char *rules_dir;            /* default "rules" */
-    char **rules_files;         /* optional explicit list; empty = every *.lua in rules_dir */
+    char *rules_dir;    /* default "rules" */
+    char **rules_files; /* optional explicit list; empty = every *.lua in rules_dir */
     size_t n_rules_files;
-    long long rules_instruction_limit;  /* 1000..1e9, default 1000000 */
-    long long rules_memory_limit;       /* bytes per Lua state, 65536..1<<31, default 8 MiB */
-    int rules_eval_timeout_ms;          /* wall-clock deadline of one rule evaluation, 1..60000, default 100 */
-    char *rules_sale_on_error;          /* reject|allow: a failing sale_request rule fails the sale closed (422) or open */
-    struct cJSON *params;       /* rules.params as a JSON tree (object), never NULL */
+    long long rules_instruction_limit; /* 1000..1e9, default 1000000 */
+    long long rules_memory_limit;      /* bytes per Lua state, 65536..1<<31, default 8 MiB */
+    int rules_eval_timeout_ms; /* wall-clock deadline of one rule evaluation, 1..60000, default 100 */
+    char *
+        rules_sale_on_error; /* reject|allow: a failing sale_request rule fails the sale closed (422) or open */
+    struct cJSON *params; /* rules.params as a JSON tree (object), never NULL */
 
     /* panic (emergency stop) */
-    char *panic_webhook_url;    /* "" = none */
-    int panic_timeout_ms;       /* per attempt, 1..600000, default 2000 */
-    int panic_max_attempts;     /* 1..100, default 5 */
-    int panic_backoff_initial_ms;   /* 1..600000, default 100 */
-    int panic_backoff_max_ms;       /* 1..3600000, default 5000 */
-    double panic_backoff_multiplier;/* 1.0..10.0, default 2.0 */
-    bool panic_jitter;          /* full jitter, default true */
-    bool panic_dry_run;         /* default false */
+    char *panic_webhook_url;         /* "" = none */
+    int panic_timeout_ms;            /* per attempt, 1..600000, default 2000 */
+    int panic_max_attempts;          /* 1..100, default 5 */
+    int panic_backoff_initial_ms;    /* 1..600000, default 100 */
+    int panic_backoff_max_ms;        /* 1..3600000, default 5000 */
+    double panic_backoff_multiplier; /* 1.0..10.0, default 2.0 */
+    bool panic_jitter;               /* full jitter, default true */
+    bool panic_dry_run;              /* default false */
 
     /* alerts */
-    int alerts_throttle_s;      /* 0..86400, default 60 */
-    long audit_maxlen;          /* nerve:audit cap, 1..10000000, default 10000 */
+    int alerts_throttle_s; /* 0..86400, default 60 */
+    long audit_maxlen;     /* nerve:audit cap, 1..10000000, default 10000 */
 
     /* inventory.seed */
     cfg_seed *seed;
     size_t n_seed;
 
     /* log */
-    char *log_level;            /* debug|info|warn|error, default info */
-    char *log_format;           /* text|json, default text */
+    char *log_level;  /* debug|info|warn|error, default info */
+    char *log_format; /* text|json, default text */
 
     /* secrets: environment only (NERVE_ADMIN_TOKEN, NERVE_PANIC_TOKEN); NULL when unset */
     char *admin_token;

@@ -13,10 +13,10 @@
 #include <stddef.h>
 
 typedef struct daemon_args {
-    const char *config;         /* path of the YAML file */
-    char *const *sets;          /* --set overrides, re-applied on every reload */
+    const char *config; /* path of the YAML file */
+    char *const *sets;  /* --set overrides, re-applied on every reload */
     size_t nsets;
-    const char *log_format;     /* "text", "json" or NULL (from config) */
+    const char *log_format; /* "text", "json" or NULL (from config) */
 } daemon_args;
 
 /* Print `FILE:LINE: message` lines on stderr, ending with a newline. */

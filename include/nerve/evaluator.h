@@ -37,8 +37,8 @@ typedef struct eval_opts {
     act *act;
     ks *ks;
     rds_pool *pool;
-    ctr *counters;              /* ctx.incr backend; NULL: counted per Lua state */
-    int stall_ms;               /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
+    ctr *counters; /* ctx.incr backend; NULL: counted per Lua state */
+    int stall_ms; /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
 } eval_opts;
 
 typedef struct eval_channel_count {
@@ -55,13 +55,14 @@ typedef struct eval_stats {
 /* A snapshot for /readyz and /metrics. Times are nanoseconds at the moment
  * of the call. */
 typedef struct eval_liveness {
-    size_t queued;              /* events waiting in the queue */
-    uint64_t oldest_age_ns;     /* how long the oldest queued event has waited, 0 when none */
-    int busy;                   /* 1 while an event is being evaluated */
-    uint64_t busy_ns;           /* how long the current event has been in evaluation, 0 when idle */
-    uint64_t since_done_ns;     /* since the last event finished (since start when none has) */
-    uint64_t waiting_ns;        /* how long work has been pending with no event finished, 0 when none pending */
-    int stalled;                /* waiting_ns >= stall_ms */
+    size_t queued;          /* events waiting in the queue */
+    uint64_t oldest_age_ns; /* how long the oldest queued event has waited, 0 when none */
+    int busy;               /* 1 while an event is being evaluated */
+    uint64_t busy_ns;       /* how long the current event has been in evaluation, 0 when idle */
+    uint64_t since_done_ns; /* since the last event finished (since start when none has) */
+    uint64_t
+        waiting_ns; /* how long work has been pending with no event finished, 0 when none pending */
+    int stalled;    /* waiting_ns >= stall_ms */
     int stall_ms;
 } eval_liveness;
 

@@ -22,15 +22,15 @@
 extern const double hist_bounds[HIST_BUCKETS];
 
 typedef struct hist {
-    _Atomic uint64_t counts[HIST_BUCKETS + 1];     /* last: +Inf; not cumulative */
+    _Atomic uint64_t counts[HIST_BUCKETS + 1]; /* last: +Inf; not cumulative */
     _Atomic uint64_t sum_ns;
 } hist;
 
 /* A plain copy of a hist, for readers. */
 typedef struct hist_snap {
-    uint64_t counts[HIST_BUCKETS + 1];             /* not cumulative */
-    uint64_t count;                                /* sum of counts */
-    double sum;                                    /* seconds */
+    uint64_t counts[HIST_BUCKETS + 1]; /* not cumulative */
+    uint64_t count;                    /* sum of counts */
+    double sum;                        /* seconds */
 } hist_snap;
 
 /* Count one observation of SECONDS (negative counts as 0). */

@@ -35,10 +35,10 @@ typedef struct http_deps {
     const cfg *cfg;
     rds_pool *pool;
     sale_engine *sale;
-    live *live;                 /* may be NULL in tests of the sale path alone */
+    live *live; /* may be NULL in tests of the sale path alone */
     ks *ks;
     act *act;
-    policy *policy;             /* read by GET /metrics only; may be NULL */
+    policy *policy; /* read by GET /metrics only; may be NULL */
     evq *q;
     bus *bus;
     eval *eval;

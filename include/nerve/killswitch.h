@@ -55,9 +55,9 @@ int ks_scope_valid(const char *s);
 
 /* What a change of a scope's record did (ks_engage, ks_reset, act_kill). */
 typedef enum {
-    KS_ERROR = -1,              /* Redis error (message in ERR where there is one) */
-    KS_UNCHANGED = 0,           /* already so: engaged before / was not engaged */
-    KS_CHANGED = 1,             /* this call engaged it (the caller runs the emergency stop) / reset it */
+    KS_ERROR = -1,    /* Redis error (message in ERR where there is one) */
+    KS_UNCHANGED = 0, /* already so: engaged before / was not engaged */
+    KS_CHANGED = 1,   /* this call engaged it (the caller runs the emergency stop) / reset it */
 } ks_change;
 
 /* Engage SCOPE. Returns KS_CHANGED when this call created the record (the
@@ -65,7 +65,7 @@ typedef enum {
  * KS_ERROR on a Redis error (message in ERR). STATE is the initial state
  * ("stopping" or "dry_run"). */
 ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
-              bool halt_sales, const char *state, double ts, char *err, size_t errlen);
+                    bool halt_sales, const char *state, double ts, char *err, size_t errlen);
 
 /* Update the state (and attempts, last_error) of an existing record. 0 / -1. */
 int ks_set_state(ks *k, rds_client *c, const char *scope, const char *state, int attempts,
@@ -92,10 +92,10 @@ int ks_refresh(ks *k, rds_client *c);
 void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len);
 
 typedef struct ks_stats {
-    unsigned long long control_ok;       /* messages acted on (re-read, or nothing to re-read) */
-    unsigned long long control_invalid;  /* not JSON, no op/scope, scope outside the grammar */
-    unsigned long long control_error;    /* the re-read failed (the periodic refresh repairs) */
-    size_t halting;                      /* scopes in the halt cache */
+    unsigned long long control_ok;      /* messages acted on (re-read, or nothing to re-read) */
+    unsigned long long control_invalid; /* not JSON, no op/scope, scope outside the grammar */
+    unsigned long long control_error;   /* the re-read failed (the periodic refresh repairs) */
+    size_t halting;                     /* scopes in the halt cache */
 } ks_stats;
 
 void ks_get_stats(ks *k, ks_stats *out);

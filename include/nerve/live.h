@@ -23,12 +23,12 @@ typedef struct live live;
 
 typedef struct live_reload {
     bool ok;
-    long long at;               /* epoch seconds */
-    char *errors;               /* "FILE:LINE: message" lines of a failed reload, or NULL */
+    long long at; /* epoch seconds */
+    char *errors; /* "FILE:LINE: message" lines of a failed reload, or NULL */
 } live_reload;
 
 live *live_new(void);
-void live_free(live *l);        /* drops the current set */
+void live_free(live *l); /* drops the current set */
 
 /* Install SET (may be NULL) as the current one; returns the new generation. */
 uint64_t live_swap(live *l, rules_set *set);
@@ -39,15 +39,15 @@ uint64_t live_generation(live *l);
 
 /* How a reader's cached vm is built by live_sync_vm. */
 typedef struct live_vm_opts {
-    rules_vm_kind kind;             /* which rules the vm holds */
-    const char *only_channel;       /* build a vm only when the set has a rule on this
+    rules_vm_kind kind;        /* which rules the vm holds */
+    const char *only_channel;  /* build a vm only when the set has a rule on this
                                      * channel (else *vm becomes NULL); NULL = always */
-    const char *log_component;      /* "eval", "policy": who logs */
-    const char *what;               /* "an evaluator": what a failed build could not make */
-    bool log_states;                /* log each rule's ctx.state origin after a rebuild */
-    rules_error_cb on_error;        /* rules_vm_on_error of a new vm (NULL = default) */
+    const char *log_component; /* "eval", "policy": who logs */
+    const char *what;          /* "an evaluator": what a failed build could not make */
+    bool log_states;           /* log each rule's ctx.state origin after a rebuild */
+    rules_error_cb on_error;   /* rules_vm_on_error of a new vm (NULL = default) */
     void *error_ud;
-    rules_incr_fn incr;             /* ctx.incr backend of a new vm (NULL = per-rule local) */
+    rules_incr_fn incr; /* ctx.incr backend of a new vm (NULL = per-rule local) */
     void *incr_ud;
 } live_vm_opts;
 
@@ -69,7 +69,7 @@ void live_record_reload(live *l, bool ok, const char *errors);
 void live_last_reload(live *l, live_reload *out);
 
 typedef struct live_stats {
-    uint64_t reloads_ok, reloads_failed;    /* live_record_reload calls, by OK */
+    uint64_t reloads_ok, reloads_failed; /* live_record_reload calls, by OK */
 } live_stats;
 
 /* Reload attempts since live_new (each live_record_reload counts one). */

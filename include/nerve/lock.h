@@ -18,12 +18,12 @@
 #include <stddef.h>
 #include "nerve/rds.h"
 
-#define LOCK_TOKEN_LEN 32       /* hex characters: 128 random bits (arc4random_buf) */
+#define LOCK_TOKEN_LEN 32 /* hex characters: 128 random bits (arc4random_buf) */
 
 typedef enum {
-    LOCK_ERR = -1,              /* Redis unreachable or replied an error */
-    LOCK_OK = 0,                /* acquired */
-    LOCK_TIMEOUT = 1,           /* still held by someone else after max_wait_ms */
+    LOCK_ERR = -1,    /* Redis unreachable or replied an error */
+    LOCK_OK = 0,      /* acquired */
+    LOCK_TIMEOUT = 1, /* still held by someone else after max_wait_ms */
 } lock_status;
 
 /* Fill TOKEN (LOCK_TOKEN_LEN hex chars + NUL) with 128 fresh random bits. */
@@ -35,14 +35,14 @@ lock_status lock_acquire(rds_client *c, const char *key, int ttl_ms, int max_wai
                          char token[LOCK_TOKEN_LEN + 1], char *err, size_t errlen);
 
 /* Try once to take KEY with the caller's TOKEN. */
-lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms,
-                     char *err, size_t errlen);
+lock_status lock_try(rds_client *c, const char *key, const char *token, int ttl_ms, char *err,
+                     size_t errlen);
 
 /* What a compare-and-X on the lock did. */
 typedef enum {
-    LOCK_CAS_ERROR = -1,        /* Redis unreachable or replied an error */
-    LOCK_CAS_NOT_OWNER = 0,     /* KEY does not hold TOKEN: nothing changed */
-    LOCK_CAS_DONE = 1,          /* released / extended */
+    LOCK_CAS_ERROR = -1,    /* Redis unreachable or replied an error */
+    LOCK_CAS_NOT_OWNER = 0, /* KEY does not hold TOKEN: nothing changed */
+    LOCK_CAS_DONE = 1,      /* released / extended */
 } lock_cas;
 
 /* Delete KEY only if it still holds TOKEN. */
@@ -54,7 +54,6 @@ lock_cas lock_extend(rds_client *c, const char *key, const char *token, int ttl_
 /* Lua fragment for scripts that write under the lock: with KEYS[1] the lock
  * key and ARGV[1] the token, it returns {"lock_lost"} unless the lock is held
  * by that token. Paste at the top of such a script. */
-#define LOCK_FENCE_LUA \
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lock_lost'} end\n"
+#define LOCK_FENCE_LUA "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lock_lost'} end\n"
 
 #endif

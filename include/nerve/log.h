@@ -27,9 +27,21 @@ bool log_enabled(log_level lvl);
 void log_write(log_level lvl, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define log_debug(comp, ...) do { if (log_enabled(LOG_LVL_DEBUG)) log_write(LOG_LVL_DEBUG, comp, __VA_ARGS__); } while (0)
-#define log_info(comp, ...)  do { if (log_enabled(LOG_LVL_INFO))  log_write(LOG_LVL_INFO,  comp, __VA_ARGS__); } while (0)
-#define log_warn(comp, ...)  do { if (log_enabled(LOG_LVL_WARN))  log_write(LOG_LVL_WARN,  comp, __VA_ARGS__); } while (0)
-#define log_error(comp, ...) do { if (log_enabled(LOG_LVL_ERROR)) log_write(LOG_LVL_ERROR, comp, __VA_ARGS__); } while (0)
+#define log_debug(comp, ...) \
+    do { \
+        if (log_enabled(LOG_LVL_DEBUG)) log_write(LOG_LVL_DEBUG, comp, __VA_ARGS__); \
+    } while (0)
+#define log_info(comp, ...) \
+    do { \
+        if (log_enabled(LOG_LVL_INFO)) log_write(LOG_LVL_INFO, comp, __VA_ARGS__); \
+    } while (0)
+#define log_warn(comp, ...) \
+    do { \
+        if (log_enabled(LOG_LVL_WARN)) log_write(LOG_LVL_WARN, comp, __VA_ARGS__); \
+    } while (0)
+#define log_error(comp, ...) \
+    do { \
+        if (log_enabled(LOG_LVL_ERROR)) log_write(LOG_LVL_ERROR, comp, __VA_ARGS__); \
+    } while (0)
 
 #endif

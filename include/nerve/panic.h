@@ -31,26 +31,26 @@
 #include <stddef.h>
 
 typedef struct panic_opts {
-    const char *url;            /* webhook; "" or NULL = every job fails at once (no webhook configured) */
-    const char *token;          /* bearer token; NULL or "" = no Authorization header */
-    int timeout_ms;             /* per attempt */
+    const char *url;   /* webhook; "" or NULL = every job fails at once (no webhook configured) */
+    const char *token; /* bearer token; NULL or "" = no Authorization header */
+    int timeout_ms;    /* per attempt */
     int max_attempts;
     int backoff_initial_ms;
     int backoff_max_ms;
     double backoff_multiplier;
-    bool jitter;                /* full jitter (default); false = exact exponential delays */
-    bool dry_run;               /* never call the webhook: the job succeeds at once with outcome "dry_run" */
-    int queue_max;              /* jobs waiting at most; further submits fail (-1) */
+    bool jitter;   /* full jitter (default); false = exact exponential delays */
+    bool dry_run;  /* never call the webhook: the job succeeds at once with outcome "dry_run" */
+    int queue_max; /* jobs waiting at most; further submits fail (-1) */
 } panic_opts;
 
 typedef enum { PANIC_STOPPED = 0, PANIC_STOP_FAILED, PANIC_DRY_RUN } panic_outcome;
 
 typedef struct panic_attempt {
-    int attempt;                /* 1-based */
-    int http_status;            /* 0 when no HTTP answer (connect error, timeout) */
+    int attempt;     /* 1-based */
+    int http_status; /* 0 when no HTTP answer (connect error, timeout) */
     bool ok;
-    char error[256];            /* curl's or "HTTP 500" when !ok */
-    long long delay_ms;         /* sleep planned before the next attempt (0 if none) */
+    char error[256];    /* curl's or "HTTP 500" when !ok */
+    long long delay_ms; /* sleep planned before the next attempt (0 if none) */
 } panic_attempt;
 
 typedef struct panic_job {
@@ -58,7 +58,7 @@ typedef struct panic_job {
      * scope is required; reason NULL is sent as ""; rule NULL (a manual
      * engagement) is sent as JSON null and stays NULL in the callbacks. */
     const char *scope, *reason, *rule;
-    double ts;                          /* epoch seconds of the engagement; <= 0 = now */
+    double ts; /* epoch seconds of the engagement; <= 0 = now */
     /* Called after each attempt (may be NULL). */
     void (*on_attempt)(void *ud, const struct panic_job *job, const panic_attempt *a);
     /* Called once at the end with the outcome and the attempts made;

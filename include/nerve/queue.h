@@ -17,30 +17,30 @@
 
 typedef struct evq_item {
     char *channel;
-    char *data;                 /* NUL-terminated; len excludes the NUL */
+    char *data; /* NUL-terminated; len excludes the NUL */
     size_t len;
-    uint64_t enq_ns;            /* CLOCK_MONOTONIC when pushed */
+    uint64_t enq_ns; /* CLOCK_MONOTONIC when pushed */
 } evq_item;
 
 typedef struct evq_stats {
     uint64_t pushed, dropped, popped;
     size_t depth, capacity, high_water;
-    uint64_t last_drop_ns;      /* CLOCK_MONOTONIC of the last drop, 0 if never */
-    uint64_t oldest_enq_ns;     /* enq_ns of the oldest queued item, 0 when empty */
+    uint64_t last_drop_ns;  /* CLOCK_MONOTONIC of the last drop, 0 if never */
+    uint64_t oldest_enq_ns; /* enq_ns of the oldest queued item, 0 when empty */
 } evq_stats;
 
 typedef struct evq evq;
 
-evq *evq_new(size_t capacity);          /* NULL on OOM */
-void evq_free(evq *q);                  /* frees queued items; NULL is fine */
+evq *evq_new(size_t capacity); /* NULL on OOM */
+void evq_free(evq *q);         /* frees queued items; NULL is fine */
 
 /* 0 queued; -1 full (dropped and counted), closed, or out of memory. */
 int evq_push(evq *q, const char *channel, const char *data, size_t len);
 
 typedef enum {
-    EVQ_CLOSED = -1,            /* closed and empty: the consumer is done */
-    EVQ_TIMEOUT = 0,            /* nothing arrived in time */
-    EVQ_GOT = 1,                /* *OUT holds an item */
+    EVQ_CLOSED = -1, /* closed and empty: the consumer is done */
+    EVQ_TIMEOUT = 0, /* nothing arrived in time */
+    EVQ_GOT = 1,     /* *OUT holds an item */
 } evq_pop_result;
 
 /* Wait up to TIMEOUT_MS for an item. */

@@ -29,8 +29,8 @@
 typedef struct rds_opts {
     char host[256];
     int port;
-    char user[128];             /* "" = AUTH with password only (or none) */
-    char pass[256];             /* "" = no AUTH */
+    char user[128]; /* "" = AUTH with password only (or none) */
+    char pass[256]; /* "" = no AUTH */
     int db;
     int connect_timeout_ms;
     int command_timeout_ms;
@@ -63,8 +63,7 @@ void rds_client_free(rds_client *c);
  * reply, or NULL on a connection problem (rds_errstr says which); an error
  * reply from Redis is returned as a REDIS_REPLY_ERROR reply, not NULL. */
 redisReply *rds_command(rds_client *c, const char *fmt, ...);
-redisReply *rds_commandargv(rds_client *c, int argc, const char **argv,
-                            const size_t *argvlen);
+redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const size_t *argvlen);
 
 /* Pipelining: queue commands with rds_append*, then read exactly as many
  * replies with rds_get_reply. On NULL the connection was dropped; every
@@ -85,14 +84,15 @@ int rds_outcome_unknown(const rds_client *c);
 typedef struct rds_script {
     const char *src;
     char sha[41];
-    _Atomic int loaded;         /* sha is set; sha is never written after */
+    _Atomic int loaded; /* sha is set; sha is never written after */
 } rds_script;
-#define RDS_SCRIPT_INIT(source) { (source), {0}, 0 }
+#define RDS_SCRIPT_INIT(source) \
+    { (source), { 0 }, 0 }
 
 /* EVALSHA SCRIPT NKEYS ARGV... (ARGC strings, the keys first). Returns the
  * reply or NULL as rds_command. */
-redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc,
-                     const char **argv, const size_t *argvlen);
+redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc, const char **argv,
+                     const size_t *argvlen);
 
 /* Make sure S's sha is known (SCRIPT LOAD once), so that a caller can
  * pipeline "EVALSHA s->sha ..." itself. 0, or -1 (rds_errstr says why). A
@@ -103,7 +103,7 @@ int rds_script_load(rds_client *c, rds_script *s);
 /* One client per calling thread. Thread-safe. */
 typedef struct rds_pool rds_pool;
 rds_pool *rds_pool_new(const rds_opts *o);
-rds_client *rds_pool_client(rds_pool *p);    /* never NULL except on OOM */
+rds_client *rds_pool_client(rds_pool *p); /* never NULL except on OOM */
 void rds_pool_free(rds_pool *p);
 
 #endif

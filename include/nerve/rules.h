@@ -98,11 +98,11 @@ struct cfg;
 struct cJSON;
 
 #define RULES_SALE_CHANNEL  "sale_request"
-#define RULES_MAX_DECISIONS 32      /* per evaluation of one rule */
-#define RULES_SCOPE_MAX     200     /* bytes: SCOPE_MAX of nerve/scope.h */
-#define RULES_REASON_MAX    1024    /* bytes */
-#define RULES_JSON_DEPTH    32      /* event nesting */
-#define RULES_FILE_MAX      (1 << 20)   /* bytes of one rule file */
+#define RULES_MAX_DECISIONS 32        /* per evaluation of one rule */
+#define RULES_SCOPE_MAX     200       /* bytes: SCOPE_MAX of nerve/scope.h */
+#define RULES_REASON_MAX    1024      /* bytes */
+#define RULES_JSON_DEPTH    32        /* event nesting */
+#define RULES_FILE_MAX      (1 << 20) /* bytes of one rule file */
 
 typedef struct rules_set rules_set;
 typedef struct rules_vm rules_vm;
@@ -122,10 +122,10 @@ typedef struct rules_decision {
     const char *file;
     const char *channel;
     rules_action action;
-    rules_level level;          /* alerts; RULES_LEVEL_NONE otherwise */
-    const char *reason;         /* never NULL */
-    const char *scope;          /* NULL when none (optional for alert, never for reject) */
-    bool halt_sales;            /* kill only; false otherwise */
+    rules_level level;  /* alerts; RULES_LEVEL_NONE otherwise */
+    const char *reason; /* never NULL */
+    const char *scope;  /* NULL when none (optional for alert, never for reject) */
+    bool halt_sales;    /* kill only; false otherwise */
 } rules_decision;
 
 typedef void (*rules_decision_cb)(void *ud, const rules_decision *d);
@@ -137,8 +137,8 @@ typedef void (*rules_decision_cb)(void *ud, const rules_decision *d);
  * message in ERR (the rule then fails with it). Called on the evaluating
  * thread, inside the evaluation: it must be bounded in time. */
 typedef int (*rules_incr_fn)(void *ud, const char *rule, const char *key, size_t keylen,
-                             long long window_s, long long by, long long now,
-                             long long *count, char *err, size_t errlen);
+                             long long window_s, long long by, long long now, long long *count,
+                             char *err, size_t errlen);
 /* MSG reads `FILE:LINE: message` (one line); RULE is the rule's name. */
 typedef void (*rules_error_cb)(void *ud, const char *rule, const char *msg);
 
@@ -164,10 +164,10 @@ void rules_set_unref(rules_set *s);
 typedef struct rules_info {
     const char *name;
     const char *file;
-    const char *description;        /* "" when none */
+    const char *description; /* "" when none */
     const char *const *channels;
     size_t n_channels;
-    const char *sha256;             /* hex digest of the source text */
+    const char *sha256; /* hex digest of the source text */
     int n_fixtures;
 } rules_info;
 
@@ -192,23 +192,23 @@ const char *const *rules_set_channels(const rules_set *s, size_t *n);
  * starts a new set at zero). Updated with relaxed atomics; any thread may read. */
 typedef struct rules_stats {
     uint64_t evaluations;
-    uint64_t errors;                /* runtime errors, limits, invalid decisions */
+    uint64_t errors; /* runtime errors, limits, invalid decisions */
     uint64_t decisions[RULES_ACTION_COUNT];
-    uint64_t duration_ns;           /* cumulative wall time in evaluate */
+    uint64_t duration_ns; /* cumulative wall time in evaluate */
 } rules_stats;
 int rules_set_stats(const rules_set *s, size_t i, rules_stats *out);
 
 /* ---- evaluators (one per thread) -------------------------------------- */
 
 typedef enum {
-    RULES_STATE_NEW = 0,    /* no rule of that name in the previous vm */
-    RULES_STATE_KEPT,       /* same name and source sha: ctx.state carried over */
-    RULES_STATE_RESET,      /* same name, changed source: ctx.state starts empty */
-    RULES_STATE_LOST,       /* unchanged, but the state could not be copied
+    RULES_STATE_NEW = 0, /* no rule of that name in the previous vm */
+    RULES_STATE_KEPT,    /* same name and source sha: ctx.state carried over */
+    RULES_STATE_RESET,   /* same name, changed source: ctx.state starts empty */
+    RULES_STATE_LOST,    /* unchanged, but the state could not be copied
                                (over the memory limit, too deep): starts empty */
 } rules_state_origin;
 
-const char *rules_state_origin_name(rules_state_origin o);  /* "new", "kept", ... */
+const char *rules_state_origin_name(rules_state_origin o); /* "new", "kept", ... */
 
 /* Build an evaluator for SET (takes its own reference). When PREVIOUS is not
  * NULL (a vm of the same thread, typically on the set being replaced), the
@@ -229,8 +229,8 @@ typedef enum { RULES_VM_ALL = 0, RULES_VM_EVENTS, RULES_VM_SALE } rules_vm_kind;
 
 /* rules_vm_new restricted to KIND. A vm with no rule is valid (evaluates
  * nothing). */
-rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind,
-                            char *err, size_t errlen);
+rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind, char *err,
+                            size_t errlen);
 
 /* Move VM onto SET without rebuilding any Lua state, when that changes
  * nothing a rule can see: SET holds exactly the same rules of VM's kind
@@ -273,8 +273,8 @@ int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
 /* The same on an already parsed event (a JSON object, not checked for depth
  * beyond RULES_JSON_DEPTH: deeper nesting is that rule's error), with ctx.now
  * = NOW (epoch seconds). */
-int rules_eval_cjson(rules_vm *vm, const char *channel, const struct cJSON *event,
-                     long long now, rules_decision_cb cb, void *ud);
+int rules_eval_cjson(rules_vm *vm, const char *channel, const struct cJSON *event, long long now,
+                     rules_decision_cb cb, void *ud);
 
 /* Why the last rules_eval returned -1. */
 const char *rules_vm_errstr(const rules_vm *vm);
@@ -289,7 +289,6 @@ const char *rules_vm_errstr(const rules_vm *vm);
  * Rule errors go to ERROUT as `FILE:LINE: message`, bad input lines as
  * `IN_NAME:LINE: message`. Returns 0 when every line was valid and no rule
  * failed, else -1. No Redis involved. */
-int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out,
-                      FILE *errout);
+int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out, FILE *errout);
 
 #endif

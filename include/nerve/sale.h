@@ -36,36 +36,36 @@
 #include "nerve/rds.h"
 #include "nerve/sku.h"
 
-#define SALE_STR_MAX SKU_MAX    /* sku and order_id, bytes */
+#define SALE_STR_MAX SKU_MAX /* sku and order_id, bytes */
 
 typedef struct sale_req {
     char sku[SALE_STR_MAX + 1];
     long long qty;
-    char order_id[SALE_STR_MAX + 1];    /* generated when the client sent none */
-    bool client_order_id;               /* true when the client sent it */
+    char order_id[SALE_STR_MAX + 1]; /* generated when the client sent none */
+    bool client_order_id;            /* true when the client sent it */
     double unit_price;
     bool has_price;
 } sale_req;
 
 typedef enum {
-    SALE_OK = 0,            /* 200 (also a duplicate: see res.duplicate) */
-    SALE_BAD_REQUEST,       /* 400 */
-    SALE_OUT_OF_STOCK,      /* 409 (also an SKU with no stock record) */
-    SALE_REJECTED,          /* 422 a sale_request rule said no */
-    SALE_HALTED,            /* 423 kill switch with halt_sales */
-    SALE_UNAVAILABLE,       /* 503 Redis down or lock wait exceeded */
+    SALE_OK = 0,       /* 200 (also a duplicate: see res.duplicate) */
+    SALE_BAD_REQUEST,  /* 400 */
+    SALE_OUT_OF_STOCK, /* 409 (also an SKU with no stock record) */
+    SALE_REJECTED,     /* 422 a sale_request rule said no */
+    SALE_HALTED,       /* 423 kill switch with halt_sales */
+    SALE_UNAVAILABLE,  /* 503 Redis down or lock wait exceeded */
 } sale_status;
 
 typedef struct sale_res {
     sale_status status;
-    long long qty;                  /* for a duplicate: the first sale's */
-    long long stock_remaining;      /* -1 when unknown */
+    long long qty;             /* for a duplicate: the first sale's */
+    long long stock_remaining; /* -1 when unknown */
     bool duplicate;
-    char message[512];              /* human text for errors */
-    char rule[129];                 /* SALE_REJECTED */
-    char reason[256];               /* SALE_REJECTED */
-    char scope[208];                /* SALE_HALTED */
-    double catalog_price;           /* SALE_REJECTED by rule "catalog_price" */
+    char message[512];    /* human text for errors */
+    char rule[129];       /* SALE_REJECTED */
+    char reason[256];     /* SALE_REJECTED */
+    char scope[208];      /* SALE_HALTED */
+    double catalog_price; /* SALE_REJECTED by rule "catalog_price" */
     bool has_catalog_price;
 } sale_res;
 
@@ -79,23 +79,23 @@ typedef struct sale_res {
  * order_id when absent) and returns 0; otherwise returns -1 with a human
  * message in ERR. The unit_price is the client's offer: the commit refuses it
  * under the SKU's catalog price, and it is never trusted as the price. */
-int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req,
-               char *err, size_t errlen);
+int sale_parse(const char *body, size_t len, long long max_qty, sale_req *req, char *err,
+               size_t errlen);
 
 /* Called for each sale before it is queued; returns SALE_OK to let it pass or
  * SALE_HALTED/SALE_REJECTED with RES filled in. Must be thread-safe. */
 typedef sale_status (*sale_gate_fn)(void *ud, const sale_req *req, sale_res *res);
 
 typedef struct sale_opts {
-    const char *prefix;             /* key prefix, "nerve:" */
-    const char *inventory_channel;  /* stock_changed events */
-    const char *sales_channel;      /* sale events */
+    const char *prefix;            /* key prefix, "nerve:" */
+    const char *inventory_channel; /* stock_changed events */
+    const char *sales_channel;     /* sale events */
     int lock_ttl_ms;
     int lock_max_wait_ms;
     int idempotency_ttl_s;
     int max_batch;
     long long max_qty;
-    sale_gate_fn gate;              /* may be NULL */
+    sale_gate_fn gate; /* may be NULL */
     void *gate_ud;
 } sale_opts;
 
@@ -127,8 +127,8 @@ const char *sale_result_name(sale_result r);
 
 typedef struct sale_stats {
     uint64_t results[SALE_RESULT_COUNT];
-    hist_snap duration;             /* what sale_record was told, seconds */
-    hist_snap lock_wait;            /* per batch: 0 when the fast path took the lock */
+    hist_snap duration;  /* what sale_record was told, seconds */
+    hist_snap lock_wait; /* per batch: 0 when the fast path took the lock */
 } sale_stats;
 
 /* Count one answered sale with STATUS (DUPLICATE: a repeated order_id) that
@@ -142,10 +142,10 @@ void sale_get_stats(sale_engine *e, sale_stats *out);
 
 /* What a commit script call did. */
 typedef enum {
-    SALE_COMMIT_ERROR = -1,     /* Redis error, message in ERR */
-    SALE_COMMIT_DONE = 0,       /* every RES filled */
-    SALE_COMMIT_LOCK_LOST = 1,  /* the lock is not held by TOKEN: nothing changed */
-    SALE_COMMIT_BUSY = 2,       /* (taking the lock in the same call) held by another: nothing changed */
+    SALE_COMMIT_ERROR = -1,    /* Redis error, message in ERR */
+    SALE_COMMIT_DONE = 0,      /* every RES filled */
+    SALE_COMMIT_LOCK_LOST = 1, /* the lock is not held by TOKEN: nothing changed */
+    SALE_COMMIT_BUSY = 2, /* (taking the lock in the same call) held by another: nothing changed */
 } sale_commit_result;
 
 /* Commit N sales of SKU with the lock held by TOKEN, in one script call.
@@ -154,8 +154,9 @@ typedef enum {
  * ERR; state unknown only if the connection broke mid-call, in which case
  * the script ran entirely or not at all). The script releases the lock
  * (compare-and-delete) after committing. */
-sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sku, const char *token,
-                const sale_req *reqs, sale_res *res, size_t n, char *err, size_t errlen);
+sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sku,
+                               const char *token, const sale_req *reqs, sale_res *res, size_t n,
+                               char *err, size_t errlen);
 
 /* Stock record helpers. sale_stock_get: 0 with *stock set, 1 when the SKU
  * has no stock record, -1 on error. sale_stock_set: 0 or -1. sale_stock_seed:
@@ -179,7 +180,7 @@ typedef struct sale_put {
     bool has_stock;
     long long stock;
     sale_price_op price_op;
-    double price;                   /* SALE_PRICE_SET */
+    double price; /* SALE_PRICE_SET */
 } sale_put;
 
 /* Validate a PUT /admin/stock body (ROOT may be NULL: not JSON). 0 with P

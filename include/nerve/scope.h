@@ -22,8 +22,9 @@
 
 #include <stddef.h>
 
-#define SCOPE_MAX 200                   /* bytes */
-#define SCOPE_GRAMMAR "1-200 bytes of A-Z a-z 0-9 . _ : - / @ + or %XX (e.g. global, sku:ABC, campaign:42)"
+#define SCOPE_MAX 200 /* bytes */
+#define SCOPE_GRAMMAR \
+    "1-200 bytes of A-Z a-z 0-9 . _ : - / @ + or %XX (e.g. global, sku:ABC, campaign:42)"
 
 /* 1 when S (LEN bytes) is a valid scope, else 0. */
 int scope_valid(const char *s, size_t len);

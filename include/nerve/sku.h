@@ -10,7 +10,7 @@
 
 #include <stddef.h>
 
-#define SKU_MAX 128             /* bytes */
+#define SKU_MAX 128 /* bytes */
 
 /* 1 when S (LEN bytes, need not be terminated) is a valid SKU: 1..SKU_MAX
  * bytes of [A-Za-z0-9._:-] with at least one letter or digit (so "." and

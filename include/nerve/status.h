@@ -36,7 +36,7 @@
 /* What to read. Any may be NULL: its part of a view is left out, or its
  * counters read as 0 where the metric has always been exported. */
 typedef struct status_sources {
-    rds_pool *pool;             /* Redis reachability and the kill switch records */
+    rds_pool *pool; /* Redis reachability and the kill switch records */
     sale_engine *sale;
     policy *policy;
     act *act;

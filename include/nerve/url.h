@@ -20,10 +20,10 @@
 
 typedef struct url_redis {
     char host[256];
-    int port;                   /* 1..65535, default 6379 */
-    char user[128];             /* percent-decoded; "" = none */
-    char pass[256];             /* percent-decoded; "" = none */
-    int db;                     /* 0..100000, default 0 */
+    int port;       /* 1..65535, default 6379 */
+    char user[128]; /* percent-decoded; "" = none */
+    char pass[256]; /* percent-decoded; "" = none */
+    int db;         /* 0..100000, default 0 */
 } url_redis;
 
 /* Parse redis://[[user]:password@]host[:port][/db] into OUT. Refused: another
