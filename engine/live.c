@@ -84,8 +84,10 @@ void live_last_reload(live *l, live_reload *out) {
     pthread_mutex_unlock(&l->mu);
 }
 
-void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) {
-    if (*vm && live_generation(l) == *gen) return;
+int live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) {
+    /* Nothing new since the last call, whatever it produced (a vm, none, or
+     * a failed build not to retry before the next reload). */
+    if (*gen != 0 && live_generation(l) == *gen) return 0;
     uint64_t got;
     rules_set *set = live_get(l, &got);
     /* A reload that left these rules alone costs no rebuild (128 workers
@@ -93,7 +95,7 @@ void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) 
     if (set && *vm && rules_vm_rebind(*vm, set) == 0) {
         rules_set_unref(set);
         *gen = got;
-        return;
+        return 1;
     }
     rules_vm *nvm = NULL;
     if (set && (!o->only_channel || rules_set_listens(set, o->only_channel))) {
@@ -105,7 +107,7 @@ void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) 
                       (unsigned long long)got, err);
             rules_set_unref(set);
             *gen = got;
-            return;
+            return -1;
         }
         for (size_t i = 0; o->log_states && *vm && i < rules_set_count(set); i++) {
             rules_info info;
@@ -121,4 +123,5 @@ void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o) 
     rules_vm_free(*vm);
     *vm = nvm;
     *gen = got;
+    return 1;
 }

@@ -17,7 +17,8 @@ typedef struct gate_ctx gate_ctx;
 typedef struct tvm {
     rules_vm *vm;
     uint64_t gen;
-    gate_ctx *cur; /* the sale being evaluated, for the error callback */
+    gate_ctx *cur;    /* the sale being evaluated, for the error callback */
+    int build_failed; /* the current generation's vm could not be built */
 } tvm;
 
 struct policy {
@@ -98,7 +99,7 @@ static void on_rule_error(void *ud, const char *rule, const char *msg) {
 
 /* Make T's vm evaluate the live set (rebuilt on a generation change; the
  * previous vm carries ctx.state over). No sale rule, no vm. */
-static void sync_vm(policy *p, tvm *t) {
+static int sync_vm(policy *p, tvm *t) {
     live_vm_opts o = {
         .kind = RULES_VM_SALE,
         .only_channel = RULES_SALE_CHANNEL,
@@ -109,7 +110,23 @@ static void sync_vm(policy *p, tvm *t) {
         .incr = p->counters ? ctr_incr : NULL,
         .incr_ud = p->counters,
     };
-    live_sync_vm(p->l, &t->vm, &t->gen, &o);
+    return live_sync_vm(p->l, &t->vm, &t->gen, &o);
+}
+
+/* The sale rules could not run (FAILED_RULE failed, or the evaluator could
+ * not be built): the sale gets what rules.sale_on_error says, counted. */
+static sale_status rules_failed(policy *p, int allow, const char *failed_rule, const char *why,
+                                sale_res *res) {
+    atomic_fetch_add_explicit(allow ? &p->failed_allowed : &p->failed_rejected, 1,
+                              memory_order_relaxed);
+    if (allow) return SALE_OK;
+    res->status = SALE_REJECTED;
+    snprintf(res->rule, sizeof res->rule, "%s", failed_rule);
+    snprintf(res->reason, sizeof res->reason, "%s (rules.sale_on_error=reject: sales fail closed)",
+             why);
+    snprintf(res->message, sizeof res->message,
+             "rejected: %s, and sales fail closed (rules.sale_on_error=reject)", why);
+    return SALE_REJECTED;
 }
 
 sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
@@ -129,7 +146,19 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
                  "out of memory building the sale-rule evaluator");
         return SALE_UNAVAILABLE;
     }
-    sync_vm(p, t);
+    int synced = sync_vm(p, t);
+    if (synced != 0) t->build_failed = synced < 0;
+    if (t->build_failed) {
+        /* This worker could not build the current set's sale rules (say a
+         * rule that needs more C stack than a worker has): skipping them
+         * would let every sale through, so it is a failure of the rules. */
+        uint64_t g;
+        rules_set *cur = live_get(p->l, &g);
+        int allow = cur && rules_set_sale_allow(cur);
+        rules_set_unref(cur);
+        return rules_failed(p, allow, "(build)",
+                            "the sale rules could not be built on this worker (see the log)", res);
+    }
     if (!t->vm) return SALE_OK;
 
     cJSON *ev = cJSON_CreateObject();
@@ -154,21 +183,10 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
         return SALE_REJECTED;
     }
     if (failed > 0) {
-        int allow = rules_set_sale_allow(rules_vm_set(t->vm));
-        atomic_fetch_add_explicit(allow ? &p->failed_allowed : &p->failed_rejected, 1,
-                                  memory_order_relaxed);
-        if (!allow) {
-            const char *rule = gc.failed_rule[0] ? gc.failed_rule : "?";
-            res->status = SALE_REJECTED;
-            snprintf(res->rule, sizeof res->rule, "%s", rule);
-            snprintf(res->reason, sizeof res->reason,
-                     "sale rule failed (rules.sale_on_error=reject: sales fail closed)");
-            snprintf(
-                res->message, sizeof res->message,
-                "rejected: sale rule %s failed, and sales fail closed (rules.sale_on_error=reject)",
-                rule);
-            return SALE_REJECTED;
-        }
+        char why[200];
+        snprintf(why, sizeof why, "sale rule %s failed", gc.failed_rule[0] ? gc.failed_rule : "?");
+        return rules_failed(p, rules_set_sale_allow(rules_vm_set(t->vm)),
+                            gc.failed_rule[0] ? gc.failed_rule : "?", why, res);
     }
     return SALE_OK;
 }

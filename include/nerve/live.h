@@ -57,11 +57,16 @@ typedef struct live_vm_opts {
  * built from the old one (each rule's ctx.state carried over), given O's
  * error callback and incr backend, and replaces it. When the set is gone (or
  * O->only_channel is not listened on) *VM is freed and set to NULL. When a
- * build fails, the error is logged and the previous vm kept (a sale must not
- * skip its rules because a state could not be built), and *GEN still moves on
- * so that the build is not retried on every call. *VM and *GEN belong to the
- * calling thread; *VM starts NULL and *GEN 0. */
-void live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o);
+ * build fails, the error is logged and the previous vm kept, and *GEN still
+ * moves on so that the build is not retried on every call (the next reload
+ * tries again). *VM and *GEN belong to the calling thread; *VM starts NULL
+ * and *GEN 0.
+ *
+ * Returns 1 when *VM was (re)built or rebound by this call, 0 when nothing
+ * changed, -1 when a build failed by this call: *VM then does not evaluate
+ * the current set, and a caller that must not skip rules (the sale gate)
+ * treats every use until the next change as a rule failure. */
+int live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o);
 
 /* Record the result of a reload attempt (ERRORS copied; NULL for success). */
 void live_record_reload(live *l, bool ok, const char *errors);

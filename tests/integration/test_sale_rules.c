@@ -302,6 +302,45 @@ static void test_sale_on_error_reject(void **state)
     h_pass();
 }
 
+/* A sale rule whose file runs fine on the main thread (load, fixtures,
+ * nerve check) but needs more C stack than an HTTP worker has: the worker
+ * cannot build its evaluator. That used to leave the gate with no vm, and
+ * every sale went through although another rule rejects them all. */
+#define BOMB_RULE                                                            \
+    "local function f(n)\n"                                                  \
+    "  if n == 0 then return 'x' end\n"                                      \
+    "  return (('a'):gsub('a', function() return f(n - 1) end))\n"          \
+    "end\n"                                                                  \
+    "local probe = f(60)\n"                                                  \
+    "return { name = 'bomb', on = { 'sale_request' },\n"                     \
+    "  evaluate = function(event, ctx) return nil end }\n"
+#define FLOOR_RULE                                                           \
+    "return { name = 'floor', on = { 'sale_request' },\n"                    \
+    "  evaluate = function(event, ctx)\n"                                    \
+    "    return { action = 'reject', reason = 'every sale is rejected' } end }\n"
+
+static void test_sale_rules_unbuildable(void **state)
+{
+    char dir[PATH_MAX];
+    (void)state;
+    H_RULES_DIR("sr-bomb", "floor.lua", FLOOR_RULE, dir, sizeof dir, NULL, 0);
+    h_daemon *d = start_with_rule("sr-bomb", "bomb.lua", BOMB_RULE, NULL);
+    H_SET_STOCK(d, "bomb-r", 10);
+    for (int i = 0; i < 3; i++) {
+        h_resp r;
+        long st = h_sale(d, "/sale", "bomb-r", 1, NULL, &r);
+        if (st != 422)
+            fail_msg("sale %d with an unbuildable sale rule: %ld %s", i, st, r.body);
+        H_ASSERT_ERROR(&r, 422, "policy_rejected");
+        h_resp_free(&r);
+    }
+    assert_int_equal(H_REDIS_STOCK(redis, "bomb-r"), 10);
+    assert_true(failures(d, "rejected") == 3);
+    assert_logged(d, "cannot build a sale-rule evaluator");
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 static void test_sale_on_error_allow(void **state)
 {
     (void)state;
@@ -449,6 +488,7 @@ int main(void)
         T(test_limit_fleet_wide),
         T(test_sale_on_error_reject),
         T(test_sale_on_error_allow),
+        T(test_sale_rules_unbuildable),
         T(test_sale_rule_endless_loop),
         T(test_state_per_thread_incr_per_fleet),
         T(test_event_rule_not_per_worker),
