@@ -407,9 +407,24 @@ ks_change ks_reset(ks *k, rds_client *c, const char *scope) {
     return rc;
 }
 
+/* Members whose record is gone (deleted by hand, or expired) are dropped
+ * from the index, but only while their record is still absent: a GET that
+ * answered nil may be older than a re-engagement (SET + SADD) that followed
+ * it, and an unconditional SREM would drop that live scope from the index,
+ * and with it (the next refresh reads the index) its halt fleet-wide.
+ * KEYS[1] index, KEYS[1 + i] the record of ARGV[i]. Members removed. */
+static rds_script drop_stale_script = RDS_SCRIPT_INIT(
+    "local n = 0\n"
+    "for i = 1, #ARGV do\n"
+    "  if redis.call('EXISTS', KEYS[1 + i]) == 0 then\n"
+    "    n = n + redis.call('SREM', KEYS[1], ARGV[i])\n"
+    "  end\n"
+    "end\n"
+    "return n\n");
+
 /* Each record (at most MAX of them) to FN: SMEMBERS of the index, then the
- * records by pipelined GETs, PIPELINE per round trip. Members whose record
- * is gone (deleted by hand, or expired) are dropped from the index. 0 / -1. */
+ * records by pipelined GETs, PIPELINE per round trip; the members of a
+ * round trip whose GET answered nil are dropped by drop_stale_script. 0 / -1. */
 static int each_record(ks *k, rds_client *c, size_t max,
                        void (*fn)(void *ud, const char *text, size_t len), void *ud) {
     char idx[RDS_KEY_MAX];
@@ -423,11 +438,11 @@ static int each_record(ks *k, rds_client *c, size_t max,
     size_t n = m->elements < max ? m->elements : max;
     char(*key)[RDS_KEY_MAX] = malloc(PIPELINE * sizeof *key);
     size_t *which = malloc(PIPELINE * sizeof *which);
-    const char **stale = calloc(n + 2, sizeof *stale); /* "SREM" idx member... */
-    size_t n_stale = 0;
-    int rc = key && which && stale ? 0 : -1;
+    size_t *stale = malloc(PIPELINE * sizeof *stale); /* batch slots whose GET was nil */
+    const char **drop = malloc((1 + 2 * PIPELINE) * sizeof *drop); /* idx, keys, scopes */
+    int rc = key && which && stale && drop ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < n;) {
-        size_t batch = 0;
+        size_t batch = 0, n_stale = 0;
         for (; i < n && batch < PIPELINE; i++) {
             const redisReply *scope = m->element[i];
             if (scope->type != REDIS_REPLY_STRING || kill_key(k, key[batch], scope->str)) continue;
@@ -449,21 +464,26 @@ static int each_record(ks *k, rds_client *c, size_t max,
             if (v->type == REDIS_REPLY_STRING) {
                 if (rc == 0) fn(ud, v->str, v->len);
             } else if (v->type == REDIS_REPLY_NIL) {
-                stale[2 + n_stale++] = m->element[which[j]]->str;
+                stale[n_stale++] = j;
             } else {
                 rc = -1;
             }
             freeReplyObject(v);
         }
-    }
-    if (rc == 0 && n_stale) {
-        stale[0] = "SREM";
-        stale[1] = idx;
-        freeReplyObject(rds_commandargv(c, (int)(n_stale + 2), stale, NULL));
+        if (rc == 0 && n_stale) {
+            drop[0] = idx;
+            for (size_t j = 0; j < n_stale; j++) {
+                drop[1 + j] = key[stale[j]];
+                drop[1 + n_stale + j] = m->element[which[stale[j]]]->str;
+            }
+            freeReplyObject(rds_eval(c, &drop_stale_script, (int)(1 + n_stale),
+                                     (int)(1 + 2 * n_stale), drop, NULL));
+        }
     }
     free(key);
     free(which);
     free(stale);
+    free(drop);
     freeReplyObject(m);
     return rc;
 }

@@ -17,6 +17,8 @@
 #include "harness.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -806,6 +808,7 @@ static void test_scope_grammar_admin(void **state)
     admin_engage(d, "campaign:a b", false, &r);
     H_ASSERT_ERROR(&r, 400, "bad_request");
     h_resp_free(&r);
+
     h_http(d, "DELETE", "/admin/killswitch/campaign:a%20b", NULL, &r, AUTH, NULL);
     H_ASSERT_ERROR(&r, 400, "bad_request");
     if (strstr(h_jstr(r.json, "message"), "A-Z a-z 0-9 . _ : - / @ +") == NULL)
@@ -972,6 +975,153 @@ static void test_alert_levels(void **state)
     h_pass();
 }
 
+/* --- 10. a listing never drops a re-engaged halt from the index -------------- */
+
+#define PAD_RECORDS 30000
+
+/* A token-less client reading GET /killswitch in a loop until told to stop:
+ * each read walks every record (PAD_RECORDS of them, ~0.2 s). */
+typedef struct reader {
+    const h_daemon *d;
+    atomic_bool stop;
+    atomic_int reads;
+} reader;
+
+static size_t discard(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p, (void)ud;
+    return size * n;
+}
+
+static void *read_loop(void *ud)
+{
+    reader *rd = ud;
+    char url[128];
+    snprintf(url, sizeof url, "%s/killswitch", rd->d->base);
+    CURL *h = curl_easy_init();
+    if (h == NULL)
+        return NULL;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    while (!atomic_load(&rd->stop)) {
+        curl_easy_perform(h);
+        atomic_fetch_add(&rd->reads, 1);
+    }
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+/* PAD_RECORDS records "campaign:pad<i>" (no halt) and their index members,
+ * made (ADD) or removed in one script. */
+static void pad_records(bool add)
+{
+    redisReply *r = h_redis_cmd(redis,
+        "EVAL %s 2 " H_PREFIX "kills " H_PREFIX "kill: %d",
+        add ? "for i = 1, tonumber(ARGV[1]) do\n"
+              "  local s = 'campaign:pad' .. i\n"
+              "  redis.call('SET', KEYS[2] .. s, cjson.encode({scope = s, halt_sales = false,"
+              " state = 'dry_run', reason = 'pad', rule = 'admin'}))\n"
+              "  redis.call('SADD', KEYS[1], s)\n"
+              "end\n"
+              "return 1\n"
+            : "for i = 1, tonumber(ARGV[1]) do\n"
+              "  local s = 'campaign:pad' .. i\n"
+              "  redis.call('DEL', KEYS[2] .. s)\n"
+              "  redis.call('SREM', KEYS[1], s)\n"
+              "end\n"
+              "return 1\n",
+        PAD_RECORDS);
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER)
+        fail_msg("padding the kill index: %s", r && r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    freeReplyObject(r);
+}
+
+static long long redis_int(const char *fmt, const char *arg)
+{
+    redisReply *r = h_redis_cmd(redis, fmt, arg);
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+static void test_listing_race_keeps_halt(void **state)
+{
+    (void)state;
+    const char *sku = "RACE2", *scope = "sku:RACE2";
+    const char *sets[] = { CHANNELS, "panic.dry_run=true", NULL };
+    h_daemon *d = start_nerve(sets);
+    H_SET_STOCK(d, sku, 1000000);
+    pad_records(true);
+
+    /* The old listing SREMmed, after its whole read, every member whose GET
+     * had answered nil: a reset and a re-engage landing inside one read lost
+     * the re-engaged scope from the index, and the next refresh (every 2 s,
+     * from the index) released its halt fleet-wide. Reset and re-engage
+     * while a client lists, with varying gaps, for a few seconds. */
+    reader rd = { .d = d };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, read_loop, &rd), 0);
+    h_resp r;
+    int iterations = 0, lost_at = -1, engaged = 0;
+    double end = h_deadline(5000);
+    while (h_before(end) && lost_at < 0) {
+        h_http(d, "DELETE", "/admin/killswitch/sku:RACE2", NULL, &r, AUTH, NULL);
+        h_resp_free(&r);
+        struct timespec gap = { 0, 20000000L * (iterations % 5) };
+        nanosleep(&gap, NULL);  /* spreads the reset-to-engage gap over a read */
+        engaged += admin_engage(d, scope, true, &r) == 200;
+        h_resp_free(&r);
+        /* Wait until a read that began after the engagement has finished. */
+        int base = atomic_load(&rd.reads);
+        double dl = h_deadline(5000);
+        while (h_before(dl) && atomic_load(&rd.reads) < base + 2)
+            h_nap();
+        if (redis_int("EXISTS " H_PREFIX "kill:%s", scope) == 1 &&
+            redis_int("SISMEMBER " H_PREFIX "kills %s", scope) != 1)
+            lost_at = iterations;
+        iterations++;
+    }
+    atomic_store(&rd.stop, true);
+    pthread_join(th, NULL);
+    printf("    %d reset/engage iterations, %d listings\n", iterations, atomic_load(&rd.reads));
+    pad_records(false);
+    if (lost_at >= 0)
+        fail_msg("iteration %d: the record of %s exists but the index lost it", lost_at, scope);
+    assert_int_equal(engaged, iterations);
+
+    /* Engaged, indexed, listed; and still halted past two refreshes. */
+    cJSON *rec = h_kill_record(redis, scope);
+    assert_non_null(rec);
+    assert_int_equal(h_jbool(rec, "halt_sales"), 1);
+    cJSON_Delete(rec);
+    assert_int_equal(redis_int("SISMEMBER " H_PREFIX "kills %s", scope), 1);
+    if (!listed(d, scope))
+        fail_msg("GET /killswitch does not list %s", scope);
+    double dl = h_deadline(4500);
+    while (h_before(dl)) {
+        sell(d, sku, -1, &r);
+        if (r.status != 423)
+            fail_msg("sale of %s while %s is engaged: expected 423, got %ld %s", sku, scope,
+                     r.status, r.body);
+        h_resp_free(&r);
+        h_nap();
+    }
+    h_http(d, "DELETE", "/admin/killswitch/sku:RACE2", NULL, &r, AUTH, NULL);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+
+    /* A member whose record is really gone (deleted by hand) still leaves
+     * the index at the next listing. */
+    freeReplyObject(h_redis_cmd(redis, "SADD " H_PREFIX "kills campaign:ghost"));
+    assert_false(listed(d, "campaign:ghost"));
+    assert_int_equal(redis_int("SISMEMBER " H_PREFIX "kills %s", "campaign:ghost"), 0);
+
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 /* --- main ----------------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -989,6 +1139,7 @@ int main(void)
         T(test_scope_grammar_admin),
         T(test_control_forgery),
         T(test_alert_levels),
+        T(test_listing_race_keeps_halt),
     };
     h_group_use(&redis, NULL, NULL);
     h_group_hook(&hook, hook_set, sizeof hook_set);
