@@ -8,8 +8,12 @@ static int plain(unsigned char c) {
            c == '_' || c == ':' || c == '-' || c == '/' || c == '@' || c == '+';
 }
 
+/* The value of an upper-case hex digit, -1 for anything else ('a'-'f'
+ * included: scope_make writes upper case, and one byte has one spelling). */
 static int hex(unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f');
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
 }
 
 int scope_valid(const char *s, size_t len) {
@@ -18,10 +22,14 @@ int scope_valid(const char *s, size_t len) {
         unsigned char c = (unsigned char)s[i];
 
         if (plain(c)) continue;
-        if (c == '%' && i + 2 < len && hex((unsigned char)s[i + 1]) &&
-            hex((unsigned char)s[i + 2])) {
-            i += 2;
-            continue;
+        /* Only the escape scope_make writes: "%52" for 'R' would be a second
+         * spelling of "R" that no sale (which compares bytes) ever matches. */
+        if (c == '%' && i + 2 < len) {
+            int hi = hex((unsigned char)s[i + 1]), lo = hex((unsigned char)s[i + 2]);
+            if (hi >= 0 && lo >= 0 && !plain((unsigned char)(hi << 4 | lo))) {
+                i += 2;
+                continue;
+            }
         }
         return 0;
     }

@@ -8,7 +8,11 @@
  *
  * Grammar: 1..SCOPE_MAX bytes, each one of
  *     A-Z a-z 0-9 . _ : - / @ +
- * or a '%' followed by two hex digits (a percent-encoded byte). Nothing in it
+ * or a '%' followed by two upper-case hex digits encoding a byte that is not
+ * in that list (exactly what scope_make writes), so that every scope has one
+ * spelling: "sku:%52" is refused, since it would be engaged as a scope that
+ * no sale of SKU "R" (compared byte for byte) ever matches; so are "%2f"
+ * (lower case) and "%2F" ('/' is plain). Nothing in it
  * needs escaping in a Redis key, a JSON string, a log line or a Prometheus
  * label; '/' and '%' are decoded out of a URL path once, so
  * DELETE /admin/killswitch/campaign:spring/sale%40x resets
@@ -24,7 +28,8 @@
 
 #define SCOPE_MAX 200 /* bytes */
 #define SCOPE_GRAMMAR \
-    "1-200 bytes of A-Z a-z 0-9 . _ : - / @ + or %XX (e.g. global, sku:ABC, campaign:42)"
+    "1-200 bytes of A-Z a-z 0-9 . _ : - / @ + or %XX, XX the upper-case hex of a byte not in " \
+    "that list (e.g. global, sku:ABC, campaign:42, campaign:a%20b)"
 
 /* 1 when S (LEN bytes) is a valid scope, else 0. */
 int scope_valid(const char *s, size_t len);
