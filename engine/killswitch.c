@@ -102,13 +102,22 @@ static void sset_clear(sset *t) {
 
 /* ---- the kill switch ------------------------------------------------------------- */
 
+/* A scope ks_engage has halted in the cache before its record reached Redis;
+ * N engagements of it in flight (a rule and the admin API may race). */
+struct engaging {
+    struct engaging *next;
+    int n;
+    char scope[];
+};
+
 struct ks {
     char *prefix, *control, *instance;
-    pthread_rwlock_t rw;        /* guards halted, global, dirty, tracking, overflow */
+    pthread_rwlock_t rw;        /* guards halted, global, dirty, tracking, overflow, engaging */
     sset halted;                /* "global" and "sku:<SKU>" scopes engaged with halt_sales */
     bool global;                /* == sset_has(&halted, "global") */
     sset dirty;                 /* scopes set by point updates since the running refresh began */
     bool tracking, overflow;    /* a refresh is reading Redis; DIRTY_MAX exceeded meanwhile */
+    struct engaging *engaging;  /* halts cached by ks_engage whose SET has not answered yet */
     pthread_mutex_t refresh_mu; /* one refresh at a time */
     _Atomic size_t n_fast;      /* == halted.n, read without the lock */
     _Atomic uint64_t gen;       /* bumped by every change of halted (under the write lock) */
@@ -134,6 +143,10 @@ void ks_free(ks *k) {
     if (!k) return;
     sset_clear(&k->halted);
     sset_clear(&k->dirty);
+    for (struct engaging *e = k->engaging, *next; e; e = next) {
+        next = e->next;
+        free(e);
+    }
     free(k->prefix);
     free(k->control);
     free(k->instance);
@@ -177,6 +190,55 @@ static void apply(ks *k, const char *scope, bool halted) {
     if (k->tracking && !k->overflow) {
         if (k->dirty.n >= DIRTY_MAX || sset_add(&k->dirty, scope)) k->overflow = true;
     }
+}
+
+/* With the lock held: is an engagement of SCOPE in flight? */
+static struct engaging **engaging_find(ks *k, const char *scope) {
+    struct engaging **p = &k->engaging;
+    while (*p && strcmp((*p)->scope, scope) != 0) p = &(*p)->next;
+    return p;
+}
+
+/* ks_engage halts SCOPE before its SET, and until the SET has answered no
+ * read of Redis (a control re-read, a refresh) may release it: such a read
+ * can land between the two and find no record yet. -1 out of memory. */
+static int engaging_begin(ks *k, const char *scope) {
+    pthread_rwlock_wrlock(&k->rw);
+    apply(k, scope, true);
+    struct engaging **p = engaging_find(k, scope);
+    int rc = 0;
+    if (!*p) {
+        size_t len = strlen(scope) + 1;
+        struct engaging *e = malloc(sizeof *e + len);
+        if (e) {
+            e->next = NULL, e->n = 0;
+            memcpy(e->scope, scope, len);
+            *p = e;
+        }
+    }
+    if (*p)
+        (*p)->n++;
+    else
+        rc = -1;
+    pthread_rwlock_unlock(&k->rw);
+    return rc;
+}
+
+/* The SET answered. A read that began before this is retried (gen), and a
+ * refresh running now keeps the cache's word for SCOPE (dirty). */
+static void engaging_end(ks *k, const char *scope) {
+    pthread_rwlock_wrlock(&k->rw);
+    struct engaging **p = engaging_find(k, scope);
+    if (*p && --(*p)->n == 0) {
+        struct engaging *e = *p;
+        *p = e->next;
+        free(e);
+    }
+    atomic_fetch_add(&k->gen, 1);
+    if (k->tracking && !k->overflow) {
+        if (k->dirty.n >= DIRTY_MAX || sset_add(&k->dirty, scope)) k->overflow = true;
+    }
+    pthread_rwlock_unlock(&k->rw);
 }
 
 /* SCOPE is (not) halted, as this instance just made it in Redis. */
@@ -247,7 +309,9 @@ static int reread(ks *k, rds_client *c, const char *scope) {
         freeReplyObject(r);
         pthread_rwlock_wrlock(&k->rw);
         bool fresh = atomic_load(&k->gen) == before || attempt >= 3;
-        if (fresh) apply(k, scope, halts);
+        /* No record yet may only mean that our own engagement's SET is
+         * still on its way: that halt stays (engaging_begin). */
+        if (fresh && (halts || !*engaging_find(k, scope))) apply(k, scope, halts);
         pthread_rwlock_unlock(&k->rw);
         if (fresh) return 0;
     }
@@ -323,7 +387,11 @@ ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason,
     }
     /* Halt locally before the record exists anywhere: a sale that sees the
      * record must never slip through our own cache. */
-    if (halt_sales) cache_set(k, scope, true);
+    bool pending = halt_sales && can_halt(scope);
+    if (pending && engaging_begin(k, scope)) {
+        snprintf(err, errlen, "out of memory");
+        return KS_ERROR;
+    }
 
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "scope", scope);
@@ -337,8 +405,9 @@ ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason,
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!txt) {
+        if (pending) engaging_end(k, scope); /* the halt stays (fail closed) until a refresh */
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return KS_ERROR;
     }
     char idx[RDS_KEY_MAX];
     snprintf(idx, sizeof idx, "%skills", k->prefix);
@@ -360,6 +429,7 @@ ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason,
         rc = KS_ERROR;
     }
     freeReplyObject(r);
+    if (pending) engaging_end(k, scope);
     /* Already engaged by someone else, or failed: the cache follows the
      * record. When even that read fails the halt stays (fail closed) until a
      * refresh reads Redis again. */
@@ -549,6 +619,10 @@ int ks_refresh(ks *k, rds_client *c) {
             else
                 sset_del(&f.halted, s);
         }
+        /* An engagement in flight may have halted before the read began and
+         * its record may not have been there yet: it stays halted. */
+        for (const struct engaging *e = k->engaging; e && !f.oom; e = e->next)
+            if (sset_has(&k->halted, e->scope)) f.oom |= sset_add(&f.halted, e->scope) != 0;
         if (f.oom) {
             log_error("killswitch", "out of memory rebuilding the halt cache; keeping the old one");
             rc = -1;

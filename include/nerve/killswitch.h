@@ -18,7 +18,10 @@
  * synchronously by this instance's own engagements and resets, by a re-read
  * of one record from Redis when a control message names its scope, and by a
  * full refresh from Redis (on bus reconnect and periodically) that repairs
- * anything missed. A control message is only a hint to re-read: what it
+ * anything missed. An engagement halts in the cache before its record is
+ * written, and no read of Redis (re-read, refresh) releases that halt until
+ * the write has answered: such a read can land in between and find no
+ * record yet. A control message is only a hint to re-read: what it
  * says (op, halt_sales) is never believed, so a publisher on the control
  * channel can neither halt nor release anything; the record in Redis is the
  * truth.

@@ -16,6 +16,9 @@
  */
 #include "harness.h"
 
+#include "nerve/killswitch.h"
+#include "nerve/rds.h"
+
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1142,6 +1145,79 @@ static void test_listing_race_keeps_halt(void **state)
     h_pass();
 }
 
+/* --- 11. a control re-read never releases an engagement in flight ------------ */
+
+typedef struct engager {
+    ks *k;
+    rds_client *c;
+    ks_change rc;
+    char err[256];
+} engager;
+
+static void *engage_thread(void *ud)
+{
+    engager *e = ud;
+    e->rc = ks_engage(e->k, e->c, "sku:ENG1", "test", "admin", true, "dry_run", 0, e->err,
+                      sizeof e->err);
+    return NULL;
+}
+
+/* ks_engage halts in the cache before its SET reaches Redis. A control
+ * message's re-read whose GET landed in between (the record not there yet)
+ * used to release that halt, and nothing but the next refresh or a later
+ * message put it back; a refresh in between released it too. Redis is paused for writes (CLIENT PAUSE WRITE) so
+ * that the engagement's script waits while the re-read's GET is served. */
+static void test_engage_outruns_reread(void **state)
+{
+    (void)state;
+    char url[128], err[256];
+    rds_opts o = { .connect_timeout_ms = 2000, .command_timeout_ms = 10000 };
+    assert_int_equal(rds_parse_url(h_redis_url(redis, url, sizeof url), &o, err, sizeof err), 0);
+    rds_client *c1 = rds_client_new(&o), *c2 = rds_client_new(&o);
+    ks *k = ks_new(H_PREFIX, "eng-test-control", "t");
+    assert_non_null(c1);
+    assert_non_null(c2);
+    assert_non_null(k);
+    char sc[KS_SCOPE_MAX + 1];
+    const char *reset = "{\"op\":\"reset\",\"scope\":\"sku:ENG1\"}";
+
+    /* Load the scripts while Redis takes writes. */
+    engager e = { .k = k, .c = c1 };
+    engage_thread(&e);
+    assert_int_equal(e.rc, KS_CHANGED);
+    assert_int_equal(ks_reset(k, c1, "sku:ENG1"), KS_CHANGED);
+    assert_int_equal(ks_halted(k, "ENG1", sc), 0);
+
+    redisReply *r = h_redis_cmd(redis, "CLIENT PAUSE 5000 WRITE");
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, engage_thread, &e), 0);
+    double dl = h_deadline(5000);
+    while (h_before(dl) && !ks_halted(k, "ENG1", sc))
+        h_nap();
+    int before = ks_halted(k, "ENG1", sc);
+    ks_on_control(k, c2, reset, strlen(reset));    /* GET: nil, the SET still waits */
+    int during = ks_halted(k, "ENG1", sc);
+    assert_int_equal(ks_refresh(k, c2), 0);    /* reads the index: no record yet either */
+    int refreshed = ks_halted(k, "ENG1", sc);
+    freeReplyObject(h_redis_cmd(redis, "CLIENT UNPAUSE"));
+    pthread_join(th, NULL);
+    int after = ks_halted(k, "ENG1", sc);
+    cJSON *rec = h_kill_record(redis, "sku:ENG1");
+    assert_non_null(rec);
+    cJSON_Delete(rec);
+    ks_reset(k, c1, "sku:ENG1");
+    ks_free(k);
+    rds_client_free(c1);
+    rds_client_free(c2);
+    assert_int_equal(e.rc, KS_CHANGED);
+    if (before != 1 || during != 1 || refreshed != 1 || after != 1)
+        fail_msg("halted before the SET %d, after a re-read during it %d, after a refresh during "
+                 "it %d, once engaged %d: expected 1 1 1 1", before, during, refreshed, after);
+    h_pass();
+}
+
 /* --- main ----------------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1160,6 +1236,7 @@ int main(void)
         T(test_control_forgery),
         T(test_alert_levels),
         T(test_listing_race_keeps_halt),
+        T(test_engage_outruns_reread),
     };
     h_group_use(&redis, NULL, NULL);
     h_group_hook(&hook, hook_set, sizeof hook_set);
