@@ -198,6 +198,26 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb) {
 
         if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0) continue;
         if (asprintf(&path, "%s%s%s", dir, sep, de->d_name) < 0) continue;
+        /* The file name starts every message about the rule (FILE:LINE:
+         * message, in logs and `nerve check`): a newline in it would forge
+         * a log line. Refused, and named with its control bytes blanked. */
+        for (size_t i = 0; i < len; i++) {
+            unsigned char b = (unsigned char)de->d_name[i];
+
+            if (b < 0x20 || b == 0x7f) {
+                char clean[RULES_MSG_MAX];
+
+                rules_sanitize(clean, sizeof(clean), path, strlen(path));
+                rules_eb_add(eb, clean, 1,
+                             "cannot load rule file: its name holds a control character "
+                             "(byte 0x%02x): rename it",
+                             b);
+                free(path);
+                path = NULL;
+                break;
+            }
+        }
+        if (path == NULL) continue;
         /* A *.lua entry that cannot be loaded is an error, never skipped:
          * a dangling symlink or a vanished file would otherwise silently
          * remove a safety rule from the set (and `nerve check` say ok). */

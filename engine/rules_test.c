@@ -192,6 +192,9 @@ static void fixture_fn(lua_State *L, void *ud) {
     lua_pushvalue(L, -3);
     lua_call(L, 2, 1);
     rules_sbx_check_abort(L);
+    /* Before any decision is delivered: an evaluate that returned late must
+     * decide nothing (one C call can overrun between two looks). */
+    rules_sbx_check_deadline(L);
     res = lua_gettop(L);
 
     if (rules_sbx_decisions(L, res, f->chan, d, &n, fmsg, sizeof(fmsg)) != 0) {

@@ -308,6 +308,9 @@ static void eval_fn(lua_State *L, void *ud) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_ctx);
     lua_call(L, 2, 1);
     rules_sbx_check_abort(L);
+    /* Before any decision is delivered: an evaluate that returned late must
+     * decide nothing (one C call can overrun between two looks). */
+    rules_sbx_check_deadline(L);
     if (rules_sbx_decisions(L, 1, a->channel, d, &n, a->err, sizeof(a->err)) != 0) {
         a->bad = true;
         return;

@@ -27,6 +27,7 @@
 #include "nerve/config.h"
 #include "nerve/rules.h"
 #include "rules_capture.h"
+#include "../../engine/rules_int.h"
 
 #define TIMEOUT_MS 50
 
@@ -112,6 +113,36 @@ static const hostile cases[] = {
       "evaluation deadline exceeded" },
     { "utf8_len_loop", "local s = ('\\u{10FFFF}'):rep(1000000)\nwhile true do utf8.len(s) end",
       "evaluation deadline exceeded" },
+    /* The table functions read the length with __len (2e8: 3 s in one C
+     * call, 1e12: hours) and the elements with __index / __newindex. */
+    { "insert_len_meta", "local t = setmetatable({}, {__len = function() return 2e8 end})\n"
+                         "table.insert(t, 1, 'x')\n"
+                         "return { action = 'alert', level = 'info', reason = 'late' }",
+      "table.insert: the table has a __len metamethod" },
+    { "remove_len_meta", "local t = setmetatable({}, {__len = function() return 2e8 end})\n"
+                         "table.remove(t, 1)", "table.remove: the table has a __len metamethod" },
+    { "unpack_index_meta", "local t = setmetatable({}, {__index = function() return 1 end})\n"
+                           "table.unpack(t, 1, 10)", "table.unpack: the table has a __index metamethod" },
+    /* A set costs its length at each character: 9 s. */
+    { "long_class", "local s = ('c'):rep(100000)\ns:find('[' .. ('a'):rep(100000) .. ']')",
+      "string.find: pattern too costly for a 100000-byte subject" },
+    { "long_frontier", "local s = ('c'):rep(100000)\ns:find('%f[' .. ('a'):rep(100000) .. ']')",
+      "string.find: pattern too costly for a 100000-byte subject" },
+    /* A plain find compares up to the whole needle at each position: 27 s. */
+    { "plain_find_quadratic", "local s = ('a'):rep(2000000)\n"
+                              "s:find(('a'):rep(1000000) .. 'b', 1, true)",
+      "string.find: too much work for one call" },
+    /* Each comparison reads a 4 MB string: 5.4 s. */
+    { "sort_long_strings", "local s = ('a'):rep(4000000)\n"
+                           "local t = {} for i = 1, 2000 do t[i] = s end\ntable.sort(t)",
+      "table.sort: too much work for one call" },
+    /* A gmatch iterator searches on each call (6 ms here), and gsub calls it
+     * 1000 times without one instruction: 6 s, then the decision was
+     * delivered as if on time. */
+    { "gmatch_iterator", "local it = ('a'):rep(2000):gmatch('a-b');\n"
+                         "('x'):rep(1000):gsub('x', it)\n"
+                         "return { action = 'alert', level = 'info', reason = 'late' }",
+      "evaluation deadline exceeded (50 ms)" },
 };
 
 static void test_hostile_case(void **state)
@@ -622,6 +653,82 @@ static void test_unreadable_files(void **state)
     free(errs);
 }
 
+static double cpu_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* 30 ms of CPU in C: no instruction, so no look at the clock. */
+static void spin_fn(lua_State *L, void *ud)
+{
+    double t0 = cpu_s();
+
+    (void)L, (void)ud;
+    while (cpu_s() - t0 < 0.030)
+        ;
+}
+
+/* 30 ms blocked: the thread preempted, the rule using no time. */
+static void nap_fn(lua_State *L, void *ud)
+{
+    struct timespec ts = { 0, 30 * 1000000 };
+
+    (void)L, (void)ud;
+    nanosleep(&ts, NULL);       /* stands for a preemption, not synchronisation */
+}
+
+/* A call that ran past its deadline without any look used to succeed; one
+ * that was only preempted still does. */
+static void test_call_overrun(void **state)
+{
+    rules_sbx sbx;
+    rules_sbx_err e;
+
+    (void)state;
+    assert_int_equal(rules_sbx_open(&sbx, "overrun.lua", "overrun", 1000000, 1 << 20, 10, &e), 0);
+    assert_int_equal(rules_sbx_pcall(&sbx, spin_fn, NULL, &e), -1);
+    assert_int_equal(e.kind, RULES_SBX_TIME);
+    assert_string_equal(e.msg, "evaluation deadline exceeded (10 ms)");
+    assert_int_equal(rules_sbx_pcall(&sbx, nap_fn, NULL, &e), 0);
+    rules_sbx_close(&sbx);
+}
+
+/* A file name with a newline would forge a log line after it ("FILE:LINE:
+ * message"): a load error, the name shown with its control bytes blanked. */
+static void test_control_char_name(void **state)
+{
+    char sub[300], path[600], *errs, want[700];
+    cfg c;
+    rules_set *s;
+    FILE *f;
+
+    (void)state;
+    snprintf(sub, sizeof(sub), "%s/n", dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    snprintf(path, sizeof(path), "%s/a\n2026-12-04T00:00:00.000Z info rules all good.lua", sub);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("return { name = 'nl', on = {'t'}, evaluate = function() error('boom') end }\n", f);
+    fclose(f);
+    memset(&c, 0, sizeof(c));
+    c.rules_dir = sub;
+    c.rules_instruction_limit = 100000;
+    c.rules_memory_limit = 1 << 20;
+    c.max_event_bytes = 4096;
+    c.params = cJSON_CreateObject();
+    s = rules_set_load(&c, &errs);
+    cJSON_Delete(c.params);
+    assert_null(s);
+    snprintf(want, sizeof(want), "%s/a 2026-12-04T00:00:00.000Z info rules all good.lua:1: "
+             "cannot load rule file: its name holds a control character (byte 0x0a)", sub);
+    if (strstr(errs, want) == NULL || strchr(errs, '\n') != errs + strlen(errs) - 1)
+        fail_msg("errors: %s", errs);
+    free(errs);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -665,5 +772,7 @@ int main(void)
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_vm_kinds);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_rebind);
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_unreadable_files);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_call_overrun);
+    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_control_char_name);
     return _cmocka_run_group_tests("sandbox_limits", tests, n, setup, teardown);
 }
