@@ -19,11 +19,19 @@
 #include "nerve/clock.h"
 #include "nerve/log.h"
 
+/* A slot's state; changed only by compare-and-swap (see conns.h). */
+enum {
+    SLOT_IDLE,     /* waiting for a request (since since_ns) */
+    SLOT_BUSY,     /* in a handler */
+    SLOT_BODY,     /* in a handler, reading the body (since body_ns) */
+    SLOT_EVICTING, /* the evictor took it: shut, or about to be; final */
+};
+
 struct conns_slot {
     int used;                  /* open (under mu) */
-    int evicted;               /* shut: waiting for CivetWeb to close it (under mu) */
-    atomic_int busy;           /* in a handler (the worker writes, the evictor reads) */
+    atomic_int state;          /* SLOT_* */
     _Atomic uint64_t since_ns; /* waiting for a request since (clock_now_ns) */
+    _Atomic uint64_t body_ns;  /* reading the body since */
     const struct mg_connection *conn;
     char addr[48]; /* the peer as CivetWeb prints it, "" until known */
     int port, server_port;
@@ -35,12 +43,14 @@ struct conns {
     conns_slot *slots;
     int nslots, open;
     int evict_idle_ms;
+    int body_ms; /* a body may take this long when every worker is held */
     pthread_t evictor;
     int started, stop;
-    unsigned long long evicted; /* connections shut while waiting */
+    unsigned long long evicted;      /* connections shut (under mu) */
+    unsigned long long evicted_body; /* of those, reading a body */
 };
 
-conns *conns_new(int nslots, int evict_idle_ms) {
+conns *conns_new(int nslots, int evict_idle_ms, int request_timeout_ms) {
     conns *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->slots = calloc((size_t)(nslots > 0 ? nslots : 1), sizeof *c->slots);
@@ -50,6 +60,15 @@ conns *conns_new(int nslots, int evict_idle_ms) {
     }
     c->nslots = nslots;
     c->evict_idle_ms = evict_idle_ms > 0 ? evict_idle_ms : 1;
+    /* Long enough for any client that sends its body at once, whatever the
+     * network (a body is read only after its head arrived); short enough
+     * that a new client is not kept waiting long by slow ones. CivetWeb's
+     * own request_timeout_ms bounds only each wait for a byte, so this is
+     * capped by it. */
+    long long body = 20LL * c->evict_idle_ms;
+    if (body < 1000) body = 1000;
+    if (request_timeout_ms > 0 && body > request_timeout_ms) body = request_timeout_ms;
+    c->body_ms = (int)body;
     pthread_mutex_init(&c->mu, NULL);
     clock_cond_init(&c->cv);
     return c;
@@ -72,6 +91,7 @@ conns_slot *conns_open(conns *s, const struct mg_connection *conn) {
         if (c->used) continue;
         memset(c, 0, sizeof *c);
         c->used = 1;
+        atomic_store(&c->state, SLOT_IDLE);
         atomic_store(&c->since_ns, clock_now_ns());
         c->conn = conn;
         got = c;
@@ -90,15 +110,42 @@ void conns_close(conns *s, conns_slot *c) {
     pthread_mutex_unlock(&s->mu);
 }
 
-void conns_busy(conns_slot *c, int busy) {
+/* Swap state FROM for TO: 1 when it was FROM. */
+static int slot_swap(conns_slot *c, int from, int to) {
+    return atomic_compare_exchange_strong(&c->state, &from, to);
+}
+
+int conns_enter(conns_slot *c) {
+    if (!c) return 0;
+    return slot_swap(c, SLOT_IDLE, SLOT_BUSY) ? 0 : -1;
+}
+
+void conns_leave(conns_slot *c) {
     if (!c) return;
-    if (!busy) atomic_store(&c->since_ns, clock_now_ns());
-    atomic_store(&c->busy, busy);
+    /* since_ns first: the evictor reads it once it sees IDLE. */
+    atomic_store(&c->since_ns, clock_now_ns());
+    slot_swap(c, SLOT_BUSY, SLOT_IDLE);
+}
+
+int conns_body(conns_slot *c, int reading) {
+    if (!c) return 0;
+    if (reading) {
+        atomic_store(&c->body_ns, clock_now_ns());
+        return slot_swap(c, SLOT_BUSY, SLOT_BODY) ? 0 : -1;
+    }
+    return slot_swap(c, SLOT_BODY, SLOT_BUSY) ? 0 : -1;
 }
 
 unsigned long long conns_evicted(conns *s) {
     pthread_mutex_lock(&s->mu);
     unsigned long long n = s->evicted;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+unsigned long long conns_evicted_body(conns *s) {
+    pthread_mutex_lock(&s->mu);
+    unsigned long long n = s->evicted_body;
     pthread_mutex_unlock(&s->mu);
     return n;
 }
@@ -141,11 +188,13 @@ static int fd_is(int fd, const conns_slot *c) {
 }
 
 /* Under c->mu: shut the connections of the slots marked in WANT (N of
- * them). CivetWeb keeps its sockets to itself, so they are found among the
- * process's descriptors by their two ends; a slot is freed (conns_close,
- * which takes the mutex) before CivetWeb closes its socket, so a descriptor
- * found here is still that connection's. One whose next request is already
- * arriving (bytes unread) is left alone. */
+ * them; WANT[i] is the state, IDLE or BODY, seen + 1). CivetWeb keeps its
+ * sockets to itself, so they are found among the process's descriptors by
+ * their two ends; a slot is freed (conns_close, which takes the mutex)
+ * before CivetWeb closes its socket, so a descriptor found here is still
+ * that connection's. A slot is shut only if it is still in the state seen
+ * (swapped for EVICTING first: its worker then runs no handler). An idle
+ * one whose next request is already arriving (bytes unread) is left alone. */
 static void evict(conns *s, const char *want, int n) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return;
@@ -156,13 +205,19 @@ static void evict(conns *s, const char *want, int n) {
         if (*end || end == e->d_name || fd == dirfd(d)) continue;
         for (int i = 0; i < s->nslots; i++) {
             if (!want[i] || !fd_is((int)fd, &s->slots[i])) continue;
-            int unread = 0;
-            if (ioctl((int)fd, FIONREAD, &unread) == 0 && unread == 0) {
-                shutdown((int)fd, SHUT_RDWR);
-                s->slots[i].evicted = 1;
-                s->evicted++;
-            }
+            conns_slot *c = &s->slots[i];
+            int seen = want[i] - 1, unread = 0;
             n--;
+            if (!slot_swap(c, seen, SLOT_EVICTING)) break; /* its request began */
+            if (seen == SLOT_IDLE && (ioctl((int)fd, FIONREAD, &unread) != 0 || unread > 0)) {
+                /* If its worker saw EVICTING meanwhile, it closes the
+                 * connection unanswered itself. */
+                slot_swap(c, SLOT_EVICTING, SLOT_IDLE);
+                break;
+            }
+            shutdown((int)fd, SHUT_RDWR);
+            s->evicted++;
+            s->evicted_body += seen == SLOT_BODY;
             break;
         }
     }
@@ -170,10 +225,12 @@ static void evict(conns *s, const char *want, int n) {
 }
 
 /* While every worker holds a connection, shut those waiting for a request
- * for server.evict_idle_ms or more; sleep otherwise. */
+ * for server.evict_idle_ms or more, and those reading a body for body_ms or
+ * more; sleep otherwise. */
 static void *evictor_main(void *arg) {
     conns *s = arg;
     uint64_t limit = (uint64_t)s->evict_idle_ms * 1000000u;
+    uint64_t blimit = (uint64_t)s->body_ms * 1000000u;
     char *want = calloc((size_t)s->nslots, 1);
     if (!want) return NULL;
     pthread_mutex_lock(&s->mu);
@@ -186,16 +243,31 @@ static void *evictor_main(void *arg) {
         int n = 0;
         for (int i = 0; i < s->nslots; i++) {
             conns_slot *c = &s->slots[i];
-            int waiting = c->used && !atomic_load(&c->busy) && !c->evicted;
-            uint64_t since = atomic_load(&c->since_ns);
-            want[i] = waiting && now - since >= limit && slot_ends(c) == 0;
-            n += want[i];
-            if (waiting && !want[i] && since + limit < next) next = since + limit;
+            int st = c->used ? atomic_load(&c->state) : SLOT_EVICTING;
+            uint64_t since, lim;
+            if (st == SLOT_IDLE) {
+                since = atomic_load(&c->since_ns);
+                lim = limit;
+            } else if (st == SLOT_BODY) {
+                since = atomic_load(&c->body_ns);
+                lim = blimit;
+            } else {
+                want[i] = 0;
+                continue;
+            }
+            /* SINCE may be a moment after NOW (set since NOW was read). */
+            int due = since <= now && now - since >= lim;
+            want[i] = due && slot_ends(c) == 0 ? (char)(st + 1) : 0;
+            n += want[i] != 0;
+            if (!due && since + lim < next) next = since + lim;
         }
         if (n) {
+            unsigned long long before = s->evicted, body = s->evicted_body;
             evict(s, want, n);
-            log_debug("http", "every worker busy: %d idle connections shut (%llu in all)", n,
-                      s->evicted);
+            log_debug("http",
+                      "every worker busy: %llu connections shut (%llu reading a body too slowly; "
+                      "%llu in all)",
+                      s->evicted - before, s->evicted_body - body, s->evicted);
         }
         struct timespec dl = clock_deadline_ms((long long)((next - now) / 1000000u) + 1);
         pthread_cond_timedwait(&s->cv, &s->mu, &dl);

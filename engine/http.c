@@ -182,26 +182,63 @@ static void force_close(struct mg_connection *conn) {
     closing = 1;
 }
 
-/* CivetWeb stops reading header lines at the 64th (MG_MAX_HEADERS) and at an
- * obsolete line folding (a line starting with a space or tab, RFC 9112
- * §5.2): what follows is not seen by anyone here, though a proxy in front
- * may have read a Content-Length or Transfer-Encoding there. 1 when the head
- * went on past the last header CivetWeb kept. CivetWeb parses the head in
- * place, ending each line with NULs: after the last value come its one or
- * two line-end bytes (now NUL), then the next line, which must be the empty
- * one. */
-static int head_cut_short(const struct mg_request_info *ri) {
-    if (ri->num_headers >= MG_MAX_HEADERS) return 1;
-    if (ri->num_headers == 0) return 0;
+/* What head_check found. */
+enum { HEAD_WHOLE, HEAD_CUT, HEAD_OVERRUN };
+
+/* CivetWeb stops reading header lines at the 64th (MG_MAX_HEADERS), at an
+ * obsolete line folding (a line starting with a space, RFC 9112 §5.2), and
+ * at a line it cannot read as a header; and it ends a head only at LF LF or
+ * CR LF CR LF, so after a header line ending in a bare LF, "\r\n" (the empty
+ * line to RFC 9112 §2.2 and to a proxy in front) does not end it: the next
+ * request is taken as part of this head and never answered. What follows
+ * the last header CivetWeb kept is seen by no one here, though a proxy in
+ * front may have read a Content-Length or a whole request there.
+ *
+ * CivetWeb parses the head in place, turning each line end (CR and LF) into
+ * NULs: after the last value come its one or two line-end bytes, then the
+ * line that must be the empty one: CR then the head's last LF (NUL), or that
+ * LF alone (NUL). A byte other than NUL right after the first of them means
+ * a bare LF followed by more head. After two NULs (CR LF, or LF and the LF
+ * ending the head) the next bytes may be past the head (the body, the next
+ * request, what an earlier request left in CivetWeb's buffer), so only a
+ * space there is taken as a sign, and then the connection is merely closed.
+ * Without headers the same holds after the request line, whose line end
+ * (and any white space after it) CivetWeb turned into NULs: one NUL cannot
+ * have ended the head.
+ *
+ * HEAD_CUT (an obsolete folding, 64 lines: answered, then closed),
+ * HEAD_OVERRUN (a line after the headers that is not their end: refused),
+ * or HEAD_WHOLE. */
+static int head_check(const struct mg_request_info *ri) {
+    if (ri->num_headers >= MG_MAX_HEADERS) return HEAD_CUT;
+    const char *e;
+    if (ri->num_headers == 0) {
+        e = ri->http_version + strlen(ri->http_version);
+        return e[1] != '\0' ? HEAD_OVERRUN : HEAD_WHOLE;
+    }
     const char *v = ri->http_headers[ri->num_headers - 1].value;
-    const char *e = v + strlen(v);                        /* the last line's CR or LF */
-    if (e[1] != '\0') return e[1] == ' ' || e[1] == '\t'; /* LF, then the next line */
-    /* CR LF, or LF then the empty line that ends the head (its LF, now NUL).
-     * In the second case e[2] is past the head: read it only well inside
-     * CivetWeb's 16 KiB buffer (max_request_size), which starts at or before
-     * the method. A head this long is closed after the answer anyway. */
-    if (e + 2 - ri->request_method >= 15 * 1024) return 1;
-    return e[2] == ' ' || e[2] == '\t';
+    e = v + strlen(v); /* the last line's CR or LF */
+    /* LF, then the next line, which is not a LF (that would be NUL). */
+    if (e[1] != '\0') return e[1] == ' ' ? HEAD_CUT : HEAD_OVERRUN;
+    /* CR LF then the next line, or LF and the LF that ends the head. Read
+     * past the head only well inside CivetWeb's 16 KiB buffer
+     * (max_request_size), which starts at or before the method. A head this
+     * long is closed after the answer anyway. */
+    if (e + 2 - ri->request_method >= 15 * 1024) return HEAD_CUT;
+    return e[2] == ' ' || e[2] == '\t' ? HEAD_CUT : HEAD_WHOLE;
+}
+
+/* 1 when header H's line had white space between its name and the colon
+ * ("Transfer-Encoding : chunked"), which RFC 9112 §5.1 says a server must
+ * refuse with 400: a proxy in front may read the name otherwise. CivetWeb
+ * drops such spaces, turning them and the colon into NULs, and leaves the
+ * spaces after the colon in place (checked against CivetWeb 1.15: "Name:v",
+ * "Name: v" give "Name\0v", "Name\0 v"; "Name : v" gives "Name\0\0 v"; a tab
+ * before the colon it refuses itself). So a NUL right after the name's own
+ * NUL, before the value, was a space before the colon. */
+static int space_before_colon(const struct mg_header *h) {
+    const char *e = h->name + strlen(h->name);
+    return h->value > e + 1 && e[1] == '\0';
 }
 
 /* 1 when V is a Content-Length value RFC 9112 §6.2 allows: 1*DIGIT (the
@@ -221,17 +258,20 @@ static size_t length_digits(const char *v) {
 
 /* RFC 9112 §6.1-6.3: one reading of where this request ends, checked on the
  * header lines CivetWeb parsed (every one, repeats included) before any
- * body is read. 0 when the framing is sound; otherwise answers 400 with
- * Connection: close, closes the connection, and returns 400. A head that
- * went on past what CivetWeb kept (head_cut_short) is answered as usual and
- * its connection closed after the answer. */
+ * body is read; and §5.1, no white space before a header's colon. 0 when
+ * the framing is sound; otherwise answers 400 with Connection: close,
+ * closes the connection, and returns 400. So is a head CivetWeb read past
+ * its end (head_check); one that went on past what CivetWeb kept is
+ * answered as usual and its connection closed after the answer. */
 static int check_framing(http_server *s, struct mg_connection *conn) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const char *cl = NULL, *why = NULL;
     int te = 0;
     for (int i = 0; i < ri->num_headers && !why; i++) {
         const char *n = ri->http_headers[i].name, *v = ri->http_headers[i].value;
-        if (strcasecmp(n, "Content-Length") == 0) {
+        if (space_before_colon(&ri->http_headers[i])) {
+            why = "white space between a header name and its colon";
+        } else if (strcasecmp(n, "Content-Length") == 0) {
             if (!length_valid(v))
                 why = "Content-Length must be a decimal number of bytes, digits only";
             else if (cl && (length_digits(cl) != length_digits(v) ||
@@ -250,8 +290,10 @@ static int check_framing(http_server *s, struct mg_connection *conn) {
     if (!why && te && cl) why = "both Transfer-Encoding and Content-Length: send one of them";
     if (!why && te && strcmp(ri->http_version, "1.0") == 0)
         why = "Transfer-Encoding in an HTTP/1.0 request";
+    int head = why ? HEAD_WHOLE : head_check(ri);
+    if (head == HEAD_OVERRUN) why = "a line after the headers that does not end the head";
     if (!why) {
-        if (head_cut_short(ri)) force_close(conn);
+        if (head == HEAD_CUT) force_close(conn);
         return 0;
     }
     char msg[160];
@@ -262,11 +304,10 @@ static int check_framing(http_server *s, struct mg_connection *conn) {
 }
 
 /* Read the whole body into a malloc'd buffer of at most max bytes.
- * Returns 0 (body in *out, length *len), 413 when larger, 400 on a read error. */
-static int read_body(struct mg_connection *conn, long max, char **out, size_t *len) {
+ * Returns 0 (body in *out, length *len), 413 when larger, 400 on a read error
+ * or a body shorter than its Content-Length (the client went away). */
+static int read_body_all(struct mg_connection *conn, long max, char **out, size_t *len) {
     const struct mg_request_info *ri = mg_get_request_info(conn);
-    *out = NULL;
-    *len = 0;
     if (ri->content_length > max) return 413;
     size_t cap = ri->content_length >= 0 ? (size_t)ri->content_length + 1 : 1024;
     char *buf = malloc(cap);
@@ -296,17 +337,45 @@ static int read_body(struct mg_connection *conn, long max, char **out, size_t *l
             return 413;
         }
     }
+    if (ri->content_length >= 0 && (long long)n < ri->content_length) {
+        free(buf);
+        return 400;
+    }
     buf[n] = 0;
     *out = buf;
     *len = n;
     return 0;
 }
 
+/* read_body_all, while the evictor (conns.h) may shut a connection whose
+ * body arrives too slowly when every worker is held: then 408, and the
+ * request must be neither acted on nor answered. */
+static int read_body(struct mg_connection *conn, long max, char **out, size_t *len) {
+    conns_slot *slot = mg_get_user_connection_data(conn);
+    *out = NULL;
+    *len = 0;
+    int rc = conns_body(slot, 1) == 0 ? read_body_all(conn, max, out, len) : 0;
+    if (conns_body(slot, 0) == 0) return rc;
+    free(*out);
+    *out = NULL;
+    *len = 0;
+    return 408;
+}
+
 /* Read the body, answering 413 (and closing: the rest of an oversized body
  * is never read) or 400 itself. 0 with *BODY (caller frees), or the status
- * already sent. */
+ * already sent (408: none sent, the connection was shut while its body
+ * trickled in). */
 static int take_body(http_server *s, struct mg_connection *conn, char **body, size_t *len) {
     int rc = read_body(conn, s->d.cfg->max_body_bytes, body, len);
+    if (rc == 408) {
+        log_info("http",
+                 "connection from %s shut: its body arrived too slowly while every "
+                 "worker was held; the request was not acted on",
+                 mg_get_request_info(conn)->remote_addr);
+        force_close(conn);
+        return 408;
+    }
     if (rc == 413) {
         char msg[96];
         snprintf(msg, sizeof msg, "request body over %ld bytes", s->d.cfg->max_body_bytes);
@@ -771,9 +840,17 @@ static int route(struct mg_connection *conn, void *cbdata) {
     s->inflight++;
     pthread_mutex_unlock(&s->mu);
     conns_slot *slot = mg_get_user_connection_data(conn);
-    conns_busy(slot, 1);
-    int status = route_request(s, conn);
-    conns_busy(slot, 0);
+    int status;
+    if (conns_enter(slot) == 0) {
+        status = route_request(s, conn);
+        conns_leave(slot);
+    } else {
+        /* The evictor took this connection for idle as its request
+         * arrived: nothing is done and nothing answered; the client sees
+         * the connection close, as when it was idle, and may send again. */
+        mg_disable_connection_keep_alive(conn);
+        status = 503;
+    }
     pthread_mutex_lock(&s->mu);
     if (--s->inflight == 0 && s->draining) pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -856,7 +933,7 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     s->d = *d;
     pthread_mutex_init(&s->mu, NULL);
     clock_cond_init(&s->cv);
-    s->conns = conns_new(d->cfg->threads, d->cfg->evict_idle_ms);
+    s->conns = conns_new(d->cfg->threads, d->cfg->evict_idle_ms, d->cfg->request_timeout_ms);
     if (!s->conns) {
         snprintf(err, errlen, "out of memory");
         pthread_cond_destroy(&s->cv);

@@ -17,6 +17,11 @@
  * 2. Idle connections. With server.threads + 50 connections held open
  *    (sending nothing; idle after one request; sending their head a byte a
  *    second), a new client's sale must be answered within 1 s.
+ *
+ * 3. Eviction races. Keep-alive clients pausing about evict_idle_ms between
+ *    sales: every 200 received is a sale made, and no sale is made unanswered.
+ *    Bodies sent a byte at a time by every worker's connection: a new
+ *    client is answered within 2 s, and the slow sales never run.
  */
 #include "harness.h"
 
@@ -233,7 +238,48 @@ static const fcase cases[] = {
     /* CivetWeb refuses a folding with a tab itself. */
     { "CL hidden by a line folding (tab)",
       SALE_HEAD "X-A: a\r\n\tContent-Length: 159\r\n\r\n" ZERO HIDDEN(25), 400, false, true, "smug-25" },
+    /* White space between a header name and its colon (RFC 9112 §5.1: 400).
+     * CivetWeb drops it: before, the first was read as chunked, answered
+     * 409 on a connection kept open, and the hidden sale ran. */
+    { "TE with a space before the colon",
+      SALE_HEAD "Transfer-Encoding : chunked\r\n\r\n" ZERO_CHUNKED HIDDEN(26), 400, true, true, "smug-26" },
+    { "CL with spaces before the colon",
+      SALE_HEAD "Content-Length  : 159\r\n\r\n" ZERO HIDDEN(27), 400, true, true, "smug-27" },
+    { "Host with a space before the colon", "GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n" HIDDEN(28),
+      400, true, true, "smug-28" },
+    { "empty value, a space before the colon", "GET /healthz HTTP/1.1\r\nX-E :\r\n\r\n", 400, true,
+      true, NULL },
+    /* CivetWeb refuses a tab there itself. */
+    { "CL with a tab before the colon",
+      SALE_HEAD "Content-Length\t: 159\r\n\r\n" ZERO HIDDEN(29), 400, false, true, "smug-29" },
+    /* A header line ending in a bare LF, then CR LF: CivetWeb ends a head at
+     * LF LF or CR LF CR LF only, so it took the next request into this
+     * head and never answered it, on a connection kept open. */
+    { "bare LF then CR LF, a request after it",
+      "GET /healthz HTTP/1.1\r\nHost: x\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400, true,
+      true, NULL },
+    { "bare LF then CR LF, a sale after it",
+      "GET /healthz HTTP/1.1\r\nHost: x\n\r\n" HIDDEN(30), 400, true, true, "smug-30" },
+    /* Without headers CivetWeb reads the next request line as a header, and
+     * refuses it itself. */
+    { "no headers, bare LF then CR LF, a sale after it",
+      "GET /healthz HTTP/1.1\n\r\n" HIDDEN(31), 400, false, true, "smug-31" },
+    /* After a bare LF, a line CivetWeb does not read as a header stops its
+     * headers: what follows (here a Content-Length) was ignored. */
+    { "CL after a bare LF and a line starting with a colon",
+      SALE_HEAD "X-A: a\n:x\r\nContent-Length: 159\r\n\r\n" ZERO HIDDEN(32), 400, true, true, "smug-32" },
+    { "no headers, a bare LF and a line starting with a byte over 126",
+      "POST /sale HTTP/1.1\n\xff: x\r\nContent-Length: 159\r\n\r\n" ZERO HIDDEN(33), 400, true, true,
+      "smug-33" },
     /* Controls: well framed, answered, the connection kept. */
+    { "control: bare LF line ends", "GET /healthz HTTP/1.1\nHost: x\n\n", 200, true, false, NULL },
+    { "control: CR LF, then LF", "GET /healthz HTTP/1.1\r\nHost: x\r\n\n", 200, true, false, NULL },
+    { "control: no headers", "GET /healthz HTTP/1.1\r\n\r\n", 200, true, false, NULL },
+    { "control: no headers, LF LF", "GET /healthz HTTP/1.1\n\n", 200, true, false, NULL },
+    { "control: spaces after the colon, empty values",
+      "GET /healthz HTTP/1.1\r\nHost:   x\r\nX-E:\r\nX-F: \r\n\r\n", 200, true, false, NULL },
+    { "control: CL 2, a body starting with a colon",
+      SALE_HEAD "Content-Length: 2\r\n\r\n:x", 400, true, false, NULL },
     { "control: CL 25", SALE_HEAD "Content-Length: 25\r\n\r\n" ZERO, 409, true, false, NULL },
     { "control: CL 25 twice", SALE_HEAD "Content-Length: 25\r\nContent-Length: 25\r\n\r\n" ZERO, 409, true,
       false, NULL },
@@ -444,6 +490,196 @@ static void test_idle_slowloris(void **state)
     h_pass();
 }
 
+/* --- eviction races ----------------------------------------------------- */
+
+/* Connect to 127.0.0.1:PORT without cmocka (for threads): -1 on failure. */
+static int plain_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+#define RACE_SKU "fr-race"
+#define RACE_CLIENTS THREADS    /* every worker held: the evictor is at work */
+#define RACE_SALES 100          /* per client */
+#define RACE_STOCK 100000
+
+typedef struct race_client {
+    unsigned seed;
+    int ok, closed, other, connect_err;
+} race_client;
+
+/* One keep-alive client: RACE_SALES times, wait 45-65 ms (around
+ * server.evict_idle_ms, 50) then send a sale; a connection closed without
+ * an answer is reopened. */
+static void *race_main(void *arg)
+{
+    race_client *c = arg;
+    static const char req[] = SALE_HEAD "Content-Length: 25\r\n\r\n{\"sku\":\"" RACE_SKU "\",\"qty\":1}";
+    _Static_assert(sizeof "{\"sku\":\"" RACE_SKU "\",\"qty\":1}" == 26, "Content-Length: 25");
+    int fd = -1;
+    for (int i = 0; i < RACE_SALES; i++) {
+        if (fd < 0 && (fd = plain_connect(dmn->port)) < 0) {
+            c->connect_err++;
+            continue;
+        }
+        struct timespec ts = { 0, (45 + (long)(rand_r(&c->seed) % 21)) * 1000000L };
+        nanosleep(&ts, NULL);   /* the traffic's pace, not a synchronisation */
+        raw_send(fd, req, sizeof req - 1);
+        answer a;
+        read_answer(fd, 5000, &a);
+        if (a.status == 200) {
+            c->ok++;
+            continue;
+        }
+        if (a.status == -1)
+            c->closed++;
+        else
+            c->other++;
+        close(fd);
+        fd = -1;
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+/* Keep-alive clients that pause about server.evict_idle_ms between sales,
+ * with every worker held: the evictor shuts some of them as their next
+ * sale arrives. Each such sale must either run and be answered, or not run
+ * (the client sees the connection close): the 200s received equal the
+ * stock sold. Before the slot states were swapped atomically, the evictor
+ * could shut a connection whose sale had already been read: 1-21 sales per
+ * run were made while their client saw the connection close. */
+static void test_evict_race(void **state)
+{
+    (void)state;
+    H_SET_STOCK(dmn, RACE_SKU, RACE_STOCK);
+    race_client cl[RACE_CLIENTS];
+    pthread_t th[RACE_CLIENTS];
+    memset(cl, 0, sizeof cl);
+    for (int i = 0; i < RACE_CLIENTS; i++) {
+        cl[i].seed = (unsigned)(i * 7919 + (int)getpid());
+        assert_int_equal(pthread_create(&th[i], NULL, race_main, &cl[i]), 0);
+    }
+    int ok = 0, closed = 0, other = 0, cerr = 0;
+    for (int i = 0; i < RACE_CLIENTS; i++) {
+        pthread_join(th[i], NULL);
+        ok += cl[i].ok;
+        closed += cl[i].closed;
+        other += cl[i].other;
+        cerr += cl[i].connect_err;
+    }
+    long long sold = RACE_STOCK - H_REDIS_STOCK(redis, RACE_SKU);
+    printf("# %d clients x %d sales, 45-65 ms apart: %d answered 200, %d closed unanswered, "
+           "%d other, %d connect errors; stock sold %lld\n", RACE_CLIENTS, RACE_SALES, ok, closed,
+           other, cerr, sold);
+    assert_int_equal(other, 0);
+    assert_int_equal(cerr, 0);
+    if (sold != ok)
+        fail_msg("%lld sales made but %d answered 200: %lld made while their client saw the "
+                 "connection close", sold, ok, sold - ok);
+    h_pass();
+}
+
+#define SLOW_SKU "fr-slow"
+#define SLOW_TAIL 15            /* body bytes sent one per 200 ms: 3 s */
+
+typedef struct slow_body {
+    int fds[THREADS];
+    _Atomic int stop;
+} slow_body;
+
+/* The last SLOW_TAIL bytes of each body, one byte per 200 ms. */
+static void *slow_body_main(void *arg)
+{
+    slow_body *s = arg;
+    for (int k = 0; k < SLOW_TAIL && !atomic_load(&s->stop); k++) {
+        char b = k == SLOW_TAIL - 1 ? '}' : ' ';
+        for (int i = 0; i < THREADS; i++)
+            send(s->fds[i], &b, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        for (int t = 0; t < 40 && !atomic_load(&s->stop); t++)
+            h_nap();            /* ~200 ms, stopping at once */
+    }
+    return NULL;
+}
+
+/* server.threads connections send a sale's head and most of its body at
+ * once, then the rest a byte every 200 ms (done in 3 s): every worker waits
+ * in CivetWeb's read of the body, which keeps waiting while bytes trickle
+ * in. A new client's /healthz and sale must be answered within 2 s (the
+ * evictor shuts bodies that take over max(1 s, 20 x evict_idle_ms) when
+ * every worker is held); the slow sales must not run, not even once their
+ * bodies would have been complete; their connections are closed unanswered.
+ * Before, the new client waited for the slow bodies (26 s and more with a
+ * byte every 5 s). */
+static void test_slow_body(void **state)
+{
+    (void)state;
+    H_SET_STOCK(dmn, SLOW_SKU, 100);
+    H_SET_STOCK(dmn, SKU, 100);
+    slow_body sb;
+    memset(&sb, 0, sizeof sb);
+    double t0 = h_now();
+    for (int i = 0; i < THREADS; i++) {
+        char req[512], body[128];
+        int bl = snprintf(body, sizeof body, "{\"sku\":\"" SLOW_SKU "\",\"qty\":1,\"order_id\":\"slow-%02d\"", i);
+        snprintf(req, sizeof req, SALE_HEAD "Content-Length: %d\r\n\r\n%s", bl + SLOW_TAIL, body);
+        sb.fds[i] = raw_connect(dmn->port);
+        raw_send(sb.fds[i], req, strlen(req));
+    }
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, slow_body_main, &sb), 0);
+    h_resp hz, sale;
+    h_http(dmn, "GET", "/healthz", NULL, &hz, NULL);
+    double t_hz = h_now() - t0;
+    h_sale(dmn, "/sale", SKU, 1, NULL, &sale);
+    double t_sale = h_now() - t0;
+    /* The slow connections: closed, with nothing said. */
+    int unanswered = 0;
+    for (int i = 0; i < THREADS; i++) {
+        answer a;
+        read_answer(sb.fds[i], 5000, &a);
+        unanswered += a.status == -1;
+    }
+    double t_closed = h_now() - t0;
+    /* Past the moment the bodies would have been complete. */
+    pthread_join(th, NULL);
+    long long slow_stock = H_REDIS_STOCK(redis, SLOW_SKU);
+    int orders = 0;
+    for (int i = 0; i < THREADS; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "slow-%02d", i);
+        orders += !order_absent(id);
+        close(sb.fds[i]);
+    }
+    printf("# %d bodies a byte per 200 ms, %d threads: /healthz %ld after %.2f s, sale %ld after "
+           "%.2f s; %d slow connections closed unanswered (by %.2f s); slow sales run: %lld\n",
+           THREADS, THREADS, hz.status, t_hz, sale.status, t_sale, unanswered, t_closed,
+           100 - slow_stock);
+    assert_int_equal(hz.status, 200);
+    assert_int_equal(sale.status, 200);
+    h_resp_free(&hz);
+    h_resp_free(&sale);
+    assert_true(t_hz < 2.0);
+    assert_true(t_sale < 2.0);
+    assert_int_equal(unanswered, THREADS);
+    assert_int_equal(slow_stock, 100);
+    assert_int_equal(orders, 0);
+    h_pass();
+}
+
 /* --- main --------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
@@ -456,6 +692,8 @@ int main(void)
         T(test_idle_silent),
         T(test_idle_keepalive),
         T(test_idle_slowloris),
+        T(test_evict_race),
+        T(test_slow_body),
     };
     static const char *const sets[] = { "server.threads=" H_STR(THREADS), NULL };
     h_group_use(&redis, &dmn, sets);
