@@ -252,7 +252,7 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb) {
     closedir(d);
     if (*n == 0 && eb->count == 0)
         rules_eb_add(eb, dir, 1, "no rule files (*.lua) in the rules directory");
-    else
+    else if (*n > 0)
         qsort(v, *n, sizeof(*v), cmp_str);
     return v;
 }
