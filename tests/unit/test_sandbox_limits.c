@@ -75,6 +75,25 @@ static rules_set *load_files(const char *const *files, size_t n, char **errs)
     return s;
 }
 
+/* Write NAME with TEXT, load it alone and build a vm whose errors go to CAP;
+ * the set goes to *SET (the caller frees the vm, then unrefs the set). */
+static rules_vm *one_rule_vm(const char *name, const char *text, capture *cap, rules_set **set)
+{
+    const char *files[] = { name };
+    char *errs, err[256];
+    rules_vm *vm;
+
+    write_rule(name, text);
+    *set = load_files(files, 1, &errs);
+    if (*set == NULL)
+        fail_msg("load %s: %s", name, errs);
+    vm = rules_vm_new(*set, NULL, err, sizeof(err));
+    if (vm == NULL)
+        fail_msg("rules_vm_new: %s", err);
+    rules_vm_on_error(vm, on_err, cap);
+    return vm;
+}
+
 typedef struct hostile {
     const char *name;
     const char *body;           /* the body of evaluate(e, ctx) */
@@ -187,18 +206,13 @@ static void test_hostile_case(void **state)
 /* string.rep("", 1e15) used to loop 1e15 times copying nothing. */
 static void test_rep_empty(void **state)
 {
-    const char *files[] = { "rep.lua" };
-    char *errs, err[256];
     capture cap = { 0 };
 
     (void)state;
-    write_rule("rep.lua", "return { name = 'rep', on = {'t'}, evaluate = function(e, ctx)\n"
+    rules_set *s;
+    rules_vm *vm = one_rule_vm("rep.lua", "return { name = 'rep', on = {'t'}, evaluate = function(e, ctx)\n"
                "  local s = string.rep('', 1e15) .. string.rep('', 1e15, '')\n"
-               "  return { action = 'alert', level = 'info', reason = 'len ' .. #s } end }\n");
-    rules_set *s = load_files(files, 1, &errs);
-    assert_non_null(s);
-    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
-    rules_vm_on_error(vm, on_err, &cap);
+               "  return { action = 'alert', level = 'info', reason = 'len ' .. #s } end }\n", &cap, &s);
     assert_int_equal(rules_eval(vm, "t", "{}", 2, on_dec, &cap), 0);
     assert_int_equal(cap.n_dec, 1);
     assert_string_equal(cap.dec_reason[0], "len 0");
@@ -221,21 +235,16 @@ static int eval_now(rules_vm *vm, long long now, const char *json, capture *cap)
  * pattern is linear (whitespace clean-up over 64 KB). */
 static void test_patterns_allowed(void **state)
 {
-    const char *files[] = { "pat.lua" };
-    char *errs, err[256];
     capture cap;
 
     (void)state;
-    write_rule("pat.lua", "return { name = 'pat', on = {'t'}, evaluate = function(e, ctx)\n"
+    rules_set *s;
+    rules_vm *vm = one_rule_vm("pat.lua", "return { name = 'pat', on = {'t'}, evaluate = function(e, ctx)\n"
                "  local s = ('ab  '):rep(16000)\n"
                "  local t, n = s:gsub('%s+', ' ')\n"
                "  local words = 0 for w in s:gmatch('%a+') do words = words + 1 end\n"
                "  local k = ('campaign-' .. ('x'):rep(100) .. '-42'):match('^(%a+)-(%w+)-(%d+)$')\n"
-               "  return { action = 'alert', level = 'info', reason = n .. ' ' .. words .. ' ' .. k } end }\n");
-    rules_set *s = load_files(files, 1, &errs);
-    assert_non_null(s);
-    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
-    rules_vm_on_error(vm, on_err, &cap);
+               "  return { action = 'alert', level = 'info', reason = n .. ' ' .. words .. ' ' .. k } end }\n", &cap, &s);
     eval_now(vm, 1, "{}", &cap);
     if (cap.n_err)
         fail_msg("%s", cap.err_msg[0]);
@@ -283,18 +292,13 @@ static void test_fixture_deadline(void **state)
  * multiples of window_s, as the Redis one does. */
 static void test_incr_local(void **state)
 {
-    const char *files[] = { "incr.lua" };
-    char *errs, err[256];
     capture cap;
 
     (void)state;
-    write_rule("incr.lua", "return { name = 'incr', on = {'t'}, evaluate = function(e, ctx)\n"
+    rules_set *s;
+    rules_vm *vm = one_rule_vm("incr.lua", "return { name = 'incr', on = {'t'}, evaluate = function(e, ctx)\n"
                "  return { action = 'alert', level = 'info',\n"
-               "           reason = tostring(ctx.incr(e.key, 60, e.by)) } end }\n");
-    rules_set *s = load_files(files, 1, &errs);
-    assert_non_null(s);
-    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
-    rules_vm_on_error(vm, on_err, &cap);
+               "           reason = tostring(ctx.incr(e.key, 60, e.by)) } end }\n", &cap, &s);
     eval_now(vm, 120, "{\"key\":\"a\"}", &cap);
     assert_string_equal(cap.dec_reason[0], "1");
     eval_now(vm, 179, "{\"key\":\"a\",\"by\":4}", &cap);
@@ -332,18 +336,14 @@ static int fake_incr(void *ud, const char *rule, const char *key, size_t keylen,
 
 static void test_incr_backend(void **state)
 {
-    const char *files[] = { "incr.lua" };
-    char *errs, err[256], seen[256] = "";
+    char seen[256] = "";
     capture cap;
 
     (void)state;
-    write_rule("incr.lua", "return { name = 'incr', on = {'t'}, evaluate = function(e, ctx)\n"
+    rules_set *s;
+    rules_vm *vm = one_rule_vm("incr.lua", "return { name = 'incr', on = {'t'}, evaluate = function(e, ctx)\n"
                "  return { action = 'alert', level = 'info',\n"
-               "           reason = tostring(ctx.incr(e.key, 3600, 2)) } end }\n");
-    rules_set *s = load_files(files, 1, &errs);
-    assert_non_null(s);
-    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
-    rules_vm_on_error(vm, on_err, &cap);
+               "           reason = tostring(ctx.incr(e.key, 3600, 2)) } end }\n", &cap, &s);
     rules_vm_set_incr(vm, fake_incr, seen);
     eval_now(vm, 7200, "{\"key\":\"card:1\"}", &cap);
     assert_string_equal(cap.dec_reason[0], "42");
@@ -373,17 +373,12 @@ static int slow_incr(void *ud, const char *rule, const char *key, size_t keylen,
  * the thread uses no CPU meanwhile. */
 static void test_blocked_counts(void **state)
 {
-    const char *files[] = { "slow.lua" };
-    char *errs, err[256];
     capture cap;
 
     (void)state;
-    write_rule("slow.lua", "return { name = 'slow', on = {'t'}, evaluate = function(e, ctx)\n"
-               "  while true do ctx.incr('k', 60) end end }\n");
-    rules_set *s = load_files(files, 1, &errs);
-    assert_non_null(s);
-    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
-    rules_vm_on_error(vm, on_err, &cap);
+    rules_set *s;
+    rules_vm *vm = one_rule_vm("slow.lua", "return { name = 'slow', on = {'t'}, evaluate = function(e, ctx)\n"
+               "  while true do ctx.incr('k', 60) end end }\n", &cap, &s);
     rules_vm_set_incr(vm, slow_incr, NULL);
     double t0 = now_s();
     eval_now(vm, 1, "{}", &cap);
@@ -515,18 +510,13 @@ static void test_small_stack(void **state)
  * scope outside it is that rule's error. */
 static void test_scope(void **state)
 {
-    const char *files[] = { "scope.lua" };
-    char *errs, err[256];
     capture cap;
 
     (void)state;
-    write_rule("scope.lua", "return { name = 'scope', on = {'t'}, evaluate = function(e, ctx)\n"
+    rules_set *s;
+    rules_vm *vm = one_rule_vm("scope.lua", "return { name = 'scope', on = {'t'}, evaluate = function(e, ctx)\n"
                "  if e.raw then return { action = 'kill', scope = e.raw, reason = 'r' } end\n"
-               "  return { action = 'kill', scope = ctx.scope('campaign', e.id), reason = 'r' } end }\n");
-    rules_set *s = load_files(files, 1, &errs);
-    assert_non_null(s);
-    rules_vm *vm = rules_vm_new(s, NULL, err, sizeof(err));
-    rules_vm_on_error(vm, on_err, &cap);
+               "  return { action = 'kill', scope = ctx.scope('campaign', e.id), reason = 'r' } end }\n", &cap, &s);
     eval_now(vm, 1, "{\"id\":\"spring/sale@x\"}", &cap);
     assert_string_equal(cap.dec_scope[0], "campaign:spring/sale@x");
     eval_now(vm, 1, "{\"id\":\"spring sale 100%\"}", &cap);
