@@ -336,7 +336,6 @@ static void report(rules_vm *vm, const vm_rule *vr, const char *msg) {
 static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     char msg[RULES_MSG_MAX + 256];
     rules_sbx_err e;
-    uint64_t t0;
     int rc;
 
     if (vr->dead) {
@@ -351,9 +350,10 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     }
     a->vr = vr;
     a->bad = false;
-    t0 = rules_now_ns();
     rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
-    atomic_fetch_add_explicit(&vr->ctr->duration_ns, rules_now_ns() - t0, memory_order_relaxed);
+    /* The protected call read the clock when it started (its deadline). */
+    atomic_fetch_add_explicit(&vr->ctr->duration_ns, rules_now_ns() - vr->sbx.start_ns,
+                              memory_order_relaxed);
     atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
     if (rc == 0 && !a->bad) return 0;
     atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
