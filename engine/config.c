@@ -70,7 +70,8 @@
 #define OPT_SEED(k, f, n) \
     { .key = k, .type = T_SEED, F(f), .off_n = offsetof(cfg, n) }
 
-static check_fn check_listen, check_redis_url, check_prefix, check_http_url, check_header;
+static check_fn check_listen, check_redis_url, check_prefix, check_http_url, check_header,
+    check_name, check_ledger_url;
 
 static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
@@ -101,6 +102,13 @@ const opt cfg_opts[] = {
     OPT_INT("bus.queue_size", queue_size, 1, 1000000, 10000),
     OPT_LONG("bus.max_event_bytes", max_event_bytes, 64, 16777216, CFG_MAX_EVENT_BYTES_DEFAULT),
     OPT_INT("bus.stall_ms", stall_ms, 100, 3600000, 5000),
+    OPT_INT("bus.partitions", bus_partitions, 1, 1024, 16),
+    OPT_BOOL("bus.streams", bus_streams, 1),
+    OPT_LONG("bus.stream_maxlen", stream_maxlen, 1000, 1000000000, 1000000),
+    OPT_BOOL("bus.publish", bus_publish, 1),
+    OPT_BOOL("bus.pubsub_input", bus_pubsub_input, 1),
+    OPT_STR("bus.group", bus_group, 1, "nerve", check_name),
+    OPT_INT("bus.claim_idle_ms", claim_idle_ms, 100, 3600000, 30000),
 
     OPT_INT("lock.ttl_ms", lock_ttl_ms, 10, 600000, 2000),
     OPT_INT("lock.max_wait_ms", lock_max_wait_ms, 0, 600000, 1000),
@@ -131,6 +139,13 @@ const opt cfg_opts[] = {
 
     OPT_INT("alerts.throttle_s", alerts_throttle_s, 0, 86400, 60),
     OPT_LONG("alerts.audit_maxlen", audit_maxlen, 1, 10000000, 10000),
+
+    OPT_BOOL("ledger.enabled", ledger_enabled, 1),
+    OPT_STR("ledger.path", ledger_path, 1, "nerve-ledger.db", NULL),
+    OPT_STR("ledger.url", ledger_url, 0, "", check_ledger_url),
+    OPT_STR("ledger.group", ledger_group, 1, "nerve-ledger", check_name),
+    OPT_INT("ledger.batch", ledger_batch, 1, 10000, 256),
+    OPT_INT("ledger.lag_ready_ms", ledger_lag_ready_ms, 100, 86400000, 10000),
 
     OPT_SEED("inventory.seed", seed, n_seed),
 
@@ -307,6 +322,26 @@ static int check_prefix(const char *s, char *msg, size_t size) {
     if (!*p && p - s <= MAX_PREFIX) return 0;
     snprintf(msg, size, "must be at most %d bytes without spaces, { or } (got %s)", MAX_PREFIX,
              cfg_quote(q, s));
+    return -1;
+}
+
+/* Consumer group names: they appear in XINFO and in logs. */
+static int check_name(const char *s, char *msg, size_t size) {
+    char q[QBUF];
+    size_t n = strlen(s);
+    int ok = n >= 1 && n <= 64;
+    for (const char *p = s; ok && *p; p++)
+        ok = isalnum((unsigned char)*p) || strchr("._:-", *p);
+    if (ok) return 0;
+    snprintf(msg, size, "must be 1 to 64 of A-Z a-z 0-9 . _ : - (got %s)", cfg_quote(q, s));
+    return -1;
+}
+
+/* The URL is passed to libpq as it is; only its scheme is checked here, and it
+ * is never echoed back: it may carry a password. */
+static int check_ledger_url(const char *s, char *msg, size_t size) {
+    if (!*s || !strncmp(s, "postgresql://", 13) || !strncmp(s, "postgres://", 11)) return 0;
+    snprintf(msg, size, "must be empty (SQLite at ledger.path) or a postgresql:// URL");
     return -1;
 }
 

@@ -591,6 +591,7 @@ static const struct {
     { "NERVE_LISTEN", "server.listen" },
     { "NERVE_RULES_DIR", "rules.dir" },
     { "NERVE_PANIC_URL", "panic.webhook_url" },
+    { "NERVE_LEDGER_URL", "ledger.url" },
 };
 
 /* The YAML node for override text VAL into D, or NULL after reporting it. A

@@ -62,6 +62,13 @@ typedef struct cfg {
     int queue_size;          /* bounded event queue, 1..1000000, default 10000 */
     long max_event_bytes;    /* 64..16777216, default 65536 */
     int stall_ms; /* /readyz: evaluator stalled when events wait and none finished for this long, 100..3600000, default 5000 */
+    int bus_partitions;    /* SKU partitions (hash tags of keys and streams), 1..1024, default 16 */
+    bool bus_streams;      /* append events to streams and read them through a group, default true */
+    long stream_maxlen;    /* XADD MAXLEN ~ of each stream, 1000..1000000000, default 1000000 */
+    bool bus_publish;      /* also PUBLISH nerve's events (seed compatibility), default true */
+    bool bus_pubsub_input; /* evaluate Pub/Sub messages too (best effort), default true */
+    char *bus_group;       /* the evaluators' consumer group, default "nerve" */
+    int claim_idle_ms;     /* claim a dead consumer's entries idle this long, 100..3600000, default 30000 */
 
     /* lock */
     int lock_ttl_ms;      /* 10..600000, default 2000 */
@@ -96,6 +103,14 @@ typedef struct cfg {
     /* alerts */
     int alerts_throttle_s; /* 0..86400, default 60 */
     long audit_maxlen;     /* nerve:audit cap, 1..10000000, default 10000 */
+
+    /* ledger */
+    bool ledger_enabled;     /* default true */
+    char *ledger_path;       /* SQLite file, default "nerve-ledger.db" */
+    char *ledger_url;        /* "" = SQLite; postgresql://... (NERVE_LEDGER_URL overrides) */
+    char *ledger_group;      /* the ledger writers' consumer group, default "nerve-ledger" */
+    int ledger_batch;        /* entries per transaction, 1..10000, default 256 */
+    int ledger_lag_ready_ms; /* /readyz reason past this lag, 100..86400000, default 10000 */
 
     /* inventory.seed */
     cfg_seed *seed;
