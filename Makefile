@@ -13,8 +13,8 @@
 # Each target first installs the Debian packages its steps need (as root;
 # otherwise it prints the apt-get line and stops): the build packages before
 # any compile, cmocka before any test object, redis before `make run` and the
-# tests run, wrk before the bench, clang before the fuzz build, clang-format
-# before lint. tests/deps/test_make_deps.sh checks that order.
+# tests run (postgresql too: the ledger tests start one), wrk before the
+# bench, clang before the fuzz build, clang-format before lint. tests/deps/test_make_deps.sh checks that order.
 
 CC        ?= cc
 OPT       ?= -O2
@@ -23,7 +23,7 @@ BUILD     ?= build
 # The binary: ./nerve by default; sanitizer builds put theirs in their BUILD dir.
 BIN       ?= nerve
 
-PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto
+PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto sqlite3 libpq
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS    += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -Iinclude -pthread
 LDLIBS    += -lcivetweb -lm -pthread
@@ -33,13 +33,15 @@ CFLAGS    += -fsanitize=$(SANITIZER) -fno-sanitize-recover=all -fno-omit-frame-p
 LDFLAGS   += -fsanitize=$(SANITIZER)
 endif
 
-# Debian packages, by what needs them: compiling anything (build), the
-# tests (cmocka to compile them, redis to run them), make run, the bench
-# (wrk, redis), make lint. make fuzz's are DEB_FUZZ, below.
+# Debian packages, by what needs them: compiling anything (build; the
+# ledger links SQLite and libpq), the tests (cmocka to compile them, redis
+# and a real PostgreSQL to run them), make run, the bench (wrk, redis),
+# make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
-             libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev
+             libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
+             libsqlite3-dev libpq-dev
 DEB_REDIS := redis-server redis-tools
-DEB_TEST  := libcmocka-dev $(DEB_REDIS)
+DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS)
 DEB_BENCH := wrk $(DEB_REDIS)
 DEB_LINT  := clang-format
 
