@@ -229,6 +229,23 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
     return KS_CHANGED;
 }
 
+ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor) {
+    ks_change rc = ks_reset(a->k, c, scope);
+    if (rc != KS_CHANGED) return rc;
+    /* In the audit stream (and so in the ledger) with who reset it. */
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "kind", "kill_reset");
+    cJSON_AddStringToObject(o, "scope", scope);
+    cJSON_AddStringToObject(o, "actor", actor ? actor : "");
+    cJSON_AddNumberToObject(o, "ts", now_s());
+    cJSON_AddStringToObject(o, "instance", a->instance);
+    char *txt = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (txt) audit(a, c, "kill_reset", txt);
+    free(txt);
+    return rc;
+}
+
 int act_decision(act *a, rds_client *c, const rules_decision *d) {
     char err[256];
     switch (d->action) {

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "nerve/config.h"
 #include "nerve/evaluator.h"
 #include "nerve/http.h"
+#include "nerve/keys.h"
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/log.h"
@@ -96,6 +98,8 @@ typedef struct nerved {
     sale_engine *sale;
     http_server *http;
     pthread_mutex_t reload_mu; /* one reload at a time (SIGHUP and HTTP) */
+    int layout_checked;        /* bus.partitions compared with Redis' record */
+    _Atomic int layout_bad;    /* it differs: stop, exit 1 */
 } nerved;
 
 /* A reload applies rules.* (the rule set, its params and limits) and
@@ -189,18 +193,42 @@ static void on_control(void *ud, const char *msg, size_t len) {
     ks_on_control(d->ks, rds_pool_client(d->pool), msg, len);
 }
 
+/* Compare bus.partitions with the count recorded in Redis (keys.h): every
+ * key name depends on it, so a daemon with another count would sell from
+ * stock records nobody else sees. 0 same (or recorded now), -1 differs (the
+ * message is logged), 1 Redis did not answer (checked again on connect). */
+static int check_layout(nerved *d) {
+    rds_client *c = rds_pool_client(d->pool);
+    char err[512];
+    if (!c) return 1;
+    if (keys_check_partitions(c, d->c->redis_prefix, d->c->bus_partitions, err, sizeof err) == 0) {
+        d->layout_checked = 1;
+        return 0;
+    }
+    if (strncmp(err, "redis:", 6) == 0) return 1;
+    log_error("main", "%s", err);
+    return -1;
+}
+
 static void on_bus_connect(void *ud) {
     nerved *d = ud;
+    /* Redis did not answer at start: the first connection checks the layout,
+     * and a daemon with the wrong partition count stops (exit 1). */
+    if (!d->layout_checked && check_layout(d) < 0) {
+        d->layout_bad = 1;
+        kill(getpid(), SIGTERM);
+        return;
+    }
     rds_client *c = rds_pool_client(d->pool);
     if (c) ks_refresh(d->ks, c);
 }
 
-static void seed_inventory(const cfg *c, rds_pool *pool) {
+static void seed_inventory(const cfg *c, const sale_opts *so, rds_pool *pool) {
     if (!c->n_seed) return;
     rds_client *rc = rds_pool_client(pool);
     size_t set = 0;
     for (size_t i = 0; i < c->n_seed; i++) {
-        int r = rc ? sale_stock_seed(rc, c->redis_prefix, c->seed[i].sku, c->seed[i].stock) : -1;
+        int r = rc ? sale_stock_seed(rc, so, c->seed[i].sku, c->seed[i].stock) : -1;
         if (r < 0) {
             log_warn("main", "inventory seed skipped: redis unavailable error=\"%s\"",
                      rc ? rds_errstr(rc) : "oom");
@@ -321,9 +349,30 @@ int daemon_run(const daemon_args *a) {
         log_error("main", "out of memory");
         goto out;
     }
+    if (check_layout(&d) < 0) {
+        fprintf(stderr, "nerve: refusing to start: see the error above\n");
+        goto out;
+    }
+    sale_opts so = {
+        .prefix = c->redis_prefix,
+        .inventory_channel = c->inventory_channel,
+        .sales_channel = c->sales_channel,
+        .partitions = c->bus_partitions,
+        .streams = c->bus_streams,
+        .stream_maxlen = c->stream_maxlen,
+        .publish = c->bus_publish,
+        .instance = instance,
+        .lock_ttl_ms = c->lock_ttl_ms,
+        .lock_max_wait_ms = c->lock_max_wait_ms,
+        .idempotency_ttl_s = c->idempotency_ttl_s,
+        .max_batch = c->max_batch,
+        .max_qty = c->max_qty,
+        .gate = policy_gate,
+        .gate_ud = d.policy,
+    };
     rds_client *c0 = rds_pool_client(d.pool);
     if (c0) ks_refresh(d.ks, c0);
-    seed_inventory(c, d.pool);
+    seed_inventory(c, &so, d.pool);
 
     eval_opts eo = { .live = d.live,
                      .q = d.q,
@@ -350,18 +399,6 @@ int daemon_run(const daemon_args *a) {
         log_error("main", "%s", err);
         goto out;
     }
-    sale_opts so = {
-        .prefix = c->redis_prefix,
-        .inventory_channel = c->inventory_channel,
-        .sales_channel = c->sales_channel,
-        .lock_ttl_ms = c->lock_ttl_ms,
-        .lock_max_wait_ms = c->lock_max_wait_ms,
-        .idempotency_ttl_s = c->idempotency_ttl_s,
-        .max_batch = c->max_batch,
-        .max_qty = c->max_qty,
-        .gate = policy_gate,
-        .gate_ud = d.policy,
-    };
     d.sale = sale_engine_new(&so, d.pool);
     if (!d.sale) {
         log_error("main", "out of memory");
@@ -407,7 +444,7 @@ int daemon_run(const daemon_args *a) {
     wd.sigs = sigs;
     wd.grace_ms = c->shutdown_grace_ms;
     have_wd = pthread_create(&wd_thread, NULL, watchdog_run, &wd) == 0;
-    rc = 0;
+    rc = d.layout_bad ? 1 : 0;
 out:
     /* Order: stop taking requests (in-flight ones finish), then stop the bus,
      * let the evaluator drain the queue, then the emergency stops. */

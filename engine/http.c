@@ -420,7 +420,7 @@ static int handle_stock_get(http_server *s, struct mg_connection *conn, const ch
                           "sku must be 1-128 bytes of A-Z a-z 0-9 . _ : -");
     rds_client *rc = rds_pool_client(s->d.pool);
     sale_item it;
-    int r = rc ? sale_item_get(rc, s->d.cfg->redis_prefix, sku, &it) : -1;
+    int r = rc ? sale_item_get(rc, sale_engine_opts(s->d.sale), sku, &it) : -1;
     if (r < 0) return stock_unavailable(s, conn, rc);
     if (r == 1) {
         char msg[200];
@@ -446,7 +446,7 @@ static int handle_stock_put(http_server *s, struct mg_connection *conn, const ch
     if (bad) return send_error(s, conn, 400, "bad_request", err);
     rds_client *c = rds_pool_client(s->d.pool);
     sale_item now;
-    int r = c ? sale_item_put(c, s->d.cfg->redis_prefix, sku, &put, &now) : -1;
+    int r = c ? sale_item_put(c, sale_engine_opts(s->d.sale), sku, &put, &now) : -1;
     if (r < 0) return stock_unavailable(s, conn, c);
     if (r == 1) {
         char msg[256];
@@ -567,7 +567,7 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
                           "the path after /admin/killswitch/ must be a scope: " SCOPE_GRAMMAR
                           " (the path is percent-decoded once)");
     rds_client *c = rds_pool_client(s->d.pool);
-    ks_change r = c ? ks_reset(s->d.ks, c, scope) : KS_ERROR;
+    ks_change r = c ? act_reset(s->d.act, c, scope, "admin") : KS_ERROR;
     if (r == KS_ERROR) return unavailable(s, conn, "redis unavailable");
     if (r == KS_UNCHANGED) {
         char msg[256];

@@ -23,6 +23,7 @@
 
 #include "nerve/clock.h"
 #include "nerve/jsonck.h"
+#include "nerve/keys.h"
 #include "nerve/lock.h"
 #include "nerve/log.h"
 
@@ -152,17 +153,52 @@ out:
 
 /* ---- keys ------------------------------------------------------------------- */
 
-static int key(char *buf, const char *prefix, const char *sku, const char *suffix) {
-    int n = snprintf(buf, RDS_KEY_MAX, "%s{%s}:%s", prefix, sku, suffix);
-    return n > 0 && n < RDS_KEY_MAX ? n : -1;
+static int key(char *buf, const sale_opts *o, const char *sku, const char *kind) {
+    return keys_sku(buf, o->prefix, o->partitions, kind, sku);
 }
 
+/* The partition stream of CHANNEL that SKU's events go to. */
+static int stream_key(char *buf, const sale_opts *o, const char *sku, const char *channel) {
+    return keys_stream(buf, o->prefix, keys_partition(sku, o->partitions), channel);
+}
+
+/* What every event script is told about where its events go: ARGV "maxlen"
+ * ("" = streams off), "publish" ("1"/"0"), instance, partition. */
+typedef struct emit_args {
+    char maxlen[24], part[16];
+    const char *publish, *instance;
+} emit_args;
+
+static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
+    e->maxlen[0] = 0;
+    if (o->streams)
+        snprintf(e->maxlen, sizeof e->maxlen, "%ld", o->stream_maxlen > 0 ? o->stream_maxlen : 1000000L);
+    snprintf(e->part, sizeof e->part, "%d", keys_partition(sku, o->partitions));
+    e->publish = o->publish ? "1" : "0";
+    e->instance = o->instance ? o->instance : "";
+}
+
+/* The Lua both event scripts share: emit(stream key, channel, event table)
+ * appends the event to its partition stream (MAXLEN ~) and/or publishes it,
+ * one encoding for both so the two texts are the same. ARGV indexes of the
+ * emit_args are EM (maxlen), EM+1 (publish), EM+2 (instance), EM+3
+ * (partition). */
+#define EMIT_LUA(EM)                                                                           \
+    "local function emit(skey, channel, ev)\n"                                                 \
+    "  ev.instance = ARGV[" #EM " + 2]; ev.partition = tonumber(ARGV[" #EM " + 3])\n"          \
+    "  local txt = cjson.encode(ev)\n"                                                         \
+    "  if ARGV[" #EM "] ~= '' then\n"                                                          \
+    "    redis.call('XADD', skey, 'MAXLEN', '~', ARGV[" #EM "], '*', 'event', txt)\n"          \
+    "  end\n"                                                                                  \
+    "  if ARGV[" #EM " + 1] == '1' then redis.call('PUBLISH', channel, txt) end\n"             \
+    "end\n"
+
 /* ---- the commit script --------------------------------------------------------
- * KEYS[1] lock, KEYS[2] stock, KEYS[3] catalog price, KEYS[3+i] order record
- * of sale i.
+ * KEYS[1] lock, KEYS[2] stock, KEYS[3] catalog price, KEYS[4] inventory
+ * stream, KEYS[5] sales stream, KEYS[5+i] order record of sale i.
  * ARGV[1] token, [2] order ttl s, [3] inventory channel, [4] sales channel,
  * [5] ts (epoch seconds), [6] sku, [7] "1" to release the lock at the end,
- * then per sale: qty, unit_price ("" = none), order_id.
+ * [8..11] emit_args, then per sale: qty, unit_price ("" = none), order_id.
  * Reply: {"ok", code1, val1, code2, val2, ...} with code "ok" (val = stock
  * remaining), "oos" (val = stock), "none" (no stock record), "dup" (val =
  * "qty:stock_remaining" of the first sale), "price" (val = the catalog
@@ -173,9 +209,14 @@ static int key(char *buf, const char *prefix, const char *sku, const char *suffi
  * /admin/stock does meanwhile. A stored price that is not a number in
  * 0..1e15 counts as none: cjson cannot encode NaN or inf, and an error after
  * the first decrement would leave a sale recorded that was answered as
- * failed (Redis does not roll a script back). */
+ * failed (Redis does not roll a script back). The stream appends are in the
+ * same script for the same reason: a sale is in the log if and only if it
+ * was decremented. */
+#define COMMIT_KEYS 5
+#define COMMIT_FIXED_ARGS 11
 static rds_script commit_script = RDS_SCRIPT_INIT(
     LOCK_FENCE_LUA
+    EMIT_LUA(8)
     "local s = redis.call('GET', KEYS[2])\n"
     "local stock = s and tonumber(s)\n"
     "local cp = redis.call('GET', KEYS[3])\n"
@@ -184,12 +225,12 @@ static rds_script commit_script = RDS_SCRIPT_INIT(
     "local sold = false\n"
     "local ts = tonumber(ARGV[5])\n"
     "local out = {'ok'}\n"
-    "for i = 1, #KEYS - 3 do\n"
-    "  local b = 8 + (i - 1) * 3\n"
+    "for i = 1, #KEYS - 5 do\n"
+    "  local b = 12 + (i - 1) * 3\n"
     "  local qty = tonumber(ARGV[b])\n"
     "  local client = nil\n"
     "  if ARGV[b + 1] ~= '' then client = tonumber(ARGV[b + 1]) end\n"
-    "  local okey = KEYS[3 + i]\n"
+    "  local okey = KEYS[5 + i]\n"
     "  local prev = redis.call('GET', okey)\n"
     "  if prev then\n"
     "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
@@ -205,11 +246,11 @@ static rds_script commit_script = RDS_SCRIPT_INIT(
     "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
     "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
     "    local ev = {type='sale', sku=ARGV[6], qty=qty, unit_price=client or catalog or cjson.null,\n"
-    "      order_id=ARGV[b + 2], ts=ts}\n"
+    "      order_id=ARGV[b + 2], stock_remaining=stock, ts=ts}\n"
     "    if catalog then ev.catalog_price = catalog end\n"
-    "    redis.call('PUBLISH', ARGV[3], cjson.encode({type='stock_changed', sku=ARGV[6],\n"
-    "      stock_remaining=stock, ts=ts}))\n"
-    "    redis.call('PUBLISH', ARGV[4], cjson.encode(ev))\n"
+    "    emit(KEYS[4], ARGV[3], {type='stock_changed', source='sale', sku=ARGV[6],\n"
+    "      stock_remaining=stock, order_id=ARGV[b + 2], ts=ts})\n"
+    "    emit(KEYS[5], ARGV[4], ev)\n"
     "  end\n"
     "end\n"
     "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
@@ -289,27 +330,27 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
                                       const char *token, const sale_req *const *reqs,
                                       sale_res *const *res, size_t n, int release,
                                       int acquire_ttl_ms, char *err, size_t errlen) {
-    size_t nkeys = 3 + n, argc = nkeys + 7 + 3 * n;
+    size_t nkeys = COMMIT_KEYS + n, argc = nkeys + COMMIT_FIXED_ARGS + 3 * n;
     const char **argv = calloc(argc, sizeof *argv);
     size_t *argvlen = calloc(argc, sizeof *argvlen);
     char(*keys)[RDS_KEY_MAX] = calloc(nkeys, RDS_KEY_MAX);
     char(*nums)[2][40] = calloc(n, sizeof *nums);
     char ttl[24], ts[40];
+    emit_args em;
     sale_commit_result rc = SALE_COMMIT_ERROR;
     redisReply *r = NULL;
     if (!argv || !argvlen || !keys || !nums) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    if (key(keys[0], o->prefix, sku, "lock") < 0 || key(keys[1], o->prefix, sku, "stock") < 0 ||
-        key(keys[2], o->prefix, sku, "price") < 0) {
+    if (key(keys[0], o, sku, "lock") < 0 || key(keys[1], o, sku, "stock") < 0 ||
+        key(keys[2], o, sku, "price") < 0 || stream_key(keys[3], o, sku, o->inventory_channel) < 0 ||
+        stream_key(keys[4], o, sku, o->sales_channel) < 0) {
         snprintf(err, errlen, "key too long");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        char suffix[RDS_KEY_MAX];
-        snprintf(suffix, sizeof suffix, "order:%s", reqs[i]->order_id);
-        if (key(keys[3 + i], o->prefix, sku, suffix) < 0) {
+        if (keys_order(keys[COMMIT_KEYS + i], o->prefix, o->partitions, sku, reqs[i]->order_id) < 0) {
             snprintf(err, errlen, "key too long");
             goto out;
         }
@@ -318,6 +359,7 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
     clock_gettime(CLOCK_REALTIME, &now);
     snprintf(ttl, sizeof ttl, "%d", o->idempotency_ttl_s);
     snprintf(ts, sizeof ts, "%lld.%03ld", (long long)now.tv_sec, now.tv_nsec / 1000000);
+    emit_args_fill(&em, o, sku);
 
     size_t a = 0;
     for (size_t i = 0; i < nkeys; i++) argv[a++] = keys[i];
@@ -328,6 +370,10 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
     argv[a++] = ts;
     argv[a++] = sku;
     argv[a++] = release ? "1" : "0";
+    argv[a++] = em.maxlen;
+    argv[a++] = em.publish;
+    argv[a++] = em.instance;
+    argv[a++] = em.part;
     for (size_t i = 0; i < n; i++) {
         snprintf(nums[i][0], sizeof nums[i][0], "%lld", reqs[i]->qty);
         if (reqs[i]->has_price)
@@ -431,9 +477,9 @@ sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sk
 
 /* ---- stock helpers ------------------------------------------------------------ */
 
-int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long *stock) {
+int sale_stock_get(rds_client *c, const sale_opts *o, const char *sku, long long *stock) {
     char k[RDS_KEY_MAX];
-    if (key(k, prefix, sku, "stock") < 0) return -1;
+    if (key(k, o, sku, "stock") < 0) return -1;
     redisReply *r = rds_command(c, "GET %s", k);
     if (!r) return -1;
     int rc = -1;
@@ -451,24 +497,20 @@ int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long
     return rc;
 }
 
-static int stock_write(rds_client *c, const char *prefix, const char *sku, long long stock,
-                       int nx) {
-    char k[RDS_KEY_MAX];
-    if (key(k, prefix, sku, "stock") < 0) return -1;
-    redisReply *r = nx ? rds_command(c, "SET %s %lld NX", k, stock)
-                       : rds_command(c, "SET %s %lld", k, stock);
-    if (!r) return -1;
-    int rc = r->type == REDIS_REPLY_STATUS ? 1 : r->type == REDIS_REPLY_NIL ? 0 : -1;
-    freeReplyObject(r);
-    return rc;
+static int stock_write(rds_client *c, const sale_opts *o, const char *sku, const sale_put *p,
+                       const char *mode, sale_item *now);
+
+int sale_stock_set(rds_client *c, const sale_opts *o, const char *sku, long long stock) {
+    sale_put p = { .has_stock = true, .stock = stock, .price_op = SALE_PRICE_KEEP };
+    sale_item now;
+    return stock_write(c, o, sku, &p, "put", &now) == 0 ? 0 : -1;
 }
 
-int sale_stock_set(rds_client *c, const char *prefix, const char *sku, long long stock) {
-    return stock_write(c, prefix, sku, stock, 0) == 1 ? 0 : -1;
-}
-
-int sale_stock_seed(rds_client *c, const char *prefix, const char *sku, long long stock) {
-    return stock_write(c, prefix, sku, stock, 1);
+int sale_stock_seed(rds_client *c, const sale_opts *o, const char *sku, long long stock) {
+    sale_put p = { .has_stock = true, .stock = stock, .price_op = SALE_PRICE_KEEP };
+    sale_item now;
+    int rc = stock_write(c, o, sku, &p, "seed", &now);
+    return rc == 0 ? 1 : rc == 2 ? 0 : -1;
 }
 
 /* ---- the catalog record ------------------------------------------------------- */
@@ -514,15 +556,33 @@ int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen) {
     return 0;
 }
 
-/* KEYS[1] stock, KEYS[2] price. ARGV[1] stock ("" = keep), ARGV[2] "set",
- * "clear" or "keep", ARGV[3] price. Reply {"ok", stock, price or ""} or
- * {"none"} (price only, and no stock record: nothing changed). One script so
- * that stock and price change together and a price is never left on a SKU
- * that has no stock record. */
+/* The one script that writes a stock record outside a sale (PUT
+ * /admin/stock, its stock-only form sale_stock_set, inventory.seed).
+ * KEYS[1] stock, KEYS[2] price, KEYS[3] inventory stream. ARGV[1] stock
+ * ("" = keep), ARGV[2] "set", "clear" or "keep", ARGV[3] price, ARGV[4]
+ * "put" or "seed" (set only when there is no stock record), ARGV[5] sku,
+ * ARGV[6] ts, ARGV[7] inventory channel, ARGV[8..11] emit_args. Reply {"ok",
+ * stock, price or ""}, {"none"} (price only, and no stock record: nothing
+ * changed) or {"exists"} (seed, and a stock record exists: nothing changed).
+ * One script so that stock and price change together, a price is never left
+ * on a SKU that has no stock record, and a stock change is in the log with
+ * the value it replaced (the ledger adds the deltas up against the stock). */
 static rds_script put_script = RDS_SCRIPT_INIT(
+    EMIT_LUA(8)
     "local s = redis.call('GET', KEYS[1])\n"
     "if ARGV[1] == '' and not s then return {'none'} end\n"
-    "if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1]); s = ARGV[1] end\n"
+    "if ARGV[4] == 'seed' and s then return {'exists'} end\n"
+    "if ARGV[1] ~= '' then\n"
+    "  local prev = tonumber(s or '0') or 0\n"
+    "  local new = tonumber(ARGV[1])\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "  local ev = {type='stock_changed', source=ARGV[4] == 'seed' and 'seed' or 'admin',\n"
+    "    actor=ARGV[4] == 'seed' and 'seed' or 'admin', sku=ARGV[5], stock_remaining=new,\n"
+    "    previous=prev, delta=new - prev, ts=tonumber(ARGV[6])}\n"
+    "  if ARGV[2] == 'set' then ev.price = tonumber(ARGV[3]) end\n"
+    "  emit(KEYS[3], ARGV[7], ev)\n"
+    "  s = ARGV[1]\n"
+    "end\n"
     "if ARGV[2] == 'set' then redis.call('SET', KEYS[2], ARGV[3])\n"
     "elseif ARGV[2] == 'clear' then redis.call('DEL', KEYS[2]) end\n"
     "return {'ok', s, redis.call('GET', KEYS[2]) or ''}\n");
@@ -543,23 +603,33 @@ static void item_fill(sale_item *it, const redisReply *stock, const redisReply *
         it->has_price = price_parse(price->str, &it->price);
 }
 
-int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale_put *p,
-                  sale_item *now) {
-    char ks[RDS_KEY_MAX], kp[RDS_KEY_MAX], st[32] = "", pr[40] = "";
-    if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
+/* Run put_script: 0 done (*NOW filled), 1 "none", 2 "exists", -1 error. */
+static int stock_write(rds_client *c, const sale_opts *o, const char *sku, const sale_put *p,
+                       const char *mode, sale_item *now) {
+    char ks[RDS_KEY_MAX], kp[RDS_KEY_MAX], kst[RDS_KEY_MAX], st[32] = "", pr[40] = "", ts[40];
+    if (key(ks, o, sku, "stock") < 0 || key(kp, o, sku, "price") < 0 ||
+        stream_key(kst, o, sku, o->inventory_channel) < 0)
+        return -1;
     if (p->has_stock) snprintf(st, sizeof st, "%lld", p->stock);
     if (p->price_op == SALE_PRICE_SET) snprintf(pr, sizeof pr, "%.17g", p->price);
     const char *op = p->price_op == SALE_PRICE_SET     ? "set"
                      : p->price_op == SALE_PRICE_CLEAR ? "clear"
                                                        : "keep";
-    const char *argv[] = { ks, kp, st, op, pr };
-    size_t argvlen[] = { strlen(ks), strlen(kp), strlen(st), strlen(op), strlen(pr) };
-    redisReply *r = rds_eval(c, &put_script, 2, 5, argv, argvlen);
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    snprintf(ts, sizeof ts, "%lld.%03ld", (long long)t.tv_sec, t.tv_nsec / 1000000);
+    emit_args em;
+    emit_args_fill(&em, o, sku);
+    const char *argv[] = { ks, kp, kst, st, op, pr, mode, sku, ts, o->inventory_channel,
+                           em.maxlen, em.publish, em.instance, em.part };
+    redisReply *r = rds_eval(c, &put_script, 3, 14, argv, NULL);
     int rc = -1;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
         r->element[0]->type == REDIS_REPLY_STRING) {
         if (strcmp(r->element[0]->str, "none") == 0) {
             rc = 1;
+        } else if (strcmp(r->element[0]->str, "exists") == 0) {
+            rc = 2;
         } else if (r->elements == 3) {
             item_fill(now, r->element[1], r->element[2]);
             rc = 0;
@@ -569,9 +639,15 @@ int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale
     return rc;
 }
 
-int sale_item_get(rds_client *c, const char *prefix, const char *sku, sale_item *it) {
+int sale_item_put(rds_client *c, const sale_opts *o, const char *sku, const sale_put *p,
+                  sale_item *now) {
+    int rc = stock_write(c, o, sku, p, "put", now);
+    return rc == 2 ? -1 : rc;
+}
+
+int sale_item_get(rds_client *c, const sale_opts *o, const char *sku, sale_item *it) {
     char ks[RDS_KEY_MAX], kp[RDS_KEY_MAX];
-    if (key(ks, prefix, sku, "stock") < 0 || key(kp, prefix, sku, "price") < 0) return -1;
+    if (key(ks, o, sku, "stock") < 0 || key(kp, o, sku, "price") < 0) return -1;
     redisReply *r = rds_command(c, "MGET %s %s", ks, kp);
     int rc = -1;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
@@ -620,7 +696,7 @@ typedef struct stripe {
 
 struct sale_engine {
     sale_opts o;
-    char *prefix, *inv_ch, *sales_ch;
+    char *prefix, *inv_ch, *sales_ch, *instance;
     rds_pool *pool;
     stripe stripes[NSTRIPES];
     _Atomic uint64_t results[SALE_RESULT_COUNT];
@@ -634,7 +710,9 @@ sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool) {
     e->prefix = strdup(o->prefix);
     e->inv_ch = strdup(o->inventory_channel);
     e->sales_ch = strdup(o->sales_channel);
-    if (!e->prefix || !e->inv_ch || !e->sales_ch) goto err;
+    e->instance = strdup(o->instance ? o->instance : "");
+    if (!e->prefix || !e->inv_ch || !e->sales_ch || !e->instance) goto err;
+    e->o.instance = e->instance;
     e->o.prefix = e->prefix;
     e->o.inventory_channel = e->inv_ch;
     e->o.sales_channel = e->sales_ch;
@@ -652,7 +730,12 @@ void sale_engine_free(sale_engine *e) {
     free(e->prefix);
     free(e->inv_ch);
     free(e->sales_ch);
+    free(e->instance);
     free(e);
+}
+
+const sale_opts *sale_engine_opts(const sale_engine *e) {
+    return &e->o;
 }
 
 static const char *const result_names[SALE_RESULT_COUNT] = {
@@ -699,7 +782,7 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
     rds_client *c = rds_pool_client(e->pool);
     if (!c) {
         fail = "out of memory";
-    } else if (key(lk, e->o.prefix, sku, "lock") < 0) {
+    } else if (key(lk, &e->o, sku, "lock") < 0) {
         fail = "key too long";
     } else {
         /* Fast path: take the lock and commit in one round trip. */

@@ -67,6 +67,11 @@ act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *
 ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
                    bool halt_sales, char *err, size_t errlen);
 
+/* Reset SCOPE (ks_reset) and, when it was engaged, append
+ * {"kind":"kill_reset","scope","actor","ts","instance"} to the audit stream
+ * (kind "kill_reset"). ACTOR: who asked ("admin" for the API). */
+ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor);
+
 /* Alert levels as this instance counts them (nerve_alerts_suppressed_total's
  * level label): a level outside the four known ones counts as "other". */
 typedef enum {

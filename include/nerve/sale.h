@@ -18,9 +18,15 @@
  * catalog_price so that rules judge pricing errors on a number no anonymous
  * client controls.
  *
- * Keys (PREFIX defaults to "nerve:"): PREFIX{SKU}:stock, PREFIX{SKU}:price,
- * PREFIX{SKU}:lock, PREFIX{SKU}:order:<order_id> (one hash tag per SKU:
- * single-slot scripts).
+ * Keys and streams: keys.h (PREFIX{pN}:stock:SKU, ...:price:SKU, ...:lock:SKU,
+ * ...:order:SKU:ORDER_ID, PREFIX{pN}:stream:CHANNEL; N = the SKU's
+ * partition). With streams on, the commit script appends each sale event and
+ * each stock_changed event to its channel's partition stream (field "event",
+ * the JSON text also PUBLISHed) in the same script as the decrement, so an
+ * acknowledged sale is never missing from the log; a stock set through
+ * sale_item_put or seeded is appended the same way. Every event nerve appends
+ * carries "partition" (the Pub/Sub input skips such messages: they are read
+ * from the stream) and "instance".
  *
  * Ownership: sale_engine_new copies what it needs from its options except the
  * pool, which must outlive the engine. sale_execute is thread-safe.
@@ -90,6 +96,11 @@ typedef struct sale_opts {
     const char *prefix;            /* key prefix, "nerve:" */
     const char *inventory_channel; /* stock_changed events */
     const char *sales_channel;     /* sale events */
+    int partitions;                /* bus.partitions; < 1 counts as 1 */
+    bool streams;                  /* XADD events to the partition streams */
+    long stream_maxlen;            /* their MAXLEN ~; <= 0: 1000000 */
+    bool publish;                  /* PUBLISH events too */
+    const char *instance;          /* recorded in events; NULL: "" */
     int lock_ttl_ms;
     int lock_max_wait_ms;
     int idempotency_ttl_s;
@@ -104,6 +115,10 @@ typedef struct sale_engine sale_engine;
 /* NULL only on OOM. POOL must outlive the engine. */
 sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool);
 void sale_engine_free(sale_engine *e);
+
+/* The engine's options (its own copies): what the stock helpers below take,
+ * so that every caller names keys and streams the way the engine does. */
+const sale_opts *sale_engine_opts(const sale_engine *e);
 
 /* Run one validated sale to its end, waiting for its batch. Thread-safe. */
 void sale_execute(sale_engine *e, const sale_req *req, sale_res *res);
@@ -158,12 +173,15 @@ sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sk
                                const char *token, const sale_req *reqs, sale_res *res, size_t n,
                                char *err, size_t errlen);
 
-/* Stock record helpers. sale_stock_get: 0 with *stock set, 1 when the SKU
- * has no stock record, -1 on error. sale_stock_set: 0 or -1. sale_stock_seed:
- * SET NX; 1 when set, 0 when already present, -1 on error. */
-int sale_stock_get(rds_client *c, const char *prefix, const char *sku, long long *stock);
-int sale_stock_set(rds_client *c, const char *prefix, const char *sku, long long stock);
-int sale_stock_seed(rds_client *c, const char *prefix, const char *sku, long long stock);
+/* Stock record helpers (O gives the prefix, partitions, streams). sale_stock_get:
+ * 0 with *stock set, 1 when the SKU has no stock record, -1 on error.
+ * sale_stock_set: as PUT /admin/stock with only a stock (event with actor
+ * "admin"); 0 or -1. sale_stock_seed: set only when the SKU has no stock
+ * record (event with source and actor "seed"); 1 when set, 0 when already
+ * present, -1 on error. */
+int sale_stock_get(rds_client *c, const sale_opts *o, const char *sku, long long *stock);
+int sale_stock_set(rds_client *c, const sale_opts *o, const char *sku, long long stock);
+int sale_stock_seed(rds_client *c, const sale_opts *o, const char *sku, long long stock);
 
 /* A SKU's catalog record: its stock and the operator's catalog price. */
 typedef struct sale_item {
@@ -188,15 +206,17 @@ typedef struct sale_put {
 int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen);
 
 /* Apply P to SKU atomically (one script: the stock and the price change
- * together or not at all) and read back the record into *NOW. 0 done; 1 when
+ * together or not at all, and a stock change is appended to the inventory
+ * stream with its previous value and delta, actor "admin") and read back the
+ * record into *NOW. 0 done; 1 when
  * P sets only the price and SKU has no stock record (nothing changed: a price
  * without stock would describe a SKU nerve does not sell); -1 on error. */
-int sale_item_put(rds_client *c, const char *prefix, const char *sku, const sale_put *p,
+int sale_item_put(rds_client *c, const sale_opts *o, const char *sku, const sale_put *p,
                   sale_item *now);
 
 /* Read SKU's stock and catalog price in one round trip: 0 with *IT filled,
  * 1 when the SKU has no stock record, -1 on error. A stored price that is not
  * a number in 0..SALE_PRICE_MAX reads as none, as the commit script sees it. */
-int sale_item_get(rds_client *c, const char *prefix, const char *sku, sale_item *it);
+int sale_item_get(rds_client *c, const sale_opts *o, const char *sku, sale_item *it);
 
 #endif

@@ -151,7 +151,8 @@ static rds_pool *pool_new(void) {
 
 static sale_opts opts(void) {
     sale_opts o = {
-        .prefix = "nerve:", .inventory_channel = "inventory_events", .sales_channel = "sales_events",
+        .prefix = "nerve:", .partitions = 16, .streams = true, .publish = true,
+        .inventory_channel = "inventory_events", .sales_channel = "sales_events",
         .lock_ttl_ms = 2000, .lock_max_wait_ms = 1000, .idempotency_ttl_s = 60, .max_batch = 16,
         .max_qty = 1000,
     };
@@ -185,9 +186,9 @@ static void test_core_parse_lock_commit(void **state) {
     rds_pool *pool = pool_new();
     rds_client *c = rds_pool_client(pool);
     assert_non_null(c);
-    assert_int_equal(sale_stock_set(c, "nerve:", "core-1", 5), 0);
-
     sale_opts o = opts();
+    assert_int_equal(sale_stock_set(c, &o, "core-1", 5), 0);
+
     sale_engine *e = sale_engine_new(&o, pool);
     assert_non_null(e);
 
@@ -222,7 +223,7 @@ static void test_core_parse_lock_commit(void **state) {
     sale_record(e, SALE_BAD_REQUEST, false, 0.00005);
 
     long long stock = -1;
-    assert_int_equal(sale_stock_get(c, "nerve:", "core-1", &stock), 0);
+    assert_int_equal(sale_stock_get(c, &o, "core-1", &stock), 0);
     assert_int_equal(stock, 3);
 
     sale_stats st;
@@ -252,11 +253,11 @@ static void test_core_commit_fenced_by_lock(void **state) {
     (void)state;
     rds_pool *pool = pool_new();
     rds_client *c = rds_pool_client(pool);
-    assert_int_equal(sale_stock_set(c, "nerve:", "core-2", 10), 0);
     sale_opts o = opts();
+    assert_int_equal(sale_stock_set(c, &o, "core-2", 10), 0);
 
     char holder[LOCK_TOKEN_LEN + 1], other[LOCK_TOKEN_LEN + 1], err[256];
-    assert_int_equal(lock_acquire(c, "nerve:{core-2}:lock", 5000, 0, holder, err, sizeof err), LOCK_OK);
+    assert_int_equal(lock_acquire(c, "nerve:{p1}:lock:core-2", 5000, 0, holder, err, sizeof err), LOCK_OK);
     lock_token_new(other);
     assert_string_not_equal(holder, other);
 
@@ -267,15 +268,15 @@ static void test_core_commit_fenced_by_lock(void **state) {
     memset(&res, 0, sizeof res);
     assert_int_equal(sale_commit(c, &o, "core-2", other, &req, &res, 1, err, sizeof err), 1);
     long long stock = -1;
-    assert_int_equal(sale_stock_get(c, "nerve:", "core-2", &stock), 0);
+    assert_int_equal(sale_stock_get(c, &o, "core-2", &stock), 0);
     assert_int_equal(stock, 10);
 
     assert_int_equal(sale_commit(c, &o, "core-2", holder, &req, &res, 1, err, sizeof err), 0);
     assert_int_equal(res.status, SALE_OK);
     assert_int_equal(res.stock_remaining, 9);
     /* Released by the script: another token takes it at once. */
-    assert_int_equal(lock_try(c, "nerve:{core-2}:lock", other, 1000, err, sizeof err), LOCK_OK);
-    assert_int_equal(lock_release(c, "nerve:{core-2}:lock", other), LOCK_CAS_DONE);
+    assert_int_equal(lock_try(c, "nerve:{p1}:lock:core-2", other, 1000, err, sizeof err), LOCK_OK);
+    assert_int_equal(lock_release(c, "nerve:{p1}:lock:core-2", other), LOCK_CAS_DONE);
     rds_pool_free(pool);
 }
 

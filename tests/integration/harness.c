@@ -19,6 +19,7 @@
  * parsed after the threads joined (cJSON_Parse writes a global on error).
  */
 #include "harness.h"
+#include "nerve/keys.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -1324,10 +1325,22 @@ long long h_get_stock_at(const h_daemon *d, const char *sku, const char *file, i
     return v;
 }
 
+const char *h_key(char *out, const char *kind, const char *sku)
+{
+    keys_sku(out, H_PREFIX, H_PARTITIONS, kind, sku);
+    return out;
+}
+
+const char *h_order_key(char *out, const char *sku, const char *order_id)
+{
+    keys_order(out, H_PREFIX, H_PARTITIONS, sku, order_id);
+    return out;
+}
+
 long long h_redis_stock_at(h_redis *r, const char *sku, const char *file, int line)
 {
-    char key[512];
-    snprintf(key, sizeof key, H_PREFIX "{%s}:stock", sku);
+    char key[RDS_KEY_MAX];
+    h_key(key, "stock", sku);
     long long v = -1;
     int rc = h_redis_get_ll(r, key, &v);
     if (rc < 0)

@@ -55,11 +55,14 @@
 #include <hiredis/hiredis.h>
 
 #include "../lib/mock_webhook.h"
+#include "nerve/keys.h"
 
 #define H_ADMIN_TOKEN "test-token"
 #define H_STR_(x) #x
 #define H_STR(x) H_STR_(x)
 #define H_PREFIX "nerve:"
+/* bus.partitions of the daemons the harness starts (the default). */
+#define H_PARTITIONS 16
 
 /* --- process ----------------------------------------------------------- */
 
@@ -294,7 +297,12 @@ void h_set_stock_at(const h_daemon *d, const char *sku, long long stock,
                     const char *file, int line);
 /* GET /stock/SKU: the stock, or -1 on 404 (other answers fail the test). */
 long long h_get_stock_at(const h_daemon *d, const char *sku, const char *file, int line);
-/* GET PREFIX{SKU}:stock: the value, or -1 when absent. */
+/* The Redis key of SKU's KIND ("stock", "price", "lock") in BUF (600
+ * bytes), as a daemon with H_PREFIX and H_PARTITIONS names it (keys.h). */
+const char *h_key(char *out, const char *kind, const char *sku);
+/* The key of SKU's idempotency record of ORDER_ID ("*": a KEYS pattern). */
+const char *h_order_key(char *out, const char *sku, const char *order_id);
+/* GET PREFIX{pN}:stock:SKU: the value, or -1 when absent. */
 long long h_redis_stock_at(h_redis *r, const char *sku, const char *file, int line);
 void h_assert_error_at(const h_resp *r, long status, const char *code,
                        const char *file, int line);

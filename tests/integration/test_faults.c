@@ -463,7 +463,7 @@ static void test_fencing_redis_pause(void **state)
     h_redis *r = h_redis_start(false);
     assert_non_null(r);
     const char *sku = "fence-1";
-    const char *lock = H_PREFIX "{fence-1}:lock", *stock = H_PREFIX "{fence-1}:stock";
+    const char *lock = H_PREFIX "{p0}:lock:fence-1", *stock = H_PREFIX "{p0}:stock:fence-1";
     const char *tok_a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", *tok_b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     redisReply *rep = h_redis_cmd(r, "SET %s 10", stock);
     freeReplyObject(rep);
@@ -497,7 +497,8 @@ static void test_fencing_redis_pause(void **state)
     ro.reconnect_max_ms = 100;
     rds_client *c = rds_client_new(&ro);
     assert_non_null(c);
-    sale_opts so = { .prefix = H_PREFIX, .inventory_channel = "inventory_events",
+    sale_opts so = { .prefix = H_PREFIX, .partitions = H_PARTITIONS,
+                     .inventory_channel = "inventory_events",
                      .sales_channel = "sales_events", .lock_ttl_ms = 300, .lock_max_wait_ms = 0,
                      .idempotency_ttl_s = 60, .max_batch = 1, .max_qty = 100 };
     sale_req q;
@@ -514,7 +515,7 @@ static void test_fencing_redis_pause(void **state)
     if (rc != 1)
         fail_msg("sale_commit with the expired token: expected 1 (lock not held), got %d %s", rc, err);
     assert_int_equal(H_REDIS_STOCK(r, sku), 10);
-    rep = h_redis_cmd(r, "EXISTS " H_PREFIX "{fence-1}:order:fence-order-a");
+    rep = h_redis_cmd(r, "EXISTS " H_PREFIX "{p0}:order:fence-1:fence-order-a");
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
     rep = h_redis_cmd(r, "GET %s", lock);

@@ -35,6 +35,7 @@
  * left running, resumes a paused Redis and joins loads).
  */
 #include "harness.h"
+#include "nerve/keys.h"
 
 #include <dirent.h>
 #include <limits.h>
@@ -107,8 +108,8 @@ static long long count_keys(const char *pattern)
 
 static long long order_keys(const char *sku)
 {
-    char pat[256];
-    snprintf(pat, sizeof pat, H_PREFIX "{%s}:order:*", sku);
+    char pat[RDS_KEY_MAX];
+    h_order_key(pat, sku, "*");
     return count_keys(pat);
 }
 
@@ -579,7 +580,7 @@ static void book_load(h_load *l, const char *prefix, const h_daemon *survivor, b
         h_sale_rec *rec = &l->recs[i];
         if (!rec->sent || rec->status != 200)
             continue;
-        redisAppendCommand(c, "GET " H_PREFIX "{%s}:order:%s-%d", l->sku, prefix, i);
+        redisAppendCommand(c, "GET " H_PREFIX "{p%d}:order:%s:%s-%d", keys_partition(l->sku, H_PARTITIONS), l->sku, prefix, i);
         pending++;
     }
     for (int i = 0; i < l->requests; i++) {
@@ -908,7 +909,7 @@ static void test_dead_lock_holder(void **state)
 
     /* --- A. a holder that died: a foreign token with the lock TTL. Every
      * instance waits it out and none sells before it expires. */
-    const char *sku_a = "fleet-held", *lock_a = H_PREFIX "{fleet-held}:lock";
+    const char *sku_a = "fleet-held", *lock_a = H_PREFIX "{p5}:lock:fleet-held";
     book ba = { 0 };
     H_SET_STOCK(fleet[0], sku_a, 50);
     double t0 = h_now();
@@ -972,7 +973,7 @@ static void test_dead_lock_holder(void **state)
     h_daemon *victim = fleet[0];
     h_daemon *survivors[2] = { fleet[1], fleet[2] };
     const char *sku_l = "fleet-load", *sku_s = "fleet-dead";
-    const char *lock_s = H_PREFIX "{fleet-dead}:lock";
+    const char *lock_s = H_PREFIX "{p4}:lock:fleet-dead";
     const long long stock_l = 1000000, stock_s = 10;
     H_SET_STOCK(fleet[1], sku_l, stock_l);
     H_SET_STOCK(fleet[1], sku_s, stock_s);
@@ -1229,7 +1230,7 @@ static void test_fencing_stalled_holder(void **state)
 {
     (void)state;
     fleet_start_locking();
-    const char *sku = "fleet-fence", *lock = H_PREFIX "{fleet-fence}:lock";
+    const char *sku = "fleet-fence", *lock = H_PREFIX "{p15}:lock:fleet-fence";
     h_daemon *stalled = fleet[0];
     h_daemon *others[2] = { fleet[1], fleet[2] };
     H_SET_STOCK(fleet[1], sku, 10);
@@ -1276,7 +1277,7 @@ static void test_fencing_stalled_holder(void **state)
     assert_string_equal(msg, "lock on SKU fleet-fence expired before the commit; retry");
     assert_true(rec->retry_after);
     assert_int_equal(H_REDIS_STOCK(redis, sku), after);
-    assert_int_equal(redis_ll(h_redis_cmd(redis, "EXISTS " H_PREFIX "{fleet-fence}:order:fence-v")),
+    assert_int_equal(redis_ll(h_redis_cmd(redis, "EXISTS " H_PREFIX "{p15}:order:fleet-fence:fence-v")),
                      0);
 
     /* Resent, it sells once, on any instance. */

@@ -890,9 +890,10 @@ static bool snap_same(const snap *a, const snap *b, char *why, size_t len)
 /* Put the state back as the corpus expects it after a case changed it. */
 static void restore_state(void)
 {
-    redisReply *r = h_redis_cmd(redis, "SET " H_PREFIX "{" SKU_STOCK "}:stock %d", STOCK0);
+    char k[RDS_KEY_MAX];
+    redisReply *r = h_redis_cmd(redis, "SET %s %d", h_key(k, "stock", SKU_STOCK), STOCK0);
     freeReplyObject(r);
-    r = h_redis_cmd(redis, "SET " H_PREFIX "{" SKU_ZERO "}:stock 0");
+    r = h_redis_cmd(redis, "SET %s 0", h_key(k, "stock", SKU_ZERO));
     freeReplyObject(r);
 }
 

@@ -320,7 +320,7 @@ static void test_sigterm_under_load(void **state)
                  (long long)atomic_load(&l->bad), l->first_bad);
 
     /* No lock left behind. */
-    redisReply *rep = h_redis_cmd(redis, "KEYS %s", H_PREFIX "{*}:lock");
+    redisReply *rep = h_redis_cmd(redis, "KEYS %s", H_PREFIX "{p*}:lock:*");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
     if (rep->elements != 0)

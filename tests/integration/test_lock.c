@@ -297,6 +297,7 @@ static void fence_opts(sale_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->prefix = H_PREFIX;
+    o->partitions = H_PARTITIONS;
     o->inventory_channel = "inventory_events";
     o->sales_channel = "sales_events";
     o->lock_ttl_ms = 2000;
@@ -317,7 +318,8 @@ static void fence_req(sale_req *r, const char *sku, const char *order_id)
 
 static long long order_exists(const char *sku, const char *order_id)
 {
-    redisReply *rep = h_redis_cmd(redis, "EXISTS " H_PREFIX "{%s}:order:%s", sku, order_id);
+    char k[RDS_KEY_MAX];
+    redisReply *rep = h_redis_cmd(redis, "EXISTS %s", h_order_key(k, sku, order_id));
     assert_non_null(rep);
     long long v = rep->integer;
     freeReplyObject(rep);
@@ -329,7 +331,7 @@ static void test_expired_holder_commit_refused(void **state)
     (void)state;
     rds_client *c = new_client();
     const char *sku = "fence-1";
-    const char *key = H_PREFIX "{fence-1}:lock";
+    const char *key = H_PREFIX "{p0}:lock:fence-1";
     char a[LOCK_TOKEN_LEN + 1], b[LOCK_TOKEN_LEN + 1], err[256] = "";
     sale_opts o;
     sale_req req;
@@ -337,7 +339,7 @@ static void test_expired_holder_commit_refused(void **state)
     fence_opts(&o);
     fence_req(&req, sku, "fence-order-1");
 
-    assert_int_equal(sale_stock_set(c, H_PREFIX, sku, 10), 0);
+    assert_int_equal(sale_stock_set(c, &o, sku, 10), 0);
     assert_int_equal(lock_acquire(c, key, 100, 0, a, err, sizeof err), LOCK_OK);
     double dl = h_deadline(5000);
     while (pttl(key) != -2 && h_before(dl))
@@ -384,7 +386,7 @@ static void test_deleted_lock_commit_refused(void **state)
     (void)state;
     rds_client *c = new_client();
     const char *sku = "fence-2";
-    const char *key = H_PREFIX "{fence-2}:lock";
+    const char *key = H_PREFIX "{p9}:lock:fence-2";
     char a[LOCK_TOKEN_LEN + 1], b[LOCK_TOKEN_LEN + 1], err[256] = "";
     sale_opts o;
     sale_req reqs[2];
@@ -393,7 +395,7 @@ static void test_deleted_lock_commit_refused(void **state)
     fence_req(&reqs[0], sku, "fence-order-2a");
     fence_req(&reqs[1], sku, "fence-order-2b");
 
-    assert_int_equal(sale_stock_set(c, H_PREFIX, sku, 5), 0);
+    assert_int_equal(sale_stock_set(c, &o, sku, 5), 0);
     assert_int_equal(lock_acquire(c, key, 10000, 0, a, err, sizeof err), LOCK_OK);
     redisReply *rep = h_redis_cmd(redis, "DEL %s", key);
     assert_non_null(rep);
@@ -415,7 +417,7 @@ static void test_commit_checks_each_sale(void **state)
     (void)state;
     rds_client *c = new_client();
     const char *sku = "batch-1";
-    const char *key = H_PREFIX "{batch-1}:lock";
+    const char *key = H_PREFIX "{p9}:lock:batch-1";
     char t[LOCK_TOKEN_LEN + 1], err[256] = "";
     sale_opts o;
     sale_req reqs[3];
@@ -428,7 +430,7 @@ static void test_commit_checks_each_sale(void **state)
     reqs[1].qty = 2;        /* only 1 left after the first */
     reqs[2].qty = 1;
 
-    assert_int_equal(sale_stock_set(c, H_PREFIX, sku, 3), 0);
+    assert_int_equal(sale_stock_set(c, &o, sku, 3), 0);
     assert_int_equal(lock_acquire(c, key, 10000, 0, t, err, sizeof err), LOCK_OK);
     memset(res, 0, sizeof res);
     assert_int_equal(sale_commit(c, &o, sku, t, reqs, res, 3, err, sizeof err), SALE_COMMIT_DONE);

@@ -191,7 +191,8 @@ static void test_put_price(void **state)
     h_resp_free(&r);
     PUT_OK(sku, "{\"stock\":7}");
     EXPECT_ITEM(sku, 7, 25);
-    redisReply *rep = h_redis_cmd(redis, "GET " H_PREFIX "{%s}:price", sku);
+    char pk[RDS_KEY_MAX];
+    redisReply *rep = h_redis_cmd(redis, "GET %s", h_key(pk, "price", sku));
     assert_true(rep && rep->type == REDIS_REPLY_STRING && strtod(rep->str, NULL) == 25);
     freeReplyObject(rep);
 
@@ -230,7 +231,7 @@ static void test_put_price(void **state)
     H_ASSERT_ERROR(&r, 404, "not_found");
     h_resp_free(&r);
     assert_int_equal(H_GET_STOCK(daemon_, "pr-unknown"), -1);
-    rep = h_redis_cmd(redis, "EXISTS " H_PREFIX "{pr-unknown}:price");
+    rep = h_redis_cmd(redis, "EXISTS " H_PREFIX "{p4}:price:pr-unknown");
     assert_true(rep && rep->integer == 0);
     freeReplyObject(rep);
 
@@ -345,10 +346,11 @@ static void test_batch_each_checked(void **state)
     rds_client *c = rds_client_new(&ro);
     assert_non_null(c);
     const char *sku = "pr-batch";
-    const char *key = H_PREFIX "{pr-batch}:lock";
+    const char *key = H_PREFIX "{p10}:lock:pr-batch";
     sale_opts o;
     memset(&o, 0, sizeof o);
     o.prefix = H_PREFIX;
+    o.partitions = H_PARTITIONS;
     o.inventory_channel = "pr-inv";         /* not fed to the daemon's rules */
     o.sales_channel = "pr-sales";
     o.lock_ttl_ms = 2000;
@@ -371,7 +373,7 @@ static void test_batch_each_checked(void **state)
     }
     sale_put p = { .has_stock = true, .stock = 10, .price_op = SALE_PRICE_SET, .price = 20 };
     sale_item now;
-    assert_int_equal(sale_item_put(c, H_PREFIX, sku, &p, &now), 0);
+    assert_int_equal(sale_item_put(c, &o, sku, &p, &now), 0);
     assert_true(now.has_price && now.price == 20 && now.stock == 10);
 
     char t[LOCK_TOKEN_LEN + 1], err[256] = "";
@@ -389,7 +391,7 @@ static void test_batch_each_checked(void **state)
         }
     }
     assert_int_equal(H_REDIS_STOCK(redis, sku), 7);
-    redisReply *rep = h_redis_cmd(redis, "EXISTS " H_PREFIX "{pr-batch}:order:batch-1");
+    redisReply *rep = h_redis_cmd(redis, "EXISTS " H_PREFIX "{p10}:order:pr-batch:batch-1");
     assert_true(rep && rep->integer == 0);
     freeReplyObject(rep);
     lock_release(c, key, t);

@@ -81,10 +81,11 @@ static void expect_all_pass_at(const h_run *r, bool kill, const char *file, int 
 }
 #define EXPECT_ALL_PASS(r, kill) expect_all_pass_at((r), (kill), __FILE__, __LINE__)
 
-/* KEYS PREFIX{SKU}:order:* counted (a test-sized keyspace). */
+/* KEYS PREFIX{pN}:order:SKU:* counted (a test-sized keyspace). */
 static long long redis_orders(const char *sku)
 {
-    redisReply *rep = h_redis_cmd(redis, "KEYS %s{%s}:order:*", H_PREFIX, sku);
+    char pat[RDS_KEY_MAX];
+    redisReply *rep = h_redis_cmd(redis, "KEYS %s", h_order_key(pat, sku, "*"));
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
     long long n = (long long)rep->elements;
