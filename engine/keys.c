@@ -29,8 +29,8 @@ static int fit(char *buf, int n) {
 }
 
 int keys_sku(char *buf, const char *prefix, int nparts, const char *kind, const char *sku) {
-    return fit(buf, snprintf(buf, RDS_KEY_MAX, "%s{p%d}:%s:%s", prefix,
-                             keys_partition(sku, nparts), kind, sku));
+    return fit(buf, snprintf(buf, RDS_KEY_MAX, "%s{p%d}:%s:%s", prefix, keys_partition(sku, nparts),
+                             kind, sku));
 }
 
 int keys_order(char *buf, const char *prefix, int nparts, const char *sku, const char *order_id) {
@@ -74,8 +74,7 @@ int keys_streams_of(const char *prefix, int nparts, const char *channel, char **
     return 0;
 }
 
-int keys_check_partitions(rds_client *c, const char *prefix, int nparts, char *err,
-                          size_t errlen) {
+int keys_check_partitions(rds_client *c, const char *prefix, int nparts, char *err, size_t errlen) {
     char k[RDS_KEY_MAX];
     if (keys_meta_partitions(k, prefix) < 0) {
         snprintf(err, errlen, "redis.prefix is too long");
@@ -102,7 +101,8 @@ int keys_check_partitions(rds_client *c, const char *prefix, int nparts, char *e
                      nparts, r->str, k, r->str, r->str, nparts);
         }
     } else {
-        snprintf(err, errlen, "redis: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        snprintf(err, errlen, "redis: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     }
     freeReplyObject(r);
     return rc;

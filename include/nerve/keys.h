@@ -54,7 +54,6 @@ void keys_streams_free(char **v, size_t n);
 /* Record NPARTS under PREFIXmeta:partitions when no count is recorded yet
  * (SET NX), and compare: 0 when the recorded count is NPARTS; -1 with a
  * message naming both counts (or the Redis error) in ERR otherwise. */
-int keys_check_partitions(rds_client *c, const char *prefix, int nparts, char *err,
-                          size_t errlen);
+int keys_check_partitions(rds_client *c, const char *prefix, int nparts, char *err, size_t errlen);
 
 #endif

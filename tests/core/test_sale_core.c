@@ -1,7 +1,7 @@
 /* test_sale_core.c -- the sale core (parse, lock, commit) linked alone.
  *
  * This binary is built by its own Makefile rule from exactly the objects the
- * sale path needs (SALE_CORE_OBJ: sale, lock, rds, jsonck, log, sku, hist and
+ * sale path needs (SALE_CORE_OBJ: sale, keys, lock, rds, jsonck, log, sku, hist and
  * the leaves they include) with -lhiredis -lcjson and nothing of Lua,
  * libcurl, libyaml or CivetWeb: that the link succeeds is the proof that the
  * sale path no longer drags the daemon in (issue 10; before, a program
@@ -37,7 +37,10 @@
 
 #include <hiredis/hiredis.h>
 
+#include <cjson/cJSON.h>
+
 #include "nerve/clock.h"
+#include "nerve/keys.h"
 #include "nerve/lock.h"
 #include "nerve/rds.h"
 #include "nerve/sale.h"
@@ -280,11 +283,214 @@ static void test_core_commit_fenced_by_lock(void **state) {
     rds_pool_free(pool);
 }
 
+/* ---- the durable log (issue 11) ------------------------------------------------- */
+
+/* The JSON events of STREAM's entries, oldest first (at most MAX); each entry
+ * must have exactly one field, "event". Returns how many. */
+static size_t stream_events(rds_client *c, const char *stream, cJSON **out, size_t max) {
+    redisReply *r = rds_command(c, "XRANGE %s - +", stream);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    size_t n = 0;
+    for (size_t i = 0; i < r->elements && n < max; i++) {
+        const redisReply *fields = r->element[i]->element[1];
+        assert_int_equal(fields->elements, 2);
+        assert_string_equal(fields->element[0]->str, "event");
+        out[n] = cJSON_Parse(fields->element[1]->str);
+        assert_non_null(out[n]);
+        n++;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+static const char *jstr(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1e300;
+}
+
+/* A sale is in its partition's streams, appended by the commit script: the
+ * sale event in the sales stream, its stock_changed in the inventory stream,
+ * both naming the partition and the instance; a stock set through the helper
+ * (the PUT /admin/stock path) appends its previous value and delta; a refused
+ * sale (out of stock, duplicate) appends nothing. */
+static void test_core_sale_in_partition_streams(void **state) {
+    (void)state;
+    rds_pool *pool = pool_new();
+    rds_client *c = rds_pool_client(pool);
+    sale_opts o = opts();
+    o.instance = "core-host:1";
+    const char *sku = "core-log";
+    int part = keys_partition(sku, o.partitions);
+    char inv[RDS_KEY_MAX], sales[RDS_KEY_MAX], stock_key[RDS_KEY_MAX];
+    keys_stream(inv, o.prefix, part, o.inventory_channel);
+    keys_stream(sales, o.prefix, part, o.sales_channel);
+    keys_sku(stock_key, o.prefix, o.partitions, "stock", sku);
+
+    assert_int_equal(sale_stock_set(c, &o, sku, 4), 0);
+    assert_int_equal(sale_stock_set(c, &o, sku, 3), 0);
+    redisReply *r = rds_command(c, "GET %s", stock_key);
+    assert_true(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "3") == 0);
+    freeReplyObject(r);
+
+    sale_engine *e = sale_engine_new(&o, pool);
+    assert_non_null(e);
+    const char *body = "{\"sku\":\"core-log\",\"qty\":2,\"order_id\":\"log-1\"}";
+    sale_req req;
+    sale_res res;
+    char err[256];
+    assert_int_equal(sale_parse(body, strlen(body), o.max_qty, &req, err, sizeof err), 0);
+    sale_execute(e, &req, &res);
+    assert_int_equal(res.status, SALE_OK);
+    sale_execute(e, &req, &res); /* duplicate: nothing appended */
+    assert_true(res.duplicate);
+    const char *big = "{\"sku\":\"core-log\",\"qty\":5}";
+    assert_int_equal(sale_parse(big, strlen(big), o.max_qty, &req, err, sizeof err), 0);
+    sale_execute(e, &req, &res);
+    assert_int_equal(res.status, SALE_OUT_OF_STOCK);
+
+    cJSON *ev[8];
+    size_t n = stream_events(c, sales, ev, 8);
+    assert_int_equal(n, 1);
+    assert_string_equal(jstr(ev[0], "type"), "sale");
+    assert_string_equal(jstr(ev[0], "sku"), sku);
+    assert_string_equal(jstr(ev[0], "order_id"), "log-1");
+    assert_string_equal(jstr(ev[0], "instance"), "core-host:1");
+    assert_true(jnum(ev[0], "qty") == 2 && jnum(ev[0], "stock_remaining") == 1);
+    assert_true(jnum(ev[0], "partition") == part);
+    cJSON_Delete(ev[0]);
+
+    n = stream_events(c, inv, ev, 8);
+    assert_int_equal(n, 3); /* set 4, set 3 (delta -1), the sale */
+    assert_string_equal(jstr(ev[0], "source"), "admin");
+    assert_true(jnum(ev[0], "previous") == 0 && jnum(ev[0], "delta") == 4);
+    assert_string_equal(jstr(ev[1], "actor"), "admin");
+    assert_true(jnum(ev[1], "previous") == 4 && jnum(ev[1], "delta") == -1 &&
+                jnum(ev[1], "stock_remaining") == 3);
+    assert_string_equal(jstr(ev[2], "source"), "sale");
+    assert_string_equal(jstr(ev[2], "order_id"), "log-1");
+    assert_true(jnum(ev[2], "stock_remaining") == 1 && jnum(ev[2], "partition") == part);
+    for (size_t i = 0; i < n; i++) cJSON_Delete(ev[i]);
+
+    /* The seed appends only when it sets; a second seed changes nothing. */
+    assert_int_equal(sale_stock_seed(c, &o, "core-seeded", 9), 1);
+    assert_int_equal(sale_stock_seed(c, &o, "core-seeded", 5), 0);
+    char seeded[RDS_KEY_MAX];
+    keys_stream(seeded, o.prefix, keys_partition("core-seeded", o.partitions), o.inventory_channel);
+    n = stream_events(c, seeded, ev, 8);
+    size_t mine = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(jstr(ev[i], "sku"), "core-seeded") == 0) {
+            mine++;
+            assert_string_equal(jstr(ev[i], "source"), "seed");
+            assert_true(jnum(ev[i], "delta") == 9);
+        }
+        cJSON_Delete(ev[i]);
+    }
+    assert_int_equal(mine, 1);
+    sale_engine_free(e);
+    rds_pool_free(pool);
+}
+
+/* The documented layout (README, keys.h): FNV-1a 32-bit (its published test
+ * vectors), partition = hash mod count, and the key names built from it. */
+static void test_core_key_layout(void **state) {
+    (void)state;
+    assert_int_equal(keys_hash("", 0), 0x811c9dc5u);
+    assert_int_equal(keys_hash("a", 1), 0xe40c292cu);
+    assert_int_equal(keys_hash("foobar", 6), 0xbf9cf968u);
+    assert_int_equal(keys_partition("foobar", 16), 0xbf9cf968u % 16);
+    assert_int_equal(keys_partition("anything", 1), 0);
+    char k[RDS_KEY_MAX];
+    int p = (int)(0xbf9cf968u % 16);
+    char want[64];
+    keys_sku(k, "nerve:", 16, "stock", "foobar");
+    snprintf(want, sizeof want, "nerve:{p%d}:stock:foobar", p);
+    assert_string_equal(k, want);
+    keys_order(k, "nerve:", 16, "foobar", "o-1");
+    snprintf(want, sizeof want, "nerve:{p%d}:order:foobar:o-1", p);
+    assert_string_equal(k, want);
+    keys_stream(k, "nerve:", 7, "sales_events");
+    assert_string_equal(k, "nerve:{p7}:stream:sales_events");
+    keys_ingest(k, "nerve:", "sales_events");
+    assert_string_equal(k, "nerve:stream:sales_events");
+    char **v;
+    size_t n;
+    assert_int_equal(keys_streams_of("nerve:", 4, "ch", &v, &n), 0);
+    assert_int_equal(n, 5);
+    assert_string_equal(v[0], "nerve:{p0}:stream:ch");
+    assert_string_equal(v[3], "nerve:{p3}:stream:ch");
+    assert_string_equal(v[4], "nerve:stream:ch");
+    keys_streams_free(v, n);
+    char huge[700];
+    memset(huge, 'x', sizeof huge - 1);
+    huge[sizeof huge - 1] = 0;
+    assert_int_equal(keys_sku(k, "nerve:", 16, "stock", huge), -1);
+    assert_string_equal(k, "");
+}
+
+/* The first daemon records the partition count; another count is refused
+ * with a message naming both. */
+static void test_core_partition_record(void **state) {
+    (void)state;
+    rds_pool *pool = pool_new();
+    rds_client *c = rds_pool_client(pool);
+    char err[512];
+    assert_int_equal(keys_check_partitions(c, "pt:", 16, err, sizeof err), 0);
+    assert_int_equal(keys_check_partitions(c, "pt:", 16, err, sizeof err), 0);
+    assert_int_equal(keys_check_partitions(c, "pt:", 8, err, sizeof err), -1);
+    assert_non_null(strstr(err, "bus.partitions is 8"));
+    assert_non_null(strstr(err, "16 partitions"));
+    redisReply *r = rds_command(c, "GET pt:meta:partitions");
+    assert_true(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "16") == 0);
+    freeReplyObject(r);
+    rds_pool_free(pool);
+}
+
+/* bus.streams false: the sale is made, nothing is appended. */
+static void test_core_streams_off(void **state) {
+    (void)state;
+    rds_pool *pool = pool_new();
+    rds_client *c = rds_pool_client(pool);
+    sale_opts o = opts();
+    o.streams = false;
+    const char *sku = "core-nolog";
+    char sales[RDS_KEY_MAX], inv[RDS_KEY_MAX];
+    keys_stream(sales, o.prefix, keys_partition(sku, o.partitions), o.sales_channel);
+    keys_stream(inv, o.prefix, keys_partition(sku, o.partitions), o.inventory_channel);
+    redisReply *r = rds_command(c, "DEL %s %s", sales, inv);
+    freeReplyObject(r);
+    assert_int_equal(sale_stock_set(c, &o, sku, 2), 0);
+    sale_engine *e = sale_engine_new(&o, pool);
+    const char *body = "{\"sku\":\"core-nolog\",\"qty\":1}";
+    sale_req req;
+    sale_res res;
+    char err[256];
+    assert_int_equal(sale_parse(body, strlen(body), o.max_qty, &req, err, sizeof err), 0);
+    sale_execute(e, &req, &res);
+    assert_int_equal(res.status, SALE_OK);
+    r = rds_command(c, "EXISTS %s %s", sales, inv);
+    assert_true(r && r->type == REDIS_REPLY_INTEGER);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    sale_engine_free(e);
+    rds_pool_free(pool);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_links_no_lua_no_curl),
         cmocka_unit_test(test_core_parse_lock_commit),
         cmocka_unit_test(test_core_commit_fenced_by_lock),
+        cmocka_unit_test(test_core_sale_in_partition_streams),
+        cmocka_unit_test(test_core_streams_off),
+        cmocka_unit_test(test_core_key_layout),
+        cmocka_unit_test(test_core_partition_record),
     };
     return cmocka_run_group_tests_name("sale_core", tests, group_setup, group_teardown);
 }
