@@ -330,8 +330,7 @@ static int check_name(const char *s, char *msg, size_t size) {
     char q[QBUF];
     size_t n = strlen(s);
     int ok = n >= 1 && n <= 64;
-    for (const char *p = s; ok && *p; p++)
-        ok = isalnum((unsigned char)*p) || strchr("._:-", *p);
+    for (const char *p = s; ok && *p; p++) ok = isalnum((unsigned char)*p) || strchr("._:-", *p);
     if (ok) return 0;
     snprintf(msg, size, "must be 1 to 64 of A-Z a-z 0-9 . _ : - (got %s)", cfg_quote(q, s));
     return -1;

@@ -587,10 +587,8 @@ void cfg_set_node(loader *L, const opt *o, const char *key, yaml_document_t *d, 
 static const struct {
     const char *env, *key;
 } env_keys[] = {
-    { "REDIS_URL", "redis.url" },
-    { "NERVE_LISTEN", "server.listen" },
-    { "NERVE_RULES_DIR", "rules.dir" },
-    { "NERVE_PANIC_URL", "panic.webhook_url" },
+    { "REDIS_URL", "redis.url" },         { "NERVE_LISTEN", "server.listen" },
+    { "NERVE_RULES_DIR", "rules.dir" },   { "NERVE_PANIC_URL", "panic.webhook_url" },
     { "NERVE_LEDGER_URL", "ledger.url" },
 };
 

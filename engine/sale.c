@@ -172,7 +172,8 @@ typedef struct emit_args {
 static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
     e->maxlen[0] = 0;
     if (o->streams)
-        snprintf(e->maxlen, sizeof e->maxlen, "%ld", o->stream_maxlen > 0 ? o->stream_maxlen : 1000000L);
+        snprintf(e->maxlen, sizeof e->maxlen, "%ld",
+                 o->stream_maxlen > 0 ? o->stream_maxlen : 1000000L);
     snprintf(e->part, sizeof e->part, "%d", keys_partition(sku, o->partitions));
     e->publish = o->publish ? "1" : "0";
     e->instance = o->instance ? o->instance : "";
@@ -183,14 +184,14 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
  * one encoding for both so the two texts are the same. ARGV indexes of the
  * emit_args are EM (maxlen), EM+1 (publish), EM+2 (instance), EM+3
  * (partition). */
-#define EMIT_LUA(EM)                                                                           \
-    "local function emit(skey, channel, ev)\n"                                                 \
-    "  ev.instance = ARGV[" #EM " + 2]; ev.partition = tonumber(ARGV[" #EM " + 3])\n"          \
-    "  local txt = cjson.encode(ev)\n"                                                         \
-    "  if ARGV[" #EM "] ~= '' then\n"                                                          \
-    "    redis.call('XADD', skey, 'MAXLEN', '~', ARGV[" #EM "], '*', 'event', txt)\n"          \
-    "  end\n"                                                                                  \
-    "  if ARGV[" #EM " + 1] == '1' then redis.call('PUBLISH', channel, txt) end\n"             \
+#define EMIT_LUA(EM) \
+    "local function emit(skey, channel, ev)\n" \
+    "  ev.instance = ARGV[" #EM " + 2]; ev.partition = tonumber(ARGV[" #EM " + 3])\n" \
+    "  local txt = cjson.encode(ev)\n" \
+    "  if ARGV[" #EM "] ~= '' then\n" \
+    "    redis.call('XADD', skey, 'MAXLEN', '~', ARGV[" #EM "], '*', 'event', txt)\n" \
+    "  end\n" \
+    "  if ARGV[" #EM " + 1] == '1' then redis.call('PUBLISH', channel, txt) end\n" \
     "end\n"
 
 /* ---- the commit script --------------------------------------------------------
@@ -212,50 +213,48 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
  * failed (Redis does not roll a script back). The stream appends are in the
  * same script for the same reason: a sale is in the log if and only if it
  * was decremented. */
-#define COMMIT_KEYS 5
+#define COMMIT_KEYS       5
 #define COMMIT_FIXED_ARGS 11
-static rds_script commit_script = RDS_SCRIPT_INIT(
-    LOCK_FENCE_LUA
-    EMIT_LUA(8)
-    "local s = redis.call('GET', KEYS[2])\n"
-    "local stock = s and tonumber(s)\n"
-    "local cp = redis.call('GET', KEYS[3])\n"
-    "local catalog = cp and tonumber(cp)\n"
-    "if catalog and not (catalog >= 0 and catalog <= 1e15) then catalog = nil end\n"
-    "local sold = false\n"
-    "local ts = tonumber(ARGV[5])\n"
-    "local out = {'ok'}\n"
-    "for i = 1, #KEYS - 5 do\n"
-    "  local b = 12 + (i - 1) * 3\n"
-    "  local qty = tonumber(ARGV[b])\n"
-    "  local client = nil\n"
-    "  if ARGV[b + 1] ~= '' then client = tonumber(ARGV[b + 1]) end\n"
-    "  local okey = KEYS[5 + i]\n"
-    "  local prev = redis.call('GET', okey)\n"
-    "  if prev then\n"
-    "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
-    "  elseif catalog and client and client < catalog then\n"
-    "    out[#out + 1] = 'price'; out[#out + 1] = cp\n"
-    "  elseif not stock then\n"
-    "    out[#out + 1] = 'none'; out[#out + 1] = 0\n"
-    "  elseif stock < qty then\n"
-    "    out[#out + 1] = 'oos'; out[#out + 1] = stock\n"
-    "  else\n"
-    "    stock = stock - qty\n"
-    "    sold = true\n"
-    "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
-    "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
-    "    local ev = {type='sale', sku=ARGV[6], qty=qty, unit_price=client or catalog or cjson.null,\n"
-    "      order_id=ARGV[b + 2], stock_remaining=stock, ts=ts}\n"
-    "    if catalog then ev.catalog_price = catalog end\n"
-    "    emit(KEYS[4], ARGV[3], {type='stock_changed', source='sale', sku=ARGV[6],\n"
-    "      stock_remaining=stock, order_id=ARGV[b + 2], ts=ts})\n"
-    "    emit(KEYS[5], ARGV[4], ev)\n"
-    "  end\n"
-    "end\n"
-    "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
-    "if ARGV[7] == '1' then redis.call('DEL', KEYS[1]) end\n"
-    "return out\n");
+static rds_script commit_script = RDS_SCRIPT_INIT(LOCK_FENCE_LUA EMIT_LUA(
+    8) "local s = redis.call('GET', KEYS[2])\n"
+       "local stock = s and tonumber(s)\n"
+       "local cp = redis.call('GET', KEYS[3])\n"
+       "local catalog = cp and tonumber(cp)\n"
+       "if catalog and not (catalog >= 0 and catalog <= 1e15) then catalog = nil end\n"
+       "local sold = false\n"
+       "local ts = tonumber(ARGV[5])\n"
+       "local out = {'ok'}\n"
+       "for i = 1, #KEYS - 5 do\n"
+       "  local b = 12 + (i - 1) * 3\n"
+       "  local qty = tonumber(ARGV[b])\n"
+       "  local client = nil\n"
+       "  if ARGV[b + 1] ~= '' then client = tonumber(ARGV[b + 1]) end\n"
+       "  local okey = KEYS[5 + i]\n"
+       "  local prev = redis.call('GET', okey)\n"
+       "  if prev then\n"
+       "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
+       "  elseif catalog and client and client < catalog then\n"
+       "    out[#out + 1] = 'price'; out[#out + 1] = cp\n"
+       "  elseif not stock then\n"
+       "    out[#out + 1] = 'none'; out[#out + 1] = 0\n"
+       "  elseif stock < qty then\n"
+       "    out[#out + 1] = 'oos'; out[#out + 1] = stock\n"
+       "  else\n"
+       "    stock = stock - qty\n"
+       "    sold = true\n"
+       "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
+       "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
+       "    local ev = {type='sale', sku=ARGV[6], qty=qty, unit_price=client or catalog or cjson.null,\n"
+       "      order_id=ARGV[b + 2], stock_remaining=stock, ts=ts}\n"
+       "    if catalog then ev.catalog_price = catalog end\n"
+       "    emit(KEYS[4], ARGV[3], {type='stock_changed', source='sale', sku=ARGV[6],\n"
+       "      stock_remaining=stock, order_id=ARGV[b + 2], ts=ts})\n"
+       "    emit(KEYS[5], ARGV[4], ev)\n"
+       "  end\n"
+       "end\n"
+       "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
+       "if ARGV[7] == '1' then redis.call('DEL', KEYS[1]) end\n"
+       "return out\n");
 
 static void set_unavailable(sale_res *r, const char *msg) {
     r->status = SALE_UNAVAILABLE;
@@ -344,13 +343,15 @@ static sale_commit_result commit_ptrs(rds_client *c, const sale_opts *o, const c
         goto out;
     }
     if (key(keys[0], o, sku, "lock") < 0 || key(keys[1], o, sku, "stock") < 0 ||
-        key(keys[2], o, sku, "price") < 0 || stream_key(keys[3], o, sku, o->inventory_channel) < 0 ||
+        key(keys[2], o, sku, "price") < 0 ||
+        stream_key(keys[3], o, sku, o->inventory_channel) < 0 ||
         stream_key(keys[4], o, sku, o->sales_channel) < 0) {
         snprintf(err, errlen, "key too long");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        if (keys_order(keys[COMMIT_KEYS + i], o->prefix, o->partitions, sku, reqs[i]->order_id) < 0) {
+        if (keys_order(keys[COMMIT_KEYS + i], o->prefix, o->partitions, sku, reqs[i]->order_id) <
+            0) {
             snprintf(err, errlen, "key too long");
             goto out;
         }
@@ -567,25 +568,24 @@ int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen) {
  * One script so that stock and price change together, a price is never left
  * on a SKU that has no stock record, and a stock change is in the log with
  * the value it replaced (the ledger adds the deltas up against the stock). */
-static rds_script put_script = RDS_SCRIPT_INIT(
-    EMIT_LUA(8)
-    "local s = redis.call('GET', KEYS[1])\n"
-    "if ARGV[1] == '' and not s then return {'none'} end\n"
-    "if ARGV[4] == 'seed' and s then return {'exists'} end\n"
-    "if ARGV[1] ~= '' then\n"
-    "  local prev = tonumber(s or '0') or 0\n"
-    "  local new = tonumber(ARGV[1])\n"
-    "  redis.call('SET', KEYS[1], ARGV[1])\n"
-    "  local ev = {type='stock_changed', source=ARGV[4] == 'seed' and 'seed' or 'admin',\n"
-    "    actor=ARGV[4] == 'seed' and 'seed' or 'admin', sku=ARGV[5], stock_remaining=new,\n"
-    "    previous=prev, delta=new - prev, ts=tonumber(ARGV[6])}\n"
-    "  if ARGV[2] == 'set' then ev.price = tonumber(ARGV[3]) end\n"
-    "  emit(KEYS[3], ARGV[7], ev)\n"
-    "  s = ARGV[1]\n"
-    "end\n"
-    "if ARGV[2] == 'set' then redis.call('SET', KEYS[2], ARGV[3])\n"
-    "elseif ARGV[2] == 'clear' then redis.call('DEL', KEYS[2]) end\n"
-    "return {'ok', s, redis.call('GET', KEYS[2]) or ''}\n");
+static rds_script put_script = RDS_SCRIPT_INIT(EMIT_LUA(
+    8) "local s = redis.call('GET', KEYS[1])\n"
+       "if ARGV[1] == '' and not s then return {'none'} end\n"
+       "if ARGV[4] == 'seed' and s then return {'exists'} end\n"
+       "if ARGV[1] ~= '' then\n"
+       "  local prev = tonumber(s or '0') or 0\n"
+       "  local new = tonumber(ARGV[1])\n"
+       "  redis.call('SET', KEYS[1], ARGV[1])\n"
+       "  local ev = {type='stock_changed', source=ARGV[4] == 'seed' and 'seed' or 'admin',\n"
+       "    actor=ARGV[4] == 'seed' and 'seed' or 'admin', sku=ARGV[5], stock_remaining=new,\n"
+       "    previous=prev, delta=new - prev, ts=tonumber(ARGV[6])}\n"
+       "  if ARGV[2] == 'set' then ev.price = tonumber(ARGV[3]) end\n"
+       "  emit(KEYS[3], ARGV[7], ev)\n"
+       "  s = ARGV[1]\n"
+       "end\n"
+       "if ARGV[2] == 'set' then redis.call('SET', KEYS[2], ARGV[3])\n"
+       "elseif ARGV[2] == 'clear' then redis.call('DEL', KEYS[2]) end\n"
+       "return {'ok', s, redis.call('GET', KEYS[2]) or ''}\n");
 
 /* A stored price as the commit script reads it: a number in 0..1e15 or none. */
 static int price_parse(const char *s, double *out) {
@@ -620,7 +620,8 @@ static int stock_write(rds_client *c, const sale_opts *o, const char *sku, const
     snprintf(ts, sizeof ts, "%lld.%03ld", (long long)t.tv_sec, t.tv_nsec / 1000000);
     emit_args em;
     emit_args_fill(&em, o, sku);
-    const char *argv[] = { ks, kp, kst, st, op, pr, mode, sku, ts, o->inventory_channel,
+    const char *argv[] = { ks,        kp,         kst,         st,     op,
+                           pr,        mode,       sku,         ts,     o->inventory_channel,
                            em.maxlen, em.publish, em.instance, em.part };
     redisReply *r = rds_eval(c, &put_script, 3, 14, argv, NULL);
     int rc = -1;

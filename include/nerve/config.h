@@ -62,13 +62,13 @@ typedef struct cfg {
     int queue_size;          /* bounded event queue, 1..1000000, default 10000 */
     long max_event_bytes;    /* 64..16777216, default 65536 */
     int stall_ms; /* /readyz: evaluator stalled when events wait and none finished for this long, 100..3600000, default 5000 */
-    int bus_partitions;    /* SKU partitions (hash tags of keys and streams), 1..1024, default 16 */
-    bool bus_streams;      /* append events to streams and read them through a group, default true */
-    long stream_maxlen;    /* XADD MAXLEN ~ of each stream, 1000..1000000000, default 1000000 */
-    bool bus_publish;      /* also PUBLISH nerve's events (seed compatibility), default true */
+    int bus_partitions; /* SKU partitions (hash tags of keys and streams), 1..1024, default 16 */
+    bool bus_streams;   /* append events to streams and read them through a group, default true */
+    long stream_maxlen; /* XADD MAXLEN ~ of each stream, 1000..1000000000, default 1000000 */
+    bool bus_publish;   /* also PUBLISH nerve's events (seed compatibility), default true */
     bool bus_pubsub_input; /* evaluate Pub/Sub messages too (best effort), default true */
     char *bus_group;       /* the evaluators' consumer group, default "nerve" */
-    int claim_idle_ms;     /* claim a dead consumer's entries idle this long, 100..3600000, default 30000 */
+    int claim_idle_ms; /* claim a dead consumer's entries idle this long, 100..3600000, default 30000 */
 
     /* lock */
     int lock_ttl_ms;      /* 10..600000, default 2000 */
