@@ -181,17 +181,17 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
 
 /* The Lua both event scripts share: emit(stream key, channel, event table)
  * appends the event to its partition stream (MAXLEN ~) and/or publishes it,
- * one encoding for both so the two texts are the same. ARGV indexes of the
- * emit_args are EM (maxlen), EM+1 (publish), EM+2 (instance), EM+3
+ * one encoding for both so the two texts are the same. Both scripts take the
+ * emit_args at ARGV[8] (maxlen), [9] (publish), [10] (instance), [11]
  * (partition). */
-#define EMIT_LUA(EM) \
+#define EMIT_LUA \
     "local function emit(skey, channel, ev)\n" \
-    "  ev.instance = ARGV[" #EM " + 2]; ev.partition = tonumber(ARGV[" #EM " + 3])\n" \
+    "  ev.instance = ARGV[10]; ev.partition = tonumber(ARGV[11])\n" \
     "  local txt = cjson.encode(ev)\n" \
-    "  if ARGV[" #EM "] ~= '' then\n" \
-    "    redis.call('XADD', skey, 'MAXLEN', '~', ARGV[" #EM "], '*', 'event', txt)\n" \
+    "  if ARGV[8] ~= '' then\n" \
+    "    redis.call('XADD', skey, 'MAXLEN', '~', ARGV[8], '*', 'event', txt)\n" \
     "  end\n" \
-    "  if ARGV[" #EM " + 1] == '1' then redis.call('PUBLISH', channel, txt) end\n" \
+    "  if ARGV[9] == '1' then redis.call('PUBLISH', channel, txt) end\n" \
     "end\n"
 
 /* ---- the commit script --------------------------------------------------------
@@ -215,46 +215,47 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
  * was decremented. */
 #define COMMIT_KEYS       5
 #define COMMIT_FIXED_ARGS 11
-static rds_script commit_script = RDS_SCRIPT_INIT(LOCK_FENCE_LUA EMIT_LUA(
-    8) "local s = redis.call('GET', KEYS[2])\n"
-       "local stock = s and tonumber(s)\n"
-       "local cp = redis.call('GET', KEYS[3])\n"
-       "local catalog = cp and tonumber(cp)\n"
-       "if catalog and not (catalog >= 0 and catalog <= 1e15) then catalog = nil end\n"
-       "local sold = false\n"
-       "local ts = tonumber(ARGV[5])\n"
-       "local out = {'ok'}\n"
-       "for i = 1, #KEYS - 5 do\n"
-       "  local b = 12 + (i - 1) * 3\n"
-       "  local qty = tonumber(ARGV[b])\n"
-       "  local client = nil\n"
-       "  if ARGV[b + 1] ~= '' then client = tonumber(ARGV[b + 1]) end\n"
-       "  local okey = KEYS[5 + i]\n"
-       "  local prev = redis.call('GET', okey)\n"
-       "  if prev then\n"
-       "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
-       "  elseif catalog and client and client < catalog then\n"
-       "    out[#out + 1] = 'price'; out[#out + 1] = cp\n"
-       "  elseif not stock then\n"
-       "    out[#out + 1] = 'none'; out[#out + 1] = 0\n"
-       "  elseif stock < qty then\n"
-       "    out[#out + 1] = 'oos'; out[#out + 1] = stock\n"
-       "  else\n"
-       "    stock = stock - qty\n"
-       "    sold = true\n"
-       "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
-       "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
-       "    local ev = {type='sale', sku=ARGV[6], qty=qty, unit_price=client or catalog or cjson.null,\n"
-       "      order_id=ARGV[b + 2], stock_remaining=stock, ts=ts}\n"
-       "    if catalog then ev.catalog_price = catalog end\n"
-       "    emit(KEYS[4], ARGV[3], {type='stock_changed', source='sale', sku=ARGV[6],\n"
-       "      stock_remaining=stock, order_id=ARGV[b + 2], ts=ts})\n"
-       "    emit(KEYS[5], ARGV[4], ev)\n"
-       "  end\n"
-       "end\n"
-       "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
-       "if ARGV[7] == '1' then redis.call('DEL', KEYS[1]) end\n"
-       "return out\n");
+static rds_script commit_script = RDS_SCRIPT_INIT(
+    LOCK_FENCE_LUA EMIT_LUA
+    "local s = redis.call('GET', KEYS[2])\n"
+    "local stock = s and tonumber(s)\n"
+    "local cp = redis.call('GET', KEYS[3])\n"
+    "local catalog = cp and tonumber(cp)\n"
+    "if catalog and not (catalog >= 0 and catalog <= 1e15) then catalog = nil end\n"
+    "local sold = false\n"
+    "local ts = tonumber(ARGV[5])\n"
+    "local out = {'ok'}\n"
+    "for i = 1, #KEYS - 5 do\n"
+    "  local b = 12 + (i - 1) * 3\n"
+    "  local qty = tonumber(ARGV[b])\n"
+    "  local client = nil\n"
+    "  if ARGV[b + 1] ~= '' then client = tonumber(ARGV[b + 1]) end\n"
+    "  local okey = KEYS[5 + i]\n"
+    "  local prev = redis.call('GET', okey)\n"
+    "  if prev then\n"
+    "    out[#out + 1] = 'dup'; out[#out + 1] = prev\n"
+    "  elseif catalog and client and client < catalog then\n"
+    "    out[#out + 1] = 'price'; out[#out + 1] = cp\n"
+    "  elseif not stock then\n"
+    "    out[#out + 1] = 'none'; out[#out + 1] = 0\n"
+    "  elseif stock < qty then\n"
+    "    out[#out + 1] = 'oos'; out[#out + 1] = stock\n"
+    "  else\n"
+    "    stock = stock - qty\n"
+    "    sold = true\n"
+    "    redis.call('SET', okey, qty .. ':' .. stock, 'EX', ARGV[2])\n"
+    "    out[#out + 1] = 'ok'; out[#out + 1] = stock\n"
+    "    local ev = {type='sale', sku=ARGV[6], qty=qty, unit_price=client or catalog or cjson.null,\n"
+    "      order_id=ARGV[b + 2], stock_remaining=stock, ts=ts}\n"
+    "    if catalog then ev.catalog_price = catalog end\n"
+    "    emit(KEYS[4], ARGV[3], {type='stock_changed', source='sale', sku=ARGV[6],\n"
+    "      stock_remaining=stock, order_id=ARGV[b + 2], ts=ts})\n"
+    "    emit(KEYS[5], ARGV[4], ev)\n"
+    "  end\n"
+    "end\n"
+    "if sold then redis.call('SET', KEYS[2], stock, 'KEEPTTL') end\n"
+    "if ARGV[7] == '1' then redis.call('DEL', KEYS[1]) end\n"
+    "return out\n");
 
 static void set_unavailable(sale_res *r, const char *msg) {
     r->status = SALE_UNAVAILABLE;
@@ -568,24 +569,25 @@ int sale_put_parse(const cJSON *root, sale_put *p, char *err, size_t errlen) {
  * One script so that stock and price change together, a price is never left
  * on a SKU that has no stock record, and a stock change is in the log with
  * the value it replaced (the ledger adds the deltas up against the stock). */
-static rds_script put_script = RDS_SCRIPT_INIT(EMIT_LUA(
-    8) "local s = redis.call('GET', KEYS[1])\n"
-       "if ARGV[1] == '' and not s then return {'none'} end\n"
-       "if ARGV[4] == 'seed' and s then return {'exists'} end\n"
-       "if ARGV[1] ~= '' then\n"
-       "  local prev = tonumber(s or '0') or 0\n"
-       "  local new = tonumber(ARGV[1])\n"
-       "  redis.call('SET', KEYS[1], ARGV[1])\n"
-       "  local ev = {type='stock_changed', source=ARGV[4] == 'seed' and 'seed' or 'admin',\n"
-       "    actor=ARGV[4] == 'seed' and 'seed' or 'admin', sku=ARGV[5], stock_remaining=new,\n"
-       "    previous=prev, delta=new - prev, ts=tonumber(ARGV[6])}\n"
-       "  if ARGV[2] == 'set' then ev.price = tonumber(ARGV[3]) end\n"
-       "  emit(KEYS[3], ARGV[7], ev)\n"
-       "  s = ARGV[1]\n"
-       "end\n"
-       "if ARGV[2] == 'set' then redis.call('SET', KEYS[2], ARGV[3])\n"
-       "elseif ARGV[2] == 'clear' then redis.call('DEL', KEYS[2]) end\n"
-       "return {'ok', s, redis.call('GET', KEYS[2]) or ''}\n");
+static rds_script put_script = RDS_SCRIPT_INIT(
+    EMIT_LUA
+    "local s = redis.call('GET', KEYS[1])\n"
+    "if ARGV[1] == '' and not s then return {'none'} end\n"
+    "if ARGV[4] == 'seed' and s then return {'exists'} end\n"
+    "if ARGV[1] ~= '' then\n"
+    "  local prev = tonumber(s or '0') or 0\n"
+    "  local new = tonumber(ARGV[1])\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "  local ev = {type='stock_changed', source=ARGV[4] == 'seed' and 'seed' or 'admin',\n"
+    "    actor=ARGV[4] == 'seed' and 'seed' or 'admin', sku=ARGV[5], stock_remaining=new,\n"
+    "    previous=prev, delta=new - prev, ts=tonumber(ARGV[6])}\n"
+    "  if ARGV[2] == 'set' then ev.price = tonumber(ARGV[3]) end\n"
+    "  emit(KEYS[3], ARGV[7], ev)\n"
+    "  s = ARGV[1]\n"
+    "end\n"
+    "if ARGV[2] == 'set' then redis.call('SET', KEYS[2], ARGV[3])\n"
+    "elseif ARGV[2] == 'clear' then redis.call('DEL', KEYS[2]) end\n"
+    "return {'ok', s, redis.call('GET', KEYS[2]) or ''}\n");
 
 /* A stored price as the commit script reads it: a number in 0..1e15 or none. */
 static int price_parse(const char *s, double *out) {
