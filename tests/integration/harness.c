@@ -295,7 +295,7 @@ static char **child_env(const char *const *extra)
 {
     static const char *const drop[] = {
         "REDIS_URL=", "NERVE_LISTEN=", "NERVE_RULES_DIR=", "NERVE_PANIC_URL=",
-        "NERVE_ADMIN_TOKEN=", "NERVE_PANIC_TOKEN=", "_STDBUF_I=", "_STDBUF_O=",
+        "NERVE_ADMIN_TOKEN=", "NERVE_PANIC_TOKEN=", "NERVE_LEDGER_URL=", "_STDBUF_I=", "_STDBUF_O=",
         "_STDBUF_E=",
     };
     size_t n = 0, nx = 0;
@@ -779,13 +779,16 @@ static int log_mentions(const char *path, long from, const char *what)
 static int daemon_launch(h_daemon *d, const h_redis *r, const char *const *extra_env,
                          const char *const *sets, size_t nsets)
 {
-    char listen[64], url[64];
+    char listen[64], url[64], ledger[256];
     snprintf(listen, sizeof listen, "server.listen=127.0.0.1:%d", d->port);
+    /* One ledger per redis (a fleet shares one), in its directory: never the
+     * default nerve-ledger.db in the checkout. SETS may override it. */
+    snprintf(ledger, sizeof ledger, "ledger.path=%s/ledger.db", r->dir);
     snprintf(url, sizeof url, "redis.url=");
     h_redis_url(r, url + strlen(url), sizeof url - strlen(url));
     snprintf(d->base, sizeof d->base, "http://127.0.0.1:%d", d->port);
 
-    size_t max = 12 + 2 * nsets;
+    size_t max = 14 + 2 * nsets;
     char **argv = calloc(max, sizeof *argv);
     if (argv == NULL)
         return -1;
@@ -800,6 +803,8 @@ static int daemon_launch(h_daemon *d, const h_redis *r, const char *const *extra
     argv[n++] = url;
     argv[n++] = "--set";
     argv[n++] = "server.pidfile=";
+    argv[n++] = "--set";
+    argv[n++] = ledger;
     for (size_t i = 0; i < nsets; i++) {
         argv[n++] = "--set";
         argv[n++] = (char *)sets[i];
