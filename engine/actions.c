@@ -21,6 +21,7 @@ struct act {
     panic *p;
     rds_pool *pool;
     _Atomic uint64_t suppressed[ACT_LEVEL_COUNT]; /* act_alert_stats */
+    _Atomic uint64_t duplicates;                  /* act_alert_stats */
 };
 
 act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
@@ -66,6 +67,7 @@ static act_level level_of(const char *level) {
 void act_get_alert_stats(act *a, act_alert_stats *out) {
     for (int i = 0; i < ACT_LEVEL_COUNT; i++)
         out->suppressed[i] = atomic_load_explicit(&a->suppressed[i], memory_order_relaxed);
+    out->duplicates = atomic_load_explicit(&a->duplicates, memory_order_relaxed);
 }
 
 static double now_s(void) {
@@ -115,10 +117,16 @@ static int publish(act *a, rds_client *c, cJSON *o) {
     return rc;
 }
 
-/* KEYS[1] throttle marker, KEYS[2] suppressed counter; ARGV[1] window s,
- * ARGV[2] channel, ARGV[3] alert JSON. Publishes with "suppressed" filled in
- * and returns the JSON, or returns false when inside the window. */
+/* KEYS[1] throttle marker, KEYS[2] suppressed counter, KEYS[3] (optional)
+ * the event's marker; ARGV[1] window s, ARGV[2] channel, ARGV[3] alert JSON,
+ * ARGV[4] the event marker's ttl s. Returns 0 when the event marker already
+ * existed (this decision was handled at an earlier delivery of the event),
+ * else publishes with "suppressed" filled in and returns the JSON, or
+ * returns false when inside the window. */
 static rds_script throttle_script = RDS_SCRIPT_INIT(
+    "if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[4])) then\n"
+    "  return 0\n"
+    "end\n"
     "local w = tonumber(ARGV[1])\n"
     "if w > 0 and not redis.call('SET', KEYS[1], '1', 'NX', 'EX', w) then\n"
     "  redis.call('INCR', KEYS[2])\n"
@@ -133,9 +141,15 @@ static rds_script throttle_script = RDS_SCRIPT_INIT(
     "redis.call('PUBLISH', ARGV[2], txt)\n"
     "return txt\n");
 
-act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level,
-                           const char *rule, const char *scope, const char *reason) {
-    char k1[RDS_KEY_MAX], k2[RDS_KEY_MAX], win[16];
+/* How long an event's marker outlives its first evaluation: longer than
+ * any redelivery (claim_idle_ms, or a fleet down for hours) is likely to
+ * take; alerts are few (throttled), so the markers cost little. */
+#define EVENT_MARKER_TTL_S 86400
+
+static act_alert_result alert(act *a, rds_client *c, const char *kind, const char *level,
+                              const char *rule, const char *scope, const char *reason,
+                              const char *event_id) {
+    char k1[RDS_KEY_MAX], k2[RDS_KEY_MAX], k3[RDS_KEY_MAX], win[16], ttl[16];
     /* One window per (rule, scope, level): a warning must never keep a later
      * critical about the same thing quiet. One hash tag per key pair, so
      * that the script's two keys share a slot. */
@@ -143,15 +157,36 @@ act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *
     snprintf(k1, sizeof k1, "%sthrottle:{%s|%s|%s}", a->prefix, ru, sc, level);
     snprintf(k2, sizeof k2, "%sthrottle:{%s|%s|%s}:suppressed", a->prefix, ru, sc, level);
     snprintf(win, sizeof win, "%d", a->throttle_s);
+    snprintf(ttl, sizeof ttl, "%d", EVENT_MARKER_TTL_S);
+    /* The event's marker shares the throttle keys' tag (one slot). */
+    int nkeys = 2;
+    if (event_id) {
+        int kn = snprintf(k3, sizeof k3, "%sthrottle:{%s|%s|%s}:ev:%s", a->prefix, ru, sc, level,
+                          event_id);
+        if (kn > 0 && (size_t)kn < sizeof k3) nkeys = 3;
+    }
     cJSON *o = alert_obj(a, level, kind, rule, scope, reason);
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!txt) return ACT_ALERT_ERROR;
-    const char *argv[] = { k1, k2, win, a->alerts_channel, txt };
-    redisReply *r = rds_eval(c, &throttle_script, 2, 5, argv, NULL);
+    const char *argv[7];
+    int argc = 0;
+    argv[argc++] = k1;
+    argv[argc++] = k2;
+    if (nkeys == 3) argv[argc++] = k3;
+    argv[argc++] = win;
+    argv[argc++] = a->alerts_channel;
+    argv[argc++] = txt;
+    argv[argc++] = ttl;
+    redisReply *r = rds_eval(c, &throttle_script, nkeys, argc, argv, NULL);
     free(txt);
     act_alert_result rc;
-    if (!r || r->type == REDIS_REPLY_ERROR) {
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        atomic_fetch_add_explicit(&a->duplicates, 1, memory_order_relaxed);
+        log_debug("actions", "alert already handled rule=%s event=%s", rule ? rule : "",
+                  event_id ? event_id : "");
+        rc = ACT_ALERT_DUPLICATE;
+    } else if (!r || r->type == REDIS_REPLY_ERROR) {
         log_warn("actions", "alert not published rule=%s error=\"%s\"", rule ? rule : "",
                  r ? r->str : rds_errstr(c));
         rc = ACT_ALERT_ERROR;
@@ -166,6 +201,11 @@ act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *
     }
     freeReplyObject(r);
     return rc;
+}
+
+act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level,
+                           const char *rule, const char *scope, const char *reason) {
+    return alert(a, c, kind, level, rule, scope, reason, NULL);
 }
 
 /* ---- kill + emergency stop ------------------------------------------------------ */
@@ -247,11 +287,15 @@ ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor)
 }
 
 int act_decision(act *a, rds_client *c, const rules_decision *d) {
+    return act_decision_ev(a, c, d, NULL);
+}
+
+int act_decision_ev(act *a, rds_client *c, const rules_decision *d, const char *event_id) {
     char err[256];
     switch (d->action) {
     case RULES_ALERT:
-        return act_alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope,
-                         d->reason) == ACT_ALERT_ERROR
+        return alert(a, c, "rule_alert", rules_level_name(d->level), d->rule, d->scope, d->reason,
+                     event_id) == ACT_ALERT_ERROR
                    ? -1
                    : 0;
     case RULES_KILL:

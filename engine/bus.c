@@ -1,8 +1,9 @@
-/* bus.c -- Redis Pub/Sub subscriber (see bus.h).
+/* bus.c -- the stream reader and the Pub/Sub subscriber (see bus.h).
  *
- * The thread polls the socket itself (200 ms) rather than blocking inside
+ * The subscriber polls the socket itself (200 ms) rather than blocking inside
  * redisGetReply, so that bus_stop never waits on a quiet channel and a read
- * timeout never poisons the hiredis context.
+ * timeout never poisons the hiredis context. The stream reader blocks in
+ * XREADGROUP for at most 200 ms for the same reason.
  */
 #include "nerve/bus.h"
 
@@ -15,18 +16,30 @@
 #include <string.h>
 #include <time.h>
 
+#include <cjson/cJSON.h>
+
 #include "nerve/backoff.h"
+#include "nerve/clock.h"
+#include "nerve/keys.h"
 #include "nerve/log.h"
 
 struct bus {
     bus_opts o;
     char **channels;
     char *control;
+    char *group;
     evq *q;
-    pthread_t th;
+    pthread_t th, sth;
+    bool sth_started, stopped;
     _Atomic int stop;
     pthread_mutex_t mu; /* guards st */
     bus_stats st;
+    /* streams */
+    sg *sg;
+    size_t per_channel;     /* streams per channel: partitions + the ingest one */
+    pthread_mutex_t fly_mu; /* guards in_flight (st.in_flight is a copy) */
+    pthread_cond_t fly_cv;  /* in_flight went down */
+    uint64_t in_flight;
 };
 
 static void stat_add(bus *b, uint64_t *field, uint64_t n) {
@@ -47,14 +60,19 @@ static redisContext *subscribe(bus *b, char *err, size_t errlen) {
     redisContext *c = rds_connect(&b->o.redis, err, errlen);
     if (!c) return NULL;
     /* SUBSCRIBE ch... control */
-    size_t n = b->o.n_channels + (b->control ? 1 : 0);
+    size_t nch = b->o.pubsub_input ? b->o.n_channels : 0;
+    size_t n = nch + (b->control ? 1 : 0);
+    if (!n) {
+        snprintf(err, errlen, "nothing to subscribe to");
+        goto err;
+    }
     const char **argv = calloc(n + 1, sizeof *argv);
     if (!argv) {
         snprintf(err, errlen, "out of memory");
         goto err;
     }
     argv[0] = "SUBSCRIBE";
-    for (size_t i = 0; i < b->o.n_channels; i++) argv[i + 1] = b->channels[i];
+    for (size_t i = 0; i < nch; i++) argv[i + 1] = b->channels[i];
     if (b->control) argv[n] = b->control;
     int rc = redisAppendCommandArgv(c, (int)n + 1, argv, NULL);
     free(argv);
@@ -78,6 +96,16 @@ err:
     return NULL;
 }
 
+/* A message nerve itself published carries "partition" (keys.h): it is in
+ * a stream already. Parsed only when the word appears at all. */
+static bool own_event(const char *msg, size_t len) {
+    if (!memmem(msg, len, "\"partition\"", 11)) return false;
+    cJSON *o = cJSON_ParseWithLength(msg, len);
+    bool own = cJSON_IsObject(o) && cJSON_GetObjectItemCaseSensitive(o, "partition") != NULL;
+    cJSON_Delete(o);
+    return own;
+}
+
 /* Handle one pushed reply: ["message", channel, payload]. */
 static void on_reply(bus *b, redisReply *r, uint64_t *burst_drops) {
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
@@ -88,6 +116,10 @@ static void on_reply(bus *b, redisReply *r, uint64_t *burst_drops) {
     stat_add(b, &b->st.messages, 1);
     if (b->control && strcmp(ch->str, b->control) == 0) {
         if (b->o.on_control) b->o.on_control(b->o.ud, msg->str, msg->len);
+        return;
+    }
+    if (b->o.streams && own_event(msg->str, msg->len)) {
+        stat_add(b, &b->st.own_ignored, 1);
         return;
     }
     if (msg->len > b->o.max_event_bytes) {
@@ -138,7 +170,7 @@ static void *run(void *arg) {
         first = 0;
         fails = 0;
         set_connected(b, true);
-        log_info("bus", "subscribed channels=%zu", b->o.n_channels);
+        log_info("bus", "subscribed channels=%zu", b->o.pubsub_input ? b->o.n_channels : 0);
         if (b->o.on_connect) b->o.on_connect(b->o.ud);
 
         uint64_t burst = 0;
@@ -166,6 +198,140 @@ static void *run(void *arg) {
     return NULL;
 }
 
+/* ---- streams ----------------------------------------------------------------- */
+
+static void fly_add(bus *b, uint64_t n) {
+    pthread_mutex_lock(&b->fly_mu);
+    b->in_flight += n;
+    pthread_mutex_unlock(&b->fly_mu);
+}
+
+static void fly_sub(bus *b, uint64_t n) {
+    pthread_mutex_lock(&b->fly_mu);
+    b->in_flight = b->in_flight > n ? b->in_flight - n : 0;
+    pthread_cond_broadcast(&b->fly_cv);
+    pthread_mutex_unlock(&b->fly_mu);
+}
+
+/* Wait (200 ms at most) until fewer than LIMIT entries are in flight; the
+ * room left, 0 when there is none yet. */
+static uint64_t fly_room(bus *b, uint64_t limit) {
+    struct timespec dl = clock_deadline_ms(200);
+    pthread_mutex_lock(&b->fly_mu);
+    while (b->in_flight >= limit && !atomic_load(&b->stop))
+        if (pthread_cond_timedwait(&b->fly_cv, &b->fly_mu, &dl) == ETIMEDOUT) break;
+    uint64_t room = b->in_flight < limit ? limit - b->in_flight : 0;
+    pthread_mutex_unlock(&b->fly_mu);
+    return room;
+}
+
+/* Queue one entry, waiting for room; once stopping, for 2 s at most (what
+ * is not queued stays pending in Redis for another instance to claim). */
+static int push_entry(bus *b, const sg_msg *m) {
+    const char *ch = b->channels[m->stream_idx / b->per_channel];
+    uint64_t stop_at = 0;
+    for (;;) {
+        if (evq_push_entry(b->q, ch, m->event, m->len, m->stream, m->id, 200) == 0) return 0;
+        evq_stats qs;
+        evq_get_stats(b->q, &qs);
+        if (qs.depth < qs.capacity) return -1; /* closed, or out of memory */
+        if (atomic_load(&b->stop)) {
+            uint64_t now = clock_now_ns();
+            if (!stop_at) stop_at = now + 2000000000ull;
+            if (now >= stop_at) return -1;
+        }
+    }
+}
+
+static void *stream_run(void *arg) {
+    bus *b = arg;
+    enum { BATCH = 128 };
+    sg_msg m[BATCH];
+    bool down = false;
+    while (!atomic_load(&b->stop)) {
+        uint64_t room = fly_room(b, BUS_STREAM_WINDOW);
+        if (!room) continue;
+        int n = sg_read(b->sg, m, room < BATCH ? (size_t)room : BATCH, 200);
+        if (n < 0) {
+            if (!down)
+                log_warn("bus", "stream reader down, retrying error=\"%s\"", sg_errstr(b->sg));
+            down = true;
+            /* Its next connect reads this consumer's pending list again:
+             * first let every entry handed out be acknowledged, so that
+             * none of them is queued twice. */
+            while (!atomic_load(&b->stop) && fly_room(b, 1) == 0) continue;
+            continue;
+        }
+        if (down)
+            log_info("bus", "stream reader back streams=%zu", b->o.n_channels * b->per_channel);
+        down = false;
+        for (int i = 0; i < n; i++) {
+            fly_add(b, 1);
+            if (push_entry(b, &m[i]) != 0) fly_sub(b, 1);
+        }
+        sg_msgs_free(m, (size_t)n);
+    }
+    return NULL;
+}
+
+int bus_ack(bus *b, rds_client *c, const evq_item *items, size_t n) {
+    const char *streams[64], *ids[64];
+    int rc = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t k = 0;
+        for (; i < n && k < 64; i++)
+            if (items[i].stream) {
+                streams[k] = items[i].stream;
+                ids[k++] = items[i].id;
+            }
+        if (!k) continue;
+        if (sg_ack_client(b->sg, c, b->group, streams, ids, k) != 0) {
+            rc = -1;
+            stat_add(b, &b->st.ack_errors, 1);
+        }
+        fly_sub(b, k);
+    }
+    return rc;
+}
+
+/* The stream keys of every channel (keys.h), in channel order. */
+static int open_streams(bus *b, char *err, size_t errlen) {
+    size_t per = (size_t)b->o.partitions + 1, total = per * b->o.n_channels;
+    char **keys = calloc(total ? total : 1, sizeof *keys);
+    if (!keys) goto oom;
+    for (size_t i = 0; i < b->o.n_channels; i++) {
+        char **v = NULL;
+        size_t nv = 0;
+        if (keys_streams_of(b->o.prefix, b->o.partitions, b->channels[i], &v, &nv) != 0 ||
+            nv != per) {
+            keys_streams_free(v, nv);
+            snprintf(err, errlen, "bus: the stream names of channel %.200s do not fit",
+                     b->channels[i]);
+            keys_streams_free(keys, total);
+            return -1;
+        }
+        memcpy(keys + i * per, v, per * sizeof *v);
+        free(v); /* the strings moved to KEYS */
+    }
+    sg_opts so = { .redis = b->o.redis,
+                   .streams = (const char *const *)keys,
+                   .n_streams = total,
+                   .group = b->o.group,
+                   .consumer = b->o.consumer,
+                   .claim_idle_ms = b->o.claim_idle_ms,
+                   .max_event_bytes = b->o.max_event_bytes };
+    b->sg = sg_open(&so, err, errlen);
+    keys_streams_free(keys, total);
+    b->per_channel = per;
+    return b->sg ? 0 : -1;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
 bus *bus_start(const bus_opts *o, evq *q, char *err, size_t errlen) {
     bus *b = calloc(1, sizeof *b);
     if (!b) goto oom;
@@ -176,13 +342,40 @@ bus *bus_start(const bus_opts *o, evq *q, char *err, size_t errlen) {
     for (size_t i = 0; i < o->n_channels; i++)
         if (!(b->channels[i] = strdup(o->channels[i]))) goto oom;
     if (o->control_channel && !(b->control = strdup(o->control_channel))) goto oom;
+    if (o->streams && o->n_channels) {
+        if (!o->prefix || !o->group || !o->consumer || o->partitions < 1) {
+            snprintf(err, errlen, "bus: streams need a prefix, a group, a consumer and partitions");
+            goto err;
+        }
+        if (!(b->group = strdup(o->group))) goto oom;
+        if (open_streams(b, err, errlen) != 0) goto err;
+    }
+    b->o.streams = b->sg != NULL;
+    b->st.streams = b->o.streams;
     pthread_mutex_init(&b->mu, NULL);
+    pthread_mutex_init(&b->fly_mu, NULL);
+    clock_cond_init(&b->fly_cv);
     if (pthread_create(&b->th, NULL, run, b) != 0) {
         snprintf(err, errlen, "cannot start the bus thread");
-        pthread_mutex_destroy(&b->mu);
-        goto err;
+        goto err_sync;
+    }
+    if (b->sg) {
+        if (pthread_create(&b->sth, NULL, stream_run, b) != 0) {
+            atomic_store(&b->stop, 1);
+            pthread_join(b->th, NULL);
+            snprintf(err, errlen, "cannot start the stream reader thread");
+            goto err_sync;
+        }
+        b->sth_started = true;
+        log_info("bus", "reading streams=%zu group=%s consumer=%s claim_idle_ms=%d",
+                 b->o.n_channels * b->per_channel, o->group, o->consumer, o->claim_idle_ms);
     }
     return b;
+err_sync:
+    pthread_mutex_destroy(&b->mu);
+    pthread_mutex_destroy(&b->fly_mu);
+    pthread_cond_destroy(&b->fly_cv);
+    goto err;
 oom:
     snprintf(err, errlen, "out of memory");
 err:
@@ -190,19 +383,32 @@ err:
         for (size_t i = 0; b->channels && i < o->n_channels; i++) free(b->channels[i]);
         free(b->channels);
         free(b->control);
+        free(b->group);
+        sg_close(b->sg);
         free(b);
     }
     return NULL;
 }
 
-void bus_stop(bus *b) {
-    if (!b) return;
+void bus_stop_input(bus *b) {
+    if (!b || b->stopped) return;
     atomic_store(&b->stop, 1);
     pthread_join(b->th, NULL);
+    if (b->sth_started) pthread_join(b->sth, NULL);
+    b->stopped = true;
+}
+
+void bus_stop(bus *b) {
+    if (!b) return;
+    bus_stop_input(b);
     for (size_t i = 0; i < b->o.n_channels; i++) free(b->channels[i]);
     free(b->channels);
     free(b->control);
+    free(b->group);
+    sg_close(b->sg);
     pthread_mutex_destroy(&b->mu);
+    pthread_mutex_destroy(&b->fly_mu);
+    pthread_cond_destroy(&b->fly_cv);
     free(b);
 }
 
@@ -210,4 +416,8 @@ void bus_get_stats(bus *b, bus_stats *out) {
     pthread_mutex_lock(&b->mu);
     *out = b->st;
     pthread_mutex_unlock(&b->mu);
+    if (b->sg) sg_get_stats(b->sg, &out->sg);
+    pthread_mutex_lock(&b->fly_mu);
+    out->in_flight = b->in_flight;
+    pthread_mutex_unlock(&b->fly_mu);
 }

@@ -210,6 +210,11 @@ static int check_layout(nerved *d) {
     return -1;
 }
 
+/* On the evaluator thread: its stream events are evaluated (bus.h). */
+static int eval_ack(void *ud, rds_client *c, const evq_item *items, size_t n) {
+    return bus_ack(ud, c, items, n);
+}
+
 static void on_bus_connect(void *ud) {
     nerved *d = ud;
     /* Redis did not answer at start: the first connection checks the layout,
@@ -374,18 +379,8 @@ int daemon_run(const daemon_args *a) {
     if (c0) ks_refresh(d.ks, c0);
     seed_inventory(c, &so, d.pool);
 
-    eval_opts eo = { .live = d.live,
-                     .q = d.q,
-                     .act = d.act,
-                     .ks = d.ks,
-                     .pool = d.pool,
-                     .counters = d.counters,
-                     .stall_ms = c->stall_ms };
-    d.eval = eval_start(&eo, err, sizeof err);
-    if (!d.eval) {
-        log_error("main", "%s", err);
-        goto out;
-    }
+    /* The bus before the evaluator, which acknowledges through it; its
+     * events wait in the queue meanwhile. */
     bus_opts bo = { .redis = ro,
                     .channels = c->bus_channels,
                     .n_channels = c->n_bus_channels,
@@ -393,9 +388,30 @@ int daemon_run(const daemon_args *a) {
                     .control_channel = control,
                     .on_control = on_control,
                     .on_connect = on_bus_connect,
-                    .ud = &d };
+                    .ud = &d,
+                    .pubsub_input = c->bus_pubsub_input,
+                    .streams = c->bus_streams,
+                    .prefix = c->redis_prefix,
+                    .partitions = c->bus_partitions,
+                    .group = c->bus_group,
+                    .consumer = instance,
+                    .claim_idle_ms = c->claim_idle_ms };
     d.bus = bus_start(&bo, d.q, err, sizeof err);
     if (!d.bus) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    eval_opts eo = { .live = d.live,
+                     .q = d.q,
+                     .act = d.act,
+                     .ks = d.ks,
+                     .pool = d.pool,
+                     .counters = d.counters,
+                     .stall_ms = c->stall_ms,
+                     .ack = eval_ack,
+                     .ack_ud = d.bus };
+    d.eval = eval_start(&eo, err, sizeof err);
+    if (!d.eval) {
         log_error("main", "%s", err);
         goto out;
     }
@@ -450,10 +466,11 @@ out:
      * let the evaluator drain the queue, then the emergency stops. */
     http_stop(d.http);
     log_debug("main", "http stopped");
-    bus_stop(d.bus);
+    bus_stop_input(d.bus);
     log_debug("main", "bus stopped");
     if (d.q) evq_close(d.q);
     eval_stop(d.eval);
+    bus_stop(d.bus); /* after the evaluator's last acknowledgement */
     log_debug("main", "event queue drained");
     if (d.panic) panic_drain(d.panic, c->shutdown_grace_ms);
     panic_free(d.panic);

@@ -24,6 +24,7 @@ typedef struct call_ctx {
     eval *e;
     rds_client *c;
     uint64_t decisions;
+    const char *event_id; /* "<stream>/<id>", NULL for Pub/Sub */
 } call_ctx;
 
 static void on_decision(void *ud, const rules_decision *d) {
@@ -31,7 +32,23 @@ static void on_decision(void *ud, const rules_decision *d) {
     cc->decisions++;
     log_debug("eval", "decision rule=%s action=%s scope=%s reason=\"%s\"", d->rule,
               rules_action_name(d->action), d->scope ? d->scope : "", d->reason);
-    if (cc->c) act_decision(cc->e->o.act, cc->c, d);
+    if (cc->c) act_decision_ev(cc->e->o.act, cc->c, d, cc->event_id);
+}
+
+/* Stream events evaluated and not yet acknowledged (data already freed). */
+typedef struct acks {
+    evq_item it[64];
+    size_t n;
+} acks;
+
+static void ack_flush(eval *e, acks *a) {
+    if (!a->n) return;
+    rds_client *c = rds_pool_client(e->o.pool);
+    /* A failed ack leaves the entries pending: they come back (claimed)
+     * and their decisions are idempotent. */
+    if (c && e->o.ack) e->o.ack(e->o.ack_ud, c, a->it, a->n);
+    for (size_t i = 0; i < a->n; i++) evq_item_free(&a->it[i]);
+    a->n = 0;
 }
 
 static void on_rule_error(void *ud, const char *rule, const char *msg) {
@@ -88,9 +105,15 @@ static void *run(void *arg) {
     rules_vm *vm = NULL;
     uint64_t gen = 0;
     uint64_t last_refresh = 0, bad_burst = 0;
+    acks pend = { .n = 0 };
     for (;;) {
         evq_item it;
-        evq_pop_result rc = evq_pop(e->o.q, &it, 200);
+        /* With acks held, only look: send them before any wait. */
+        evq_pop_result rc = evq_pop(e->o.q, &it, pend.n ? 0 : 200);
+        if (rc != EVQ_GOT && pend.n) {
+            ack_flush(e, &pend);
+            if (rc == EVQ_TIMEOUT) continue;
+        }
         if (rc == EVQ_CLOSED) break;
         /* Busy from the pop: a halt cache refresh or a VM rebuild that hangs
          * delays this event as much as a rule that does. */
@@ -104,7 +127,9 @@ static void *run(void *arg) {
         }
         if (rc == EVQ_TIMEOUT) continue;
         sync_vm(e, &vm, &gen);
-        call_ctx cc = { e, rds_pool_client(e->o.pool), 0 };
+        char evid[RDS_KEY_MAX + 64];
+        if (it.stream) snprintf(evid, sizeof evid, "%s/%s", it.stream, it.id);
+        call_ctx cc = { e, rds_pool_client(e->o.pool), 0, it.stream ? evid : NULL };
         int bad = 0;
         if (vm) {
             int r = rules_eval(vm, it.channel, it.data, it.len, on_decision, &cc);
@@ -119,8 +144,17 @@ static void *run(void *arg) {
             }
         }
         count_event(e, it.channel, bad, cc.decisions);
-        evq_item_free(&it);
+        if (it.stream && e->o.ack) {
+            free(it.data);
+            free(it.channel);
+            it.data = it.channel = NULL;
+            pend.it[pend.n++] = it;
+            if (pend.n == 64) ack_flush(e, &pend);
+        } else {
+            evq_item_free(&it);
+        }
     }
+    ack_flush(e, &pend);
     rules_vm_free(vm);
     return NULL;
 }

@@ -10,13 +10,15 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 struct evq {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t cv;   /* an item arrived, or closed */
+    pthread_cond_t room; /* an item left, or closed */
     evq_item *ring;
     size_t cap, head, n;
     int closed;
@@ -35,6 +37,7 @@ evq *evq_new(size_t capacity) {
     q->st.capacity = q->cap;
     pthread_mutex_init(&q->mu, NULL);
     clock_cond_init(&q->cv);
+    clock_cond_init(&q->room);
     return q;
 }
 
@@ -42,7 +45,8 @@ void evq_item_free(evq_item *it) {
     if (!it) return;
     free(it->channel);
     free(it->data);
-    it->channel = it->data = NULL;
+    free(it->stream);
+    it->channel = it->data = it->stream = NULL;
 }
 
 void evq_free(evq *q) {
@@ -51,7 +55,38 @@ void evq_free(evq *q) {
     free(q->ring);
     pthread_mutex_destroy(&q->mu);
     pthread_cond_destroy(&q->cv);
+    pthread_cond_destroy(&q->room);
     free(q);
+}
+
+/* Copy the arguments into IT (outside the lock). 0, or -1 on OOM. */
+static int make_item(evq_item *it, const char *channel, const char *data, size_t len,
+                     const char *stream, const char *id) {
+    memset(it, 0, sizeof *it);
+    it->channel = strdup(channel);
+    it->data = malloc(len + 1);
+    it->len = len;
+    if (stream) {
+        it->stream = strdup(stream);
+        snprintf(it->id, sizeof it->id, "%s", id);
+    }
+    if (!it->channel || !it->data || (stream && !it->stream)) {
+        evq_item_free(it);
+        return -1;
+    }
+    memcpy(it->data, data, len);
+    it->data[len] = 0;
+    return 0;
+}
+
+/* Queue IT (locked). */
+static void put(evq *q, evq_item *it) {
+    it->enq_ns = clock_now_ns();
+    q->ring[(q->head + q->n) % q->cap] = *it;
+    q->n++;
+    q->st.pushed++;
+    if (q->n > q->st.high_water) q->st.high_water = q->n;
+    pthread_cond_signal(&q->cv);
 }
 
 int evq_push(evq *q, const char *channel, const char *data, size_t len) {
@@ -65,13 +100,8 @@ int evq_push(evq *q, const char *channel, const char *data, size_t len) {
     pthread_mutex_unlock(&q->mu);
     if (full) return -1;
 
-    evq_item it = { strdup(channel), malloc(len + 1), len, clock_now_ns() };
-    if (!it.channel || !it.data) {
-        evq_item_free(&it);
-        return -1;
-    }
-    memcpy(it.data, data, len);
-    it.data[len] = 0;
+    evq_item it;
+    if (make_item(&it, channel, data, len, NULL, NULL) != 0) return -1;
 
     pthread_mutex_lock(&q->mu);
     if (q->closed || q->n == q->cap) {
@@ -81,13 +111,24 @@ int evq_push(evq *q, const char *channel, const char *data, size_t len) {
         evq_item_free(&it);
         return -1;
     }
-    q->ring[(q->head + q->n) % q->cap] = it;
-    q->n++;
-    q->st.pushed++;
-    if (q->n > q->st.high_water) q->st.high_water = q->n;
-    pthread_cond_signal(&q->cv);
+    put(q, &it);
     pthread_mutex_unlock(&q->mu);
     return 0;
+}
+
+int evq_push_entry(evq *q, const char *channel, const char *data, size_t len, const char *stream,
+                   const char *id, int wait_ms) {
+    evq_item it;
+    if (make_item(&it, channel, data, len, stream, id) != 0) return -1;
+    struct timespec dl = clock_deadline_ms(wait_ms);
+    pthread_mutex_lock(&q->mu);
+    while (!q->closed && q->n == q->cap)
+        if (pthread_cond_timedwait(&q->room, &q->mu, &dl) == ETIMEDOUT) break;
+    int ok = !q->closed && q->n < q->cap;
+    if (ok) put(q, &it);
+    pthread_mutex_unlock(&q->mu);
+    if (!ok) evq_item_free(&it);
+    return ok ? 0 : -1;
 }
 
 evq_pop_result evq_pop(evq *q, evq_item *out, int timeout_ms) {
@@ -103,6 +144,7 @@ evq_pop_result evq_pop(evq *q, evq_item *out, int timeout_ms) {
         q->head = (q->head + 1) % q->cap;
         q->n--;
         q->st.popped++;
+        pthread_cond_signal(&q->room);
         rc = EVQ_GOT;
     } else {
         rc = q->closed ? EVQ_CLOSED : EVQ_TIMEOUT;
@@ -115,6 +157,7 @@ void evq_close(evq *q) {
     pthread_mutex_lock(&q->mu);
     q->closed = 1;
     pthread_cond_broadcast(&q->cv);
+    pthread_cond_broadcast(&q->room);
     pthread_mutex_unlock(&q->mu);
 }
 

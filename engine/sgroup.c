@@ -33,12 +33,14 @@ struct sg {
     char *group, *consumer;
     int claim_idle_ms;
     size_t max_bytes;
+    char *field; /* sg_opts.field, "event" by default */
 
     redisContext *c;
     bool ever_connected;
     int fails;
     uint64_t retry_at_ns;
     bool pending_pass; /* own pending entries not yet all read since the connect */
+    bool late_error;   /* an error happened while entries were left to hand out */
 
     sg_msg *back; /* entries read beyond what the caller took */
     size_t nback, backhead, backcap;
@@ -73,7 +75,8 @@ sg *sg_open(const sg_opts *o, char *err, size_t errlen) {
     g->s = calloc(g->n, sizeof *g->s);
     g->group = strdup(o->group);
     g->consumer = strdup(o->consumer);
-    if (!g->s || !g->group || !g->consumer) goto oom;
+    g->field = strdup(o->field ? o->field : "event");
+    if (!g->s || !g->group || !g->consumer || !g->field) goto oom;
     for (size_t i = 0; i < g->n; i++)
         if (!(g->s[i].key = strdup(o->streams[i]))) goto oom;
     return g;
@@ -109,6 +112,7 @@ void sg_close(sg *g) {
     free(g->back);
     free(g->group);
     free(g->consumer);
+    free(g->field);
     free(g);
 }
 
@@ -266,8 +270,9 @@ static int take_entry(sg *g, drops *d, size_t si, const redisReply *e, int claim
     const redisReply *ev = NULL;
     for (size_t k = 0; k + 1 < f->elements; k += 2) {
         const redisReply *name = f->element[k];
-        if (name->type == REDIS_REPLY_STRING && name->len == 5 &&
-            memcmp(name->str, "event", 5) == 0 && f->element[k + 1]->type == REDIS_REPLY_STRING) {
+        if (name->type == REDIS_REPLY_STRING && name->len == strlen(g->field) &&
+            memcmp(name->str, g->field, name->len) == 0 &&
+            f->element[k + 1]->type == REDIS_REPLY_STRING) {
             ev = f->element[k + 1];
             break;
         }
@@ -640,6 +645,11 @@ static int read_new(sg *g, size_t max, int block_ms, drops *d) {
 int sg_read(sg *g, sg_msg *out, size_t max, int block_ms) {
     if (max == 0) return 0;
     if (block_ms < 0) block_ms = 0;
+    if (g->backhead == g->nback && g->late_error) {
+        /* The error of the call that still had entries to hand out. */
+        g->late_error = false;
+        return -1;
+    }
     if (g->backhead == g->nback) {
         if (ensure_conn(g, block_ms) != 0) {
             ADD(g, errors, 1);
@@ -658,7 +668,9 @@ int sg_read(sg *g, sg_msg *out, size_t max, int block_ms) {
         if (rc != 0) {
             ADD(g, errors, 1);
             if (g->nback == g->backhead) return -1;
-            /* Hand out what was read before the error; the next call reports it. */
+            /* Hand out what was read before the error; the call that finds
+             * the backlog empty reports it. */
+            g->late_error = true;
         }
     }
     size_t n = g->nback - g->backhead;

@@ -150,6 +150,43 @@ static void render_bus(buf *b, bus *bu) {
         "# HELP nerve_bus_connected 1 while the bus subscriber is subscribed.\n"
         "# TYPE nerve_bus_connected gauge\nnerve_bus_connected %d\n",
         bs.connected ? 1 : 0);
+    out(b,
+        "# HELP nerve_bus_pubsub_own_ignored_total Pub/Sub messages of nerve's own (carrying "
+        "\"partition\") not evaluated: they are read from their stream.\n"
+        "# TYPE nerve_bus_pubsub_own_ignored_total counter\nnerve_bus_pubsub_own_ignored_total %llu\n",
+        (unsigned long long)bs.own_ignored);
+    if (!bs.streams) return;
+    const sg_stats *g = &bs.sg;
+    out(b,
+        "# HELP nerve_stream_reads_total Read commands of the stream reader (XREADGROUP, XAUTOCLAIM).\n"
+        "# TYPE nerve_stream_reads_total counter\nnerve_stream_reads_total %llu\n"
+        "# HELP nerve_stream_entries_total Stream entries handed to the rules.\n"
+        "# TYPE nerve_stream_entries_total counter\nnerve_stream_entries_total %llu\n"
+        "# HELP nerve_stream_claimed_total Entries claimed from a consumer idle past bus.claim_idle_ms.\n"
+        "# TYPE nerve_stream_claimed_total counter\nnerve_stream_claimed_total %llu\n"
+        "# HELP nerve_stream_acked_total Entries acknowledged to the consumer group.\n"
+        "# TYPE nerve_stream_acked_total counter\nnerve_stream_acked_total %llu\n"
+        "# HELP nerve_stream_ack_errors_total Acknowledgements that failed (the entries stay pending).\n"
+        "# TYPE nerve_stream_ack_errors_total counter\nnerve_stream_ack_errors_total %llu\n",
+        (unsigned long long)g->reads, (unsigned long long)g->messages,
+        (unsigned long long)g->claimed, (unsigned long long)g->acked,
+        (unsigned long long)bs.ack_errors);
+    out(b,
+        "# HELP nerve_stream_dropped_total Stream entries acknowledged without evaluation, by reason.\n"
+        "# TYPE nerve_stream_dropped_total counter\n"
+        "nerve_stream_dropped_total{reason=\"no_event\"} %llu\n"
+        "nerve_stream_dropped_total{reason=\"oversized\"} %llu\n"
+        "nerve_stream_dropped_total{reason=\"deleted\"} %llu\n",
+        (unsigned long long)g->skipped, (unsigned long long)g->oversized,
+        (unsigned long long)g->deleted);
+    out(b,
+        "# HELP nerve_stream_pending Entries this instance read and has not acknowledged yet.\n"
+        "# TYPE nerve_stream_pending gauge\nnerve_stream_pending %llu\n"
+        "# HELP nerve_stream_reconnects_total Times the stream reader reconnected.\n"
+        "# TYPE nerve_stream_reconnects_total counter\nnerve_stream_reconnects_total %llu\n"
+        "# HELP nerve_stream_connected 1 while the stream reader is connected.\n"
+        "# TYPE nerve_stream_connected gauge\nnerve_stream_connected %d\n",
+        (unsigned long long)bs.in_flight, (unsigned long long)g->reconnects, g->connected);
 }
 
 static void render_queue(buf *b, evq *q) {
@@ -244,6 +281,11 @@ static void render_actions(buf *b, const status_sources *s) {
     for (int i = 0; i < ACT_LEVEL_COUNT; i++)
         out(b, "nerve_alerts_suppressed_total{level=\"%s\"} %llu\n", act_level_name((act_level)i),
             (unsigned long long)as.suppressed[i]);
+    out(b,
+        "# HELP nerve_alerts_duplicate_total Alerts not published again because an earlier "
+        "delivery of the same stream event already handled them.\n"
+        "# TYPE nerve_alerts_duplicate_total counter\nnerve_alerts_duplicate_total %llu\n",
+        (unsigned long long)as.duplicates);
 }
 
 static void render_killswitch(buf *b, const status_sources *s, rds_client *c) {

@@ -10,6 +10,11 @@
  * level) carries "suppressed": N, and counted by this instance in
  * nerve_alerts_suppressed_total{level}. Published alerts are appended to the
  * capped stream PREFIXaudit.
+ * An alert decided on a stream event (act_decision_ev with its id) is
+ * published at most once per event, (rule, scope, level) and id: a marker
+ * key set in the same script as the throttle says that an earlier delivery
+ * of the event already handled it (at-least-once delivery, see bus.h).
+ * Pub/Sub events have no id: no such guard.
  * kill: engages the scope (killswitch.h); when this instance created the
  * record it publishes {"level":"critical","kind":"kill_switch",...}, appends
  * it to the audit stream and submits the emergency stop to the panic worker;
@@ -49,11 +54,16 @@ void act_free(act *a);
 
 /* Handle one decision. 0, or -1 on a Redis error (logged). */
 int act_decision(act *a, rds_client *c, const rules_decision *d);
+/* The same for a decision on the event EVENT_ID ("<stream key>/<entry id>";
+ * NULL: none): an alert already handled for that event is not published
+ * again (counted as a duplicate). */
+int act_decision_ev(act *a, rds_client *c, const rules_decision *d, const char *event_id);
 
 typedef enum {
     ACT_ALERT_ERROR = -1,
     ACT_ALERT_SUPPRESSED = 0, /* inside the throttle window: counted, not sent */
     ACT_ALERT_PUBLISHED = 1,
+    ACT_ALERT_DUPLICATE = 2, /* handled at an earlier delivery of the same event */
 } act_alert_result;
 
 /* Publish an alert (throttled per RULE, SCOPE and LEVEL). KIND is "rule_alert",
@@ -88,6 +98,7 @@ const char *act_level_name(act_level l);
 
 typedef struct act_alert_stats {
     uint64_t suppressed[ACT_LEVEL_COUNT]; /* kept quiet inside their throttle window */
+    uint64_t duplicates;                  /* not published again: the event was delivered before */
 } act_alert_stats;
 
 /* Counters since act_new. Thread-safe, lock-free. */

@@ -12,6 +12,14 @@
  * not return, Redis calls timing out one after another) from an idle one
  * without waiting on it: eval_get_liveness never waits for an evaluation.
  *
+ * Acknowledgement: an event read from a stream (evq_item.stream) is handed
+ * to eval_opts.ack once its decisions are applied (act_decision returned),
+ * also when it could not be parsed or a rule failed on it: those are counted
+ * (bad_events, rule_errors), never retried for ever. Acks are batched (up to
+ * 64) while more events are queued, and sent before the thread waits. A
+ * stream event's id ("<stream>/<entry id>") goes with its decisions to
+ * act_decision_ev, so that a redelivered event publishes no alert twice.
+ *
  * Ownership: eval_start borrows everything in eval_opts (it must outlive the
  * evaluator). eval_stop returns once the queue is closed and drained (the
  * caller closes it) or immediately if asked to abandon. Stats are thread-safe.
@@ -39,6 +47,9 @@ typedef struct eval_opts {
     rds_pool *pool;
     ctr *counters; /* ctx.incr backend; NULL: counted per Lua state */
     int stall_ms; /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
+    /* Acknowledge evaluated stream events (bus_ack); NULL: none. */
+    int (*ack)(void *ud, rds_client *c, const evq_item *items, size_t n);
+    void *ack_ud;
 } eval_opts;
 
 typedef struct eval_channel_count {

@@ -5,6 +5,11 @@
  * (never unbounded memory growth). FIFO order means events of one channel are
  * evaluated in arrival order by a single consumer.
  *
+ * An item read from a stream also carries its stream key and entry id, so
+ * that the consumer can acknowledge it once evaluated; such a producer waits
+ * for room rather than drop (evq_push_entry): an entry it dropped would stay
+ * pending in Redis and come back only when claimed.
+ *
  * Ownership: evq_push copies its arguments; evq_pop hands the item's strings
  * to the caller, who frees them with evq_item_free. All functions are
  * thread-safe.
@@ -20,6 +25,8 @@ typedef struct evq_item {
     char *data; /* NUL-terminated; len excludes the NUL */
     size_t len;
     uint64_t enq_ns; /* CLOCK_MONOTONIC when pushed */
+    char *stream;    /* the stream key it was read from; NULL: Pub/Sub (nothing to ack) */
+    char id[48];     /* its entry id ("" for Pub/Sub) */
 } evq_item;
 
 typedef struct evq_stats {
@@ -36,6 +43,13 @@ void evq_free(evq *q);         /* frees queued items; NULL is fine */
 
 /* 0 queued; -1 full (dropped and counted), closed, or out of memory. */
 int evq_push(evq *q, const char *channel, const char *data, size_t len);
+
+/* The same for a stream entry STREAM/ID, waiting up to WAIT_MS for room
+ * when the queue is full. 0 queued; -1 closed, out of memory, or still full
+ * after WAIT_MS: not counted as a drop, since the caller still holds the
+ * entry (it retries, or leaves it pending in Redis). */
+int evq_push_entry(evq *q, const char *channel, const char *data, size_t len, const char *stream,
+                   const char *id, int wait_ms);
 
 typedef enum {
     EVQ_CLOSED = -1, /* closed and empty: the consumer is done */

@@ -31,7 +31,10 @@
  * sg for the next call.
  *
  * Failures: sg_read and sg_ack return -1 on a connection or Redis error (the
- * message in sg_errstr) and drop the connection; the next call reconnects,
+ * message in sg_errstr) and drop the connection (when a read failed after
+ * entries were read, sg_read hands those out first and returns the -1 once
+ * they are all out: a caller that sees -1 knows that the reconnect will read
+ * its pending list again, see 1. above); the next call reconnects,
  * but not before a capped exponential backoff (backoff.h: 10 ms doubling up
  * to redis.reconnect_max_ms, equal jitter) has passed: a call made sooner
  * waits at most BLOCK_MS for it and returns -1 again.
@@ -60,6 +63,8 @@ typedef struct sg_opts {
     const char *consumer;       /* this consumer's name (the instance id) */
     int claim_idle_ms;          /* claim others' entries idle this long; <= 0: never */
     size_t max_event_bytes;     /* larger `event` fields are acked and dropped; 0: no limit */
+    const char *field;          /* the field handed out as `event`; NULL: "event" (the
+                                  * ledger reads the audit stream's "data") */
 } sg_opts;
 
 typedef struct sg_msg {
