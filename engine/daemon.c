@@ -19,6 +19,7 @@
 #include "nerve/http.h"
 #include "nerve/keys.h"
 #include "nerve/killswitch.h"
+#include "nerve/ledger.h"
 #include "nerve/live.h"
 #include "nerve/log.h"
 #include "nerve/panic.h"
@@ -97,6 +98,7 @@ typedef struct nerved {
     ctr *counters;
     sale_engine *sale;
     http_server *http;
+    ledger_writer *ledger; /* NULL: ledger.enabled or bus.streams off */
     pthread_mutex_t reload_mu; /* one reload at a time (SIGHUP and HTTP) */
     int layout_checked;        /* bus.partitions compared with Redis' record */
     _Atomic int layout_bad;    /* it differs: stop, exit 1 */
@@ -415,6 +417,18 @@ int daemon_run(const daemon_args *a) {
         log_error("main", "%s", err);
         goto out;
     }
+    if (c->ledger_enabled && c->bus_streams) {
+        ledger_writer_opts lo = {
+            .cfg = c, .redis = ro, .instance = instance, .url = c->ledger_url
+        };
+        d.ledger = ledger_writer_start(&lo, err, sizeof err);
+        if (!d.ledger) {
+            log_error("main", "%s", err);
+            goto out;
+        }
+    } else if (c->ledger_enabled) {
+        log_warn("main", "bus.streams is off: the ledger is not written (it reads the streams)");
+    }
     d.sale = sale_engine_new(&so, d.pool);
     if (!d.sale) {
         log_error("main", "out of memory");
@@ -431,6 +445,7 @@ int daemon_run(const daemon_args *a) {
                      .bus = d.bus,
                      .eval = d.eval,
                      .panic = d.panic,
+                     .ledger = d.ledger,
                      .reload = do_reload,
                      .reload_ud = &d };
     d.http = http_start(&hd, err, sizeof err);
@@ -472,6 +487,9 @@ out:
     eval_stop(d.eval);
     bus_stop(d.bus); /* after the evaluator's last acknowledgement */
     log_debug("main", "event queue drained");
+    /* What the writer read and did not commit stays pending in Redis. */
+    ledger_writer_stop(d.ledger);
+    log_debug("main", "ledger writer stopped");
     if (d.panic) panic_drain(d.panic, c->shutdown_grace_ms);
     panic_free(d.panic);
     log_debug("main", "emergency stops finished");

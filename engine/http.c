@@ -472,7 +472,9 @@ static status_sources sources(http_server *s) {
                            .q = s->d.q,
                            .bus = s->d.bus,
                            .panic = s->d.panic,
-                           .ks = s->d.ks };
+                           .ks = s->d.ks,
+                           .ledger = s->d.ledger,
+                           .ledger_lag_ready_ms = s->d.cfg ? s->d.cfg->ledger_lag_ready_ms : 0 };
     return src;
 }
 

@@ -1,6 +1,7 @@
 /* main.c -- the nerve command line: parses the command and its options and
  * hands over to the module that does the work (daemon.c for `serve`, the
- * rules engine for `check` and `rules test`). Only main decides exit codes.
+ * rules engine for `check` and `rules test`, ledger_cli.c for `ledger`).
+ * Only main decides exit codes.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -12,6 +13,7 @@
 
 #include "nerve/config.h"
 #include "nerve/daemon.h"
+#include "nerve/ledger.h"
 #include "nerve/log.h"
 #include "nerve/rules.h"
 #include "nerve/stress.h"
@@ -42,6 +44,10 @@ static void usage(FILE *f) {
         "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
         "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
         "                               load test with invariant checks (nerve stress --help)\n"
+        "  ledger migrate|verify|export|backup FILE|sales [-c FILE] [options]\n"
+        "                               the SQL order ledger: apply the schema, check it against\n"
+        "                               Redis, export rows, back it up, summarise sales\n"
+        "                               (nerve ledger --help)\n"
         "  help                         this text\n"
         "  --version                    print the version\n"
         "\n"
@@ -50,7 +56,7 @@ static void usage(FILE *f) {
         "  --set dotted.key=value       override a key after the file is read (repeatable)\n"
         "  --log-format text|json       log line format on stderr\n"
         "\n"
-        "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL\n"
+        "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL NERVE_LEDGER_URL\n"
         "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
 }
 
@@ -219,6 +225,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     opts o;
     if (parse_opts(argc - 1, argv + 1, &o)) {
         free(o.rest);

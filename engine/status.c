@@ -329,6 +329,35 @@ static void render_killswitch(buf *b, const status_sources *s, rds_client *c) {
         redis_up);
 }
 
+static void render_ledger(buf *b, ledger_writer *w) {
+    ledger_writer_stats ls;
+    ledger_writer_get_stats(w, &ls);
+    out(b,
+        "# HELP nerve_ledger_lag_seconds Age of the oldest stream entry the ledger writer read and "
+        "has not committed, 0 when caught up.\n# TYPE nerve_ledger_lag_seconds gauge\n"
+        "nerve_ledger_lag_seconds %.3f\n",
+        (double)ls.lag_ms / 1e3);
+    out(b, "# HELP nerve_ledger_rows_total Rows the ledger writer inserted, by table.\n"
+           "# TYPE nerve_ledger_rows_total counter\n");
+    for (int t = 0; t < LEDGER_TABLES; t++)
+        out(b, "nerve_ledger_rows_total{table=\"%s\"} %llu\n", ledger_table_name((ledger_table)t),
+            (unsigned long long)ls.rows[t]);
+    out(b,
+        "# HELP nerve_ledger_entries_total Stream entries the ledger writer committed that made no "
+        "new row, by reason.\n# TYPE nerve_ledger_entries_total counter\n"
+        "nerve_ledger_entries_total{result=\"duplicate\"} %llu\n"
+        "nerve_ledger_entries_total{result=\"ignored\"} %llu\n"
+        "nerve_ledger_entries_total{result=\"invalid\"} %llu\n",
+        (unsigned long long)ls.duplicates, (unsigned long long)ls.ignored,
+        (unsigned long long)ls.invalid);
+    out(b,
+        "# HELP nerve_ledger_errors_total Failed ledger writes and stream reads (each retried).\n"
+        "# TYPE nerve_ledger_errors_total counter\nnerve_ledger_errors_total %llu\n"
+        "# HELP nerve_ledger_up 1 when the ledger writer's last database operation succeeded.\n"
+        "# TYPE nerve_ledger_up gauge\nnerve_ledger_up %d\n",
+        (unsigned long long)ls.errors, ls.db_up);
+}
+
 char *status_metrics(const status_sources *s) {
     buf b = { malloc(16384), 0, 16384, 0 };
     if (!b.p) return NULL;
@@ -348,6 +377,7 @@ char *status_metrics(const status_sources *s) {
             (unsigned long long)ps.attempts_ok, (unsigned long long)ps.attempts_failed);
     }
     render_actions(&b, s);
+    if (s->ledger) render_ledger(&b, s->ledger);
     render_killswitch(&b, s, s->pool ? rds_pool_client(s->pool) : NULL);
     if (b.oom) {
         free(b.p);
@@ -434,6 +464,23 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
         bus_stats bs;
         bus_get_stats(s->bus, &bs);
         cJSON_AddBoolToObject(o, "bus_connected", bs.connected);
+    }
+    if (s->ledger) {
+        /* The ledger behind: sales go on (Redis is the system of record),
+         * but this instance says so rather than look healthy. */
+        ledger_writer_stats ls;
+        ledger_writer_get_stats(s->ledger, &ls);
+        cJSON *lj = cJSON_AddObjectToObject(o, "ledger");
+        cJSON_AddNumberToObject(lj, "lag_seconds", (double)ls.lag_ms / 1e3);
+        cJSON_AddBoolToObject(lj, "up", ls.db_up);
+        cJSON_AddNumberToObject(lj, "lag_ready_ms", s->ledger_lag_ready_ms);
+        if (s->ledger_lag_ready_ms > 0 && ls.lag_ms > (uint64_t)s->ledger_lag_ready_ms) {
+            snprintf(reason, sizeof reason,
+                     "ledger lag %.0fs: entries wait in Redis for the ledger database "
+                     "(ledger.lag_ready_ms=%d)",
+                     (double)ls.lag_ms / 1e3, s->ledger_lag_ready_ms);
+            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
+        }
     }
     int ok = cJSON_GetArraySize(reasons) == 0;
     cJSON_AddStringToObject(o, "status", ok ? "ready" : "not_ready");

@@ -27,7 +27,7 @@ root="${1:-.}"
 # top the read side (status: it reads everything), the HTTP edge, the
 # daemon that wires it all and main.
 layers="${DEPS_LAYERS:-log clock backoff url jsonck sku hist scope tslot rds lock config sale queue bus rules live
-    counters killswitch panic actions policy evaluator stress status conns framing http daemon main}"
+    counters killswitch panic actions policy evaluator ledger stress status conns framing http daemon main}"
 
 cd "$root" || exit 2
 files=$(ls engine/*.c engine/*.h include/nerve/*.h 2>/dev/null)

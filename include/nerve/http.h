@@ -20,6 +20,7 @@
 #include "nerve/config.h"
 #include "nerve/evaluator.h"
 #include "nerve/killswitch.h"
+#include "nerve/ledger.h"
 #include "nerve/live.h"
 #include "nerve/panic.h"
 #include "nerve/policy.h"
@@ -43,6 +44,7 @@ typedef struct http_deps {
     bus *bus;
     eval *eval;
     panic *panic;
+    ledger_writer *ledger; /* read by /metrics and /readyz; may be NULL */
     http_reload_fn reload;
     void *reload_ud;
 } http_deps;

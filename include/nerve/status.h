@@ -26,6 +26,7 @@
 #include "nerve/bus.h"
 #include "nerve/evaluator.h"
 #include "nerve/killswitch.h"
+#include "nerve/ledger.h"
 #include "nerve/live.h"
 #include "nerve/panic.h"
 #include "nerve/policy.h"
@@ -46,6 +47,8 @@ typedef struct status_sources {
     bus *bus;
     panic *panic;
     ks *ks;
+    ledger_writer *ledger;   /* the ledger metrics and lag */
+    int ledger_lag_ready_ms; /* /readyz: not ready past this lag (ledger.lag_ready_ms) */
 } status_sources;
 
 /* GET /metrics: the Prometheus text exposition (version 0.0.4). Returns a

@@ -432,4 +432,34 @@ void h_load_stop(h_load *l);
 int h_load_wait(h_load *l);
 void h_load_free(h_load *l);
 
+/* --- PostgreSQL (harness_pg.c) ----------------------------------------- */
+
+/* A throwaway PostgreSQL server: initdb into a directory of the temp dir (as
+ * the postgres user when the tests run as root), `postgres` on a free port
+ * with its Unix socket in that directory and no TCP listener, user `nerve`,
+ * trust authentication, fsync off. Stopped by h_pg_free and at exit. */
+typedef struct h_pg {
+    pid_t pid;                  /* 0 while stopped */
+    int port;
+    char dir[128];              /* data in DIR/data, the socket in DIR */
+    char log[160];
+} h_pg;
+
+/* initdb, start and wait (30 s) until it answers; NULL on failure (the
+ * reason and the server log printed). */
+h_pg *h_pg_start(void);
+/* Fast shutdown (SIGINT), wait; 0, or -1 when it had to be killed. */
+int h_pg_stop(h_pg *p);
+/* Start again on the same port and data; 0 once it answers. */
+int h_pg_restart(h_pg *p);
+/* Stop if running and free. NULL is fine. */
+void h_pg_free(h_pg *p);
+/* "postgresql:///DB?host=DIR&port=PORT&user=nerve" into BUF. */
+const char *h_pg_url(const h_pg *p, const char *db, char *buf, size_t len);
+/* CREATE DATABASE DB: 0 or -1. */
+int h_pg_createdb(const h_pg *p, const char *db);
+/* Run SQL in DB: the first column of the first row ("" when no row or
+ * NULL), malloc'd (caller frees); NULL on error (printed). */
+char *h_pg_query(const h_pg *p, const char *db, const char *sql);
+
 #endif

@@ -1,0 +1,84 @@
+/* ledger_int.h -- internals shared by the ledger's files (not a public
+ * header): the backend interface that ledger_sqlite.c and ledger_pg.c
+ * implement, the schema and migrations (ledger_sql.c), and the handle.
+ *
+ * A backend runs SQL with text parameters ($1, $2... in the SQL text: a
+ * PostgreSQL placeholder, and an SQLite named parameter whose index is its
+ * order of appearance) and hands result rows back as text, so ledger.c
+ * holds every statement once, for both.
+ */
+#ifndef NERVE_LEDGER_INT_H
+#define NERVE_LEDGER_INT_H
+
+#include <stddef.h>
+
+#include "nerve/ledger.h"
+
+#define LEDGER_ERR_MAX    512
+#define LEDGER_WHERE_MAX  512
+#define LEDGER_MAX_PARAMS 16
+
+/* A result row: NCOLS values as text, NULL for SQL NULL. Return 0 to go
+ * on, -1 to stop the query (it then returns -1 with L's error as set). */
+typedef int (*ledger_row_fn)(void *ud, int ncols, const char *const *vals);
+
+typedef struct ledger_ops {
+    const char *name;      /* "sqlite" | "postgresql" */
+    const char *begin_sql; /* starts a write transaction */
+    const char *lock_sql;  /* run after begin_sql by ledger_migrate, or NULL */
+    const char *day_expr;  /* SQL: the UTC day "YYYY-MM-DD" of the column ts */
+    /* SQL with N text parameters (NULL = SQL NULL); rows (if any) to FN (may
+     * be NULL). N == 0 may hold several statements (migrations). *CHANGES
+     * (may be NULL): rows changed by an INSERT/UPDATE/DELETE. 0 or -1. */
+    int (*exec)(ledger *l, const char *sql, int n, const char *const *params, ledger_row_fn fn,
+                void *ud, long *changes);
+    void (*close)(ledger *l);
+} ledger_ops;
+
+struct ledger {
+    const ledger_ops *ops;
+    void *db;    /* sqlite3 * or PGconn * */
+    void *cache; /* backend's own (SQLite: prepared statements) */
+    char where[LEDGER_WHERE_MAX];
+    char err[LEDGER_ERR_MAX];
+    char insert_sql[LEDGER_TABLES][512];
+};
+
+/* Set L's error (printf-style), truncating safely. */
+void ledger_seterr(ledger *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Backends: fill L (ops, db, where) or return -1 with L's error set. */
+int ledger_sqlite_open(ledger *l, const char *path);
+int ledger_pg_open(ledger *l, const char *url);
+/* SQLite's online backup of L to FILE (ledger_backup). */
+int ledger_sqlite_backup(ledger *l, const char *file);
+
+/* ---- schema (ledger_sql.c) ---- */
+
+typedef enum { LEDGER_COL_TEXT, LEDGER_COL_INT, LEDGER_COL_REAL } ledger_col_type;
+
+typedef struct ledger_col {
+    const char *name;
+    ledger_col_type type;
+} ledger_col;
+
+typedef struct ledger_tdesc {
+    const char *name;
+    const ledger_col *cols;
+    int ncols;
+} ledger_tdesc;
+
+extern const ledger_tdesc ledger_tables[LEDGER_TABLES];
+
+typedef struct ledger_migration {
+    int version;
+    const char *name;
+    const char *sql; /* one or more statements, the same on both backends */
+} ledger_migration;
+
+extern const ledger_migration ledger_migrations[];
+extern const size_t ledger_n_migrations;
+/* CREATE TABLE IF NOT EXISTS schema_migrations ... */
+extern const char ledger_sql_bootstrap[];
+
+#endif
