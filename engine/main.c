@@ -13,6 +13,7 @@
 
 #include "nerve/config.h"
 #include "nerve/daemon.h"
+#include "nerve/keys_cli.h"
 #include "nerve/ledger.h"
 #include "nerve/log.h"
 #include "nerve/rules.h"
@@ -48,6 +49,9 @@ static void usage(FILE *f) {
         "                               the SQL order ledger: apply the schema, check it against\n"
         "                               Redis, export rows, back it up, summarise sales\n"
         "                               (nerve ledger --help)\n"
+        "  keys where SKU... | keys migrate [--from N|legacy] --to M [--dry-run]\n"
+        "                               where a SKU's keys are; move every SKU to another\n"
+        "                               bus.partitions (nerve keys --help)\n"
         "  help                         this text\n"
         "  --version                    print the version\n"
         "\n"
@@ -225,6 +229,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     opts o;
     if (parse_opts(argc - 1, argv + 1, &o)) {
