@@ -25,6 +25,9 @@
 #   kill         stock event published -> kill record in Redis
 #                (bench_kill_latency)                                     [main]
 #   rules        in-process rule evaluation throughput (bench_rules)
+#   eval         evaluation through the consumer group: one, then two nerve
+#                on one Redis consuming the same pre-filled streams
+#                (eval_fleet.sh, its own redis-server each run)
 #   idle         a new client's sale while SERVER_THREADS + IDLE_EXTRA silent
 #                connections are held open (server.evict_idle_ms)     [main]
 # After each wrk scenario on nerve it checks that the units sold (the 200s
@@ -39,13 +42,14 @@
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules idle"
+#   SCENARIOS="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules eval idle"
 #   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix)
 #   NERVE_ARGS        more arguments for every `nerve serve`, e.g. "--set sale.max_batch=64"
 #   RELOAD_EVERY_MS=100  reload period of hot-reload
 #   RELOAD_RULES=100  rule files of the reload scenario;  RELOAD_RUNS=20 (in
 #                     process), RELOAD_HTTP_RUNS=10 (POST /admin/reload)
 #   KILL_EVENTS=500   events of the kill scenario
+#   EVAL_EVENTS=100000  events of the eval scenario
 #   IDLE_EXTRA=50, IDLE_SALES=10   the idle scenario: connections held beyond
 #                     the worker threads, and timed sales (each with its own
 #                     freshly opened idle connections)
@@ -77,7 +81,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling hot hot-rule hot-reload spread spread-rule reload kill rules idle}
+SCENARIOS=${SCENARIOS:-ceiling hot hot-rule hot-reload spread spread-rule reload kill rules eval idle}
 NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
 case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
 SERVER_THREADS=${SERVER_THREADS:-}
@@ -115,7 +119,7 @@ cd "$root" || exit 2
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
-known="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules idle"
+known="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules eval idle"
 for s in $SCENARIOS; do
     case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
 done
@@ -815,6 +819,26 @@ scenario_idle() {
     fi
 }
 
+# eval: tests/bench/eval_fleet.sh, one row per fleet size.
+scenario_eval() {
+    local out rc one two
+    note "eval_fleet: ${EVAL_EVENTS:-100000} events, one then two instances"
+    begin eval-2
+    out=$(NERVE_BIN="$NERVE_BIN" NERVE_CONFIG="$NERVE_CONFIG" NERVE_ARGS="${NERVE_ARGS:-}" \
+        "$here/eval_fleet.sh" 2>"$tmp/eval_fleet.log")
+    rc=$?
+    finish eval-2
+    out=$(grep '^eval_fleet:' <<<"$out" | tail -n 1)
+    if [ $rc != 0 ] || [ -z "$out" ]; then
+        program_failed eval-2 $rc "$tmp/eval_fleet.log"
+        return
+    fi
+    one=$(after one "$out") two=$(after two "$out")
+    LOAD[eval-1]=${LOAD[eval-2]} OTHERS[eval-1]=${OTHERS[eval-2]}
+    program_row eval-1 "$out" "$one ev/s" - - -
+    program_row eval-2 "$out" "$two ev/s" - - -
+}
+
 scenario_rules() {
     local out rc
     note "bench_rules"
@@ -907,6 +931,8 @@ label() {
         reload-http) echo "reload $RELOAD_RULES rules, HTTP" ;;
         kill) echo "stock event -> kill record" ;;
         rules) echo "rule evaluation, 1 core" ;;
+        eval-1) echo "evaluation via group, 1 nerve" ;;
+        eval-2) echo "evaluation via group, 2 nerve" ;;
         idle) echo "new client, threads+$IDLE_EXTRA idle" ;;
         *) echo "$1" ;;
     esac
@@ -928,6 +954,7 @@ for s in $SCENARIOS; do
         reload) scenario_reload ;;
         kill) scenario_kill ;;
         rules) scenario_rules ;;
+        eval) scenario_eval ;;
         idle) scenario_idle ;;
     esac
 done
@@ -998,6 +1025,12 @@ row_fields() {
         idle)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
             TGT_COL="max < $TARGET_IDLE_MS ms: $(met "${MAXL[$name]} < $TARGET_IDLE_MS")"
+            ;;
+        eval-2)
+            [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
+            [ -n "${FIG[eval-1]:-}" ] && REF_COL="$(awk -v a="${FIG[$name]%% *}" -v b="${FIG[eval-1]%% *}" \
+                'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b }') of 1 nerve"
+            TGT_COL="> 1 nerve: $(met "${FIG[$name]%% *} > ${FIG[eval-1]%% *}")"
             ;;
         rules)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
