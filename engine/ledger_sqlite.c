@@ -7,8 +7,8 @@
  * sale lost for good. busy_timeout waits a little for another writer's lock
  * before a statement fails; the ledger writer retries after that.
  *
- * Prepared statements are cached by SQL text pointer (ledger.c keeps each
- * statement in one place), so a batch of inserts compiles each once.
+ * Prepared statements are cached by their SQL text, so a batch of inserts
+ * compiles each statement once per connection.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -23,7 +23,6 @@
 #define CACHE_MAX       16
 
 typedef struct stmt_cache {
-    const char *sql[CACHE_MAX];
     sqlite3_stmt *st[CACHE_MAX];
     int n;
 } stmt_cache;
@@ -41,8 +40,9 @@ static int fail(ledger *l, const char *what) {
 
 static sqlite3_stmt *prepare(ledger *l, const char *sql, int *cached) {
     stmt_cache *c = l->cache;
+    /* By text: a caller's SQL may live in a buffer reused for another. */
     for (int i = 0; i < c->n; i++)
-        if (c->sql[i] == sql) {
+        if (strcmp(sqlite3_sql(c->st[i]), sql) == 0) {
             *cached = 1;
             return c->st[i];
         }
@@ -52,10 +52,7 @@ static sqlite3_stmt *prepare(ledger *l, const char *sql, int *cached) {
         return NULL;
     }
     *cached = c->n < CACHE_MAX;
-    if (*cached) {
-        c->sql[c->n] = sql;
-        c->st[c->n++] = st;
-    }
+    if (*cached) c->st[c->n++] = st;
     return st;
 }
 
