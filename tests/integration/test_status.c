@@ -57,6 +57,11 @@ static const char *const families[] = {
     "nerve_sale_rule_failures_total counter",
     "nerve_alerts_suppressed_total counter",
     "nerve_alerts_duplicate_total counter",
+    "nerve_ledger_lag_seconds gauge",
+    "nerve_ledger_rows_total counter",
+    "nerve_ledger_entries_total counter",
+    "nerve_ledger_errors_total counter",
+    "nerve_ledger_up gauge",
     "nerve_control_messages_total counter",
     "nerve_kill_switch_halting gauge",
     "nerve_kill_switch_engaged gauge",
@@ -97,6 +102,13 @@ static const char *const fixed_series[] = {
     "nerve_alerts_suppressed_total{level=\"critical\"}",
     "nerve_alerts_suppressed_total{level=\"fatal\"}",
     "nerve_alerts_suppressed_total{level=\"other\"}",
+    "nerve_ledger_rows_total{table=\"sales\"}",
+    "nerve_ledger_rows_total{table=\"stock_changes\"}",
+    "nerve_ledger_rows_total{table=\"kills\"}",
+    "nerve_ledger_rows_total{table=\"alerts\"}",
+    "nerve_ledger_entries_total{result=\"duplicate\"}",
+    "nerve_ledger_entries_total{result=\"ignored\"}",
+    "nerve_ledger_entries_total{result=\"invalid\"}",
     "nerve_control_messages_total{result=\"ok\"}",
     "nerve_control_messages_total{result=\"invalid\"}",
     "nerve_control_messages_total{result=\"error\"}",
@@ -195,12 +207,14 @@ static void test_json_views(void **state)
     assert_int_equal(h_http(daemon_, "GET", "/readyz", NULL, &r, NULL), 200);
     H_ASSERT_JSON(&r);
     assert_true(h_jkeys(r.json, "redis", "rules_loaded", "rules_generation", "event_queue", "evaluator",
-                        "bus_connected", "status", NULL));
+                        "bus_connected", "ledger", "status", NULL));
     assert_string_equal(h_jstr(r.json, "status"), "ready");
     assert_true(h_jkeys(cJSON_GetObjectItem(r.json, "event_queue"), "depth", "capacity", "dropped",
                         "oldest_age_seconds", "overflowing", NULL));
     assert_true(h_jkeys(cJSON_GetObjectItem(r.json, "evaluator"), "busy", "busy_seconds",
                         "last_completed_age_seconds", "stall_ms", "stalled", NULL));
+    assert_true(h_jkeys(cJSON_GetObjectItem(r.json, "ledger"), "lag_seconds", "up", "lag_ready_ms",
+                        NULL));
     h_resp_free(&r);
 
     assert_int_equal(h_http(daemon_, "GET", "/rules", NULL, &r, NULL), 200);
