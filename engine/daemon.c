@@ -98,7 +98,7 @@ typedef struct nerved {
     ctr *counters;
     sale_engine *sale;
     http_server *http;
-    ledger_writer *ledger; /* NULL: ledger.enabled or bus.streams off */
+    ledger_writer *ledger;     /* NULL: ledger.enabled or bus.streams off */
     pthread_mutex_t reload_mu; /* one reload at a time (SIGHUP and HTTP) */
     int layout_checked;        /* bus.partitions compared with Redis' record */
     _Atomic int layout_bad;    /* it differs: stop, exit 1 */
