@@ -5,17 +5,22 @@
 #
 # Starts, all on 127.0.0.1 free ports inside one `mktemp -d` directory, the
 # ceiling server (a bare CivetWeb answering POST /sale with the same options
-# as nerve, no Redis) and up to three nerve daemons, each with a throwaway
+# as nerve, no Redis) and up to four nerve daemons, each with a throwaway
 # redis-server of its own (Pub/Sub is server-wide: on a shared Redis each
 # daemon would also evaluate the other's sale events):
 #   main   the config's rules (rules/: inventory + financial);
 #   rule   copies of those plus a sale_request rule (rejects qty > 100; the
 #          bench sells qty 1, so it never fires but runs on every sale);
-#   many   100 generated rule files (bench_reload), for the reload timing.
+#   many   100 generated rule files (bench_reload), for the reload timing;
+#   nostreams  the config's rules with bus.streams=false: no stream appends,
+#          events through Pub/Sub only (the issue 11 comparison).
+# Each daemon's SQLite ledger is in the temporary directory.
 # Scenarios (SCENARIOS, in this order by default):
 #   ceiling      wrk POST /sale against the ceiling server: what the HTTP
 #                stack and this machine can do at most;
 #   hot          every sale on one SKU (stock never runs out)            [main]
+#   hot-nostreams  the same with bus.streams=false; its row gives hot SKU
+#                (streams on, the default) as a share of it      [nostreams]
 #   hot-rule     the same with the sale_request rule                      [rule]
 #   hot-reload   hot SKU while POST /admin/reload runs every 100 ms       [main]
 #   spread       sales cycling over 1,000 SKUs                            [main]
@@ -42,8 +47,10 @@
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules eval idle"
-#   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix)
+#   SCENARIOS="ceiling hot hot-nostreams hot-rule hot-reload spread spread-rule reload kill rules eval idle"
+#   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix: the
+#                     kill records bench_kill_latency watches; stock key names
+#                     come from `nerve keys where` with NERVE_CONFIG and NERVE_ARGS)
 #   NERVE_ARGS        more arguments for every `nerve serve`, e.g. "--set sale.max_batch=64"
 #   RELOAD_EVERY_MS=100  reload period of hot-reload
 #   RELOAD_RULES=100  rule files of the reload scenario;  RELOAD_RUNS=20 (in
@@ -81,7 +88,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling hot hot-rule hot-reload spread spread-rule reload kill rules eval idle}
+SCENARIOS=${SCENARIOS:-ceiling hot hot-nostreams hot-rule hot-reload spread spread-rule reload kill rules eval idle}
 NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
 case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
 SERVER_THREADS=${SERVER_THREADS:-}
@@ -109,6 +116,7 @@ TARGET_HOT_PCT=15               # hot SKU >= 15% of the ceiling
 TARGET_SPREAD_PCT=30            # 1,000 SKUs >= 30% of the ceiling
 TARGET_P99_MS=10                # every sale scenario
 TARGET_SAME_PCT=90              # with the sale rule / during reloads: within 10%
+TARGET_STREAMS_PCT=90           # hot SKU with streams on >= 90% of streams off (issue 11)
 TARGET_RELOAD_MS=50             # median reload of 100 rule files
 TARGET_KILL_P99_MS=5            # stock event -> kill record, p99
 TARGET_RULES_EPS=200000         # rule evaluations per second, one core
@@ -119,7 +127,7 @@ cd "$root" || exit 2
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
-known="ceiling hot hot-rule hot-reload spread spread-rule reload kill rules eval idle"
+known="ceiling hot hot-nostreams hot-rule hot-reload spread spread-rule reload kill rules eval idle"
 for s in $SCENARIOS; do
     case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
 done
@@ -147,7 +155,7 @@ for tool in wrk redis-server redis-cli timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
 done
 need_nerve=0
-for s in hot hot-rule spread spread-rule hot-reload reload kill idle; do want $s && need_nerve=1; done
+for s in hot hot-nostreams hot-rule spread spread-rule hot-reload reload kill idle; do want $s && need_nerve=1; done
 if want ceiling; then
     [ -x "$BUILD/bench/ceiling" ] || die "$BUILD/bench/ceiling not built (make bench builds it)"
 fi
@@ -276,11 +284,36 @@ redis_ping() { [ "$(redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ]; }
 # rcli: redis-cli reading commands from stdin, one a line.
 rcli() { redis-cli -p "$RPORT"; }
 
-# key_cmds CMD [TAIL] SKU...: "CMD PREFIX{SKU}:stock TAIL" for each SKU.
+# stock_keys SKU...: STOCK_KEY[SKU] = its stock key, as the binary names it
+# (`nerve keys where` with the daemons' config and NERVE_ARGS: prefix and
+# bus.partitions), so the layout has one definition. Run it in this shell
+# (not in a pipeline) before key_cmds or stock_sum use the SKUs.
+declare -A STOCK_KEY
+stock_keys() {
+    local need=() s st
+    for s in "$@"; do [ -n "${STOCK_KEY[$s]:-}" ] || need+=("$s"); done
+    [ ${#need[@]} = 0 ] && return 0
+    "$NERVE_BIN" keys where -c "$NERVE_CONFIG" "${nerve_args[@]}" "${need[@]}" \
+        >"$tmp/where.out" 2>"$tmp/where.err" ||
+        setup_fail "nerve keys where failed: $(head -n 3 "$tmp/where.err")"
+    while IFS=$'\t' read -r s _ st _; do STOCK_KEY[$s]=$st; done <"$tmp/where.out"
+    for s in "${need[@]}"; do
+        [ -n "${STOCK_KEY[$s]:-}" ] || setup_fail "nerve keys where printed no stock key for $s"
+    done
+}
+
+# key_cmds CMD [TAIL] SKU...: "CMD STOCK_KEY TAIL" for each SKU (stock_keys
+# first; a SKU it did not see gives a line Redis answers with an error).
 key_cmds() {
-    local cmd=$1 tail=$2
+    local cmd=$1 tail=$2 s
     shift 2
-    printf '%s\n' "$@" | awk -v c="$cmd" -v p="$NERVE_PREFIX" -v t="$tail" '{ print c " " p "{" $0 "}:stock" t }'
+    for s in "$@"; do
+        if [ -n "${STOCK_KEY[$s]:-}" ]; then
+            printf '%s %s%s\n' "$cmd" "${STOCK_KEY[$s]}" "$tail"
+        else
+            printf 'NO-STOCK-KEY-FOR %s\n' "$s"
+        fi
+    done
 }
 
 # start_redis NAME: a throwaway redis-server; sets RPORT and REDIS_PID.
@@ -313,6 +346,7 @@ start_nerve() {
             --set "redis.url=redis://127.0.0.1:$RPORT/0" \
             --set "server.pidfile=" \
             --set "server.threads=$SERVER_THREADS" \
+            --set "ledger.path=$tmp/ledger-$name.db" \
             --set "log.level=warn" "${nerve_args[@]}" "$@" >"$tmp/nerve-$name.log" 2>&1 &
         NERVE_PID=$!
         pids+=("$NERVE_PID")
@@ -398,6 +432,10 @@ use() {
                 I_DESC[$name]="+ sale rule"
                 write_sale_rules "$tmp/rules-sale"
                 args=(--set "rules.dir=$tmp/rules-sale" --set "rules.files=[]")
+                ;;
+            nostreams)
+                I_DESC[$name]="streams off"
+                args=(--set "bus.streams=false")
                 ;;
             many)
                 I_DESC[$name]="$RELOAD_RULES rule files"
@@ -645,13 +683,14 @@ scenario_hot() {
     local name=$1 inst=$2 before rpid="" rc line evals0="" evals1
     use "$inst"
     note "$(label "$name"): $DURATION"
+    stock_keys "$HOT_SKU"
     set_stock "$HOT_SKU" "$HOT_STOCK"
     # Warm up on another SKU, so no warm-up sale can land on the hot stock.
     set_stock warmup "$HOT_STOCK"
     warmup "$NPORT" hot warmup
     before=$(stock_sum "$HOT_SKU")
     [ "$before" = "$HOT_STOCK" ] ||
-        setup_fail "stock of $HOT_SKU in Redis is '$before', expected $HOT_STOCK (redis.prefix not '$NERVE_PREFIX'?)"
+        setup_fail "stock of $HOT_SKU in Redis is '$before', expected $HOT_STOCK (read from ${STOCK_KEY[$HOT_SKU]})"
     [ "$inst" = rule ] && evals0=$(rule_evaluations "$SALE_RULE")
     begin "$name"
     if [ "$name" = hot-reload ]; then
@@ -693,6 +732,7 @@ scenario_spread() {
     use "$inst"
     note "$(label "$name"): $DURATION"
     for ((i = 0; i < SPREAD_SKUS; i++)); do skus+=("bench-$i"); done
+    stock_keys "${skus[@]}"
     key_cmds SET " $SPREAD_STOCK" "${skus[@]}" | rcli >"$tmp/seed.out" ||
         setup_fail "redis-cli SET of the stocks failed"
     [ "$(grep -c '^OK$' "$tmp/seed.out")" = "$SPREAD_SKUS" ] || setup_fail "seeding the stocks failed"
@@ -923,6 +963,7 @@ label() {
     case $1 in
         ceiling) echo "ceiling" ;;
         hot) echo "hot SKU" ;;
+        hot-nostreams) echo "hot SKU, streams off" ;;
         hot-rule) echo "hot SKU + sale rule" ;;
         spread) echo "1,000 SKUs" ;;
         spread-rule) echo "1,000 SKUs + sale rule" ;;
@@ -947,6 +988,7 @@ for s in $SCENARIOS; do
     case $s in
         ceiling) run_sale ceiling scenario_ceiling ;;
         hot) run_sale hot scenario_hot hot main ;;
+        hot-nostreams) run_sale hot-nostreams scenario_hot hot-nostreams nostreams ;;
         hot-rule) run_sale hot-rule scenario_hot hot-rule rule ;;
         spread) run_sale spread scenario_spread spread main ;;
         spread-rule) run_sale spread-rule scenario_spread spread-rule rule ;;
@@ -1013,6 +1055,17 @@ row_fields() {
                 spread) TGT_COL=$(sale_target "$name" $TARGET_SPREAD_PCT) ;;
                 *) TGT_COL=$(sale_target "$name" $TARGET_SAME_PCT) ;;
             esac
+            ;;
+        hot-nostreams)
+            # The comparison of issue 11: streams on (hot SKU) against off.
+            r=$(ratio hot "$name")
+            if [ -n "$r" ]; then
+                REF_COL="hot SKU: $r% of it"
+                TGT_COL="on >= $TARGET_STREAMS_PCT% of off: $(met "$r >= $TARGET_STREAMS_PCT")"
+            else
+                TGT_COL="on >= $TARGET_STREAMS_PCT% of off: hot SKU not run"
+            fi
+            TGT_COL+=", p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
             ;;
         reload-load | reload-http)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
