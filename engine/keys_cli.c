@@ -89,10 +89,15 @@ static void usage(FILE *f) {
 
 static int parse(int argc, char **argv, kopts *o) {
     static const struct option longopts[] = {
-        { "config", required_argument, NULL, 'c' }, { "set", required_argument, NULL, 's' },
-        { "from", required_argument, NULL, 'f' },   { "to", required_argument, NULL, 't' },
-        { "prefer", required_argument, NULL, 'p' }, { "dry-run", no_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },         { NULL, 0, NULL, 0 },
+        { "config", required_argument, NULL, 'c' },
+        { "set", required_argument, NULL, 's' },
+        { "from", required_argument, NULL, 'f' },
+        { "to", required_argument, NULL, 't' },
+        { "prefer", required_argument, NULL, 'p' },
+        { "dry-run", no_argument, NULL, 'n' },
+        { "help", no_argument, NULL, 'h' },
+        { "log-format", required_argument, NULL, 'l' },
+        { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
     o->config = "config/nerve.yaml";
@@ -122,6 +127,13 @@ static int parse(int argc, char **argv, kopts *o) {
             break;
         case 'n': o->dry_run = true; break;
         case 'h': o->help = true; break;
+        case 'l':
+            /* Accepted like every command that reads config; nothing here logs. */
+            if (strcmp(optarg, "text") && strcmp(optarg, "json")) {
+                fprintf(stderr, "nerve keys: --log-format must be text or json\n");
+                return -1;
+            }
+            break;
         case ':': fprintf(stderr, "nerve keys: %s needs a value\n", argv[optind - 1]); return -1;
         default:
             fprintf(stderr, "nerve keys: unknown option %s (see nerve keys --help)\n",
@@ -840,7 +852,7 @@ static int cmd_migrate(const kopts *o) {
     if (m.conflicts) {
         fprintf(stderr,
                 "nerve keys migrate: %llu keys exist in both layouts with different values (named "
-                "above); nothing was overwritten and %s still records the old count: decide which "
+                "above); nothing was overwritten and %s is left as it was: decide which "
                 "is right and re-run with --prefer source or --prefer target\n",
                 m.conflicts, meta);
         goto out;
