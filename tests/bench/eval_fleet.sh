@@ -26,6 +26,9 @@
 # NERVE_CONFIG=config/nerve.yaml, NERVE_ARGS (more `nerve serve` arguments),
 # KEEP_TMP=1 (keep the logs).
 
+# Functions called only through wait_until or a trap look unreachable:
+# shellcheck disable=SC2317
+
 set -uo pipefail
 export LC_ALL=C
 
@@ -42,7 +45,7 @@ note() { echo "eval_fleet: $*" >&2; }
 
 [[ $EVAL_EVENTS =~ ^[1-9][0-9]*$ ]] || die "EVAL_EVENTS '$EVAL_EVENTS' is not a positive number"
 [[ $EVAL_TIMEOUT_S =~ ^[1-9][0-9]*$ ]] || die "EVAL_TIMEOUT_S '$EVAL_TIMEOUT_S' is not a positive number"
-for tool in redis-server redis-cli curl awk; do
+for tool in redis-server redis-cli awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
 done
 [ -x "$NERVE_BIN" ] || die "nerve binary $NERVE_BIN not found"
@@ -78,7 +81,20 @@ free_port() {
     return 1
 }
 
-healthy() { curl -fsS -o /dev/null "http://127.0.0.1:$1/healthz" 2>/dev/null; }
+# http_get PORT PATH: the body of GET PATH on stdout; 0 when it answered 200
+# (bash /dev/tcp, as run.sh: no curl needed).
+http_get() {
+    local line status
+    { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
+    IFS=' ' read -r _ status _ <&3
+    while IFS= read -r line <&3 && [ "${line%$'\r'}" != "" ]; do :; done
+    cat <&3
+    exec 3<&-
+    [ "$status" = 200 ]
+}
+
+healthy() { http_get "$1" /healthz >/dev/null; }
 
 # wait_until SECONDS CMD...: poll CMD every 20 ms.
 wait_until() {
@@ -125,7 +141,7 @@ drained() {
 
 # events_of PORT: nerve_events_total of that instance, all channels.
 events_of() {
-    curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null |
+    http_get "$1" /metrics |
         awk '/^nerve_events_total[{ ]/ { s += $NF } END { printf "%d\n", s }'
 }
 
