@@ -5,6 +5,7 @@
  *      the system of record), the lag shows in nerve_ledger_lag_seconds and
  *      in /readyz's reasons past ledger.lag_ready_ms, and once the lock is
  *      gone the ledger catches up with every acknowledged order exactly once.
+ *      The same with the PostgreSQL ledger stopped for 10 s.
  *   2. nerve killed with -9 mid-load and started again: every acknowledged
  *      order is in the ledger once and `nerve ledger verify` exits 0 (the
  *      entries the dead writer had read are claimed after bus.claim_idle_ms).
@@ -30,11 +31,16 @@
 
 /* `nerve ledger ARGS...` against R's ledger (the harness puts each redis'
  * ledger in its directory) and R. */
+static char pg_set[512]; /* "ledger.url=..." while a test uses PostgreSQL */
+
 static int ledger_cmd(h_redis *r, h_run *out, const char *a1, const char *a2, const char *a3,
                       const char *a4)
 {
-    char path[256], url[96], rurl[64];
-    snprintf(path, sizeof path, "ledger.path=%s/ledger.db", r->dir);
+    char path[600], url[96], rurl[64];
+    if (pg_set[0])
+        snprintf(path, sizeof path, "%s", pg_set);
+    else
+        snprintf(path, sizeof path, "ledger.path=%s/ledger.db", r->dir);
     snprintf(url, sizeof url, "redis.url=%s", h_redis_url(r, rurl, sizeof rurl));
     const char *args[] = { "ledger", a1, "-c", "config/nerve.yaml", "--set", path, "--set", url,
                            a2, a3, a4, NULL };
@@ -278,6 +284,60 @@ static void test_ledger_locked_under_load(void **state)
     h_pass();
 }
 
+/* --- 1b. the PostgreSQL ledger stopped for 10 s under load ------------------- */
+
+static void test_pg_down_under_load(void **state)
+{
+    (void)state;
+    const char *sku = "dur-pgdown";
+    h_pg *pg = h_pg_start();
+    assert_non_null(pg);
+    assert_int_equal(h_pg_createdb(pg, "ledger"), 0);
+    char u[400];
+    snprintf(pg_set, sizeof pg_set, "ledger.url=%s", h_pg_url(pg, "ledger", u, sizeof u));
+    h_redis *r = h_redis_start(false);
+    assert_non_null(r);
+    h_daemon *d = h_daemon_start(r, pg_set, "ledger.lag_ready_ms=1000", "panic.dry_run=true",
+                                 NULL);
+    assert_non_null(d);
+    H_SET_STOCK(d, sku, 1000000);
+    assert_int_equal(h_load_wait(wave_start(d, sku, "pg")), 0);
+    assert_int_equal(h_pg_stop(pg), 0);
+    double down_at = h_now();
+    bool saw_lag = false, saw_reason = false;
+    while (h_now() - down_at < 10.0) {
+        h_load *l = wave_start(d, sku, "pg");
+        assert_int_equal(h_load_wait(l), 0);
+        if (l->by_status[200] != l->requests)
+            fail_msg("with PostgreSQL down, %d of %d sales answered 200", l->by_status[200],
+                     l->requests);
+        char *m = H_METRICS(d);
+        if (h_metric(m, "nerve_ledger_lag_seconds", NULL) >= 1.5)
+            saw_lag = true;
+        free(m);
+        h_resp rr;
+        h_http(d, "GET", "/readyz", NULL, &rr, NULL);
+        if (rr.status == 503 && rr.body && strstr(rr.body, "ledger"))
+            saw_reason = true;
+        h_resp_free(&rr);
+    }
+    printf("# %d sales answered 200 while PostgreSQL was down for %.1f s\n", status_count(200),
+           h_now() - down_at);
+    assert_true(saw_lag);
+    assert_true(saw_reason);
+    assert_int_equal(h_pg_restart(pg), 0);
+    seen s = acked(waves, nwaves, wave_prefixes);
+    wait_ledger_complete(r, sku, &s, 30000);
+    expect_verify_ok(r);
+    seen_free(&s);
+    waves_free();
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_redis_free(r);
+    h_pg_free(pg);
+    pg_set[0] = 0;
+    h_pass();
+}
+
 /* --- 2. nerve killed with -9 mid-load ---------------------------------------- */
 
 static void test_nerve_kill9_then_verify(void **state)
@@ -364,6 +424,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_ledger_locked_under_load, h_test_setup,
                                         h_test_teardown),
+        cmocka_unit_test_setup_teardown(test_pg_down_under_load, h_test_setup, h_test_teardown),
         cmocka_unit_test_setup_teardown(test_nerve_kill9_then_verify, h_test_setup,
                                         h_test_teardown),
         cmocka_unit_test_setup_teardown(test_redis_aof_restart_keeps_acknowledged, h_test_setup,
