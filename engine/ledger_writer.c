@@ -315,6 +315,11 @@ void ledger_writer_get_stats(ledger_writer *w, ledger_writer_stats *out) {
     out->batches = atomic_load(&w->batches);
     out->errors = atomic_load(&w->errors);
     out->db_up = atomic_load(&w->db_up);
+    sg_stats gs;
+    sg_get_stats(w->events, &gs);
+    out->missed = gs.gaps;
+    sg_get_stats(w->audit, &gs);
+    out->missed += gs.gaps;
     uint64_t oldest = atomic_load(&w->oldest_ms);
     long long now = wall_ms();
     out->lag_ms = oldest && now > (long long)oldest ? (uint64_t)(now - (long long)oldest) : 0;

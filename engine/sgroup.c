@@ -16,6 +16,11 @@
 
 #include "nerve/backoff.h"
 #include "nerve/clock.h"
+#include "nerve/log.h"
+
+/* How often the streams are checked for entries trimmed before the group
+ * read them (check_gaps). */
+#define GAP_CHECK_NS 5000000000ull
 
 typedef struct stream_state {
     char *key;
@@ -23,7 +28,8 @@ typedef struct stream_state {
     bool pend_done;
     char claim_cursor[48]; /* XAUTOCLAIM's cursor ("0-0": from the start) */
     uint64_t claim_next_ns;
-    bool more; /* the last ">" read filled COUNT: more may be waiting */
+    bool more;              /* the last ">" read filled COUNT: more may be waiting */
+    long long gap_reported; /* entries-added - length when a gap was last reported */
 } stream_state;
 
 struct sg {
@@ -46,8 +52,9 @@ struct sg {
     size_t nback, backhead, backcap;
 
     char err[1024];
+    uint64_t gap_next_ns; /* next check_gaps */
     _Atomic uint64_t reads, messages, claimed, acked, skipped, oversized, deleted, created,
-        reconnects, errors;
+        reconnects, errors, gaps;
     _Atomic int connected;
 };
 
@@ -103,8 +110,29 @@ void sg_msgs_free(sg_msg *m, size_t n) {
     }
 }
 
+/* A consumer's name is the instance id (host:pid): without this, every
+ * restart would leave one more consumer in XINFO CONSUMERS for ever. It is
+ * removed only from the streams where it holds no pending entry: DELCONSUMER
+ * drops a consumer's pending entries, which another consumer must still be
+ * able to claim. Best effort: an error just leaves the name. */
+static void forget_consumer(sg *g) {
+    for (size_t i = 0; g->c && i < g->n; i++) {
+        redisReply *r = redisCommand(g->c, "XPENDING %s %s - + 1 %s", g->s[i].key, g->group,
+                                     g->consumer);
+        bool none = r && r->type == REDIS_REPLY_ARRAY && r->elements == 0;
+        freeReplyObject(r);
+        if (!r) return;
+        if (!none) continue;
+        r = redisCommand(g->c, "XGROUP DELCONSUMER %s %s %s", g->s[i].key, g->group, g->consumer);
+        freeReplyObject(r);
+        if (!r) return;
+    }
+}
+
 void sg_close(sg *g) {
     if (!g) return;
+    /* Whatever the caller still had to hand out goes back to the group. */
+    if (g->c && g->nback == g->backhead) forget_consumer(g);
     if (g->c) redisFree(g->c);
     for (size_t i = 0; g->s && i < g->n; i++) free(g->s[i].key);
     free(g->s);
@@ -122,6 +150,7 @@ const char *sg_errstr(const sg *g) {
 
 void sg_get_stats(sg *g, sg_stats *out) {
     memset(out, 0, sizeof *out);
+    if (!g) return;
     out->reads = atomic_load(&g->reads);
     out->messages = atomic_load(&g->messages);
     out->claimed = atomic_load(&g->claimed);
@@ -132,6 +161,7 @@ void sg_get_stats(sg *g, sg_stats *out) {
     out->groups_created = atomic_load(&g->created);
     out->reconnects = atomic_load(&g->reconnects);
     out->errors = atomic_load(&g->errors);
+    out->gaps = atomic_load(&g->gaps);
     out->connected = atomic_load(&g->connected);
 }
 
@@ -619,6 +649,70 @@ out:
     return rc;
 }
 
+/* The reply value of KEY in a flat RESP2 map R, NULL when absent. */
+static const redisReply *map_get(const redisReply *r, const char *key) {
+    if (!r || r->type != REDIS_REPLY_ARRAY) return NULL;
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, key) == 0)
+            return r->element[i + 1];
+    return NULL;
+}
+
+static long long map_int(const redisReply *r, const char *key) {
+    const redisReply *v = map_get(r, key);
+    return v && v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
+}
+
+/* Entries trimmed before the group read them. XADD MAXLEN ~ trims whether
+ * or not a group has read an entry (Redis 7.0 has no trimming that waits
+ * for groups), so a consumer that falls further behind than the cap (the
+ * ledger's database down for long at a high sale rate) would lose entries
+ * silently -- unless it looks. The group's lag (entries added after the
+ * last one it read, XINFO GROUPS) above the stream's length means entries
+ * it never read were trimmed. Checked every GAP_CHECK_NS and before the
+ * first read after a pause, so before the reader skips over the hole; once
+ * it has read past it Redis counts them as read. Not detectable when the
+ * group never read the stream (Redis then reports no lag). Logged as an
+ * error and counted, once per new trim point; errors are ignored (the read
+ * path reports a broken connection). */
+static void check_gaps(sg *g) {
+    uint64_t now = clock_now_ns();
+    if (now < g->gap_next_ns || !g->c) return;
+    g->gap_next_ns = now + GAP_CHECK_NS;
+    for (size_t i = 0; i < g->n; i++) {
+        redisAppendCommand(g->c, "XINFO STREAM %s", g->s[i].key);
+        redisAppendCommand(g->c, "XINFO GROUPS %s", g->s[i].key);
+    }
+    for (size_t i = 0; i < g->n; i++) {
+        redisReply *st = NULL, *gr = NULL;
+        if (redisGetReply(g->c, (void **)&st) != REDIS_OK ||
+            redisGetReply(g->c, (void **)&gr) != REDIS_OK) {
+            freeReplyObject(st);
+            set_err(g, "XINFO", g->c->errstr);
+            drop_conn(g);
+            return;
+        }
+        long long length = map_int(st, "length"), added = map_int(st, "entries-added"), lag = -1;
+        for (size_t j = 0; gr && gr->type == REDIS_REPLY_ARRAY && j < gr->elements; j++) {
+            const redisReply *name = map_get(gr->element[j], "name");
+            if (name && name->type == REDIS_REPLY_STRING && strcmp(name->str, g->group) == 0)
+                lag = map_int(gr->element[j], "lag");
+        }
+        stream_state *s = &g->s[i];
+        long long trimmed = added - length; /* entries ever removed from the head */
+        if (length >= 0 && lag > length && trimmed > s->gap_reported) {
+            ADD(g, gaps, 1);
+            log_error("streams",
+                      "entries trimmed before group %s read them stream=%s missed=%lld: raise "
+                      "bus.stream_maxlen or find why the group lags",
+                      g->group, s->key, lag - length);
+            s->gap_reported = trimmed;
+        }
+        freeReplyObject(st);
+        freeReplyObject(gr);
+    }
+}
+
 /* New entries: the streams that filled their COUNT last time without
  * waiting, else every stream, waiting up to BLOCK_MS. */
 static int read_new(sg *g, size_t max, int block_ms, drops *d) {
@@ -661,6 +755,7 @@ int sg_read(sg *g, sg_msg *out, size_t max, int block_ms) {
             rc = read_pending(g, max, &d);
         else
             rc = 0;
+        if (rc == 0 && g->nback == g->backhead && g->c) check_gaps(g);
         if (rc == 0 && g->nback == g->backhead && g->c) rc = claim_due(g, max, &d);
         if (rc == 0 && g->nback == g->backhead && !g->pending_pass && g->c)
             rc = read_new(g, max, block_ms, &d);

@@ -185,8 +185,12 @@ static void render_bus(buf *b, bus *bu) {
         "# HELP nerve_stream_reconnects_total Times the stream reader reconnected.\n"
         "# TYPE nerve_stream_reconnects_total counter\nnerve_stream_reconnects_total %llu\n"
         "# HELP nerve_stream_connected 1 while the stream reader is connected.\n"
-        "# TYPE nerve_stream_connected gauge\nnerve_stream_connected %d\n",
-        (unsigned long long)bs.in_flight, (unsigned long long)g->reconnects, g->connected);
+        "# TYPE nerve_stream_connected gauge\nnerve_stream_connected %d\n"
+        "# HELP nerve_stream_trimmed_unread_total Times stream entries were found trimmed "
+        "(bus.stream_maxlen) before the rules read them: they were never evaluated.\n"
+        "# TYPE nerve_stream_trimmed_unread_total counter\nnerve_stream_trimmed_unread_total %llu\n",
+        (unsigned long long)bs.in_flight, (unsigned long long)g->reconnects, g->connected,
+        (unsigned long long)g->gaps);
 }
 
 static void render_queue(buf *b, evq *q) {
@@ -354,8 +358,11 @@ static void render_ledger(buf *b, ledger_writer *w) {
         "# HELP nerve_ledger_errors_total Failed ledger writes and stream reads (each retried).\n"
         "# TYPE nerve_ledger_errors_total counter\nnerve_ledger_errors_total %llu\n"
         "# HELP nerve_ledger_up 1 when the ledger writer's last database operation succeeded.\n"
-        "# TYPE nerve_ledger_up gauge\nnerve_ledger_up %d\n",
-        (unsigned long long)ls.errors, ls.db_up);
+        "# TYPE nerve_ledger_up gauge\nnerve_ledger_up %d\n"
+        "# HELP nerve_ledger_missed_total Times stream entries were found trimmed (bus.stream_maxlen) "
+        "before the ledger wrote them: the ledger lacks them.\n"
+        "# TYPE nerve_ledger_missed_total counter\nnerve_ledger_missed_total %llu\n",
+        (unsigned long long)ls.errors, ls.db_up, (unsigned long long)ls.missed);
 }
 
 char *status_metrics(const status_sources *s) {

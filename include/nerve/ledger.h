@@ -159,6 +159,8 @@ typedef struct ledger_writer_stats {
     uint64_t errors;  /* database or Redis errors (each retried) */
     uint64_t lag_ms;  /* age of the oldest entry read and not yet committed, 0 when none */
     int db_up;        /* 1 after a commit or a successful open, 0 after an error */
+    uint64_t missed;  /* times entries were found trimmed from a stream before the writer
+                       * read them (sgroup.h "Gaps"): the ledger lacks them */
 } ledger_writer_stats;
 
 /* Start the writer thread: it opens the database (retrying while it is

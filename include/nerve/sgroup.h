@@ -30,6 +30,13 @@
  * divided among the streams, at least 1); the few over MAX wait inside the
  * sg for the next call.
  *
+ * Gaps: every 5 s, and before the first read after a pause, the reader
+ * compares each stream's length with the group's lag (entries added since
+ * the last one it read): a lag above the length means entries were trimmed
+ * (XADD MAXLEN ~) before the group read them; they are lost to it. That is
+ * logged as an error and counted (gaps), not silent. (Redis reports no lag
+ * for a group that never read the stream: such a gap goes unseen.)
+ *
  * Failures: sg_read and sg_ack return -1 on a connection or Redis error (the
  * message in sg_errstr) and drop the connection (when a read failed after
  * entries were read, sg_read hands those out first and returns the -1 once
@@ -89,6 +96,8 @@ typedef struct sg_stats {
     uint64_t groups_created; /* XGROUP CREATE that created a group (not BUSYGROUP) */
     uint64_t reconnects;     /* connections opened after the first */
     uint64_t errors;         /* sg_read/sg_ack calls that returned -1 */
+    uint64_t gaps;           /* entries found trimmed from a stream before the group read them (each
+                    * new trim point once; logged as an error) */
     int connected;           /* 1 while the connection is up */
 } sg_stats;
 
@@ -117,13 +126,15 @@ int sg_ack_client(sg *g, rds_client *c, const char *group, const char *const *st
 void sg_msgs_free(sg_msg *m, size_t n);
 
 /* Close the connection and free. Entries read and not acknowledged stay
- * pending in Redis (claimed by another consumer later). NULL is fine. */
+ * pending in Redis (claimed by another consumer later). The consumer is
+ * removed (XGROUP DELCONSUMER) from the streams where it holds no pending
+ * entry, so restarts do not pile up consumer names. NULL is fine. */
 void sg_close(sg *g);
 
 /* The last error, "" if none. */
 const char *sg_errstr(const sg *g);
 
-/* A snapshot of the counters. Thread-safe. */
+/* A snapshot of the counters (zeros for NULL). Thread-safe. */
 void sg_get_stats(sg *g, sg_stats *out);
 
 #endif

@@ -135,6 +135,68 @@ static void test_sg_reads_and_drops(void **state) {
     h_pass();
 }
 
+/* XINFO CONSUMERS STREAM g: how many consumers the group has. */
+static long long consumers(const char *stream) {
+    redisReply *r = h_redis_cmd(redis, "XINFO CONSUMERS %s g", stream);
+    long long n = r && r->type == REDIS_REPLY_ARRAY ? (long long)r->elements : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+/* Entries trimmed by MAXLEN before the group read them are reported once
+ * (gaps), entries trimmed after it read them are not; a consumer that closes
+ * with nothing pending leaves the group, one with pending entries stays (its
+ * entries must remain claimable). */
+static void test_sg_gap_and_forget(void **state) {
+    (void)state;
+    const char *streams[] = { "t4:a" };
+    sg *g = open_reader(streams, 1, "G", 0, 0);
+    sg_msg m[64];
+    assert_int_equal(sg_read(g, m, 64, 0), 0); /* creates the group at 0 */
+    sg_close(g);
+    assert_int_equal(consumers("t4:a"), 0); /* it read nothing: gone */
+    /* The group reads 2, then 30 more are appended with MAXLEN 10: 20 of
+     * them are trimmed before it reads them. */
+    xadd("t4:a", "event", "{}");
+    xadd("t4:a", "event", "{}");
+    g = open_reader(streams, 1, "G", 0, 0);
+    assert_int_equal(read_n(g, m, 2, 64), 2);
+    assert_int_equal(sg_ack(g, m, 2), 0);
+    sg_msgs_free(m, 2);
+    sg_close(g);
+    for (int i = 0; i < 30; i++) {
+        redisReply *r = h_redis_cmd(redis, "XADD t4:a MAXLEN 10 * event {}");
+        freeReplyObject(r);
+    }
+    g = open_reader(streams, 1, "G", 0, 0);
+    assert_int_equal(read_n(g, m, 10, 64), 10); /* what is left: the last 10 */
+    sg_stats st;
+    sg_get_stats(g, &st);
+    assert_int_equal(st.gaps, 1);
+    assert_int_equal(sg_ack(g, m, 10), 0);
+    sg_msgs_free(m, 10);
+    /* Trimming what the group has read is no gap. */
+    for (int i = 0; i < 5; i++) {
+        redisReply *r = h_redis_cmd(redis, "XADD t4:a MAXLEN 5 * event {}");
+        freeReplyObject(r);
+    }
+    assert_int_equal(read_n(g, m, 5, 64), 5);
+    sg_get_stats(g, &st);
+    assert_int_equal(st.gaps, 1);
+    /* Closed with 5 pending: the consumer stays, its entries claimable. */
+    sg_close(g);
+    assert_int_equal(consumers("t4:a"), 1);
+    assert_int_equal(pending("t4:a"), 5);
+    sg_msgs_free(m, 5);
+    g = open_reader(streams, 1, "G", 0, 0);
+    assert_int_equal(read_n(g, m, 5, 64), 5); /* its own pending again */
+    assert_int_equal(sg_ack(g, m, 5), 0);
+    sg_msgs_free(m, 5);
+    sg_close(g);
+    assert_int_equal(consumers("t4:a"), 0);
+    h_pass();
+}
+
 static void test_sg_own_pending_and_claim(void **state) {
     (void)state;
     const char *streams[] = { "t2:a" };
@@ -554,6 +616,7 @@ int main(void) {
         T(test_sg_reads_and_drops),
         T(test_sg_own_pending_and_claim),
         T(test_sg_nogroup_and_restart),
+        T(test_sg_gap_and_forget),
         T(test_appended_before_start),
         T(test_shared_group),
         T(test_dead_consumer_claimed),
