@@ -46,7 +46,6 @@
 #include <string.h>
 
 #include "nerve/config.h"
-#include "nerve/daemon.h"
 #include "nerve/keys.h"
 #include "nerve/rds.h"
 #include "nerve/sku.h"
@@ -162,7 +161,11 @@ static int parse_count(const char *what, const char *s, int *out) {
 static cfg *load(const kopts *o) {
     char *errors = NULL;
     cfg *c = cfg_load(o->config, o->sets, o->nsets, &errors);
-    if (!c) daemon_print_errors(errors ? errors : "config: out of memory");
+    if (!c) {
+        const char *t = errors ? errors : "config: out of memory";
+        fputs(t, stderr);
+        if (t[0] && t[strlen(t) - 1] != '\n') fputc('\n', stderr);
+    }
     free(errors);
     return c;
 }
