@@ -144,7 +144,7 @@ const opt cfg_opts[] = {
     OPT_STR("ledger.path", ledger_path, 1, "nerve-ledger.db", NULL),
     OPT_STR("ledger.url", ledger_url, 0, "", check_ledger_url),
     OPT_STR("ledger.group", ledger_group, 1, "nerve-ledger", check_name),
-    OPT_INT("ledger.batch", ledger_batch, 1, 10000, 256),
+    OPT_INT("ledger.batch", ledger_batch, 1, 10000, 2000),
     OPT_INT("ledger.lag_ready_ms", ledger_lag_ready_ms, 100, 86400000, 10000),
 
     OPT_SEED("inventory.seed", seed, n_seed),

@@ -228,6 +228,7 @@ static void evict(conns *s, const char *want, int n) {
  * for server.evict_idle_ms or more, and those reading a body for body_ms or
  * more; sleep otherwise. */
 static void *evictor_main(void *arg) {
+    pthread_setname_np(pthread_self(), "nerve-evictor"); /* top -H, perf */
     conns *s = arg;
     uint64_t limit = (uint64_t)s->evict_idle_ms * 1000000u;
     uint64_t blimit = (uint64_t)s->body_ms * 1000000u;

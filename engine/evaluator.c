@@ -101,6 +101,7 @@ static void sync_vm(eval *e, rules_vm **vm, uint64_t *gen) {
 }
 
 static void *run(void *arg) {
+    pthread_setname_np(pthread_self(), "nerve-eval"); /* top -H, perf */
     eval *e = arg;
     rules_vm *vm = NULL;
     uint64_t gen = 0;

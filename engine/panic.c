@@ -257,6 +257,7 @@ static void run_job(panic *p, pjob *j) {
 }
 
 static void *worker_main(void *arg) {
+    pthread_setname_np(pthread_self(), "nerve-panic"); /* top -H, perf */
     panic *p = arg;
     pthread_mutex_lock(&p->mu);
     for (;;) {

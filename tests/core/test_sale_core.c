@@ -373,7 +373,7 @@ static void test_core_sale_in_partition_streams(void **state) {
     assert_true(jnum(ev[1], "previous") == 4 && jnum(ev[1], "delta") == -1 &&
                 jnum(ev[1], "stock_remaining") == 3);
     assert_string_equal(jstr(ev[2], "source"), "sale");
-    assert_string_equal(jstr(ev[2], "order_id"), "log-1");
+    assert_true(jnum(ev[2], "sold") == 2 && jnum(ev[2], "orders") == 1);
     assert_true(jnum(ev[2], "stock_remaining") == 1 && jnum(ev[2], "partition") == part);
     for (size_t i = 0; i < n; i++) cJSON_Delete(ev[i]);
 
@@ -452,6 +452,47 @@ static void test_core_partition_record(void **state) {
     rds_pool_free(pool);
 }
 
+/* A batch of sales committed by one script: one sale event each, but ONE
+ * stock_changed for the batch (the stock after it, units sold, orders). */
+static void test_core_batch_one_stock_event(void **state) {
+    (void)state;
+    rds_pool *pool = pool_new();
+    rds_client *c = rds_pool_client(pool);
+    sale_opts o = opts();
+    const char *sku = "core-batch";
+    char lk[RDS_KEY_MAX], inv[RDS_KEY_MAX], sales[RDS_KEY_MAX], err[256];
+    keys_sku(lk, o.prefix, o.partitions, "lock", sku);
+    keys_stream(inv, o.prefix, keys_partition(sku, o.partitions), o.inventory_channel);
+    keys_stream(sales, o.prefix, keys_partition(sku, o.partitions), o.sales_channel);
+    assert_int_equal(sale_stock_set(c, &o, sku, 10), 0);
+    char tok[LOCK_TOKEN_LEN + 1];
+    assert_int_equal(lock_acquire(c, lk, 5000, 0, tok, err, sizeof err), LOCK_OK);
+    sale_req reqs[3];
+    sale_res res[3];
+    for (int i = 0; i < 3; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"sku\":\"core-batch\",\"qty\":%d,\"order_id\":\"b-%d\"}",
+                 i + 1, i);
+        assert_int_equal(sale_parse(body, strlen(body), o.max_qty, &reqs[i], err, sizeof err), 0);
+    }
+    assert_int_equal(sale_commit(c, &o, sku, tok, reqs, res, 3, err, sizeof err), SALE_COMMIT_DONE);
+    assert_int_equal(res[2].stock_remaining, 4);
+    cJSON *ev[8];
+    size_t n = stream_events(c, sales, ev, 8);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(jnum(ev[i], "qty") == (double)i + 1);
+        cJSON_Delete(ev[i]);
+    }
+    n = stream_events(c, inv, ev, 8);
+    assert_int_equal(n, 2); /* the admin set, then the batch's one */
+    assert_string_equal(jstr(ev[1], "source"), "sale");
+    assert_true(jnum(ev[1], "stock_remaining") == 4 && jnum(ev[1], "sold") == 6 &&
+                jnum(ev[1], "orders") == 3);
+    for (size_t i = 0; i < n; i++) cJSON_Delete(ev[i]);
+    rds_pool_free(pool);
+}
+
 /* bus.streams false: the sale is made, nothing is appended. */
 static void test_core_streams_off(void **state) {
     (void)state;
@@ -489,6 +530,7 @@ int main(void) {
         cmocka_unit_test(test_core_commit_fenced_by_lock),
         cmocka_unit_test(test_core_sale_in_partition_streams),
         cmocka_unit_test(test_core_streams_off),
+        cmocka_unit_test(test_core_batch_one_stock_event),
         cmocka_unit_test(test_core_key_layout),
         cmocka_unit_test(test_core_partition_record),
     };
