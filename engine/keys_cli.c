@@ -39,30 +39,25 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nerve/cli.h"
 #include "nerve/config.h"
 #include "nerve/keys.h"
 #include "nerve/rds.h"
 #include "nerve/sku.h"
 
-#define MAX_SETS       256
 #define SCAN_COUNT     "1000"
 #define PROGRESS_EVERY 1000 /* SKUs */
 #define SHOW_MAX       20   /* conflicts, ambiguous keys named on stderr */
 
 typedef struct kopts {
-    const char *config;
-    char *sets[MAX_SETS];
-    size_t nsets;
+    cli_args a; /* -c, --set, --log-format, --help, the positional arguments */
     const char *from, *to, *prefer;
-    bool dry_run, help;
-    char **rest;
-    int nrest;
+    bool dry_run;
 } kopts;
 
 static void usage(FILE *f) {
@@ -86,62 +81,35 @@ static void usage(FILE *f) {
                "exit status: 0 done, 1 error or refusal (the message says why), 2 usage.\n");
 }
 
+enum { OPT_FROM = CLI_OPT(0), OPT_TO, OPT_PREFER, OPT_DRY_RUN };
+
+static int on_opt(void *ud, int val, const char *arg) {
+    kopts *o = ud;
+    switch (val) {
+    case OPT_FROM: o->from = arg; return 0;
+    case OPT_TO: o->to = arg; return 0;
+    case OPT_PREFER:
+        if (strcmp(arg, "source") && strcmp(arg, "target")) {
+            fprintf(stderr, "nerve keys: --prefer must be source or target\n");
+            return -1;
+        }
+        o->prefer = arg;
+        return 0;
+    case OPT_DRY_RUN: o->dry_run = true; return 0;
+    default: return -1;
+    }
+}
+
 static int parse(int argc, char **argv, kopts *o) {
-    static const struct option longopts[] = {
-        { "config", required_argument, NULL, 'c' },
-        { "set", required_argument, NULL, 's' },
-        { "from", required_argument, NULL, 'f' },
-        { "to", required_argument, NULL, 't' },
-        { "prefer", required_argument, NULL, 'p' },
-        { "dry-run", no_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },
-        { "log-format", required_argument, NULL, 'l' },
+    static const struct option own[] = {
+        { "from", required_argument, NULL, OPT_FROM },
+        { "to", required_argument, NULL, OPT_TO },
+        { "prefer", required_argument, NULL, OPT_PREFER },
+        { "dry-run", no_argument, NULL, OPT_DRY_RUN },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
-    o->config = "config/nerve.yaml";
-    o->rest = calloc((size_t)argc + 1, sizeof *o->rest);
-    if (!o->rest) return -1;
-    opterr = 0;
-    optind = 0;
-    int ch;
-    while ((ch = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        switch (ch) {
-        case 'c': o->config = optarg; break;
-        case 's':
-            if (o->nsets == MAX_SETS) {
-                fprintf(stderr, "nerve keys: at most %d --set options\n", MAX_SETS);
-                return -1;
-            }
-            o->sets[o->nsets++] = optarg;
-            break;
-        case 'f': o->from = optarg; break;
-        case 't': o->to = optarg; break;
-        case 'p':
-            if (strcmp(optarg, "source") && strcmp(optarg, "target")) {
-                fprintf(stderr, "nerve keys: --prefer must be source or target\n");
-                return -1;
-            }
-            o->prefer = optarg;
-            break;
-        case 'n': o->dry_run = true; break;
-        case 'h': o->help = true; break;
-        case 'l':
-            /* Accepted like every command that reads config; nothing here logs. */
-            if (strcmp(optarg, "text") && strcmp(optarg, "json")) {
-                fprintf(stderr, "nerve keys: --log-format must be text or json\n");
-                return -1;
-            }
-            break;
-        case ':': fprintf(stderr, "nerve keys: %s needs a value\n", argv[optind - 1]); return -1;
-        default:
-            fprintf(stderr, "nerve keys: unknown option %s (see nerve keys --help)\n",
-                    argv[optind - 1]);
-            return -1;
-        }
-    }
-    for (int i = optind; i < argc; i++) o->rest[o->nrest++] = argv[i];
-    return 0;
+    return cli_parse("nerve keys", "nerve keys --help", argc, argv, own, on_opt, o, &o->a);
 }
 
 /* A partition count given on the command line: 1..KEYS_PARTITIONS_MAX. */
@@ -158,41 +126,29 @@ static int parse_count(const char *what, const char *s, int *out) {
     return 0;
 }
 
-static cfg *load(const kopts *o) {
-    char *errors = NULL;
-    cfg *c = cfg_load(o->config, o->sets, o->nsets, &errors);
-    if (!c) {
-        const char *t = errors ? errors : "config: out of memory";
-        fputs(t, stderr);
-        if (t[0] && t[strlen(t) - 1] != '\n') fputc('\n', stderr);
-    }
-    free(errors);
-    return c;
-}
-
 /* ---- where ------------------------------------------------------------------ */
 
 static int cmd_where(const kopts *o) {
-    if (o->nrest < 2) {
+    if (o->a.nrest < 2) {
         fprintf(stderr, "usage: nerve keys where [-c FILE] [--set K=V] SKU...\n");
         return 2;
     }
-    for (int i = 1; i < o->nrest; i++) {
-        if (!sku_valid(o->rest[i], strlen(o->rest[i]))) {
+    for (int i = 1; i < o->a.nrest; i++) {
+        if (!sku_valid(o->a.rest[i], strlen(o->a.rest[i]))) {
             fprintf(stderr,
                     "nerve keys where: '%s' is not a SKU (1..%d of A-Z a-z 0-9 . _ : -, with a "
                     "letter or digit)\n",
-                    o->rest[i], SKU_MAX);
+                    o->a.rest[i], SKU_MAX);
             return 2;
         }
     }
-    cfg *c = load(o);
+    cfg *c = cli_load_config(&o->a);
     if (!c) return 1;
     int rc = 0;
     const char *p = c->redis_prefix;
     int n = c->bus_partitions;
-    for (int i = 1; i < o->nrest && rc == 0; i++) {
-        const char *sku = o->rest[i];
+    for (int i = 1; i < o->a.nrest && rc == 0; i++) {
+        const char *sku = o->a.rest[i];
         int part = keys_partition(sku, n);
         char st[RDS_KEY_MAX], pr[RDS_KEY_MAX], lk[RDS_KEY_MAX], od[RDS_KEY_MAX], inv[RDS_KEY_MAX],
             sal[RDS_KEY_MAX];
@@ -761,7 +717,7 @@ static int preflight(mig *m, const cfg *c) {
 
 static int cmd_migrate(const kopts *o) {
     int to = 0, from = -1; /* -1: the recorded count */
-    if (o->nrest != 1 || !o->to) {
+    if (o->a.nrest != 1 || !o->to) {
         fprintf(stderr, "usage: nerve keys migrate [-c FILE] [--from N|legacy] --to M "
                         "[--dry-run] [--prefer source|target]\n");
         return 2;
@@ -775,7 +731,7 @@ static int cmd_migrate(const kopts *o) {
         fprintf(stderr, "nerve keys migrate: --from and --to are both %d: nothing to move\n", to);
         return 2;
     }
-    cfg *c = load(o);
+    cfg *c = cli_load_config(&o->a);
     if (!c) return 1;
     int rc = 1;
     char err[512], meta[RDS_KEY_MAX], a[64], b[64];
@@ -884,18 +840,18 @@ int keys_cli_main(int argc, char **argv) {
     kopts o;
     int rc = 2;
     if (parse(argc, argv, &o)) goto out;
-    if (o.help) {
+    if (o.a.help) {
         usage(stdout);
         rc = 0;
-    } else if (o.nrest >= 1 && strcmp(o.rest[0], "where") == 0) {
+    } else if (o.a.nrest >= 1 && strcmp(o.a.rest[0], "where") == 0) {
         rc = cmd_where(&o);
-    } else if (o.nrest >= 1 && strcmp(o.rest[0], "migrate") == 0) {
+    } else if (o.a.nrest >= 1 && strcmp(o.a.rest[0], "migrate") == 0) {
         rc = cmd_migrate(&o);
     } else {
-        if (o.nrest >= 1) fprintf(stderr, "nerve keys: unknown subcommand '%s'\n", o.rest[0]);
+        if (o.a.nrest >= 1) fprintf(stderr, "nerve keys: unknown subcommand '%s'\n", o.a.rest[0]);
         usage(stderr);
     }
 out:
-    free(o.rest);
+    cli_args_free(&o.a);
     return rc;
 }

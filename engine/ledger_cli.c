@@ -11,7 +11,6 @@
  * 3 the database, Redis or a file could not be used (why, on stderr).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "nerve/cli.h"
 #include "nerve/config.h"
 #include "nerve/keys.h"
 #include "nerve/ledger.h"
@@ -28,19 +28,14 @@
 #define EXIT_DIFFERS 1
 #define EXIT_USAGE   2
 #define EXIT_FAILED  3
-#define MAX_SETS     256
 #define PIPELINE     512 /* GETs in flight per round trip */
 
 typedef struct lopts {
-    const char *config;
-    char *sets[MAX_SETS];
-    size_t nsets;
+    cli_args a; /* -c, --set, --log-format, --help, the positional arguments */
     const char *since;
     ledger_format format;
     ledger_table table;
     int by_day;
-    char **rest;
-    int nrest;
 } lopts;
 
 static void usage(FILE *f) {
@@ -62,83 +57,55 @@ static void usage(FILE *f) {
             "3 the database, Redis or a file could not be used.\n");
 }
 
+enum { OPT_SINCE = CLI_OPT(0), OPT_FORMAT, OPT_TABLE, OPT_BY };
+
+static int on_opt(void *ud, int val, const char *arg) {
+    lopts *o = ud;
+    switch (val) {
+    case OPT_SINCE: o->since = arg; return 0;
+    case OPT_FORMAT:
+        if (strcmp(arg, "jsonl") == 0)
+            o->format = LEDGER_JSONL;
+        else if (strcmp(arg, "csv") == 0)
+            o->format = LEDGER_CSV;
+        else {
+            fprintf(stderr, "nerve ledger: --format must be jsonl or csv (got %s)\n", arg);
+            return -1;
+        }
+        return 0;
+    case OPT_TABLE: {
+        int t = ledger_table_of(arg);
+        if (t < 0) {
+            fprintf(stderr,
+                    "nerve ledger: --table must be sales, stock_changes, kills or alerts "
+                    "(got %s)\n",
+                    arg);
+            return -1;
+        }
+        o->table = (ledger_table)t;
+        return 0;
+    }
+    case OPT_BY:
+        if (strcmp(arg, "sku") && strcmp(arg, "day")) {
+            fprintf(stderr, "nerve ledger: --by must be sku or day (got %s)\n", arg);
+            return -1;
+        }
+        o->by_day = strcmp(arg, "day") == 0;
+        return 0;
+    default: return -1;
+    }
+}
+
 static int parse(int argc, char **argv, lopts *o) {
-    static const struct option longopts[] = {
-        { "config", required_argument, NULL, 'c' },
-        { "set", required_argument, NULL, 's' },
-        { "since", required_argument, NULL, 'S' },
-        { "format", required_argument, NULL, 'f' },
-        { "table", required_argument, NULL, 't' },
-        { "by", required_argument, NULL, 'b' },
-        { "help", no_argument, NULL, 'h' },
-        { "log-format", required_argument, NULL, 'l' },
+    static const struct option own[] = {
+        { "since", required_argument, NULL, OPT_SINCE },
+        { "format", required_argument, NULL, OPT_FORMAT },
+        { "table", required_argument, NULL, OPT_TABLE },
+        { "by", required_argument, NULL, OPT_BY },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
-    o->config = "config/nerve.yaml";
-    o->rest = calloc((size_t)argc + 1, sizeof *o->rest);
-    if (!o->rest) return -1;
-    opterr = 0;
-    optind = 0;
-    int ch;
-    while ((ch = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        switch (ch) {
-        case 'c': o->config = optarg; break;
-        case 's':
-            if (o->nsets == MAX_SETS) {
-                fprintf(stderr, "nerve ledger: at most %d --set options\n", MAX_SETS);
-                return -1;
-            }
-            o->sets[o->nsets++] = optarg;
-            break;
-        case 'S': o->since = optarg; break;
-        case 'f':
-            if (strcmp(optarg, "jsonl") == 0)
-                o->format = LEDGER_JSONL;
-            else if (strcmp(optarg, "csv") == 0)
-                o->format = LEDGER_CSV;
-            else {
-                fprintf(stderr, "nerve ledger: --format must be jsonl or csv (got %s)\n", optarg);
-                return -1;
-            }
-            break;
-        case 't': {
-            int t = ledger_table_of(optarg);
-            if (t < 0) {
-                fprintf(stderr,
-                        "nerve ledger: --table must be sales, stock_changes, kills or alerts "
-                        "(got %s)\n",
-                        optarg);
-                return -1;
-            }
-            o->table = (ledger_table)t;
-            break;
-        }
-        case 'b':
-            if (strcmp(optarg, "sku") && strcmp(optarg, "day")) {
-                fprintf(stderr, "nerve ledger: --by must be sku or day (got %s)\n", optarg);
-                return -1;
-            }
-            o->by_day = strcmp(optarg, "day") == 0;
-            break;
-        case 'l': break; /* accepted as everywhere; the commands log nothing */
-        case 'h': usage(stdout); exit(0);
-        case ':':
-            fprintf(stderr, "nerve ledger: %s needs a value (see nerve ledger --help)\n",
-                    argv[optind - 1]);
-            return -1;
-        default:
-            if (optopt)
-                fprintf(stderr, "nerve ledger: unknown option -%c (see nerve ledger --help)\n",
-                        optopt);
-            else
-                fprintf(stderr, "nerve ledger: unknown option %s (see nerve ledger --help)\n",
-                        argv[optind - 1]);
-            return -1;
-        }
-    }
-    for (int i = optind; i < argc; i++) o->rest[o->nrest++] = argv[i];
-    return 0;
+    return cli_parse("nerve ledger", "nerve ledger --help", argc, argv, own, on_opt, o, &o->a);
 }
 
 /* T as epoch seconds: a number, or RFC 3339 ("2026-12-04T10:00:00Z",
@@ -194,18 +161,6 @@ static int parse_time(const char *s, double *out) {
     if (t == (time_t)-1) return -1;
     *out = (double)t - (double)off + frac;
     return *out >= 0 ? 0 : -1;
-}
-
-static cfg *load(const lopts *o) {
-    char *errors = NULL;
-    cfg *c = cfg_load(o->config, o->sets, o->nsets, &errors);
-    if (!c) {
-        const char *e = errors ? errors : "config: out of memory\n";
-        fputs(e, stderr);
-        if (*e && e[strlen(e) - 1] != '\n') fputc('\n', stderr);
-    }
-    free(errors);
-    return c;
 }
 
 /* Open the configured ledger; MIGRATE: apply the migrations, else require
@@ -372,7 +327,7 @@ static int cmd_export(const cfg *c, const lopts *o) {
 }
 
 static int cmd_backup(const cfg *c, const lopts *o) {
-    if (o->nrest != 2) {
+    if (o->a.nrest != 2) {
         fprintf(stderr, "usage: nerve ledger backup FILE\n");
         return EXIT_USAGE;
     }
@@ -383,8 +338,8 @@ static int cmd_backup(const cfg *c, const lopts *o) {
     }
     ledger *l = open_ledger(c, false);
     if (!l) return EXIT_FAILED;
-    if (ledger_backup(l, o->rest[1])) return fail(l);
-    printf("ledger backup: %s copied to %s\n", ledger_where(l), o->rest[1]);
+    if (ledger_backup(l, o->a.rest[1])) return fail(l);
+    printf("ledger backup: %s copied to %s\n", ledger_where(l), o->a.rest[1]);
     ledger_close(l);
     return 0;
 }
@@ -392,10 +347,15 @@ static int cmd_backup(const cfg *c, const lopts *o) {
 int ledger_cli_main(int argc, char **argv) {
     lopts o;
     if (parse(argc, argv, &o)) {
-        free(o.rest);
+        cli_args_free(&o.a);
         return EXIT_USAGE;
     }
-    const char *sub = o.nrest > 0 ? o.rest[0] : NULL;
+    if (o.a.help) {
+        usage(stdout);
+        cli_args_free(&o.a);
+        return 0;
+    }
+    const char *sub = o.a.nrest > 0 ? o.a.rest[0] : NULL;
     static const char *const subs[] = { "migrate", "verify", "export", "backup", "sales" };
     int which = -1;
     for (int i = 0; sub && i < 5; i++)
@@ -405,15 +365,15 @@ int ledger_cli_main(int argc, char **argv) {
             fprintf(stderr, "nerve ledger: unknown command '%s' (see nerve ledger --help)\n", sub);
         else
             usage(stderr);
-        free(o.rest);
+        cli_args_free(&o.a);
         return EXIT_USAGE;
     }
-    if (which != 3 && o.nrest > 1) {
-        fprintf(stderr, "nerve ledger %s: unexpected argument '%s'\n", sub, o.rest[1]);
-        free(o.rest);
+    if (which != 3 && o.a.nrest > 1) {
+        fprintf(stderr, "nerve ledger %s: unexpected argument '%s'\n", sub, o.a.rest[1]);
+        cli_args_free(&o.a);
         return EXIT_USAGE;
     }
-    cfg *c = load(&o);
+    cfg *c = cli_load_config(&o.a);
     int rc = EXIT_FAILED;
     if (c) {
         ledger *l;
@@ -435,6 +395,6 @@ int ledger_cli_main(int argc, char **argv) {
         }
     }
     cfg_free(c);
-    free(o.rest);
+    cli_args_free(&o.a);
     return rc;
 }

@@ -4,13 +4,13 @@
  * Only main decides exit codes.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "nerve/cli.h"
 #include "nerve/config.h"
 #include "nerve/daemon.h"
 #include "nerve/keys_cli.h"
@@ -20,17 +20,6 @@
 #include "nerve/stress.h"
 
 #define NERVE_VERSION "0.2.0"
-#define MAX_SETS      256
-
-typedef struct opts {
-    const char *config;
-    char *sets[MAX_SETS];
-    size_t nsets;
-    const char *log_format; /* NULL = from config */
-    char **rest;            /* positional arguments after the command */
-    int nrest;
-} opts;
-
 static void usage(FILE *f) {
     fprintf(
         f,
@@ -64,70 +53,10 @@ static void usage(FILE *f) {
         "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
 }
 
-/* Parse the options after the command: ARGV[0] is the command, options and
- * positional arguments may be mixed (getopt_long permutes them; "--" ends
- * the options). Returns 0, or -1 after printing why. */
-static int parse_opts(int argc, char **argv, opts *o) {
-    static const struct option longopts[] = {
-        { "config", required_argument, NULL, 'c' },
-        { "set", required_argument, NULL, 's' },
-        { "log-format", required_argument, NULL, 'l' },
-        { NULL, 0, NULL, 0 },
-    };
-    memset(o, 0, sizeof *o);
-    o->config = "config/nerve.yaml";
-    o->rest = calloc((size_t)argc + 1, sizeof *o->rest);
-    if (!o->rest) return -1;
-    opterr = 0; /* our messages, not getopt's */
-    optind = 0; /* GNU: start afresh */
-    int ch;
-    while ((ch = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
-        switch (ch) {
-        case 'c': o->config = optarg; break;
-        case 's':
-            if (o->nsets == MAX_SETS) {
-                fprintf(stderr, "nerve: at most %d --set options\n", MAX_SETS);
-                return -1;
-            }
-            o->sets[o->nsets++] = optarg;
-            break;
-        case 'l':
-            if (strcmp(optarg, "text") && strcmp(optarg, "json")) {
-                fprintf(stderr, "nerve: --log-format must be text or json\n");
-                return -1;
-            }
-            o->log_format = optarg;
-            break;
-        case ':': fprintf(stderr, "nerve: %s needs a value\n", argv[optind - 1]); return -1;
-        default:
-            if (optopt)
-                fprintf(stderr, "nerve: unknown option -%c (see nerve help)\n", optopt);
-            else
-                fprintf(stderr, "nerve: unknown option %s (see nerve help)\n", argv[optind - 1]);
-            return -1;
-        }
-    }
-    for (int i = optind; i < argc; i++) o->rest[o->nrest++] = argv[i];
-    return 0;
-}
-
-static cfg *load_config(const opts *o) {
-    char *errors = NULL;
-    cfg *c = cfg_load(o->config, o->sets, o->nsets, &errors);
-    if (!c) {
-        daemon_print_errors(errors ? errors : "config: out of memory");
-        free(errors);
-        return NULL;
-    }
-    log_set_level_name(c->log_level);
-    log_set_json(strcmp(o->log_format ? o->log_format : c->log_format, "json") == 0);
-    return c;
-}
-
 /* ---- commands ------------------------------------------------------------------ */
 
-static int cmd_check(const opts *o) {
-    cfg *c = load_config(o);
+static int cmd_check(const cli_args *o) {
+    cfg *c = cli_load_config(o);
     if (!c) return 1;
     char *errors = NULL;
     rules_set *set = rules_set_load(c, &errors);
@@ -150,7 +79,7 @@ static int cmd_check(const opts *o) {
     return rc;
 }
 
-static int cmd_rules(const opts *o) {
+static int cmd_rules(const cli_args *o) {
     if (o->nrest < 1 || strcmp(o->rest[0], "test") != 0) {
         fprintf(stderr,
                 "usage: nerve rules test [-c FILE] EVENTS.jsonl (use - for standard input)\n");
@@ -168,7 +97,7 @@ static int cmd_rules(const opts *o) {
         fprintf(stderr, "%s: cannot open: %s\n", path, strerror(errno));
         return 1;
     }
-    cfg *c = load_config(o);
+    cfg *c = cli_load_config(o);
     int rc = 1;
     if (c) {
         char *errors = NULL;
@@ -186,8 +115,8 @@ static int cmd_rules(const opts *o) {
     return rc;
 }
 
-static int cmd_reload(const opts *o) {
-    cfg *c = load_config(o);
+static int cmd_reload(const cli_args *o) {
+    cfg *c = cli_load_config(o);
     if (!c) return 1;
     int rc = 1;
     if (!c->pidfile[0]) {
@@ -209,7 +138,7 @@ static int cmd_reload(const opts *o) {
     return rc;
 }
 
-static int cmd_serve(const opts *o) {
+static int cmd_serve(const cli_args *o) {
     daemon_args a = { o->config, o->sets, o->nsets, o->log_format };
     return daemon_run(&a);
 }
@@ -231,13 +160,16 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
-    opts o;
-    if (parse_opts(argc - 1, argv + 1, &o)) {
-        free(o.rest);
+    cli_args o;
+    if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
+        cli_args_free(&o);
         return 2;
     }
     int rc;
-    if (strcmp(cmd, "serve") == 0)
+    if (o.help) {
+        usage(stdout);
+        rc = 0;
+    } else if (strcmp(cmd, "serve") == 0)
         rc = cmd_serve(&o);
     else if (strcmp(cmd, "check") == 0)
         rc = cmd_check(&o);
@@ -249,6 +181,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "nerve: unknown command '%s' (see nerve help)\n", cmd);
         rc = 2;
     }
-    free(o.rest);
+    cli_args_free(&o);
     return rc;
 }

@@ -63,8 +63,8 @@ static void test_misuse(void **state) {
     expect((const char *const[]){ "check", "--frobnicate=1", NULL }, 2,
            "nerve: unknown option --frobnicate=1 (see nerve help)\n", NULL);
     expect((const char *const[]){ "check", "-x", NULL }, 2, "nerve: unknown option -x (see nerve help)\n", NULL);
-    expect((const char *const[]){ "check", "--set", NULL }, 2, "nerve: --set needs a value\n", NULL);
-    expect((const char *const[]){ "check", "-c", NULL }, 2, "nerve: -c needs a value\n", NULL);
+    expect((const char *const[]){ "check", "--set", NULL }, 2, "nerve: --set needs a value (see nerve help)\n", NULL);
+    expect((const char *const[]){ "check", "-c", NULL }, 2, "nerve: -c needs a value (see nerve help)\n", NULL);
     expect((const char *const[]){ "check", "--log-format=xml", NULL }, 2,
            "nerve: --log-format must be text or json\n", NULL);
     /* A URL serve could not use fails nerve check, not serve later. */
