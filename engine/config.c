@@ -658,6 +658,14 @@ err:
     return NULL;
 }
 
+int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen) {
+    memset(ro, 0, sizeof *ro);
+    ro->connect_timeout_ms = c->redis_connect_timeout_ms;
+    ro->command_timeout_ms = c->redis_command_timeout_ms;
+    ro->reconnect_max_ms = c->redis_reconnect_max_ms;
+    return rds_parse_url(c->redis_url, ro, err, errlen);
+}
+
 void cfg_free(cfg *c) {
     size_t i;
 

@@ -286,11 +286,7 @@ int daemon_run(const daemon_args *a) {
     }
 
     rds_opts ro;
-    memset(&ro, 0, sizeof ro);
-    ro.connect_timeout_ms = c->redis_connect_timeout_ms;
-    ro.command_timeout_ms = c->redis_command_timeout_ms;
-    ro.reconnect_max_ms = c->redis_reconnect_max_ms;
-    if (rds_parse_url(c->redis_url, &ro, err, sizeof err)) {
+    if (cfg_redis_opts(c, &ro, err, sizeof err)) {
         log_error("main", "%s", err);
         rules_set_unref(set);
         goto out;

@@ -743,16 +743,12 @@ static int cmd_migrate(const kopts *o) {
     m.prefer = o->prefer;
     m.next_progress = PROGRESS_EVERY;
     rds_opts ro;
-    memset(&ro, 0, sizeof ro);
-    ro.connect_timeout_ms = c->redis_connect_timeout_ms;
-    /* A SCAN page or a script of a thousand keys takes longer than a sale. */
-    ro.command_timeout_ms = c->redis_command_timeout_ms < 10000 ? 10000
-                                                                : c->redis_command_timeout_ms;
-    ro.reconnect_max_ms = c->redis_reconnect_max_ms;
-    if (rds_parse_url(c->redis_url, &ro, err, sizeof err)) {
+    if (cfg_redis_opts(c, &ro, err, sizeof err)) {
         fprintf(stderr, "nerve keys migrate: %s\n", err);
         goto out;
     }
+    /* A SCAN page or a script of a thousand keys takes longer than a sale. */
+    if (ro.command_timeout_ms < 10000) ro.command_timeout_ms = 10000;
     if (!(m.c = rds_client_new(&ro)) || keys_meta_partitions(meta, m.prefix) < 0) {
         fprintf(stderr, "nerve keys migrate: out of memory or redis.prefix too long\n");
         goto out;

@@ -256,18 +256,13 @@ static int cmd_verify(const cfg *c) {
         return EXIT_FAILED;
     }
     rds_opts ro;
-    memset(&ro, 0, sizeof ro);
-    ro.connect_timeout_ms = c->redis_connect_timeout_ms;
-    ro.command_timeout_ms = c->redis_command_timeout_ms;
-    ro.reconnect_max_ms = c->redis_reconnect_max_ms;
     char err[600] = "";
     int rc = EXIT_FAILED;
     rds_client *r = NULL;
     long long *stock = calloc(n + 1, sizeof *stock);
     if (!stock) {
         snprintf(err, sizeof err, "out of memory");
-    } else if (rds_parse_url(c->redis_url, &ro, err, sizeof err) == 0 &&
-               (r = rds_client_new(&ro)) != NULL &&
+    } else if (cfg_redis_opts(c, &ro, err, sizeof err) == 0 && (r = rds_client_new(&ro)) != NULL &&
                redis_stocks(r, c, b, n, stock, err, sizeof err) == 0) {
         size_t differ = 0;
         for (size_t i = 0; i < n; i++) {

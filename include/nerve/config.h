@@ -18,6 +18,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "nerve/rds.h"
+
 struct cJSON;
 
 /* Defaults of the limits a rule set reads, named once: the config table
@@ -136,6 +138,11 @@ cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors);
  * in table order: up to MAX of them in KEYS (static strings); returns how
  * many differ. */
 size_t cfg_diff(const cfg *a, const cfg *b, const char **keys, size_t max);
+
+/* The Redis connection options C describes (redis.url, its timeouts): 0,
+ * or -1 with why in ERR (a redis.url that does not parse). One place, so
+ * that the daemon and every command reach Redis the same way. */
+int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen);
 
 /* Free a cfg; NULL is fine. */
 void cfg_free(cfg *c);
