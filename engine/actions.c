@@ -252,6 +252,15 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
              rule, halt_sales ? "true" : "false", reason);
     cJSON *o = alert_obj(a, "critical", "kill_switch", rule, scope, reason);
     cJSON_AddBoolToObject(o, "halt_sales", halt_sales);
+    /* Who engaged it, as the ledger's kills.actor records it: the operator
+     * through the API, or the rule that decided it. */
+    if (strcmp(rule, "admin") == 0) {
+        cJSON_AddStringToObject(o, "actor", "admin");
+    } else {
+        char who[160];
+        snprintf(who, sizeof who, "rule:%s", rule);
+        cJSON_AddStringToObject(o, "actor", who);
+    }
     cJSON_AddStringToObject(o, "state", a->dry_run ? "would_stop" : "stopping");
     publish(a, c, o);
 

@@ -624,7 +624,9 @@ static void test_end_to_end(void **state)
     bool found = false;
     while (!found && h_before(dl)) {
         run_ledger(b, &v, "export", "--table", "kills", NULL);
-        found = strstr(v.out, scope) && strstr(v.out, "\"action\":\"engage\"");
+        /* with its actor: the rule that engaged it */
+        found = strstr(v.out, scope) && strstr(v.out, "\"action\":\"engage\"") &&
+                strstr(v.out, "\"actor\":\"rule:");
         h_run_free(&v);
         if (!found)
             h_nap();
