@@ -13,14 +13,26 @@
 #          bench sells qty 1, so it never fires but runs on every sale);
 #   many   100 generated rule files (bench_reload), for the reload timing;
 #   nostreams  the config's rules with bus.streams=false: no stream appends,
-#          events through Pub/Sub only (the issue 11 comparison).
-# Each daemon's SQLite ledger is in the temporary directory.
+#          events through Pub/Sub only (the issue 11 comparison);
+#   nopubsub, noledger  streams on, with bus.pubsub_input=false or with
+#          ledger.enabled=false: where the streams' cost goes;
+#   pg     the config's rules with the ledger in a throwaway PostgreSQL
+#          (initdb in the temporary directory, Unix socket only, fsync on).
+# Each other daemon's SQLite ledger is in the temporary directory.
 # Scenarios (SCENARIOS, in this order by default):
 #   ceiling      wrk POST /sale against the ceiling server: what the HTTP
 #                stack and this machine can do at most;
 #   hot          every sale on one SKU (stock never runs out)            [main]
 #   hot-nostreams  the same with bus.streams=false; its row gives hot SKU
 #                (streams on, the default) as a share of it      [nostreams]
+#   hot-nopubsub, hot-noledger  hot SKU with streams on but no Pub/Sub input,
+#                or no ledger writer, each as a share of hot-nostreams
+#                                                   [nopubsub, noledger]
+#   hot-pg       hot SKU with the ledger in PostgreSQL ("not run" when
+#                PostgreSQL is not installed)                              [pg]
+#   After hot (on main, SQLite) and hot-pg: the ledger's lag when wrk stopped
+#   (nerve_ledger_lag_seconds) and how long after it the ledger held every
+#   sale (nerve_ledger_rows_total{table="sales"} >= nerve_sales_total{result="ok"}).
 #   hot-rule     the same with the sale_request rule                      [rule]
 #   hot-reload   hot SKU while POST /admin/reload runs every 100 ms       [main]
 #   spread       sales cycling over 1,000 SKUs                            [main]
@@ -47,7 +59,7 @@
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling hot hot-nostreams hot-rule hot-reload spread spread-rule reload kill rules eval idle"
+#   SCENARIOS="ceiling hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload spread spread-rule reload kill rules eval idle"
 #   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix: the
 #                     kill records bench_kill_latency watches; stock key names
 #                     come from `nerve keys where` with NERVE_CONFIG and NERVE_ARGS)
@@ -63,6 +75,8 @@
 #   RERUN_OTHERS_PCT=10, RERUNS=1   a sale scenario during which other
 #                     processes used more than 10% of the CPUs runs again (at
 #                     most once); the quieter run's figures are kept
+#   LEDGER_WAIT_S=60  how long to wait, after hot and hot-pg, for the ledger
+#                     to hold every sale before reporting it behind
 #   KEEP_TMP=1        keep the temporary directory (logs) for a look afterwards
 #
 # Exit status: 0 when the bench ran and every invariant held, even when a
@@ -88,7 +102,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling hot hot-nostreams hot-rule hot-reload spread spread-rule reload kill rules eval idle}
+SCENARIOS=${SCENARIOS:-ceiling hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload spread spread-rule reload kill rules eval idle}
 NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
 case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
 SERVER_THREADS=${SERVER_THREADS:-}
@@ -103,7 +117,9 @@ IDLE_EXTRA=${IDLE_EXTRA:-50}
 IDLE_SALES=${IDLE_SALES:-10}
 RERUN_OTHERS_PCT=${RERUN_OTHERS_PCT:-10}
 RERUNS=${RERUNS:-1}
+LEDGER_WAIT_S=${LEDGER_WAIT_S:-60}
 ADMIN_TOKEN=bench-token
+LEDGER_GROUP=nerve-ledger       # ledger.group (the default): the ledger writer's consumer group
 HOT_SKU=hot
 HOT_STOCK=1000000000            # 1e9: at 100k sales/s, 10,000 s of selling
 SPREAD_SKUS=1000
@@ -117,6 +133,7 @@ TARGET_SPREAD_PCT=30            # 1,000 SKUs >= 30% of the ceiling
 TARGET_P99_MS=10                # every sale scenario
 TARGET_SAME_PCT=90              # with the sale rule / during reloads: within 10%
 TARGET_STREAMS_PCT=90           # hot SKU with streams on >= 90% of streams off (issue 11)
+TARGET_LEDGER_S=1               # the ledger's lag when the hot-SKU run ends (issue 11)
 TARGET_RELOAD_MS=50             # median reload of 100 rule files
 TARGET_KILL_P99_MS=5            # stock event -> kill record, p99
 TARGET_RULES_EPS=200000         # rule evaluations per second, one core
@@ -127,12 +144,13 @@ cd "$root" || exit 2
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
-known="ceiling hot hot-nostreams hot-rule hot-reload spread spread-rule reload kill rules eval idle"
+known="ceiling hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload spread spread-rule reload kill rules eval idle"
 for s in $SCENARIOS; do
     case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
 done
 want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
-for v in RELOAD_EVERY_MS RELOAD_RULES RELOAD_RUNS RELOAD_HTTP_RUNS KILL_EVENTS CONNECTIONS WRK_THREADS IDLE_SALES; do
+for v in RELOAD_EVERY_MS RELOAD_RULES RELOAD_RUNS RELOAD_HTTP_RUNS KILL_EVENTS CONNECTIONS WRK_THREADS IDLE_SALES \
+    LEDGER_WAIT_S; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v '${!v}' is not a positive number"
 done
 for v in RERUN_OTHERS_PCT RERUNS; do
@@ -155,7 +173,12 @@ for tool in wrk redis-server redis-cli timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
 done
 need_nerve=0
-for s in hot hot-nostreams hot-rule spread spread-rule hot-reload reload kill idle; do want $s && need_nerve=1; done
+for s in hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule spread spread-rule hot-reload reload kill idle; do
+    want $s && need_nerve=1
+done
+# The ledger of every daemon is the one its arguments name (SQLite in the
+# temporary directory, or hot-pg's PostgreSQL), not one from the environment.
+unset NERVE_LEDGER_URL
 if want ceiling; then
     [ -x "$BUILD/bench/ceiling" ] || die "$BUILD/bench/ceiling not built (make bench builds it)"
 fi
@@ -207,6 +230,7 @@ cleanup() {
     local i
     trap - EXIT INT TERM
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[i]}"; done
+    stop_pg     # after the nerve using it
     if [ "$failed_setup" = 1 ]; then
         for f in "$tmp"/*.log; do
             [ -s "$f" ] || continue
@@ -286,9 +310,10 @@ rcli() { redis-cli -p "$RPORT"; }
 
 # stock_keys SKU...: STOCK_KEY[SKU] = its stock key, as the binary names it
 # (`nerve keys where` with the daemons' config and NERVE_ARGS: prefix and
-# bus.partitions), so the layout has one definition. Run it in this shell
-# (not in a pipeline) before key_cmds or stock_sum use the SKUs.
-declare -A STOCK_KEY
+# bus.partitions), so the layout has one definition, and SALES_STREAM[SKU]
+# the partition stream its sales are appended to (the last column). Run it
+# in this shell (not in a pipeline) before key_cmds or stock_sum use the SKUs.
+declare -A STOCK_KEY SALES_STREAM
 stock_keys() {
     local need=() s st
     for s in "$@"; do [ -n "${STOCK_KEY[$s]:-}" ] || need+=("$s"); done
@@ -296,7 +321,9 @@ stock_keys() {
     "$NERVE_BIN" keys where -c "$NERVE_CONFIG" "${nerve_args[@]}" "${need[@]}" \
         >"$tmp/where.out" 2>"$tmp/where.err" ||
         setup_fail "nerve keys where failed: $(head -n 3 "$tmp/where.err")"
-    while IFS=$'\t' read -r s _ st _; do STOCK_KEY[$s]=$st; done <"$tmp/where.out"
+    while IFS=$'\t' read -r s _ st _ _ _ _ ss _; do
+        STOCK_KEY[$s]=$st SALES_STREAM[$s]=$ss
+    done <"$tmp/where.out"
     for s in "${need[@]}"; do
         [ -n "${STOCK_KEY[$s]:-}" ] || setup_fail "nerve keys where printed no stock key for $s"
     done
@@ -377,6 +404,116 @@ start_ceiling() {
     setup_fail "ceiling server did not start"
 }
 
+# --- PostgreSQL (hot-pg) ---------------------------------------------------------
+#
+# A throwaway server the way tests/integration/harness_pg.c starts one:
+# initdb into $tmp/pg, `postgres` with a Unix socket in that directory only
+# (listen_addresses empty) and trust authentication, as the `postgres` user
+# when we are root (initdb and postgres refuse to run as root). Unlike the
+# tests, fsync stays on (the default): the bench measures a real ledger.
+
+PG_PID=""
+PG_DIR=$tmp/pg
+PG_DB=bench
+
+# pg_bindir: sets PG_BIN to the directory of initdb, postgres and psql
+# (`pg_config --bindir`, else the newest /usr/lib/postgresql/N/bin);
+# returns 1 when there is none (the server package is not installed:
+# pg_config alone comes with libpq-dev).
+pg_bindir() {
+    local d dirs=()
+    PG_BIN=""
+    dirs=("$(pg_config --bindir 2>/dev/null)")
+    mapfile -t -O 1 dirs < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
+    for d in "${dirs[@]}"; do
+        if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/postgres" ] && [ -x "$d/psql" ]; then
+            PG_BIN=$d
+            return 0
+        fi
+    done
+    return 1
+}
+
+# PG_AS: the command prefix that runs a program as the postgres user when
+# we are root (setpriv execs it: the pid we get is the program's).
+PG_AS=()
+
+pg_sql() { "$PG_BIN/psql" -h "$PG_DIR" -p "$PG_PORT" -U nerve -X -Atq -d "${2:-postgres}" -c "$1"; }
+pg_up() { pg_sql 'SELECT 1' >/dev/null 2>&1; }
+
+# start_pg: the server and database $PG_DB; sets PG_PORT, PG_PID and
+# PG_URL. Returns 1 with PG_MISSING set when PostgreSQL is not installed.
+start_pg() {
+    PG_MISSING=""
+    if ! pg_bindir; then
+        PG_MISSING="postgresql missing (no initdb, postgres and psql in \`pg_config --bindir\` or /usr/lib/postgresql/*/bin)"
+        return 1
+    fi
+    if [ "$(id -u)" = 0 ]; then
+        id postgres >/dev/null 2>&1 || { PG_MISSING="postgresql missing (running as root and no postgres user)"; return 1; }
+        command -v setpriv >/dev/null 2>&1 || setup_fail "running as root: setpriv is needed to start PostgreSQL as postgres"
+        PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+    fi
+    mkdir -p "$PG_DIR" || setup_fail "mkdir $PG_DIR failed"
+    if [ "$(id -u)" = 0 ]; then
+        # postgres must reach its directory inside our 0700 temporary one.
+        if ! chmod 711 "$tmp" || ! chown postgres: "$PG_DIR"; then
+            setup_fail "cannot give $PG_DIR to postgres"
+        fi
+    fi
+    note "PostgreSQL: initdb in $PG_DIR ($PG_BIN)"
+    (cd "$PG_DIR" && exec "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U nerve --auth=trust \
+        -E UTF8 --locale=C) >"$tmp/pg-initdb.log" 2>&1 || setup_fail "initdb failed (log below)"
+    for _ in 1 2 3 4 5; do
+        PG_PORT=$(free_port) || break
+        (cd "$PG_DIR" && exec "${PG_AS[@]}" "$PG_BIN/postgres" -D "$PG_DIR/data" -k "$PG_DIR" \
+            -p "$PG_PORT" -c listen_addresses= -c max_connections=20) >>"$tmp/postgres.log" 2>&1 &
+        PG_PID=$!
+        if wait_until 30 "$PG_PID" pg_up; then
+            pg_sql "CREATE DATABASE $PG_DB" >>"$tmp/postgres.log" 2>&1 ||
+                setup_fail "PostgreSQL: CREATE DATABASE $PG_DB failed (log below)"
+            PG_URL="postgresql:///$PG_DB?host=$PG_DIR&port=$PG_PORT&user=nerve"
+            note "PostgreSQL: $PG_DIR port $PG_PORT, pid $PG_PID, fsync $(pg_sql 'SHOW fsync')"
+            return 0
+        fi
+        stop_pg
+    done
+    setup_fail "PostgreSQL did not start (log below)"
+}
+
+# stop_pg: a fast shutdown (SIGINT: clients are disconnected; SIGTERM would
+# wait for them), then SIGKILL after 20 s.
+stop_pg() {
+    local i
+    [ -n "$PG_PID" ] || return 0
+    kill -INT "$PG_PID" 2>/dev/null
+    for ((i = 0; i < 400; i++)); do
+        kill -0 "$PG_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -0 "$PG_PID" 2>/dev/null && kill -KILL "$PG_PID" 2>/dev/null
+    wait "$PG_PID" 2>/dev/null
+    PG_PID=""
+}
+
+# pg_ticks: CPU clock ticks of the PostgreSQL server: the postmaster (with
+# the backends it reaped) and the processes it runs now (its children are
+# not ours to `times`, and their CPU must not count as other processes').
+pg_ticks() {
+    local f line st t=0
+    [ -n "$PG_PID" ] || { echo 0; return 0; }
+    for f in /proc/[0-9]*/stat; do
+        read -r line <"$f" 2>/dev/null || continue
+        read -r -a st <<<"${line##*) }"
+        if [ "${f//[^0-9]/}" = "$PG_PID" ]; then
+            t=$((t + st[11] + st[12] + st[13] + st[14]))
+        elif [ "${st[1]}" = "$PG_PID" ]; then
+            t=$((t + st[11] + st[12]))
+        fi
+    done
+    echo "$t"
+}
+
 # --- nerve instances ----------------------------------------------------------
 #
 # Each instance is a nerve with a redis-server of its own, started the first
@@ -436,6 +573,19 @@ use() {
             nostreams)
                 I_DESC[$name]="streams off"
                 args=(--set "bus.streams=false")
+                ;;
+            nopubsub)
+                I_DESC[$name]="no Pub/Sub"
+                args=(--set "bus.pubsub_input=false")
+                ;;
+            noledger)
+                I_DESC[$name]="no ledger"
+                args=(--set "ledger.enabled=false")
+                ;;
+            pg)
+                I_DESC[$name]="+ PostgreSQL"
+                [ -n "$PG_PID" ] || setup_fail "nerve pg: PostgreSQL is not running"
+                args=(--set "ledger.url=$PG_URL")
                 ;;
             many)
                 I_DESC[$name]="$RELOAD_RULES rule files"
@@ -577,6 +727,7 @@ cpu_snap() {
         # A pid of ours, not a recycled one: its parent is this shell.
         [ "${st_fields[1]}" = $$ ] && ours=$((ours + st_fields[11] + st_fields[12]))
     done
+    [ -n "$PG_PID" ] && ours=$((ours + $(pg_ticks)))
     printf -v "$1" '%s %s %s' "$busy" "$total" "$ours"
 }
 
@@ -705,6 +856,7 @@ scenario_hot() {
         rc=$?
     fi
     finish "$name"
+    case $name in hot | hot-pg) ledger_catchup "$name" ;; esac
     record "$name" "$tmp/$name.out"
     if [ -n "$rpid" ]; then
         line=$(grep '^reloads:' "$tmp/reloader.out" | tail -n 1)
@@ -724,6 +876,122 @@ scenario_hot() {
         DETAIL[$name]+="; $SALE_RULE evaluated $((${evals1:-0} - ${evals0:-0})) times during the run"
     fi
     check_invariant "$name" "$tmp/$name.out" "$tmp/$name.pending" "$before" "$HOT_SKU"
+}
+
+# ledger_metrics: LM_LAG, LM_ROWS and LM_OK from one GET /metrics of the
+# current instance: nerve_ledger_lag_seconds, nerve_ledger_rows_total{table=
+# "sales"} and nerve_sales_total{result="ok"}. Returns 1 when one is missing.
+ledger_metrics() {
+    LM_LAG="" LM_ROWS="" LM_OK=""
+    http GET "$NPORT" /metrics && [ "$HTTP_STATUS" = 200 ] || return 1
+    read -r LM_LAG LM_ROWS LM_OK < <(awk '
+        $1 == "nerve_ledger_lag_seconds" { lag = $2 }
+        $1 == "nerve_ledger_rows_total{table=\"sales\"}" { rows = $2 }
+        $1 == "nerve_sales_total{result=\"ok\"}" { ok = $2 }
+        END { print (lag == "" ? "-" : lag), (rows == "" ? "-" : rows), (ok == "" ? "-" : ok) }' <<<"$HTTP_BODY")
+    [[ $LM_LAG =~ ^[0-9.]+$ && $LM_ROWS =~ ^[0-9]+$ && $LM_OK =~ ^[0-9]+$ ]]
+}
+
+# unwritten STREAM: "AGE_MS COUNT" of the entries of STREAM the ledger's
+# group LEDGER_GROUP has not acknowledged (the writer acknowledges after
+# COMMIT): pending ones (XPENDING) and ones not read yet (XINFO GROUPS lag;
+# the first after last-delivered-id). AGE_MS is that of the oldest, by
+# Redis's clock (0 when there is none); "? ?" when the group is not there.
+unwritten() {
+    local out last lag pend smallest next now oldest=""
+    # The answers, each after an ECHO'd marker line: XINFO GROUPS (name,
+    # ..., last-delivered-id, ..., lag of each group), the XPENDING summary
+    # (count, smallest id, greatest id, consumers), TIME (s, us).
+    out=$(printf 'ECHO @groups\nXINFO GROUPS %s\nECHO @pending\nXPENDING %s %s\nECHO @time\nTIME\n' \
+        "$1" "$1" "$LEDGER_GROUP" | rcli 2>/dev/null)
+    read -r last lag pend smallest now < <(awk -v g="$LEDGER_GROUP" '
+        /^@/ { sec = $0; k = 0; next }
+        { k++ }
+        sec == "@groups" && prev == "name" { mine = ($0 == g) }
+        sec == "@groups" && mine && prev == "last-delivered-id" { last = $0 }
+        sec == "@groups" && mine && prev == "lag" { lag = $0 }
+        sec == "@pending" && k == 1 { pend = $0 }
+        sec == "@pending" && k == 2 { small = $0 }
+        sec == "@time" && k == 1 { s = $0 }
+        sec == "@time" && k == 2 { us = $0 }
+        { prev = $0 }
+        END {
+            if (last == "" || pend !~ /^[0-9]+$/ || s == "") { print "? ? ? ? ?"; exit }
+            printf "%s %s %s %s %.0f\n", last, (lag ~ /^[0-9]+$/ ? lag : 0), pend,
+                (pend > 0 ? small : "-"), s * 1000 + int(us / 1000)
+        }' <<<"$out")
+    if ! [[ ${pend:-?} =~ ^[0-9]+$ && ${now:-?} =~ ^[0-9]+$ ]]; then
+        echo "? ?"
+        return 0
+    fi
+    [ "$smallest" != - ] && oldest=${smallest%-*}
+    next=$(printf 'XRANGE %s (%s + COUNT 1\n' "$1" "$last" | rcli 2>/dev/null | head -n 1)
+    next=${next%-*}
+    if [[ $next =~ ^[0-9]+$ ]] && { [ -z "$oldest" ] || [ "$next" -lt "$oldest" ]; }; then
+        oldest=$next
+    fi
+    if [ -n "$oldest" ] && [ "$now" -gt "$oldest" ]; then
+        echo "$((now - oldest)) $((pend + lag))"
+    else
+        echo "0 $((pend + lag))"
+    fi
+}
+
+# ledger_catchup NAME: right after wrk stopped, how far behind the ledger
+# is: nerve_ledger_lag_seconds (/metrics) and, from Redis, the age of the
+# oldest sale of the hot SKU's stream the ledger's group has not acknowledged
+# (the gauge counts only the batch the writer holds, not the entries still
+# waiting in the stream, so it can read 0 while sales wait); then GET
+# /metrics every 20 ms until the ledger holds as many sales as the instance
+# answered ok (each ok sale is one row of table sales; the counters cover
+# the instance's life, warm-ups included), at most LEDGER_WAIT_S. Sets
+# LG_LAG[NAME] (s: the larger of the two lags), LG_CATCH[NAME] (s after the
+# stop; "" when it did not catch up) and LG_DETAIL[NAME].
+ledger_catchup() {
+    local name=$1 t0 t1 gauge rows0 ok0 n=0 deadline age_ms count
+    t0=$(date +%s%N)
+    ledger_metrics
+    gauge=$LM_LAG rows0=$LM_ROWS ok0=$LM_OK
+    read -r age_ms count < <(unwritten "${SALES_STREAM[$HOT_SKU]}")
+    if ! [[ $gauge =~ ^[0-9.]+$ && $rows0 =~ ^[0-9]+$ && $ok0 =~ ^[0-9]+$ ]]; then
+        LG_LAG[$name]="?" LG_CATCH[$name]=""
+        LG_DETAIL[$name]="GET /metrics: HTTP $HTTP_STATUS, or no ledger figures in it (lag '$LM_LAG', rows '$LM_ROWS', ok '$LM_OK')"
+        status=1
+        return
+    fi
+    deadline=$((t0 + LEDGER_WAIT_S * 1000000000))
+    while :; do
+        n=$((n + 1))
+        t1=$(date +%s%N)
+        [ "$LM_ROWS" -ge "$LM_OK" ] && break
+        ((t1 > deadline)) && break
+        sleep 0.02
+        ledger_metrics || break
+    done
+    LG_LAG[$name]=$(awk -v g="$gauge" -v a="$age_ms" 'BEGIN {
+        if (a !~ /^[0-9]+$/) a = 0; a /= 1000; printf "%.3f", (g + 0 > a ? g : a) }')
+    LG_DETAIL[$name]="when wrk stopped: nerve_ledger_lag_seconds $gauge; oldest sale not in the ledger"
+    LG_DETAIL[$name]+=" $age_ms ms old ($count entries of ${SALES_STREAM[$HOT_SKU]} not acknowledged by $LEDGER_GROUP);"
+    LG_DETAIL[$name]+=" $ok0 sales ok, $rows0 rows in table sales ($((ok0 - rows0)) behind); "
+    if [[ $LM_ROWS =~ ^[0-9]+$ && $LM_OK =~ ^[0-9]+$ ]] && [ "$LM_ROWS" -ge "$LM_OK" ]; then
+        LG_CATCH[$name]=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.3f", d / 1e9 }')
+        LG_DETAIL[$name]+="every sale in the ledger ${LG_CATCH[$name]} s after the stop ($LM_OK sales, $n scrapes of /metrics)"
+    else
+        LG_CATCH[$name]=""
+        LG_DETAIL[$name]+="still $((${LM_OK:-0} - ${LM_ROWS:-0})) sales behind after $LEDGER_WAIT_S s (lag ${LM_LAG:-?} s)"
+    fi
+}
+
+# scenario_hot_pg: hot SKU on nerve pg, whose ledger is a throwaway
+# PostgreSQL; a row "not run" when PostgreSQL is not installed.
+scenario_hot_pg() {
+    if [ -z "${I_STATE[pg]:-}" ] && [ -z "$PG_PID" ] && ! start_pg; then
+        note "hot-pg: not run: $PG_MISSING"
+        order+=(hot-pg)
+        FIG[hot-pg]="not run" DETAIL[hot-pg]="not run: $PG_MISSING"
+        return 0
+    fi
+    scenario_hot hot-pg pg
 }
 
 # scenario_spread NAME INSTANCE: spread or spread-rule.
@@ -896,8 +1164,8 @@ scenario_rules() {
 
 # --- reruns on a busy machine ----------------------------------------------------
 
-ROW_ARRAYS="RPS P50 P90 P99 MAXL NON2XX CODES ERRS LOAD OTHERS FIG DETAIL"
-declare -A SAVED
+ROW_ARRAYS="RPS P50 P90 P99 MAXL NON2XX CODES ERRS LOAD OTHERS FIG DETAIL LG_LAG LG_CATCH LG_DETAIL"
+declare -A SAVED LG_LAG LG_CATCH LG_DETAIL
 
 # save_row NAME / restore_row NAME: put every figure of row NAME aside, and
 # back (the invariants are merged by run_sale, not restored).
@@ -964,6 +1232,11 @@ label() {
         ceiling) echo "ceiling" ;;
         hot) echo "hot SKU" ;;
         hot-nostreams) echo "hot SKU, streams off" ;;
+        hot-nopubsub) echo "hot SKU, no Pub/Sub input" ;;
+        hot-noledger) echo "hot SKU, no ledger" ;;
+        hot-pg) echo "hot SKU, PostgreSQL ledger" ;;
+        hot-ledger) echo "ledger after hot SKU, SQLite" ;;
+        hot-pg-ledger) echo "ledger after hot SKU, PgSQL" ;;
         hot-rule) echo "hot SKU + sale rule" ;;
         spread) echo "1,000 SKUs" ;;
         spread-rule) echo "1,000 SKUs + sale rule" ;;
@@ -989,6 +1262,14 @@ for s in $SCENARIOS; do
         ceiling) run_sale ceiling scenario_ceiling ;;
         hot) run_sale hot scenario_hot hot main ;;
         hot-nostreams) run_sale hot-nostreams scenario_hot hot-nostreams nostreams ;;
+        # The breakdown daemons stop after their row: a backlog of theirs
+        # (the ledger writer of nopubsub) must not run during the next one.
+        hot-nopubsub) run_sale hot-nopubsub scenario_hot hot-nopubsub nopubsub; retire nopubsub ;;
+        hot-noledger) run_sale hot-noledger scenario_hot hot-noledger noledger; retire noledger ;;
+        hot-pg)
+            run_sale hot-pg scenario_hot_pg
+            if [ -n "${I_STATE[pg]:-}" ]; then retire pg; stop_pg; fi
+            ;;
         hot-rule) run_sale hot-rule scenario_hot hot-rule rule ;;
         spread) run_sale spread scenario_spread spread main ;;
         spread-rule) run_sale spread-rule scenario_spread spread-rule rule ;;
@@ -1018,7 +1299,8 @@ ratio() {
 reference() {
     case $1 in
         ceiling | hot | spread) echo ceiling ;;
-        hot-rule | hot-reload) echo hot ;;
+        hot-rule | hot-reload | hot-pg) echo hot ;;
+        hot-nopubsub | hot-noledger) echo hot-nostreams ;;
         spread-rule) echo spread ;;
     esac
 }
@@ -1067,6 +1349,32 @@ row_fields() {
             fi
             TGT_COL+=", p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
             ;;
+        hot-nopubsub | hot-noledger | hot-pg)
+            if [ "${FIG[$name]}" = "not run" ]; then
+                TGT_COL="not run: ${PG_MISSING%% (*}"
+                return 0
+            fi
+            ref=$(reference "$name")
+            r=$(ratio "$name" "$ref")
+            if [ -n "$r" ]; then
+                REF_COL="$r% of $(label "$ref")"
+                [ "$ref" = hot-nostreams ] && REF_COL="$r% of streams off"
+            fi
+            TGT_COL="p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
+            [ "$name" = hot-pg ] || TGT_COL="(breakdown), $TGT_COL"
+            ;;
+        hot-ledger | hot-pg-ledger)
+            # The ledger after hot SKU: its figures are LG_*[hot or hot-pg].
+            ref=${name%-ledger}
+            [ -n "${LG_CATCH[$ref]}" ] && REF_COL="caught up +${LG_CATCH[$ref]} s"
+            TGT_COL="lag <= $TARGET_LEDGER_S s: $(met "${LG_LAG[$ref]/\?/1e9} <= $TARGET_LEDGER_S")"
+            TGT_COL+=", caught up <= $TARGET_LEDGER_S s: "
+            if [ -n "${LG_CATCH[$ref]}" ]; then
+                TGT_COL+=$(met "${LG_CATCH[$ref]} <= $TARGET_LEDGER_S")
+            else
+                TGT_COL+="NOT MET"
+            fi
+            ;;
         reload-load | reload-http)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
             TGT_COL="median < $TARGET_RELOAD_MS ms: $(met "${P50[$name]} < $TARGET_RELOAD_MS")"
@@ -1099,11 +1407,25 @@ echo "nerve bench: wrk $WRK_THREADS threads, $CONNECTIONS connections, $DURATION
     "load average $LOAD_START at start, $LOAD_END at end; ${T_TOTAL} s"
 # shellcheck disable=SC2059
 printf "$fmt" scenario figure "p50 ms" "p99 ms" "max ms" reference load others target
+# rows: the scenarios, each followed by its ledger row when it has one.
+rows=()
 for name in "${order[@]}"; do
+    rows+=("$name")
+    [ -n "${LG_DETAIL[$name]:-}" ] && rows+=("$name-ledger")
+done
+for name in "${rows[@]}"; do
     row_fields "$name"
+    case $name in
+        *-ledger)
+            # shellcheck disable=SC2059
+            printf "$fmt" "$(label "$name")" "${LG_LAG[${name%-ledger}]} s lag" - - - "$REF_COL" - - "$TGT_COL"
+            continue
+            ;;
+    esac
+    load1=${LOAD[$name]:--}
     # shellcheck disable=SC2059
     printf "$fmt" "$(label "$name")" "${FIG[$name]}" "${P50[$name]:--}" "${P99[$name]:--}" \
-        "${MAXL[$name]:--}" "$REF_COL" "${LOAD[$name]%% *}" "${OTHERS[$name]:--}" "$TGT_COL"
+        "${MAXL[$name]:--}" "$REF_COL" "${load1%% *}" "${OTHERS[$name]:--}" "$TGT_COL"
 done
 for inst in "${instances[@]}"; do
     case ${I_STATE[$inst]} in
@@ -1114,8 +1436,11 @@ for inst in "${instances[@]}"; do
     printf "$fmt" "peak RSS, nerve ${I_DESC[$inst]}" "$fig" - - - - - - "-"
 done
 echo
-for name in "${order[@]}"; do
-    echo "$(label "$name"): ${DETAIL[$name]}"
+for name in "${rows[@]}"; do
+    case $name in
+        *-ledger) echo "$(label "$name"): ${LG_DETAIL[${name%-ledger}]}" ;;
+        *) echo "$(label "$name"): ${DETAIL[$name]}" ;;
+    esac
 done
 for name in "${order[@]}" hot-reload-reloads; do
     [ -n "${INV[$name]:-}" ] || continue
