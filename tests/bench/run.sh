@@ -75,6 +75,8 @@
 #   RERUN_OTHERS_PCT=10, RERUNS=1   a sale scenario during which other
 #                     processes used more than 10% of the CPUs runs again (at
 #                     most once); the quieter run's figures are kept
+#   PG_BINDIR         where hot-pg finds initdb, postgres and psql (default:
+#                     `pg_config --bindir`, else /usr/lib/postgresql/N/bin)
 #   LEDGER_WAIT_S=60  how long to wait, after hot and hot-pg, for the ledger
 #                     to hold every sale before reporting it behind
 #   KEEP_TMP=1        keep the temporary directory (logs) for a look afterwards
@@ -230,7 +232,7 @@ cleanup() {
     local i
     trap - EXIT INT TERM
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[i]}"; done
-    stop_pg     # after the nerve using it
+    declare -F stop_pg >/dev/null && stop_pg    # after the nerve using it
     if [ "$failed_setup" = 1 ]; then
         for f in "$tmp"/*.log; do
             [ -s "$f" ] || continue
@@ -417,14 +419,18 @@ PG_DIR=$tmp/pg
 PG_DB=bench
 
 # pg_bindir: sets PG_BIN to the directory of initdb, postgres and psql
-# (`pg_config --bindir`, else the newest /usr/lib/postgresql/N/bin);
-# returns 1 when there is none (the server package is not installed:
-# pg_config alone comes with libpq-dev).
+# (PG_BINDIR when set, else `pg_config --bindir`, else the newest
+# /usr/lib/postgresql/N/bin); returns 1 when there is none (the server
+# package is not installed: pg_config alone comes with libpq-dev).
 pg_bindir() {
     local d dirs=()
     PG_BIN=""
-    dirs=("$(pg_config --bindir 2>/dev/null)")
-    mapfile -t -O 1 dirs < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
+    if [ -n "${PG_BINDIR:-}" ]; then
+        dirs=("$PG_BINDIR")
+    else
+        dirs=("$(pg_config --bindir 2>/dev/null)")
+        mapfile -t -O 1 dirs < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
+    fi
     for d in "${dirs[@]}"; do
         if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/postgres" ] && [ -x "$d/psql" ]; then
             PG_BIN=$d
@@ -446,7 +452,7 @@ pg_up() { pg_sql 'SELECT 1' >/dev/null 2>&1; }
 start_pg() {
     PG_MISSING=""
     if ! pg_bindir; then
-        PG_MISSING="postgresql missing (no initdb, postgres and psql in \`pg_config --bindir\` or /usr/lib/postgresql/*/bin)"
+        PG_MISSING="postgresql missing (no initdb, postgres and psql in ${PG_BINDIR:-\`pg_config --bindir\` or /usr/lib/postgresql/*/bin})"
         return 1
     fi
     if [ "$(id -u)" = 0 ]; then
@@ -485,7 +491,7 @@ start_pg() {
 # wait for them), then SIGKILL after 20 s.
 stop_pg() {
     local i
-    [ -n "$PG_PID" ] || return 0
+    [ -n "${PG_PID:-}" ] || return 0
     kill -INT "$PG_PID" 2>/dev/null
     for ((i = 0; i < 400; i++)); do
         kill -0 "$PG_PID" 2>/dev/null || break
@@ -503,7 +509,7 @@ pg_ticks() {
     local f line st t=0
     [ -n "$PG_PID" ] || { echo 0; return 0; }
     for f in /proc/[0-9]*/stat; do
-        read -r line <"$f" 2>/dev/null || continue
+        { read -r line <"$f"; } 2>/dev/null || continue    # gone meanwhile
         read -r -a st <<<"${line##*) }"
         if [ "${f//[^0-9]/}" = "$PG_PID" ]; then
             t=$((t + st[11] + st[12] + st[13] + st[14]))
