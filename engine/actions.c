@@ -17,6 +17,7 @@ struct act {
     int throttle_s;
     long audit_maxlen;
     bool dry_run;
+    int stop_bound_ms;
     ks *k;
     panic *p;
     rds_pool *pool;
@@ -37,6 +38,7 @@ act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
     a->throttle_s = o->throttle_s;
     a->audit_maxlen = o->audit_maxlen;
     a->dry_run = o->dry_run;
+    a->stop_bound_ms = o->stop_bound_ms > 0 ? o->stop_bound_ms : 60000;
     a->k = k;
     a->p = p;
     a->pool = pool;
@@ -293,6 +295,52 @@ ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor)
     if (txt) audit(a, c, "kill_reset", txt);
     free(txt);
     return rc;
+}
+
+int act_resume_stalled(act *a, rds_client *c) {
+    cJSON *arr = ks_list(a->k, c);
+    if (!arr) return -1;
+    double now = now_s(), stale = 2.0 * a->stop_bound_ms / 1000.0;
+    int resumed = 0;
+    const cJSON *rec;
+    cJSON_ArrayForEach(rec, arr) {
+        const cJSON *state = cJSON_GetObjectItemCaseSensitive(rec, "state");
+        const cJSON *scope = cJSON_GetObjectItemCaseSensitive(rec, "scope");
+        const cJSON *ts = cJSON_GetObjectItemCaseSensitive(rec, "ts");
+        if (!cJSON_IsString(state) || strcmp(state->valuestring, "stopping") != 0 ||
+            !cJSON_IsString(scope) || !cJSON_IsNumber(ts) || now - ts->valuedouble < stale)
+            continue;
+        char key[RDS_KEY_MAX], ex[24];
+        snprintf(key, sizeof key, "%skill_resume:%s", a->prefix, scope->valuestring);
+        snprintf(ex, sizeof ex, "%d", (int)stale + 1);
+        const char *argv[] = { "SET", key, a->instance, "NX", "EX", ex };
+        redisReply *r = rds_commandargv(c, 6, argv, NULL);
+        bool mine = r && r->type == REDIS_REPLY_STATUS;
+        freeReplyObject(r);
+        if (!mine) continue; /* another instance resumes it (or Redis failed: next time) */
+        const cJSON *reason = cJSON_GetObjectItemCaseSensitive(rec, "reason");
+        const cJSON *rule = cJSON_GetObjectItemCaseSensitive(rec, "rule");
+        const cJSON *inst = cJSON_GetObjectItemCaseSensitive(rec, "instance");
+        log_warn("actions",
+                 "resuming an emergency stop its instance never finished scope=%s instance=%s "
+                 "engaged_s_ago=%.0f",
+                 scope->valuestring, cJSON_IsString(inst) ? inst->valuestring : "?",
+                 now - ts->valuedouble);
+        panic_job job = { .scope = scope->valuestring,
+                          .reason = cJSON_IsString(reason) ? reason->valuestring : "",
+                          .rule = cJSON_IsString(rule) ? rule->valuestring : NULL,
+                          .ts = ts->valuedouble,
+                          .on_attempt = on_attempt,
+                          .on_done = on_done,
+                          .ud = a };
+        if (panic_submit(a->p, &job) != 0) {
+            log_error("actions", "emergency stop queue full scope=%s", scope->valuestring);
+            continue;
+        }
+        resumed++;
+    }
+    cJSON_Delete(arr);
+    return resumed;
 }
 
 int act_decision(act *a, rds_client *c, const rules_decision *d) {

@@ -336,12 +336,18 @@ int daemon_run(const daemon_args *a) {
         goto out;
     }
     d.ks = ks_new(c->redis_prefix, control, instance);
+    /* Every attempt timing out after the longest backoff: a stop still
+     * "stopping" well past this lost its instance (act_resume_stalled). */
+    long long bound = (long long)c->panic_max_attempts *
+                      ((long long)c->panic_timeout_ms + c->panic_backoff_max_ms);
+    int stop_bound_ms = bound > 3600000 ? 3600000 : (int)bound;
     act_opts ao = { .prefix = c->redis_prefix,
                     .alerts_channel = c->alerts_channel,
                     .instance = instance,
                     .throttle_s = c->alerts_throttle_s,
                     .audit_maxlen = c->audit_maxlen,
-                    .dry_run = dry_run };
+                    .dry_run = dry_run,
+                    .stop_bound_ms = stop_bound_ms };
     d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
     d.q = evq_new((size_t)c->queue_size);
     d.counters = d.pool ? ctr_new(d.pool, c->redis_prefix) : NULL;
@@ -406,6 +412,7 @@ int daemon_run(const daemon_args *a) {
                      .pool = d.pool,
                      .counters = d.counters,
                      .stall_ms = c->stall_ms,
+                     .resume_ms = stop_bound_ms < 30000 ? stop_bound_ms : 30000,
                      .ack = eval_ack,
                      .ack_ud = d.bus };
     d.eval = eval_start(&eo, err, sizeof err);

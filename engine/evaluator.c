@@ -105,7 +105,7 @@ static void *run(void *arg) {
     eval *e = arg;
     rules_vm *vm = NULL;
     uint64_t gen = 0;
-    uint64_t last_refresh = 0, bad_burst = 0;
+    uint64_t last_refresh = 0, last_resume = 0, bad_burst = 0;
     acks pend = { .n = 0 };
     for (;;) {
         evq_item it;
@@ -125,6 +125,11 @@ static void *run(void *arg) {
             rds_client *c = rds_pool_client(e->o.pool);
             if (c) ks_refresh(e->o.ks, c);
             last_refresh = now;
+            /* Emergency stops a dead instance left unfinished (actions.h). */
+            if (c && e->o.act && now - last_resume > (uint64_t)e->o.resume_ms * 1000000ull) {
+                act_resume_stalled(e->o.act, c);
+                last_resume = now;
+            }
         }
         if (rc == EVQ_TIMEOUT) continue;
         sync_vm(e, &vm, &gen);

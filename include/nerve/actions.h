@@ -44,7 +44,10 @@ typedef struct act_opts {
     const char *instance;
     int throttle_s;
     long audit_maxlen;
-    bool dry_run; /* panic.dry_run: record "would stop", no webhook */
+    bool dry_run;      /* panic.dry_run: record "would stop", no webhook */
+    int stop_bound_ms; /* the longest an emergency stop can take (every attempt, timeout and
+                        * backoff); a record still "stopping" twice that long after its
+                        * engagement lost its instance (act_resume_stalled); <= 0: 60000 */
 } act_opts;
 
 typedef struct act act;
@@ -81,6 +84,19 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
  * {"kind":"kill_reset","scope","actor","ts","instance"} to the audit stream
  * (kind "kill_reset"). ACTOR: who asked ("admin" for the API). */
 ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor);
+
+/* Resume the emergency stops an instance started and never finished: it
+ * engaged the record ("stopping") and died before its stop was recorded as
+ * stopped or failed. Since engagement is idempotent (ks_engage only acts
+ * when it creates the record), a redelivered event never re-runs that stop,
+ * and without this the pause-campaigns API would never be called. A record
+ * still "stopping" 2 x stop_bound_ms after its ts is claimed by one instance
+ * of the fleet (SET NX of PREFIXkill_resume:SCOPE, expiring after the same
+ * time, so a resumer that dies too is resumed in turn), logged, and its stop
+ * submitted again; the outcome is written into the record as for any stop.
+ * Returns how many were resumed, -1 on a Redis error. Call it now and then
+ * (the evaluator does, every min(30 s, stop_bound_ms) or so). */
+int act_resume_stalled(act *a, rds_client *c);
 
 /* Alert levels as this instance counts them (nerve_alerts_suppressed_total's
  * level label): a level outside the four known ones counts as "other". */

@@ -46,6 +46,7 @@ typedef struct eval_opts {
     ks *ks;
     rds_pool *pool;
     ctr *counters; /* ctx.incr backend; NULL: counted per Lua state */
+    int resume_ms; /* act_resume_stalled every this long (at the halt cache refreshes, every 2 s) */
     int stall_ms; /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
     /* Acknowledge evaluated stream events (bus_ack); NULL: none. */
     int (*ack)(void *ud, rds_client *c, const evq_item *items, size_t n);

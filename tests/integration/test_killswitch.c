@@ -1244,6 +1244,65 @@ static void test_engage_outruns_reread(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+/* An instance engaged a kill and died before its emergency stop finished:
+ * the record says "stopping" for ever, and since engagement is idempotent a
+ * redelivered event never runs the stop again. A running instance resumes it
+ * once it is stale (twice the longest a stop can take), exactly once
+ * fleet-wide, and the record ends "stopped"; a fresh "stopping" record, or
+ * one already stopped, is left alone. */
+static void test_stalled_stop_resumed(void **state)
+{
+    (void)state;
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    double now = (double)t.tv_sec;
+    char rec[512];
+    snprintf(rec, sizeof rec,
+             "{\"scope\":\"sku:stalled\",\"reason\":\"stock of stalled is 0\",\"rule\":\"inv\","
+             "\"ts\":%.3f,\"instance\":\"dead-host:1\",\"state\":\"stopping\","
+             "\"halt_sales\":false,\"attempts\":0}", now - 600);
+    freeReplyObject(h_redis_cmd(redis, "SET " H_PREFIX "kill:sku:stalled %s", rec));
+    snprintf(rec, sizeof rec,
+             "{\"scope\":\"sku:fresh\",\"reason\":\"r\",\"rule\":\"inv\",\"ts\":%.3f,"
+             "\"instance\":\"busy-host:1\",\"state\":\"stopping\",\"halt_sales\":false,"
+             "\"attempts\":0}", now + 600);
+    freeReplyObject(h_redis_cmd(redis, "SET " H_PREFIX "kill:sku:fresh %s", rec));
+    snprintf(rec, sizeof rec,
+             "{\"scope\":\"sku:done\",\"reason\":\"r\",\"rule\":\"inv\",\"ts\":%.3f,"
+             "\"instance\":\"dead-host:1\",\"state\":\"stopped\",\"halt_sales\":false,"
+             "\"attempts\":1}", now - 600);
+    freeReplyObject(h_redis_cmd(redis, "SET " H_PREFIX "kill:sku:done %s", rec));
+    freeReplyObject(h_redis_cmd(redis, "SADD " H_PREFIX "kills sku:stalled sku:fresh sku:done"));
+    const char *sets[] = { hook_set, "panic.max_attempts=1", "panic.timeout_ms=200",
+                           "panic.backoff_max_ms=100", NULL };
+    /* Two instances: one of them resumes it. */
+    h_daemon *d1 = start_nerve(sets), *d2 = start_nerve(sets);
+    cJSON *done = H_WAIT_KILL(redis, "sku:stalled", "stopped", 10000);
+    cJSON_Delete(done);
+    assert_int_equal(mock_wait_requests(hook, 1, 1000), 0);
+    /* A second resume would come within a check or two (every 2 s): none. */
+    double dl = h_deadline(3000);
+    while (h_before(dl))
+        h_nap();
+    assert_int_equal(mock_requests(hook), 1);
+    cJSON *b = cJSON_Parse(mock_request(hook, 0)->body);
+    assert_non_null(b);
+    assert_string_equal(h_jstr(b, "scope"), "sku:stalled");
+    cJSON_Delete(b);
+    cJSON *fresh = h_kill_record(redis, "sku:fresh");
+    assert_string_equal(h_jstr(fresh, "state"), "stopping");
+    cJSON_Delete(fresh);
+    assert_int_equal(h_daemon_stop(d1), 0);
+    assert_int_equal(h_daemon_stop(d2), 0);
+    for (const char *const *sc = (const char *const[]){ "sku:stalled", "sku:fresh", "sku:done",
+                                                          NULL };
+         *sc; sc++) {
+        freeReplyObject(h_redis_cmd(redis, "DEL " H_PREFIX "kill:%s", *sc));
+        freeReplyObject(h_redis_cmd(redis, "SREM " H_PREFIX "kills %s", *sc));
+    }
+    h_pass();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1259,6 +1318,7 @@ int main(void)
         T(test_alert_levels),
         T(test_listing_race_keeps_halt),
         T(test_engage_outruns_reread),
+        T(test_stalled_stop_resumed),
     };
     h_group_use(&redis, NULL, NULL);
     h_group_hook(&hook, hook_set, sizeof hook_set);
