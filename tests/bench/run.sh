@@ -5,7 +5,7 @@
 #
 # Starts, all on 127.0.0.1 free ports inside one `mktemp -d` directory, the
 # ceiling server (a bare CivetWeb answering POST /sale with the same options
-# as nerve, no Redis) and up to four nerve daemons, each with a throwaway
+# as nerve, no Redis) and up to seven nerve daemons, each with a throwaway
 # redis-server of its own (Pub/Sub is server-wide: on a shared Redis each
 # daemon would also evaluate the other's sale events):
 #   main   the config's rules (rules/: inventory + financial);
