@@ -35,14 +35,15 @@ endif
 
 # Debian packages, by what needs them: compiling anything (build; the
 # ledger links SQLite and libpq), the tests (cmocka to compile them, redis
-# and a real PostgreSQL to run them), make run, the bench (wrk, redis),
+# and a real PostgreSQL to run them), make run, the bench (wrk, redis, PostgreSQL
+# for the ledger row on PostgreSQL),
 # make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
              libsqlite3-dev libpq-dev
 DEB_REDIS := redis-server redis-tools
 DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS)
-DEB_BENCH := wrk $(DEB_REDIS)
+DEB_BENCH := wrk postgresql $(DEB_REDIS)
 DEB_LINT  := clang-format
 
 # pkg-config is only consulted once the packages are there (see deps).

@@ -216,7 +216,7 @@ check() {
             not_installed "libcmocka-dev $PG_PKGS wrk" "make run neither tests nor benches (SQLite is linked in)" ;;
         bench)
             installed_before "$BUILD_PKGS" '^compile [^ ]+ tests/bench/' "the first bench compile"
-            installed_before "wrk $REDIS_PKGS" '^run tests/bench/run\.sh' "tests/bench/run.sh" ;;
+            installed_before "wrk $REDIS_PKGS $PG_PKGS" '^run tests/bench/run\.sh' "tests/bench/run.sh" ;;
         fuzz)
             installed_before "$BUILD_PKGS $FUZZ_PKGS" '^compile clang ' "the first clang compile"
             installed_before "$FUZZ_PKGS" '^run tests/fuzz/run\.sh' "tests/fuzz/run.sh" ;;
