@@ -275,6 +275,10 @@ static void *stream_run(void *arg) {
     return NULL;
 }
 
+void bus_release(bus *b, size_t n) {
+    fly_sub(b, n);
+}
+
 int bus_ack(bus *b, rds_client *c, const evq_item *items, size_t n) {
     const char *streams[64], *ids[64];
     int rc = 0;

@@ -213,6 +213,10 @@ static int check_layout(nerved *d) {
 }
 
 /* On the evaluator thread: its stream events are evaluated (bus.h). */
+static void eval_release(void *ud, size_t n) {
+    bus_release(ud, n);
+}
+
 static int eval_ack(void *ud, rds_client *c, const evq_item *items, size_t n) {
     return bus_ack(ud, c, items, n);
 }
@@ -414,6 +418,7 @@ int daemon_run(const daemon_args *a) {
                      .stall_ms = c->stall_ms,
                      .resume_ms = stop_bound_ms < 30000 ? stop_bound_ms : 30000,
                      .ack = eval_ack,
+                     .release = eval_release,
                      .ack_ud = d.bus };
     d.eval = eval_start(&eo, err, sizeof err);
     if (!d.eval) {

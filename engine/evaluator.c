@@ -25,6 +25,7 @@ typedef struct call_ctx {
     rds_client *c;
     uint64_t decisions;
     const char *event_id; /* "<stream>/<id>", NULL for Pub/Sub */
+    int failed;           /* a decision was not applied (no client, Redis error) */
 } call_ctx;
 
 static void on_decision(void *ud, const rules_decision *d) {
@@ -32,7 +33,7 @@ static void on_decision(void *ud, const rules_decision *d) {
     cc->decisions++;
     log_debug("eval", "decision rule=%s action=%s scope=%s reason=\"%s\"", d->rule,
               rules_action_name(d->action), d->scope ? d->scope : "", d->reason);
-    if (cc->c) act_decision_ev(cc->e->o.act, cc->c, d, cc->event_id);
+    if (!cc->c || act_decision_ev(cc->e->o.act, cc->c, d, cc->event_id) != 0) cc->failed = 1;
 }
 
 /* Stream events evaluated and not yet acknowledged (data already freed). */
@@ -135,7 +136,7 @@ static void *run(void *arg) {
         sync_vm(e, &vm, &gen);
         char evid[RDS_KEY_MAX + 64];
         if (it.stream) snprintf(evid, sizeof evid, "%s/%s", it.stream, it.id);
-        call_ctx cc = { e, rds_pool_client(e->o.pool), 0, it.stream ? evid : NULL };
+        call_ctx cc = { e, rds_pool_client(e->o.pool), 0, it.stream ? evid : NULL, 0 };
         int bad = 0;
         if (vm) {
             int r = rules_eval(vm, it.channel, it.data, it.len, on_decision, &cc);
@@ -150,7 +151,19 @@ static void *run(void *arg) {
             }
         }
         count_event(e, it.channel, bad, cc.decisions);
-        if (it.stream && e->o.ack) {
+        if (it.stream && e->o.ack && (cc.failed || !vm)) {
+            /* A kill that Redis refused to record, or no rules to run: an
+             * acknowledged entry would never come back, and that kill would
+             * be lost for good. Left pending, it is claimed again after
+             * bus.claim_idle_ms (its decisions are idempotent). */
+            if (e->o.release) e->o.release(e->o.ack_ud, 1);
+            pthread_mutex_lock(&e->mu);
+            e->st.deferred++;
+            pthread_mutex_unlock(&e->mu);
+            log_warn("eval", "event left pending for another try stream=%s id=%s why=%s", it.stream,
+                     it.id, vm ? "a decision failed" : "no rules built");
+            evq_item_free(&it);
+        } else if (it.stream && e->o.ack) {
             free(it.data);
             free(it.channel);
             it.data = it.channel = NULL;

@@ -366,13 +366,12 @@ void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len) {
 /* Records are indexed in the set PREFIXkills so that listing them never
  * has to SCAN the keyspace (millions of order keys on a busy shop).
  * KEYS[1] record, KEYS[2] index; ARGV[1] record JSON, ARGV[2] scope.
- * 1 created, 0 already engaged. */
+ * 1 created, 0 already engaged. The index first: a script that fails half
+ * way (Redis does not roll back) must not leave a record that the event's
+ * next delivery would find "already engaged" with no emergency stop run. */
 static rds_script engage_script = RDS_SCRIPT_INIT(
-    "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then\n"
-    "  redis.call('SADD', KEYS[2], ARGV[2])\n"
-    "  return 1\n"
-    "end\n"
     "redis.call('SADD', KEYS[2], ARGV[2])\n"
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end\n"
     "return 0\n");
 
 static rds_script reset_script = RDS_SCRIPT_INIT("redis.call('SREM', KEYS[2], ARGV[1])\n"

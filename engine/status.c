@@ -108,8 +108,11 @@ static void render_eval(buf *b, eval *ev) {
             (unsigned long long)es.channels[i].events);
     out(b,
         "# HELP nerve_events_invalid_total Bus events that were not a JSON object.\n"
-        "# TYPE nerve_events_invalid_total counter\nnerve_events_invalid_total %llu\n",
-        (unsigned long long)es.bad_events);
+        "# TYPE nerve_events_invalid_total counter\nnerve_events_invalid_total %llu\n"
+        "# HELP nerve_events_deferred_total Stream events left pending for another try: a "
+        "decision failed (Redis) or no rules were built.\n"
+        "# TYPE nerve_events_deferred_total counter\nnerve_events_deferred_total %llu\n",
+        (unsigned long long)es.bad_events, (unsigned long long)es.deferred);
     /* Liveness (bus.stall_ms): alert on stalled, or on busy_seconds near
      * rules.eval_timeout_ms; last_completed_age alone also grows when idle. */
     eval_liveness lv;

@@ -99,6 +99,12 @@ void bus_stop(bus *b);
  * stay pending and are claimed again later). Thread-safe. */
 int bus_ack(bus *b, rds_client *c, const evq_item *items, size_t n);
 
+/* N stream entries handed out are given back without an acknowledgement
+ * (their decisions failed): they stay pending in Redis and are claimed
+ * again after bus.claim_idle_ms; this frees their place in the reader's
+ * window. Thread-safe. */
+void bus_release(bus *b, size_t n);
+
 void bus_get_stats(bus *b, bus_stats *out);
 
 #endif

@@ -50,6 +50,9 @@ typedef struct eval_opts {
     int stall_ms; /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
     /* Acknowledge evaluated stream events (bus_ack); NULL: none. */
     int (*ack)(void *ud, rds_client *c, const evq_item *items, size_t n);
+    /* Give back N stream events whose decisions failed, unacknowledged
+     * (bus_release): they stay pending and are delivered again. */
+    void (*release)(void *ud, size_t n);
     void *ack_ud;
 } eval_opts;
 
@@ -60,6 +63,7 @@ typedef struct eval_channel_count {
 
 typedef struct eval_stats {
     uint64_t events, bad_events, decisions, rule_errors;
+    uint64_t deferred; /* stream events left pending: a decision failed (Redis), or no rule vm */
     eval_channel_count channels[EVAL_MAX_CHANNELS];
     size_t n_channels;
 } eval_stats;

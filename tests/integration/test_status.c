@@ -26,6 +26,7 @@ static const char *const families[] = {
     "nerve_lock_wait_seconds histogram",
     "nerve_events_total counter",
     "nerve_events_invalid_total counter",
+    "nerve_events_deferred_total counter",
     "nerve_evaluator_busy_seconds gauge",
     "nerve_evaluator_last_completed_age_seconds gauge",
     "nerve_evaluator_stalled gauge",

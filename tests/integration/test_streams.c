@@ -611,6 +611,37 @@ static int group_teardown(void **state) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
+/* A kill that Redis refuses to record (here: the kill index is not a set)
+ * leaves its event pending instead of acknowledging it: once the key is
+ * repaired the entry, claimed again after bus.claim_idle_ms, engages the
+ * kill. Acknowledged, it would never have come back. */
+static void test_failed_decision_left_pending(void **state) {
+    (void)state;
+    h_redis *r = h_redis_start(false);
+    assert_non_null(r);
+    char kill[PATH_MAX + 16];
+    H_RULES_DIR("streams-kill-defer", "kill.lua", KILL_RULE, NULL, 0, kill, sizeof kill);
+    freeReplyObject(h_redis_cmd(r, "SET " H_PREFIX "kills not-a-set"));
+    h_daemon *d = h_daemon_start(r, kill, CHANNELS, "bus.claim_idle_ms=500", NULL);
+    assert_non_null(d);
+    xadd_on(r, INGEST_INV, "{\"type\":\"stock_changed\",\"sku\":\"DEFER1\",\"stock_remaining\":1}");
+    double dl = h_deadline(10000);
+    while (metric_of(d, "nerve_events_deferred_total") < 1 && h_before(dl))
+        h_nap();
+    assert_true(metric_of(d, "nerve_events_deferred_total") >= 1);
+    assert_int_equal(nerve_pending(r, INGEST_INV), 1);
+    assert_null(h_kill_record(r, "sku:DEFER1"));
+    freeReplyObject(h_redis_cmd(r, "DEL " H_PREFIX "kills"));
+    cJSON *rec = H_WAIT_KILL(r, "sku:DEFER1", NULL, 10000);
+    cJSON_Delete(rec);
+    dl = h_deadline(5000);
+    while (nerve_pending(r, INGEST_INV) != 0 && h_before(dl))
+        h_nap();
+    assert_int_equal(nerve_pending(r, INGEST_INV), 0);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_sg_reads_and_drops),
@@ -622,6 +653,7 @@ int main(void) {
         T(test_dead_consumer_claimed),
         T(test_redelivery_no_second_alert),
         T(test_own_sale_evaluated_once),
+        T(test_failed_decision_left_pending),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
