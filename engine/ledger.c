@@ -20,6 +20,7 @@ void ledger_seterr(ledger *l, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(l->err, sizeof l->err, fmt, ap);
     va_end(ap);
+    l->refused = 0; /* the backend says so after, when it is */
 }
 
 const char *ledger_table_name(ledger_table t) {
@@ -38,6 +39,10 @@ const char *ledger_backend(const ledger *l) {
 const char *ledger_where(const ledger *l) {
     return l->where;
 }
+int ledger_refused(const ledger *l) {
+    return l->refused;
+}
+
 const char *ledger_errstr(const ledger *l) {
     return l ? l->err : "";
 }

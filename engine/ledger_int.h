@@ -41,6 +41,7 @@ struct ledger {
     void *cache; /* backend's own (SQLite: prepared statements) */
     char where[LEDGER_WHERE_MAX];
     char err[LEDGER_ERR_MAX];
+    int refused; /* the last error was the database refusing the data (not being unavailable) */
     char insert_sql[LEDGER_TABLES][512];
 };
 

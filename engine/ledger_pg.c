@@ -57,6 +57,11 @@ static int pg_exec(ledger *l, const char *sql, int n, const char *const *params,
     ExecStatusType st = PQresultStatus(r);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         fail(l, "query", r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+        /* SQLSTATE class 22 (data exception: an invalid byte sequence, a
+         * number out of range) or 23 (integrity): this data, not the
+         * database; anything else (connection, locks, disk) is retried. */
+        const char *code = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+        l->refused = code && (strncmp(code, "22", 2) == 0 || strncmp(code, "23", 2) == 0);
         PQclear(r);
         return -1;
     }

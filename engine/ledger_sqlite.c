@@ -87,6 +87,10 @@ static int sq_exec(ledger *l, const char *sql, int n, const char *const *params,
         if (r == SQLITE_DONE) break;
         if (r != SQLITE_ROW) {
             rc = fail(l, "step");
+            /* The data, not the database (busy, locked, full, I/O): see
+             * ledger_refused. */
+            l->refused = r == SQLITE_CONSTRAINT || r == SQLITE_MISMATCH || r == SQLITE_TOOBIG ||
+                         r == SQLITE_RANGE;
             break;
         }
         int nc = sqlite3_column_count(st);

@@ -40,7 +40,10 @@
  * transaction (one fsync) per LINGER_MS at most under load, instead of one
  * per read, which cost the sale path CPU on a small machine; the lag it
  * adds is bounded by it. */
-#define LINGER_MS       50
+#define LINGER_MS 50
+/* Failed attempts of a batch, with the database answering, before its
+ * entries are tried one by one (one_by_one). */
+#define POISON_AFTER    3
 #define MAX_ENTRY_BYTES (1 << 20)
 #define LOG_EVERY_MS    10000
 
@@ -112,6 +115,24 @@ static void count(ledger_writer *w, const ledger_result *r) {
     ADD(w, invalid, r->invalid);
 }
 
+/* The batch E[0..n) one entry per transaction: an entry the database
+ * refuses while it answers a query is set aside (logged with its event id,
+ * counted as invalid, acknowledged with the rest) so that the others are
+ * written. 0 when every entry was written or set aside; -1 when the
+ * database stopped answering (the whole batch is retried: the entries
+ * written already are duplicates then, ON CONFLICT DO NOTHING). */
+static int one_by_one(ledger_writer *w, const ledger_entry *e, size_t n, ledger_result *res) {
+    for (size_t i = 0; i < n; i++) {
+        if (ledger_record(w->db, &e[i], 1, res) == 0) continue;
+        if (!ledger_refused(w->db)) return -1; /* unavailable now: not this entry's fault */
+        res->invalid++;
+        ADD(w, errors, 1);
+        log_error("ledger", "entry refused by the database, set aside event_id=%s error=\"%s\"",
+                  e[i].event_id, ledger_errstr(w->db));
+    }
+    return 0;
+}
+
 /* Record M[0..n) (NE of them from the event streams, the rest audit),
  * retrying until it commits or stop is asked; then acknowledge. */
 static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne) {
@@ -144,6 +165,14 @@ static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne) {
             if (ledger_record(w->db, e, n, &res) == 0) break;
             snprintf(err, sizeof err, "%s %s: %s", ledger_backend(w->db), ledger_where(w->db),
                      ledger_errstr(w->db));
+            /* The database answers but the batch keeps failing: one entry
+             * may be what it refuses (text PostgreSQL will not take, a
+             * value out of range). Retried as it is, that batch would stop
+             * the ledger for good, here and on every instance that claims
+             * it after us. */
+            if (ledger_refused(w->db) && fails + 1 >= POISON_AFTER &&
+                one_by_one(w, e, n, &res) == 0)
+                break;
         }
         fails++;
         ADD(w, errors, 1);

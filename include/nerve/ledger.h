@@ -76,6 +76,10 @@ const char *ledger_backend(const ledger *l);
 const char *ledger_where(const ledger *l);
 /* The last error of L, "" if none. */
 const char *ledger_errstr(const ledger *l);
+/* 1 when L's last error was the database refusing the data itself (a
+ * constraint, an invalid byte sequence, a value out of range), which a retry
+ * will not change; 0 when it was unavailable (down, locked, busy, full). */
+int ledger_refused(const ledger *l);
 
 /* URL with any password replaced by "***" (user:PASS@ in a URI,
  * password=... in a URI query or a key=value string) into OUT. */
