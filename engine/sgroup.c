@@ -770,7 +770,7 @@ int sg_read(sg *g, sg_msg *out, size_t max, int block_ms) {
     }
     size_t n = g->nback - g->backhead;
     if (n > max) n = max;
-    memcpy(out, g->back + g->backhead, n * sizeof *out);
+    if (n) memcpy(out, g->back + g->backhead, n * sizeof *out); /* back is NULL until used */
     g->backhead += n;
     ADD(g, messages, n);
     return (int)n;
