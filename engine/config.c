@@ -146,6 +146,7 @@ const opt cfg_opts[] = {
     OPT_STR("ledger.group", ledger_group, 1, "nerve-ledger", check_name),
     OPT_INT("ledger.batch", ledger_batch, 1, 10000, 2000),
     OPT_INT("ledger.lag_ready_ms", ledger_lag_ready_ms, 100, 86400000, 10000),
+    OPT_BOOL("ledger.lag_unready", ledger_lag_unready, 0),
 
     OPT_SEED("inventory.seed", seed, n_seed),
 

@@ -474,7 +474,8 @@ static status_sources sources(http_server *s) {
                            .panic = s->d.panic,
                            .ks = s->d.ks,
                            .ledger = s->d.ledger,
-                           .ledger_lag_ready_ms = s->d.cfg ? s->d.cfg->ledger_lag_ready_ms : 0 };
+                           .ledger_lag_ready_ms = s->d.cfg ? s->d.cfg->ledger_lag_ready_ms : 0,
+                           .ledger_lag_unready = s->d.cfg && s->d.cfg->ledger_lag_unready };
     return src;
 }
 

@@ -475,9 +475,13 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
         bus_get_stats(s->bus, &bs);
         cJSON_AddBoolToObject(o, "bus_connected", bs.connected);
     }
+    cJSON *warnings = cJSON_CreateArray();
     if (s->ledger) {
         /* The ledger behind: sales go on (Redis is the system of record),
-         * but this instance says so rather than look healthy. */
+         * and this instance says so. As a warning by default, not a reason
+         * to be unready: every instance of a fleet shares the ledger
+         * database, so a load balancer would drain the whole fleet while
+         * every sale still works (ledger.lag_unready makes it a reason). */
         ledger_writer_stats ls;
         ledger_writer_get_stats(s->ledger, &ls);
         cJSON *lj = cJSON_AddObjectToObject(o, "ledger");
@@ -489,9 +493,14 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
                      "ledger lag %.0fs: entries wait in Redis for the ledger database "
                      "(ledger.lag_ready_ms=%d)",
                      (double)ls.lag_ms / 1e3, s->ledger_lag_ready_ms);
-            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
+            cJSON_AddItemToArray(s->ledger_lag_unready ? reasons : warnings,
+                                 cJSON_CreateString(reason));
         }
     }
+    if (cJSON_GetArraySize(warnings) > 0)
+        cJSON_AddItemToObject(o, "warnings", warnings);
+    else
+        cJSON_Delete(warnings);
     int ok = cJSON_GetArraySize(reasons) == 0;
     cJSON_AddStringToObject(o, "status", ok ? "ready" : "not_ready");
     if (!ok) {

@@ -112,7 +112,8 @@ typedef struct cfg {
     char *ledger_url;        /* "" = SQLite; postgresql://... (NERVE_LEDGER_URL overrides) */
     char *ledger_group;      /* the ledger writers' consumer group, default "nerve-ledger" */
     int ledger_batch;        /* entries per transaction, 1..10000, default 256 */
-    int ledger_lag_ready_ms; /* /readyz reason past this lag, 100..86400000, default 10000 */
+    int ledger_lag_ready_ms; /* /readyz warning past this lag, 100..86400000, default 10000 */
+    bool ledger_lag_unready; /* ... and 503 not ready (a reason), default false */
 
     /* inventory.seed */
     cfg_seed *seed;

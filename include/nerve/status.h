@@ -48,7 +48,8 @@ typedef struct status_sources {
     panic *panic;
     ks *ks;
     ledger_writer *ledger;   /* the ledger metrics and lag */
-    int ledger_lag_ready_ms; /* /readyz: not ready past this lag (ledger.lag_ready_ms) */
+    int ledger_lag_ready_ms; /* /readyz: a warning past this lag (ledger.lag_ready_ms) */
+    bool ledger_lag_unready; /* ... a reason to be unready instead (ledger.lag_unready) */
 } status_sources;
 
 /* GET /metrics: the Prometheus text exposition (version 0.0.4). Returns a
