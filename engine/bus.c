@@ -227,18 +227,16 @@ static uint64_t fly_room(bus *b, uint64_t limit) {
 
 /* Queue one entry, waiting for room; once stopping, for 2 s at most (what
  * is not queued stays pending in Redis for another instance to claim). */
-static int push_entry(bus *b, const sg_msg *m) {
+static int push_entry(bus *b, const sg_msg *m, uint64_t *stop_at) {
     const char *ch = b->channels[m->stream_idx / b->per_channel];
-    uint64_t stop_at = 0;
     for (;;) {
-        if (evq_push_entry(b->q, ch, m->event, m->len, m->stream, m->id, 200) == 0) return 0;
-        evq_stats qs;
-        evq_get_stats(b->q, &qs);
-        if (qs.depth < qs.capacity) return -1; /* closed, or out of memory */
+        int rc = evq_push_entry(b->q, ch, m->event, m->len, m->stream, m->id, 200);
+        if (rc <= 0) return rc; /* queued, or closed / out of memory */
         if (atomic_load(&b->stop)) {
+            /* One 2 s budget for the whole read, not 2 s per entry. */
             uint64_t now = clock_now_ns();
-            if (!stop_at) stop_at = now + 2000000000ull;
-            if (now >= stop_at) return -1;
+            if (!*stop_at) *stop_at = now + 2000000000ull;
+            if (now >= *stop_at) return -1;
         }
     }
 }
@@ -266,9 +264,10 @@ static void *stream_run(void *arg) {
         if (down)
             log_info("bus", "stream reader back streams=%zu", b->o.n_channels * b->per_channel);
         down = false;
+        uint64_t stop_at = 0;
         for (int i = 0; i < n; i++) {
             fly_add(b, 1);
-            if (push_entry(b, &m[i]) != 0) fly_sub(b, 1);
+            if (push_entry(b, &m[i], &stop_at) != 0) fly_sub(b, 1);
         }
         sg_msgs_free(m, (size_t)n);
     }

@@ -21,6 +21,7 @@
 #include "nerve/killswitch.h"
 #include "nerve/ledger.h"
 #include "nerve/live.h"
+#include "nerve/lock.h"
 #include "nerve/log.h"
 #include "nerve/panic.h"
 #include "nerve/policy.h"
@@ -306,7 +307,13 @@ int daemon_run(const daemon_args *a) {
 
     char host[128] = "host", instance[200];
     gethostname(host, sizeof host - 1);
-    snprintf(instance, sizeof instance, "%s:%d", host, (int)getpid());
+    /* host:pid:random. The instance id names this process in kill records
+     * and is its consumer name in the stream groups: two containers with
+     * one hostname both run as pid 1, and two consumers of one name would
+     * read (and DELCONSUMER) each other's pending entries. */
+    char tok[LOCK_TOKEN_LEN + 1];
+    lock_token_new(tok);
+    snprintf(instance, sizeof instance, "%s:%d:%.8s", host, (int)getpid(), tok);
     char control[600];
     snprintf(control, sizeof control, "%scontrol", c->redis_prefix);
 

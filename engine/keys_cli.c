@@ -514,14 +514,29 @@ static int sku_known(mig *m, const char *sku) {
 
 /* An order record {pN}:order:SKU:ID of the source layout: its target into
  * DST, or -1 when it is not one, or when its SKU is ambiguous (counted and
- * named: left in place, it expires with its TTL). The splits of "SKU:ID"
- * whose targets are one key need no choice; among different targets, only a
- * SKU with a stock or price record in either layout can own the order. */
+ * named: left in place, it expires with its TTL). Only a SKU with a stock or
+ * price record in either layout can own the order; splits of such SKUs
+ * must agree on the target. A key that is already the target of a known
+ * SKU's split is left alone. */
 static int order_target(mig *m, const char *key, const parsed *p, char *dst) {
     enum { MAXSPLIT = 8 };
     size_t at[MAXSPLIT];
     char t[MAXSPLIT][RDS_KEY_MAX], sku[SKU_MAX + 1];
-    int n = order_splits(p->rest, p->part, m->from, at, MAXSPLIT), same = 1;
+    /* Already a key of the target layout (SCAN returns keys moved earlier in
+     * this run or a previous one): a wrong split of "SKU:ID" could read it
+     * as a source key of another SKU and move it away from where the daemon
+     * will look for it. */
+    if (m->to != m->from) {
+        int nt = order_splits(p->rest, p->part, m->to, at, MAXSPLIT);
+        for (int i = 0; i < nt; i++) {
+            memcpy(sku, p->rest, at[i]);
+            sku[at[i]] = 0;
+            if (keys_order(t[0], m->prefix, m->to, sku, p->rest + at[i] + 1) >= 0 &&
+                strcmp(t[0], key) == 0 && sku_known(m, sku))
+                return -1;
+        }
+    }
+    int n = order_splits(p->rest, p->part, m->from, at, MAXSPLIT);
     for (int i = 0; i < n; i++) {
         memcpy(sku, p->rest, at[i]);
         sku[at[i]] = 0;
@@ -529,11 +544,12 @@ static int order_target(mig *m, const char *key, const parsed *p, char *dst) {
             fprintf(stderr, "nerve keys migrate: the target of %s would be too long\n", key);
             return -1;
         }
-        same &= strcmp(t[i], t[0]) == 0;
     }
     if (n == 0) return -1;
-    int pick = same ? 0 : -1;
-    for (int i = 0; i < n && !same; i++) {
+    int pick = -1;
+    /* Only a SKU with a stock or price record can own an order, even when
+     * one split fits: a key that fits by chance is not moved. */
+    for (int i = 0; i < n; i++) {
         memcpy(sku, p->rest, at[i]);
         sku[at[i]] = 0;
         if (!sku_known(m, sku)) continue;

@@ -229,17 +229,21 @@ static void *run(void *arg) {
     while (!stopping(w)) {
         /* The event streams block briefly when the audit stream has nothing
          * either; the audit stream is read without waiting. */
-        int ne = sg_read(w->events, m, cap, 0);
+        /* The events never take the whole batch: a share is kept for the
+         * audit stream, which a sustained sale load would otherwise starve
+         * (its cap, alerts.audit_maxlen, is far smaller). */
+        size_t ecap = cap > 1 ? cap - (cap + 7) / 8 : cap;
+        int ne = sg_read(w->events, m, ecap, 0);
         if (ne > 0) note_oldest(w, m, (size_t)ne);
-        if (ne > 0 && (size_t)ne < cap) {
+        if (ne > 0 && (size_t)ne < ecap) {
             pause_ms(w, LINGER_MS);
-            int k = sg_read(w->events, m + ne, cap - (size_t)ne, 0);
+            int k = sg_read(w->events, m + ne, ecap - (size_t)ne, 0);
             if (k > 0) ne += k; /* an error shows on the next read */
         }
         int na = ne >= 0 && (size_t)ne < cap ? sg_read(w->audit, m + ne, cap - (size_t)ne, 0) : 0;
         if (ne == 0 && na == 0) {
             atomic_store(&w->oldest_ms, 0); /* caught up */
-            ne = sg_read(w->events, m, cap, BLOCK_MS);
+            ne = sg_read(w->events, m, ecap, BLOCK_MS);
             if (ne > 0) note_oldest(w, m, (size_t)ne);
         }
         if (ne < 0 || na < 0) {
@@ -374,9 +378,9 @@ void ledger_writer_get_stats(ledger_writer *w, ledger_writer_stats *out) {
     out->db_up = atomic_load(&w->db_up);
     sg_stats gs;
     sg_get_stats(w->events, &gs);
-    out->missed = gs.gaps;
+    out->missed = gs.gaps + gs.deleted; /* trimmed unread, or trimmed while pending */
     sg_get_stats(w->audit, &gs);
-    out->missed += gs.gaps;
+    out->missed += gs.gaps + gs.deleted;
     uint64_t oldest = atomic_load(&w->oldest_ms);
     long long now = wall_ms();
     out->lag_ms = oldest && now > (long long)oldest ? (uint64_t)(now - (long long)oldest) : 0;

@@ -124,11 +124,11 @@ int evq_push_entry(evq *q, const char *channel, const char *data, size_t len, co
     pthread_mutex_lock(&q->mu);
     while (!q->closed && q->n == q->cap)
         if (pthread_cond_timedwait(&q->room, &q->mu, &dl) == ETIMEDOUT) break;
-    int ok = !q->closed && q->n < q->cap;
-    if (ok) put(q, &it);
+    int rc = q->closed ? -1 : q->n < q->cap ? 0 : 1;
+    if (rc == 0) put(q, &it);
     pthread_mutex_unlock(&q->mu);
-    if (!ok) evq_item_free(&it);
-    return ok ? 0 : -1;
+    if (rc) evq_item_free(&it);
+    return rc;
 }
 
 evq_pop_result evq_pop(evq *q, evq_item *out, int timeout_ms) {

@@ -186,7 +186,8 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
  * (partition). */
 #define EMIT_LUA \
     "local function emit(skey, channel, ev)\n" \
-    "  ev.instance = ARGV[10]; ev.partition = tonumber(ARGV[11])\n" \
+    "  ev.instance = ARGV[10]\n" \
+    "  if ARGV[8] ~= '' then ev.partition = tonumber(ARGV[11]) end\n" \
     "  local txt = cjson.encode(ev)\n" \
     "  if ARGV[8] ~= '' then\n" \
     "    redis.call('XADD', skey, 'MAXLEN', '~', ARGV[8], '*', 'event', txt)\n" \

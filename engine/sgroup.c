@@ -611,6 +611,9 @@ static int claim_due(sg *g, size_t max, drops *d) {
      * connection, which must not interleave with the replies still due. */
     redisReply **reps = calloc(nsel, sizeof *reps);
     if (!reps) {
+        /* The replies are due on this connection: it is out of step now. */
+        set_err(g, "XAUTOCLAIM", "out of memory");
+        drop_conn(g);
         rc = -1;
         goto out;
     }
@@ -673,11 +676,12 @@ static long long map_int(const redisReply *r, const char *key) {
  * first read after a pause, so before the reader skips over the hole; once
  * it has read past it Redis counts them as read. Not detectable when the
  * group never read the stream (Redis then reports no lag). Logged as an
- * error and counted, once per new trim point; errors are ignored (the read
- * path reports a broken connection). */
-static void check_gaps(sg *g) {
+ * error and counted, once per new trim point. -1 when the connection broke
+ * (dropped and reported like any read error, so that the caller knows its
+ * pending entries will be read again). */
+static int check_gaps(sg *g) {
     uint64_t now = clock_now_ns();
-    if (now < g->gap_next_ns || !g->c) return;
+    if (now < g->gap_next_ns || !g->c) return 0;
     g->gap_next_ns = now + GAP_CHECK_NS;
     for (size_t i = 0; i < g->n; i++) {
         redisAppendCommand(g->c, "XINFO STREAM %s", g->s[i].key);
@@ -690,7 +694,7 @@ static void check_gaps(sg *g) {
             freeReplyObject(st);
             set_err(g, "XINFO", g->c->errstr);
             drop_conn(g);
-            return;
+            return -1; /* reported: the caller waits for its entries before re-reading */
         }
         long long length = map_int(st, "length"), added = map_int(st, "entries-added"), lag = -1;
         for (size_t j = 0; gr && gr->type == REDIS_REPLY_ARRAY && j < gr->elements; j++) {
@@ -711,6 +715,7 @@ static void check_gaps(sg *g) {
         freeReplyObject(st);
         freeReplyObject(gr);
     }
+    return 0;
 }
 
 /* New entries: the streams that filled their COUNT last time without
@@ -755,7 +760,7 @@ int sg_read(sg *g, sg_msg *out, size_t max, int block_ms) {
             rc = read_pending(g, max, &d);
         else
             rc = 0;
-        if (rc == 0 && g->nback == g->backhead && g->c) check_gaps(g);
+        if (rc == 0 && g->nback == g->backhead && g->c) rc = check_gaps(g);
         if (rc == 0 && g->nback == g->backhead && g->c) rc = claim_due(g, max, &d);
         if (rc == 0 && g->nback == g->backhead && !g->pending_pass && g->c)
             rc = read_new(g, max, block_ms, &d);

@@ -362,8 +362,8 @@ static void render_ledger(buf *b, ledger_writer *w) {
         "# TYPE nerve_ledger_errors_total counter\nnerve_ledger_errors_total %llu\n"
         "# HELP nerve_ledger_up 1 when the ledger writer's last database operation succeeded.\n"
         "# TYPE nerve_ledger_up gauge\nnerve_ledger_up %d\n"
-        "# HELP nerve_ledger_missed_total Times stream entries were found trimmed (bus.stream_maxlen) "
-        "before the ledger wrote them: the ledger lacks them.\n"
+        "# HELP nerve_ledger_missed_total Stream entries lost to the ledger: trims found before it "
+        "read them (each trim point once) and pending entries trimmed (bus.stream_maxlen).\n"
         "# TYPE nerve_ledger_missed_total counter\nnerve_ledger_missed_total %llu\n",
         (unsigned long long)ls.errors, ls.db_up, (unsigned long long)ls.missed);
 }

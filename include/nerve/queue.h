@@ -45,9 +45,9 @@ void evq_free(evq *q);         /* frees queued items; NULL is fine */
 int evq_push(evq *q, const char *channel, const char *data, size_t len);
 
 /* The same for a stream entry STREAM/ID, waiting up to WAIT_MS for room
- * when the queue is full. 0 queued; -1 closed, out of memory, or still full
- * after WAIT_MS: not counted as a drop, since the caller still holds the
- * entry (it retries, or leaves it pending in Redis). */
+ * when the queue is full. 0 queued; 1 still full after WAIT_MS (not counted
+ * as a drop: the caller still holds the entry and retries, or leaves it
+ * pending in Redis); -1 closed or out of memory. */
 int evq_push_entry(evq *q, const char *channel, const char *data, size_t len, const char *stream,
                    const char *id, int wait_ms);
 

@@ -439,8 +439,9 @@ static void test_shared_group(void **state) {
     h_pass();
 }
 
-/* XINFO CONSUMERS: the pending count of consumer NAME on STREAM, -1 when
- * it is not listed. */
+/* XINFO CONSUMERS: the pending count of the consumer whose instance id is
+ * NAME ("host:pid") followed by ":random" on STREAM, -1 when it is not
+ * listed. */
 static long long consumer_pending(h_redis *r, const char *stream, const char *name) {
     redisReply *rep = h_redis_cmd(r, "XINFO CONSUMERS %s nerve", stream);
     long long v = -1;
@@ -455,7 +456,8 @@ static long long consumer_pending(h_redis *r, const char *stream, const char *na
             if (strcmp(f->str, "pending") == 0 && val->type == REDIS_REPLY_INTEGER)
                 pend = val->integer;
         }
-        if (nm && strcmp(nm, name) == 0) v = pend;
+        size_t nl = strlen(name);
+        if (nm && strncmp(nm, name, nl) == 0 && nm[nl] == ':') v = pend;
     }
     if (rep) freeReplyObject(rep);
     return v;
