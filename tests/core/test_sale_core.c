@@ -397,43 +397,6 @@ static void test_core_sale_in_partition_streams(void **state) {
     rds_pool_free(pool);
 }
 
-/* The documented layout (README, keys.h): FNV-1a 32-bit (its published test
- * vectors), partition = hash mod count, and the key names built from it. */
-static void test_core_key_layout(void **state) {
-    (void)state;
-    assert_int_equal(keys_hash("", 0), 0x811c9dc5u);
-    assert_int_equal(keys_hash("a", 1), 0xe40c292cu);
-    assert_int_equal(keys_hash("foobar", 6), 0xbf9cf968u);
-    assert_int_equal(keys_partition("foobar", 16), 0xbf9cf968u % 16);
-    assert_int_equal(keys_partition("anything", 1), 0);
-    char k[RDS_KEY_MAX];
-    int p = (int)(0xbf9cf968u % 16);
-    char want[64];
-    keys_sku(k, "nerve:", 16, "stock", "foobar");
-    snprintf(want, sizeof want, "nerve:{p%d}:stock:foobar", p);
-    assert_string_equal(k, want);
-    keys_order(k, "nerve:", 16, "foobar", "o-1");
-    snprintf(want, sizeof want, "nerve:{p%d}:order:foobar:o-1", p);
-    assert_string_equal(k, want);
-    keys_stream(k, "nerve:", 7, "sales_events");
-    assert_string_equal(k, "nerve:{p7}:stream:sales_events");
-    keys_ingest(k, "nerve:", "sales_events");
-    assert_string_equal(k, "nerve:stream:sales_events");
-    char **v;
-    size_t n;
-    assert_int_equal(keys_streams_of("nerve:", 4, "ch", &v, &n), 0);
-    assert_int_equal(n, 5);
-    assert_string_equal(v[0], "nerve:{p0}:stream:ch");
-    assert_string_equal(v[3], "nerve:{p3}:stream:ch");
-    assert_string_equal(v[4], "nerve:stream:ch");
-    keys_streams_free(v, n);
-    char huge[700];
-    memset(huge, 'x', sizeof huge - 1);
-    huge[sizeof huge - 1] = 0;
-    assert_int_equal(keys_sku(k, "nerve:", 16, "stock", huge), -1);
-    assert_string_equal(k, "");
-}
-
 /* The first daemon records the partition count; another count is refused
  * with a message naming both. */
 static void test_core_partition_record(void **state) {
@@ -531,7 +494,6 @@ int main(void) {
         cmocka_unit_test(test_core_sale_in_partition_streams),
         cmocka_unit_test(test_core_streams_off),
         cmocka_unit_test(test_core_batch_one_stock_event),
-        cmocka_unit_test(test_core_key_layout),
         cmocka_unit_test(test_core_partition_record),
     };
     return cmocka_run_group_tests_name("sale_core", tests, group_setup, group_teardown);
