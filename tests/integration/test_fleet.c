@@ -521,7 +521,8 @@ static void test_kill_once_fleet_wide(void **state)
     const cJSON *a = h_sub_find(alerts, "kill_switch", scope, 0, NULL);
     assert_string_equal(h_jstr(a, "instance"), inst);
     assert_string_equal(h_jstr(a, "level"), "critical");
-    const char *colon = strrchr(inst, ':');
+    /* host:pid:random */
+    const char *colon = strchr(inst, ':');
     long pid = colon ? strtol(colon + 1, NULL, 10) : -1;
     bool ours = false;
     for (int i = 0; i < FLEET; i++)
