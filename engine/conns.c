@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,9 +235,17 @@ static void *evictor_main(void *arg) {
     uint64_t blimit = (uint64_t)s->body_ms * 1000000u;
     char *want = calloc((size_t)s->nslots, 1);
     if (!want) return NULL;
+    /* An episode: from a pass that shut slow bodies, for one more body
+     * limit, the other bodies of that flood are shut as they come of age
+     * even though workers are free again. The workers take the flood's
+     * connections up over some milliseconds (more on a loaded machine); a
+     * single pass found some of them just too young, and they went on to
+     * finish their bodies and run their sales. */
+    uint64_t episode_until = 0;
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
-        if (s->open < s->nslots) {
+        bool all_held = s->open >= s->nslots;
+        if (!all_held && clock_now_ns() >= episode_until) {
             pthread_cond_wait(&s->cv, &s->mu);
             continue;
         }
@@ -246,7 +255,10 @@ static void *evictor_main(void *arg) {
             conns_slot *c = &s->slots[i];
             int st = c->used ? atomic_load(&c->state) : SLOT_EVICTING;
             uint64_t since, lim;
-            if (st == SLOT_IDLE) {
+            if (st == SLOT_IDLE && !all_held) {
+                want[i] = 0; /* idle keep-alives are shut only when every worker is held */
+                continue;
+            } else if (st == SLOT_IDLE) {
                 since = atomic_load(&c->since_ns);
                 lim = limit;
             } else if (st == SLOT_BODY) {
@@ -265,11 +277,13 @@ static void *evictor_main(void *arg) {
         if (n) {
             unsigned long long before = s->evicted, body = s->evicted_body;
             evict(s, want, n);
+            if (s->evicted_body > body) episode_until = now + blimit;
             log_debug("http",
                       "every worker busy: %llu connections shut (%llu reading a body too slowly; "
                       "%llu in all)",
                       s->evicted - before, s->evicted_body - body, s->evicted);
         }
+        if (!all_held && episode_until > now && episode_until < next) next = episode_until;
         struct timespec dl = clock_deadline_ms((long long)((next - now) / 1000000u) + 1);
         pthread_cond_timedwait(&s->cv, &s->mu, &dl);
     }

@@ -13,7 +13,11 @@
  * first, and those whose body has been arriving for longer than
  * max(1000 ms, 20 x evict_idle_ms), capped at request_timeout_ms (a body
  * sent a byte every few seconds would otherwise hold its worker for good:
- * CivetWeb's read keeps waiting while bytes trickle in). Their worker sees
+ * CivetWeb's read keeps waiting while bytes trickle in). Once a pass shut
+ * slow bodies, the other slow bodies are shut as they come of age for one
+ * more body limit, workers free or not: a flood's connections are taken up
+ * over some milliseconds, and those a pass found just too young would
+ * otherwise finish and run their sales. Their worker sees
  * the connection end and takes the next one from the queue. A client shut
  * between two requests reconnects (RFC 9112 §9.3.1 lets a server close an
  * idle connection at any time). Linux only (/proc/self/fd).
