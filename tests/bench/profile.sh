@@ -1,0 +1,470 @@
+#!/usr/bin/env bash
+# profile.sh -- where a sale's time goes: per-sale costs of nerve and of its
+# redis-server under a fixed wrk load, and a flat profile of each (issue 12).
+# Not part of `make bench`: run it before and after a change of the sale path.
+#
+#   NERVE_BIN=build/nerve tests/bench/profile.sh
+#   LOAD=spread DURATION=8s tests/bench/profile.sh
+#   SERVER=plain BUILD=build tests/bench/profile.sh    (the plain reference server)
+#
+# Starts, on 127.0.0.1 free ports in one `mktemp -d` directory, a throwaway
+# redis-server and one server on it: nerve (NERVE_CONFIG, streams and ledger
+# as configured, the SQLite ledger in the temporary directory, log.level=warn)
+# or, with SERVER=plain, $BUILD/bench/plain. Seeds the stock (10^9 for `hot`,
+# or for each of bench-0 .. bench-999), warms up, then runs three wrk loads
+# of the same shape as the bench's (sale.lua, WRK_THREADS x CONNECTIONS):
+#
+#   1. counts (DURATION): over the middle of the run (1 s after the start to
+#      1 s before the end), per sale: context switches of the server (the sum
+#      of voluntary + nonvoluntary over /proc/PID/task/*/status), CPU time
+#      (utime + stime of /proc/PID/stat) of the server and of redis-server,
+#      and syscalls of each (`perf stat -e raw_syscalls:sys_enter`, which
+#      counts without slowing anything down much). Sales in the window are
+#      the stock Redis lost in it. Also wrk's req/s and latency of the run.
+#   2. syscalls by name (TRACE_S): `perf trace -s` on the server and on
+#      redis-server (or `strace -c -f` when perf trace does not work), per
+#      sale. Tracing slows the servers: read the counts per sale, not the
+#      throughput of this phase.
+#   3. profile (PERF_S): `perf record -F PERF_FREQ` on the server and on
+#      redis-server, then `perf report --stdio --no-children --sort sym`,
+#      the top PERF_TOP symbols of each.
+#
+# A tool that is missing (perf, strace) is named and its part skipped. The
+# load is the same each run (same stock, same requests, same durations), so
+# two reports differ by what changed and by the machine's noise: compare
+# per-sale figures (context switches, syscalls, CPU), not req/s alone.
+#
+# Environment (all optional):
+#   SERVER=nerve      nerve | plain
+#   LOAD=hot          hot (every sale on SKU hot) | spread (cycling over 1,000 SKUs)
+#   DURATION=8s       phase 1 (at least 3s);  WARMUP=1s (0 skips it)
+#   TRACE_S=3         phase 2 seconds (0 skips it);  PERF_S=4  phase 3 (0 skips it)
+#   PERF_FREQ=1999    perf record sampling frequency (Hz);  PERF_TOP=25
+#   CONNECTIONS=64, WRK_THREADS=2
+#   SERVER_THREADS    worker threads (default: server.threads of NERVE_CONFIG)
+#   NERVE_BIN=./nerve, NERVE_CONFIG=config/nerve.yaml, NERVE_ARGS (more
+#                     `nerve serve` arguments, e.g. "--set ledger.enabled=false")
+#   BUILD=build       where SERVER=plain finds bench/plain
+#   KEEP_TMP=1        keep the temporary directory (logs, perf data, wrk output)
+#
+# Exit status 0 when it ran (even if a part was skipped), 2 when it could not.
+
+# shellcheck disable=SC2317   # functions called only through wait_until or a trap
+set -uo pipefail
+export LC_ALL=C
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+SERVER=${SERVER:-nerve}
+LOAD=${LOAD:-hot}
+DURATION=${DURATION:-8s}
+WARMUP=${WARMUP:-1s}
+TRACE_S=${TRACE_S:-3}
+PERF_S=${PERF_S:-4}
+PERF_FREQ=${PERF_FREQ:-1999}
+PERF_TOP=${PERF_TOP:-25}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+BUILD=${BUILD:-build}
+case $BUILD in /*) ;; *) BUILD=$root/$BUILD ;; esac
+NERVE_BIN=${NERVE_BIN:-$root/nerve}
+case $NERVE_BIN in /*) ;; *) NERVE_BIN=$PWD/$NERVE_BIN ;; esac
+NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
+case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
+read -r -a nerve_args <<<"${NERVE_ARGS:-}"
+SERVER_THREADS=${SERVER_THREADS:-}
+ADMIN_TOKEN=bench-token
+STOCK=1000000000
+SPREAD_SKUS=1000
+PLAIN_PREFIX="plain:"
+
+die() { echo "profile: $*" >&2; exit 2; }
+note() { echo "profile: $*" >&2; }
+
+case $SERVER in nerve | plain) ;; *) die "SERVER '$SERVER': nerve or plain" ;; esac
+case $LOAD in hot | spread) ;; *) die "LOAD '$LOAD': hot or spread" ;; esac
+case $DURATION in
+    *[!0-9s]* | "" | s) die "DURATION '$DURATION': use Ns" ;;
+    *) DURATION_S=${DURATION%s} ;;
+esac
+[ "$DURATION_S" -ge 3 ] || die "DURATION '$DURATION': at least 3s (1 s each side of the window)"
+for v in TRACE_S PERF_S PERF_FREQ PERF_TOP CONNECTIONS WRK_THREADS; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v '${!v}' is not a number"
+done
+for tool in wrk redis-server redis-cli awk timeout; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
+done
+if [ "$SERVER" = nerve ]; then
+    [ -x "$NERVE_BIN" ] || die "nerve binary $NERVE_BIN not found (set NERVE_BIN)"
+    [ -f "$NERVE_CONFIG" ] || die "config $NERVE_CONFIG not found"
+else
+    [ -x "$BUILD/bench/plain" ] || die "$BUILD/bench/plain not built (make BUILD=$BUILD $BUILD/bench/plain)"
+fi
+if [ -z "$SERVER_THREADS" ]; then
+    SERVER_THREADS=$(sed -n '/^server:/,/^[^ #]/s/^ *threads: *\([0-9][0-9]*\).*/\1/p' \
+        "$NERVE_CONFIG" 2>/dev/null | head -n 1)
+    SERVER_THREADS=${SERVER_THREADS:-32}
+fi
+
+have_perf=0
+if command -v perf >/dev/null 2>&1 && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    have_perf=1
+else
+    note "perf not found or not allowed (perf_event_paranoid, tracefs): no syscall counts, no profile" \
+        "(Debian: apt-get install linux-perf; as root)"
+fi
+have_strace=0
+command -v strace >/dev/null 2>&1 && have_strace=1
+
+cd "$root" || exit 2
+unset NERVE_LEDGER_URL
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/nerve-profile.XXXXXX") || die "mktemp failed"
+pids=()
+
+stop() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+cleanup() {
+    local i
+    trap - EXIT INT TERM
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[i]}"; done
+    if [ "${KEEP_TMP:-0}" = 1 ]; then note "kept $tmp"; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+trap 'note interrupted; exit 130' INT
+trap 'note terminated; exit 143' TERM
+
+# http METHOD PORT PATH [BODY] [TOKEN]: one request (bash /dev/tcp); sets
+# HTTP_STATUS (000 when no answer).
+http() {
+    local method=$1 port=$2 path=$3 body=${4-} token=${5-} fd resp auth=""
+    HTTP_STATUS=000
+    { exec {fd}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+    [ -n "$token" ] && auth="Authorization: Bearer $token"$'\r\n'
+    printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s' \
+        "$method" "$path" "$port" "$auth" "${#body}" "$body" 1>&"$fd" 2>/dev/null
+    resp=$(timeout 10 cat <&"$fd" 2>/dev/null)
+    exec {fd}>&-
+    [[ $resp =~ ^HTTP/1\.[01]\ ([0-9]{3}) ]] || return 1
+    HTTP_STATUS=${BASH_REMATCH[1]}
+}
+
+free_port() {
+    local p i
+    for ((i = 0; i < 100; i++)); do
+        p=$((20000 + RANDOM % 40000))
+        if ! { exec 9<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+        exec 9>&-
+    done
+    return 1
+}
+
+wait_until() {   # DEADLINE_S PID CMD...
+    local deadline=$(($(date +%s) + $1)) pid=$2
+    shift 2
+    while :; do
+        "$@" && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        [ "$(date +%s)" -gt "$deadline" ] && return 1
+        sleep 0.05
+    done
+}
+
+rcli() { redis-cli -p "$RPORT"; }
+redis_ping() { [ "$(redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ]; }
+server_up() {
+    if [ "$SERVER" = nerve ]; then
+        http GET "$SPORT" /readyz && [ "$HTTP_STATUS" = 200 ]
+    else
+        http POST "$SPORT" /sale '{"sku":"warmup","qty":1,"order_id":"up"}' && [ "$HTTP_STATUS" = 200 ]
+    fi
+}
+
+start_redis() {
+    for _ in 1 2 3 4 5; do
+        RPORT=$(free_port) || break
+        redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$tmp" --save '' --appendonly no \
+            --daemonize no --logfile "$tmp/redis.log" &
+        REDIS_PID=$!
+        pids+=("$REDIS_PID")
+        wait_until 5 "$REDIS_PID" redis_ping && return 0
+        stop "$REDIS_PID"
+    done
+    die "redis-server did not start"
+}
+
+# The stock keys of SKU...: KEYS[]. nerve names them (`nerve keys where`);
+# the plain server's are PLAIN_PREFIX + "stock:" + SKU.
+stock_keys_of() {
+    KEYS=()
+    if [ "$SERVER" = plain ]; then
+        local s
+        for s in "$@"; do KEYS+=("${PLAIN_PREFIX}stock:$s"); done
+        return 0
+    fi
+    mapfile -t KEYS < <("$NERVE_BIN" keys where -c "$NERVE_CONFIG" "${nerve_args[@]}" "$@" | cut -f3)
+    [ ${#KEYS[@]} = $# ] || die "nerve keys where named ${#KEYS[@]} stock keys for $# SKUs"
+}
+
+start_server() {
+    local up=0
+    for _ in 1 2 3; do
+        SPORT=$(free_port) || break
+        if [ "$SERVER" = nerve ]; then
+            env NERVE_ADMIN_TOKEN="$ADMIN_TOKEN" "$NERVE_BIN" serve -c "$NERVE_CONFIG" \
+                --set "server.listen=127.0.0.1:$SPORT" --set "redis.url=redis://127.0.0.1:$RPORT/0" \
+                --set "server.pidfile=" --set "server.threads=$SERVER_THREADS" \
+                --set "ledger.path=$tmp/ledger.db" --set "log.level=warn" \
+                "${nerve_args[@]}" >"$tmp/server.log" 2>&1 &
+        else
+            "$BUILD/bench/plain" "$SPORT" "$SERVER_THREADS" 127.0.0.1 "$RPORT" "$PLAIN_PREFIX" \
+                >"$tmp/server.log" 2>&1 &
+        fi
+        SERVER_PID=$!
+        pids+=("$SERVER_PID")
+        if wait_until 20 "$SERVER_PID" server_up; then up=1; break; fi
+        stop "$SERVER_PID"
+    done
+    [ $up = 1 ] || { tail -n 20 "$tmp/server.log" >&2; die "$SERVER did not come up"; }
+}
+
+# Seed the stocks: SKUS[] and their KEYS[] (10^9 each), and `warmup`.
+seed() {
+    local i
+    SKUS=()
+    if [ "$LOAD" = hot ]; then
+        SKUS=(hot)
+    else
+        for ((i = 0; i < SPREAD_SKUS; i++)); do SKUS+=("bench-$i"); done
+    fi
+    stock_keys_of warmup
+    echo "SET ${KEYS[0]} $STOCK" | rcli >/dev/null
+    stock_keys_of "${SKUS[@]}"
+    i=$(for k in "${KEYS[@]}"; do echo "SET $k $STOCK"; done | rcli | grep -c '^OK$')
+    [ "$i" = ${#KEYS[@]} ] || die "seeding the stocks failed ($i of ${#KEYS[@]} SET answered OK)"
+}
+
+# stock_sum: the sum of KEYS[] in Redis (one MGET).
+stock_sum() {
+    { printf 'MGET'; printf ' %s' "${KEYS[@]}"; echo; } | rcli |
+        awk '/^-?[0-9]+$/ { s += $1; n++ } END { if (n == 0) print "error"; else printf "%.0f\n", s }'
+}
+
+# wrk_start DURATION OUT: the load in the background; sets WRK_PID.
+seq_no=0
+wrk_start() {
+    local dur=$1 out=$2 mode=$LOAD arg=hot
+    [ "$LOAD" = spread ] && arg=$SPREAD_SKUS
+    [ "$out" = "$tmp/warmup.out" ] && { mode=hot arg=warmup; }
+    seq_no=$((seq_no + 1))
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$dur" --latency -s "$here/sale.lua" \
+        "http://127.0.0.1:$SPORT/sale" -- "$mode" "$arg" "p$$r$seq_no" >"$out" 2>&1 &
+    WRK_PID=$!
+    pids+=("$WRK_PID")
+}
+wrk_wait() {
+    wait "$WRK_PID" || { cat "$1" >&2; die "wrk failed"; }
+    grep -q '^BENCH ' "$1" || { cat "$1" >&2; die "wrk printed no BENCH line"; }
+}
+field() { grep '^BENCH' "$1" | grep -o " $2=[^ ]*" | head -n 1 | cut -d= -f2; }
+
+# ctxsw PID: voluntary + nonvoluntary context switches over its threads.
+ctxsw() {
+    cat /proc/"$1"/task/*/status 2>/dev/null |
+        awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }'
+}
+# cpu_ticks PID: utime + stime of the process (all threads).
+cpu_ticks() {
+    local line st
+    line=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    read -r -a st <<<"${line##*) }"
+    echo $((st[11] + st[12]))
+}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+threads_of() { local t=("/proc/$1/task"/*); echo "${#t[@]}"; }
+
+# per A B: A / B with 3 significant decimals ("-" when B is 0).
+per() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; }
+
+# --- set up ----------------------------------------------------------------------
+
+start_redis
+seed
+start_server
+note "$SERVER pid $SERVER_PID on 127.0.0.1:$SPORT ($SERVER_THREADS threads); redis-server pid $REDIS_PID on $RPORT; $tmp"
+case $WARMUP in
+    0 | 0s | "") ;;
+    *)
+        wrk_start "$WARMUP" "$tmp/warmup.out"
+        wrk_wait "$tmp/warmup.out"
+        ;;
+esac
+
+report="$tmp/report.txt"
+{
+    echo "profile: $SERVER, load $LOAD, wrk $WRK_THREADS threads x $CONNECTIONS connections;" \
+        "$SERVER_THREADS server threads; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [ "$SERVER" = nerve ]; then
+        echo "nerve: $NERVE_BIN ($(stat -c %y "$NERVE_BIN" | cut -d. -f1)), $NERVE_CONFIG ${NERVE_ARGS:-}"
+    fi
+} >"$report"
+
+# --- 1. counts ------------------------------------------------------------------
+
+win=$((DURATION_S - 2))
+note "1. counts: wrk $DURATION, window ${win} s"
+wrk_start "$DURATION" "$tmp/counts.out"
+sleep 1
+if [ $have_perf = 1 ]; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$tmp/sys-server.csv" -- sleep "$win" \
+        2>/dev/null &
+    ps_pid=$!
+    perf stat -x, -e raw_syscalls:sys_enter -p "$REDIS_PID" -o "$tmp/sys-redis.csv" -- sleep "$win" \
+        2>/dev/null &
+    pr_pid=$!
+fi
+s0=$(stock_sum)
+cs0=$(ctxsw "$SERVER_PID") rcs0=$(ctxsw "$REDIS_PID")
+c0=$(cpu_ticks "$SERVER_PID") rc0=$(cpu_ticks "$REDIS_PID")
+t0=$(date +%s%N)
+sleep "$win"
+s1=$(stock_sum)
+cs1=$(ctxsw "$SERVER_PID") rcs1=$(ctxsw "$REDIS_PID")
+c1=$(cpu_ticks "$SERVER_PID") rc1=$(cpu_ticks "$REDIS_PID")
+t1=$(date +%s%N)
+[ $have_perf = 1 ] && wait "$ps_pid" "$pr_pid"
+wrk_wait "$tmp/counts.out"
+if [ "$s0" = error ] || [ "$s1" = error ]; then die "cannot read the stock from Redis"; fi
+sales=$((s0 - s1))
+secs=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.3f", d / 1e9 }')
+sys_count() { awk -F, '$3 ~ /raw_syscalls:sys_enter/ { print $1 }' "$1" 2>/dev/null | head -n 1; }
+{
+    echo
+    echo "== 1. per sale (window of $secs s in the middle of a $DURATION run: $sales sales, $(per "$sales" "$secs") sales/s)"
+    echo "wrk over the whole run: $(field "$tmp/counts.out" rps) req/s, p50 $(field "$tmp/counts.out" p50_ms) ms," \
+        "p99 $(field "$tmp/counts.out" p99_ms) ms, max $(field "$tmp/counts.out" max_ms) ms;" \
+        "status $(grep '^BENCH_CODES' "$tmp/counts.out" | cut -d' ' -f2-)"
+    printf '%-34s %14s %14s\n' "" "$SERVER" "redis-server"
+    printf '%-34s %14s %14s\n' "threads" "$(threads_of "$SERVER_PID")" "$(threads_of "$REDIS_PID")"
+    printf '%-34s %14s %14s\n' "context switches / sale" "$(per $((cs1 - cs0)) "$sales")" "$(per $((rcs1 - rcs0)) "$sales")"
+    printf '%-34s %14s %14s\n' "CPU us / sale" \
+        "$(per "$(((c1 - c0) * 1000000 / CLK_TCK))" "$sales")" "$(per "$(((rc1 - rc0) * 1000000 / CLK_TCK))" "$sales")"
+    printf '%-34s %14s %14s\n' "CPU use (cores)" "$(per "$(((c1 - c0) * 1000 / CLK_TCK))" "$(awk -v s="$secs" 'BEGIN { print s * 1000 }')")" \
+        "$(per "$(((rc1 - rc0) * 1000 / CLK_TCK))" "$(awk -v s="$secs" 'BEGIN { print s * 1000 }')")"
+    if [ $have_perf = 1 ]; then
+        printf '%-34s %14s %14s\n' "syscalls / sale (perf stat)" \
+            "$(per "$(sys_count "$tmp/sys-server.csv")" "$sales")" "$(per "$(sys_count "$tmp/sys-redis.csv")" "$sales")"
+    else
+        printf '%-34s %14s %14s\n' "syscalls / sale" "(no perf)" "(no perf)"
+    fi
+} >>"$report"
+
+# --- 2. syscalls by name ---------------------------------------------------------
+
+# trace_summary FILE: "COUNT NAME" lines, summed over the threads, from the
+# output of perf trace -s or strace -c.
+perf_trace_summary() {
+    awk '$2 ~ /^[0-9]+$/ && $1 ~ /^[a-z_0-9]+$/ && NF >= 7 { n[$1] += $2 }
+        END { for (k in n) print n[k], k }' "$1" | sort -rn
+}
+strace_summary() {
+    awk '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { n[$NF] += $4 }
+        END { for (k in n) print n[k], k }' "$1" | sort -rn
+}
+if [ "$TRACE_S" -gt 0 ]; then
+    tracer=""
+    if [ $have_perf = 1 ] && perf trace -s -- true >/dev/null 2>&1; then
+        tracer=perf
+    elif [ $have_strace = 1 ]; then
+        tracer=strace
+    else
+        echo >>"$report"
+        echo "== 2. syscalls by name: skipped (neither perf trace nor strace works here)" >>"$report"
+    fi
+    if [ -n "$tracer" ]; then
+        note "2. syscalls by name ($tracer): ${TRACE_S} s"
+        wrk_start "$((TRACE_S + 2))s" "$tmp/trace.out"
+        sleep 1
+        s0=$(stock_sum)
+        for who in server redis; do
+            pid=$SERVER_PID
+            [ $who = redis ] && pid=$REDIS_PID
+            if [ $tracer = perf ]; then
+                timeout -s INT "$TRACE_S" perf trace -s -p "$pid" >/dev/null 2>"$tmp/trace-$who.txt" &
+            else
+                timeout -s INT "$TRACE_S" strace -c -f -p "$pid" -o "$tmp/trace-$who.txt" >/dev/null 2>&1 &
+            fi
+            eval "tr_$who=\$!"
+        done
+        # shellcheck disable=SC2154
+        wait "$tr_server" "$tr_redis"
+        s1=$(stock_sum)
+        wrk_wait "$tmp/trace.out"
+        tsales=$((s0 - s1))
+        {
+            echo
+            echo "== 2. syscalls by name per sale ($tracer over ~${TRACE_S} s, $tsales sales; the tracer slows the servers: counts per sale, not throughput)"
+            for who in server redis; do
+                [ $who = server ] && echo "-- $SERVER" || echo "-- redis-server"
+                if [ $tracer = perf ]; then
+                    perf_trace_summary "$tmp/trace-$who.txt"
+                else
+                    strace_summary "$tmp/trace-$who.txt"
+                fi | awk -v s="$tsales" '
+                    { t += $1; if (NR <= 12) printf "  %-22s %10.3f  (%d)\n", $2, (s > 0 ? $1 / s : 0), $1 }
+                    END { printf "  %-22s %10.3f  (%d)\n", "all", (s > 0 ? t / s : 0), t }'
+            done
+        } >>"$report"
+    fi
+fi
+
+# --- 3. flat profiles --------------------------------------------------------------
+
+if [ "$PERF_S" -gt 0 ] && [ $have_perf = 1 ]; then
+    note "3. perf record: ${PERF_S} s at $PERF_FREQ Hz"
+    wrk_start "$((PERF_S + 2))s" "$tmp/perf.out"
+    sleep 1
+    perf record -q -F "$PERF_FREQ" -p "$SERVER_PID" -o "$tmp/perf-server.data" -- sleep "$PERF_S" \
+        >/dev/null 2>"$tmp/perf-server.log" &
+    pr1=$!
+    perf record -q -F "$PERF_FREQ" -p "$REDIS_PID" -o "$tmp/perf-redis.data" -- sleep "$PERF_S" \
+        >/dev/null 2>"$tmp/perf-redis.log" &
+    pr2=$!
+    wait "$pr1" "$pr2"
+    wrk_wait "$tmp/perf.out"
+    for who in server redis; do
+        name=$SERVER
+        [ $who = redis ] && name=redis-server
+        {
+            echo
+            echo "== 3. perf record -F $PERF_FREQ, $PERF_S s, $name: top $PERF_TOP symbols (self, flat)"
+            perf report -i "$tmp/perf-$who.data" --stdio --no-children --sort sym 2>/dev/null |
+                grep -v '^#' | grep -v '^[[:space:]]*$' | head -n "$PERF_TOP"
+        } >>"$report"
+    done
+elif [ "$PERF_S" -gt 0 ]; then
+    printf '\n== 3. profile: skipped (no perf)\n' >>"$report"
+fi
+
+{
+    kill -0 "$SERVER_PID" 2>/dev/null || echo "WARNING: $SERVER died during the profile"
+    if [ -s "$tmp/server.log" ]; then
+        echo
+        echo "$SERVER log ($(wc -l <"$tmp/server.log") lines), first lines:"
+        head -n 5 "$tmp/server.log" | cut -c1-200
+    fi
+} >>"$report"
+cat "$report"
