@@ -18,18 +18,20 @@
 #      1 s before the end), per sale: context switches of the server (the sum
 #      of voluntary + nonvoluntary over /proc/PID/task/*/status), CPU time
 #      (utime + stime of /proc/PID/stat) of the server and of redis-server,
-#      and syscalls of each (`perf stat -e raw_syscalls:sys_enter`, which
-#      counts without slowing anything down much). Sales in the window are
-#      the stock Redis lost in it. Also wrk's req/s and latency of the run.
-#   2. syscalls by name (TRACE_S): `perf trace -s` on the server and on
-#      redis-server (or `strace -c -f` when perf trace does not work), per
-#      sale. Tracing slows the servers: read the counts per sale, not the
-#      throughput of this phase.
+#      and syscalls of each, in all and by name (`perf stat` of the syscall
+#      tracepoints, enabled and disabled through --control fifos at the
+#      window's edges: counting does not slow the servers much). Sales in
+#      the window are the stock Redis lost in it. Also wrk's req/s and
+#      latency over the run.
+#   2. only without perf (or with STRACE=1): syscalls by name with
+#      `strace -c -f` on both over TRACE_S seconds, per sale. strace slows
+#      the servers a lot: read the mix, not the throughput.
 #   3. profile (PERF_S): `perf record -F PERF_FREQ` on the server and on
 #      redis-server, then `perf report --stdio --no-children --sort sym`,
 #      the top PERF_TOP symbols of each.
 #
-# A tool that is missing (perf, strace) is named and its part skipped. The
+# A tool that is missing (perf, strace) is named and its part skipped.
+# Takes about DURATION + TRACE_S (without perf) + PERF_S + 15 s. The
 # load is the same each run (same stock, same requests, same durations), so
 # two reports differ by what changed and by the machine's noise: compare
 # per-sale figures (context switches, syscalls, CPU), not req/s alone.
@@ -38,7 +40,8 @@
 #   SERVER=nerve      nerve | plain
 #   LOAD=hot          hot (every sale on SKU hot) | spread (cycling over 1,000 SKUs)
 #   DURATION=8s       phase 1 (at least 3s);  WARMUP=1s (0 skips it)
-#   TRACE_S=3         phase 2 seconds (0 skips it);  PERF_S=4  phase 3 (0 skips it)
+#   TRACE_S=3         phase 2 seconds (0 skips it);  STRACE=1 runs it even with perf
+#   PERF_S=4          phase 3 seconds (0 skips it)
 #   PERF_FREQ=1999    perf record sampling frequency (Hz);  PERF_TOP=25
 #   CONNECTIONS=64, WRK_THREADS=2
 #   SERVER_THREADS    worker threads (default: server.threads of NERVE_CONFIG)
@@ -324,17 +327,67 @@ report="$tmp/report.txt"
 
 # --- 1. counts ------------------------------------------------------------------
 
+# The syscalls counted by name (perf stat tracepoints; the rest are "other").
+SYSCALLS="read write readv writev recvfrom sendto recvmsg sendmsg poll ppoll epoll_wait epoll_pwait
+    epoll_ctl futex clock_gettime clock_nanosleep nanosleep newfstatat fstat pread64 pwrite64 lseek
+    fsync fdatasync getrandom setsockopt getsockopt fcntl accept4 close openat mmap munmap madvise
+    mprotect brk sched_yield"
+
+# perf_counting WHO PID EVENTS: a perf stat of EVENTS on PID (all its threads)
+# with the counters off, driven through two fifos (--control), so that they
+# count exactly between `perf_ctl enable` and `perf_ctl disable` -- not from
+# whenever perf got round to attaching to each of a hundred threads.
+declare -A PC_PID PC_CTL PC_ACK
+perf_counting() {
+    local who=$1 c a
+    mkfifo "$tmp/ctl-$who" "$tmp/ack-$who" || return 1
+    perf stat -x, -D -1 --control "fifo:$tmp/ctl-$who,$tmp/ack-$who" -e "$3" -p "$2" \
+        -o "$tmp/stat-$who.csv" >/dev/null 2>"$tmp/stat-$who.log" &
+    PC_PID[$who]=$!
+    pids+=("$!")
+    # Read-write opens of a fifo do not wait for the other end.
+    exec {c}<>"$tmp/ctl-$who" {a}<>"$tmp/ack-$who"
+    PC_CTL[$who]=$c PC_ACK[$who]=$a
+}
+# perf_ctl CMD WHO: send CMD (enable, disable) and wait for perf's ack.
+perf_ctl() {
+    local r
+    echo "$1" >&"${PC_CTL[$2]}"
+    read -r -t 20 r <&"${PC_ACK[$2]}" && [ "$r" = ack ]
+}
+# perf_done WHO: stop that perf stat; its counts are in $tmp/stat-WHO.csv.
+perf_done() {
+    local c=${PC_CTL[$1]} a=${PC_ACK[$1]}
+    kill -INT "${PC_PID[$1]}" 2>/dev/null
+    wait "${PC_PID[$1]}" 2>/dev/null
+    exec {c}>&- {a}<&-
+}
+# stat_count FILE EVENT: the count of EVENT in a perf stat -x, file (0 when
+# not counted).
+stat_count() {
+    awk -F, -v e="$2" '$3 == e { n = ($1 ~ /^[0-9]+$/ ? $1 : 0) } END { print n + 0 }' "$1" 2>/dev/null
+}
+
+counting=0
+if [ $have_perf = 1 ]; then
+    # Only the tracepoints this kernel has (perf stat refuses unknown ones).
+    known_sys=$(perf list 'syscalls:sys_enter_*' 2>/dev/null | grep -o 'syscalls:sys_enter_[a-z0-9_]*')
+    events=raw_syscalls:sys_enter
+    for sc in $SYSCALLS; do
+        grep -qx "syscalls:sys_enter_$sc" <<<"$known_sys" && events+=",syscalls:sys_enter_$sc"
+    done
+    if perf_counting server "$SERVER_PID" "$events" && perf_counting redis "$REDIS_PID" "$events"; then
+        counting=1
+    fi
+fi
+
 win=$((DURATION_S - 2))
 note "1. counts: wrk $DURATION, window ${win} s"
 wrk_start "$DURATION" "$tmp/counts.out"
 sleep 1
-if [ $have_perf = 1 ]; then
-    perf stat -x, -e raw_syscalls:sys_enter -p "$SERVER_PID" -o "$tmp/sys-server.csv" -- sleep "$win" \
-        2>/dev/null &
-    ps_pid=$!
-    perf stat -x, -e raw_syscalls:sys_enter -p "$REDIS_PID" -o "$tmp/sys-redis.csv" -- sleep "$win" \
-        2>/dev/null &
-    pr_pid=$!
+if [ $counting = 1 ] && ! { perf_ctl enable server && perf_ctl enable redis; }; then
+    note "perf stat did not start counting ($(head -n 2 "$tmp/stat-server.log" "$tmp/stat-redis.log" | tr '\n' ' ')): no syscall counts"
+    counting=0
 fi
 s0=$(stock_sum)
 cs0=$(ctxsw "$SERVER_PID") rcs0=$(ctxsw "$REDIS_PID")
@@ -345,85 +398,85 @@ s1=$(stock_sum)
 cs1=$(ctxsw "$SERVER_PID") rcs1=$(ctxsw "$REDIS_PID")
 c1=$(cpu_ticks "$SERVER_PID") rc1=$(cpu_ticks "$REDIS_PID")
 t1=$(date +%s%N)
-[ $have_perf = 1 ] && wait "$ps_pid" "$pr_pid"
+if [ $counting = 1 ]; then
+    if ! perf_ctl disable server || ! perf_ctl disable redis; then
+        note "perf stat did not ack the end of the window"
+    fi
+fi
+[ -n "${PC_PID[server]:-}" ] && perf_done server
+[ -n "${PC_PID[redis]:-}" ] && perf_done redis
 wrk_wait "$tmp/counts.out"
 if [ "$s0" = error ] || [ "$s1" = error ]; then die "cannot read the stock from Redis"; fi
 sales=$((s0 - s1))
 secs=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.3f", d / 1e9 }')
-sys_count() { awk -F, '$3 ~ /raw_syscalls:sys_enter/ { print $1 }' "$1" 2>/dev/null | head -n 1; }
+ms=$(awk -v s="$secs" 'BEGIN { print s * 1000 }')
+row() { printf '%-34s %14s %14s\n' "$@"; }
 {
     echo
     echo "== 1. per sale (window of $secs s in the middle of a $DURATION run: $sales sales, $(per "$sales" "$secs") sales/s)"
     echo "wrk over the whole run: $(field "$tmp/counts.out" rps) req/s, p50 $(field "$tmp/counts.out" p50_ms) ms," \
         "p99 $(field "$tmp/counts.out" p99_ms) ms, max $(field "$tmp/counts.out" max_ms) ms;" \
         "status $(grep '^BENCH_CODES' "$tmp/counts.out" | cut -d' ' -f2-)"
-    printf '%-34s %14s %14s\n' "" "$SERVER" "redis-server"
-    printf '%-34s %14s %14s\n' "threads" "$(threads_of "$SERVER_PID")" "$(threads_of "$REDIS_PID")"
-    printf '%-34s %14s %14s\n' "context switches / sale" "$(per $((cs1 - cs0)) "$sales")" "$(per $((rcs1 - rcs0)) "$sales")"
-    printf '%-34s %14s %14s\n' "CPU us / sale" \
-        "$(per "$(((c1 - c0) * 1000000 / CLK_TCK))" "$sales")" "$(per "$(((rc1 - rc0) * 1000000 / CLK_TCK))" "$sales")"
-    printf '%-34s %14s %14s\n' "CPU use (cores)" "$(per "$(((c1 - c0) * 1000 / CLK_TCK))" "$(awk -v s="$secs" 'BEGIN { print s * 1000 }')")" \
-        "$(per "$(((rc1 - rc0) * 1000 / CLK_TCK))" "$(awk -v s="$secs" 'BEGIN { print s * 1000 }')")"
-    if [ $have_perf = 1 ]; then
-        printf '%-34s %14s %14s\n' "syscalls / sale (perf stat)" \
-            "$(per "$(sys_count "$tmp/sys-server.csv")" "$sales")" "$(per "$(sys_count "$tmp/sys-redis.csv")" "$sales")"
+    row "" "$SERVER" "redis-server"
+    row "threads" "$(threads_of "$SERVER_PID")" "$(threads_of "$REDIS_PID")"
+    row "context switches / sale" "$(per $((cs1 - cs0)) "$sales")" "$(per $((rcs1 - rcs0)) "$sales")"
+    row "CPU us / sale" "$(per "$(((c1 - c0) * 1000000 / CLK_TCK))" "$sales")" \
+        "$(per "$(((rc1 - rc0) * 1000000 / CLK_TCK))" "$sales")"
+    row "CPU use (cores)" "$(per "$(((c1 - c0) * 1000 / CLK_TCK))" "$ms")" \
+        "$(per "$(((rc1 - rc0) * 1000 / CLK_TCK))" "$ms")"
+    if [ $counting = 1 ]; then
+        row "syscalls / sale (perf stat)" \
+            "$(per "$(stat_count "$tmp/stat-server.csv" raw_syscalls:sys_enter)" "$sales")" \
+            "$(per "$(stat_count "$tmp/stat-redis.csv" raw_syscalls:sys_enter)" "$sales")"
+        # By name: each syscall counted in either process, largest first.
+        for sc in $SYSCALLS; do
+            a=$(stat_count "$tmp/stat-server.csv" "syscalls:sys_enter_$sc")
+            b=$(stat_count "$tmp/stat-redis.csv" "syscalls:sys_enter_$sc")
+            [ $((a + b)) -gt 0 ] && echo "$((a + b)) $sc $a $b"
+        done | sort -rn | while read -r _ sc a b; do
+            row "  $sc" "$(per "$a" "$sales")" "$(per "$b" "$sales")"
+        done
+        a=$(stat_count "$tmp/stat-server.csv" raw_syscalls:sys_enter)
+        b=$(stat_count "$tmp/stat-redis.csv" raw_syscalls:sys_enter)
+        for sc in $SYSCALLS; do
+            a=$((a - $(stat_count "$tmp/stat-server.csv" "syscalls:sys_enter_$sc")))
+            b=$((b - $(stat_count "$tmp/stat-redis.csv" "syscalls:sys_enter_$sc")))
+        done
+        row "  (other)" "$(per "$a" "$sales")" "$(per "$b" "$sales")"
     else
-        printf '%-34s %14s %14s\n' "syscalls / sale" "(no perf)" "(no perf)"
+        row "syscalls / sale" "(no perf)" "(no perf)"
     fi
 } >>"$report"
 
-# --- 2. syscalls by name ---------------------------------------------------------
+# --- 2. strace -c (without perf, or STRACE=1) ---------------------------------------
 
-# trace_summary FILE: "COUNT NAME" lines, summed over the threads, from the
-# output of perf trace -s or strace -c.
-perf_trace_summary() {
-    awk '$2 ~ /^[0-9]+$/ && $1 ~ /^[a-z_0-9]+$/ && NF >= 7 { n[$1] += $2 }
-        END { for (k in n) print n[k], k }' "$1" | sort -rn
-}
 strace_summary() {
     awk '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { n[$NF] += $4 }
         END { for (k in n) print n[k], k }' "$1" | sort -rn
 }
-if [ "$TRACE_S" -gt 0 ]; then
-    tracer=""
-    if [ $have_perf = 1 ] && perf trace -s -- true >/dev/null 2>&1; then
-        tracer=perf
-    elif [ $have_strace = 1 ]; then
-        tracer=strace
+if [ "$TRACE_S" -gt 0 ] && { [ $counting = 0 ] || [ "${STRACE:-0}" = 1 ]; }; then
+    if [ $have_strace = 0 ]; then
+        printf '\n== 2. syscalls by name: skipped (no perf stat counts and no strace)\n' >>"$report"
     else
-        echo >>"$report"
-        echo "== 2. syscalls by name: skipped (neither perf trace nor strace works here)" >>"$report"
-    fi
-    if [ -n "$tracer" ]; then
-        note "2. syscalls by name ($tracer): ${TRACE_S} s"
+        note "2. syscalls by name (strace -c -f): ${TRACE_S} s"
         wrk_start "$((TRACE_S + 2))s" "$tmp/trace.out"
         sleep 1
         s0=$(stock_sum)
-        for who in server redis; do
-            pid=$SERVER_PID
-            [ $who = redis ] && pid=$REDIS_PID
-            if [ $tracer = perf ]; then
-                timeout -s INT "$TRACE_S" perf trace -s -p "$pid" >/dev/null 2>"$tmp/trace-$who.txt" &
-            else
-                timeout -s INT "$TRACE_S" strace -c -f -p "$pid" -o "$tmp/trace-$who.txt" >/dev/null 2>&1 &
-            fi
-            eval "tr_$who=\$!"
-        done
-        # shellcheck disable=SC2154
-        wait "$tr_server" "$tr_redis"
+        timeout -s INT "$TRACE_S" strace -c -f -p "$SERVER_PID" -o "$tmp/trace-server.txt" >/dev/null 2>&1 &
+        tr1=$!
+        timeout -s INT "$TRACE_S" strace -c -f -p "$REDIS_PID" -o "$tmp/trace-redis.txt" >/dev/null 2>&1 &
+        tr2=$!
+        wait "$tr1" "$tr2"
         s1=$(stock_sum)
         wrk_wait "$tmp/trace.out"
         tsales=$((s0 - s1))
         {
             echo
-            echo "== 2. syscalls by name per sale ($tracer over ~${TRACE_S} s, $tsales sales; the tracer slows the servers: counts per sale, not throughput)"
+            echo "== 2. syscalls by name per sale (strace -c -f over ~${TRACE_S} s, $tsales sales; strace slows the" \
+                "servers a lot and its window includes attaching: read the mix, not the throughput)"
             for who in server redis; do
                 [ $who = server ] && echo "-- $SERVER" || echo "-- redis-server"
-                if [ $tracer = perf ]; then
-                    perf_trace_summary "$tmp/trace-$who.txt"
-                else
-                    strace_summary "$tmp/trace-$who.txt"
-                fi | awk -v s="$tsales" '
+                strace_summary "$tmp/trace-$who.txt" | awk -v s="$tsales" '
                     { t += $1; if (NR <= 12) printf "  %-22s %10.3f  (%d)\n", $2, (s > 0 ? $1 / s : 0), $1 }
                     END { printf "  %-22s %10.3f  (%d)\n", "all", (s > 0 ? t / s : 0), t }'
             done
