@@ -338,11 +338,41 @@ static int gmatch_next(lua_State *L) {
     return lua_gettop(L);
 }
 
-/* upvalue 1: the original function; 2: its guard_kind; 3: its name. */
+/* os.date(FMT, T) with FMT in UTC ("!...") is a function of its arguments
+ * alone, and rules ask for the day of ctx.now, which changes once a second:
+ * os.date keeps its last short string result in upvalues 4 to 6 (format,
+ * time, result). 1 when the call is such a call (the key is then stored and
+ * the result cleared), 2 when the result is known (it is pushed). */
+#define DATE_MEMO_MAX 64
+
+static int date_memo(lua_State *L) {
+    if (lua_gettop(L) != 2 || lua_type(L, 1) != LUA_TSTRING || !lua_isinteger(L, 2) ||
+        lua_tostring(L, 1)[0] != '!')
+        return 0;
+    if (lua_type(L, lua_upvalueindex(6)) == LUA_TSTRING &&
+        lua_rawequal(L, 1, lua_upvalueindex(4)) &&
+        lua_tointeger(L, 2) == lua_tointeger(L, lua_upvalueindex(5))) {
+        lua_pushvalue(L, lua_upvalueindex(6));
+        return 2;
+    }
+    lua_pushvalue(L, 1);
+    lua_replace(L, lua_upvalueindex(4));
+    lua_pushvalue(L, 2);
+    lua_replace(L, lua_upvalueindex(5));
+    lua_pushnil(L);
+    lua_replace(L, lua_upvalueindex(6));
+    return 1;
+}
+
+/* upvalue 1: the original function; 2: its guard_kind; 3: its name (4 to 6:
+ * os.date's memo). */
 static int sbx_guarded(lua_State *L) {
     rules_sbx *s = rules_sbx_of(L);
     int kind = (int)lua_tointeger(L, lua_upvalueindex(2));
+    int memo = 0;
     double units;
+
+    if (kind == G_DATE && (memo = date_memo(L)) == 2) return 1;
 
     if (kind == G_REP && str_arg_len(L, 1) == 0 && str_arg_len(L, 3) == 0 &&
         lua_type(L, 1) == LUA_TSTRING && int_arg(L, 2, 0) > 0) {
@@ -363,6 +393,11 @@ static int sbx_guarded(lua_State *L) {
         admit(L, mkind, lua_tostring(L, lua_upvalueindex(3)), str_arg_len(L, 1), units);
         call_upvalue(L, LUA_MULTRET);
         rules_sbx_check_deadline(L);
+    }
+    if (memo && lua_gettop(L) == 1 && lua_type(L, 1) == LUA_TSTRING &&
+        lua_rawlen(L, 1) <= DATE_MEMO_MAX) {
+        lua_pushvalue(L, 1);
+        lua_replace(L, lua_upvalueindex(6));
     }
     if (kind == G_GMATCH && lua_gettop(L) == 1 && lua_type(L, 1) == LUA_TFUNCTION) {
         /* Each call of the iterator is a search of its own: guard it too. */
@@ -452,7 +487,10 @@ void rules_guard_env(lua_State *L) {
     lua_getfield(L, -1, "date");
     lua_pushinteger(L, G_DATE);
     lua_pushliteral(L, "os.date");
-    lua_pushcclosure(L, sbx_guarded, 3);
+    lua_pushnil(L); /* the memo: format, time, result */
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushcclosure(L, sbx_guarded, 6);
     lua_setfield(L, -2, "date");
     lua_pop(L, 1);
 }

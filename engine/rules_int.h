@@ -140,6 +140,7 @@ typedef struct rules_sbx {
     uint64_t deadline_ns;       /* CLOCK_MONOTONIC; set by rules_sbx_pcall */
     uint64_t last_hook_ns;      /* when the count hook last looked */
     uint64_t start_ns;          /* when this pcall started */
+    uint64_t end_ns;            /* when the last pcall ended */
     uint64_t hard_ns;           /* wall-clock cap, whatever the CPU time */
     uint64_t mark_ns, cpu_mark; /* wall and thread CPU time once the call ran 1 ms */
     uint64_t io_ns;             /* wall time in blocking calls (ctx.incr) after the mark */

@@ -523,7 +523,8 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     }
     /* One C call can overrun without any look (a guard's estimate too low):
      * a call that ended over its deadline fails all the same. */
-    if (st == LUA_OK && s->abort == RULES_SBX_OK && over_deadline_late(s, rules_now_ns()))
+    s->end_ns = rules_now_ns();
+    if (st == LUA_OK && s->abort == RULES_SBX_OK && over_deadline_late(s, s->end_ns))
         s->abort = RULES_SBX_TIME;
     if (st == LUA_OK && s->abort == RULES_SBX_OK) {
         lua_settop(L, base);
@@ -579,6 +580,17 @@ static int sbx_log(lua_State *L) {
     return 0;
 }
 
+/* type(v) as the base library's, answering from upvalues: the original
+ * interns the name (lua_pushstring) at every call, and rules call type() a
+ * lot (type(x) == "number" is how they validate events). */
+static int sbx_type(lua_State *L) {
+    int t = lua_type(L, 1);
+
+    luaL_argcheck(L, t != LUA_TNONE, 1, "value expected");
+    lua_pushvalue(L, lua_upvalueindex(t + 1));
+    return 1;
+}
+
 static void open_env(lua_State *L, void *ud) {
     static const char *const drop[] = { "load",           "loadfile", "dofile",
                                         "collectgarbage", "print",    "rawset",
@@ -605,6 +617,9 @@ static void open_env(lua_State *L, void *ud) {
     lua_setglobal(L, "setmetatable");
     lua_pushcfunction(L, sbx_log);
     lua_setglobal(L, "log");
+    for (int t = LUA_TNIL; t < LUA_NUMTYPES; t++) lua_pushstring(L, lua_typename(L, t));
+    lua_pushcclosure(L, sbx_type, LUA_NUMTYPES);
+    lua_setglobal(L, "type");
 
     /* getmetatable("") would hand out the string library's metatable. */
     lua_pushliteral(L, "");

@@ -108,7 +108,9 @@ void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth
     case cJSON_False: lua_pushboolean(L, 0); return;
     case cJSON_True: lua_pushboolean(L, 1); return;
     case cJSON_Number: push_number(L, j->valuedouble); return;
-    case cJSON_String: lua_pushstring(L, j->valuestring); return;
+    /* pushlstring: lua_pushstring's cache is keyed by the C pointer, which
+     * a fresh tree never repeats (a miss costs two strcmp). */
+    case cJSON_String: lua_pushlstring(L, j->valuestring, strlen(j->valuestring)); return;
     case cJSON_Array:
     case cJSON_Object: break;
     default: /* null, raw, invalid */ lua_pushnil(L); return;
@@ -127,7 +129,7 @@ void rules_sbx_push_json(lua_State *L, const cJSON *j, const char *ro, int depth
         lua_createtable(L, 0, n);
         for (c = j->child; c; c = c->next) {
             if ((c->type & 0xff) == cJSON_NULL || c->string == NULL) continue;
-            lua_pushstring(L, c->string);
+            lua_pushlstring(L, c->string, strlen(c->string));
             rules_sbx_push_json(L, c, ro, depth + 1);
             lua_rawset(L, -3);
         }

@@ -27,6 +27,11 @@ typedef struct vm_rule {
     const rules_rule *r;
     rules_counters *ctr;
     int ref_eval, ref_ctx, ref_inner, ref_state;
+    /* What ctx.channel and ctx.now hold in this state (the rule cannot write
+     * them: ctx is read-only), so that they are set only when they change.
+     * chan_k indexes the set's channels; -1 = unknown. */
+    int chan_k;
+    long long ctx_now;
     bool dead; /* its state could not be rebuilt */
     rules_state_origin origin;
 } vm_rule;
@@ -35,6 +40,9 @@ struct rules_vm {
     rules_set *set;
     vm_rule *rules;
     size_t n;
+    /* on[i * set->n_channels + k]: rule i listens on the set's channel k;
+     * an event's channel is looked up once, not compared per rule. */
+    unsigned char *on;
     rules_error_cb on_error;
     void *on_error_ud;
     rules_incr_fn incr;
@@ -81,6 +89,8 @@ static void setup_fn(lua_State *L, void *ud) {
     rules_sbx_push_ctx(L, -2, -1);
     vr->ref_inner = luaL_ref(L, LUA_REGISTRYINDEX);
     vr->ref_ctx = luaL_ref(L, LUA_REGISTRYINDEX);
+    vr->chan_k = -1; /* ctx.channel is "", ctx.now 0: set at the first event */
+    vr->ctx_now = 0;
 }
 
 static int open_rule(const rules_vm *vm, vm_rule *vr, char *err, size_t errlen) {
@@ -157,6 +167,23 @@ static int of_kind(const rules_rule *r, rules_vm_kind kind) {
     }
 }
 
+/* Index of CHANNEL among the set's channels, -1 when no rule listens on it. */
+static int channel_index(const rules_set *set, const char *channel) {
+    for (size_t k = 0; k < set->n_channels; k++)
+        if (strcmp(set->channels[k], channel) == 0) return (int)k;
+    return -1;
+}
+
+/* Fill vm->on for vm->set (allocated for it). */
+static void map_channels(rules_vm *vm) {
+    const rules_set *set = vm->set;
+
+    for (size_t i = 0; i < vm->n; i++)
+        for (size_t k = 0; k < set->n_channels; k++)
+            vm->on[i * set->n_channels + k] =
+                (unsigned char)rules_channel_in(vm->rules[i].r, set->channels[k]);
+}
+
 rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen) {
     return rules_vm_new_kind(set, previous, RULES_VM_ALL, err, errlen);
 }
@@ -170,7 +197,8 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
     vm->set = rules_set_ref(set);
     vm->kind = kind;
     vm->rules = calloc(set->n ? set->n : 1, sizeof(*vm->rules));
-    if (vm->rules == NULL) goto oom;
+    vm->on = calloc(set->n * set->n_channels + 1, 1);
+    if (vm->rules == NULL || vm->on == NULL) goto oom;
     if (previous) {
         vm->incr = previous->incr;
         vm->incr_ud = previous->incr_ud;
@@ -189,6 +217,7 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
         }
         vr->origin = previous ? carry(previous, vr) : RULES_STATE_NEW;
     }
+    map_channels(vm);
     return vm;
 oom:
     if (err) snprintf(err, errlen, "out of memory");
@@ -201,6 +230,7 @@ void rules_vm_free(rules_vm *vm) {
     if (vm->rules)
         for (size_t i = 0; i < vm->n; i++) rules_sbx_close(&vm->rules[i].sbx);
     free(vm->rules);
+    free(vm->on);
     rules_set_unref(vm->set);
     free(vm);
 }
@@ -212,6 +242,7 @@ static int same_build(const rules_set *a, const rules_set *b) {
 }
 
 int rules_vm_rebind(rules_vm *vm, rules_set *set) {
+    unsigned char *on;
     size_t k = 0;
 
     if (vm->set == set) return 0;
@@ -225,6 +256,10 @@ int rules_vm_rebind(rules_vm *vm, rules_set *set) {
         k++;
     }
     if (k != vm->n) return -1;
+    on = calloc(set->n * set->n_channels + 1, 1);
+    if (on == NULL) return -1;
+    free(vm->on);
+    vm->on = on;
     k = 0;
     for (size_t i = 0; i < set->n; i++) {
         vm_rule *vr;
@@ -238,10 +273,12 @@ int rules_vm_rebind(rules_vm *vm, rules_set *set) {
         vr->sbx.file = vr->r->file;
         vr->sbx.name = vr->r->name;
         vr->sbx.def_line = vr->r->line;
+        vr->chan_k = -1; /* indexes the old set's channels */
     }
     rules_set_ref(set);
     rules_set_unref(vm->set);
     vm->set = set;
+    map_channels(vm);
     return 0;
 }
 
@@ -283,6 +320,7 @@ const char *rules_vm_errstr(const rules_vm *vm) {
 struct eval_args {
     vm_rule *vr;
     const char *channel;
+    int chan_k; /* its index among the set's channels */
     const cJSON *event;
     long long now;
     rules_decision_cb cb;
@@ -297,24 +335,29 @@ static void eval_fn(lua_State *L, void *ud) {
     rules_decision d[RULES_MAX_DECISIONS];
     size_t n;
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_inner);
-    lua_pushstring(L, a->channel);
-    lua_setfield(L, -2, "channel");
-    lua_pushinteger(L, (lua_Integer)a->now);
-    lua_setfield(L, -2, "now");
-    lua_settop(L, 0);
+    if (vr->chan_k != a->chan_k || vr->ctx_now != a->now) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_inner);
+        lua_pushstring(L, a->channel);
+        lua_setfield(L, -2, "channel");
+        lua_pushinteger(L, (lua_Integer)a->now);
+        lua_setfield(L, -2, "now");
+        lua_settop(L, 0);
+        vr->chan_k = a->chan_k;
+        vr->ctx_now = a->now;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_eval);
     rules_sbx_push_json(L, a->event, NULL, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vr->ref_ctx);
     lua_call(L, 2, 1);
     rules_sbx_check_abort(L);
+    if (rules_sbx_decisions(L, 1, a->channel, d, &n, a->err, sizeof(a->err)) != 0) {
+        a->bad = true; /* a late evaluate still fails with the deadline (pcall's end) */
+        return;
+    }
+    if (n == 0) return; /* the protected call's end checks the deadline */
     /* Before any decision is delivered: an evaluate that returned late must
      * decide nothing (one C call can overrun between two looks). */
     rules_sbx_check_deadline(L);
-    if (rules_sbx_decisions(L, 1, a->channel, d, &n, a->err, sizeof(a->err)) != 0) {
-        a->bad = true;
-        return;
-    }
     /* All valid: deliver (the strings are anchored on this stack). */
     for (size_t i = 0; i < n; i++) {
         d[i].rule = vr->r->name;
@@ -351,8 +394,8 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     a->vr = vr;
     a->bad = false;
     rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
-    /* The protected call read the clock when it started (its deadline). */
-    atomic_fetch_add_explicit(&vr->ctr->duration_ns, rules_now_ns() - vr->sbx.start_ns,
+    /* The protected call read the clock when it started and ended. */
+    atomic_fetch_add_explicit(&vr->ctr->duration_ns, vr->sbx.end_ns - vr->sbx.start_ns,
                               memory_order_relaxed);
     atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
     if (rc == 0 && !a->bad) return 0;
@@ -377,14 +420,26 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     return 1;
 }
 
-int rules_eval_cjson(rules_vm *vm, const char *channel, const cJSON *event, long long now,
-                     rules_decision_cb cb, void *ud) {
-    struct eval_args a = { .channel = channel, .event = event, .now = now, .cb = cb, .ud = ud };
+/* Evaluate EVENT with every rule on the set's channel K (CHANNEL). */
+static int eval_k(rules_vm *vm, const char *channel, int k, const cJSON *event, long long now,
+                  rules_decision_cb cb, void *ud) {
+    struct eval_args a = {
+        .channel = channel, .chan_k = k, .event = event, .now = now, .cb = cb, .ud = ud
+    };
+    const unsigned char *on = vm->on + k;
+    size_t stride = vm->set->n_channels;
     int failed = 0;
 
     for (size_t i = 0; i < vm->n; i++)
-        if (rules_channel_in(vm->rules[i].r, channel)) failed += eval_one(vm, &vm->rules[i], &a);
+        if (on[i * stride]) failed += eval_one(vm, &vm->rules[i], &a);
     return failed;
+}
+
+int rules_eval_cjson(rules_vm *vm, const char *channel, const cJSON *event, long long now,
+                     rules_decision_cb cb, void *ud) {
+    int k = channel_index(vm->set, channel);
+
+    return k < 0 ? 0 : eval_k(vm, channel, k, event, now, cb, ud);
 }
 
 int rules_json_depth(const cJSON *j) {
@@ -403,10 +458,11 @@ int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
                rules_decision_cb cb, void *ud) {
     const char *end = NULL;
     cJSON *ev;
-    int rc;
+    int rc, k;
 
     vm->errstr[0] = '\0';
-    if (!rules_set_listens(vm->set, channel)) return 0;
+    k = channel_index(vm->set, channel);
+    if (k < 0) return 0;
     if (len > vm->set->max_event_bytes) {
         snprintf(vm->errstr, sizeof(vm->errstr), "event of %zu bytes is over the limit of %zu", len,
                  vm->set->max_event_bytes);
@@ -432,7 +488,7 @@ int rules_eval(rules_vm *vm, const char *channel, const char *json, size_t len,
         cJSON_Delete(ev);
         return -1;
     }
-    rc = rules_eval_cjson(vm, channel, ev, (long long)time(NULL), cb, ud);
+    rc = eval_k(vm, channel, k, ev, (long long)time(NULL), cb, ud);
     cJSON_Delete(ev);
     return rc;
 }

@@ -1080,6 +1080,65 @@ static void test_names(void **state)
     assert_string_equal(rules_state_origin_name(RULES_STATE_RESET), "reset");
 }
 
+/* The evaluator's shortcuts must not show: ctx.channel and ctx.now follow
+ * every event (they are only written when they change), type() answers as
+ * the base library's, and os.date's memo of UTC strings (per format and
+ * time) never hands out a stale day or a shared "*t" table. */
+static void test_fast_paths(void **state)
+{
+    static const struct { const char *channel; long long now; const char *reason; } want[] = {
+        { "a", 0, "a 0 1970-01-01 00:00:00 1970 nil table number string boolean function" },
+        { "a", 0, "a 0 1970-01-01 00:00:00 1970 nil table number string boolean function" },
+        { "b", 0, "b 0 1970-01-01 00:00:00 1970 nil table number string boolean function" },
+        { "b", 86461, "b 86461 1970-01-02 00:01:01 1970 nil table number string boolean function" },
+        { "a", 86461, "a 86461 1970-01-02 00:01:01 1970 nil table number string boolean function" },
+        { "a", 1767225600, "a 1767225600 2026-01-01 00:00:00 2026 nil table number string boolean function" },
+    };
+    char *dir = tmpdir(), *errs;
+    rules_set *s;
+    rules_vm *vm;
+    capture cap;
+
+    (void)state;
+    write_file(dir, "fast.lua",
+               "return { name = 'fast', on = { 'a', 'b', 'c' },\n"
+               "  evaluate = function(event, ctx)\n"
+               "    local t = os.date('!*t', ctx.now)\n"
+               "    t.year = 1 -- a fresh table every call\n"
+               "    local ok, msg = pcall(type)\n"
+               "    assert(not ok and msg:find('bad argument #1 to \\'type\\' (value expected)', 1, true), msg)\n"
+               "    return { action = 'alert', level = 'info', reason = string.format(\n"
+               "      '%s %d %s %s %d %s %s %s %s %s %s', ctx.channel, ctx.now,\n"
+               "      os.date('!%Y-%m-%d', ctx.now), os.date('!%H:%M:%S', ctx.now),\n"
+               "      os.date('!*t', ctx.now).year, type(nil), type(event), type(1), type('x'),\n"
+               "      type(true), type(print or type)) }\n"
+               "  end }\n");
+    s = load(dir, NULL, 0, 100000, 1 << 20, NULL, &errs);
+    if (s == NULL)
+        fail_msg("%s", errs);
+    vm = vm_of(s, &cap);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        cJSON *ev = cJSON_Parse("{\"n\":1}");
+
+        memset(&cap, 0, sizeof(cap));
+        assert_int_equal(rules_eval_cjson(vm, want[i].channel, ev, want[i].now, on_dec, &cap), 0);
+        cJSON_Delete(ev);
+        assert_int_equal(cap.n_err, 0);
+        assert_int_equal(cap.n_dec, 1);
+        assert_string_equal(cap.dec_reason[0], want[i].reason);
+    }
+    /* A channel no rule listens on, and one only this rule does. */
+    memset(&cap, 0, sizeof(cap));
+    assert_int_equal(rules_eval(vm, "d", "{}", 2, on_dec, &cap), 0);
+    assert_int_equal(cap.n_dec, 0);
+    assert_int_equal(rules_eval(vm, "c", "{}", 2, on_dec, &cap), 0);
+    assert_int_equal(cap.n_dec, 1);
+    assert_memory_equal(cap.dec_reason[0], "c ", 2);
+    rules_vm_free(vm);
+    rules_set_unref(s);
+    rm_dir(dir);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[sizeof(cases) / sizeof(cases[0]) + 32];
@@ -1118,6 +1177,7 @@ int main(void)
     ADD(test_threads);
     ADD(test_log);
     ADD(test_names);
+    ADD(test_fast_paths);
 #undef ADD
     return _cmocka_run_group_tests("rules", tests, n, NULL, NULL);
 }
