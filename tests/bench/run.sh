@@ -5,9 +5,11 @@
 #
 # Starts, all on 127.0.0.1 free ports inside one `mktemp -d` directory, the
 # ceiling server (a bare CivetWeb answering POST /sale with the same options
-# as nerve, no Redis) and up to seven nerve daemons, each with a throwaway
-# redis-server of its own (Pub/Sub is server-wide: on a shared Redis each
-# daemon would also evaluate the other's sale events):
+# as nerve, no Redis), the plain server (plain.c: the same CivetWeb plus one
+# EVALSHA of a check-and-decrement script per sale, with a redis-server of
+# its own) and up to seven nerve daemons, each with a throwaway redis-server
+# of its own (Pub/Sub is server-wide: on a shared Redis each daemon would
+# also evaluate the other's sale events):
 #   main   the config's rules (rules/: inventory + financial);
 #   rule   copies of those plus a sale_request rule (rejects qty > 100; the
 #          bench sells qty 1, so it never fires but runs on every sale);
@@ -22,6 +24,7 @@
 # Scenarios (SCENARIOS, in this order by default):
 #   ceiling      wrk POST /sale against the ceiling server: what the HTTP
 #                stack and this machine can do at most;
+#   plain-hot    hot SKU on the plain server: the reference of hot (issue 12)
 #   hot          every sale on one SKU (stock never runs out)            [main]
 #   hot-nostreams  the same with bus.streams=false; its row gives hot SKU
 #                (streams on, the default) as a share of it      [nostreams]
@@ -35,6 +38,7 @@
 #   sale (nerve_ledger_rows_total{table="sales"} >= nerve_sales_total{result="ok"}).
 #   hot-rule     the same with the sale_request rule                      [rule]
 #   hot-reload   hot SKU while POST /admin/reload runs every 100 ms       [main]
+#   plain-spread 1,000 SKUs on the plain server: the reference of spread
 #   spread       sales cycling over 1,000 SKUs                            [main]
 #   spread-rule  the same with the sale_request rule                      [rule]
 #   reload       rules_set_load() of 100 rule files in process (bench_reload),
@@ -47,9 +51,19 @@
 #                (eval_fleet.sh, its own redis-server each run)
 #   idle         a new client's sale while SERVER_THREADS + IDLE_EXTRA silent
 #                connections are held open (server.evict_idle_ms)     [main]
+#   Not run by default (SCENARIOS="scale-conns scale-instances"), printed in
+#   a second table "scaling":
+#   scale-conns  hot and 1,000 SKUs on the plain server and on nerve at 16,
+#                64 and 256 connections (SCALE_CONNS), each server with
+#                max(connections, SERVER_THREADS) threads   [own daemons]
+#   scale-instances  1, 2, 3 nerve daemons (SCALE_INSTANCES) on ONE
+#                redis-server, CONNECTIONS split among them (a wrk each, at
+#                once), hot and 1,000 SKUs, req/s summed    [own daemons]
 # After each wrk scenario on nerve it checks that the units sold (the 200s
 # counted by wrk, plus the sales still in flight when wrk stopped, resolved by
-# replaying their order_id) equal the stock Redis lost. Then prints one table
+# replaying their order_id) equal the stock Redis lost; on the plain server
+# (no idempotency to replay with) that the stock lost is between the units
+# sold by 200s and those plus the sales in flight. Then prints one table
 # with every figure, its reference and its target, and the peak RSS of every
 # nerve process.
 #
@@ -59,7 +73,10 @@
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload spread spread-rule reload kill rules eval idle"
+#   SCENARIOS="ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle"
+#                     (also: scale-conns scale-instances)
+#   SCALE_DURATION=5s wrk duration of each scaling run;  SCALE_CONNS="16 64 256"
+#   SCALE_INSTANCES="1 2 3"
 #   NERVE_CONFIG=config/nerve.yaml;  NERVE_PREFIX=nerve: (redis.prefix: the
 #                     kill records bench_kill_latency watches; stock key names
 #                     come from `nerve keys where` with NERVE_CONFIG and NERVE_ARGS)
@@ -104,7 +121,10 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload spread spread-rule reload kill rules eval idle}
+SCENARIOS=${SCENARIOS:-ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle}
+SCALE_DURATION=${SCALE_DURATION:-5s}
+SCALE_CONNS=${SCALE_CONNS:-16 64 256}
+SCALE_INSTANCES=${SCALE_INSTANCES:-1 2 3}
 NERVE_CONFIG=${NERVE_CONFIG:-$root/config/nerve.yaml}
 case $NERVE_CONFIG in /*) ;; *) NERVE_CONFIG=$PWD/$NERVE_CONFIG ;; esac
 SERVER_THREADS=${SERVER_THREADS:-}
@@ -128,17 +148,20 @@ SPREAD_SKUS=1000
 SPREAD_STOCK=1000000000
 MAX_REPLAY=5000                 # more unanswered sales than this: something is broken
 SALE_RULE=sale_qty_limit        # the name of the sale_request rule of `rule`
+PLAIN_PREFIX=plain:             # the plain server's keys: plain:stock:SKU
 
-# Targets (issues 1-5): ratio to the reference, latencies, throughput.
+# Targets (issues 1-5, 11, 12): ratio to the reference, latencies, throughput.
 TARGET_HOT_PCT=15               # hot SKU >= 15% of the ceiling
 TARGET_SPREAD_PCT=30            # 1,000 SKUs >= 30% of the ceiling
-TARGET_P99_MS=10                # every sale scenario
+TARGET_PLAIN_X=1.0              # hot SKU and 1,000 SKUs >= 1.0x the plain server (issue 12)
+TARGET_P99_MS=5                 # every nerve sale scenario, at 64 connections (issue 12)
+TARGET_RSS_MIB=32               # peak RSS of each nerve under load (issue 12)
 TARGET_SAME_PCT=90              # with the sale rule / during reloads: within 10%
 TARGET_STREAMS_PCT=90           # hot SKU with streams on >= 90% of streams off (issue 11)
 TARGET_LEDGER_S=1               # the ledger's lag when the hot-SKU run ends (issue 11)
 TARGET_RELOAD_MS=50             # median reload of 100 rule files
-TARGET_KILL_P99_MS=5            # stock event -> kill record, p99
-TARGET_RULES_EPS=200000         # rule evaluations per second, one core
+TARGET_KILL_P99_MS=1            # stock event -> kill record, p99 (issue 12)
+TARGET_RULES_EPS=1000000        # rule evaluations per second, one core (issue 12)
 TARGET_IDLE_MS=1000             # a new client's sale with threads + IDLE_EXTRA idle connections held
 
 cd "$root" || exit 2
@@ -146,7 +169,7 @@ cd "$root" || exit 2
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
-known="ceiling hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload spread spread-rule reload kill rules eval idle"
+known="ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle scale-conns scale-instances"
 for s in $SCENARIOS; do
     case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
 done
@@ -154,6 +177,9 @@ want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 for v in RELOAD_EVERY_MS RELOAD_RULES RELOAD_RUNS RELOAD_HTTP_RUNS KILL_EVENTS CONNECTIONS WRK_THREADS IDLE_SALES \
     LEDGER_WAIT_S; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v '${!v}' is not a positive number"
+done
+for v in $SCALE_CONNS $SCALE_INSTANCES; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || die "SCALE_CONNS / SCALE_INSTANCES: '$v' is not a positive number"
 done
 for v in RERUN_OTHERS_PCT RERUNS; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -gt 100 ]; then die "$v '${!v}' is not a number 0..100"; fi
@@ -170,12 +196,14 @@ esac
 if ! [[ $DURATION_S =~ ^[0-9]+$ ]] || [ "$DURATION_S" -eq 0 ]; then
     die "DURATION '$DURATION': use Ns, Nm or Nh"
 fi
+[[ $SCALE_DURATION =~ ^[1-9][0-9]*[smh]$ ]] || die "SCALE_DURATION '$SCALE_DURATION': use Ns, Nm or Nh"
 
 for tool in wrk redis-server redis-cli timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
 done
 need_nerve=0
-for s in hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule spread spread-rule hot-reload reload kill idle; do
+for s in hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule spread spread-rule hot-reload reload kill idle \
+    scale-conns scale-instances; do
     want $s && need_nerve=1
 done
 # The ledger of every daemon is the one its arguments name (SQLite in the
@@ -184,6 +212,11 @@ unset NERVE_LEDGER_URL
 if want ceiling; then
     [ -x "$BUILD/bench/ceiling" ] || die "$BUILD/bench/ceiling not built (make bench builds it)"
 fi
+for s in plain-hot plain-spread scale-conns; do
+    if want $s && [ ! -x "$BUILD/bench/plain" ]; then
+        die "$BUILD/bench/plain not built (make bench builds it)"
+    fi
+done
 if [ $need_nerve = 1 ]; then
     [ -x "$NERVE_BIN" ] || die "nerve binary $NERVE_BIN not found (make bench builds it)"
     [ -f "$NERVE_CONFIG" ] || die "config $NERVE_CONFIG not found"
@@ -406,6 +439,108 @@ start_ceiling() {
     setup_fail "ceiling server did not start"
 }
 
+# --- the plain reference server (plain.c) -----------------------------------------
+#
+# Each plain server has a redis-server of its own, like each nerve; its
+# stock keys are PLAIN_PREFIX"stock:"SKU. Started the first time a scenario
+# needs it (use_plain NAME THREADS), stopped at exit or by retire_plain NAME.
+
+declare -A P_PORT P_RPORT P_PID P_RPID P_THREADS P_RSS P_STATE
+plains=()
+
+plain_up() { http POST "$PPORT" /sale '{"sku":"warmup","qty":1,"order_id":"up"}' && [ "$HTTP_STATUS" = 200 ]; }
+
+# use_plain NAME THREADS: make plain server NAME current (PPORT, RPORT,
+# PLAIN_PID), starting it with THREADS workers first when needed.
+use_plain() {
+    local name=$1 threads=$2
+    if [ -z "${P_STATE[$name]:-}" ]; then
+        start_redis "plain-$name"
+        # The readiness probe sells one unit of `warmup`, so it needs stock.
+        echo "SET ${PLAIN_PREFIX}stock:warmup $HOT_STOCK" | rcli >/dev/null
+        PLAIN_PID=""
+        for _ in 1 2 3 4 5; do
+            PPORT=$(free_port) || break
+            "$BUILD/bench/plain" "$PPORT" "$threads" 127.0.0.1 "$RPORT" "$PLAIN_PREFIX" \
+                2>"$tmp/plain-$name.log" &
+            PLAIN_PID=$!
+            pids+=("$PLAIN_PID")
+            wait_until 5 "$PLAIN_PID" plain_up && break
+            stop "$PLAIN_PID" 2
+            PLAIN_PID=""
+        done
+        [ -n "$PLAIN_PID" ] || setup_fail "plain server ($name) did not start"
+        P_PORT[$name]=$PPORT P_RPORT[$name]=$RPORT P_PID[$name]=$PLAIN_PID P_RPID[$name]=$REDIS_PID
+        P_THREADS[$name]=$threads P_STATE[$name]=up
+        plains+=("$name")
+        note "plain server $name ($threads threads): 127.0.0.1:$PPORT, pid $PLAIN_PID; redis 127.0.0.1:$RPORT"
+    fi
+    PPORT=${P_PORT[$name]} RPORT=${P_RPORT[$name]} PLAIN_PID=${P_PID[$name]}
+}
+
+# collect_plain NAME: its peak RSS; a dead plain server fails the bench.
+collect_plain() {
+    local pid=${P_PID[$1]}
+    [ "${P_STATE[$1]}" = up ] || return 0
+    if kill -0 "$pid" 2>/dev/null && [ -r "/proc/$pid/status" ]; then
+        P_RSS[$1]=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
+        P_STATE[$1]=collected
+    else
+        P_STATE[$1]=died
+        status=1
+        note "plain server $1 is no longer running"
+    fi
+}
+
+retire_plain() {
+    collect_plain "$1"
+    stop "${P_PID[$1]}"
+    stop "${P_RPID[$1]}" 2
+}
+
+# plain_seed SKU...: stock HOT_STOCK for each SKU of the current plain server.
+plain_seed() {
+    local s n
+    n=$(for s in "$@"; do echo "SET ${PLAIN_PREFIX}stock:$s $HOT_STOCK"; done | rcli | grep -c '^OK$')
+    [ "$n" = $# ] || setup_fail "seeding the plain server's stocks failed ($n of $# SET answered OK)"
+}
+
+# plain_stock_sum SKU...: the sum of their stocks on the current plain
+# server's Redis (one MGET; "error" when one is missing).
+plain_stock_sum() {
+    { printf 'MGET'; printf " ${PLAIN_PREFIX}stock:%s" "$@"; echo; } | rcli | awk -v n=$# '
+        /^-?[0-9]+$/ { s += $1; k++; next } { bad = 1 }
+        END { if (bad || k != n) print "error"; else printf "%.0f\n", s }'
+}
+
+# check_plain_invariant NAME FILE PENDING BEFORE SKU...: the plain server has
+# no idempotency, so the sales in flight when wrk stopped cannot be replayed
+# to learn whether they ran: units sold by 200s <= stock lost <= those + the
+# sales in flight (at most one per connection).
+check_plain_invariant() {
+    local name=$1 f=$2 pend=$3 before=$4 after sold untracked inflight=0 lost
+    shift 4
+    sold=$(field "$f" units)
+    untracked=$(field "$f" untracked)
+    [ -s "$pend" ] && inflight=$(wc -l <"$pend")
+    after=$(plain_stock_sum "$@")
+    if [ "$after" = error ]; then
+        INV[$name]=FAIL INVMSG[$name]="cannot read the final stock from the plain server's Redis"
+        status=1
+        return
+    fi
+    lost=$((before - after))
+    INVMSG[$name]="sold by 200s $sold <= stock lost $lost ($before - $after) <= $sold + $inflight in flight at the stop (no idempotency: not replayed)"
+    if [ "$sold" -le "$lost" ] && [ "$lost" -le $((sold + inflight)) ] && [ "${untracked:-1}" = 0 ] &&
+        [ "$after" -ge 0 ]; then
+        INV[$name]=PASS
+    else
+        INV[$name]=FAIL
+        [ "${untracked:-1}" = 0 ] || INVMSG[$name]+=" ($untracked 200s without our order_id)"
+        status=1
+    fi
+}
+
 # --- PostgreSQL (hot-pg) ---------------------------------------------------------
 #
 # A throwaway server the way tests/integration/harness_pg.c starts one:
@@ -593,6 +728,11 @@ use() {
                 [ -n "$PG_PID" ] || setup_fail "nerve pg: PostgreSQL is not running"
                 args=(--set "ledger.url=$PG_URL")
                 ;;
+            t[0-9]*)
+                # scale-conns: the config's rules with server.threads N.
+                I_DESC[$name]="${name#t} threads"
+                args=(--set "server.threads=${name#t}")
+                ;;
             many)
                 I_DESC[$name]="$RELOAD_RULES rule files"
                 [ -d "$tmp/rules-many" ] || setup_fail "no $tmp/rules-many (bench_reload writes it)"
@@ -643,19 +783,31 @@ retire() {
 
 run_seq=0
 
-# wrk_run OUT DURATION PORT MODE ARG [PENDING]: run wrk with sale.lua in the
-# background (so a signal reaches our trap at once) and wait for it.
-wrk_run() {
-    local out=$1 dur=$2 port=$3 mode=$4 arg=$5 pend=${6-} pid rc
+# wrk_bg OUT DURATION PORT MODE ARG [PENDING]: start wrk with sale.lua in the
+# background (so a signal reaches our trap at once); sets WRK_PID. WRK_C and
+# WRK_T, when set, replace CONNECTIONS and WRK_THREADS (the scaling runs).
+wrk_bg() {
+    local out=$1 dur=$2 port=$3 mode=$4 arg=$5 pend=${6-}
     run_seq=$((run_seq + 1))
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$dur" --latency -s "$here/sale.lua" \
+    wrk -t"${WRK_T:-$WRK_THREADS}" -c"${WRK_C:-$CONNECTIONS}" -d"$dur" --latency -s "$here/sale.lua" \
         "http://127.0.0.1:$port/sale" -- "$mode" "$arg" "b$$r$run_seq" ${pend:+"$pend"} >"$out" 2>&1 &
-    pid=$!
-    pids+=("$pid")
-    wait "$pid"
+    WRK_PID=$!
+    pids+=("$WRK_PID")
+}
+
+# wrk_done OUT PID: wait for that wrk; it must succeed and report.
+wrk_done() {
+    local out=$1 rc
+    wait "$2"
     rc=$?
     [ "$rc" = 0 ] || { cat "$out" >&2; die "wrk failed (exit $rc)"; }
     grep -q '^BENCH ' "$out" || { cat "$out" >&2; die "wrk printed no BENCH line"; }
+}
+
+# wrk_run OUT DURATION PORT MODE ARG [PENDING]: wrk_bg and wait for it.
+wrk_run() {
+    wrk_bg "$@"
+    wrk_done "$1" "$WRK_PID"
 }
 
 # field FILE KEY: KEY=VALUE from the BENCH lines of FILE.
@@ -1030,6 +1182,213 @@ scenario_spread() {
     check_invariant "$name" "$tmp/$name.out" "$tmp/$name.pending" "$before" "${skus[@]}"
 }
 
+# sale_skus MODE: SKUS = the SKUs of a load (hot: the one, spread: all),
+# SKU_ARG = sale.lua's argument for it.
+sale_skus() {
+    local i
+    SKUS=()
+    if [ "$1" = hot ]; then
+        SKUS=("$HOT_SKU") SKU_ARG=$HOT_SKU
+    else
+        for ((i = 0; i < SPREAD_SKUS; i++)); do SKUS+=("bench-$i"); done
+        SKU_ARG=$SPREAD_SKUS
+    fi
+}
+
+# plain_run NAME MODE INST THREADS DURATION: one measured load MODE (hot or
+# spread) on plain server INST, its stocks reseeded, after a warm-up; the wrk
+# output in $tmp/NAME.out, the invariant in INV[NAME].
+plain_run() {
+    local name=$1 mode=$2 inst=$3 threads=$4 dur=$5 before
+    use_plain "$inst" "$threads"
+    sale_skus "$mode"
+    plain_seed "${SKUS[@]}"
+    warmup "$PPORT" hot warmup
+    before=$(plain_stock_sum "${SKUS[@]}")
+    [ "$before" != error ] || setup_fail "cannot read the plain server's stocks after seeding them"
+    begin "$name"
+    wrk_run "$tmp/$name.out" "$dur" "$PPORT" "$mode" "$SKU_ARG" "$tmp/$name.pending"
+    finish "$name"
+    check_plain_invariant "$name" "$tmp/$name.out" "$tmp/$name.pending" "$before" "${SKUS[@]}"
+}
+
+# scenario_plain NAME MODE: plain-hot or plain-spread, the reference of hot
+# SKU and 1,000 SKUs: the same load on the plain server.
+scenario_plain() {
+    note "$(label "$1"): $DURATION"
+    plain_run "$1" "$2" main "$SERVER_THREADS" "$DURATION"
+    record "$1" "$tmp/$1.out"
+}
+
+# nerve_run NAME MODE INST DURATION: one measured load MODE on nerve instance
+# INST (current after `use`), its stocks reset, after a warm-up; the wrk
+# output in $tmp/NAME.out, the invariant in INV[NAME].
+nerve_run() {
+    local name=$1 mode=$2 inst=$3 dur=$4 before
+    use "$inst"
+    sale_skus "$mode"
+    stock_keys "${SKUS[@]}"
+    key_cmds SET " $HOT_STOCK" "${SKUS[@]}" | rcli >"$tmp/seed.out" || setup_fail "redis-cli SET of the stocks failed"
+    [ "$(grep -c '^OK$' "$tmp/seed.out")" = ${#SKUS[@]} ] || setup_fail "seeding the stocks failed"
+    set_stock warmup "$HOT_STOCK"
+    warmup "$NPORT" hot warmup
+    before=$(stock_sum "${SKUS[@]}")
+    [ "$before" != error ] || setup_fail "cannot read the stocks after seeding them"
+    begin "$name"
+    wrk_run "$tmp/$name.out" "$dur" "$NPORT" "$mode" "$SKU_ARG" "$tmp/$name.pending"
+    finish "$name"
+    check_invariant "$name" "$tmp/$name.out" "$tmp/$name.pending" "$before" "${SKUS[@]}"
+}
+
+# --- scaling ----------------------------------------------------------------------
+#
+# The second table: one row per run, "server<TAB>load<TAB>N<TAB>threads<TAB>
+# req/s<TAB>p50<TAB>p99<TAB>others" in SC_ROWS. Their invariants are in INV
+# under the run's name, listed in inv_extra with a label in INVLABEL.
+
+SC_ROWS=()
+inv_extra=()
+declare -A INVLABEL
+
+# sc_row NAME SERVER LOAD N THREADS FILE...: a row from the wrk outputs FILE...
+# (several for a fleet: req/s summed, p50 and p99 the highest of them).
+sc_row() {
+    local name=$1 server=$2 load=$3 n=$4 threads=$5 f rps=0 p50=0 p99=0 non2xx=0 codes=""
+    shift 5
+    for f in "$@"; do
+        rps=$(awk -v a="$rps" -v b="$(field "$f" rps)" 'BEGIN { printf "%.1f", a + b }')
+        p50=$(awk -v a="$p50" -v b="$(field "$f" p50_ms)" 'BEGIN { print (b + 0 > a + 0 ? b : a) }')
+        p99=$(awk -v a="$p99" -v b="$(field "$f" p99_ms)" 'BEGIN { print (b + 0 > a + 0 ? b : a) }')
+        non2xx=$((non2xx + $(field "$f" non2xx)))
+        codes+=" $(grep '^BENCH_CODES' "$f" | cut -d' ' -f3-)"
+    done
+    SC_ROWS+=("$server"$'\t'"$load"$'\t'"$n"$'\t'"$threads"$'\t'"$rps"$'\t'"$p50"$'\t'"$p99"$'\t'"${OTHERS[$name]:--}")
+    if [ "$non2xx" != 0 ]; then
+        note "$name: $non2xx non-2xx answers ($codes): the run is invalid"
+        INV[$name]=FAIL INVMSG[$name]+=" ($non2xx non-2xx answers:$codes)"
+        status=1
+    fi
+}
+
+# scale-conns: hot and 1,000 SKUs on the plain server and on nerve at each
+# of SCALE_CONNS connections, with max(connections, SERVER_THREADS) worker
+# threads (README, Threads), SCALE_DURATION each. Each thread count has its
+# own servers (server.threads needs a restart), retired at the end.
+scenario_scale_conns() {
+    local c t load name ts=() x
+    note "scale-conns: $SCALE_CONNS connections, $SCALE_DURATION each"
+    for c in $SCALE_CONNS; do
+        t=$((c > SERVER_THREADS ? c : SERVER_THREADS))
+        case " ${ts[*]} " in *" $t "*) ;; *) ts+=("$t") ;; esac
+        for load in hot spread; do
+            WRK_C=$c
+            [ "$c" -lt "$WRK_THREADS" ] && WRK_T=$c
+            name=scale-plain-$load-$c
+            note "scaling: plain server, $load, $c connections, $t threads"
+            plain_run "$name" "$load" "t$t" "$t" "$SCALE_DURATION"
+            sc_row "$name" "plain server" "$load" "$c" "$t" "$tmp/$name.out"
+            inv_extra+=("$name") INVLABEL[$name]="scaling, plain server, $load, $c connections"
+            name=scale-nerve-$load-$c
+            note "scaling: nerve, $load, $c connections, $t threads"
+            nerve_run "$name" "$load" "t$t" "$SCALE_DURATION"
+            sc_row "$name" nerve "$load" "$c" "$t" "$tmp/$name.out"
+            inv_extra+=("$name") INVLABEL[$name]="scaling, nerve, $load, $c connections"
+            unset WRK_C WRK_T
+        done
+    done
+    for x in "${ts[@]}"; do
+        retire "t$x"
+        retire_plain "t$x"
+    done
+}
+
+# fleet_wrk N DURATION OUT_PREFIX MODE ARG [PENDING]: one wrk on each of
+# the daemons fleet1 .. fleetN at once, CONNECTIONS split evenly among them,
+# max(1, WRK_THREADS / N) threads each; their outputs in FW_OUTS (OUT_PREFIX-K.out),
+# their unanswered sales in PENDING-K.
+fleet_wrk() {
+    local n=$1 dur=$2 pre=$3 mode=$4 arg=$5 pend=${6-} j wpids=()
+    FW_OUTS=()
+    for ((j = 1; j <= n; j++)); do
+        WRK_C=$((CONNECTIONS / n + (j <= CONNECTIONS % n ? 1 : 0)))
+        WRK_T=$((WRK_THREADS / n > 1 ? WRK_THREADS / n : 1))
+        [ "$WRK_T" -gt "$WRK_C" ] && WRK_T=$WRK_C
+        wrk_bg "$pre-$j.out" "$dur" "${I_NPORT[fleet$j]}" "$mode" "$arg" ${pend:+"$pend-$j"}
+        FW_OUTS+=("$pre-$j.out") wpids+=("$WRK_PID")
+    done
+    unset WRK_C WRK_T
+    for ((j = 0; j < n; j++)); do wrk_done "${FW_OUTS[j]}" "${wpids[j]}"; done
+}
+
+# scale-instances: 1, 2, 3 (SCALE_INSTANCES) nerve daemons on ONE
+# redis-server, the CONNECTIONS split evenly among them (one wrk per daemon,
+# all at once, max(1, WRK_THREADS / N) threads each), hot SKU and 1,000 SKUs,
+# SCALE_DURATION each; req/s summed. Each daemon has a SQLite ledger of its
+# own (the group nerve-ledger gives each entry to one of them).
+scenario_scale_instances() {
+    local n k load name max=0 sold before after units lost inflight replayed dup
+    for n in $SCALE_INSTANCES; do [ "$n" -gt "$max" ] && max=$n; done
+    note "scale-instances: $SCALE_INSTANCES nerve on one redis-server, $SCALE_DURATION each"
+    start_redis fleet
+    FLEET_RPORT=$RPORT FLEET_RPID=$REDIS_PID
+    for n in $SCALE_INSTANCES; do
+        # Start the daemons this fleet size needs (the smaller fleets' stay).
+        for ((k = 1; k <= n; k++)); do
+            name=fleet$k
+            [ -n "${I_STATE[$name]:-}" ] && continue
+            RPORT=$FLEET_RPORT
+            start_nerve "$name"
+            I_NPORT[$name]=$NPORT I_RPORT[$name]=$FLEET_RPORT I_PID[$name]=$NERVE_PID I_RPID[$name]=$FLEET_RPID
+            I_STATE[$name]=up I_DESC[$name]="fleet $k/$max, 1 Redis"
+            instances+=("$name")
+            note "nerve $name: 127.0.0.1:$NPORT, pid $NERVE_PID; redis 127.0.0.1:$FLEET_RPORT (shared)"
+        done
+        for load in hot spread; do
+            name=scale-fleet-$load-$n
+            note "scaling: $n nerve on one Redis, $load, $CONNECTIONS connections in all"
+            use fleet1
+            sale_skus "$load"
+            stock_keys "${SKUS[@]}"
+            key_cmds SET " $HOT_STOCK" "${SKUS[@]}" | rcli >"$tmp/seed.out" || setup_fail "redis-cli SET of the stocks failed"
+            set_stock warmup "$HOT_STOCK"
+            case $WARMUP in 0 | 0s | "") ;; *) fleet_wrk "$n" "$WARMUP" "$tmp/warmup" hot warmup ;; esac
+            before=$(stock_sum "${SKUS[@]}")
+            begin "$name"
+            fleet_wrk "$n" "$SCALE_DURATION" "$tmp/$name" "$load" "$SKU_ARG" "$tmp/$name.pending"
+            finish "$name"
+            # Units sold across the fleet: each daemon's 200s, plus its sales
+            # in flight at the stop replayed on it (idempotency is in Redis).
+            sold=0 replayed=0 dup=0 inflight=0
+            INV[$name]=PASS
+            for ((k = 1; k <= n; k++)); do
+                sold=$((sold + $(field "$tmp/$name-$k.out" units)))
+                [ "$(field "$tmp/$name-$k.out" untracked)" = 0 ] || INV[$name]=FAIL
+                NPORT=${I_NPORT[fleet$k]}
+                if ! replay "$tmp/$name.pending-$k"; then
+                    INV[$name]=FAIL INVMSG[$name]="cannot resolve the sales in flight on fleet$k: $REPLAY_ERR"
+                    break
+                fi
+                replayed=$((replayed + REPLAY_UNITS)) inflight=$((inflight + REPLAY_N)) dup=$((dup + REPLAY_DUP))
+            done
+            after=$(stock_sum "${SKUS[@]}")
+            if [ "${INV[$name]}" = PASS ]; then
+                units=$((sold + replayed)) lost=$((before - after))
+                INVMSG[$name]="sold $units (200s $sold + $inflight unanswered at stop and replayed, $dup of them had already run) $([ "$units" = "$lost" ] && echo "==" || echo "!=") stock $before - $after = $lost"
+                [ "$units" = "$lost" ] && [ "$after" -ge 0 ] || INV[$name]=FAIL
+            fi
+            [ "${INV[$name]}" = PASS ] || status=1
+            sc_row "$name" nerve "$load" "$n instance$([ "$n" = 1 ] || echo s)" "$SERVER_THREADS" "${FW_OUTS[@]}"
+            inv_extra+=("$name") INVLABEL[$name]="scaling, $n nerve on one Redis, $load"
+        done
+    done
+    # The daemons first, then the Redis they share.
+    for ((k = 1; k <= max; k++)); do
+        collect "fleet$k"
+        stop "${I_PID[fleet$k]}"
+    done
+    stop "$FLEET_RPID" 2
+}
+
 # program_row NAME LINE FIGURE P50 P99 MAX: a row from a bench program's line.
 program_row() {
     order+=("$1")
@@ -1236,6 +1595,8 @@ run_sale() {
 label() {
     case $1 in
         ceiling) echo "ceiling" ;;
+        plain-hot) echo "plain server, hot SKU" ;;
+        plain-spread) echo "plain server, 1,000 SKUs" ;;
         hot) echo "hot SKU" ;;
         hot-nostreams) echo "hot SKU, streams off" ;;
         hot-nopubsub) echo "hot SKU, no Pub/Sub input" ;;
@@ -1266,6 +1627,8 @@ T_START=$(date +%s)
 for s in $SCENARIOS; do
     case $s in
         ceiling) run_sale ceiling scenario_ceiling ;;
+        plain-hot) run_sale plain-hot scenario_plain plain-hot hot ;;
+        plain-spread) run_sale plain-spread scenario_plain plain-spread spread ;;
         hot) run_sale hot scenario_hot hot main ;;
         hot-nostreams) run_sale hot-nostreams scenario_hot hot-nostreams nostreams ;;
         # The breakdown daemons stop after their row: a backlog of theirs
@@ -1285,9 +1648,12 @@ for s in $SCENARIOS; do
         rules) scenario_rules ;;
         eval) scenario_eval ;;
         idle) scenario_idle ;;
+        scale-conns) scenario_scale_conns ;;
+        scale-instances) scenario_scale_instances ;;
     esac
 done
 for inst in "${instances[@]}"; do collect "$inst"; done
+for p in "${plains[@]}"; do collect_plain "$p"; done
 LOAD_END=$(loadavg)
 T_TOTAL=$(($(date +%s) - T_START))
 
@@ -1304,24 +1670,44 @@ ratio() {
 # reference NAME: the scenario NAME's req/s is compared with.
 reference() {
     case $1 in
-        ceiling | hot | spread) echo ceiling ;;
+        ceiling | plain-hot | plain-spread) echo ceiling ;;
+        hot) if [ -n "${RPS[plain-hot]:-}" ]; then echo plain-hot; else echo ceiling; fi ;;
+        spread) if [ -n "${RPS[plain-spread]:-}" ]; then echo plain-spread; else echo ceiling; fi ;;
         hot-rule | hot-reload | hot-pg) echo hot ;;
         hot-nopubsub | hot-noledger) echo hot-nostreams ;;
         spread-rule) echo spread ;;
     esac
 }
 
+# p99_target NAME: "p99 <= 5 ms: met" for a nerve sale row.
+p99_target() { echo "p99 <= $TARGET_P99_MS ms: $(met "${P99[$1]} <= $TARGET_P99_MS")"; }
+
+# times_plain NAME PLAIN: NAME's req/s as a multiple of the plain server's
+# row PLAIN ("" when it did not run).
+times_plain() {
+    [ -n "${RPS[$2]:-}" ] && [ -n "${RPS[$1]:-}" ] || return 0
+    awk -v a="${RPS[$1]}" -v c="${RPS[$2]}" 'BEGIN { if (c > 0) printf "%.2f\n", a / c }'
+}
+
 # sale_target NAME MIN_PCT: the target column of a sale scenario.
 sale_target() {
     local name=$1 min=$2 ref r t
     ref=$(reference "$name")
-    r=$(ratio "$name" "$ref")
-    if [ -n "$r" ]; then
-        t=">= $min%: $(met "$r >= $min")"
-    else
-        t=">= $min% of $(label "$ref"): not run"
-    fi
-    t+=", p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
+    case $ref in
+        plain-*)
+            r=$(times_plain "$name" "$ref")
+            t=">= ${TARGET_PLAIN_X}x plain: $(met "$r >= $TARGET_PLAIN_X")"
+            ;;
+        *)
+            r=$(ratio "$name" "$ref")
+            if [ -n "$r" ]; then
+                t=">= $min%: $(met "$r >= $min")"
+            else
+                t=">= $min% of $(label "$ref"): not run"
+            fi
+            ;;
+    esac
+    t+=", $(p99_target "$name")"
     if [ "$name" = hot-reload ]; then
         t+=", ${RL_FAILED:-?} of ${RL_DONE:-?} reloads failed"
     fi
@@ -1329,15 +1715,34 @@ sale_target() {
 }
 
 # row_fields NAME: sets REF_COL and TGT_COL.
+declare -A CEIL_NOTED
 row_fields() {
-    local name=$1 ref r
+    local name=$1 ref r min
     REF_COL="-" TGT_COL="-"
     case $name in
-        ceiling | hot | spread | hot-rule | spread-rule | hot-reload)
+        ceiling | plain-hot | plain-spread | hot | spread | hot-rule | spread-rule | hot-reload)
             ref=$(reference "$name")
-            r=$(ratio "$name" "$ref")
-            [ -n "$r" ] && REF_COL="$r% of $(label "$ref")"
-            [ "$name" = ceiling ] && return 0
+            case $ref in
+                plain-*)
+                    # nerve against the plain server (issue 12); its share
+                    # of the ceiling and that older target go to the detail.
+                    REF_COL="$(times_plain "$name" "$ref")x plain"
+                    r=$(ratio "$name" ceiling)
+                    if [ -n "$r" ] && [ -z "${CEIL_NOTED[$name]:-}" ]; then
+                        case $name in hot) min=$TARGET_HOT_PCT ;; *) min=$TARGET_SPREAD_PCT ;; esac
+                        DETAIL[$name]+="; $r% of ceiling (>= $min%: $(met "$r >= $min"))"
+                        CEIL_NOTED[$name]=1
+                    fi
+                    ;;
+                *)
+                    r=$(ratio "$name" "$ref")
+                    [ -n "$r" ] && REF_COL="$r% of $(label "$ref")"
+                    ;;
+            esac
+            case $name in
+                ceiling) return 0 ;;
+                plain-*) TGT_COL="(the reference)"; return 0 ;;
+            esac
             case $name in
                 hot) TGT_COL=$(sale_target "$name" $TARGET_HOT_PCT) ;;
                 spread) TGT_COL=$(sale_target "$name" $TARGET_SPREAD_PCT) ;;
@@ -1353,7 +1758,7 @@ row_fields() {
             else
                 TGT_COL="on >= $TARGET_STREAMS_PCT% of off: hot SKU not run"
             fi
-            TGT_COL+=", p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
+            TGT_COL+=", $(p99_target "$name")"
             ;;
         hot-nopubsub | hot-noledger | hot-pg)
             if [ "${FIG[$name]}" = "not run" ]; then
@@ -1366,7 +1771,7 @@ row_fields() {
                 REF_COL="$r% of $(label "$ref")"
                 [ "$ref" = hot-nostreams ] && REF_COL="$r% of streams off"
             fi
-            TGT_COL="p99 < $TARGET_P99_MS ms: $(met "${P99[$name]} < $TARGET_P99_MS")"
+            TGT_COL=$(p99_target "$name")
             [ "$name" = hot-pg ] || TGT_COL="(breakdown), $TGT_COL"
             ;;
         hot-ledger | hot-pg-ledger)
@@ -1387,7 +1792,7 @@ row_fields() {
             ;;
         kill)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
-            TGT_COL="p99 < $TARGET_KILL_P99_MS ms: $(met "${P99[$name]} < $TARGET_KILL_P99_MS")"
+            TGT_COL="p99 <= $TARGET_KILL_P99_MS ms: $(met "${P99[$name]} <= $TARGET_KILL_P99_MS")"
             ;;
         idle)
             [ "${FIG[$name]}" = FAILED ] && { TGT_COL="FAILED"; return 0; }
@@ -1434,13 +1839,37 @@ for name in "${rows[@]}"; do
         "${MAXL[$name]:--}" "$REF_COL" "${load1%% *}" "${OTHERS[$name]:--}" "$TGT_COL"
 done
 for inst in "${instances[@]}"; do
+    tgt="<= $TARGET_RSS_MIB MiB: "
     case ${I_STATE[$inst]} in
-        died) fig="DIED" ;;
-        *) fig="${I_RSS[$inst]:-?} MiB" ;;
+        died) fig="DIED" tgt="-" ;;
+        *) fig="${I_RSS[$inst]:-?} MiB" tgt+=$(met "${I_RSS[$inst]:-1e9} <= $TARGET_RSS_MIB") ;;
     esac
     # shellcheck disable=SC2059
-    printf "$fmt" "peak RSS, nerve ${I_DESC[$inst]}" "$fig" - - - - - - "-"
+    printf "$fmt" "peak RSS, nerve ${I_DESC[$inst]}" "$fig" - - - - - - "$tgt"
 done
+for p in "${plains[@]}"; do
+    case ${P_STATE[$p]} in
+        died) fig="DIED" ;;
+        *) fig="${P_RSS[$p]:-?} MiB" ;;
+    esac
+    lbl="peak RSS, plain server"
+    [ "$p" = main ] || lbl="peak RSS, plain, ${P_THREADS[$p]} threads"
+    # shellcheck disable=SC2059
+    printf "$fmt" "$lbl" "$fig" - - - - - - "-"
+done
+if [ ${#SC_ROWS[@]} -gt 0 ]; then
+    echo
+    echo "scaling: wrk over $SCALE_DURATION each (+ $WARMUP warm-up); fleets: $CONNECTIONS connections split among the daemons, req/s summed, p50/p99 the highest daemon's"
+    sfmt='%-13s %-7s %-12s %7s %12s %8s %8s %6s\n'
+    # shellcheck disable=SC2059
+    printf "$sfmt" server load "conns/inst." threads "req/s" "p50 ms" "p99 ms" others
+    for r in "${SC_ROWS[@]}"; do
+        IFS=$'\t' read -r sv ld nn th rp p5 p9 ot <<<"$r"
+        [ "$ld" = spread ] && ld="1,000"
+        # shellcheck disable=SC2059
+        printf "$sfmt" "$sv" "$ld" "$nn" "$th" "$rp" "$p5" "$p9" "$ot"
+    done
+fi
 echo
 for name in "${rows[@]}"; do
     case $name in
@@ -1448,11 +1877,11 @@ for name in "${rows[@]}"; do
         *) echo "$(label "$name"): ${DETAIL[$name]}" ;;
     esac
 done
-for name in "${order[@]}" hot-reload-reloads; do
+for name in "${order[@]}" hot-reload-reloads "${inv_extra[@]}"; do
     [ -n "${INV[$name]:-}" ] || continue
     case $name in
         hot-reload-reloads) echo "invariant hot SKU during reloads, reloads: ${INV[$name]}: ${INVMSG[$name]}" ;;
-        *) echo "invariant $(label "$name"): ${INV[$name]}: ${INVMSG[$name]}" ;;
+        *) echo "invariant ${INVLABEL[$name]:-$(label "$name")}: ${INV[$name]}: ${INVMSG[$name]}" ;;
     esac
 done
 for inst in "${instances[@]}"; do
@@ -1466,6 +1895,9 @@ for inst in "${instances[@]}"; do
         cut -d' ' -f2- "$log" |
             awk '{ k = $0; gsub(/[0-9]+/, "N", k) } !seen[k]++ { print "  " substr($0, 1, 200) }' | head -n 5
     fi
+done
+for p in "${plains[@]}"; do
+    [ "${P_STATE[$p]}" = died ] && echo "plain server ${P_THREADS[$p]} threads: DIED during the bench"
 done
 if [ $status = 0 ]; then
     echo "bench: OK (targets are reported, not enforced)"
