@@ -241,8 +241,7 @@ int ledger_migrate(ledger *l, int *applied) {
 /* ---- entries into rows ------------------------------------------------------------------ */
 
 typedef struct row {
-    const char *vals[LEDGER_MAX_PARAMS];
-    char num[LEDGER_MAX_PARAMS][40];
+    ledger_val v[LEDGER_MAX_PARAMS];
 } row;
 
 static const char *jstr(const cJSON *o, const char *k) {
@@ -265,20 +264,21 @@ static bool jint(const cJSON *o, const char *k, long long *x) {
     return true;
 }
 
-/* The shortest of %.15g / %.17g that reads back as D. */
-static const char *fmt_real(char *buf, size_t len, double d) {
-    snprintf(buf, len, "%.15g", d);
-    if (strtod(buf, NULL) != d) snprintf(buf, len, "%.17g", d);
-    return buf;
+/* Typed values: bound as they are (ledger_int.h, ops->insert). A NULL
+ * string is SQL NULL. */
+static void set_str(row *r, int i, const char *s) {
+    r->v[i].t = s ? LEDGER_V_TEXT : LEDGER_V_NULL;
+    r->v[i].s = s;
 }
 
-static const char *set_int(row *r, int i, long long v) {
-    snprintf(r->num[i], sizeof r->num[i], "%lld", v);
-    return r->vals[i] = r->num[i];
+static void set_int(row *r, int i, long long v) {
+    r->v[i].t = LEDGER_V_INT;
+    r->v[i].i = v;
 }
 
-static const char *set_real(row *r, int i, double v) {
-    return r->vals[i] = fmt_real(r->num[i], sizeof r->num[i], v);
+static void set_real(row *r, int i, double v) {
+    r->v[i].t = LEDGER_V_REAL;
+    r->v[i].d = v;
 }
 
 /* ts of the event, else the entry id's time. */
@@ -287,28 +287,21 @@ static double event_ts(const cJSON *o, const ledger_entry *e) {
     return jnum(o, "ts", &ts) ? ts : (double)e->id_ms / 1000.0;
 }
 
-/* A ts column: epoch seconds to the microsecond (nerve's events carry
- * milliseconds). One %.6f, not fmt_real's two conversions and a strtod: it
- * runs for every row, on the thread that competes with the sales for CPU. */
-static const char *set_ts(row *r, int i, double v) {
-    snprintf(r->num[i], sizeof r->num[i], "%.6f", v);
-    return r->vals[i] = r->num[i];
-}
-
 /* Column indexes follow ledger_sql.c's lists. */
 static int sale_row(const cJSON *o, const ledger_entry *e, row *r) {
     const char *sku = jstr(o, "sku"), *order = jstr(o, "order_id");
     long long qty, stock;
     double price;
     if (!sku || !order || !jint(o, "qty", &qty)) return -1;
-    r->vals[0] = sku, r->vals[1] = order;
+    set_str(r, 0, sku);
+    set_str(r, 1, order);
     set_int(r, 2, qty);
     if (jnum(o, "unit_price", &price)) set_real(r, 3, price);
     if (jnum(o, "catalog_price", &price)) set_real(r, 4, price);
     if (jint(o, "stock_remaining", &stock)) set_int(r, 5, stock);
-    set_ts(r, 6, event_ts(o, e));
-    r->vals[7] = jstr(o, "instance");
-    r->vals[8] = e->event_id;
+    set_real(r, 6, event_ts(o, e));
+    set_str(r, 7, jstr(o, "instance"));
+    set_str(r, 8, e->event_id);
     return LEDGER_SALES;
 }
 
@@ -319,41 +312,51 @@ static int stock_row(const cJSON *o, const ledger_entry *e, row *r) {
     if (!sku || !jint(o, "stock_remaining", &stock)) return -1;
     jint(o, "previous", &prev);
     if (!jint(o, "delta", &delta)) delta = stock - prev;
-    r->vals[0] = e->event_id, r->vals[1] = sku, r->vals[2] = source ? source : "admin";
+    set_str(r, 0, e->event_id);
+    set_str(r, 1, sku);
+    set_str(r, 2, source ? source : "admin");
     set_int(r, 3, stock);
     set_int(r, 4, prev);
     set_int(r, 5, delta);
     if (jnum(o, "price", &price)) set_real(r, 6, price);
-    set_ts(r, 7, event_ts(o, e));
-    r->vals[8] = jstr(o, "actor");
-    r->vals[9] = jstr(o, "instance");
+    set_real(r, 7, event_ts(o, e));
+    set_str(r, 8, jstr(o, "actor"));
+    set_str(r, 9, jstr(o, "instance"));
     return LEDGER_STOCK_CHANGES;
 }
 
 static int kill_row(const cJSON *o, const ledger_entry *e, const char *action, row *r) {
     const char *scope = jstr(o, "scope");
     if (!scope) return -1;
-    r->vals[0] = e->event_id, r->vals[1] = scope, r->vals[2] = action;
-    r->vals[3] = jstr(o, "rule"), r->vals[4] = jstr(o, "reason"), r->vals[5] = jstr(o, "actor");
+    set_str(r, 0, e->event_id);
+    set_str(r, 1, scope);
+    set_str(r, 2, action);
+    set_str(r, 3, jstr(o, "rule"));
+    set_str(r, 4, jstr(o, "reason"));
+    set_str(r, 5, jstr(o, "actor"));
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(o, "halt_sales");
     if (cJSON_IsBool(h)) set_int(r, 6, cJSON_IsTrue(h));
-    set_ts(r, 7, event_ts(o, e));
-    r->vals[8] = jstr(o, "instance");
+    set_real(r, 7, event_ts(o, e));
+    set_str(r, 8, jstr(o, "instance"));
     return LEDGER_KILLS;
 }
 
 static int alert_row(const cJSON *o, const ledger_entry *e, const char *kind, row *r) {
-    r->vals[0] = e->event_id, r->vals[1] = jstr(o, "level"), r->vals[2] = kind;
-    r->vals[3] = jstr(o, "rule"), r->vals[4] = jstr(o, "scope"), r->vals[5] = jstr(o, "reason");
-    set_ts(r, 6, event_ts(o, e));
-    r->vals[7] = jstr(o, "instance");
+    set_str(r, 0, e->event_id);
+    set_str(r, 1, jstr(o, "level"));
+    set_str(r, 2, kind);
+    set_str(r, 3, jstr(o, "rule"));
+    set_str(r, 4, jstr(o, "scope"));
+    set_str(r, 5, jstr(o, "reason"));
+    set_real(r, 6, event_ts(o, e));
+    set_str(r, 7, jstr(o, "instance"));
     return LEDGER_ALERTS;
 }
 
 /* The table E goes to with its values in R: a table, LEDGER_TABLES when it
  * makes no row, -1 when it is invalid. */
 static int entry_row(const cJSON *o, const ledger_entry *e, row *r) {
-    memset(r->vals, 0, sizeof r->vals);
+    memset(r->v, 0, sizeof r->v); /* LEDGER_V_NULL */
     if (!cJSON_IsObject(o) || !e->event_id) return -1;
     if (e->kind) { /* the audit stream */
         const char *kind = *e->kind ? e->kind : jstr(o, "kind");
@@ -378,33 +381,29 @@ static int entry_row(const cJSON *o, const ledger_entry *e, row *r) {
 int ledger_record(ledger *l, const ledger_entry *e, size_t n, ledger_result *res) {
     ledger_result got;
     memset(&got, 0, sizeof got);
+    memset(l->inserted, 0, sizeof l->inserted);
     if (exec0(l, l->ops->begin_sql)) return -1;
+    uint64_t tried[LEDGER_TABLES] = { 0 };
     row r;
     for (size_t i = 0; i < n; i++) {
         cJSON *o = e[i].json ? cJSON_ParseWithLength(e[i].json, e[i].len) : NULL;
         int t = entry_row(o, &e[i], &r);
-        long changed = 0;
         int rc = 0;
         if (t < 0)
             got.invalid++;
         else if (t == LEDGER_TABLES)
             got.ignored++;
-        else if ((rc = l->ops->exec(l, l->insert_sql[t], ledger_tables[t].ncols, r.vals, NULL, NULL,
-                                    &changed)) == 0) {
-            if (changed > 0)
-                got.rows[t]++;
-            else
-                got.duplicates++;
-        }
+        else if ((rc = l->ops->insert(l, (ledger_table)t, r.v)) == 0)
+            tried[t]++;
         cJSON_Delete(o);
-        if (rc) {
-            rollback(l);
-            return -1;
-        }
+        if (rc) goto fail;
     }
-    if (exec0(l, "COMMIT")) {
-        rollback(l);
-        return -1;
+    if (l->ops->flush(l, 0) || exec0(l, "COMMIT")) goto fail;
+    /* A row not inserted was there already (ON CONFLICT DO NOTHING). */
+    for (int t = 0; t < LEDGER_TABLES; t++) {
+        uint64_t ins = l->inserted[t] < tried[t] ? l->inserted[t] : tried[t];
+        got.rows[t] = ins;
+        got.duplicates += tried[t] - ins;
     }
     if (res) {
         for (int t = 0; t < LEDGER_TABLES; t++) res->rows[t] += got.rows[t];
@@ -413,6 +412,17 @@ int ledger_record(ledger *l, const ledger_entry *e, size_t n, ledger_result *res
         res->invalid += got.invalid;
     }
     return 0;
+fail:
+    l->ops->flush(l, 1);
+    rollback(l);
+    return -1;
+}
+
+/* The shortest of %.15g / %.17g that reads back as D. */
+static const char *fmt_real(char *buf, size_t len, double d) {
+    snprintf(buf, len, "%.15g", d);
+    if (strtod(buf, NULL) != d) snprintf(buf, len, "%.17g", d);
+    return buf;
 }
 
 /* ---- queries ------------------------------------------------------------------------- */

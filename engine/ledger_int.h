@@ -5,7 +5,9 @@
  * A backend runs SQL with text parameters ($1, $2... in the SQL text: a
  * PostgreSQL placeholder, and an SQLite named parameter whose index is its
  * order of appearance) and hands result rows back as text, so ledger.c
- * holds every statement once, for both.
+ * holds every statement once, for both. The ledger writer's inserts, the
+ * one statement that runs per stream entry, take typed values instead
+ * (ops->insert): the writer's thread competes with the sales for CPU.
  */
 #ifndef NERVE_LEDGER_INT_H
 #define NERVE_LEDGER_INT_H
@@ -22,6 +24,17 @@
  * on, -1 to stop the query (it then returns -1 with L's error as set). */
 typedef int (*ledger_row_fn)(void *ud, int ncols, const char *const *vals);
 
+/* One column value of a row to insert, typed: bound as it is (SQLite) or
+ * written as text once (PostgreSQL), never formatted and parsed back. */
+typedef enum { LEDGER_V_NULL = 0, LEDGER_V_INT, LEDGER_V_REAL, LEDGER_V_TEXT } ledger_vtype;
+
+typedef struct ledger_val {
+    ledger_vtype t;
+    long long i;   /* LEDGER_V_INT */
+    double d;      /* LEDGER_V_REAL */
+    const char *s; /* LEDGER_V_TEXT, NUL-terminated; borrowed until insert returns */
+} ledger_val;
+
 typedef struct ledger_ops {
     const char *name;      /* "sqlite" | "postgresql" */
     const char *begin_sql; /* starts a write transaction */
@@ -32,6 +45,14 @@ typedef struct ledger_ops {
      * (may be NULL): rows changed by an INSERT/UPDATE/DELETE. 0 or -1. */
     int (*exec)(ledger *l, const char *sql, int n, const char *const *params, ledger_row_fn fn,
                 void *ud, long *changes);
+    /* One row of table T (VALS: its columns in ledger_tables' order),
+     * INSERT ... ON CONFLICT DO NOTHING in the open transaction. The backend
+     * runs it at once or keeps a copy until flush; either way the rows it
+     * inserted are added to L->inserted[T] by the time flush returns. */
+    int (*insert)(ledger *l, ledger_table t, const ledger_val *vals);
+    /* Run the rows insert kept (DISCARD 0), or drop them (1: the
+     * transaction is being rolled back). 0 or -1. */
+    int (*flush)(ledger *l, int discard);
     void (*close)(ledger *l);
 } ledger_ops;
 
@@ -43,6 +64,7 @@ struct ledger {
     char err[LEDGER_ERR_MAX];
     int refused; /* the last error was the database refusing the data (not being unavailable) */
     char insert_sql[LEDGER_TABLES][512];
+    unsigned long long inserted[LEDGER_TABLES]; /* by ops->insert/flush, per ledger_record */
 };
 
 /* Set L's error (printf-style), truncating safely. */

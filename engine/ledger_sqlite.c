@@ -25,6 +25,7 @@
 typedef struct stmt_cache {
     sqlite3_stmt *st[CACHE_MAX];
     int n;
+    sqlite3_stmt *ins[LEDGER_TABLES]; /* the writer's inserts, kept prepared (sq_insert) */
 } stmt_cache;
 
 /* L's error: "WHAT: SQLite's message" (WHAT NULL: the message alone). */
@@ -112,8 +113,52 @@ static int sq_exec(ledger *l, const char *sql, int n, const char *const *params,
     return rc;
 }
 
+/* The writer's insert: the statement prepared once per connection, its
+ * values bound by position with their types (no text to convert back, no
+ * parameter lookup by name), strings SQLITE_STATIC (they outlive the step). */
+static int sq_insert(ledger *l, ledger_table t, const ledger_val *v) {
+    stmt_cache *c = l->cache;
+    sqlite3_stmt *st = c->ins[t];
+    if (!st) {
+        if (sqlite3_prepare_v3(l->db, l->insert_sql[t], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+            SQLITE_OK)
+            return fail(l, "prepare");
+        c->ins[t] = st;
+    }
+    int r = SQLITE_OK;
+    for (int i = 0; i < ledger_tables[t].ncols && r == SQLITE_OK; i++) {
+        switch (v[i].t) {
+        case LEDGER_V_INT: r = sqlite3_bind_int64(st, i + 1, v[i].i); break;
+        case LEDGER_V_REAL: r = sqlite3_bind_double(st, i + 1, v[i].d); break;
+        case LEDGER_V_TEXT: r = sqlite3_bind_text(st, i + 1, v[i].s, -1, SQLITE_STATIC); break;
+        default: r = sqlite3_bind_null(st, i + 1); break;
+        }
+    }
+    if (r != SQLITE_OK) {
+        sqlite3_reset(st);
+        return fail(l, "bind");
+    }
+    r = sqlite3_step(st);
+    int rc = 0;
+    if (r == SQLITE_DONE) {
+        l->inserted[t] += (unsigned long long)sqlite3_changes(l->db);
+    } else {
+        rc = fail(l, "step");
+        l->refused = r == SQLITE_CONSTRAINT || r == SQLITE_MISMATCH || r == SQLITE_TOOBIG ||
+                     r == SQLITE_RANGE; /* see sq_exec */
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int sq_flush(ledger *l, int discard) {
+    (void)l, (void)discard; /* every row ran in sq_insert */
+    return 0;
+}
+
 static void sq_close(ledger *l) {
     stmt_cache *c = l->cache;
+    for (int t = 0; c && t < LEDGER_TABLES; t++) sqlite3_finalize(c->ins[t]);
     for (int i = 0; c && i < c->n; i++) sqlite3_finalize(c->st[i]);
     free(c);
     l->cache = NULL;
@@ -129,6 +174,8 @@ static const ledger_ops sqlite_ops = {
     .lock_sql = NULL,
     .day_expr = "strftime('%Y-%m-%d', ts, 'unixepoch')",
     .exec = sq_exec,
+    .insert = sq_insert,
+    .flush = sq_flush,
     .close = sq_close,
 };
 
