@@ -143,7 +143,9 @@ typedef struct rules_sbx {
     uint64_t end_ns;            /* when the last pcall ended */
     uint64_t hard_ns;           /* wall-clock cap, whatever the CPU time */
     uint64_t mark_ns, cpu_mark; /* wall and thread CPU time once the call ran 1 ms */
+    uint64_t pre_ns;            /* time charged up to the mark */
     uint64_t io_ns;             /* wall time in blocking calls (ctx.incr) after the mark */
+    uint64_t io_early_ns;       /* ... and before it */
     uintptr_t stack_guard;      /* lowest C stack address a call may start at; 0 = none */
     int hookmask;               /* LUA_MASKCOUNT, plus LUA_MASKCALL with a stack guard */
     int abort;                  /* RULES_SBX_INSTR / _MEM / _TIME once a limit was hit */

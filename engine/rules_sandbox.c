@@ -192,8 +192,9 @@ static void stack_bounds(void) {
  * can be preempted for tens of ms, and a benign rule must not fail for it.
  * So once a call has run HOOK_MARK_NS of wall time, the thread's CPU clock is
  * read (a system call: only long calls pay it); when the wall-clock deadline
- * passes, the time the rule really used -- wall time up to the mark, then CPU
- * time plus time blocked in ctx.incr -- decides, and the deadline moves out
+ * passes, the time the rule really used -- wall time up to the mark (see
+ * tick), then CPU time plus time blocked in ctx.incr -- decides, and the
+ * deadline moves out
  * if that is still under rules.eval_timeout_ms. HARD_FACTOR x the timeout
  * of wall time ends it in any case. */
 #define HOOK_MARK_NS 1000000u
@@ -206,11 +207,30 @@ static uint64_t thread_cpu_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Called with the wall clock NOW whenever it was read inside a call. */
+/* The thread's CPU clock, sampled at the start of a protected call at most
+ * every CPU_SAMPLE_NS of wall time (sample_thread, below). */
+static __thread uint64_t sample_wall, sample_cpu;
+
+/* Called with the wall clock NOW whenever it was read inside a call. Up to
+ * the mark the call is charged its wall time -- unless the mark comes late
+ * (the first look after the thread was preempted: on a loaded machine that
+ * can be longer than the whole deadline, and a benign rule failed for it).
+ * Then the CPU time since the last sample, less the wall time from that
+ * sample to the call's start, bounds what the call used from below, and is
+ * charged when smaller (plus any time blocked in ctx.incr, which counts in
+ * full). */
 static void tick(rules_sbx *s, uint64_t now) {
     if (s->cpu_mark == 0 && now - s->start_ns >= HOOK_MARK_NS) {
         s->cpu_mark = thread_cpu_ns();
         s->mark_ns = now;
+        s->pre_ns = now - s->start_ns;
+        if (s->pre_ns > 2 * HOOK_MARK_NS && sample_wall != 0 && sample_wall <= s->start_ns &&
+            s->cpu_mark >= sample_cpu) {
+            uint64_t cpu = s->cpu_mark - sample_cpu, before = s->start_ns - sample_wall;
+            uint64_t est = (cpu > before ? cpu - before : 0) + s->io_early_ns;
+
+            if (est < s->pre_ns) s->pre_ns = est;
+        }
     }
 }
 
@@ -221,7 +241,7 @@ static int over_deadline(rules_sbx *s, uint64_t now) {
 
     if (now < s->deadline_ns) return 0;
     if (now >= s->hard_ns || s->cpu_mark == 0) return 1;
-    used = (s->mark_ns - s->start_ns) + (thread_cpu_ns() - s->cpu_mark) + s->io_ns;
+    used = s->pre_ns + (thread_cpu_ns() - s->cpu_mark) + s->io_ns;
     if (used >= limit) return 1;
     s->deadline_ns = now + (limit - used);
     if (s->deadline_ns > s->hard_ns) s->deadline_ns = s->hard_ns;
@@ -237,8 +257,6 @@ static int over_deadline(rules_sbx *s, uint64_t now) {
  * (within CPU_SAMPLE_NS) is. */
 #define CPU_SAMPLE_NS 10000000u
 
-static __thread uint64_t sample_wall, sample_cpu;
-
 static void sample_thread(uint64_t now) {
     if (sample_wall != 0 && now - sample_wall < CPU_SAMPLE_NS) return;
     sample_wall = now;
@@ -251,7 +269,7 @@ static int over_deadline_late(rules_sbx *s, uint64_t now) {
 
     if (now < s->deadline_ns) return 0;
     if (s->cpu_mark == 0 && now < s->hard_ns && sample_wall != 0 && sample_wall <= s->start_ns) {
-        cpu = thread_cpu_ns() - sample_cpu;
+        cpu = thread_cpu_ns() - sample_cpu + s->io_early_ns;
         before = s->start_ns - sample_wall;
         return cpu > before && cpu - before >= limit;
     }
@@ -260,7 +278,10 @@ static int over_deadline_late(rules_sbx *s, uint64_t now) {
 }
 
 void rules_sbx_blocked(rules_sbx *s, uint64_t ns) {
-    if (s->cpu_mark != 0) s->io_ns += ns;
+    if (s->cpu_mark != 0)
+        s->io_ns += ns;
+    else
+        s->io_early_ns += ns; /* in the wall time up to the mark, unless it comes late */
 }
 
 /* A limit was hit: record it, make the hook fire on every instruction from
@@ -505,7 +526,7 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     s->hard_ns = s->start_ns + (uint64_t)s->timeout_ms * 1000000u * HARD_FACTOR;
     if (deadline_ns != 0 && deadline_ns < s->deadline_ns) s->deadline_ns = deadline_ns;
     if (deadline_ns != 0 && deadline_ns < s->hard_ns) s->hard_ns = deadline_ns;
-    s->cpu_mark = s->mark_ns = s->io_ns = 0;
+    s->cpu_mark = s->mark_ns = s->pre_ns = s->io_ns = s->io_early_ns = 0;
     stack_bounds();
     s->stack_guard = stack_size > 0 && stack_size < STACK_SMALL ? stack_low + STACK_MARGIN : 0;
     s->hookmask = LUA_MASKCOUNT | (s->stack_guard ? LUA_MASKCALL : 0);

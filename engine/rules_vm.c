@@ -180,8 +180,8 @@ static void map_channels(rules_vm *vm) {
 
     for (size_t i = 0; i < vm->n; i++)
         for (size_t k = 0; k < set->n_channels; k++)
-            vm->on[i * set->n_channels + k] =
-                (unsigned char)rules_channel_in(vm->rules[i].r, set->channels[k]);
+            vm->on[i * set->n_channels + k] = (unsigned char)rules_channel_in(vm->rules[i].r,
+                                                                              set->channels[k]);
 }
 
 rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t errlen) {
