@@ -116,6 +116,7 @@ const opt cfg_opts[] = {
     OPT_LLONG("sale.max_qty", max_qty, 1, 1000000000, 1000),
     OPT_INT("sale.idempotency_ttl_s", idempotency_ttl_s, 1, 31536000, 86400),
     OPT_INT("sale.max_batch", max_batch, 1, 1024, 128),
+    OPT_INT("sale.pipelines", sale_pipelines, 1, 64, 2),
 
     OPT_STR("rules.dir", rules_dir, 1, "rules", NULL),
     OPT_LIST("rules.files", rules_files, n_rules_files, ""),

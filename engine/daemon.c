@@ -387,6 +387,8 @@ int daemon_run(const daemon_args *a) {
         .idempotency_ttl_s = c->idempotency_ttl_s,
         .max_batch = c->max_batch,
         .max_qty = c->max_qty,
+        .redis = &ro,
+        .pipelines = c->sale_pipelines,
         .gate = policy_gate,
         .gate_ud = d.policy,
     };

@@ -5,6 +5,25 @@
 #include <stdio.h>
 #include <string.h>
 
+char *jsonck_escape(char *out, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            *out++ = '\\';
+            *out++ = (char)ch;
+        } else if (ch < 0x20) {
+            memcpy(out, "\\u00", 4);
+            out[4] = hex[ch >> 4];
+            out[5] = hex[ch & 15];
+            out += 6;
+        } else {
+            *out++ = (char)ch;
+        }
+    }
+    return out;
+}
+
 static int digit(char c) {
     return c >= '0' && c <= '9';
 }

@@ -6,6 +6,8 @@
  */
 #include "nerve/log.h"
 
+#include "nerve/jsonck.h"
+
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -38,18 +40,12 @@ bool log_enabled(log_level lvl) {
     return (int)lvl >= atomic_load(&cur_level);
 }
 
-/* Append S to BUF as the inside of a JSON string. */
+/* Append S to BUF as the inside of a JSON string, as much as fits in CAP
+ * (a log line is cut, never overrun). */
 static size_t json_escape(char *buf, size_t cap, size_t n, const char *s) {
     for (; *s && n + 7 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            buf[n++] = '\\';
-            buf[n++] = (char)ch;
-        } else if (ch < 0x20) {
-            n += (size_t)snprintf(buf + n, cap - n, "\\u%04x", ch);
-        } else {
-            buf[n++] = (char)ch;
-        }
+        char one[2] = { *s, 0 };
+        n = (size_t)(jsonck_escape(buf + n, one) - buf);
     }
     return n;
 }

@@ -284,8 +284,18 @@ int rds_outcome_unknown(const rds_client *c) {
 /* SCRIPT LOAD S. The sha is a pure function of the source, so it is stored
  * once (under a mutex) and never written again; a later load after NOSCRIPT
  * only puts the script back into Redis' cache. */
-static int load_script(rds_client *c, rds_script *s) {
+void rds_script_set_sha(rds_script *s, const char *sha) {
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    if (!atomic_load_explicit(&s->loaded, memory_order_relaxed)) {
+        memcpy(s->sha, sha, 40);
+        s->sha[40] = 0;
+        atomic_store_explicit(&s->loaded, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static int load_script(rds_client *c, rds_script *s) {
     redisReply *r = rds_command(c, "SCRIPT LOAD %s", s->src);
     if (!r) return -1;
     if (r->type != REDIS_REPLY_STRING || r->len != 40) {
@@ -293,13 +303,7 @@ static int load_script(rds_client *c, rds_script *s) {
         freeReplyObject(r);
         return -1;
     }
-    pthread_mutex_lock(&mu);
-    if (!atomic_load_explicit(&s->loaded, memory_order_relaxed)) {
-        memcpy(s->sha, r->str, 40);
-        s->sha[40] = 0;
-        atomic_store_explicit(&s->loaded, 1, memory_order_release);
-    }
-    pthread_mutex_unlock(&mu);
+    rds_script_set_sha(s, r->str);
     freeReplyObject(r);
     return 0;
 }

@@ -80,6 +80,7 @@ typedef struct cfg {
     long long max_qty;     /* 1..1000000000, default 1000 */
     int idempotency_ttl_s; /* 1..31536000, default 86400 */
     int max_batch;         /* sales of one SKU committed per lock, 1..1024, default 128 */
+    int sale_pipelines;    /* Redis connections the commits share (mux.h), 1..64, default 2 */
 
     /* rules */
     char *rules_dir;    /* default "rules" */

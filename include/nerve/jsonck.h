@@ -18,4 +18,12 @@
 /* 0 when TEXT (LEN bytes) passes, else -1 with a message in ERR. */
 int jsonck_check(const char *text, size_t len, int max_depth, char *err, size_t errlen);
 
+/* The one JSON string escaper, for answers and events written without a
+ * cJSON tree (the sale path, logs): writes S into OUT as the inside of a
+ * JSON string (" and \ escaped, control characters as \u00XX, the rest as
+ * is) and returns the end; no NUL is written. OUT needs JSONCK_ESC_MAX(strlen(S))
+ * bytes. */
+#define JSONCK_ESC_MAX(len) ((len)*6)
+char *jsonck_escape(char *out, const char *s);
+
 #endif

@@ -100,6 +100,11 @@ redisReply *rds_eval(rds_client *c, rds_script *s, int nkeys, int argc, const ch
  * back to rds_eval then. */
 int rds_script_load(rds_client *c, rds_script *s);
 
+/* Record SHA (40 hex characters, what SCRIPT LOAD answered for S's source)
+ * as S's sha, once: for loaders that do not go through an rds_client
+ * (mux.h). Thread-safe. */
+void rds_script_set_sha(rds_script *s, const char *sha);
+
 /* One client per calling thread. Thread-safe. */
 typedef struct rds_pool rds_pool;
 rds_pool *rds_pool_new(const rds_opts *o);

@@ -106,7 +106,10 @@ typedef struct sale_opts {
     int idempotency_ttl_s;
     int max_batch;
     long long max_qty;
-    sale_gate_fn gate; /* may be NULL */
+    const rds_opts *redis; /* commits share sale_engine's pipelines to it (mux.h); NULL:
+                              each thread commits on its client from the pool */
+    int pipelines;         /* connections of those pipelines; < 1 counts as 1 */
+    sale_gate_fn gate;     /* may be NULL */
     void *gate_ud;
 } sale_opts;
 

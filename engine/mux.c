@@ -1,0 +1,239 @@
+/* mux.c -- one Redis pipeline shared by the threads of a process (mux.h).
+ *
+ * The queue and the connections' busy flags live under one mutex, held only
+ * to link and unlink requests, never during I/O. A request lives on its
+ * caller's stack; its state word is also what its caller sleeps on (a Linux
+ * futex), so that a round trip wakes exactly the threads whose replies came
+ * back, without them taking the mutex again: with 64 workers the mutex was
+ * the most contended lock of the process while they re-took it after each
+ * condition-variable wake (strace: 3.5 futex calls per sale). A futex wake
+ * may reach an address whose request has already returned; that is harmless
+ * (the kernel only hashes the address, and every futex user tolerates a
+ * spurious wake).
+ *
+ * States: QUEUED (in the queue), LEAD (still queued, and told that a
+ * connection freed: take it if nobody did meanwhile), TAKEN (in a round trip),
+ * DONE (reply or failure filled in). QUEUED/LEAD -> TAKEN and QUEUED -> LEAD
+ * only under the mutex; TAKEN -> DONE by the thread doing the round trip,
+ * after which it never reads the request again.
+ */
+#include "nerve/mux.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+enum { MREQ_QUEUED, MREQ_LEAD, MREQ_TAKEN, MREQ_DONE };
+
+typedef struct mreq {
+    int argc;
+    const char **argv;
+    const size_t *argvlen;
+    redisReply *reply;
+    mux_res *res;
+    _Atomic int state;
+    struct mreq *next;
+} mreq;
+
+static void futex_wait(_Atomic int *w, int val) {
+    syscall(SYS_futex, (int *)w, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic int *w) {
+    syscall(SYS_futex, (int *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Sleep until *W is no longer VAL; returns what it is then. */
+static int wait_while(_Atomic int *w, int val) {
+    int st;
+    while ((st = atomic_load_explicit(w, memory_order_acquire)) == val) futex_wait(w, val);
+    return st;
+}
+
+typedef struct mslot {
+    rds_client *c;
+    int busy;
+} mslot;
+
+struct mux {
+    pthread_mutex_t mu;
+    mreq *head, *tail;
+    mslot *slots;
+    int nslots, max_batch;
+    _Atomic uint64_t commands, flushes;
+};
+
+mux *mux_new(const rds_opts *o, int conns, int max_batch) {
+    if (conns < 1) conns = 1;
+    if (max_batch < 1) max_batch = 1;
+    mux *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->slots = calloc((size_t)conns, sizeof *m->slots);
+    if (!m->slots) goto err;
+    m->nslots = conns;
+    m->max_batch = max_batch;
+    for (int i = 0; i < conns; i++)
+        if (!(m->slots[i].c = rds_client_new(o))) goto err;
+    pthread_mutex_init(&m->mu, NULL);
+    return m;
+err:
+    if (m->slots)
+        for (int i = 0; i < conns; i++) rds_client_free(m->slots[i].c);
+    free(m->slots);
+    free(m);
+    return NULL;
+}
+
+void mux_free(mux *m) {
+    if (!m) return;
+    for (int i = 0; i < m->nslots; i++) rds_client_free(m->slots[i].c);
+    free(m->slots);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+static void fail(mreq *r, const char *why, int unknown) {
+    r->reply = NULL;
+    r->res->unknown = unknown;
+    snprintf(r->res->err, sizeof r->res->err, "%s", why);
+}
+
+/* Write the N requests from BATCH as one pipeline on C and read their
+ * replies in order. Called without the mutex. hiredis buffers the appends
+ * and writes them all on the first read: one write, as few reads as the
+ * replies need. */
+static void flush(mslot *s, mreq *batch, int n) {
+    mreq *r = batch;
+    int appended = 0;
+    for (; appended < n; appended++, r = r->next)
+        if (rds_appendargv(s->c, r->argc, r->argv, r->argvlen)) break;
+    if (appended < n) {
+        /* Nothing was written yet (hiredis writes on the first read): every
+         * request of the batch fails as never sent. */
+        char why[200];
+        snprintf(why, sizeof why, "%s", rds_errstr(s->c));
+        r = batch;
+        for (int i = 0; i < n; i++, r = r->next) fail(r, why[0] ? why : "redis unavailable", 0);
+        /* A failed append dropped the connection (rds.c), and with it
+         * whatever had been appended before. */
+        return;
+    }
+    r = batch;
+    int i = 0;
+    for (; i < n; i++, r = r->next) {
+        r->reply = rds_get_reply(s->c);
+        if (!r->reply) break;
+    }
+    if (i < n) {
+        char why[200];
+        snprintf(why, sizeof why, "%s", rds_errstr(s->c));
+        for (; i < n; i++, r = r->next) fail(r, why[0] ? why : "connection lost", 1);
+    }
+}
+
+/* With the mutex held: a free connection's index, or -1. */
+static int free_slot(mux *m) {
+    for (int i = 0; i < m->nslots; i++)
+        if (!m->slots[i].busy) return i;
+    return -1;
+}
+
+/* With the mutex held and connection SI free: take it and up to max_batch
+ * requests from the head of the queue, do the round trip without the
+ * mutex, complete them, and come back with the mutex held, the connection
+ * free again and, when requests are still queued, the oldest of them told
+ * to take it. ME is the caller's own request (completed without a wake). */
+static void lead(mux *m, int si, mreq *me) {
+    mslot *s = &m->slots[si];
+    s->busy = 1;
+    mreq *batch = m->head, *last = batch;
+    int n = 1;
+    atomic_store_explicit(&batch->state, MREQ_TAKEN, memory_order_relaxed);
+    while (n < m->max_batch && last->next) {
+        last = last->next;
+        atomic_store_explicit(&last->state, MREQ_TAKEN, memory_order_relaxed);
+        n++;
+    }
+    m->head = last->next;
+    if (!m->head) m->tail = NULL;
+    last->next = NULL;
+    pthread_mutex_unlock(&m->mu);
+
+    flush(s, batch, n);
+    atomic_fetch_add_explicit(&m->commands, (uint64_t)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
+    for (mreq *r = batch, *nx; r; r = nx) {
+        nx = r->next; /* read before DONE: after it the request may be gone */
+        atomic_store_explicit(&r->state, MREQ_DONE, memory_order_release);
+        if (r != me) futex_wake(&r->state);
+    }
+
+    pthread_mutex_lock(&m->mu);
+    s->busy = 0;
+    /* Requests queued during our round trip: the oldest takes the
+     * connection we just freed. */
+    mreq *h = m->head;
+    if (h) {
+        int q = MREQ_QUEUED;
+        if (atomic_compare_exchange_strong(&h->state, &q, MREQ_LEAD)) futex_wake(&h->state);
+    }
+}
+
+redisReply *mux_command(mux *m, int argc, const char **argv, const size_t *argvlen, mux_res *res) {
+    res->unknown = 0;
+    res->err[0] = 0;
+    mreq me = { .argc = argc, .argv = argv, .argvlen = argvlen, .res = res };
+    atomic_init(&me.state, MREQ_QUEUED);
+    pthread_mutex_lock(&m->mu);
+    if (m->tail)
+        m->tail->next = &me;
+    else
+        m->head = &me;
+    m->tail = &me;
+    for (;;) {
+        /* Mutex held; we are queued (QUEUED or LEAD), TAKEN or DONE. */
+        int st = atomic_load_explicit(&me.state, memory_order_acquire);
+        if (st == MREQ_DONE) break;
+        int si = st == MREQ_TAKEN ? -1 : free_slot(m);
+        if (si >= 0) {
+            lead(m, si, &me);
+            continue;
+        }
+        if (st == MREQ_LEAD) atomic_store_explicit(&me.state, MREQ_QUEUED, memory_order_relaxed);
+        pthread_mutex_unlock(&m->mu);
+        st = wait_while(&me.state, st == MREQ_TAKEN ? MREQ_TAKEN : MREQ_QUEUED);
+        if (st == MREQ_TAKEN) st = wait_while(&me.state, MREQ_TAKEN);
+        if (st == MREQ_DONE) return me.reply;
+        pthread_mutex_lock(&m->mu); /* LEAD: try to take the free connection */
+    }
+    pthread_mutex_unlock(&m->mu);
+    return me.reply;
+}
+
+int mux_script_load(mux *m, rds_script *s, mux_res *res) {
+    if (atomic_load_explicit(&s->loaded, memory_order_acquire)) return 0;
+    const char *argv[] = { "SCRIPT", "LOAD", s->src };
+    redisReply *r = mux_command(m, 3, argv, NULL, res);
+    if (!r) return -1;
+    int rc = -1;
+    if (r->type == REDIS_REPLY_STRING && r->len == 40) {
+        rds_script_set_sha(s, r->str);
+        rc = 0;
+    } else {
+        snprintf(res->err, sizeof res->err, "SCRIPT LOAD: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+void mux_get_stats(mux *m, mux_stats *out) {
+    out->commands = atomic_load_explicit(&m->commands, memory_order_relaxed);
+    out->flushes = atomic_load_explicit(&m->flushes, memory_order_relaxed);
+}
