@@ -2,14 +2,10 @@
  *
  * The queue and the connections' busy flags live under one mutex, held only
  * to link and unlink requests, never during I/O. A request lives on its
- * caller's stack; its state word is also what its caller sleeps on (a Linux
- * futex), so that a round trip wakes exactly the threads whose replies came
+ * caller's stack; its state word is also what its caller parks on (park.h), so that a round trip wakes exactly the threads whose replies came
  * back, without them taking the mutex again: with 64 workers the mutex was
  * the most contended lock of the process while they re-took it after each
- * condition-variable wake (strace: 3.5 futex calls per sale). A futex wake
- * may reach an address whose request has already returned; that is harmless
- * (the kernel only hashes the address, and every futex user tolerates a
- * spurious wake).
+ * condition-variable wake (strace: 3.5 futex calls per sale; park.h).
  *
  * States: QUEUED (in the queue), LEAD (still queued, and told that a
  * connection freed: take it if nobody did meanwhile), TAKEN (in a round trip),
@@ -19,15 +15,13 @@
  */
 #include "nerve/mux.h"
 
-#include <errno.h>
-#include <linux/futex.h>
+#include "nerve/park.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 enum { MREQ_QUEUED, MREQ_LEAD, MREQ_TAKEN, MREQ_DONE };
 
@@ -40,21 +34,6 @@ typedef struct mreq {
     _Atomic int state;
     struct mreq *next;
 } mreq;
-
-static void futex_wait(_Atomic int *w, int val) {
-    syscall(SYS_futex, (int *)w, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
-}
-
-static void futex_wake(_Atomic int *w) {
-    syscall(SYS_futex, (int *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-}
-
-/* Sleep until *W is no longer VAL; returns what it is then. */
-static int wait_while(_Atomic int *w, int val) {
-    int st;
-    while ((st = atomic_load_explicit(w, memory_order_acquire)) == val) futex_wait(w, val);
-    return st;
-}
 
 typedef struct mslot {
     rds_client *c;
@@ -170,8 +149,10 @@ static void lead(mux *m, int si, mreq *me) {
     atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
     for (mreq *r = batch, *nx; r; r = nx) {
         nx = r->next; /* read before DONE: after it the request may be gone */
-        atomic_store_explicit(&r->state, MREQ_DONE, memory_order_release);
-        if (r != me) futex_wake(&r->state);
+        if (r != me)
+            park_set(&r->state, MREQ_DONE);
+        else
+            atomic_store_explicit(&r->state, MREQ_DONE, memory_order_relaxed);
     }
 
     pthread_mutex_lock(&m->mu);
@@ -181,7 +162,7 @@ static void lead(mux *m, int si, mreq *me) {
     mreq *h = m->head;
     if (h) {
         int q = MREQ_QUEUED;
-        if (atomic_compare_exchange_strong(&h->state, &q, MREQ_LEAD)) futex_wake(&h->state);
+        if (atomic_compare_exchange_strong(&h->state, &q, MREQ_LEAD)) park_wake(&h->state);
     }
 }
 
@@ -207,8 +188,8 @@ redisReply *mux_command(mux *m, int argc, const char **argv, const size_t *argvl
         }
         if (st == MREQ_LEAD) atomic_store_explicit(&me.state, MREQ_QUEUED, memory_order_relaxed);
         pthread_mutex_unlock(&m->mu);
-        st = wait_while(&me.state, st == MREQ_TAKEN ? MREQ_TAKEN : MREQ_QUEUED);
-        if (st == MREQ_TAKEN) st = wait_while(&me.state, MREQ_TAKEN);
+        st = park_while(&me.state, st == MREQ_TAKEN ? MREQ_TAKEN : MREQ_QUEUED);
+        if (st == MREQ_TAKEN) st = park_while(&me.state, MREQ_TAKEN);
         if (st == MREQ_DONE) return me.reply;
         pthread_mutex_lock(&m->mu); /* LEAD: try to take the free connection */
     }

@@ -28,6 +28,7 @@
 #include "nerve/lock.h"
 #include "nerve/log.h"
 #include "nerve/mux.h"
+#include "nerve/park.h"
 
 /* ---- validation ------------------------------------------------------------ */
 
@@ -756,21 +757,27 @@ int sale_item_get(rds_client *c, const sale_opts *o, const char *sku, sale_item 
 
 /* ---- coalescing engine -------------------------------------------------------- */
 
+/* A sale waiting in its SKU's queue, on its thread's stack. Its thread
+ * parks on STATE (park.h): the leader of its batch sets W_DONE when RES is
+ * filled, or W_LEAD when it is the head of the queue and must commit the
+ * next batch. After W_DONE nothing reads the waiter again. */
+enum { W_WAIT, W_LEAD, W_DONE };
+
 typedef struct waiter {
     const sale_req *req;
     sale_res *res;
     struct waiter *next;
-    int done; /* res is filled in */
-    int lead; /* this thread must commit the next batch */
+    _Atomic int state;
 } waiter;
 
-/* Per-SKU queue; lives while anyone is queued on it (refs > 0). */
+/* Per-SKU queue; lives while anyone is queued on it (refs > 0). The leader
+ * of a batch drops the refs of every sale of its batch, so a waiter that is
+ * done never touches the queue again. */
 typedef struct skuq {
     struct skuq *hnext;
     waiter *head, *tail;
     int leader; /* a batch is in flight or a leader is designated */
     int refs;
-    pthread_cond_t cv;
     char sku[SALE_STR_MAX + 1];
 } skuq;
 
@@ -784,7 +791,7 @@ typedef struct skuq {
 typedef struct stripe {
     pthread_mutex_t mu;
     skuq *chain;
-    skuq *spare; /* linked by hnext, their cv initialised */
+    skuq *spare; /* linked by hnext */
     int nspare;
 } stripe;
 
@@ -828,7 +835,6 @@ void sale_engine_free(sale_engine *e) {
     for (int i = 0; i < NSTRIPES; i++) {
         for (skuq *q = e->stripes[i].spare, *nx; q; q = nx) {
             nx = q->hnext;
-            pthread_cond_destroy(&q->cv);
             free(q);
         }
     }
@@ -945,6 +951,26 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
     }
 }
 
+/* With the stripe's mutex held: drop N refs of Q, and when none is left
+ * unlink it (kept as a spare, or freed). */
+static void skuq_unref(stripe *s, skuq *q, int n) {
+    q->refs -= n;
+    if (q->refs > 0) return;
+    skuq **pp = &s->chain;
+    while (*pp != q) pp = &(*pp)->hnext;
+    *pp = q->hnext;
+    if (s->nspare < SPARE_MAX) {
+        q->hnext = s->spare;
+        s->spare = q;
+        s->nspare++;
+    } else {
+        free(q);
+    }
+}
+
+/* Batches up to this many sales keep their arrays on the stack. */
+#define BATCH_STACK 16
+
 void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
     memset(res, 0, sizeof *res);
     res->stock_remaining = -1;
@@ -952,27 +978,23 @@ void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
 
     stripe *s = &e->stripes[hash(req->sku) % NSTRIPES];
     waiter w = { .req = req, .res = res };
+    atomic_init(&w.state, W_WAIT);
 
     pthread_mutex_lock(&s->mu);
     skuq *q = s->chain;
     while (q && strcmp(q->sku, req->sku) != 0) q = q->hnext;
-    if (!q && s->spare) {
-        q = s->spare;
-        s->spare = q->hnext;
-        s->nspare--;
-        q->head = q->tail = NULL;
-        q->leader = q->refs = 0;
-        strcpy(q->sku, req->sku);
-        q->hnext = s->chain;
-        s->chain = q;
-    } else if (!q) {
-        q = calloc(1, sizeof *q);
-        if (!q) {
+    if (!q) {
+        if (s->spare) {
+            q = s->spare;
+            s->spare = q->hnext;
+            s->nspare--;
+        } else if (!(q = malloc(sizeof *q))) {
             pthread_mutex_unlock(&s->mu);
             set_unavailable(res, "out of memory");
             return;
         }
-        pthread_cond_init(&q->cv, NULL);
+        q->head = q->tail = NULL;
+        q->leader = q->refs = 0;
         strcpy(q->sku, req->sku);
         q->hnext = s->chain;
         s->chain = q;
@@ -983,67 +1005,62 @@ void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
     else
         q->head = &w;
     q->tail = &w;
-    if (!q->leader) {
-        /* No batch in flight, so the queue held nothing before us. */
-        q->leader = 1;
-        w.lead = 1;
-    }
-    while (!w.done && !w.lead) pthread_cond_wait(&q->cv, &s->mu);
-
-    if (!w.done) {
-        /* We are at the head: detach up to max_batch sales and commit them.
-         * The arrays live on the heap: CivetWeb workers have small stacks. */
-        size_t max = (size_t)e->o.max_batch, n = 0;
-        waiter **batch = malloc(max * sizeof *batch);
-        const sale_req **reqs = malloc(max * sizeof *reqs);
-        sale_res **resv = malloc(max * sizeof *resv);
-        waiter *b1[1];
-        const sale_req *r1[1];
-        sale_res *s1[1];
-        int heap = batch && reqs && resv;
-        if (!heap) {
-            /* Out of memory: commit just our own sale, which is at the head. */
-            free(batch), free(reqs), free(resv);
-            batch = b1, reqs = r1, resv = s1, max = 1;
-        }
-        while (q->head && n < max) {
-            waiter *x = q->head;
-            q->head = x->next;
-            batch[n] = x;
-            reqs[n] = x->req;
-            resv[n] = x->res;
-            n++;
-        }
-        if (!q->head) q->tail = NULL;
+    if (q->leader) {
+        /* A batch is in flight: its leader (or the one after it) will
+         * either fill in our result or hand us the next batch. */
         pthread_mutex_unlock(&s->mu);
-
-        run_batch(e, q->sku, reqs, resv, n);
-
+        if (park_while(&w.state, W_WAIT) == W_DONE) return;
         pthread_mutex_lock(&s->mu);
-        for (size_t i = 0; i < n; i++) batch[i]->done = 1;
-        if (heap) {
-            free(batch);
-            free(reqs);
-            free(resv);
-        }
-        if (q->head)
-            q->head->lead = 1;
-        else
-            q->leader = 0;
-        pthread_cond_broadcast(&q->cv);
     }
-    if (--q->refs == 0) {
-        skuq **pp = &s->chain;
-        while (*pp != q) pp = &(*pp)->hnext;
-        *pp = q->hnext;
-        if (s->nspare < SPARE_MAX) {
-            q->hnext = s->spare;
-            s->spare = q;
-            s->nspare++;
-        } else {
-            pthread_cond_destroy(&q->cv);
-            free(q);
+    /* No batch in flight and we are at the head: detach up to max_batch
+     * sales (ours first) and commit them. */
+    q->leader = 1;
+    size_t n = 0, max = (size_t)e->o.max_batch;
+    for (waiter *x = q->head; x && n < max; x = x->next) n++;
+    waiter *bs[BATCH_STACK];
+    const sale_req *rs[BATCH_STACK];
+    sale_res *ss[BATCH_STACK];
+    waiter **batch = bs;
+    const sale_req **reqs = rs;
+    sale_res **resv = ss;
+    if (n > BATCH_STACK) {
+        /* CivetWeb workers have small stacks: a large batch's arrays go on
+         * the heap (one allocation per batch, shared by its sales). */
+        batch = malloc(n * sizeof *batch);
+        reqs = malloc(n * sizeof *reqs);
+        resv = malloc(n * sizeof *resv);
+        if (!batch || !reqs || !resv) {
+            /* Out of memory: commit just our own sale, at the head. */
+            free(batch), free(reqs), free(resv);
+            batch = bs, reqs = rs, resv = ss, n = 1;
         }
     }
+    for (size_t i = 0; i < n; i++) {
+        waiter *x = q->head;
+        q->head = x->next;
+        batch[i] = x;
+        reqs[i] = x->req;
+        resv[i] = x->res;
+    }
+    if (!q->head) q->tail = NULL;
     pthread_mutex_unlock(&s->mu);
+
+    run_batch(e, q->sku, reqs, resv, n);
+
+    pthread_mutex_lock(&s->mu);
+    waiter *next = q->head;
+    if (!next) q->leader = 0;
+    skuq_unref(s, q, (int)n);
+    pthread_mutex_unlock(&s->mu);
+    /* Wake the sales of the batch (ours excepted), then the next leader:
+     * after park_set a waiter may return at once, so nothing of it is read
+     * afterwards. NEXT is still parked on W_WAIT until we set it. */
+    for (size_t i = 0; i < n; i++)
+        if (batch[i] != &w) park_set(&batch[i]->state, W_DONE);
+    if (next) park_set(&next->state, W_LEAD);
+    if (batch != bs) {
+        free(batch);
+        free(reqs);
+        free(resv);
+    }
 }
