@@ -17,7 +17,10 @@
 -- read), plus the one request wrk builds to check the script and never sends.
 -- run.sh replays those with the same order_id -- nerve's idempotency answers
 -- either the first result (duplicate) or runs the sale now -- so that "units
--- sold" is exact and can be compared to the stock Redis consumed.
+-- sold" is exact and can be compared to the stock Redis consumed. Against
+-- the plain server (plain.c: no idempotency) run.sh does not replay them:
+-- it only counts them, as the most the stock may have lost beyond the 200s.
+-- The same script also drives profile.sh's loads.
 --
 -- done() prints lines starting with "BENCH" that run.sh parses.
 
