@@ -148,8 +148,11 @@ static int run_rows(ledger *l, ledger_table t) {
     n += (size_t)snprintf(sql + n, cap - n, ") VALUES ");
     for (size_t k = 0; k < p->nvals; k++) {
         int col = (int)(k % (size_t)d->ncols);
-        n += (size_t)snprintf(sql + n, cap - n, "%s$%zu%s", col ? ", " : k ? ", (" : "(", k + 1,
-                              col == d->ncols - 1 ? ")" : "");
+        n += (size_t)snprintf(sql + n, cap - n, "%s$%zu%s",
+                              col ? ", "
+                              : k ? ", ("
+                                  : "(",
+                              k + 1, col == d->ncols - 1 ? ")" : "");
         vals[k] = p->off[k] == NONE ? NULL : p->buf + p->off[k];
     }
     snprintf(sql + n, cap - n, " ON CONFLICT DO NOTHING");

@@ -136,17 +136,26 @@ static int one_by_one(ledger_writer *w, const ledger_entry *e, size_t n, ledger_
 /* Record M[0..n) (NE of them from the event streams, the rest audit),
  * retrying until it commits or stop is asked; then acknowledge. */
 static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne) {
+    /* The event ids "<stream>/<id>" packed in one buffer: a slot of the
+     * longest key per entry was 1.3 MB touched per batch of 2000 (peak RSS). */
+    size_t idlen = 0;
+    for (size_t i = 0; i < n; i++) idlen += strlen(m[i].stream) + strlen(m[i].id) + 2;
     ledger_entry *e = calloc(n, sizeof *e);
-    char(*ids)[RDS_KEY_MAX + 64] = calloc(n, sizeof *ids);
+    char *ids = malloc(idlen ? idlen : 1);
     if (!e || !ids) {
         free(e);
         free(ids);
         return; /* left pending: re-read after the next reconnect */
     }
     uint64_t oldest = 0;
+    char *idp = ids;
     for (size_t i = 0; i < n; i++) {
-        snprintf(ids[i], sizeof ids[i], "%s/%s", m[i].stream, m[i].id);
-        e[i].event_id = ids[i];
+        size_t sl = strlen(m[i].stream), il = strlen(m[i].id);
+        memcpy(idp, m[i].stream, sl);
+        idp[sl] = '/';
+        memcpy(idp + sl + 1, m[i].id, il + 1);
+        e[i].event_id = idp;
+        idp += sl + il + 2;
         e[i].json = m[i].event;
         e[i].len = m[i].len;
         e[i].id_ms = m[i].id_ms;

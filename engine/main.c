@@ -4,6 +4,7 @@
  * Only main decides exit codes.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,7 +139,21 @@ static int cmd_reload(const cli_args *o) {
     return rc;
 }
 
+/* glibc gives threads up to 8 x cores malloc arenas; the daemon runs
+ * server.threads (128 by default) workers, each with its own sale-rule Lua
+ * state, and every arena keeps its own free holes: measured under the bench's
+ * hot and 1,000-SKU loads (64 connections, 2 cores), 15 arenas held ~24 MB
+ * of the daemon's ~40 MB peak RSS, and two arenas cut the peak by ~2 MB at
+ * the same sale rate (only as many threads as cores run at once). One per
+ * core, at least 2; MALLOC_ARENA_MAX or GLIBC_TUNABLES, when set, decide. */
+static void limit_arenas(void) {
+    if (getenv("MALLOC_ARENA_MAX") || getenv("GLIBC_TUNABLES")) return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    mallopt(M_ARENA_MAX, cores > 2 ? (int)cores : 2);
+}
+
 static int cmd_serve(const cli_args *o) {
+    limit_arenas();
     daemon_args a = { o->config, o->sets, o->nsets, o->log_format };
     return daemon_run(&a);
 }
