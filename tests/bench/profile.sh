@@ -442,7 +442,8 @@ row() { printf '%-34s %14s %14s\n' "$@"; }
             a=$((a - $(stat_count "$tmp/stat-server.csv" "syscalls:sys_enter_$sc")))
             b=$((b - $(stat_count "$tmp/stat-redis.csv" "syscalls:sys_enter_$sc")))
         done
-        row "  (other)" "$(per "$a" "$sales")" "$(per "$b" "$sales")"
+        # Each counter is switched on a moment apart: never below 0.
+        row "  (other)" "$(per $((a > 0 ? a : 0)) "$sales")" "$(per $((b > 0 ? b : 0)) "$sales")"
     else
         row "syscalls / sale" "(no perf)" "(no perf)"
     fi
