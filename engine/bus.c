@@ -36,7 +36,8 @@ struct bus {
     bus_stats st;
     /* streams */
     sg *sg;
-    size_t per_channel;     /* streams per channel: partitions + the ingest one */
+    size_t *stream_ch; /* the channel (index) of each stream of the sg */
+    size_t n_streams;
     pthread_mutex_t fly_mu; /* guards in_flight (st.in_flight is a copy) */
     pthread_cond_t fly_cv;  /* in_flight went down */
     uint64_t in_flight;
@@ -228,7 +229,7 @@ static uint64_t fly_room(bus *b, uint64_t limit) {
 /* Queue one entry, waiting for room; once stopping, for 2 s at most (what
  * is not queued stays pending in Redis for another instance to claim). */
 static int push_entry(bus *b, const sg_msg *m, uint64_t *stop_at) {
-    const char *ch = b->channels[m->stream_idx / b->per_channel];
+    const char *ch = b->channels[b->stream_ch[m->stream_idx]];
     for (;;) {
         int rc = evq_push_entry(b->q, ch, m->event, m->len, m->stream, m->id, 200);
         if (rc <= 0) return rc; /* queued, or closed / out of memory */
@@ -240,6 +241,8 @@ static int push_entry(bus *b, const sg_msg *m, uint64_t *stop_at) {
         }
     }
 }
+
+#define READ_LINGER_US 1000
 
 static void *stream_run(void *arg) {
     pthread_setname_np(pthread_self(), "nerve-streams"); /* top -H, perf */
@@ -261,8 +264,7 @@ static void *stream_run(void *arg) {
             while (!atomic_load(&b->stop) && fly_room(b, 1) == 0) continue;
             continue;
         }
-        if (down)
-            log_info("bus", "stream reader back streams=%zu", b->o.n_channels * b->per_channel);
+        if (down) log_info("bus", "stream reader back streams=%zu", b->n_streams);
         down = false;
         uint64_t stop_at = 0;
         for (int i = 0; i < n; i++) {
@@ -270,6 +272,16 @@ static void *stream_run(void *arg) {
             if (push_entry(b, &m[i], &stop_at) != 0) fly_sub(b, 1);
         }
         sg_msgs_free(m, (size_t)n);
+        /* Under load (the read found entries, fewer than it could take),
+         * let more arrive before the next read: each XREADGROUP over every
+         * stream costs Redis about as much as the sales it returns when it
+         * returns a few (commandstats, issue 12). Only events of a burst
+         * wait, at most this long; the first after a quiet spell is read
+         * at once (the read blocks until it arrives). */
+        if (n > 0 && n < BATCH && !atomic_load(&b->stop)) {
+            struct timespec ts = { 0, READ_LINGER_US * 1000L };
+            nanosleep(&ts, NULL);
+        }
     }
     return NULL;
 }
@@ -279,12 +291,12 @@ void bus_release(bus *b, size_t n) {
 }
 
 int bus_ack(bus *b, rds_client *c, const evq_item *items, size_t n) {
-    const char *streams[64], *ids[64];
+    const char *streams[BUS_ACK_BATCH], *ids[BUS_ACK_BATCH];
     int rc = 0;
     size_t i = 0;
     while (i < n) {
         size_t k = 0;
-        for (; i < n && k < 64; i++)
+        for (; i < n && k < BUS_ACK_BATCH; i++)
             if (items[i].stream) {
                 streams[k] = items[i].stream;
                 ids[k++] = items[i].id;
@@ -299,11 +311,25 @@ int bus_ack(bus *b, rds_client *c, const evq_item *items, size_t n) {
     return rc;
 }
 
-/* The stream keys of every channel (keys.h), in channel order. */
+/* 1 when nerve's commits append to CH's partition streams (keys.h). */
+static bool appended_by_nerve(const bus *b, const char *ch) {
+    return (b->o.inventory_channel && strcmp(ch, b->o.inventory_channel) == 0) ||
+           (b->o.sales_channel && strcmp(ch, b->o.sales_channel) == 0);
+}
+
+/* The stream keys of every channel (keys.h), in channel order: the ingest
+ * stream of each, and the partition streams of the channels nerve's
+ * commits append to. Nothing else writes partition streams (external
+ * producers append to the ingest one), and each stream more in every
+ * XREADGROUP is work for Redis on every read. */
 static int open_streams(bus *b, char *err, size_t errlen) {
-    size_t per = (size_t)b->o.partitions + 1, total = per * b->o.n_channels;
-    char **keys = calloc(total ? total : 1, sizeof *keys);
-    if (!keys) goto oom;
+    size_t per = (size_t)b->o.partitions + 1, total = 0, cap = per * b->o.n_channels;
+    char **keys = calloc(cap ? cap : 1, sizeof *keys);
+    b->stream_ch = calloc(cap ? cap : 1, sizeof *b->stream_ch);
+    if (!keys || !b->stream_ch) {
+        free(keys);
+        goto oom;
+    }
     for (size_t i = 0; i < b->o.n_channels; i++) {
         char **v = NULL;
         size_t nv = 0;
@@ -315,7 +341,15 @@ static int open_streams(bus *b, char *err, size_t errlen) {
             keys_streams_free(keys, total);
             return -1;
         }
-        memcpy(keys + i * per, v, per * sizeof *v);
+        bool own = appended_by_nerve(b, b->channels[i]);
+        for (size_t k = 0; k < nv; k++) {
+            if (own || k + 1 == nv) { /* the ingest stream is the last */
+                b->stream_ch[total] = i;
+                keys[total++] = v[k];
+            } else {
+                free(v[k]);
+            }
+        }
         free(v); /* the strings moved to KEYS */
     }
     sg_opts so = { .redis = b->o.redis,
@@ -327,7 +361,7 @@ static int open_streams(bus *b, char *err, size_t errlen) {
                    .max_event_bytes = b->o.max_event_bytes };
     b->sg = sg_open(&so, err, errlen);
     keys_streams_free(keys, total);
-    b->per_channel = per;
+    b->n_streams = total;
     return b->sg ? 0 : -1;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -371,8 +405,8 @@ bus *bus_start(const bus_opts *o, evq *q, char *err, size_t errlen) {
             goto err_sync;
         }
         b->sth_started = true;
-        log_info("bus", "reading streams=%zu group=%s consumer=%s claim_idle_ms=%d",
-                 b->o.n_channels * b->per_channel, o->group, o->consumer, o->claim_idle_ms);
+        log_info("bus", "reading streams=%zu group=%s consumer=%s claim_idle_ms=%d", b->n_streams,
+                 o->group, o->consumer, o->claim_idle_ms);
     }
     return b;
 err_sync:
@@ -388,6 +422,7 @@ err:
         free(b->channels);
         free(b->control);
         free(b->group);
+        free(b->stream_ch);
         sg_close(b->sg);
         free(b);
     }
@@ -409,6 +444,7 @@ void bus_stop(bus *b) {
     free(b->channels);
     free(b->control);
     free(b->group);
+    free(b->stream_ch);
     sg_close(b->sg);
     pthread_mutex_destroy(&b->mu);
     pthread_mutex_destroy(&b->fly_mu);

@@ -411,6 +411,8 @@ int daemon_run(const daemon_args *a) {
                     .prefix = c->redis_prefix,
                     .partitions = c->bus_partitions,
                     .group = c->bus_group,
+                    .inventory_channel = c->inventory_channel,
+                    .sales_channel = c->sales_channel,
                     .consumer = instance,
                     .claim_idle_ms = c->claim_idle_ms };
     d.bus = bus_start(&bo, d.q, err, sizeof err);
@@ -428,6 +430,7 @@ int daemon_run(const daemon_args *a) {
                      .resume_ms = stop_bound_ms < 30000 ? stop_bound_ms : 30000,
                      .ack = eval_ack,
                      .release = eval_release,
+                     .ack_batch = BUS_ACK_BATCH,
                      .ack_ud = d.bus };
     d.eval = eval_start(&eo, err, sizeof err);
     if (!d.eval) {

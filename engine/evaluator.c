@@ -36,9 +36,14 @@ static void on_decision(void *ud, const rules_decision *d) {
     if (!cc->c || act_decision_ev(cc->e->o.act, cc->c, d, cc->event_id) != 0) cc->failed = 1;
 }
 
+/* Acknowledgements are sent ack_batch at a time, or once no event came for
+ * ACK_LINGER_MS: each XACK is one command per stream the entries came from,
+ * so larger batches are fewer commands for Redis (issue 12). */
+#define ACK_LINGER_MS 2
+
 /* Stream events evaluated and not yet acknowledged (data already freed). */
 typedef struct acks {
-    evq_item it[64];
+    evq_item it[EVAL_ACK_MAX];
     size_t n;
 } acks;
 
@@ -110,8 +115,11 @@ static void *run(void *arg) {
     acks pend = { .n = 0 };
     for (;;) {
         evq_item it;
-        /* With acks held, only look: send them before any wait. */
-        evq_pop_result rc = evq_pop(e->o.q, &it, pend.n ? 0 : 200);
+        /* With acks held, wait a little for more before sending them: an
+         * XACK round trip per few events was a Redis command and a wait of
+         * this thread per sale under load (issue 12). Only the ack waits,
+         * never an event's decisions. */
+        evq_pop_result rc = evq_pop(e->o.q, &it, pend.n ? ACK_LINGER_MS : 200);
         if (rc != EVQ_GOT && pend.n) {
             ack_flush(e, &pend);
             if (rc == EVQ_TIMEOUT) continue;
@@ -168,7 +176,7 @@ static void *run(void *arg) {
             free(it.channel);
             it.data = it.channel = NULL;
             pend.it[pend.n++] = it;
-            if (pend.n == 64) ack_flush(e, &pend);
+            if (pend.n >= e->o.ack_batch) ack_flush(e, &pend);
         } else {
             evq_item_free(&it);
         }
@@ -185,6 +193,7 @@ eval *eval_start(const eval_opts *o, char *err, size_t errlen) {
         return NULL;
     }
     e->o = *o;
+    if (e->o.ack_batch == 0 || e->o.ack_batch > EVAL_ACK_MAX) e->o.ack_batch = EVAL_ACK_MAX;
     if (e->o.stall_ms <= 0) e->o.stall_ms = 5000;
     e->last_done_ns = clock_now_ns();
     pthread_mutex_init(&e->mu, NULL);

@@ -202,8 +202,8 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
  * KEYS[1] lock, KEYS[2] stock, KEYS[3] catalog price, KEYS[4] inventory
  * stream, KEYS[5] sales stream, KEYS[5+i] order record of sale i.
  * ARGV[1] token, [2] order ttl s, [3] inventory channel, [4] sales channel,
- * [5] lock ttl ms: take the lock in this call ("" = the caller holds it:
- * check it is still ours), [6] stream MAXLEN ~ ("" = streams off), [7] "1"
+ * [5] non-empty: the fast path, the lock must be free ("" = the caller
+ * holds it: check it is still ours), [6] stream MAXLEN ~ ("" = streams off), [7] "1"
  * to PUBLISH, [8] the stock_changed event's text without its closing brace
  * and without the figures only the script knows (event_head below); then per
  * sale: qty, unit_price ("" = none), the sale event's head.
@@ -213,10 +213,12 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
  * price, as stored: the client's unit_price is under it); {"busy"} (ARGV[5]
  * set and the lock held by another: nothing changed); or {"lock_lost"}.
  *
- * Taking the lock (SET NX PX) inside the script rather than in a command
- * before it is the same atomic step with one command instead of two; the
- * lock still guards the SKU against other instances' slow path (lock.h) and
- * is still released (compare-and-delete) at the end.
+ * The fast path takes the lock for the time of the script: a script runs
+ * alone in Redis, so "the lock key does not exist" (EXISTS) and then
+ * committing is the same as SET NX PX, commit, DEL, with one command instead
+ * of three; a lock held by another instance's slow path (lock.h) answers
+ * busy. With the lock already held (the slow path) the token is checked
+ * (fencing) and the lock released (DEL) at the end.
  *
  * The catalog price is read in the same script as the stock, so a sale is
  * judged against the price in force when it is decremented, whatever PUT
@@ -241,8 +243,9 @@ static void emit_args_fill(emit_args *e, const sale_opts *o, const char *sku) {
 #define COMMIT_FIXED_ARGS 8
 #define COMMIT_SALE_ARGS  3
 static rds_script commit_script = RDS_SCRIPT_INIT(
-    "if ARGV[5] ~= '' then\n"
-    "  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[5]) then return {'busy'} end\n"
+    "local taking = ARGV[5] ~= ''\n"
+    "if taking then\n"
+    "  if redis.call('EXISTS', KEYS[1]) == 1 then return {'busy'} end\n"
     "else\n" LOCK_FENCE_LUA "end\n"
     "local function int(n) return string.format('%.0f', n) end\n"
     "local function emit(skey, channel, txt)\n"
@@ -251,9 +254,9 @@ static rds_script commit_script = RDS_SCRIPT_INIT(
     "  end\n"
     "  if ARGV[7] == '1' then redis.call('PUBLISH', channel, txt) end\n"
     "end\n"
-    "local s = redis.call('GET', KEYS[2])\n"
+    "local sp = redis.call('MGET', KEYS[2], KEYS[3])\n"
+    "local s, cp = sp[1], sp[2]\n"
     "local stock = s and tonumber(s)\n"
-    "local cp = redis.call('GET', KEYS[3])\n"
     "local catalog = cp and tonumber(cp)\n"
     "if catalog and not (catalog >= 0 and catalog <= 1e15) then catalog = nil end\n"
     "local units, orders = 0, 0\n"
@@ -292,7 +295,7 @@ static rds_script commit_script = RDS_SCRIPT_INIT(
     "  emit(KEYS[4], ARGV[3], ARGV[8] .. ',\"stock_remaining\":' .. st .. ',\"sold\":' ..\n"
     "    int(units) .. ',\"orders\":' .. orders .. '}')\n"
     "end\n"
-    "redis.call('DEL', KEYS[1])\n"
+    "if not taking then redis.call('DEL', KEYS[1]) end\n"
     "return out\n");
 
 static void set_unavailable(sale_res *r, const char *msg) {

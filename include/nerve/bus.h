@@ -47,6 +47,9 @@
 
 /* Entries read from streams and not yet acknowledged, at most. */
 #define BUS_STREAM_WINDOW 256
+/* Entries a consumer acknowledges in one bus_ack call at most: half the
+ * window, so the reader keeps reading while one batch waits for its ack. */
+#define BUS_ACK_BATCH (BUS_STREAM_WINDOW / 2)
 
 typedef struct bus_opts {
     rds_opts redis;
@@ -60,9 +63,13 @@ typedef struct bus_opts {
     bool pubsub_input; /* subscribe to CHANNELS (else only to the control channel) */
     /* Streams input; off when !streams. */
     bool streams;
-    const char *prefix;   /* redis.prefix: the stream names (keys.h) */
-    int partitions;       /* bus.partitions */
-    const char *group;    /* bus.group */
+    const char *prefix; /* redis.prefix: the stream names (keys.h) */
+    int partitions;     /* bus.partitions */
+    const char *group;  /* bus.group */
+    /* The channels nerve's commits append to (bus.inventory_channel,
+     * bus.sales_channel): only theirs have partition streams to read; every
+     * channel's ingest stream is read. */
+    const char *inventory_channel, *sales_channel;
     const char *consumer; /* the instance id */
     int claim_idle_ms;
 } bus_opts;

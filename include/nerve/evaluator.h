@@ -39,6 +39,8 @@
 
 #define EVAL_MAX_CHANNELS 64
 
+#define EVAL_ACK_MAX 256
+
 typedef struct eval_opts {
     live *live;
     evq *q;
@@ -54,6 +56,8 @@ typedef struct eval_opts {
      * (bus_release): they stay pending and are delivered again. */
     void (*release)(void *ud, size_t n);
     void *ack_ud;
+    size_t ack_batch; /* acks sent this many at a time (or after a quiet 2 ms);
+                         1..EVAL_ACK_MAX, 0 = EVAL_ACK_MAX (bus.h: BUS_ACK_BATCH) */
 } eval_opts;
 
 typedef struct eval_channel_count {
