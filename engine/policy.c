@@ -8,18 +8,31 @@
 #include <string.h>
 #include <time.h>
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include "nerve/log.h"
-#include "nerve/tslot.h"
 
 typedef struct gate_ctx gate_ctx;
 
-/* One per HTTP worker thread: a vm holding only the sale_request rules. */
+/* A vm holding only the sale_request rules, lent to one sale at a time. */
 typedef struct tvm {
     rules_vm *vm;
     uint64_t gen;
     gate_ctx *cur;    /* the sale being evaluated, for the error callback */
     int build_failed; /* the current generation's vm could not be built */
+    struct tvm *next; /* in the free list */
 } tvm;
+
+/* Why a pool and not one vm per worker thread: over a run every one of the
+ * 128 workers built one (61 KB of Lua heap each, plus its malloc holes: a
+ * quarter of the daemon's peak RSS, issue 12), while evaluation is CPU work
+ * that never runs on more threads than there are cores, except while a rule
+ * waits on Redis in ctx.incr. POOL_PER_CORE vms per core (at least
+ * POOL_MIN) are built lazily and lent per sale; a sale that finds none free
+ * waits for one. */
+#define POOL_PER_CORE 4
+#define POOL_MIN      8
 
 struct policy {
     live *l;
@@ -27,7 +40,11 @@ struct policy {
     act *a;
     rds_pool *pool;
     ctr *counters;
-    tslot *vms;                                       /* one tvm per HTTP worker thread */
+    pthread_mutex_t mu; /* guards free_vms, made, and wakes through cv */
+    pthread_cond_t cv;
+    tvm *free_vms;
+    int made, max;
+    tvm **all;                                        /* the MAX slots, for policy_free */
     _Atomic uint64_t failed_rejected, failed_allowed; /* policy_stats */
 };
 
@@ -38,33 +55,61 @@ struct gate_ctx {
     char failed_rule[129]; /* first rule that failed, "" if none */
 };
 
-static void *tvm_create(void *ud) {
-    (void)ud;
-    return calloc(1, sizeof(tvm));
-}
-
-static void tvm_destroy(void *obj) {
-    tvm *t = obj;
-    rules_vm_free(t->vm);
-    free(t);
-}
-
 policy *policy_new(live *l, ks *k, act *a, rds_pool *pool, ctr *counters) {
     policy *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->l = l, p->k = k, p->a = a, p->pool = pool, p->counters = counters;
-    p->vms = tslot_new(tvm_create, tvm_destroy, NULL);
-    if (!p->vms) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p->max = cores > 0 && cores * POOL_PER_CORE > POOL_MIN ? (int)cores * POOL_PER_CORE : POOL_MIN;
+    p->all = calloc((size_t)p->max, sizeof *p->all);
+    if (!p->all) {
         free(p);
         return NULL;
     }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
     return p;
 }
 
 void policy_free(policy *p) {
     if (!p) return;
-    tslot_free(p->vms);
+    for (int i = 0; i < p->made; i++) {
+        rules_vm_free(p->all[i]->vm);
+        free(p->all[i]);
+    }
+    free(p->all);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
     free(p);
+}
+
+/* Borrow a vm: a free one, a new one while fewer than MAX exist, or wait
+ * for one to come back. NULL only when out of memory with none made. */
+static tvm *borrow(policy *p) {
+    pthread_mutex_lock(&p->mu);
+    tvm *t;
+    for (;;) {
+        if ((t = p->free_vms)) {
+            p->free_vms = t->next;
+            break;
+        }
+        if (p->made < p->max) {
+            t = calloc(1, sizeof *t);
+            if (t) p->all[p->made++] = t;
+            if (t || p->made == 0) break;
+        }
+        pthread_cond_wait(&p->cv, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return t;
+}
+
+static void give_back(policy *p, tvm *t) {
+    pthread_mutex_lock(&p->mu);
+    t->next = p->free_vms;
+    p->free_vms = t;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
 }
 
 void policy_get_stats(policy *p, policy_stats *out) {
@@ -129,6 +174,8 @@ static sale_status rules_failed(policy *p, int allow, const char *failed_rule, c
     return SALE_REJECTED;
 }
 
+static sale_status gate_rules(policy *p, tvm *t, const sale_req *req, sale_res *res);
+
 sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
     policy *p = ud;
     char scope[KS_SCOPE_MAX + 1];
@@ -139,18 +186,25 @@ sale_status policy_gate(void *ud, const sale_req *req, sale_res *res) {
                  "sales of %s are halted by the kill switch (scope %s)", req->sku, scope);
         return SALE_HALTED;
     }
-    tvm *t = tslot_get(p->vms);
+    tvm *t = borrow(p);
     if (!t) {
         res->status = SALE_UNAVAILABLE;
         snprintf(res->message, sizeof res->message,
                  "out of memory building the sale-rule evaluator");
         return SALE_UNAVAILABLE;
     }
+    sale_status st = gate_rules(p, t, req, res);
+    give_back(p, t);
+    return st;
+}
+
+/* The sale rules of the live set on T for REQ. */
+static sale_status gate_rules(policy *p, tvm *t, const sale_req *req, sale_res *res) {
     int synced = sync_vm(p, t);
     if (synced != 0) t->build_failed = synced < 0;
     if (t->build_failed) {
-        /* This worker could not build the current set's sale rules (say a
-         * rule that needs more C stack than a worker has): skipping them
+        /* This vm could not be built for the current set's sale rules (say
+         * a rule that needs more C stack than a worker has): skipping them
          * would let every sale through, so it is a failure of the rules. */
         uint64_t g;
         rules_set *cur = live_get(p->l, &g);

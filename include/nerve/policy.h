@@ -4,22 +4,24 @@
  * local halt cache (423 when `global` or `sku:<SKU>` is engaged with
  * halt_sales), then, when the live set has rules on "sale_request", evaluates
  * them with the event {"type","sku","qty","unit_price"?,"order_id"} on a
- * rules_vm owned by the calling thread that holds ONLY the sale_request rules
- * (so a big event rule is never copied into each of the 128 workers; built
- * lazily, rebuilt when the generation changes), so HTTP workers never share a
- * Lua state or wait on one global mutex. The first `reject` decision answers
+ * rules_vm that holds ONLY the sale_request rules (so a big event rule is
+ * never copied into the sale path), lent to the sale from a pool of 4 per
+ * core (at least 8; built lazily, rebuilt when the generation changes): no
+ * two sales share a Lua state at once, and 128 workers do not keep 128 of
+ * them (policy.c). The first `reject` decision answers
  * 422 with that rule and reason; alert and kill decisions of sale rules go to
  * the actions module like any other. A rule that fails (error, instruction or
  * memory limit, rules.eval_timeout_ms) answers per rules.sale_on_error: reject
  * (422 naming the rule: fail closed, the default) or allow; both counted.
  *
- * State: ctx.state of a sale rule is per worker thread; ctx.incr counts in
+ * State: ctx.state of a sale rule is per pooled vm (which sale gets which
+ * vm is not defined); ctx.incr counts in
  * Redis (counters.h), fleet-wide -- the way to write a limit that
  * reconnecting or another instance cannot bypass.
  *
  * Ownership: policy_new borrows its arguments (they must outlive it;
- * COUNTERS may be NULL: ctx.incr then counts per Lua state). Each thread's vm
- * (a tslot) is freed with policy_free, after the HTTP server stopped.
+ * COUNTERS may be NULL: ctx.incr then counts per Lua state). The pool's vms
+ * are freed with policy_free, after the HTTP server stopped.
  */
 #ifndef NERVE_POLICY_H
 #define NERVE_POLICY_H
