@@ -543,6 +543,62 @@ static void test_redis_restart(void **state)
     h_pass();
 }
 
+/* --- exact figures and escaped text in answers and events --------------- */
+
+/* The last event of SKU's partition stream of sales_events, parsed. */
+static cJSON *last_sale_event(const char *sku)
+{
+    char key[RDS_KEY_MAX];
+    assert_true(keys_stream(key, H_PREFIX, keys_partition(sku, H_PARTITIONS), "sales_events") > 0);
+    redisReply *r = h_redis_cmd(redis, "XREVRANGE %s + - COUNT 1", key);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, 1);
+    const redisReply *f = r->element[0]->element[1];
+    assert_int_equal(f->elements, 2);
+    assert_string_equal(f->element[0]->str, "event");
+    cJSON *ev = cJSON_Parse(f->element[1]->str);
+    if (!ev) fail_msg("sale event is not JSON: %s", f->element[1]->str);
+    freeReplyObject(r);
+    return ev;
+}
+
+/* A stock over 1e14 stays exact: Redis's Lua prints numbers with %.14g, and
+ * the commit script used to store 999999999999999 back as "1e+15" (one unit
+ * more than there was, and GET /stock read 1). The order_id may hold " and
+ * \: the answer and the event (written by C for the script, issue 12)
+ * carry it escaped, and parse back to the same text. */
+static void test_exact_large_stock_and_escaped_order(void **state)
+{
+    (void)state;
+    const char *sku = "big-1", *oid = "q\"uo\\te-1";
+    H_SET_STOCK(daemon_, sku, 1000000000000000LL);
+    h_resp r;
+    h_sale(daemon_, "/sale", sku, 1, oid, &r);
+    assert_int_equal(CHECK_OK(&r, sku, 1, false), 999999999999999LL);
+    assert_string_equal(h_jstr(r.json, "order_id"), oid);
+    h_resp_free(&r);
+    assert_int_equal(H_REDIS_STOCK(redis, sku), 999999999999999LL);
+    assert_int_equal(H_GET_STOCK(daemon_, sku), 999999999999999LL);
+
+    cJSON *ev = last_sale_event(sku);
+    assert_string_equal(h_jstr(ev, "order_id"), oid);
+    long long left = -1;
+    assert_true(h_jll(ev, "stock_remaining", &left));
+    assert_int_equal(left, 999999999999999LL);
+    cJSON_Delete(ev);
+
+    /* The duplicate answers the recorded figures, exact too. */
+    h_sale(daemon_, "/sale", sku, 1, oid, &r);
+    assert_int_equal(CHECK_OK(&r, sku, 1, true), 999999999999999LL);
+    h_resp_free(&r);
+    h_sale(daemon_, "/sale", sku, 1000, NULL, &r);
+    assert_int_equal(CHECK_OK(&r, sku, 1000, false), 999999999998999LL);
+    h_resp_free(&r);
+    assert_int_equal(H_REDIS_STOCK(redis, sku), 999999999998999LL);
+    h_pass();
+}
+
 /* --- main --------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
@@ -558,6 +614,7 @@ int main(void)
         T(test_concurrent_simulate_sales),
         T(test_redis_frozen),
         T(test_redis_restart),
+        T(test_exact_large_stock_and_escaped_order),
     };
     h_group_use(&redis, &daemon_, NULL);
     return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
