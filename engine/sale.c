@@ -881,6 +881,10 @@ void sale_get_stats(sale_engine *e, sale_stats *out) {
         out->results[i] = atomic_load_explicit(&e->results[i], memory_order_relaxed);
     hist_read(&e->duration, &out->duration);
     hist_read(&e->lock_wait, &out->lock_wait);
+    mux_stats ms = { 0, 0 };
+    if (e->mux) mux_get_stats(e->mux, &ms);
+    out->pipeline_commands = ms.commands;
+    out->pipeline_flushes = ms.flushes;
 }
 
 static unsigned hash(const char *s) {

@@ -95,6 +95,15 @@ static void render_sale(buf *b, const status_sources *s) {
     hist_render(b, "nerve_sale_duration_seconds", "Time to answer a sale, seconds.", &ss.duration);
     hist_render(b, "nerve_lock_wait_seconds", "Time a sale batch waited for its SKU lock, seconds.",
                 &ss.lock_wait);
+    out(b,
+        "# HELP nerve_sale_pipeline_commands_total Commands sent on the Redis pipelines the sale "
+        "commits share (sale.pipelines).\n# TYPE nerve_sale_pipeline_commands_total counter\n"
+        "nerve_sale_pipeline_commands_total %llu\n"
+        "# HELP nerve_sale_pipeline_round_trips_total Round trips of those pipelines: commands "
+        "per round trip is how much the commits were batched.\n"
+        "# TYPE nerve_sale_pipeline_round_trips_total counter\n"
+        "nerve_sale_pipeline_round_trips_total %llu\n",
+        (unsigned long long)ss.pipeline_commands, (unsigned long long)ss.pipeline_flushes);
 }
 
 static void render_eval(buf *b, eval *ev) {

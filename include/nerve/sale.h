@@ -147,6 +147,9 @@ typedef struct sale_stats {
     uint64_t results[SALE_RESULT_COUNT];
     hist_snap duration;  /* what sale_record was told, seconds */
     hist_snap lock_wait; /* per batch: 0 when the fast path took the lock */
+    /* The shared pipelines (mux.h): commit scripts sent, and the round trips
+     * that carried them (their ratio is the commits per round trip). */
+    uint64_t pipeline_commands, pipeline_flushes;
 } sale_stats;
 
 /* Count one answered sale with STATUS (DUPLICATE: a repeated order_id) that

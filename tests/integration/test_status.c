@@ -24,6 +24,8 @@ static const char *const families[] = {
     "nerve_sales_total counter",
     "nerve_sale_duration_seconds histogram",
     "nerve_lock_wait_seconds histogram",
+    "nerve_sale_pipeline_commands_total counter",
+    "nerve_sale_pipeline_round_trips_total counter",
     "nerve_events_total counter",
     "nerve_events_invalid_total counter",
     "nerve_events_deferred_total counter",
@@ -188,6 +190,17 @@ static void test_counters_move(void **state)
         { "nerve_reloads_total", "result=\"failed\"", 0 },
         { "nerve_rules_generation", NULL, 1 },
     };
+    /* Three commits through the shared pipelines, one after the other
+     * (plus the commit script's SCRIPT LOAD when these are the daemon's
+     * first): a round trip each. */
+    double c0 = h_metric(before, "nerve_sale_pipeline_commands_total", NULL),
+           c1 = h_metric(after, "nerve_sale_pipeline_commands_total", NULL),
+           t0 = h_metric(before, "nerve_sale_pipeline_round_trips_total", NULL),
+           t1 = h_metric(after, "nerve_sale_pipeline_round_trips_total", NULL);
+    if (c0 < 0 || t0 < 0 || c1 - c0 < 3 || c1 - c0 > 4 || t1 - t0 < 3 || t1 - t0 > c1 - c0)
+        fail_msg("pipeline commands %g -> %g, round trips %g -> %g: want +3 or +4 commands in as "
+                 "many round trips",
+                 c0, c1, t0, t1);
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
         double a = h_metric(before, want[i].name, want[i].label);
         double b = h_metric(after, want[i].name, want[i].label);
