@@ -22,6 +22,8 @@
 
 #include <civetweb.h>
 
+#include "bench.h"
+
 /* nerve's default server.max_body_bytes: a bigger body gets 413 there too. */
 #define MAX_BODY 8192
 
@@ -97,11 +99,7 @@ static long parse_long(const char *s, long lo, long hi)
 int main(int argc, char **argv)
 {
     struct mg_callbacks cb;
-    struct mg_context *ctx;
-    char listen[48], threads[24];
-    sigset_t set;
     long port, nthreads = 32;
-    int sig;
 
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: ceiling PORT [THREADS]\n");
@@ -115,44 +113,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ceiling: bad thread count '%s' (1..1024)\n", argv[2]);
         return 2;
     }
-    snprintf(listen, sizeof(listen), "127.0.0.1:%ld", port);
-    snprintf(threads, sizeof(threads), "%ld", nthreads);
-
-    /* Block the stop signals before CivetWeb starts its threads, so they
-     * inherit the mask and only sigwait() below ever sees them. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-    /* The options of engine/http.c's http_start(), with nerve's default
-     * server.request_timeout_ms (10000). */
-    const char *options[] = {
-        "listening_ports", listen,
-        "num_threads", threads,
-        "enable_keep_alive", "yes",
-        "keep_alive_timeout_ms", "10000",
-        "request_timeout_ms", "10000",
-        "tcp_nodelay", "1",
-        "max_request_size", "16384",
-        NULL,
-    };
     memset(&cb, 0, sizeof(cb));
     cb.log_message = log_message;
-
-    mg_init_library(0);
-    ctx = mg_start(&cb, NULL, options);
-    if (ctx == NULL) {
-        fprintf(stderr, "ceiling: cannot listen on %s\n", listen);
-        mg_exit_library();
-        return 1;
-    }
-    mg_set_request_handler(ctx, "/sale$", sale_handler, NULL);
-    fprintf(stderr, "ceiling: listening on %s with %ld threads\n", listen, nthreads);
-
-    while (sigwait(&set, &sig) != 0)
-        ;
-    mg_stop(ctx);
-    mg_exit_library();
-    return 0;
+    return bench_serve("ceiling", port, nthreads, &cb, sale_handler, "");
 }

@@ -41,6 +41,8 @@
 
 #include <cJSON.h>
 #include <civetweb.h>
+
+#include "bench.h"
 #include <hiredis.h>
 
 /* nerve's defaults: server.max_body_bytes, the longest sku / order_id,
@@ -273,12 +275,9 @@ static long parse_long(const char *s, long lo, long hi) {
 
 int main(int argc, char **argv) {
     struct mg_callbacks cb;
-    struct mg_context *ctx;
     redisContext *c;
-    char listen[48], threads[24], err[256];
-    sigset_t set;
+    char err[256];
     long port, nthreads, rport;
-    int sig;
 
     if (argc < 5 || argc > 6) {
         fprintf(stderr, "usage: plain PORT THREADS REDIS_HOST REDIS_PORT [KEY_PREFIX]\n");
@@ -314,52 +313,11 @@ int main(int argc, char **argv) {
     }
     redisFree(c);
 
-    snprintf(listen, sizeof(listen), "127.0.0.1:%ld", port);
-    snprintf(threads, sizeof(threads), "%ld", nthreads);
-
-    /* Block the stop signals before CivetWeb starts its threads, so they
-     * inherit the mask and only sigwait() below ever sees them. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-    /* The options of engine/http.c's http_start() (and of ceiling.c). */
-    const char *options[] = {
-        "listening_ports",
-        listen,
-        "num_threads",
-        threads,
-        "enable_keep_alive",
-        "yes",
-        "keep_alive_timeout_ms",
-        "10000",
-        "request_timeout_ms",
-        "10000",
-        "tcp_nodelay",
-        "1",
-        "max_request_size",
-        "16384",
-        NULL,
-    };
     memset(&cb, 0, sizeof(cb));
     cb.log_message = log_message;
     cb.exit_thread = exit_thread;
-
-    mg_init_library(0);
-    ctx = mg_start(&cb, NULL, options);
-    if (ctx == NULL) {
-        fprintf(stderr, "plain: cannot listen on %s\n", listen);
-        mg_exit_library();
-        return 1;
-    }
-    mg_set_request_handler(ctx, "/sale$", sale_handler, NULL);
-    fprintf(stderr, "plain: listening on %s with %ld threads, Redis %s:%d, keys %sstock:SKU\n",
-            listen, nthreads, redis_host, redis_port, key_prefix);
-
-    while (sigwait(&set, &sig) != 0)
-        ;
-    mg_stop(ctx);
-    mg_exit_library();
-    return 0;
+    char what[400];
+    snprintf(what, sizeof(what), ", Redis %s:%d, keys %sstock:SKU", redis_host, redis_port,
+             key_prefix);
+    return bench_serve("plain", port, nthreads, &cb, sale_handler, what);
 }
