@@ -253,7 +253,8 @@ static void *stream_run(void *arg) {
     while (!atomic_load(&b->stop)) {
         uint64_t room = fly_room(b, BUS_STREAM_WINDOW);
         if (!room) continue;
-        int n = sg_read(b->sg, m, room < BATCH ? (size_t)room : BATCH, 200);
+        size_t want = room < BATCH ? (size_t)room : BATCH;
+        int n = sg_read(b->sg, m, want, 200);
         if (n < 0) {
             if (!down)
                 log_warn("bus", "stream reader down, retrying error=\"%s\"", sg_errstr(b->sg));
@@ -278,7 +279,7 @@ static void *stream_run(void *arg) {
          * returns a few (commandstats, issue 12). Only events of a burst
          * wait, at most this long; the first after a quiet spell is read
          * at once (the read blocks until it arrives). */
-        if (n > 0 && n < BATCH && !atomic_load(&b->stop)) {
+        if (n > 0 && (size_t)n < want && !atomic_load(&b->stop)) {
             struct timespec ts = { 0, READ_LINGER_US * 1000L };
             nanosleep(&ts, NULL);
         }

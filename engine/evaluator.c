@@ -37,9 +37,13 @@ static void on_decision(void *ud, const rules_decision *d) {
 }
 
 /* Acknowledgements are sent ack_batch at a time, or once no event came for
- * ACK_LINGER_MS: each XACK is one command per stream the entries came from,
+ * ACK_LINGER_MS, or once the oldest held is ACK_MAX_AGE_MS old (a steady
+ * trickle must not hold them towards bus.claim_idle_ms, >= 100 ms, after
+ * which another instance would claim and evaluate them again): each XACK is
+ * one command per stream the entries came from,
  * so larger batches are fewer commands for Redis (issue 12). */
-#define ACK_LINGER_MS 2
+#define ACK_LINGER_MS  2
+#define ACK_MAX_AGE_MS 10
 
 /* Stream events evaluated and not yet acknowledged (data already freed). */
 typedef struct acks {
@@ -113,6 +117,7 @@ static void *run(void *arg) {
     uint64_t gen = 0;
     uint64_t last_refresh = 0, last_resume = 0, bad_burst = 0;
     acks pend = { .n = 0 };
+    uint64_t pend_since = 0; /* when the oldest held ack was taken */
     for (;;) {
         evq_item it;
         /* With acks held, wait a little for more before sending them: an
@@ -175,8 +180,11 @@ static void *run(void *arg) {
             free(it.data);
             free(it.channel);
             it.data = it.channel = NULL;
+            if (pend.n == 0) pend_since = clock_now_ns();
             pend.it[pend.n++] = it;
-            if (pend.n >= e->o.ack_batch) ack_flush(e, &pend);
+            if (pend.n >= e->o.ack_batch ||
+                clock_now_ns() - pend_since >= ACK_MAX_AGE_MS * 1000000ull)
+                ack_flush(e, &pend);
         } else {
             evq_item_free(&it);
         }

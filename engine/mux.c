@@ -123,6 +123,17 @@ static int free_slot(mux *m) {
     return -1;
 }
 
+/* With the mutex held: when requests are queued and a connection is free,
+ * tell the oldest to take it (it may find it taken by then, and queue
+ * again). Also after a leader left requests queued (more than max_batch)
+ * with another connection free. */
+static void hint_free_slot(mux *m) {
+    mreq *h = m->head;
+    if (!h || free_slot(m) < 0) return;
+    int q = MREQ_QUEUED;
+    if (atomic_compare_exchange_strong(&h->state, &q, MREQ_LEAD)) park_wake(&h->state);
+}
+
 /* With the mutex held and connection SI free: take it and up to max_batch
  * requests from the head of the queue, do the round trip without the
  * mutex, complete them, and come back with the mutex held, the connection
@@ -142,6 +153,7 @@ static void lead(mux *m, int si, mreq *me) {
     m->head = last->next;
     if (!m->head) m->tail = NULL;
     last->next = NULL;
+    hint_free_slot(m);
     pthread_mutex_unlock(&m->mu);
 
     flush(s, batch, n);
@@ -159,11 +171,7 @@ static void lead(mux *m, int si, mreq *me) {
     s->busy = 0;
     /* Requests queued during our round trip: the oldest takes the
      * connection we just freed. */
-    mreq *h = m->head;
-    if (h) {
-        int q = MREQ_QUEUED;
-        if (atomic_compare_exchange_strong(&h->state, &q, MREQ_LEAD)) park_wake(&h->state);
-    }
+    hint_free_slot(m);
 }
 
 redisReply *mux_command(mux *m, int argc, const char **argv, const size_t *argvlen, mux_res *res) {

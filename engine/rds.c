@@ -30,6 +30,7 @@ struct rds_client {
     long long retry_at_ms;  /* monotonic ms before which we do not retry */
     long long last_used_ms; /* monotonic ms of the last command */
     int unknown;            /* the last failure came after a command was sent */
+    int pending;            /* appended commands whose replies are not read yet */
     char errstr[256];
 };
 
@@ -142,6 +143,7 @@ static void drop(rds_client *c) {
         redisFree(c->ctx);
         c->ctx = NULL;
     }
+    c->pending = 0;
     /* Capped exponential backoff between reconnect attempts, jittered so
      * that a fleet's clients do not reconnect in lockstep. */
     c->down = 1;
@@ -256,12 +258,22 @@ redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const si
     return r ? r : failed(c);
 }
 
+/* Within a pipeline (commands appended, replies not all read) the
+ * connection is never checked for staleness or replaced: a reconnect there
+ * would drop the commands appended so far unsent and hand their replies'
+ * places to the later ones (a caller reading N replies would give each
+ * command another's reply; found in review, issue 12). It fails instead. */
 int rds_appendargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
-    if (ensure(c)) return -1;
+    if (c->pending > 0) {
+        if (!c->ctx) return -1;
+    } else if (ensure(c)) {
+        return -1;
+    }
     if (redisAppendCommandArgv(c->ctx, argc, argv, argvlen) != REDIS_OK) {
         failed(c);
         return -1;
     }
+    c->pending++;
     return 0;
 }
 
@@ -269,6 +281,7 @@ redisReply *rds_get_reply(rds_client *c) {
     if (!c->ctx) return NULL;
     void *r = NULL;
     if (redisGetReply(c->ctx, &r) != REDIS_OK || !r) return failed(c);
+    if (c->pending > 0) c->pending--;
     return r;
 }
 

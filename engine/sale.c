@@ -351,20 +351,36 @@ static redisReply *commit_send(commit_via *v, int nkeys, int argc, const char **
         }
         return r;
     }
+    /* Only the EVALSHA's own failure can leave the outcome unknown: a
+     * SCRIPT LOAD that failed, or a NOSCRIPT, ran nothing. */
     mux_res mr;
+    v->unknown = 0;
+    if (mux_script_load(v->m, &commit_script, &mr)) goto failed;
+    argv[1] = commit_script.sha, argvlen[1] = 40;
     for (int tries = 0; tries < 2; tries++) {
-        if (tries > 0) atomic_store_explicit(&commit_script.loaded, 0, memory_order_relaxed);
-        if (mux_script_load(v->m, &commit_script, &mr)) break;
-        argv[1] = commit_script.sha, argvlen[1] = 40;
         redisReply *r = mux_command(v->m, argc, argv, argvlen, &mr);
-        if (!r) break;
+        if (!r) {
+            v->unknown = mr.unknown;
+            goto failed;
+        }
         if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && tries == 0) {
+            /* Redis lost its script cache (a restart): load the same
+             * source again (same sha, so the one recorded stays) and retry. */
             freeReplyObject(r);
+            const char *load[] = { "SCRIPT", "LOAD", commit_script.src };
+            redisReply *lr = mux_command(v->m, 3, load, NULL, &mr);
+            int ok = lr && lr->type == REDIS_REPLY_STRING;
+            freeReplyObject(lr);
+            if (!ok) {
+                if (lr) snprintf(mr.err, sizeof mr.err, "SCRIPT LOAD of the commit script failed");
+                goto failed;
+            }
             continue;
         }
         return r;
     }
-    v->unknown = mr.unknown;
+    snprintf(mr.err, sizeof mr.err, "the commit script could not be loaded");
+failed:
     snprintf(err, errlen, "redis: %s", mr.err);
     return NULL;
 }
@@ -904,6 +920,7 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
      * so that a worker that never meets contention never opens one. */
     commit_via v = { .m = e->mux };
     rds_client *c = NULL;
+    int held = 0; /* the slow path took the lock: release it on an error */
     if (!e->mux && !(v.c = c = rds_pool_client(e->pool))) {
         fail = "out of memory";
     } else if (key(lk, &e->o, sku, "lock") < 0) {
@@ -929,6 +946,7 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             } else if (st == LOCK_ERR) {
                 fail = err;
             } else {
+                held = 1;
                 rc = commit_ptrs(&v, &e->o, sku, token, reqs, res, n, 0, err, sizeof err);
             }
         } else {
@@ -938,8 +956,9 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             snprintf(err, sizeof err, "lock on SKU %s expired before the commit; retry", sku);
             fail = err;
         } else if (!fail && rc == SALE_COMMIT_ERROR) {
-            /* Best effort: free the SKU for others now rather than at TTL. */
-            if (c || (c = rds_pool_client(e->pool))) lock_release(c, lk, token);
+            /* Best effort: free the SKU for others now rather than at TTL
+             * (the fast path never wrote the lock: nothing to free). */
+            if (held) lock_release(c, lk, token);
             /* The script may have run before the connection broke: say
              * so, so that clients retry with the same order_id (which
              * then answers the recorded result instead of selling twice). */

@@ -516,6 +516,55 @@ static void test_parse_url(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
+/* A pipeline (commands appended, replies not read yet) is never moved to a
+ * new connection halfway: the commands appended before would be dropped
+ * unsent and each later reply handed to the wrong command (the sale
+ * pipelines of mux.c read one reply per queued commit). Here the
+ * connection dies, idle past the 50 ms staleness check, between two
+ * appends: the replies are the right ones or failures, never the second
+ * command's reply for the first. */
+static void test_pipeline_not_reconnected_midway(void **state)
+{
+    (void)state;
+    rds_client *c = new_client();
+    redisReply *r = rds_command(c, "CLIENT ID");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long id = r->integer;
+    freeReplyObject(r);
+    double idle = h_deadline(80); /* past rds.c's 50 ms staleness check */
+
+    const char *one[] = { "ECHO", "one" }, *two[] = { "ECHO", "two" };
+    assert_int_equal(rds_appendargv(c, 2, one, NULL), 0);
+    r = h_redis_cmd(redis, "CLIENT KILL ID %lld", id);
+    assert_non_null(r);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    while (h_before(idle)) h_nap();
+
+    int appended = rds_appendargv(c, 2, two, NULL) == 0;
+    redisReply *r1 = rds_get_reply(c);
+    if (r1) {
+        if (r1->type != REDIS_REPLY_STRING || strcmp(r1->str, "one") != 0)
+            fail_msg("the first command got the reply %s", r1->str ? r1->str : "(not a string)");
+        redisReply *r2 = appended ? rds_get_reply(c) : NULL;
+        if (appended && (!r2 || r2->type != REDIS_REPLY_STRING || strcmp(r2->str, "two") != 0))
+            fail_msg("the second command got a wrong reply");
+        freeReplyObject(r2);
+    }
+    freeReplyObject(r1);
+
+    /* The client comes back for the next command (after its backoff). */
+    double dl = h_deadline(3000);
+    redisReply *p = NULL;
+    while (h_before(dl) && !(p = rds_command(c, "PING"))) h_nap();
+    assert_non_null(p);
+    assert_string_equal(p->str, "PONG");
+    freeReplyObject(p);
+    rds_client_free(c);
+    h_pass();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -529,6 +578,7 @@ int main(void)
         T(test_deleted_lock_commit_refused),
         T(test_commit_checks_each_sale),
         T(test_mutual_exclusion),
+        T(test_pipeline_not_reconnected_midway),
     };
     h_group_use(&redis, NULL, NULL);
     return cmocka_run_group_tests(tests, h_group_setup, h_group_teardown);
