@@ -410,11 +410,21 @@ static sale_commit_result commit_ptrs(commit_via *v, const sale_opts *o, const c
     size_t nkeys = COMMIT_KEYS + n, argc = 3 + nkeys + COMMIT_FIXED_ARGS + COMMIT_SALE_ARGS * n;
     size_t sl = strlen(sku), il = o->instance ? strlen(o->instance) : 0;
     size_t per_event = 160 + JSONCK_ESC_MAX(sl) + JSONCK_ESC_MAX(il);
-    size_t text = 5 * RDS_KEY_MAX + per_event + 64;
-    for (size_t i = 0; i < n; i++)
-        text += RDS_KEY_MAX + 64 + per_event + JSONCK_ESC_MAX(strlen(reqs[i]->order_id));
+    /* A key is PREFIX{pN}:KIND:NAME (keys.h; N < 1024, KIND at most 6
+     * characters): KEY_ROOM(NAME length) holds it with room to spare. */
+#define KEY_ROOM(len) (strlen(o->prefix) + 32 + (len))
+    size_t cl = strlen(o->inventory_channel), sc = strlen(o->sales_channel);
+    size_t text = 3 * KEY_ROOM(sl) + 2 * KEY_ROOM(cl > sc ? cl : sc) + per_event + 64;
+    for (size_t i = 0; i < n; i++) {
+        size_t ol = strlen(reqs[i]->order_id);
+        text += KEY_ROOM(sl + 1 + ol) + 64 + per_event + JSONCK_ESC_MAX(ol);
+    }
+#undef KEY_ROOM
     size_t need = argc * (sizeof(char *) + sizeof(size_t)) + text;
-    _Alignas(max_align_t) char stackbuf[6144];
+    /* 2 KiB holds a one-sale commit (about 1.5 KiB): the stack pages a
+     * worker touches stay resident, on each of 128 workers. */
+    _Alignas(max_align_t) char stackbuf[2048];
+    char kb[RDS_KEY_MAX]; /* keys.h writes into RDS_KEY_MAX bytes */
     char *mem = need <= sizeof stackbuf ? stackbuf : malloc(need);
     sale_commit_result rc = SALE_COMMIT_ERROR;
     redisReply *r = NULL;
@@ -433,24 +443,22 @@ static sale_commit_result commit_ptrs(commit_via *v, const sale_opts *o, const c
         p += (fmt_call) + 1; \
     } while (0)
 
-    /* Keys: lock, stock, price, streams, then one order record per sale. */
+    /* Keys: lock, stock, price, streams, then one order record per sale;
+     * each written into KB, then copied into its exact room. */
+#define KEY_HERE(expr) \
+    do { \
+        int kl_ = (expr); \
+        if (kl_ < 0 || p + kl_ + 1 > end) goto toolong; \
+        memcpy(p, kb, (size_t)kl_ + 1); \
+        ARG_HERE(kl_); \
+    } while (0)
     const char *kinds[] = { "lock", "stock", "price" };
-    for (int k = 0; k < 3; k++) {
-        int kl = keys_sku(p, o->prefix, o->partitions, kinds[k], sku);
-        if (kl < 0) goto toolong;
-        ARG_HERE(kl);
-    }
+    for (int k = 0; k < 3; k++) KEY_HERE(keys_sku(kb, o->prefix, o->partitions, kinds[k], sku));
     const char *chans[] = { o->inventory_channel, o->sales_channel };
-    for (int k = 0; k < 2; k++) {
-        int kl = keys_stream(p, o->prefix, part, chans[k]);
-        if (kl < 0) goto toolong;
-        ARG_HERE(kl);
-    }
-    for (size_t i = 0; i < n; i++) {
-        int kl = keys_order(p, o->prefix, o->partitions, sku, reqs[i]->order_id);
-        if (kl < 0) goto toolong;
-        ARG_HERE(kl);
-    }
+    for (int k = 0; k < 2; k++) KEY_HERE(keys_stream(kb, o->prefix, part, chans[k]));
+    for (size_t i = 0; i < n; i++)
+        KEY_HERE(keys_order(kb, o->prefix, o->partitions, sku, reqs[i]->order_id));
+#undef KEY_HERE
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     char ts[40];
