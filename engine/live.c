@@ -22,11 +22,17 @@ struct live {
     _Atomic uint64_t gen;
     live_reload last;
     _Atomic uint64_t reloads_ok, reloads_failed;
+    rules_tally *tally; /* per-rule counters every installed set counts into */
 };
 
 live *live_new(void) {
     live *l = calloc(1, sizeof *l);
     if (!l) return NULL;
+    l->tally = rules_tally_new();
+    if (!l->tally) {
+        free(l);
+        return NULL;
+    }
     pthread_mutex_init(&l->mu, NULL);
     return l;
 }
@@ -34,12 +40,17 @@ live *live_new(void) {
 void live_free(live *l) {
     if (!l) return;
     rules_set_unref(l->set);
+    rules_tally_free(l->tally); /* sets still held elsewhere keep their counters */
     free(l->last.errors);
     pthread_mutex_destroy(&l->mu);
     free(l);
 }
 
 uint64_t live_swap(live *l, rules_set *set) {
+    /* Before anyone can build a vm from it. Out of memory only costs the
+     * continuity of some counters, not the reload. */
+    if (set && rules_set_adopt_tally(set, l->tally) != 0)
+        log_warn("reload", "out of memory: some rules' counters start again at 0");
     pthread_mutex_lock(&l->mu);
     rules_set *old = l->set;
     l->set = set;

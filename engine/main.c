@@ -19,8 +19,8 @@
 #include "nerve/log.h"
 #include "nerve/rules.h"
 #include "nerve/stress.h"
+#include "nerve/version.h"
 
-#define NERVE_VERSION "0.2.0"
 static void usage(FILE *f) {
     fprintf(
         f,

@@ -481,6 +481,7 @@ static void set_free(rules_set *s) {
     if (s == NULL) return;
     for (size_t i = 0; i < s->n; i++) free_rule(&s->rules[i]);
     free(s->rules);
+    for (size_t i = 0; s->ctr && i < s->n; i++) rules_counters_unref(s->ctr[i]);
     free(s->ctr);
     free(s->channels); /* the strings belong to the rules */
     cJSON_Delete(s->params);
@@ -496,12 +497,13 @@ static int set_finish(rules_set *s) {
 
     for (size_t i = 0; i < s->n; i++) total += s->rules[i].n_channels;
     s->channels = calloc(total ? total : 1, sizeof(char *));
-    s->ctr = aligned_alloc(64, (s->n ? s->n : 1) * sizeof(rules_counters));
-    if (md == NULL || s->channels == NULL || s->ctr == NULL) {
+    s->ctr = calloc(s->n ? s->n : 1, sizeof(rules_counters *));
+    bool ctr_ok = s->ctr != NULL;
+    for (size_t i = 0; ctr_ok && i < s->n; i++) ctr_ok = (s->ctr[i] = rules_counters_new()) != NULL;
+    if (md == NULL || s->channels == NULL || !ctr_ok) {
         EVP_MD_CTX_free(md);
         return -1;
     }
-    memset(s->ctr, 0, (s->n ? s->n : 1) * sizeof(rules_counters));
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     for (size_t i = 0; i < s->n; i++) {
         rules_rule *r = &s->rules[i];
@@ -622,10 +624,11 @@ const char *const *rules_set_channels(const rules_set *s, size_t *n) {
 }
 
 int rules_set_stats(const rules_set *s, size_t i, rules_stats *out) {
-    const rules_counters *c;
+    rules_counters *c;
 
     if (i >= s->n) return -1;
-    c = &s->ctr[i];
+    c = s->ctr[i];
+    hist_read(&c->duration, &out->duration);
     out->evaluations = atomic_load_explicit(&c->evaluations, memory_order_relaxed);
     out->errors = atomic_load_explicit(&c->errors, memory_order_relaxed);
     out->duration_ns = atomic_load_explicit(&c->duration_ns, memory_order_relaxed);

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <lua.h>
+#include "nerve/hist.h"
 #include "nerve/rules.h"
 
 #define RULES_MSG_MAX      1024 /* one error message */
@@ -41,21 +42,29 @@ typedef struct rules_rule {
     int n_fixtures;
 } rules_rule;
 
-/* One cache line per rule so that threads evaluating different rules do not
- * bounce each other's counters. */
+/* One rule's counters, on their own cache lines so that threads evaluating
+ * different rules do not bounce each other's. Shared by name across reloads
+ * (rules_tally.c): a set points at the tally's counters of each of its rules,
+ * so a reload never sends a Prometheus counter backwards. */
 typedef struct rules_counters {
     alignas(64) _Atomic uint64_t evaluations;
     _Atomic uint64_t errors;
     _Atomic uint64_t duration_ns;
     _Atomic uint64_t decisions[RULES_ACTION_COUNT];
+    hist duration;   /* per evaluation, seconds */
+    atomic_int refs; /* the sets and the tally pointing here */
 } rules_counters;
+
+/* New zeroed counters with one reference, or NULL; drop with _unref. */
+rules_counters *rules_counters_new(void);
+void rules_counters_unref(rules_counters *c);
 
 struct rules_set {
     atomic_int refs;
     rules_rule *rules;
     size_t n;
-    rules_counters *ctr; /* n of them, 64-byte aligned */
-    char **channels;     /* union of the rules' channels */
+    rules_counters **ctr; /* n of them, one reference each */
+    char **channels;      /* union of the rules' channels */
     size_t n_channels;
     char sha256[65];
     long long instr_limit;

@@ -209,7 +209,7 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
         if (!of_kind(&set->rules[i], kind)) continue;
         vm->n++;
         vr->r = &set->rules[i];
-        vr->ctr = &set->ctr[i];
+        vr->ctr = set->ctr[i];
         if (open_rule(vm, vr, buf, sizeof(buf)) != 0) {
             if (err) snprintf(err, errlen, "%s", buf);
             rules_vm_free(vm);
@@ -267,7 +267,7 @@ int rules_vm_rebind(rules_vm *vm, rules_set *set) {
         if (!of_kind(&set->rules[i], vm->kind)) continue;
         vr = &vm->rules[k++];
         vr->r = &set->rules[i];
-        vr->ctr = &set->ctr[i];
+        vr->ctr = set->ctr[i];
         vr->origin = RULES_STATE_KEPT;
         /* The sandbox borrows these strings: point it at the new set's. */
         vr->sbx.file = vr->r->file;
@@ -397,6 +397,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     /* The protected call read the clock when it started and ended. */
     atomic_fetch_add_explicit(&vr->ctr->duration_ns, vr->sbx.end_ns - vr->sbx.start_ns,
                               memory_order_relaxed);
+    hist_observe(&vr->ctr->duration, (double)(vr->sbx.end_ns - vr->sbx.start_ns) / 1e9);
     atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
     if (rc == 0 && !a->bad) return 0;
     atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);

@@ -8,14 +8,17 @@
  */
 #include "nerve/status.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nerve/clock.h"
 #include "nerve/hist.h"
+#include "nerve/version.h"
 
 /* ---- text buffer ------------------------------------------------------------------ */
 
@@ -66,19 +69,67 @@ static const char *esc(const char *s, char *tmp, size_t cap) {
     return tmp;
 }
 
-static void hist_render(buf *b, const char *name, const char *help, const hist_snap *h) {
-    out(b, "# HELP %s %s\n", name, help);
-    out(b, "# TYPE %s histogram\n", name);
+/* One histogram's series; LABELS ("rule=\"x\"", already escaped) go before
+ * le, "" for none. */
+static void hist_series(buf *b, const char *name, const char *labels, const hist_snap *h) {
+    const char *sep = labels[0] ? "," : "";
     uint64_t cum = 0;
     for (size_t i = 0; i <= HIST_BUCKETS; i++) {
         cum += h->counts[i];
         if (i < HIST_BUCKETS)
-            out(b, "%s_bucket{le=\"%g\"} %llu\n", name, hist_bounds[i], (unsigned long long)cum);
+            out(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, hist_bounds[i],
+                (unsigned long long)cum);
         else
-            out(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+            out(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
     }
-    out(b, "%s_sum %.9f\n", name, h->sum);
-    out(b, "%s_count %llu\n", name, (unsigned long long)cum);
+    const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+    out(b, "%s_sum%s%s%s %.9f\n", name, open, labels, close, h->sum);
+    out(b, "%s_count%s%s%s %llu\n", name, open, labels, close, (unsigned long long)cum);
+}
+
+static void hist_render(buf *b, const char *name, const char *help, const hist_snap *h) {
+    out(b, "# HELP %s %s\n", name, help);
+    out(b, "# TYPE %s histogram\n", name);
+    hist_series(b, name, "", h);
+}
+
+/* ---- the process ------------------------------------------------------------------ */
+
+/* When this process started, epoch seconds, from /proc (what Prometheus'
+ * own clients export): its start in clock ticks since boot plus the boot
+ * time. Read once; 0 when /proc is not there. */
+static double start_time;
+static pthread_once_t start_once = PTHREAD_ONCE_INIT;
+
+static void read_start_time(void) {
+    unsigned long long ticks = 0, btime = 0;
+    char line[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (f) {
+        /* Field 22; the command (field 2) may hold spaces: count after its ')'. */
+        char *p = fgets(line, sizeof line, f) ? strrchr(line, ')') : NULL;
+        for (int field = 2; p && field < 22; field++) p = strchr(p + 1, ' ');
+        if (p) ticks = strtoull(p + 1, NULL, 10);
+        fclose(f);
+    }
+    f = fopen("/proc/stat", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "btime %llu", &btime) == 1) break;
+    if (f) fclose(f);
+    long hz = sysconf(_SC_CLK_TCK);
+    if (btime && ticks && hz > 0) start_time = (double)btime + (double)ticks / (double)hz;
+}
+
+static void render_process(buf *b) {
+    pthread_once(&start_once, read_start_time);
+    out(b,
+        "# HELP nerve_build_info The nerve build serving: always 1, its version as a label.\n"
+        "# TYPE nerve_build_info gauge\nnerve_build_info{version=\"%s\"} 1\n",
+        NERVE_VERSION);
+    out(b,
+        "# HELP process_start_time_seconds Start time of the process since the epoch, seconds.\n"
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+        start_time);
 }
 
 /* ---- /metrics, by owner ---------------------------------------------------------- */
@@ -229,10 +280,10 @@ static void render_rules(buf *b, live *l) {
     size_t nr = set ? rules_set_count(set) : 0;
     static const char *const rule_metrics[][3] = {
         { "nerve_rule_evaluations_total", "counter",
-          "Rule evaluations, by rule (current rule set)." },
+          "Rule evaluations, by rule (kept across reloads by rule name)." },
         { "nerve_rule_errors_total", "counter",
           "Rule errors (runtime, limits, invalid decisions), by rule." },
-        { "nerve_rule_duration_seconds", "summary", "Time spent in evaluate, by rule, seconds." },
+        { "nerve_rule_duration_seconds", "histogram", "Time of each evaluate, by rule, seconds." },
         { "nerve_decisions_total", "counter", "Decisions, by rule and action." },
     };
     for (int m = 0; m < 4; m++) {
@@ -250,10 +301,9 @@ static void render_rules(buf *b, live *l) {
                 out(b, "nerve_rule_errors_total{rule=\"%s\"} %llu\n", e1,
                     (unsigned long long)st.errors);
             if (m == 2) {
-                out(b, "nerve_rule_duration_seconds_sum{rule=\"%s\"} %.9f\n", e1,
-                    (double)st.duration_ns / 1e9);
-                out(b, "nerve_rule_duration_seconds_count{rule=\"%s\"} %llu\n", e1,
-                    (unsigned long long)st.evaluations);
+                char lab[sizeof e1 + 16];
+                snprintf(lab, sizeof lab, "rule=\"%s\"", e1);
+                hist_series(b, "nerve_rule_duration_seconds", lab, &st.duration);
             }
             if (m == 3)
                 for (int a = 0; a < RULES_ACTION_COUNT; a++)
@@ -381,6 +431,7 @@ char *status_metrics(const status_sources *s) {
     buf b = { malloc(16384), 0, 16384, 0 };
     if (!b.p) return NULL;
     b.p[0] = 0;
+    render_process(&b);
     render_sale(&b, s);
     if (s->eval) render_eval(&b, s->eval);
     if (s->bus) render_bus(&b, s->bus);

@@ -30,7 +30,10 @@ typedef struct live_reload {
 live *live_new(void);
 void live_free(live *l); /* drops the current set */
 
-/* Install SET (may be NULL) as the current one; returns the new generation. */
+/* Install SET (may be NULL) as the current one; returns the new generation.
+ * SET's rules count into L's per-rule counters (rules_set_adopt_tally), so
+ * a rule's counters go on across reloads instead of starting at 0: SET must
+ * be fresh from rules_set_load, with no vm built from it yet. */
 uint64_t live_swap(live *l, rules_set *set);
 
 /* The current set with a reference taken (NULL when none), and its generation. */

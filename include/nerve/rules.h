@@ -94,6 +94,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "nerve/hist.h"
+
 struct cfg;
 struct cJSON;
 
@@ -188,15 +190,33 @@ int rules_set_listens(const rules_set *s, const char *channel);
 /* The union of every rule's channels, in first-seen order; *N gets the count. */
 const char *const *rules_set_channels(const rules_set *s, size_t *n);
 
-/* Per-rule counters, cumulative over every vm built from this set (a reload
- * starts a new set at zero). Updated with relaxed atomics; any thread may read. */
+/* Per-rule counters, cumulative over every vm built from this set and, once
+ * the set was given to rules_set_adopt_tally, over every earlier set with a
+ * rule of the same name (else a set starts at zero). Updated with relaxed
+ * atomics; any thread may read. */
 typedef struct rules_stats {
     uint64_t evaluations;
     uint64_t errors; /* runtime errors, limits, invalid decisions */
     uint64_t decisions[RULES_ACTION_COUNT];
     uint64_t duration_ns; /* cumulative wall time in evaluate */
+    hist_snap duration;   /* wall time of each evaluate (errors included) */
 } rules_stats;
 int rules_set_stats(const rules_set *s, size_t i, rules_stats *out);
+
+/* Per-rule counters that outlive rule sets, keyed by rule name: what a
+ * reload keeps counting into, whether the rule changed or not (a counter
+ * never goes backwards for a given rule label). A rule removed and added
+ * back later continues where it stopped. Thread-safety: every function;
+ * the tally and the sets share the counters by reference count, so either
+ * may be freed first. */
+typedef struct rules_tally rules_tally;
+rules_tally *rules_tally_new(void);
+void rules_tally_free(rules_tally *t);
+/* Make each rule of S count into T's counters of its name (created, from
+ * S's own, on the first set that has that name). Call before any vm is built
+ * from S. 0, or -1 when out of memory (the rules not adopted keep S's own
+ * counters). */
+int rules_set_adopt_tally(rules_set *s, rules_tally *t);
 
 /* ---- evaluators (one per thread) -------------------------------------- */
 

@@ -476,6 +476,107 @@ static void test_state_across_reload(void **state)
     h_pass();
 }
 
+/* --- 2b. per-rule counters across reloads ------------------------------------ */
+
+/* NAME{rule="e2e_counter_TAG"} (LABEL appended after the rule when given). */
+static double rule_metric(const h_daemon *d, const char *name, const char *tag, const char *label)
+{
+    char want[160];
+    snprintf(want, sizeof want, "rule=\"e2e_counter_%s\"%s%s", tag, label ? "," : "",
+             label ? label : "");
+    char *m = H_METRICS(d);
+    double v = h_metric(m, name, want);
+    free(m);
+    return v;
+}
+
+/* Poll until rule e2e_counter_TAG has counted N evaluations (it counts one
+ * after its decision is applied, so a kill record may come first). */
+static void wait_evals(const h_daemon *d, const char *tag, double n)
+{
+    double dl = h_deadline(5000), v = -1;
+    while (h_before(dl)) {
+        if ((v = rule_metric(d, "nerve_rule_evaluations_total", tag, NULL)) == n)
+            return;
+        h_nap();
+    }
+    fail_msg("nerve_rule_evaluations_total{rule=\"e2e_counter_%s\"} is %g, want %g", tag, v, n);
+}
+
+/* Right after a reload, nothing evaluated since: every per-rule series of
+ * TAG still says N (a reload used to start them over at 0). */
+static void expect_rule_series(const h_daemon *d, const char *tag, double n, const char *when)
+{
+    static const struct { const char *name, *label; } series[] = {
+        { "nerve_rule_evaluations_total", NULL },
+        { "nerve_rule_errors_total", NULL },
+        { "nerve_decisions_total", "action=\"kill\"" },
+        { "nerve_rule_duration_seconds_count", NULL },
+        { "nerve_rule_duration_seconds_bucket", "le=\"+Inf\"" },
+    };
+    for (size_t i = 0; i < sizeof series / sizeof *series; i++) {
+        double want = strcmp(series[i].name, "nerve_rule_errors_total") == 0 ? 0 : n;
+        double v = rule_metric(d, series[i].name, tag, series[i].label);
+        if (v != want)
+            fail_msg("%s: %s{rule=\"e2e_counter_%s\"%s%s} is %g, want %g (counters must not "
+                     "go backwards)", when, series[i].name, tag, series[i].label ? "," : "",
+                     series[i].label ? series[i].label : "", v, want);
+    }
+}
+
+static void test_counters_across_reload(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], rset[PATH_MAX + 16], text[1024];
+    H_RULES_DIR("rl-counters", NULL, NULL, dir, sizeof dir, rset, sizeof rset);
+    counter_text(text, sizeof text, "a", "counter a");
+    H_WRITE_FILE(dir, "a.lua", text);
+    counter_text(text, sizeof text, "b", "counter b");
+    H_WRITE_FILE(dir, "b.lua", text);
+    h_daemon *d = h_daemon_start(redis, rset, CHANNELS, "panic.dry_run=true", NULL);
+    assert_non_null(d);
+    H_WAIT_SUBSCRIBERS(redis, "test_events", 1);
+
+    expect_counts("c1", 1, 1);
+    expect_counts("c2", 2, 2);
+    wait_evals(d, "a", 2);
+    wait_evals(d, "b", 2);
+
+    /* Two reloads of unchanged rules: every series holds. */
+    reload_ok(d);
+    expect_rule_series(d, "a", 2, "after a reload of unchanged rules");
+    expect_rule_series(d, "b", 2, "after a reload of unchanged rules");
+    expect_counts("c3", 3, 3);
+    wait_evals(d, "a", 3);
+    wait_evals(d, "b", 3);
+    reload_ok(d);
+    expect_rule_series(d, "a", 3, "after a second reload");
+    expect_rule_series(d, "b", 3, "after a second reload");
+
+    /* b's source changes: its ctx.state starts over, its counters go on
+     * under the same name (a counter never goes backwards for a label set). */
+    counter_text(text, sizeof text, "b", "counter b, edited");
+    H_WRITE_FILE(dir, "b.lua", text);
+    reload_ok(d);
+    expect_rule_series(d, "b", 3, "after b changed");
+    expect_counts("c4", 4, 1);
+    wait_evals(d, "a", 4);
+    wait_evals(d, "b", 4);
+
+    /* b removed, then back: it continues where it stopped. */
+    remove_file(dir, "b.lua");
+    reload_ok(d);
+    if (rule_metric(d, "nerve_rule_evaluations_total", "b", NULL) >= 0)
+        fail_msg("a removed rule still has a nerve_rule_evaluations_total series");
+    H_WRITE_FILE(dir, "b.lua", text);
+    reload_ok(d);
+    expect_rule_series(d, "b", 4, "after b was removed and added back");
+    expect_rule_series(d, "a", 4, "after b was removed and added back");
+
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 /* --- 3. /metrics ---------------------------------------------------------------- */
 
 #define PROM_MAX 1024
@@ -928,6 +1029,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_reload_under_load),
         T(test_state_across_reload),
+        T(test_counters_across_reload),
         T(test_prom_parser),
         T(test_metrics),
     };

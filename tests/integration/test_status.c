@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define AUTH "Authorization: Bearer " H_ADMIN_TOKEN
 
@@ -21,6 +22,8 @@ static h_daemon *daemon_;
 
 /* Every family, with its TYPE, in exposition order (README.md "Metrics"). */
 static const char *const families[] = {
+    "nerve_build_info gauge",
+    "process_start_time_seconds gauge",
     "nerve_sales_total counter",
     "nerve_sale_duration_seconds histogram",
     "nerve_lock_wait_seconds histogram",
@@ -52,7 +55,7 @@ static const char *const families[] = {
     "nerve_event_queue_dropped_total counter",
     "nerve_rule_evaluations_total counter",
     "nerve_rule_errors_total counter",
-    "nerve_rule_duration_seconds summary",
+    "nerve_rule_duration_seconds histogram",
     "nerve_decisions_total counter",
     "nerve_rules_generation gauge",
     "nerve_rules_loaded gauge",
@@ -215,6 +218,35 @@ static void test_counters_move(void **state)
     h_pass();
 }
 
+/* nerve_build_info carries the version `nerve --version` prints;
+ * process_start_time_seconds is this daemon's start (before this test, not
+ * long before), the same on every scrape. */
+static void test_build_info(void **state)
+{
+    (void)state;
+    h_run run;
+    const char *const args[] = { "--version", NULL };
+    assert_int_equal(h_run_nerve(&run, 10000, NULL, args), 0);
+    char version[64] = "", series[128];
+    if (sscanf(run.out, "nerve %63s", version) != 1)
+        fail_msg("nerve --version printed \"%s\"", run.out);
+    h_run_free(&run);
+    snprintf(series, sizeof series, "nerve_build_info{version=\"%s\"}", version);
+    char *a = H_METRICS(daemon_);
+    if (!has_series(a, series))
+        fail_msg("no series %s in /metrics", series);
+    assert_true(h_metric(a, "nerve_build_info", NULL) == 1);
+    double start = h_metric(a, "process_start_time_seconds", NULL);
+    double now = (double)time(NULL);
+    if (!(start > now - 600 && start <= now + 1))
+        fail_msg("process_start_time_seconds %.2f, now %.0f: not this daemon's start", start, now);
+    char *b = H_METRICS(daemon_);
+    assert_true(h_metric(b, "process_start_time_seconds", NULL) == start);
+    free(a);
+    free(b);
+    h_pass();
+}
+
 /* The JSON views keep their fields. */
 static void test_json_views(void **state)
 {
@@ -294,6 +326,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_metric_families),
         T(test_counters_move),
+        T(test_build_info),
         T(test_json_views),
         T(test_views_without_redis),
     };
