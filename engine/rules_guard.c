@@ -161,19 +161,23 @@ static double int_arg(lua_State *L, int idx, double dflt) {
 static double raw_len(lua_State *L, int idx) {
     int t = lua_type(L, idx);
 
-    return t == LUA_TTABLE || t == LUA_TSTRING ? (double)lua_rawlen(L, idx) : 0;
+    /* A ctx.state table's length is its data's (rules_values.c). */
+    return t == LUA_TTABLE || t == LUA_TSTRING ? (double)rules_state_rawlen(L, idx) : 0;
 }
 
 /* The longest string among T[1..N]: sort compares whole strings (strcoll). */
 static double longest_string(lua_State *L, int idx, double n) {
     double longest = 0;
+    int data;
 
     if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    if ((data = rules_state_data(L, idx))) idx = lua_gettop(L);
     for (lua_Integer i = 1; i <= (lua_Integer)n; i++) {
         if (lua_rawgeti(L, idx, i) == LUA_TSTRING && (double)lua_rawlen(L, -1) > longest)
             longest = (double)lua_rawlen(L, -1);
         lua_pop(L, 1);
     }
+    if (data) lua_pop(L, 1);
     return longest;
 }
 
@@ -281,7 +285,13 @@ static void admit(lua_State *L, int kind, const char *name, double subject, doub
 static void refuse_meta(lua_State *L, const char *name) {
     static const char *const fields[] = { "__len", "__index", "__newindex" };
 
-    if (lua_type(L, 1) != LUA_TTABLE || !lua_getmetatable(L, 1)) return;
+    if (lua_type(L, 1) != LUA_TTABLE) return;
+    /* ctx.state's tables: their metamethods are ours, bounded (a journal). */
+    if (rules_state_data(L, 1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_getmetatable(L, 1)) return;
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         lua_pushstring(L, fields[i]);
         if (lua_rawget(L, -2) != LUA_TNIL)

@@ -173,6 +173,8 @@ typedef struct rules_sbx {
     const char *file;   /* borrowed; chunk name is "@" file */
     const char *name;   /* borrowed; rule name for log(), may be NULL */
     int def_line;       /* fallback line for errors without one */
+    bool journal;       /* writes to ctx.state are journaled (inside evaluate) */
+    bool jnl_used;      /* ... and the journal holds some */
     rules_incr_fn incr; /* ctx.incr backend; NULL = counters local to this state */
     void *incr_ud;
     char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */
@@ -238,6 +240,31 @@ void rules_sbx_push_ro_copy(lua_State *L, int idx, const char *ro, int depth);
  * and now are written before each call). */
 void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx);
 
+/* Transactional ctx.state (rules_values.c). Every table of ctx.state is a
+ * proxy whose writes are journaled while s->journal is set: begin a call with
+ * rules_state_begin, end it with rules_state_commit (good: drop the journal)
+ * or run rules_state_rollback in a protected call (failed: restore every key
+ * written since the begin).
+ *
+ * Inside FN: make the table at IDX, and every table without a metatable
+ * reachable from it, a ctx.state table, in place (references kept elsewhere
+ * see the same table). */
+void rules_state_adopt(lua_State *L, int idx);
+static inline void rules_state_begin(rules_sbx *s) {
+    s->journal = true;
+}
+/* Outside protected mode: neither allocates nor raises. */
+void rules_state_commit(rules_sbx *s);
+/* A rules_sbx_fn: undo the journaled writes, then commit. */
+void rules_state_rollback(lua_State *L, void *ud);
+/* When the value at IDX is a ctx.state table, push its data table and
+ * return 1; else 0. Never allocates or raises (needs 2 free stack slots). */
+int rules_state_data(lua_State *L, int idx);
+/* lua_rawlen of the value at IDX, of its data for a ctx.state table. */
+size_t rules_state_rawlen(lua_State *L, int idx);
+/* Inside FN: next, rawget and rawlen that see through ctx.state's tables. */
+void rules_state_env(lua_State *L);
+
 /* Inside FN: validate what evaluate returned (at absolute IDX) for CHANNEL.
  * Fills OUT (action, level, reason, scope, halt_sales) and *N. Returns 0, or
  * -1 with a message like `decision 2: kill needs a scope` in ERR. */
@@ -245,7 +272,8 @@ int rules_sbx_decisions(lua_State *L, int idx, const char *channel, rules_decisi
                         char *err, size_t errlen);
 
 /* Inside FN (running on DST): push a copy of the plain data at the top of
- * SRC's stack (another, idle state). Raises on DST past RULES_STATE_DEPTH. */
+ * SRC's stack (another, idle state), its tables made ctx.state tables (the
+ * data of SRC's are read). Raises on DST past RULES_STATE_DEPTH. */
 void rules_sbx_copy(lua_State *dst, lua_State *src);
 
 /* Copy S into DST (size N) replacing control characters with spaces. */

@@ -641,6 +641,7 @@ static void open_env(lua_State *L, void *ud) {
     for (int t = LUA_TNIL; t < LUA_NUMTYPES; t++) lua_pushstring(L, lua_typename(L, t));
     lua_pushcclosure(L, sbx_type, LUA_NUMTYPES);
     lua_setglobal(L, "type");
+    rules_state_env(L);
 
     /* getmetatable("") would hand out the string library's metatable. */
     lua_pushliteral(L, "");

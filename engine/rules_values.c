@@ -230,9 +230,255 @@ static int ctx_incr(lua_State *L) {
     return 1;
 }
 
+/* ---- transactional ctx.state ------------------------------------------ */
+
+/* When evaluate fails, ctx.state must be what it was before the call. A copy
+ * before every call costs the size of the state per event; instead every
+ * write is journaled. Each table of ctx.state is an empty proxy whose
+ * metatable reads from its data table (__index is that table: a read costs no
+ * function call) and sends every write through st_newindex, which first
+ * records the key's old value in a journal (once per table and key and call);
+ * a failed call puts the recorded values back, a good one drops the journal.
+ *
+ * A table becomes a proxy in place, when it is stored into ctx.state (and
+ * every plain table reachable from it): its contents move to a new data
+ * table, so that references the rule kept elsewhere see the proxy too. Tables
+ * with a metatable of their own are stored as they are (not covered). */
+
+static const char st_mark = 0; /* metatable[&st_mark] = the data table */
+static const char jnl_key = 0; /* registry[&jnl_key] = { [data] = { [key] = old } } */
+static const char jnl_nil = 0; /* an old value that was nil */
+
+int rules_state_data(lua_State *L, int idx) {
+    if (!lua_getmetatable(L, idx)) return 0;
+    if (lua_rawgetp(L, -1, &st_mark) != LUA_TTABLE) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_remove(L, -2);
+    return 1;
+}
+
+size_t rules_state_rawlen(lua_State *L, int idx) {
+    size_t n;
+
+    if (!rules_state_data(L, idx)) return lua_rawlen(L, idx);
+    n = lua_rawlen(L, -1);
+    lua_pop(L, 1);
+    return n;
+}
+
+/* Record the value of KEY in DATA (absolute indexes) unless this call did. */
+static void journal(lua_State *L, rules_sbx *s, int data, int key) {
+    luaL_checkstack(L, 5, "ctx.state journal");
+    if (!s->jnl_used) {
+        lua_newtable(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &jnl_key);
+        s->jnl_used = true;
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_key);
+    lua_pushvalue(L, data);
+    if (lua_rawget(L, -2) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, data);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_pushvalue(L, key);
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, key);
+        lua_pushvalue(L, key);
+        if (lua_rawget(L, data) == LUA_TNIL) {
+            lua_pop(L, 1);
+            lua_pushlightuserdata(L, (void *)&jnl_nil);
+        }
+        lua_rawset(L, -3);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}
+
+static int st_newindex(lua_State *L) {
+    rules_sbx *s = rules_sbx_of(L);
+    int kt;
+
+    lua_settop(L, 3);
+    if (!rules_state_data(L, 1)) return luaL_error(L, "ctx.state: not a state table");
+    kt = lua_type(L, 2);
+    if (kt == LUA_TNIL) return luaL_error(L, "index is nil");
+    if (kt == LUA_TNUMBER && lua_tonumber(L, 2) != lua_tonumber(L, 2))
+        return luaL_error(L, "index is NaN");
+    if (s->journal) journal(L, s, 4, 2);
+    if (lua_type(L, 3) == LUA_TTABLE) rules_state_adopt(L, 3);
+    if (kt == LUA_TTABLE) rules_state_adopt(L, 2);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, 4);
+    return 0;
+}
+
+static int st_len(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)rules_state_rawlen(L, 1));
+    return 1;
+}
+
+/* next(t, k), also over a proxy's data: the sandbox's `next`. */
+static int st_next(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (rules_state_data(L, 1)) lua_replace(L, 1);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int st_pairs(lua_State *L) {
+    lua_pushcfunction(L, st_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int st_rawget(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    lua_settop(L, 2);
+    if (rules_state_data(L, 1)) lua_replace(L, 1);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+static int st_rawlen(lua_State *L) {
+    int t = lua_type(L, 1);
+
+    luaL_argexpected(L, t == LUA_TTABLE || t == LUA_TSTRING, 1, "table or string");
+    lua_pushinteger(L, (lua_Integer)rules_state_rawlen(L, 1));
+    return 1;
+}
+
+void rules_state_env(lua_State *L) {
+    lua_pushcfunction(L, st_next);
+    lua_setglobal(L, "next");
+    lua_pushcfunction(L, st_rawget);
+    lua_setglobal(L, "rawget");
+    lua_pushcfunction(L, st_rawlen);
+    lua_setglobal(L, "rawlen");
+}
+
+/* Give the table at T (empty) the metatable of a proxy over DATA. */
+static void make_proxy(lua_State *L, int t, int data) {
+    lua_createtable(L, 0, 6);
+    lua_pushvalue(L, data);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, st_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, st_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushcfunction(L, st_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pushvalue(L, data);
+    lua_rawsetp(L, -2, &st_mark);
+    lua_setmetatable(L, t);
+}
+
+/* Add the value at IDX to the worklist at W (created on first use) when it
+ * is a table without a metatable. */
+static void add_work(lua_State *L, int w, lua_Integer *n, int idx) {
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE) return;
+    if (lua_getmetatable(L, idx)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (lua_isnil(L, w)) {
+        lua_newtable(L);
+        lua_replace(L, w);
+    }
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, w, ++*n);
+}
+
+void rules_state_adopt(lua_State *L, int idx) {
+    lua_Integer n = 0;
+    int w;
+
+    idx = lua_absindex(L, idx);
+    luaL_checkstack(L, 10, "ctx.state");
+    lua_pushnil(L); /* the worklist: no recursion on the C stack */
+    w = lua_gettop(L);
+    lua_pushvalue(L, idx);
+    for (;;) {
+        int t = w + 1;
+
+        if (!lua_getmetatable(L, t)) { /* plain: its contents move to data */
+            lua_newtable(L);           /* t, data */
+            lua_pushnil(L);
+            while (lua_next(L, t)) { /* t, data, k, v */
+                add_work(L, w, &n, -1);
+                add_work(L, w, &n, -2);
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_rawset(L, t + 1);
+                /* Clearing a field during the traversal is allowed. */
+                lua_pushvalue(L, -1);
+                lua_pushnil(L);
+                lua_rawset(L, t);
+            }
+            make_proxy(L, t, t + 1);
+        }
+        lua_settop(L, w);
+        if (n == 0) break;
+        lua_rawgeti(L, w, n);
+        lua_pushnil(L);
+        lua_rawseti(L, w, n--);
+    }
+    lua_settop(L, w - 1);
+}
+
+void rules_state_commit(rules_sbx *s) {
+    s->journal = false;
+    if (!s->jnl_used) return;
+    /* Replacing an existing key by nil neither allocates nor raises. */
+    lua_pushnil(s->L);
+    lua_rawsetp(s->L, LUA_REGISTRYINDEX, &jnl_key);
+    s->jnl_used = false;
+}
+
+void rules_state_rollback(lua_State *L, void *ud) {
+    rules_sbx *s = rules_sbx_of(L);
+
+    (void)ud;
+    s->journal = false;
+    if (!s->jnl_used) return;
+    luaL_checkstack(L, 8, "ctx.state rollback");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_key);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* J, data, saved */
+        lua_pushnil(L);
+        while (lua_next(L, -2)) { /* J, data, saved, k, old */
+            if (lua_touserdata(L, -1) == (void *)&jnl_nil) {
+                lua_pop(L, 1);
+                lua_pushnil(L);
+            }
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -5);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    rules_state_commit(s);
+}
+
 void rules_sbx_push_ctx(lua_State *L, int params_idx, int state_idx) {
     params_idx = lua_absindex(L, params_idx);
     state_idx = lua_absindex(L, state_idx);
+    rules_state_adopt(L, state_idx);
     lua_createtable(L, 0, 6);
     lua_pushcfunction(L, ctx_scope);
     lua_setfield(L, -2, "scope");
@@ -398,6 +644,9 @@ int rules_sbx_decisions(lua_State *L, int idx, const char *channel, rules_decisi
 
     *n = 0;
     if (lua_isnoneornil(L, idx)) return 0;
+    luaL_checkstack(L, 5, "decisions");
+    /* A decision kept in ctx.state is a proxy: read its data. */
+    if (lua_type(L, idx) == LUA_TTABLE && rules_state_data(L, idx)) lua_replace(L, idx);
     if (lua_type(L, idx) != LUA_TTABLE) {
         snprintf(err, errlen,
                  "evaluate must return nothing, a decision or a list of "
@@ -433,11 +682,13 @@ int rules_sbx_decisions(lua_State *L, int idx, const char *channel, rules_decisi
     for (num = 1; num <= len; num++) {
         /* Each decision table stays on the stack: its strings must live until
          * the callbacks ran. */
+        luaL_checkstack(L, 3, "decisions");
         if (lua_rawgeti(L, idx, num) != LUA_TTABLE) {
             snprintf(err, errlen, "decision %d: must be a table, not a %s", num,
                      luaL_typename(L, -1));
             return -1;
         }
+        if (rules_state_data(L, -1)) lua_replace(L, -2);
         if (parse_decision(L, lua_gettop(L), num, channel, &out[num - 1], err, errlen) != 0)
             return -1;
     }
@@ -458,6 +709,7 @@ static int plain(int t) {
  * reports failure instead of raising. */
 static void copy_value(lua_State *dst, lua_State *src, int seen, int depth) {
     const void *p;
+    int src_data;
 
     switch (lua_type(src, -1)) {
     case LUA_TBOOLEAN: lua_pushboolean(dst, lua_toboolean(src, -1)); return;
@@ -482,11 +734,15 @@ static void copy_value(lua_State *dst, lua_State *src, int seen, int depth) {
     lua_pop(dst, 1);
     if (depth >= RULES_STATE_DEPTH)
         luaL_error(dst, "ctx.state nested deeper than %d levels", RULES_STATE_DEPTH);
-    luaL_checkstack(dst, 4, "ctx.state copy");
-    if (!lua_checkstack(src, 4)) luaL_error(dst, "ctx.state copy: source stack exhausted");
-    lua_newtable(dst);
+    luaL_checkstack(dst, 5, "ctx.state copy");
+    if (!lua_checkstack(src, 6)) luaL_error(dst, "ctx.state copy: source stack exhausted");
+    /* SRC's ctx.state tables are read through their data; the copy is made
+     * of proxies over fresh data (nothing else refers to them). */
+    src_data = rules_state_data(src, -1);
+    lua_newtable(dst); /* the proxy */
     lua_pushvalue(dst, -1);
     lua_rawsetp(dst, seen, p);
+    lua_newtable(dst); /* its data */
     lua_pushnil(src);
     while (lua_next(src, -2)) {
         if (plain(lua_type(src, -2)) && plain(lua_type(src, -1))) {
@@ -501,6 +757,9 @@ static void copy_value(lua_State *dst, lua_State *src, int seen, int depth) {
         }
         lua_pop(src, 1);
     }
+    if (src_data) lua_pop(src, 1);
+    make_proxy(dst, lua_gettop(dst) - 1, lua_gettop(dst));
+    lua_pop(dst, 1);
 }
 
 void rules_sbx_copy(lua_State *dst, lua_State *src) {

@@ -6,9 +6,12 @@
  * in the registry, and so the hot path per event and rule is: refresh
  * ctx.channel and ctx.now, build the event table, call, validate, deliver.
  *
- * After a memory-limit error a rule's state is rebuilt from the source (its
- * ctx.state is lost); an instruction-limit or runtime error leaves the state
- * as the rule left it.
+ * ctx.state is transactional: when evaluate fails (an error, the instruction
+ * limit, the deadline, an invalid decision), the writes it made to ctx.state
+ * are undone (journaled in rules_values.c), so one bad event cannot poison
+ * the state of every later one, nor a reload carry the poison over. After a
+ * memory-limit error a rule's state is rebuilt from the source (its ctx.state
+ * is lost).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -358,6 +361,9 @@ static void eval_fn(lua_State *L, void *ud) {
     /* Before any decision is delivered: an evaluate that returned late must
      * decide nothing (one C call can overrun between two looks). */
     rules_sbx_check_deadline(L);
+    /* Delivered decisions act: the state that led to them stays, whatever
+     * the end of the protected call says. */
+    rules_state_commit(&vr->sbx);
     /* All valid: deliver (the strings are anchored on this stack). */
     for (size_t i = 0; i < n; i++) {
         d[i].rule = vr->r->name;
@@ -379,6 +385,7 @@ static void report(rules_vm *vm, const vm_rule *vr, const char *msg) {
 static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     char msg[RULES_MSG_MAX + 256];
     rules_sbx_err e;
+    bool rebuild;
     int rc;
 
     if (vr->dead) {
@@ -393,19 +400,32 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     }
     a->vr = vr;
     a->bad = false;
+    rules_state_begin(&vr->sbx);
     rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
     /* The protected call read the clock when it started and ended. */
     atomic_fetch_add_explicit(&vr->ctr->duration_ns, vr->sbx.end_ns - vr->sbx.start_ns,
                               memory_order_relaxed);
     hist_observe(&vr->ctr->duration, (double)(vr->sbx.end_ns - vr->sbx.start_ns) / 1e9);
     atomic_fetch_add_explicit(&vr->ctr->evaluations, 1, memory_order_relaxed);
-    if (rc == 0 && !a->bad) return 0;
+    if (rc == 0 && !a->bad) {
+        rules_state_commit(&vr->sbx);
+        return 0;
+    }
     atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
     if (rc != 0)
         snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, e.line, e.msg);
     else
         snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, vr->r->line, a->err);
-    if (rc != 0 && e.kind == RULES_SBX_MEM) {
+    rebuild = rc != 0 && e.kind == RULES_SBX_MEM;
+    if (!rebuild && vr->sbx.jnl_used) {
+        rules_sbx_err re;
+
+        /* Undoing may allocate (a key deleted and collected is inserted
+         * again): protected, and a state that cannot be restored is rebuilt. */
+        if (rules_sbx_pcall(&vr->sbx, rules_state_rollback, NULL, &re) != 0) rebuild = true;
+    }
+    rules_state_commit(&vr->sbx);
+    if (rebuild) {
         char rerr[RULES_MSG_MAX];
         size_t len = strlen(msg);
 
