@@ -174,7 +174,8 @@ typedef struct rules_sbx {
     const char *name;   /* borrowed; rule name for log(), may be NULL */
     int def_line;       /* fallback line for errors without one */
     bool journal;       /* writes to ctx.state are journaled (inside evaluate) */
-    bool jnl_used;      /* ... and the journal holds some */
+    int jnl_n;          /* entries in the journal */
+    bool jnl_idx;       /* ... and an index of them was built */
     rules_incr_fn incr; /* ctx.incr backend; NULL = counters local to this state */
     void *incr_ud;
     char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */

@@ -237,16 +237,25 @@ static int ctx_incr(lua_State *L) {
  * write is journaled. Each table of ctx.state is an empty proxy whose
  * metatable reads from its data table (__index is that table: a read costs no
  * function call) and sends every write through st_newindex, which first
- * records the key's old value in a journal (once per table and key and call);
- * a failed call puts the recorded values back, a good one drops the journal.
+ * appends (data, key, old value) to the journal; a failed call undoes the
+ * journal backwards, a good one clears it.
+ *
+ * The journal is one array kept from call to call (no allocation per event
+ * once it has grown). A loop writing the same keys over and over must not
+ * grow it without bound (it counts against the rule's memory): a write to the
+ * key of the last entry is not journaled again, and past JNL_LINEAR entries an
+ * index of the (table, key) pairs already journaled is built for the call.
  *
  * A table becomes a proxy in place, when it is stored into ctx.state (and
  * every plain table reachable from it): its contents move to a new data
  * table, so that references the rule kept elsewhere see the proxy too. Tables
  * with a metatable of their own are stored as they are (not covered). */
 
+#define JNL_LINEAR 64
+
 static const char st_mark = 0; /* metatable[&st_mark] = the data table */
-static const char jnl_key = 0; /* registry[&jnl_key] = { [data] = { [key] = old } } */
+static const char jnl_key = 0; /* registry[&jnl_key] = { data, key, old, ... } */
+static const char jnl_idx = 0; /* registry[&jnl_idx] = { [data] = { [key] = true } } */
 static const char jnl_nil = 0; /* an old value that was nil */
 
 int rules_state_data(lua_State *L, int idx) {
@@ -268,37 +277,95 @@ size_t rules_state_rawlen(lua_State *L, int idx) {
     return n;
 }
 
-/* Record the value of KEY in DATA (absolute indexes) unless this call did. */
-static void journal(lua_State *L, rules_sbx *s, int data, int key) {
-    luaL_checkstack(L, 5, "ctx.state journal");
-    if (!s->jnl_used) {
-        lua_newtable(L);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &jnl_key);
-        s->jnl_used = true;
-    }
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_key);
+/* Add (DATA, KEY) to the index at IX; 1 when it was there already. */
+static int index_add(lua_State *L, int ix, int data, int key) {
+    int had;
+
     lua_pushvalue(L, data);
-    if (lua_rawget(L, -2) != LUA_TTABLE) {
+    if (lua_rawget(L, ix) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, data);
         lua_pushvalue(L, -2);
-        lua_rawset(L, -4);
+        lua_rawset(L, ix);
     }
     lua_pushvalue(L, key);
-    if (lua_rawget(L, -2) == LUA_TNIL) {
-        lua_pop(L, 1);
+    had = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (!had) {
         lua_pushvalue(L, key);
-        lua_pushvalue(L, key);
-        if (lua_rawget(L, data) == LUA_TNIL) {
-            lua_pop(L, 1);
-            lua_pushlightuserdata(L, (void *)&jnl_nil);
-        }
+        lua_pushboolean(L, 1);
         lua_rawset(L, -3);
-    } else {
-        lua_pop(L, 1);
     }
-    lua_pop(L, 2);
+    lua_pop(L, 1);
+    return had;
+}
+
+/* 1 when (DATA, KEY) is in the journal at A already (built on first use). */
+static int journaled(lua_State *L, rules_sbx *s, int a, int data, int key) {
+    int ix, had;
+
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_idx) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &jnl_idx);
+        s->jnl_idx = true;
+        ix = lua_gettop(L);
+        for (lua_Integer i = 0; i < s->jnl_n; i++) {
+            lua_rawgeti(L, a, 3 * i + 1);
+            lua_rawgeti(L, a, 3 * i + 2);
+            index_add(L, ix, ix + 1, ix + 2);
+            lua_pop(L, 2);
+        }
+    }
+    ix = lua_gettop(L);
+    had = index_add(L, ix, data, key);
+    lua_pop(L, 1);
+    return had;
+}
+
+/* Journal the value of KEY in DATA (absolute indexes). */
+static void journal(lua_State *L, rules_sbx *s, int data, int key) {
+    lua_Integer b = 3 * (lua_Integer)s->jnl_n;
+    int a;
+
+    luaL_checkstack(L, 8, "ctx.state journal");
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 48, 0);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &jnl_key);
+    }
+    a = lua_gettop(L);
+    if (s->jnl_n > 0) { /* `t[k] = t[k] + 1` in a loop */
+        int same;
+
+        lua_rawgeti(L, a, b - 2);
+        lua_rawgeti(L, a, b - 1);
+        same = lua_rawequal(L, -2, data) && lua_rawequal(L, -1, key);
+        lua_pop(L, 2);
+        if (same) {
+            lua_pop(L, 1);
+            return;
+        }
+    }
+    if (s->jnl_n >= JNL_LINEAR && journaled(L, s, a, data, key)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pushvalue(L, data);
+    lua_rawseti(L, a, b + 1);
+    lua_pushvalue(L, key);
+    lua_rawseti(L, a, b + 2);
+    lua_pushvalue(L, key);
+    if (lua_rawget(L, data) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushlightuserdata(L, (void *)&jnl_nil);
+    }
+    lua_rawseti(L, a, b + 3);
+    s->jnl_n++;
+    lua_pop(L, 1);
 }
 
 static int st_newindex(lua_State *L) {
@@ -441,12 +508,24 @@ void rules_state_adopt(lua_State *L, int idx) {
 }
 
 void rules_state_commit(rules_sbx *s) {
+    lua_State *L = s->L;
+
     s->journal = false;
-    if (!s->jnl_used) return;
-    /* Replacing an existing key by nil neither allocates nor raises. */
-    lua_pushnil(s->L);
-    lua_rawsetp(s->L, LUA_REGISTRYINDEX, &jnl_key);
-    s->jnl_used = false;
+    if (s->jnl_n == 0) return;
+    /* Clearing existing slots neither allocates nor raises; cleared, the
+     * journal holds no old value (or table) alive. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_key);
+    for (lua_Integer i = 1; i <= 3 * (lua_Integer)s->jnl_n; i++) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, i);
+    }
+    lua_pop(L, 1);
+    s->jnl_n = 0;
+    if (s->jnl_idx) {
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &jnl_idx);
+        s->jnl_idx = false;
+    }
 }
 
 void rules_state_rollback(lua_State *L, void *ud) {
@@ -454,21 +533,19 @@ void rules_state_rollback(lua_State *L, void *ud) {
 
     (void)ud;
     s->journal = false;
-    if (!s->jnl_used) return;
+    if (s->jnl_n == 0) return;
     luaL_checkstack(L, 8, "ctx.state rollback");
     lua_rawgetp(L, LUA_REGISTRYINDEX, &jnl_key);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) { /* J, data, saved */
-        lua_pushnil(L);
-        while (lua_next(L, -2)) { /* J, data, saved, k, old */
-            if (lua_touserdata(L, -1) == (void *)&jnl_nil) {
-                lua_pop(L, 1);
-                lua_pushnil(L);
-            }
-            lua_pushvalue(L, -2);
-            lua_insert(L, -2);
-            lua_rawset(L, -5);
+    /* Backwards: the first value journaled for a key is the one left. */
+    for (lua_Integer b = 3 * (lua_Integer)s->jnl_n; b > 0; b -= 3) {
+        lua_rawgeti(L, -1, b - 2); /* data */
+        lua_rawgeti(L, -2, b - 1); /* key */
+        lua_rawgeti(L, -3, b);     /* old */
+        if (lua_touserdata(L, -1) == (void *)&jnl_nil) {
+            lua_pop(L, 1);
+            lua_pushnil(L);
         }
+        lua_rawset(L, -3);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);

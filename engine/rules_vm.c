@@ -417,7 +417,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     else
         snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, vr->r->line, a->err);
     rebuild = rc != 0 && e.kind == RULES_SBX_MEM;
-    if (!rebuild && vr->sbx.jnl_used) {
+    if (!rebuild && vr->sbx.jnl_n > 0) {
         rules_sbx_err re;
 
         /* Undoing may allocate (a key deleted and collected is inserted

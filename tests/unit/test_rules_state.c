@@ -91,6 +91,10 @@ static const char *rule_src =
     "      s.counts = { a = 50 }\n"
     "      old.a = 60\n"
     "      error('boom')\n"
+    "    elseif op == 'many_error' then\n"
+    "      for i = 1, 200 do s.counts['k' .. i] = i end\n"
+    "      for i = 1, 200000 do s.counts.a = s.counts.a + 1; s.keep = i end\n"
+    "      error('boom')\n"
     "    elseif op == 'pcall' then\n"
     "      pcall(function() s.counts.a = s.counts.a + 10; error('caught') end)\n"
     "    elseif op == 'raw' then\n"
@@ -294,6 +298,22 @@ static void test_table_functions_and_references(void **state) {
     rules_set_unref(s);
 }
 
+/* Many keys, and two keys written in turn 200000 times: the journal stays
+ * one entry per key (200000 entries would be over the 4 MiB memory limit). */
+static void test_many_writes_roll_back(void **state) {
+    rules_set *s = load(10000000, 5000);
+    capture cap;
+    rules_vm *vm = vm_of(s, NULL, &cap);
+
+    (void)state;
+    run(vm, &cap, "init");
+    fails_unchanged(vm, &cap, "many_error", "boom");
+    assert_string_equal(run(vm, &cap, "inc"),
+                        "a=1 keep=kept new=nil deep=1 list=x keys=counts,deep,keep,list");
+    rules_vm_free(vm);
+    rules_set_unref(s);
+}
+
 static void test_state_tables_look_plain(void **state) {
     rules_set *s = load(100000, 1000);
     capture cap;
@@ -350,6 +370,7 @@ int main(void) {
         cmocka_unit_test(test_invalid_decision_rolls_back),
         cmocka_unit_test(test_new_and_deleted_keys_roll_back),
         cmocka_unit_test(test_table_functions_and_references),
+        cmocka_unit_test(test_many_writes_roll_back),
         cmocka_unit_test(test_state_tables_look_plain),
         cmocka_unit_test(test_reload_carries_rolled_back_state),
     };
