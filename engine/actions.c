@@ -194,8 +194,16 @@ static act_alert_result alert(act *a, rds_client *c, const char *kind, const cha
         rc = ACT_ALERT_ERROR;
     } else if (r->type == REDIS_REPLY_STRING) {
         audit(a, c, kind, r->str);
-        log_info("actions", "alert level=%s kind=%s rule=%s scope=%s reason=\"%s\"", level, kind,
-                 rule ? rule : "", scope ? scope : "", reason ? reason : "");
+        /* The alert's level is the line's level, so a collector that pages
+         * on error lines pages on critical alerts too. */
+        act_level al = level_of(level);
+        log_level ll = al == ACT_LEVEL_INFO      ? LOG_LVL_INFO
+                       : al == ACT_LEVEL_WARNING ? LOG_LVL_WARN
+                       : al == ACT_LEVEL_OTHER   ? LOG_LVL_WARN
+                                                 : LOG_LVL_ERROR;
+        if (log_enabled(ll))
+            log_write(ll, "actions", "alert level=%s kind=%s rule=%s scope=%s reason=\"%s\"", level,
+                      kind, rule ? rule : "", scope ? scope : "", reason ? reason : "");
         rc = ACT_ALERT_PUBLISHED;
     } else {
         atomic_fetch_add_explicit(&a->suppressed[level_of(level)], 1, memory_order_relaxed);

@@ -3,7 +3,10 @@
  * One line per event on stderr:
  *     2026-11-28T17:05:21.123Z info http listening addr=127.0.0.1:8011
  * i.e. `ts level component message key=value...`, or with log_set_json(true)
- * one JSON object per line {"ts","level","component","msg"}. The level is
+ * one JSON object per line {"ts","level","component","msg", key...}: the
+ * message's trailing key=value / key="quoted" pairs become string keys of
+ * their own (one named ts, level, component or msg is written as
+ * field_<key>), the text before them is msg. The level is
  * checked before any formatting. Every function is thread-safe; a line is
  * written with one write(2) so lines of concurrent threads never interleave.
  * Never call from a signal handler.
