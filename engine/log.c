@@ -93,7 +93,7 @@ static bool kv_parse(const char *p, kv_pair *kv) {
     size_t vl = strcspn(v, " ");
     kv->val = v;
     kv->val_len = vl;
-    kv->next = v[vl] ? v + vl + 1 : v + vl;
+    kv->next = v + vl + strspn(v + vl, " ");
     return true;
 }
 
