@@ -29,9 +29,10 @@ static void usage(FILE *f) {
         "commands:\n"
         "  serve   [-c FILE]            run the daemon (default config/nerve.yaml)\n"
         "  check   [-c FILE]            validate config and rules; exit 0 only if all is valid\n"
-        "  rules test [-c FILE] EVENTS.jsonl\n"
+        "  rules test [-c FILE] [--rule NAME] [--all] EVENTS.jsonl\n"
         "                               dry-run: feed each {\"channel\",\"event\"} line to the rules,\n"
-        "                               print one JSON line per decision; no Redis needed\n"
+        "                               print EVENTS.jsonl:LINE: per decision or error, then a\n"
+        "                               summary; no Redis needed (nerve rules test --help)\n"
         "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
         "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
         "                               load test with invariant checks (nerve stress --help)\n"
@@ -80,39 +81,113 @@ static int cmd_check(const cli_args *o) {
     return rc;
 }
 
-static int cmd_rules(const cli_args *o) {
+static const char rules_help[] =
+    "usage: nerve rules test [-c FILE] [--rule NAME] [--all] EVENTS.jsonl (- = standard input)\n"
+    "\n"
+    "Dry run, no Redis: each line {\"channel\": ..., \"event\": {...}, \"now\": N?} goes through\n"
+    "the rules on one fresh evaluator (ctx.state carries from line to line). Every line about\n"
+    "an event starts with EVENTS.jsonl:LINE: -- a decision (JSON, on stdout) or an error (on\n"
+    "stderr); the last line on stderr sums up: events: N, decisions: N (kill N, ...), errors: N.\n"
+    "A rule whose fixtures fail is reported (FILE:LINE, as nerve check does) and still runs.\n"
+    "\n"
+    "  --rule NAME    report only rule NAME's decisions and errors\n"
+    "  --all          also print the events that produced no decision\n"
+    "  -c, --config FILE, --set dotted.key=value, --log-format text|json  (see nerve help)\n"
+    "\n"
+    "exit status: 0 every line valid, no rule error, every fixture passed; 1 a bad input line,\n"
+    "a rule error, a failed fixture, or the config or a rule file does not load; 2 usage\n"
+    "(bad option, unknown --rule NAME).\n";
+
+struct rules_cli {
+    const char *rule;
+    bool all;
+};
+
+static int rules_opt(void *ud, int val, const char *arg) {
+    struct rules_cli *r = ud;
+    if (val == CLI_OPT(1))
+        r->rule = arg;
+    else
+        r->all = true;
+    return 0;
+}
+
+/* `nerve rules test`: its own options, so it parses its own arguments. */
+static int cmd_rules(int argc, char **argv) {
+    static const struct option own[] = { { "rule", required_argument, NULL, CLI_OPT(1) },
+                                         { "all", no_argument, NULL, CLI_OPT(2) },
+                                         { 0, 0, 0, 0 } };
+    struct rules_cli rc_opts = { 0 };
+    cli_args a;
+    const cli_args *o = &a;
+    if (cli_parse("nerve rules test", "nerve rules test --help", argc, argv, own, rules_opt,
+                  &rc_opts, &a)) {
+        cli_args_free(&a);
+        return 2;
+    }
+    if (a.help) {
+        fputs(rules_help, stdout);
+        cli_args_free(&a);
+        return 0;
+    }
     if (o->nrest < 1 || strcmp(o->rest[0], "test") != 0) {
         fprintf(stderr,
                 "usage: nerve rules test [-c FILE] EVENTS.jsonl (use - for standard input)\n");
+        cli_args_free(&a);
         return 2;
     }
     if (o->nrest != 2) {
         fprintf(
             stderr,
             "nerve rules test: expected exactly one EVENTS.jsonl file (use - for standard input)\n");
+        cli_args_free(&a);
         return 2;
     }
     const char *path = o->rest[1];
     FILE *in = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
     if (!in) {
         fprintf(stderr, "%s: cannot open: %s\n", path, strerror(errno));
+        cli_args_free(&a);
         return 1;
     }
     cfg *c = cli_load_config(o);
     int rc = 1;
     if (c) {
-        char *errors = NULL;
-        rules_set *set = rules_set_load(c, &errors);
+        char *errors = NULL, *fixture_errors = NULL;
+        rules_set *set = rules_set_load_dry(c, &errors, &fixture_errors);
+        /* Reported, then the events still run: the analyst sees both. */
+        if (fixture_errors) daemon_print_errors(fixture_errors);
         if (!set) {
             daemon_print_errors(errors ? errors : "rules: out of memory");
         } else {
-            rc = rules_test_events(set, in, path, stdout, stderr) == 0 ? 0 : 1;
+            rules_test_opts t = { rc_opts.rule, rc_opts.all };
+            bool known = rc_opts.rule == NULL;
+            for (size_t i = 0; !known && i < rules_set_count(set); i++) {
+                rules_info ri;
+                known = rules_set_info(set, i, &ri) == 0 && strcmp(ri.name, rc_opts.rule) == 0;
+            }
+            if (!known) {
+                fprintf(stderr, "nerve rules test: --rule %s: no rule of that name (",
+                        rc_opts.rule);
+                for (size_t i = 0; i < rules_set_count(set); i++) {
+                    rules_info ri;
+                    if (rules_set_info(set, i, &ri) == 0)
+                        fprintf(stderr, "%s%s", i ? ", " : "rules: ", ri.name);
+                }
+                fprintf(stderr, ")\n");
+                rc = 2;
+            } else {
+                int ran = rules_test_run(set, in, path, &t, stdout, stderr);
+                rc = ran == 0 && !fixture_errors ? 0 : 1;
+            }
         }
+        free(fixture_errors);
         free(errors);
         rules_set_unref(set);
         cfg_free(c);
     }
     if (in != stdin) fclose(in);
+    cli_args_free(&a);
     return rc;
 }
 
@@ -175,6 +250,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
     cli_args o;
     if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
         cli_args_free(&o);
@@ -190,8 +266,6 @@ int main(int argc, char **argv) {
         rc = cmd_check(&o);
     else if (strcmp(cmd, "reload") == 0)
         rc = cmd_reload(&o);
-    else if (strcmp(cmd, "rules") == 0)
-        rc = cmd_rules(&o);
     else {
         fprintf(stderr, "nerve: unknown command '%s' (see nerve help)\n", cmd);
         rc = 2;

@@ -401,8 +401,10 @@ static void free_rule(rules_rule *r) {
     free(r->src);
 }
 
-/* Compile, validate and test FILE; on success append it to SET. */
-static void load_one(rules_set *set, const char *file, rules_errbuf *eb) {
+/* Compile, validate and test FILE; on success append it to SET. FIX_EB NULL:
+ * a failed fixture is a load error; else it goes there and the rule loads
+ * (`nerve rules test`). */
+static void load_one(rules_set *set, const char *file, rules_errbuf *eb, rules_errbuf *fix_eb) {
     struct rules_load a;
     rules_sbx s;
     rules_sbx_err e;
@@ -447,7 +449,9 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb) {
                          rules_key_line(set->rules[i].src, set->rules[i].src_len, "name", 1, 1));
             goto done;
         }
+    if (fix_eb) a.eb = fix_eb;
     rules_run_fixtures(&s, &a);
+    a.eb = eb;
     if (eb->count != a.errors_before) goto done;
 
     r = &set->rules[set->n];
@@ -524,7 +528,7 @@ static int set_finish(rules_set *s) {
     return 0;
 }
 
-rules_set *rules_set_load(const cfg *c, char **errors) {
+static rules_set *set_load(const cfg *c, char **errors, rules_errbuf *fix_eb) {
     rules_errbuf eb = { 0 };
     rules_set *s;
     char **files;
@@ -553,7 +557,7 @@ rules_set *rules_set_load(const cfg *c, char **errors) {
         if (eb.count == 0)
             rules_eb_add(&eb, c->rules_dir ? c->rules_dir : "rules", 1, "out of memory");
     } else {
-        for (size_t i = 0; i < nfiles; i++) load_one(s, files[i], &eb);
+        for (size_t i = 0; i < nfiles; i++) load_one(s, files[i], &eb, fix_eb);
     }
     free_strv(files, nfiles);
     if (eb.count == 0 && set_finish(s) != 0)
@@ -565,6 +569,18 @@ rules_set *rules_set_load(const cfg *c, char **errors) {
     }
     free(eb.s);
     s->loaded_at = (long long)time(NULL);
+    return s;
+}
+
+rules_set *rules_set_load(const cfg *c, char **errors) {
+    return set_load(c, errors, NULL);
+}
+
+rules_set *rules_set_load_dry(const cfg *c, char **errors, char **fixture_errors) {
+    rules_errbuf fix = { 0 };
+    rules_set *s = set_load(c, errors, &fix);
+
+    *fixture_errors = fix.count > 0 && fix.s == NULL ? strdup("rules:1: out of memory\n") : fix.s;
     return s;
 }
 

@@ -159,6 +159,11 @@ typedef void (*rules_error_cb)(void *ud, const char *rule, const char *msg);
  * `FILE:LINE: message` per line. No rule files at all is an error. */
 rules_set *rules_set_load(const struct cfg *c, char **errors);
 
+/* rules_set_load for `nerve rules test`: a failed fixture does not stop its
+ * rule from loading; *FIXTURE_ERRORS gets those failures (malloc'd text, same
+ * format; NULL when every fixture passed), whether or not a set is returned. */
+rules_set *rules_set_load_dry(const struct cfg *c, char **errors, char **fixture_errors);
+
 /* Take / drop a reference. Thread-safe. rules_set_unref(NULL) is a no-op. */
 rules_set *rules_set_ref(rules_set *s);
 void rules_set_unref(rules_set *s);
@@ -310,5 +315,18 @@ const char *rules_vm_errstr(const rules_vm *vm);
  * `IN_NAME:LINE: message`. Returns 0 when every line was valid and no rule
  * failed, else -1. No Redis involved. */
 int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out, FILE *errout);
+
+/* What `nerve rules test` adds to the dry run. */
+typedef struct rules_test_opts {
+    const char *rule; /* NULL, or report only this rule's decisions and errors */
+    bool all;         /* also print `IN_NAME:LINE: no decision (CHANNEL)` */
+} rules_test_opts;
+
+/* rules_test_events with O (NULL: exactly rules_test_events). With O, every
+ * line about an event (decision on OUT, rule error on ERROUT) starts with
+ * `IN_NAME:LINE: ` of that event, and a last line on ERROUT sums up:
+ *     events: 12, decisions: 3 (kill 1, alert 2), errors: 1 */
+int rules_test_run(rules_set *set, FILE *in, const char *in_name, const rules_test_opts *o,
+                   FILE *out, FILE *errout);
 
 #endif

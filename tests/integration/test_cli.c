@@ -48,9 +48,10 @@ static void test_positional_mixed(void **state) {
     FILE *f = fopen(events, "w");
     assert_non_null(f);
     fclose(f);
-    expect((const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", events, NULL }, 0, "", NULL);
-    expect((const char *const[]){ "rules", "test", events, "-c", "config/nerve.yaml", NULL }, 0, "", NULL);
-    expect((const char *const[]){ "rules", "-c", "config/nerve.yaml", "test", "--", events, NULL }, 0, "", NULL);
+    const char *none = "events: 0, decisions: 0, errors: 0\n"; /* the summary line */
+    expect((const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", events, NULL }, 0, none, NULL);
+    expect((const char *const[]){ "rules", "test", events, "-c", "config/nerve.yaml", NULL }, 0, none, NULL);
+    expect((const char *const[]){ "rules", "-c", "config/nerve.yaml", "test", "--", events, NULL }, 0, none, NULL);
     expect((const char *const[]){ "rules", "test", NULL }, 2,
            "nerve rules test: expected exactly one EVENTS.jsonl file (use - for standard input)\n", NULL);
     h_pass();

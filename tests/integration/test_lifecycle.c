@@ -363,7 +363,7 @@ static void test_check_and_rules_test(void **state)
                  "stdout:\n%s\nstderr:\n%s", want, r.status, r.out, r.err);
     h_run_free(&r);
 
-    /* rules test: one JSON line per decision. */
+    /* rules test: one JSON line per decision, after EVENTS.jsonl:LINE: of its event. */
     char events[PATH_MAX];
     snprintf(events, sizeof events, "%s/events.jsonl", h_tmpdir());
     H_WRITE_FILE(h_tmpdir(), "events.jsonl",
@@ -388,6 +388,12 @@ static void test_check_and_rules_test(void **state)
             *nl = '\0';
         if (lines >= 3)
             fail_msg("nerve rules test: more than 3 lines: %s", line);
+        char where[PATH_MAX + 32];
+        snprintf(where, sizeof where, "%s:%d: ", events, lines < 1 ? 2 : 3);
+        if (strncmp(line, where, strlen(where)) != 0)
+            fail_msg("nerve rules test line %d: expected it to start with %s: %s", lines + 1,
+                     where, line);
+        line += strlen(where);
         cJSON *o = cJSON_Parse(line);
         const cJSON *dec = cJSON_GetObjectItemCaseSensitive(o, "decision");
         const char *rule = h_jstr(o, "rule"), *ch = h_jstr(o, "channel");
