@@ -205,10 +205,13 @@ redisReply *mux_command(mux *m, int argc, const char **argv, const size_t *argvl
     return me.reply;
 }
 
-int mux_script_load(mux *m, rds_script *s, mux_res *res) {
-    if (atomic_load_explicit(&s->loaded, memory_order_acquire)) return 0;
+/* SCRIPT LOAD S's source through the pipeline; records its sha the first
+ * time (the sha of a source never changes, so a reload after NOSCRIPT
+ * rewrites nothing others may be reading). 0, or -1 with RES. */
+static int script_load(mux *m, rds_script *s, mux_res *res) {
     const char *argv[] = { "SCRIPT", "LOAD", s->src };
     redisReply *r = mux_command(m, 3, argv, NULL, res);
+    res->unknown = 0; /* a SCRIPT LOAD runs no commit, answered or not */
     if (!r) return -1;
     int rc = -1;
     if (r->type == REDIS_REPLY_STRING && r->len == 40) {
@@ -220,6 +223,23 @@ int mux_script_load(mux *m, rds_script *s, mux_res *res) {
     }
     freeReplyObject(r);
     return rc;
+}
+
+redisReply *mux_eval(mux *m, rds_script *s, int argc, const char **argv, size_t *argvlen,
+                     mux_res *res) {
+    if (!atomic_load_explicit(&s->loaded, memory_order_acquire) && script_load(m, s, res))
+        return NULL; /* nothing was run: res->unknown is 0 */
+    argv[0] = "EVALSHA", argvlen[0] = 7;
+    argv[1] = s->sha, argvlen[1] = 40;
+    for (int tries = 0; tries < 2; tries++) {
+        redisReply *r = mux_command(m, argc, argv, argvlen, res);
+        if (!r || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "NOSCRIPT", 8) != 0 || tries > 0)
+            return r;
+        /* Redis lost its script cache (a restart): load it again, retry. */
+        freeReplyObject(r);
+        if (script_load(m, s, res)) return NULL;
+    }
+    return NULL; /* not reached */
 }
 
 void mux_get_stats(mux *m, mux_stats *out) {

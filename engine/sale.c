@@ -333,16 +333,15 @@ typedef struct commit_via {
 } commit_via;
 
 /* EVALSHA the commit script with ARGV[3..ARGC) already in place (ARGV[0..3)
- * are filled here): one command, through the pipeline or the client. NULL
- * on failure with ERR. A NOSCRIPT (Redis restarted and lost its script
- * cache) changed nothing (the lock is taken inside the script): loaded
- * again and sent once more. */
+ * are filled here): one command, through the pipeline (mux_eval) or the
+ * client (rds_eval); both load the script again after a NOSCRIPT, which
+ * changed nothing (the lock is checked inside the script). NULL on failure
+ * with ERR. */
 static redisReply *commit_send(commit_via *v, int nkeys, int argc, const char **argv,
                                size_t *argvlen, char *err, size_t errlen) {
     char nk[16];
     snprintf(nk, sizeof nk, "%d", nkeys);
-    argv[0] = "EVALSHA", argvlen[0] = 7;
-    argv[2] = nk, argvlen[2] = strlen(nk);
+    argv[2] = nk, argvlen[2] = strlen(nk); /* [0] and [1]: mux_eval's */
     if (!v->m) {
         redisReply *r = rds_eval(v->c, &commit_script, nkeys, argc - 3, argv + 3, argvlen + 3);
         if (!r) {
@@ -351,38 +350,13 @@ static redisReply *commit_send(commit_via *v, int nkeys, int argc, const char **
         }
         return r;
     }
-    /* Only the EVALSHA's own failure can leave the outcome unknown: a
-     * SCRIPT LOAD that failed, or a NOSCRIPT, ran nothing. */
     mux_res mr;
-    v->unknown = 0;
-    if (mux_script_load(v->m, &commit_script, &mr)) goto failed;
-    argv[1] = commit_script.sha, argvlen[1] = 40;
-    for (int tries = 0; tries < 2; tries++) {
-        redisReply *r = mux_command(v->m, argc, argv, argvlen, &mr);
-        if (!r) {
-            v->unknown = mr.unknown;
-            goto failed;
-        }
-        if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && tries == 0) {
-            /* Redis lost its script cache (a restart): load the same
-             * source again (same sha, so the one recorded stays) and retry. */
-            freeReplyObject(r);
-            const char *load[] = { "SCRIPT", "LOAD", commit_script.src };
-            redisReply *lr = mux_command(v->m, 3, load, NULL, &mr);
-            int ok = lr && lr->type == REDIS_REPLY_STRING;
-            freeReplyObject(lr);
-            if (!ok) {
-                if (lr) snprintf(mr.err, sizeof mr.err, "SCRIPT LOAD of the commit script failed");
-                goto failed;
-            }
-            continue;
-        }
-        return r;
+    redisReply *r = mux_eval(v->m, &commit_script, argc, argv, argvlen, &mr);
+    if (!r) {
+        v->unknown = mr.unknown;
+        snprintf(err, errlen, "redis: %s", mr.err);
     }
-    snprintf(mr.err, sizeof mr.err, "the commit script could not be loaded");
-failed:
-    snprintf(err, errlen, "redis: %s", mr.err);
-    return NULL;
+    return r;
 }
 
 /* The common head of every event of a commit: ,"ts":T,"instance":"I"

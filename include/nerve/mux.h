@@ -52,9 +52,17 @@ typedef struct mux_res {
  * or NULL with RES filled. */
 redisReply *mux_command(mux *m, int argc, const char **argv, const size_t *argvlen, mux_res *res);
 
-/* Make sure S's sha is known (SCRIPT LOAD through the pipeline once), so
- * that EVALSHA S->sha can be sent with mux_command. 0, or -1 with RES. */
-int mux_script_load(mux *m, rds_script *s, mux_res *res);
+/* EVALSHA S through a shared pipeline, as rds_eval does on one client:
+ * SCRIPT LOAD first when S's sha is not known yet, and once more after a
+ * NOSCRIPT (Redis restarted and lost its script cache), then the EVALSHA
+ * again. ARGV[0] and ARGV[1] (and their ARGVLEN) are filled here with
+ * EVALSHA and the sha; ARGV[2..ARGC) are NUMKEYS, the keys and the
+ * arguments (the caller leaves the two slots free: no copy of the argument
+ * vector on the hot path). The reply, or NULL with RES: res->unknown is
+ * set only when the EVALSHA itself was written and not answered (a failed
+ * SCRIPT LOAD ran nothing). */
+redisReply *mux_eval(mux *m, rds_script *s, int argc, const char **argv, size_t *argvlen,
+                     mux_res *res);
 
 typedef struct mux_stats {
     uint64_t commands; /* answered or failed */
