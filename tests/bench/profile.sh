@@ -58,6 +58,8 @@ export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
 
 SERVER=${SERVER:-nerve}
 LOAD=${LOAD:-hot}
@@ -124,19 +126,6 @@ cd "$root" || exit 2
 unset NERVE_LEDGER_URL
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/nerve-profile.XXXXXX") || die "mktemp failed"
 pids=()
-
-stop() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    return 0
-}
 cleanup() {
     local i
     trap - EXIT INT TERM
@@ -146,45 +135,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'note interrupted; exit 130' INT
 trap 'note terminated; exit 143' TERM
-
-# http METHOD PORT PATH [BODY] [TOKEN]: one request (bash /dev/tcp); sets
-# HTTP_STATUS (000 when no answer).
-http() {
-    local method=$1 port=$2 path=$3 body=${4-} token=${5-} fd resp auth=""
-    HTTP_STATUS=000
-    { exec {fd}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-    [ -n "$token" ] && auth="Authorization: Bearer $token"$'\r\n'
-    printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s' \
-        "$method" "$path" "$port" "$auth" "${#body}" "$body" 1>&"$fd" 2>/dev/null
-    resp=$(timeout 10 cat <&"$fd" 2>/dev/null)
-    exec {fd}>&-
-    [[ $resp =~ ^HTTP/1\.[01]\ ([0-9]{3}) ]] || return 1
-    HTTP_STATUS=${BASH_REMATCH[1]}
-}
-
-free_port() {
-    local p i
-    for ((i = 0; i < 100; i++)); do
-        p=$((20000 + RANDOM % 40000))
-        if ! { exec 9<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-        exec 9>&-
-    done
-    return 1
-}
-
-wait_until() {   # DEADLINE_S PID CMD...
-    local deadline=$(($(date +%s) + $1)) pid=$2
-    shift 2
-    while :; do
-        "$@" && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        [ "$(date +%s)" -gt "$deadline" ] && return 1
-        sleep 0.05
-    done
-}
 
 rcli() { redis-cli -p "$RPORT"; }
 redis_ping() { [ "$(redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ]; }

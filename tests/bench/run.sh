@@ -112,6 +112,8 @@ export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
 
 BUILD=${BUILD:-build}
 case $BUILD in /*) ;; *) BUILD=$root/$BUILD ;; esac
@@ -247,19 +249,6 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/nerve-bench.XXXXXX") || die "mktemp failed"
 pids=()             # every child we started, stopped in reverse order
 failed_setup=0
 
-# stop PID [GRACE_S]: SIGTERM, wait up to GRACE_S seconds for it, then SIGKILL.
-stop() {
-    local pid=$1 grace=${2:-10} i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < grace * 20; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    return 0
-}
 
 cleanup() {
     local i
@@ -288,56 +277,13 @@ setup_fail() { failed_setup=1; die "$@"; }
 
 # --- tiny HTTP client (bash /dev/tcp: no curl needed) -------------------------
 
-# http METHOD PORT PATH [BODY] [TOKEN]: one request with Connection: close.
-# Sets HTTP_STATUS (000 when no answer) and HTTP_BODY; returns 0 when answered.
-http() {
-    local method=$1 port=$2 path=$3 body=${4-} token=${5-} fd resp auth=""
-    HTTP_STATUS=000
-    HTTP_BODY=""
-    { exec {fd}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-    [ -n "$token" ] && auth="Authorization: Bearer $token"$'\r\n'
-    printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s' \
-        "$method" "$path" "$port" "$auth" "${#body}" "$body" 1>&"$fd" 2>/dev/null
-    resp=$(timeout 10 cat <&"$fd" 2>/dev/null)
-    exec {fd}>&-
-    [[ $resp =~ ^HTTP/1\.[01]\ ([0-9]{3}) ]] || return 1
-    HTTP_STATUS=${BASH_REMATCH[1]}
-    HTTP_BODY=${resp#*$'\r\n\r\n'}
-    return 0
-}
 
 # json_num KEY: the integer value of "KEY" in HTTP_BODY ("" if absent).
 json_num() { sed -n "s/.*\"$1\" *: *\(-\{0,1\}[0-9][0-9]*\).*/\1/p" <<<"$HTTP_BODY" | head -n 1; }
 
 # --- ports and servers ---------------------------------------------------------
 
-# A port nobody listens on now (the server started on it still has to bind
-# it: callers retry on failure).
-free_port() {
-    local p i
-    for ((i = 0; i < 100; i++)); do
-        p=$((20000 + RANDOM % 40000))
-        if ! { exec 9<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-        exec 9>&-
-    done
-    return 1
-}
 
-# wait_until DEADLINE_S PID CMD...: poll CMD until it succeeds; fail when PID
-# exits or the deadline passes.
-wait_until() {
-    local deadline=$(($(date +%s%N) / 1000000 + $1 * 1000)) pid=$2
-    shift 2
-    while :; do
-        "$@" && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        (($(date +%s%N) / 1000000 > deadline)) && return 1
-        sleep 0.05
-    done
-}
 
 redis_ping() { [ "$(redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ]; }
 # rcli: redis-cli reading commands from stdin, one a line.
