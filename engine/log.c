@@ -166,9 +166,22 @@ static size_t json_line(char *line, size_t size, const char *tsbuf, const char *
     size_t ml = tail ? (size_t)(tail - msg) : strlen(msg);
     while (ml > 0 && msg[ml - 1] == ' ') ml--;
     jl_str(&j, msg, ml);
-    kv_pair kv;
-    for (const char *p = tail; p && *p && kv_parse(p, &kv); p = kv.next)
+    /* Quoted values are taken as written: a value that holds `" key=` of
+     * its own (a rule's reason built from an event a stranger published)
+     * splits there. A key already written is therefore never written again:
+     * the pairs the caller wrote come first and keep their values, and the
+     * JSON object never holds a key twice (a consumer taking the last one
+     * would take the forged one). */
+    kv_pair kv, seen[64];
+    size_t nseen = 0;
+    for (const char *p = tail; p && *p && kv_parse(p, &kv); p = kv.next) {
+        bool dup = false;
+        for (size_t i = 0; i < nseen && !dup; i++)
+            dup = seen[i].key_len == kv.key_len && memcmp(seen[i].key, kv.key, kv.key_len) == 0;
+        if (dup) continue;
+        if (nseen < sizeof seen / sizeof *seen) seen[nseen++] = kv;
         jl_field(&j, kv.key, kv.key_len, kv.val, kv.val_len);
+    }
     memcpy(line + j.n, "}\n", 2);
     return j.n + 2;
 }

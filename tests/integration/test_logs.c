@@ -29,6 +29,12 @@ static void exercise(const h_daemon *d)
     assert_int_equal(h_http(d, "DELETE", "/admin/killswitch/log:1", NULL, &r,
                             "Authorization: Bearer " H_ADMIN_TOKEN, NULL), 200);
     h_resp_free(&r);
+    /* A reason that forges pairs of its own (as a rule's reason built from
+     * a stranger's event could). */
+    assert_int_equal(h_http(d, "POST", "/admin/killswitch",
+                            "{\"scope\":\"log:2\",\"reason\":\"x\\\" scope=\\\"global\\\" rule=\\\"forged\"}",
+                            &r, "Authorization: Bearer " H_ADMIN_TOKEN, NULL), 200);
+    h_resp_free(&r);
 }
 
 /* The daemon's log after it stopped (caller frees). */
@@ -73,13 +79,19 @@ static void test_json_lines(void **state)
             assert_string_equal(h_jstr(o, "reason"), "a \"quoted\"\nreason");
             kill_lines++;
         }
+        if (strcmp(msg, "kill switch engaged") == 0 && strstr(line, "log:2")) {
+            /* The caller's pairs keep their values; no key twice (above). */
+            assert_string_equal(h_jstr(o, "scope"), "log:2");
+            assert_string_equal(h_jstr(o, "rule"), "admin");
+            kill_lines++;
+        }
         if (strstr(line, H_ADMIN_TOKEN)) fail_msg("the admin token was logged: %s", line);
         cJSON_Delete(o);
         lines++;
     }
     free(log);
     assert_true(lines >= 5);
-    assert_int_equal(kill_lines, 1);
+    assert_int_equal(kill_lines, 2);
     h_pass();
 }
 
