@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "ledger_int.h"
+#include "nerve/sale.h"
 
 void ledger_seterr(ledger *l, const char *fmt, ...) {
     va_list ap;
@@ -384,7 +385,7 @@ static int entry_row(const cJSON *o, const ledger_entry *e, row *r) {
  * per commit), and the parse was most of their cost. Any other text is
  * parsed and judged by entry_row. */
 static bool own_sale_stock(const ledger_entry *e) {
-    static const char head[] = "{\"type\":\"stock_changed\",\"source\":\"sale\",";
+    static const char head[] = SALE_COMMIT_STOCK_HEAD;
     return e->json && e->len > sizeof head && memcmp(e->json, head, sizeof head - 1) == 0;
 }
 

@@ -453,7 +453,7 @@ static sale_commit_result commit_ptrs(commit_via *v, const sale_opts *o, const c
     {
         char *q = p;
         argv[a++] = q;
-        q += sprintf(q, "{\"type\":\"stock_changed\",\"source\":\"sale\",\"sku\":\"");
+        q += sprintf(q, "%s\"sku\":\"", SALE_COMMIT_STOCK_HEAD);
         q = jsonck_escape(q, sku);
         *q++ = '"';
         p = event_tail(q, o, ts, part) + 1;

@@ -75,6 +75,11 @@ typedef struct sale_res {
     bool has_catalog_price;
 } sale_res;
 
+/* How every stock_changed event of a commit begins, as the commit script
+ * appends it: the ledger, which ignores these, recognises them by it without
+ * parsing them (ledger.c). */
+#define SALE_COMMIT_STOCK_HEAD "{\"type\":\"stock_changed\",\"source\":\"sale\","
+
 /* The rule name a sale under the catalog price is rejected with. */
 #define SALE_RULE_CATALOG_PRICE "catalog_price"
 /* Highest unit_price and catalog price, like any money amount we accept. */
