@@ -241,7 +241,13 @@ static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int a
         snprintf(reason, sizeof reason,
                  "emergency stop failed after %d attempts: %s (original: %s)", attempts,
                  last_error ? last_error : "unknown", job->reason);
-        log_error("actions", "critical failure scope=%s %s", job->scope, reason);
+        /* Pairs, not a bare sentence: the JSON log keeps scope, attempts,
+         * the last error and the kill's own reason as keys of their own. */
+        log_error("actions",
+                  "critical failure: emergency stop failed scope=%s rule=%s attempts=%d "
+                  "error=\"%s\" reason=\"%s\"",
+                  job->scope, job->rule ? job->rule : "", attempts,
+                  last_error ? last_error : "unknown", job->reason);
         cJSON *o = alert_obj(a, "fatal", "critical_failure", job->rule, job->scope, reason);
         cJSON_AddNumberToObject(o, "attempts", attempts);
         publish(a, c, o);

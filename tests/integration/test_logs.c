@@ -201,11 +201,42 @@ static void test_json_rule_kill_and_alert_levels(void **state)
     h_pass();
 }
 
+/* An emergency stop that fails for good logs one error line whose parts are
+ * keys of their own (scope, rule, attempts, the last error, the kill's
+ * reason), not a sentence the reader must cut up; a reason carrying
+ * pairs of its own stays one value. */
+static void test_json_critical_failure_fields(void **state)
+{
+    (void)state;
+    char hook[96];
+    snprintf(hook, sizeof hook, "panic.webhook_url=http://127.0.0.1:%d/pause", h_free_port());
+    h_daemon *d = h_daemon_start(redis, "log.format=json", hook, "panic.max_attempts=2",
+                                 "panic.backoff_initial_ms=1", "panic.timeout_ms=500", NULL);
+    assert_non_null(d);
+    h_resp r;
+    assert_int_equal(h_http(d, "POST", "/admin/killswitch",
+                            "{\"scope\":\"log:fail\",\"reason\":\"down x=\\\"1\\\" y\"}", &r,
+                            "Authorization: Bearer " H_ADMIN_TOKEN, NULL),
+                     200);
+    h_resp_free(&r);
+    cJSON *o = wait_json_line(d, "critical failure: emergency stop failed", "log:fail", 10000);
+    assert_string_equal(h_jstr(o, "level"), "error");
+    assert_string_equal(h_jstr(o, "attempts"), "2");
+    assert_string_equal(h_jstr(o, "reason"), "down x=\"1\" y");
+    assert_true(strlen(h_jstr(o, "error")) > 0);
+    assert_null(cJSON_GetObjectItemCaseSensitive(o, "x"));
+    cJSON_Delete(o);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_json_lines, h_test_setup, h_test_teardown),
         cmocka_unit_test_setup_teardown(test_text_lines, h_test_setup, h_test_teardown),
+        cmocka_unit_test_setup_teardown(test_json_critical_failure_fields, h_test_setup,
+                                        h_test_teardown),
         cmocka_unit_test_setup_teardown(test_json_rule_kill_and_alert_levels, h_test_setup,
                                         h_test_teardown),
     };
