@@ -175,9 +175,12 @@ static void fixture_fn(lua_State *L, void *ud) {
     else if (vt != LUA_TNIL)
         FERR("now must be a number (epoch seconds)");
     vt = lua_getfield(L, fx, "params");
-    if (vt == LUA_TTABLE)
+    if (vt == LUA_TTABLE) {
+        /* Checked like rules.params, defaults filled in: a typo in a
+         * fixture's params must not test the default instead. */
+        if (rules_params_fixture(L, -1, la, exp, sizeof(exp)) != 0) FERR("%s", exp);
         rules_sbx_push_ro_copy(L, -1, "params", 0);
-    else if (vt == LUA_TNIL)
+    } else if (vt == LUA_TNIL)
         lua_rawgeti(L, LUA_REGISTRYINDEX, la->ref_params);
     else
         FERR("params must be a table");
