@@ -69,6 +69,8 @@ static void run_rt(h_run *r, const char *extra1, const char *extra2) {
     args[n++] = "test";
     args[n++] = "--set";
     args[n++] = g_set;
+    args[n++] = "--set"; /* the rules listen on "t": a channel this config must name */
+    args[n++] = "bus.channels=[t]";
     if (extra1) args[n++] = extra1;
     if (extra2) args[n++] = extra2;
     args[n++] = g_events;
@@ -180,7 +182,7 @@ static void test_failing_fixture_still_runs(void **state) {
     h_run_free(&r);
 
     /* nerve check still refuses the same rule. */
-    const char *args[] = { "check", "--set", g_set, NULL };
+    const char *args[] = { "check", "--set", g_set, "--set", "bus.channels=[t]", NULL };
     h_run_nerve(&r, 10000, NULL, args);
     assert_int_equal(r.status, 1);
     h_run_free(&r);

@@ -289,7 +289,7 @@ static void test_bad_shape(void **state)
     (void)state;
     expect_load_errors(DIR, files, 1, 100000,
         DIR "/bad_shape.lua:5: unknown field \"evalute\" in the rule table (expected name, on, "
-            "evaluate, tests, description)\n"
+            "evaluate, tests, description, params_section, params)\n"
         DIR "/bad_shape.lua:3: name must be a string of 1 to 64 characters from [A-Za-z0-9_.-]\n"
         DIR "/bad_shape.lua:4: on must be a list of 1 to 32 channel names\n"
         DIR "/bad_shape.lua:1: evaluate must be a function(event, ctx)\n"
