@@ -28,6 +28,7 @@
 #define RULES_MAX_CHANNELS 32 /* per rule */
 #define RULES_LOG_MAX      16 /* log() lines per evaluation */
 #define RULES_STATE_DEPTH  64 /* ctx.state nesting that survives a reload */
+#define RULES_INCR_LOG     16 /* ctx.incr results kept for a diagnosis rerun */
 
 #define RULES_MAX_PARAMS 64 /* declared per rule */
 
@@ -259,6 +260,16 @@ typedef struct rules_sbx {
     bool jnl_idx;       /* ... and an index of them was built */
     rules_incr_fn incr; /* ctx.incr backend; NULL = counters local to this state */
     void *incr_ud;
+    /* Finding the `return` behind an invalid decision (rules_vm.c runs the
+     * event again, fixtures run so): with trace_ret, a return hook records
+     * in ret_line the line of the last Lua function to return to C (the
+     * top-level evaluate, or what it tail-called). With replay, ctx.incr
+     * answers what it answered in the last call (incr_log) instead of
+     * counting again, and log() is silent: the rerun must change nothing. */
+    bool trace_ret, replay;
+    int ret_line;
+    int incr_n, incr_i; /* ctx.incr results logged (reset by the caller); replayed */
+    long long incr_log[RULES_INCR_LOG];
     char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */
 } rules_sbx;
 

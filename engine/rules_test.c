@@ -204,7 +204,12 @@ static void fixture_fn(lua_State *L, void *ud) {
     res = lua_gettop(L);
 
     if (rules_sbx_decisions(L, res, f->chan, d, &n, fmsg, sizeof(fmsg)) != 0) {
-        rules_eb_add(la->eb, la->file, f->line, "fixture %d (%s): %s", f->i, f->chan, fmsg);
+        /* At the `return` that produced it (fixtures run with the return
+         * hook on); the fixture is named by number and line. */
+        rules_sbx *s = rules_sbx_of(L);
+
+        rules_eb_add(la->eb, la->file, s->ret_line > 0 ? s->ret_line : f->line,
+                     "fixture %d (%s, line %d): %s", f->i, f->chan, f->line, fmsg);
         return;
     }
     if (n != n_exp) {
@@ -263,6 +268,8 @@ static void fixture_fn(lua_State *L, void *ud) {
 void rules_run_fixtures(rules_sbx *s, struct rules_load *a) {
     uint64_t until = rules_now_ns() + (uint64_t)s->timeout_ms * 1000000u * FIXTURE_DEADLINES;
 
+    s->trace_ret = true; /* load time: the return hook's cost does not matter */
+
     for (int i = 1; i <= a->n_fix; i++) {
         struct fix_args f = { .la = a, .i = i };
         rules_sbx_err e;
@@ -283,6 +290,7 @@ void rules_run_fixtures(rules_sbx *s, struct rules_load *a) {
             break;
         }
     }
+    s->trace_ret = false;
 }
 
 /* ---- dry run -------------------------------------------------------------- */
