@@ -372,6 +372,10 @@ void rules_sbx_copy(lua_State *dst, lua_State *src);
 /* Copy S into DST (size N) replacing control characters with spaces. */
 void rules_sanitize(char *dst, size_t n, const char *s, size_t len);
 
+/* rules_vm_new holding only the rule NAME of SET (none when no rule has
+ * that name): `nerve rules test --rule NAME` evaluates that rule alone. */
+rules_vm *rules_vm_new_rule(rules_set *set, const char *name, char *err, size_t errlen);
+
 /* Shared by the vm and the dry run. */
 int rules_channel_in(const rules_rule *r, const char *channel);
 /* Container nesting of J (a scalar is 0, {} is 1). */

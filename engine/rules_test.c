@@ -415,7 +415,10 @@ int rules_test_run(rules_set *set, FILE *in, const char *in_name, const rules_te
     size_t cap = 0, max = set->max_event_bytes + 4096;
     ssize_t len;
     int lineno = 0;
-    rules_vm *vm = rules_vm_new(set, NULL, err, sizeof(err));
+    /* --rule NAME: only that rule runs, so another rule's error or
+     * slowness changes neither the run nor the exit status. */
+    rules_vm *vm = o && o->rule ? rules_vm_new_rule(set, o->rule, err, sizeof(err))
+                                : rules_vm_new(set, NULL, err, sizeof(err));
 
     if (vm == NULL) {
         fprintf(errout, "%s\n", err);

@@ -191,8 +191,21 @@ rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t err
     return rules_vm_new_kind(set, previous, RULES_VM_ALL, err, errlen);
 }
 
+static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind,
+                          const char *only, char *err, size_t errlen);
+
 rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind, char *err,
                             size_t errlen) {
+    return vm_build(set, previous, kind, NULL, err, errlen);
+}
+
+rules_vm *rules_vm_new_rule(rules_set *set, const char *name, char *err, size_t errlen) {
+    return vm_build(set, NULL, RULES_VM_ALL, name, err, errlen);
+}
+
+/* A vm of KIND holding, when ONLY is not NULL, just the rule of that name. */
+static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind,
+                          const char *only, char *err, size_t errlen) {
     char buf[RULES_MSG_MAX];
     rules_vm *vm = calloc(1, sizeof(*vm));
 
@@ -210,6 +223,7 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
         vm_rule *vr = &vm->rules[vm->n];
 
         if (!of_kind(&set->rules[i], kind)) continue;
+        if (only && strcmp(set->rules[i].name, only) != 0) continue;
         vm->n++;
         vr->r = &set->rules[i];
         vr->ctr = set->ctr[i];

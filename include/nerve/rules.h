@@ -318,7 +318,7 @@ int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out, 
 
 /* What `nerve rules test` adds to the dry run. */
 typedef struct rules_test_opts {
-    const char *rule; /* NULL, or report only this rule's decisions and errors */
+    const char *rule; /* NULL, or evaluate only this rule (the others do not run) */
     bool all;         /* also print `IN_NAME:LINE: no decision (CHANNEL)` */
 } rules_test_opts;
 

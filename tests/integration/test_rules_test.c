@@ -181,6 +181,16 @@ static void test_failing_fixture_still_runs(void **state) {
     WANT_LINE(r, err, "%s", "events: 4, decisions: 2 (kill 1, alert 1), errors: 0");
     h_run_free(&r);
 
+    /* --rule quiet evaluates quiet alone: fx's failed fixture is shown but
+     * does not fail the run (it did when --rule only filtered the report). */
+    run_rt(&r, "--rule", "quiet");
+    if (r.status != 0 || strstr(r.out, "\"fx\"") != NULL)
+        fail_msg("--rule quiet with fx's fixture failing: expected exit 0 and no fx decision; "
+                 "exit %d\nstdout:\n%s\nstderr:\n%s",
+                 r.status, r.out, r.err);
+    WANT_LINE(r, err, "%s", "events: 4, decisions: 1 (alert 1), errors: 0");
+    h_run_free(&r);
+
     /* nerve check still refuses the same rule. */
     const char *args[] = { "check", "--set", g_set, "--set", "bus.channels=[t]", NULL };
     h_run_nerve(&r, 10000, NULL, args);
