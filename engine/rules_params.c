@@ -74,7 +74,8 @@ const char *rules_suggest(const char *word, const char *const *cands, size_t n) 
     for (size_t i = 0; i < n; i++) {
         size_t d = edit_distance(word, cands[i]);
 
-        if (d > 0 && d <= allow && d < best) {
+        /* d < both lengths: "x" is no typo of "z" */
+        if (d > 0 && d <= allow && d < best && d < len && d < strlen(cands[i])) {
             best = d;
             pick = cands[i];
         }
@@ -366,37 +367,43 @@ void rules_params_parse(lua_State *L, int t, int anchor, struct rules_load *a) {
     }
     a->has_params = true;
     p = lua_gettop(L);
+    /* Keys first, then each declaration in source order: the errors come
+     * out in the order of the file, not of Lua's hash table. */
     lua_pushnil(L);
     while (lua_next(L, p)) {
         struct rules_pdecl *d;
 
-        if (lua_type(L, -2) != LUA_TSTRING || !key_ok(lua_tostring(L, -2), lua_rawlen(L, -2))) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || !key_ok(lua_tostring(L, -1), lua_rawlen(L, -1))) {
             rules_eb_add(a->eb, a->file, a->params_line,
                          "params: each key must be a parameter name (1 to %d printable "
                          "characters, no spaces)",
                          RULES_NAME_MAX);
-            lua_pop(L, 1);
             continue;
         }
         if (a->n_decl == RULES_MAX_PARAMS) {
             rules_eb_add(a->eb, a->file, a->params_line, "params: more than %d parameters",
                          RULES_MAX_PARAMS);
-            lua_pop(L, 2);
+            lua_pop(L, 1);
             break;
         }
         d = &a->decl[a->n_decl++];
         memset(d, 0, sizeof(*d));
-        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -1);
         d->key = rules_anchored(L, anchor);
         lua_pop(L, 1);
         d->line = rules_key_line(a->src, a->src_len, d->key, a->params_line, 1);
         if (d->line == 0) d->line = a->params_line;
-        parse_decl(L, anchor, a, d);
-        lua_settop(L, p + 1); /* the key, for lua_next */
+    }
+    qsort(a->decl, a->n_decl, sizeof(a->decl[0]), decl_cmp);
+    for (size_t i = 0; i < a->n_decl; i++) {
+        lua_pushstring(L, a->decl[i].key);
+        lua_rawget(L, p);
+        parse_decl(L, anchor, a, &a->decl[i]);
+        lua_settop(L, p);
     }
     lua_settop(L, p - 1);
     if (a->eb->count != errors) a->n_decl = 0;
-    qsort(a->decl, a->n_decl, sizeof(a->decl[0]), decl_cmp);
 }
 
 int rules_params_build(rules_rule *r, const struct rules_load *a) {
