@@ -403,8 +403,7 @@ static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t
     }
     snprintf(path, sizeof path, "%s", key);
     L->budget = MAX_NODES;
-    j = cfg_is_null(n) ? cJSON_CreateObject()
-                       : to_json(L, d, n, 0, path, strlen(path), base, &w);
+    j = cfg_is_null(n) ? cJSON_CreateObject() : to_json(L, d, n, 0, path, strlen(path), base, &w);
     if (!j) {
         if (cfg_is_null(n)) L->oom = true;
         return false;

@@ -280,8 +280,9 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb) {
 
 /* ---- loading one file ----------------------------------------------------- */
 
-static const char *const rule_keys[] = { "name",     "on",           "evaluate", "tests",
-                                         "description", "params_section", "params", NULL };
+static const char *const rule_keys[] = { "name",   "on",          "evaluate",
+                                         "tests",  "description", "params_section",
+                                         "params", NULL };
 
 static int kline(const struct rules_load *a, const char *key) {
     int l = rules_key_line(a->src, a->src_len, key, 1, 1);
@@ -620,8 +621,10 @@ static rules_set *set_load(const cfg *c, char **errors, rules_errbuf *fix_eb) {
         rules_rule *decl = calloc(nfiles ? nfiles : 1, sizeof(*decl));
 
         for (size_t i = 0; decl && i < nfiles; i++) load_one(s, c, files[i], &eb, fix_eb, &decl[i]);
-        if (decl) rules_params_unknown(decl, nfiles, s->params, c->params_where, &eb);
-        else rules_eb_add(&eb, c->rules_dir ? c->rules_dir : "rules", 1, "out of memory");
+        if (decl)
+            rules_params_unknown(decl, nfiles, s->params, c->params_where, &eb);
+        else
+            rules_eb_add(&eb, c->rules_dir ? c->rules_dir : "rules", 1, "out of memory");
         for (size_t i = 0; decl && i < nfiles; i++) free_rule(&decl[i]);
         free(decl);
     }

@@ -34,7 +34,13 @@
 
 /* Types a rule may declare for a parameter (rules_params.c). A map is a
  * mapping of any key (a SKU...) to values of one scalar type. */
-typedef enum { RULES_P_INTEGER = 0, RULES_P_NUMBER, RULES_P_STRING, RULES_P_BOOLEAN, RULES_P_MAP } rules_ptype;
+typedef enum {
+    RULES_P_INTEGER = 0,
+    RULES_P_NUMBER,
+    RULES_P_STRING,
+    RULES_P_BOOLEAN,
+    RULES_P_MAP
+} rules_ptype;
 
 /* One declared parameter, as the set keeps it. */
 typedef struct rules_param {

@@ -233,8 +233,8 @@ static int key_ok(const char *s, size_t len) {
 
 /* The declaration at the top of the stack, of key D->key. */
 static void parse_decl(lua_State *L, int anchor, struct rules_load *a, struct rules_pdecl *d) {
-    static const char *const fields[] = { "type", "default", "min", "max", "description",
-                                          "values", NULL };
+    static const char *const fields[] = { "type",        "default", "min", "max",
+                                          "description", "values",  NULL };
     int t = lua_gettop(L), vt;
     char err[RULES_MSG_MAX];
 
@@ -272,9 +272,9 @@ static void parse_decl(lua_State *L, int anchor, struct rules_load *a, struct ru
     vt = lua_getfield(L, t, "values");
     if (vt != LUA_TNIL && d->type != RULES_P_MAP) {
         DERR("params.%s: values is for type \"map\" only", d->key);
-    } else if (vt != LUA_TNIL && (vt != LUA_TSTRING ||
-                                  (int)(d->values = (rules_ptype)type_of(lua_tostring(L, -1),
-                                                                          false)) < 0)) {
+    } else if (vt != LUA_TNIL &&
+               (vt != LUA_TSTRING ||
+                (int)(d->values = (rules_ptype)type_of(lua_tostring(L, -1), false)) < 0)) {
         DERR("params.%s: values must be one of \"integer\", \"number\", \"string\", \"boolean\"",
              d->key);
         d->values = RULES_P_NUMBER;
@@ -313,8 +313,8 @@ static void parse_decl(lua_State *L, int anchor, struct rules_load *a, struct ru
     } else {
         pval v = pv_lua(L, -1);
 
-        if (check_scalar(d->type, d->has_min, d->min, d->has_max, d->max, &v, err,
-                         sizeof(err)) != 0) {
+        if (check_scalar(d->type, d->has_min, d->min, d->has_max, d->max, &v, err, sizeof(err)) !=
+            0) {
             DERR("params.%s: default: %s", d->key, err);
         } else {
             d->has_def = true;
@@ -467,8 +467,7 @@ static void list_keys(const rules_param *p, size_t n, char *buf, size_t len) {
         off += (size_t)snprintf(buf + off, len - off, "%s%s", i ? ", " : "", p[i].key);
 }
 
-void rules_params_check(const rules_rule *r, cJSON *params, const cJSON *where,
-                        rules_errbuf *eb) {
+void rules_params_check(const rules_rule *r, cJSON *params, const cJSON *where, rules_errbuf *eb) {
     const char *secname = r->params_section;
     const cJSON *wsec;
     cJSON *sec;
@@ -532,8 +531,8 @@ void rules_params_check(const rules_rule *r, cJSON *params, const cJSON *where,
                 continue;
             errors++;
             rules_eb_addat(eb, where_of(where_child(wv, e->string)),
-                           "rules.params.%s.%s.%s: %s (rule %s, %s:%d)", secname, p->key,
-                           e->string, err, r->name, r->file, p->line);
+                           "rules.params.%s.%s.%s: %s (rule %s, %s:%d)", secname, p->key, e->string,
+                           err, r->name, r->file, p->line);
         }
     }
     if (errors >= MAX_ERRORS_PER_SECTION)
@@ -586,12 +585,12 @@ void rules_params_unknown(const rules_rule *rules, size_t n, const cJSON *params
                 break;
             }
             hint = rules_suggest(e->string, keys, nkeys);
-            rules_eb_addat(eb, where_of(where_child(wsec, e->string)),
-                           "rules.params.%s.%s: unknown parameter: rule %s (%s:%d) declares %s%s%s%s",
-                           secname, e->string, first->name, first->file,
-                           first->params ? first->params[0].line : first->line,
-                           nkeys ? list : "none", hint ? "; did you mean " : "", hint ? hint : "",
-                           hint ? "?" : "");
+            rules_eb_addat(
+                eb, where_of(where_child(wsec, e->string)),
+                "rules.params.%s.%s: unknown parameter: rule %s (%s:%d) declares %s%s%s%s", secname,
+                e->string, first->name, first->file,
+                first->params ? first->params[0].line : first->line, nkeys ? list : "none",
+                hint ? "; did you mean " : "", hint ? hint : "", hint ? "?" : "");
         }
     }
 }
@@ -663,8 +662,8 @@ int rules_params_fixture(lua_State *L, int idx, const struct rules_load *a, char
         if (lua_rawget(L, sec) == LUA_TNIL) {
             lua_pop(L, 1);
             if (p->def == NULL) {
-                snprintf(err, errlen, "params.%s.%s: missing (declared without a default)",
-                         secname, p->key);
+                snprintf(err, errlen, "params.%s.%s: missing (declared without a default)", secname,
+                         p->key);
                 return -1;
             }
             lua_pushstring(L, p->key);
@@ -728,8 +727,9 @@ void rules_channels_check(const struct rules_load *a, const cfg *c, rules_errbuf
         for (k = 0; k < n && off < sizeof(list); k++) {
             dup = false;
             for (size_t j = 0; j < k && !dup; j++) dup = strcmp(known[j], known[k]) == 0;
-            if (!dup) off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s",
-                                              off ? ", " : "", known[k]);
+            if (!dup)
+                off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s", off ? ", " : "",
+                                        known[k]);
         }
         hint = rules_suggest(a->chan[i], known, n);
         rules_eb_add(eb, a->file, line,

@@ -191,8 +191,8 @@ rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t err
     return rules_vm_new_kind(set, previous, RULES_VM_ALL, err, errlen);
 }
 
-static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind,
-                          const char *only, char *err, size_t errlen);
+static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind, const char *only,
+                          char *err, size_t errlen);
 
 rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind, char *err,
                             size_t errlen) {
@@ -204,8 +204,8 @@ rules_vm *rules_vm_new_rule(rules_set *set, const char *name, char *err, size_t 
 }
 
 /* A vm of KIND holding, when ONLY is not NULL, just the rule of that name. */
-static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind,
-                          const char *only, char *err, size_t errlen) {
+static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind, const char *only,
+                          char *err, size_t errlen) {
     char buf[RULES_MSG_MAX];
     rules_vm *vm = calloc(1, sizeof(*vm));
 
@@ -342,7 +342,7 @@ struct eval_args {
     long long now;
     rules_decision_cb cb;
     void *ud;
-    bool bad; /* evaluate returned an invalid decision */
+    bool bad;  /* evaluate returned an invalid decision */
     bool diag; /* a diagnosis rerun: validate only, deliver nothing */
     char err[RULES_MSG_MAX];
 };
@@ -468,8 +468,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     } else {
         int line = rebuild ? 0 : diagnose(vr, a, &rebuild);
 
-        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, line > 0 ? line : vr->r->line,
-                 a->err);
+        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, line > 0 ? line : vr->r->line, a->err);
     }
     if (rebuild) {
         char rerr[RULES_MSG_MAX];
