@@ -683,6 +683,7 @@ void cfg_free(cfg *c) {
         default: break;
         }
     }
+    cJSON_Delete(c->params_where);
     if (c->admin_token) explicit_bzero(c->admin_token, strlen(c->admin_token));
     if (c->panic_token) explicit_bzero(c->panic_token, strlen(c->panic_token));
     free(c->admin_token);

@@ -109,6 +109,7 @@ typedef struct loader {
     int nerr;
     bool oom;
     long budget;          /* rules.params values left in this conversion */
+    const char *set_arg;  /* the --set argument being applied, for params_where */
     origin at[CFG_NOPTS]; /* where each key was last set, for cross-key checks */
 } loader;
 

@@ -281,15 +281,39 @@ static cJSON *scalar_json(const yaml_node_t *n) {
     return cJSON_CreateString(s);
 }
 
+/* A params_where node for a value set at AT: {"": "FILE:LINE:COL"} or
+ * {"": "--set KEY=VALUE"} (the value cut at MAX_SHOW bytes). NULL when out
+ * of memory (L->oom set) or when AT is neither. */
+static cJSON *where_node(loader *L, const origin *at) {
+    char buf[MAX_KEY + MAX_SHOW + 64];
+    cJSON *w;
+
+    if (at->kind == AT_FILE)
+        snprintf(buf, sizeof buf, "%s:%d:%d", at->file, at->line, at->col);
+    else if (at->kind == AT_SET && L->set_arg)
+        snprintf(buf, sizeof buf, "--set %.*s%s", MAX_KEY + MAX_SHOW, L->set_arg,
+                 strlen(L->set_arg) > MAX_KEY + MAX_SHOW ? "..." : "");
+    else
+        return NULL;
+    if (!(w = cJSON_CreateObject()) || !cJSON_AddStringToObject(w, "", buf)) {
+        cJSON_Delete(w);
+        L->oom = true;
+        return NULL;
+    }
+    return w;
+}
+
 /* Convert node N at nesting DEPTH (rules.params itself is 0) whose dotted
  * path is PATH[0..LEN). Reports every bad node below N; returns NULL if
  * there was any (or out of memory). Aliases are followed, so L->budget and
  * MAX_DEPTH are what stop alias bombs and self-referencing anchors. */
 static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth, char *path,
-                      size_t len, const origin *base) {
+                      size_t len, const origin *base, cJSON **where) {
     origin at = cfg_at_node(base, n);
-    cJSON *j = NULL, *child;
+    cJSON *j = NULL, *child, *cw = NULL;
     bool ok = true;
+
+    *where = NULL;
 
     if (--L->budget < 0) {
         if (L->budget == -1) cfg_errf(L, &at, "rules.params", "more than %d values", MAX_NODES);
@@ -309,8 +333,10 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth, 
             return NULL;
         }
         if (!(j = scalar_json(n))) L->oom = true;
+        *where = where_node(L, &at);
         return j;
     }
+    *where = where_node(L, &at);
     if (n->type == YAML_SEQUENCE_NODE) {
         yaml_node_item_t *it;
         if (!(j = cJSON_CreateArray())) {
@@ -319,7 +345,8 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth, 
         }
         for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
             size_t l = path_push(path, len, NULL, (size_t)(it - n->data.sequence.items.start));
-            child = to_json(L, d, cfg_node(d, *it), depth + 1, path, l, base);
+            child = to_json(L, d, cfg_node(d, *it), depth + 1, path, l, base, &cw);
+            cJSON_Delete(cw); /* list items are shown at the list's place */
             path[len] = '\0';
             if (!child || !cJSON_AddItemToArray(j, child)) {
                 cJSON_Delete(child);
@@ -344,17 +371,20 @@ static cJSON *to_json(loader *L, yaml_document_t *d, yaml_node_t *n, int depth, 
             if (cfg_duplicate(L, d, n, p, base, path)) {
                 ok = false;
             } else {
-                child = to_json(L, d, cfg_node(d, p->value), depth + 1, path, l, base);
+                child = to_json(L, d, cfg_node(d, p->value), depth + 1, path, l, base, &cw);
                 if (!child || !cJSON_AddItemToObject(j, k, child)) {
                     cJSON_Delete(child);
                     ok = false;
                 }
+                if (cw && (!*where || !cJSON_AddItemToObject(*where, k, cw))) cJSON_Delete(cw);
             }
             path[len] = '\0';
         }
     }
     if (!ok) {
         cJSON_Delete(j);
+        cJSON_Delete(*where);
+        *where = NULL;
         return NULL;
     }
     return j;
@@ -365,7 +395,7 @@ static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t
                        const origin *base) {
     origin at = cfg_at_node(base, n);
     char path[PATHBUF];
-    cJSON *j;
+    cJSON *j, *w = NULL;
 
     if (n->type != YAML_MAPPING_NODE && !cfg_is_null(n)) {
         cfg_errf(L, &at, key, "expected a mapping (got %s)", cfg_kind(n));
@@ -373,13 +403,15 @@ static bool set_params(loader *L, const opt *o, const char *key, yaml_document_t
     }
     snprintf(path, sizeof path, "%s", key);
     L->budget = MAX_NODES;
-    j = cfg_is_null(n) ? cJSON_CreateObject() : to_json(L, d, n, 0, path, strlen(path), base);
+    j = cfg_is_null(n) ? cJSON_CreateObject() : to_json(L, d, n, 0, path, strlen(path), base, &w);
     if (!j) {
         if (cfg_is_null(n)) L->oom = true;
         return false;
     }
     cJSON_Delete(*FIELD(L->c, o, cJSON *));
     *FIELD(L->c, o, cJSON *) = j;
+    cJSON_Delete(L->c->params_where);
+    L->c->params_where = w;
     return true;
 }
 
@@ -629,7 +661,7 @@ static yaml_node_t *value_node(loader *L, yaml_document_t *d, const char *val,
 static void set_param_leaf(loader *L, const char *key, const char *path, const char *val,
                            const origin *at) {
     char buf[PATHBUF], full[PATHBUF], *name, *dot;
-    cJSON *obj = L->c->params, *j, *sub;
+    cJSON *obj = L->c->params, *j, *sub, *wobj, *wsub, *w = NULL;
     yaml_document_t d;
     yaml_node_t *n;
     int depth = 1;
@@ -640,6 +672,8 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
     }
     memcpy(buf, path, strlen(path) + 1);
     snprintf(full, sizeof full, "rules.params");
+    if (!L->c->params_where && !(L->c->params_where = where_node(L, at))) return;
+    wobj = L->c->params_where;
     for (name = buf; (dot = strchr(name, '.')); name = dot + 1, depth++) {
         *dot = '\0';
         if (!*name || depth > MAX_DEPTH) break;
@@ -654,6 +688,15 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
             return;
         }
         obj = sub;
+        /* The where tree follows; a mapping created here is the --set's. */
+        if (!(wsub = cJSON_GetObjectItemCaseSensitive(wobj, name))) {
+            if (!(wsub = where_node(L, at)) || !cJSON_AddItemToObject(wobj, name, wsub)) {
+                cJSON_Delete(wsub);
+                L->oom = true;
+                return;
+            }
+        }
+        wobj = wsub;
     }
     if (!*name || depth > MAX_DEPTH) {
         cfg_errf(L, at, key, "path parts must be non-empty, at most %d of them", MAX_DEPTH);
@@ -663,7 +706,7 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
         char p[PATHBUF];
         snprintf(p, sizeof p, "%s", key);
         L->budget = MAX_NODES;
-        if ((j = to_json(L, &d, n, depth, p, strlen(p), at))) {
+        if ((j = to_json(L, &d, n, depth, p, strlen(p), at, &w))) {
             bool ok = cJSON_GetObjectItemCaseSensitive(obj, name)
                           ? cJSON_ReplaceItemInObjectCaseSensitive(obj, name, j)
                           : cJSON_AddItemToObject(obj, name, j);
@@ -671,6 +714,10 @@ static void set_param_leaf(loader *L, const char *key, const char *path, const c
                 cJSON_Delete(j);
                 L->oom = true;
             }
+            ok = w && (cJSON_GetObjectItemCaseSensitive(wobj, name)
+                           ? cJSON_ReplaceItemInObjectCaseSensitive(wobj, name, w)
+                           : cJSON_AddItemToObject(wobj, name, w));
+            if (!ok) cJSON_Delete(w);
         }
     }
     yaml_document_delete(&d);
@@ -714,6 +761,7 @@ err:
 
 void cfg_apply_set(loader *L, const char *arg) {
     origin at = { .kind = AT_SET };
+    L->set_arg = arg;
     const char *eq = strchr(arg, '=');
     char key[MAX_KEY + 1];
     size_t klen = eq ? (size_t)(eq - arg) : strlen(arg);

@@ -90,7 +90,8 @@ static const char rules_help[] =
     "stderr); the last line on stderr sums up: events: N, decisions: N (kill N, ...), errors: N.\n"
     "A rule whose fixtures fail is reported (FILE:LINE, as nerve check does) and still runs.\n"
     "\n"
-    "  --rule NAME    report only rule NAME's decisions and errors\n"
+    "  --rule NAME    evaluate only rule NAME: the other rules do not run, and their errors\n"
+    "                 or failed fixtures do not change the exit status\n"
     "  --all          also print the events that produced no decision\n"
     "  -c, --config FILE, --set dotted.key=value, --log-format text|json  (see nerve help)\n"
     "\n"
@@ -113,6 +114,14 @@ static int rules_opt(void *ud, int val, const char *arg) {
 }
 
 /* `nerve rules test`: its own options, so it parses its own arguments. */
+/* 1 when a line of TEXT starts with "FILE:" (an error about that file). */
+static bool text_has_line_prefix(const char *text, const char *file) {
+    size_t n = strlen(file);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, file, n) == 0 && p[n] == ':') return true;
+    return false;
+}
+
 static int cmd_rules(int argc, char **argv) {
     static const struct option own[] = { { "rule", required_argument, NULL, CLI_OPT(1) },
                                          { "all", no_argument, NULL, CLI_OPT(2) },
@@ -178,7 +187,14 @@ static int cmd_rules(int argc, char **argv) {
                 rc = 2;
             } else {
                 int ran = rules_test_run(set, in, path, &t, stdout, stderr);
-                rc = ran == 0 && !fixture_errors ? 0 : 1;
+                /* With --rule, only that rule's failed fixtures count. */
+                bool fix_bad = fixture_errors != NULL;
+                for (size_t i = 0; fix_bad && rc_opts.rule && i < rules_set_count(set); i++) {
+                    rules_info ri;
+                    if (rules_set_info(set, i, &ri) == 0 && strcmp(ri.name, rc_opts.rule) == 0)
+                        fix_bad = text_has_line_prefix(fixture_errors, ri.file);
+                }
+                rc = ran == 0 && !fix_bad ? 0 : 1;
             }
         }
         free(fixture_errors);

@@ -29,16 +29,15 @@
 
 /* ---- collected errors --------------------------------------------------- */
 
-void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...) {
-    char msg[RULES_MSG_MAX + 128], clean[RULES_MSG_MAX + 128], head[RULES_MSG_MAX];
-    va_list ap;
+static void eb_vadd(rules_errbuf *b, const char *head, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static void eb_vadd(rules_errbuf *b, const char *head, const char *fmt, va_list ap) {
+    char msg[RULES_MSG_MAX + 128], clean[RULES_MSG_MAX + 128];
     size_t need;
 
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     rules_sanitize(clean, sizeof(clean), msg, strlen(msg));
-    snprintf(head, sizeof(head), "%s:%d: ", file, line > 0 ? line : 1);
     need = strlen(head) + strlen(clean) + 2;
     b->count++;
     if (b->len + need > b->cap) {
@@ -50,6 +49,28 @@ void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, 
         b->cap = cap;
     }
     b->len += (size_t)sprintf(b->s + b->len, "%s%s\n", head, clean);
+}
+
+void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...) {
+    char head[RULES_MSG_MAX];
+    va_list ap;
+
+    snprintf(head, sizeof(head), "%s:%d: ", file, line > 0 ? line : 1);
+    va_start(ap, fmt);
+    eb_vadd(b, head, fmt, ap);
+    va_end(ap);
+}
+
+void rules_eb_addat(rules_errbuf *b, const char *where, const char *fmt, ...) {
+    char head[RULES_MSG_MAX + 4], clean[RULES_MSG_MAX];
+    va_list ap;
+
+    /* WHERE may quote a --set value: one line whatever it holds. */
+    rules_sanitize(clean, sizeof(clean), where ? where : "", where ? strlen(where) : 0);
+    snprintf(head, sizeof(head), "%s%s", clean, where ? ": " : "");
+    va_start(ap, fmt);
+    eb_vadd(b, head, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -259,7 +280,9 @@ static char **list_files(const cfg *c, size_t *n, rules_errbuf *eb) {
 
 /* ---- loading one file ----------------------------------------------------- */
 
-static const char *const rule_keys[] = { "name", "on", "evaluate", "tests", "description", NULL };
+static const char *const rule_keys[] = { "name",   "on",          "evaluate",
+                                         "tests",  "description", "params_section",
+                                         "params", NULL };
 
 static int kline(const struct rules_load *a, const char *key) {
     int l = rules_key_line(a->src, a->src_len, key, 1, 1);
@@ -267,10 +290,9 @@ static int kline(const struct rules_load *a, const char *key) {
     return l > 0 ? l : 1;
 }
 
-/* Anchor the string on top of the stack in table ANCHOR and return it: the
- * strings kept in struct rules_load must outlive any change the rule's own
- * code (its fixtures' evaluate) makes to the table they came from. */
-static const char *anchored(lua_State *L, int anchor) {
+/* The strings kept in struct rules_load must outlive any change the rule's
+ * own code (its fixtures' evaluate) makes to the table they came from. */
+const char *rules_anchored(lua_State *L, int anchor) {
     lua_pushvalue(L, -1);
     lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
     return lua_tostring(L, -1);
@@ -306,7 +328,7 @@ static void validate_fn(lua_State *L, void *ud) {
             if (lua_type(L, -1) == LUA_TSTRING)
                 rules_eb_add(a->eb, a->file, kline(a, lua_tostring(L, -1)),
                              "unknown field \"%.40s\" in the rule table (expected name, on, "
-                             "evaluate, tests, description)",
+                             "evaluate, tests, description, params_section, params)",
                              lua_tostring(L, -1));
             else
                 rules_eb_add(a->eb, a->file, 1, "unexpected %s key in the rule table",
@@ -322,13 +344,13 @@ static void validate_fn(lua_State *L, void *ud) {
                      "characters from [A-Za-z0-9_.-]",
                      RULES_NAME_MAX);
     else
-        a->name = anchored(L, anchor);
+        a->name = rules_anchored(L, anchor);
     lua_pop(L, 1);
 
     lua_pushliteral(L, "description");
     vt = lua_rawget(L, t);
     if (vt == LUA_TSTRING && lua_rawlen(L, -1) <= RULES_REASON_MAX)
-        a->desc = anchored(L, anchor);
+        a->desc = rules_anchored(L, anchor);
     else if (vt != LUA_TNIL)
         rules_eb_add(a->eb, a->file, kline(a, "description"),
                      "description must be a string of at most %d bytes", RULES_REASON_MAX);
@@ -354,7 +376,7 @@ static void validate_fn(lua_State *L, void *ud) {
                 lua_pop(L, 1);
                 break;
             }
-            a->chan[a->n_chan++] = anchored(L, anchor);
+            a->chan[a->n_chan++] = rules_anchored(L, anchor);
             lua_pop(L, 1);
         }
     }
@@ -383,14 +405,33 @@ static void validate_fn(lua_State *L, void *ud) {
     }
     lua_pop(L, 1);
 
+    rules_params_parse(L, t, anchor, a);
+    lua_newtable(L);
+    a->ref_state = luaL_ref(L, LUA_REGISTRYINDEX);
+    a->ok = a->eb->count == a->errors_before;
+}
+
+/* The params fixtures see by default: the set's, defaults filled in. */
+static void params_fn(lua_State *L, void *ud) {
+    struct rules_load *a = ud;
+
     if (a->params)
         rules_sbx_push_json(L, a->params, "params", 0);
     else
         rules_sbx_push_json(L, &(cJSON){ .type = cJSON_Object }, "params", 0);
     a->ref_params = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);
-    a->ref_state = luaL_ref(L, LUA_REGISTRYINDEX);
-    a->ok = a->eb->count == a->errors_before;
+}
+
+static void free_params(rules_rule *r) {
+    for (size_t i = 0; i < r->n_params; i++) {
+        free(r->params[i].key);
+        cJSON_Delete(r->params[i].def);
+    }
+    free(r->params);
+    free(r->params_section);
+    r->params = NULL;
+    r->params_section = NULL;
+    r->n_params = 0;
 }
 
 static void free_rule(rules_rule *r) {
@@ -399,12 +440,14 @@ static void free_rule(rules_rule *r) {
     free(r->description);
     free_strv(r->channels, r->n_channels);
     free(r->src);
+    free_params(r);
 }
 
 /* Compile, validate and test FILE; on success append it to SET. FIX_EB NULL:
  * a failed fixture is a load error; else it goes there and the rule loads
  * (`nerve rules test`). */
-static void load_one(rules_set *set, const char *file, rules_errbuf *eb, rules_errbuf *fix_eb) {
+static void load_one(rules_set *set, const cfg *c, const char *file, rules_errbuf *eb,
+                     rules_errbuf *fix_eb, rules_rule *pr) {
     struct rules_load a;
     rules_sbx s;
     rules_sbx_err e;
@@ -449,6 +492,22 @@ static void load_one(rules_set *set, const char *file, rules_errbuf *eb, rules_e
                          rules_key_line(set->rules[i].src, set->rules[i].src_len, "name", 1, 1));
             goto done;
         }
+    rules_channels_check(&a, c, eb);
+    pr->name = strdup(a.name);
+    pr->file = strdup(file);
+    pr->line = a.eval_line;
+    if (!pr->name || !pr->file || rules_params_build(pr, &a) != 0) {
+        rules_eb_add(eb, file, 1, "out of memory");
+        goto done;
+    }
+    rules_params_check(pr, set->params, c->params_where, eb);
+    if (eb->count != a.errors_before) goto done;
+    a.params_decl = pr->params;
+    a.n_params = pr->n_params;
+    if (rules_sbx_pcall(&s, params_fn, &a, &e) != 0) {
+        rules_eb_add(eb, file, e.line, "%s", e.msg);
+        goto done;
+    }
     if (fix_eb) a.eb = fix_eb;
     rules_run_fixtures(&s, &a);
     a.eb = eb;
@@ -557,7 +616,17 @@ static rules_set *set_load(const cfg *c, char **errors, rules_errbuf *fix_eb) {
         if (eb.count == 0)
             rules_eb_add(&eb, c->rules_dir ? c->rules_dir : "rules", 1, "out of memory");
     } else {
-        for (size_t i = 0; i < nfiles; i++) load_one(s, files[i], &eb, fix_eb);
+        /* The declarations of every rule that declared, loaded or not: a
+         * typo is reported whatever else is wrong in the same section. */
+        rules_rule *decl = calloc(nfiles ? nfiles : 1, sizeof(*decl));
+
+        for (size_t i = 0; decl && i < nfiles; i++) load_one(s, c, files[i], &eb, fix_eb, &decl[i]);
+        if (decl)
+            rules_params_unknown(decl, nfiles, s->params, c->params_where, &eb);
+        else
+            rules_eb_add(&eb, c->rules_dir ? c->rules_dir : "rules", 1, "out of memory");
+        for (size_t i = 0; decl && i < nfiles; i++) free_rule(&decl[i]);
+        free(decl);
     }
     free_strv(files, nfiles);
     if (eb.count == 0 && set_finish(s) != 0)

@@ -28,6 +28,30 @@
 #define RULES_MAX_CHANNELS 32 /* per rule */
 #define RULES_LOG_MAX      16 /* log() lines per evaluation */
 #define RULES_STATE_DEPTH  64 /* ctx.state nesting that survives a reload */
+#define RULES_INCR_LOG     16 /* ctx.incr results kept for a diagnosis rerun */
+
+#define RULES_MAX_PARAMS 64 /* declared per rule */
+
+/* Types a rule may declare for a parameter (rules_params.c). A map is a
+ * mapping of any key (a SKU...) to values of one scalar type. */
+typedef enum {
+    RULES_P_INTEGER = 0,
+    RULES_P_NUMBER,
+    RULES_P_STRING,
+    RULES_P_BOOLEAN,
+    RULES_P_MAP
+} rules_ptype;
+
+/* One declared parameter, as the set keeps it. */
+typedef struct rules_param {
+    char *key;
+    rules_ptype type;
+    rules_ptype values; /* RULES_P_MAP: the type of each value */
+    bool has_min, has_max;
+    double min, max;   /* numeric types, and maps of them */
+    struct cJSON *def; /* the default; NULL: the key is required */
+    int line;          /* of its declaration in the rule file */
+} rules_param;
 
 typedef struct rules_rule {
     char *name;
@@ -40,6 +64,12 @@ typedef struct rules_rule {
     char sha256[65];
     int line; /* line of `evaluate`: fallback for errors */
     int n_fixtures;
+    /* Only while the set loads (in a list of its own, for the rules that
+     * failed too): */
+    char *params_section; /* key under rules.params it reads; NULL: not declared */
+    bool declares;        /* has `params`: its section is checked */
+    rules_param *params;
+    size_t n_params;
 } rules_rule;
 
 /* One rule's counters, on their own cache lines so that threads evaluating
@@ -87,6 +117,10 @@ typedef struct rules_errbuf {
 
 void rules_eb_add(rules_errbuf *b, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same with the whole prefix given: WHERE (a config place such as
+ * "config/nerve.yaml:12:7" or "--set KEY=VALUE"; NULL: none) then ": ". */
+void rules_eb_addat(rules_errbuf *b, const char *where, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Best-effort line of the NTH (1-based) `KEY =` at or after line FROM of
  * SRC, ignoring what follows `--`; 0 when not found. */
@@ -111,10 +145,64 @@ struct rules_load {
     int eval_line;
     int tests_line;
     int n_fix;
+    /* params_section and params, as declared (rules_params_parse) */
+    const char *section;
+    bool has_section, has_params;
+    int params_line;
+    struct rules_pdecl {
+        const char *key;
+        rules_ptype type, values;
+        bool has_min, has_max, has_def;
+        double min, max;
+        int def_type; /* LUA_T* of the default */
+        double def_num;
+        bool def_int, def_bool;
+        const char *def_str;
+        int line;
+    } decl[RULES_MAX_PARAMS];
+    size_t n_decl;
+    const rules_param *params_decl; /* built from decl before the fixtures run */
+    size_t n_params;
     bool ok;                             /* the shape is valid: fixtures can run */
     int ref_rule, ref_state, ref_params; /* registry refs in the sandbox */
     long long now;                       /* default ctx.now of fixtures */
 };
+
+/* Inside FN: anchor the string on top of the stack in table ANCHOR (so it
+ * outlives changes the rule makes to where it came from) and return it. */
+const char *rules_anchored(lua_State *L, int anchor);
+
+/* ---- parameter declarations and channels (rules_params.c) --------------- */
+
+/* Inside validate_fn: read `params_section` and `params` of the rule table at
+ * T into A (strings anchored in ANCHOR), adding every bad declaration to
+ * A->eb at its FILE:LINE. */
+void rules_params_parse(lua_State *L, int t, int anchor, struct rules_load *a);
+/* After the protected call: R's params_section, declares and params from A
+ * (R->name set). 0, or -1 when out of memory. */
+int rules_params_build(rules_rule *r, const struct rules_load *a);
+/* Check the section of PARAMS (the set's copy of rules.params) that R reads
+ * against R's declarations, types and ranges, naming each bad value's place
+ * in WHERE (cfg.params_where, may be NULL), and fill in R's defaults. */
+void rules_params_check(const rules_rule *r, struct cJSON *params, const struct cJSON *where,
+                        rules_errbuf *eb);
+/* Refuse the keys of every checked section of PARAMS that none of the N
+ * rules R (their declarations; name NULL = skipped) declares. */
+void rules_params_unknown(const rules_rule *r, size_t n, const struct cJSON *params,
+                          const struct cJSON *where, rules_errbuf *eb);
+/* Inside a fixture: replace the params table at IDX with a checked copy,
+ * defaults filled in, for the rule A loads; 0, or -1 with ERR. */
+int rules_params_fixture(lua_State *L, int idx, const struct rules_load *a, char *err,
+                         size_t errlen);
+/* The candidate of CANDS (N of them) closest to WORD by edit distance, when
+ * close enough to be a likely typo; else NULL. */
+const char *rules_suggest(const char *word, const char *const *cands, size_t n);
+
+struct cfg;
+/* Refuse (in EB, at the `on` line) each channel of A that C does not name:
+ * bus.channels, bus.inventory_channel, bus.sales_channel, or "sale_request".
+ * Not checked when C names no bus channels (a cfg not from cfg_load). */
+void rules_channels_check(const struct rules_load *a, const struct cfg *c, rules_errbuf *eb);
 
 /* Run the N_FIX fixtures of the rule A describes in its sandbox S, adding
  * every failure to A->eb. */
@@ -178,6 +266,16 @@ typedef struct rules_sbx {
     bool jnl_idx;       /* ... and an index of them was built */
     rules_incr_fn incr; /* ctx.incr backend; NULL = counters local to this state */
     void *incr_ud;
+    /* Finding the `return` behind an invalid decision (rules_vm.c runs the
+     * event again, fixtures run so): with trace_ret, a return hook records
+     * in ret_line the line of the last Lua function to return to C (the
+     * top-level evaluate, or what it tail-called). With replay, ctx.incr
+     * answers what it answered in the last call (incr_log) instead of
+     * counting again, and log() is silent: the rerun must change nothing. */
+    bool trace_ret, replay;
+    int ret_line;
+    int incr_n, incr_i; /* ctx.incr results logged (reset by the caller); replayed */
+    long long incr_log[RULES_INCR_LOG];
     char short_src[LUA_IDSIZE]; /* how Lua abbreviates FILE in messages */
 } rules_sbx;
 
@@ -279,6 +377,10 @@ void rules_sbx_copy(lua_State *dst, lua_State *src);
 
 /* Copy S into DST (size N) replacing control characters with spaces. */
 void rules_sanitize(char *dst, size_t n, const char *s, size_t len);
+
+/* rules_vm_new holding only the rule NAME of SET (none when no rule has
+ * that name): `nerve rules test --rule NAME` evaluates that rule alone. */
+rules_vm *rules_vm_new_rule(rules_set *set, const char *name, char *err, size_t errlen);
 
 /* Shared by the vm and the dry run. */
 int rules_channel_in(const rules_rule *r, const char *channel);

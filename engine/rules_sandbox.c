@@ -298,6 +298,17 @@ static int sbx_abort(lua_State *L, rules_sbx *s, int kind) {
 static void count_hook(lua_State *L, lua_Debug *ar) {
     rules_sbx *s = rules_sbx_of(L);
 
+    if (ar->event == LUA_HOOKRET) { /* only with trace_ret */
+        lua_Debug up;
+
+        /* Returning to C: the top-level call (or one from a C function; the
+         * top-level evaluate returns last). Its current line is the return
+         * statement's (or the `end` it fell off). */
+        if (lua_getinfo(L, "Sl", ar) && ar->what[0] != 'C' && ar->currentline > 0 &&
+            (!lua_getstack(L, 1, &up) || (lua_getinfo(L, "S", &up) && up.what[0] == 'C')))
+            s->ret_line = ar->currentline;
+        return;
+    }
     if (ar->event == LUA_HOOKCALL || ar->event == LUA_HOOKTAILCALL) {
         char here;
 
@@ -515,7 +526,9 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     s->churn = 0;
     s->churned = false;
     s->compiling = false;
-    s->logs_left = RULES_LOG_MAX;
+    s->logs_left = s->replay ? 0 : RULES_LOG_MAX;
+    s->ret_line = 0;
+    s->incr_i = 0; /* incr_n is reset by the caller, before the call it replays */
     s->budget = s->instr_limit;
     /* Slow start: the first look comes early, whatever the first
      * instructions cost; the period then doubles while they are cheap. */
@@ -529,7 +542,8 @@ int rules_sbx_pcall_until(rules_sbx *s, rules_sbx_fn fn, void *ud, uint64_t dead
     s->cpu_mark = s->mark_ns = s->pre_ns = s->io_ns = s->io_early_ns = 0;
     stack_bounds();
     s->stack_guard = stack_size > 0 && stack_size < STACK_SMALL ? stack_low + STACK_MARGIN : 0;
-    s->hookmask = LUA_MASKCOUNT | (s->stack_guard ? LUA_MASKCALL : 0);
+    s->hookmask = LUA_MASKCOUNT | (s->stack_guard ? LUA_MASKCALL : 0) |
+                  (s->trace_ret ? LUA_MASKRET : 0);
     lua_sethook(L, count_hook, s->hookmask, s->period);
     s->armed = true;
     st = lua_pcall(L, 1, 0, base + 1);

@@ -175,9 +175,12 @@ static void fixture_fn(lua_State *L, void *ud) {
     else if (vt != LUA_TNIL)
         FERR("now must be a number (epoch seconds)");
     vt = lua_getfield(L, fx, "params");
-    if (vt == LUA_TTABLE)
+    if (vt == LUA_TTABLE) {
+        /* Checked like rules.params, defaults filled in: a typo in a
+         * fixture's params must not test the default instead. */
+        if (rules_params_fixture(L, -1, la, exp, sizeof(exp)) != 0) FERR("%s", exp);
         rules_sbx_push_ro_copy(L, -1, "params", 0);
-    else if (vt == LUA_TNIL)
+    } else if (vt == LUA_TNIL)
         lua_rawgeti(L, LUA_REGISTRYINDEX, la->ref_params);
     else
         FERR("params must be a table");
@@ -201,7 +204,12 @@ static void fixture_fn(lua_State *L, void *ud) {
     res = lua_gettop(L);
 
     if (rules_sbx_decisions(L, res, f->chan, d, &n, fmsg, sizeof(fmsg)) != 0) {
-        rules_eb_add(la->eb, la->file, f->line, "fixture %d (%s): %s", f->i, f->chan, fmsg);
+        /* At the `return` that produced it (fixtures run with the return
+         * hook on); the fixture is named by number and line. */
+        rules_sbx *s = rules_sbx_of(L);
+
+        rules_eb_add(la->eb, la->file, s->ret_line > 0 ? s->ret_line : f->line,
+                     "fixture %d (%s, line %d): %s", f->i, f->chan, f->line, fmsg);
         return;
     }
     if (n != n_exp) {
@@ -260,6 +268,8 @@ static void fixture_fn(lua_State *L, void *ud) {
 void rules_run_fixtures(rules_sbx *s, struct rules_load *a) {
     uint64_t until = rules_now_ns() + (uint64_t)s->timeout_ms * 1000000u * FIXTURE_DEADLINES;
 
+    s->trace_ret = true; /* load time: the return hook's cost does not matter */
+
     for (int i = 1; i <= a->n_fix; i++) {
         struct fix_args f = { .la = a, .i = i };
         rules_sbx_err e;
@@ -280,6 +290,7 @@ void rules_run_fixtures(rules_sbx *s, struct rules_load *a) {
             break;
         }
     }
+    s->trace_ret = false;
 }
 
 /* ---- dry run -------------------------------------------------------------- */
@@ -404,7 +415,10 @@ int rules_test_run(rules_set *set, FILE *in, const char *in_name, const rules_te
     size_t cap = 0, max = set->max_event_bytes + 4096;
     ssize_t len;
     int lineno = 0;
-    rules_vm *vm = rules_vm_new(set, NULL, err, sizeof(err));
+    /* --rule NAME: only that rule runs, so another rule's error or
+     * slowness changes neither the run nor the exit status. */
+    rules_vm *vm = o && o->rule ? rules_vm_new_rule(set, o->rule, err, sizeof(err))
+                                : rules_vm_new(set, NULL, err, sizeof(err));
 
     if (vm == NULL) {
         fprintf(errout, "%s\n", err);

@@ -181,6 +181,12 @@ static int ctx_incr(lua_State *L) {
     luaL_argcheck(L, window >= 1 && window <= INCR_WINDOW_MAX, 2,
                   "window must be 1 to 604800 seconds");
     luaL_argcheck(L, by >= 0 && by <= INCR_BY_MAX, 3, "by must be 0 to 1000000000");
+    if (s->replay) { /* a diagnosis rerun: the same answers, nothing counted */
+        if (s->incr_i >= s->incr_n || s->incr_i >= RULES_INCR_LOG)
+            return luaL_error(L, "ctx.incr: the rerun called it more often");
+        lua_pushinteger(L, (lua_Integer)s->incr_log[s->incr_i++]);
+        return 1;
+    }
     lua_getfield(L, lua_upvalueindex(1), "now");
     now = lua_tointeger(L, -1);
     lua_pop(L, 1);
@@ -192,6 +198,8 @@ static int ctx_incr(lua_State *L) {
         rules_sbx_blocked(s, rules_now_ns() - t0);
         if (rc != 0) return luaL_error(L, "ctx.incr: %s", err);
         rules_sbx_check_deadline(L);
+        if (s->incr_n < RULES_INCR_LOG) s->incr_log[s->incr_n] = count;
+        if (s->incr_n <= RULES_INCR_LOG) s->incr_n++; /* LOG + 1: some not kept */
         lua_pushinteger(L, (lua_Integer)count);
         return 1;
     }
@@ -226,6 +234,8 @@ static int ctx_incr(lua_State *L) {
     lua_rawseti(L, -2, 2);
     lua_pushinteger(L, (lua_Integer)count);
     lua_rawseti(L, -2, 3);
+    if (s->incr_n < RULES_INCR_LOG) s->incr_log[s->incr_n] = count;
+    if (s->incr_n <= RULES_INCR_LOG) s->incr_n++;
     lua_pushinteger(L, (lua_Integer)count);
     return 1;
 }

@@ -191,8 +191,21 @@ rules_vm *rules_vm_new(rules_set *set, rules_vm *previous, char *err, size_t err
     return rules_vm_new_kind(set, previous, RULES_VM_ALL, err, errlen);
 }
 
+static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind, const char *only,
+                          char *err, size_t errlen);
+
 rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind kind, char *err,
                             size_t errlen) {
+    return vm_build(set, previous, kind, NULL, err, errlen);
+}
+
+rules_vm *rules_vm_new_rule(rules_set *set, const char *name, char *err, size_t errlen) {
+    return vm_build(set, NULL, RULES_VM_ALL, name, err, errlen);
+}
+
+/* A vm of KIND holding, when ONLY is not NULL, just the rule of that name. */
+static rules_vm *vm_build(rules_set *set, rules_vm *previous, rules_vm_kind kind, const char *only,
+                          char *err, size_t errlen) {
     char buf[RULES_MSG_MAX];
     rules_vm *vm = calloc(1, sizeof(*vm));
 
@@ -210,6 +223,7 @@ rules_vm *rules_vm_new_kind(rules_set *set, rules_vm *previous, rules_vm_kind ki
         vm_rule *vr = &vm->rules[vm->n];
 
         if (!of_kind(&set->rules[i], kind)) continue;
+        if (only && strcmp(set->rules[i].name, only) != 0) continue;
         vm->n++;
         vr->r = &set->rules[i];
         vr->ctr = set->ctr[i];
@@ -328,7 +342,8 @@ struct eval_args {
     long long now;
     rules_decision_cb cb;
     void *ud;
-    bool bad; /* evaluate returned an invalid decision */
+    bool bad;  /* evaluate returned an invalid decision */
+    bool diag; /* a diagnosis rerun: validate only, deliver nothing */
     char err[RULES_MSG_MAX];
 };
 
@@ -357,7 +372,7 @@ static void eval_fn(lua_State *L, void *ud) {
         a->bad = true; /* a late evaluate still fails with the deadline (pcall's end) */
         return;
     }
-    if (n == 0) return; /* the protected call's end checks the deadline */
+    if (n == 0 || a->diag) return; /* the protected call's end checks the deadline */
     /* Before any decision is delivered: an evaluate that returned late must
      * decide nothing (one C call can overrun between two looks). */
     rules_sbx_check_deadline(L);
@@ -381,6 +396,32 @@ static void report(rules_vm *vm, const vm_rule *vr, const char *msg) {
         log_error("rules", "%s rule=%s", msg, vr->r->name);
 }
 
+/* After evaluate returned an invalid decision for the event of A (and its
+ * ctx.state writes were undone): run it again with a return hook to learn
+ * the line of the `return` that produced it -- the one line the analyst
+ * needs, which the hot path does not pay to record. ctx.now is the same,
+ * ctx.incr replays its answers and log() is silent, so the rerun decides
+ * the same and changes nothing. The line, or 0 when the rerun did not fail
+ * the same way. *REBUILD set when ctx.state could not be restored. */
+static int diagnose(vm_rule *vr, const struct eval_args *a, bool *rebuild) {
+    struct eval_args d = *a;
+    rules_sbx_err e;
+    int rc, line;
+
+    d.cb = NULL;
+    d.diag = true;
+    d.bad = false;
+    vr->sbx.trace_ret = vr->sbx.replay = true;
+    rules_state_begin(&vr->sbx);
+    rc = rules_sbx_pcall(&vr->sbx, eval_fn, &d, &e);
+    line = vr->sbx.ret_line;
+    vr->sbx.trace_ret = vr->sbx.replay = false;
+    if (vr->sbx.jnl_n > 0 && rules_sbx_pcall(&vr->sbx, rules_state_rollback, NULL, &e) != 0)
+        *rebuild = true;
+    rules_state_commit(&vr->sbx);
+    return rc == 0 && d.bad && strcmp(d.err, a->err) == 0 ? line : 0;
+}
+
 /* 0 when the rule ran fine, 1 when it failed. */
 static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     char msg[RULES_MSG_MAX + 256];
@@ -400,6 +441,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     }
     a->vr = vr;
     a->bad = false;
+    vr->sbx.incr_n = 0;
     rules_state_begin(&vr->sbx);
     rc = rules_sbx_pcall(&vr->sbx, eval_fn, a, &e);
     /* The protected call read the clock when it started and ended. */
@@ -412,10 +454,6 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
         return 0;
     }
     atomic_fetch_add_explicit(&vr->ctr->errors, 1, memory_order_relaxed);
-    if (rc != 0)
-        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, e.line, e.msg);
-    else
-        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, vr->r->line, a->err);
     rebuild = rc != 0 && e.kind == RULES_SBX_MEM;
     if (!rebuild && vr->sbx.jnl_n > 0) {
         rules_sbx_err re;
@@ -425,6 +463,13 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
         if (rules_sbx_pcall(&vr->sbx, rules_state_rollback, NULL, &re) != 0) rebuild = true;
     }
     rules_state_commit(&vr->sbx);
+    if (rc != 0) {
+        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, e.line, e.msg);
+    } else {
+        int line = rebuild ? 0 : diagnose(vr, a, &rebuild);
+
+        snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, line > 0 ? line : vr->r->line, a->err);
+    }
     if (rebuild) {
         char rerr[RULES_MSG_MAX];
         size_t len = strlen(msg);

@@ -35,8 +35,9 @@ typed wrong and sold a thousand times. This rule watches the money events and
         not run, e.g. rules.sale_on_error = allow) raises a warning alert and
         halts nothing: an anonymous client must not be able to stop sales.
 
-Parameters (config rules.params.financial), defaults in DEFAULTS below; a
-missing or non-numeric one falls back to its default.
+Parameters (config rules.params.financial), declared in `params` below with
+their defaults (DEFAULTS): `nerve check` refuses an unknown key, a wrong type
+or a value out of range, and a missing one gets its default.
 
 State: ctx.state.days[YYYY-MM-DD] = {spend = {[campaign] = amount}, revenue,
 refunds}, for today and yesterday (UTC, from ctx.now) only, so it stays small
@@ -254,6 +255,20 @@ return {
   name = "financial_risk",
   description = "Kill a campaign over its daily ad budget; alert when refunds exceed a share of revenue; refuse sales under the minimum price; halt sales of a SKU whose catalog price is under it.",
   on = { "financial_events", "sales_events", "sale_request" },
+
+  params_section = "financial",
+  params = {
+    daily_budget = { type = "number", default = DEFAULTS.daily_budget, min = 0,
+                     description = "ad spend per campaign per UTC day over which the campaign is killed" },
+    refund_ratio_max = { type = "number", default = DEFAULTS.refund_ratio_max, min = 0, max = 1,
+                         description = "share of the day's revenue refunds may reach before a critical alert" },
+    min_revenue_for_ratio = { type = "number", default = DEFAULTS.min_revenue_for_ratio, min = 0,
+                              description = "revenue of the day under which the refund ratio is not judged" },
+    min_unit_price = { type = "number", default = DEFAULTS.min_unit_price, min = 0,
+                       description = "minimum unit price of every SKU" },
+    min_unit_price_by_sku = { type = "map", values = "number", default = {}, min = 0,
+                              description = "SKU: minimum unit price, overriding min_unit_price" },
+  },
 
   evaluate = function(event, ctx)
     if ctx.channel == "sale_request" then

@@ -19,7 +19,9 @@ Other event types are not this rule's business; a malformed stock_changed
 event is ignored (and logged at debug level).
 
 Parameters (config rules.params.inventory): warning_threshold,
-critical_threshold; a missing or non-numeric one falls back to its default.
+critical_threshold, declared in `params` below: `nerve check` refuses an
+unknown key, a wrong type or a negative value, and a missing one gets its
+default.
 
 Stateless on purpose: each event is judged on its own. Repeats are cheap --
 engaging the kill switch is idempotent and alerts are throttled per rule and
@@ -48,6 +50,14 @@ return {
   name = "inventory_threshold",
   description = "Warning alert at low stock; at critical stock, pause the SKU's campaigns (kill sku:<SKU>, sales continue) and alert.",
   on = { "inventory_events" },
+
+  params_section = "inventory",
+  params = {
+    critical_threshold = { type = "integer", default = DEFAULT_CRITICAL, min = 0,
+                           description = "stock at or under which the SKU's campaigns are paused (kill sku:<SKU>)" },
+    warning_threshold = { type = "integer", default = DEFAULT_WARNING, min = 0,
+                          description = "stock at or under which a warning alert is raised" },
+  },
 
   evaluate = function(event, ctx)
     if event.type ~= "stock_changed" then
@@ -145,11 +155,11 @@ return {
       event = { type = "stock_changed", sku = "XYZ.2", stock_remaining = 99 },
       expect = { { action = "alert", level = "warning", scope = "sku:XYZ.2" } },
     },
-    { -- a non-numeric threshold falls back to its default
+    { -- a threshold left out gets its declared default (warning 20)
       channel = "inventory_events",
-      params = { inventory = { warning_threshold = "lots" } },
-      event = { type = "stock_changed", sku = "ABC-1", stock_remaining = 30 },
-      expect = {},
+      params = { inventory = { critical_threshold = 2 } },
+      event = { type = "stock_changed", sku = "ABC-1", stock_remaining = 20 },
+      expect = { { action = "alert", level = "warning", scope = "sku:ABC-1" } },
     },
     { -- not a stock change
       channel = "inventory_events", params = {},

@@ -92,6 +92,13 @@ typedef struct cfg {
     char *
         rules_sale_on_error; /* reject|allow: a failing sale_request rule fails the sale closed (422) or open */
     struct cJSON *params; /* rules.params as a JSON tree (object), never NULL */
+    /* Where each rules.params value was set, so that a rule's parameter
+     * declarations can point at the value they refuse: a tree of the shape of
+     * params whose every node is an object holding, under the empty key "",
+     * "FILE:LINE:COL" or "--set KEY=VALUE", and under each mapping key the
+     * node of that child (a YAML key is never empty). NULL when nothing was
+     * set. */
+    struct cJSON *params_where;
 
     /* panic (emergency stop) */
     char *panic_webhook_url;         /* "" = none */

@@ -6,6 +6,8 @@
  *       name = "inventory_threshold",       -- unique in the set, [A-Za-z0-9_.-]{1,64}
  *       on = { "inventory_events" },        -- channels; "sale_request" = sale-time policy
  *       description = "...",                -- optional
+ *       params_section = "inventory",       -- optional; default: name
+ *       params = { key = {type=..., default=?, min=?, max=?, description=?} },  -- optional
  *       evaluate = function(event, ctx) ... end,
  *       tests = { {channel=..., event={...}, expect={...}, now=?, params=?}, ... },  -- optional
  *     }
@@ -70,6 +72,15 @@
  * must follow the one grammar of nerve/scope.h (scope_valid), so that every
  * scope a rule can engage can also be listed and reset through the API.
  *
+ * Params (rules_params.c): a rule that declares `params` has its section of
+ * rules.params checked when the set loads -- a key no rule declares, a wrong
+ * type, a value out of range are load errors at the config's FILE:LINE:COL
+ * (or `--set KEY=VALUE`) -- and its defaults filled in, so ctx.params holds
+ * every declared key; fixture params likewise. Each `on` channel must be one
+ * the config names (bus.channels, bus.inventory_channel, bus.sales_channel)
+ * or "sale_request"; a cfg without bus settings (not from cfg_load) skips
+ * that check.
+ *
  * Fixtures (tests): each has channel (one of the rule's `on`), event (table),
  * expect (list of partial decisions, {} = no decision), optional now (number,
  * default: the time of loading) and optional params (table, used instead of
@@ -81,8 +92,10 @@
  * Every message a user sees reads `FILE:LINE: message`, FILE being the path as
  * configured (rules_dir + "/" + name; rules_dir is "rules" by default, so
  * `rules/inventory.lua:12: ...`). LINE is exact for syntax and runtime errors
- * and where a limit was hit; for an invalid decision it is the line of
- * `evaluate`; for a bad field of the returned table, the line where that key
+ * and where a limit was hit; for an invalid decision it is the line of the
+ * `return` that produced it (the event is run again with a return hook, only
+ * then; `evaluate`'s line if that rerun does not fail the same way); for a
+ * bad field of the returned table, the line where that key
  * appears in the source (best effort), else 1; for a fixture, the line of its
  * `channel =` key.
  */
@@ -318,7 +331,7 @@ int rules_test_events(rules_set *set, FILE *in, const char *in_name, FILE *out, 
 
 /* What `nerve rules test` adds to the dry run. */
 typedef struct rules_test_opts {
-    const char *rule; /* NULL, or report only this rule's decisions and errors */
+    const char *rule; /* NULL, or evaluate only this rule (the others do not run) */
     bool all;         /* also print `IN_NAME:LINE: no decision (CHANNEL)` */
 } rules_test_opts;
 

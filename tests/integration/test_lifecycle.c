@@ -36,7 +36,7 @@ static int run_nerve(h_run *r, const char *const *args)
 static const char *const LC_RULE =
     "return {\n"
     "  name = \"e2e_lc\",\n"
-    "  on = { \"test_events\" },\n"
+    "  on = { \"financial_events\" },\n"
     "  evaluate = function(event, ctx)\n"
     "    if event.boom then error(\"boom\") end\n"
     "    local out = {}\n"
@@ -51,8 +51,8 @@ static const char *const LC_RULE =
     "    return out\n"
     "  end,\n"
     "  tests = {\n"
-    "    { channel = \"test_events\", event = { id = \"f\" }, expect = {} },\n"
-    "    { channel = \"test_events\", event = { id = \"f\", alert = true },\n"
+    "    { channel = \"financial_events\", event = { id = \"f\" }, expect = {} },\n"
+    "    { channel = \"financial_events\", event = { id = \"f\", alert = true },\n"
     "      expect = { { action = \"alert\", level = \"warning\", scope = \"lc:f\" } } },\n"
     "  },\n"
     "}\n";
@@ -60,7 +60,7 @@ static const char *const LC_RULE =
 static const char *const SYNTAX_ERROR_RULE =   /* error on line 5 */
     "return {\n"
     "  name = \"e2e_broken\",\n"
-    "  on = { \"test_events\" },\n"
+    "  on = { \"financial_events\" },\n"
     "  evaluate = function(event, ctx)\n"
     "    return { action = \"alert\" level = \"info\", reason = \"x\" }\n"
     "  end,\n"
@@ -367,9 +367,9 @@ static void test_check_and_rules_test(void **state)
     char events[PATH_MAX];
     snprintf(events, sizeof events, "%s/events.jsonl", h_tmpdir());
     H_WRITE_FILE(h_tmpdir(), "events.jsonl",
-                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n0\"}}\n"
-                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
-                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n2\",\"alert\":true,"
+                 "{\"channel\":\"financial_events\",\"event\":{\"id\":\"n0\"}}\n"
+                 "{\"channel\":\"financial_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
+                 "{\"channel\":\"financial_events\",\"event\":{\"id\":\"n2\",\"alert\":true,"
                  "\"kill\":true}}\n"
                  "{\"channel\":\"other_events\",\"event\":{\"id\":\"n3\",\"alert\":true}}\n");
     run_nerve(&r, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
@@ -400,13 +400,13 @@ static void test_check_and_rules_test(void **state)
         const char *act = h_jstr(dec, "action"), *sc = h_jstr(dec, "scope");
         const char *rs = h_jstr(dec, "reason");
         bool ok = o && rule && strcmp(rule, "e2e_lc") == 0 && ch &&
-                  strcmp(ch, "test_events") == 0 && act && strcmp(act, want_d[lines].action) == 0 &&
+                  strcmp(ch, "financial_events") == 0 && act && strcmp(act, want_d[lines].action) == 0 &&
                   sc && strcmp(sc, want_d[lines].scope) == 0 && rs &&
                   strcmp(rs, want_d[lines].reason) == 0 &&
                   (want_d[lines].halt < 0 || h_jbool(dec, "halt_sales") == want_d[lines].halt);
         if (!ok)
             fail_msg("nerve rules test line %d: expected {\"rule\":\"e2e_lc\",\"channel\":"
-                     "\"test_events\",\"decision\":{\"action\":\"%s\",\"scope\":\"%s\","
+                     "\"financial_events\",\"decision\":{\"action\":\"%s\",\"scope\":\"%s\","
                      "\"reason\":\"%s\"...}}, got %s", lines + 1, want_d[lines].action,
                      want_d[lines].scope, want_d[lines].reason, line);
         cJSON_Delete(o);
@@ -417,7 +417,7 @@ static void test_check_and_rules_test(void **state)
 
     /* A line that is not an event: non-zero, and the line is named. */
     H_WRITE_FILE(h_tmpdir(), "events.jsonl",
-                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
+                 "{\"channel\":\"financial_events\",\"event\":{\"id\":\"n1\",\"alert\":true}}\n"
                  "this is not json\n");
     run_nerve(&r, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
                                          gset, events, NULL });
@@ -429,7 +429,7 @@ static void test_check_and_rules_test(void **state)
 
     /* A rule error: non-zero, reported as FILE:LINE of the rule. */
     H_WRITE_FILE(h_tmpdir(), "events.jsonl",
-                 "{\"channel\":\"test_events\",\"event\":{\"id\":\"n1\",\"boom\":true}}\n");
+                 "{\"channel\":\"financial_events\",\"event\":{\"id\":\"n1\",\"boom\":true}}\n");
     run_nerve(&r, (const char *const[]){ "rules", "test", "-c", "config/nerve.yaml", "--set",
                                          gset, events, NULL });
     if (r.status == 0 || r.status == -1 || strstr(r.err, "lc.lua:5:") == NULL)

@@ -69,6 +69,8 @@ static void run_rt(h_run *r, const char *extra1, const char *extra2) {
     args[n++] = "test";
     args[n++] = "--set";
     args[n++] = g_set;
+    args[n++] = "--set"; /* the rules listen on "t": a channel this config must name */
+    args[n++] = "bus.channels=[t]";
     if (extra1) args[n++] = extra1;
     if (extra2) args[n++] = extra2;
     args[n++] = g_events;
@@ -179,8 +181,18 @@ static void test_failing_fixture_still_runs(void **state) {
     WANT_LINE(r, err, "%s", "events: 4, decisions: 2 (kill 1, alert 1), errors: 0");
     h_run_free(&r);
 
+    /* --rule quiet evaluates quiet alone: fx's failed fixture is shown but
+     * does not fail the run (it did when --rule only filtered the report). */
+    run_rt(&r, "--rule", "quiet");
+    if (r.status != 0 || strstr(r.out, "\"fx\"") != NULL)
+        fail_msg("--rule quiet with fx's fixture failing: expected exit 0 and no fx decision; "
+                 "exit %d\nstdout:\n%s\nstderr:\n%s",
+                 r.status, r.out, r.err);
+    WANT_LINE(r, err, "%s", "events: 4, decisions: 1 (alert 1), errors: 0");
+    h_run_free(&r);
+
     /* nerve check still refuses the same rule. */
-    const char *args[] = { "check", "--set", g_set, NULL };
+    const char *args[] = { "check", "--set", g_set, "--set", "bus.channels=[t]", NULL };
     h_run_nerve(&r, 10000, NULL, args);
     assert_int_equal(r.status, 1);
     h_run_free(&r);

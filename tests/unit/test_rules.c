@@ -178,14 +178,14 @@ static const sandbox_case cases[] = {
     { "gc_finalizer.lua", "gc_finalizer",
       "gc_finalizer.lua:6: __gc metamethods are not allowed in rules" },
     { "unknown_action.lua", "unknown_action",
-      "unknown_action.lua:5: decision 1: unknown action \"explode\" (expected alert, kill or reject)" },
-    { "missing_reason.lua", "missing_reason", "missing_reason.lua:5: decision 2: alert needs a reason" },
-    { "kill_no_scope.lua", "kill_no_scope", "kill_no_scope.lua:5: decision 1: kill needs a scope" },
+      "unknown_action.lua:6: decision 1: unknown action \"explode\" (expected alert, kill or reject)" },
+    { "missing_reason.lua", "missing_reason", "missing_reason.lua:6: decision 2: alert needs a reason" },
+    { "kill_no_scope.lua", "kill_no_scope", "kill_no_scope.lua:6: decision 1: kill needs a scope" },
     { "reject_not_sale.lua", "reject_not_sale",
-      "reject_not_sale.lua:5: decision 1: reject is only allowed in sale_request rules (channel is test)" },
-    { "bad_field.lua", "bad_field", "bad_field.lua:5: decision 1: unknown field \"halt_sale\"" },
+      "reject_not_sale.lua:6: decision 1: reject is only allowed in sale_request rules (channel is test)" },
+    { "bad_field.lua", "bad_field", "bad_field.lua:6: decision 1: unknown field \"halt_sale\"" },
     { "bad_return.lua", "bad_return",
-      "bad_return.lua:5: evaluate must return nothing, a decision or a list of decisions, not a string" },
+      "bad_return.lua:6: evaluate must return nothing, a decision or a list of decisions, not a string" },
 };
 
 static void test_sandbox_case(void **state)
@@ -289,7 +289,7 @@ static void test_bad_shape(void **state)
     (void)state;
     expect_load_errors(DIR, files, 1, 100000,
         DIR "/bad_shape.lua:5: unknown field \"evalute\" in the rule table (expected name, on, "
-            "evaluate, tests, description)\n"
+            "evaluate, tests, description, params_section, params)\n"
         DIR "/bad_shape.lua:3: name must be a string of 1 to 64 characters from [A-Za-z0-9_.-]\n"
         DIR "/bad_shape.lua:4: on must be a list of 1 to 32 channel names\n"
         DIR "/bad_shape.lua:1: evaluate must be a function(event, ctx)\n"
@@ -329,7 +329,7 @@ static void test_failing_fixture(void **state)
             "{action=\"alert\", level=\"critical\", reason=\"level critical\"}\n"
         DIR "/failing_fixture.lua:19: fixture 5 (nope): channel is not one of the rule's `on` "
             "channels\n"
-        DIR "/failing_fixture.lua:20: fixture 6 (test): decision 1: unknown level \"loud\" "
+        DIR "/failing_fixture.lua:7: fixture 6 (test, line 20): decision 1: unknown level \"loud\" "
             "(expected info, warning or critical)\n");
 }
 

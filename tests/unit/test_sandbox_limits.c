@@ -554,7 +554,7 @@ static void test_scope(void **state)
     eval_now(vm, 1, "{\"raw\":\"campaign:spring sale\"}", &cap);
     assert_int_equal(cap.n_dec, 0);
     assert_int_equal(cap.n_err, 1);
-    if (strstr(cap.err_msg[0], "/scope.lua:1: decision 1: invalid scope \"campaign:spring sale\"") == NULL)
+    if (strstr(cap.err_msg[0], "/scope.lua:2: decision 1: invalid scope \"campaign:spring sale\"") == NULL)
         fail_msg("got %s", cap.err_msg[0]);
     eval_now(vm, 1, "{\"raw\":\"sku:A%zz\"}", &cap);
     assert_int_equal(cap.n_err, 1);
