@@ -1,7 +1,8 @@
 /* http.c -- the HTTP API on CivetWeb (see http.h).
  *
  * One CivetWeb request handler receives every request and routes it through
- * one table (routes[]: path, methods, handler, admin, body policy), so that
+ * one table (routes[]: path, methods, handler, admin, body policy, what it
+ * does, which GET / lists), so that
  * unknown paths and wrong methods get the same JSON error bodies as
  * everything else instead of CivetWeb's HTML pages, and OPTIONS, HEAD and
  * 405 with Allow are answered the same way for every route.
@@ -44,6 +45,7 @@
 #include "nerve/log.h"
 #include "nerve/sku.h"
 #include "nerve/status.h"
+#include "nerve/version.h"
 
 struct http_server {
     http_deps d;
@@ -666,39 +668,90 @@ typedef enum {
 } body_policy;
 
 typedef struct route_def {
-    const char *path; /* exact, or a prefix when it ends in '/':
-                                 * the (decoded) rest is the handler's ARG */
+    const char *path; /* exact, or a prefix up to a {placeholder} (or when it
+                                 * ends in '/'): the (decoded) rest is the
+                                 * handler's ARG */
     unsigned methods; /* M_*: GET brings HEAD; every route answers OPTIONS */
     int admin;        /* needs Authorization: Bearer NERVE_ADMIN_TOKEN */
     body_policy body;
     int (*fn)(http_server *s, struct mg_connection *conn);
     int (*fn_arg)(http_server *s, struct mg_connection *conn, const char *arg);
+    const char *does; /* one line for GET /, the API's own index */
 } route_def;
+
+static int handle_index(http_server *s, struct mg_connection *conn);
 
 /* The HTTP API (SPEC §6), first match wins. */
 static const route_def routes[] = {
-    { "/sale", M_POST, 0, BODY_JSON, handle_sale, NULL },
-    { "/test/simulate-sale", M_POST, 0, BODY_JSON, handle_sale, NULL },
-    { "/stock/", M_GET, 0, BODY_NONE, NULL, handle_stock_get },
-    { "/healthz", M_GET, 0, BODY_NONE, handle_healthz, NULL },
-    { "/readyz", M_GET, 0, BODY_NONE, handle_readyz, NULL },
-    { "/metrics", M_GET, 0, BODY_NONE, handle_metrics, NULL },
-    { "/rules", M_GET, 0, BODY_NONE, handle_rules, NULL },
-    { "/killswitch", M_GET, 0, BODY_NONE, handle_killswitch_get, NULL },
-    { "/admin/stock/", M_PUT, 1, BODY_JSON, NULL, handle_stock_put },
-    { "/admin/killswitch", M_POST, 1, BODY_JSON, handle_killswitch_post, NULL },
-    { "/admin/killswitch/", M_DELETE, 1, BODY_OPTIONAL, NULL, handle_killswitch_delete },
-    { "/admin/reload", M_POST, 1, BODY_OPTIONAL, handle_reload, NULL },
+    { "/", M_GET, 0, BODY_NONE, handle_index, NULL, "this list of endpoints" },
+    { "/sale", M_POST, 0, BODY_JSON, handle_sale, NULL,
+      "sell {sku, qty, order_id?, unit_price?}: 200 with stock_remaining" },
+    { "/test/simulate-sale", M_POST, 0, BODY_JSON, handle_sale, NULL,
+      "the original service's path: same as POST /sale" },
+    { "/stock/{sku}", M_GET, 0, BODY_NONE, NULL, handle_stock_get,
+      "a SKU's stock and catalog price" },
+    { "/healthz", M_GET, 0, BODY_NONE, handle_healthz, NULL, "200 while the process runs" },
+    { "/readyz", M_GET, 0, BODY_NONE, handle_readyz, NULL,
+      "200 when Redis answers and rules are loaded, else 503 with the reason" },
+    { "/metrics", M_GET, 0, BODY_NONE, handle_metrics, NULL, "Prometheus metrics" },
+    { "/rules", M_GET, 0, BODY_NONE, handle_rules, NULL,
+      "the loaded rules, their counters and the last reload" },
+    { "/killswitch", M_GET, 0, BODY_NONE, handle_killswitch_get, NULL,
+      "the engaged kill-switch scopes" },
+    { "/admin/stock/{sku}", M_PUT, 1, BODY_JSON, NULL, handle_stock_put,
+      "set {stock?, price?} of a SKU" },
+    { "/admin/killswitch", M_POST, 1, BODY_JSON, handle_killswitch_post, NULL,
+      "engage {scope, reason, halt_sales?} by hand" },
+    { "/admin/killswitch/{scope}", M_DELETE, 1, BODY_OPTIONAL, NULL, handle_killswitch_delete,
+      "reset a scope" },
+    { "/admin/reload", M_POST, 1, BODY_OPTIONAL, handle_reload, NULL,
+      "reload config and rules, like SIGHUP" },
 };
+
+/* The length of route R's prefix when it is one ("/stock/{sku}": 7, the
+ * rest of the path being its argument; a path ending in '/' other than "/"
+ * is a prefix too), 0 when R's path is matched exactly. */
+static size_t route_prefix(const route_def *r) {
+    const char *brace = strchr(r->path, '{');
+    size_t n = strlen(r->path);
+    if (brace) return (size_t)(brace - r->path);
+    return n > 1 && r->path[n - 1] == '/' ? n : 0;
+}
+
+/* GET /: the endpoints, from the route table itself (one entry per method),
+ * so that the index cannot drift from what is served. */
+static int handle_index(http_server *s, struct mg_connection *conn) {
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } methods[] = {
+        { M_GET, "GET" }, { M_POST, "POST" }, { M_PUT, "PUT" }, { M_DELETE, "DELETE" }
+    };
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", "nerve");
+    cJSON_AddStringToObject(o, "version", NERVE_VERSION);
+    cJSON *list = cJSON_AddArrayToObject(o, "endpoints");
+    for (size_t i = 0; list && i < sizeof routes / sizeof routes[0]; i++)
+        for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++) {
+            if (!(routes[i].methods & methods[m].bit)) continue;
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "method", methods[m].name);
+            cJSON_AddStringToObject(e, "path", routes[i].path);
+            cJSON_AddBoolToObject(e, "admin", routes[i].admin != 0);
+            cJSON_AddStringToObject(e, "does", routes[i].does ? routes[i].does : "");
+            cJSON_AddItemToArray(list, e);
+        }
+    return send_json(s, conn, 200, o, NULL, 0);
+}
 
 /* The route for path P, with *ARG the rest of a prefix route's path; NULL
  * when none. */
 static const route_def *route_find(const char *p, const char **arg) {
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         const route_def *r = &routes[i];
-        size_t n = strlen(r->path);
-        if (r->path[n - 1] == '/' ? strncmp(p, r->path, n) == 0 : strcmp(p, r->path) == 0) {
-            *arg = p + (r->path[n - 1] == '/' ? n : strlen(p));
+        size_t n = route_prefix(r);
+        if (n ? strncmp(p, r->path, n) == 0 : strcmp(p, r->path) == 0) {
+            *arg = p + (n ? n : strlen(p));
             return r;
         }
     }

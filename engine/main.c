@@ -18,6 +18,7 @@
 #include "nerve/ledger.h"
 #include "nerve/log.h"
 #include "nerve/rules.h"
+#include "nerve/rules_new.h"
 #include "nerve/stress.h"
 #include "nerve/version.h"
 
@@ -33,6 +34,9 @@ static void usage(FILE *f) {
         "                               dry-run: feed each {\"channel\",\"event\"} line to the rules,\n"
         "                               print EVENTS.jsonl:LINE: per decision or error, then a\n"
         "                               summary; no Redis needed (nerve rules test --help)\n"
+        "  rules new NAME --on CHANNEL [-c FILE] [--dir DIR] [--force]\n"
+        "                               write DIR/NAME.lua, a commented rule with passing\n"
+        "                               fixtures (nerve rules new --help)\n"
         "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
         "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
         "                               load test with invariant checks (nerve stress --help)\n"
@@ -113,7 +117,6 @@ static int rules_opt(void *ud, int val, const char *arg) {
     return 0;
 }
 
-/* `nerve rules test`: its own options, so it parses its own arguments. */
 /* 1 when a line of TEXT starts with "FILE:" (an error about that file). */
 static bool text_has_line_prefix(const char *text, const char *file) {
     size_t n = strlen(file);
@@ -122,7 +125,10 @@ static bool text_has_line_prefix(const char *text, const char *file) {
     return false;
 }
 
+/* `nerve rules test`: its own options, so it parses its own arguments.
+ * `nerve rules new` is rules_new.c's. */
 static int cmd_rules(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "new") == 0) return rules_new_main(argc - 1, argv + 1);
     static const struct option own[] = { { "rule", required_argument, NULL, CLI_OPT(1) },
                                          { "all", no_argument, NULL, CLI_OPT(2) },
                                          { 0, 0, 0, 0 } };

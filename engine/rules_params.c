@@ -703,39 +703,39 @@ int rules_params_fixture(lua_State *L, int idx, const struct rules_load *a, char
 
 /* ---- channels -------------------------------------------------------------------- */
 
-void rules_channels_check(const struct rules_load *a, const cfg *c, rules_errbuf *eb) {
+int rules_channel_known(const cfg *c, const char *channel, char *err, size_t errlen) {
     const char *known[300];
-    size_t n = 0;
+    size_t n = 0, off = 0;
     char list[RULES_MSG_MAX / 2];
-    int line;
 
-    if (c == NULL || c->inventory_channel == NULL) return;
+    if (c == NULL || c->inventory_channel == NULL) return 0; /* not from cfg_load */
     for (size_t i = 0; i < c->n_bus_channels && n < 256; i++) known[n++] = c->bus_channels[i];
     known[n++] = c->inventory_channel;
     if (c->sales_channel) known[n++] = c->sales_channel;
     known[n++] = RULES_SALE_CHANNEL;
-    line = rules_key_line(a->src, a->src_len, "on", 1, 1);
-    for (size_t i = 0; i < a->n_chan; i++) {
-        const char *hint;
-        size_t off = 0, k;
-        bool dup;
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(known[k], channel) == 0) return 0;
+    list[0] = '\0';
+    for (size_t k = 0; k < n && off < sizeof(list); k++) {
+        bool dup = false;
+        for (size_t j = 0; j < k && !dup; j++) dup = strcmp(known[j], known[k]) == 0;
+        if (!dup)
+            off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s", off ? ", " : "",
+                                    known[k]);
+    }
+    const char *hint = rules_suggest(channel, known, n);
+    snprintf(err, errlen,
+             "unknown channel \"%.128s\": not in bus.channels, bus.inventory_channel or "
+             "bus.sales_channel, nor built in (known: %s)%s%s%s",
+             channel, list, hint ? "; did you mean " : "", hint ? hint : "", hint ? "?" : "");
+    return -1;
+}
 
-        for (k = 0; k < n && strcmp(known[k], a->chan[i]) != 0; k++)
-            ;
-        if (k < n) continue;
-        list[0] = '\0';
-        for (k = 0; k < n && off < sizeof(list); k++) {
-            dup = false;
-            for (size_t j = 0; j < k && !dup; j++) dup = strcmp(known[j], known[k]) == 0;
-            if (!dup)
-                off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s", off ? ", " : "",
-                                        known[k]);
-        }
-        hint = rules_suggest(a->chan[i], known, n);
-        rules_eb_add(eb, a->file, line,
-                     "on[%zu]: unknown channel \"%.128s\": not in bus.channels, "
-                     "bus.inventory_channel or bus.sales_channel, nor built in (known: %s)%s%s%s",
-                     i + 1, a->chan[i], list, hint ? "; did you mean " : "", hint ? hint : "",
-                     hint ? "?" : "");
+void rules_channels_check(const struct rules_load *a, const cfg *c, rules_errbuf *eb) {
+    int line = rules_key_line(a->src, a->src_len, "on", 1, 1);
+    for (size_t i = 0; i < a->n_chan; i++) {
+        char msg[RULES_MSG_MAX - 16];
+        if (rules_channel_known(c, a->chan[i], msg, sizeof msg) != 0)
+            rules_eb_add(eb, a->file, line, "on[%zu]: %s", i + 1, msg);
     }
 }

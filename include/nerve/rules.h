@@ -205,6 +205,12 @@ int rules_set_sale_allow(const rules_set *s);
 int rules_set_timeout_ms(const rules_set *s);
 /* 1 when at least one rule listens on CHANNEL (so a caller may skip parsing). */
 int rules_set_listens(const rules_set *s, const char *channel);
+/* 0 when a rule may listen on CHANNEL under config C (bus.channels,
+ * bus.inventory_channel, bus.sales_channel or "sale_request"; a cfg not from
+ * cfg_load knows every channel), else -1 with ERR: the known ones and a
+ * "did you mean" when one is close. The one definition: the loader's check
+ * and `nerve rules new` both use it. */
+int rules_channel_known(const struct cfg *c, const char *channel, char *err, size_t errlen);
 /* The union of every rule's channels, in first-seen order; *N gets the count. */
 const char *const *rules_set_channels(const rules_set *s, size_t *n);
 

@@ -387,7 +387,9 @@ static void add_protocol_cases(corpus *k)
             NULL, 0, X_JSON, 405, "method_not_allowed");
     add_req(k, "PUT /admin/killswitch/<scope>", "PUT", "/admin/killswitch/" KS_SCOPE,
             "Authorization: Bearer " TOKEN "\r\n", NULL, 0, X_JSON, 405, "method_not_allowed");
-    add_req(k, "PROPFIND /", "PROPFIND", "/", "", NULL, 0, X_JSON, 404, "not_found");
+    /* / is GET's (the endpoint list): any other method there is a 405. */
+    add_req(k, "PROPFIND /", "PROPFIND", "/", "", NULL, 0, X_JSON, 405, "method_not_allowed");
+    add_req(k, "PROPFIND /nowhere", "PROPFIND", "/nowhere", "", NULL, 0, X_JSON, 404, "not_found");
     add_req(k, "MKCOL /stock/x", "MKCOL", "/stock/x", "", NULL, 0, X_JSON, 405,
             "method_not_allowed");
     add_raw(k, "double space after the method",
