@@ -23,7 +23,7 @@ BUILD     ?= build
 # The binary: ./nerve by default; sanitizer builds put theirs in their BUILD dir.
 BIN       ?= nerve
 
-PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto sqlite3 libpq
+PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto sqlite3 libpq libsystemd
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS    += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -Iinclude -pthread
 LDLIBS    += -lcivetweb -lm -pthread
@@ -40,7 +40,7 @@ endif
 # make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
-             libsqlite3-dev libpq-dev
+             libsqlite3-dev libpq-dev libsystemd-dev
 DEB_REDIS := redis-server redis-tools
 DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS)
 DEB_BENCH := wrk postgresql $(DEB_REDIS)

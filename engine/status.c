@@ -637,9 +637,16 @@ int status_rules(const status_sources *s, cJSON **out) {
     live_reload lr;
     live_last_reload(s->live, &lr);
     cJSON *last = cJSON_AddObjectToObject(o, "last_reload");
-    if (lr.at) {
+    /* seq: how many attempts so far; `nerve reload` waits for it to move. */
+    cJSON_AddNumberToObject(last, "seq", (double)lr.seq);
+    if (lr.seq) {
         cJSON_AddStringToObject(last, "result", lr.ok ? "ok" : "failed");
         cJSON_AddNumberToObject(last, "at", (double)lr.at);
+        cJSON_AddNumberToObject(last, "generation", (double)lr.generation);
+        if (lr.ok) {
+            cJSON_AddNumberToObject(last, "rules", (double)lr.rules);
+            cJSON_AddStringToObject(last, "sha256", lr.sha256);
+        }
         cJSON_AddItemToObject(last, "errors", status_error_lines(lr.errors));
     } else {
         cJSON_AddStringToObject(last, "result", "none");
