@@ -14,6 +14,7 @@
 
 #include "nerve/actions.h"
 #include "nerve/bus.h"
+#include "nerve/clock.h"
 #include "nerve/config.h"
 #include "nerve/evaluator.h"
 #include "nerve/http.h"
@@ -126,7 +127,8 @@ static void report_restart_only(const cfg *old, const cfg *nw) {
 static int do_reload(void *ud, uint64_t *generation, char **errors) {
     nerved *d = ud;
     pthread_mutex_lock(&d->reload_mu);
-    notify_reloading();
+    uint64_t started_us = clock_now_ns() / 1000;
+    notify_reloading(started_us);
     *errors = NULL;
     char *errs = NULL;
     int rc = -1;
@@ -140,7 +142,8 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
             if (n) log_error("reload", "%.*s", n, p);
             p += n + (nl ? 1 : 0);
         }
-        uint64_t seq = live_record_reload(d->live, false, live_generation(d->live), NULL, text);
+        uint64_t seq = live_record_reload(d->live, false, started_us, live_generation(d->live), NULL,
+                                          text);
         /* systemd: back to ready (the old rules serve), the failure in STATUS. */
         char status[300];
         snprintf(status, sizeof status, "reload %llu failed, previous rules kept: %.200s",
@@ -163,7 +166,7 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
         uint64_t g = live_swap(d->live, set);
         /* SET is the live one now, referenced by L: still valid here under
          * reload_mu (only a reload swaps it out). */
-        live_record_reload(d->live, true, g, set, NULL);
+        live_record_reload(d->live, true, started_us, g, set, NULL);
         log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s",
                  (unsigned long long)g, rules_set_count(set), rules_set_sha256(set));
         char status[200];

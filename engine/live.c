@@ -73,14 +73,15 @@ uint64_t live_generation(live *l) {
     return atomic_load(&l->gen);
 }
 
-uint64_t live_record_reload(live *l, bool ok, uint64_t generation, rules_set *set,
-                            const char *errors) {
+uint64_t live_record_reload(live *l, bool ok, uint64_t started_us, uint64_t generation,
+                            rules_set *set, const char *errors) {
     char *copy = errors ? strdup(errors) : NULL;
     pthread_mutex_lock(&l->mu);
     free(l->last.errors);
     uint64_t seq = ++l->last.seq;
     l->last.ok = ok;
     l->last.at = (long long)time(NULL);
+    l->last.started_us = started_us;
     l->last.generation = generation;
     l->last.rules = set ? rules_set_count(set) : 0;
     snprintf(l->last.sha256, sizeof l->last.sha256, "%s", set ? rules_set_sha256(set) : "");

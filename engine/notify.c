@@ -4,7 +4,6 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "nerve/clock.h"
 #include "nerve/log.h"
 
 /* sd_notify returns 0 when NOTIFY_SOCKET is unset: only < 0 is a failure. */
@@ -17,9 +16,9 @@ void notify_ready(const char *status) {
          "READY");
 }
 
-void notify_reloading(void) {
-    unsigned long long us = (unsigned long long)(clock_now_ns() / 1000);
-    sent(sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading config and rules", us),
+void notify_reloading(unsigned long long now_us) {
+    sent(sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading config and rules",
+                    now_us),
          "RELOADING");
 }
 

@@ -79,10 +79,10 @@ static void listen_url(const char *listen, char *out, size_t len) {
         snprintf(out, len, "http://%.*s:%s", (int)hl, listen, port);
 }
 
-/* GET /rules' last_reload. 0 with *OUT (cJSON_Delete it) and *SEQ, or -1
- * with why in ERR. */
-static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *seq, char *err,
-                     size_t errlen) {
+/* GET /rules' last_reload. 0 with *OUT (cJSON_Delete it), *SEQ and
+ * *STARTED (started_mono_us, -1 when absent), or -1 with why in ERR. */
+static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *seq,
+                     double *started, char *err, size_t errlen) {
     stress_reply r;
     int st = stress_http_request(u, "GET", "/rules", NULL, NULL, timeout_ms, &r);
     int rc = -1;
@@ -102,6 +102,8 @@ static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *s
             cJSON_Delete(j);
         } else {
             *seq = s->valuedouble;
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(last, "started_mono_us");
+            *started = cJSON_IsNumber(m) ? m->valuedouble : -1;
             *out = j;
             rc = 0;
         }
@@ -178,11 +180,11 @@ static int run(ropts *o) {
         goto out;
     }
     long long deadline = clock_now_ms() + (long long)o->timeout_s * 1000;
-    double before = 0;
+    double before = 0, started = -1;
     /* Read first, or a reload that ends before the first poll would look
      * like no reload at all. Unreachable: nothing is sent, since the
      * outcome could not be told. */
-    if (read_last(&u, REQUEST_MS, &j, &before, err, sizeof err)) {
+    if (read_last(&u, REQUEST_MS, &j, &before, &started, err, sizeof err)) {
         fprintf(stderr,
                 "nerve reload: %s; no signal sent (the daemon's API is needed to report the "
                 "outcome: --url URL if server.listen is not where it listens; kill -HUP %d "
@@ -192,6 +194,10 @@ static int run(ropts *o) {
     }
     cJSON_Delete(j);
     j = NULL;
+    /* The daemon stamps each reload with the same clock when it begins,
+     * after taking a signal: one begun after this instant read the files as
+     * they were when we asked (ours, or one asked for meanwhile). */
+    double sent_us = (double)(clock_now_ns() / 1000);
     if (kill(pid, SIGHUP) != 0) {
         fprintf(stderr, "nerve reload: cannot signal pid %d from %s: %s\n", pid, c->pidfile,
                 strerror(errno));
@@ -201,8 +207,10 @@ static int run(ropts *o) {
         long long left = deadline - clock_now_ms();
         double seq = before;
         int got = read_last(&u, left < REQUEST_MS ? (int)(left > 1 ? left : 1) : REQUEST_MS, &j,
-                            &seq, err, sizeof err);
-        if (got == 0 && seq > before) {
+                            &seq, &started, err, sizeof err);
+        /* A reload already running when we signalled moves seq too: not
+         * ours (ours follows it). */
+        if (got == 0 && seq > before && (started < 0 || started >= sent_us)) {
             rc = report(j, before);
             break;
         }

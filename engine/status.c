@@ -643,6 +643,9 @@ int status_rules(const status_sources *s, cJSON **out) {
         cJSON_AddStringToObject(last, "result", lr.ok ? "ok" : "failed");
         cJSON_AddNumberToObject(last, "at", (double)lr.at);
         cJSON_AddNumberToObject(last, "generation", (double)lr.generation);
+        /* Monotonic µs (this host's CLOCK_MONOTONIC): exact in a double up
+         * to 2^53 µs, 285 years of uptime. */
+        cJSON_AddNumberToObject(last, "started_mono_us", (double)lr.started_us);
         if (lr.ok) {
             cJSON_AddNumberToObject(last, "rules", (double)lr.rules);
             cJSON_AddStringToObject(last, "sha256", lr.sha256);

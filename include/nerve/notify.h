@@ -16,9 +16,9 @@
  * rules loaded, or a reload finished (after notify_reloading). */
 void notify_ready(const char *status);
 
-/* RELOADING=1 with MONOTONIC_USEC (systemd 253 wants both) at the start of
- * a reload; notify_ready ends it. */
-void notify_reloading(void);
+/* RELOADING=1 with MONOTONIC_USEC=NOW_US (CLOCK_MONOTONIC µs: systemd 253
+ * wants both) at the start of a reload; notify_ready ends it. */
+void notify_reloading(unsigned long long now_us);
 
 /* STOPPING=1 once shutdown has begun. */
 void notify_stopping(void);

@@ -155,6 +155,32 @@ static void test_reload_without_daemon(void **state)
                                        "--set", rset, "--url", url, "--timeout", "2", NULL },
                 "no signal sent");
     assert_int_equal(H_GENERATION(d), g0);
+
+    /* The signal went (to a process that ignores it) but no reload follows:
+     * the outcome is unknown, said so at the deadline. */
+    pid_t deaf = fork();
+    if (deaf == 0) {
+        signal(SIGHUP, SIG_IGN);
+        for (;;)
+            pause();
+    }
+    assert_true(deaf > 0);
+    char dtext[32], dset[PATH_MAX + 32];
+    snprintf(dtext, sizeof dtext, "%d\n", (int)deaf);
+    H_WRITE_FILE(h_tmpdir(), "deaf.pid", dtext);
+    snprintf(dset, sizeof dset, "server.pidfile=%s/deaf.pid", h_tmpdir());
+    h_run r;
+    run_nerve(&r, (const char *const[]){ "reload", "-c", "config/nerve.yaml", "--set", dset,
+                                         "--set", rset, "--url", d->base, "--timeout", "1",
+                                         NULL });
+    kill(deaf, SIGKILL);
+    waitpid(deaf, &st, 0);
+    if (r.status != 1 || !strstr(r.err, "sent SIGHUP") || !strstr(r.err, "outcome is unknown"))
+        fail_msg("no reload after the signal: expected exit 1 saying the signal was sent and "
+                 "the outcome is unknown; got exit %d\nstderr:\n%s",
+                 r.status, r.err);
+    h_run_free(&r);
+    assert_int_equal(H_GENERATION(d), g0);
     assert_int_equal(h_daemon_stop(d), 0);
     h_pass();
 }
