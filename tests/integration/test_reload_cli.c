@@ -12,6 +12,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -100,6 +102,92 @@ static void test_reload_reports_outcome(void **state)
                  "stdout:\n%s\nstderr:\n%s",
                  want, r.status, r.out, r.err);
     h_run_free(&r);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
+/* --- 1b. several at once ------------------------------------------------------------ */
+
+#define CONCURRENT 6
+
+/* Six `nerve reload` at once (signals coalesce, reloads queue behind one
+ * another): each reports a reload that began after its own signal, so every
+ * one exits 0 with a generation past the one before they started and no
+ * later than the final one; and last_reload.started_mono_us is on this
+ * host's monotonic clock, within the run. */
+static void test_concurrent_reloads(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], rset[PATH_MAX + 16], pset[PATH_MAX + 32];
+    h_daemon *d = start("rc-many", dir, sizeof dir, rset, sizeof rset, pset, sizeof pset);
+    assert_non_null(d);
+    long long g0 = H_GENERATION(d);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pid_t kids[CONCURRENT];
+    char outs[CONCURRENT][PATH_MAX];
+    const char *root = getenv("NERVE_ROOT");
+    for (int i = 0; i < CONCURRENT; i++) {
+        snprintf(outs[i], sizeof outs[i], "%s/many-%d.out", h_tmpdir(), i);
+        kids[i] = fork();
+        assert_true(kids[i] >= 0);
+        if (kids[i] == 0) {
+            int fd = open(outs[i], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0 || (root && chdir(root) != 0))
+                _exit(127);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            execl(h_nerve_bin(), "nerve", "reload", "-c", "config/nerve.yaml", "--set", pset,
+                  "--set", rset, "--url", d->base, (char *)NULL);
+            _exit(127);
+        }
+    }
+    int status[CONCURRENT];
+    int left = CONCURRENT;
+    double dl = h_deadline(30000);
+    while (left && h_before(dl)) {
+        for (int i = 0; i < CONCURRENT; i++)
+            if (kids[i] && waitpid(kids[i], &status[i], WNOHANG) == kids[i]) {
+                kids[i] = 0;
+                left--;
+            }
+        if (left)
+            h_nap();
+    }
+    for (int i = 0; i < CONCURRENT; i++)
+        if (kids[i]) {
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+            fail_msg("nerve reload %d still runs after 30 s", i);
+        }
+    long long gend = H_GENERATION(d);
+    for (int i = 0; i < CONCURRENT; i++) {
+        char *t = h_read_file(outs[i]);
+        long long g = -1;
+        const char *at = t ? strstr(t, "reloaded: generation ") : NULL;
+        if (at)
+            g = atoll(at + strlen("reloaded: generation "));
+        if (!WIFEXITED(status[i]) || WEXITSTATUS(status[i]) != 0 || g <= g0 || g > gend)
+            fail_msg("concurrent nerve reload %d: expected exit 0 and a generation in %lld..%lld; "
+                     "output:\n%s",
+                     i, g0 + 1, gend, t ? t : "");
+        free(t);
+    }
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    h_resp r;
+    assert_int_equal(h_http(d, "GET", "/rules", NULL, &r, NULL), 200);
+    const cJSON *last = cJSON_GetObjectItemCaseSensitive(r.json, "last_reload");
+    long long started = -1, seq = -1;
+    assert_true(h_jll(last, "started_mono_us", &started));
+    assert_true(h_jll(last, "seq", &seq));
+    long long us0 = (long long)t0.tv_sec * 1000000 + t0.tv_nsec / 1000;
+    long long us1 = (long long)t1.tv_sec * 1000000 + t1.tv_nsec / 1000;
+    if (started < us0 || started > us1 || seq != gend - g0)
+        fail_msg("last_reload: started_mono_us %lld should be within %lld..%lld and seq %lld "
+                 "equal the %lld reloads run",
+                 started, us0, us1, seq, gend - g0);
+    h_resp_free(&r);
     assert_int_equal(h_daemon_stop(d), 0);
     h_pass();
 }
@@ -342,6 +430,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_reload_reports_outcome, h_test_setup,
                                         h_test_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_reloads, h_test_setup, h_test_teardown),
         cmocka_unit_test_setup_teardown(test_reload_without_daemon, h_test_setup,
                                         h_test_teardown),
         cmocka_unit_test_setup_teardown(test_sd_notify, h_test_setup, h_test_teardown),
