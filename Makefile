@@ -200,7 +200,8 @@ run: | $(RDEPS_STAMP)
 	@$(MAKE) -q --no-print-directory $(BIN) 2>/dev/null || echo "make run: building ./$(BIN)..."
 	@$(MAKE) -s --no-print-directory $(BIN) >$(BUILD)/run-build.log 2>&1 || \
 	  { cat $(BUILD)/run-build.log; exit 1; }
-	@tests/lib/run-local.sh ./$(BIN) serve -c config/nerve.yaml --set server.pidfile=$(RUN_PIDFILE) $(ARGS)
+	@NERVE_RUN_ARGS='$(ARGS)' exec tests/lib/run-local.sh ./$(BIN) serve -c config/nerve.yaml \
+	  --set server.pidfile=$(RUN_PIDFILE) $(ARGS)
 
 reload:
 	@./$(BIN) reload -c config/nerve.yaml --set server.pidfile=$(RUN_PIDFILE) $(ARGS)

@@ -58,6 +58,10 @@ static void start_wrapper(const char *cfg, const char *listen, const char *log)
     assert_true(wrapper >= 0);
     if (wrapper == 0) {
         setsid();
+        /* As under a terminal: a runner that ignores SIGINT (a background
+         * job) would otherwise pass that on, and bash cannot trap it. */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (fd < 0 || in < 0 || (root && chdir(root) != 0))
@@ -150,9 +154,11 @@ static int teardown(void **state)
     return h_test_teardown(state);
 }
 
-static void test_banner_and_sighup(void **state)
+/* Start the wrapper, check its banner, then send SIG to the wrapper alone
+ * (SIGHUP: the terminal closed; SIGINT: Ctrl-C) and wait for nerve and redis
+ * to be gone. */
+static void run_and_stop(int sig)
 {
-    (void)state;
     char cfg[PATH_MAX], log[PATH_MAX], listen[48], want[128];
     write_config(cfg, sizeof cfg);
     snprintf(log, sizeof log, "%s/run.log", h_tmpdir());
@@ -186,19 +192,31 @@ static void test_banner_and_sighup(void **state)
     assert_int_equal(h_http(&d, "GET", "/healthz", NULL, &r, NULL), 200);
     h_resp_free(&r);
 
-    /* The terminal closes: SIGHUP to the wrapper only. */
-    assert_int_equal(kill(wrapper, SIGHUP), 0);
+    assert_int_equal(kill(wrapper, sig), 0);
     int st = wait_wrapper(20000);
     if (st < 0)
-        fail_msg("the wrapper still runs 20 s after SIGHUP");
+        fail_msg("the wrapper still runs 20 s after signal %d", sig);
     wait_gone(nerve_pid, "nerve", log);
     wait_gone(redis_pid, "redis-server", log);
     t = h_read_file(log);
     if (st != 0 || !strstr(t, "signal TERM: shutting down") || strstr(t, "SIGHUP: reloading"))
-        fail_msg("SIGHUP to the wrapper: expected nerve stopped by SIGTERM (not a reload) and "
-                 "exit 0, got exit %d; output:\n%s",
-                 st, t);
+        fail_msg("signal %d to the wrapper: expected nerve stopped by SIGTERM (not a reload) "
+                 "and exit 0, got exit %d; output:\n%s",
+                 sig, st, t);
     free(t);
+}
+
+static void test_banner_and_sighup(void **state)
+{
+    (void)state;
+    run_and_stop(SIGHUP);
+    h_pass();
+}
+
+static void test_ctrl_c(void **state)
+{
+    (void)state;
+    run_and_stop(SIGINT);
     h_pass();
 }
 
@@ -234,6 +252,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_banner_and_sighup, h_test_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ctrl_c, h_test_setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_in_use, h_test_setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

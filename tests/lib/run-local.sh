@@ -9,9 +9,10 @@
 # directory) when nerve exits.
 #
 # nerve runs in its own session, so the terminal's signals reach only this
-# wrapper, which passes them on: Ctrl-C (SIGINT) as SIGINT, SIGTERM as is,
-# and SIGHUP (the terminal closed) as SIGTERM, since nerve takes SIGHUP for
-# a reload. Then redis stops: nothing is left behind.
+# wrapper, which passes each on as SIGTERM: Ctrl-C (SIGINT: a background
+# child of a script ignores it), SIGTERM, and SIGHUP (the terminal closed),
+# which nerve would take for a reload. Then redis stops: nothing is left
+# behind.
 # Usage: tests/lib/run-local.sh ./nerve serve -c config/nerve.yaml [args...]
 set -uo pipefail
 
@@ -93,7 +94,7 @@ fi
 setsid "$@" "${extra[@]}" &
 nerve_pid=$!
 stop_sig=
-trap 'stop_sig=INT; kill -INT "$nerve_pid" 2>/dev/null' INT
+trap 'stop_sig=INT; kill -TERM "$nerve_pid" 2>/dev/null' INT
 trap 'stop_sig=TERM; kill -TERM "$nerve_pid" 2>/dev/null' TERM
 trap 'stop_sig=HUP; kill -TERM "$nerve_pid" 2>/dev/null' HUP
 
@@ -102,6 +103,9 @@ trap 'stop_sig=HUP; kill -TERM "$nerve_pid" 2>/dev/null' HUP
 banner() {
     local admin="off (set NERVE_ADMIN_TOKEN=... before make run to enable /admin/*)"
     [ -n "${NERVE_ADMIN_TOKEN:-}" ] && admin="on (NERVE_ADMIN_TOKEN is set)"
+    # make run ARGS=...: make reload needs the same (make passes them here).
+    local reload="make reload"
+    [ -n "${NERVE_RUN_ARGS:-}" ] && reload="make reload ARGS='$NERVE_RUN_ARGS'"
     cat >&2 <<EOF
 
   nerve is serving on $api (pid $nerve_pid)
@@ -110,7 +114,7 @@ banner() {
   try:
     curl -s $api/stock/demo-sku
     curl -s $api/sale -d '{"sku":"demo-sku","qty":1,"order_id":"try-1"}'
-  reload config and rules (another terminal, same directory): make reload
+  reload config and rules (another terminal, same directory): $reload
   stop: Ctrl-C (closing the terminal stops nerve and its redis too)
 
 EOF
