@@ -142,8 +142,8 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
             if (n) log_error("reload", "%.*s", n, p);
             p += n + (nl ? 1 : 0);
         }
-        uint64_t seq = live_record_reload(d->live, false, started_us, live_generation(d->live), NULL,
-                                          text);
+        uint64_t seq = live_record_reload(d->live, false, started_us, live_generation(d->live),
+                                          NULL, text);
         /* systemd: back to ready (the old rules serve), the failure in STATUS. */
         char status[300];
         snprintf(status, sizeof status, "reload %llu failed, previous rules kept: %.200s",

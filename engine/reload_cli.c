@@ -81,8 +81,8 @@ static void listen_url(const char *listen, char *out, size_t len) {
 
 /* GET /rules' last_reload. 0 with *OUT (cJSON_Delete it), *SEQ and
  * *STARTED (started_mono_us, -1 when absent), or -1 with why in ERR. */
-static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *seq,
-                     double *started, char *err, size_t errlen) {
+static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *seq, double *started,
+                     char *err, size_t errlen) {
     stress_reply r;
     int st = stress_http_request(u, "GET", "/rules", NULL, NULL, timeout_ms, &r);
     int rc = -1;
