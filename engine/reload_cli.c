@@ -122,6 +122,13 @@ static double jnum(const cJSON *o, const char *k) {
     return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }
 
+/* One line of the daemon's answer: a rule file's error can quote anything
+ * of the file, so control bytes (a terminal escape) print as '?'. */
+static void print_line(FILE *f, const char *s) {
+    for (; *s; s++) fputc((unsigned char)*s < 0x20 && *s != '\t' ? '?' : *s == 0x7f ? '?' : *s, f);
+    fputc('\n', f);
+}
+
 /* The outcome in J (GET /rules), seq BEFORE when we signalled. */
 static int report(const cJSON *j, double before) {
     const cJSON *last = cJSON_GetObjectItemCaseSensitive(j, "last_reload");
@@ -140,7 +147,7 @@ static int report(const cJSON *j, double before) {
             jnum(last, "generation"));
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(last, "errors")) {
-        if (cJSON_IsString(e)) fprintf(stderr, "%s\n", e->valuestring);
+        if (cJSON_IsString(e)) print_line(stderr, e->valuestring);
     }
     return 1;
 }
