@@ -4,6 +4,7 @@
 #   make test       unit + integration tests against a throwaway redis-server
 #   make run        nerve serve with config/nerve.yaml (starts a local redis
 #                   on a free port when REDIS_URL is unset and none answers)
+#   make reload     reload the nerve of make run and report the outcome
 #   make bench      benchmark suite (tests/bench/README.md)
 #   make asan       the test suite built with ASan + UBSan
 #   make fuzz       libFuzzer targets (tests/fuzz/README.md)
@@ -23,7 +24,7 @@ BUILD     ?= build
 # The binary: ./nerve by default; sanitizer builds put theirs in their BUILD dir.
 BIN       ?= nerve
 
-PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto sqlite3 libpq
+PKGS      := hiredis lua5.4 yaml-0.1 libcjson libcurl libcrypto sqlite3 libpq libsystemd
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS    += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -MMD -MP -Iinclude -pthread
 LDLIBS    += -lcivetweb -lm -pthread
@@ -40,7 +41,7 @@ endif
 # make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
-             libsqlite3-dev libpq-dev
+             libsqlite3-dev libpq-dev libsystemd-dev
 DEB_REDIS := redis-server redis-tools
 DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS)
 DEB_BENCH := wrk postgresql $(DEB_REDIS)
@@ -80,7 +81,7 @@ LDEPS_STAMP := $(BUILD)/.deps-lint
 DPKG_STATUS  ?= /var/lib/dpkg/status
 STAMP_INPUTS := $(wildcard $(DPKG_STATUS)) $(lastword $(MAKEFILE_LIST))
 
-.PHONY: all deps deps-test deps-bench test unit integration run bench asan valgrind fuzz lint clean
+.PHONY: all deps deps-test deps-bench test unit integration run reload bench asan valgrind fuzz lint clean
 .DEFAULT_GOAL := all
 # Keep test and bench objects between runs (they are intermediate files).
 .SECONDARY:
@@ -190,8 +191,20 @@ unit: $(UNIT_BIN)
 integration: $(BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(INTEG_BIN)
 
-run: $(BIN) | $(RDEPS_STAMP)
-	@tests/lib/run-local.sh ./$(BIN) serve -c config/nerve.yaml $(ARGS)
+# make run builds quietly (one line when there is something to build; the
+# compiler's output only when it fails) and writes its pidfile, which
+# make reload (another terminal, the same ARGS) finds.
+RUN_PIDFILE := $(BUILD)/nerve-run.pid
+run: | $(RDEPS_STAMP)
+	@mkdir -p $(BUILD)
+	@$(MAKE) -q --no-print-directory $(BIN) 2>/dev/null || echo "make run: building ./$(BIN)..."
+	@$(MAKE) -s --no-print-directory $(BIN) >$(BUILD)/run-build.log 2>&1 || \
+	  { cat $(BUILD)/run-build.log; exit 1; }
+	@NERVE_RUN_ARGS='$(ARGS)' exec tests/lib/run-local.sh ./$(BIN) serve -c config/nerve.yaml \
+	  --set server.pidfile=$(RUN_PIDFILE) $(ARGS)
+
+reload:
+	@./$(BIN) reload -c config/nerve.yaml --set server.pidfile=$(RUN_PIDFILE) $(ARGS)
 
 bench: $(BIN) $(BENCH_BIN) | $(BDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/run.sh

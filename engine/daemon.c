@@ -14,6 +14,7 @@
 
 #include "nerve/actions.h"
 #include "nerve/bus.h"
+#include "nerve/clock.h"
 #include "nerve/config.h"
 #include "nerve/evaluator.h"
 #include "nerve/http.h"
@@ -23,6 +24,7 @@
 #include "nerve/live.h"
 #include "nerve/lock.h"
 #include "nerve/log.h"
+#include "nerve/notify.h"
 #include "nerve/panic.h"
 #include "nerve/policy.h"
 #include "nerve/queue.h"
@@ -125,6 +127,8 @@ static void report_restart_only(const cfg *old, const cfg *nw) {
 static int do_reload(void *ud, uint64_t *generation, char **errors) {
     nerved *d = ud;
     pthread_mutex_lock(&d->reload_mu);
+    uint64_t started_us = clock_now_ns() / 1000;
+    notify_reloading(started_us);
     *errors = NULL;
     char *errs = NULL;
     int rc = -1;
@@ -138,7 +142,15 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
             if (n) log_error("reload", "%.*s", n, p);
             p += n + (nl ? 1 : 0);
         }
-        live_record_reload(d->live, false, text);
+        uint64_t seq = live_record_reload(d->live, false, started_us, live_generation(d->live),
+                                          NULL, text);
+        /* systemd: back to ready (the old rules serve), the failure in STATUS. */
+        char status[300];
+        snprintf(status, sizeof status, "reload %llu failed, previous rules kept: %.200s",
+                 (unsigned long long)seq, text);
+        char *snl = strchr(status, '\n');
+        if (snl) *snl = 0;
+        notify_ready(status);
         rds_client *c = rds_pool_client(d->pool);
         if (c) {
             char reason[512];
@@ -152,9 +164,15 @@ static int do_reload(void *ud, uint64_t *generation, char **errors) {
     } else {
         report_restart_only(d->c, nc);
         uint64_t g = live_swap(d->live, set);
-        live_record_reload(d->live, true, NULL);
+        /* SET is the live one now, referenced by L: still valid here under
+         * reload_mu (only a reload swaps it out). */
+        live_record_reload(d->live, true, started_us, g, set, NULL);
         log_info("reload", "rules reloaded generation=%llu rules=%zu sha256=%s",
                  (unsigned long long)g, rules_set_count(set), rules_set_sha256(set));
+        char status[200];
+        snprintf(status, sizeof status, "serving, rules generation %llu (%zu rules)",
+                 (unsigned long long)g, rules_set_count(set));
+        notify_ready(status);
         if (generation) *generation = g;
         rc = 0;
     }
@@ -475,6 +493,16 @@ int daemon_run(const daemon_args *a) {
     }
     log_info("main", "nerve serving listen=%s redis=%s:%d/%d threads=%d rules=%zu pid=%d",
              c->listen, ro.host, ro.port, ro.db, c->threads, rules_set_count(set), (int)getpid());
+    {
+        /* The live set, referenced: an HTTP reload may already have swapped SET out. */
+        uint64_t g = 0;
+        rules_set *now = live_get(d.live, &g);
+        char status[300];
+        snprintf(status, sizeof status, "serving on %.200s, rules generation %llu (%zu rules)",
+                 c->listen, (unsigned long long)g, now ? rules_set_count(now) : (size_t)0);
+        rules_set_unref(now);
+        notify_ready(status);
+    }
 
     for (;;) {
         int sig = 0;
@@ -489,6 +517,7 @@ int daemon_run(const daemon_args *a) {
         }
         log_info("main", "signal %s: shutting down (grace %d ms)", sig == SIGTERM ? "TERM" : "INT",
                  c->shutdown_grace_ms);
+        notify_stopping();
         break;
     }
     static watchdog wd;

@@ -902,6 +902,40 @@ static int on_log(const struct mg_connection *conn, const char *message) {
     return 1;
 }
 
+/* Why CivetWeb could not listen on LISTEN (HOST:PORT, [V6]:PORT): the errno
+ * of binding it ourselves (EADDRINUSE: another process has it), 0 when the
+ * bind works now or LISTEN does not parse. Only asked after a failed start,
+ * to name the cause; CivetWeb itself only says "Failed to setup server ports". */
+static int listen_errno(const char *listen) {
+    char host[256], port[16];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || (size_t)(colon - listen) >= sizeof host || strlen(colon + 1) >= sizeof port)
+        return 0;
+    const char *h = listen;
+    size_t hl = (size_t)(colon - listen);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    snprintf(port, sizeof port, "%s", colon + 1);
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(hl ? host : NULL, port, &hints, &ai) != 0 || !ai) return 0;
+    int e = 0, fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        int one = 1; /* as CivetWeb does: TIME_WAIT sockets are no conflict */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) e = errno;
+        close(fd);
+    }
+    freeaddrinfo(ai);
+    return e;
+}
+
 http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     http_server *s = calloc(1, sizeof *s);
     if (!s) {
@@ -965,8 +999,18 @@ http_server *http_start(const http_deps *d, char *err, size_t errlen) {
     ed.text_buffer_size = sizeof ebuf;
     s->ctx = mg_start2(&init, &ed);
     if (!s->ctx) {
-        snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen,
-                 ebuf[0] ? ebuf : "start failed");
+        int e = listen_errno(d->cfg->listen);
+        if (e == EADDRINUSE)
+            snprintf(err, errlen,
+                     "server.listen %s: address already in use (another nerve? set NERVE_LISTEN "
+                     "or --set server.listen=...)",
+                     d->cfg->listen);
+        else if (e)
+            snprintf(err, errlen, "server.listen %s: cannot listen: %s", d->cfg->listen,
+                     strerror(e));
+        else
+            snprintf(err, errlen, "cannot listen on %s: %s", d->cfg->listen,
+                     ebuf[0] ? ebuf : "start failed");
         conns_free(s->conns);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);

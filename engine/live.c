@@ -11,6 +11,7 @@
 #include "nerve/log.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,15 +73,22 @@ uint64_t live_generation(live *l) {
     return atomic_load(&l->gen);
 }
 
-void live_record_reload(live *l, bool ok, const char *errors) {
+uint64_t live_record_reload(live *l, bool ok, uint64_t started_us, uint64_t generation,
+                            rules_set *set, const char *errors) {
     char *copy = errors ? strdup(errors) : NULL;
     pthread_mutex_lock(&l->mu);
     free(l->last.errors);
+    uint64_t seq = ++l->last.seq;
     l->last.ok = ok;
     l->last.at = (long long)time(NULL);
+    l->last.started_us = started_us;
+    l->last.generation = generation;
+    l->last.rules = set ? rules_set_count(set) : 0;
+    snprintf(l->last.sha256, sizeof l->last.sha256, "%s", set ? rules_set_sha256(set) : "");
     l->last.errors = copy;
     pthread_mutex_unlock(&l->mu);
     atomic_fetch_add_explicit(ok ? &l->reloads_ok : &l->reloads_failed, 1, memory_order_relaxed);
+    return seq;
 }
 
 void live_get_stats(live *l, live_stats *out) {

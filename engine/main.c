@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <malloc.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@
 #include "nerve/keys_cli.h"
 #include "nerve/ledger.h"
 #include "nerve/log.h"
+#include "nerve/reload_cli.h"
 #include "nerve/rules.h"
 #include "nerve/rules_new.h"
 #include "nerve/stress.h"
@@ -37,7 +37,10 @@ static void usage(FILE *f) {
         "  rules new NAME --on CHANNEL [-c FILE] [--dir DIR] [--force]\n"
         "                               write DIR/NAME.lua, a commented rule with passing\n"
         "                               fixtures (nerve rules new --help)\n"
-        "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
+        "  reload  [-c FILE] [--url URL] [--timeout S]\n"
+        "                               reload the running daemon (SIGHUP to server.pidfile's pid)\n"
+        "                               and report the outcome: the new generation, or the\n"
+        "                               FILE:LINE errors, exit 1 (nerve reload --help)\n"
         "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
         "                               load test with invariant checks (nerve stress --help)\n"
         "  ledger migrate|verify|export|backup FILE|sales [-c FILE] [options]\n"
@@ -213,29 +216,6 @@ static int cmd_rules(int argc, char **argv) {
     return rc;
 }
 
-static int cmd_reload(const cli_args *o) {
-    cfg *c = cli_load_config(o);
-    if (!c) return 1;
-    int rc = 1;
-    if (!c->pidfile[0]) {
-        fprintf(stderr, "nerve: server.pidfile is not set in %s; cannot find the daemon\n",
-                o->config);
-    } else {
-        pid_t pid = daemon_pidfile_read(c->pidfile);
-        if (pid <= 0)
-            fprintf(stderr, "nerve: no running daemon: cannot read a pid from %s\n", c->pidfile);
-        else if (kill(pid, SIGHUP) != 0)
-            fprintf(stderr, "nerve: cannot signal pid %d from %s: %s\n", (int)pid, c->pidfile,
-                    strerror(errno));
-        else {
-            printf("sent SIGHUP to nerve pid %d\n", (int)pid);
-            rc = 0;
-        }
-    }
-    cfg_free(c);
-    return rc;
-}
-
 /* glibc gives threads up to 8 x cores malloc arenas; the daemon runs
  * server.threads (128 by default) workers, each with its own sale-rule Lua
  * state, and every arena keeps its own free holes: measured under the bench's
@@ -273,6 +253,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
+    if (strcmp(cmd, "reload") == 0) return reload_cli_main(argc - 1, argv + 1);
     cli_args o;
     if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
         cli_args_free(&o);
@@ -286,8 +267,6 @@ int main(int argc, char **argv) {
         rc = cmd_serve(&o);
     else if (strcmp(cmd, "check") == 0)
         rc = cmd_check(&o);
-    else if (strcmp(cmd, "reload") == 0)
-        rc = cmd_reload(&o);
     else {
         fprintf(stderr, "nerve: unknown command '%s' (see nerve help)\n", cmd);
         rc = 2;

@@ -637,9 +637,19 @@ int status_rules(const status_sources *s, cJSON **out) {
     live_reload lr;
     live_last_reload(s->live, &lr);
     cJSON *last = cJSON_AddObjectToObject(o, "last_reload");
-    if (lr.at) {
+    /* seq: how many attempts so far; `nerve reload` waits for it to move. */
+    cJSON_AddNumberToObject(last, "seq", (double)lr.seq);
+    if (lr.seq) {
         cJSON_AddStringToObject(last, "result", lr.ok ? "ok" : "failed");
         cJSON_AddNumberToObject(last, "at", (double)lr.at);
+        cJSON_AddNumberToObject(last, "generation", (double)lr.generation);
+        /* Monotonic µs (this host's CLOCK_MONOTONIC): exact in a double up
+         * to 2^53 µs, 285 years of uptime. */
+        cJSON_AddNumberToObject(last, "started_mono_us", (double)lr.started_us);
+        if (lr.ok) {
+            cJSON_AddNumberToObject(last, "rules", (double)lr.rules);
+            cJSON_AddStringToObject(last, "sha256", lr.sha256);
+        }
         cJSON_AddItemToObject(last, "errors", status_error_lines(lr.errors));
     } else {
         cJSON_AddStringToObject(last, "result", "none");

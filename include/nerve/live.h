@@ -22,9 +22,17 @@
 typedef struct live live;
 
 typedef struct live_reload {
+    uint64_t seq; /* attempts recorded so far (0: none yet): `nerve reload` waits for
+                   * it to move past the value it read before signalling */
     bool ok;
-    long long at; /* epoch seconds */
-    char *errors; /* "FILE:LINE: message" lines of a failed reload, or NULL */
+    long long at;        /* epoch seconds */
+    uint64_t started_us; /* CLOCK_MONOTONIC µs when the attempt began (clock.h):
+                          * `nerve reload` knows the reload read the config after
+                          * its signal when this is later than the signal */
+    uint64_t generation; /* the generation in force after the attempt */
+    size_t rules;        /* rules in the set installed by a successful attempt */
+    char sha256[65];     /* that set's sha256; "" after a failure */
+    char *errors;        /* "FILE:LINE: message" lines of a failed reload, or NULL */
 } live_reload;
 
 live *live_new(void);
@@ -71,8 +79,12 @@ typedef struct live_vm_opts {
  * treats every use until the next change as a rule failure. */
 int live_sync_vm(live *l, rules_vm **vm, uint64_t *gen, const live_vm_opts *o);
 
-/* Record the result of a reload attempt (ERRORS copied; NULL for success). */
-void live_record_reload(live *l, bool ok, const char *errors);
+/* Record the result of a reload attempt begun at STARTED_US (monotonic µs):
+ * a success installed SET (not retained: only its count and sha256 are
+ * read) as GENERATION; a failure passes SET NULL and ERRORS (copied).
+ * Returns the attempt's seq. */
+uint64_t live_record_reload(live *l, bool ok, uint64_t started_us, uint64_t generation,
+                            rules_set *set, const char *errors);
 /* Copy of the last reload result; free out->errors. */
 void live_last_reload(live *l, live_reload *out);
 

@@ -31,7 +31,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/nerve-deps.XXXXXX") || exit 1
 # Debian packages as the issue and README name them (not read from the
 # Makefile: the test says what must be true, the Makefile how).
 BUILD_PKGS="gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev libcivetweb-dev
-            libcjson-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev libpq-dev"
+            libcjson-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev libpq-dev libsystemd-dev"
 REDIS_PKGS="redis-server redis-tools"
 # The ledger tests start a real PostgreSQL (issue 11), as they start redis.
 PG_PKGS="postgresql"

@@ -110,10 +110,11 @@ static void test_pidfile_and_reload_command(void **state)
     assert_int_equal(h_daemon_alive(d), 1);
     assert_int_equal(pidfile_pid(pidfile), d->pid);     /* not clobbered */
 
-    /* nerve reload signals the daemon of the pidfile. */
+    /* nerve reload signals the daemon of the pidfile (and reads the outcome
+     * from its API: --url, the config's server.listen is not the test's). */
     long long g0 = H_GENERATION(d);
     run_nerve(&r, (const char *const[]){ "reload", "-c", "config/nerve.yaml", "--set", pset,
-                                         "--set", rset, NULL });
+                                         "--set", rset, "--url", d->base, NULL });
     if (r.status != 0)
         fail_msg("nerve reload: exit %d; stdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
     h_run_free(&r);
