@@ -20,6 +20,7 @@ struct act {
     int stop_bound_ms;
     ks *k;
     panic *p;
+    panic *resume; /* NULL: no panic.resume_url */
     rds_pool *pool;
     _Atomic uint64_t suppressed[ACT_LEVEL_COUNT]; /* act_alert_stats */
     _Atomic uint64_t duplicates;                  /* act_alert_stats */
@@ -41,6 +42,7 @@ act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
     a->stop_bound_ms = o->stop_bound_ms > 0 ? o->stop_bound_ms : 60000;
     a->k = k;
     a->p = p;
+    a->resume = o->resume;
     a->pool = pool;
     return a;
 }
@@ -288,20 +290,75 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
     return KS_CHANGED;
 }
 
-ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor) {
+/* The resume call's outcome, on the resume worker's thread: logged by the
+ * panic module, counted there (nerve_resume_attempts_total), and audited
+ * here so that the ledger's alerts table shows whether the campaigns were
+ * told to restart. */
+static void on_resume_done(void *ud, const panic_job *job, panic_outcome outcome, int attempts,
+                           const char *last_error) {
+    act *a = ud;
+    const char *result = outcome == PANIC_STOPPED   ? "resumed"
+                         : outcome == PANIC_DRY_RUN ? "dry_run"
+                                                    : "failed";
+    char reason[512];
+    if (outcome == PANIC_STOP_FAILED)
+        snprintf(reason, sizeof reason, "resume call failed after %d attempts: %s", attempts,
+                 last_error ? last_error : "unknown");
+    else
+        snprintf(reason, sizeof reason, "resume call %s after %d attempts", result, attempts);
+    if (outcome == PANIC_STOP_FAILED)
+        log_error("actions", "campaigns not resumed scope=%s %s", job->scope, reason);
+    rds_client *c = rds_pool_client(a->pool);
+    if (!c) return;
+    cJSON *o = alert_obj(a, outcome == PANIC_STOP_FAILED ? "critical" : "info", "kill_resume",
+                         NULL, job->scope, reason);
+    cJSON_AddStringToObject(o, "result", result);
+    cJSON_AddNumberToObject(o, "attempts", attempts);
+    cJSON_AddStringToObject(o, "actor", job->actor ? job->actor : "");
+    char *txt = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (txt) audit(a, c, "kill_resume", txt);
+    free(txt);
+}
+
+ks_change act_reset(act *a, rds_client *c, const char *scope, const act_who *who) {
+    static const act_who none = { 0 };
+    if (!who) who = &none;
+    const char *token = who->token ? who->token : "";
+    const char *actor = who->actor && *who->actor ? who->actor : token;
+    const char *remote = who->remote ? who->remote : "";
+    const char *reason = who->reason ? who->reason : "";
     ks_change rc = ks_reset(a->k, c, scope);
     if (rc != KS_CHANGED) return rc;
-    /* In the audit stream (and so in the ledger) with who reset it. */
+    log_warn("actions", "kill switch reset scope=%s actor=\"%s\" token=%s remote=%s reason=\"%s\"",
+             scope, actor, token, remote, reason);
+    /* In the audit stream (and so in the ledger) with who reset it and why. */
+    double ts = now_s();
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "kind", "kill_reset");
     cJSON_AddStringToObject(o, "scope", scope);
-    cJSON_AddStringToObject(o, "actor", actor ? actor : "");
-    cJSON_AddNumberToObject(o, "ts", now_s());
+    cJSON_AddStringToObject(o, "actor", actor);
+    cJSON_AddStringToObject(o, "token", token);
+    cJSON_AddStringToObject(o, "remote", remote);
+    cJSON_AddStringToObject(o, "reason", reason);
+    cJSON_AddNumberToObject(o, "ts", ts);
     cJSON_AddStringToObject(o, "instance", a->instance);
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (txt) audit(a, c, "kill_reset", txt);
     free(txt);
+    /* Only the instance that deleted the record gets here (KS_CHANGED), so
+     * one reset makes one resume call, however many ask at once. */
+    if (a->resume) {
+        panic_job job = { .scope = scope,
+                          .reason = reason,
+                          .actor = actor,
+                          .ts = ts,
+                          .on_done = on_resume_done,
+                          .ud = a };
+        if (panic_submit(a->resume, &job) != 0)
+            on_resume_done(a, &job, PANIC_STOP_FAILED, 0, "resume queue full");
+    }
     return rc;
 }
 

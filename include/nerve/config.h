@@ -95,6 +95,7 @@ typedef struct cfg {
 
     /* panic (emergency stop) */
     char *panic_webhook_url;         /* "" = none */
+    char *panic_resume_url;          /* POSTed after a reset; "" = none */
     int panic_timeout_ms;            /* per attempt, 1..600000, default 2000 */
     int panic_max_attempts;          /* 1..100, default 5 */
     int panic_backoff_initial_ms;    /* 1..600000, default 100 */
