@@ -15,6 +15,7 @@
 #include "nerve/config.h"
 #include "nerve/daemon.h"
 #include "nerve/keys_cli.h"
+#include "nerve/killswitch_cli.h"
 #include "nerve/ledger.h"
 #include "nerve/log.h"
 #include "nerve/rules.h"
@@ -43,6 +44,8 @@ static void usage(FILE *f) {
         "  keys where SKU... | keys migrate [--from N|legacy] --to M [--dry-run]\n"
         "                               where a SKU's keys are; move every SKU to another\n"
         "                               bus.partitions (nerve keys --help)\n"
+        "  killswitch ls [--json] | engage SCOPE --reason R [--halt-sales] | reset SCOPE --reason R\n"
+        "                               the running daemon's kill switch (nerve killswitch --help)\n"
         "  help                         this text\n"
         "  --version                    print the version\n"
         "\n"
@@ -249,6 +252,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "killswitch") == 0) return killswitch_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
     cli_args o;
