@@ -310,8 +310,8 @@ static void on_resume_done(void *ud, const panic_job *job, panic_outcome outcome
         log_error("actions", "campaigns not resumed scope=%s %s", job->scope, reason);
     rds_client *c = rds_pool_client(a->pool);
     if (!c) return;
-    cJSON *o = alert_obj(a, outcome == PANIC_STOP_FAILED ? "critical" : "info", "kill_resume",
-                         NULL, job->scope, reason);
+    cJSON *o = alert_obj(a, outcome == PANIC_STOP_FAILED ? "critical" : "info", "kill_resume", NULL,
+                         job->scope, reason);
     cJSON_AddStringToObject(o, "result", result);
     cJSON_AddNumberToObject(o, "attempts", attempts);
     cJSON_AddStringToObject(o, "actor", job->actor ? job->actor : "");

@@ -589,8 +589,7 @@ static const struct {
 } env_keys[] = {
     { "REDIS_URL", "redis.url" },         { "NERVE_LISTEN", "server.listen" },
     { "NERVE_RULES_DIR", "rules.dir" },   { "NERVE_PANIC_URL", "panic.webhook_url" },
-    { "NERVE_LEDGER_URL", "ledger.url" },
-    { "NERVE_RESUME_URL", "panic.resume_url" },
+    { "NERVE_LEDGER_URL", "ledger.url" }, { "NERVE_RESUME_URL", "panic.resume_url" },
 };
 
 /* The YAML node for override text VAL into D, or NULL after reporting it. A

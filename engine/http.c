@@ -631,8 +631,8 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
                 snprintf(bad, sizeof bad,
                          "unknown member \"%.40s\": the body takes reason and actor",
                          m->string ? m->string : "");
-        if (!bad[0] && reset_str(cJSON_GetObjectItemCaseSensitive(root, "reason"),
-                                 RESET_REASON_MAX, "reason", &reason, bad, sizeof bad) == 0)
+        if (!bad[0] && reset_str(cJSON_GetObjectItemCaseSensitive(root, "reason"), RESET_REASON_MAX,
+                                 "reason", &reason, bad, sizeof bad) == 0)
             reset_str(cJSON_GetObjectItemCaseSensitive(root, "actor"), RESET_ACTOR_MAX, "actor",
                       &actor, bad, sizeof bad);
         if (bad[0]) {

@@ -108,8 +108,10 @@ static char *admin_token(const kopts *o) {
         if (!t) return NULL;
         while (n > 0 && (t[n - 1] == '\n' || t[n - 1] == '\r')) t[--n] = 0;
         if (n > TOKEN_MAX || memchr(t, '\n', n)) {
-            fprintf(stderr, "nerve killswitch: --token-file %s: expected one line of at most %d "
-                            "bytes\n", o->token_file, TOKEN_MAX);
+            fprintf(stderr,
+                    "nerve killswitch: --token-file %s: expected one line of at most %d "
+                    "bytes\n",
+                    o->token_file, TOKEN_MAX);
             goto bad;
         }
     } else {
@@ -209,9 +211,7 @@ static int call(const char *base, const char *method, const char *path, const ch
         fprintf(stderr, "nerve killswitch: forbidden (403): %s; nothing was changed\n",
                 msg[0] ? msg : "admin endpoints are disabled on the daemon");
         break;
-    case 404:
-        fprintf(stderr, "nerve killswitch: %s (404)\n", msg[0] ? msg : "not found");
-        break;
+    case 404: fprintf(stderr, "nerve killswitch: %s (404)\n", msg[0] ? msg : "not found"); break;
     default:
         fprintf(stderr, "nerve killswitch: the daemon answered %d: %s\n", st,
                 msg[0] ? msg : "(no message)");
@@ -317,8 +317,10 @@ out:
  * before anything is sent. NULL after printing why (usage). */
 static const char *scope_arg(const kopts *o, const char *sub) {
     if (o->a.nrest != 2) {
-        fprintf(stderr, "nerve killswitch %s: expected exactly one SCOPE (see nerve killswitch "
-                        "--help)\n", sub);
+        fprintf(stderr,
+                "nerve killswitch %s: expected exactly one SCOPE (see nerve killswitch "
+                "--help)\n",
+                sub);
         return NULL;
     }
     const char *s = o->a.rest[1];
@@ -384,7 +386,8 @@ static int cmd_reset(const kopts *o, const char *base, const char *scope) {
     cJSON *a = cJSON_ParseWithLength(r.body, r.len);
     bool resume = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "resume_call"));
     printf("reset %s (audited as %s)%s\n", scope, actor,
-           resume ? "; the daemon calls panic.resume_url" : "; no panic.resume_url: nothing resumed");
+           resume ? "; the daemon calls panic.resume_url"
+                  : "; no panic.resume_url: nothing resumed");
     cJSON_Delete(a);
     stress_reply_free(&r);
     return 0;
@@ -416,7 +419,8 @@ int killswitch_cli_main(int argc, char **argv) {
         fputs(help, stderr);
     } else if (strcmp(sub, "ls") == 0) {
         if (o.a.nrest != 1)
-            fprintf(stderr, "nerve killswitch ls: takes no argument (see nerve killswitch --help)\n");
+            fprintf(stderr,
+                    "nerve killswitch ls: takes no argument (see nerve killswitch --help)\n");
         else
             rc = daemon_url(&o, base, sizeof base) ? 1 : cmd_ls(&o, base);
     } else if (strcmp(sub, "engage") == 0 || strcmp(sub, "reset") == 0) {
@@ -428,8 +432,10 @@ int killswitch_cli_main(int argc, char **argv) {
                 rc = sub[0] == 'e' ? cmd_engage(&o, base, scope) : cmd_reset(&o, base, scope);
         }
     } else {
-        fprintf(stderr, "nerve killswitch: unknown command '%s' (ls, engage, reset; see nerve "
-                        "killswitch --help)\n", sub);
+        fprintf(stderr,
+                "nerve killswitch: unknown command '%s' (ls, engage, reset; see nerve "
+                "killswitch --help)\n",
+                sub);
     }
     cli_args_free(&o.a);
     return rc;

@@ -46,10 +46,11 @@ typedef struct pjob {
 
 struct panic {
     /* Immutable after panic_new. */
-    panic_opts o;      /* url/token point at the copies below */
-    char *url, *token; /* url NULL = no webhook configured */
-    char *what;        /* "emergency stop", "resume call": log lines */
-    CURL *curl;        /* worker thread only */
+    panic_opts o;              /* url/token point at the copies below */
+    char *url, *token;         /* url NULL = no webhook configured */
+    char *what;                /* "emergency stop", "resume call": log lines */
+    const char *attempt_label; /* "webhook" for the emergency stop (as ever), else WHAT */
+    CURL *curl;                /* worker thread only */
     struct curl_slist *headers;
     pthread_t thread;
 
@@ -201,7 +202,10 @@ static void finish(panic *p, pjob *j, panic_outcome outcome, int attempts, const
     else if (outcome == PANIC_DRY_RUN)
         log_info("panic", "dry run: would %s scope=%s %s=%s reason=\"%s\"",
                  j->actor ? "resume" : "stop", j->scope, j->actor ? "actor" : "rule",
-                 j->actor ? j->actor : j->rule ? j->rule : "-", j->reason ? j->reason : "");
+                 j->actor  ? j->actor
+                 : j->rule ? j->rule
+                           : "-",
+                 j->reason ? j->reason : "");
     else
         log_warn("panic", "%s failed scope=%s attempts=%d error=\"%s\"", p->what, j->scope,
                  attempts, last_error);
@@ -240,13 +244,13 @@ static void run_job(panic *p, pjob *j) {
             p->stats.attempts_failed++;
         pthread_mutex_unlock(&p->mu);
         if (a.ok)
-            log_info("panic", "webhook attempt ok scope=%s attempt=%d/%d status=%d", j->scope, k,
-                     max, a.http_status);
+            log_info("panic", "%s attempt ok scope=%s attempt=%d/%d status=%d", p->attempt_label,
+                     j->scope, k, max, a.http_status);
         else
             log_warn(
                 "panic",
-                "webhook attempt failed scope=%s attempt=%d/%d status=%d error=\"%s\" retry_in_ms=%lld",
-                j->scope, k, max, a.http_status, a.error, a.delay_ms);
+                "%s attempt failed scope=%s attempt=%d/%d status=%d error=\"%s\" retry_in_ms=%lld",
+                p->attempt_label, j->scope, k, max, a.http_status, a.error, a.delay_ms);
         if (j->job.on_attempt) j->job.on_attempt(j->job.ud, &j->job, &a);
 
         if (a.ok) break;
@@ -364,6 +368,7 @@ panic *panic_new(const panic_opts *o, char *err, size_t errlen) {
     p->o.url = p->url;
     p->o.token = p->token;
     p->o.what = p->what;
+    p->attempt_label = o->what && *o->what ? p->what : "webhook";
 
     struct curl_slist *h;
     if (!(h = curl_slist_append(NULL, "Content-Type: application/json"))) goto oom;

@@ -43,9 +43,9 @@ typedef struct panic_opts {
     int backoff_initial_ms;
     int backoff_max_ms;
     double backoff_multiplier;
-    bool jitter;   /* full jitter (default); false = exact exponential delays */
-    bool dry_run;  /* never call the webhook: the job succeeds at once with outcome "dry_run" */
-    int queue_max; /* jobs waiting at most; further submits fail (-1) */
+    bool jitter;      /* full jitter (default); false = exact exponential delays */
+    bool dry_run;     /* never call the webhook: the job succeeds at once with outcome "dry_run" */
+    int queue_max;    /* jobs waiting at most; further submits fail (-1) */
     const char *what; /* names the call in log lines; NULL = "emergency stop" (copied) */
 } panic_opts;
 
