@@ -55,6 +55,7 @@ static void usage(FILE *f) {
         "  --log-format text|json       log line format on stderr\n"
         "\n"
         "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL NERVE_LEDGER_URL\n"
+        "             NERVE_RESUME_URL\n"
         "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
 }
 
