@@ -688,6 +688,13 @@ void cfg_free(cfg *c) {
     if (c->panic_token) explicit_bzero(c->panic_token, strlen(c->panic_token));
     free(c->admin_token);
     free(c->panic_token);
+    for (i = 0; i < c->n_admin_tokens; i++) {
+        cfg_token *t = &c->admin_tokens[i];
+        if (t->token) explicit_bzero(t->token, strlen(t->token));
+        free(t->token);
+        free(t->name);
+    }
+    free(c->admin_tokens);
     free(c->path);
     free(c);
 }

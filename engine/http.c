@@ -313,14 +313,29 @@ static int token_ok(const char *given, const char *want) {
     return diff == 0;
 }
 
-/* 0 when authorised, otherwise the status already sent. */
+/* The name of the admin token that authorised this request (check_admin),
+ * for the handler to audit; points into the cfg. Set per request on the
+ * worker thread, like head_only. */
+static _Thread_local const char *admin_name;
+
+/* 0 when authorised (admin_name set), otherwise the status already sent.
+ * Every configured token is compared, in constant time each, whichever
+ * matches: the time taken tells nothing about which one did. */
 static int check_admin(http_server *s, struct mg_connection *conn) {
-    const char *want = s->d.cfg->admin_token;
-    if (!want || !want[0])
+    const cfg *c = s->d.cfg;
+    admin_name = NULL;
+    if ((!c->admin_token || !c->admin_token[0]) && c->n_admin_tokens == 0)
         return send_error(s, conn, 403, "forbidden",
                           "admin endpoints are disabled: set NERVE_ADMIN_TOKEN to enable them");
     const char *auth = mg_get_header(conn, "Authorization");
-    if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !token_ok(auth + 7, want)) {
+    if (auth && strncmp(auth, "Bearer ", 7) == 0) {
+        const char *given = auth + 7, *name = NULL;
+        if (c->admin_token && c->admin_token[0] && token_ok(given, c->admin_token)) name = "admin";
+        for (size_t i = 0; i < c->n_admin_tokens; i++)
+            if (token_ok(given, c->admin_tokens[i].token) && !name) name = c->admin_tokens[i].name;
+        admin_name = name;
+    }
+    if (!admin_name) {
         extra_hdr h = { "WWW-Authenticate", "Bearer" };
         return send_json(
             s, conn, 401,
@@ -640,9 +655,11 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
             return send_error(s, conn, 400, "bad_request", bad);
         }
     }
-    /* The one admin token (NERVE_ADMIN_TOKEN) is named "admin"; a body-less
-     * DELETE, as before this body existed, is audited with reason "". */
-    act_who who = { .token = "admin", .actor = actor, .remote = ri->remote_addr, .reason = reason };
+    /* A body-less DELETE, as before this body existed, is audited with
+     * reason "" and the token's name as its actor. */
+    act_who who = {
+        .token = admin_name, .actor = actor, .remote = ri->remote_addr, .reason = reason
+    };
     rds_client *c = rds_pool_client(s->d.pool);
     ks_change r = c ? act_reset(s->d.act, c, scope, &who) : KS_ERROR;
     cJSON_Delete(root);

@@ -56,7 +56,8 @@ static void usage(FILE *f) {
         "\n"
         "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL NERVE_LEDGER_URL\n"
         "             NERVE_RESUME_URL\n"
-        "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
+        "             NERVE_ADMIN_TOKEN NERVE_ADMIN_TOKENS NERVE_PANIC_TOKEN (secrets: environment\n"
+        "             only)\n");
 }
 
 /* ---- commands ------------------------------------------------------------------ */

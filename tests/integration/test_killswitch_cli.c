@@ -300,6 +300,82 @@ static void test_reset_body(void **state) {
     h_pass();
 }
 
+/* Named admin tokens (NERVE_ADMIN_TOKENS): the reset is audited with the
+ * name of the token used, never the token; panic.dry_run covers the resume
+ * call (audited "dry_run", no request). */
+static void test_named_tokens_dry_run(void **state)
+{
+    (void)state;
+    static const char *const env[] = { "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN,
+                                       "NERVE_ADMIN_TOKENS=alice:alice-secret-1,bob:bob-secret-2",
+                                       NULL };
+    const char *dsets[] = { resume_set, "panic.dry_run=true" };
+    h_daemon *d = h_daemon_start_env(redis, env, dsets, 2);
+    assert_non_null(d);
+    const char *const as_bob[] = { "NERVE_ADMIN_TOKEN=bob-secret-2", "USER=tester", NULL };
+    const char *eng[] = { "killswitch", "engage", "sku:CLI5", "--reason", "r", "--url", d->base,
+                          NULL };
+    h_run r;
+    assert_int_equal(h_run_nerve(&r, 15000, as_bob, eng), 0);
+    h_run_free(&r);
+    const char *rst[] = { "killswitch", "reset", "sku:CLI5", "--reason", "ok now", "--url", d->base,
+                          NULL };
+    assert_int_equal(h_run_nerve(&r, 15000, as_bob, rst), 0);
+    h_run_free(&r);
+    cJSON *a = wait_audit("kill_reset", "sku:CLI5", 5000);
+    assert_string_equal(h_jstr(a, "token"), "bob");
+    assert_string_equal(h_jstr(a, "actor"), "cli:tester");
+    cJSON_Delete(a);
+    cJSON *done = wait_audit("kill_resume", "sku:CLI5", 5000);
+    assert_string_equal(h_jstr(done, "result"), "dry_run");
+    cJSON_Delete(done);
+    assert_int_equal(mock_requests(resume), 0);
+
+    /* NERVE_ADMIN_TOKEN is still the token named admin; a name is no token. */
+    engage_http("sku:CLI6");
+    h_resp hr;
+    char path[] = "/admin/killswitch/sku:CLI6";
+    assert_int_equal(h_http(d, "DELETE", path, NULL, &hr, "Authorization: Bearer bob", NULL), 401);
+    h_resp_free(&hr);
+    expect_engaged("sku:CLI6", true);
+    assert_int_equal(h_http(d, "DELETE", path, NULL, &hr,
+                            "Authorization: Bearer " H_ADMIN_TOKEN, NULL),
+                     200);
+    h_resp_free(&hr);
+    a = wait_audit("kill_reset", "sku:CLI6", 5000);
+    assert_string_equal(h_jstr(a, "token"), "admin");
+    cJSON_Delete(a);
+    char logpath[sizeof d->log];
+    snprintf(logpath, sizeof logpath, "%s", d->log);
+    assert_int_equal(h_daemon_stop(d), 0);
+    char *log = h_read_file(logpath);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "token=bob"));
+    assert_null(strstr(log, "secret-"));
+    free(log);
+    h_pass();
+}
+
+/* Without panic.resume_url a reset calls nothing and says so. */
+static void test_no_resume_url(void **state)
+{
+    (void)state;
+    h_daemon *d = h_daemon_startv(redis, true, NULL, 0);
+    assert_non_null(d);
+    engage_http("sku:CLI7");
+    const char *rst[] = { "killswitch", "reset", "sku:CLI7", "--reason", "r", "--url", d->base,
+                          NULL };
+    h_run r;
+    assert_int_equal(h_run_nerve(&r, 15000, env_ok, rst), 0);
+    assert_non_null(strstr(r.out, "no panic.resume_url: nothing resumed"));
+    h_run_free(&r);
+    expect_engaged("sku:CLI7", false);
+    assert_int_equal(h_daemon_stop(d), 0);
+    assert_null(audit_entry("kill_resume", "sku:CLI7"));
+    assert_int_equal(mock_requests(resume), 0);
+    h_pass();
+}
+
 /* The CLI finds the daemon from the config's server.listen. */
 static void test_url_from_config(void **state) {
     (void)state;
@@ -345,6 +421,8 @@ int main(void) {
         T(test_refusals),
         T(test_reset_body),
         T(test_url_from_config),
+        T(test_named_tokens_dry_run),
+        T(test_no_resume_url),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
