@@ -330,8 +330,11 @@ ks_change act_reset(act *a, rds_client *c, const char *scope, const act_who *who
     const char *reason = who->reason ? who->reason : "";
     ks_change rc = ks_reset(a->k, c, scope);
     if (rc != KS_CHANGED) return rc;
-    log_warn("actions", "kill switch reset scope=%s actor=\"%s\" token=%s remote=%s reason=\"%s\"",
-             scope, actor, token, remote, reason);
+    /* What the daemon knows (scope, token name, address) before what the
+     * caller declares: a quote inside the declared actor or reason cannot
+     * forge an earlier key (JSON logs keep a key's first occurrence). */
+    log_warn("actions", "kill switch reset scope=%s token=%s remote=%s actor=\"%s\" reason=\"%s\"",
+             scope, token, remote, actor, reason);
     /* In the audit stream (and so in the ledger) with who reset it and why. */
     double ts = now_s();
     cJSON *o = cJSON_CreateObject();

@@ -199,13 +199,12 @@ static void finish(panic *p, pjob *j, panic_outcome outcome, int attempts, const
 
     if (outcome == PANIC_STOPPED)
         log_info("panic", "%s done scope=%s attempts=%d", p->what, j->scope, attempts);
+    else if (outcome == PANIC_DRY_RUN && j->actor)
+        log_info("panic", "dry run: would resume scope=%s actor=\"%s\" reason=\"%s\"", j->scope,
+                 j->actor, j->reason ? j->reason : "");
     else if (outcome == PANIC_DRY_RUN)
-        log_info("panic", "dry run: would %s scope=%s %s=%s reason=\"%s\"",
-                 j->actor ? "resume" : "stop", j->scope, j->actor ? "actor" : "rule",
-                 j->actor  ? j->actor
-                 : j->rule ? j->rule
-                           : "-",
-                 j->reason ? j->reason : "");
+        log_info("panic", "dry run: would stop scope=%s rule=%s reason=\"%s\"", j->scope,
+                 j->rule ? j->rule : "-", j->reason ? j->reason : "");
     else
         log_warn("panic", "%s failed scope=%s attempts=%d error=\"%s\"", p->what, j->scope,
                  attempts, last_error);

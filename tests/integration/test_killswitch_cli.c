@@ -297,6 +297,25 @@ static void test_reset_body(void **state) {
     assert_string_equal(h_jstr(a, "reason"), "");
     assert_string_equal(h_jstr(a, "remote"), "127.0.0.1");
     cJSON_Delete(a);
+
+    /* What the caller declares comes after what the daemon knows in the log
+     * line, so a quote in it cannot forge the token's name or the address. */
+    engage_http("sku:CLI8");
+    assert_int_equal(h_http(daemon_, "DELETE", "/admin/killswitch/sku:CLI8",
+                            "{\"actor\":\"x\\\" token=forged\",\"reason\":\"y\\\" "
+                            "remote=6.6.6.6\"}",
+                            &r, "Authorization: Bearer " H_ADMIN_TOKEN, NULL),
+                     200);
+    h_resp_free(&r);
+    a = wait_audit("kill_reset", "sku:CLI8", 5000);
+    assert_string_equal(h_jstr(a, "actor"), "x\" token=forged");
+    assert_string_equal(h_jstr(a, "token"), "admin");
+    cJSON_Delete(a);
+    char *log = h_read_file(daemon_->log);
+    assert_non_null(log);
+    if (!strstr(log, "kill switch reset scope=sku:CLI8 token=admin remote=127.0.0.1 actor="))
+        fail_msg("no reset line with the token's name and address first in %s", daemon_->log);
+    free(log);
     h_pass();
 }
 
