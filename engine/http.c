@@ -631,13 +631,14 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
         int st = take_body(s, conn, &body, &len);
         if (st) return st;
         char bad[200] = "";
-        char why[128];
+        char why[128] = "";
         if (len > 0) {
             if (jsonck_check(body, len, JSONCK_MAX_DEPTH, why, sizeof why) == 0)
                 root = cJSON_ParseWithLength(body, len);
             if (!cJSON_IsObject(root))
                 snprintf(bad, sizeof bad,
-                         "body must be a JSON object {\"reason\": str?, \"actor\": str?}");
+                         "body must be a JSON object {\"reason\": str?, \"actor\": str?}%s%.100s",
+                         why[0] ? ": " : "", why);
         }
         free(body);
         const cJSON *m = bad[0] || !root ? NULL : root->child;
