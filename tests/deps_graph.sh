@@ -27,7 +27,7 @@ root="${1:-.}"
 # top the read side (status: it reads everything), the HTTP edge, the
 # daemon that wires it all and main.
 layers="${DEPS_LAYERS:-version jsonck log clock backoff url sku hist scope tslot park rds mux keys sgroup lock config cli sale queue bus rules live
-    counters killswitch panic actions policy evaluator ledger stress keys_cli status conns framing http daemon main}"
+    counters killswitch panic actions policy evaluator ledger stress keys_cli killswitch_cli status conns framing http daemon main}"
 
 cd "$root" || exit 2
 files=$(ls engine/*.c engine/*.h include/nerve/*.h 2>/dev/null)
