@@ -250,8 +250,9 @@ static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int a
     }
 }
 
-ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
-                   bool halt_sales, char *err, size_t errlen) {
+static ks_change engage(act *a, rds_client *c, const char *rule, const act_who *by,
+                        const char *scope, const char *reason, bool halt_sales, char *err,
+                        size_t errlen) {
     double ts = now_s();
     ks_change rc = ks_engage(a->k, c, scope, reason, rule, halt_sales,
                              a->dry_run ? "dry_run" : "stopping", ts, err, errlen);
@@ -266,7 +267,12 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
     cJSON_AddBoolToObject(o, "halt_sales", halt_sales);
     /* Who engaged it, as the ledger's kills.actor records it: the operator
      * through the API, or the rule that decided it. */
-    if (strcmp(rule, "admin") == 0) {
+    if (by) {
+        const char *token = by->token ? by->token : "";
+        cJSON_AddStringToObject(o, "actor", by->actor && *by->actor ? by->actor : token);
+        cJSON_AddStringToObject(o, "token", token);
+        cJSON_AddStringToObject(o, "remote", by->remote ? by->remote : "");
+    } else if (strcmp(rule, "admin") == 0) {
         cJSON_AddStringToObject(o, "actor", "admin");
     } else {
         char who[160];
@@ -288,6 +294,17 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
         on_done(a, &job, PANIC_STOP_FAILED, 0, "emergency stop queue full");
     }
     return KS_CHANGED;
+}
+
+ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
+                   bool halt_sales, char *err, size_t errlen) {
+    return engage(a, c, rule, NULL, scope, reason, halt_sales, err, errlen);
+}
+
+ks_change act_kill_by(act *a, rds_client *c, const act_who *who, const char *scope,
+                      const char *reason, bool halt_sales, char *err, size_t errlen) {
+    static const act_who none = { 0 };
+    return engage(a, c, "admin", who ? who : &none, scope, reason, halt_sales, err, errlen);
 }
 
 /* The resume call's outcome, on the resume worker's thread: logged by the

@@ -572,8 +572,9 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     }
     rds_client *c = rds_pool_client(s->d.pool);
     char err[256] = "redis unavailable";
-    ks_change r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring,
-                               cJSON_IsTrue(halt), err, sizeof err)
+    act_who who = { .token = admin_name, .remote = mg_get_request_info(conn)->remote_addr };
+    ks_change r = c ? act_kill_by(s->d.act, c, &who, scope->valuestring, reason->valuestring,
+                                  cJSON_IsTrue(halt), err, sizeof err)
                     : KS_ERROR;
     if (r == KS_ERROR) {
         cJSON_Delete(root);

@@ -80,20 +80,25 @@ typedef enum {
 act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level,
                            const char *rule, const char *scope, const char *reason);
 
+/* Who asked for an engagement or a reset by hand, as the audit records it.
+ * Every field may be NULL (recorded as ""); borrowed for the call. */
+typedef struct act_who {
+    const char *token;  /* name of the admin token that authorised it ("admin") */
+    const char *actor;  /* declared by the caller ("cli:alice"); NULL or "": the token's name */
+    const char *remote; /* the client's address */
+    const char *reason; /* why (a reset's; "" when the caller gave none) */
+} act_who;
+
 /* Engage SCOPE (also by hand, RULE "admin"): KS_CHANGED engaged by this
  * call (alert published, emergency stop queued), KS_UNCHANGED already
  * engaged, KS_ERROR (message in ERR). */
 ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
                    bool halt_sales, char *err, size_t errlen);
-
-/* Who asked for a reset, as the audit entry records it. Every field may be
- * NULL (recorded as ""); the strings are borrowed for the call. */
-typedef struct act_who {
-    const char *token;  /* name of the admin token that authorised it ("admin") */
-    const char *actor;  /* declared by the caller ("cli:alice"); NULL or "": the token's name */
-    const char *remote; /* the client's address */
-    const char *reason; /* why; "" when the caller gave none */
-} act_who;
+/* act_kill by hand (RULE "admin") for WHO: the kill_switch alert's actor is
+ * WHO's actor (else its token's name) instead of "admin", and it carries
+ * "token" and "remote". WHO's reason is not used (REASON is the kill's). */
+ks_change act_kill_by(act *a, rds_client *c, const act_who *who, const char *scope,
+                      const char *reason, bool halt_sales, char *err, size_t errlen);
 
 /* Reset SCOPE (ks_reset) and, when it was engaged, log it, append
  * {"kind":"kill_reset","scope","actor","token","remote","reason","ts","instance"}

@@ -337,6 +337,11 @@ static void test_named_tokens_dry_run(void **state)
     h_run r;
     assert_int_equal(h_run_nerve(&r, 15000, as_bob, eng), 0);
     h_run_free(&r);
+    cJSON *e = wait_audit("kill_switch", "sku:CLI5", 5000);
+    assert_string_equal(h_jstr(e, "actor"), "bob");
+    assert_string_equal(h_jstr(e, "token"), "bob");
+    assert_string_equal(h_jstr(e, "remote"), "127.0.0.1");
+    cJSON_Delete(e);
     const char *rst[] = { "killswitch", "reset", "sku:CLI5", "--reason", "ok now", "--url", d->base,
                           NULL };
     assert_int_equal(h_run_nerve(&r, 15000, as_bob, rst), 0);
