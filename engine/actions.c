@@ -20,6 +20,7 @@ struct act {
     int stop_bound_ms;
     ks *k;
     panic *p;
+    panic *resume; /* NULL: no panic.resume_url */
     rds_pool *pool;
     _Atomic uint64_t suppressed[ACT_LEVEL_COUNT]; /* act_alert_stats */
     _Atomic uint64_t duplicates;                  /* act_alert_stats */
@@ -41,6 +42,7 @@ act *act_new(const act_opts *o, ks *k, panic *p, rds_pool *pool) {
     a->stop_bound_ms = o->stop_bound_ms > 0 ? o->stop_bound_ms : 60000;
     a->k = k;
     a->p = p;
+    a->resume = o->resume;
     a->pool = pool;
     return a;
 }
@@ -254,8 +256,9 @@ static void on_done(void *ud, const panic_job *job, panic_outcome outcome, int a
     }
 }
 
-ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
-                   bool halt_sales, char *err, size_t errlen) {
+static ks_change engage(act *a, rds_client *c, const char *rule, const act_who *by,
+                        const char *scope, const char *reason, bool halt_sales, char *err,
+                        size_t errlen) {
     double ts = now_s();
     ks_change rc = ks_engage(a->k, c, scope, reason, rule, halt_sales,
                              a->dry_run ? "dry_run" : "stopping", ts, err, errlen);
@@ -270,7 +273,12 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
     cJSON_AddBoolToObject(o, "halt_sales", halt_sales);
     /* Who engaged it, as the ledger's kills.actor records it: the operator
      * through the API, or the rule that decided it. */
-    if (strcmp(rule, "admin") == 0) {
+    if (by) {
+        const char *token = by->token ? by->token : "";
+        cJSON_AddStringToObject(o, "actor", by->actor && *by->actor ? by->actor : token);
+        cJSON_AddStringToObject(o, "token", token);
+        cJSON_AddStringToObject(o, "remote", by->remote ? by->remote : "");
+    } else if (strcmp(rule, "admin") == 0) {
         cJSON_AddStringToObject(o, "actor", "admin");
     } else {
         char who[160];
@@ -294,20 +302,89 @@ ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, c
     return KS_CHANGED;
 }
 
-ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor) {
+ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
+                   bool halt_sales, char *err, size_t errlen) {
+    return engage(a, c, rule, NULL, scope, reason, halt_sales, err, errlen);
+}
+
+ks_change act_kill_by(act *a, rds_client *c, const act_who *who, const char *scope,
+                      const char *reason, bool halt_sales, char *err, size_t errlen) {
+    static const act_who none = { 0 };
+    return engage(a, c, "admin", who ? who : &none, scope, reason, halt_sales, err, errlen);
+}
+
+/* The resume call's outcome, on the resume worker's thread: logged by the
+ * panic module, counted there (nerve_resume_attempts_total), and audited
+ * here so that the ledger's alerts table shows whether the campaigns were
+ * told to restart. */
+static void on_resume_done(void *ud, const panic_job *job, panic_outcome outcome, int attempts,
+                           const char *last_error) {
+    act *a = ud;
+    const char *result = outcome == PANIC_STOPPED   ? "resumed"
+                         : outcome == PANIC_DRY_RUN ? "dry_run"
+                                                    : "failed";
+    char reason[512];
+    if (outcome == PANIC_STOP_FAILED)
+        snprintf(reason, sizeof reason, "resume call failed after %d attempts: %s", attempts,
+                 last_error ? last_error : "unknown");
+    else
+        snprintf(reason, sizeof reason, "resume call %s after %d attempts", result, attempts);
+    if (outcome == PANIC_STOP_FAILED)
+        log_error("actions", "campaigns not resumed scope=%s %s", job->scope, reason);
+    rds_client *c = rds_pool_client(a->pool);
+    if (!c) return;
+    cJSON *o = alert_obj(a, outcome == PANIC_STOP_FAILED ? "critical" : "info", "kill_resume", NULL,
+                         job->scope, reason);
+    cJSON_AddStringToObject(o, "result", result);
+    cJSON_AddNumberToObject(o, "attempts", attempts);
+    cJSON_AddStringToObject(o, "actor", job->actor ? job->actor : "");
+    char *txt = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (txt) audit(a, c, "kill_resume", txt);
+    free(txt);
+}
+
+ks_change act_reset(act *a, rds_client *c, const char *scope, const act_who *who) {
+    static const act_who none = { 0 };
+    if (!who) who = &none;
+    const char *token = who->token ? who->token : "";
+    const char *actor = who->actor && *who->actor ? who->actor : token;
+    const char *remote = who->remote ? who->remote : "";
+    const char *reason = who->reason ? who->reason : "";
     ks_change rc = ks_reset(a->k, c, scope);
     if (rc != KS_CHANGED) return rc;
-    /* In the audit stream (and so in the ledger) with who reset it. */
+    /* What the daemon knows (scope, token name, address) before what the
+     * caller declares: a quote inside the declared actor or reason cannot
+     * forge an earlier key (JSON logs keep a key's first occurrence). */
+    log_warn("actions", "kill switch reset scope=%s token=%s remote=%s actor=\"%s\" reason=\"%s\"",
+             scope, token, remote, actor, reason);
+    /* In the audit stream (and so in the ledger) with who reset it and why. */
+    double ts = now_s();
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "kind", "kill_reset");
     cJSON_AddStringToObject(o, "scope", scope);
-    cJSON_AddStringToObject(o, "actor", actor ? actor : "");
-    cJSON_AddNumberToObject(o, "ts", now_s());
+    cJSON_AddStringToObject(o, "actor", actor);
+    cJSON_AddStringToObject(o, "token", token);
+    cJSON_AddStringToObject(o, "remote", remote);
+    cJSON_AddStringToObject(o, "reason", reason);
+    cJSON_AddNumberToObject(o, "ts", ts);
     cJSON_AddStringToObject(o, "instance", a->instance);
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (txt) audit(a, c, "kill_reset", txt);
     free(txt);
+    /* Only the instance that deleted the record gets here (KS_CHANGED), so
+     * one reset makes one resume call, however many ask at once. */
+    if (a->resume) {
+        panic_job job = { .scope = scope,
+                          .reason = reason,
+                          .actor = actor,
+                          .ts = ts,
+                          .on_done = on_resume_done,
+                          .ud = a };
+        if (panic_submit(a->resume, &job) != 0)
+            on_resume_done(a, &job, PANIC_STOP_FAILED, 0, "resume queue full");
+    }
     return rc;
 }
 

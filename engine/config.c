@@ -130,6 +130,7 @@ const opt cfg_opts[] = {
     OPT_PARAMS("rules.params", params),
 
     OPT_STR("panic.webhook_url", panic_webhook_url, 0, "", check_http_url),
+    OPT_STR("panic.resume_url", panic_resume_url, 0, "", check_http_url),
     OPT_INT("panic.timeout_ms", panic_timeout_ms, 1, 600000, 2000),
     OPT_INT("panic.max_attempts", panic_max_attempts, 1, 100, 5),
     OPT_INT("panic.backoff_initial_ms", panic_backoff_initial_ms, 1, 600000, 100),
@@ -688,6 +689,13 @@ void cfg_free(cfg *c) {
     if (c->panic_token) explicit_bzero(c->panic_token, strlen(c->panic_token));
     free(c->admin_token);
     free(c->panic_token);
+    for (i = 0; i < c->n_admin_tokens; i++) {
+        cfg_token *t = &c->admin_tokens[i];
+        if (t->token) explicit_bzero(t->token, strlen(t->token));
+        free(t->token);
+        free(t->name);
+    }
+    free(c->admin_tokens);
     free(c->path);
     free(c);
 }

@@ -621,7 +621,7 @@ static const struct {
 } env_keys[] = {
     { "REDIS_URL", "redis.url" },         { "NERVE_LISTEN", "server.listen" },
     { "NERVE_RULES_DIR", "rules.dir" },   { "NERVE_PANIC_URL", "panic.webhook_url" },
-    { "NERVE_LEDGER_URL", "ledger.url" },
+    { "NERVE_LEDGER_URL", "ledger.url" }, { "NERVE_RESUME_URL", "panic.resume_url" },
 };
 
 /* The YAML node for override text VAL into D, or NULL after reporting it. A
@@ -791,6 +791,74 @@ void cfg_apply_set(loader *L, const char *arg) {
     }
 }
 
+/* NERVE_ADMIN_TOKENS=name:token,...: the named admin tokens. Messages name
+ * the entry (1-based) and the name, never a token. */
+static void apply_admin_tokens(loader *L) {
+    const char *v = getenv("NERVE_ADMIN_TOKENS");
+    origin at = { .kind = AT_ENV, .name = "NERVE_ADMIN_TOKENS" };
+    if (!v || !*v) return;
+    if (strlen(v) > (size_t)CFG_ADMIN_TOKENS_MAX * (MAX_STR + CFG_TOKEN_NAME_MAX + 2)) {
+        cfg_errf(L, &at, NULL, "too long");
+        return;
+    }
+    cfg *c = L->c;
+    size_t n = 1;
+    for (const char *p = v; *p; p++) n += *p == ',';
+    if (n > CFG_ADMIN_TOKENS_MAX) {
+        cfg_errf(L, &at, NULL, "at most %d tokens (got %zu)", CFG_ADMIN_TOKENS_MAX, n);
+        return;
+    }
+    if (!(c->admin_tokens = calloc(n, sizeof *c->admin_tokens))) {
+        L->oom = true;
+        return;
+    }
+    const char *p = v;
+    for (size_t i = 0; i < n; i++) {
+        const char *end = strchr(p, ','), *colon;
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        colon = memchr(p, ':', len);
+        size_t nl = colon ? (size_t)(colon - p) : 0, tl = colon ? len - nl - 1 : 0;
+        const char *why = NULL;
+        /* Only a valid name is shown: a token mistyped without its name
+         * could otherwise show up in a message. */
+        bool name_ok = colon && nl > 0 && nl <= CFG_TOKEN_NAME_MAX &&
+                       strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                 "0123456789._-") >= nl;
+        if (!colon || nl == 0 || tl == 0)
+            why = "expected NAME:TOKEN";
+        else if (!name_ok)
+            why = "the name must be 1-64 bytes of A-Z a-z 0-9 . _ -";
+        else if (tl > MAX_STR)
+            why = "the token is longer than 4096 bytes";
+        for (size_t k = 0; !why && k < tl; k++)
+            if ((unsigned char)colon[1 + k] < 0x20 || colon[1 + k] == 0x7f)
+                why = "the token contains a control character";
+        for (size_t k = 0; !why && k < c->n_admin_tokens; k++) {
+            const cfg_token *t = &c->admin_tokens[k];
+            if (strlen(t->name) == nl && memcmp(t->name, p, nl) == 0)
+                why = "duplicate name";
+            else if (strlen(t->token) == tl && memcmp(t->token, colon + 1, tl) == 0)
+                why = "the same token as an earlier entry (who used it could not be told)";
+        }
+        if (!why && nl == 5 && memcmp(p, "admin", 5) == 0 && c->admin_token)
+            why = "the name admin is NERVE_ADMIN_TOKEN's";
+        if (!why && c->admin_token && strlen(c->admin_token) == tl &&
+            memcmp(c->admin_token, colon + 1, tl) == 0)
+            why = "the same token as NERVE_ADMIN_TOKEN";
+        if (why) {
+            cfg_errf(L, &at, NULL, "entry %zu%s%.*s%s: %s", i + 1, name_ok ? " (" : "",
+                     name_ok ? (int)nl : 0, p, name_ok ? ")" : "", why);
+        } else {
+            cfg_token *t = &c->admin_tokens[c->n_admin_tokens];
+            t->name = strndup(p, nl);
+            t->token = strndup(colon + 1, tl);
+            if (!t->name || !t->token) L->oom = true;
+            c->n_admin_tokens++;
+        }
+        p = end ? end + 1 : p + len;
+    }
+}
+
 void cfg_apply_env(loader *L) {
     static const char *const secrets[] = { "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN" };
     char **dst[] = { &L->c->admin_token, &L->c->panic_token };
@@ -816,6 +884,7 @@ void cfg_apply_env(loader *L) {
         }
         if (!(*dst[i] = strdup(v))) L->oom = true;
     }
+    apply_admin_tokens(L);
 }
 
 void cfg_set_defaults(loader *L) {

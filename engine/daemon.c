@@ -92,6 +92,7 @@ typedef struct nerved {
     rds_pool *pool;
     live *live;
     panic *panic;
+    panic *resume; /* panic.resume_url's calls; NULL when unset */
     ks *ks;
     act *act;
     evq *q;
@@ -364,6 +365,20 @@ int daemon_run(const daemon_args *a) {
         log_error("main", "%s", err);
         goto out;
     }
+    /* The resume call after a reset: the same machinery and settings, its
+     * own queue and worker, so that a slow pause-campaigns API never holds
+     * up a resume nor the reverse. Unset: nothing to call. */
+    if (c->panic_resume_url[0]) {
+        panic_opts rp = po;
+        rp.url = c->panic_resume_url;
+        rp.dry_run = c->panic_dry_run;
+        rp.what = "resume call";
+        d.resume = panic_new(&rp, err, sizeof err);
+        if (!d.resume) {
+            log_error("main", "panic.resume_url: %s", err);
+            goto out;
+        }
+    }
     d.ks = ks_new(c->redis_prefix, control, instance);
     /* Every attempt timing out after the longest backoff: a stop still
      * "stopping" well past this lost its instance (act_resume_stalled). */
@@ -376,7 +391,8 @@ int daemon_run(const daemon_args *a) {
                     .throttle_s = c->alerts_throttle_s,
                     .audit_maxlen = c->audit_maxlen,
                     .dry_run = dry_run,
-                    .stop_bound_ms = stop_bound_ms };
+                    .stop_bound_ms = stop_bound_ms,
+                    .resume = d.resume };
     d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
     d.q = evq_new((size_t)c->queue_size);
     d.counters = d.pool ? ctr_new(d.pool, c->redis_prefix) : NULL;
@@ -483,6 +499,7 @@ int daemon_run(const daemon_args *a) {
                      .bus = d.bus,
                      .eval = d.eval,
                      .panic = d.panic,
+                     .resume = d.resume,
                      .ledger = d.ledger,
                      .reload = do_reload,
                      .reload_ud = &d };
@@ -541,6 +558,8 @@ out:
     log_debug("main", "ledger writer stopped");
     if (d.panic) panic_drain(d.panic, c->shutdown_grace_ms);
     panic_free(d.panic);
+    if (d.resume) panic_drain(d.resume, c->shutdown_grace_ms);
+    panic_free(d.resume);
     log_debug("main", "emergency stops finished");
     sale_engine_free(d.sale);
     policy_free(d.policy);

@@ -315,14 +315,29 @@ static int token_ok(const char *given, const char *want) {
     return diff == 0;
 }
 
-/* 0 when authorised, otherwise the status already sent. */
+/* The name of the admin token that authorised this request (check_admin),
+ * for the handler to audit; points into the cfg. Set per request on the
+ * worker thread, like head_only. */
+static _Thread_local const char *admin_name;
+
+/* 0 when authorised (admin_name set), otherwise the status already sent.
+ * Every configured token is compared, in constant time each, whichever
+ * matches: the time taken tells nothing about which one did. */
 static int check_admin(http_server *s, struct mg_connection *conn) {
-    const char *want = s->d.cfg->admin_token;
-    if (!want || !want[0])
+    const cfg *c = s->d.cfg;
+    admin_name = NULL;
+    if ((!c->admin_token || !c->admin_token[0]) && c->n_admin_tokens == 0)
         return send_error(s, conn, 403, "forbidden",
                           "admin endpoints are disabled: set NERVE_ADMIN_TOKEN to enable them");
     const char *auth = mg_get_header(conn, "Authorization");
-    if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !token_ok(auth + 7, want)) {
+    if (auth && strncmp(auth, "Bearer ", 7) == 0) {
+        const char *given = auth + 7, *name = NULL;
+        if (c->admin_token && c->admin_token[0] && token_ok(given, c->admin_token)) name = "admin";
+        for (size_t i = 0; i < c->n_admin_tokens; i++)
+            if (token_ok(given, c->admin_tokens[i].token) && !name) name = c->admin_tokens[i].name;
+        admin_name = name;
+    }
+    if (!admin_name) {
         extra_hdr h = { "WWW-Authenticate", "Bearer" };
         return send_json(
             s, conn, 401,
@@ -484,6 +499,7 @@ static status_sources sources(http_server *s) {
                            .q = s->d.q,
                            .bus = s->d.bus,
                            .panic = s->d.panic,
+                           .resume = s->d.resume,
                            .ks = s->d.ks,
                            .ledger = s->d.ledger,
                            .ledger_lag_ready_ms = s->d.cfg ? s->d.cfg->ledger_lag_ready_ms : 0,
@@ -558,8 +574,9 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     }
     rds_client *c = rds_pool_client(s->d.pool);
     char err[256] = "redis unavailable";
-    ks_change r = c ? act_kill(s->d.act, c, "admin", scope->valuestring, reason->valuestring,
-                               cJSON_IsTrue(halt), err, sizeof err)
+    act_who who = { .token = admin_name, .remote = mg_get_request_info(conn)->remote_addr };
+    ks_change r = c ? act_kill_by(s->d.act, c, &who, scope->valuestring, reason->valuestring,
+                                  cJSON_IsTrue(halt), err, sizeof err)
                     : KS_ERROR;
     if (r == KS_ERROR) {
         cJSON_Delete(root);
@@ -574,6 +591,33 @@ static int handle_killswitch_post(http_server *s, struct mg_connection *conn) {
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
+/* Bounds of DELETE /admin/killswitch/{scope}'s optional body. */
+#define RESET_REASON_MAX 256 /* bytes */
+#define RESET_ACTOR_MAX  64  /* bytes */
+
+/* A string member M of the reset body: NULL when absent, else its text in
+ * *OUT; 0, or -1 with BAD set when it is not a string of 0..MAX bytes
+ * without control characters (it goes into log lines and the ledger). */
+static int reset_str(const cJSON *m, size_t max, const char *what, const char **out, char *bad,
+                     size_t badlen) {
+    *out = NULL;
+    if (!m) return 0;
+    if (cJSON_IsString(m) && strlen(m->valuestring) <= max) {
+        const unsigned char *p = (const unsigned char *)m->valuestring;
+        while (*p && *p >= 0x20 && *p != 0x7f) p++;
+        if (!*p) {
+            *out = m->valuestring;
+            return 0;
+        }
+    }
+    snprintf(bad, badlen, "%s must be a string of at most %zu bytes without control characters",
+             what, max);
+    return -1;
+}
+
+/* DELETE /admin/killswitch/{scope}, with an optional body
+ * {"reason": str?, "actor": str?}: who and why go into the audit entry. A
+ * body that is there must be valid, or nothing is reset (400). */
 static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, const char *scope) {
     /* SCOPE is the whole rest of the path, decoded once: a scope with '/'
      * is reached raw or as %2F. */
@@ -581,18 +625,58 @@ static int handle_killswitch_delete(http_server *s, struct mg_connection *conn, 
         return send_error(s, conn, 400, "bad_request",
                           "the path after /admin/killswitch/ must be a scope: " SCOPE_GRAMMAR
                           " (the path is percent-decoded once)");
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    cJSON *root = NULL;
+    const char *reason = NULL, *actor = NULL;
+    if (ri->content_length > 0 || mg_get_header(conn, "Transfer-Encoding")) {
+        char *body;
+        size_t len;
+        int st = take_body(s, conn, &body, &len);
+        if (st) return st;
+        char bad[200] = "";
+        char why[128] = "";
+        if (len > 0) {
+            if (jsonck_check(body, len, JSONCK_MAX_DEPTH, why, sizeof why) == 0)
+                root = cJSON_ParseWithLength(body, len);
+            if (!cJSON_IsObject(root))
+                snprintf(bad, sizeof bad,
+                         "body must be a JSON object {\"reason\": str?, \"actor\": str?}%s%.100s",
+                         why[0] ? ": " : "", why);
+        }
+        free(body);
+        const cJSON *m = bad[0] || !root ? NULL : root->child;
+        for (; m && !bad[0]; m = m->next)
+            if (!m->string || (strcmp(m->string, "reason") && strcmp(m->string, "actor")))
+                snprintf(bad, sizeof bad,
+                         "unknown member \"%.40s\": the body takes reason and actor",
+                         m->string ? m->string : "");
+        if (!bad[0] && reset_str(cJSON_GetObjectItemCaseSensitive(root, "reason"), RESET_REASON_MAX,
+                                 "reason", &reason, bad, sizeof bad) == 0)
+            reset_str(cJSON_GetObjectItemCaseSensitive(root, "actor"), RESET_ACTOR_MAX, "actor",
+                      &actor, bad, sizeof bad);
+        if (bad[0]) {
+            cJSON_Delete(root);
+            return send_error(s, conn, 400, "bad_request", bad);
+        }
+    }
+    /* A body-less DELETE, as before this body existed, is audited with
+     * reason "" and the token's name as its actor. */
+    act_who who = {
+        .token = admin_name, .actor = actor, .remote = ri->remote_addr, .reason = reason
+    };
     rds_client *c = rds_pool_client(s->d.pool);
-    ks_change r = c ? act_reset(s->d.act, c, scope, "admin") : KS_ERROR;
+    ks_change r = c ? act_reset(s->d.act, c, scope, &who) : KS_ERROR;
+    cJSON_Delete(root);
     if (r == KS_ERROR) return unavailable(s, conn, "redis unavailable");
     if (r == KS_UNCHANGED) {
         char msg[256];
         snprintf(msg, sizeof msg, "scope %.200s is not engaged", scope);
         return send_error(s, conn, 404, "not_found", msg);
     }
-    log_warn("http", "kill switch reset scope=%s", scope);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "scope", scope);
     cJSON_AddBoolToObject(o, "reset", 1);
+    cJSON_AddBoolToObject(o, "resume_call", s->d.resume != NULL);
     return send_json(s, conn, 200, o, NULL, 0);
 }
 

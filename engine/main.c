@@ -14,6 +14,7 @@
 #include "nerve/config.h"
 #include "nerve/daemon.h"
 #include "nerve/keys_cli.h"
+#include "nerve/killswitch_cli.h"
 #include "nerve/ledger.h"
 #include "nerve/log.h"
 #include "nerve/reload_cli.h"
@@ -50,6 +51,8 @@ static void usage(FILE *f) {
         "  keys where SKU... | keys migrate [--from N|legacy] --to M [--dry-run]\n"
         "                               where a SKU's keys are; move every SKU to another\n"
         "                               bus.partitions (nerve keys --help)\n"
+        "  killswitch ls [--json] | engage SCOPE --reason R [--halt-sales] | reset SCOPE --reason R\n"
+        "                               the running daemon's kill switch (nerve killswitch --help)\n"
         "  help                         this text\n"
         "  --version                    print the version\n"
         "\n"
@@ -59,7 +62,9 @@ static void usage(FILE *f) {
         "  --log-format text|json       log line format on stderr\n"
         "\n"
         "environment: REDIS_URL NERVE_LISTEN NERVE_RULES_DIR NERVE_PANIC_URL NERVE_LEDGER_URL\n"
-        "             NERVE_ADMIN_TOKEN NERVE_PANIC_TOKEN (secrets: environment only)\n");
+        "             NERVE_RESUME_URL\n"
+        "             NERVE_ADMIN_TOKEN NERVE_ADMIN_TOKENS NERVE_PANIC_TOKEN (secrets: environment\n"
+        "             only)\n");
 }
 
 /* ---- commands ------------------------------------------------------------------ */
@@ -251,6 +256,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "stress") == 0) return stress_main(argc - 1, argv + 1);
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "killswitch") == 0) return killswitch_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
     if (strcmp(cmd, "reload") == 0) return reload_cli_main(argc - 1, argv + 1);

@@ -39,16 +39,18 @@
 #define JOB_STR_MAX   4096        /* scope, reason, rule: bytes kept */
 
 typedef struct pjob {
-    panic_job job; /* scope/reason/rule point at the copies */
-    char *scope, *reason, *rule;
+    panic_job job; /* scope/reason/rule/actor point at the copies */
+    char *scope, *reason, *rule, *actor;
     struct pjob *next;
 } pjob;
 
 struct panic {
     /* Immutable after panic_new. */
-    panic_opts o;      /* url/token point at the copies below */
-    char *url, *token; /* url NULL = no webhook configured */
-    CURL *curl;        /* worker thread only */
+    panic_opts o;              /* url/token point at the copies below */
+    char *url, *token;         /* url NULL = no webhook configured */
+    char *what;                /* "emergency stop", "resume call": log lines */
+    const char *attempt_label; /* "webhook" for the emergency stop (as ever), else WHAT */
+    CURL *curl;                /* worker thread only */
     struct curl_slist *headers;
     pthread_t thread;
 
@@ -88,6 +90,7 @@ static void job_free(pjob *j) {
     free(j->scope);
     free(j->reason);
     free(j->rule);
+    free(j->actor);
     free(j);
 }
 
@@ -168,8 +171,12 @@ static char *build_body(const pjob *j) {
     char *out = NULL;
     if (!cJSON_AddStringToObject(o, "scope", j->scope)) goto done;
     if (!cJSON_AddStringToObject(o, "reason", j->reason ? j->reason : "")) goto done;
-    if (!(j->rule ? cJSON_AddStringToObject(o, "rule", j->rule) : cJSON_AddNullToObject(o, "rule")))
+    if (j->actor) {
+        if (!cJSON_AddStringToObject(o, "actor", j->actor)) goto done;
+    } else if (!(j->rule ? cJSON_AddStringToObject(o, "rule", j->rule)
+                         : cJSON_AddNullToObject(o, "rule"))) {
         goto done;
+    }
     if (!cJSON_AddNumberToObject(o, "ts", j->job.ts)) goto done;
     out = cJSON_PrintUnformatted(o);
 done:
@@ -191,12 +198,15 @@ static void finish(panic *p, pjob *j, panic_outcome outcome, int attempts, const
     pthread_mutex_unlock(&p->mu);
 
     if (outcome == PANIC_STOPPED)
-        log_info("panic", "emergency stop done scope=%s attempts=%d", j->scope, attempts);
+        log_info("panic", "%s done scope=%s attempts=%d", p->what, j->scope, attempts);
+    else if (outcome == PANIC_DRY_RUN && j->actor)
+        log_info("panic", "dry run: would resume scope=%s actor=\"%s\" reason=\"%s\"", j->scope,
+                 j->actor, j->reason ? j->reason : "");
     else if (outcome == PANIC_DRY_RUN)
         log_info("panic", "dry run: would stop scope=%s rule=%s reason=\"%s\"", j->scope,
                  j->rule ? j->rule : "-", j->reason ? j->reason : "");
     else
-        log_warn("panic", "emergency stop failed scope=%s attempts=%d error=\"%s\"", j->scope,
+        log_warn("panic", "%s failed scope=%s attempts=%d error=\"%s\"", p->what, j->scope,
                  attempts, last_error);
     if (j->job.on_done)
         j->job.on_done(j->job.ud, &j->job, outcome, attempts,
@@ -233,13 +243,13 @@ static void run_job(panic *p, pjob *j) {
             p->stats.attempts_failed++;
         pthread_mutex_unlock(&p->mu);
         if (a.ok)
-            log_info("panic", "webhook attempt ok scope=%s attempt=%d/%d status=%d", j->scope, k,
-                     max, a.http_status);
+            log_info("panic", "%s attempt ok scope=%s attempt=%d/%d status=%d", p->attempt_label,
+                     j->scope, k, max, a.http_status);
         else
             log_warn(
                 "panic",
-                "webhook attempt failed scope=%s attempt=%d/%d status=%d error=\"%s\" retry_in_ms=%lld",
-                j->scope, k, max, a.http_status, a.error, a.delay_ms);
+                "%s attempt failed scope=%s attempt=%d/%d status=%d error=\"%s\" retry_in_ms=%lld",
+                p->attempt_label, j->scope, k, max, a.http_status, a.error, a.delay_ms);
         if (j->job.on_attempt) j->job.on_attempt(j->job.ud, &j->job, &a);
 
         if (a.ok) break;
@@ -353,8 +363,11 @@ panic *panic_new(const panic_opts *o, char *err, size_t errlen) {
     p->o = *o;
     if (o->url && *o->url && !(p->url = strdup(o->url))) goto oom;
     if (o->token && *o->token && !(p->token = strdup(o->token))) goto oom;
+    if (!(p->what = strdup(o->what && *o->what ? o->what : "emergency stop"))) goto oom;
     p->o.url = p->url;
     p->o.token = p->token;
+    p->o.what = p->what;
+    p->attempt_label = o->what && *o->what ? p->what : "webhook";
 
     struct curl_slist *h;
     if (!(h = curl_slist_append(NULL, "Content-Type: application/json"))) goto oom;
@@ -428,6 +441,7 @@ err:
     if (p->token) explicit_bzero(p->token, strlen(p->token));
     free(p->token);
     free(p->url);
+    free(p->what);
     free(p);
     curl_global_cleanup();
     return NULL;
@@ -444,6 +458,7 @@ int panic_submit(panic *p, const panic_job *job) {
         j->scope = copy_bounded(job->scope, &oom);
         j->reason = copy_bounded(job->reason ? job->reason : "", &oom);
         j->rule = copy_bounded(job->rule, &oom);
+        j->actor = copy_bounded(job->actor, &oom);
     }
     if (oom) {
         log_warn("panic", "job rejected: out of memory scope=%s", job->scope);
@@ -454,6 +469,7 @@ int panic_submit(panic *p, const panic_job *job) {
     j->job.scope = j->scope;
     j->job.reason = j->reason;
     j->job.rule = j->rule;
+    j->job.actor = j->actor;
     if (!(j->job.ts > 0)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -523,6 +539,7 @@ void panic_free(panic *p) {
     if (p->token) explicit_bzero(p->token, strlen(p->token));
     free(p->token);
     free(p->url);
+    free(p->what);
     pthread_cond_destroy(&p->idle);
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->mu);

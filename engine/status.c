@@ -446,6 +446,26 @@ char *status_metrics(const status_sources *s) {
             "nerve_panic_attempts_total{result=\"ok\"} %llu\nnerve_panic_attempts_total{result=\"failed\"} %llu\n",
             (unsigned long long)ps.attempts_ok, (unsigned long long)ps.attempts_failed);
     }
+    {
+        /* Always exported (0 without panic.resume_url), so that an alert on
+         * it needs no "absent" case. */
+        panic_stats rs;
+        panic_get_stats(s->resume, &rs);
+        out(&b,
+            "# HELP nerve_resume_attempts_total Resume calls (panic.resume_url) after a kill "
+            "switch reset, attempts by result.\n"
+            "# TYPE nerve_resume_attempts_total counter\n"
+            "nerve_resume_attempts_total{result=\"ok\"} %llu\n"
+            "nerve_resume_attempts_total{result=\"failed\"} %llu\n"
+            "# HELP nerve_resume_calls_total Resume calls after a kill switch reset, by outcome.\n"
+            "# TYPE nerve_resume_calls_total counter\n"
+            "nerve_resume_calls_total{result=\"resumed\"} %llu\n"
+            "nerve_resume_calls_total{result=\"failed\"} %llu\n"
+            "nerve_resume_calls_total{result=\"dry_run\"} %llu\n",
+            (unsigned long long)rs.attempts_ok, (unsigned long long)rs.attempts_failed,
+            (unsigned long long)rs.jobs_stopped, (unsigned long long)rs.jobs_failed,
+            (unsigned long long)rs.jobs_dry_run);
+    }
     render_actions(&b, s);
     if (s->ledger) render_ledger(&b, s->ledger);
     render_killswitch(&b, s, s->pool ? rds_pool_client(s->pool) : NULL);

@@ -28,7 +28,7 @@ root="${1:-.}"
 # daemon that wires it all, reload_cli (`nerve reload`: it reads the
 # daemon's pidfile) and main. notify (sd_notify) is a leaf over log.
 layers="${DEPS_LAYERS:-version jsonck log clock notify backoff url sku hist scope tslot park rds mux keys sgroup lock config cli sale queue bus rules live
-    counters killswitch panic actions policy evaluator ledger stress keys_cli status conns framing http daemon reload_cli main}"
+    counters killswitch panic actions policy evaluator ledger stress keys_cli killswitch_cli status conns framing http daemon reload_cli main}"
 
 cd "$root" || exit 2
 files=$(ls engine/*.c engine/*.h include/nerve/*.h 2>/dev/null)

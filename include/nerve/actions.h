@@ -20,11 +20,16 @@
  * it to the audit stream and submits the emergency stop to the panic worker;
  * its outcome is written into the record and, when every attempt failed,
  * {"level":"fatal","kind":"critical_failure",...} is published.
+ * reset: deletes the record, appends who reset it and why to the audit
+ * stream and, when panic.resume_url is set, submits the resume call (the
+ * second panic module, act_opts.resume) so that the campaigns the stop
+ * paused restart; its outcome is logged, counted by that module and
+ * appended to the audit stream as {"level","kind":"kill_resume",...}.
  * reject: nothing to do here (the sale path answers 422).
  *
  * Thread-safety: every function is thread-safe; each takes the calling
- * thread's rds_client. Ownership: act_new borrows K, P and POOL (they must
- * outlive it) and copies the options' strings.
+ * thread's rds_client. Ownership: act_new borrows K, P, POOL and the
+ * options' RESUME (they must outlive it) and copies the options' strings.
  */
 #ifndef NERVE_ACTIONS_H
 #define NERVE_ACTIONS_H
@@ -48,6 +53,7 @@ typedef struct act_opts {
     int stop_bound_ms; /* the longest an emergency stop can take (every attempt, timeout and
                         * backoff); a record still "stopping" twice that long after its
                         * engagement lost its instance (act_resume_stalled); <= 0: 60000 */
+    panic *resume;     /* the resume call's module (panic.resume_url); NULL = none */
 } act_opts;
 
 typedef struct act act;
@@ -74,16 +80,31 @@ typedef enum {
 act_alert_result act_alert(act *a, rds_client *c, const char *kind, const char *level,
                            const char *rule, const char *scope, const char *reason);
 
+/* Who asked for an engagement or a reset by hand, as the audit records it.
+ * Every field may be NULL (recorded as ""); borrowed for the call. */
+typedef struct act_who {
+    const char *token;  /* name of the admin token that authorised it ("admin") */
+    const char *actor;  /* declared by the caller ("cli:alice"); NULL or "": the token's name */
+    const char *remote; /* the client's address */
+    const char *reason; /* why (a reset's; "" when the caller gave none) */
+} act_who;
+
 /* Engage SCOPE (also by hand, RULE "admin"): KS_CHANGED engaged by this
  * call (alert published, emergency stop queued), KS_UNCHANGED already
  * engaged, KS_ERROR (message in ERR). */
 ks_change act_kill(act *a, rds_client *c, const char *rule, const char *scope, const char *reason,
                    bool halt_sales, char *err, size_t errlen);
+/* act_kill by hand (RULE "admin") for WHO: the kill_switch alert's actor is
+ * WHO's actor (else its token's name) instead of "admin", and it carries
+ * "token" and "remote". WHO's reason is not used (REASON is the kill's). */
+ks_change act_kill_by(act *a, rds_client *c, const act_who *who, const char *scope,
+                      const char *reason, bool halt_sales, char *err, size_t errlen);
 
-/* Reset SCOPE (ks_reset) and, when it was engaged, append
- * {"kind":"kill_reset","scope","actor","ts","instance"} to the audit stream
- * (kind "kill_reset"). ACTOR: who asked ("admin" for the API). */
-ks_change act_reset(act *a, rds_client *c, const char *scope, const char *actor);
+/* Reset SCOPE (ks_reset) and, when it was engaged, log it, append
+ * {"kind":"kill_reset","scope","actor","token","remote","reason","ts","instance"}
+ * to the audit stream (the ledger's kills row takes actor and reason from
+ * it) and submit the resume call when there is one. WHO may be NULL. */
+ks_change act_reset(act *a, rds_client *c, const char *scope, const act_who *who);
 
 /* Resume the emergency stops an instance started and never finished: it
  * engaged the record ("stopping") and died before its stop was recorded as

@@ -35,6 +35,14 @@ typedef struct cfg_seed {
     long long stock;
 } cfg_seed;
 
+/* A named admin token (NERVE_ADMIN_TOKENS). NAME: 1..CFG_TOKEN_NAME_MAX bytes
+ * of A-Z a-z 0-9 . _ -; TOKEN: 1..4096 bytes, no control character, no ','. */
+#define CFG_TOKEN_NAME_MAX   64
+#define CFG_ADMIN_TOKENS_MAX 64
+typedef struct cfg_token {
+    char *name, *token;
+} cfg_token;
+
 typedef struct cfg {
     char *path; /* the file it was read from */
 
@@ -102,6 +110,7 @@ typedef struct cfg {
 
     /* panic (emergency stop) */
     char *panic_webhook_url;         /* "" = none */
+    char *panic_resume_url;          /* POSTed after a reset; "" = none */
     int panic_timeout_ms;            /* per attempt, 1..600000, default 2000 */
     int panic_max_attempts;          /* 1..100, default 5 */
     int panic_backoff_initial_ms;    /* 1..600000, default 100 */
@@ -132,8 +141,12 @@ typedef struct cfg {
     char *log_format; /* text|json, default text */
 
     /* secrets: environment only (NERVE_ADMIN_TOKEN, NERVE_PANIC_TOKEN); NULL when unset */
-    char *admin_token;
+    char *admin_token; /* the admin token named "admin" */
     char *panic_token;
+    /* More admin tokens, each with a name the audit records:
+     * NERVE_ADMIN_TOKENS=name:token,... (environment only). */
+    cfg_token *admin_tokens;
+    size_t n_admin_tokens;
 } cfg;
 
 /* Load and validate PATH, then the environment overrides (REDIS_URL,

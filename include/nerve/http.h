@@ -44,6 +44,7 @@ typedef struct http_deps {
     bus *bus;
     eval *eval;
     panic *panic;
+    panic *resume;         /* panic.resume_url's calls (metrics); may be NULL */
     ledger_writer *ledger; /* read by /metrics and /readyz; may be NULL */
     http_reload_fn reload;
     void *reload_ud;

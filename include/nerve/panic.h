@@ -12,6 +12,11 @@
  * jitter: exactly that bound) — and tries again, up to max_attempts in all.
  * The job's callbacks report every attempt and the final outcome.
  *
+ * The same machinery makes the resume call after a kill switch reset
+ * (panic.resume_url): a second panic module with that URL and WHAT set to
+ * "resume call", whose jobs carry an actor, so that both calls share one
+ * retry loop, one backoff and one dry-run rule.
+ *
  * One attempt is one fresh connection and one request (no connection reuse,
  * no redirects, http/https only); the answer's body is read and discarded
  * (at most 64 KiB of it). The token is never logged.
@@ -38,9 +43,10 @@ typedef struct panic_opts {
     int backoff_initial_ms;
     int backoff_max_ms;
     double backoff_multiplier;
-    bool jitter;   /* full jitter (default); false = exact exponential delays */
-    bool dry_run;  /* never call the webhook: the job succeeds at once with outcome "dry_run" */
-    int queue_max; /* jobs waiting at most; further submits fail (-1) */
+    bool jitter;      /* full jitter (default); false = exact exponential delays */
+    bool dry_run;     /* never call the webhook: the job succeeds at once with outcome "dry_run" */
+    int queue_max;    /* jobs waiting at most; further submits fail (-1) */
+    const char *what; /* names the call in log lines; NULL = "emergency stop" (copied) */
 } panic_opts;
 
 typedef enum { PANIC_STOPPED = 0, PANIC_STOP_FAILED, PANIC_DRY_RUN } panic_outcome;
@@ -58,6 +64,10 @@ typedef struct panic_job {
      * scope is required; reason NULL is sent as ""; rule NULL (a manual
      * engagement) is sent as JSON null and stays NULL in the callbacks. */
     const char *scope, *reason, *rule;
+    /* Who asked (a resume call after a reset): when not NULL the body is
+     * {"scope","reason","actor","ts"} instead of {"scope","reason","rule","ts"}.
+     * Copied like the others. */
+    const char *actor;
     double ts; /* epoch seconds of the engagement; <= 0 = now */
     /* Called after each attempt (may be NULL). */
     void (*on_attempt)(void *ud, const struct panic_job *job, const panic_attempt *a);

@@ -46,6 +46,7 @@ typedef struct status_sources {
     evq *q;
     bus *bus;
     panic *panic;
+    panic *resume; /* panic.resume_url's calls: nerve_resume_attempts_total */
     ks *ks;
     ledger_writer *ledger;   /* the ledger metrics and lag */
     int ledger_lag_ready_ms; /* /readyz: a warning past this lag (ledger.lag_ready_ms) */

@@ -297,7 +297,7 @@ static char **child_env(const char *const *extra)
         "REDIS_URL=", "NERVE_LISTEN=", "NERVE_RULES_DIR=", "NERVE_PANIC_URL=",
         "NERVE_ADMIN_TOKEN=", "NERVE_PANIC_TOKEN=", "NERVE_LEDGER_URL=", "_STDBUF_I=", "_STDBUF_O=",
         "NOTIFY_SOCKET=", /* a test runner under systemd: its manager is not ours */
-        "_STDBUF_E=",
+        "_STDBUF_E=", "NERVE_ADMIN_TOKENS=", "NERVE_RESUME_URL=",
     };
     size_t n = 0, nx = 0;
     while (environ[n])

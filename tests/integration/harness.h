@@ -159,7 +159,7 @@ h_daemon *h_daemon_start(const h_redis *r, ...) __attribute__((sentinel));
 /* Same with ENV, NULL-terminated "NAME=value" strings (NULL: none), added to
  * the child's environment after the harness dropped the variables that
  * steer the daemon (REDIS_URL, NERVE_LISTEN, NERVE_RULES_DIR,
- * NERVE_PANIC_URL, NERVE_ADMIN_TOKEN, NERVE_PANIC_TOKEN): the way to hand it
+ * NERVE_PANIC_URL, NERVE_RESUME_URL, NERVE_ADMIN_TOKEN(S), NERVE_PANIC_TOKEN): the way to hand it
  * secrets such as NERVE_PANIC_TOKEN. The admin token is set only when ENV
  * has it. ENV is not kept after the start. */
 h_daemon *h_daemon_start_env(const h_redis *r, const char *const *env,

@@ -29,7 +29,7 @@
 
 static const char *const env_vars[] = {
     "REDIS_URL", "NERVE_LISTEN", "NERVE_RULES_DIR", "NERVE_PANIC_URL",
-    "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN",
+    "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN", "NERVE_ADMIN_TOKENS", "NERVE_RESUME_URL",
 };
 
 /* Every test starts from an environment without nerve's variables. */
@@ -506,6 +506,52 @@ static void test_env_overrides(void **state)
     cfg_free(c);
 }
 
+/* NERVE_ADMIN_TOKENS=name:token,...: named admin tokens; NERVE_RESUME_URL
+ * sets panic.resume_url. A bad entry is named by position and (valid) name,
+ * never by its token. */
+static void test_admin_tokens(void **state)
+{
+    char *err = NULL;
+    cfg *c;
+    (void)state;
+
+    setenv("NERVE_ADMIN_TOKEN", "root-tok", 1);
+    setenv("NERVE_ADMIN_TOKENS", "alice:tok-a,bob.ops:tok:b", 1);
+    setenv("NERVE_RESUME_URL", "http://127.0.0.1:9/resume", 1);
+    c = load_ok(FX "empty.yaml", NULL);
+    assert_string_equal(c->admin_token, "root-tok");
+    assert_int_equal(c->n_admin_tokens, 2);
+    assert_string_equal(c->admin_tokens[0].name, "alice");
+    assert_string_equal(c->admin_tokens[0].token, "tok-a");
+    assert_string_equal(c->admin_tokens[1].name, "bob.ops");
+    assert_string_equal(c->admin_tokens[1].token, "tok:b");
+    assert_string_equal(c->panic_resume_url, "http://127.0.0.1:9/resume");
+    cfg_free(c);
+
+    setenv("NERVE_ADMIN_TOKENS",
+           "SECRET1,:SECRET2,a b:SECRET3,ok:,admin:SECRET4,x:SECRET5,x:SECRET6,y:SECRET5,"
+           "z:root-tok,w:SEC\tRET7",
+           1);
+    setenv("NERVE_RESUME_URL", "ftp://x/", 1);
+    assert_null(cfg_load(FX "empty.yaml", NULL, 0, &err));
+    assert_non_null(err);
+    assert_null(strstr(err, "SECRET"));
+    assert_null(strstr(err, "root-tok"));
+    assert_string_equal(err,
+        "env NERVE_RESUME_URL: must be an http:// or https:// URL, or empty for none\n"
+        "env NERVE_ADMIN_TOKENS: entry 1: expected NAME:TOKEN\n"
+        "env NERVE_ADMIN_TOKENS: entry 2: expected NAME:TOKEN\n"
+        "env NERVE_ADMIN_TOKENS: entry 3: the name must be 1-64 bytes of A-Z a-z 0-9 . _ -\n"
+        "env NERVE_ADMIN_TOKENS: entry 4 (ok): expected NAME:TOKEN\n"
+        "env NERVE_ADMIN_TOKENS: entry 5 (admin): the name admin is NERVE_ADMIN_TOKEN's\n"
+        "env NERVE_ADMIN_TOKENS: entry 7 (x): duplicate name\n"
+        "env NERVE_ADMIN_TOKENS: entry 8 (y): the same token as an earlier entry (who used it "
+        "could not be told)\n"
+        "env NERVE_ADMIN_TOKENS: entry 9 (z): the same token as NERVE_ADMIN_TOKEN\n"
+        "env NERVE_ADMIN_TOKENS: entry 10 (w): the token contains a control character\n");
+    free(err);
+}
+
 typedef struct listen_case { const char *addr; bool ok; } listen_case;
 
 static void test_listen_forms(void **state)
@@ -545,6 +591,7 @@ int main(void)
 {
     static const struct CMUnitTest fixed[] = {
         cmocka_unit_test_setup(test_env_errors, clear_env),
+        cmocka_unit_test_setup(test_admin_tokens, clear_env),
         cmocka_unit_test_setup(test_defaults, clear_env),
         cmocka_unit_test_setup(test_partial, clear_env),
         cmocka_unit_test_setup(test_full, clear_env),

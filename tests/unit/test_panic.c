@@ -427,6 +427,59 @@ static void test_request_shape(void **state) {
     mock_stop(m);
 }
 
+/* A resume call (panic.resume_url): a job with an actor sends
+ * {"scope","reason","actor","ts"} (no rule), and the log names the call. */
+static void test_resume_shape(void **state) {
+    (void)state;
+    char url[128];
+    mock_server *m = new_mock(url, sizeof url);
+    mock_set_script(m, (int[]){ 500 }, 1, 200);
+    panic_opts o = base_opts(url);
+    o.what = "resume call";
+    FILE *cap = tmpfile();
+    assert_non_null(cap);
+    fflush(stderr);
+    int saved = dup(2);
+    assert_true(saved >= 0);
+    dup2(fileno(cap), 2);
+    log_set_level(LOG_LVL_DEBUG);
+    panic *p = new_panic(&o);
+    rec r;
+    rec_init(&r);
+    panic_job j = job_for(&r, "sku:R1");
+    j.actor = "cli:alice";
+    int sub = panic_submit(p, &j);
+    int drained = panic_drain(p, WAIT_MS);
+    panic_free(p);
+    log_set_level(quiet_level);
+    dup2(saved, 2);
+    close(saved);
+    assert_int_equal(sub, 0);
+    assert_int_equal(drained, 0);
+    assert_int_equal(r.ndone, 1);
+    assert_int_equal(r.done[0].outcome, PANIC_STOPPED);
+    assert_int_equal(mock_requests(m), 2);
+    const mock_req *q = mock_request(m, 1);
+    cJSON *b = cJSON_ParseWithLength(q->body, q->body_len);
+    assert_non_null(b);
+    assert_int_equal(cJSON_GetArraySize(b), 4);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "scope")), "sku:R1");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "actor")),
+                        "cli:alice");
+    assert_null(cJSON_GetObjectItemCaseSensitive(b, "rule"));
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(b, "ts")));
+    cJSON_Delete(b);
+    char text[16384];
+    rewind(cap);
+    size_t n = fread(text, 1, sizeof text - 1, cap);
+    text[n] = 0;
+    fclose(cap);
+    assert_non_null(strstr(text, "warn panic resume call attempt failed scope=sku:R1 attempt=1/5 status=500"));
+    assert_non_null(strstr(text, "info panic resume call done scope=sku:R1 attempts=2"));
+    rec_destroy(&r);
+    mock_stop(m);
+}
+
 /* The token never reaches the log, failures and success are logged per attempt. */
 static void test_token_never_logged(void **state) {
     (void)state;
@@ -707,6 +760,7 @@ int main(void) {
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_request_shape),
+        cmocka_unit_test(test_resume_shape),
         cmocka_unit_test(test_token_never_logged),
         cmocka_unit_test(test_dry_run),
         cmocka_unit_test(test_no_url),
