@@ -157,6 +157,10 @@ $(BUILD)/tests/unit/%.o: tests/unit/%.c | $(TDEPS_STAMP)
 $(BUILD)/tests/integration/%.o: tests/integration/%.c | $(TDEPS_STAMP)
 	$(compile)
 
+# The status page's files are embedded with .incbin (engine/webui.c), which
+# -MMD does not see.
+$(BUILD)/engine/webui.o: $(wildcard engine/status/*)
+
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) | $(TDEPS_STAMP)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka $(LDLIBS)
 
@@ -166,7 +170,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/integration/%.o $(HARN_OBJ) $(LIB) | $(TDEPS_ST
 # The sale core (parse, lock, commit) alone: exactly these objects, with
 # hiredis and cJSON and no Lua, libcurl, libyaml or CivetWeb. That it links
 # is the test that the sale path depends on nothing above it.
-SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale mux park keys lock rds backoff clock tslot jsonck log sku hist)
+SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale mux park keys lock rds backoff clock tslot jsonck log sku hist salewin)
 CORE_BIN      := $(BUILD)/tests/test_sale_core
 $(BUILD)/tests/core/%.o: tests/core/%.c | $(TDEPS_STAMP)
 	$(compile)
