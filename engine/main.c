@@ -18,6 +18,7 @@
 #include "nerve/ledger.h"
 #include "nerve/log.h"
 #include "nerve/rules.h"
+#include "nerve/status_cli.h"
 #include "nerve/stress.h"
 #include "nerve/version.h"
 
@@ -34,6 +35,8 @@ static void usage(FILE *f) {
         "                               print EVENTS.jsonl:LINE: per decision or error, then a\n"
         "                               summary; no Redis needed (nerve rules test --help)\n"
         "  reload  [-c FILE]            send SIGHUP to the running daemon (pidfile from config)\n"
+        "  status  [-c FILE] [--url URL] [--json]\n"
+        "                               one screen on the running daemon (nerve status --help)\n"
         "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
         "                               load test with invariant checks (nerve stress --help)\n"
         "  ledger migrate|verify|export|backup FILE|sales [-c FILE] [options]\n"
@@ -251,6 +254,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0) return status_cli_main(argc - 1, argv + 1);
     cli_args o;
     if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
         cli_args_free(&o);
