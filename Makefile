@@ -35,14 +35,15 @@ endif
 
 # Debian packages, by what needs them: compiling anything (build; the
 # ledger links SQLite and libpq), the tests (cmocka to compile them, redis
-# and a real PostgreSQL to run them), make run, the bench (wrk, redis, PostgreSQL
+# and a real PostgreSQL to run them, chromium driven by python3-selenium for
+# the status page's browser test), make run, the bench (wrk, redis, PostgreSQL
 # for the ledger row on PostgreSQL),
 # make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
              libsqlite3-dev libpq-dev
 DEB_REDIS := redis-server redis-tools
-DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS)
+DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS) chromium chromium-driver python3-selenium
 DEB_BENCH := wrk postgresql $(DEB_REDIS)
 DEB_LINT  := clang-format
 
@@ -186,7 +187,7 @@ $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
 # stand-in apt-get, dpkg-query and compilers (a few seconds, no network).
 test: $(BIN) $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) \
-	    tests/deps/test_make_deps.sh tests/deps_graph.sh
+	    tests/deps/test_make_deps.sh tests/deps_graph.sh tests/browser/test_status_page.sh
 
 unit: $(UNIT_BIN)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN)

@@ -297,7 +297,7 @@
       const r = await fetch('/decisions?limit=20', { cache: 'no-store' });
       if (r.status === 404) {
         m.textContent = 'decision log unavailable (this nerve has no GET /decisions)';
-        fill($('decisions'), [], () => {});
+        $('decisions').hidden = true;
         decisionsBackoff = 30;
         return;
       }
@@ -307,6 +307,7 @@
       }
       const d = await r.json();
       m.textContent = '';
+      $('decisions').hidden = false;
       fill($('decisions'), Array.isArray(d.decisions) ? d.decisions : [], (tr, x) => {
         td(tr, typeof x.ts === 'number' ? new Date(x.ts * 1000).toLocaleTimeString() : null);
         td(tr, x.kind);
