@@ -46,28 +46,39 @@ static int sku_slot_free(const salewin_sku *e, uint64_t t) {
     return !e->last_sec || t - e->last_sec >= SALEWIN_SECONDS;
 }
 
-/* Space-saving: the SKU's entry, else a free or expired one, else the
- * least counted (whose count the newcomer inherits). Under w->mu. */
+static uint32_t hash(const char *s) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Space-saving: the SKU's entry, else a free or expired one, else the one
+ * of least weight (whose weight the newcomer inherits). Under w->mu. */
 static void count_sku(salewin *w, const char *sku, uint64_t qty, uint64_t t) {
+    uint32_t h = hash(sku);
     salewin_sku *hit = NULL, *low = NULL;
     for (int i = 0; i < SALEWIN_SKUS && !hit; i++) {
         salewin_sku *e = &w->skus[i];
-        if (e->last_sec && strcmp(e->sku, sku) == 0)
+        if (e->last_sec && e->hash == h && strcmp(e->sku, sku) == 0)
             hit = e;
         else if (sku_slot_free(e, t)) {
-            if (!low || !sku_slot_free(low, t)) low = e; /* a free slot beats any count */
-        } else if (!low || (!sku_slot_free(low, t) && e->units < low->units))
+            if (!low || !sku_slot_free(low, t)) low = e; /* a free slot beats any weight */
+        } else if (!low || (!sku_slot_free(low, t) && e->weight < low->weight))
             low = e;
     }
-    if (hit && sku_slot_free(hit, t)) hit->units = hit->sales = 0; /* back after a quiet window */
+    if (hit && sku_slot_free(hit, t))
+        hit->units = hit->sales = hit->weight = 0; /* back after a quiet window */
     if (!hit) {
         hit = low;
-        if (sku_slot_free(hit, t)) hit->units = hit->sales = 0;
+        if (sku_slot_free(hit, t)) hit->weight = 0;
+        hit->units = hit->sales = 0;
         size_t n = strnlen(sku, SKU_MAX);
         memcpy(hit->sku, sku, n);
         hit->sku[n] = 0;
+        hit->hash = h;
     }
     hit->units += qty;
+    hit->weight += qty;
     hit->sales++;
     hit->last_sec = t;
 }

@@ -9,8 +9,10 @@
  * table is a sample under contention and never makes a sale wait).
  *
  * Memory is fixed whatever the number of SKUs: the table forgets the least
- * counted SKU to make room (space-saving: a newcomer inherits its count, so
- * a SKU's count is an upper bound, exact for SKUs that never left).
+ * counted SKU to make room (space-saving: a newcomer inherits its count as
+ * its eviction weight), so any SKU selling more than 1/SALEWIN_SKUS of the
+ * units stays in it; an entry leaves after SALEWIN_SECONDS without a sale.
+ * What is shown is exact: the units since the SKU entered the table.
  *
  * A leaf module (clock only), embedded in the sale engine. The struct is
  * exposed only so that it can be embedded (zero-initialised is empty);
@@ -26,14 +28,18 @@
 #include "nerve/sku.h"
 
 #define SALEWIN_SECONDS 300 /* the window: five minutes */
-#define SALEWIN_SKUS    16  /* SKUs tracked; the top SALEWIN_TOP are shown */
+#define SALEWIN_SKUS    64  /* SKUs tracked; the top SALEWIN_TOP are shown */
 #define SALEWIN_TOP     10
 
 typedef struct salewin_sku {
     char sku[SKU_MAX + 1];
-    uint64_t units; /* units sold while tracked (plus the count inherited) */
-    uint64_t sales;
+    uint64_t units;    /* units sold since it entered the table: exact */
+    uint64_t sales;    /* sales since then */
     uint64_t last_sec; /* second of its last sale; 0: free slot */
+    /* What eviction goes by (space-saving): units plus the count of the
+     * entry it replaced, an upper bound of its units in the window. */
+    uint64_t weight;
+    uint32_t hash; /* of sku: the scan compares this first */
 } salewin_sku;
 
 typedef struct salewin {
@@ -54,7 +60,8 @@ typedef struct salewin_snap {
     /* Sales of each of the last SALEWIN_SECONDS whole seconds, oldest
      * first; the last one is the second now running (still counting). */
     uint32_t per_second[SALEWIN_SECONDS];
-    /* The most-sold SKUs with a sale in the window, most units first. */
+    /* The most-sold SKUs with a sale in the window, most units (since
+     * they entered the table) first. */
     salewin_sku top[SALEWIN_TOP];
     int n_top;
 } salewin_snap;
