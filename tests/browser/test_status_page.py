@@ -217,6 +217,17 @@ def main():
                        tr.find_elements(By.TAG_NAME, "td")[1].text
                        for tr in driver.find_elements(By.CSS_SELECTOR, "#answers tbody tr")}
             assert int(answers["ok"]) >= 25, answers
+            # Two more SKUs in the next seconds: the chart and the table get
+            # a shape (the screenshots below; README's docs/status.png).
+            for sku, n, qty in (("PAGE-2", 12, 1), ("PAGE-3", 6, 3)):
+                assert api(port, "PUT", "/admin/stock/" + sku, {"stock": 100}, TOKEN)[0] == 200
+                last = api(port, "GET", "/status.json")[1]["sales"]["per_second"][-1]
+                wait_for("the next second", lambda: api(port, "GET", "/status.json")[1]
+                         ["sales"]["per_second"][-1] < last or last == 0, 3)
+                for _ in range(n):
+                    assert api(port, "POST", "/sale", {"sku": sku, "qty": qty})[0] == 200
+            wait_for("three SKUs listed", lambda: len(driver.find_elements(
+                By.CSS_SELECTOR, "#skus tbody tr")) == 3, 5)
         check("sales_change_numbers_and_chart", sales_move)
 
         def kill_appears():
