@@ -36,14 +36,15 @@ endif
 
 # Debian packages, by what needs them: compiling anything (build; the
 # ledger links SQLite and libpq), the tests (cmocka to compile them, redis
-# and a real PostgreSQL to run them), make run, the bench (wrk, redis, PostgreSQL
+# and a real PostgreSQL to run them, chromium driven by python3-selenium for
+# the status page's browser test), make run, the bench (wrk, redis, PostgreSQL
 # for the ledger row on PostgreSQL),
 # make lint. make fuzz's are DEB_FUZZ, below.
 DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
              libsqlite3-dev libpq-dev libsystemd-dev
 DEB_REDIS := redis-server redis-tools
-DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS)
+DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS) chromium chromium-driver python3-selenium
 DEB_BENCH := wrk postgresql $(DEB_REDIS)
 DEB_LINT  := clang-format
 
@@ -158,6 +159,10 @@ $(BUILD)/tests/unit/%.o: tests/unit/%.c | $(TDEPS_STAMP)
 $(BUILD)/tests/integration/%.o: tests/integration/%.c | $(TDEPS_STAMP)
 	$(compile)
 
+# The status page's files are embedded with .incbin (engine/webui.c), which
+# -MMD does not see.
+$(BUILD)/engine/webui.o: $(wildcard engine/status/*)
+
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) | $(TDEPS_STAMP)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka $(LDLIBS)
 
@@ -167,7 +172,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/integration/%.o $(HARN_OBJ) $(LIB) | $(TDEPS_ST
 # The sale core (parse, lock, commit) alone: exactly these objects, with
 # hiredis and cJSON and no Lua, libcurl, libyaml or CivetWeb. That it links
 # is the test that the sale path depends on nothing above it.
-SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale mux park keys lock rds backoff clock tslot jsonck log sku hist)
+SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale mux park keys lock rds backoff clock tslot jsonck log sku hist salewin)
 CORE_BIN      := $(BUILD)/tests/test_sale_core
 $(BUILD)/tests/core/%.o: tests/core/%.c | $(TDEPS_STAMP)
 	$(compile)
@@ -183,7 +188,7 @@ $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
 # stand-in apt-get, dpkg-query and compilers (a few seconds, no network).
 test: $(BIN) $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) | $(TDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) $(CORE_BIN) $(INTEG_BIN) \
-	    tests/deps/test_make_deps.sh tests/deps_graph.sh
+	    tests/deps/test_make_deps.sh tests/deps_graph.sh tests/browser/test_status_page.sh
 
 unit: $(UNIT_BIN)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN)

@@ -46,6 +46,7 @@
 #include "nerve/sku.h"
 #include "nerve/status.h"
 #include "nerve/version.h"
+#include "nerve/webui.h"
 
 struct http_server {
     http_deps d;
@@ -539,6 +540,46 @@ static int handle_metrics(http_server *s, struct mg_connection *conn) {
     return 200;
 }
 
+/* GET /status.json: everything the status page shows (status.h). */
+static int handle_status_json(http_server *s, struct mg_connection *conn) {
+    status_sources src = sources(s);
+    cJSON *o = status_json(&src);
+    if (!o) return send_error(s, conn, 500, "internal", "out of memory");
+    return send_json(s, conn, 200, o, NULL, 0);
+}
+
+/* An embedded page file (webui.h) with its type, the page's CSP and
+ * nosniff; no-cache with an ETag: the browser asks again each load and gets
+ * a 304 while the binary is the same. */
+static int send_asset(http_server *s, struct mg_connection *conn, const webui_asset *a) {
+    (void)s;
+    const char *inm = mg_get_header(conn, "If-None-Match");
+    int fresh = inm && strstr(inm, a->etag);
+    char head[1024], len[48] = "";
+    if (!fresh) snprintf(len, sizeof len, "Content-Length: %zu\r\n", a->len);
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %s\r\nContent-Type: %s\r\n%sCache-Control: no-cache\r\n"
+                      "ETag: %s\r\nContent-Security-Policy: " WEBUI_CSP "\r\n"
+                      "X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"
+                      "Referrer-Policy: no-referrer\r\n%s\r\n",
+                      fresh ? "304 Not Modified" : "200 OK", a->type, len, a->etag,
+                      closing ? "Connection: close\r\n" : "");
+    out_write(conn, head, (size_t)hl);
+    if (!fresh) out_write(conn, (const char *)a->data, a->len);
+    return fresh ? 304 : 200;
+}
+
+/* GET /status: the page; GET /status/FILE: its script and style. */
+static int handle_status_page(http_server *s, struct mg_connection *conn) {
+    return send_asset(s, conn, webui_find("status.html"));
+}
+
+static int handle_status_asset(http_server *s, struct mg_connection *conn, const char *name) {
+    const webui_asset *a = webui_find(name);
+    if (!a) return send_error(s, conn, 404, "not_found", "no such file of the status page");
+    return send_asset(s, conn, a);
+}
+
 static int unavailable(http_server *s, struct mg_connection *conn, const char *msg) {
     extra_hdr h = { "Retry-After", "1" };
     return send_json(s, conn, 503, error_obj("unavailable", msg), &h, 1);
@@ -709,10 +750,24 @@ static int handle_healthz(http_server *s, struct mg_connection *conn) {
  * cross-origin POST/PUT/DELETE, so an Origin other than server.cors_origin
  * is refused (403); clients without a browser send none. 0, or the status
  * sent. */
-static int check_origin(http_server *s, struct mg_connection *conn) {
+static int same_origin(struct mg_connection *conn, const char *origin) {
+    const char *host = mg_get_header(conn, "Host");
+    if (!host || !host[0]) return 0;
+    const char *rest = strncmp(origin, "http://", 7) == 0    ? origin + 7
+                       : strncmp(origin, "https://", 8) == 0 ? origin + 8
+                                                             : NULL;
+    return rest && strcasecmp(rest, host) == 0;
+}
+
+/* ADMIN: the route also needs the admin token, which no other site's page
+ * can know, so the status page's own requests (Origin equal to this Host)
+ * pass too; a route without a token keeps the strict check (a same-origin
+ * claim alone could come from a rebound DNS name). */
+static int check_origin(http_server *s, struct mg_connection *conn, int admin) {
     const char *origin = mg_get_header(conn, "Origin");
     const char *allowed = s->d.cfg->cors_origin;
-    if (origin && !(allowed[0] && (strcmp(allowed, "*") == 0 || strcmp(allowed, origin) == 0)))
+    if (origin && !(allowed[0] && (strcmp(allowed, "*") == 0 || strcmp(allowed, origin) == 0)) &&
+        !(admin && same_origin(conn, origin)))
         return send_error(
             s, conn, 403, "forbidden_origin",
             "cross-origin request refused: set server.cors_origin to allow this origin");
@@ -782,6 +837,12 @@ static const route_def routes[] = {
       "the loaded rules, their counters and the last reload" },
     { "/killswitch", M_GET, 0, BODY_NONE, handle_killswitch_get, NULL,
       "the engaged kill-switch scopes" },
+    { "/status.json", M_GET, 0, BODY_NONE, handle_status_json, NULL,
+      "the status page's data: sales, top SKUs, kills, rules, decisions, readiness" },
+    { "/status", M_GET, 0, BODY_NONE, handle_status_page, NULL,
+      "the live status page (HTML; read-only without the token)" },
+    { "/status/{asset}", M_GET, 0, BODY_NONE, NULL, handle_status_asset,
+      "the status page's script and style" },
     { "/admin/stock/{sku}", M_PUT, 1, BODY_JSON, NULL, handle_stock_put,
       "set {stock?, price?} of a SKU" },
     { "/admin/killswitch", M_POST, 1, BODY_JSON, handle_killswitch_post, NULL,
@@ -943,7 +1004,7 @@ static int dispatch(http_server *s, struct mg_connection *conn) {
     if (strcmp(m, "OPTIONS") == 0) return handle_options(s, conn, allow);
     unsigned mb = method_bit(m);
     if (!(r->methods & mb)) return send_method_not_allowed(s, conn, allow);
-    if (mb != M_GET && (st = check_origin(s, conn))) return st;
+    if (mb != M_GET && (st = check_origin(s, conn, r->admin))) return st;
     if (r->body != BODY_NONE && (st = check_content_type(s, conn))) return st;
     if (r->admin && (st = check_admin(s, conn))) return st;
     if (r->body == BODY_JSON && ri->content_length <= 0 &&

@@ -20,6 +20,7 @@
 #include "nerve/reload_cli.h"
 #include "nerve/rules.h"
 #include "nerve/rules_new.h"
+#include "nerve/status_cli.h"
 #include "nerve/stress.h"
 #include "nerve/version.h"
 
@@ -42,6 +43,8 @@ static void usage(FILE *f) {
         "                               reload the running daemon (SIGHUP to server.pidfile's pid)\n"
         "                               and report the outcome: the new generation, or the\n"
         "                               FILE:LINE errors, exit 1 (nerve reload --help)\n"
+        "  status  [-c FILE] [--url URL] [--json]\n"
+        "                               one screen on the running daemon (nerve status --help)\n"
         "  stress  --url URL --sku SKU --stock N --clients C --requests R [--qty Q] ...\n"
         "                               load test with invariant checks (nerve stress --help)\n"
         "  ledger migrate|verify|export|backup FILE|sales [-c FILE] [options]\n"
@@ -260,6 +263,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
     if (strcmp(cmd, "reload") == 0) return reload_cli_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0) return status_cli_main(argc - 1, argv + 1);
     cli_args o;
     if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
         cli_args_free(&o);

@@ -567,24 +567,45 @@ sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sk
 
 /* ---- stock helpers ------------------------------------------------------------ */
 
+/* A GET of a stock key: 0 with *STOCK set, 1 nil (no record), -1 else. */
+static int stock_reply(const redisReply *r, long long *stock) {
+    if (r->type == REDIS_REPLY_NIL) return 1;
+    if (r->type != REDIS_REPLY_STRING) return -1;
+    char *end;
+    long long v = strtoll(r->str, &end, 10);
+    if (end == r->str || *end) return -1;
+    *stock = v;
+    return 0;
+}
+
 int sale_stock_get(rds_client *c, const sale_opts *o, const char *sku, long long *stock) {
     char k[RDS_KEY_MAX];
     if (key(k, o, sku, "stock") < 0) return -1;
     redisReply *r = rds_command(c, "GET %s", k);
     if (!r) return -1;
-    int rc = -1;
-    if (r->type == REDIS_REPLY_NIL) {
-        rc = 1;
-    } else if (r->type == REDIS_REPLY_STRING) {
-        char *end;
-        long long v = strtoll(r->str, &end, 10);
-        if (end != r->str && *end == 0) {
-            *stock = v;
-            rc = 0;
-        }
-    }
+    int rc = stock_reply(r, stock);
     freeReplyObject(r);
     return rc;
+}
+
+int sale_stock_get_many(rds_client *c, const sale_opts *o, const char *const *skus, size_t n,
+                        long long *stock, int *rc) {
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) rc[i] = -1;
+    for (; sent < n; sent++) {
+        char k[RDS_KEY_MAX];
+        const char *argv[2] = { "GET", k };
+        if (key(k, o, skus[sent], "stock") < 0) break;
+        if (rds_appendargv(c, 2, argv, NULL) != 0) break;
+    }
+    int ok = sent == n;
+    for (size_t i = 0; i < sent; i++) {
+        redisReply *r = rds_get_reply(c);
+        if (!r) return -1; /* the connection dropped: the rest of the replies are gone */
+        rc[i] = stock_reply(r, &stock[i]);
+        freeReplyObject(r);
+    }
+    return ok ? 0 : -1;
 }
 
 static int stock_write(rds_client *c, const sale_opts *o, const char *sku, const sale_put *p,
@@ -806,11 +827,13 @@ struct sale_engine {
     stripe stripes[NSTRIPES];
     _Atomic uint64_t results[SALE_RESULT_COUNT];
     hist duration, lock_wait;
+    salewin win; /* the last five minutes' sales, for /status.json */
 };
 
 sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool) {
     sale_engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
+    salewin_init(&e->win);
     e->o = *o;
     e->prefix = strdup(o->prefix);
     e->inv_ch = strdup(o->inventory_channel);
@@ -845,6 +868,7 @@ void sale_engine_free(sale_engine *e) {
     free(e->inv_ch);
     free(e->sales_ch);
     free(e->instance);
+    salewin_destroy(&e->win);
     free(e);
 }
 
@@ -981,7 +1005,18 @@ static void skuq_unref(stripe *s, skuq *q, int n) {
 /* Batches up to this many sales keep their arrays on the stack. */
 #define BATCH_STACK 16
 
+static void execute(sale_engine *e, const sale_req *req, sale_res *res);
+
 void sale_execute(sale_engine *e, const sale_req *req, sale_res *res) {
+    execute(e, req, res);
+    if (res->status == SALE_OK && !res->duplicate) salewin_add(&e->win, req->sku, res->qty);
+}
+
+void sale_read_window(sale_engine *e, salewin_snap *out) {
+    salewin_read(&e->win, out);
+}
+
+static void execute(sale_engine *e, const sale_req *req, sale_res *res) {
     memset(res, 0, sizeof *res);
     res->stock_remaining = -1;
     if (e->o.gate && e->o.gate(e->o.gate_ud, req, res) != SALE_OK) return;

@@ -120,6 +120,11 @@ static void read_start_time(void) {
     if (btime && ticks && hz > 0) start_time = (double)btime + (double)ticks / (double)hz;
 }
 
+double status_start_time(void) {
+    pthread_once(&start_once, read_start_time);
+    return start_time;
+}
+
 static void render_process(buf *b) {
     pthread_once(&start_once, read_start_time);
     out(b,

@@ -40,6 +40,7 @@
 #include <cjson/cJSON.h>
 #include "nerve/hist.h"
 #include "nerve/rds.h"
+#include "nerve/salewin.h"
 #include "nerve/sku.h"
 
 #define SALE_STR_MAX SKU_MAX /* sku and order_id, bytes */
@@ -166,6 +167,10 @@ void sale_record(sale_engine *e, sale_status status, bool duplicate, double seco
 /* The engine's counters since sale_engine_new. Thread-safe. */
 void sale_get_stats(sale_engine *e, sale_stats *out);
 
+/* First sales (not duplicates) of the last five minutes, per second and by
+ * most-sold SKU (salewin.h), as sale_execute counted them. Thread-safe. */
+void sale_read_window(sale_engine *e, salewin_snap *out);
+
 /* What a commit script call did. */
 typedef enum {
     SALE_COMMIT_ERROR = -1,    /* Redis error, message in ERR */
@@ -191,6 +196,11 @@ sale_commit_result sale_commit(rds_client *c, const sale_opts *o, const char *sk
  * record (event with source and actor "seed"); 1 when set, 0 when already
  * present, -1 on error. */
 int sale_stock_get(rds_client *c, const sale_opts *o, const char *sku, long long *stock);
+/* The stock of N SKUs in one pipelined round trip: RC[i] as sale_stock_get
+ * returns for SKUS[i], STOCK[i] set when RC[i] is 0. 0, or -1 when Redis
+ * failed (every RC[i] not answered is -1). */
+int sale_stock_get_many(rds_client *c, const sale_opts *o, const char *const *skus, size_t n,
+                        long long *stock, int *rc);
 int sale_stock_set(rds_client *c, const sale_opts *o, const char *sku, long long stock);
 int sale_stock_seed(rds_client *c, const sale_opts *o, const char *sku, long long stock);
 

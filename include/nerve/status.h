@@ -78,4 +78,20 @@ cJSON *status_error_lines(const char *text);
  * did not answer (answer 503) or on OOM; else the caller deletes it. */
 cJSON *status_killswitch(const status_sources *s);
 
+/* When this process started, epoch seconds (process_start_time_seconds); 0
+ * when /proc could not tell. */
+double status_start_time(void);
+
+/* GET /status.json (status_json.c): one object with everything the status
+ * page shows, each part built by the function above that owns it --
+ * "ready" (status_readyz, plus "ready": bool), "rules" (status_rules, null
+ * when rules are not enabled), "killswitch" (status_killswitch with each
+ * record's "age_seconds", null when Redis did not answer) -- and "sales":
+ * the answers by result (nerve_sales_total), first sales per second over
+ * the last five minutes (sale_read_window) and the most-sold SKUs with
+ * their stock read from Redis in one pipelined round trip (null when
+ * unknown). Plus "version", "instance", "now", "uptime_seconds" and "bus".
+ * Three Redis round trips. NULL on OOM; else the caller deletes it. */
+cJSON *status_json(const status_sources *s);
+
 #endif

@@ -36,6 +36,8 @@ REDIS_PKGS="redis-server redis-tools"
 # The ledger tests start a real PostgreSQL (issue 11), as they start redis.
 PG_PKGS="postgresql"
 FUZZ_PKGS="clang libclang-rt-14-dev"
+# The status page's test drives a real browser (issue 14).
+BROWSER_PKGS="chromium chromium-driver python3-selenium"
 
 # The sources that need cmocka: those that include cmocka.h, directly or
 # through a header of tests/ (harness.h), wherever they live.
@@ -205,11 +207,11 @@ check() {
     case $target in
         "")
             installed_before "$BUILD_PKGS" '^compile [^ ]+ engine/' "the first engine compile"
-            not_installed "libcmocka-dev $PG_PKGS wrk $FUZZ_PKGS clang-format" "make only builds ./nerve" ;;
+            not_installed "libcmocka-dev $PG_PKGS wrk $FUZZ_PKGS clang-format $BROWSER_PKGS" "make only builds ./nerve" ;;
         test|asan)
             installed_before "libcmocka-dev" "$CMOCKA_COMPILE" \
                 "the first compile of a source that includes cmocka.h"
-            installed_before "libcmocka-dev $REDIS_PKGS $PG_PKGS" '^run tests/run\.sh' "tests/run.sh"
+            installed_before "libcmocka-dev $REDIS_PKGS $PG_PKGS $BROWSER_PKGS" '^run tests/run\.sh' "tests/run.sh"
             not_installed "wrk $FUZZ_PKGS" "make $target does not bench or fuzz" ;;
         run)
             installed_before "$REDIS_PKGS" '^run tests/lib/run-local\.sh' "tests/lib/run-local.sh"
