@@ -92,3 +92,15 @@ cfg *cli_load_config(const cli_args *a) {
     log_set_json(strcmp(a->log_format ? a->log_format : c->log_format, "json") == 0);
     return c;
 }
+
+void cli_daemon_url(const cfg *c, char *out, size_t len) {
+    const char *l = c->listen, *colon = strrchr(l, ':');
+    const char *port = colon ? colon + 1 : "80";
+    size_t hl = colon ? (size_t)(colon - l) : strlen(l);
+    if (hl == 0 || (hl == 7 && strncmp(l, "0.0.0.0", 7) == 0))
+        snprintf(out, len, "http://127.0.0.1:%s", port);
+    else if (hl == 4 && strncmp(l, "[::]", 4) == 0)
+        snprintf(out, len, "http://[::1]:%s", port);
+    else
+        snprintf(out, len, "http://%.*s:%s", (int)hl, l, port);
+}

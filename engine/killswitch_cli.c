@@ -5,7 +5,7 @@
  * emergency stop and a reset the resume call, both owned by a daemon, and
  * the daemon is what audits who asked. The CLI is one more admin client; it
  * speaks through the blocking one-shot client of `nerve stress`
- * (stress_http.c), the one HTTP/1.1 client of nerve.
+ * (httpc.h), the one HTTP/1.1 client of nerve.
  */
 #include "nerve/killswitch_cli.h"
 
@@ -18,9 +18,9 @@
 #include <time.h>
 
 #include "nerve/cli.h"
+#include "nerve/httpc.h"
 #include "nerve/config.h"
 #include "nerve/scope.h"
-#include "stress_int.h"
 
 #define TIMEOUT_MS      10000
 #define TOKEN_MAX       4096 /* bytes, as the config takes NERVE_ADMIN_TOKEN */
@@ -81,12 +81,7 @@ static int daemon_url(const kopts *o, char *out, size_t n) {
     }
     cfg *c = cli_load_config(&o->a);
     if (!c) return -1;
-    const char *l = c->listen, *colon = strrchr(l, ':');
-    size_t hl = colon ? (size_t)(colon - l) : 0;
-    const char *host = l;
-    if ((hl == 7 && strncmp(l, "0.0.0.0", 7) == 0)) host = "127.0.0.1", hl = 9;
-    if ((hl == 4 && strncmp(l, "[::]", 4) == 0)) host = "[::1]", hl = 5;
-    snprintf(out, n, "http://%.*s%s", (int)hl, host, colon ? colon : "");
+    cli_daemon_url(c, out, n);
     cfg_free(c);
     return 0;
 }
@@ -166,7 +161,7 @@ static void cli_actor(char *out, size_t n) {
 /* ---- one request ------------------------------------------------------------------ */
 
 /* The daemon's message from an error body {"error","message"}, or "". */
-static const char *err_message(const stress_reply *r, char *buf, size_t n) {
+static const char *err_message(const httpc_reply *r, char *buf, size_t n) {
     buf[0] = 0;
     cJSON *o = r->body ? cJSON_ParseWithLength(r->body, r->len) : NULL;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "message");
@@ -178,19 +173,19 @@ static const char *err_message(const stress_reply *r, char *buf, size_t n) {
 /* METHOD PATH with BODY on BASE. The status (2xx) with the reply in OUT, or
  * 0 after printing why it failed, in words an operator can act on. */
 static int call(const char *base, const char *method, const char *path, const char *token,
-                const char *body, stress_reply *out) {
-    stress_url u;
-    char err[STRESS_ERR_MAX + 64];
+                const char *body, httpc_reply *out) {
+    httpc_url u;
+    char err[HTTPC_ERR_MAX + 64];
     memset(out, 0, sizeof *out);
-    if (stress_url_parse(base, &u, err, sizeof err) != 0) {
+    if (httpc_url_parse(base, &u, err, sizeof err) != 0) {
         fprintf(stderr, "nerve killswitch: %s\n", err);
         return 0;
     }
-    if (stress_url_resolve(&u, err, sizeof err) != 0) {
+    if (httpc_url_resolve(&u, err, sizeof err) != 0) {
         fprintf(stderr, "nerve killswitch: %s\n", err);
         return 0;
     }
-    int st = stress_http_request(&u, method, path, token, body, TIMEOUT_MS, out);
+    int st = httpc_request(&u, method, path, token, body, TIMEOUT_MS, out);
     if (st == 0) {
         fprintf(stderr,
                 "nerve killswitch: cannot reach the daemon at %s: %s (is nerve serve running? "
@@ -216,7 +211,7 @@ static int call(const char *base, const char *method, const char *path, const ch
         fprintf(stderr, "nerve killswitch: the daemon answered %d: %s\n", st,
                 msg[0] ? msg : "(no message)");
     }
-    stress_reply_free(out);
+    httpc_reply_free(out);
     return 0;
 }
 
@@ -261,7 +256,7 @@ static int by_scope(const void *x, const void *y) {
 }
 
 static int cmd_ls(const kopts *o, const char *base) {
-    stress_reply r;
+    httpc_reply r;
     if (!call(base, "GET", "/killswitch", NULL, NULL, &r)) return 1;
     cJSON *root = cJSON_ParseWithLength(r.body, r.len);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "engaged");
@@ -307,7 +302,7 @@ static int cmd_ls(const kopts *o, const char *base) {
     rc = 0;
 out:
     cJSON_Delete(root);
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     return rc;
 }
 
@@ -344,7 +339,7 @@ static int cmd_engage(const kopts *o, const char *base, const char *scope) {
     cJSON_AddBoolToObject(b, "halt_sales", o->halt_sales);
     char *body = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
-    stress_reply r;
+    httpc_reply r;
     int st = body ? call(base, "POST", "/admin/killswitch", token, body, &r) : 0;
     free(body);
     token_free(token);
@@ -358,7 +353,7 @@ static int cmd_engage(const kopts *o, const char *base, const char *scope) {
         printf("engaged %s%s; the emergency stop runs on the daemon\n", scope,
                o->halt_sales ? " (sales halted)" : "");
     cJSON_Delete(a);
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     return 0;
 }
 
@@ -378,7 +373,7 @@ static int cmd_reset(const kopts *o, const char *base, const char *scope) {
     cJSON_AddStringToObject(b, "actor", actor);
     char *body = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
-    stress_reply r;
+    httpc_reply r;
     int st = body ? call(base, "DELETE", path, token, body, &r) : 0;
     free(body);
     token_free(token);
@@ -389,7 +384,7 @@ static int cmd_reset(const kopts *o, const char *base, const char *scope) {
            resume ? "; the daemon calls panic.resume_url"
                   : "; no panic.resume_url: nothing resumed");
     cJSON_Delete(a);
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     return 0;
 }
 

@@ -1,6 +1,6 @@
 /* reload_cli.c -- `nerve reload` (see reload_cli.h).
  *
- * HTTP goes through the blocking client of `nerve stress` (stress_int.h):
+ * HTTP goes through the one blocking client (httpc.h, shared with `nerve stress`):
  * one HTTP client in nerve, plain sockets with one deadline per request. */
 #include "nerve/reload_cli.h"
 
@@ -15,10 +15,10 @@
 #include <unistd.h>
 
 #include "nerve/cli.h"
+#include "nerve/httpc.h"
 #include "nerve/clock.h"
 #include "nerve/config.h"
 #include "nerve/daemon.h"
-#include "stress_int.h"
 
 #define DEFAULT_TIMEOUT_S 30
 #define POLL_MS           50   /* between two GET /rules while waiting */
@@ -65,26 +65,12 @@ static int on_opt(void *ud, int val, const char *arg) {
     return 0;
 }
 
-/* The URL of the daemon's API from server.listen: a wildcard address is
- * reached on the loopback of its family. */
-static void listen_url(const char *listen, char *out, size_t len) {
-    const char *colon = strrchr(listen, ':');
-    const char *port = colon ? colon + 1 : "80";
-    size_t hl = colon ? (size_t)(colon - listen) : strlen(listen);
-    if (hl == 0 || (hl == 7 && strncmp(listen, "0.0.0.0", 7) == 0))
-        snprintf(out, len, "http://127.0.0.1:%s", port);
-    else if (hl == 4 && strncmp(listen, "[::]", 4) == 0)
-        snprintf(out, len, "http://[::1]:%s", port);
-    else
-        snprintf(out, len, "http://%.*s:%s", (int)hl, listen, port);
-}
-
 /* GET /rules' last_reload. 0 with *OUT (cJSON_Delete it), *SEQ and
  * *STARTED (started_mono_us, -1 when absent), or -1 with why in ERR. */
-static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *seq, double *started,
+static int read_last(const httpc_url *u, int timeout_ms, cJSON **out, double *seq, double *started,
                      char *err, size_t errlen) {
-    stress_reply r;
-    int st = stress_http_request(u, "GET", "/rules", NULL, NULL, timeout_ms, &r);
+    httpc_reply r;
+    int st = httpc_request(u, "GET", "/rules", NULL, NULL, timeout_ms, &r);
     int rc = -1;
     if (st == 0) {
         snprintf(err, errlen, "GET %s/rules: %s", u->base, r.err);
@@ -108,7 +94,7 @@ static int read_last(const stress_url *u, int timeout_ms, cJSON **out, double *s
             rc = 0;
         }
     }
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     return rc;
 }
 
@@ -158,7 +144,7 @@ static int run(ropts *o) {
     int rc = 1;
     char err[1024], base[400];
     cJSON *j = NULL;
-    stress_url u;
+    httpc_url u;
     if (!c->pidfile[0]) {
         fprintf(stderr,
                 "nerve reload: server.pidfile is not set in %s, so the daemon cannot be found; "
@@ -181,8 +167,8 @@ static int run(ropts *o) {
     if (o->url)
         snprintf(base, sizeof base, "%s", o->url);
     else
-        listen_url(c->listen, base, sizeof base);
-    if (stress_url_parse(base, &u, err, sizeof err) || stress_url_resolve(&u, err, sizeof err)) {
+        cli_daemon_url(c, base, sizeof base);
+    if (httpc_url_parse(base, &u, err, sizeof err) || httpc_url_resolve(&u, err, sizeof err)) {
         fprintf(stderr, "nerve reload: %s\n", err);
         goto out;
     }

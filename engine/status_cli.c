@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "nerve/cli.h"
-#include "stress_int.h"
+#include "nerve/httpc.h"
 
 #define TIMEOUT_MS 5000
 
@@ -199,14 +199,7 @@ static int print_status(const cJSON *st) {
 static int url_from_config(const cli_args *a, char *base, size_t len) {
     cfg *c = cli_load_config(a);
     if (!c) return -1;
-    const char *l = c->listen;
-    const char *colon = strrchr(l, ':');
-    if (strncmp(l, "0.0.0.0:", 8) == 0)
-        snprintf(base, len, "http://127.0.0.1%s", colon);
-    else if (strncmp(l, "[::]:", 5) == 0)
-        snprintf(base, len, "http://[::1]%s", colon);
-    else
-        snprintf(base, len, "http://%s", l);
+    cli_daemon_url(c, base, len);
     cfg_free(c);
     return 0;
 }
@@ -222,9 +215,9 @@ int status_cli_main(int argc, char **argv) {
         return 2;
     }
     int rc = 1;
-    char base[320], err[STRESS_ERR_MAX];
-    stress_url u;
-    stress_reply rep = { 0 };
+    char base[320], err[HTTPC_ERR_MAX];
+    httpc_url u;
+    httpc_reply rep = { 0 };
     if (a.help) {
         fputs(help, stdout);
         rc = 0;
@@ -240,13 +233,13 @@ int status_cli_main(int argc, char **argv) {
         snprintf(base, sizeof base, "%s", o.url);
     else if (url_from_config(&a, base, sizeof base))
         goto out;
-    if (stress_url_parse(base, &u, err, sizeof err)) {
+    if (httpc_url_parse(base, &u, err, sizeof err)) {
         fprintf(stderr, "nerve status: %s\n", err);
         rc = o.url ? 2 : 1;
         goto out;
     }
-    if (stress_url_resolve(&u, err, sizeof err) ||
-        stress_http_request(&u, "GET", "/status.json", NULL, NULL, TIMEOUT_MS, &rep) == 0) {
+    if (httpc_url_resolve(&u, err, sizeof err) ||
+        httpc_request(&u, "GET", "/status.json", NULL, NULL, TIMEOUT_MS, &rep) == 0) {
         fprintf(stderr, "nerve status: no answer from %s: %s\n", u.base,
                 rep.err[0] ? rep.err : err);
         goto out;
@@ -270,7 +263,7 @@ int status_cli_main(int argc, char **argv) {
     }
     cJSON_Delete(st);
 out:
-    stress_reply_free(&rep);
+    httpc_reply_free(&rep);
     cli_args_free(&a);
     return rc;
 }

@@ -32,7 +32,7 @@
 #define REPLAY_WAIT_MS   30000 /* all replays of unanswered sales together */
 
 typedef struct opts {
-    stress_url urls[STRESS_MAX_URLS];
+    httpc_url urls[STRESS_MAX_URLS];
     int nurls;
     const char *sku;
     long long stock, clients, requests, qty, skus, critical, threads, timeout_ms;
@@ -182,7 +182,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
                 fprintf(stderr, "nerve stress: at most %d --url\n", STRESS_MAX_URLS);
                 return -1;
             }
-            if (stress_url_parse(v, &o->urls[o->nurls], err, sizeof err) != 0) {
+            if (httpc_url_parse(v, &o->urls[o->nurls], err, sizeof err) != 0) {
                 fprintf(stderr, "nerve stress: %s\n", err);
                 return -1;
             }
@@ -272,7 +272,7 @@ static void lower_first(char *s) {
         s[0] = (char)tolower((unsigned char)s[0]);
 }
 
-static void say_cannot_connect(const stress_url *u, const stress_reply *r) {
+static void say_cannot_connect(const httpc_url *u, const httpc_reply *r) {
     char why[STRESS_ERR_MAX];
     if (r->errnum == ETIMEDOUT)
         snprintf(why, sizeof why, "no answer within %d ms", SETUP_TIMEOUT_MS);
@@ -285,7 +285,7 @@ static void say_cannot_connect(const stress_url *u, const stress_reply *r) {
 }
 
 /* The "message" of a JSON error body, else the body itself (trimmed). */
-static void body_message(const stress_reply *r, char *out, size_t len) {
+static void body_message(const httpc_reply *r, char *out, size_t len) {
     cJSON *o = r->body ? cJSON_Parse(r->body) : NULL;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "message");
     snprintf(out, len, "%s", cJSON_IsString(m) ? m->valuestring : r->body ? r->body : "");
@@ -294,24 +294,24 @@ static void body_message(const stress_reply *r, char *out, size_t len) {
     while (n && (out[n - 1] == '\n' || out[n - 1] == '\r')) out[--n] = 0;
 }
 
-static int check_up(const stress_url *u) {
-    stress_reply r;
-    int st = stress_http_request(u, "GET", "/healthz", NULL, NULL, SETUP_TIMEOUT_MS, &r);
+static int check_up(const httpc_url *u) {
+    httpc_reply r;
+    int st = httpc_request(u, "GET", "/healthz", NULL, NULL, SETUP_TIMEOUT_MS, &r);
     if (st == 0)
         say_cannot_connect(u, &r);
     else if (st != 200)
         fprintf(stderr, "nerve stress: %s/healthz answered HTTP %d: is it a nerve daemon?\n",
                 u->base, st);
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     return st == 200 ? 0 : -1;
 }
 
-static int set_stock(const stress_url *u, const char *sku, long long stock, const char *token) {
+static int set_stock(const httpc_url *u, const char *sku, long long stock, const char *token) {
     char path[STRESS_SKU_MAX + 32], body[64], msg[200];
     snprintf(path, sizeof path, "/admin/stock/%s", sku);
     snprintf(body, sizeof body, "{\"stock\": %lld}", stock);
-    stress_reply r;
-    int st = stress_http_request(u, "PUT", path, token, body, SETUP_TIMEOUT_MS, &r);
+    httpc_reply r;
+    int st = httpc_request(u, "PUT", path, token, body, SETUP_TIMEOUT_MS, &r);
     body_message(&r, msg, sizeof msg);
     if (st == 0)
         say_cannot_connect(u, &r);
@@ -320,20 +320,20 @@ static int set_stock(const stress_url *u, const char *sku, long long stock, cons
                 msg);
     else if (st != 200)
         fprintf(stderr, "nerve stress: PUT %s%s answered HTTP %d: %s\n", u->base, path, st, msg);
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     return st == 200 ? 0 : -1;
 }
 
 /* GET /stock/SKU on U, retrying 503s and transport errors until WAIT_MS is
  * up. 0 with *STOCK, or -1 with the reason in ERR. */
-static int get_stock(const stress_url *u, const char *sku, int wait_ms, long long *stock, char *err,
+static int get_stock(const httpc_url *u, const char *sku, int wait_ms, long long *stock, char *err,
                      size_t errlen) {
     char path[STRESS_SKU_MAX + 16];
     snprintf(path, sizeof path, "/stock/%s", sku);
     uint64_t deadline = clock_now_ns() + (uint64_t)wait_ms * 1000000u;
     for (;;) {
-        stress_reply r;
-        int st = stress_http_request(u, "GET", path, NULL, NULL, SETUP_TIMEOUT_MS, &r);
+        httpc_reply r;
+        int st = httpc_request(u, "GET", path, NULL, NULL, SETUP_TIMEOUT_MS, &r);
         cJSON *o = st == 200 ? cJSON_Parse(r.body) : NULL;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "stock");
         int rc = -1;
@@ -348,7 +348,7 @@ static int get_stock(const stress_url *u, const char *sku, int wait_ms, long lon
             snprintf(err, errlen, "GET %.80s%.60s answered HTTP %d: %.80s", u->base, path, st, msg);
         }
         cJSON_Delete(o);
-        stress_reply_free(&r);
+        httpc_reply_free(&r);
         if (rc == 0 || (st != 0 && st != 503) || clock_now_ns() >= deadline) return rc;
         struct timespec ts = { 0, 100 * 1000000 };
         nanosleep(&ts, NULL);
@@ -357,11 +357,11 @@ static int get_stock(const stress_url *u, const char *sku, int wait_ms, long lon
 
 /* The engaged kill scopes from GET /killswitch: a cJSON array of scope
  * strings (caller frees), NULL on error. */
-static cJSON *engaged_scopes(const stress_url *u) {
-    stress_reply r;
-    int st = stress_http_request(u, "GET", "/killswitch", NULL, NULL, SETUP_TIMEOUT_MS, &r);
+static cJSON *engaged_scopes(const httpc_url *u) {
+    httpc_reply r;
+    int st = httpc_request(u, "GET", "/killswitch", NULL, NULL, SETUP_TIMEOUT_MS, &r);
     cJSON *o = st == 200 ? cJSON_Parse(r.body) : NULL;
-    stress_reply_free(&r);
+    httpc_reply_free(&r);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "engaged"), *rec;
     if (!cJSON_IsArray(arr)) {
         cJSON_Delete(o);
@@ -398,9 +398,8 @@ static int reset_kill(const opts *o, char (*skus)[STRESS_SKU_MAX + 1], int n) {
         if (!has_scope(scopes, skus[i])) continue;
         char path[STRESS_SKU_MAX + 40], msg[160];
         snprintf(path, sizeof path, "/admin/killswitch/sku:%s", skus[i]);
-        stress_reply r;
-        int st = stress_http_request(&o->urls[0], "DELETE", path, o->token, NULL, SETUP_TIMEOUT_MS,
-                                     &r);
+        httpc_reply r;
+        int st = httpc_request(&o->urls[0], "DELETE", path, o->token, NULL, SETUP_TIMEOUT_MS, &r);
         body_message(&r, msg, sizeof msg);
         if (st == 200 || st == 404) {
             if (!o->quiet)
@@ -412,7 +411,7 @@ static int reset_kill(const opts *o, char (*skus)[STRESS_SKU_MAX + 1], int n) {
                     path, st, st ? msg : r.err);
             rc = -1;
         }
-        stress_reply_free(&r);
+        httpc_reply_free(&r);
     }
     cJSON_Delete(scopes);
     return rc;
@@ -460,11 +459,11 @@ static void replay(const opts *o, const stress_run *r, stress_sku_result *res, s
                      r->skus[sku], r->qty, oid);
             rp->replayed++;
             for (int attempt = 1;; attempt++) {
-                stress_reply rep;
-                int code = stress_http_request(&o->urls[u], "POST", "/sale", NULL, body,
-                                               SETUP_TIMEOUT_MS, &rep);
+                httpc_reply rep;
+                int code = httpc_request(&o->urls[u], "POST", "/sale", NULL, body, SETUP_TIMEOUT_MS,
+                                         &rep);
                 cJSON *j = code == 200 ? cJSON_Parse(rep.body) : NULL;
-                stress_reply_free(&rep);
+                httpc_reply_free(&rep);
                 if (code == 200) {
                     const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "qty");
                     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "duplicate")))
@@ -546,7 +545,7 @@ int stress_main(int argc, char **argv) {
 
     char err[STRESS_ERR_MAX];
     for (int i = 0; i < o.nurls; i++) {
-        if (stress_url_resolve(&o.urls[i], err, sizeof err) != 0) {
+        if (httpc_url_resolve(&o.urls[i], err, sizeof err) != 0) {
             fprintf(stderr, "nerve stress: %s\n", err);
             return 2;
         }

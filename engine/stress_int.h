@@ -2,8 +2,9 @@
  * public header; the contract is include/nerve/stress.h).
  *
  *   stress.c         options, setup (stock, kill switch), the run, exit code
- *   stress_http.c    URLs, an incremental HTTP/1.1 response parser, and a
- *                    blocking one-shot client for setup and final reads
+ *   (httpc.c         URLs, the incremental HTTP/1.1 response parser the
+ *                    load loop feeds, and the blocking one-shot client: its
+ *                    own module, which the daemon's CLI commands share)
  *   stress_load.c    the load generator: worker threads, each with its own
  *                    epoll loop over its own keep-alive connections
  *   stress_report.c  latency percentiles, invariants, human and JSON report
@@ -15,6 +16,7 @@
 #define NERVE_STRESS_INT_H
 
 #include "nerve/clock.h"
+#include "nerve/httpc.h"
 #include "nerve/sku.h"
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -28,59 +30,8 @@
 #define STRESS_MAX_CLIENTS 10000
 #define STRESS_MAX_THREADS 256
 #define STRESS_SKU_MAX     SKU_MAX /* bytes, as the sale endpoint allows (nerve/sku.h) */
-#define STRESS_ERR_MAX     256
-#define STRESS_RESP_MAX    (1024 * 1024) /* largest response accepted */
-#define STRESS_HIST_US     65536         /* latencies under this many µs: counted per µs */
-
-/* ---- URLs and HTTP (stress_http.c) ---------------------------------------------- */
-
-typedef struct stress_url {
-    char base[300];     /* "http://HOST:PORT" as given, no trailing slash */
-    char host[256];     /* what to resolve (IPv6 without brackets) */
-    char hostport[280]; /* the Host header */
-    int port;
-    struct sockaddr_storage addr; /* filled by stress_url_resolve */
-    socklen_t addrlen;
-} stress_url;
-
-/* Parse "http://HOST[:PORT][/]" into U (port 80 when absent). 0, or -1 with
- * the reason in ERR. */
-int stress_url_parse(const char *s, stress_url *u, char *err, size_t errlen);
-/* Resolve U's host into U->addr (first address getaddrinfo returns).
- * 0, or -1 with the reason in ERR. */
-int stress_url_resolve(stress_url *u, char *err, size_t errlen);
-
-/* A parsed response. Pointers point into the caller's buffer. */
-typedef struct stress_resp {
-    int status;
-    bool close; /* the server will close: Connection: close or HTTP/1.0 */
-    const char *body;
-    size_t body_len;
-    size_t total; /* bytes of the whole message in the buffer */
-} stress_resp;
-
-/* Parse the response at BUF[0..LEN). EOF: the peer closed after LEN bytes
- * (completes a close-delimited body). Returns 1 complete (R filled; a
- * chunked body is decoded in place, so BUF is modified), 0 incomplete, -1
- * malformed (reason in ERR). */
-int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err, size_t errlen);
-
-/* The answer of one blocking request. */
-typedef struct stress_reply {
-    int status; /* 0: transport error, see err/errnum */
-    char *body; /* malloc'd, NUL-terminated; NULL on error */
-    size_t len;
-    int errnum; /* errno of a transport error, 0 otherwise */
-    char err[STRESS_ERR_MAX];
-} stress_reply;
-
-/* METHOD PATH on U with BODY (NULL: none) and, when TOKEN is not NULL,
- * `Authorization: Bearer TOKEN`, on a fresh connection closed afterwards,
- * all within TIMEOUT_MS. Fills OUT (free its body with stress_reply_free).
- * Returns the status, 0 on a transport error. */
-int stress_http_request(const stress_url *u, const char *method, const char *path,
-                        const char *token, const char *body, int timeout_ms, stress_reply *out);
-void stress_reply_free(stress_reply *r);
+#define STRESS_ERR_MAX     HTTPC_ERR_MAX
+#define STRESS_HIST_US     65536 /* latencies under this many µs: counted per µs */
 
 /* ---- the load (stress_load.c) ------------------------------------------------------ */
 
@@ -120,7 +71,7 @@ typedef struct stress_stats {
 
 typedef struct stress_run {
     /* in */
-    stress_url *urls;
+    httpc_url *urls;
     int nurls;
     char (*skus)[STRESS_SKU_MAX + 1];
     int nskus;

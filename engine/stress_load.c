@@ -137,7 +137,7 @@ static void check_ok(worker *w, const conn *c, const char *body, size_t len) {
     cJSON_Delete(o);
 }
 
-static void record_answer(worker *w, conn *c, const stress_resp *resp) {
+static void record_answer(worker *w, conn *c, const httpc_resp *resp) {
     stress_stats *st = w->st;
     push_latency(st, clock_now_ns() - c->t0);
     st->requests++;
@@ -224,7 +224,7 @@ static void send_req(worker *w, conn *c);
 /* Open a non-blocking connection for C. 0 (connected or in progress), -1
  * with errno set. */
 static int open_conn(worker *w, conn *c) {
-    const stress_url *u = &w->run->urls[c->url];
+    const httpc_url *u = &w->run->urls[c->url];
     int fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     int one = 1;
@@ -328,9 +328,9 @@ static void on_connected(worker *w, conn *c) {
 static void on_readable(worker *w, conn *c) {
     if (c->cap - c->len < READ_CHUNK) {
         size_t nc = c->cap ? c->cap * 2 : 2 * READ_CHUNK;
-        char *nb = nc <= STRESS_RESP_MAX + 2 * READ_CHUNK ? realloc(c->buf, nc) : NULL;
+        char *nb = nc <= HTTPC_RESP_MAX + 2 * READ_CHUNK ? realloc(c->buf, nc) : NULL;
         if (!nb) {
-            fail(w, c, nc > STRESS_RESP_MAX ? "response too large" : "out of memory", 0);
+            fail(w, c, nc > HTTPC_RESP_MAX ? "response too large" : "out of memory", 0);
             return;
         }
         c->buf = nb;
@@ -350,9 +350,9 @@ static void on_readable(worker *w, conn *c) {
         return;
     }
     c->len += (size_t)n;
-    stress_resp resp;
+    httpc_resp resp;
     char err[128];
-    int pr = stress_http_parse(c->buf, c->len, n == 0, &resp, err, sizeof err);
+    int pr = httpc_parse(c->buf, c->len, n == 0, &resp, err, sizeof err);
     if (pr == 0) return;
     if (pr < 0) {
         fail(w, c, err, 0);

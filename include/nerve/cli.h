@@ -54,4 +54,10 @@ void cli_args_free(cli_args *a);
  * level and format (--log-format wins over log.format). */
 cfg *cli_load_config(const cli_args *a);
 
+/* The base URL of the daemon's HTTP API for the commands that talk to it
+ * (`nerve reload`, `nerve status`, `nerve killswitch`): "http://" +
+ * server.listen of C, a wildcard address (0.0.0.0, [::], or none) reached on
+ * the loopback of its family. */
+void cli_daemon_url(const cfg *c, char *out, size_t len);
+
 #endif

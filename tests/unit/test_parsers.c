@@ -5,9 +5,9 @@
  *                      the exact error message a client reads;
  *   jsonck_check       (include/nerve/jsonck.h) depth, NUL and the JSON
  *                      number grammar, exact messages;
- *   stress_http_parse  (engine/stress_int.h) the stress tool's incremental
+ *   httpc_parse  (include/nerve/httpc.h) the HTTP client's incremental
  *                      HTTP/1.1 response parser: complete, incomplete at
- *                      every prefix, malformed; and stress_url_parse;
+ *                      every prefix, malformed; and httpc_url_parse;
  *   rds_parse_url      (include/nerve/rds.h) every part of a redis:// URL.
  *
  * Every row is a cmocka test of its own, named after the row ("sale_parse:
@@ -30,7 +30,7 @@
 #include "nerve/jsonck.h"
 #include "nerve/rds.h"
 #include "nerve/sale.h"
-#include "../../engine/stress_int.h"
+#include "nerve/httpc.h"
 
 #define NELEM(a) (sizeof(a) / sizeof(a)[0])
 /* A string literal and its length (NUL bytes allowed). */
@@ -512,7 +512,7 @@ static void test_jsonck_depth_limit(void **state)
     free(deep);
 }
 
-/* ---- stress_http_parse ------------------------------------------------------------- */
+/* ---- httpc_parse ------------------------------------------------------------- */
 
 typedef struct resp_case {
     const char *name;
@@ -624,19 +624,19 @@ static void check_resp(const char *what, const char *in, size_t len, bool eof, i
     assert_non_null(buf);
     memcpy(buf, in, len);
     buf[len] = '\0';
-    stress_resp r;
+    httpc_resp r;
     char err[256] = "", shown[400];
-    int rc = stress_http_parse(buf, len, eof, &r, err, sizeof err);
+    int rc = httpc_parse(buf, len, eof, &r, err, sizeof err);
     show(in, len, shown, sizeof shown);
     if (rc != want_rc || (want_rc == -1 && strcmp(err, want_err) != 0))
-        fail_msg("%s: stress_http_parse(%s, eof %d): expected %d%s%s%s, got %d \"%s\"", what, shown,
+        fail_msg("%s: httpc_parse(%s, eof %d): expected %d%s%s%s, got %d \"%s\"", what, shown,
                  eof, want_rc, want_err ? " \"" : "", want_err ? want_err : "", want_err ? "\"" : "",
                  rc, rc == -1 ? err : "");
     if (want_rc == 1) {
         char got[200], exp[200];
         if (r.status != status || r.close != close || r.body_len != body_len ||
             memcmp(r.body, body, body_len) != 0 || r.total != (total ? total : len))
-            fail_msg("%s: stress_http_parse(%s, eof %d): expected status %d close %d body \"%s\" "
+            fail_msg("%s: httpc_parse(%s, eof %d): expected status %d close %d body \"%s\" "
                      "total %zu, got status %d close %d body \"%s\" total %zu", what, shown, eof,
                      status, close, show(body, body_len, exp, sizeof exp), total ? total : len,
                      r.status, r.close, show(r.body, r.body_len, got, sizeof got), r.total);
@@ -683,7 +683,7 @@ static void test_http_parse_head_limit(void **state)
     free(big);
 }
 
-/* ---- stress_url_parse ----------------------------------------------------------------- */
+/* ---- httpc_url_parse ----------------------------------------------------------------- */
 
 typedef struct surl_case {
     const char *in;
@@ -733,20 +733,20 @@ static const surl_case surl_cases[] = {
 static void test_url_parse_row(void **state)
 {
     const surl_case *c = *state;
-    stress_url u;
+    httpc_url u;
     char err[512] = "";
-    int rc = stress_url_parse(c->in, &u, err, sizeof err);
+    int rc = httpc_url_parse(c->in, &u, err, sizeof err);
     if (c->err) {
         if (rc != -1 || strcmp(err, c->err) != 0)
-            fail_msg("stress_url_parse(\"%s\"): expected -1 \"%s\", got %d \"%s\"", c->in, c->err,
+            fail_msg("httpc_url_parse(\"%s\"): expected -1 \"%s\", got %d \"%s\"", c->in, c->err,
                      rc, rc ? err : "");
         return;
     }
     if (rc != 0)
-        fail_msg("stress_url_parse(\"%s\"): expected 0, got %d \"%s\"", c->in, rc, err);
+        fail_msg("httpc_url_parse(\"%s\"): expected 0, got %d \"%s\"", c->in, rc, err);
     if (strcmp(u.base, c->base) || strcmp(u.host, c->host) || u.port != c->port ||
         strcmp(u.hostport, c->hostport))
-        fail_msg("stress_url_parse(\"%s\"): expected base %s host %s port %d Host %s, got base %s "
+        fail_msg("httpc_url_parse(\"%s\"): expected base %s host %s port %d Host %s, got base %s "
                  "host %s port %d Host %s", c->in, c->base, c->host, c->port, c->hostport, u.base,
                  u.host, u.port, u.hostport);
 }
@@ -893,8 +893,8 @@ int main(void)
     assert_non_null(tests);
     ADD_ROWS(sale_cases, test_sale_parse_row, "sale_parse", name);
     ADD_ROWS(jck_cases, test_jsonck_row, "jsonck", name);
-    ADD_ROWS(resp_cases, test_http_parse_row, "stress_http_parse", name);
-    ADD_ROWS(surl_cases, test_url_parse_row, "stress_url_parse", in);
+    ADD_ROWS(resp_cases, test_http_parse_row, "httpc_parse", name);
+    ADD_ROWS(surl_cases, test_url_parse_row, "httpc_url_parse", in);
     ADD_ROWS(rurl_cases, test_rds_url_row, "rds_parse_url", in);
     for (size_t i = 0; i < NELEM(fixed); i++)
         tests[n++] = fixed[i];

@@ -1,4 +1,5 @@
-/* stress_http.c -- the HTTP/1.1 client side of `nerve stress`.
+/* httpc.c -- the HTTP/1.1 client of `nerve stress` and of the commands that
+ * talk to a running daemon (see httpc.h).
  *
  * Three pieces: URL parsing and resolution; an incremental response parser
  * shared by the load loop (which feeds it whatever recv() returned so far)
@@ -7,7 +8,9 @@
  * verification calls around a run. Plain sockets: the load generator owns
  * its event loop and a library's would only stand in the way.
  */
-#include "stress_int.h"
+#include "nerve/httpc.h"
+
+#include "nerve/clock.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #define HEAD_MAX (64 * 1024) /* status line + headers */
@@ -38,7 +42,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 
 /* ---- URLs ------------------------------------------------------------------------ */
 
-int stress_url_parse(const char *s, stress_url *u, char *err, size_t errlen) {
+int httpc_url_parse(const char *s, httpc_url *u, char *err, size_t errlen) {
     memset(u, 0, sizeof *u);
     if (strncasecmp(s, "https://", 8) == 0) {
         set_err(err, errlen,
@@ -95,7 +99,7 @@ bad:
     return -1;
 }
 
-int stress_url_resolve(stress_url *u, char *err, size_t errlen) {
+int httpc_url_resolve(httpc_url *u, char *err, size_t errlen) {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -148,7 +152,7 @@ static int chunked(char *p, const char *end, bool decode, size_t *total, size_t 
         char *e;
         errno = 0;
         unsigned long long sz = strtoull(p, &e, 16);
-        if (e == p || errno == ERANGE || sz > STRESS_RESP_MAX ||
+        if (e == p || errno == ERANGE || sz > HTTPC_RESP_MAX ||
             (*e != '\r' && *e != ';' && *e != '\n')) {
             set_err(err, errlen, "bad chunk size");
             return -1;
@@ -181,7 +185,7 @@ static int chunked(char *p, const char *end, bool decode, size_t *total, size_t 
     }
 }
 
-int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err, size_t errlen) {
+int httpc_parse(char *buf, size_t len, bool eof, httpc_resp *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
     const char *hend = NULL;
     for (size_t i = 3; i < len; i++)
@@ -214,7 +218,7 @@ int stress_http_parse(char *buf, size_t len, bool eof, stress_resp *r, char *err
             char *end;
             errno = 0;
             clen = strtoll(v, &end, 10);
-            if (end == v || errno == ERANGE || clen < 0 || clen > STRESS_RESP_MAX)
+            if (end == v || errno == ERANGE || clen < 0 || clen > HTTPC_RESP_MAX)
                 return set_err(err, errlen, "bad Content-Length"), -1;
         } else if (header_is(l, le, "Transfer-Encoding", &v)) {
             is_chunked = value_has(v, le, "chunked");
@@ -282,7 +286,7 @@ static int wait_fd(int fd, short events, uint64_t deadline) {
     }
 }
 
-static int transport_error(stress_reply *out, int errnum, const char *what) {
+static int transport_error(httpc_reply *out, int errnum, const char *what) {
     out->status = 0;
     out->errnum = errnum;
     if (errnum == ETIMEDOUT)
@@ -294,8 +298,8 @@ static int transport_error(stress_reply *out, int errnum, const char *what) {
     return 0;
 }
 
-int stress_http_request(const stress_url *u, const char *method, const char *path,
-                        const char *token, const char *body, int timeout_ms, stress_reply *out) {
+int httpc_request(const httpc_url *u, const char *method, const char *path, const char *token,
+                  const char *body, int timeout_ms, httpc_reply *out) {
     memset(out, 0, sizeof *out);
     uint64_t deadline = clock_now_ns() + (uint64_t)timeout_ms * 1000000u;
     size_t bl = body ? strlen(body) : 0;
@@ -355,7 +359,7 @@ int stress_http_request(const stress_url *u, const char *method, const char *pat
     for (;;) {
         if (len + 4096 + 1 > bcap) {
             size_t nc = bcap ? bcap * 2 : 8192;
-            if (nc > STRESS_RESP_MAX + HEAD_MAX) {
+            if (nc > HTTPC_RESP_MAX + HEAD_MAX) {
                 what = "response too large";
                 goto fail;
             }
@@ -380,9 +384,9 @@ int stress_http_request(const stress_url *u, const char *method, const char *pat
             goto fail;
         }
         len += (size_t)got;
-        stress_resp r;
+        httpc_resp r;
         char perr[128];
-        int pr = stress_http_parse(buf, len, got == 0, &r, perr, sizeof perr);
+        int pr = httpc_parse(buf, len, got == 0, &r, perr, sizeof perr);
         if (pr < 0) {
             transport_error(out, 0, perr);
             goto done;
@@ -409,7 +413,7 @@ done:
     return out->status;
 }
 
-void stress_reply_free(stress_reply *r) {
+void httpc_reply_free(httpc_reply *r) {
     if (!r) return;
     free(r->body);
     r->body = NULL;
