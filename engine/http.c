@@ -547,6 +547,7 @@ static int handle_decisions(http_server *s, struct mg_connection *conn) {
         char *buf;
     } params[] = { { "rule", rule }, { "scope", scope }, { "kind", kind }, { "limit", limit } };
     size_t qlen = qs ? strlen(qs) : 0;
+    int have_limit = 0;
     for (size_t i = 0; qs && i < sizeof params / sizeof params[0]; i++) {
         /* -1 absent, -2 too long for the buffer (or a bad escape), else its length. */
         int r = mg_get_var(qs, qlen, params[i].name, params[i].buf, sizeof rule);
@@ -557,9 +558,10 @@ static int handle_decisions(http_server *s, struct mg_connection *conn) {
             return send_error(s, conn, 400, "bad_request", msg);
         }
         if (r < 0) params[i].buf[0] = 0;
+        if (r >= 0 && params[i].buf == limit) have_limit = 1;
     }
     declog_filter f = { rule, scope, kind, 50 };
-    if (limit[0] && declog_parse_limit(limit, &f.limit) != 0)
+    if (have_limit && declog_parse_limit(limit, &f.limit) != 0)
         return send_error(s, conn, 400, "bad_request",
                           "limit must be an integer from 1 to 1000");
     status_sources src = sources(s);

@@ -14,6 +14,7 @@
 #include "nerve/cli.h"
 #include "nerve/config.h"
 #include "nerve/daemon.h"
+#include "nerve/declog.h"
 #include "nerve/keys_cli.h"
 #include "nerve/ledger.h"
 #include "nerve/log.h"
@@ -43,6 +44,9 @@ static void usage(FILE *f) {
         "  keys where SKU... | keys migrate [--from N|legacy] --to M [--dry-run]\n"
         "                               where a SKU's keys are; move every SKU to another\n"
         "                               bus.partitions (nerve keys --help)\n"
+        "  decisions [--rule R] [--scope S] [--limit N] [--follow] [--json]\n"
+        "                               the decision log: last decisions and rule errors, then\n"
+        "                               new ones with --follow (nerve decisions --help)\n"
         "  help                         this text\n"
         "  --version                    print the version\n"
         "\n"
@@ -251,6 +255,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "keys") == 0) return keys_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0) return ledger_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
+    if (strcmp(cmd, "decisions") == 0) return declog_cli_main(argc - 1, argv + 1);
     cli_args o;
     if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
         cli_args_free(&o);

@@ -123,4 +123,8 @@ cJSON *declog_entry(const redisReply *entry);
 /* Parse a limit ("1".."1000"): 0 with *OUT set, -1 otherwise. */
 int declog_parse_limit(const char *s, int *out);
 
+/* `nerve decisions ...` (declog_cli.c): ARGV[0] is "decisions". Returns the
+ * exit status (0 done, 1 config or Redis error, 2 usage). */
+int declog_cli_main(int argc, char **argv);
+
 #endif
