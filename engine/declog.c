@@ -100,8 +100,10 @@ static bool strict_json(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (in && ch < 0x20) return false;
-        if (ch == '"') in = !in;
-        else if (in && ch == '\\') i++;
+        if (ch == '"')
+            in = !in;
+        else if (in && ch == '\\')
+            i++;
     }
     return !in;
 }
@@ -181,7 +183,8 @@ void declog_decision(declog *l, const rules_decision *d, const declog_src *src) 
     if (d->action == RULES_ALERT) sb_str(&b, "level", rules_level_name(d->level));
     if (d->scope) sb_str(&b, "scope", d->scope);
     sb_str(&b, "reason", d->reason);
-    if (d->action == RULES_KILL) sb_lit(&b, d->halt_sales ? ",\"halt_sales\":true" : ",\"halt_sales\":false");
+    if (d->action == RULES_KILL)
+        sb_lit(&b, d->halt_sales ? ",\"halt_sales\":true" : ",\"halt_sales\":false");
     sb_str(&b, "rule", d->rule);
     sb_tail(&b, l, src);
     sb_event(&b, &l->o, src);
@@ -389,22 +392,15 @@ cJSON *declog_entry(const redisReply *e) {
             cJSON_Delete(rec);
             return NULL;
         }
-        /* "id" first, as the contract shows it. */
+        /* "id" first, as the contract shows it (a stored "id" is not ours). */
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "id");
         id->string = strdup("id");
-        if (!id->string) {
+        if (!id->string ||
+            (!cJSON_InsertItemInArray(rec, 0, id) && !cJSON_AddItemToObject(rec, "id", id))) {
             cJSON_Delete(id);
             cJSON_Delete(rec);
             return NULL;
         }
-        id->next = rec->child;
-        if (rec->child) {
-            id->prev = rec->child->prev;
-            rec->child->prev = id;
-        } else {
-            id->prev = id;
-        }
-        rec->child = id;
         return rec;
     }
     return NULL;

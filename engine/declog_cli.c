@@ -20,8 +20,8 @@
 #include "nerve/declog.h"
 #include "nerve/jsonck.h"
 
-#define EXIT_FAILED 1
-#define EXIT_USAGE  2
+#define EXIT_FAILED     1
+#define EXIT_USAGE      2
 #define FOLLOW_BLOCK_MS 500 /* XREAD BLOCK: how soon a signal is noticed */
 
 typedef struct dopts {
@@ -31,26 +31,26 @@ typedef struct dopts {
 } dopts;
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: nerve decisions [-c FILE] [--rule R] [--scope S] [--kind decision|rule_error]\n"
-            "                       [--limit N] [--follow] [--json]\n"
-            "\n"
-            "The decision log: every rule decision (alert, kill, reject) and rule error, read\n"
-            "from the stream PREFIXdecisions in the Redis of the config (redis.url). Prints the\n"
-            "last N (default 20, at most 1000) records that pass the filters, oldest first, one\n"
-            "line each: time, kind, rule, action, level, scope, reason or error, channel, event\n"
-            "id, generation (strings escaped, quoted when they hold a space, quote or =).\n"
-            "The filters scan back at most max(1000, 10 x N) entries (10000 at most).\n"
-            "\n"
-            "  --rule R, --scope S, --kind K   only records with that rule, scope, kind\n"
-            "  --limit N                       how many to print first (1..1000, default 20)\n"
-            "  --follow                        then wait for new records and print each as it\n"
-            "                                  comes, until SIGINT or SIGTERM\n"
-            "  --json                          one JSON object a line (the record and its \"id\")\n"
-            "  -c, --config FILE, --set dotted.key=value, --log-format text|json  (see nerve help)\n"
-            "\n"
-            "exit status: 0 done (also a --follow ended by SIGINT/SIGTERM), 1 the config does not\n"
-            "load or Redis does not answer, 2 usage.\n");
+    fprintf(
+        f, "usage: nerve decisions [-c FILE] [--rule R] [--scope S] [--kind decision|rule_error]\n"
+           "                       [--limit N] [--follow] [--json]\n"
+           "\n"
+           "The decision log: every rule decision (alert, kill, reject) and rule error, read\n"
+           "from the stream PREFIXdecisions in the Redis of the config (redis.url). Prints the\n"
+           "last N (default 20, at most 1000) records that pass the filters, oldest first, one\n"
+           "line each: time, kind, rule, action, level, scope, reason or error, channel, event\n"
+           "id, generation (strings escaped, quoted when they hold a space, quote or =).\n"
+           "The filters scan back at most max(1000, 10 x N) entries (10000 at most).\n"
+           "\n"
+           "  --rule R, --scope S, --kind K   only records with that rule, scope, kind\n"
+           "  --limit N                       how many to print first (1..1000, default 20)\n"
+           "  --follow                        then wait for new records and print each as it\n"
+           "                                  comes, until SIGINT or SIGTERM\n"
+           "  --json                          one JSON object a line (the record and its \"id\")\n"
+           "  -c, --config FILE, --set dotted.key=value, --log-format text|json  (see nerve help)\n"
+           "\n"
+           "exit status: 0 done (also a --follow ended by SIGINT/SIGTERM), 1 the config does not\n"
+           "load or Redis does not answer, 2 usage.\n");
 }
 
 enum { OPT_RULE = CLI_OPT(0), OPT_SCOPE, OPT_KIND, OPT_LIMIT, OPT_FOLLOW, OPT_JSON };
@@ -139,8 +139,8 @@ static void print_record(const cJSON *rec, bool json) {
                  (int)((ts->valuedouble - (double)sec) * 1000.0 + 0.5) % 1000);
     }
     fputs(when, stdout);
-    static const char *const keys[] = { "kind",   "rule",    "action",     "level",
-                                        "scope",  "reason",  "halt_sales", "error",
+    static const char *const keys[] = { "kind",    "rule",     "action",     "level",
+                                        "scope",   "reason",   "halt_sales", "error",
                                         "channel", "event_id", "generation" };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) print_field(rec, keys[i]);
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "event_truncated")))
@@ -211,7 +211,8 @@ static int run(const cfg *c, const dopts *o) {
     }
     /* A blocked XREAD answers after FOLLOW_BLOCK_MS: the command timeout
      * must outlast it. */
-    if (ro.command_timeout_ms < FOLLOW_BLOCK_MS + 1000) ro.command_timeout_ms = FOLLOW_BLOCK_MS + 1000;
+    if (ro.command_timeout_ms < FOLLOW_BLOCK_MS + 1000)
+        ro.command_timeout_ms = FOLLOW_BLOCK_MS + 1000;
     rds_client *rc = rds_client_new(&ro);
     if (!rc) {
         fprintf(stderr, "nerve decisions: out of memory\n");
@@ -276,8 +277,7 @@ int declog_cli_main(int argc, char **argv) {
     dopts o;
     memset(&o, 0, sizeof o);
     o.f.limit = 20;
-    if (cli_parse("nerve decisions", "nerve decisions --help", argc, argv, own, on_opt, &o,
-                  &o.a)) {
+    if (cli_parse("nerve decisions", "nerve decisions --help", argc, argv, own, on_opt, &o, &o.a)) {
         cli_args_free(&o.a);
         return EXIT_USAGE;
     }

@@ -155,8 +155,10 @@ static void *run(void *arg) {
         sync_vm(e, &vm, &gen);
         char evid[RDS_KEY_MAX + 64];
         if (it.stream) snprintf(evid, sizeof evid, "%s/%s", it.stream, it.id);
-        call_ctx cc = { e, rds_pool_client(e->o.pool), 0, it.stream ? evid : NULL, 0,
-                        { it.channel, it.stream ? it.id : NULL, gen, it.data, it.len } };
+        call_ctx cc = { .e = e,
+                        .c = rds_pool_client(e->o.pool),
+                        .event_id = it.stream ? evid : NULL,
+                        .src = { it.channel, it.stream ? it.id : NULL, gen, it.data, it.len } };
         int bad = 0;
         if (vm) {
             e->cur = &cc;

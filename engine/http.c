@@ -540,8 +540,8 @@ static int handle_killswitch_get(http_server *s, struct mg_connection *conn) {
  * outside 1..DECLOG_LIMIT_MAX, answers 400. */
 static int handle_decisions(http_server *s, struct mg_connection *conn) {
     const char *qs = mg_get_request_info(conn)->query_string;
-    char rule[DECLOG_FILTER_MAX + 1] = "", scope[sizeof rule] = "", kind[sizeof rule] = "",
-         limit[sizeof rule] = "";
+    char rule[DECLOG_FILTER_MAX + 1] = "", scope[sizeof rule] = "";
+    char kind[sizeof rule] = "", limit[sizeof rule] = "";
     struct {
         const char *name;
         char *buf;
@@ -562,8 +562,7 @@ static int handle_decisions(http_server *s, struct mg_connection *conn) {
     }
     declog_filter f = { rule, scope, kind, 50 };
     if (have_limit && declog_parse_limit(limit, &f.limit) != 0)
-        return send_error(s, conn, 400, "bad_request",
-                          "limit must be an integer from 1 to 1000");
+        return send_error(s, conn, 400, "bad_request", "limit must be an integer from 1 to 1000");
     status_sources src = sources(s);
     char err[256];
     cJSON *o = status_decisions(&src, &f, err, sizeof err);

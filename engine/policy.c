@@ -265,8 +265,10 @@ static sale_status gate_rules(policy *p, tvm *t, const sale_req *req, sale_res *
         if (st == SALE_REJECTED && p->dlog) {
             /* Failed closed: a reject like any other in the log (the rule
              * error that caused it is recorded just before). */
-            rules_decision d = { .rule = res->rule, .channel = RULES_SALE_CHANNEL,
-                                 .action = RULES_REJECT, .reason = res->reason };
+            rules_decision d = { .rule = res->rule,
+                                 .channel = RULES_SALE_CHANNEL,
+                                 .action = RULES_REJECT,
+                                 .reason = res->reason };
             declog_src src = log_src(&gc);
             declog_decision(p->dlog, &d, &src);
         }

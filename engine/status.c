@@ -680,8 +680,7 @@ cJSON *status_killswitch(const status_sources *s) {
     return o;
 }
 
-cJSON *status_decisions(const status_sources *s, const declog_filter *f, char *err,
-                        size_t errlen) {
+cJSON *status_decisions(const status_sources *s, const declog_filter *f, char *err, size_t errlen) {
     rds_client *c = s->pool ? rds_pool_client(s->pool) : NULL;
     if (!c || !s->prefix) {
         snprintf(err, errlen, "redis unavailable");

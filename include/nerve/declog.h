@@ -45,12 +45,12 @@
 #include "nerve/rds.h"
 #include "nerve/rules.h"
 
-#define DECLOG_STREAM        "decisions" /* after redis.prefix */
-#define DECLOG_FILTER_MAX    128         /* bytes of a rule, scope or kind filter */
-#define DECLOG_LIMIT_MAX     1000
-#define DECLOG_SCAN_MAX      10000 /* entries one query reads back at most */
-#define DECLOG_SCAN_PER_HIT  10    /* ... and at most this many per asked-for record */
-#define DECLOG_SCAN_MIN      1000  /* ... but at least this many */
+#define DECLOG_STREAM       "decisions" /* after redis.prefix */
+#define DECLOG_FILTER_MAX   128         /* bytes of a rule, scope or kind filter */
+#define DECLOG_LIMIT_MAX    1000
+#define DECLOG_SCAN_MAX     10000 /* entries one query reads back at most */
+#define DECLOG_SCAN_PER_HIT 10    /* ... and at most this many per asked-for record */
+#define DECLOG_SCAN_MIN     1000  /* ... but at least this many */
 
 typedef struct declog declog;
 

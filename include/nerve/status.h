@@ -84,7 +84,6 @@ cJSON *status_killswitch(const status_sources *s);
  * "count": N, "scanned": entries read} from PREFIXdecisions through F
  * (declog_query bounds the scan). NULL with why in ERR when Redis did not
  * answer (answer 503) or on OOM; else the caller deletes it. */
-cJSON *status_decisions(const status_sources *s, const declog_filter *f, char *err,
-                        size_t errlen);
+cJSON *status_decisions(const status_sources *s, const declog_filter *f, char *err, size_t errlen);
 
 #endif

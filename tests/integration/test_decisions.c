@@ -14,6 +14,8 @@
  */
 #include "harness.h"
 
+#include "nerve/jsonck.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -335,6 +337,55 @@ static void test_hostile_round_trip(void **state)
     h_pass();
 }
 
+/* The stored record is strict JSON whatever the event was: lenient JSON the
+ * rules accepted (a number 01, a raw tab in a string) is printed again, and
+ * an event over decisions.event_max_bytes (4096) is left out. */
+static void test_event_text_bounded(void **state)
+{
+    (void)state;
+    h_resp r = { 0 };
+    publish_test_event("{\"msg\": \"lenient\", \"n\": 01, \"t\": \"a\tb\"}");
+    char big[6000];
+    int n = snprintf(big, sizeof big, "{\"msg\": \"big\", \"pad\": \"");
+    memset(big + n, 'p', 5000);
+    snprintf(big + n + 5000, sizeof big - (size_t)n - 5000, "\"}");
+    publish_test_event(big);
+    const cJSON *arr = wait_decisions("rule=echo&scope=echo:x", 3, &r);
+    const cJSON *len = find(arr, "reason", "lenient"), *bg = find(arr, "reason", "big");
+    assert_non_null(len);
+    assert_non_null(bg);
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(len, "event");
+    long long num = -1;
+    assert_true(h_jll(ev, "n", &num));
+    assert_int_equal(num, 1);
+    assert_string_equal(h_jstr(ev, "t"), "a\tb");
+    assert_null(cJSON_GetObjectItemCaseSensitive(bg, "event"));
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(bg, "event_truncated")));
+    h_resp_free(&r);
+
+    /* The raw stream field: strict JSON, no control byte. */
+    redisReply *x = h_redis_cmd(redis, "XREVRANGE nerve:decisions + - COUNT 1000");
+    assert_non_null(x);
+    int checked = 0;
+    for (size_t i = 0; i < x->elements; i++) {
+        const redisReply *fv = x->element[i]->element[1];
+        const char *d = fv->element[1]->str;
+        size_t dl = fv->element[1]->len;
+        char why[128];
+        if (jsonck_check(d, dl, 64, why, sizeof why) != 0)
+            fail_msg("record %s is not strict JSON (%s): %s", x->element[i]->element[0]->str,
+                     why, d);
+        for (size_t k = 0; k < dl; k++)
+            if ((unsigned char)d[k] < 0x20)
+                fail_msg("record %s holds a raw control byte: %s",
+                         x->element[i]->element[0]->str, d);
+        checked++;
+    }
+    assert_true(checked >= 3);
+    freeReplyObject(x);
+    h_pass();
+}
+
 /* `nerve decisions --rule R` prints R's records, oldest first; --json one
  * object a line; bad options exit 2. */
 static void test_cli(void **state)
@@ -569,7 +620,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_stock_event_logged), T(test_rule_error_logged), T(test_sale_reject_logged),
-        T(test_filters),            T(test_hostile_round_trip), T(test_cli),
+        T(test_filters),            T(test_hostile_round_trip), T(test_event_text_bounded),
+        T(test_cli),
         T(test_cli_follow),         T(test_capped),             T(test_queue_full_drops),
     };
     h_group_use(&redis, &daemon_, group_sets);
