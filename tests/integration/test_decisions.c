@@ -514,6 +514,52 @@ static void test_cli_follow(void **state)
     h_pass();
 }
 
+/* The ledger writer records the decision log in the ledger's decisions
+ * table (migration 2): `nerve ledger export --table decisions` shows the
+ * sale_gate reject of test_sale_reject_logged with its event. */
+static void test_ledger_rows(void **state)
+{
+    (void)state;
+    char path_set[300];
+    snprintf(path_set, sizeof path_set, "ledger.path=%s/ledger.db", redis->dir);
+    const char *args[] = { "ledger", "export", "--table", "decisions", "--format", "jsonl",
+                           "-c", "config/nerve.yaml", "--set", path_set, NULL };
+    double dl = h_deadline(10000);
+    h_run run = { 0 };
+    const char *hit = NULL;
+    while (h_before(dl)) {
+        h_run_free(&run);
+        memset(&run, 0, sizeof run);
+        h_run_nerve(&run, 10000, NULL, args);
+        if (run.status == 0 && (hit = strstr(run.out, "\"reason\":\"no sale of rej-1\"")))
+            break;
+        h_nap();
+    }
+    if (!hit)
+        fail_msg("no reject of rej-1 in the ledger's decisions table (status %d): %s %s",
+                 run.status, run.out, run.err);
+    const char *start = hit;
+    while (start > run.out && start[-1] != '\n')
+        start--;
+    const char *end = strchr(hit, '\n');
+    char *line = strndup(start, end ? (size_t)(end - start) : strlen(start));
+    cJSON *row = cJSON_Parse(line);
+    assert_non_null(row);
+    assert_string_equal(h_jstr(row, "kind"), "decision");
+    assert_string_equal(h_jstr(row, "action"), "reject");
+    assert_string_equal(h_jstr(row, "rule"), "sale_gate");
+    assert_string_equal(h_jstr(row, "channel"), "sale_request");
+    assert_non_null(strstr(h_jstr(row, "event_id"), "nerve:decisions/"));
+    cJSON *ev = cJSON_Parse(h_jstr(row, "event"));
+    assert_non_null(ev);
+    assert_string_equal(h_jstr(ev, "sku"), "rej-1");
+    cJSON_Delete(ev);
+    cJSON_Delete(row);
+    free(line);
+    h_run_free(&run);
+    h_pass();
+}
+
 /* decisions.maxlen caps the stream (MAXLEN ~: whole nodes of 100 entries are
  * trimmed), and /metrics counts what was written. */
 static void test_capped(void **state)
@@ -622,7 +668,7 @@ int main(void)
         T(test_stock_event_logged), T(test_rule_error_logged), T(test_sale_reject_logged),
         T(test_filters),            T(test_hostile_round_trip), T(test_event_text_bounded),
         T(test_cli),
-        T(test_cli_follow),         T(test_capped),             T(test_queue_full_drops),
+        T(test_cli_follow), T(test_ledger_rows),         T(test_capped),             T(test_queue_full_drops),
     };
     h_group_use(&redis, &daemon_, group_sets);
     return cmocka_run_group_tests(tests, group_setup, h_group_teardown);
