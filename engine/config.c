@@ -142,6 +142,10 @@ const opt cfg_opts[] = {
     OPT_INT("alerts.throttle_s", alerts_throttle_s, 0, 86400, 60),
     OPT_LONG("alerts.audit_maxlen", audit_maxlen, 1, 10000000, 10000),
 
+    OPT_LONG("decisions.maxlen", decisions_maxlen, 1, 10000000, 10000),
+    OPT_LONG("decisions.event_max_bytes", decisions_event_max_bytes, 0, 1048576, 4096),
+    OPT_INT("decisions.queue_size", decisions_queue_size, 1, 1000000, 10000),
+
     OPT_BOOL("ledger.enabled", ledger_enabled, 1),
     OPT_STR("ledger.path", ledger_path, 1, "nerve-ledger.db", NULL),
     OPT_STR("ledger.url", ledger_url, 0, "", check_ledger_url),

@@ -16,6 +16,7 @@
 #include "nerve/bus.h"
 #include "nerve/clock.h"
 #include "nerve/config.h"
+#include "nerve/declog.h"
 #include "nerve/evaluator.h"
 #include "nerve/http.h"
 #include "nerve/keys.h"
@@ -100,6 +101,7 @@ typedef struct nerved {
     bus *bus;
     policy *policy;
     ctr *counters;
+    declog *dlog;
     sale_engine *sale;
     http_server *http;
     ledger_writer *ledger;     /* NULL: ledger.enabled or bus.streams off */
@@ -396,8 +398,19 @@ int daemon_run(const daemon_args *a) {
     d.act = d.ks && d.pool ? act_new(&ao, d.ks, d.panic, d.pool) : NULL;
     d.q = evq_new((size_t)c->queue_size);
     d.counters = d.pool ? ctr_new(d.pool, c->redis_prefix) : NULL;
+    declog_opts dlo = { .redis = ro,
+                        .prefix = c->redis_prefix,
+                        .instance = instance,
+                        .maxlen = c->decisions_maxlen,
+                        .event_max_bytes = (size_t)c->decisions_event_max_bytes,
+                        .queue_size = (size_t)c->decisions_queue_size };
+    d.dlog = declog_start(&dlo, err, sizeof err);
+    if (!d.dlog) {
+        log_error("main", "%s", err);
+        goto out;
+    }
     d.policy = d.live && d.ks && d.act && d.counters
-                   ? policy_new(d.live, d.ks, d.act, d.pool, d.counters)
+                   ? policy_new(d.live, d.ks, d.act, d.pool, d.counters, d.dlog)
                    : NULL;
     if (!d.live || !d.pool || !d.act || !d.q || !d.counters || !d.policy) {
         log_error("main", "out of memory");
@@ -460,6 +473,7 @@ int daemon_run(const daemon_args *a) {
                      .ks = d.ks,
                      .pool = d.pool,
                      .counters = d.counters,
+                     .dlog = d.dlog,
                      .stall_ms = c->stall_ms,
                      .resume_ms = stop_bound_ms < 30000 ? stop_bound_ms : 30000,
                      .ack = eval_ack,
@@ -501,6 +515,7 @@ int daemon_run(const daemon_args *a) {
                      .panic = d.panic,
                      .resume = d.resume,
                      .ledger = d.ledger,
+                     .dlog = d.dlog,
                      .reload = do_reload,
                      .reload_ud = &d };
     d.http = http_start(&hd, err, sizeof err);
@@ -553,6 +568,8 @@ out:
     eval_stop(d.eval);
     bus_stop(d.bus); /* after the evaluator's last acknowledgement */
     log_debug("main", "event queue drained");
+    /* Every decision is made: write what the log holds (Redis permitting). */
+    declog_stop(d.dlog, c->shutdown_grace_ms < 2000 ? c->shutdown_grace_ms : 2000);
     /* What the writer read and did not commit stays pending in Redis. */
     ledger_writer_stop(d.ledger);
     log_debug("main", "ledger writer stopped");

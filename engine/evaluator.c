@@ -9,6 +9,8 @@
 #include "nerve/clock.h"
 #include "nerve/log.h"
 
+typedef struct call_ctx call_ctx;
+
 struct eval {
     eval_opts o;
     pthread_t th;
@@ -18,21 +20,24 @@ struct eval {
     uint64_t last_done_ns;  /* last event finished; the start time until one has */
     uint64_t busy_since_ns; /* the event in evaluation was taken, 0 when idle */
     uint64_t busy_enq_ns;   /* ... and was queued */
+    call_ctx *cur;          /* the event in evaluation (evaluator thread only), for rule errors */
 };
 
-typedef struct call_ctx {
+struct call_ctx {
     eval *e;
     rds_client *c;
     uint64_t decisions;
     const char *event_id; /* "<stream>/<id>", NULL for Pub/Sub */
     int failed;           /* a decision was not applied (no client, Redis error) */
-} call_ctx;
+    declog_src src;       /* what the decision log says of the event */
+};
 
 static void on_decision(void *ud, const rules_decision *d) {
     call_ctx *cc = ud;
     cc->decisions++;
     log_debug("eval", "decision rule=%s action=%s scope=%s reason=\"%s\"", d->rule,
               rules_action_name(d->action), d->scope ? d->scope : "", d->reason);
+    declog_decision(cc->e->o.dlog, d, &cc->src);
     if (!cc->c || act_decision_ev(cc->e->o.act, cc->c, d, cc->event_id) != 0) cc->failed = 1;
 }
 
@@ -67,6 +72,7 @@ static void on_rule_error(void *ud, const char *rule, const char *msg) {
     e->st.rule_errors++;
     pthread_mutex_unlock(&e->mu);
     log_error("rules", "%s rule=%s", msg, rule);
+    if (e->cur) declog_rule_error(e->o.dlog, rule, msg, &e->cur->src);
 }
 
 static void count_event(eval *e, const char *channel, int bad, uint64_t decisions) {
@@ -149,10 +155,15 @@ static void *run(void *arg) {
         sync_vm(e, &vm, &gen);
         char evid[RDS_KEY_MAX + 64];
         if (it.stream) snprintf(evid, sizeof evid, "%s/%s", it.stream, it.id);
-        call_ctx cc = { e, rds_pool_client(e->o.pool), 0, it.stream ? evid : NULL, 0 };
+        call_ctx cc = { .e = e,
+                        .c = rds_pool_client(e->o.pool),
+                        .event_id = it.stream ? evid : NULL,
+                        .src = { it.channel, it.stream ? it.id : NULL, gen, it.data, it.len } };
         int bad = 0;
         if (vm) {
+            e->cur = &cc;
             int r = rules_eval(vm, it.channel, it.data, it.len, on_decision, &cc);
+            e->cur = NULL;
             if (r < 0) {
                 bad = 1;
                 if (bad_burst++ == 0)

@@ -504,7 +504,9 @@ static status_sources sources(http_server *s) {
                            .ks = s->d.ks,
                            .ledger = s->d.ledger,
                            .ledger_lag_ready_ms = s->d.cfg ? s->d.cfg->ledger_lag_ready_ms : 0,
-                           .ledger_lag_unready = s->d.cfg && s->d.cfg->ledger_lag_unready };
+                           .ledger_lag_unready = s->d.cfg && s->d.cfg->ledger_lag_unready,
+                           .dlog = s->d.dlog,
+                           .prefix = s->d.cfg ? s->d.cfg->redis_prefix : NULL };
     return src;
 }
 
@@ -589,6 +591,41 @@ static int handle_killswitch_get(http_server *s, struct mg_connection *conn) {
     status_sources src = sources(s);
     cJSON *o = status_killswitch(&src);
     if (!o) return unavailable(s, conn, "redis unavailable");
+    return send_json(s, conn, 200, o, NULL, 0);
+}
+
+/* GET /decisions?rule=&scope=&kind=&limit=: the decision log, newest first.
+ * A parameter is decoded once; over DECLOG_FILTER_MAX bytes, or a limit
+ * outside 1..DECLOG_LIMIT_MAX, answers 400. */
+static int handle_decisions(http_server *s, struct mg_connection *conn) {
+    const char *qs = mg_get_request_info(conn)->query_string;
+    char rule[DECLOG_FILTER_MAX + 1] = "", scope[sizeof rule] = "";
+    char kind[sizeof rule] = "", limit[sizeof rule] = "";
+    struct {
+        const char *name;
+        char *buf;
+    } params[] = { { "rule", rule }, { "scope", scope }, { "kind", kind }, { "limit", limit } };
+    size_t qlen = qs ? strlen(qs) : 0;
+    int have_limit = 0;
+    for (size_t i = 0; qs && i < sizeof params / sizeof params[0]; i++) {
+        /* -1 absent, -2 too long for the buffer (or a bad escape), else its length. */
+        int r = mg_get_var(qs, qlen, params[i].name, params[i].buf, sizeof rule);
+        if (r < -1 || (r >= 0 && (size_t)r > DECLOG_FILTER_MAX)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "%s must be at most %d bytes", params[i].name,
+                     DECLOG_FILTER_MAX);
+            return send_error(s, conn, 400, "bad_request", msg);
+        }
+        if (r < 0) params[i].buf[0] = 0;
+        if (r >= 0 && params[i].buf == limit) have_limit = 1;
+    }
+    declog_filter f = { rule, scope, kind, 50 };
+    if (have_limit && declog_parse_limit(limit, &f.limit) != 0)
+        return send_error(s, conn, 400, "bad_request", "limit must be an integer from 1 to 1000");
+    status_sources src = sources(s);
+    char err[256];
+    cJSON *o = status_decisions(&src, &f, err, sizeof err);
+    if (!o) return unavailable(s, conn, err);
     return send_json(s, conn, 200, o, NULL, 0);
 }
 
@@ -837,8 +874,10 @@ static const route_def routes[] = {
       "the loaded rules, their counters and the last reload" },
     { "/killswitch", M_GET, 0, BODY_NONE, handle_killswitch_get, NULL,
       "the engaged kill-switch scopes" },
+    { "/decisions", M_GET, 0, BODY_NONE, handle_decisions, NULL,
+      "the decision log, newest first: ?rule=&scope=&kind=&limit=" },
     { "/status.json", M_GET, 0, BODY_NONE, handle_status_json, NULL,
-      "the status page's data: sales, top SKUs, kills, rules, decisions, readiness" },
+      "the status page's data: sales, top SKUs, kills, rules, readiness" },
     { "/status", M_GET, 0, BODY_NONE, handle_status_page, NULL,
       "the live status page (HTML; read-only without the token)" },
     { "/status/{asset}", M_GET, 0, BODY_NONE, NULL, handle_status_asset,

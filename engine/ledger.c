@@ -243,6 +243,7 @@ int ledger_migrate(ledger *l, int *applied) {
 
 typedef struct row {
     ledger_val v[LEDGER_MAX_PARAMS];
+    char *owned; /* a value printed for this row, freed once it is inserted */
 } row;
 
 static const char *jstr(const cJSON *o, const char *k) {
@@ -354,11 +355,39 @@ static int alert_row(const cJSON *o, const ledger_entry *e, const char *kind, ro
     return LEDGER_ALERTS;
 }
 
+/* A decision log record (declog.h): its fields as they are, the event as
+ * JSON text. */
+static int decision_row(const cJSON *o, const ledger_entry *e, row *r) {
+    const char *kind = jstr(o, "kind");
+    if (!kind) return -1;
+    set_str(r, 0, e->event_id);
+    set_str(r, 1, kind);
+    set_str(r, 2, jstr(o, "action"));
+    set_str(r, 3, jstr(o, "level"));
+    set_str(r, 4, jstr(o, "rule"));
+    set_str(r, 5, jstr(o, "scope"));
+    set_str(r, 6, jstr(o, "reason"));
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(o, "halt_sales");
+    if (cJSON_IsBool(h)) set_int(r, 7, cJSON_IsTrue(h));
+    set_str(r, 8, jstr(o, "channel"));
+    set_str(r, 9, jstr(o, "event_id"));
+    long long gen;
+    if (jint(o, "generation", &gen)) set_int(r, 10, gen);
+    set_str(r, 11, jstr(o, "error"));
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
+    if (cJSON_IsObject(ev) && (r->owned = cJSON_PrintUnformatted(ev))) set_str(r, 12, r->owned);
+    set_real(r, 13, event_ts(o, e));
+    set_str(r, 14, jstr(o, "instance"));
+    return LEDGER_DECISIONS;
+}
+
 /* The table E goes to with its values in R: a table, LEDGER_TABLES when it
  * makes no row, -1 when it is invalid. */
 static int entry_row(const cJSON *o, const ledger_entry *e, row *r) {
     memset(r->v, 0, sizeof r->v); /* LEDGER_V_NULL */
+    r->owned = NULL;
     if (!cJSON_IsObject(o) || !e->event_id) return -1;
+    if (e->decision) return decision_row(o, e, r);
     if (e->kind) { /* the audit stream */
         const char *kind = *e->kind ? e->kind : jstr(o, "kind");
         if (!kind) return -1;
@@ -410,6 +439,7 @@ int ledger_record(ledger *l, const ledger_entry *e, size_t n, ledger_result *res
             got.ignored++;
         else if ((rc = l->ops->insert(l, (ledger_table)t, r.v)) == 0)
             tried[t]++;
+        free(r.owned);
         cJSON_Delete(o);
         if (rc) goto fail;
     }

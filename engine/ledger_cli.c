@@ -46,8 +46,8 @@ static void usage(FILE *f) {
             "  migrate                      apply the schema migrations not yet recorded\n"
             "  verify                       per SKU, stock changes minus sales in the ledger must\n"
             "                               equal the stock in Redis; names each SKU that differs\n"
-            "  export [--since T] [--format jsonl|csv] [--table sales|stock_changes|kills|alerts]\n"
-            "                               the rows (default: sales) with ts >= T (RFC 3339 or\n"
+            "  export [--since T] [--format jsonl|csv] [--table sales|stock_changes|kills|alerts|\n"
+            "         decisions]            the rows (default: sales) with ts >= T (RFC 3339 or\n"
             "                               epoch seconds), oldest first, to stdout\n"
             "  backup FILE                  online copy of an SQLite ledger (PostgreSQL: pg_dump)\n"
             "  sales [--by sku|day]         orders, quantity and revenue per SKU or UTC day\n"
@@ -76,10 +76,11 @@ static int on_opt(void *ud, int val, const char *arg) {
     case OPT_TABLE: {
         int t = ledger_table_of(arg);
         if (t < 0) {
-            fprintf(stderr,
-                    "nerve ledger: --table must be sales, stock_changes, kills or alerts "
-                    "(got %s)\n",
-                    arg);
+            fprintf(
+                stderr,
+                "nerve ledger: --table must be sales, stock_changes, kills, alerts or decisions "
+                "(got %s)\n",
+                arg);
             return -1;
         }
         o->table = (ledger_table)t;

@@ -63,6 +63,25 @@ const ledger_migration ledger_migrations[] = {
       " ts DOUBLE PRECISION NOT NULL,"
       " instance TEXT);\n"
       "CREATE INDEX alerts_ts ON alerts (ts);\n" },
+    { 2, "decisions",
+      "CREATE TABLE decisions ("
+      " event_id TEXT PRIMARY KEY,"
+      " kind TEXT NOT NULL,"
+      " action TEXT,"
+      " level TEXT,"
+      " rule TEXT,"
+      " scope TEXT,"
+      " reason TEXT,"
+      " halt_sales INTEGER,"
+      " channel TEXT,"
+      " source_event_id TEXT,"
+      " generation BIGINT,"
+      " error TEXT,"
+      " event TEXT,"
+      " ts DOUBLE PRECISION NOT NULL,"
+      " instance TEXT);\n"
+      "CREATE INDEX decisions_ts ON decisions (ts);\n"
+      "CREATE INDEX decisions_rule ON decisions (rule);\n" },
 };
 const size_t ledger_n_migrations = sizeof ledger_migrations / sizeof ledger_migrations[0];
 
@@ -88,11 +107,17 @@ static const ledger_col alerts_cols[] = {
     { "scope", T },    { "reason", T }, { "ts", R },   { "instance", T },
 };
 
+static const ledger_col decisions_cols[] = {
+    { "event_id", T },        { "kind", T },       { "action", T },
+    { "level", T },           { "rule", T },       { "scope", T },
+    { "reason", T },          { "halt_sales", I }, { "channel", T },
+    { "source_event_id", T }, { "generation", I }, { "error", T },
+    { "event", T },           { "ts", R },         { "instance", T },
+};
+
 #define TDESC(n, c) \
     { n, c, (int)(sizeof c / sizeof c[0]) }
 const ledger_tdesc ledger_tables[LEDGER_TABLES] = {
-    TDESC("sales", sales_cols),
-    TDESC("stock_changes", stock_cols),
-    TDESC("kills", kills_cols),
-    TDESC("alerts", alerts_cols),
+    TDESC("sales", sales_cols),   TDESC("stock_changes", stock_cols), TDESC("kills", kills_cols),
+    TDESC("alerts", alerts_cols), TDESC("decisions", decisions_cols),
 };

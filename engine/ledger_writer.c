@@ -4,7 +4,8 @@
  * It reads, as consumer INSTANCE of group ledger.group, the partition
  * streams of the sales and inventory channels (sgroup: field `event`) and
  * the audit stream (a second sgroup: field `data`, whose JSON carries its
- * `kind`), and records each batch in one transaction. Entries are
+ * `kind`) and the decision log (a third: PREFIXdecisions, field `d`,
+ * declog.h), and records each batch in one transaction. Entries are
  * acknowledged only after COMMIT returned: a crash between the two replays
  * them (own pending entries first after a restart, or another instance's
  * XAUTOCLAIM), and ON CONFLICT DO NOTHING makes the replay write nothing.
@@ -50,7 +51,7 @@
 struct ledger_writer {
     char *url, *path, *group, *consumer;
     int batch;
-    sg *events, *audit;
+    sg *events, *audit, *decisions;
     ledger *db;
     pthread_t thread;
     bool started;
@@ -133,9 +134,10 @@ static int one_by_one(ledger_writer *w, const ledger_entry *e, size_t n, ledger_
     return 0;
 }
 
-/* Record M[0..n) (NE of them from the event streams, the rest audit),
- * retrying until it commits or stop is asked; then acknowledge. */
-static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne) {
+/* Record M[0..n) (NE of them from the event streams, then NA audit, the
+ * rest decision log records), retrying until it commits or stop is asked;
+ * then acknowledge. */
+static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne, size_t na) {
     /* The event ids "<stream>/<id>" packed in one buffer: a slot of the
      * longest key per entry was 1.3 MB touched per batch of 2000 (peak RSS). */
     size_t idlen = 0;
@@ -159,7 +161,10 @@ static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne) {
         e[i].json = m[i].event;
         e[i].len = m[i].len;
         e[i].id_ms = m[i].id_ms;
-        if (i >= ne) e[i].kind = ""; /* audit: the kind is in the data */
+        if (i >= ne + na)
+            e[i].decision = 1;
+        else if (i >= ne)
+            e[i].kind = ""; /* audit: the kind is in the data */
         if (!oldest || m[i].id_ms < oldest) oldest = m[i].id_ms;
     }
     atomic_store(&w->oldest_ms, oldest ? oldest : 1);
@@ -212,8 +217,10 @@ static void write_batch(ledger_writer *w, sg_msg *m, size_t n, size_t ne) {
      * back as this consumer's pending ones and are written as nothing. */
     if (ne && sg_ack(w->events, m, ne) != 0)
         log_warn("ledger", "XACK failed (entries will be re-read): %s", sg_errstr(w->events));
-    if (n > ne && sg_ack(w->audit, m + ne, n - ne) != 0)
+    if (na && sg_ack(w->audit, m + ne, na) != 0)
         log_warn("ledger", "XACK failed (entries will be re-read): %s", sg_errstr(w->audit));
+    if (n > ne + na && sg_ack(w->decisions, m + ne + na, n - ne - na) != 0)
+        log_warn("ledger", "XACK failed (entries will be re-read): %s", sg_errstr(w->decisions));
 }
 
 /* The lag starts when an entry is read, not when its batch is written:
@@ -271,32 +278,39 @@ static void *run(void *arg) {
             if (k > 0) ne += k; /* an error shows on the next read */
         }
         int na = ne >= 0 && (size_t)ne < cap ? sg_read(w->audit, m + ne, cap - (size_t)ne, 0) : 0;
-        if (ne == 0 && na == 0) {
+        /* The decision log takes what the audit stream left of the share. */
+        size_t used = (size_t)(ne > 0 ? ne : 0) + (size_t)(na > 0 ? na : 0);
+        int nd = ne >= 0 && na >= 0 && used < cap ? sg_read(w->decisions, m + used, cap - used, 0)
+                                                  : 0;
+        if (ne == 0 && na == 0 && nd == 0) {
             atomic_store(&w->oldest_ms, 0); /* caught up */
             ne = read_chunked(w->events, m, ecap, BLOCK_MS);
             if (ne > 0) note_oldest(w, m, (size_t)ne);
         }
-        if (ne < 0 || na < 0) {
+        if (ne < 0 || na < 0 || nd < 0) {
             /* The entries read before the error still get written below. */
             if (++rfails == 1)
                 log_warn("ledger", "ledger writer: reading the streams failed: %s",
-                         ne < 0 ? sg_errstr(w->events) : sg_errstr(w->audit));
+                         ne < 0   ? sg_errstr(w->events)
+                         : na < 0 ? sg_errstr(w->audit)
+                                  : sg_errstr(w->decisions));
             ADD(w, errors, 1);
             if (ne < 0) ne = 0;
             if (na < 0) na = 0;
-            if (ne + na == 0) {
+            if (nd < 0) nd = 0;
+            if (ne + na + nd == 0) {
                 pause_ms(w, BLOCK_MS);
                 continue;
             }
         } else {
             rfails = 0;
         }
-        size_t n = (size_t)ne + (size_t)na;
+        size_t n = (size_t)ne + (size_t)na + (size_t)nd;
         if (n == 0) {
             atomic_store(&w->oldest_ms, 0);
             continue;
         }
-        write_batch(w, m, n, (size_t)ne);
+        write_batch(w, m, n, (size_t)ne, (size_t)na);
         sg_msgs_free(m, n);
         /* oldest_ms stays until the next read says what is waiting: 0 only
          * when a read finds nothing. Resetting it here showed no lag while
@@ -342,6 +356,9 @@ ledger_writer *ledger_writer_start(const ledger_writer_opts *o, char *err, size_
     char audit[RDS_KEY_MAX];
     snprintf(audit, sizeof audit, "%saudit", c->redis_prefix);
     const char *audit_v[] = { audit };
+    char decisions[RDS_KEY_MAX];
+    snprintf(decisions, sizeof decisions, "%sdecisions", c->redis_prefix);
+    const char *decisions_v[] = { decisions };
     sg_opts so = { .redis = o->redis,
                    .streams = (const char *const *)ev,
                    .n_streams = nev,
@@ -354,7 +371,10 @@ ledger_writer *ledger_writer_start(const ledger_writer_opts *o, char *err, size_
     so.n_streams = 1;
     so.field = "data";
     w->audit = w->events ? sg_open(&so, err, errlen) : NULL;
-    if (!w->events || !w->audit) goto fail;
+    so.streams = decisions_v;
+    so.field = "d";
+    w->decisions = w->audit ? sg_open(&so, err, errlen) : NULL;
+    if (!w->events || !w->audit || !w->decisions) goto fail;
     for (size_t i = 0; i < nev; i++) free(ev[i]);
     free(ev);
     ev = NULL;
@@ -363,7 +383,8 @@ ledger_writer *ledger_writer_start(const ledger_writer_opts *o, char *err, size_
         goto fail;
     }
     w->started = true;
-    log_info("ledger", "ledger writer started group=%s consumer=%s streams=%zu+audit batch=%d",
+    log_info("ledger",
+             "ledger writer started group=%s consumer=%s streams=%zu+audit+decisions batch=%d",
              w->group, w->consumer, nev, w->batch);
     return w;
 oom:
@@ -386,6 +407,7 @@ void ledger_writer_stop(ledger_writer *w) {
     }
     sg_close(w->events);
     sg_close(w->audit);
+    sg_close(w->decisions);
     ledger_close(w->db);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

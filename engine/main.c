@@ -13,6 +13,7 @@
 #include "nerve/cli.h"
 #include "nerve/config.h"
 #include "nerve/daemon.h"
+#include "nerve/declog.h"
 #include "nerve/keys_cli.h"
 #include "nerve/killswitch_cli.h"
 #include "nerve/ledger.h"
@@ -56,6 +57,9 @@ static void usage(FILE *f) {
         "                               bus.partitions (nerve keys --help)\n"
         "  killswitch ls [--json] | engage SCOPE --reason R [--halt-sales] | reset SCOPE --reason R\n"
         "                               the running daemon's kill switch (nerve killswitch --help)\n"
+        "  decisions [--rule R] [--scope S] [--limit N] [--follow] [--json]\n"
+        "                               the decision log: last decisions and rule errors, then\n"
+        "                               new ones with --follow (nerve decisions --help)\n"
         "  help                         this text\n"
         "  --version                    print the version\n"
         "\n"
@@ -264,6 +268,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "rules") == 0) return cmd_rules(argc - 1, argv + 1);
     if (strcmp(cmd, "reload") == 0) return reload_cli_main(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0) return status_cli_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "decisions") == 0) return declog_cli_main(argc - 1, argv + 1);
     cli_args o;
     if (cli_parse("nerve", "nerve help", argc - 1, argv + 1, NULL, NULL, NULL, &o)) {
         cli_args_free(&o);

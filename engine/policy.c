@@ -40,6 +40,7 @@ struct policy {
     act *a;
     rds_pool *pool;
     ctr *counters;
+    declog *dlog;
     pthread_mutex_t mu; /* guards free_vms, made, and wakes through cv */
     pthread_cond_t cv;
     tvm *free_vms;
@@ -53,12 +54,25 @@ struct gate_ctx {
     sale_res *res;
     int rejected;
     char failed_rule[129]; /* first rule that failed, "" if none */
+    const cJSON *ev;       /* the sale as the rules saw it */
+    char *ev_text;         /* ... printed for the decision log, once, when needed */
+    uint64_t gen;          /* the generation of the vm that decided */
 };
 
-policy *policy_new(live *l, ks *k, act *a, rds_pool *pool, ctr *counters) {
+/* What the decision log says of this sale: printed only when a record is
+ * written (a reject, a rule's alert or kill, a rule error), never on the way
+ * of a sale that passes. */
+static declog_src log_src(gate_ctx *g) {
+    if (!g->ev_text) g->ev_text = cJSON_PrintUnformatted(g->ev);
+    declog_src src = { RULES_SALE_CHANNEL, NULL, g->gen, g->ev_text,
+                       g->ev_text ? strlen(g->ev_text) : 0 };
+    return src;
+}
+
+policy *policy_new(live *l, ks *k, act *a, rds_pool *pool, ctr *counters, declog *dlog) {
     policy *p = calloc(1, sizeof *p);
     if (!p) return NULL;
-    p->l = l, p->k = k, p->a = a, p->pool = pool, p->counters = counters;
+    p->l = l, p->k = k, p->a = a, p->pool = pool, p->counters = counters, p->dlog = dlog;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     p->max = cores > 0 && cores * POOL_PER_CORE > POOL_MIN ? (int)cores * POOL_PER_CORE : POOL_MIN;
     p->all = calloc((size_t)p->max, sizeof *p->all);
@@ -119,6 +133,10 @@ void policy_get_stats(policy *p, policy_stats *out) {
 
 static void on_decision(void *ud, const rules_decision *d) {
     gate_ctx *g = ud;
+    if (g->p->dlog) {
+        declog_src src = log_src(g);
+        declog_decision(g->p->dlog, d, &src);
+    }
     if (d->action == RULES_REJECT) {
         if (!g->rejected) {
             g->rejected = 1;
@@ -138,7 +156,12 @@ static void on_decision(void *ud, const rules_decision *d) {
 static void on_rule_error(void *ud, const char *rule, const char *msg) {
     tvm *t = ud;
     log_error("rules", "%s rule=%s", msg, rule);
-    if (t->cur && !t->cur->failed_rule[0])
+    if (!t->cur) return;
+    if (t->cur->p->dlog) {
+        declog_src src = log_src(t->cur);
+        declog_rule_error(t->cur->p->dlog, rule, msg, &src);
+    }
+    if (!t->cur->failed_rule[0])
         snprintf(t->cur->failed_rule, sizeof t->cur->failed_rule, "%s", rule);
 }
 
@@ -226,21 +249,31 @@ static sale_status gate_rules(policy *p, tvm *t, const sale_req *req, sale_res *
     cJSON_AddNumberToObject(ev, "qty", (double)req->qty);
     if (req->has_price) cJSON_AddNumberToObject(ev, "unit_price", req->unit_price);
     cJSON_AddStringToObject(ev, "order_id", req->order_id);
-    gate_ctx gc = { .p = p, .res = res };
+    gate_ctx gc = { .p = p, .res = res, .ev = ev, .gen = t->gen };
     t->cur = &gc;
     int failed = rules_eval_cjson(t->vm, RULES_SALE_CHANNEL, ev, (long long)time(NULL), on_decision,
                                   &gc);
     t->cur = NULL;
-    cJSON_Delete(ev);
+    sale_status st = SALE_OK;
     if (gc.rejected) {
-        res->status = SALE_REJECTED;
-        return SALE_REJECTED;
-    }
-    if (failed > 0) {
+        res->status = st = SALE_REJECTED;
+    } else if (failed > 0) {
         char why[200];
         snprintf(why, sizeof why, "sale rule %s failed", gc.failed_rule[0] ? gc.failed_rule : "?");
-        return rules_failed(p, rules_set_sale_allow(rules_vm_set(t->vm)),
-                            gc.failed_rule[0] ? gc.failed_rule : "?", why, res);
+        st = rules_failed(p, rules_set_sale_allow(rules_vm_set(t->vm)),
+                          gc.failed_rule[0] ? gc.failed_rule : "?", why, res);
+        if (st == SALE_REJECTED && p->dlog) {
+            /* Failed closed: a reject like any other in the log (the rule
+             * error that caused it is recorded just before). */
+            rules_decision d = { .rule = res->rule,
+                                 .channel = RULES_SALE_CHANNEL,
+                                 .action = RULES_REJECT,
+                                 .reason = res->reason };
+            declog_src src = log_src(&gc);
+            declog_decision(p->dlog, &d, &src);
+        }
     }
-    return SALE_OK;
+    free(gc.ev_text);
+    cJSON_Delete(ev);
+    return st;
 }

@@ -400,6 +400,21 @@ static void render_killswitch(buf *b, const status_sources *s, rds_client *c) {
         redis_up);
 }
 
+static void render_declog(buf *b, declog *l) {
+    declog_stats ds;
+    declog_get_stats(l, &ds);
+    out(b,
+        "# HELP nerve_decision_log_written_total Decision log records (decisions and rule errors) "
+        "appended to the decisions stream.\n# TYPE nerve_decision_log_written_total counter\n"
+        "nerve_decision_log_written_total %llu\n"
+        "# HELP nerve_decision_log_dropped_total Decision log records not written: the queue was "
+        "full (decisions.queue_size), out of memory, Redis refused them or was gone at stop.\n"
+        "# TYPE nerve_decision_log_dropped_total counter\nnerve_decision_log_dropped_total %llu\n"
+        "# HELP nerve_decision_log_queued Decision log records waiting to be written.\n"
+        "# TYPE nerve_decision_log_queued gauge\nnerve_decision_log_queued %zu\n",
+        (unsigned long long)ds.written, (unsigned long long)ds.dropped, ds.queued);
+}
+
 static void render_ledger(buf *b, ledger_writer *w) {
     ledger_writer_stats ls;
     ledger_writer_get_stats(w, &ls);
@@ -472,6 +487,7 @@ char *status_metrics(const status_sources *s) {
             (unsigned long long)rs.jobs_dry_run);
     }
     render_actions(&b, s);
+    render_declog(&b, s->dlog);
     if (s->ledger) render_ledger(&b, s->ledger);
     render_killswitch(&b, s, s->pool ? rds_pool_client(s->pool) : NULL);
     if (b.oom) {
@@ -696,5 +712,27 @@ cJSON *status_killswitch(const status_sources *s) {
         return NULL;
     }
     cJSON_AddItemToObject(o, "engaged", arr);
+    return o;
+}
+
+cJSON *status_decisions(const status_sources *s, const declog_filter *f, char *err, size_t errlen) {
+    rds_client *c = s->pool ? rds_pool_client(s->pool) : NULL;
+    if (!c || !s->prefix) {
+        snprintf(err, errlen, "redis unavailable");
+        return NULL;
+    }
+    size_t scanned = 0;
+    cJSON *arr = declog_query(c, s->prefix, f, &scanned, err, errlen);
+    if (!arr) return NULL;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) {
+        cJSON_Delete(arr);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int n = cJSON_GetArraySize(arr);
+    cJSON_AddItemToObject(o, "decisions", arr);
+    cJSON_AddNumberToObject(o, "count", n);
+    cJSON_AddNumberToObject(o, "scanned", (double)scanned);
     return o;
 }

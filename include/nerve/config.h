@@ -123,6 +123,11 @@ typedef struct cfg {
     int alerts_throttle_s; /* 0..86400, default 60 */
     long audit_maxlen;     /* nerve:audit cap, 1..10000000, default 10000 */
 
+    /* decisions (the decision log, declog.h) */
+    long decisions_maxlen;          /* nerve:decisions cap, 1..10000000, default 10000 */
+    long decisions_event_max_bytes; /* an event over this is left out, 0..1048576, default 4096 */
+    int decisions_queue_size;       /* records waiting for Redis, 1..1000000, default 10000 */
+
     /* ledger */
     bool ledger_enabled;     /* default true */
     char *ledger_path;       /* SQLite file, default "nerve-ledger.db" */

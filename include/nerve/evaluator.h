@@ -19,6 +19,8 @@
  * 64) while more events are queued, and sent before the thread waits. A
  * stream event's id ("<stream>/<entry id>") goes with its decisions to
  * act_decision_ev, so that a redelivered event publishes no alert twice.
+ * Every decision and rule error also goes to the decision log (declog.h)
+ * with the event, its channel, entry id and the generation that decided.
  *
  * Ownership: eval_start borrows everything in eval_opts (it must outlive the
  * evaluator). eval_stop returns once the queue is closed and drained (the
@@ -32,6 +34,7 @@
 
 #include "nerve/actions.h"
 #include "nerve/counters.h"
+#include "nerve/declog.h"
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/queue.h"
@@ -48,6 +51,7 @@ typedef struct eval_opts {
     ks *ks;
     rds_pool *pool;
     ctr *counters; /* ctx.incr backend; NULL: counted per Lua state */
+    declog *dlog;  /* every decision and rule error is recorded there; NULL: none */
     int resume_ms; /* act_resume_stalled every this long (at the halt cache refreshes, every 2 s) */
     int stall_ms; /* bus.stall_ms: stalled when work waits this long with no event finished; 0: 5000 */
     /* Acknowledge evaluated stream events (bus_ack); NULL: none. */

@@ -18,6 +18,7 @@
 #include "nerve/actions.h"
 #include "nerve/bus.h"
 #include "nerve/config.h"
+#include "nerve/declog.h"
 #include "nerve/evaluator.h"
 #include "nerve/killswitch.h"
 #include "nerve/ledger.h"
@@ -46,6 +47,7 @@ typedef struct http_deps {
     panic *panic;
     panic *resume;         /* panic.resume_url's calls (metrics); may be NULL */
     ledger_writer *ledger; /* read by /metrics and /readyz; may be NULL */
+    declog *dlog;          /* the decision log's counters in /metrics; may be NULL */
     http_reload_fn reload;
     void *reload_ud;
 } http_deps;

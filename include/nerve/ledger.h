@@ -1,5 +1,5 @@
 /* ledger.h -- the order ledger: every sale, stock change, kill and alert,
- * kept for good in SQL.
+ * and the decision log, kept for good in SQL.
  *
  * Why: Redis is the system of record for stock, but it forgets a sale once
  * its idempotency record expires, and its streams are capped. The ledger is
@@ -23,6 +23,11 @@
  *         instance)                      PRIMARY KEY event_id
  *   alerts(event_id, level, kind, rule, scope, reason, ts, instance)
  *                                        PRIMARY KEY event_id
+ *   decisions(event_id, kind, action, level, rule, scope, reason,
+ *         halt_sales, channel, source_event_id, generation, error, event,
+ *         ts, instance)                  PRIMARY KEY event_id
+ *         (the decision log, declog.h; source_event_id is the record's
+ *         event_id, the entry the decided event came from; event its JSON)
  * ts is epoch seconds (a double); event_id is "<stream key>/<entry id>".
  * Every insert is INSERT ... ON CONFLICT DO NOTHING, so recording an entry
  * twice (at-least-once delivery) leaves one row.
@@ -53,10 +58,11 @@ typedef enum {
     LEDGER_STOCK_CHANGES,
     LEDGER_KILLS,
     LEDGER_ALERTS,
+    LEDGER_DECISIONS,
     LEDGER_TABLES
 } ledger_table;
 
-/* "sales", "stock_changes", "kills", "alerts". */
+/* "sales", "stock_changes", "kills", "alerts", "decisions". */
 const char *ledger_table_name(ledger_table t);
 /* The table named NAME, or -1. */
 int ledger_table_of(const char *name);
@@ -99,9 +105,10 @@ typedef struct ledger_entry {
     const char *event_id; /* "<stream key>/<entry id>" */
     const char *kind;     /* NULL: an `event` of a channel stream (its "type" says what it
                            * is); else an audit entry's kind, "" = its data's "kind" */
-    const char *json;     /* the event, or the audit entry's `data` */
+    const char *json;     /* the event, the audit entry's `data`, or a decision record `d` */
     size_t len;
     uint64_t id_ms; /* the entry id's time: ts when the JSON has none */
+    int decision;   /* 1: a decision log record (PREFIXdecisions, declog.h); kind is NULL */
 } ledger_entry;
 
 typedef struct ledger_result {

@@ -19,8 +19,14 @@
  * Redis (counters.h), fleet-wide -- the way to write a limit that
  * reconnecting or another instance cannot bypass.
  *
+ * Decision log: every decision of a sale rule (reject, alert, kill), every
+ * sale rule error and every sale failed closed by one is handed to DLOG
+ * (declog.h: queued, never a Redis round trip on the sale) with the sale
+ * event; a sale no rule decided on costs nothing there.
+ *
  * Ownership: policy_new borrows its arguments (they must outlive it;
- * COUNTERS may be NULL: ctx.incr then counts per Lua state). The pool's vms
+ * COUNTERS may be NULL: ctx.incr then counts per Lua state; DLOG may be
+ * NULL: no decision log). The pool's vms
  * are freed with policy_free, after the HTTP server stopped.
  */
 #ifndef NERVE_POLICY_H
@@ -30,6 +36,7 @@
 
 #include "nerve/actions.h"
 #include "nerve/counters.h"
+#include "nerve/declog.h"
 #include "nerve/killswitch.h"
 #include "nerve/live.h"
 #include "nerve/rds.h"
@@ -37,7 +44,7 @@
 
 typedef struct policy policy;
 
-policy *policy_new(live *l, ks *k, act *a, rds_pool *pool, ctr *counters);
+policy *policy_new(live *l, ks *k, act *a, rds_pool *pool, ctr *counters, declog *dlog);
 void policy_free(policy *p);
 
 /* A sale_gate_fn: UD is the policy. */

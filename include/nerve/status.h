@@ -24,6 +24,7 @@
 
 #include "nerve/actions.h"
 #include "nerve/bus.h"
+#include "nerve/declog.h"
 #include "nerve/evaluator.h"
 #include "nerve/killswitch.h"
 #include "nerve/ledger.h"
@@ -51,6 +52,8 @@ typedef struct status_sources {
     ledger_writer *ledger;   /* the ledger metrics and lag */
     int ledger_lag_ready_ms; /* /readyz: a warning past this lag (ledger.lag_ready_ms) */
     bool ledger_lag_unready; /* ... a reason to be unready instead (ledger.lag_unready) */
+    declog *dlog;            /* the decision log's counters */
+    const char *prefix;      /* redis.prefix: where GET /decisions reads */
 } status_sources;
 
 /* GET /metrics: the Prometheus text exposition (version 0.0.4). Returns a
@@ -93,5 +96,11 @@ double status_start_time(void);
  * unknown). Plus "version", "instance", "now", "uptime_seconds" and "bus".
  * Three Redis round trips. NULL on OOM; else the caller deletes it. */
 cJSON *status_json(const status_sources *s);
+
+/* GET /decisions: {"decisions": [records newest first, each with "id"],
+ * "count": N, "scanned": entries read} from PREFIXdecisions through F
+ * (declog_query bounds the scan). NULL with why in ERR when Redis did not
+ * answer (answer 503) or on OOM; else the caller deletes it. */
+cJSON *status_decisions(const status_sources *s, const declog_filter *f, char *err, size_t errlen);
 
 #endif
