@@ -311,30 +311,51 @@ void cl_refresh_done(cl_refresh *r, int ok) {
 
 /* ---- round trips ------------------------------------------------------------------ */
 
+/* Whether the text of an INFO section or CLUSTER INFO (S, LEN bytes) has
+ * the line NAME (e.g. "cluster_enabled:1"). */
+static int has_line(const char *s, size_t len, const char *name) {
+    const char *p = s, *end = s + len;
+    size_t nl = strlen(name);
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        size_t n = eol ? (size_t)(eol - p) : (size_t)(end - p);
+        if (n && p[n - 1] == '\r') n--;
+        if (n >= nl && !memcmp(p, name, nl) && (n == nl || name[nl - 1] == ':')) return 1;
+        if (!eol) break;
+        p = eol + 1;
+    }
+    return 0;
+}
+
 int cl_info_cluster_enabled(rds_client *c, char *err, size_t errlen) {
     redisReply *r = rds_command(c, "INFO cluster");
-    int rc = -1;
+    int rc = -2;
     if (!r) {
         snprintf(err, errlen, "%s", rds_errstr(c));
         return -1;
     }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "INFO cluster: %.200s", r->str);
-    } else if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS) {
-        snprintf(err, errlen, "INFO cluster: unexpected reply");
-    } else {
+    if (r->type == REDIS_REPLY_STRING) {
         /* A server without the section (a proxy, an old fork) is not a
          * cluster node: absent means 0. */
-        const char *p = r->str, *end = r->str + r->len;
-        rc = 0;
-        while (p < end) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-            size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-            if (n >= 17 && !memcmp(p, "cluster_enabled:1", 17) && (n == 17 || p[17] == '\r'))
-                rc = 1;
-            p += n + 1;
-        }
+        rc = has_line(r->str, r->len, "cluster_enabled:1");
+        freeReplyObject(r);
+        return rc;
     }
+    freeReplyObject(r);
+    /* INFO is in ACL category @dangerous, which the README's least-privilege
+     * user lacks; CLUSTER INFO is not, and answers every server: an error
+     * naming disabled cluster support, or the cluster's state. */
+    if (!(r = rds_command(c, "CLUSTER INFO"))) {
+        snprintf(err, errlen, "%s", rds_errstr(c));
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "cluster support disabled"))
+        rc = 0;
+    else if ((r->type == REDIS_REPLY_STRING) && has_line(r->str, r->len, "cluster_state:"))
+        rc = 1;
+    else
+        snprintf(err, errlen, "neither INFO cluster nor CLUSTER INFO answered: %.200s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     freeReplyObject(r);
     return rc;
 }

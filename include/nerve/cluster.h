@@ -151,9 +151,11 @@ void cl_refresh_done(cl_refresh *r, int ok);
 
 /* ---- round trips on one node ------------------------------------------- */
 
-/* INFO cluster on C: 1 when the server is a cluster node (cluster_enabled:1),
- * 0 when not, -1 with why in ERR when it did not answer (or answered
- * something else). */
+/* Whether the server C reaches is a cluster node: INFO cluster
+ * (cluster_enabled:1), or CLUSTER INFO when INFO is refused (an ACL user
+ * without @dangerous). 1 when it is, 0 when not; -1 with why in ERR when it
+ * did not answer (connection); -2 with why in ERR when it answered but
+ * refused both commands, so nobody can tell. */
 int cl_info_cluster_enabled(rds_client *c, char *err, size_t errlen);
 
 /* CLUSTER SLOTS on C, built into a map (cl_map_from_reply, with C's host as
