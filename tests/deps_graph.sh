@@ -26,7 +26,7 @@ root="${1:-.}"
 # they lead to, the sale gate and the evaluator, the CLI tools, and at the
 # top the read side (status: it reads everything), the HTTP edge, the
 # daemon that wires it all and main.
-layers="${DEPS_LAYERS:-version jsonck log clock backoff url sku hist scope tslot park rds mux keys sgroup lock config cli sale queue bus rules live
+layers="${DEPS_LAYERS:-version jsonck log clock backoff url sku hist scope tslot park rds mux cluster keys sgroup lock config cli sale queue bus rules live
     counters killswitch panic actions policy evaluator ledger stress keys_cli status conns framing http daemon main}"
 
 cd "$root" || exit 2
