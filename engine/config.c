@@ -735,8 +735,9 @@ err:
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen) {
     memset(ro, 0, sizeof *ro);
     /* Honest rather than silently standalone: a cluster reached as one
-     * server answers MOVED for most keys, and a sentinel is not a primary. */
-    if (strcmp(c->redis_mode, "standalone") != 0) {
+     * server answers MOVED for most keys, and a sentinel is not a primary.
+     * A cfg built by hand (NULL mode) is standalone. */
+    if (c->redis_mode && strcmp(c->redis_mode, "standalone") != 0) {
         snprintf(err, errlen,
                  "redis.mode %s is not supported yet by this build (only standalone is; see "
                  "README, \"Redis Cluster and Sentinel\")",
