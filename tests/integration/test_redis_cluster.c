@@ -10,8 +10,9 @@
  *   - a command sent to another node answers MOVED, and a slot being
  *     migrated answers ASK, both read back exactly by cl_parse_redirect;
  *   - `nerve serve` in standalone mode pointed at a cluster node exits 1
- *     naming the node (also as an ACL user without INFO), and with
- *     redis.mode cluster or sentinel it refuses as not supported yet.
+ *     naming the node (also as an ACL user without INFO, and when the node
+ *     only answers after the daemon started), and with redis.mode cluster
+ *     or sentinel it refuses as not supported yet.
  *
  * (Named test_redis_cluster, not test_cluster: the unit test
  * tests/unit/test_cluster.c already builds as build/tests/test_cluster.)
@@ -303,6 +304,32 @@ static void test_other_modes_refused(void **state)
     h_pass();
 }
 
+/* Redis not answering at start: the daemon starts (healthz), and the check
+ * runs on the first connection, stopping it once the node is back. Last: it
+ * restarts a node of the cluster. */
+static void test_cluster_node_found_on_connect(void **state)
+{
+    (void)state;
+    h_redis *node = cl->nodes[2];
+    char want[256];
+    snprintf(want, sizeof want, "redis at 127.0.0.1:%d is a Redis Cluster node", node->port);
+    assert_int_equal(h_redis_stop(node), 0);
+    h_daemon *d = h_daemon_start(node, "redis.reconnect_max_ms=100", NULL);
+    assert_non_null(d);
+    assert_int_equal(h_redis_restart(node), 0);
+    double dl = h_deadline(15000);
+    while (h_daemon_alive(d) && h_before(dl))
+        h_nap();
+    if (d->pid)
+        fail_msg("the daemon still runs 15 s after its Redis came back as a cluster node");
+    char *log = h_read_file(d->log);
+    assert_non_null(log);
+    if (!strstr(log, want))
+        fail_msg("the daemon exited without saying \"%s\"", want);
+    free(log);
+    h_pass();
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
 int main(void)
@@ -313,6 +340,7 @@ int main(void)
         T(test_moved_and_ask),
         T(test_standalone_refuses_cluster_node),
         T(test_other_modes_refused),
+        T(test_cluster_node_found_on_connect),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
