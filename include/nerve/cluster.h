@@ -109,10 +109,10 @@ typedef enum { CL_MOVED = 1, CL_ASK = 2 } cl_redirect_kind;
 
 typedef struct cl_redirect {
     cl_redirect_kind kind;
-    int slot;               /* 0..16383 */
-    char host[CL_HOST_MAX]; /* "" = the node that answered (Redis 7's
-                              * unknown endpoint, sent as ":port") */
-    int port;               /* 1..65535 */
+    int slot; /* 0..16383 */
+    /* "" = the node that answered (Redis 7's unknown endpoint, ":port"). */
+    char host[CL_HOST_MAX];
+    int port; /* 1..65535 */
 } cl_redirect;
 
 /* Read the error reply text S (LEN bytes, without the leading '-') as
