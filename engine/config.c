@@ -71,8 +71,9 @@
     { .key = k, .type = T_SEED, F(f), .off_n = offsetof(cfg, n) }
 
 static check_fn check_listen, check_redis_url, check_prefix, check_http_url, check_header,
-    check_name, check_ledger_url;
+    check_name, check_master_name, check_ledger_url;
 
+static const char *const redis_modes[] = { "standalone", "cluster", "sentinel", NULL };
 static const char *const log_levels[] = { "debug", "info", "warn", "error", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
 static const char *const sale_on_error_values[] = { "reject", "allow", NULL };
@@ -93,6 +94,9 @@ const opt cfg_opts[] = {
     OPT_INT("redis.command_timeout_ms", redis_command_timeout_ms, 1, 60000, 1000),
     OPT_INT("redis.reconnect_max_ms", redis_reconnect_max_ms, 1, 60000, 2000),
     OPT_STR("redis.prefix", redis_prefix, 0, "nerve:", check_prefix),
+    OPT_ENUM("redis.mode", redis_mode, "standalone", redis_modes),
+    OPT_LIST("redis.sentinels", redis_sentinels, n_redis_sentinels, ""),
+    OPT_STR("redis.master_name", redis_master_name, 0, "", check_master_name),
 
     OPT_LIST("bus.channels", bus_channels, n_bus_channels,
              "inventory_events,sales_events,financial_events"),
@@ -287,7 +291,13 @@ static int check_listen(const char *s, char *msg, size_t size) {
  * They are not echoed back: they may carry a password or token. */
 static int check_redis_url(const char *s, char *msg, size_t size) {
     url_redis u;
+    url_sentinel us;
     char err[200];
+    if (!strncmp(s, URL_SENTINEL_SCHEME, sizeof URL_SENTINEL_SCHEME - 1)) {
+        if (url_parse_sentinel(s, &us, err, sizeof err) == 0) return 0;
+        snprintf(msg, size, "invalid redis-sentinel:// URL: %s", err);
+        return -1;
+    }
     if (url_parse_redis(s, &u, err, sizeof err) == 0) return 0;
     if (strncmp(s, "redis://", 8) != 0)
         snprintf(msg, size, "%s", err);
@@ -341,6 +351,11 @@ static int check_name(const char *s, char *msg, size_t size) {
     if (ok) return 0;
     snprintf(msg, size, "must be 1 to 64 of A-Z a-z 0-9 . _ : - (got %s)", cfg_quote(q, s));
     return -1;
+}
+
+/* A Sentinel master name (SENTINEL GET-MASTER-ADDR-BY-NAME); "" = none. */
+static int check_master_name(const char *s, char *msg, size_t size) {
+    return *s ? check_name(s, msg, size) : 0;
 }
 
 /* The URL is passed to libpq as it is; only its scheme is checked here, and it
@@ -610,6 +625,62 @@ err:
 /* Checks between keys                                                      */
 /* ------------------------------------------------------------------------ */
 
+/* Where KEY was last set (the file's line, the environment, --set). */
+static const origin *key_at(const loader *L, const char *key) {
+    return &L->at[cfg_find_opt(key) - cfg_opts];
+}
+
+/* redis.mode against redis.url, redis.sentinels and redis.master_name: each
+ * deployment is described one way, and a key that would be ignored is an
+ * error rather than a surprise. */
+static void check_redis_mode(loader *L) {
+    cfg *c = L->c;
+    bool sentinel_url = !strncmp(c->redis_url, URL_SENTINEL_SCHEME, sizeof URL_SENTINEL_SCHEME - 1);
+    bool sentinel = !strcmp(c->redis_mode, "sentinel");
+    const origin *url_at = key_at(L, "redis.url"), *list_at = key_at(L, "redis.sentinels"),
+                 *name_at = key_at(L, "redis.master_name");
+    char msg[256];
+
+    for (size_t i = 0; i < c->n_redis_sentinels; i++) {
+        char host[256], e[200], k[64], q[QBUF];
+        int port;
+        if (url_parse_hostport(c->redis_sentinels[i], 0, host, sizeof host, &port, e, sizeof e)) {
+            snprintf(k, sizeof k, "redis.sentinels[%zu]", i);
+            cfg_errf(L, list_at, k, "%s (got %s)", e, cfg_quote(q, c->redis_sentinels[i]));
+        }
+    }
+    if (!sentinel) {
+        if (sentinel_url)
+            cfg_errf(L, url_at, "redis.url", "a redis-sentinel:// URL needs redis.mode: sentinel");
+        if (c->n_redis_sentinels)
+            cfg_errf(L, list_at, "redis.sentinels", "only used with redis.mode: sentinel");
+        if (c->redis_master_name[0])
+            cfg_errf(L, name_at, "redis.master_name", "only used with redis.mode: sentinel");
+    } else if (sentinel_url) {
+        if (c->n_redis_sentinels)
+            cfg_errf(L, list_at, "redis.sentinels",
+                     "leave empty: redis.url is a redis-sentinel:// URL, which names the "
+                     "sentinels");
+        if (c->redis_master_name[0])
+            cfg_errf(L, name_at, "redis.master_name",
+                     "leave empty: redis.url is a redis-sentinel:// URL, which names the master");
+    } else if (!c->n_redis_sentinels || !c->redis_master_name[0]) {
+        /* Reported where the mode was chosen: the missing key has no line. */
+        cfg_errf(L, key_at(L, "redis.mode"), "redis.mode",
+                 "sentinel needs %s%s%s, or redis.url as a "
+                 "redis-sentinel://host:port,.../master_name URL",
+                 c->n_redis_sentinels ? "" : "redis.sentinels (host:port of each)",
+                 !c->n_redis_sentinels && !c->redis_master_name[0] ? " and " : "",
+                 c->redis_master_name[0] ? "" : "redis.master_name (the master they watch)");
+    }
+    if (!strcmp(c->redis_mode, "cluster") && !sentinel_url) {
+        url_redis u;
+        if (url_parse_redis(c->redis_url, &u, msg, sizeof msg) == 0 && u.db != 0)
+            cfg_errf(L, url_at, "redis.url",
+                     "database %d: Redis Cluster has only database 0 (redis.mode: cluster)", u.db);
+    }
+}
+
 /* Checks between keys, after every override, reported where the key was
  * last set. */
 static void cross_check(loader *L) {
@@ -618,6 +689,7 @@ static void cross_check(loader *L) {
     const origin *alo = &L->at[lo - cfg_opts], *ahi = &L->at[hi - cfg_opts];
     cfg *c = L->c;
 
+    check_redis_mode(L);
     if (c->panic_backoff_initial_ms <= c->panic_backoff_max_ms) return;
     if (alo->kind != AT_DEFAULT)
         cfg_errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)",
@@ -667,6 +739,16 @@ err:
 
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen) {
     memset(ro, 0, sizeof *ro);
+    /* Honest rather than silently standalone: a cluster reached as one
+     * server answers MOVED for most keys, and a sentinel is not a primary.
+     * A cfg built by hand (NULL mode) is standalone. */
+    if (c->redis_mode && strcmp(c->redis_mode, "standalone") != 0) {
+        snprintf(err, errlen,
+                 "redis.mode %s is not supported yet by this build (only standalone is; see "
+                 "README, \"Redis Cluster and Sentinel\")",
+                 c->redis_mode);
+        return -1;
+    }
     ro->connect_timeout_ms = c->redis_connect_timeout_ms;
     ro->command_timeout_ms = c->redis_command_timeout_ms;
     ro->reconnect_max_ms = c->redis_reconnect_max_ms;

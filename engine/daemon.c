@@ -15,6 +15,7 @@
 #include "nerve/actions.h"
 #include "nerve/bus.h"
 #include "nerve/clock.h"
+#include "nerve/cluster.h"
 #include "nerve/config.h"
 #include "nerve/declog.h"
 #include "nerve/evaluator.h"
@@ -217,7 +218,31 @@ static void on_control(void *ud, const char *msg, size_t len) {
     ks_on_control(d->ks, rds_pool_client(d->pool), msg, len);
 }
 
-/* Compare bus.partitions with the count recorded in Redis (keys.h): every
+/* A Redis Cluster node reached as one standalone server answers MOVED for
+ * most keys: sales would fail while /readyz said ready. 0 when it is not a
+ * cluster node (or nobody can tell: logged), 1 when Redis did not answer,
+ * -1 after logging why nerve must not start. */
+static int check_not_cluster(nerved *d, rds_client *c) {
+    char err[512];
+    rds_opts ro;
+    int on = cl_info_cluster_enabled(c, err, sizeof err);
+    if (on == -1) return 1;
+    if (on == -2) {
+        log_warn("main", "cannot tell whether redis is a cluster node error=\"%s\"", err);
+        return 0;
+    }
+    if (on == 0) return 0;
+    if (cfg_redis_opts(d->c, &ro, err, sizeof err)) return -1;
+    log_error("main",
+              "redis at %s:%d is a Redis Cluster node (cluster_enabled:1) but redis.mode is "
+              "standalone: most keys would answer MOVED. Set redis.mode: cluster, or point "
+              "redis.url at a standalone Redis",
+              ro.host, ro.port);
+    return -1;
+}
+
+/* Check that Redis is what the config says (not a cluster node, see above)
+ * and compare bus.partitions with the count recorded in Redis (keys.h): every
  * key name depends on it, so a daemon with another count would sell from
  * stock records nobody else sees. 0 same (or recorded now), -1 differs (the
  * message is logged), 1 Redis did not answer (checked again on connect). */
@@ -225,6 +250,8 @@ static int check_layout(nerved *d) {
     rds_client *c = rds_pool_client(d->pool);
     char err[512];
     if (!c) return 1;
+    int rc = check_not_cluster(d, c);
+    if (rc) return rc;
     if (keys_check_partitions(c, d->c->redis_prefix, d->c->bus_partitions, err, sizeof err) == 0) {
         d->layout_checked = 1;
         return 0;

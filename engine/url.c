@@ -188,3 +188,108 @@ int url_check_http(const char *url, char *err, size_t errlen) {
     curl_url_cleanup(u);
     return rc;
 }
+
+int url_parse_hostport(const char *s, int def_port, char *host, size_t hostlen, int *port,
+                       char *err, size_t errlen) {
+    /* Read as the authority of a redis:// URL, so that a sentinel's address
+     * follows exactly the rules redis.url's host and port follow. */
+    char buf[400];
+    url_redis u;
+    const char *first = strchr(s, ':');
+    int has_port;
+
+    if (!*s || strlen(s) > 300 || strpbrk(s, "/?#@,") || strpbrk(s, " \t\r\n")) {
+        snprintf(err, errlen, "must be host:port");
+        return -1;
+    }
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        has_port = close && close[1] == ':';
+    } else if (first && strchr(first + 1, ':')) {
+        snprintf(err, errlen, "an IPv6 address must be in [brackets]");
+        return -1;
+    } else {
+        has_port = first != NULL;
+    }
+    if (!has_port && !def_port) {
+        snprintf(err, errlen, "must be host:port (the port is missing)");
+        return -1;
+    }
+    snprintf(buf, sizeof buf, "redis://%s", s);
+    if (url_parse_redis(buf, &u, err, errlen) != 0) return -1;
+    if (strlen(u.host) >= hostlen) {
+        snprintf(err, errlen, "missing or too long host");
+        return -1;
+    }
+    memcpy(host, u.host, strlen(u.host) + 1);
+    *port = has_port ? u.port : def_port;
+    return 0;
+}
+
+int url_parse_sentinel(const char *url, url_sentinel *out, char *err, size_t errlen) {
+    static const size_t sl = sizeof URL_SENTINEL_SCHEME - 1;
+    const char *p = url + sl, *slash, *at, *hosts, *end, *name, *nend;
+    char part[400], e[200];
+    url_redis u;
+    int w;
+
+    memset(out, 0, sizeof *out);
+    if (strncmp(url, URL_SENTINEL_SCHEME, sl) != 0) {
+        snprintf(err, errlen, "must be a redis-sentinel:// URL");
+        return -1;
+    }
+    if (!(slash = strchr(p, '/'))) {
+        snprintf(err, errlen, "missing /master_name after the sentinels");
+        return -1;
+    }
+    at = memrchr(p, '@', (size_t)(slash - p));
+    hosts = at ? at + 1 : p;
+    name = slash + 1;
+    nend = name + strcspn(name, "/");
+    /* The user, password and db, through the redis:// parser on a stand-in
+     * host: they follow exactly redis.url's rules. */
+    w = snprintf(part, sizeof part, "redis://%.*s%sh%s", at ? (int)(at - p) : 0, p, at ? "@" : "",
+                 nend);
+    if (w < 0 || (size_t)w >= sizeof part) {
+        snprintf(err, errlen, "user, password or database too long");
+        return -1;
+    }
+    if (url_parse_redis(part, &u, e, sizeof e) != 0) {
+        snprintf(err, errlen, "%s", e);
+        return -1;
+    }
+    memcpy(out->user, u.user, sizeof out->user);
+    memcpy(out->pass, u.pass, sizeof out->pass);
+    out->db = u.db;
+    size_t nl = (size_t)(nend - name);
+    if (nl < 1 || nl >= sizeof out->master ||
+        strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") < nl) {
+        snprintf(err, errlen, "the master name must be 1 to 64 of A-Z a-z 0-9 . _ : -");
+        return -1;
+    }
+    memcpy(out->master, name, nl);
+    for (;;) {
+        end = memchr(hosts, ',', (size_t)(slash - hosts));
+        if (!end) end = slash;
+        size_t hl = (size_t)(end - hosts);
+        if (out->n == URL_SENTINELS_MAX) {
+            snprintf(err, errlen, "more than %d sentinels", URL_SENTINELS_MAX);
+            return -1;
+        }
+        if (hl == 0 || hl >= sizeof part) {
+            snprintf(err, errlen, "sentinel %d: missing or too long host", out->n + 1);
+            return -1;
+        }
+        memcpy(part, hosts, hl);
+        part[hl] = 0;
+        if (url_parse_hostport(part, 26379, out->sentinels[out->n].host,
+                               sizeof out->sentinels[0].host, &out->sentinels[out->n].port, e,
+                               sizeof e) != 0) {
+            snprintf(err, errlen, "sentinel %d: %s", out->n + 1, e);
+            return -1;
+        }
+        out->n++;
+        if (end == slash) return 0;
+        hosts = end + 1;
+    }
+}

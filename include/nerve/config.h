@@ -57,11 +57,15 @@ typedef struct cfg {
     int shutdown_grace_ms; /* 0..600000, default 10000 */
 
     /* redis */
-    char *redis_url;              /* redis://[user:pass@]host:port/db */
+    char *redis_url; /* redis://[user:pass@]host:port/db, or redis-sentinel://... (url.h) */
     int redis_connect_timeout_ms; /* 1..60000, default 1000 */
     int redis_command_timeout_ms; /* 1..60000, default 1000 */
     int redis_reconnect_max_ms;   /* 1..60000, default 2000 */
     char *redis_prefix;           /* default "nerve:" */
+    char *redis_mode;             /* standalone|cluster|sentinel, default standalone */
+    char **redis_sentinels;       /* sentinel mode: host:port of each sentinel */
+    size_t n_redis_sentinels;
+    char *redis_master_name; /* sentinel mode: the primary's name at the sentinels; "" = none */
 
     /* bus */
     char **bus_channels; /* subscribed channels */
@@ -167,8 +171,9 @@ cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors);
 size_t cfg_diff(const cfg *a, const cfg *b, const char **keys, size_t max);
 
 /* The Redis connection options C describes (redis.url, its timeouts): 0,
- * or -1 with why in ERR (a redis.url that does not parse). One place, so
- * that the daemon and every command reach Redis the same way. */
+ * or -1 with why in ERR (a redis.url that does not parse; a redis.mode
+ * other than standalone, which this build validates but cannot run yet).
+ * One place, so that the daemon and every command reach Redis the same way. */
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen);
 
 /* Free a cfg; NULL is fine. */

@@ -426,7 +426,8 @@ static void describe_status(int status, char *buf, size_t len)
         snprintf(buf, len, "wait status %#x", status);
 }
 
-int h_free_port(void)
+/* Bind 127.0.0.1:PORT (0: the kernel's pick) and release it: the port, or -1. */
+static int try_port(int want)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -434,6 +435,7 @@ int h_free_port(void)
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)want);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t sl = sizeof sa;
     int port = -1;
@@ -442,6 +444,23 @@ int h_free_port(void)
         port = ntohs(sa.sin_port);
     close(fd);
     return port;
+}
+
+int h_free_port(void)
+{
+    return try_port(0);
+}
+
+/* A free port for a cluster node: its cluster bus listens 10000 above it,
+ * so the port must be at most 55535 and that one free too. */
+static int free_cluster_port(void)
+{
+    for (int i = 0; i < 200; i++) {
+        int p = h_free_port();
+        if (p > 0 && p <= 55535 && try_port(p + 10000) == p + 10000)
+            return p;
+    }
+    return -1;
 }
 
 static void track(void **table, void *obj)
@@ -520,6 +539,12 @@ static int redis_launch(h_redis *r)
         argv[n++] = "--appendfsync";
         argv[n++] = "always";
     }
+    if (r->cluster) {
+        argv[n++] = "--cluster-enabled";
+        argv[n++] = "yes";
+        argv[n++] = "--cluster-config-file";
+        argv[n++] = "nodes.conf";
+    }
     argv[n++] = "--daemonize";
     argv[n++] = "no";
     argv[n] = NULL;
@@ -556,7 +581,7 @@ static int redis_launch(h_redis *r)
     return -1;
 }
 
-h_redis *h_redis_start(bool aof)
+static h_redis *redis_start(bool aof, bool cluster)
 {
     static int seq;
     h_init();
@@ -564,6 +589,7 @@ h_redis *h_redis_start(bool aof)
     if (r == NULL)
         return NULL;
     r->aof = aof;
+    r->cluster = cluster;
     r->owned = in_test;
     snprintf(r->dir, sizeof r->dir, "%s/redis-%d", tmpdir, ++seq);
     snprintf(r->log, sizeof r->log, "%s/redis.log", r->dir);
@@ -573,7 +599,7 @@ h_redis *h_redis_start(bool aof)
         return NULL;
     }
     for (int attempt = 0; attempt < 5; attempt++) {
-        r->port = h_free_port();
+        r->port = cluster ? free_cluster_port() : h_free_port();
         if (r->port > 0 && redis_launch(r) == 0) {
             track((void **)redis_live, r);
             return r;
@@ -582,6 +608,16 @@ h_redis *h_redis_start(bool aof)
     printf("harness: could not start redis-server (is it installed? REDIS_SERVER=path)\n");
     free(r);
     return NULL;
+}
+
+h_redis *h_redis_start(bool aof)
+{
+    return redis_start(aof, false);
+}
+
+h_redis *h_redis_start_cluster_node(void)
+{
+    return redis_start(false, true);
 }
 
 int h_redis_stop(h_redis *r)
@@ -952,6 +988,27 @@ void h_daemon_log_tail(const h_daemon *d, int lines)
 }
 
 /* --- one-shot commands ------------------------------------------------- */
+
+int h_run_cmd(char *const argv[], const char *log, int timeout_ms)
+{
+    h_init();
+    char **env = child_env(NULL);
+    pid_t pid = env ? spawn(argv, env, log, NULL, tmpdir) : -1;
+    free(env);
+    if (pid < 0)
+        return -1;
+    double dl = h_deadline(timeout_ms);
+    int status;
+    while (h_before(dl)) {
+        if (reaped(pid, &status))
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        h_nap();
+    }
+    bool killed;
+    terminate(pid, 0, &killed);
+    printf("harness: %s did not finish within %d ms: killed\n", argv[0], timeout_ms);
+    return -1;
+}
 
 int h_run_nerve(h_run *r, int timeout_ms, const char *const *env, const char *const *args)
 {

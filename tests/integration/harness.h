@@ -109,6 +109,7 @@ typedef struct h_redis {
     bool aof;                   /* appendonly yes, appendfsync always */
     bool paused;
     bool owned;                 /* started inside a test: stopped by teardown */
+    bool cluster;               /* --cluster-enabled yes (harness_cluster.c) */
     char dir[128];
     char log[160];
     redisContext *ctx;          /* h_redis_cmd's connection */
@@ -137,6 +138,29 @@ redisReply *h_redis_cmd(h_redis *r, const char *fmt, ...);
 /* GET KEY as an integer: 0 with *V set, 1 when absent, -1 on error or when
  * the value is not an integer. */
 int h_redis_get_ll(h_redis *r, const char *key, long long *v);
+
+/* --- Redis Cluster (harness_cluster.c) --------------------------------- */
+
+#define H_CLUSTER_MAX 8
+
+/* N (1..H_CLUSTER_MAX) redis-server primaries with cluster support on free
+ * ports, each in its own directory, joined by `redis-cli --cluster create
+ * --cluster-replicas 0 --cluster-yes` and waited for (cluster_state:ok on
+ * every node, 30 s deadline). The nodes are the cluster's, not the test's
+ * (teardown leaves them): free with h_cluster_free; at exit they are killed
+ * like every child. */
+typedef struct h_cluster {
+    h_redis *nodes[H_CLUSTER_MAX];
+    int n;
+    double start_secs;          /* how long the start took */
+} h_cluster;
+/* NULL on failure, after printing why and stopping what was started. */
+h_cluster *h_cluster_start(int n);
+/* Stop every node and free. NULL is fine. */
+void h_cluster_free(h_cluster *c);
+/* One cluster node started (h_redis_start without AOF, with
+ * --cluster-enabled yes), not yet part of any cluster. */
+h_redis *h_redis_start_cluster_node(void);
 
 /* --- the daemon -------------------------------------------------------- */
 
@@ -245,6 +269,10 @@ typedef struct h_run {
 int h_run_nerve(h_run *r, int timeout_ms, const char *const *env, const char *const *args);
 /* NULL is fine. */
 void h_run_free(h_run *r);
+/* Run ARGV (NULL-terminated, ARGV[0] looked up in PATH) in the temp dir with
+ * the children's environment, stdout and stderr appended to LOG, for up to
+ * TIMEOUT_MS (then killed): its exit status 0..255, or -1. */
+int h_run_cmd(char *const argv[], const char *log, int timeout_ms);
 
 /* --- HTTP -------------------------------------------------------------- */
 

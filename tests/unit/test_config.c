@@ -163,6 +163,30 @@ static const bad_case bad_cases[] = {
       "--set server.cors_origin: must not contain control characters\n" },
     { "--set bad bool", FX "empty.yaml", { "panic.jitter=maybe", NULL },
       "--set panic.jitter: expected true or false (got \"maybe\")\n" },
+    { "redis.mode sentinel: addresses and name checked, where they are", FX "bad_redis_mode.yaml", { NULL },
+      FX "bad_redis_mode.yaml:4:16: redis.master_name: must be 1 to 64 of A-Z a-z 0-9 . _ : - (got \"my master\")\n"
+      FX "bad_redis_mode.yaml:3:14: redis.sentinels[1]: must be host:port (the port is missing) (got \"s2\")\n"
+      FX "bad_redis_mode.yaml:3:14: redis.sentinels[2]: an IPv6 address must be in [brackets] (got \"::1:26379\")\n"
+      FX "bad_redis_mode.yaml:2:9: redis.mode: sentinel needs redis.master_name (the master they watch), or redis.url as a redis-sentinel://host:port,.../master_name URL\n" },
+    { "--set bad redis.mode", FX "empty.yaml", { "redis.mode=shard", NULL },
+      "--set redis.mode: must be one of standalone, cluster, sentinel (got \"shard\")\n" },
+    { "--set sentinel mode without sentinels", FX "empty.yaml", { "redis.mode=sentinel", NULL },
+      "--set redis.mode: sentinel needs redis.sentinels (host:port of each) and redis.master_name (the master they watch), or redis.url as a redis-sentinel://host:port,.../master_name URL\n" },
+    { "--set sentinel keys outside sentinel mode", FX "empty.yaml",
+      { "redis.sentinels=s1:26379", "redis.master_name=m", "redis.url=redis-sentinel://s1/m", NULL },
+      "--set redis.url: a redis-sentinel:// URL needs redis.mode: sentinel\n"
+      "--set redis.sentinels: only used with redis.mode: sentinel\n"
+      "--set redis.master_name: only used with redis.mode: sentinel\n" },
+    { "--set sentinel named twice", FX "empty.yaml",
+      { "redis.mode=sentinel", "redis.sentinels=s1:26379", "redis.url=redis-sentinel://s1/m", NULL },
+      "--set redis.sentinels: leave empty: redis.url is a redis-sentinel:// URL, which names the sentinels\n" },
+    { "--set bad sentinel URL, not echoed", FX "empty.yaml",
+      { "redis.mode=sentinel", "redis.url=redis-sentinel://:secret@s1,,s2/m", NULL },
+      "--set redis.url: invalid redis-sentinel:// URL: sentinel 2: missing or too long host\n"
+      "--set redis.mode: sentinel needs redis.sentinels (host:port of each) and redis.master_name (the master they watch), or redis.url as a redis-sentinel://host:port,.../master_name URL\n" },
+    { "--set cluster has database 0 only", FX "empty.yaml",
+      { "redis.mode=cluster", "redis.url=redis://n1:7000/3", NULL },
+      "--set redis.url: database 3: Redis Cluster has only database 0 (redis.mode: cluster)\n" },
     { "--set cross-key check", FX "empty.yaml", { "panic.backoff_max_ms=50", NULL },
       "--set panic.backoff_max_ms: must not be below panic.backoff_initial_ms (100)\n" },
     { "file and --set errors together", FX "bad_unknown.yaml", { "server.threads=0", NULL },
@@ -227,6 +251,9 @@ static void assert_defaults(const cfg *c)
     assert_int_equal(c->redis_command_timeout_ms, 1000);
     assert_int_equal(c->redis_reconnect_max_ms, 2000);
     assert_string_equal(c->redis_prefix, "nerve:");
+    assert_string_equal(c->redis_mode, "standalone");
+    assert_int_equal(c->n_redis_sentinels, 0);
+    assert_string_equal(c->redis_master_name, "");
     assert_list(c->bus_channels, c->n_bus_channels, chans, 3);
     assert_string_equal(c->alerts_channel, "system_alerts");
     assert_string_equal(c->inventory_channel, "inventory_events");
@@ -418,6 +445,52 @@ static void test_shipped_config(void **state)
     cfg_free(c);
 }
 
+/* The three deployments, each described one way; only standalone gets
+ * connection options from cfg_redis_opts in this build, the other two say
+ * so instead of being reached as one server. */
+static void test_redis_modes(void **state)
+{
+    static const char *const cluster[] = { "redis.mode=cluster", "redis.url=redis://n1:7000", NULL };
+    static const char *const by_url[] = {
+        "redis.mode=Sentinel",
+        "redis.url=redis-sentinel://nerve:pw@s1,s2:26380,[::1]/mymaster/2", NULL,
+    };
+    static const char *const by_keys[] = {
+        "redis.mode=sentinel", "redis.sentinels=s1:26379, [::1]:26380", "redis.master_name=mymaster",
+        NULL,
+    };
+    static const char *const sents[] = { "s1:26379", "[::1]:26380" };
+    rds_opts ro;
+    char err[256];
+    cfg *c;
+    (void)state;
+
+    c = load_ok("config/nerve.yaml", NULL);
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_string_equal(ro.host, "127.0.0.1");
+    cfg_free(c);
+
+    c = load_ok(FX "empty.yaml", cluster);
+    assert_string_equal(c->redis_mode, "cluster");
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
+    assert_string_equal(err, "redis.mode cluster is not supported yet by this build (only "
+                             "standalone is; see README, \"Redis Cluster and Sentinel\")");
+    cfg_free(c);
+
+    c = load_ok(FX "empty.yaml", by_url);
+    assert_string_equal(c->redis_mode, "sentinel");
+    assert_int_equal(c->n_redis_sentinels, 0);
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis.mode sentinel is not supported yet by this build"));
+    cfg_free(c);
+
+    c = load_ok(FX "empty.yaml", by_keys);
+    assert_list(c->redis_sentinels, c->n_redis_sentinels, sents, 2);
+    assert_string_equal(c->redis_master_name, "mymaster");
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
+    cfg_free(c);
+}
+
 static void test_set(void **state)
 {
     static const char *const sets[] = {
@@ -598,6 +671,7 @@ int main(void)
         cmocka_unit_test_setup(test_params_types, clear_env),
         cmocka_unit_test_setup(test_shipped_config, clear_env),
         cmocka_unit_test_setup(test_set, clear_env),
+        cmocka_unit_test_setup(test_redis_modes, clear_env),
         cmocka_unit_test_setup(test_env_overrides, clear_env),
         cmocka_unit_test_setup(test_listen_forms, clear_env),
         cmocka_unit_test_setup(test_free_and_null_errors, clear_env),

@@ -128,11 +128,89 @@ static void test_http(void **state) {
     }
 }
 
+/* redis-sentinel:// (url.h): the sentinels, the master name, and the
+ * primary's user, password and db read with url_parse_redis' own rules. */
+static void test_sentinel(void **state) {
+    (void)state;
+    url_sentinel u;
+    char err[256] = "";
+    if (url_parse_sentinel("redis-sentinel://nerve:p%40w@s1,s2:26380,[::1]:1,10.0.0.4/my-master.1/3",
+                           &u, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(u.n, 4);
+    assert_string_equal(u.sentinels[0].host, "s1");
+    assert_int_equal(u.sentinels[0].port, 26379);
+    assert_string_equal(u.sentinels[1].host, "s2");
+    assert_int_equal(u.sentinels[1].port, 26380);
+    assert_string_equal(u.sentinels[2].host, "::1");
+    assert_int_equal(u.sentinels[2].port, 1);
+    assert_string_equal(u.sentinels[3].host, "10.0.0.4");
+    assert_string_equal(u.master, "my-master.1");
+    assert_string_equal(u.user, "nerve");
+    assert_string_equal(u.pass, "p@w");
+    assert_int_equal(u.db, 3);
+    assert_int_equal(url_parse_sentinel("redis-sentinel://:pw@h/m", &u, err, sizeof err), 0);
+    assert_string_equal(u.pass, "pw");
+    assert_int_equal(u.db, 0);
+    assert_int_equal(u.n, 1);
+
+    const char *bad[][2] = {
+        { "redis://h/m", "redis-sentinel://" },
+        { "redis-sentinel://h", "master_name" },
+        { "redis-sentinel:///m", "sentinel 1: missing" },
+        { "redis-sentinel://h,/m", "sentinel 2: missing" },
+        { "redis-sentinel://,h/m", "sentinel 1: missing" },
+        { "redis-sentinel://h:0/m", "port" },
+        { "redis-sentinel://h:65536/m", "port" },
+        { "redis-sentinel://h:x/m", "port" },
+        { "redis-sentinel://::1/m", "brackets" },
+        { "redis-sentinel://h/", "master name" },
+        { "redis-sentinel://h/bad name", "master name" },
+        { "redis-sentinel://h/m/x", "database" },
+        { "redis-sentinel://h/m/1/2", "database" },
+        { "redis-sentinel://h/m?x=1", "master name" },
+        { "redis-sentinel://:%zz@h/m", "password" },
+        { "redis-sentinel://a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q/m", "more than 16" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        if (url_parse_sentinel(bad[i][0], &u, err, sizeof err) != -1) fail_msg("%s: accepted", bad[i][0]);
+        if (!strstr(err, bad[i][1])) fail_msg("%s: message \"%s\" should name %s", bad[i][0], err, bad[i][1]);
+        if (strstr(err, "zz")) fail_msg("%s: message echoes the URL: %s", bad[i][0], err);
+    }
+    /* A password, however long, is never echoed; an over-long one is refused. */
+    char big[1200];
+    snprintf(big, sizeof big, "redis-sentinel://:%0900d@h/m", 7);
+    assert_int_equal(url_parse_sentinel(big, &u, err, sizeof err), -1);
+    assert_null(strstr(err, "0000"));
+}
+
+/* A sentinel's host:port (redis.sentinels entries). */
+static void test_hostport(void **state) {
+    (void)state;
+    char host[256], err[256];
+    int port;
+    assert_int_equal(url_parse_hostport("s1:26379", 0, host, sizeof host, &port, err, sizeof err), 0);
+    assert_string_equal(host, "s1");
+    assert_int_equal(port, 26379);
+    assert_int_equal(url_parse_hostport("[::1]:7", 0, host, sizeof host, &port, err, sizeof err), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 7);
+    assert_int_equal(url_parse_hostport("s1", 26379, host, sizeof host, &port, err, sizeof err), 0);
+    assert_int_equal(port, 26379);
+    const char *bad[] = { "s1", "", "s1:", "s1:0", ":1", "s1:1/x", "u@s1:1", "a b:1", "::1:5", "s1:1,s2:2" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (url_parse_hostport(bad[i], 0, host, sizeof host, &port, err, sizeof err) != -1)
+            fail_msg("\"%s\": accepted", bad[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_redis_rows),
         cmocka_unit_test(test_redis_junk_after_path),
         cmocka_unit_test(test_http),
+        cmocka_unit_test(test_sentinel),
+        cmocka_unit_test(test_hostport),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,92 @@
+/* harness_cluster.c -- a throwaway Redis Cluster for integration tests (see
+ * harness.h): N primaries started as ordinary harness redis-servers with
+ * cluster support, joined by Debian's own redis-cli, and waited for with a
+ * deadline, polling CLUSTER INFO (no sleeps of our own; redis-cli's join
+ * waits about a second inside). */
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JOIN_TIMEOUT_MS 30000
+
+/* 1 when NODE answers CLUSTER INFO with cluster_state:ok and knows N nodes. */
+static int node_ok(h_redis *node, int n)
+{
+    redisReply *r = h_redis_cmd(node, "CLUSTER INFO");
+    char want[64];
+    int ok = 0;
+    snprintf(want, sizeof want, "cluster_known_nodes:%d\r", n);
+    if (r && r->type == REDIS_REPLY_STRING)
+        ok = strstr(r->str, "cluster_state:ok\r") && strstr(r->str, want);
+    if (r)
+        freeReplyObject(r);
+    return ok;
+}
+
+h_cluster *h_cluster_start(int n)
+{
+    static int seq;
+    double t0 = h_now();
+    h_cluster *c = calloc(1, sizeof *c);
+    char addr[H_CLUSTER_MAX][32], log[PATH_MAX];
+    char *argv[H_CLUSTER_MAX + 8];
+    int k = 0;
+
+    if (c == NULL || n < 1 || n > H_CLUSTER_MAX) {
+        printf("harness: h_cluster_start(%d): 1 to %d nodes\n", n, H_CLUSTER_MAX);
+        free(c);
+        return NULL;
+    }
+    for (c->n = 0; c->n < n; c->n++) {
+        h_redis *r = h_redis_start_cluster_node();
+        if (r == NULL)
+            goto err;
+        r->owned = false; /* the cluster's: h_cluster_free stops it */
+        c->nodes[c->n] = r;
+        snprintf(addr[c->n], sizeof addr[0], "127.0.0.1:%d", r->port);
+    }
+    argv[k++] = "redis-cli";
+    argv[k++] = "--cluster";
+    argv[k++] = "create";
+    for (int i = 0; i < n; i++)
+        argv[k++] = addr[i];
+    argv[k++] = "--cluster-replicas";
+    argv[k++] = "0";
+    argv[k++] = "--cluster-yes";
+    argv[k] = NULL;
+    snprintf(log, sizeof log, "%s/cluster-create-%d.log", h_tmpdir(), ++seq);
+    int rc = h_run_cmd(argv, log, JOIN_TIMEOUT_MS);
+    if (rc != 0) {
+        char *text = h_read_file(log);
+        printf("harness: redis-cli --cluster create: exit %d\n%s\n", rc, text ? text : "");
+        free(text);
+        goto err;
+    }
+    double dl = h_deadline(JOIN_TIMEOUT_MS);
+    for (int i = 0; i < n; i++) {
+        while (!node_ok(c->nodes[i], n)) {
+            if (!h_before(dl)) {
+                printf("harness: cluster node %s: no cluster_state:ok with %d nodes within %d ms\n",
+                       addr[i], n, JOIN_TIMEOUT_MS);
+                goto err;
+            }
+            h_nap();
+        }
+    }
+    c->start_secs = h_now() - t0;
+    return c;
+err:
+    h_cluster_free(c);
+    return NULL;
+}
+
+void h_cluster_free(h_cluster *c)
+{
+    if (c == NULL)
+        return;
+    for (int i = 0; i < c->n; i++)
+        h_redis_free(c->nodes[i]);
+    free(c);
+}
