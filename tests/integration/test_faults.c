@@ -46,7 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CHANNELS "bus.channels=[inventory_events,sales_events,test_events,probe_events,flood_events]"
+#define CHANNELS "bus.channels=[inventory_events,sales_events,financial_events,test_events,probe_events,flood_events]"
 
 static int faults;              /* faults injected, for the summary */
 static mock_server *hook;       /* test 3: stopped by the teardown */

@@ -30,7 +30,7 @@
 
 #define PANIC_TOKEN "e2e-panic-token"
 #define ALERTS "system_alerts"
-#define CHANNELS "bus.channels=[inventory_events,sales_events,test_events,loop_events]"
+#define CHANNELS "bus.channels=[inventory_events,sales_events,financial_events,test_events,loop_events]"
 
 static h_redis *redis;
 static mock_server *hook;       /* the group's mock webhook */

@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHANNELS "bus.channels=[inventory_events,sales_events,test_events]"
+#define CHANNELS "bus.channels=[inventory_events,sales_events,financial_events,test_events]"
 #define AUTH "Authorization: Bearer " H_ADMIN_TOKEN
 
 static h_redis *redis;

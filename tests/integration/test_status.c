@@ -61,6 +61,8 @@ static const char *const families[] = {
     "nerve_rules_loaded gauge",
     "nerve_reloads_total counter",
     "nerve_panic_attempts_total counter",
+    "nerve_resume_attempts_total counter",
+    "nerve_resume_calls_total counter",
     "nerve_sale_rule_failures_total counter",
     "nerve_alerts_suppressed_total counter",
     "nerve_alerts_duplicate_total counter",

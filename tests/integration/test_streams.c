@@ -272,7 +272,7 @@ static void test_sg_nogroup_and_restart(void **state) {
 
 /* --- the daemon -------------------------------------------------------------------- */
 
-#define CHANNELS    "bus.channels=[inventory_events,sales_events,test_events]"
+#define CHANNELS    "bus.channels=[inventory_events,sales_events,financial_events,test_events]"
 #define INGEST_INV  H_PREFIX "stream:inventory_events"
 #define INGEST_TEST H_PREFIX "stream:test_events"
 
