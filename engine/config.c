@@ -147,7 +147,7 @@ const opt cfg_opts[] = {
     OPT_LONG("alerts.audit_maxlen", audit_maxlen, 1, 10000000, 10000),
 
     OPT_LONG("decisions.maxlen", decisions_maxlen, 1, 10000000, 10000),
-    OPT_LONG("decisions.event_max_bytes", decisions_event_max_bytes, 0, 1048576, 4096),
+    OPT_LONG("decisions.event_max_bytes", decisions_event_max_bytes, 0, 65536, 4096),
     OPT_INT("decisions.queue_size", decisions_queue_size, 1, 1000000, 10000),
 
     OPT_BOOL("ledger.enabled", ledger_enabled, 1),

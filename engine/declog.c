@@ -406,7 +406,31 @@ cJSON *declog_entry(const redisReply *e) {
     return NULL;
 }
 
+/* One filtered scan at a time, process-wide: an anonymous client looping
+ * on a filter that matches nothing would otherwise have every HTTP thread
+ * pulling DECLOG_SCAN_BYTES out of Redis at once, and Redis serves the
+ * sales too. A second one answers 503 at once (Retry-After). */
+static atomic_int filtered_busy;
+
+static cJSON *query(rds_client *c, const char *prefix, const declog_filter *f, size_t *scanned,
+                    char *err, size_t errlen);
+
 cJSON *declog_query(rds_client *c, const char *prefix, const declog_filter *f, size_t *scanned,
+                    char *err, size_t errlen) {
+    bool filtered = (f->rule && f->rule[0]) || (f->scope && f->scope[0]) || (f->kind && f->kind[0]);
+    if (!filtered) return query(c, prefix, f, scanned, err, errlen);
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&filtered_busy, &idle, 1)) {
+        *scanned = 0;
+        snprintf(err, errlen, "another filtered decision log query is running; try again");
+        return NULL;
+    }
+    cJSON *arr = query(c, prefix, f, scanned, err, errlen);
+    atomic_store(&filtered_busy, 0);
+    return arr;
+}
+
+static cJSON *query(rds_client *c, const char *prefix, const declog_filter *f, size_t *scanned,
                     char *err, size_t errlen) {
     char key[RDS_KEY_MAX];
     declog_key(key, sizeof key, prefix);
@@ -417,12 +441,16 @@ cJSON *declog_query(rds_client *c, const char *prefix, const declog_filter *f, s
     if (!arr) goto oom;
     *scanned = 0;
     int found = 0;
+    size_t bytes = 0;
     char end[64] = "+";
-    while (found < f->limit && *scanned < bound) {
-        /* Unfiltered, a page is what is asked for; filtered, bigger pages. */
+    while (found < f->limit && *scanned < bound && bytes < DECLOG_SCAN_BYTES) {
+        /* Unfiltered, a page is what is still asked for; filtered, 100 a
+         * page; never more than 100, so that the byte bound holds within a
+         * page of records at most decisions.event_max_bytes each. */
         size_t page = (size_t)(f->limit - found);
-        if ((f->rule && f->rule[0]) || (f->scope && f->scope[0]) || (f->kind && f->kind[0]))
-            page = 500;
+        if ((f->rule && f->rule[0]) || (f->scope && f->scope[0]) || (f->kind && f->kind[0]) ||
+            page > 100)
+            page = 100;
         if (page > bound - *scanned) page = bound - *scanned;
         char count[24];
         snprintf(count, sizeof count, "%zu", page);
@@ -442,6 +470,11 @@ cJSON *declog_query(rds_client *c, const char *prefix, const declog_filter *f, s
         size_t got = r->elements;
         for (size_t i = 0; i < got && found < f->limit; i++) {
             (*scanned)++;
+            const redisReply *e = r->element[i];
+            if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+                e->element[1]->type == REDIS_REPLY_ARRAY)
+                for (size_t k = 0; k < e->element[1]->elements; k++)
+                    bytes += e->element[1]->element[k]->len;
             cJSON *rec = declog_entry(r->element[i]);
             if (rec && declog_match(rec, f)) {
                 cJSON_AddItemToArray(arr, rec);

@@ -37,6 +37,11 @@ typedef struct vm_rule {
     long long ctx_now;
     bool dead; /* its state could not be rebuilt */
     rules_state_origin origin;
+    /* The last diagnosis (see diagnose): the line found for the message
+     * diag_err, and when it ran. */
+    int diag_line;
+    long long diag_ns;
+    char diag_err[RULES_MSG_MAX];
 } vm_rule;
 
 struct rules_vm {
@@ -422,6 +427,28 @@ static int diagnose(vm_rule *vr, const struct eval_args *a, bool *rebuild) {
     return rc == 0 && d.bad && strcmp(d.err, a->err) == 0 ? line : 0;
 }
 
+/* The `return` line of an invalid decision, at a bounded cost: the same
+ * message as last time reuses its line; another is diagnosed at most once a
+ * second per rule and state (a rule that returns bad decisions on every
+ * sale must not run twice per sale; the rerun also repeats what evaluate
+ * does to globals, which ctx.state's journal does not cover). The daemon's
+ * vms (events, sale) are bounded so; a vm of every rule (`nerve rules
+ * test`, fixtures) always diagnoses: the analyst wants every line. 0 = not
+ * known: the caller names the rule's `evaluate` line. */
+static int return_line(const rules_vm *vm, vm_rule *vr, const struct eval_args *a, bool *rebuild) {
+    if (*rebuild) return 0;
+    if (vm->kind == RULES_VM_ALL) return diagnose(vr, a, rebuild);
+    if (vr->diag_line > 0 && strcmp(vr->diag_err, a->err) == 0) return vr->diag_line;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long now = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (vr->diag_ns && now - vr->diag_ns < 1000000000LL) return 0;
+    vr->diag_ns = now;
+    vr->diag_line = diagnose(vr, a, rebuild);
+    snprintf(vr->diag_err, sizeof vr->diag_err, "%s", a->err);
+    return vr->diag_line;
+}
+
 /* 0 when the rule ran fine, 1 when it failed. */
 static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     char msg[RULES_MSG_MAX + 256];
@@ -466,7 +493,7 @@ static int eval_one(rules_vm *vm, vm_rule *vr, struct eval_args *a) {
     if (rc != 0) {
         snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, e.line, e.msg);
     } else {
-        int line = rebuild ? 0 : diagnose(vr, a, &rebuild);
+        int line = return_line(vm, vr, a, &rebuild);
 
         snprintf(msg, sizeof(msg), "%s:%d: %s", vr->r->file, line > 0 ? line : vr->r->line, a->err);
     }

@@ -42,8 +42,11 @@ static void count_second(salewin *w, uint64_t t) {
     }
 }
 
+/* T is read before the try-lock, so another thread may already have
+ * stamped E with a later second: that entry is in use (an unsigned T -
+ * last_sec would wrap and call the busiest entry free, zeroing it). */
 static int sku_slot_free(const salewin_sku *e, uint64_t t) {
-    return !e->last_sec || t - e->last_sec >= SALEWIN_SECONDS;
+    return !e->last_sec || (e->last_sec < t && t - e->last_sec >= SALEWIN_SECONDS);
 }
 
 static uint32_t hash(const char *s) {
@@ -80,7 +83,7 @@ static void count_sku(salewin *w, const char *sku, uint64_t qty, uint64_t t) {
     hit->units += qty;
     hit->weight += qty;
     hit->sales++;
-    hit->last_sec = t;
+    if (hit->last_sec < t) hit->last_sec = t;
 }
 
 void salewin_add(salewin *w, const char *sku, long long qty) {
@@ -102,7 +105,7 @@ void salewin_read(salewin *w, salewin_snap *out) {
     int n = 0;
     pthread_mutex_lock(&w->mu);
     for (int i = 0; i < SALEWIN_SKUS; i++)
-        if (w->skus[i].last_sec && now - w->skus[i].last_sec < SALEWIN_SECONDS)
+        if (w->skus[i].last_sec && w->skus[i].last_sec + SALEWIN_SECONDS > now)
             all[n++] = w->skus[i];
     pthread_mutex_unlock(&w->mu);
     /* Most units first (insertion sort of at most SALEWIN_SKUS). */

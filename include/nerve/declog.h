@@ -51,6 +51,10 @@
 #define DECLOG_SCAN_MAX     10000 /* entries one query reads back at most */
 #define DECLOG_SCAN_PER_HIT 10    /* ... and at most this many per asked-for record */
 #define DECLOG_SCAN_MIN     1000  /* ... but at least this many */
+/* ... and it stops once this many bytes of records were read (filtered
+ * queries read pages of 100): what one anonymous request can make Redis
+ * send, whatever decisions.event_max_bytes is. */
+#define DECLOG_SCAN_BYTES (4 * 1024 * 1024)
 
 typedef struct declog declog;
 
@@ -109,7 +113,9 @@ int declog_match(const cJSON *record, const declog_filter *f);
 
 /* Read back newest first through PREFIXdecisions, keeping the records that
  * pass F, until F->limit are found or max(DECLOG_SCAN_MIN, DECLOG_SCAN_PER_HIT
- * x limit) entries (never more than DECLOG_SCAN_MAX) were read. Each record
+ * x limit) entries (never more than DECLOG_SCAN_MAX) or DECLOG_SCAN_BYTES
+ * were read; one filtered query runs at a time (another gets NULL and "try
+ * again": answer 503). Each record
  * gets "id" (its stream id) first. Returns the array (caller deletes),
  * *SCANNED the entries read; NULL with a message in ERR on a Redis error or
  * out of memory. An entry whose `d` is not a JSON object is skipped. */

@@ -599,6 +599,46 @@ static void test_capped(void **state)
     h_pass();
 }
 
+/* One query reads at most DECLOG_SCAN_BYTES of records: 400 records of
+ * ~60 KB each (as big as decisions.event_max_bytes allows), a filter that
+ * matches none, and the scan stops after its first page of 100 instead of
+ * copying 24 MB out of Redis for an anonymous client. */
+static void test_scan_bytes_bounded(void **state)
+{
+    (void)state;
+    const char *sets[] = { "redis.prefix=dlbytes:" };
+    h_daemon *d = h_daemon_startv(redis, true, sets, 1);
+    assert_non_null(d);
+    size_t big = 60000;
+    char *rec = malloc(big + 200);
+    assert_non_null(rec);
+    int n = snprintf(rec, 200, "{\"ts\":1,\"kind\":\"decision\",\"rule\":\"r\",\"reason\":\"");
+    memset(rec + n, 'x', big);
+    snprintf(rec + n + big, 200, "\"}");
+    for (int i = 0; i < 400; i++) {
+        redisReply *x = h_redis_cmd(redis, "XADD dlbytes:decisions * d %s", rec);
+        assert_non_null(x);
+        assert_int_equal(x->type, REDIS_REPLY_STRING);
+        freeReplyObject(x);
+    }
+    free(rec);
+    h_resp r;
+    assert_int_equal(h_http(d, "GET", "/decisions?rule=none&limit=1000", NULL, &r, NULL), 200);
+    long long scanned = -1;
+    assert_true(h_jll(r.json, "scanned", &scanned));
+    if (scanned < 1 || scanned > 100)
+        fail_msg("a filtered query read %lld records of 60 KB (want at most 100: 4 MiB)", scanned);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r.json, "decisions")), 0);
+    h_resp_free(&r);
+    assert_int_equal(h_http(d, "GET", "/decisions?limit=1000", NULL, &r, NULL), 200);
+    int got = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r.json, "decisions"));
+    if (got < 1 || got > 100)
+        fail_msg("an unfiltered query of 1000 answered %d records of 60 KB (want 1..100)", got);
+    h_resp_free(&r);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 /* Redis stops answering: sales rejected by a rule are answered at once, the
  * records that do not fit the queue are dropped and counted, and the log
  * catches up when Redis is back. */
@@ -668,7 +708,7 @@ int main(void)
         T(test_stock_event_logged), T(test_rule_error_logged), T(test_sale_reject_logged),
         T(test_filters),            T(test_hostile_round_trip), T(test_event_text_bounded),
         T(test_cli),
-        T(test_cli_follow), T(test_ledger_rows),         T(test_capped),             T(test_queue_full_drops),
+        T(test_cli_follow), T(test_ledger_rows),         T(test_capped), T(test_scan_bytes_bounded),             T(test_queue_full_drops),
     };
     h_group_use(&redis, &daemon_, group_sets);
     return cmocka_run_group_tests(tests, group_setup, h_group_teardown);
