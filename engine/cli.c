@@ -1,6 +1,7 @@
 /* cli.c -- the shared command-line options (see cli.h). */
 #include "nerve/cli.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,4 +104,37 @@ void cli_daemon_url(const cfg *c, char *out, size_t len) {
         snprintf(out, len, "http://[::1]:%s", port);
     else
         snprintf(out, len, "http://%.*s:%s", (int)hl, l, port);
+}
+
+/* One character of cli_put_safe/cli_safe_text: SIZE_MAX stops (cut). */
+static size_t safe_step(const unsigned char *p, size_t *chars, size_t max, char *out) {
+    if ((*p & 0xC0) != 0x80 && max && ++*chars > max) return SIZE_MAX;
+    *out = *p < 0x20 || *p == 0x7f ? '?' : (char)*p;
+    return 1;
+}
+
+void cli_put_safe(FILE *f, const char *s, size_t max_chars) {
+    size_t chars = 0;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        char ch;
+        if (safe_step(p, &chars, max_chars, &ch) == SIZE_MAX) {
+            fputs("...", f);
+            return;
+        }
+        fputc(ch, f);
+    }
+}
+
+void cli_safe_text(char *out, size_t n, const char *s, size_t max_chars) {
+    size_t i = 0, chars = 0;
+    if (!n) return;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p && i + 4 < n; p++) {
+        if (safe_step(p, &chars, max_chars, out + i) == SIZE_MAX) {
+            memcpy(out + i, "...", 3);
+            i += 3;
+            break;
+        }
+        i++;
+    }
+    out[i] = 0;
 }

@@ -293,17 +293,23 @@ static int check_redis_url(const char *s, char *msg, size_t size) {
     url_redis u;
     url_sentinel us;
     char err[200];
+    int rc = 0;
     if (!strncmp(s, URL_SENTINEL_SCHEME, sizeof URL_SENTINEL_SCHEME - 1)) {
-        if (url_parse_sentinel(s, &us, err, sizeof err) == 0) return 0;
-        snprintf(msg, size, "invalid redis-sentinel:// URL: %s", err);
-        return -1;
+        if (url_parse_sentinel(s, &us, err, sizeof err) != 0) {
+            snprintf(msg, size, "invalid redis-sentinel:// URL: %s", err);
+            rc = -1;
+        }
+    } else if (url_parse_redis(s, &u, err, sizeof err) != 0) {
+        if (strncmp(s, "redis://", 8) != 0)
+            snprintf(msg, size, "%s", err);
+        else
+            snprintf(msg, size, "invalid redis:// URL: %s", err);
+        rc = -1;
     }
-    if (url_parse_redis(s, &u, err, sizeof err) == 0) return 0;
-    if (strncmp(s, "redis://", 8) != 0)
-        snprintf(msg, size, "%s", err);
-    else
-        snprintf(msg, size, "invalid redis:// URL: %s", err);
-    return -1;
+    /* The parsed copies hold the password: not left on the stack. */
+    explicit_bzero(&u, sizeof u);
+    explicit_bzero(&us, sizeof us);
+    return rc;
 }
 
 static int check_http_url(const char *s, char *msg, size_t size) {

@@ -232,17 +232,7 @@ static void age_str(double secs, char *out, size_t n) {
 /* S for a terminal: control bytes (an escape sequence in a rule's reason)
  * become '?', and at most MAX characters are kept ("..." says so). */
 static void show(const char *s, size_t max, char *out, size_t n) {
-    size_t i = 0, chars = 0;
-    for (; s && *s && i + 4 < n; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if ((ch & 0xC0) != 0x80 && ++chars > max) {
-            memcpy(out + i, "...", 3);
-            i += 3;
-            break;
-        }
-        out[i++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
-    }
-    out[i] = 0;
+    cli_safe_text(out, n, s, max);
 }
 
 static const char *jstr(const cJSON *o, const char *k, const char *dflt) {

@@ -111,7 +111,7 @@ static double jnum(const cJSON *o, const char *k) {
 /* One line of the daemon's answer: a rule file's error can quote anything
  * of the file, so control bytes (a terminal escape) print as '?'. */
 static void print_line(FILE *f, const char *s) {
-    for (; *s; s++) fputc((unsigned char)*s < 0x20 && *s != '\t' ? '?' : *s == 0x7f ? '?' : *s, f);
+    cli_put_safe(f, s, 0);
     fputc('\n', f);
 }
 

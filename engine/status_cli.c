@@ -53,10 +53,7 @@ static void put(const cJSON *s, size_t max) {
         fputs("-", stdout);
         return;
     }
-    const unsigned char *p = (const unsigned char *)s->valuestring;
-    size_t n = 0;
-    for (; *p && n < max; p++, n++) putchar(*p < 0x20 || *p == 0x7f ? '?' : *p);
-    if (*p) fputs("...", stdout);
+    cli_put_safe(stdout, s->valuestring, max);
 }
 
 static const cJSON *get(const cJSON *o, const char *k) {

@@ -19,6 +19,7 @@
 #include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "nerve/config.h"
 
@@ -59,5 +60,14 @@ cfg *cli_load_config(const cli_args *a);
  * server.listen of C, a wildcard address (0.0.0.0, [::], or none) reached on
  * the loopback of its family. */
 void cli_daemon_url(const cfg *c, char *out, size_t len);
+
+/* Text from a daemon, a rule file or a stranger's event shown on a
+ * terminal: every control byte (an escape sequence in a rule's reason)
+ * becomes '?', and when MAX_CHARS > 0 at most that many characters (UTF-8)
+ * are kept, "..." saying so. The one rule for every command that prints
+ * such text: cli_put_safe writes to F, cli_safe_text into OUT (N bytes,
+ * always terminated). */
+void cli_put_safe(FILE *f, const char *s, size_t max_chars);
+void cli_safe_text(char *out, size_t n, const char *s, size_t max_chars);
 
 #endif
