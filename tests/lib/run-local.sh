@@ -61,6 +61,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 redis_note="redis: $url"
+decisions="./nerve decisions --follow"
 if [ -n "${REDIS_URL:-}${set_url}" ] || redis-cli -h "$host" -p "$port" ping >/dev/null 2>&1; then
     echo "make run: using redis at $url" >&2
     extra=()
@@ -88,6 +89,8 @@ else
     echo "make run: started redis-server on 127.0.0.1:$port (pid $redis_pid, dir $dir)" >&2
     redis_note="redis: 127.0.0.1:$port, started for this run (stops with nerve)"
     extra=(--set "redis.url=redis://127.0.0.1:$port/0")
+    # Commands that read Redis themselves (nerve decisions) need its URL.
+    decisions="REDIS_URL=redis://127.0.0.1:$port/0 ./nerve decisions --follow"
 fi
 
 # nerve in its own session (setsid execs in place: $! is nerve's pid).
@@ -115,6 +118,7 @@ banner() {
     curl -s $api/stock/demo-sku
     curl -s $api/sale -d '{"sku":"demo-sku","qty":1,"order_id":"try-1"}'
   reload config and rules (another terminal, same directory): $reload
+  status: ./nerve status    decisions as they happen: $decisions
   stop: Ctrl-C (closing the terminal stops nerve and its redis too)
 
 EOF
