@@ -182,7 +182,7 @@
     // is the one meant: use it rather than ask again.
     if ($('token').value.trim()) useToken();
     if (!token) {
-      killMsg('Enter the admin token below, then press Reset again.', true);
+      killMsg('Enter the admin token, then press Reset again.', true);
       $('token').focus();
       return;
     }
@@ -318,11 +318,12 @@
     const err = x.kind === 'rule_error';
     tr.dataset.id = typeof x.id === 'string' ? x.id : '';
     tr.dataset.kind = typeof x.kind === 'string' ? x.kind : '';
-    td(tr, typeof x.ts === 'number' ? new Date(x.ts * 1000).toLocaleTimeString() : null, 'time');
+    const ts = typeof x.ts === 'number' ? new Date(x.ts * 1000).toLocaleTimeString() : null;
+    td(tr, ts, 'time');
     td(tr, x.rule);
-    let act = err ? 'rule error' : x.action;
-    if (!err && x.level) act += ' (' + x.level + ')';
-    if (!err && x.halt_sales) act += ', halts sales';
+    let act = err ? 'rule error' : typeof x.action === 'string' ? x.action : '';
+    if (act && !err && typeof x.level === 'string') act += ' (' + x.level + ')';
+    if (act && !err && x.halt_sales === true) act += ', halts sales';
     td(tr, act, err ? 'error' : '');
     td(tr, x.scope, 'any');
     // A rule error's text reads FILE:LINE: message.
