@@ -13,7 +13,8 @@ go once it is fixed; the reset button with a wrong token shows the error and
 changes nothing; from the keyboard alone (Tab to the token field, type it,
 Tab to Reset, Enter, with a visible focus outline) the kill clears; the page
 fits 1280x800 (decisions in view) and a phone-width window, and its first
-load is under 100 KiB. Screenshots go to $BUILD/test-output/status_page/
+load is under 100 KiB; with Redis stopped, the decision log's 503 is shown
+as a failure. Screenshots go to $BUILD/test-output/status_page/
 (printed); docs/status.png and docs/status-phone.png are copies of two.
 
 The daemon reads a copy of rules/ in a temporary directory, so that the
@@ -212,7 +213,7 @@ def main():
     log("screenshots and logs: " + OUT)
     tmp = tempfile.mkdtemp(prefix="nerve-browser-")
     driver = None
-    checks = 14
+    checks = 15
     log("[==========] Running %d test(s)." % checks)
     try:
         port, rport, rules_dir = start_servers(tmp)
@@ -488,6 +489,21 @@ def main():
                 " - Failed to load resource: the server responded with a status of 401"])
             assert not bad, "console errors: %r" % bad
         check("no_other_console_error", console_clean)
+
+        def decision_log_down():
+            # Redis gone: GET /decisions answers 503, which the panel says
+            # (a failure, not an empty log), keeping the rows it read last.
+            before = rows("#decisions")
+            assert before and before[0][1], before
+            redis = procs[0]
+            redis.send_signal(signal.SIGTERM)
+            redis.wait(10)
+            wait_for("the decision log's failure on the page",
+                     lambda: "answered 503" in text("#decisions-msg"), 10)
+            log("shown: %s" % text("#decisions-msg"))
+            assert rows("#decisions") == before, rows("#decisions")
+            wait_for("not ready", lambda: text("#ready") == "not ready", 10)
+        check("decision_log_failure_is_shown", decision_log_down)
     except Exception:
         traceback.print_exc(file=sys.stdout)
         log("[  FAILED  ] setup")
