@@ -1,6 +1,6 @@
 // status.js -- the live status page of nerve (GET /status).
 //
-// Polls /status.json (and /decisions) once a second and writes every value
+// Polls /status.json and /decisions once a second and writes every value
 // with textContent: nothing from the server ever becomes markup, so a kill
 // reason or a rule's text holding <script> shows as text. The admin token
 // is asked for only to reset a kill switch; it stays in this tab
@@ -11,9 +11,12 @@
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = 'nerve.adminToken';
   const POLL_MS = 1000;
+  const DECISIONS = 20; // rows of the decision log shown
   let token = sessionStorage.getItem(TOKEN_KEY) || '';
-  let decisionsBackoff = 0; // polls to skip while /decisions is missing
+  let decisionsKey = null; // ids of the rows shown: redrawn only when they change
   let timer = null;
+  let busy = false; // a poll is running
+  let again = false; // ... and another was asked for meanwhile
 
   function show(el, v) {
     el.textContent = v === null || v === undefined || v === '' ? '–' : String(v);
@@ -71,11 +74,21 @@
       ((i * 600) / Math.max(1, n - 1)).toFixed(1) + ',' + (118 - (v / max) * 110).toFixed(1));
     $('chart-line').setAttribute('points', pts.join(' '));
     show($('chart-max'), 'max ' + peak + '/s');
+    // One short item per result, wrapping: the sales card stays short
+    // enough at 1280x800 for the kill switches and decisions to show.
     const answers = sales.answers || {};
-    fill($('answers'), Object.keys(answers), (tr, k) => {
-      td(tr, k);
-      td(tr, num(answers[k]), 'num');
-    });
+    const frag = document.createDocumentFragment();
+    for (const k of Object.keys(answers)) {
+      const li = document.createElement('li');
+      const name = document.createElement('span');
+      name.textContent = k;
+      const n = document.createElement('strong');
+      n.textContent = num(answers[k]);
+      li.dataset.result = k;
+      li.append(name, ' ', n);
+      frag.appendChild(li);
+    }
+    $('answers').replaceChildren(frag);
     fill($('skus'), sales.top_skus || [], (tr, s) => {
       td(tr, s.sku);
       td(tr, num(s.units), 'num');
@@ -95,6 +108,8 @@
     const tr = document.createElement('tr');
     const cells = [];
     for (let i = 0; i < 6; i++) cells.push(td(tr, ''));
+    cells[0].className = 'any';
+    cells[2].className = 'any reason';
     cells[3].className = 'num';
     const act = document.createElement('td');
     const btn = document.createElement('button');
@@ -163,8 +178,11 @@
   }
 
   async function reset(scope, btn) {
+    // A token typed and left in the field (Tab to Reset, no "Use token")
+    // is the one meant: use it rather than ask again.
+    if ($('token').value.trim()) useToken();
     if (!token) {
-      killMsg('Enter the admin token below, then press Reset again.', true);
+      killMsg('Enter the admin token, then press Reset again.', true);
       $('token').focus();
       return;
     }
@@ -204,13 +222,17 @@
     $('token-forget').disabled = !token;
   }
 
-  $('token-form').addEventListener('submit', (ev) => {
-    ev.preventDefault();
+  function useToken() {
     token = $('token').value.trim();
     $('token').value = '';
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
     tokenState();
+  }
+
+  $('token-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    useToken();
   });
   $('token-forget').addEventListener('click', () => {
     token = '';
@@ -229,9 +251,14 @@
     const sha = $('rules-sha');
     show(sha, typeof rules.sha256 === 'string' ? rules.sha256.slice(0, 16) : null);
     sha.title = rules.sha256 || '';
+    // The last reload (SIGHUP, POST /admin/reload, nerve reload): when it
+    // failed, the rules below are the previous ones, still in force.
     const last = rules.last_reload || {};
-    show($('reload-result'),
-      last.result + (last.at ? ' at ' + new Date(last.at * 1000).toLocaleTimeString() : ''));
+    const res = $('reload-result');
+    show(res, last.result === undefined ? null : last.result +
+      (last.at ? ' at ' + new Date(last.at * 1000).toLocaleTimeString() : '') +
+      (last.result === 'failed' ? ': the previous rules are kept' : ''));
+    res.className = last.result === 'failed' ? 'error' : '';
     const errs = $('reload-errors');
     const frag = document.createDocumentFragment();
     for (const e of last.errors || []) {
@@ -286,44 +313,75 @@
     badge.className = 'badge ' + (rd.status === 'ready' ? 'good' : 'bad');
   }
 
-  // ---- decisions (GET /decisions; absent on older daemons: 404) --------------------
+  // ---- decisions (GET /decisions, newest first) -------------------------------------
+  function decisionRow(tr, x) {
+    const err = x.kind === 'rule_error';
+    tr.dataset.id = typeof x.id === 'string' ? x.id : '';
+    tr.dataset.kind = typeof x.kind === 'string' ? x.kind : '';
+    const ts = typeof x.ts === 'number' ? new Date(x.ts * 1000).toLocaleTimeString() : null;
+    td(tr, ts, 'time');
+    td(tr, x.rule);
+    let act = err ? 'rule error' : typeof x.action === 'string' ? x.action : '';
+    if (act && !err && typeof x.level === 'string') act += ' (' + x.level + ')';
+    if (act && !err && x.halt_sales === true) act += ', halts sales';
+    td(tr, act, err ? 'error' : '');
+    td(tr, x.scope, 'any');
+    // A rule error's text reads FILE:LINE: message.
+    td(tr, err ? x.error : x.reason, err ? 'any reason error code' : 'any reason');
+  }
+
   async function pollDecisions() {
-    if (decisionsBackoff > 0) {
-      decisionsBackoff--;
-      return;
-    }
     const m = $('decisions-msg');
     try {
-      const r = await fetch('/decisions?limit=20', { cache: 'no-store' });
-      if (r.status === 404) {
-        m.textContent = 'decision log unavailable (this nerve has no GET /decisions)';
-        $('decisions').hidden = true;
-        decisionsBackoff = 30;
-        return;
-      }
+      const r = await fetch('/decisions?limit=' + DECISIONS, { cache: 'no-store' });
       if (!r.ok) {
-        m.textContent = 'decision log unavailable (' + r.status + ')';
+        let why = '';
+        try {
+          const b = await r.json();
+          if (typeof b.message === 'string') why = ': ' + b.message;
+        } catch (e) {
+          why = '';
+        }
+        m.textContent = 'Decision log unavailable (GET /decisions answered ' + r.status + why +
+          '); showing the last rows read';
         return;
       }
       const d = await r.json();
       m.textContent = '';
-      $('decisions').hidden = false;
-      fill($('decisions'), Array.isArray(d.decisions) ? d.decisions : [], (tr, x) => {
-        td(tr, typeof x.ts === 'number' ? new Date(x.ts * 1000).toLocaleTimeString() : null);
-        td(tr, x.kind);
-        td(tr, x.action ? x.action + (x.level ? ' (' + x.level + ')' : '') : null);
-        td(tr, x.rule);
-        td(tr, x.scope);
-        td(tr, x.kind === 'rule_error' ? x.error : x.reason);
-      }, 'no decisions yet');
+      const list = Array.isArray(d.decisions) ? d.decisions : [];
+      const key = list.map((x) => x.id).join(' ');
+      if (key === decisionsKey) return; // unchanged: keep the rows (and a text selection)
+      decisionsKey = key;
+      fill($('decisions'), list, decisionRow, 'no decisions yet');
     } catch (e) {
-      m.textContent = 'decision log unavailable: ' + e.message;
+      m.textContent = 'Decision log unavailable: ' + e.message;
     }
   }
 
   // ---- the loop -----------------------------------------------------------------------
+  // One poll at a time: a poll asked for while one runs (a reset's) runs
+  // right after it, so there is only ever one timer.
   async function poll() {
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
     clearTimeout(timer);
+    try {
+      await Promise.all([pollStatus(), pollDecisions()]);
+    } finally {
+      busy = false;
+    }
+    if (again) {
+      again = false;
+      poll();
+      return;
+    }
+    timer = setTimeout(poll, POLL_MS);
+  }
+
+  async function pollStatus() {
     const err = $('conn-error');
     try {
       const r = await fetch('/status.json', { cache: 'no-store' });
@@ -344,8 +402,6 @@
       err.hidden = false;
       document.body.classList.add('stale');
     }
-    await pollDecisions();
-    timer = setTimeout(poll, POLL_MS);
   }
 
   tokenState();
