@@ -408,6 +408,17 @@ static int terminate(pid_t pid, int ms, bool *killed)
         h_nap();
     }
     *killed = true;
+    /* A process that ignored SIGTERM for MS is a bug to find: every
+     * thread's stack first, when gdb is there (CI runs are not repeatable). */
+    char cmd[160];
+    snprintf(cmd, sizeof cmd,
+             "command -v gdb >/dev/null && timeout 30 gdb -batch -nx -p %d "
+             "-ex 'thread apply all bt 12' 2>/dev/null | grep -E '^(Thread|#)' | head -400",
+             (int)pid);
+    printf("harness: pid %d still running %d ms after SIGTERM; its threads:\n", (int)pid, ms);
+    fflush(stdout);
+    if (system(cmd) == -1)
+        printf("harness: (no stacks: %s)\n", strerror(errno));
     kill(-pid, SIGKILL);
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
