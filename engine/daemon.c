@@ -226,13 +226,18 @@ static void on_control(void *ud, const char *msg, size_t len) {
 static int check_not_cluster(nerved *d, rds_client *c) {
     char err[512];
     rds_opts ro;
-    int on = cl_info_cluster_enabled(c, err, sizeof err);
+    if (cfg_redis_opts(d->c, &ro, err, sizeof err)) return -1;
+    /* Asked of the seed itself: a routing client needs a slot map first. */
+    rds_opts one = ro;
+    one.cluster = 0;
+    rds_client *seed = ro.cluster ? rds_client_new(&one) : c;
+    int on = seed ? cl_info_cluster_enabled(seed, err, sizeof err) : -1;
+    if (seed != c) rds_client_free(seed);
     if (on == -1) return 1;
     if (on == -2) {
         log_warn("main", "cannot tell whether redis is a cluster node error=\"%s\"", err);
         return 0;
     }
-    if (cfg_redis_opts(d->c, &ro, err, sizeof err)) return -1;
     if (on == !!ro.cluster) return 0;
     if (ro.cluster)
         log_error("main",
