@@ -37,46 +37,55 @@ static h_cluster *cl;
 
 /* ---- the cluster as the test sees it --------------------------------------- */
 
-static rds_client *client_of(const h_redis *r) {
+static rds_client *client_of(const h_redis *r)
+{
     rds_opts o;
     char url[64], err[256];
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.command_timeout_ms = 2000;
     o.reconnect_max_ms = 100;
-    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err)) fail_msg("%s", err);
+    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err))
+        fail_msg("%s", err);
     rds_client *c = rds_client_new(&o);
     assert_non_null(c);
     return c;
 }
 
-static h_redis *node_at(int port) {
+static h_redis *node_at(int port)
+{
     for (int i = 0; i < cl->n; i++)
-        if (cl->nodes[i]->port == port) return cl->nodes[i];
+        if (cl->nodes[i]->port == port)
+            return cl->nodes[i];
     return NULL;
 }
 
 /* The slot map as a live node sees it now (the caller frees it). */
-static cl_map *map_now(void) {
+static cl_map *map_now(void)
+{
     char err[256] = "";
     for (int i = 0; i < cl->n; i++) {
-        if (!cl->nodes[i]->pid) continue;
+        if (!cl->nodes[i]->pid)
+            continue;
         rds_client *c = client_of(cl->nodes[i]);
         cl_map *m = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
         rds_client_free(c);
-        if (m) return m;
+        if (m)
+            return m;
     }
     fail_msg("no node answered CLUSTER SLOTS: %s", err);
     return NULL;
 }
 
-static int sku_slot(const char *sku) {
+static int sku_slot(const char *sku)
+{
     char k[RDS_KEY_MAX];
     assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
     return cl_keyslot(k, strlen(k));
 }
 
 /* The primary serving SKU's keys now. */
-static h_redis *owner_of(const char *sku) {
+static h_redis *owner_of(const char *sku)
+{
     cl_map *m = map_now();
     const cl_node *n = cl_map_node(m, sku_slot(sku));
     assert_non_null(n);
@@ -87,7 +96,8 @@ static h_redis *owner_of(const char *sku) {
 }
 
 /* SKU's stock as Redis holds it, read on its primary. */
-static long long stock_of(const char *sku) {
+static long long stock_of(const char *sku)
+{
     char k[RDS_KEY_MAX];
     assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
     redisReply *r = h_redis_cmd(owner_of(sku), "GET %s", k);
@@ -99,14 +109,16 @@ static long long stock_of(const char *sku) {
     return v;
 }
 
-static h_daemon *start_daemon(void) {
+static h_daemon *start_daemon(void)
+{
     h_daemon *d = h_daemon_start(cl->nodes[0], "redis.mode=cluster", "redis.reconnect_max_ms=200",
                                  "redis.command_timeout_ms=1000", NULL);
     assert_non_null(d);
     return d;
 }
 
-static double metric(const h_daemon *d, const char *name, const char *label) {
+static double metric(const h_daemon *d, const char *name, const char *label)
+{
     char *m = H_METRICS(d);
     double v = h_metric(m, name, label);
     free(m);
@@ -116,11 +128,13 @@ static double metric(const h_daemon *d, const char *name, const char *label) {
 /* Units sold by the load L (order ids PREFIX-i): its 200s, plus every 503
  * settled by replaying its order_id (a 200 then, duplicate or not, means
  * the order is sold exactly once; 503 again after 10 s fails the test). */
-static long long settle(const h_daemon *d, const h_load *l, const char *sku, const char *prefix) {
+static long long settle(const h_daemon *d, const h_load *l, const char *sku, const char *prefix)
+{
     long long sold = 0;
     for (int i = 0; i < l->requests; i++) {
         const h_sale_rec *rec = &l->recs[i];
-        if (!rec->sent) continue;
+        if (!rec->sent)
+            continue;
         if (rec->status == 200) {
             sold++;
             continue;
@@ -139,14 +153,16 @@ static long long settle(const h_daemon *d, const h_load *l, const char *sku, con
                 sold++;
                 break;
             }
-            if (st != 503 || !h_before(dl)) fail_msg("replaying order %s: %ld", oid, st);
+            if (st != 503 || !h_before(dl))
+                fail_msg("replaying order %s: %ld", oid, st);
             h_nap();
         }
     }
     return sold;
 }
 
-static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep) {
+static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep)
+{
     if (!rep || rep->type == REDIS_REPLY_ERROR)
         fail_msg("%s on port %d: %s", what, r->port, rep ? rep->str : "no reply");
     return rep;
@@ -154,14 +170,17 @@ static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep) {
 
 /* ---- setup ------------------------------------------------------------------ */
 
-static int setup(void **state) {
+static int setup(void **state)
+{
     (void)state;
-    if (!(cl = h_cluster_start_replicas(3, 1, NODE_TIMEOUT_MS))) return -1;
+    if (!(cl = h_cluster_start_replicas(3, 1, NODE_TIMEOUT_MS)))
+        return -1;
     printf("# cluster of 3 primaries + 3 replicas started in %.2f s\n", cl->start_secs);
     return 0;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
     (void)state;
     h_cluster_free(cl);
     return 0;
@@ -169,7 +188,8 @@ static int teardown(void **state) {
 
 /* ---- (a) stress over 1,000 SKUs ---------------------------------------------- */
 
-static void test_stress_1000_skus(void **state) {
+static void test_stress_1000_skus(void **state)
+{
     (void)state;
     h_daemon *d = start_daemon();
     const char *args[] = { "stress", "--url",      d->base,   "--sku",  "cs",
@@ -206,7 +226,8 @@ static void test_stress_1000_skus(void **state) {
     cl_map_free(m);
     printf("# SKUs per primary: %d %d %d; sold out: %d\n", per_node[0], per_node[1], per_node[2],
            zero);
-    for (int i = 0; i < 3; i++) assert_true(per_node[i] > 0);
+    for (int i = 0; i < 3; i++)
+        assert_true(per_node[i] > 0);
     assert_int_equal(zero, 1000);
     assert_int_equal(h_daemon_stop(d), 0);
     h_pass();
@@ -214,7 +235,8 @@ static void test_stress_1000_skus(void **state) {
 
 /* ---- (b) a slot migrated during load ------------------------------------------- */
 
-static void test_slot_migration_under_load(void **state) {
+static void test_slot_migration_under_load(void **state)
+{
     (void)state;
     const char *sku = "mig-0";
     const long long initial = 1000000;
@@ -224,7 +246,8 @@ static void test_slot_migration_under_load(void **state) {
     cl_map *m = map_now();
     const cl_node *from = cl_map_node(m, slot), *to = NULL;
     for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
-        if (cl_map_node_at(m, i) != from) to = cl_map_node_at(m, i);
+        if (cl_map_node_at(m, i) != from)
+            to = cl_map_node_at(m, i);
     h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
     char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
     snprintf(src_id, sizeof src_id, "%s", from->primary.id);
@@ -242,7 +265,8 @@ static void test_slot_migration_under_load(void **state) {
                  .requests = 4000 };
     assert_int_equal(h_load_start(&l), 0);
     double dl = h_deadline(30000);
-    while (h_load_completed(&l) < 300 && h_before(dl)) h_nap();
+    while (h_load_completed(&l) < 300 && h_before(dl))
+        h_nap();
     assert_true(h_load_completed(&l) >= 300);
 
     /* The migration, as redis-cli --cluster reshard does it, one slot. */
@@ -267,8 +291,10 @@ static void test_slot_migration_under_load(void **state) {
         int k = 0;
         argv[k++] = "MIGRATE", argv[k++] = "127.0.0.1", argv[k++] = port, argv[k++] = "";
         argv[k++] = "0", argv[k++] = "5000", argv[k++] = "KEYS";
-        for (size_t i = 0; i < n; i++) argv[k++] = ks->element[i]->str;
-        for (int i = 0; i < k; i++) lens[i] = strlen(argv[i]);
+        for (size_t i = 0; i < n; i++)
+            argv[k++] = ks->element[i]->str;
+        for (int i = 0; i < k; i++)
+            lens[i] = strlen(argv[i]);
         redisContext *c = h_redis_connect(src);
         assert_non_null(c);
         redisReply *mr = redisCommandArgv(c, k, argv, lens);
@@ -300,7 +326,8 @@ static void test_slot_migration_under_load(void **state) {
     for (int i = 0; i < cl->n; i++)
         if (cl->nodes[i] != src && cl->nodes[i] != dst) {
             redisReply *r = h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
-            if (r) freeReplyObject(r); /* a replica refuses: it follows its primary */
+            if (r)
+                freeReplyObject(r); /* a replica refuses: it follows its primary */
         }
     printf("# slot %d: %d keys moved from port %d to %d in %d batches, %d sales answered so far\n",
            slot, moved_keys, src->port, dst->port, batches, h_load_completed(&l));
@@ -330,7 +357,8 @@ static void test_slot_migration_under_load(void **state) {
 /* ---- (c) a primary killed, its replica taking over ------------------------------- */
 
 /* The replica of primary P's node entry (the first the map names). */
-static h_redis *replica_of(const char *sku) {
+static h_redis *replica_of(const char *sku)
+{
     cl_map *m = map_now();
     const cl_node *n = cl_map_node(m, sku_slot(sku));
     assert_true(n && n->nreplicas >= 1);
@@ -340,7 +368,8 @@ static h_redis *replica_of(const char *sku) {
     return r;
 }
 
-static long long info_ll(h_redis *r, const char *field) {
+static long long info_ll(h_redis *r, const char *field)
+{
     redisReply *rep = h_redis_cmd(r, "INFO replication");
     assert_true(rep && rep->type == REDIS_REPLY_STRING);
     const char *p = strstr(rep->str, field);
@@ -349,7 +378,8 @@ static long long info_ll(h_redis *r, const char *field) {
     return v;
 }
 
-static void test_primary_killed_replica_takes_over(void **state) {
+static void test_primary_killed_replica_takes_over(void **state)
+{
     (void)state;
     const char *sku = "fo-0";
     const long long initial = 100000;
@@ -399,8 +429,10 @@ static void test_primary_killed_replica_takes_over(void **state) {
             retry_after += h_header(&r, "Retry-After", v, sizeof v);
         }
         h_resp_free(&r);
-        if (st == 200) break;
-        if (st != 503) fail_msg("sale %s during the failover answered %ld", oid, st);
+        if (st == 200)
+            break;
+        if (st != 503)
+            fail_msg("sale %s during the failover answered %ld", oid, st);
         if (!h_before(dl))
             fail_msg("no sale answered within %d ms of the kill (%d answered 503)",
                      RECOVERY_BOUND_MS, n503);
@@ -420,7 +452,8 @@ static void test_primary_killed_replica_takes_over(void **state) {
         h_resp r;
         long st = h_http(d, "GET", "/readyz", NULL, &r, NULL);
         h_resp_free(&r);
-        if (st == 200) break;
+        if (st == 200)
+            break;
         if (!h_before(dl))
             fail_msg("/readyz still %ld %d ms after the failover", st, RECOVERY_BOUND_MS);
         h_nap();
@@ -457,7 +490,8 @@ static void test_primary_killed_replica_takes_over(void **state) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
         T(test_stress_1000_skus), T(test_slot_migration_under_load),
         T(test_primary_killed_replica_takes_over), /* last: it kills a node */
