@@ -14,6 +14,11 @@
  *     503 with Retry-After meanwhile, answer again within a bound, /readyz
  *     is ready again, and the stock lost still equals the units sold.
  *
+ *   - and underneath, rds itself (the library, no daemon): single commands
+ *     and a pipeline over every node, keys of two slots refused unsent,
+ *     scripts loaded on every node (and again on a node that forgot them),
+ *     streams routed by the key after STREAMS, commands per node.
+ *
  * Every wait polls with a deadline.
  */
 #include "harness.h"
@@ -184,6 +189,115 @@ static int teardown(void **state)
     (void)state;
     h_cluster_free(cl);
     return 0;
+}
+
+/* ---- rds routing, through the library ------------------------------------------ */
+
+static rds_client *router(void)
+{
+    rds_opts o;
+    char url[64], err[256];
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = o.command_timeout_ms = 2000;
+    o.reconnect_max_ms = 100;
+    o.cluster = 1;
+    if (rds_parse_url(h_redis_url(cl->nodes[0], url, sizeof url), &o, err, sizeof err))
+        fail_msg("%s", err);
+    rds_client *c = rds_client_new(&o);
+    assert_non_null(c);
+    return c;
+}
+
+static void expect_str(redisReply *r, const char *want, const char *what)
+{
+    if (!r || r->type != REDIS_REPLY_STRING || strcmp(r->str, want) != 0)
+        fail_msg("%s: want \"%s\", got %s", what, want,
+                 !r                             ? "NULL"
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "another reply");
+    freeReplyObject(r);
+}
+
+/* Single commands, pipelines over every node, multi-key commands, scripts
+ * (loaded on every node, again after a node forgot them), streams. */
+static void test_rds_routes_by_slot(void **state)
+{
+    (void)state;
+    rds_client *c = router();
+    char k[64], v[32];
+    int per_node[3] = { 0 };
+    cl_map *m = map_now();
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "rt:%d", i);
+        snprintf(v, sizeof v, "%d", i * 7);
+        redisReply *r = rds_command(c, "SET %s %s", k, v);
+        if (!r || r->type != REDIS_REPLY_STATUS)
+            fail_msg("SET %s: %s", k, r ? r->str : rds_errstr(c));
+        freeReplyObject(r);
+        per_node[cl_map_node_index(m, cl_keyslot(k, strlen(k)))]++;
+    }
+    cl_map_free(m);
+    for (int i = 0; i < 3; i++)
+        assert_true(per_node[i] > 0);
+    /* A pipeline over the three nodes: replies in the order appended. */
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "rt:%d", i);
+        const char *argv[] = { "GET", k };
+        assert_int_equal(rds_appendargv(c, 2, argv, NULL), 0);
+    }
+    for (int i = 0; i < 300; i++) {
+        snprintf(v, sizeof v, "%d", i * 7);
+        expect_str(rds_get_reply(c), v, "pipelined GET");
+    }
+    /* Keys of two slots in one command: refused before sending. */
+    redisReply *r = rds_command(c, "MGET rt:1 rt:2");
+    assert_null(r);
+    assert_int_equal(rds_outcome_unknown(c), 0);
+    if (strncmp(rds_errstr(c), "CROSSSLOT", 9) != 0)
+        fail_msg("MGET over two slots: \"%s\"", rds_errstr(c));
+    r = rds_command(c, "MSET {rt}a 1 {rt}b 2");
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    /* A script on keys of every node; then one node forgets it. */
+    static rds_script get = RDS_SCRIPT_INIT("return redis.call('GET', KEYS[1])");
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 300; i += 7) {
+            snprintf(k, sizeof k, "rt:%d", i);
+            snprintf(v, sizeof v, "%d", i * 7);
+            const char *argv[] = { k };
+            expect_str(rds_eval(c, &get, 1, 1, argv, NULL), v, "EVALSHA");
+        }
+        redisReply *f = h_redis_cmd(cl->nodes[1], "SCRIPT FLUSH");
+        if (f)
+            freeReplyObject(f);
+    }
+    /* Streams: the key after STREAMS. */
+    r = rds_command(c, "XADD {p3}:rt-stream * f v");
+    assert_true(r && r->type == REDIS_REPLY_STRING);
+    freeReplyObject(r);
+    r = rds_command(c, "XGROUP CREATE {p3}:rt-stream g 0");
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    r = rds_command(c, "XREADGROUP GROUP g c1 COUNT 10 STREAMS {p3}:rt-stream >");
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 1)
+        fail_msg("XREADGROUP: %s",
+                 r ? (r->type == REDIS_REPLY_ERROR ? r->str : "not 1 stream") : rds_errstr(c));
+    freeReplyObject(r);
+    /* Per node: every primary answers, and holds some of the keys. */
+    assert_int_equal(rds_cluster_nnodes(c), 3);
+    long long total = 0;
+    for (int i = 0; i < 3; i++) {
+        const char *argv[] = { "DBSIZE" };
+        r = rds_commandargv_node(c, i, 1, argv, NULL);
+        assert_true(r && r->type == REDIS_REPLY_INTEGER && r->integer > 0);
+        total += r->integer;
+        freeReplyObject(r);
+    }
+    assert_true(total >= 300);
+    char err[256];
+    assert_int_equal(rds_cluster_check(c, err, sizeof err), 0);
+    rds_client_free(c);
+    h_pass();
 }
 
 /* ---- (a) stress over 1,000 SKUs ---------------------------------------------- */
@@ -493,7 +607,7 @@ static void test_primary_killed_replica_takes_over(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_stress_1000_skus), T(test_slot_migration_under_load),
+        T(test_rds_routes_by_slot), T(test_stress_1000_skus), T(test_slot_migration_under_load),
         T(test_primary_killed_replica_takes_over), /* last: it kills a node */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
