@@ -14,6 +14,8 @@
  *     503 with Retry-After meanwhile, answer again within a bound, /readyz
  *     is ready again, and the stock lost still equals the units sold.
  *
+ *   - the kill switch engaged and reset through the API (its record and its
+ *     index live on different nodes);
  *   - and underneath, rds itself (the library, no daemon): single commands
  *     and a pipeline over every node, keys of two slots refused unsent,
  *     scripts loaded on every node (and again on a node that forgot them),
@@ -468,6 +470,62 @@ static void test_slot_migration_under_load(void **state)
     h_pass();
 }
 
+/* ---- the kill switch on a cluster ---------------------------------------------- */
+
+/* The record (untagged: any node) and the index (PREFIXkills: another node)
+ * cannot share a script on a cluster; engaged and reset by hand through the
+ * API, both work, and a halted SKU answers 423 until the reset. */
+static void test_kill_switch_on_cluster(void **state)
+{
+    (void)state;
+    h_daemon *d = start_daemon();
+    const char *sku = "ks-1";
+    H_SET_STOCK(d, sku, 100);
+    char rec_key[RDS_KEY_MAX], idx_key[RDS_KEY_MAX];
+    snprintf(rec_key, sizeof rec_key, "%skill:sku:%s", H_PREFIX, sku);
+    snprintf(idx_key, sizeof idx_key, "%skills", H_PREFIX);
+    printf("# the record in slot %d, the index in slot %d\n", cl_keyslot(rec_key, strlen(rec_key)),
+           cl_keyslot(idx_key, strlen(idx_key)));
+    h_resp r;
+    h_http(d, "POST", "/admin/killswitch",
+           "{\"scope\":\"sku:ks-1\",\"reason\":\"cluster halt\",\"halt_sales\":true}", &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200)
+        fail_msg("POST /admin/killswitch: expected 200, got %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    assert_int_equal(h_sale(d, "/sale", sku, 1, NULL, &r), 423);
+    h_resp_free(&r);
+    assert_int_equal(h_http(d, "GET", "/killswitch", NULL, &r, NULL), 200);
+    if (!strstr(r.body, "\"sku:ks-1\""))
+        fail_msg("GET /killswitch does not list sku:ks-1: %s", r.body);
+    h_resp_free(&r);
+    /* Engaged again: already engaged, not a second record. */
+    h_http(d, "POST", "/admin/killswitch",
+           "{\"scope\":\"sku:ks-1\",\"reason\":\"again\",\"halt_sales\":true}", &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200 || h_jbool(r.json, "already_engaged") != 1)
+        fail_msg("a second engagement: %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    /* The first record stays, on the node of its slot. */
+    cl_map *m = map_now();
+    h_redis *node = node_at(cl_map_node(m, cl_keyslot(rec_key, strlen(rec_key)))->primary.port);
+    cl_map_free(m);
+    assert_non_null(node);
+    redisReply *rec = h_redis_cmd(node, "GET %s", rec_key);
+    if (!rec || rec->type != REDIS_REPLY_STRING || !strstr(rec->str, "cluster halt"))
+        fail_msg("the record %s: %s", rec_key, rec && rec->str ? rec->str : "absent");
+    freeReplyObject(rec);
+    h_http(d, "DELETE", "/admin/killswitch/sku:ks-1", NULL, &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200)
+        fail_msg("DELETE /admin/killswitch/sku:ks-1: expected 200, got %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    assert_int_equal(h_sale(d, "/sale", sku, 1, NULL, &r), 200);
+    h_resp_free(&r);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 /* ---- (c) a primary killed, its replica taking over ------------------------------- */
 
 /* The replica of primary P's node entry (the first the map names). */
@@ -607,7 +665,10 @@ static void test_primary_killed_replica_takes_over(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_rds_routes_by_slot), T(test_stress_1000_skus), T(test_slot_migration_under_load),
+        T(test_rds_routes_by_slot),
+        T(test_stress_1000_skus),
+        T(test_slot_migration_under_load),
+        T(test_kill_switch_on_cluster),
         T(test_primary_killed_replica_takes_over), /* last: it kills a node */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
