@@ -302,6 +302,99 @@ static void test_rds_routes_by_slot(void **state)
     h_pass();
 }
 
+/* CLUSTER SETSLOT SLOT NODE ID on every primary (replicas refuse: they
+ * follow their primary), the target first. */
+static void setslot_node(int slot, h_redis *dst, const char *dst_id)
+{
+    redisReply *r = h_redis_cmd(dst, "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        fail_msg("SETSLOT NODE on port %d: %s", dst->port, r ? r->str : "no reply");
+    freeReplyObject(r);
+    for (int i = 0; i < cl->n; i++) {
+        if (cl->nodes[i] == dst || !cl->nodes[i]->pid)
+            continue;
+        r = h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
+        if (r)
+            freeReplyObject(r);
+    }
+}
+
+/* MIGRATE KEY from SRC to DST (the slot set MIGRATING/IMPORTING). */
+static void migrate_key(h_redis *src, h_redis *dst, const char *key)
+{
+    redisReply *r = h_redis_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000", dst->port, key);
+    if (!r || r->type != REDIS_REPLY_STATUS)
+        fail_msg("MIGRATE %s: %s", key, r ? r->str : "no reply");
+    freeReplyObject(r);
+}
+
+/* A redirect answered inside a pipeline is resolved by sending that one
+ * command again: ASK during a migration, then MOVED once the slot moved
+ * and the client's map is stale; the replies stay in the order appended. */
+static void test_rds_redirects_in_pipeline(void **state)
+{
+    (void)state;
+    rds_client *c = router();
+    const char *k1 = "{rtmv}k1", *k2 = "{rtmv}k2", *other = "rt:5";
+    redisReply *r = rds_command(c, "MSET %s a %s b", k1, k2);
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    int slot = cl_keyslot(k1, strlen(k1));
+    cl_map *m = map_now();
+    const cl_node *from = cl_map_node(m, slot), *to = NULL;
+    for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
+        if (cl_map_node_at(m, i) != from)
+            to = cl_map_node_at(m, i);
+    h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
+    char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
+    snprintf(src_id, sizeof src_id, "%s", from->primary.id);
+    snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
+    cl_map_free(m);
+
+    redisReply *x = h_redis_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, src_id);
+    assert_true(x && x->type == REDIS_REPLY_STATUS);
+    freeReplyObject(x);
+    x = h_redis_cmd(src, "CLUSTER SETSLOT %d MIGRATING %s", slot, dst_id);
+    assert_true(x && x->type == REDIS_REPLY_STATUS);
+    freeReplyObject(x);
+    migrate_key(src, dst, k1);
+
+    rds_cluster_stats before, after;
+    rds_cluster_get_stats(&before);
+    const char *g1[] = { "GET", k1 }, *g2[] = { "GET", k2 }, *g3[] = { "GET", other };
+    assert_int_equal(rds_appendargv(c, 2, g1, NULL), 0); /* ASK: moved already */
+    assert_int_equal(rds_appendargv(c, 2, g3, NULL), 0);
+    assert_int_equal(rds_appendargv(c, 2, g2, NULL), 0); /* still on the source */
+    expect_str(rds_get_reply(c), "a", "GET k1 (ASK)");
+    expect_str(rds_get_reply(c), "35", "GET rt:5");
+    expect_str(rds_get_reply(c), "b", "GET k2");
+    rds_cluster_get_stats(&after);
+    assert_true(after.ask > before.ask);
+
+    migrate_key(src, dst, k2);
+    setslot_node(slot, dst, dst_id);
+    before = after;
+    assert_int_equal(rds_appendargv(c, 2, g3, NULL), 0);
+    assert_int_equal(rds_appendargv(c, 2, g2, NULL), 0); /* MOVED: the map is stale */
+    assert_int_equal(rds_appendargv(c, 2, g1, NULL), 0);
+    expect_str(rds_get_reply(c), "35", "GET rt:5");
+    expect_str(rds_get_reply(c), "b", "GET k2 (MOVED)");
+    expect_str(rds_get_reply(c), "a", "GET k1");
+    rds_cluster_get_stats(&after);
+    assert_true(after.moved > before.moved);
+    assert_true(after.refreshes > before.refreshes);
+    /* The map was fetched again: no more redirects. */
+    before = after;
+    expect_str(rds_command(c, "GET %s", k2), "b", "GET k2 after the refresh");
+    rds_cluster_get_stats(&after);
+    assert_true(after.moved == before.moved && after.ask == before.ask);
+    printf("# slot %d moved from port %d to %d under a pipelining client: ASK and MOVED "
+           "resolved in order\n",
+           slot, src->port, dst->port);
+    rds_client_free(c);
+    h_pass();
+}
+
 /* ---- (a) stress over 1,000 SKUs ---------------------------------------------- */
 
 static void test_stress_1000_skus(void **state)
@@ -666,6 +759,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_rds_routes_by_slot),
+        T(test_rds_redirects_in_pipeline),
         T(test_stress_1000_skus),
         T(test_slot_migration_under_load),
         T(test_kill_switch_on_cluster),
