@@ -602,11 +602,10 @@ redisReply *rds_route_argv(rds_client *c, int argc, const char **argv, const siz
  * freed. */
 static void abandon(rds_client *c) {
     rds_route *r = c->cl;
-    for (size_t i = r->qhead; i < r->qn; i++) {
-        rds_conn *n = &r->conns[r->q[i].conn];
-        if (n->pending > 0 && !r->q[i].got) rds_conn_close(n);
-        n->pending = 0;
-    }
+    /* Every connection with a reply not read, whether or not its command
+     * made it into the queue (an append whose entry could not be added). */
+    for (int i = 0; i < r->nconns; i++)
+        if (r->conns[i].pending > 0) rds_conn_close(&r->conns[i]);
     pipeline_clear(r);
 }
 
