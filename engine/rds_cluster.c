@@ -558,11 +558,27 @@ static redisReply *broadcast(rds_client *c, const char *cmd, size_t len) {
     return best;
 }
 
+/* A command without a key: on the first primary that connects (a node
+ * that cannot be reached has been sent nothing, so the next may have it). */
+static redisReply *run_any(rds_client *c, const char *cmd, size_t len) {
+    int first = any_conn(c), nn = cl_map_nnodes(c->cl->map->m), start = 0;
+    if (first < 0) return NULL;
+    for (int i = 0; i < nn; i++)
+        if (node_conn(c, i) == first) start = i;
+    for (int i = 0; i < nn; i++) {
+        int ci = node_conn(c, (start + i) % nn);
+        if (ci >= 0 && node_ensure(c, ci) == 0) return run_at(c, cmd, len, ci, 0, 0);
+    }
+    maybe_refresh(c, -1);
+    return NULL; /* unknown is 0: nothing was sent */
+}
+
 static redisReply *run(rds_client *c, const char *cmd, size_t len, int slot) {
     c->unknown = 0;
     if (slot == SLOT_CROSS || sync_map(c)) return NULL;
     if (slot == SLOT_ALL) return broadcast(c, cmd, len);
-    int ci = slot >= 0 ? slot_conn(c, slot) : any_conn(c);
+    if (slot == SLOT_ANY) return run_any(c, cmd, len);
+    int ci = slot_conn(c, slot);
     return ci < 0 ? NULL : run_at(c, cmd, len, ci, 0, 0);
 }
 

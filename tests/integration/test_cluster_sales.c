@@ -680,8 +680,10 @@ static void test_primary_killed_replica_takes_over(void **state)
     }
     double t0 = h_now();
 
-    /* One sale at a time until one is answered 200 again. */
-    int n503 = 0, retry_after = 0, k = 0;
+    /* One sale at a time until one is answered 200 again; /readyz asked
+     * between them must say not ready at some point. */
+    int n503 = 0, retry_after = 0, k = 0, unready = 0, cluster_unready = 0;
+    char why[300] = "";
     char oid[64];
     dl = h_deadline(RECOVERY_BOUND_MS);
     for (;; k++) {
@@ -698,6 +700,12 @@ static void test_primary_killed_replica_takes_over(void **state)
             break;
         if (st != 503)
             fail_msg("sale %s during the failover answered %ld", oid, st);
+        if (h_http(d, "GET", "/readyz", NULL, &r, NULL) == 503) {
+            if (!unready++)
+                snprintf(why, sizeof why, "%s", r.body);
+            cluster_unready += strstr(r.body, "\"redis_cluster_ok\":false") != NULL;
+        }
+        h_resp_free(&r);
         if (!h_before(dl))
             fail_msg("no sale answered within %d ms of the kill (%d answered 503)",
                      RECOVERY_BOUND_MS, n503);
@@ -707,7 +715,10 @@ static void test_primary_killed_replica_takes_over(void **state)
     printf("# primary on port %d killed: %d sales answered 503 (%d with Retry-After), the first "
            "200 after %.2f s; the replica on port %d is the primary now\n",
            primary->port, n503, retry_after, recovery, replica->port);
+    printf("# /readyz answered 503 %d times meanwhile, first: %.200s\n", unready, why);
     assert_true(n503 >= 1);
+    assert_true(unready >= 1);
+    assert_true(cluster_unready >= 1);
     assert_int_equal(retry_after, n503);
     assert_int_equal(owner_of(sku)->port, replica->port);
 
