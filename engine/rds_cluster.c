@@ -26,9 +26,9 @@
 #include <string.h>
 #include <strings.h>
 
-#define SLOT_ANY   (-1) /* no key: any node */
-#define SLOT_CROSS (-2) /* keys in different slots: nothing sent */
-#define SLOT_ALL   (-3) /* every primary (SCRIPT LOAD, SCRIPT FLUSH) */
+#define SLOT_ANY   RDS_SLOT_ANY
+#define SLOT_CROSS RDS_SLOT_CROSS
+#define SLOT_ALL   RDS_SLOT_ALL
 
 /* A client talks to this many nodes at most: a bound against a hostile or
  * broken cluster redirecting it to ever new addresses. */
@@ -379,9 +379,7 @@ static const char *const all_keys[] = { "DEL", "UNLINK", "EXISTS", "TOUCH", "MGE
 static const char *const two_keys[] = { "RENAME", "RENAMENX",  "SMOVE", "LMOVE",
                                         "BLMOVE", "RPOPLPUSH", "COPY",  NULL };
 
-/* The slot of the command AV/AL (ARGC arguments), or SLOT_ANY, SLOT_ALL, or
- * SLOT_CROSS with the error set. */
-static int cmd_slot(rds_client *c, int argc, const char **av, const size_t *al) {
+int rds_cluster_slot(int argc, const char **av, const size_t *al, char *err, size_t errlen) {
     int first = 1, last = 1, step = 1;
     if (argc < 2 || is_any(av[0], al[0], keyless)) return SLOT_ANY;
     if (is(av[0], al[0], "SCRIPT"))
@@ -420,13 +418,20 @@ static int cmd_slot(rds_client *c, int argc, const char **av, const size_t *al) 
     for (int i = first + step; i <= last; i += step) {
         int s = cl_keyslot(av[i], al[i]);
         if (s == slot) continue;
-        rds_set_error(c,
-                      "CROSSSLOT: %.*s with keys \"%.80s\" (slot %d) and \"%.80s\" (slot %d) "
-                      "would span nodes of the cluster; nothing sent",
-                      (int)(al[0] < 32 ? al[0] : 32), av[0], av[first], slot, av[i], s);
+        /* Lengths, not NULs: the arguments may point into a formatted
+         * command. */
+        snprintf(err, errlen,
+                 "CROSSSLOT: %.*s with keys \"%.*s\" (slot %d) and \"%.*s\" (slot %d) would span "
+                 "nodes of the cluster; nothing sent",
+                 (int)(al[0] < 32 ? al[0] : 32), av[0], (int)(al[first] < 80 ? al[first] : 80),
+                 av[first], slot, (int)(al[i] < 80 ? al[i] : 80), av[i], s);
         return SLOT_CROSS;
     }
     return slot;
+}
+
+static int cmd_slot(rds_client *c, int argc, const char **av, const size_t *al) {
+    return rds_cluster_slot(argc, av, al, c->errstr, sizeof c->errstr);
 }
 
 /* Room for N argument views. */

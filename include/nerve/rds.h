@@ -143,6 +143,15 @@ void rds_script_set_sha(rds_script *s, const char *sha);
 #define RDS_CLUSTER_REDIRECTS  5
 #define RDS_CLUSTER_REFRESH_MS 100
 
+/* Where a command goes (ARGC arguments ARGV, lengths ARGVLEN), by the rules
+ * above: its keys' slot 0..16383; RDS_SLOT_ANY (no key: any node);
+ * RDS_SLOT_ALL (every primary); RDS_SLOT_CROSS when its keys are in
+ * different slots, with a message naming two of them in ERR. Pure. */
+#define RDS_SLOT_ANY   (-1)
+#define RDS_SLOT_CROSS (-2)
+#define RDS_SLOT_ALL   (-3)
+int rds_cluster_slot(int argc, const char **argv, const size_t *argvlen, char *err, size_t errlen);
+
 /* Process-wide counts, for /metrics. */
 typedef struct rds_cluster_stats {
     unsigned long long moved, ask;     /* redirects followed */
