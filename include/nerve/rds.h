@@ -1,6 +1,7 @@
 /* rds.h -- Redis connections (hiredis) with timeouts, reconnect and scripts.
  *
- * An rds_client is one hiredis connection. It is NOT thread-safe: each thread
+ * An rds_client is one hiredis connection (in redis.mode cluster, one per
+ * node, routed by key slot: "Redis Cluster" below). It is NOT thread-safe: each thread
  * uses its own, which rds_pool hands out (one per calling thread, created on
  * first use), so the hot path never waits on a shared lock. A client connects
  * lazily; when a command fails with an I/O or protocol error the connection is
