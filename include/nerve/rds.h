@@ -122,7 +122,8 @@ void rds_script_set_sha(rds_script *s, const char *sha);
  * any node); the streams after STREAMS of XREAD/XREADGROUP; the key after the
  * subcommand of XGROUP/XINFO/OBJECT/MEMORY; every key of DEL/EXISTS/MGET/...
  * Commands without a key (PING, INFO, PUBLISH, CLUSTER, SCAN...) go to one
- * node; SCRIPT LOAD and SCRIPT FLUSH go to every primary, so that EVALSHA
+ * primary (the first that connects: nothing was sent to one that did not);
+ * SCRIPT LOAD and SCRIPT FLUSH go to every primary, so that EVALSHA
  * finds its script wherever its keys live.
  *
  *   - keys of one command in different slots: NULL, nothing sent, rds_errstr
