@@ -377,6 +377,20 @@ static rds_script engage_script = RDS_SCRIPT_INIT(
 static rds_script reset_script = RDS_SCRIPT_INIT("redis.call('SREM', KEYS[2], ARGV[1])\n"
                                                  "return redis.call('DEL', KEYS[1])\n");
 
+/* On a Redis Cluster the record (untagged, so in any slot) and the index are
+ * on different nodes, and one script may not touch both: there the scripts'
+ * steps run as separate commands in the scripts' order (index first), which
+ * leaves after a failure half way what a script could leave (Redis does not
+ * roll one back). Returns the reply the script would give (an integer), NULL
+ * when Redis did not answer, or an error reply. */
+static redisReply *split_cmds(rds_client *c, const char *first_fmt, const char *a1, const char *a2,
+                              const char *second_fmt, const char *b1, const char *b2) {
+    redisReply *r = rds_command(c, first_fmt, a1, a2);
+    if (!r || r->type == REDIS_REPLY_ERROR) return r;
+    freeReplyObject(r);
+    return b2 ? rds_command(c, second_fmt, b1, b2) : rds_command(c, second_fmt, b1);
+}
+
 ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
                     bool halt_sales, const char *state, double ts, char *err, size_t errlen) {
     char key[RDS_KEY_MAX];
@@ -411,22 +425,23 @@ ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason,
     char idx[RDS_KEY_MAX];
     snprintf(idx, sizeof idx, "%skills", k->prefix);
     const char *argv[] = { key, idx, txt, scope };
-    redisReply *r = rds_eval(c, &engage_script, 2, 4, argv, NULL);
+    /* 1 created, 0 already engaged, -1 error (ERR says why). */
+    int created = -1;
+    redisReply *r = rds_is_cluster(c)
+                        ? split_cmds(c, "SADD %s %s", idx, scope, "SET %s %s NX", key, txt)
+                        : rds_eval(c, &engage_script, 2, 4, argv, NULL);
     free(txt);
-    ks_change rc;
-    if (!r) {
+    if (!r)
         snprintf(err, errlen, "redis: %s", rds_errstr(c));
-        rc = KS_ERROR;
-    } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
-        rc = KS_CHANGED;
-        announce(k, c, "engage", scope, halt_sales);
-    } else if (r->type == REDIS_REPLY_INTEGER) {
-        rc = KS_UNCHANGED;
-    } else {
+    else if (r->type == REDIS_REPLY_INTEGER)
+        created = r->integer == 1;
+    else if (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_NIL)
+        created = r->type == REDIS_REPLY_STATUS; /* SET NX: OK, or nil when there */
+    else
         snprintf(err, errlen, "redis: %s",
                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        rc = KS_ERROR;
-    }
+    ks_change rc = created < 0 ? KS_ERROR : created ? KS_CHANGED : KS_UNCHANGED;
+    if (rc == KS_CHANGED) announce(k, c, "engage", scope, halt_sales);
     freeReplyObject(r);
     if (pending) engaging_end(k, scope);
     /* Already engaged by someone else, or failed: the cache follows the
@@ -464,7 +479,8 @@ ks_change ks_reset(ks *k, rds_client *c, const char *scope) {
     if (kill_key(k, key, scope)) return KS_ERROR;
     snprintf(idx, sizeof idx, "%skills", k->prefix);
     const char *argv[] = { key, idx, scope };
-    redisReply *r = rds_eval(c, &reset_script, 2, 3, argv, NULL);
+    redisReply *r = rds_is_cluster(c) ? split_cmds(c, "SREM %s %s", idx, scope, "DEL %s", key, NULL)
+                                      : rds_eval(c, &reset_script, 2, 3, argv, NULL);
     if (!r || r->type != REDIS_REPLY_INTEGER) {
         freeReplyObject(r);
         return KS_ERROR;
@@ -539,7 +555,11 @@ static int each_record(ks *k, rds_client *c, size_t max,
             }
             freeReplyObject(v);
         }
-        if (rc == 0 && n_stale) {
+        /* On a cluster the index and the records are on different nodes,
+         * where "drop the member only while its record is absent" cannot be
+         * one script: stale members are left (each costs a nil GET per
+         * listing; a reset removes its own). */
+        if (rc == 0 && n_stale && !rds_is_cluster(c)) {
             drop[0] = idx;
             for (size_t j = 0; j < n_stale; j++) {
                 drop[1 + j] = key[stale[j]];

@@ -151,11 +151,18 @@ int h_redis_get_ll(h_redis *r, const char *key, long long *v);
  * like every child. */
 typedef struct h_cluster {
     h_redis *nodes[H_CLUSTER_MAX];
-    int n;
+    int n;                      /* every node, replicas included */
+    int primaries;              /* as asked; which nodes they are, CLUSTER NODES says */
     double start_secs;          /* how long the start took */
 } h_cluster;
 /* NULL on failure, after printing why and stopping what was started. */
 h_cluster *h_cluster_start(int n);
+/* The same with REPLICAS replicas per primary (N * (1 + REPLICAS) nodes,
+ * `--cluster-replicas REPLICAS`, each replica waited for until its link to
+ * its primary is up) and, when NODE_TIMEOUT_MS > 0, cluster-node-timeout set
+ * to it on every node (a replica takes over a dead primary after about
+ * twice that). */
+h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms);
 /* Stop every node and free. NULL is fine. */
 void h_cluster_free(h_cluster *c);
 /* One cluster node started (h_redis_start without AOF, with

@@ -11,8 +11,9 @@
  *     migrated answers ASK, both read back exactly by cl_parse_redirect;
  *   - `nerve serve` in standalone mode pointed at a cluster node exits 1
  *     naming the node (also as an ACL user without INFO, and when the node
- *     only answers after the daemon started), and with redis.mode cluster
- *     or sentinel it refuses as not supported yet.
+ *     only answers after the daemon started); with redis.mode cluster it
+ *     refuses a server that is not a cluster node, and redis.mode sentinel
+ *     as not supported yet.
  *
  * (Named test_redis_cluster, not test_cluster: the unit test
  * tests/unit/test_cluster.c already builds as build/tests/test_cluster.)
@@ -294,10 +295,16 @@ static void test_standalone_refuses_cluster_node(void **state)
 static void test_other_modes_refused(void **state)
 {
     (void)state;
-    char url[64];
-    h_redis_url(cl->nodes[0], url, sizeof url);
-    serve_refuses(url, (const char *const[]){ "redis.mode=cluster", NULL },
-                  "redis.mode cluster is not supported yet by this build");
+    char url[64], want[256];
+    /* redis.mode cluster against a server without cluster support. */
+    h_redis *plain = h_redis_start(false);
+    assert_non_null(plain);
+    snprintf(want, sizeof want,
+             "redis at 127.0.0.1:%d is not a Redis Cluster node (cluster_enabled:0) but "
+             "redis.mode is cluster",
+             plain->port);
+    serve_refuses(h_redis_url(plain, url, sizeof url),
+                  (const char *const[]){ "redis.mode=cluster", NULL }, want);
     serve_refuses("redis-sentinel://127.0.0.1:1/mymaster",
                   (const char *const[]){ "redis.mode=sentinel", NULL },
                   "redis.mode sentinel is not supported yet by this build");
