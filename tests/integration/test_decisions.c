@@ -395,9 +395,23 @@ static void test_cli(void **state)
     H_SET_STOCK(daemon_, "rej-3", 10);
     assert_int_equal(h_sale(daemon_, "/sale", "rej-3", 1, NULL, &s), 422);
     h_resp_free(&s);
-    wait_decisions("rule=sale_gate&limit=1000", 1, &r);
-    int total = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r.json, "decisions"));
-    h_resp_free(&r);
+    /* Wait for this sale's record: the log has one writer, in order, so
+     * every earlier test's reject is written by then and TOTAL holds. */
+    int total = 0;
+    double dl = h_deadline(10000);
+    for (bool seen = false; !seen;) {
+        const cJSON *arr = get_decisions("rule=sale_gate&limit=1000", &r), *it;
+        cJSON_ArrayForEach(it, arr) {
+            const char *sku = h_jstr(cJSON_GetObjectItemCaseSensitive(it, "event"), "sku");
+            seen = seen || (sku && strcmp(sku, "rej-3") == 0);
+        }
+        total = cJSON_GetArraySize(arr);
+        h_resp_free(&r);
+        if (!seen && !h_before(dl))
+            fail_msg("the reject of rej-3 is not in GET /decisions after 10 s");
+        if (!seen)
+            h_nap();
+    }
 
     h_run run = { 0 };
     h_run_nerve(&run, 10000, NULL, cli_args("--rule", "sale_gate", "--limit", "1000"));
