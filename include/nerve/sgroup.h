@@ -11,7 +11,7 @@
  *
  * One sg reads the streams STREAMS[0..N-1] as consumer CONSUMER of group
  * GROUP, over one hiredis connection of its own (rds_connect: AUTH, SELECT,
- * timeouts). sg_read hands out, in this order:
+ * timeouts), or one per cluster primary (below). sg_read hands out, in this order:
  *   1. after each (re)connect, this consumer's own pending entries (read
  *      with id 0: entries it was handed before and never acknowledged, e.g.
  *      when the reply of a read was lost with the connection);
@@ -22,6 +22,24 @@
  * (re)connect (BUSYGROUP ignored), so entries appended before any consumer
  * ran are read too; a stream deleted, or a group destroyed, under a running
  * reader (NOGROUP) is created again and the read retried once.
+ *
+ * Redis Cluster (sg_opts.cluster): a command may only name keys of one hash
+ * slot, so the streams are cut into slot groups (a partition's streams share
+ * the tag {pN}: one group per partition, one per ingest stream) and every
+ * read is one XREADGROUP per group, each sent to the primary serving its
+ * slot over a connection per primary; the commands of every node are all
+ * written before any reply is read (one round trip per pass). The slot map
+ * comes from CLUSTER SLOTS, asked of the configured node (then of the nodes
+ * of the last map) at each connect; MOVED, ASK, TRYAGAIN or CLUSTERDOWN in a
+ * reply drops every connection, so the next connect fetches the map again
+ * (a slot migration pauses the reading of that slot's streams until it
+ * ends). A blocked command holds its connection and names one slot, so the
+ * wait for new entries is: a pass without BLOCK over every group, then a
+ * BLOCK of at most SG_CLUSTER_POLL_MS on the group that last had entries.
+ * An entry in another group is read up to SG_CLUSTER_POLL_MS later than one
+ * in a single-node Redis; idle, a reader asks (groups + 1) reads of the
+ * cluster per poll. In standalone mode every stream is in one group: one
+ * command, one blocking read, as before.
  *
  * Bounds: an entry whose `event` field is over max_event_bytes, or that has
  * no `event` field, is acknowledged at once, never handed out, and counted
@@ -46,7 +64,7 @@
  * to redis.reconnect_max_ms, equal jitter) has passed: a call made sooner
  * waits at most BLOCK_MS for it and returns -1 again.
  *
- * Thread-safety: an sg is NOT thread-safe (one hiredis connection): one
+ * Thread-safety: an sg is NOT thread-safe (its own hiredis connections): one
  * thread calls sg_read/sg_ack/sg_close. sg_get_stats may be called from any
  * thread. sg_ack_client acknowledges on a caller's rds_client instead, for a
  * thread other than the reader's.
@@ -57,10 +75,16 @@
 #ifndef NERVE_SGROUP_H
 #define NERVE_SGROUP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "nerve/rds.h"
+
+/* The longest a read waits on one slot group before it looks at every
+ * group again (cluster mode): the added latency, at worst, of an event
+ * arriving while the reader is idle. */
+#define SG_CLUSTER_POLL_MS 10
 
 typedef struct sg_opts {
     rds_opts redis;             /* connect/command timeouts, reconnect_max_ms */
@@ -72,6 +96,8 @@ typedef struct sg_opts {
     size_t max_event_bytes;     /* larger `event` fields are acked and dropped; 0: no limit */
     const char *field;          /* the field handed out as `event`; NULL: "event" (the
                                   * ledger reads the audit stream's "data") */
+    bool cluster; /* redis.mode cluster: one command per slot, a connection per primary
+                   * (REDIS is then any node of the cluster) */
 } sg_opts;
 
 typedef struct sg_msg {
