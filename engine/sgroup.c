@@ -63,8 +63,7 @@ struct sg {
      * all of one slot (cluster) or every stream (standalone), the most one
      * command may name. */
     size_t *order, *gstart, ngrp;
-    size_t watch; /* the group an idle read waits on (cluster): the last one that had entries */
-    bool up;      /* every connection is open */
+    bool up; /* every connection is open */
     bool ever_connected;
     int fails;
     uint64_t retry_at_ns;
@@ -401,7 +400,6 @@ static void make_groups(sg *g) {
         if (i == 0 || g->s[g->order[i]].slot != g->s[g->order[i - 1]].slot)
             g->gstart[g->ngrp++] = i;
     g->gstart[g->ngrp] = g->n;
-    if (g->watch >= g->ngrp) g->watch = 0;
 }
 
 /* Connect when there is no connection and the backoff allows, waiting up
@@ -835,12 +833,10 @@ static int read_groups(sg *g, const bool *sel, bool pending, size_t count, int b
                     }
                 }
             }
-            size_t before = g->nback;
             if (take_read(g, r, d, count, pending) != 0) {
                 if (!g->err[0]) set_err(g, "XREADGROUP", "out of memory");
                 rc = -1;
             }
-            if (g->nback > before) g->watch = k; /* the last group with entries */
         }
         free_replies(reps, g->ngrp);
         if (bc && g->up) redisSetTimeout(bc, tv_ms(g->ro.command_timeout_ms));
@@ -1034,14 +1030,17 @@ static int check_gaps(sg *g) {
  *
  * A blocked XREADGROUP holds its connection and names one slot, so with
  * several slot groups (cluster) nothing can wait on all of them at once.
- * Instead: one pipelined pass without BLOCK over every group (one round
- * trip, the nodes in parallel), and when it found nothing, a BLOCK on one
- * group -- the last that had entries -- for at most SG_CLUSTER_POLL_MS.
- * An entry of that group is read the moment it arrives; one of another
- * group waits for the next pass: SG_CLUSTER_POLL_MS at worst, half on
- * average. Idle, a reader costs Redis (groups + 1) reads per poll. With one
- * group (standalone: every stream in one command) this is the single
- * blocking read it always was. */
+ * Instead the reader polls: one pipelined pass without BLOCK over every
+ * group (one round trip, the nodes in parallel), then a pause of
+ * SG_CLUSTER_POLL_MS, until entries come or BLOCK_MS is over. A short BLOCK
+ * on one group instead of the pause does not work: Redis 7.0 times blocked
+ * commands out on its cron (hz 10: 100 ms), so "BLOCK 10" waits 100 ms
+ * (measured). An entry appended while the reader is idle is read up to
+ * SG_CLUSTER_POLL_MS (plus a round trip) later than with a single Redis;
+ * under load nothing waits (a read that finds entries reads again at
+ * once). Idle, a reader asks each node for its groups' reads every poll.
+ * With one group (standalone: every stream in one command) this is the
+ * single blocking read it always was. */
 static int read_new(sg *g, size_t max, int block_ms, drops *d) {
     bool *sel = calloc(g->n, sizeof *sel);
     if (!sel) return -1;
@@ -1059,15 +1058,18 @@ static int read_new(sg *g, size_t max, int block_ms, drops *d) {
     if (g->ngrp == 1) {
         rc = read_groups(g, sel, false, count, wait ? block_ms : -1, d);
     } else {
-        size_t before = g->nback;
-        rc = read_groups(g, sel, false, count, -1, d);
-        if (rc == 0 && wait && g->nback == before && !d->n && g->up) {
-            size_t k = g->watch < g->ngrp ? g->watch : 0;
-            memset(sel, 0, g->n * sizeof *sel);
-            for (size_t i = g->gstart[k]; i < g->gstart[k + 1]; i++) sel[g->order[i]] = true;
-            int ms = block_ms < SG_CLUSTER_POLL_MS ? block_ms : SG_CLUSTER_POLL_MS;
-            rc = read_groups(g, sel, false, per_stream(max, g->gstart[k + 1] - g->gstart[k]), ms,
-                             d);
+        uint64_t end = clock_now_ns() + (uint64_t)block_ms * 1000000u;
+        for (;;) {
+            /* The backlog is empty here (sg_read reads only then). */
+            rc = read_groups(g, sel, false, count, -1, d);
+            if (rc || !wait || g->nback != g->backhead || d->n || !g->up) break;
+            uint64_t now = clock_now_ns();
+            if (now >= end) break;
+            uint64_t ns = end - now < (uint64_t)SG_CLUSTER_POLL_MS * 1000000u
+                              ? end - now
+                              : (uint64_t)SG_CLUSTER_POLL_MS * 1000000u;
+            struct timespec ts = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
+            nanosleep(&ts, NULL);
         }
     }
     free(sel);

@@ -34,12 +34,13 @@
  * reply drops every connection, so the next connect fetches the map again
  * (a slot migration pauses the reading of that slot's streams until it
  * ends). A blocked command holds its connection and names one slot, so the
- * wait for new entries is: a pass without BLOCK over every group, then a
- * BLOCK of at most SG_CLUSTER_POLL_MS on the group that last had entries.
- * An entry in another group is read up to SG_CLUSTER_POLL_MS later than one
- * in a single-node Redis; idle, a reader asks (groups + 1) reads of the
- * cluster per poll. In standalone mode every stream is in one group: one
- * command, one blocking read, as before.
+ * wait for new entries is a poll: a pass without BLOCK over every group,
+ * then a pause of SG_CLUSTER_POLL_MS, until entries come or the wait is
+ * over. An entry appended while the reader is idle is read up to
+ * SG_CLUSTER_POLL_MS later than from a single Redis (nothing waits under
+ * load); idle, a reader asks the cluster for one read per group per poll.
+ * In standalone mode every stream is in one group: one command, one
+ * blocking read, as before.
  *
  * Bounds: an entry whose `event` field is over max_event_bytes, or that has
  * no `event` field, is acknowledged at once, never handed out, and counted
@@ -81,9 +82,10 @@
 
 #include "nerve/rds.h"
 
-/* The longest a read waits on one slot group before it looks at every
- * group again (cluster mode): the added latency, at worst, of an event
- * arriving while the reader is idle. */
+/* The pause between two polls of every slot group while a reader waits
+ * (cluster mode): the added latency, at worst, of an event appended while
+ * the reader is idle. (Not a BLOCK of this length: Redis 7.0 times blocked
+ * commands out on its 100 ms cron.) */
 #define SG_CLUSTER_POLL_MS 10
 
 typedef struct sg_opts {
