@@ -739,19 +739,21 @@ err:
 
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen) {
     memset(ro, 0, sizeof *ro);
-    /* Honest rather than silently standalone: a cluster reached as one
-     * server answers MOVED for most keys, and a sentinel is not a primary.
+    /* Honest rather than silently standalone: a sentinel is not a primary.
      * A cfg built by hand (NULL mode) is standalone. */
-    if (c->redis_mode && strcmp(c->redis_mode, "standalone") != 0) {
+    int cluster = c->redis_mode && !strcmp(c->redis_mode, "cluster");
+    if (c->redis_mode && !cluster && strcmp(c->redis_mode, "standalone") != 0) {
         snprintf(err, errlen,
-                 "redis.mode %s is not supported yet by this build (only standalone is; see "
-                 "README, \"Redis Cluster and Sentinel\")",
+                 "redis.mode %s is not supported yet by this build (standalone and cluster are; "
+                 "see README, \"Redis Cluster and Sentinel\")",
                  c->redis_mode);
         return -1;
     }
     ro->connect_timeout_ms = c->redis_connect_timeout_ms;
     ro->command_timeout_ms = c->redis_command_timeout_ms;
     ro->reconnect_max_ms = c->redis_reconnect_max_ms;
+    /* Cluster: redis.url names one node, the seed the slot map is asked of. */
+    ro->cluster = cluster;
     return rds_parse_url(c->redis_url, ro, err, errlen);
 }
 

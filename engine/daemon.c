@@ -219,25 +219,38 @@ static void on_control(void *ud, const char *msg, size_t len) {
 }
 
 /* A Redis Cluster node reached as one standalone server answers MOVED for
- * most keys: sales would fail while /readyz said ready. 0 when it is not a
- * cluster node (or nobody can tell: logged), 1 when Redis did not answer,
- * -1 after logging why nerve must not start. */
+ * most keys: sales would fail while /readyz said ready. And the reverse:
+ * redis.mode cluster against a server without cluster support could route
+ * nothing. 0 when Redis is what the mode says (or nobody can tell: logged),
+ * 1 when Redis did not answer, -1 after logging why nerve must not start. */
 static int check_not_cluster(nerved *d, rds_client *c) {
     char err[512];
     rds_opts ro;
-    int on = cl_info_cluster_enabled(c, err, sizeof err);
+    if (cfg_redis_opts(d->c, &ro, err, sizeof err)) return -1;
+    /* Asked of the seed itself: a routing client needs a slot map first. */
+    rds_opts one = ro;
+    one.cluster = 0;
+    rds_client *seed = ro.cluster ? rds_client_new(&one) : c;
+    int on = seed ? cl_info_cluster_enabled(seed, err, sizeof err) : -1;
+    if (seed != c) rds_client_free(seed);
     if (on == -1) return 1;
     if (on == -2) {
         log_warn("main", "cannot tell whether redis is a cluster node error=\"%s\"", err);
         return 0;
     }
-    if (on == 0) return 0;
-    if (cfg_redis_opts(d->c, &ro, err, sizeof err)) return -1;
-    log_error("main",
-              "redis at %s:%d is a Redis Cluster node (cluster_enabled:1) but redis.mode is "
-              "standalone: most keys would answer MOVED. Set redis.mode: cluster, or point "
-              "redis.url at a standalone Redis",
-              ro.host, ro.port);
+    if (on == !!ro.cluster) return 0;
+    if (ro.cluster)
+        log_error("main",
+                  "redis at %s:%d is not a Redis Cluster node (cluster_enabled:0) but redis.mode "
+                  "is cluster. Set redis.mode: standalone, or point redis.url at a node of the "
+                  "cluster",
+                  ro.host, ro.port);
+    else
+        log_error("main",
+                  "redis at %s:%d is a Redis Cluster node (cluster_enabled:1) but redis.mode is "
+                  "standalone: most keys would answer MOVED. Set redis.mode: cluster, or point "
+                  "redis.url at a standalone Redis",
+                  ro.host, ro.port);
     return -1;
 }
 

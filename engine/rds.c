@@ -6,6 +6,7 @@
  * serialise every sale. Each HTTP worker gets its own connection instead.
  */
 #include "nerve/rds.h"
+#include "rds_int.h"
 
 #include "nerve/backoff.h"
 #include "nerve/clock.h"
@@ -22,25 +23,13 @@
 #include <string.h>
 #include <time.h>
 
-struct rds_client {
-    rds_opts o;
-    redisContext *ctx;
-    int down;               /* last attempt failed */
-    int fails;              /* failed connections in a row (the backoff attempt) */
-    long long retry_at_ms;  /* monotonic ms before which we do not retry */
-    long long last_used_ms; /* monotonic ms of the last command */
-    int unknown;            /* the last failure came after a command was sent */
-    int pending;            /* appended commands whose replies are not read yet */
-    char errstr[256];
-};
-
-static void set_error(rds_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_error(rds_client *c, const char *fmt, ...) {
+void rds_set_error(rds_client *c, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
     va_end(ap);
 }
+#define set_error rds_set_error
 
 /* ---- URL ---------------------------------------------------------------- */
 
@@ -135,27 +124,38 @@ rds_client *rds_client_new(const rds_opts *o) {
     rds_client *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->o = *o;
+    if (o->cluster && !(c->cl = rds_route_new(c))) {
+        free(c);
+        return NULL;
+    }
     return c;
 }
 
-static void drop(rds_client *c) {
-    if (c->ctx) {
-        redisFree(c->ctx);
-        c->ctx = NULL;
+static void drop(const rds_opts *o, rds_conn *n) {
+    if (n->ctx) {
+        redisFree(n->ctx);
+        n->ctx = NULL;
     }
-    c->pending = 0;
+    n->pending = 0;
     /* Capped exponential backoff between reconnect attempts, jittered so
      * that a fleet's clients do not reconnect in lockstep. */
-    c->down = 1;
-    if (c->fails < 64) c->fails++;
-    backoff_policy b = { 1, c->o.reconnect_max_ms > 0 ? c->o.reconnect_max_ms : 2000, 2.0,
+    n->down = 1;
+    if (n->fails < 64) n->fails++;
+    backoff_policy b = { 1, o->reconnect_max_ms > 0 ? o->reconnect_max_ms : 2000, 2.0,
                          BACKOFF_JITTER_EQUAL };
-    c->retry_at_ms = clock_now_ms() + backoff_delay(&b, c->fails);
+    n->retry_at_ms = clock_now_ms() + backoff_delay(&b, n->fails);
+}
+
+void rds_conn_close(rds_conn *n) {
+    if (n->ctx) redisFree(n->ctx);
+    n->ctx = NULL;
+    n->pending = 0;
 }
 
 void rds_client_free(rds_client *c) {
     if (!c) return;
-    if (c->ctx) redisFree(c->ctx);
+    rds_route_free(c->cl);
+    if (c->one.ctx) redisFree(c->one.ctx);
     free(c);
 }
 
@@ -202,59 +202,81 @@ err:
 /* An idle request/response connection never has anything to read: if its
  * socket is readable, Redis closed it (restart, timeout, kill). Checked only
  * after a pause, so a busy connection pays nothing. */
-static int stale(rds_client *c) {
+static int stale(rds_conn *n) {
     long long now = clock_now_ms();
-    long long idle = now - c->last_used_ms;
-    c->last_used_ms = now;
+    long long idle = now - n->last_used_ms;
+    n->last_used_ms = now;
     if (idle < 50) return 0;
-    struct pollfd p = { c->ctx->fd, POLLIN, 0 };
+    struct pollfd p = { n->ctx->fd, POLLIN, 0 };
     return poll(&p, 1, 0) > 0;
 }
 
-static int ensure(rds_client *c) {
+int rds_conn_ensure(rds_client *c, rds_conn *n, const rds_opts *o) {
     c->unknown = 0;
-    if (c->ctx && !stale(c)) return 0;
-    if (c->ctx) {
+    if (n->ctx && !stale(n)) return 0;
+    if (n->ctx) {
         /* Reconnect at once: the connection was fine until it went away. */
-        redisFree(c->ctx);
-        c->ctx = NULL;
-        c->down = 0;
+        redisFree(n->ctx);
+        n->ctx = NULL;
+        n->down = 0;
     }
-    if (c->down && clock_now_ms() < c->retry_at_ms) {
+    if (n->down && clock_now_ms() < n->retry_at_ms) {
         if (!c->errstr[0]) set_error(c, "redis down, retrying");
         return -1;
     }
-    c->ctx = rds_connect(&c->o, c->errstr, sizeof c->errstr);
-    if (!c->ctx) {
-        drop(c);
+    n->ctx = rds_connect(o, c->errstr, sizeof c->errstr);
+    if (!n->ctx) {
+        drop(o, n);
         return -1;
     }
-    c->down = 0;
-    c->fails = 0;
+    n->down = 0;
+    n->fails = 0;
     c->errstr[0] = 0;
     return 0;
 }
 
 /* After a NULL reply the context is unusable: remember why and drop it. */
-static void *failed(rds_client *c) {
+void rds_conn_failed(rds_client *c, rds_conn *n) {
     c->unknown = 1;
-    set_error(c, "%s", c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
-    drop(c);
+    set_error(c, "%s", n->ctx && n->ctx->errstr[0] ? n->ctx->errstr : "connection lost");
+    drop(&c->o, n);
+}
+
+static int ensure(rds_client *c) {
+    return rds_conn_ensure(c, &c->one, &c->o);
+}
+
+static void *failed(rds_client *c) {
+    rds_conn_failed(c, &c->one);
     return NULL;
 }
 
 redisReply *rds_command(rds_client *c, const char *fmt, ...) {
-    if (ensure(c)) return NULL;
     va_list ap;
+    if (c->cl) {
+        /* Formatted once: the key is read back from the formatted command,
+         * which is also what a redirect sends again. */
+        char *cmd = NULL;
+        va_start(ap, fmt);
+        int len = redisvFormatCommand(&cmd, fmt, ap);
+        va_end(ap);
+        if (len < 0) {
+            set_error(c, "out of memory or bad format");
+            return NULL;
+        }
+        return rds_route_formatted(c, cmd, (size_t)len); /* frees cmd */
+    }
+    if (ensure(c)) return NULL;
     va_start(ap, fmt);
-    redisReply *r = redisvCommand(c->ctx, fmt, ap);
+    redisReply *r = redisvCommand(c->one.ctx, fmt, ap);
     va_end(ap);
     return r ? r : failed(c);
 }
 
 redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
+    if (c->cl) return rds_route_argv(c, argc, argv, argvlen);
     if (ensure(c)) return NULL;
-    redisReply *r = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    redisReply *r = redisCommandArgv(c->one.ctx, argc, argv, argvlen);
     return r ? r : failed(c);
 }
 
@@ -264,24 +286,26 @@ redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const si
  * places to the later ones (a caller reading N replies would give each
  * command another's reply; found in review, issue 12). It fails instead. */
 int rds_appendargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
-    if (c->pending > 0) {
-        if (!c->ctx) return -1;
+    if (c->cl) return rds_route_append(c, argc, argv, argvlen);
+    if (c->one.pending > 0) {
+        if (!c->one.ctx) return -1;
     } else if (ensure(c)) {
         return -1;
     }
-    if (redisAppendCommandArgv(c->ctx, argc, argv, argvlen) != REDIS_OK) {
+    if (redisAppendCommandArgv(c->one.ctx, argc, argv, argvlen) != REDIS_OK) {
         failed(c);
         return -1;
     }
-    c->pending++;
+    c->one.pending++;
     return 0;
 }
 
 redisReply *rds_get_reply(rds_client *c) {
-    if (!c->ctx) return NULL;
+    if (c->cl) return rds_route_get_reply(c);
+    if (!c->one.ctx) return NULL;
     void *r = NULL;
-    if (redisGetReply(c->ctx, &r) != REDIS_OK || !r) return failed(c);
-    if (c->pending > 0) c->pending--;
+    if (redisGetReply(c->one.ctx, &r) != REDIS_OK || !r) return failed(c);
+    if (c->one.pending > 0) c->one.pending--;
     return r;
 }
 

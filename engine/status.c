@@ -398,6 +398,21 @@ static void render_killswitch(buf *b, const status_sources *s, rds_client *c) {
         "# HELP nerve_redis_up 1 when Redis answered this scrape.\n# TYPE nerve_redis_up gauge\n"
         "nerve_redis_up %d\n",
         redis_up);
+    if (c && rds_is_cluster(c)) {
+        rds_cluster_stats cs;
+        rds_cluster_get_stats(&cs);
+        out(b,
+            "# HELP nerve_redis_cluster_redirects_total MOVED and ASK redirects followed "
+            "(redis.mode cluster).\n# TYPE nerve_redis_cluster_redirects_total counter\n"
+            "nerve_redis_cluster_redirects_total{kind=\"moved\"} %llu\n"
+            "nerve_redis_cluster_redirects_total{kind=\"ask\"} %llu\n"
+            "# HELP nerve_redis_cluster_map_refreshes_total Slot maps fetched (CLUSTER SLOTS): "
+            "installed, or no node answered.\n"
+            "# TYPE nerve_redis_cluster_map_refreshes_total counter\n"
+            "nerve_redis_cluster_map_refreshes_total{result=\"ok\"} %llu\n"
+            "nerve_redis_cluster_map_refreshes_total{result=\"error\"} %llu\n",
+            cs.moved, cs.ask, cs.refreshes, cs.refresh_errors);
+    }
 }
 
 static void render_declog(buf *b, declog *l) {
@@ -521,6 +536,17 @@ cJSON *status_readyz(const status_sources *s, bool *ready) {
     }
     freeReplyObject(r);
     cJSON_AddBoolToObject(o, "redis", redis_ok);
+    if (c && rds_is_cluster(c)) {
+        /* A cluster answers PING on a node while slots are uncovered or a
+         * primary is down (cluster_state:fail): sales of those slots fail. */
+        char cerr[300];
+        int cl_ok = rds_cluster_check(c, cerr, sizeof cerr) == 0;
+        cJSON_AddBoolToObject(o, "redis_cluster_ok", cl_ok);
+        if (!cl_ok) {
+            snprintf(reason, sizeof reason, "redis: %s", cerr);
+            cJSON_AddItemToArray(reasons, cJSON_CreateString(reason));
+        }
+    }
     if (s->live) {
         uint64_t gen;
         rules_set *set = live_get(s->live, &gen);

@@ -170,9 +170,10 @@ cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors);
  * many differ. */
 size_t cfg_diff(const cfg *a, const cfg *b, const char **keys, size_t max);
 
-/* The Redis connection options C describes (redis.url, its timeouts): 0,
- * or -1 with why in ERR (a redis.url that does not parse; a redis.mode
- * other than standalone, which this build validates but cannot run yet).
+/* The Redis connection options C describes (redis.url, its timeouts, and
+ * cluster routing for redis.mode cluster): 0, or -1 with why in ERR (a
+ * redis.url that does not parse; redis.mode sentinel, which this build
+ * validates but cannot run yet).
  * One place, so that the daemon and every command reach Redis the same way. */
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen);
 

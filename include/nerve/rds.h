@@ -35,6 +35,10 @@ typedef struct rds_opts {
     int connect_timeout_ms;
     int command_timeout_ms;
     int reconnect_max_ms;
+    /* 1 = redis.mode cluster: host:port is a seed node, and every client
+     * routes each command to the node serving its key's slot (see "Redis
+     * Cluster" below). 0 = one server, exactly as before. */
+    int cluster;
 } rds_opts;
 
 /* Parse redis://[user:pass@]host[:port][/db] (also `:pass@`, `pass@`,
@@ -104,6 +108,66 @@ int rds_script_load(rds_client *c, rds_script *s);
  * as S's sha, once: for loaders that do not go through an rds_client
  * (mux.h). Thread-safe. */
 void rds_script_set_sha(rds_script *s, const char *sha);
+
+/* ---- Redis Cluster (rds_cluster.c) ----------------------------------------
+ *
+ * With o->cluster set, an rds_client holds one connection per node it has
+ * talked to (each connected lazily, with the same timeouts, AUTH and backoff
+ * as a standalone client), and every client of the process made from the
+ * same seed shares one slot map (cluster.h), fetched by CLUSTER SLOTS on
+ * first use and again after MOVED or a node failure (at most once per
+ * RDS_CLUSTER_REFRESH_MS). Each command goes to the primary of its key's
+ * slot: argv[1] for most commands; the keys of EVAL/EVALSHA/FCALL (none:
+ * any node); the streams after STREAMS of XREAD/XREADGROUP; the key after the
+ * subcommand of XGROUP/XINFO/OBJECT/MEMORY; every key of DEL/EXISTS/MGET/...
+ * Commands without a key (PING, INFO, PUBLISH, CLUSTER, SCAN...) go to one
+ * node; SCRIPT LOAD and SCRIPT FLUSH go to every primary, so that EVALSHA
+ * finds its script wherever its keys live.
+ *
+ *   - keys of one command in different slots: NULL, nothing sent, rds_errstr
+ *     says "CROSSSLOT ..." (a caller bug: nerve's key layout is single-slot);
+ *   - MOVED: the map is refreshed (policy of cl_refresh) and the command
+ *     retried on the node named, at most RDS_CLUSTER_REDIRECTS times;
+ *   - ASK: ASKING + the command on the node named, the map unchanged;
+ *   - TRYAGAIN, CLUSTERDOWN, a node unreachable: NULL like a connection
+ *     failure (rds_outcome_unknown 0: nothing ran; a node lost after the
+ *     command was written: 1, it may have run). A redirect means the command
+ *     did NOT run, so retrying one never runs a commit twice.
+ *
+ * Pipelines: each appended command is written to its node; replies come back
+ * in the order appended (the first rds_get_reply writes every node's batch,
+ * then reads them all). A MOVED or ASK reply inside a pipeline is resolved
+ * by sending that one command again, synchronously. On NULL, as in
+ * standalone mode, every reply still pending is lost (their connections are
+ * closed). */
+#define RDS_CLUSTER_REDIRECTS  5
+#define RDS_CLUSTER_REFRESH_MS 100
+
+/* Process-wide counts, for /metrics. */
+typedef struct rds_cluster_stats {
+    unsigned long long moved, ask;     /* redirects followed */
+    unsigned long long refreshes;      /* slot maps fetched and installed */
+    unsigned long long refresh_errors; /* fetches no node answered */
+} rds_cluster_stats;
+void rds_cluster_get_stats(rds_cluster_stats *out);
+
+/* 1 when C routes by slot (its opts had cluster set), else 0. */
+int rds_is_cluster(const rds_client *c);
+
+/* Cluster mode: fetch the slot map now (from the nodes of the current map,
+ * then the seed) and report how many of the 16384 slots it covers, and
+ * whether the node asked says cluster_state:ok. 0 when both hold; -1 with
+ * why in ERR (also when no node answered). Standalone: 0. For /readyz. */
+int rds_cluster_check(rds_client *c, char *err, size_t errlen);
+
+/* Cluster mode, for work done per node (SCAN, reading each node's streams):
+ * the number of primaries in C's current map (fetched if there is none;
+ * 0 when no node answered), and one command sent to the I-th of them
+ * (0..n-1; no redirect followed: a MOVED comes back as an error reply). The
+ * index is valid until the map changes. Standalone: 1 node, C itself. */
+int rds_cluster_nnodes(rds_client *c);
+redisReply *rds_commandargv_node(rds_client *c, int node, int argc, const char **argv,
+                                 const size_t *argvlen);
 
 /* One client per calling thread. Thread-safe. */
 typedef struct rds_pool rds_pool;

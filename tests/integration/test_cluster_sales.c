@@ -1,0 +1,466 @@
+/* test_cluster_sales.c -- nerve with redis.mode cluster on a real Redis
+ * Cluster of 3 primaries and 3 replicas (harness_cluster.c, node timeout
+ * 1000 ms), over real HTTP:
+ *
+ *   - `nerve stress` over 1,000 SKUs: every invariant holds, nothing answers
+ *     503 or an error (a CROSSSLOT or an unfollowed MOVED would), and every
+ *     primary holds sold-out SKUs (the sales used all three nodes);
+ *   - the slot of a loaded SKU's partition migrated by hand (CLUSTER SETSLOT
+ *     IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE) while sales run: ASK and
+ *     then MOVED are followed (counted in /metrics), and no sale is lost or
+ *     doubled (units sold by 200s, with every 503 settled by replaying its
+ *     order_id, equal the stock lost);
+ *   - a primary killed (SIGKILL) with its replica taking over: sales answer
+ *     503 with Retry-After meanwhile, answer again within a bound, /readyz
+ *     is ready again, and the stock lost still equals the units sold.
+ *
+ * Every wait polls with a deadline.
+ */
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "nerve/cluster.h"
+#include "nerve/keys.h"
+#include "nerve/rds.h"
+
+#define NODE_TIMEOUT_MS 1000
+/* A replica replaces a dead primary after about 2 node timeouts plus the
+ * election; measured 2-4 s on this machine. Asserted loosely. */
+#define RECOVERY_BOUND_MS 20000
+
+static h_cluster *cl;
+
+/* ---- the cluster as the test sees it --------------------------------------- */
+
+static rds_client *client_of(const h_redis *r) {
+    rds_opts o;
+    char url[64], err[256];
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = o.command_timeout_ms = 2000;
+    o.reconnect_max_ms = 100;
+    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err)) fail_msg("%s", err);
+    rds_client *c = rds_client_new(&o);
+    assert_non_null(c);
+    return c;
+}
+
+static h_redis *node_at(int port) {
+    for (int i = 0; i < cl->n; i++)
+        if (cl->nodes[i]->port == port) return cl->nodes[i];
+    return NULL;
+}
+
+/* The slot map as a live node sees it now (the caller frees it). */
+static cl_map *map_now(void) {
+    char err[256] = "";
+    for (int i = 0; i < cl->n; i++) {
+        if (!cl->nodes[i]->pid) continue;
+        rds_client *c = client_of(cl->nodes[i]);
+        cl_map *m = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
+        rds_client_free(c);
+        if (m) return m;
+    }
+    fail_msg("no node answered CLUSTER SLOTS: %s", err);
+    return NULL;
+}
+
+static int sku_slot(const char *sku) {
+    char k[RDS_KEY_MAX];
+    assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
+    return cl_keyslot(k, strlen(k));
+}
+
+/* The primary serving SKU's keys now. */
+static h_redis *owner_of(const char *sku) {
+    cl_map *m = map_now();
+    const cl_node *n = cl_map_node(m, sku_slot(sku));
+    assert_non_null(n);
+    h_redis *r = node_at(n->primary.port);
+    cl_map_free(m);
+    assert_non_null(r);
+    return r;
+}
+
+/* SKU's stock as Redis holds it, read on its primary. */
+static long long stock_of(const char *sku) {
+    char k[RDS_KEY_MAX];
+    assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
+    redisReply *r = h_redis_cmd(owner_of(sku), "GET %s", k);
+    assert_non_null(r);
+    if (r->type != REDIS_REPLY_STRING)
+        fail_msg("GET %s: %s", k, r->type == REDIS_REPLY_ERROR ? r->str : "not a string");
+    long long v = strtoll(r->str, NULL, 10);
+    freeReplyObject(r);
+    return v;
+}
+
+static h_daemon *start_daemon(void) {
+    h_daemon *d = h_daemon_start(cl->nodes[0], "redis.mode=cluster", "redis.reconnect_max_ms=200",
+                                 "redis.command_timeout_ms=1000", NULL);
+    assert_non_null(d);
+    return d;
+}
+
+static double metric(const h_daemon *d, const char *name, const char *label) {
+    char *m = H_METRICS(d);
+    double v = h_metric(m, name, label);
+    free(m);
+    return v;
+}
+
+/* Units sold by the load L (order ids PREFIX-i): its 200s, plus every 503
+ * settled by replaying its order_id (a 200 then, duplicate or not, means
+ * the order is sold exactly once; 503 again after 10 s fails the test). */
+static long long settle(const h_daemon *d, const h_load *l, const char *sku, const char *prefix) {
+    long long sold = 0;
+    for (int i = 0; i < l->requests; i++) {
+        const h_sale_rec *rec = &l->recs[i];
+        if (!rec->sent) continue;
+        if (rec->status == 200) {
+            sold++;
+            continue;
+        }
+        if (rec->status != 503)
+            fail_msg("sale %s-%d answered %ld: %s", prefix, i, rec->status,
+                     rec->body ? rec->body : "");
+        char oid[64];
+        snprintf(oid, sizeof oid, "%s-%d", prefix, i);
+        double dl = h_deadline(10000);
+        for (;;) {
+            h_resp r;
+            long st = h_sale(d, "/sale", sku, 1, oid, &r);
+            h_resp_free(&r);
+            if (st == 200) {
+                sold++;
+                break;
+            }
+            if (st != 503 || !h_before(dl)) fail_msg("replaying order %s: %ld", oid, st);
+            h_nap();
+        }
+    }
+    return sold;
+}
+
+static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep) {
+    if (!rep || rep->type == REDIS_REPLY_ERROR)
+        fail_msg("%s on port %d: %s", what, r->port, rep ? rep->str : "no reply");
+    return rep;
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+static int setup(void **state) {
+    (void)state;
+    if (!(cl = h_cluster_start_replicas(3, 1, NODE_TIMEOUT_MS))) return -1;
+    printf("# cluster of 3 primaries + 3 replicas started in %.2f s\n", cl->start_secs);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    h_cluster_free(cl);
+    return 0;
+}
+
+/* ---- (a) stress over 1,000 SKUs ---------------------------------------------- */
+
+static void test_stress_1000_skus(void **state) {
+    (void)state;
+    h_daemon *d = start_daemon();
+    const char *args[] = { "stress", "--url",      d->base,   "--sku",  "cs",
+                           "--skus", "1000",       "--stock", "3",      "--clients",
+                           "32",     "--requests", "4000",    "--json", NULL };
+    const char *env[] = { "NERVE_ADMIN_TOKEN=" H_ADMIN_TOKEN, NULL };
+    h_run r;
+    h_run_nerve(&r, 180000, env, args);
+    if (r.status != 0 || !r.json || h_jbool(r.json, "pass") != 1)
+        fail_msg("nerve stress exited %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
+    long long ok, sold, unavailable, errors, final;
+    assert_true(h_jll(r.json, "ok", &ok) && h_jll(r.json, "sold", &sold));
+    assert_true(h_jll(r.json, "unavailable", &unavailable) && h_jll(r.json, "errors", &errors));
+    assert_true(h_jll(r.json, "final_stock", &final));
+    printf("# stress: ok %lld sold %lld unavailable %lld errors %lld final %lld\n", ok, sold,
+           unavailable, errors, final);
+    assert_int_equal(sold, 3000);
+    assert_int_equal(final, 0);
+    assert_int_equal(unavailable, 0);
+    assert_int_equal(errors, 0);
+    h_run_free(&r);
+
+    /* The SKUs live on every primary, each sold out there. */
+    cl_map *m = map_now();
+    int per_node[3] = { 0 }, zero = 0;
+    for (int i = 0; i < 1000; i++) {
+        char sku[32];
+        snprintf(sku, sizeof sku, "cs-%d", i);
+        int ni = cl_map_node_index(m, sku_slot(sku));
+        assert_true(ni >= 0 && ni < 3);
+        per_node[ni]++;
+        zero += stock_of(sku) == 0;
+    }
+    cl_map_free(m);
+    printf("# SKUs per primary: %d %d %d; sold out: %d\n", per_node[0], per_node[1], per_node[2],
+           zero);
+    for (int i = 0; i < 3; i++) assert_true(per_node[i] > 0);
+    assert_int_equal(zero, 1000);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
+/* ---- (b) a slot migrated during load ------------------------------------------- */
+
+static void test_slot_migration_under_load(void **state) {
+    (void)state;
+    const char *sku = "mig-0";
+    const long long initial = 1000000;
+    h_daemon *d = start_daemon();
+    H_SET_STOCK(d, sku, initial);
+    int slot = sku_slot(sku);
+    cl_map *m = map_now();
+    const cl_node *from = cl_map_node(m, slot), *to = NULL;
+    for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
+        if (cl_map_node_at(m, i) != from) to = cl_map_node_at(m, i);
+    h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
+    char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
+    snprintf(src_id, sizeof src_id, "%s", from->primary.id);
+    snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
+    cl_map_free(m);
+    assert_non_null(src);
+    assert_non_null(dst);
+
+    h_load l = { .d = d,
+                 .path = "/sale",
+                 .sku = sku,
+                 .qty = 1,
+                 .order_prefix = "mig",
+                 .clients = 8,
+                 .requests = 4000 };
+    assert_int_equal(h_load_start(&l), 0);
+    double dl = h_deadline(30000);
+    while (h_load_completed(&l) < 300 && h_before(dl)) h_nap();
+    assert_true(h_load_completed(&l) >= 300);
+
+    /* The migration, as redis-cli --cluster reshard does it, one slot. */
+    freeReplyObject(cmd_ok(dst, "SETSLOT IMPORTING",
+                           h_redis_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, src_id)));
+    freeReplyObject(cmd_ok(src, "SETSLOT MIGRATING",
+                           h_redis_cmd(src, "CLUSTER SETSLOT %d MIGRATING %s", slot, dst_id)));
+    int moved_keys = 0, batches = 0;
+    dl = h_deadline(30000);
+    for (;;) {
+        redisReply *ks = cmd_ok(src, "GETKEYSINSLOT",
+                                h_redis_cmd(src, "CLUSTER GETKEYSINSLOT %d 20", slot));
+        size_t n = ks->elements;
+        if (n == 0) {
+            freeReplyObject(ks);
+            break;
+        }
+        const char *argv[32];
+        size_t lens[32];
+        char port[16];
+        snprintf(port, sizeof port, "%d", dst->port);
+        int k = 0;
+        argv[k++] = "MIGRATE", argv[k++] = "127.0.0.1", argv[k++] = port, argv[k++] = "";
+        argv[k++] = "0", argv[k++] = "5000", argv[k++] = "KEYS";
+        for (size_t i = 0; i < n; i++) argv[k++] = ks->element[i]->str;
+        for (int i = 0; i < k; i++) lens[i] = strlen(argv[i]);
+        redisContext *c = h_redis_connect(src);
+        assert_non_null(c);
+        redisReply *mr = redisCommandArgv(c, k, argv, lens);
+        if (!mr || (mr->type == REDIS_REPLY_ERROR && !strstr(mr->str, "NOKEY")))
+            fail_msg("MIGRATE: %s", mr ? mr->str : c->errstr);
+        freeReplyObject(mr);
+        redisFree(c);
+        moved_keys += (int)n;
+        freeReplyObject(ks);
+        /* A read of the SKU between batches: once its keys moved, the source
+         * answers ASK for them; with some moved and some not, TRYAGAIN (a
+         * 503, nothing read). */
+        h_resp gr;
+        char path[64];
+        snprintf(path, sizeof path, "/stock/%s", sku);
+        long gs = h_http(d, "GET", path, NULL, &gr, NULL);
+        if (gs != 200 && !(gs == 503 && strstr(gr.body, "TRYAGAIN")))
+            fail_msg("GET %s during the migration: %ld %s", path, gs, gr.body);
+        h_resp_free(&gr);
+        batches++;
+        if (!h_before(dl))
+            fail_msg("slot %d still has keys on port %d after 30 s", slot, src->port);
+    }
+    /* Slot ownership: the target first, then the source, then the rest. */
+    freeReplyObject(
+        cmd_ok(dst, "SETSLOT NODE", h_redis_cmd(dst, "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
+    freeReplyObject(
+        cmd_ok(src, "SETSLOT NODE", h_redis_cmd(src, "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
+    for (int i = 0; i < cl->n; i++)
+        if (cl->nodes[i] != src && cl->nodes[i] != dst) {
+            redisReply *r = h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
+            if (r) freeReplyObject(r); /* a replica refuses: it follows its primary */
+        }
+    printf("# slot %d: %d keys moved from port %d to %d in %d batches, %d sales answered so far\n",
+           slot, moved_keys, src->port, dst->port, batches, h_load_completed(&l));
+    /* A sale after the move: its first try goes by the old map (MOVED). */
+    h_resp r;
+    long st = h_sale(d, "/sale", sku, 1, "mig-after", &r);
+    h_resp_free(&r);
+    assert_int_equal(st, 200);
+    assert_int_equal(h_load_wait(&l), 0);
+
+    long long sold = settle(d, &l, sku, "mig") + 1;
+    long long final = stock_of(sku);
+    double moved = metric(d, "nerve_redis_cluster_redirects_total", "moved"),
+           ask = metric(d, "nerve_redis_cluster_redirects_total", "ask");
+    printf("# %d sales: %d answered 200, %d 503 (settled by replay); sold %lld, stock %lld -> "
+           "%lld; redirects moved %.0f ask %.0f\n",
+           l.requests, l.by_status[200], l.by_status[503], sold, initial, final, moved, ask);
+    assert_int_equal(owner_of(sku)->port, dst->port);
+    assert_int_equal(initial - final, sold);
+    assert_true(moved >= 1);
+    assert_true(ask >= 1);
+    h_load_free(&l);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
+/* ---- (c) a primary killed, its replica taking over ------------------------------- */
+
+/* The replica of primary P's node entry (the first the map names). */
+static h_redis *replica_of(const char *sku) {
+    cl_map *m = map_now();
+    const cl_node *n = cl_map_node(m, sku_slot(sku));
+    assert_true(n && n->nreplicas >= 1);
+    h_redis *r = node_at(n->replicas[0].port);
+    cl_map_free(m);
+    assert_non_null(r);
+    return r;
+}
+
+static long long info_ll(h_redis *r, const char *field) {
+    redisReply *rep = h_redis_cmd(r, "INFO replication");
+    assert_true(rep && rep->type == REDIS_REPLY_STRING);
+    const char *p = strstr(rep->str, field);
+    long long v = p ? strtoll(p + strlen(field), NULL, 10) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+static void test_primary_killed_replica_takes_over(void **state) {
+    (void)state;
+    const char *sku = "fo-0";
+    const long long initial = 100000;
+    h_daemon *d = start_daemon();
+    H_SET_STOCK(d, sku, initial);
+    h_redis *primary = owner_of(sku), *replica = replica_of(sku);
+
+    h_load l1 = { .d = d,
+                  .path = "/sale",
+                  .sku = sku,
+                  .qty = 1,
+                  .order_prefix = "fo1",
+                  .clients = 8,
+                  .requests = 500 };
+    assert_int_equal(h_load_run(&l1), 0);
+    assert_int_equal(l1.by_status[200], 500);
+
+    /* Replication is asynchronous: the kill comes once the replica holds
+     * every acknowledged sale (what a failover loses otherwise: README). */
+    double dl = h_deadline(10000);
+    while (info_ll(replica, "slave_repl_offset:") < info_ll(primary, "master_repl_offset:")) {
+        if (!h_before(dl))
+            fail_msg("the replica on port %d did not catch up within 10 s", replica->port);
+        h_nap();
+    }
+    pid_t pid = primary->pid;
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    waitpid(pid, NULL, 0);
+    primary->pid = 0;
+    if (primary->ctx) {
+        redisFree(primary->ctx);
+        primary->ctx = NULL;
+    }
+    double t0 = h_now();
+
+    /* One sale at a time until one is answered 200 again. */
+    int n503 = 0, retry_after = 0, k = 0;
+    char oid[64];
+    dl = h_deadline(RECOVERY_BOUND_MS);
+    for (;; k++) {
+        h_resp r;
+        snprintf(oid, sizeof oid, "fo2-%d", k);
+        long st = h_sale(d, "/sale", sku, 1, oid, &r);
+        if (st == 503) {
+            n503++;
+            char v[32];
+            retry_after += h_header(&r, "Retry-After", v, sizeof v);
+        }
+        h_resp_free(&r);
+        if (st == 200) break;
+        if (st != 503) fail_msg("sale %s during the failover answered %ld", oid, st);
+        if (!h_before(dl))
+            fail_msg("no sale answered within %d ms of the kill (%d answered 503)",
+                     RECOVERY_BOUND_MS, n503);
+        h_nap();
+    }
+    double recovery = h_now() - t0;
+    printf("# primary on port %d killed: %d sales answered 503 (%d with Retry-After), the first "
+           "200 after %.2f s; the replica on port %d is the primary now\n",
+           primary->port, n503, retry_after, recovery, replica->port);
+    assert_true(n503 >= 1);
+    assert_int_equal(retry_after, n503);
+    assert_int_equal(owner_of(sku)->port, replica->port);
+
+    /* Ready again (every slot served, cluster_state:ok). */
+    dl = h_deadline(RECOVERY_BOUND_MS);
+    for (;;) {
+        h_resp r;
+        long st = h_http(d, "GET", "/readyz", NULL, &r, NULL);
+        h_resp_free(&r);
+        if (st == 200) break;
+        if (!h_before(dl))
+            fail_msg("/readyz still %ld %d ms after the failover", st, RECOVERY_BOUND_MS);
+        h_nap();
+    }
+
+    h_load l3 = { .d = d,
+                  .path = "/sale",
+                  .sku = sku,
+                  .qty = 1,
+                  .order_prefix = "fo3",
+                  .clients = 8,
+                  .requests = 500 };
+    assert_int_equal(h_load_run(&l3), 0);
+
+    /* The 503s of the failover settled: each replayed until answered. */
+    long long sold = 500 + 1 + settle(d, &l3, sku, "fo3");
+    for (int i = 0; i < k; i++) {
+        h_resp r;
+        snprintf(oid, sizeof oid, "fo2-%d", i);
+        long st = h_sale(d, "/sale", sku, 1, oid, &r);
+        h_resp_free(&r);
+        assert_int_equal(st, 200);
+        sold++;
+    }
+    long long final = stock_of(sku);
+    printf("# sold %lld, stock %lld -> %lld; map refreshes %.0f\n", sold, initial, final,
+           metric(d, "nerve_redis_cluster_map_refreshes_total", "ok"));
+    assert_int_equal(initial - final, sold);
+    h_load_free(&l1);
+    h_load_free(&l3);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        T(test_stress_1000_skus), T(test_slot_migration_under_load),
+        T(test_primary_killed_replica_takes_over), /* last: it kills a node */
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
