@@ -359,8 +359,7 @@ static int open_streams(bus *b, char *err, size_t errlen) {
                    .group = b->o.group,
                    .consumer = b->o.consumer,
                    .claim_idle_ms = b->o.claim_idle_ms,
-                   .max_event_bytes = b->o.max_event_bytes,
-                   .cluster = b->o.cluster };
+                   .max_event_bytes = b->o.max_event_bytes };
     b->sg = sg_open(&so, err, errlen);
     keys_streams_free(keys, total);
     b->n_streams = total;

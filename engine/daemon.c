@@ -501,8 +501,7 @@ int daemon_run(const daemon_args *a) {
                     .inventory_channel = c->inventory_channel,
                     .sales_channel = c->sales_channel,
                     .consumer = instance,
-                    .claim_idle_ms = c->claim_idle_ms,
-                    .cluster = c->redis_mode && strcmp(c->redis_mode, "cluster") == 0 };
+                    .claim_idle_ms = c->claim_idle_ms };
     d.bus = bus_start(&bo, d.q, err, sizeof err);
     if (!d.bus) {
         log_error("main", "%s", err);

@@ -365,8 +365,7 @@ ledger_writer *ledger_writer_start(const ledger_writer_opts *o, char *err, size_
                    .group = w->group,
                    .consumer = w->consumer,
                    .claim_idle_ms = c->claim_idle_ms,
-                   .max_event_bytes = MAX_ENTRY_BYTES,
-                   .cluster = c->redis_mode && strcmp(c->redis_mode, "cluster") == 0 };
+                   .max_event_bytes = MAX_ENTRY_BYTES };
     w->events = sg_open(&so, err, errlen);
     so.streams = audit_v;
     so.n_streams = 1;

@@ -98,7 +98,7 @@ sg *sg_open(const sg_opts *o, char *err, size_t errlen) {
     sg *g = calloc(1, sizeof *g);
     if (!g) goto oom;
     g->ro = o->redis;
-    g->cluster = o->cluster;
+    g->cluster = o->redis.cluster != 0;
     g->n = o->n_streams;
     g->claim_idle_ms = o->claim_idle_ms;
     g->max_bytes = o->max_event_bytes;

@@ -72,7 +72,6 @@ typedef struct bus_opts {
     const char *inventory_channel, *sales_channel;
     const char *consumer; /* the instance id */
     int claim_idle_ms;
-    bool cluster; /* redis.mode cluster: streams read per slot (sgroup.h) */
 } bus_opts;
 
 typedef struct bus_stats {

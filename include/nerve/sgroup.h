@@ -23,7 +23,7 @@
  * ran are read too; a stream deleted, or a group destroyed, under a running
  * reader (NOGROUP) is created again and the read retried once.
  *
- * Redis Cluster (sg_opts.cluster): a command may only name keys of one hash
+ * Redis Cluster (sg_opts.redis.cluster): a command may only name keys of one hash
  * slot, so the streams are cut into slot groups (a partition's streams share
  * the tag {pN}: one group per partition, one per ingest stream) and every
  * read is one XREADGROUP per group, each sent to the primary serving its
@@ -76,7 +76,6 @@
 #ifndef NERVE_SGROUP_H
 #define NERVE_SGROUP_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,8 +97,6 @@ typedef struct sg_opts {
     size_t max_event_bytes;     /* larger `event` fields are acked and dropped; 0: no limit */
     const char *field;          /* the field handed out as `event`; NULL: "event" (the
                                   * ledger reads the audit stream's "data") */
-    bool cluster; /* redis.mode cluster: one command per slot, a connection per primary
-                   * (REDIS is then any node of the cluster) */
 } sg_opts;
 
 typedef struct sg_msg {

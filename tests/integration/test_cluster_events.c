@@ -59,9 +59,9 @@ static sg *open_reader(const char *group, const char *consumer, bool cluster, in
                   .n_streams = NSTREAM,
                   .group = group,
                   .consumer = consumer,
-                  .claim_idle_ms = 0,
-                  .cluster = cluster };
+                  .claim_idle_ms = 0 };
     ropts(&o.redis, cl->nodes[node]);
+    o.redis.cluster = cluster;
     char err[256];
     sg *g = sg_open(&o, err, sizeof err);
     if (!g) fail_msg("sg_open: %s", err);
