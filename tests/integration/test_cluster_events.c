@@ -10,10 +10,18 @@
  *     with CROSSSLOT;
  *   - entries read and not acknowledged come back to the same consumer
  *     after a reconnect (the pending pass, per slot group), and entries
- *     appended while the reader waits are read within the poll bound.
+ *     appended while the reader waits are read within the poll bound;
+ *   - `nerve serve` with redis.mode cluster: a sale's stock event for SKUs
+ *     on every node reaches the rules (a kill record appears for each, on
+ *     the node of its key), GET /killswitch and `nerve killswitch ls` list
+ *     kills whose records live on different nodes, the groups of the
+ *     evaluator and of the ledger writer end with nothing pending on any
+ *     partition stream, `nerve ledger verify` exits 0 after sales over 200
+ *     SKUs, and `nerve keys where` names keys that live where it says.
  */
 #include "harness.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,6 +240,156 @@ static void test_idle_wakeup(void **state) {
     h_pass();
 }
 
+/* ---- the daemon ---------------------------------------------------------------- */
+
+/* Stock at or under 5: kill sku:SKU (test_streams' rule). */
+static const char *const KILL_RULE =
+    "return {\n"
+    "  name = \"low_stock\",\n"
+    "  on = { \"inventory_events\" },\n"
+    "  evaluate = function(event, ctx)\n"
+    "    if event.type == \"stock_changed\" and type(event.stock_remaining) == \"number\"\n"
+    "       and event.stock_remaining <= 5 then\n"
+    "      return { action = \"kill\", scope = \"sku:\" .. event.sku, reason = \"low stock\" }\n"
+    "    end\n"
+    "  end,\n"
+    "}\n";
+
+#define NKILL   6   /* SKUs killed: two per node */
+#define NLEDGER 200 /* SKUs sold for the ledger */
+
+static int node_index_of(const char *key) {
+    return cl_map_node_index(map, cl_keyslot(key, strlen(key)));
+}
+
+/* Poll until GROUP has nothing pending on any stream (the partition
+ * streams only when PARTS_ONLY) and has a group on each; fails after MS
+ * naming a stream that still has. */
+static void wait_drained(const char *group, bool parts_only, int ms) {
+    double dl = h_deadline(ms);
+    for (;;) {
+        size_t bad = NSTREAM;
+        long long n = 0;
+        for (size_t i = 0; i < NSTREAM && bad == NSTREAM; i++)
+            if ((!parts_only || strchr(streams[i], '{')) && (n = pending(streams[i], group)) != 0)
+                bad = i;
+        if (bad == NSTREAM) return;
+        if (!h_before(dl))
+            fail_msg("group %s: %lld pending on %s after %d ms (-1: no group)", group, n,
+                     streams[bad], ms);
+        h_nap();
+    }
+}
+
+static void test_daemon_on_cluster(void **state) {
+    (void)state;
+    char rules[PATH_MAX + 16];
+    H_RULES_DIR("cluster-kill", "kill.lua", KILL_RULE, NULL, 0, rules, sizeof rules);
+    h_daemon *d = h_daemon_start(cl->nodes[0], rules, "redis.mode=cluster",
+                                 "redis.reconnect_max_ms=200",
+                                 "bus.channels=[inventory_events,sales_events]", NULL);
+    assert_non_null(d);
+
+    /* Two SKUs whose keys live on each node. */
+    char skus[NKILL][32];
+    int per_node[H_CLUSTER_MAX] = { 0 }, n = 0;
+    for (int i = 0; n < NKILL && i < 1000; i++) {
+        char sku[32], k[RDS_KEY_MAX];
+        snprintf(sku, sizeof sku, "KILL-%d", i);
+        assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
+        int node = node_index_of(k);
+        if (per_node[node] >= NKILL / 3) continue;
+        per_node[node]++;
+        snprintf(skus[n++], sizeof skus[0], "%s", sku);
+    }
+    assert_int_equal(n, NKILL);
+    /* A sale to 5 left: the commit appends stock_changed to the SKU's
+     * partition stream on its node, which the rule turns into a kill. */
+    for (int i = 0; i < NKILL; i++) {
+        H_SET_STOCK(d, skus[i], 6);
+        h_resp r;
+        long st = h_sale(d, "/sale", skus[i], 1, NULL, &r);
+        if (st != 200) fail_msg("sale of %s: %ld %s %s", skus[i], st, r.body, r.err);
+        h_resp_free(&r);
+    }
+    int kill_nodes[H_CLUSTER_MAX] = { 0 };
+    for (int i = 0; i < NKILL; i++) {
+        char scope[RDS_KEY_MAX], key[RDS_KEY_MAX + 16];
+        snprintf(scope, sizeof scope, "sku:%s", skus[i]);
+        snprintf(key, sizeof key, H_PREFIX "kill:%s", scope);
+        cJSON *rec = H_WAIT_KILL(node_of(key), scope, NULL, 15000);
+        cJSON_Delete(rec);
+        kill_nodes[node_index_of(key)]++;
+    }
+    int spread = 0;
+    for (int k = 0; k < 3; k++) spread += kill_nodes[k] > 0;
+    assert_true(spread >= 2); /* the records are on different nodes */
+
+    /* Listed, over HTTP and by the CLI, wherever the records live. */
+    h_resp r;
+    assert_int_equal(h_http(d, "GET", "/killswitch", NULL, &r, NULL), 200);
+    for (int i = 0; i < NKILL; i++)
+        if (!strstr(r.body, skus[i])) fail_msg("GET /killswitch misses %s: %s", skus[i], r.body);
+    h_resp_free(&r);
+    h_run run;
+    const char *ls[] = { "killswitch", "ls", "--url", d->base, NULL };
+    if (h_run_nerve(&run, 15000, NULL, ls) != 0)
+        fail_msg("nerve killswitch ls: %s%s", run.out, run.err);
+    for (int i = 0; i < NKILL; i++)
+        if (!strstr(run.out, skus[i])) fail_msg("killswitch ls misses %s:\n%s", skus[i], run.out);
+    h_run_free(&run);
+
+    /* Sales over 200 SKUs, then every group has read and acknowledged all. */
+    for (int i = 0; i < NLEDGER; i++) {
+        char sku[32];
+        snprintf(sku, sizeof sku, "LEDGER-%d", i);
+        H_SET_STOCK(d, sku, 100);
+        long st = h_sale(d, "/sale", sku, 2, NULL, &r);
+        if (st != 200) fail_msg("sale of %s: %ld %s %s", sku, st, r.body, r.err);
+        h_resp_free(&r);
+    }
+    wait_drained("nerve", false, 15000);
+    /* The ledger reads the partition streams only (not the ingest ones). */
+    wait_drained("nerve-ledger", true, 15000);
+
+    /* The ledger agrees with Redis. */
+    char lpath[600], url[96], rurl[64];
+    snprintf(lpath, sizeof lpath, "ledger.path=%s/ledger.db", cl->nodes[0]->dir);
+    snprintf(url, sizeof url, "redis.url=%s", h_redis_url(cl->nodes[0], rurl, sizeof rurl));
+    const char *verify[] = { "ledger", "verify", "-c",    "config/nerve.yaml",  "--set", lpath,
+                             "--set",  url,      "--set", "redis.mode=cluster", NULL };
+    int st = h_run_nerve(&run, 60000, NULL, verify);
+    if (st != 0) fail_msg("nerve ledger verify: exit %d\n%s%s", st, run.out, run.err);
+    printf("# ledger verify: %s", run.out);
+    h_run_free(&run);
+
+    /* `nerve keys where` names the keys that hold the stock, on their node. */
+    const char *where[] = { "keys",     "where",    "-c",    "config/nerve.yaml",
+                            "LEDGER-7", "LEDGER-8", skus[0], NULL };
+    assert_int_equal(h_run_nerve(&run, 15000, NULL, where), 0);
+    char *line = run.out;
+    for (int i = 0; i < 3; i++) {
+        char sku[32], stock[RDS_KEY_MAX];
+        int part;
+        if (sscanf(line, "%31s\t%d\t%599s", sku, &part, stock) != 3)
+            fail_msg("keys where: %s", run.out);
+        assert_int_equal(part, keys_partition(sku, H_PARTITIONS));
+        redisReply *g = h_redis_cmd(node_of(stock), "GET %s", stock);
+        assert_non_null(g);
+        if (g->type != REDIS_REPLY_STRING)
+            fail_msg("GET %s on its node: %s", stock,
+                     g->type == REDIS_REPLY_ERROR ? g->str : "nil");
+        assert_string_equal(g->str, strncmp(sku, "LEDGER", 6) == 0 ? "98" : "5");
+        freeReplyObject(g);
+        line = strchr(line, '\n');
+        assert_non_null(line);
+        line++;
+    }
+    h_run_free(&run);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 static int setup(void **state) {
     (void)state;
     char err[256];
@@ -271,6 +429,7 @@ int main(void) {
         T(test_reads_every_node),
         T(test_pending_after_restart),
         T(test_idle_wakeup),
+        T(test_daemon_on_cluster),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
