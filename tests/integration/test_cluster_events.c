@@ -258,6 +258,13 @@ static const char *const KILL_RULE =
 #define NKILL   6   /* SKUs killed: two per node */
 #define NLEDGER 200 /* SKUs sold for the ledger */
 
+static double metric_of(const h_daemon *d, const char *name) {
+    char *m = H_METRICS(d);
+    double v = h_metric(m, name, NULL);
+    free(m);
+    return v;
+}
+
 static int node_index_of(const char *key) {
     return cl_map_node_index(map, cl_keyslot(key, strlen(key)));
 }
@@ -351,6 +358,14 @@ static void test_daemon_on_cluster(void **state) {
     wait_drained("nerve", false, 15000);
     /* The ledger reads the partition streams only (not the ingest ones). */
     wait_drained("nerve-ledger", true, 15000);
+
+    /* What an idle reader costs the cluster: its reads over one second
+     * (a measurement, printed; the bound only catches a busy loop). */
+    double r0 = metric_of(d, "nerve_stream_reads_total"), t0 = h_now();
+    while (h_now() - t0 < 1.0) h_nap();
+    double rate = (metric_of(d, "nerve_stream_reads_total") - r0) / (h_now() - t0);
+    printf("# idle evaluator reader on 3 nodes: %.0f reads/s\n", rate);
+    assert_true(rate < 20000);
 
     /* The ledger agrees with Redis. */
     char lpath[600], url[96], rurl[64];
