@@ -54,6 +54,7 @@ struct sg {
     size_t n;
     char *group, *consumer;
     int claim_idle_ms;
+    int poll_ms; /* cluster mode: the pause between two polls of every group */
     size_t max_bytes;
     char *field; /* sg_opts.field, "event" by default */
 
@@ -101,6 +102,7 @@ sg *sg_open(const sg_opts *o, char *err, size_t errlen) {
     g->cluster = o->redis.cluster != 0;
     g->n = o->n_streams;
     g->claim_idle_ms = o->claim_idle_ms;
+    g->poll_ms = o->poll_ms > 0 ? o->poll_ms : SG_CLUSTER_POLL_MS;
     g->max_bytes = o->max_event_bytes;
     g->s = calloc(g->n, sizeof *g->s);
     g->order = calloc(g->n, sizeof *g->order);
@@ -1032,7 +1034,8 @@ static int check_gaps(sg *g) {
  * several slot groups (cluster) nothing can wait on all of them at once.
  * Instead the reader polls: one pipelined pass without BLOCK over every
  * group (one round trip, the nodes in parallel), then a pause of
- * SG_CLUSTER_POLL_MS, until entries come or BLOCK_MS is over. A short BLOCK
+ * sg_opts.poll_ms (SG_CLUSTER_POLL_MS by default), until entries come or
+ * BLOCK_MS is over. A short BLOCK
  * on one group instead of the pause does not work: Redis 7.0 times blocked
  * commands out on its cron (hz 10: 100 ms), so "BLOCK 10" waits 100 ms
  * (measured). An entry appended while the reader is idle is read up to
@@ -1065,9 +1068,9 @@ static int read_new(sg *g, size_t max, int block_ms, drops *d) {
             if (rc || !wait || g->nback != g->backhead || d->n || !g->up) break;
             uint64_t now = clock_now_ns();
             if (now >= end) break;
-            uint64_t ns = end - now < (uint64_t)SG_CLUSTER_POLL_MS * 1000000u
+            uint64_t ns = end - now < (uint64_t)g->poll_ms * 1000000u
                               ? end - now
-                              : (uint64_t)SG_CLUSTER_POLL_MS * 1000000u;
+                              : (uint64_t)g->poll_ms * 1000000u;
             struct timespec ts = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
             nanosleep(&ts, NULL);
         }

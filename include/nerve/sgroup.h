@@ -32,12 +32,12 @@
  * comes from CLUSTER SLOTS, asked of the configured node (then of the nodes
  * of the last map) at each connect; MOVED, ASK, TRYAGAIN or CLUSTERDOWN in a
  * reply drops every connection, so the next connect fetches the map again
- * (a slot migration pauses the reading of that slot's streams until it
- * ends). A blocked command holds its connection and names one slot, so the
+ * (a slot migration pauses the reader while the slot's streams answer
+ * ASK). A blocked command holds its connection and names one slot, so the
  * wait for new entries is a poll: a pass without BLOCK over every group,
- * then a pause of SG_CLUSTER_POLL_MS, until entries come or the wait is
- * over. An entry appended while the reader is idle is read up to
- * SG_CLUSTER_POLL_MS later than from a single Redis (nothing waits under
+ * then a pause of poll_ms (SG_CLUSTER_POLL_MS by default), until entries
+ * come or the wait is over. An entry appended while the reader is idle is
+ * read up to poll_ms later than from a single Redis (nothing waits under
  * load); idle, a reader asks the cluster for one read per group per poll.
  * In standalone mode every stream is in one group: one command, one
  * blocking read, as before.
@@ -97,6 +97,7 @@ typedef struct sg_opts {
     size_t max_event_bytes;     /* larger `event` fields are acked and dropped; 0: no limit */
     const char *field;          /* the field handed out as `event`; NULL: "event" (the
                                   * ledger reads the audit stream's "data") */
+    int poll_ms; /* cluster mode: the pause between polls; <= 0: SG_CLUSTER_POLL_MS */
 } sg_opts;
 
 typedef struct sg_msg {
