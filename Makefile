@@ -6,6 +6,7 @@
 #                   on a free port when REDIS_URL is unset and none answers)
 #   make reload     reload the nerve of make run and report the outcome
 #   make bench      benchmark suite (tests/bench/README.md)
+#   make bench-cluster  sales on one Redis and on Redis Clusters of 1 and 3 nodes
 #   make asan       the test suite built with ASan + UBSan
 #   make fuzz       libFuzzer targets (tests/fuzz/README.md)
 #   make lint       clang-format --dry-run over engine/ and include/ (.clang-format)
@@ -82,7 +83,7 @@ LDEPS_STAMP := $(BUILD)/.deps-lint
 DPKG_STATUS  ?= /var/lib/dpkg/status
 STAMP_INPUTS := $(wildcard $(DPKG_STATUS)) $(lastword $(MAKEFILE_LIST))
 
-.PHONY: all deps deps-test deps-bench test unit integration run reload bench asan valgrind fuzz lint clean
+.PHONY: all deps deps-test deps-bench test unit integration run reload bench bench-cluster asan valgrind fuzz lint clean
 .DEFAULT_GOAL := all
 # Keep test and bench objects between runs (they are intermediate files).
 .SECONDARY:
@@ -213,6 +214,11 @@ reload:
 
 bench: $(BIN) $(BENCH_BIN) | $(BDEPS_STAMP)
 	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/run.sh
+
+# Sales on one Redis and on Redis Clusters of 1 and 3 primaries (README,
+# "Redis Cluster and Sentinel"): tests/bench/cluster.sh.
+bench-cluster: $(BIN) | $(BDEPS_STAMP)
+	@BUILD=$(BUILD) NERVE_BIN=$(abspath $(BIN)) tests/bench/cluster.sh
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 # Reports of every process (test binaries and the daemons they start) go to

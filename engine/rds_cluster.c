@@ -754,7 +754,9 @@ redisReply *rds_route_get_reply(rds_client *c) {
         cl_parse_redirect(best->str, best->len, &rd, e, sizeof e) == 0) {
         /* Every reply is read by now, so no connection has one pending and
          * the command can go again on its own. */
-        int ci = conn_for(c, rd.host[0] ? rd.host : r->conns[p->conn].host, rd.port);
+        /* A copy: conn_for may move the connections it would read it from. */
+        if (!rd.host[0]) snprintf(rd.host, sizeof rd.host, "%s", r->conns[p->conn].host);
+        int ci = conn_for(c, rd.host, rd.port);
         freeReplyObject(best);
         best = NULL;
         if (rd.kind == CL_ASK) {

@@ -58,9 +58,9 @@
 #include "nerve/keys.h"
 
 #define H_ADMIN_TOKEN "test-token"
-#define H_STR_(x)     #x
-#define H_STR(x)      H_STR_(x)
-#define H_PREFIX      "nerve:"
+#define H_STR_(x) #x
+#define H_STR(x) H_STR_(x)
+#define H_PREFIX "nerve:"
 /* bus.partitions of the daemons the harness starts (the default). */
 #define H_PARTITIONS 16
 
@@ -104,15 +104,15 @@ void h_pass(void);
 /* --- redis-server ------------------------------------------------------ */
 
 typedef struct h_redis {
-    pid_t pid; /* 0 while stopped */
+    pid_t pid;                  /* 0 while stopped */
     int port;
-    bool aof; /* appendonly yes, appendfsync always */
+    bool aof;                   /* appendonly yes, appendfsync always */
     bool paused;
-    bool owned;   /* started inside a test: stopped by teardown */
-    bool cluster; /* --cluster-enabled yes (harness_cluster.c) */
+    bool owned;                 /* started inside a test: stopped by teardown */
+    bool cluster;               /* --cluster-enabled yes (harness_cluster.c) */
     char dir[128];
     char log[160];
-    redisContext *ctx; /* h_redis_cmd's connection */
+    redisContext *ctx;          /* h_redis_cmd's connection */
 } h_redis;
 
 /* Start redis-server on a free port (retrying on a port race) and wait until
@@ -151,9 +151,9 @@ int h_redis_get_ll(h_redis *r, const char *key, long long *v);
  * like every child. */
 typedef struct h_cluster {
     h_redis *nodes[H_CLUSTER_MAX];
-    int n;             /* every node, replicas included */
-    int primaries;     /* as asked; which nodes they are, CLUSTER NODES says */
-    double start_secs; /* how long the start took */
+    int n;                      /* every node, replicas included */
+    int primaries;              /* as asked; which nodes they are, CLUSTER NODES says */
+    double start_secs;          /* how long the start took */
 } h_cluster;
 /* NULL on failure, after printing why and stopping what was started. */
 h_cluster *h_cluster_start(int n);
@@ -172,10 +172,10 @@ h_redis *h_redis_start_cluster_node(void);
 /* --- the daemon -------------------------------------------------------- */
 
 typedef struct h_daemon {
-    pid_t pid; /* 0 once reaped */
+    pid_t pid;                  /* 0 once reaped */
     int port;
     bool owned;
-    char base[64]; /* "http://127.0.0.1:PORT" */
+    char base[64];              /* "http://127.0.0.1:PORT" */
     char log[160];
 } h_daemon;
 
@@ -183,8 +183,8 @@ typedef struct h_daemon {
  * (NSETS of them), with or without NERVE_ADMIN_TOKEN=test-token, and wait
  * (10 s) until GET /healthz answers 200. NULL on failure, after printing the
  * log tail. */
-h_daemon *h_daemon_startv(const h_redis *r, bool admin_token, const char *const *sets,
-                          size_t nsets);
+h_daemon *h_daemon_startv(const h_redis *r, bool admin_token,
+                          const char *const *sets, size_t nsets);
 /* Same with the overrides as NULL-terminated arguments and the token set. */
 h_daemon *h_daemon_start(const h_redis *r, ...) __attribute__((sentinel));
 /* Same with ENV, NULL-terminated "NAME=value" strings (NULL: none), added to
@@ -193,8 +193,8 @@ h_daemon *h_daemon_start(const h_redis *r, ...) __attribute__((sentinel));
  * NERVE_PANIC_URL, NERVE_RESUME_URL, NERVE_ADMIN_TOKEN(S), NERVE_PANIC_TOKEN): the way to hand it
  * secrets such as NERVE_PANIC_TOKEN. The admin token is set only when ENV
  * has it. ENV is not kept after the start. */
-h_daemon *h_daemon_start_env(const h_redis *r, const char *const *env, const char *const *sets,
-                             size_t nsets);
+h_daemon *h_daemon_start_env(const h_redis *r, const char *const *env,
+                             const char *const *sets, size_t nsets);
 /* SIGTERM, wait up to 20 s (then SIGKILL) and free D. Returns the exit
  * status (0..255) of a normal exit, -1 otherwise; a non-zero result is
  * printed with the log tail. NULL returns -1. */
@@ -240,7 +240,8 @@ void h_hook_reset(mock_server *m);
 /* --- files in the temp dir (harness_fixtures.c) ------------------------ */
 
 /* Write TEXT to DIR/NAME, created or truncated. */
-#define H_WRITE_FILE(dir, name, text) h_write_file_at((dir), (name), (text), __FILE__, __LINE__)
+#define H_WRITE_FILE(dir, name, text) \
+    h_write_file_at((dir), (name), (text), __FILE__, __LINE__)
 /* A directory NAME in the temp dir (made when missing) holding the rule file
  * RULE with TEXT (RULE NULL: an empty directory, or as it is): its path into
  * DIR (DIRLEN bytes) and the override "rules.dir=<path>" into SET (SETLEN
@@ -248,10 +249,10 @@ void h_hook_reset(mock_server *m);
 #define H_RULES_DIR(name, rule, text, dir, dirlen, set, setlen) \
     h_rules_dir_at((name), (rule), (text), (dir), (dirlen), (set), (setlen), __FILE__, __LINE__)
 
-void h_write_file_at(const char *dir, const char *name, const char *text, const char *file,
-                     int line);
-void h_rules_dir_at(const char *name, const char *rule, const char *text, char *dir, size_t dirlen,
-                    char *set, size_t setlen, const char *file, int line);
+void h_write_file_at(const char *dir, const char *name, const char *text,
+                     const char *file, int line);
+void h_rules_dir_at(const char *name, const char *rule, const char *text, char *dir,
+                    size_t dirlen, char *set, size_t setlen, const char *file, int line);
 /* The whole of PATH, NUL-terminated (the caller frees it); NULL when it
  * cannot be read, with errno set. */
 char *h_read_file(const char *path);
@@ -259,11 +260,11 @@ char *h_read_file(const char *path);
 /* --- one-shot commands ------------------------------------------------- */
 
 typedef struct h_run {
-    int status;      /* exit status 0..255; -1: killed by a signal,
+    int status;                 /* exit status 0..255; -1: killed by a signal,
                                  * timed out, or could not start */
-    bool timed_out;  /* killed (SIGKILL) at the deadline */
-    char *out, *err; /* the whole stdout and stderr, NUL-terminated */
-    cJSON *json;     /* stdout parsed, NULL when not JSON */
+    bool timed_out;             /* killed (SIGKILL) at the deadline */
+    char *out, *err;            /* the whole stdout and stderr, NUL-terminated */
+    cJSON *json;                /* stdout parsed, NULL when not JSON */
 } h_run;
 
 /* Run `$NERVE_BIN ARGS...` (ARGS NULL-terminated) from the repo root, in its
@@ -283,12 +284,12 @@ int h_run_cmd(char *const argv[], const char *log, int timeout_ms);
 /* --- HTTP -------------------------------------------------------------- */
 
 typedef struct h_resp {
-    long status; /* 0 when the request failed (see err) */
-    char *body;  /* NUL-terminated */
+    long status;                /* 0 when the request failed (see err) */
+    char *body;                 /* NUL-terminated */
     size_t len;
-    char *headers; /* raw response header block */
-    cJSON *json;   /* the body parsed, NULL when not JSON */
-    double secs;   /* request duration */
+    char *headers;              /* raw response header block */
+    cJSON *json;                /* the body parsed, NULL when not JSON */
+    double secs;                /* request duration */
     char err[256];
 } h_resp;
 
@@ -296,8 +297,8 @@ typedef struct h_resp {
  * `Content-Type: application/json` unless a header line says otherwise) and
  * extra header lines ("Name: value"), NULL-terminated. Fills R (free with
  * h_resp_free) and returns the status, 0 on transport error. */
-long h_http(const h_daemon *d, const char *method, const char *path, const char *body, h_resp *r,
-            ...) __attribute__((sentinel));
+long h_http(const h_daemon *d, const char *method, const char *path,
+            const char *body, h_resp *r, ...) __attribute__((sentinel));
 void h_resp_free(h_resp *r);
 /* The value of response header NAME (case-insensitive) into OUT; false when
  * absent. */
@@ -317,17 +318,18 @@ long h_sale(const h_daemon *d, const char *path, const char *sku, long long qty,
 
 /* Assertions that report the caller's FILE:LINE. */
 #define H_SET_STOCK(d, sku, n) h_set_stock_at((d), (sku), (n), __FILE__, __LINE__)
-#define H_GET_STOCK(d, sku)    h_get_stock_at((d), (sku), __FILE__, __LINE__)
-#define H_REDIS_STOCK(r, sku)  h_redis_stock_at((r), (sku), __FILE__, __LINE__)
+#define H_GET_STOCK(d, sku) h_get_stock_at((d), (sku), __FILE__, __LINE__)
+#define H_REDIS_STOCK(r, sku) h_redis_stock_at((r), (sku), __FILE__, __LINE__)
 /* R is a JSON error: status STATUS, Content-Type application/json, body
  * {"error": CODE, "message": non-empty string, ...}; CODE NULL = any
  * non-empty string. */
-#define H_ASSERT_ERROR(r, status, code) h_assert_error_at((r), (status), (code), __FILE__, __LINE__)
+#define H_ASSERT_ERROR(r, status, code) \
+    h_assert_error_at((r), (status), (code), __FILE__, __LINE__)
 /* R has Content-Type application/json and a JSON object body. */
 #define H_ASSERT_JSON(r) h_assert_json_at((r), __FILE__, __LINE__)
 
-void h_set_stock_at(const h_daemon *d, const char *sku, long long stock, const char *file,
-                    int line);
+void h_set_stock_at(const h_daemon *d, const char *sku, long long stock,
+                    const char *file, int line);
 /* GET /stock/SKU: the stock, or -1 on 404 (other answers fail the test). */
 long long h_get_stock_at(const h_daemon *d, const char *sku, const char *file, int line);
 /* The Redis key of SKU's KIND ("stock", "price", "lock") in BUF (600
@@ -337,7 +339,8 @@ const char *h_key(char *out, const char *kind, const char *sku);
 const char *h_order_key(char *out, const char *sku, const char *order_id);
 /* GET PREFIX{pN}:stock:SKU: the value, or -1 when absent. */
 long long h_redis_stock_at(h_redis *r, const char *sku, const char *file, int line);
-void h_assert_error_at(const h_resp *r, long status, const char *code, const char *file, int line);
+void h_assert_error_at(const h_resp *r, long status, const char *code,
+                       const char *file, int line);
 void h_assert_json_at(const h_resp *r, const char *file, int line);
 
 /* --- the bus, kill records, counters (harness_observe.c) --------------- */
@@ -346,8 +349,8 @@ void h_assert_json_at(const h_resp *r, const char *file, int line);
  * to CHANNEL on R; fails after 10 s with the count last seen. */
 #define H_WAIT_SUBSCRIBERS(r, channel, n) \
     h_wait_subscribers_at((r), (channel), (n), __FILE__, __LINE__)
-void h_wait_subscribers_at(h_redis *r, const char *channel, long long n, const char *file,
-                           int line);
+void h_wait_subscribers_at(h_redis *r, const char *channel, long long n,
+                           const char *file, int line);
 /* PUBLISH CHANNEL MSG on R: the number of receivers, -1 on error. */
 long long h_publish(h_redis *r, const char *channel, const char *msg);
 
@@ -372,8 +375,8 @@ h_sub *h_sub_open_at(h_redis *r, const char *channel, const char *file, int line
 void h_sub_close(h_sub *s);
 void h_sub_close_all(void);
 void h_sub_pump_at(h_sub *s, int ms, const char *file, int line);
-void h_sub_wait_at(h_sub *s, const char *kind, const char *scope, int n, int ms, const char *file,
-                   int line);
+void h_sub_wait_at(h_sub *s, const char *kind, const char *scope, int n, int ms,
+                   const char *file, int line);
 /* The messages read so far of KIND and SCOPE (NULL: any scope): how many;
  * the I-th (0-based, NULL when there is none; still S's), and the h_now()
  * it was read at into *AT when AT is not NULL; each printed, one JSON a line
@@ -389,8 +392,8 @@ cJSON *h_kill_record(h_redis *r, const char *scope);
  * record (the caller deletes it); fails after MS with the record last seen. */
 #define H_WAIT_KILL(r, scope, state, ms) \
     h_wait_kill_at((r), (scope), (state), (ms), __FILE__, __LINE__)
-cJSON *h_wait_kill_at(h_redis *r, const char *scope, const char *state, int ms, const char *file,
-                      int line);
+cJSON *h_wait_kill_at(h_redis *r, const char *scope, const char *state, int ms,
+                      const char *file, int line);
 
 /* The integral counter FIELD ("evaluations", "errors") of rule NAME in D's
  * GET /rules, -1 when the rule is not listed or the request failed. */
@@ -416,38 +419,38 @@ void h_sale_curl_free(CURL *h);
 /* --- concurrent load ---------------------------------------------------- */
 
 typedef struct h_sale_rec {
-    bool sent;   /* false: not sent (h_load_stop) */
-    long status; /* 0: transport error */
+    bool sent;                  /* false: not sent (h_load_stop) */
+    long status;                /* 0: transport error */
     double secs;
     char *body;
-    bool json_ct;     /* Content-Type: application/json */
-    bool retry_after; /* a Retry-After header was present */
-    cJSON *json;      /* parsed after the run, NULL if not JSON */
+    bool json_ct;               /* Content-Type: application/json */
+    bool retry_after;           /* a Retry-After header was present */
+    cJSON *json;                /* parsed after the run, NULL if not JSON */
 } h_sale_rec;
 
 typedef struct h_load {
     /* in */
     const h_daemon *d;
-    const char *path; /* "/sale" */
+    const char *path;           /* "/sale" */
     const char *sku;
     long long qty;
-    const char *order_id;     /* the same order_id in every request, or NULL */
-    const char *order_prefix; /* else "PREFIX-<i>" per request, or NULL: none */
-    int clients;              /* threads, each with one keep-alive handle */
-    int requests;             /* total, shared out dynamically */
-    bool together;            /* connect first, then fire at once (barrier) */
-    bool serial;              /* one request at a time, client k sending
+    const char *order_id;       /* the same order_id in every request, or NULL */
+    const char *order_prefix;   /* else "PREFIX-<i>" per request, or NULL: none */
+    int clients;                /* threads, each with one keep-alive handle */
+    int requests;               /* total, shared out dynamically */
+    bool together;              /* connect first, then fire at once (barrier) */
+    bool serial;                /* one request at a time, client k sending
                                  * requests k, k + clients...: with together,
                                  * each on its own open connection */
-    int timeout_ms;           /* per request, default 60000 */
+    int timeout_ms;             /* per request, default 60000 */
     /* out */
-    h_sale_rec *recs; /* [requests], in request index order */
-    int sent;         /* requests sent (all unless stopped) */
+    h_sale_rec *recs;           /* [requests], in request index order */
+    int sent;                   /* requests sent (all unless stopped) */
     int by_status[600];
     int transport_errors;
-    double secs;            /* wall time of the run */
-    double max_secs;        /* slowest request */
-    struct h_load_run *run; /* private: the running threads */
+    double secs;                /* wall time of the run */
+    double max_secs;            /* slowest request */
+    struct h_load_run *run;     /* private: the running threads */
 } h_load;
 
 /* Run L to its end (fills the out fields). 0, or -1 when the threads could
@@ -471,9 +474,9 @@ void h_load_free(h_load *l);
  * with its Unix socket in that directory and no TCP listener, user `nerve`,
  * trust authentication, fsync off. Stopped by h_pg_free and at exit. */
 typedef struct h_pg {
-    pid_t pid; /* 0 while stopped */
+    pid_t pid;                  /* 0 while stopped */
     int port;
-    char dir[128]; /* data in DIR/data, the socket in DIR */
+    char dir[128];              /* data in DIR/data, the socket in DIR */
     char log[160];
 } h_pg;
 

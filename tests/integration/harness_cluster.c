@@ -12,22 +12,26 @@
 #define JOIN_TIMEOUT_MS 30000
 
 /* 1 when NODE answers CLUSTER INFO with cluster_state:ok and knows N nodes. */
-static int node_ok(h_redis *node, int n) {
+static int node_ok(h_redis *node, int n)
+{
     redisReply *r = h_redis_cmd(node, "CLUSTER INFO");
     char want[64];
     int ok = 0;
     snprintf(want, sizeof want, "cluster_known_nodes:%d\r", n);
     if (r && r->type == REDIS_REPLY_STRING)
         ok = strstr(r->str, "cluster_state:ok\r") && strstr(r->str, want);
-    if (r) freeReplyObject(r);
+    if (r)
+        freeReplyObject(r);
     return ok;
 }
 
-h_cluster *h_cluster_start(int n) {
+h_cluster *h_cluster_start(int n)
+{
     return h_cluster_start_replicas(n, 0, 0);
 }
 
-h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms) {
+h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms)
+{
     static int seq;
     char nrep[16];
     double t0 = h_now();
@@ -46,7 +50,8 @@ h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms) {
     n *= 1 + replicas;
     for (c->n = 0; c->n < n; c->n++) {
         h_redis *r = h_redis_start_cluster_node();
-        if (r == NULL) goto err;
+        if (r == NULL)
+            goto err;
         r->owned = false; /* the cluster's: h_cluster_free stops it */
         c->nodes[c->n] = r;
         snprintf(addr[c->n], sizeof addr[0], "127.0.0.1:%d", r->port);
@@ -54,7 +59,8 @@ h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms) {
     argv[k++] = "redis-cli";
     argv[k++] = "--cluster";
     argv[k++] = "create";
-    for (int i = 0; i < n; i++) argv[k++] = addr[i];
+    for (int i = 0; i < n; i++)
+        argv[k++] = addr[i];
     snprintf(nrep, sizeof nrep, "%d", replicas);
     argv[k++] = "--cluster-replicas";
     argv[k++] = nrep;
@@ -86,7 +92,8 @@ h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms) {
         redisReply *r = h_redis_cmd(c->nodes[i], "CONFIG SET cluster-node-timeout %d",
                                     node_timeout_ms);
         int ok = r && r->type == REDIS_REPLY_STATUS;
-        if (r) freeReplyObject(r);
+        if (r)
+            freeReplyObject(r);
         if (!ok) {
             printf("harness: %s: CONFIG SET cluster-node-timeout failed\n", addr[i]);
             goto err;
@@ -99,8 +106,10 @@ h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms) {
             redisReply *r = h_redis_cmd(c->nodes[i], "INFO replication");
             int rep = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "role:slave");
             int up = rep && strstr(r->str, "master_link_status:up");
-            if (r) freeReplyObject(r);
-            if (!rep || up) break;
+            if (r)
+                freeReplyObject(r);
+            if (!rep || up)
+                break;
             if (!h_before(dl)) {
                 printf("harness: replica %s: no master_link_status:up within %d ms\n", addr[i],
                        JOIN_TIMEOUT_MS);
@@ -116,8 +125,11 @@ err:
     return NULL;
 }
 
-void h_cluster_free(h_cluster *c) {
-    if (c == NULL) return;
-    for (int i = 0; i < c->n; i++) h_redis_free(c->nodes[i]);
+void h_cluster_free(h_cluster *c)
+{
+    if (c == NULL)
+        return;
+    for (int i = 0; i < c->n; i++)
+        h_redis_free(c->nodes[i]);
     free(c);
 }

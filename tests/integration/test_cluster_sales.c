@@ -14,6 +14,11 @@
  *     503 with Retry-After meanwhile, answer again within a bound, /readyz
  *     is ready again, and the stock lost still equals the units sold.
  *
+ *   - and underneath, rds itself (the library, no daemon): single commands
+ *     and a pipeline over every node, keys of two slots refused unsent,
+ *     scripts loaded on every node (and again on a node that forgot them),
+ *     streams routed by the key after STREAMS, commands per node.
+ *
  * Every wait polls with a deadline.
  */
 #include "harness.h"
@@ -37,46 +42,55 @@ static h_cluster *cl;
 
 /* ---- the cluster as the test sees it --------------------------------------- */
 
-static rds_client *client_of(const h_redis *r) {
+static rds_client *client_of(const h_redis *r)
+{
     rds_opts o;
     char url[64], err[256];
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.command_timeout_ms = 2000;
     o.reconnect_max_ms = 100;
-    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err)) fail_msg("%s", err);
+    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err))
+        fail_msg("%s", err);
     rds_client *c = rds_client_new(&o);
     assert_non_null(c);
     return c;
 }
 
-static h_redis *node_at(int port) {
+static h_redis *node_at(int port)
+{
     for (int i = 0; i < cl->n; i++)
-        if (cl->nodes[i]->port == port) return cl->nodes[i];
+        if (cl->nodes[i]->port == port)
+            return cl->nodes[i];
     return NULL;
 }
 
 /* The slot map as a live node sees it now (the caller frees it). */
-static cl_map *map_now(void) {
+static cl_map *map_now(void)
+{
     char err[256] = "";
     for (int i = 0; i < cl->n; i++) {
-        if (!cl->nodes[i]->pid) continue;
+        if (!cl->nodes[i]->pid)
+            continue;
         rds_client *c = client_of(cl->nodes[i]);
         cl_map *m = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
         rds_client_free(c);
-        if (m) return m;
+        if (m)
+            return m;
     }
     fail_msg("no node answered CLUSTER SLOTS: %s", err);
     return NULL;
 }
 
-static int sku_slot(const char *sku) {
+static int sku_slot(const char *sku)
+{
     char k[RDS_KEY_MAX];
     assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
     return cl_keyslot(k, strlen(k));
 }
 
 /* The primary serving SKU's keys now. */
-static h_redis *owner_of(const char *sku) {
+static h_redis *owner_of(const char *sku)
+{
     cl_map *m = map_now();
     const cl_node *n = cl_map_node(m, sku_slot(sku));
     assert_non_null(n);
@@ -87,7 +101,8 @@ static h_redis *owner_of(const char *sku) {
 }
 
 /* SKU's stock as Redis holds it, read on its primary. */
-static long long stock_of(const char *sku) {
+static long long stock_of(const char *sku)
+{
     char k[RDS_KEY_MAX];
     assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
     redisReply *r = h_redis_cmd(owner_of(sku), "GET %s", k);
@@ -99,14 +114,16 @@ static long long stock_of(const char *sku) {
     return v;
 }
 
-static h_daemon *start_daemon(void) {
+static h_daemon *start_daemon(void)
+{
     h_daemon *d = h_daemon_start(cl->nodes[0], "redis.mode=cluster", "redis.reconnect_max_ms=200",
                                  "redis.command_timeout_ms=1000", NULL);
     assert_non_null(d);
     return d;
 }
 
-static double metric(const h_daemon *d, const char *name, const char *label) {
+static double metric(const h_daemon *d, const char *name, const char *label)
+{
     char *m = H_METRICS(d);
     double v = h_metric(m, name, label);
     free(m);
@@ -116,11 +133,13 @@ static double metric(const h_daemon *d, const char *name, const char *label) {
 /* Units sold by the load L (order ids PREFIX-i): its 200s, plus every 503
  * settled by replaying its order_id (a 200 then, duplicate or not, means
  * the order is sold exactly once; 503 again after 10 s fails the test). */
-static long long settle(const h_daemon *d, const h_load *l, const char *sku, const char *prefix) {
+static long long settle(const h_daemon *d, const h_load *l, const char *sku, const char *prefix)
+{
     long long sold = 0;
     for (int i = 0; i < l->requests; i++) {
         const h_sale_rec *rec = &l->recs[i];
-        if (!rec->sent) continue;
+        if (!rec->sent)
+            continue;
         if (rec->status == 200) {
             sold++;
             continue;
@@ -139,14 +158,16 @@ static long long settle(const h_daemon *d, const h_load *l, const char *sku, con
                 sold++;
                 break;
             }
-            if (st != 503 || !h_before(dl)) fail_msg("replaying order %s: %ld", oid, st);
+            if (st != 503 || !h_before(dl))
+                fail_msg("replaying order %s: %ld", oid, st);
             h_nap();
         }
     }
     return sold;
 }
 
-static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep) {
+static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep)
+{
     if (!rep || rep->type == REDIS_REPLY_ERROR)
         fail_msg("%s on port %d: %s", what, r->port, rep ? rep->str : "no reply");
     return rep;
@@ -154,22 +175,135 @@ static redisReply *cmd_ok(h_redis *r, const char *what, redisReply *rep) {
 
 /* ---- setup ------------------------------------------------------------------ */
 
-static int setup(void **state) {
+static int setup(void **state)
+{
     (void)state;
-    if (!(cl = h_cluster_start_replicas(3, 1, NODE_TIMEOUT_MS))) return -1;
+    if (!(cl = h_cluster_start_replicas(3, 1, NODE_TIMEOUT_MS)))
+        return -1;
     printf("# cluster of 3 primaries + 3 replicas started in %.2f s\n", cl->start_secs);
     return 0;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
     (void)state;
     h_cluster_free(cl);
     return 0;
 }
 
+/* ---- rds routing, through the library ------------------------------------------ */
+
+static rds_client *router(void)
+{
+    rds_opts o;
+    char url[64], err[256];
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = o.command_timeout_ms = 2000;
+    o.reconnect_max_ms = 100;
+    o.cluster = 1;
+    if (rds_parse_url(h_redis_url(cl->nodes[0], url, sizeof url), &o, err, sizeof err))
+        fail_msg("%s", err);
+    rds_client *c = rds_client_new(&o);
+    assert_non_null(c);
+    return c;
+}
+
+static void expect_str(redisReply *r, const char *want, const char *what)
+{
+    if (!r || r->type != REDIS_REPLY_STRING || strcmp(r->str, want) != 0)
+        fail_msg("%s: want \"%s\", got %s", what, want,
+                 !r                             ? "NULL"
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "another reply");
+    freeReplyObject(r);
+}
+
+/* Single commands, pipelines over every node, multi-key commands, scripts
+ * (loaded on every node, again after a node forgot them), streams. */
+static void test_rds_routes_by_slot(void **state)
+{
+    (void)state;
+    rds_client *c = router();
+    char k[64], v[32];
+    int per_node[3] = { 0 };
+    cl_map *m = map_now();
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "rt:%d", i);
+        snprintf(v, sizeof v, "%d", i * 7);
+        redisReply *r = rds_command(c, "SET %s %s", k, v);
+        if (!r || r->type != REDIS_REPLY_STATUS)
+            fail_msg("SET %s: %s", k, r ? r->str : rds_errstr(c));
+        freeReplyObject(r);
+        per_node[cl_map_node_index(m, cl_keyslot(k, strlen(k)))]++;
+    }
+    cl_map_free(m);
+    for (int i = 0; i < 3; i++)
+        assert_true(per_node[i] > 0);
+    /* A pipeline over the three nodes: replies in the order appended. */
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "rt:%d", i);
+        const char *argv[] = { "GET", k };
+        assert_int_equal(rds_appendargv(c, 2, argv, NULL), 0);
+    }
+    for (int i = 0; i < 300; i++) {
+        snprintf(v, sizeof v, "%d", i * 7);
+        expect_str(rds_get_reply(c), v, "pipelined GET");
+    }
+    /* Keys of two slots in one command: refused before sending. */
+    redisReply *r = rds_command(c, "MGET rt:1 rt:2");
+    assert_null(r);
+    assert_int_equal(rds_outcome_unknown(c), 0);
+    if (strncmp(rds_errstr(c), "CROSSSLOT", 9) != 0)
+        fail_msg("MGET over two slots: \"%s\"", rds_errstr(c));
+    r = rds_command(c, "MSET {rt}a 1 {rt}b 2");
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    /* A script on keys of every node; then one node forgets it. */
+    static rds_script get = RDS_SCRIPT_INIT("return redis.call('GET', KEYS[1])");
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 300; i += 7) {
+            snprintf(k, sizeof k, "rt:%d", i);
+            snprintf(v, sizeof v, "%d", i * 7);
+            const char *argv[] = { k };
+            expect_str(rds_eval(c, &get, 1, 1, argv, NULL), v, "EVALSHA");
+        }
+        redisReply *f = h_redis_cmd(cl->nodes[1], "SCRIPT FLUSH");
+        if (f)
+            freeReplyObject(f);
+    }
+    /* Streams: the key after STREAMS. */
+    r = rds_command(c, "XADD {p3}:rt-stream * f v");
+    assert_true(r && r->type == REDIS_REPLY_STRING);
+    freeReplyObject(r);
+    r = rds_command(c, "XGROUP CREATE {p3}:rt-stream g 0");
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    r = rds_command(c, "XREADGROUP GROUP g c1 COUNT 10 STREAMS {p3}:rt-stream >");
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 1)
+        fail_msg("XREADGROUP: %s",
+                 r ? (r->type == REDIS_REPLY_ERROR ? r->str : "not 1 stream") : rds_errstr(c));
+    freeReplyObject(r);
+    /* Per node: every primary answers, and holds some of the keys. */
+    assert_int_equal(rds_cluster_nnodes(c), 3);
+    long long total = 0;
+    for (int i = 0; i < 3; i++) {
+        const char *argv[] = { "DBSIZE" };
+        r = rds_commandargv_node(c, i, 1, argv, NULL);
+        assert_true(r && r->type == REDIS_REPLY_INTEGER && r->integer > 0);
+        total += r->integer;
+        freeReplyObject(r);
+    }
+    assert_true(total >= 300);
+    char err[256];
+    assert_int_equal(rds_cluster_check(c, err, sizeof err), 0);
+    rds_client_free(c);
+    h_pass();
+}
+
 /* ---- (a) stress over 1,000 SKUs ---------------------------------------------- */
 
-static void test_stress_1000_skus(void **state) {
+static void test_stress_1000_skus(void **state)
+{
     (void)state;
     h_daemon *d = start_daemon();
     const char *args[] = { "stress", "--url",      d->base,   "--sku",  "cs",
@@ -206,7 +340,8 @@ static void test_stress_1000_skus(void **state) {
     cl_map_free(m);
     printf("# SKUs per primary: %d %d %d; sold out: %d\n", per_node[0], per_node[1], per_node[2],
            zero);
-    for (int i = 0; i < 3; i++) assert_true(per_node[i] > 0);
+    for (int i = 0; i < 3; i++)
+        assert_true(per_node[i] > 0);
     assert_int_equal(zero, 1000);
     assert_int_equal(h_daemon_stop(d), 0);
     h_pass();
@@ -214,7 +349,8 @@ static void test_stress_1000_skus(void **state) {
 
 /* ---- (b) a slot migrated during load ------------------------------------------- */
 
-static void test_slot_migration_under_load(void **state) {
+static void test_slot_migration_under_load(void **state)
+{
     (void)state;
     const char *sku = "mig-0";
     const long long initial = 1000000;
@@ -224,7 +360,8 @@ static void test_slot_migration_under_load(void **state) {
     cl_map *m = map_now();
     const cl_node *from = cl_map_node(m, slot), *to = NULL;
     for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
-        if (cl_map_node_at(m, i) != from) to = cl_map_node_at(m, i);
+        if (cl_map_node_at(m, i) != from)
+            to = cl_map_node_at(m, i);
     h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
     char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
     snprintf(src_id, sizeof src_id, "%s", from->primary.id);
@@ -242,7 +379,8 @@ static void test_slot_migration_under_load(void **state) {
                  .requests = 4000 };
     assert_int_equal(h_load_start(&l), 0);
     double dl = h_deadline(30000);
-    while (h_load_completed(&l) < 300 && h_before(dl)) h_nap();
+    while (h_load_completed(&l) < 300 && h_before(dl))
+        h_nap();
     assert_true(h_load_completed(&l) >= 300);
 
     /* The migration, as redis-cli --cluster reshard does it, one slot. */
@@ -267,8 +405,10 @@ static void test_slot_migration_under_load(void **state) {
         int k = 0;
         argv[k++] = "MIGRATE", argv[k++] = "127.0.0.1", argv[k++] = port, argv[k++] = "";
         argv[k++] = "0", argv[k++] = "5000", argv[k++] = "KEYS";
-        for (size_t i = 0; i < n; i++) argv[k++] = ks->element[i]->str;
-        for (int i = 0; i < k; i++) lens[i] = strlen(argv[i]);
+        for (size_t i = 0; i < n; i++)
+            argv[k++] = ks->element[i]->str;
+        for (int i = 0; i < k; i++)
+            lens[i] = strlen(argv[i]);
         redisContext *c = h_redis_connect(src);
         assert_non_null(c);
         redisReply *mr = redisCommandArgv(c, k, argv, lens);
@@ -300,7 +440,8 @@ static void test_slot_migration_under_load(void **state) {
     for (int i = 0; i < cl->n; i++)
         if (cl->nodes[i] != src && cl->nodes[i] != dst) {
             redisReply *r = h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
-            if (r) freeReplyObject(r); /* a replica refuses: it follows its primary */
+            if (r)
+                freeReplyObject(r); /* a replica refuses: it follows its primary */
         }
     printf("# slot %d: %d keys moved from port %d to %d in %d batches, %d sales answered so far\n",
            slot, moved_keys, src->port, dst->port, batches, h_load_completed(&l));
@@ -330,7 +471,8 @@ static void test_slot_migration_under_load(void **state) {
 /* ---- (c) a primary killed, its replica taking over ------------------------------- */
 
 /* The replica of primary P's node entry (the first the map names). */
-static h_redis *replica_of(const char *sku) {
+static h_redis *replica_of(const char *sku)
+{
     cl_map *m = map_now();
     const cl_node *n = cl_map_node(m, sku_slot(sku));
     assert_true(n && n->nreplicas >= 1);
@@ -340,7 +482,8 @@ static h_redis *replica_of(const char *sku) {
     return r;
 }
 
-static long long info_ll(h_redis *r, const char *field) {
+static long long info_ll(h_redis *r, const char *field)
+{
     redisReply *rep = h_redis_cmd(r, "INFO replication");
     assert_true(rep && rep->type == REDIS_REPLY_STRING);
     const char *p = strstr(rep->str, field);
@@ -349,7 +492,8 @@ static long long info_ll(h_redis *r, const char *field) {
     return v;
 }
 
-static void test_primary_killed_replica_takes_over(void **state) {
+static void test_primary_killed_replica_takes_over(void **state)
+{
     (void)state;
     const char *sku = "fo-0";
     const long long initial = 100000;
@@ -399,8 +543,10 @@ static void test_primary_killed_replica_takes_over(void **state) {
             retry_after += h_header(&r, "Retry-After", v, sizeof v);
         }
         h_resp_free(&r);
-        if (st == 200) break;
-        if (st != 503) fail_msg("sale %s during the failover answered %ld", oid, st);
+        if (st == 200)
+            break;
+        if (st != 503)
+            fail_msg("sale %s during the failover answered %ld", oid, st);
         if (!h_before(dl))
             fail_msg("no sale answered within %d ms of the kill (%d answered 503)",
                      RECOVERY_BOUND_MS, n503);
@@ -420,7 +566,8 @@ static void test_primary_killed_replica_takes_over(void **state) {
         h_resp r;
         long st = h_http(d, "GET", "/readyz", NULL, &r, NULL);
         h_resp_free(&r);
-        if (st == 200) break;
+        if (st == 200)
+            break;
         if (!h_before(dl))
             fail_msg("/readyz still %ld %d ms after the failover", st, RECOVERY_BOUND_MS);
         h_nap();
@@ -457,9 +604,10 @@ static void test_primary_killed_replica_takes_over(void **state) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
-        T(test_stress_1000_skus), T(test_slot_migration_under_load),
+        T(test_rds_routes_by_slot), T(test_stress_1000_skus), T(test_slot_migration_under_load),
         T(test_primary_killed_replica_takes_over), /* last: it kills a node */
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -34,45 +34,54 @@
 static h_cluster *cl;
 static cl_map *map;
 
-static rds_client *client_of(const h_redis *r) {
+static rds_client *client_of(const h_redis *r)
+{
     rds_opts o;
     char url[64], err[256];
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.command_timeout_ms = 2000;
     o.reconnect_max_ms = 100;
-    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err)) fail_msg("%s", err);
+    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err))
+        fail_msg("%s", err);
     rds_client *c = rds_client_new(&o);
     assert_non_null(c);
     return c;
 }
 
 /* The harness node whose port is PORT, or NULL. */
-static h_redis *node_at(int port) {
+static h_redis *node_at(int port)
+{
     for (int i = 0; i < cl->n; i++)
-        if (cl->nodes[i]->port == port) return cl->nodes[i];
+        if (cl->nodes[i]->port == port)
+            return cl->nodes[i];
     return NULL;
 }
 
-static int setup(void **state) {
+static int setup(void **state)
+{
     (void)state;
     char err[256];
-    if (!(cl = h_cluster_start(3))) return -1;
+    if (!(cl = h_cluster_start(3)))
+        return -1;
     printf("# cluster of 3 primaries started in %.2f s\n", cl->start_secs);
     rds_client *c = client_of(cl->nodes[0]);
     map = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
     rds_client_free(c);
-    if (!map) printf("cl_map_fetch: %s\n", err);
+    if (!map)
+        printf("cl_map_fetch: %s\n", err);
     return map ? 0 : -1;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
     (void)state;
     cl_map_free(map);
     h_cluster_free(cl);
     return 0;
 }
 
-static void test_map_covers_every_slot(void **state) {
+static void test_map_covers_every_slot(void **state)
+{
     (void)state;
     assert_int_equal(cl_map_covered(map), CL_SLOTS);
     assert_int_equal(cl_map_nnodes(map), 3);
@@ -90,7 +99,8 @@ static void test_map_covers_every_slot(void **state) {
         rds_client *c = client_of(cl->nodes[i]);
         cl_map *m = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
         rds_client_free(c);
-        if (!m) fail_msg("%s", err);
+        if (!m)
+            fail_msg("%s", err);
         for (int s = 0; s < CL_SLOTS; s++)
             if (cl_map_node(m, s)->primary.port != cl_map_node(map, s)->primary.port)
                 fail_msg("node %d: slot %d on port %d, node 0 says %d", i, s,
@@ -102,7 +112,8 @@ static void test_map_covers_every_slot(void **state) {
 
 /* KEY's slot by cl_keyslot and by the server; then SET on the node our map
  * names, which must take it. */
-static void route_key(const char *key, int *nodes_seen) {
+static void route_key(const char *key, int *nodes_seen)
+{
     int slot = cl_keyslot(key, strlen(key));
     redisReply *r = h_redis_cmd(cl->nodes[0], "CLUSTER KEYSLOT %s", key);
     assert_non_null(r);
@@ -123,7 +134,8 @@ static void route_key(const char *key, int *nodes_seen) {
     nodes_seen[cl_map_node_index(map, slot)]++;
 }
 
-static void test_nerve_keys_route(void **state) {
+static void test_nerve_keys_route(void **state)
+{
     (void)state;
     static const char *const kinds[] = { "stock", "price", "lock" };
     int seen[3] = { 0 }, part_node[H_PARTITIONS], keys = 0;
@@ -152,15 +164,18 @@ static void test_nerve_keys_route(void **state) {
         part_node[p] = seen[0] != before[0] ? 0 : seen[1] != before[1] ? 1 : 2;
     }
     int part_nodes[3] = { 0 };
-    for (int p = 0; p < H_PARTITIONS; p++) part_nodes[part_node[p]]++;
+    for (int p = 0; p < H_PARTITIONS; p++)
+        part_nodes[part_node[p]]++;
     printf("# %d keys routed; per node: %d %d %d keys, %d %d %d of the %d partitions\n", keys,
            seen[0], seen[1], seen[2], part_nodes[0], part_nodes[1], part_nodes[2], H_PARTITIONS);
     /* Every node serves some partitions: sales would use all three. */
-    for (int i = 0; i < 3; i++) assert_true(part_nodes[i] > 0);
+    for (int i = 0; i < 3; i++)
+        assert_true(part_nodes[i] > 0);
     h_pass();
 }
 
-static void test_moved_and_ask(void **state) {
+static void test_moved_and_ask(void **state)
+{
     (void)state;
     char k[RDS_KEY_MAX], err[256];
     cl_redirect rd;
@@ -169,7 +184,8 @@ static void test_moved_and_ask(void **state) {
     const cl_node *owner = cl_map_node(map, slot);
     h_redis *src = node_at(owner->primary.port), *other = NULL;
     for (int i = 0; i < 3 && !other; i++)
-        if (cl->nodes[i] != src) other = cl->nodes[i];
+        if (cl->nodes[i] != src)
+            other = cl->nodes[i];
 
     /* MOVED: the key sent to a node that does not serve its slot. */
     redisReply *r = h_redis_cmd(other, "SET %s 1", k);
@@ -186,7 +202,8 @@ static void test_moved_and_ask(void **state) {
     /* ASK: the slot migrating from SRC to OTHER, the key not on SRC (yet). */
     const cl_node *dst = NULL;
     for (int i = 0; i < 3; i++)
-        if (cl_map_node_at(map, i)->primary.port == other->port) dst = cl_map_node_at(map, i);
+        if (cl_map_node_at(map, i)->primary.port == other->port)
+            dst = cl_map_node_at(map, i);
     assert_non_null(dst);
     r = h_redis_cmd(other, "CLUSTER SETSLOT %d IMPORTING %s", slot, owner->primary.id);
     assert_true(r && r->type == REDIS_REPLY_STATUS);
@@ -197,8 +214,7 @@ static void test_moved_and_ask(void **state) {
     r = h_redis_cmd(src, "GET %s", k);
     assert_non_null(r);
     int type = r->type;
-    int prc = type == REDIS_REPLY_ERROR ? cl_parse_redirect(r->str, r->len, &rd, err, sizeof err)
-                                        : 9;
+    int prc = type == REDIS_REPLY_ERROR ? cl_parse_redirect(r->str, r->len, &rd, err, sizeof err) : 9;
     char text[256];
     snprintf(text, sizeof text, "%s", type == REDIS_REPLY_ERROR ? r->str : "(not an error)");
     freeReplyObject(r);
@@ -208,7 +224,8 @@ static void test_moved_and_ask(void **state) {
         assert_true(r && r->type == REDIS_REPLY_STATUS);
         freeReplyObject(r);
     }
-    if (prc != 0) fail_msg("GET during migration answered \"%s\" (parse %d: %s)", text, prc, err);
+    if (prc != 0)
+        fail_msg("GET during migration answered \"%s\" (parse %d: %s)", text, prc, err);
     assert_int_equal(rd.kind, CL_ASK);
     assert_int_equal(rd.slot, slot);
     assert_string_equal(rd.host, "127.0.0.1");
@@ -218,7 +235,8 @@ static void test_moved_and_ask(void **state) {
 
 /* `nerve serve` with the overrides SETS (NULL-terminated) against the node
  * at URL: it must exit 1 (polled with a deadline) with WANT on stderr. */
-static void serve_refuses(const char *url, const char *const *sets, const char *want) {
+static void serve_refuses(const char *url, const char *const *sets, const char *want)
+{
     char listen[64], redis[160], ledger[PATH_MAX + 32];
     const char *args[32];
     int n = 0;
@@ -252,7 +270,8 @@ static void serve_refuses(const char *url, const char *const *sets, const char *
     h_run_free(&r);
 }
 
-static void test_standalone_refuses_cluster_node(void **state) {
+static void test_standalone_refuses_cluster_node(void **state)
+{
     (void)state;
     char url[64], want[256];
     h_redis *node = cl->nodes[1];
@@ -273,7 +292,8 @@ static void test_standalone_refuses_cluster_node(void **state) {
     h_pass();
 }
 
-static void test_other_modes_refused(void **state) {
+static void test_other_modes_refused(void **state)
+{
     (void)state;
     char url[64], want[256];
     /* redis.mode cluster against a server without cluster support. */
@@ -294,7 +314,8 @@ static void test_other_modes_refused(void **state) {
 /* Redis not answering at start: the daemon starts (healthz), and the check
  * runs on the first connection, stopping it once the node is back. Last: it
  * restarts a node of the cluster. */
-static void test_cluster_node_found_on_connect(void **state) {
+static void test_cluster_node_found_on_connect(void **state)
+{
     (void)state;
     h_redis *node = cl->nodes[2];
     char want[256];
@@ -304,22 +325,29 @@ static void test_cluster_node_found_on_connect(void **state) {
     assert_non_null(d);
     assert_int_equal(h_redis_restart(node), 0);
     double dl = h_deadline(15000);
-    while (h_daemon_alive(d) && h_before(dl)) h_nap();
-    if (d->pid) fail_msg("the daemon still runs 15 s after its Redis came back as a cluster node");
+    while (h_daemon_alive(d) && h_before(dl))
+        h_nap();
+    if (d->pid)
+        fail_msg("the daemon still runs 15 s after its Redis came back as a cluster node");
     char *log = h_read_file(d->log);
     assert_non_null(log);
-    if (!strstr(log, want)) fail_msg("the daemon exited without saying \"%s\"", want);
+    if (!strstr(log, want))
+        fail_msg("the daemon exited without saying \"%s\"", want);
     free(log);
     h_pass();
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, h_test_setup, h_test_teardown)
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
-        T(test_map_covers_every_slot), T(test_nerve_keys_route),
-        T(test_moved_and_ask),         T(test_standalone_refuses_cluster_node),
-        T(test_other_modes_refused),   T(test_cluster_node_found_on_connect),
+        T(test_map_covers_every_slot),
+        T(test_nerve_keys_route),
+        T(test_moved_and_ask),
+        T(test_standalone_refuses_cluster_node),
+        T(test_other_modes_refused),
+        T(test_cluster_node_found_on_connect),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
