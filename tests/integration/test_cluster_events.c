@@ -17,7 +17,10 @@
  *     kills whose records live on different nodes, the groups of the
  *     evaluator and of the ledger writer end with nothing pending on any
  *     partition stream, `nerve ledger verify` exits 0 after sales over 200
- *     SKUs, and `nerve keys where` names keys that live where it says.
+ *     SKUs, and `nerve keys where` names keys that live where it says;
+ *   - the slot of a partition's streams migrated to another node under a
+ *     running reader: it follows (MOVED), reads the entry it had not
+ *     acknowledged again from the new node, and then new entries there.
  */
 #include "harness.h"
 
@@ -422,6 +425,99 @@ static void test_daemon_on_cluster(void **state) {
     h_pass();
 }
 
+/* ---- a slot migration under the reader ---------------------------------------------- */
+
+static redisReply *ok_reply(const char *what, redisReply *r) {
+    if (!r || r->type == REDIS_REPLY_ERROR) fail_msg("%s: %s", what, r ? r->str : "no reply");
+    return r;
+}
+
+/* Move SLOT from SRC to DST as redis-cli --cluster reshard does. */
+static void migrate_slot(int slot, h_redis *src, const char *src_id, h_redis *dst,
+                         const char *dst_id) {
+    freeReplyObject(
+        ok_reply("IMPORTING", h_redis_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, src_id)));
+    freeReplyObject(
+        ok_reply("MIGRATING", h_redis_cmd(src, "CLUSTER SETSLOT %d MIGRATING %s", slot, dst_id)));
+    for (;;) {
+        redisReply *ks = ok_reply("GETKEYSINSLOT",
+                                  h_redis_cmd(src, "CLUSTER GETKEYSINSLOT %d 1", slot));
+        if (ks->elements == 0) {
+            freeReplyObject(ks);
+            break;
+        }
+        freeReplyObject(ok_reply("MIGRATE", h_redis_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000",
+                                                        dst->port, ks->element[0]->str)));
+        freeReplyObject(ks);
+    }
+    freeReplyObject(ok_reply("NODE", h_redis_cmd(dst, "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
+    for (int i = 0; i < cl->n; i++)
+        if (cl->nodes[i] != dst)
+            freeReplyObject(ok_reply(
+                "NODE", h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
+}
+
+static void test_reader_follows_migration(void **state) {
+    (void)state;
+    const char *s0 = streams[0];
+    int slot = cl_keyslot(s0, strlen(s0));
+    sg *g = open_reader("g5", "c5", true, 0);
+    drain(g);
+    xadd(s0, 1);
+    sg_msg m[8], a;
+    int k = 0;
+    double dl = h_deadline(5000);
+    while ((k = sg_read(g, m, 8, 100)) == 0 && h_before(dl)) continue;
+    assert_int_equal(k, 1);
+    a = m[0]; /* read, never acknowledged: pending for c5 */
+
+    int from = cl_map_node_index(map, slot), to = (from + 1) % 3;
+    const cl_node *fn = cl_map_node_at(map, from), *tn = cl_map_node_at(map, to);
+    h_redis *src = node_of(s0), *dst = NULL;
+    for (int i = 0; i < cl->n; i++)
+        if (cl->nodes[i]->port == tn->primary.port) dst = cl->nodes[i];
+    assert_non_null(dst);
+    migrate_slot(slot, src, fn->primary.id, dst, tn->primary.id);
+    cl_map_free(map);
+    char err[256];
+    rds_opts o;
+    ropts(&o, cl->nodes[0]);
+    rds_client *c = rds_client_new(&o);
+    map = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
+    rds_client_free(c);
+    if (!map) fail_msg("cl_map_fetch: %s", err);
+    assert_ptr_equal(node_of(s0), dst);
+
+    /* The next read meets MOVED, reconnects with the new map, hands out the
+     * pending entry again (from the new node) and then the new one. */
+    xadd(s0, 2);
+    bool again = false, fresh = false;
+    dl = h_deadline(10000);
+    while (!(again && fresh) && h_before(dl)) {
+        k = sg_read(g, m, 8, 100);
+        for (int i = 0; i < k; i++) {
+            assert_string_equal(m[i].stream, s0);
+            if (strcmp(m[i].id, a.id) == 0)
+                again = true;
+            else if (strstr(m[i].event, "\"n\":2"))
+                fresh = true;
+        }
+        if (k > 0) assert_int_equal(sg_ack(g, m, (size_t)k), 0);
+        sg_msgs_free(m, k > 0 ? (size_t)k : 0);
+    }
+    sg_msgs_free(&a, 1);
+    assert_true(again);
+    assert_true(fresh);
+    assert_int_equal(pending(s0, "g5"), 0);
+    sg_stats st;
+    sg_get_stats(g, &st);
+    assert_true(st.reconnects >= 1);
+    printf("# slot %d moved from port %d to %d: the reader followed after %llu reconnects\n", slot,
+           src->port, dst->port, (unsigned long long)st.reconnects);
+    sg_close(g);
+    h_pass();
+}
+
 static int setup(void **state) {
     (void)state;
     char err[256];
@@ -458,10 +554,8 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        T(test_reads_every_node),
-        T(test_pending_after_restart),
-        T(test_idle_wakeup),
-        T(test_daemon_on_cluster),
+        T(test_reads_every_node),  T(test_pending_after_restart),    T(test_idle_wakeup),
+        T(test_daemon_on_cluster), T(test_reader_follows_migration),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
