@@ -300,13 +300,14 @@ static int node_conn_room(sg *g, size_t n) {
     return 0;
 }
 
-/* The slot map, asked of the configured node first, then of the nodes of
- * the last map (the configured one may be the node that is down). NULL with
- * why in g->err. */
+/* The slot map, asked of the nodes this reader used last (a failover or a
+ * migration leaves most of them serving), then of the configured node
+ * (first, at the first connect; it may be the one that is down later).
+ * NULL with why in g->err. */
 static cl_map *fetch_map(sg *g) {
     size_t nseeds = 1 + g->nnc;
     for (size_t i = 0; i < nseeds; i++) {
-        const rds_opts *o = i == 0 ? &g->ro : &g->nc[i - 1].ro;
+        const rds_opts *o = i < g->nnc ? &g->nc[i].ro : &g->ro;
         char err[256];
         redisContext *c = rds_connect(o, err, sizeof err);
         if (!c) {

@@ -29,8 +29,8 @@
  * read is one XREADGROUP per group, each sent to the primary serving its
  * slot over a connection per primary; the commands of every node are all
  * written before any reply is read (one round trip per pass). The slot map
- * comes from CLUSTER SLOTS, asked of the configured node (then of the nodes
- * of the last map) at each connect; MOVED, ASK, TRYAGAIN or CLUSTERDOWN in a
+ * comes from CLUSTER SLOTS at each connect, asked of the nodes the reader
+ * used last, then of the configured node; MOVED, ASK, TRYAGAIN or CLUSTERDOWN in a
  * reply drops every connection, so the next connect fetches the map again
  * (a slot migration pauses the reader while the slot's streams answer
  * ASK). A blocked command holds its connection and names one slot, so the
