@@ -20,12 +20,19 @@
  *     SKUs, and `nerve keys where` names keys that live where it says;
  *   - the slot of a partition's streams migrated to another node under a
  *     running reader: it follows (MOVED), reads the entry it had not
- *     acknowledged again from the new node, and then new entries there.
+ *     acknowledged again from the new node, and then new entries there;
+ *   - a primary SIGKILLed under a running daemon, its replica taking over:
+ *     a sale's event on that node's partitions engages its kill again once
+ *     the replica serves, and nothing stays pending.
+ *
+ * The cluster: 3 primaries with a replica each, cluster-node-timeout 1 s.
  */
 #include "harness.h"
 
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,10 +458,30 @@ static void migrate_slot(int slot, h_redis *src, const char *src_id, h_redis *ds
         freeReplyObject(ks);
     }
     freeReplyObject(ok_reply("NODE", h_redis_cmd(dst, "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
+    freeReplyObject(ok_reply("NODE", h_redis_cmd(src, "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
     for (int i = 0; i < cl->n; i++)
-        if (cl->nodes[i] != dst)
-            freeReplyObject(ok_reply(
-                "NODE", h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id)));
+        if (cl->nodes[i] != dst && cl->nodes[i] != src)
+            freeReplyObject(h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot,
+                                        dst_id)); /* a replica refuses: it follows its primary */
+}
+
+/* The map as a live node sees it now, into MAP. */
+static void refresh_map(void) {
+    char err[256] = "";
+    for (int i = 0; i < cl->n; i++) {
+        if (!cl->nodes[i]->pid) continue;
+        rds_opts o;
+        ropts(&o, cl->nodes[i]);
+        rds_client *c = rds_client_new(&o);
+        cl_map *m = c ? cl_map_fetch(c, "127.0.0.1", err, sizeof err) : NULL;
+        rds_client_free(c);
+        if (m) {
+            cl_map_free(map);
+            map = m;
+            return;
+        }
+    }
+    fail_msg("no node answered CLUSTER SLOTS: %s", err);
 }
 
 static void test_reader_follows_migration(void **state) {
@@ -478,14 +505,7 @@ static void test_reader_follows_migration(void **state) {
         if (cl->nodes[i]->port == tn->primary.port) dst = cl->nodes[i];
     assert_non_null(dst);
     migrate_slot(slot, src, fn->primary.id, dst, tn->primary.id);
-    cl_map_free(map);
-    char err[256];
-    rds_opts o;
-    ropts(&o, cl->nodes[0]);
-    rds_client *c = rds_client_new(&o);
-    map = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
-    rds_client_free(c);
-    if (!map) fail_msg("cl_map_fetch: %s", err);
+    refresh_map();
     assert_ptr_equal(node_of(s0), dst);
 
     /* The next read meets MOVED, reconnects with the new map, hands out the
@@ -518,10 +538,130 @@ static void test_reader_follows_migration(void **state) {
     h_pass();
 }
 
+/* ---- a primary lost ------------------------------------------------------------------ */
+
+static long long info_ll(h_redis *r, const char *field) {
+    redisReply *rep = h_redis_cmd(r, "INFO replication");
+    assert_true(rep && rep->type == REDIS_REPLY_STRING);
+    const char *p = strstr(rep->str, field);
+    long long v = p ? strtoll(p + strlen(field), NULL, 10) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* A SKU whose keys (and partition streams) live on the primary at map
+ * index NODE, not yet used: FO-<i>. */
+static void sku_on(int node, int *next, char *sku, size_t len) {
+    for (; *next < 10000; (*next)++) {
+        char k[RDS_KEY_MAX];
+        snprintf(sku, len, "FO-%d", *next);
+        assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", sku) > 0);
+        if (node_index_of(k) == node) {
+            (*next)++;
+            return;
+        }
+    }
+    fail_msg("no SKU on node %d", node);
+}
+
+/* A sale leaving SKU at 5 (retried with its order_id through 503s); its
+ * event engages sku:SKU. */
+static void sell_to_five(h_daemon *d, const char *sku, int ms) {
+    char oid[64], path[64];
+    snprintf(oid, sizeof oid, "o-%s", sku);
+    snprintf(path, sizeof path, "/admin/stock/%s", sku);
+    double dl = h_deadline(ms);
+    for (bool stocked = false;;) {
+        h_resp r;
+        long st = stocked ? h_sale(d, "/sale", sku, 1, oid, &r)
+                          : h_http(d, "PUT", path, "{\"stock\":6}", &r,
+                                   "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+        h_resp_free(&r);
+        if (st == 200 && stocked) return;
+        if (st == 200) {
+            stocked = true;
+            continue;
+        }
+        if (st != 503 || !h_before(dl))
+            fail_msg("%s of %s: %ld", stocked ? "sale" : "PUT", sku, st);
+        h_nap();
+    }
+}
+
+static cJSON *wait_kill(const char *sku, int ms) {
+    char scope[64], key[RDS_KEY_MAX];
+    snprintf(scope, sizeof scope, "sku:%s", sku);
+    snprintf(key, sizeof key, H_PREFIX "kill:%s", scope);
+    return H_WAIT_KILL(node_of(key), scope, NULL, ms);
+}
+
+static void test_events_after_failover(void **state) {
+    (void)state;
+    char rules[PATH_MAX + 16];
+    H_RULES_DIR("cluster-kill-fo", "kill.lua", KILL_RULE, NULL, 0, rules, sizeof rules);
+    refresh_map();
+    /* The victim: a primary that is not the daemon's seed (nodes[0]), so
+     * that the loss is the stream reader's to survive, not the subscriber's. */
+    int victim = -1;
+    for (int k = 0; k < cl_map_nnodes(map) && victim < 0; k++)
+        if (cl_map_node_at(map, k)->primary.port != cl->nodes[0]->port &&
+            cl_map_node_at(map, k)->nreplicas >= 1)
+            victim = k;
+    assert_true(victim >= 0);
+    h_redis *primary = NULL, *replica = NULL;
+    for (int i = 0; i < cl->n; i++) {
+        if (cl->nodes[i]->port == cl_map_node_at(map, victim)->primary.port) primary = cl->nodes[i];
+        if (cl->nodes[i]->port == cl_map_node_at(map, victim)->replicas[0].port)
+            replica = cl->nodes[i];
+    }
+    assert_non_null(primary);
+    assert_non_null(replica);
+
+    h_daemon *d = h_daemon_start(cl->nodes[0], rules, "redis.mode=cluster",
+                                 "redis.reconnect_max_ms=200", "redis.command_timeout_ms=1000",
+                                 "bus.channels=[inventory_events,sales_events]", NULL);
+    assert_non_null(d);
+    int next = 0;
+    char before[32], after[32];
+    sku_on(victim, &next, before, sizeof before);
+    sell_to_five(d, before, 5000);
+    cJSON_Delete(wait_kill(before, 15000));
+
+    double dl = h_deadline(10000);
+    while (info_ll(replica, "slave_repl_offset:") < info_ll(primary, "master_repl_offset:")) {
+        if (!h_before(dl)) fail_msg("the replica on port %d did not catch up", replica->port);
+        h_nap();
+    }
+    pid_t pid = primary->pid;
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    waitpid(pid, NULL, 0);
+    primary->pid = 0;
+    if (primary->ctx) {
+        redisFree(primary->ctx);
+        primary->ctx = NULL;
+    }
+    double t0 = h_now();
+    /* A SKU of the lost primary's slots: its sale is answered once the
+     * replica serves, and its event must reach the rules through the
+     * reader, which lost a connection and a node of its map. */
+    sku_on(victim, &next, after, sizeof after);
+    sell_to_five(d, after, 30000);
+    double sold = h_now() - t0;
+    refresh_map(); /* the kill record's node may be the replica now */
+    cJSON_Delete(wait_kill(after, 20000));
+    printf("# primary on port %d killed: a sale answered after %.2f s, its kill engaged %.2f s "
+           "after the kill\n",
+           primary->port, sold, h_now() - t0);
+    wait_drained("nerve", false, 20000);
+    wait_drained("nerve-ledger", true, 20000);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 static int setup(void **state) {
     (void)state;
     char err[256];
-    if (!(cl = h_cluster_start(3))) return -1;
+    if (!(cl = h_cluster_start_replicas(3, 1, 1000))) return -1;
     rds_opts o;
     ropts(&o, cl->nodes[0]);
     rds_client *c = rds_client_new(&o);
@@ -555,7 +695,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_reads_every_node),  T(test_pending_after_restart),    T(test_idle_wakeup),
-        T(test_daemon_on_cluster), T(test_reader_follows_migration),
+        T(test_daemon_on_cluster), T(test_reader_follows_migration), T(test_events_after_failover),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
