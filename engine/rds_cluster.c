@@ -26,9 +26,9 @@
 #include <string.h>
 #include <strings.h>
 
-#define SLOT_ANY   (-1) /* no key: any node */
-#define SLOT_CROSS (-2) /* keys in different slots: nothing sent */
-#define SLOT_ALL   (-3) /* every primary (SCRIPT LOAD, SCRIPT FLUSH) */
+#define SLOT_ANY   RDS_SLOT_ANY
+#define SLOT_CROSS RDS_SLOT_CROSS
+#define SLOT_ALL   RDS_SLOT_ALL
 
 /* A client talks to this many nodes at most: a bound against a hostile or
  * broken cluster redirecting it to ever new addresses. */
@@ -379,9 +379,7 @@ static const char *const all_keys[] = { "DEL", "UNLINK", "EXISTS", "TOUCH", "MGE
 static const char *const two_keys[] = { "RENAME", "RENAMENX",  "SMOVE", "LMOVE",
                                         "BLMOVE", "RPOPLPUSH", "COPY",  NULL };
 
-/* The slot of the command AV/AL (ARGC arguments), or SLOT_ANY, SLOT_ALL, or
- * SLOT_CROSS with the error set. */
-static int cmd_slot(rds_client *c, int argc, const char **av, const size_t *al) {
+int rds_cluster_slot(int argc, const char **av, const size_t *al, char *err, size_t errlen) {
     int first = 1, last = 1, step = 1;
     if (argc < 2 || is_any(av[0], al[0], keyless)) return SLOT_ANY;
     if (is(av[0], al[0], "SCRIPT"))
@@ -420,13 +418,20 @@ static int cmd_slot(rds_client *c, int argc, const char **av, const size_t *al) 
     for (int i = first + step; i <= last; i += step) {
         int s = cl_keyslot(av[i], al[i]);
         if (s == slot) continue;
-        rds_set_error(c,
-                      "CROSSSLOT: %.*s with keys \"%.80s\" (slot %d) and \"%.80s\" (slot %d) "
-                      "would span nodes of the cluster; nothing sent",
-                      (int)(al[0] < 32 ? al[0] : 32), av[0], av[first], slot, av[i], s);
+        /* Lengths, not NULs: the arguments may point into a formatted
+         * command. */
+        snprintf(err, errlen,
+                 "CROSSSLOT: %.*s with keys \"%.*s\" (slot %d) and \"%.*s\" (slot %d) would span "
+                 "nodes of the cluster; nothing sent",
+                 (int)(al[0] < 32 ? al[0] : 32), av[0], (int)(al[first] < 80 ? al[first] : 80),
+                 av[first], slot, (int)(al[i] < 80 ? al[i] : 80), av[i], s);
         return SLOT_CROSS;
     }
     return slot;
+}
+
+static int cmd_slot(rds_client *c, int argc, const char **av, const size_t *al) {
+    return rds_cluster_slot(argc, av, al, c->errstr, sizeof c->errstr);
 }
 
 /* Room for N argument views. */
@@ -558,11 +563,27 @@ static redisReply *broadcast(rds_client *c, const char *cmd, size_t len) {
     return best;
 }
 
+/* A command without a key: on the first primary that connects (a node
+ * that cannot be reached has been sent nothing, so the next may have it). */
+static redisReply *run_any(rds_client *c, const char *cmd, size_t len) {
+    int first = any_conn(c), nn = cl_map_nnodes(c->cl->map->m), start = 0;
+    if (first < 0) return NULL;
+    for (int i = 0; i < nn; i++)
+        if (node_conn(c, i) == first) start = i;
+    for (int i = 0; i < nn; i++) {
+        int ci = node_conn(c, (start + i) % nn);
+        if (ci >= 0 && node_ensure(c, ci) == 0) return run_at(c, cmd, len, ci, 0, 0);
+    }
+    maybe_refresh(c, -1);
+    return NULL; /* unknown is 0: nothing was sent */
+}
+
 static redisReply *run(rds_client *c, const char *cmd, size_t len, int slot) {
     c->unknown = 0;
     if (slot == SLOT_CROSS || sync_map(c)) return NULL;
     if (slot == SLOT_ALL) return broadcast(c, cmd, len);
-    int ci = slot >= 0 ? slot_conn(c, slot) : any_conn(c);
+    if (slot == SLOT_ANY) return run_any(c, cmd, len);
+    int ci = slot_conn(c, slot);
     return ci < 0 ? NULL : run_at(c, cmd, len, ci, 0, 0);
 }
 
@@ -602,11 +623,10 @@ redisReply *rds_route_argv(rds_client *c, int argc, const char **argv, const siz
  * freed. */
 static void abandon(rds_client *c) {
     rds_route *r = c->cl;
-    for (size_t i = r->qhead; i < r->qn; i++) {
-        rds_conn *n = &r->conns[r->q[i].conn];
-        if (n->pending > 0 && !r->q[i].got) rds_conn_close(n);
-        n->pending = 0;
-    }
+    /* Every connection with a reply not read, whether or not its command
+     * made it into the queue (an append whose entry could not be added). */
+    for (int i = 0; i < r->nconns; i++)
+        if (r->conns[i].pending > 0) rds_conn_close(&r->conns[i]);
     pipeline_clear(r);
 }
 

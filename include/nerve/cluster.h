@@ -23,11 +23,9 @@
  *   - cl_info_cluster_enabled / cl_map_fetch: the two round trips (INFO
  *     cluster, CLUSTER SLOTS) on an rds_client.
  *
- * What is NOT here yet (issue 15, later): connections per node, the sale
- * path's commits pipelined per node (one mux.h per primary, chosen by the
- * slot of the partition tag), scripts loaded per node, the consumer group
- * reading each node's partition streams, ASKING + retry. This module is the
- * part they will share.
+ * Connections per node, following MOVED/ASK, scripts on every node and
+ * pipelines spread over nodes are rds's (engine/rds_cluster.c, redis.mode
+ * cluster), built on this module.
  *
  * Ownership: cl_map_* constructors return a map the caller frees with
  * cl_map_free (NULL is fine); nodes returned by cl_map_node belong to the map.

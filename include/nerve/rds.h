@@ -1,6 +1,7 @@
 /* rds.h -- Redis connections (hiredis) with timeouts, reconnect and scripts.
  *
- * An rds_client is one hiredis connection. It is NOT thread-safe: each thread
+ * An rds_client is one hiredis connection (in redis.mode cluster, one per
+ * node, routed by key slot: "Redis Cluster" below). It is NOT thread-safe: each thread
  * uses its own, which rds_pool hands out (one per calling thread, created on
  * first use), so the hot path never waits on a shared lock. A client connects
  * lazily; when a command fails with an I/O or protocol error the connection is
@@ -121,7 +122,8 @@ void rds_script_set_sha(rds_script *s, const char *sha);
  * any node); the streams after STREAMS of XREAD/XREADGROUP; the key after the
  * subcommand of XGROUP/XINFO/OBJECT/MEMORY; every key of DEL/EXISTS/MGET/...
  * Commands without a key (PING, INFO, PUBLISH, CLUSTER, SCAN...) go to one
- * node; SCRIPT LOAD and SCRIPT FLUSH go to every primary, so that EVALSHA
+ * primary (the first that connects: nothing was sent to one that did not);
+ * SCRIPT LOAD and SCRIPT FLUSH go to every primary, so that EVALSHA
  * finds its script wherever its keys live.
  *
  *   - keys of one command in different slots: NULL, nothing sent, rds_errstr
@@ -142,6 +144,15 @@ void rds_script_set_sha(rds_script *s, const char *sha);
  * closed). */
 #define RDS_CLUSTER_REDIRECTS  5
 #define RDS_CLUSTER_REFRESH_MS 100
+
+/* Where a command goes (ARGC arguments ARGV, lengths ARGVLEN), by the rules
+ * above: its keys' slot 0..16383; RDS_SLOT_ANY (no key: any node);
+ * RDS_SLOT_ALL (every primary); RDS_SLOT_CROSS when its keys are in
+ * different slots, with a message naming two of them in ERR. Pure. */
+#define RDS_SLOT_ANY   (-1)
+#define RDS_SLOT_CROSS (-2)
+#define RDS_SLOT_ALL   (-3)
+int rds_cluster_slot(int argc, const char **argv, const size_t *argvlen, char *err, size_t errlen);
 
 /* Process-wide counts, for /metrics. */
 typedef struct rds_cluster_stats {

@@ -14,6 +14,8 @@
  *     503 with Retry-After meanwhile, answer again within a bound, /readyz
  *     is ready again, and the stock lost still equals the units sold.
  *
+ *   - the kill switch engaged and reset through the API (its record and its
+ *     index live on different nodes);
  *   - and underneath, rds itself (the library, no daemon): single commands
  *     and a pipeline over every node, keys of two slots refused unsent,
  *     scripts loaded on every node (and again on a node that forgot them),
@@ -300,6 +302,99 @@ static void test_rds_routes_by_slot(void **state)
     h_pass();
 }
 
+/* CLUSTER SETSLOT SLOT NODE ID on every primary (replicas refuse: they
+ * follow their primary), the target first. */
+static void setslot_node(int slot, h_redis *dst, const char *dst_id)
+{
+    redisReply *r = h_redis_cmd(dst, "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        fail_msg("SETSLOT NODE on port %d: %s", dst->port, r ? r->str : "no reply");
+    freeReplyObject(r);
+    for (int i = 0; i < cl->n; i++) {
+        if (cl->nodes[i] == dst || !cl->nodes[i]->pid)
+            continue;
+        r = h_redis_cmd(cl->nodes[i], "CLUSTER SETSLOT %d NODE %s", slot, dst_id);
+        if (r)
+            freeReplyObject(r);
+    }
+}
+
+/* MIGRATE KEY from SRC to DST (the slot set MIGRATING/IMPORTING). */
+static void migrate_key(h_redis *src, h_redis *dst, const char *key)
+{
+    redisReply *r = h_redis_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000", dst->port, key);
+    if (!r || r->type != REDIS_REPLY_STATUS)
+        fail_msg("MIGRATE %s: %s", key, r ? r->str : "no reply");
+    freeReplyObject(r);
+}
+
+/* A redirect answered inside a pipeline is resolved by sending that one
+ * command again: ASK during a migration, then MOVED once the slot moved
+ * and the client's map is stale; the replies stay in the order appended. */
+static void test_rds_redirects_in_pipeline(void **state)
+{
+    (void)state;
+    rds_client *c = router();
+    const char *k1 = "{rtmv}k1", *k2 = "{rtmv}k2", *other = "rt:5";
+    redisReply *r = rds_command(c, "MSET %s a %s b", k1, k2);
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    int slot = cl_keyslot(k1, strlen(k1));
+    cl_map *m = map_now();
+    const cl_node *from = cl_map_node(m, slot), *to = NULL;
+    for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
+        if (cl_map_node_at(m, i) != from)
+            to = cl_map_node_at(m, i);
+    h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
+    char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
+    snprintf(src_id, sizeof src_id, "%s", from->primary.id);
+    snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
+    cl_map_free(m);
+
+    redisReply *x = h_redis_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, src_id);
+    assert_true(x && x->type == REDIS_REPLY_STATUS);
+    freeReplyObject(x);
+    x = h_redis_cmd(src, "CLUSTER SETSLOT %d MIGRATING %s", slot, dst_id);
+    assert_true(x && x->type == REDIS_REPLY_STATUS);
+    freeReplyObject(x);
+    migrate_key(src, dst, k1);
+
+    rds_cluster_stats before, after;
+    rds_cluster_get_stats(&before);
+    const char *g1[] = { "GET", k1 }, *g2[] = { "GET", k2 }, *g3[] = { "GET", other };
+    assert_int_equal(rds_appendargv(c, 2, g1, NULL), 0); /* ASK: moved already */
+    assert_int_equal(rds_appendargv(c, 2, g3, NULL), 0);
+    assert_int_equal(rds_appendargv(c, 2, g2, NULL), 0); /* still on the source */
+    expect_str(rds_get_reply(c), "a", "GET k1 (ASK)");
+    expect_str(rds_get_reply(c), "35", "GET rt:5");
+    expect_str(rds_get_reply(c), "b", "GET k2");
+    rds_cluster_get_stats(&after);
+    assert_true(after.ask > before.ask);
+
+    migrate_key(src, dst, k2);
+    setslot_node(slot, dst, dst_id);
+    before = after;
+    assert_int_equal(rds_appendargv(c, 2, g3, NULL), 0);
+    assert_int_equal(rds_appendargv(c, 2, g2, NULL), 0); /* MOVED: the map is stale */
+    assert_int_equal(rds_appendargv(c, 2, g1, NULL), 0);
+    expect_str(rds_get_reply(c), "35", "GET rt:5");
+    expect_str(rds_get_reply(c), "b", "GET k2 (MOVED)");
+    expect_str(rds_get_reply(c), "a", "GET k1");
+    rds_cluster_get_stats(&after);
+    assert_true(after.moved > before.moved);
+    assert_true(after.refreshes > before.refreshes);
+    /* The map was fetched again: no more redirects. */
+    before = after;
+    expect_str(rds_command(c, "GET %s", k2), "b", "GET k2 after the refresh");
+    rds_cluster_get_stats(&after);
+    assert_true(after.moved == before.moved && after.ask == before.ask);
+    printf("# slot %d moved from port %d to %d under a pipelining client: ASK and MOVED "
+           "resolved in order\n",
+           slot, src->port, dst->port);
+    rds_client_free(c);
+    h_pass();
+}
+
 /* ---- (a) stress over 1,000 SKUs ---------------------------------------------- */
 
 static void test_stress_1000_skus(void **state)
@@ -468,6 +563,62 @@ static void test_slot_migration_under_load(void **state)
     h_pass();
 }
 
+/* ---- the kill switch on a cluster ---------------------------------------------- */
+
+/* The record (untagged: any node) and the index (PREFIXkills: another node)
+ * cannot share a script on a cluster; engaged and reset by hand through the
+ * API, both work, and a halted SKU answers 423 until the reset. */
+static void test_kill_switch_on_cluster(void **state)
+{
+    (void)state;
+    h_daemon *d = start_daemon();
+    const char *sku = "ks-1";
+    H_SET_STOCK(d, sku, 100);
+    char rec_key[RDS_KEY_MAX], idx_key[RDS_KEY_MAX];
+    snprintf(rec_key, sizeof rec_key, "%skill:sku:%s", H_PREFIX, sku);
+    snprintf(idx_key, sizeof idx_key, "%skills", H_PREFIX);
+    printf("# the record in slot %d, the index in slot %d\n", cl_keyslot(rec_key, strlen(rec_key)),
+           cl_keyslot(idx_key, strlen(idx_key)));
+    h_resp r;
+    h_http(d, "POST", "/admin/killswitch",
+           "{\"scope\":\"sku:ks-1\",\"reason\":\"cluster halt\",\"halt_sales\":true}", &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200)
+        fail_msg("POST /admin/killswitch: expected 200, got %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    assert_int_equal(h_sale(d, "/sale", sku, 1, NULL, &r), 423);
+    h_resp_free(&r);
+    assert_int_equal(h_http(d, "GET", "/killswitch", NULL, &r, NULL), 200);
+    if (!strstr(r.body, "\"sku:ks-1\""))
+        fail_msg("GET /killswitch does not list sku:ks-1: %s", r.body);
+    h_resp_free(&r);
+    /* Engaged again: already engaged, not a second record. */
+    h_http(d, "POST", "/admin/killswitch",
+           "{\"scope\":\"sku:ks-1\",\"reason\":\"again\",\"halt_sales\":true}", &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200 || h_jbool(r.json, "already_engaged") != 1)
+        fail_msg("a second engagement: %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    /* The first record stays, on the node of its slot. */
+    cl_map *m = map_now();
+    h_redis *node = node_at(cl_map_node(m, cl_keyslot(rec_key, strlen(rec_key)))->primary.port);
+    cl_map_free(m);
+    assert_non_null(node);
+    redisReply *rec = h_redis_cmd(node, "GET %s", rec_key);
+    if (!rec || rec->type != REDIS_REPLY_STRING || !strstr(rec->str, "cluster halt"))
+        fail_msg("the record %s: %s", rec_key, rec && rec->str ? rec->str : "absent");
+    freeReplyObject(rec);
+    h_http(d, "DELETE", "/admin/killswitch/sku:ks-1", NULL, &r,
+           "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+    if (r.status != 200)
+        fail_msg("DELETE /admin/killswitch/sku:ks-1: expected 200, got %ld %s", r.status, r.body);
+    h_resp_free(&r);
+    assert_int_equal(h_sale(d, "/sale", sku, 1, NULL, &r), 200);
+    h_resp_free(&r);
+    assert_int_equal(h_daemon_stop(d), 0);
+    h_pass();
+}
+
 /* ---- (c) a primary killed, its replica taking over ------------------------------- */
 
 /* The replica of primary P's node entry (the first the map names). */
@@ -529,8 +680,10 @@ static void test_primary_killed_replica_takes_over(void **state)
     }
     double t0 = h_now();
 
-    /* One sale at a time until one is answered 200 again. */
-    int n503 = 0, retry_after = 0, k = 0;
+    /* One sale at a time until one is answered 200 again; /readyz asked
+     * between them must say not ready at some point. */
+    int n503 = 0, retry_after = 0, k = 0, unready = 0, cluster_unready = 0;
+    char why[300] = "";
     char oid[64];
     dl = h_deadline(RECOVERY_BOUND_MS);
     for (;; k++) {
@@ -547,6 +700,12 @@ static void test_primary_killed_replica_takes_over(void **state)
             break;
         if (st != 503)
             fail_msg("sale %s during the failover answered %ld", oid, st);
+        if (h_http(d, "GET", "/readyz", NULL, &r, NULL) == 503) {
+            if (!unready++)
+                snprintf(why, sizeof why, "%s", r.body);
+            cluster_unready += strstr(r.body, "\"redis_cluster_ok\":false") != NULL;
+        }
+        h_resp_free(&r);
         if (!h_before(dl))
             fail_msg("no sale answered within %d ms of the kill (%d answered 503)",
                      RECOVERY_BOUND_MS, n503);
@@ -556,7 +715,10 @@ static void test_primary_killed_replica_takes_over(void **state)
     printf("# primary on port %d killed: %d sales answered 503 (%d with Retry-After), the first "
            "200 after %.2f s; the replica on port %d is the primary now\n",
            primary->port, n503, retry_after, recovery, replica->port);
+    printf("# /readyz answered 503 %d times meanwhile, first: %.200s\n", unready, why);
     assert_true(n503 >= 1);
+    assert_true(unready >= 1);
+    assert_true(cluster_unready >= 1);
     assert_int_equal(retry_after, n503);
     assert_int_equal(owner_of(sku)->port, replica->port);
 
@@ -607,7 +769,11 @@ static void test_primary_killed_replica_takes_over(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_rds_routes_by_slot), T(test_stress_1000_skus), T(test_slot_migration_under_load),
+        T(test_rds_routes_by_slot),
+        T(test_rds_redirects_in_pipeline),
+        T(test_stress_1000_skus),
+        T(test_slot_migration_under_load),
+        T(test_kill_switch_on_cluster),
         T(test_primary_killed_replica_takes_over), /* last: it kills a node */
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -18,6 +18,7 @@
 
 #include "nerve/cluster.h"
 #include "nerve/keys.h"
+#include "nerve/rds.h"
 
 /* The reply RESP (one whole reply) parses to, through hiredis' own reader. */
 static redisReply *resp(const char *text, size_t len) {
@@ -362,6 +363,66 @@ static void test_refresh_policy(void **state) {
     assert_int_equal(cl_refresh_due(&r, 0), 1);
 }
 
+/* ---- which node a command goes to (rds_cluster_slot) -------------------- */
+
+/* The slot rds routes the command WORDS (space-separated) to. */
+static int route(const char *words, char *err, size_t errlen) {
+    char buf[512];
+    const char *av[32];
+    size_t al[32];
+    int n = 0;
+    snprintf(buf, sizeof buf, "%s", words);
+    for (char *save = NULL, *t = strtok_r(buf, " ", &save); t && n < 32;
+         t = strtok_r(NULL, " ", &save)) {
+        av[n] = t;
+        al[n++] = strlen(t);
+    }
+    err[0] = 0;
+    return rds_cluster_slot(n, av, al, err, errlen);
+}
+
+static void test_command_slots(void **state) {
+    char err[300];
+    (void)state;
+    /* argv[1] for most commands, whatever the case of the name. */
+    assert_int_equal(route("GET foo", err, sizeof err), slot_of("foo"));
+    assert_int_equal(route("set {p7}:stock:x 1", err, sizeof err), slot_of("{p7}"));
+    /* No key: any node; SCRIPT LOAD/FLUSH and FLUSHALL: every primary. */
+    assert_int_equal(route("PING", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("INFO cluster", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("PUBLISH system_alerts hi", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("CLUSTER SLOTS", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("SCAN 0 MATCH x*", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("SCRIPT LOAD return", err, sizeof err), RDS_SLOT_ALL);
+    assert_int_equal(route("script flush", err, sizeof err), RDS_SLOT_ALL);
+    assert_int_equal(route("SCRIPT EXISTS abc", err, sizeof err), RDS_SLOT_ANY);
+    /* Scripts: the keys, none = any node; a bad numkeys is Redis' to refuse. */
+    assert_int_equal(route("EVALSHA sha 2 {a}1 {a}2 arg", err, sizeof err), slot_of("a"));
+    assert_int_equal(route("EVAL src 0 arg", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("EVALSHA sha x k", err, sizeof err), RDS_SLOT_ANY);
+    assert_int_equal(route("EVALSHA sha 9 {a}1", err, sizeof err), slot_of("a"));
+    assert_int_equal(route("EVALSHA sha 2 {a}1 {b}2", err, sizeof err), RDS_SLOT_CROSS);
+    assert_non_null(strstr(err, "CROSSSLOT: EVALSHA with keys \"{a}1\""));
+    /* Streams: after STREAMS, the first half are the keys. */
+    assert_int_equal(
+        route("XREADGROUP GROUP g c COUNT 10 STREAMS {p1}s {p1}t > >", err, sizeof err),
+        slot_of("p1"));
+    assert_int_equal(route("XREAD STREAMS {p1}s {p2}s 0 0", err, sizeof err), RDS_SLOT_CROSS);
+    assert_int_equal(route("XREAD STREAMS {p1}s 0", err, sizeof err), slot_of("p1"));
+    assert_int_equal(route("XGROUP CREATE {p3}s g 0", err, sizeof err), slot_of("p3"));
+    assert_int_equal(route("XINFO STREAM {p3}s", err, sizeof err), slot_of("p3"));
+    assert_int_equal(route("XINFO HELP", err, sizeof err), RDS_SLOT_ANY);
+    /* Every key of DEL/MGET/...; every other argument of MSET. */
+    assert_int_equal(route("MGET {t}a {t}b {t}c", err, sizeof err), slot_of("t"));
+    assert_int_equal(route("DEL {t}a b", err, sizeof err), RDS_SLOT_CROSS);
+    assert_string_equal(err, "CROSSSLOT: DEL with keys \"{t}a\" (slot 15891) and \"b\" (slot 3300) "
+                             "would span nodes of the cluster; nothing sent");
+    assert_int_equal(route("MSET {t}a 1 {t}b 2", err, sizeof err), slot_of("t"));
+    assert_int_equal(route("MSET {t}a x b y", err, sizeof err), RDS_SLOT_CROSS);
+    assert_int_equal(route("RENAME {t}a {t}b", err, sizeof err), slot_of("t"));
+    assert_int_equal(route("RENAME a b", err, sizeof err), RDS_SLOT_CROSS);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc16_vector),
@@ -374,6 +435,7 @@ int main(void) {
         cmocka_unit_test(test_map_too_many_nodes),
         cmocka_unit_test(test_redirects),
         cmocka_unit_test(test_refresh_policy),
+        cmocka_unit_test(test_command_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -445,9 +445,9 @@ static void test_shipped_config(void **state)
     cfg_free(c);
 }
 
-/* The three deployments, each described one way; only standalone gets
- * connection options from cfg_redis_opts in this build, the other two say
- * so instead of being reached as one server. */
+/* The three deployments, each described one way; standalone and cluster
+ * (a seed node, routed) get connection options from cfg_redis_opts in this
+ * build, sentinel says so instead of being reached as one server. */
 static void test_redis_modes(void **state)
 {
     static const char *const cluster[] = { "redis.mode=cluster", "redis.url=redis://n1:7000", NULL };
@@ -472,9 +472,14 @@ static void test_redis_modes(void **state)
 
     c = load_ok(FX "empty.yaml", cluster);
     assert_string_equal(c->redis_mode, "cluster");
-    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
-    assert_string_equal(err, "redis.mode cluster is not supported yet by this build (only "
-                             "standalone is; see README, \"Redis Cluster and Sentinel\")");
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_string_equal(ro.host, "n1");
+    assert_int_equal(ro.port, 7000);
+    assert_int_equal(ro.cluster, 1); /* the seed; every client routes by slot */
+    cfg_free(c);
+    c = load_ok("config/nerve.yaml", NULL);
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_int_equal(ro.cluster, 0);
     cfg_free(c);
 
     c = load_ok(FX "empty.yaml", by_url);
