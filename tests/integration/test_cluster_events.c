@@ -576,15 +576,14 @@ static void sell_to_five(h_daemon *d, const char *sku, int ms) {
         long st = stocked ? h_sale(d, "/sale", sku, 1, oid, &r)
                           : h_http(d, "PUT", path, "{\"stock\":6}", &r,
                                    "Authorization: Bearer " H_ADMIN_TOKEN, NULL);
+        if (st != 200 && (st != 503 || !h_before(dl)))
+            fail_msg("%s of %s: %ld %s %s", stocked ? "sale" : "PUT", sku, st, r.body, r.err);
         h_resp_free(&r);
         if (st == 200 && stocked) return;
-        if (st == 200) {
+        if (st == 200)
             stocked = true;
-            continue;
-        }
-        if (st != 503 || !h_before(dl))
-            fail_msg("%s of %s: %ld", stocked ? "sale" : "PUT", sku, st);
-        h_nap();
+        else
+            h_nap();
     }
 }
 
