@@ -669,6 +669,25 @@ static int append_to(rds_client *c, int ci, const char *cmd, size_t len) {
     return 0;
 }
 
+/* An error reply of our own, TEXT on one line as Redis would send it, for a
+ * pipelined command that could not be sent. NULL on OOM. */
+static redisReply *own_error(const char *text) {
+    char line[400];
+    size_t n = 0;
+    line[n++] = '-';
+    for (const char *p = text; *p && n < sizeof line - 2; p++)
+        line[n++] = *p == '\r' || *p == '\n' ? ' ' : *p;
+    line[n++] = '\r';
+    line[n++] = '\n';
+    redisReader *rd = redisReaderCreate();
+    void *rep = NULL;
+    if (!rd) return NULL;
+    if (redisReaderFeed(rd, line, n) != REDIS_OK || redisReaderGetReply(rd, &rep) != REDIS_OK)
+        rep = NULL;
+    redisReaderFree(rd);
+    return rep;
+}
+
 int rds_route_append(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
     rds_route *r = c->cl;
     const size_t *al = lengths(c, argc, argv, argvlen);
@@ -690,7 +709,24 @@ int rds_route_append(rds_client *c, int argc, const char **argv, const size_t *a
         return 0;
     }
     int ci = slot >= 0 ? slot_conn(c, slot) : any_conn(c);
-    if (ci < 0 || append_to(c, ci, cmd, (size_t)len) || push(c, ci, 1, cmd, (size_t)len)) goto fail;
+    if (ci >= 0 && (r->conns[ci].pending > 0 || node_ensure(c, ci) == 0)) {
+        if (append_to(c, ci, cmd, (size_t)len) || push(c, ci, 1, cmd, (size_t)len)) goto fail;
+        return 0;
+    }
+    /* Its node cannot be reached (or its slot has none): nothing was sent,
+     * and the pipeline's commands for the other nodes need not fail with
+     * it (a shared commit pipeline carries every node's sales). Its reply
+     * is an error of our own, in its place. */
+    if (ci >= 0) maybe_refresh(c, ci);
+    char msg[360];
+    snprintf(msg, sizeof msg, "UNREACHABLE redis cluster: %.300s (not sent)", c->errstr);
+    redisReply *e = own_error(msg);
+    if (!e || push(c, ci, 1, cmd, (size_t)len)) {
+        if (e) freeReplyObject(e);
+        goto fail;
+    }
+    r->q[r->qn - 1].got = 1;
+    r->q[r->qn - 1].reply = e;
     return 0;
 fail:
     if (cmd && !owned) redisFreeCommand(cmd);
@@ -714,9 +750,9 @@ static void read_ahead(rds_client *c) {
     }
     for (size_t i = r->qhead; i < r->qn; i++) {
         pend *p = &r->q[i];
+        if (p->got) continue; /* read before, or answered here (not sent) */
         rds_conn *n = &r->conns[p->conn];
         void *rep = NULL;
-        if (p->got) continue;
         p->got = 1;
         if (!n->ctx) continue;
         if (redisGetReply(n->ctx, &rep) != REDIS_OK || !rep) {

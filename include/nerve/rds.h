@@ -139,7 +139,10 @@ void rds_script_set_sha(rds_script *s, const char *sha);
  * Pipelines: each appended command is written to its node; replies come back
  * in the order appended (the first rds_get_reply writes every node's batch,
  * then reads them all). A MOVED or ASK reply inside a pipeline is resolved
- * by sending that one command again, synchronously. On NULL, as in
+ * by sending that one command again, synchronously. A command whose node
+ * cannot be reached when it is appended is not sent; its reply, in its
+ * place, is the error "UNREACHABLE redis cluster: ... (not sent)", and the
+ * pipeline goes on for the other nodes. On NULL, as in
  * standalone mode, every reply still pending is lost (their connections are
  * closed). */
 #define RDS_CLUSTER_REDIRECTS  5
