@@ -3,7 +3,8 @@
  * The subscriber polls the socket itself (200 ms) rather than blocking inside
  * redisGetReply, so that bus_stop never waits on a quiet channel and a read
  * timeout never poisons the hiredis context. The stream reader blocks in
- * XREADGROUP for at most 200 ms for the same reason.
+ * XREADGROUP (or, on a Redis Cluster, polls: sgroup.h) for at most 200 ms
+ * for the same reason.
  */
 #include "nerve/bus.h"
 

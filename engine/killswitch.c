@@ -364,31 +364,35 @@ void ks_on_control(ks *k, rds_client *c, const char *msg, size_t len) {
 /* ---- records ------------------------------------------------------------------ */
 
 /* Records are indexed in the set PREFIXkills so that listing them never
- * has to SCAN the keyspace (millions of order keys on a busy shop).
- * KEYS[1] record, KEYS[2] index; ARGV[1] record JSON, ARGV[2] scope.
- * 1 created, 0 already engaged. The index first: a script that fails half
- * way (Redis does not roll back) must not leave a record that the event's
- * next delivery would find "already engaged" with no emergency stop run. */
-static rds_script engage_script = RDS_SCRIPT_INIT(
-    "redis.call('SADD', KEYS[2], ARGV[2])\n"
-    "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end\n"
-    "return 0\n");
-
-static rds_script reset_script = RDS_SCRIPT_INIT("redis.call('SREM', KEYS[2], ARGV[1])\n"
-                                                 "return redis.call('DEL', KEYS[1])\n");
-
-/* On a Redis Cluster the record (untagged, so in any slot) and the index are
- * on different nodes, and one script may not touch both: there the scripts'
- * steps run as separate commands in the scripts' order (index first), which
- * leaves after a failure half way what a script could leave (Redis does not
- * roll one back). Returns the reply the script would give (an integer), NULL
- * when Redis did not answer, or an error reply. */
-static redisReply *split_cmds(rds_client *c, const char *first_fmt, const char *a1, const char *a2,
-                              const char *second_fmt, const char *b1, const char *b2) {
-    redisReply *r = rds_command(c, first_fmt, a1, a2);
-    if (!r || r->type == REDIS_REPLY_ERROR) return r;
+ * has to SCAN the keyspace (millions of order keys on a busy shop, spread
+ * over every node of a cluster).
+ *
+ * The record PREFIXkill:SCOPE and the index are in different hash slots, so
+ * on a Redis Cluster no script may touch both (CROSSSLOT): every write below
+ * is a command of one key, the same in both modes, ordered so that whatever
+ * an engagement, a reset and a stale-member drop (each_record) interleave,
+ * a record that exists at the end is a member of the index (an index
+ * member without a record is harmless: the next listing drops it):
+ *   engage: SADD index; SET record NX; SADD index again once the record is
+ *           ours (a reset or a drop between the first two took the member);
+ *           the index first, so that a failure never leaves a record that
+ *           the event's next delivery would find "already engaged" with no
+ *           emergency stop run;
+ *   reset:  SREM index; DEL record (the other order would let an engagement
+ *           between the two create a record that the SREM then unindexes);
+ *   drop:   SREM index; EXISTS record; SADD index back when it exists. */
+static int index_op(rds_client *c, const char *op, const char *idx, const char *scope, char *err,
+                    size_t errlen) {
+    const char *argv[] = { op, idx, scope };
+    redisReply *r = rds_commandargv(c, 3, argv, NULL);
+    int rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+    if (rc && err)
+        snprintf(err, errlen, "redis: %s %s: %s", op, idx,
+                 !r                             ? rds_errstr(c)
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "unexpected reply");
     freeReplyObject(r);
-    return b2 ? rds_command(c, second_fmt, b1, b2) : rds_command(c, second_fmt, b1);
+    return rc;
 }
 
 ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason, const char *rule,
@@ -424,24 +428,30 @@ ks_change ks_engage(ks *k, rds_client *c, const char *scope, const char *reason,
     }
     char idx[RDS_KEY_MAX];
     snprintf(idx, sizeof idx, "%skills", k->prefix);
-    const char *argv[] = { key, idx, txt, scope };
-    /* 1 created, 0 already engaged, -1 error (ERR says why). */
-    int created = -1;
-    redisReply *r = rds_is_cluster(c)
-                        ? split_cmds(c, "SADD %s %s", idx, scope, "SET %s %s NX", key, txt)
-                        : rds_eval(c, &engage_script, 2, 4, argv, NULL);
+    ks_change rc = KS_ERROR;
+    redisReply *r = NULL;
+    if (index_op(c, "SADD", idx, scope, err, errlen) == 0) {
+        const char *set[] = { "SET", key, txt, "NX" };
+        r = rds_commandargv(c, 4, set, NULL);
+        if (!r) {
+            snprintf(err, errlen, "redis: %s", rds_errstr(c));
+        } else if (r->type == REDIS_REPLY_STATUS) {
+            rc = KS_CHANGED;
+            char why[256];
+            if (index_op(c, "SADD", idx, scope, why, sizeof why))
+                log_warn("killswitch",
+                         "scope=%s engaged but maybe not indexed (listings and other instances' "
+                         "refreshes may miss it until it is engaged again) error=\"%s\"",
+                         scope, why);
+            announce(k, c, "engage", scope, halt_sales);
+        } else if (r->type == REDIS_REPLY_NIL) {
+            rc = KS_UNCHANGED;
+        } else {
+            snprintf(err, errlen, "redis: %s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        }
+    }
     free(txt);
-    if (!r)
-        snprintf(err, errlen, "redis: %s", rds_errstr(c));
-    else if (r->type == REDIS_REPLY_INTEGER)
-        created = r->integer == 1;
-    else if (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_NIL)
-        created = r->type == REDIS_REPLY_STATUS; /* SET NX: OK, or nil when there */
-    else
-        snprintf(err, errlen, "redis: %s",
-                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    ks_change rc = created < 0 ? KS_ERROR : created ? KS_CHANGED : KS_UNCHANGED;
-    if (rc == KS_CHANGED) announce(k, c, "engage", scope, halt_sales);
     freeReplyObject(r);
     if (pending) engaging_end(k, scope);
     /* Already engaged by someone else, or failed: the cache follows the
@@ -478,12 +488,12 @@ ks_change ks_reset(ks *k, rds_client *c, const char *scope) {
     char key[RDS_KEY_MAX], idx[RDS_KEY_MAX];
     if (kill_key(k, key, scope)) return KS_ERROR;
     snprintf(idx, sizeof idx, "%skills", k->prefix);
-    const char *argv[] = { key, idx, scope };
-    redisReply *r = rds_is_cluster(c) ? split_cmds(c, "SREM %s %s", idx, scope, "DEL %s", key, NULL)
-                                      : rds_eval(c, &reset_script, 2, 3, argv, NULL);
+    if (index_op(c, "SREM", idx, scope, NULL, 0)) return KS_ERROR;
+    const char *del[] = { "DEL", key };
+    redisReply *r = rds_commandargv(c, 2, del, NULL);
     if (!r || r->type != REDIS_REPLY_INTEGER) {
         freeReplyObject(r);
-        return KS_ERROR;
+        return KS_ERROR; /* unindexed until the reset is retried, which the error asks for */
     }
     ks_change rc = r->integer > 0 ? KS_CHANGED : KS_UNCHANGED;
     freeReplyObject(r);
@@ -492,24 +502,25 @@ ks_change ks_reset(ks *k, rds_client *c, const char *scope) {
     return rc;
 }
 
-/* Members whose record is gone (deleted by hand, or expired) are dropped
- * from the index, but only while their record is still absent: a GET that
- * answered nil may be older than a re-engagement (SET + SADD) that followed
- * it, and an unconditional SREM would drop that live scope from the index,
- * and with it (the next refresh reads the index) its halt fleet-wide.
- * KEYS[1] index, KEYS[1 + i] the record of ARGV[i]. Members removed. */
-static rds_script drop_stale_script = RDS_SCRIPT_INIT(
-    "local n = 0\n"
-    "for i = 1, #ARGV do\n"
-    "  if redis.call('EXISTS', KEYS[1 + i]) == 0 then\n"
-    "    n = n + redis.call('SREM', KEYS[1], ARGV[i])\n"
-    "  end\n"
-    "end\n"
-    "return n\n");
+/* A member whose record is gone (deleted by hand, or expired) is dropped
+ * from the index, but only while its record is still absent: a GET that
+ * answered nil may be older than a re-engagement that followed it, and an
+ * unconditional SREM would drop that live scope from the index, and with it
+ * (the next refresh reads the index) its halt fleet-wide. So: SREM, then
+ * EXISTS, and the member back when the record is there after all (see the
+ * order of the writes above). Best effort: a failure leaves the member. */
+static void drop_stale(rds_client *c, const char *idx, const char *key, const char *scope) {
+    if (index_op(c, "SREM", idx, scope, NULL, 0)) return;
+    const char *ex[] = { "EXISTS", key };
+    redisReply *r = rds_commandargv(c, 2, ex, NULL);
+    if (!r || r->type != REDIS_REPLY_INTEGER || r->integer != 0)
+        index_op(c, "SADD", idx, scope, NULL, 0); /* there, or unknown: keep it */
+    freeReplyObject(r);
+}
 
 /* Each record (at most MAX of them) to FN: SMEMBERS of the index, then the
  * records by pipelined GETs, PIPELINE per round trip; the members of a
- * round trip whose GET answered nil are dropped by drop_stale_script. 0 / -1. */
+ * round trip whose GET answered nil are dropped by drop_stale. 0 / -1. */
 static int each_record(ks *k, rds_client *c, size_t max,
                        void (*fn)(void *ud, const char *text, size_t len), void *ud) {
     char idx[RDS_KEY_MAX];
@@ -524,8 +535,7 @@ static int each_record(ks *k, rds_client *c, size_t max,
     char(*key)[RDS_KEY_MAX] = malloc(PIPELINE * sizeof *key);
     size_t *which = malloc(PIPELINE * sizeof *which);
     size_t *stale = malloc(PIPELINE * sizeof *stale); /* batch slots whose GET was nil */
-    const char **drop = malloc((1 + 2 * PIPELINE) * sizeof *drop); /* idx, keys, scopes */
-    int rc = key && which && stale && drop ? 0 : -1;
+    int rc = key && which && stale ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < n;) {
         size_t batch = 0, n_stale = 0;
         for (; i < n && batch < PIPELINE; i++) {
@@ -555,24 +565,12 @@ static int each_record(ks *k, rds_client *c, size_t max,
             }
             freeReplyObject(v);
         }
-        /* On a cluster the index and the records are on different nodes,
-         * where "drop the member only while its record is absent" cannot be
-         * one script: stale members are left (each costs a nil GET per
-         * listing; a reset removes its own). */
-        if (rc == 0 && n_stale && !rds_is_cluster(c)) {
-            drop[0] = idx;
-            for (size_t j = 0; j < n_stale; j++) {
-                drop[1 + j] = key[stale[j]];
-                drop[1 + n_stale + j] = m->element[which[stale[j]]]->str;
-            }
-            freeReplyObject(rds_eval(c, &drop_stale_script, (int)(1 + n_stale),
-                                     (int)(1 + 2 * n_stale), drop, NULL));
-        }
+        for (size_t j = 0; rc == 0 && j < n_stale; j++)
+            drop_stale(c, idx, key[stale[j]], m->element[which[stale[j]]]->str);
     }
     free(key);
     free(which);
     free(stale);
-    free(drop);
     freeReplyObject(m);
     return rc;
 }

@@ -42,6 +42,11 @@
  * per read, which cost the sale path CPU on a small machine; the lag it
  * adds is bounded by it. */
 #define LINGER_MS 50
+/* On a Redis Cluster the reader polls its 16 partition slots instead of
+ * blocking (sgroup.h): the ledger is written behind the sales anyway, so it
+ * polls 5 times less often than the evaluator and costs an idle cluster
+ * about a fifth of the reads. */
+#define CLUSTER_POLL_MS 50
 /* Failed attempts of a batch, with the database answering, before its
  * entries are tried one by one (one_by_one). */
 #define POISON_AFTER    3
@@ -365,7 +370,8 @@ ledger_writer *ledger_writer_start(const ledger_writer_opts *o, char *err, size_
                    .group = w->group,
                    .consumer = w->consumer,
                    .claim_idle_ms = c->claim_idle_ms,
-                   .max_event_bytes = MAX_ENTRY_BYTES };
+                   .max_event_bytes = MAX_ENTRY_BYTES,
+                   .poll_ms = CLUSTER_POLL_MS };
     w->events = sg_open(&so, err, errlen);
     so.streams = audit_v;
     so.n_streams = 1;

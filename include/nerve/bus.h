@@ -2,7 +2,7 @@
  * through a consumer group, and Redis Pub/Sub.
  *
  * Streams (bus.streams): one reader thread (sgroup.h, a connection of its
- * own) reads, for each channel, its partition streams PREFIX{pN}:stream:CH
+ * own, or one per primary of a Redis Cluster, read slot by slot) reads, for each channel, its partition streams PREFIX{pN}:stream:CH
  * and its ingest stream PREFIXstream:CH through the fleet's consumer group
  * (bus.group), this instance being the consumer CONSUMER. Each entry is
  * pushed into the evq with its stream and id, waiting for room rather than
@@ -16,7 +16,8 @@
  * decisions are idempotent (actions.h).
  *
  * Pub/Sub: one thread with its own hiredis connection (a subscribed
- * connection can do nothing else) SUBSCRIBEs to the configured channels
+ * connection can do nothing else; on a Redis Cluster, to the configured
+ * node: PUBLISH is broadcast to every node) SUBSCRIBEs to the configured channels
  * (when pubsub_input) and pushes every message into the evq, best effort:
  * what is published while it is not subscribed is lost. With streams on,
  * a message carrying a top-level "partition" field is nerve's own event,

@@ -7,7 +7,10 @@
  * with state "stopping", "stopped", "stop_failed" or "dry_run". Engaged scopes
  * are also members of the set PREFIXkills, so that listing them costs
  * O(engaged), not a SCAN of the keyspace; a record deleted by hand is dropped
- * from that index at the next listing.
+ * from that index at the next listing. Record and index hash to different
+ * slots (on a Redis Cluster, different nodes), so each write is a command of
+ * one key, in an order that leaves no record unindexed whatever engagements,
+ * resets and listings interleave (killswitch.c).
  *
  * Sales must not pay a Redis round trip to learn whether they are halted, and
  * kill keys cannot share the SKU's hash slot, so every instance keeps a local

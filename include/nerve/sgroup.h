@@ -11,7 +11,7 @@
  *
  * One sg reads the streams STREAMS[0..N-1] as consumer CONSUMER of group
  * GROUP, over one hiredis connection of its own (rds_connect: AUTH, SELECT,
- * timeouts). sg_read hands out, in this order:
+ * timeouts), or one per cluster primary (below). sg_read hands out, in this order:
  *   1. after each (re)connect, this consumer's own pending entries (read
  *      with id 0: entries it was handed before and never acknowledged, e.g.
  *      when the reply of a read was lost with the connection);
@@ -22,6 +22,25 @@
  * (re)connect (BUSYGROUP ignored), so entries appended before any consumer
  * ran are read too; a stream deleted, or a group destroyed, under a running
  * reader (NOGROUP) is created again and the read retried once.
+ *
+ * Redis Cluster (sg_opts.redis.cluster): a command may only name keys of one hash
+ * slot, so the streams are cut into slot groups (a partition's streams share
+ * the tag {pN}: one group per partition, one per ingest stream) and every
+ * read is one XREADGROUP per group, each sent to the primary serving its
+ * slot over a connection per primary; the commands of every node are all
+ * written before any reply is read (one round trip per pass). The slot map
+ * comes from CLUSTER SLOTS at each connect, asked of the nodes the reader
+ * used last, then of the configured node; MOVED, ASK, TRYAGAIN or CLUSTERDOWN in a
+ * reply drops every connection, so the next connect fetches the map again
+ * (a slot migration pauses the reader while the slot's streams answer
+ * ASK). A blocked command holds its connection and names one slot, so the
+ * wait for new entries is a poll: a pass without BLOCK over every group,
+ * then a pause of poll_ms (SG_CLUSTER_POLL_MS by default), until entries
+ * come or the wait is over. An entry appended while the reader is idle is
+ * read up to poll_ms later than from a single Redis (nothing waits under
+ * load); idle, a reader asks the cluster for one read per group per poll.
+ * In standalone mode every stream is in one group: one command, one
+ * blocking read, as before.
  *
  * Bounds: an entry whose `event` field is over max_event_bytes, or that has
  * no `event` field, is acknowledged at once, never handed out, and counted
@@ -46,7 +65,7 @@
  * to redis.reconnect_max_ms, equal jitter) has passed: a call made sooner
  * waits at most BLOCK_MS for it and returns -1 again.
  *
- * Thread-safety: an sg is NOT thread-safe (one hiredis connection): one
+ * Thread-safety: an sg is NOT thread-safe (its own hiredis connections): one
  * thread calls sg_read/sg_ack/sg_close. sg_get_stats may be called from any
  * thread. sg_ack_client acknowledges on a caller's rds_client instead, for a
  * thread other than the reader's.
@@ -62,6 +81,12 @@
 
 #include "nerve/rds.h"
 
+/* The pause between two polls of every slot group while a reader waits
+ * (cluster mode): the added latency, at worst, of an event appended while
+ * the reader is idle. (Not a BLOCK of this length: Redis 7.0 times blocked
+ * commands out on its 100 ms cron.) */
+#define SG_CLUSTER_POLL_MS 10
+
 typedef struct sg_opts {
     rds_opts redis;             /* connect/command timeouts, reconnect_max_ms */
     const char *const *streams; /* stream keys */
@@ -72,6 +97,7 @@ typedef struct sg_opts {
     size_t max_event_bytes;     /* larger `event` fields are acked and dropped; 0: no limit */
     const char *field;          /* the field handed out as `event`; NULL: "event" (the
                                   * ledger reads the audit stream's "data") */
+    int poll_ms; /* cluster mode: the pause between polls; <= 0: SG_CLUSTER_POLL_MS */
 } sg_opts;
 
 typedef struct sg_msg {

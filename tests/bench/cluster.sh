@@ -17,12 +17,10 @@
 #
 # Environment: DURATION=10 (seconds), CLIENTS=64, SKUS=1000, THREADS (nerve's
 # server.threads, default the config's), DEPLOYMENTS, SETS (extra
-# dotted.key=value overrides for every nerve, space-separated; default
-# "bus.streams=false": until the stream readers and the ledger writer read
-# each node's streams (issue 15, the stream side), they would fail on a
-# cluster and spend nothing there while working on one Redis, which would
-# flatter the cluster rows; with streams off, events go through Pub/Sub in
-# every deployment alike).
+# dotted.key=value overrides for every nerve, space-separated; default none:
+# the shipped config, streams on, whose readers read each node's streams
+# slot by slot on a cluster (sgroup.h); SETS=bus.streams=false compares the
+# sale path alone).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/bench/lib.sh
@@ -33,7 +31,7 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-64}
 SKUS=${SKUS:-1000}
 DEPLOYMENTS=${DEPLOYMENTS:-standalone cluster-1 cluster-3}
-SETS=${SETS-bus.streams=false}
+SETS=${SETS-}
 TOKEN=bench-token
 tmp=$(mktemp -d /tmp/nerve-bench-cluster.XXXXXX)
 pids=()
