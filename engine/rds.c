@@ -9,6 +9,7 @@
 
 #include "nerve/backoff.h"
 #include "nerve/clock.h"
+#include "nerve/sentinel.h"
 #include "nerve/tslot.h"
 
 #include <ctype.h>
@@ -31,6 +32,7 @@ struct rds_client {
     long long last_used_ms; /* monotonic ms of the last command */
     int unknown;            /* the last failure came after a command was sent */
     int pending;            /* appended commands whose replies are not read yet */
+    int readonly;           /* answered -READONLY: replace the connection */
     char errstr[256];
 };
 
@@ -176,10 +178,11 @@ static int setup_cmd(redisContext *ctx, redisReply *r, const char *what, char *e
     return bad ? -1 : 0;
 }
 
-redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen) {
-    redisContext *ctx = redisConnectWithTimeout(o->host, o->port, tv_ms(o->connect_timeout_ms));
+static redisContext *connect_at(const rds_opts *o, const char *host, int port, char *err,
+                                size_t errlen) {
+    redisContext *ctx = redisConnectWithTimeout(host, port, tv_ms(o->connect_timeout_ms));
     if (!ctx || ctx->err) {
-        snprintf(err, errlen, "connect %.200s:%d: %.200s", o->host, o->port,
+        snprintf(err, errlen, "connect %.200s:%d: %.200s", host, port,
                  ctx ? ctx->errstr : "out of memory");
         goto err;
     }
@@ -199,6 +202,24 @@ err:
     return NULL;
 }
 
+redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen) {
+    if (!o->sentinel) return connect_at(o, o->host, o->port, err, errlen);
+    /* Sentinel mode: the primary the sentinels name, if ROLE agrees. A dead
+     * or demoted one is forgotten and the sentinels asked once more: during
+     * a failover they still name the old primary until they promote
+     * another, and this connection fails (the client's backoff retries). */
+    for (int tries = 0; tries < 2; tries++) {
+        char host[SNT_HOST_MAX];
+        int port;
+        if (snt_primary(o->sentinel, host, sizeof host, &port, err, errlen) != SNT_OK) return NULL;
+        redisContext *ctx = connect_at(o, host, port, err, errlen);
+        if (ctx && snt_check_role(ctx, err, errlen) == 0) return ctx;
+        if (ctx) redisFree(ctx);
+        snt_forget(o->sentinel, host, port);
+    }
+    return NULL;
+}
+
 /* An idle request/response connection never has anything to read: if its
  * socket is readable, Redis closed it (restart, timeout, kill). Checked only
  * after a pause, so a busy connection pays nothing. */
@@ -213,7 +234,10 @@ static int stale(rds_client *c) {
 
 static int ensure(rds_client *c) {
     c->unknown = 0;
-    if (c->ctx && !stale(c)) return 0;
+    if (c->ctx && !c->readonly && !stale(c)) return 0;
+    if (c->ctx && c->readonly && c->o.sentinel)
+        snt_forget(c->o.sentinel, c->ctx->tcp.host ? c->ctx->tcp.host : "", c->ctx->tcp.port);
+    c->readonly = 0;
     if (c->ctx) {
         /* Reconnect at once: the connection was fine until it went away. */
         redisFree(c->ctx);
@@ -243,19 +267,27 @@ static void *failed(rds_client *c) {
     return NULL;
 }
 
+/* A reply R (not NULL): a -READONLY one means the server is a replica now
+ * (demoted in a failover while this connection stayed open): nothing ran,
+ * and the connection is replaced before the next command (ensure). */
+static redisReply *answered(rds_client *c, redisReply *r) {
+    if (snt_readonly_reply(r)) c->readonly = 1;
+    return r;
+}
+
 redisReply *rds_command(rds_client *c, const char *fmt, ...) {
     if (ensure(c)) return NULL;
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c->ctx, fmt, ap);
     va_end(ap);
-    return r ? r : failed(c);
+    return r ? answered(c, r) : failed(c);
 }
 
 redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
     if (ensure(c)) return NULL;
     redisReply *r = redisCommandArgv(c->ctx, argc, argv, argvlen);
-    return r ? r : failed(c);
+    return r ? answered(c, r) : failed(c);
 }
 
 /* Within a pipeline (commands appended, replies not all read) the
@@ -282,7 +314,7 @@ redisReply *rds_get_reply(rds_client *c) {
     void *r = NULL;
     if (redisGetReply(c->ctx, &r) != REDIS_OK || !r) return failed(c);
     if (c->pending > 0) c->pending--;
-    return r;
+    return answered(c, r);
 }
 
 const char *rds_errstr(const rds_client *c) {

@@ -12,7 +12,7 @@
  *   - `nerve serve` in standalone mode pointed at a cluster node exits 1
  *     naming the node (also as an ACL user without INFO, and when the node
  *     only answers after the daemon started), and with redis.mode cluster
- *     or sentinel it refuses as not supported yet.
+ *     it refuses as not supported yet (sentinel mode: test_sentinel.c).
  *
  * (Named test_redis_cluster, not test_cluster: the unit test
  * tests/unit/test_cluster.c already builds as build/tests/test_cluster.)
@@ -298,9 +298,6 @@ static void test_other_modes_refused(void **state)
     h_redis_url(cl->nodes[0], url, sizeof url);
     serve_refuses(url, (const char *const[]){ "redis.mode=cluster", NULL },
                   "redis.mode cluster is not supported yet by this build");
-    serve_refuses("redis-sentinel://127.0.0.1:1/mymaster",
-                  (const char *const[]){ "redis.mode=sentinel", NULL },
-                  "redis.mode sentinel is not supported yet by this build");
     h_pass();
 }
 

@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "nerve/config.h"
+#include "nerve/sentinel.h"
 
 #define FX "tests/unit/config/"
 #define NELEM(a) (sizeof (a) / sizeof (a)[0])
@@ -445,9 +446,10 @@ static void test_shipped_config(void **state)
     cfg_free(c);
 }
 
-/* The three deployments, each described one way; only standalone gets
- * connection options from cfg_redis_opts in this build, the other two say
- * so instead of being reached as one server. */
+/* The three deployments, each described one way; standalone and sentinel
+ * get connection options from cfg_redis_opts in this build (sentinel: the
+ * primary's credentials and db, and a resolver for the sentinels), cluster
+ * says so instead of being reached as one server. */
 static void test_redis_modes(void **state)
 {
     static const char *const cluster[] = { "redis.mode=cluster", "redis.url=redis://n1:7000", NULL };
@@ -473,21 +475,32 @@ static void test_redis_modes(void **state)
     c = load_ok(FX "empty.yaml", cluster);
     assert_string_equal(c->redis_mode, "cluster");
     assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
-    assert_string_equal(err, "redis.mode cluster is not supported yet by this build (only "
-                             "standalone is; see README, \"Redis Cluster and Sentinel\")");
+    assert_string_equal(err, "redis.mode cluster is not supported yet by this build (standalone "
+                             "and sentinel are; see README, \"Redis Cluster and Sentinel\")");
     cfg_free(c);
 
     c = load_ok(FX "empty.yaml", by_url);
     assert_string_equal(c->redis_mode, "sentinel");
     assert_int_equal(c->n_redis_sentinels, 0);
-    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
-    assert_non_null(strstr(err, "redis.mode sentinel is not supported yet by this build"));
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_non_null(ro.sentinel);
+    assert_string_equal(ro.user, "nerve");
+    assert_string_equal(ro.pass, "pw");
+    assert_int_equal(ro.db, 2);
+    snt *by_url_snt = ro.sentinel;
+    /* The same configuration again (another command, another module):
+     * the same resolver, whose cache they share. */
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_ptr_equal(ro.sentinel, by_url_snt);
     cfg_free(c);
 
     c = load_ok(FX "empty.yaml", by_keys);
     assert_list(c->redis_sentinels, c->n_redis_sentinels, sents, 2);
     assert_string_equal(c->redis_master_name, "mymaster");
-    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_non_null(ro.sentinel);
+    assert_true(ro.sentinel != by_url_snt);
+    assert_string_equal(ro.pass, "");
     cfg_free(c);
 }
 

@@ -1,0 +1,253 @@
+/* sentinel.c -- the current Redis primary, as Redis Sentinel names it
+ * (sentinel.h).
+ *
+ * The sentinels are reached with plain hiredis, not rds.h: rds_connect
+ * itself asks this module where the primary is, and a sentinel is not a
+ * Redis data server (no SELECT, no scripts, its own password).
+ */
+#include "nerve/sentinel.h"
+
+#include "nerve/clock.h"
+#include "nerve/log.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A failed resolution is not retried before this much time: the callers
+ * (every reconnecting client) get the same error meanwhile. */
+#define RETRY_MS 100
+
+struct snt {
+    snt *next; /* the registry's list */
+    pthread_mutex_t mu;
+    snt_addr *addrs; /* in the order to ask them (the last one that answered first) */
+    int n;
+    char master[65];
+    char pass[256];
+    int connect_timeout_ms, command_timeout_ms;
+    /* under mu */
+    snt_addr primary;
+    int known;
+    long long failed_at_ms; /* the last failed resolution (0: none) */
+    int failed_rc;
+    char failed_err[512];
+    _Atomic unsigned long switches;
+};
+
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static snt *registry;
+
+static int same_config(const snt *s, const snt_addr *addrs, int n, const char *master,
+                       const char *pass, int cto, int qto) {
+    if (s->n != n || strcmp(s->master, master) || strcmp(s->pass, pass) ||
+        s->connect_timeout_ms != cto || s->command_timeout_ms != qto)
+        return 0;
+    /* Compared as a set: the list is reordered as sentinels answer. */
+    for (int i = 0; i < n; i++) {
+        int found = 0;
+        for (int j = 0; j < n && !found; j++)
+            found = s->addrs[j].port == addrs[i].port && !strcmp(s->addrs[j].host, addrs[i].host);
+        if (!found) return 0;
+    }
+    return 1;
+}
+
+snt *snt_shared(const snt_addr *addrs, int n, const char *master, const char *pass,
+                int connect_timeout_ms, int command_timeout_ms, char *err, size_t errlen) {
+    if (!pass) pass = "";
+    if (n < 1 || n > SNT_MAX || !master || !master[0] || strlen(master) >= 65 ||
+        strlen(pass) >= 256) {
+        snprintf(err, errlen, "sentinel: need 1 to %d sentinels and a master name", SNT_MAX);
+        return NULL;
+    }
+    pthread_mutex_lock(&registry_mu);
+    snt *s = registry;
+    while (s && !same_config(s, addrs, n, master, pass, connect_timeout_ms, command_timeout_ms))
+        s = s->next;
+    if (!s && (s = calloc(1, sizeof *s)) != NULL) {
+        if (!(s->addrs = malloc((size_t)n * sizeof *s->addrs))) {
+            free(s);
+            s = NULL;
+        } else {
+            memcpy(s->addrs, addrs, (size_t)n * sizeof *addrs);
+            s->n = n;
+            snprintf(s->master, sizeof s->master, "%s", master);
+            snprintf(s->pass, sizeof s->pass, "%s", pass);
+            s->connect_timeout_ms = connect_timeout_ms;
+            s->command_timeout_ms = command_timeout_ms;
+            pthread_mutex_init(&s->mu, NULL);
+            s->next = registry;
+            registry = s;
+        }
+    }
+    pthread_mutex_unlock(&registry_mu);
+    if (!s) snprintf(err, errlen, "sentinel: out of memory");
+    return s;
+}
+
+static struct timeval tv_ms(int ms) {
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return tv;
+}
+
+/* Ask sentinel A where the master is. SNT_OK with OUT set; SNT_UNKNOWN when
+ * it answered that it does not know the master; SNT_DOWN otherwise. WHY
+ * gets a short reason in both failure cases. */
+static int ask(const snt *s, const snt_addr *a, snt_addr *out, char *why, size_t whylen) {
+    int rc = SNT_DOWN;
+    redisReply *r = NULL;
+    redisContext *c = redisConnectWithTimeout(a->host, a->port, tv_ms(s->connect_timeout_ms));
+    if (!c || c->err) {
+        snprintf(why, whylen, "%s", c ? c->errstr : "out of memory");
+        goto out;
+    }
+    redisSetTimeout(c, tv_ms(s->command_timeout_ms));
+    if (s->pass[0]) {
+        r = redisCommand(c, "AUTH %s", s->pass);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "AUTH: %s", r ? r->str : c->errstr);
+            goto out;
+        }
+        freeReplyObject(r);
+    }
+    r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master);
+    if (!r) {
+        snprintf(why, whylen, "%s", c->errstr);
+    } else if (r->type == REDIS_REPLY_NIL) {
+        snprintf(why, whylen, "does not know master %s", s->master);
+        rc = SNT_UNKNOWN;
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        /* A plain Redis server, or an ACL that forbids the command. */
+        snprintf(why, whylen, "%.200s", r->str);
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+               r->element[0]->type != REDIS_REPLY_STRING ||
+               r->element[1]->type != REDIS_REPLY_STRING || r->element[0]->len == 0 ||
+               r->element[0]->len >= sizeof out->host) {
+        snprintf(why, whylen, "unexpected reply to SENTINEL get-master-addr-by-name");
+    } else {
+        char *end;
+        long port = strtol(r->element[1]->str, &end, 10);
+        if (*end || end == r->element[1]->str || port < 1 || port > 65535) {
+            snprintf(why, whylen, "bad port in its answer");
+        } else {
+            memcpy(out->host, r->element[0]->str, r->element[0]->len + 1);
+            out->port = (int)port;
+            rc = SNT_OK;
+        }
+    }
+out:
+    freeReplyObject(r);
+    if (c) redisFree(c);
+    return rc;
+}
+
+/* With S->mu held: ask the sentinels in order; the first that knows moves
+ * to the front. */
+static int resolve(snt *s, char *err, size_t errlen) {
+    char why[256], msg[512];
+    int unknown = 0, down = 0;
+    size_t m = 0;
+    msg[0] = 0;
+    for (int i = 0; i < s->n; i++) {
+        snt_addr got;
+        int rc = ask(s, &s->addrs[i], &got, why, sizeof why);
+        if (rc == SNT_OK) {
+            if (i > 0) {
+                snt_addr first = s->addrs[i];
+                memmove(&s->addrs[1], &s->addrs[0], (size_t)i * sizeof *s->addrs);
+                s->addrs[0] = first;
+            }
+            if (strcmp(got.host, s->primary.host) || got.port != s->primary.port) {
+                if (s->primary.port)
+                    log_warn("sentinel", "primary changed master=%s from=%s:%d to=%s:%d", s->master,
+                             s->primary.host, s->primary.port, got.host, got.port);
+                else
+                    log_info("sentinel", "primary found master=%s addr=%s:%d", s->master, got.host,
+                             got.port);
+                atomic_fetch_add_explicit(&s->switches, 1, memory_order_relaxed);
+            }
+            s->primary = got;
+            s->known = 1;
+            return SNT_OK;
+        }
+        if (rc == SNT_UNKNOWN)
+            unknown++;
+        else
+            down++;
+        if (m < sizeof msg) {
+            int w = snprintf(msg + m, sizeof msg - m, "%s%s:%d: %s", m ? "; " : "",
+                             s->addrs[i].host, s->addrs[i].port, why);
+            if (w > 0) m += (size_t)w;
+        }
+    }
+    if (unknown && !down) {
+        snprintf(err, errlen,
+                 "no sentinel knows a master named \"%s\" (check redis.master_name) (%.300s)",
+                 s->master, msg);
+        return SNT_UNKNOWN;
+    }
+    snprintf(err, errlen, "no sentinel named the primary of master \"%s\" (%.300s)", s->master, msg);
+    return SNT_DOWN;
+}
+
+int snt_primary(snt *s, char *host, size_t hostlen, int *port, char *err, size_t errlen) {
+    int rc = SNT_OK;
+    pthread_mutex_lock(&s->mu);
+    if (!s->known) {
+        long long now = clock_now_ms();
+        if (s->failed_at_ms && now - s->failed_at_ms < RETRY_MS) {
+            rc = s->failed_rc;
+        } else {
+            rc = resolve(s, s->failed_err, sizeof s->failed_err);
+            s->failed_rc = rc;
+            s->failed_at_ms = rc == SNT_OK ? 0 : clock_now_ms();
+        }
+    }
+    if (rc == SNT_OK) {
+        snprintf(host, hostlen, "%s", s->primary.host);
+        *port = s->primary.port;
+    } else {
+        snprintf(err, errlen, "%s", s->failed_err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void snt_forget(snt *s, const char *host, int port) {
+    pthread_mutex_lock(&s->mu);
+    if (s->known && s->primary.port == port && !strcmp(s->primary.host, host)) {
+        s->known = 0;
+        log_info("sentinel", "asking the sentinels again master=%s was=%s:%d", s->master, host,
+                 port);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+int snt_check_role(redisContext *ctx, char *err, size_t errlen) {
+    redisReply *r = redisCommand(ctx, "ROLE");
+    if (!r) {
+        snprintf(err, errlen, "ROLE on %.200s:%d: %s", ctx->tcp.host ? ctx->tcp.host : "?",
+                 ctx->tcp.port, ctx->errstr);
+        return -1;
+    }
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") != 0) {
+        snprintf(err, errlen, "%.200s:%d is a %s, not the primary (a failover in progress?)",
+                 ctx->tcp.host ? ctx->tcp.host : "?", ctx->tcp.port, r->element[0]->str);
+        rc = -1;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int snt_readonly_reply(const redisReply *r) {
+    return r && r->type == REDIS_REPLY_ERROR && r->str && !strncmp(r->str, "READONLY", 8);
+}
+
+unsigned long snt_switches(const snt *s) {
+    return atomic_load_explicit(&s->switches, memory_order_relaxed);
+}
