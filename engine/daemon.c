@@ -33,6 +33,7 @@
 #include "nerve/rds.h"
 #include "nerve/rules.h"
 #include "nerve/sale.h"
+#include "nerve/sentinel.h"
 
 void daemon_print_errors(const char *text) {
     fputs(text, stderr);
@@ -344,6 +345,19 @@ int daemon_run(const daemon_args *a) {
         rules_set_unref(set);
         goto out;
     }
+    if (ro.sentinel) {
+        /* A master name no sentinel knows is a config error: say so now.
+         * Sentinels that do not answer are an outage: serve (503s) and
+         * keep asking, as with a Redis that is down. */
+        char sh[SNT_HOST_MAX];
+        int sp, sr = snt_primary(ro.sentinel, sh, sizeof sh, &sp, err, sizeof err);
+        if (sr == SNT_UNKNOWN) {
+            log_error("main", "%s", err);
+            rules_set_unref(set);
+            goto out;
+        }
+        if (sr == SNT_DOWN) log_warn("main", "sentinel mode: %s; retrying", err);
+    }
     if (c->pidfile[0]) {
         if (daemon_pidfile_write(c->pidfile, err, sizeof err)) {
             fprintf(stderr, "nerve: %s\n", err);
@@ -463,6 +477,8 @@ int daemon_run(const daemon_args *a) {
         .max_qty = c->max_qty,
         .redis = &ro,
         .pipelines = c->sale_pipelines,
+        .wait_replicas = c->sale_wait_replicas,
+        .wait_timeout_ms = c->sale_wait_timeout_ms,
         .gate = policy_gate,
         .gate_ud = d.policy,
     };
