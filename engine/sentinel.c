@@ -189,7 +189,8 @@ static int resolve(snt *s, char *err, size_t errlen) {
                  s->master, msg);
         return SNT_UNKNOWN;
     }
-    snprintf(err, errlen, "no sentinel named the primary of master \"%s\" (%.300s)", s->master, msg);
+    snprintf(err, errlen, "no sentinel named the primary of master \"%s\" (%.300s)", s->master,
+             msg);
     return SNT_DOWN;
 }
 

@@ -93,8 +93,11 @@ typedef struct cfg {
     int idempotency_ttl_s; /* 1..31536000, default 86400 */
     int max_batch;         /* sales of one SKU committed per lock, 1..1024, default 128 */
     int sale_pipelines;    /* Redis connections the commits share (mux.h), 1..64, default 2 */
-    int sale_wait_replicas;   /* WAIT for this many replicas after a commit, 0..16, 0 = off */
-    int sale_wait_timeout_ms; /* ... at most this long, 1..60000, < redis.command_timeout_ms */
+    /* sale.wait_replicas (0..16, 0 = off): WAIT for this many replicas after
+     * each commit, at most sale.wait_timeout_ms (1..60000, default 200,
+     * below redis.command_timeout_ms). */
+    int sale_wait_replicas;
+    int sale_wait_timeout_ms;
 
     /* rules */
     char *rules_dir;    /* default "rules" */

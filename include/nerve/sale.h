@@ -124,7 +124,7 @@ typedef struct sale_opts {
      * sale_stats.replication_short. */
     int wait_replicas;
     int wait_timeout_ms;
-    sale_gate_fn gate;     /* may be NULL */
+    sale_gate_fn gate; /* may be NULL */
     void *gate_ud;
 } sale_opts;
 
