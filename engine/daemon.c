@@ -92,6 +92,7 @@ int daemon_pidfile_write(const char *path, char *err, size_t errlen) {
 typedef struct nerved {
     const daemon_args *args;
     cfg *c;
+    snt *watched; /* sentinel mode: its +switch-master watcher runs */
     rds_pool *pool;
     live *live;
     panic *panic;
@@ -357,6 +358,12 @@ int daemon_run(const daemon_args *a) {
             goto out;
         }
         if (sr == SNT_DOWN) log_warn("main", "sentinel mode: %s; retrying", err);
+        if (snt_watch_start(ro.sentinel, err, sizeof err)) {
+            log_error("main", "%s", err);
+            rules_set_unref(set);
+            goto out;
+        }
+        d.watched = ro.sentinel;
     }
     if (c->pidfile[0]) {
         if (daemon_pidfile_write(c->pidfile, err, sizeof err)) {
@@ -628,6 +635,7 @@ out:
     ks_free(d.ks);
     evq_free(d.q);
     rds_pool_free(d.pool);
+    if (d.watched) snt_watch_stop(d.watched);
     live_free(d.live);
     if (have_pidfile && daemon_pidfile_read(c->pidfile) == (int)getpid()) unlink(c->pidfile);
     if (have_wd) {

@@ -33,6 +33,7 @@ struct rds_client {
     int unknown;            /* the last failure came after a command was sent */
     int pending;            /* appended commands whose replies are not read yet */
     int readonly;           /* answered -READONLY: replace the connection */
+    unsigned long gen;      /* sentinel mode: snt_generation when it connected */
     char errstr[256];
 };
 
@@ -232,9 +233,16 @@ static int stale(rds_client *c) {
     return poll(&p, 1, 0) > 0;
 }
 
+/* Sentinel mode: the primary changed since this connection was opened (a
+ * failover the watcher heard of, or another connection found): it may be
+ * to a former primary, still up and taking writes that will be lost. */
+static int moved(const rds_client *c) {
+    return c->o.sentinel && snt_generation(c->o.sentinel) != c->gen;
+}
+
 static int ensure(rds_client *c) {
     c->unknown = 0;
-    if (c->ctx && !c->readonly && !stale(c)) return 0;
+    if (c->ctx && !c->readonly && !moved(c) && !stale(c)) return 0;
     if (c->ctx && c->readonly && c->o.sentinel)
         snt_forget(c->o.sentinel, c->ctx->tcp.host ? c->ctx->tcp.host : "", c->ctx->tcp.port);
     c->readonly = 0;
@@ -244,10 +252,13 @@ static int ensure(rds_client *c) {
         c->ctx = NULL;
         c->down = 0;
     }
-    if (c->down && clock_now_ms() < c->retry_at_ms) {
+    /* A new primary announced since the last attempt: try it now. */
+    if (c->down && clock_now_ms() < c->retry_at_ms && !moved(c)) {
         if (!c->errstr[0]) set_error(c, "redis down, retrying");
         return -1;
     }
+    /* Read before connecting: a switch during the connect replaces it. */
+    if (c->o.sentinel) c->gen = snt_generation(c->o.sentinel);
     c->ctx = rds_connect(&c->o, c->errstr, sizeof c->errstr);
     if (!c->ctx) {
         drop(c);

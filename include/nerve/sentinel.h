@@ -14,7 +14,14 @@
  *      replica): when it is not, forget it and ask again;
  *   3. keep the answer (the cache) until a connection to it fails, `ROLE`
  *      says it is not a primary, or it answers -READONLY (it was demoted
- *      under an open connection): then ask again.
+ *      under an open connection): then ask again;
+ *   4. (the daemon) stay subscribed to `+switch-master` on one sentinel
+ *      (snt_watch_start): a failover replaces the cached address the moment
+ *      the sentinels announce it, and every connection opened before it is
+ *      replaced before its next command (snt_generation, rds.h). Without
+ *      this, a primary demoted while still up (SENTINEL FAILOVER) would keep
+ *      taking writes over open connections until the sentinels reconfigure
+ *      it, 10 to 20 s later (measured), and those writes would be lost.
  *
  * So after a failover, connections to the dead primary fail, their clients
  * reconnect (rds.h's backoff), the first reconnect asks the sentinels, and
@@ -88,8 +95,16 @@ int snt_check_role(redisContext *ctx, char *err, size_t errlen);
  * demoted primary), 0 otherwise. R may be NULL. */
 int snt_readonly_reply(const redisReply *r);
 
-/* How many times the sentinels were asked and named a new primary since the
- * start (a failover followed): for logs and tests. */
-unsigned long snt_switches(const snt *s);
+/* How many times the primary changed address since the start (the first
+ * answer is not a change): a connection opened at another generation may
+ * be to a former primary, and is replaced (rds.c). */
+unsigned long snt_generation(const snt *s);
+
+/* Start (once; later calls do nothing) the thread that stays subscribed to
+ * `+switch-master` on the sentinels, one at a time, reconnecting to the
+ * next when it fails. 0, or -1 with why in ERR. snt_watch_stop stops and
+ * joins it (a no-op when not started). */
+int snt_watch_start(snt *s, char *err, size_t errlen);
+void snt_watch_stop(snt *s);
 
 #endif
