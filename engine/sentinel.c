@@ -36,7 +36,7 @@ struct snt {
     /* under mu */
     snt_addr primary;
     int known;
-    long long failed_at_ms; /* the last failed resolution (0: none) */
+    long long failed_at_ms;  /* the last failed resolution (0: none) */
     long long hold_until_ms; /* a failover began: no primary until then (0: none) */
     int failed_rc;
     char failed_err[512];
