@@ -20,8 +20,11 @@
  *      failover promotes a replica now) and `+switch-master` (it is done):
  *      from the first to the second no connection goes to any primary
  *      (snt_primary answers SNT_DOWN, sales 503), and at the second the
- *      cached address is replaced; each time, every connection opened
- *      before is replaced before its next command (snt_generation, rds.c).
+ *      cached address is replaced; each time, every rds_client connection
+ *      opened before is replaced before its next command (snt_generation,
+ *      rds.c). The bus subscriber and the stream readers (their own
+ *      rds_connect) move when their connection fails, or when the sentinels
+ *      demote the old primary, which closes its clients' connections.
  *      Without this, a primary that is still up (SENTINEL FAILOVER, a
  *      network split) keeps taking writes over open connections after a
  *      replica was promoted, until the sentinels demote it about 10 s

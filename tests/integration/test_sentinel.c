@@ -530,16 +530,19 @@ static void test_manual_failover(void **state)
     h_pass();
 }
 
-/* Every sentinel down: nerve starts (it is an outage, not a config error),
- * sales answer 503 with Retry-After naming the sentinels, it stops cleanly. */
+/* Every sentinel down, or not a sentinel (a plain redis-server answers
+ * the SENTINEL command with an error): nerve starts (an outage, not a
+ * config error), sales answer 503 with Retry-After naming each sentinel
+ * and what it said, and it stops cleanly. */
 static void test_sentinels_down(void **state)
 {
     (void)state;
-    h_redis *r = h_redis_start(false); /* only for the harness' ledger dir */
+    h_redis *r = h_redis_start(false); /* not a sentinel */
     assert_non_null(r);
-    char url[200];
+    char url[200], plain[64];
     snprintf(url, sizeof url, "redis.url=redis-sentinel://127.0.0.1:%d,127.0.0.1:%d/%s",
-             h_free_port(), h_free_port(), H_SENTINEL_MASTER);
+             h_free_port(), r->port, H_SENTINEL_MASTER);
+    snprintf(plain, sizeof plain, "127.0.0.1:%d: ERR unknown command", r->port);
     h_daemon *d = h_daemon_start(r, "redis.mode=sentinel", url, NULL);
     assert_non_null(d);
     h_resp resp;
@@ -548,7 +551,8 @@ static void test_sentinels_down(void **state)
     char ra[32];
     assert_true(h_header(&resp, "Retry-After", ra, sizeof ra));
     const char *msg = h_jstr(resp.json, "message");
-    if (!msg || !strstr(msg, "no sentinel named the primary of master \"" H_SENTINEL_MASTER "\""))
+    if (!msg || !strstr(msg, "no sentinel named the primary of master \"" H_SENTINEL_MASTER "\"") ||
+        !strstr(msg, "Connection refused") || !strstr(msg, plain))
         fail_msg("503 message: %s", msg ? msg : "(none)");
     h_resp_free(&resp);
     assert_int_equal(h_http(d, "GET", "/readyz", NULL, &resp, NULL), 503);
