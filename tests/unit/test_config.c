@@ -190,6 +190,11 @@ static const bad_case bad_cases[] = {
       "--set redis.url: database 3: Redis Cluster has only database 0 (redis.mode: cluster)\n" },
     { "--set cross-key check", FX "empty.yaml", { "panic.backoff_max_ms=50", NULL },
       "--set panic.backoff_max_ms: must not be below panic.backoff_initial_ms (100)\n" },
+    { "--set WAIT outlasting the command timeout", FX "empty.yaml",
+      { "sale.wait_replicas=1", "sale.wait_timeout_ms=1000", NULL },
+      "--set sale.wait_timeout_ms: must be below redis.command_timeout_ms (1000) when sale.wait_replicas is set\n" },
+    { "--set wait_replicas out of range", FX "empty.yaml", { "sale.wait_replicas=17", NULL },
+      "--set sale.wait_replicas: must be between 0 and 16 (got 17)\n" },
     { "file and --set errors together", FX "bad_unknown.yaml", { "server.threads=0", NULL },
       FX "bad_unknown.yaml:3:3: server.thread: unknown key\n"
       "--set server.threads: must be between 1 and 1024 (got 0)\n" },
