@@ -31,6 +31,7 @@
 static const char *const env_vars[] = {
     "REDIS_URL", "NERVE_LISTEN", "NERVE_RULES_DIR", "NERVE_PANIC_URL",
     "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN", "NERVE_ADMIN_TOKENS", "NERVE_RESUME_URL",
+    "NERVE_SENTINEL_PASSWORD",
 };
 
 /* Every test starts from an environment without nerve's variables. */
@@ -594,6 +595,12 @@ static void test_env_overrides(void **state)
     assert_string_equal(c->panic_webhook_url, "http://127.0.0.1:9/stop");
     assert_string_equal(c->rules_dir, "/from/env");
     assert_string_equal(c->panic_token, "tok");
+    assert_null(c->sentinel_password);
+    cfg_free(c);
+
+    setenv("NERVE_SENTINEL_PASSWORD", "sentinel-pw", 1);
+    c = load_ok(FX "empty.yaml", NULL);
+    assert_string_equal(c->sentinel_password, "sentinel-pw");
     cfg_free(c);
 }
 
