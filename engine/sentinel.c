@@ -28,7 +28,8 @@
 struct snt {
     snt *next; /* the registry's list */
     pthread_mutex_t mu;
-    snt_addr *addrs; /* in the order to ask them (the last one that answered first) */
+    snt_addr *conf;  /* the sentinels as configured (never changes) */
+    snt_addr *addrs; /* under mu: in the order to ask them (the last one that answered first) */
     int n;
     char master[65];
     char pass[256];
@@ -55,13 +56,8 @@ static int same_config(const snt *s, const snt_addr *addrs, int n, const char *m
     if (s->n != n || strcmp(s->master, master) || strcmp(s->pass, pass) ||
         s->connect_timeout_ms != cto || s->command_timeout_ms != qto)
         return 0;
-    /* Compared as a set: the list is reordered as sentinels answer. */
-    for (int i = 0; i < n; i++) {
-        int found = 0;
-        for (int j = 0; j < n && !found; j++)
-            found = s->addrs[j].port == addrs[i].port && !strcmp(s->addrs[j].host, addrs[i].host);
-        if (!found) return 0;
-    }
+    for (int i = 0; i < n; i++)
+        if (s->conf[i].port != addrs[i].port || strcmp(s->conf[i].host, addrs[i].host)) return 0;
     return 1;
 }
 
@@ -78,10 +74,12 @@ snt *snt_shared(const snt_addr *addrs, int n, const char *master, const char *pa
     while (s && !same_config(s, addrs, n, master, pass, connect_timeout_ms, command_timeout_ms))
         s = s->next;
     if (!s && (s = calloc(1, sizeof *s)) != NULL) {
-        if (!(s->addrs = malloc((size_t)n * sizeof *s->addrs))) {
+        if (!(s->conf = malloc(2 * (size_t)n * sizeof *s->conf))) {
             free(s);
             s = NULL;
         } else {
+            s->addrs = s->conf + n;
+            memcpy(s->conf, addrs, (size_t)n * sizeof *addrs);
             memcpy(s->addrs, addrs, (size_t)n * sizeof *addrs);
             s->n = n;
             snprintf(s->master, sizeof s->master, "%s", master);
@@ -386,9 +384,7 @@ static void *watch_main(void *arg) {
         log_error("sentinel", "watcher: out of memory; failovers are followed on errors only");
         goto out;
     }
-    pthread_mutex_lock(&s->mu);
-    memcpy(addrs, s->addrs, (size_t)n * sizeof *addrs);
-    pthread_mutex_unlock(&s->mu);
+    memcpy(addrs, s->conf, (size_t)n * sizeof *addrs);
     while (!atomic_load_explicit(&s->watch_stop, memory_order_acquire)) {
         int subscribed = 0;
         for (int i = 0; i < n; i++) {
