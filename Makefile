@@ -45,7 +45,8 @@ DEB_BUILD := gcc make pkg-config libhiredis-dev liblua5.4-dev libyaml-dev \
              libcivetweb-dev libcjson-dev libcurl4-openssl-dev libssl-dev \
              libsqlite3-dev libpq-dev libsystemd-dev
 DEB_REDIS := redis-server redis-tools
-DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS) chromium chromium-driver python3-selenium
+DEB_TEST  := libcmocka-dev postgresql $(DEB_REDIS) chromium chromium-driver python3-selenium \
+             redis-sentinel
 DEB_BENCH := wrk postgresql $(DEB_REDIS)
 DEB_LINT  := clang-format
 

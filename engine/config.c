@@ -42,6 +42,7 @@
 #include <yaml.h>
 
 #include "config_int.h"
+#include "nerve/sentinel.h"
 #include "nerve/url.h"
 
 /* ------------------------------------------------------------------------ */
@@ -121,6 +122,8 @@ const opt cfg_opts[] = {
     OPT_INT("sale.idempotency_ttl_s", idempotency_ttl_s, 1, 31536000, 86400),
     OPT_INT("sale.max_batch", max_batch, 1, 1024, 128),
     OPT_INT("sale.pipelines", sale_pipelines, 1, 64, 2),
+    OPT_INT("sale.wait_replicas", sale_wait_replicas, 0, 16, 0),
+    OPT_INT("sale.wait_timeout_ms", sale_wait_timeout_ms, 1, 60000, 200),
 
     OPT_STR("rules.dir", rules_dir, 1, "rules", NULL),
     OPT_LIST("rules.files", rules_files, n_rules_files, ""),
@@ -696,6 +699,12 @@ static void cross_check(loader *L) {
     cfg *c = L->c;
 
     check_redis_mode(L);
+    /* WAIT blocks the commit connection up to its timeout: past the command
+     * timeout, the read of its reply would fail and drop the connection. */
+    if (c->sale_wait_replicas > 0 && c->sale_wait_timeout_ms >= c->redis_command_timeout_ms)
+        cfg_errf(L, key_at(L, "sale.wait_timeout_ms"), "sale.wait_timeout_ms",
+                 "must be below redis.command_timeout_ms (%d) when sale.wait_replicas is set",
+                 c->redis_command_timeout_ms);
     if (c->panic_backoff_initial_ms <= c->panic_backoff_max_ms) return;
     if (alo->kind != AT_DEFAULT)
         cfg_errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)",
@@ -743,23 +752,77 @@ err:
     return NULL;
 }
 
+/* Sentinel mode: the primary's user, password and db, and the process'
+ * resolver for the sentinels and master (sentinel.h), from a
+ * redis-sentinel:// URL or from redis.url + redis.sentinels +
+ * redis.master_name (cfg_load checked that exactly one is given). */
+static int sentinel_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen) {
+    snt_addr *addrs = NULL;
+    const char *master;
+    int n = 0, rc = -1;
+    char e[256];
+    url_sentinel *us = calloc(1, sizeof *us);
+    if (!us) goto oom;
+    if (!strncmp(c->redis_url, URL_SENTINEL_SCHEME, sizeof URL_SENTINEL_SCHEME - 1)) {
+        if (url_parse_sentinel(c->redis_url, us, e, sizeof e)) {
+            snprintf(err, errlen, "redis.url: %s", e);
+            goto out;
+        }
+        if (!(addrs = calloc((size_t)us->n, sizeof *addrs))) goto oom;
+        for (n = 0; n < us->n; n++) {
+            snprintf(addrs[n].host, sizeof addrs[n].host, "%s", us->sentinels[n].host);
+            addrs[n].port = us->sentinels[n].port;
+        }
+        snprintf(ro->user, sizeof ro->user, "%s", us->user);
+        snprintf(ro->pass, sizeof ro->pass, "%s", us->pass);
+        ro->db = us->db;
+        master = us->master;
+    } else {
+        if (rds_parse_url(c->redis_url, ro, err, errlen)) goto out;
+        if (c->n_redis_sentinels > SNT_MAX) {
+            snprintf(err, errlen, "redis.sentinels: at most %d", SNT_MAX);
+            goto out;
+        }
+        if (!(addrs = calloc(c->n_redis_sentinels ? c->n_redis_sentinels : 1, sizeof *addrs)))
+            goto oom;
+        for (; (size_t)n < c->n_redis_sentinels; n++)
+            if (url_parse_hostport(c->redis_sentinels[n], 0, addrs[n].host, sizeof addrs[n].host,
+                                   &addrs[n].port, e, sizeof e)) {
+                snprintf(err, errlen, "redis.sentinels[%d]: %s", n, e);
+                goto out;
+            }
+        master = c->redis_master_name;
+    }
+    snprintf(ro->host, sizeof ro->host, "sentinel:%s", master);
+    ro->port = 0;
+    ro->sentinel = snt_shared(addrs, n, master, c->sentinel_password, c->redis_connect_timeout_ms,
+                              c->redis_command_timeout_ms, err, errlen);
+    rc = ro->sentinel ? 0 : -1;
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+out:
+    free(addrs);
+    free(us);
+    return rc;
+}
+
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen) {
     memset(ro, 0, sizeof *ro);
-    /* Honest rather than silently standalone: a sentinel is not a primary.
-     * A cfg built by hand (NULL mode) is standalone. */
-    int cluster = c->redis_mode && !strcmp(c->redis_mode, "cluster");
-    if (c->redis_mode && !cluster && strcmp(c->redis_mode, "standalone") != 0) {
-        snprintf(err, errlen,
-                 "redis.mode %s is not supported yet by this build (standalone and cluster are; "
-                 "see README, \"Redis Cluster and Sentinel\")",
-                 c->redis_mode);
-        return -1;
-    }
     ro->connect_timeout_ms = c->redis_connect_timeout_ms;
     ro->command_timeout_ms = c->redis_command_timeout_ms;
     ro->reconnect_max_ms = c->redis_reconnect_max_ms;
-    /* Cluster: redis.url names one node, the seed the slot map is asked of. */
-    ro->cluster = cluster;
+    /* A cfg built by hand (NULL mode) is standalone. Sentinel: the primary
+     * the sentinels name. Cluster: redis.url names one node, the seed the
+     * slot map is asked of. */
+    if (c->redis_mode && !strcmp(c->redis_mode, "sentinel"))
+        return sentinel_opts(c, ro, err, errlen);
+    ro->cluster = c->redis_mode && !strcmp(c->redis_mode, "cluster");
+    if (c->redis_mode && !ro->cluster && strcmp(c->redis_mode, "standalone") != 0) {
+        snprintf(err, errlen, "redis.mode %s is not known (standalone, cluster or sentinel)",
+                 c->redis_mode);
+        return -1;
+    }
     return rds_parse_url(c->redis_url, ro, err, errlen);
 }
 
@@ -781,8 +844,10 @@ void cfg_free(cfg *c) {
     cJSON_Delete(c->params_where);
     if (c->admin_token) explicit_bzero(c->admin_token, strlen(c->admin_token));
     if (c->panic_token) explicit_bzero(c->panic_token, strlen(c->panic_token));
+    if (c->sentinel_password) explicit_bzero(c->sentinel_password, strlen(c->sentinel_password));
     free(c->admin_token);
     free(c->panic_token);
+    free(c->sentinel_password);
     for (i = 0; i < c->n_admin_tokens; i++) {
         cfg_token *t = &c->admin_tokens[i];
         if (t->token) explicit_bzero(t->token, strlen(t->token));

@@ -78,7 +78,7 @@ typedef struct opt {
 
 /* Every key: its type, field, range and default, in the order of
  * include/nerve/config.h. Read-only; CFG_NOPTS rows (config.c asserts it). */
-#define CFG_NOPTS 67
+#define CFG_NOPTS 69
 extern const opt cfg_opts[];
 
 /* The field of C that O describes. */

@@ -860,8 +860,9 @@ static void apply_admin_tokens(loader *L) {
 }
 
 void cfg_apply_env(loader *L) {
-    static const char *const secrets[] = { "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN" };
-    char **dst[] = { &L->c->admin_token, &L->c->panic_token };
+    static const char *const secrets[] = { "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN",
+                                           "NERVE_SENTINEL_PASSWORD" };
+    char **dst[] = { &L->c->admin_token, &L->c->panic_token, &L->c->sentinel_password };
     size_t i;
 
     for (i = 0; i < sizeof env_keys / sizeof env_keys[0]; i++) {
@@ -874,7 +875,7 @@ void cfg_apply_env(loader *L) {
             cfg_set_node(L, cfg_find_opt(env_keys[i].key), env_keys[i].key, &d, n, &at);
         yaml_document_delete(&d);
     }
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < sizeof secrets / sizeof secrets[0]; i++) {
         const char *v = getenv(secrets[i]);
         origin at = { .kind = AT_ENV, .name = secrets[i] };
         if (!v || !*v) continue;

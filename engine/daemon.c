@@ -33,6 +33,7 @@
 #include "nerve/rds.h"
 #include "nerve/rules.h"
 #include "nerve/sale.h"
+#include "nerve/sentinel.h"
 
 void daemon_print_errors(const char *text) {
     fputs(text, stderr);
@@ -91,6 +92,7 @@ int daemon_pidfile_write(const char *path, char *err, size_t errlen) {
 typedef struct nerved {
     const daemon_args *args;
     cfg *c;
+    snt *watched; /* sentinel mode: its +switch-master watcher runs */
     rds_pool *pool;
     live *live;
     panic *panic;
@@ -357,6 +359,25 @@ int daemon_run(const daemon_args *a) {
         rules_set_unref(set);
         goto out;
     }
+    if (ro.sentinel) {
+        /* A master name no sentinel knows is a config error: say so now.
+         * Sentinels that do not answer are an outage: serve (503s) and
+         * keep asking, as with a Redis that is down. */
+        char sh[SNT_HOST_MAX];
+        int sp, sr = snt_primary(ro.sentinel, sh, sizeof sh, &sp, err, sizeof err);
+        if (sr == SNT_UNKNOWN) {
+            log_error("main", "%s", err);
+            rules_set_unref(set);
+            goto out;
+        }
+        if (sr == SNT_DOWN) log_warn("main", "sentinel mode: %s; retrying", err);
+        if (snt_watch_start(ro.sentinel, err, sizeof err)) {
+            log_error("main", "%s", err);
+            rules_set_unref(set);
+            goto out;
+        }
+        d.watched = ro.sentinel;
+    }
     if (c->pidfile[0]) {
         if (daemon_pidfile_write(c->pidfile, err, sizeof err)) {
             fprintf(stderr, "nerve: %s\n", err);
@@ -476,6 +497,8 @@ int daemon_run(const daemon_args *a) {
         .max_qty = c->max_qty,
         .redis = &ro,
         .pipelines = c->sale_pipelines,
+        .wait_replicas = c->sale_wait_replicas,
+        .wait_timeout_ms = c->sale_wait_timeout_ms,
         .gate = policy_gate,
         .gate_ud = d.policy,
     };
@@ -625,6 +648,7 @@ out:
     ks_free(d.ks);
     evq_free(d.q);
     rds_pool_free(d.pool);
+    if (d.watched) snt_watch_stop(d.watched);
     live_free(d.live);
     if (have_pidfile && daemon_pidfile_read(c->pidfile) == (int)getpid()) unlink(c->pidfile);
     if (have_wd) {

@@ -45,6 +45,7 @@ struct mux {
     mreq *head, *tail;
     mslot *slots;
     int nslots, max_batch;
+    int wait_replicas, wait_timeout_ms;
     _Atomic uint64_t commands, flushes;
 };
 
@@ -77,6 +78,11 @@ void mux_free(mux *m) {
     free(m);
 }
 
+void mux_set_wait(mux *m, int replicas, int timeout_ms) {
+    m->wait_replicas = replicas > 0 ? replicas : 0;
+    m->wait_timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
+}
+
 static void fail(mreq *r, const char *why, int unknown) {
     r->reply = NULL;
     r->res->unknown = unknown;
@@ -87,11 +93,18 @@ static void fail(mreq *r, const char *why, int unknown) {
  * replies in order. Called without the mutex. hiredis buffers the appends
  * and writes them all on the first read: one write, as few reads as the
  * replies need. */
-static void flush(mslot *s, mreq *batch, int n) {
+static void flush(mux *m, mslot *s, mreq *batch, int n) {
     mreq *r = batch;
     int appended = 0;
+    char wn[16], wt[16];
+    const char *wv[] = { "WAIT", wn, wt };
     for (; appended < n; appended++, r = r->next)
         if (rds_appendargv(s->c, r->argc, r->argv, r->argvlen)) break;
+    if (appended == n && m->wait_replicas) {
+        snprintf(wn, sizeof wn, "%d", m->wait_replicas);
+        snprintf(wt, sizeof wt, "%d", m->wait_timeout_ms);
+        if (rds_appendargv(s->c, 3, wv, NULL)) appended = -1;
+    }
     if (appended < n) {
         /* Nothing was written yet (hiredis writes on the first read): every
          * request of the batch fails as never sent. */
@@ -113,7 +126,14 @@ static void flush(mslot *s, mreq *batch, int n) {
         char why[200];
         snprintf(why, sizeof why, "%s", rds_errstr(s->c));
         for (; i < n; i++, r = r->next) fail(r, why[0] ? why : "connection lost", 1);
+        return;
     }
+    if (!m->wait_replicas) return;
+    /* The commands' replies are in: whatever WAIT answers, they ran. */
+    redisReply *w = rds_get_reply(s->c);
+    int acked = w && w->type == REDIS_REPLY_INTEGER ? (int)w->integer : -1;
+    freeReplyObject(w);
+    for (r = batch; r; r = r->next) r->res->replicas = acked;
 }
 
 /* With the mutex held: a free connection's index, or -1. */
@@ -156,7 +176,7 @@ static void lead(mux *m, int si, mreq *me) {
     hint_free_slot(m);
     pthread_mutex_unlock(&m->mu);
 
-    flush(s, batch, n);
+    flush(m, s, batch, n);
     atomic_fetch_add_explicit(&m->commands, (uint64_t)n, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
     for (mreq *r = batch, *nx; r; r = nx) {
@@ -176,6 +196,7 @@ static void lead(mux *m, int si, mreq *me) {
 
 redisReply *mux_command(mux *m, int argc, const char **argv, const size_t *argvlen, mux_res *res) {
     res->unknown = 0;
+    res->replicas = -1;
     res->err[0] = 0;
     mreq me = { .argc = argc, .argv = argv, .argvlen = argvlen, .res = res };
     atomic_init(&me.state, MREQ_QUEUED);

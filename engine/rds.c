@@ -11,6 +11,7 @@
 #include "nerve/backoff.h"
 #include "nerve/clock.h"
 #include "nerve/tslot.h"
+#include "nerve/sentinel.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -176,10 +177,11 @@ static int setup_cmd(redisContext *ctx, redisReply *r, const char *what, char *e
     return bad ? -1 : 0;
 }
 
-redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen) {
-    redisContext *ctx = redisConnectWithTimeout(o->host, o->port, tv_ms(o->connect_timeout_ms));
+static redisContext *connect_at(const rds_opts *o, const char *host, int port, char *err,
+                                size_t errlen) {
+    redisContext *ctx = redisConnectWithTimeout(host, port, tv_ms(o->connect_timeout_ms));
     if (!ctx || ctx->err) {
-        snprintf(err, errlen, "connect %.200s:%d: %.200s", o->host, o->port,
+        snprintf(err, errlen, "connect %.200s:%d: %.200s", host, port,
                  ctx ? ctx->errstr : "out of memory");
         goto err;
     }
@@ -199,6 +201,24 @@ err:
     return NULL;
 }
 
+redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen) {
+    if (!o->sentinel) return connect_at(o, o->host, o->port, err, errlen);
+    /* Sentinel mode: the primary the sentinels name, if ROLE agrees. A dead
+     * or demoted one is forgotten and the sentinels asked once more: during
+     * a failover they still name the old primary until they promote
+     * another, and this connection fails (the client's backoff retries). */
+    for (int tries = 0; tries < 2; tries++) {
+        char host[SNT_HOST_MAX];
+        int port;
+        if (snt_primary(o->sentinel, host, sizeof host, &port, err, errlen) != SNT_OK) return NULL;
+        redisContext *ctx = connect_at(o, host, port, err, errlen);
+        if (ctx && snt_check_role(ctx, err, errlen) == 0) return ctx;
+        if (ctx) redisFree(ctx);
+        snt_forget(o->sentinel, host, port);
+    }
+    return NULL;
+}
+
 /* An idle request/response connection never has anything to read: if its
  * socket is readable, Redis closed it (restart, timeout, kill). Checked only
  * after a pause, so a busy connection pays nothing. */
@@ -211,19 +231,32 @@ static int stale(rds_conn *n) {
     return poll(&p, 1, 0) > 0;
 }
 
+/* Sentinel mode: the primary changed since connection N was opened (a
+ * failover the watcher heard of, or another connection found): it may be
+ * to a former primary, still up and taking writes that will be lost. */
+static int moved(const rds_conn *n, const rds_opts *o) {
+    return o->sentinel && snt_generation(o->sentinel) != n->gen;
+}
+
 int rds_conn_ensure(rds_client *c, rds_conn *n, const rds_opts *o) {
     c->unknown = 0;
-    if (n->ctx && !stale(n)) return 0;
+    if (n->ctx && !n->readonly && !moved(n, o) && !stale(n)) return 0;
+    if (n->ctx && n->readonly && o->sentinel)
+        snt_forget(o->sentinel, n->ctx->tcp.host ? n->ctx->tcp.host : "", n->ctx->tcp.port);
+    n->readonly = 0;
     if (n->ctx) {
         /* Reconnect at once: the connection was fine until it went away. */
         redisFree(n->ctx);
         n->ctx = NULL;
         n->down = 0;
     }
-    if (n->down && clock_now_ms() < n->retry_at_ms) {
+    /* A new primary announced since the last attempt: try it now. */
+    if (n->down && clock_now_ms() < n->retry_at_ms && !moved(n, o)) {
         if (!c->errstr[0]) set_error(c, "redis down, retrying");
         return -1;
     }
+    /* Read before connecting: a switch during the connect replaces it. */
+    if (o->sentinel) n->gen = snt_generation(o->sentinel);
     n->ctx = rds_connect(o, c->errstr, sizeof c->errstr);
     if (!n->ctx) {
         drop(o, n);
@@ -251,6 +284,14 @@ static void *failed(rds_client *c) {
     return NULL;
 }
 
+/* A reply R (not NULL): a -READONLY one means the server is a replica now
+ * (demoted in a failover while this connection stayed open): nothing ran,
+ * and the connection is replaced before the next command (ensure). */
+static redisReply *answered(rds_client *c, redisReply *r) {
+    if (snt_readonly_reply(r)) c->one.readonly = 1;
+    return r;
+}
+
 redisReply *rds_command(rds_client *c, const char *fmt, ...) {
     va_list ap;
     if (c->cl) {
@@ -270,14 +311,14 @@ redisReply *rds_command(rds_client *c, const char *fmt, ...) {
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c->one.ctx, fmt, ap);
     va_end(ap);
-    return r ? r : failed(c);
+    return r ? answered(c, r) : failed(c);
 }
 
 redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const size_t *argvlen) {
     if (c->cl) return rds_route_argv(c, argc, argv, argvlen);
     if (ensure(c)) return NULL;
     redisReply *r = redisCommandArgv(c->one.ctx, argc, argv, argvlen);
-    return r ? r : failed(c);
+    return r ? answered(c, r) : failed(c);
 }
 
 /* Within a pipeline (commands appended, replies not all read) the
@@ -306,7 +347,7 @@ redisReply *rds_get_reply(rds_client *c) {
     void *r = NULL;
     if (redisGetReply(c->one.ctx, &r) != REDIS_OK || !r) return failed(c);
     if (c->one.pending > 0) c->one.pending--;
-    return r;
+    return answered(c, r);
 }
 
 const char *rds_errstr(const rds_client *c) {

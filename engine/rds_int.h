@@ -15,6 +15,8 @@ typedef struct rds_conn {
     long long retry_at_ms;  /* monotonic ms before which we do not retry */
     long long last_used_ms; /* monotonic ms of the last command */
     int pending;            /* appended commands whose replies are not read yet */
+    int readonly;           /* answered -READONLY: replace the connection */
+    unsigned long gen;      /* sentinel mode: snt_generation when it connected */
 } rds_conn;
 
 typedef struct rds_route rds_route; /* rds_cluster.c */

@@ -329,7 +329,9 @@ static void reject_under_catalog(sale_res *r, const sale_req *req, const char *c
 typedef struct commit_via {
     mux *m;
     rds_client *c;
-    int unknown; /* set when a failure may have run the script */
+    int unknown;  /* set when a failure may have run the script */
+    int replicas; /* with sale.wait_replicas: what WAIT counted after it (-1: no answer) */
+    int short_n;  /* sales answered 503 because fewer replicas acknowledged */
 } commit_via;
 
 /* EVALSHA the commit script with ARGV[3..ARGC) already in place (ARGV[0..3)
@@ -337,26 +339,58 @@ typedef struct commit_via {
  * client (rds_eval); both load the script again after a NOSCRIPT, which
  * changed nothing (the lock is checked inside the script). NULL on failure
  * with ERR. */
-static redisReply *commit_send(commit_via *v, int nkeys, int argc, const char **argv,
-                               size_t *argvlen, char *err, size_t errlen) {
+static redisReply *commit_send(commit_via *v, const sale_opts *o, int nkeys, int argc,
+                               const char **argv, size_t *argvlen, char *err, size_t errlen) {
     char nk[16];
     snprintf(nk, sizeof nk, "%d", nkeys);
     argv[2] = nk, argvlen[2] = strlen(nk); /* [0] and [1]: mux_eval's */
+    v->replicas = -1;
     if (!v->m) {
         redisReply *r = rds_eval(v->c, &commit_script, nkeys, argc - 3, argv + 3, argvlen + 3);
         if (!r) {
             v->unknown = rds_outcome_unknown(v->c);
             snprintf(err, errlen, "redis: %s", rds_errstr(v->c));
+        } else if (o->wait_replicas > 0) {
+            redisReply *w = rds_command(v->c, "WAIT %d %d", o->wait_replicas, o->wait_timeout_ms);
+            if (w && w->type == REDIS_REPLY_INTEGER) v->replicas = (int)w->integer;
+            freeReplyObject(w);
         }
         return r;
     }
+    /* The pipeline WAITs after each round trip itself (mux_set_wait). */
     mux_res mr;
     redisReply *r = mux_eval(v->m, &commit_script, argc, argv, argvlen, &mr);
     if (!r) {
         v->unknown = mr.unknown;
         snprintf(err, errlen, "redis: %s", mr.err);
     }
+    v->replicas = mr.replicas;
     return r;
+}
+
+/* With sale.wait_replicas: the sales of a commit that fewer replicas
+ * acknowledged are in the primary, and lost if it fails before they reach a
+ * replica. The client is told so rather than told "ok": 503, retry with the
+ * same order_id. The commit cannot be undone; the retry settles it (the
+ * idempotency record answers it as a duplicate, replicated by then, or a
+ * failover lost it and the retry sells it). Every commit writes (at least
+ * the lock, taken and released), so WAIT also covers a duplicate's first
+ * sale, even when another connection wrote it. */
+static void check_replicated(commit_via *v, const sale_opts *o, sale_res *const *res, size_t n) {
+    if (o->wait_replicas <= 0 || v->replicas >= o->wait_replicas) return;
+    for (size_t i = 0; i < n; i++) {
+        sale_res *s = res[i];
+        if (s->status != SALE_OK) continue;
+        s->status = SALE_UNAVAILABLE;
+        s->duplicate = false;
+        snprintf(s->message, sizeof s->message,
+                 "the sale is recorded on the Redis primary, but %s%d of the %d replicas "
+                 "sale.wait_replicas asks for acknowledged it within %d ms: it may not survive a "
+                 "failover; retry with the same order_id",
+                 v->replicas < 0 ? "no answer from WAIT, so maybe " : "only ",
+                 v->replicas < 0 ? 0 : v->replicas, o->wait_replicas, o->wait_timeout_ms);
+        v->short_n++;
+    }
 }
 
 /* The common head of every event of a commit: ,"ts":T,"instance":"I"
@@ -482,7 +516,7 @@ static sale_commit_result commit_ptrs(commit_via *v, const sale_opts *o, const c
     }
     for (size_t i = 3; i < argc; i++) argvlen[i] = strlen(argv[i]);
 
-    r = commit_send(v, (int)nkeys, (int)argc, argv, argvlen, err, errlen);
+    r = commit_send(v, o, (int)nkeys, (int)argc, argv, argvlen, err, errlen);
     if (!r) goto out;
     if (r->type == REDIS_REPLY_ERROR) {
         snprintf(err, errlen, "redis: %s", r->str);
@@ -534,6 +568,7 @@ static sale_commit_result commit_ptrs(commit_via *v, const sale_opts *o, const c
                      val->integer, sku, reqs[i]->qty);
         }
     }
+    check_replicated(v, o, res, n);
     rc = SALE_COMMIT_DONE;
     goto out;
 toolong:
@@ -826,6 +861,7 @@ struct sale_engine {
     mux *mux; /* NULL: commits on each thread's pooled client */
     stripe stripes[NSTRIPES];
     _Atomic uint64_t results[SALE_RESULT_COUNT];
+    _Atomic uint64_t repl_short;
     hist duration, lock_wait;
     salewin win; /* the last five minutes' sales, for /status.json */
 };
@@ -848,6 +884,7 @@ sale_engine *sale_engine_new(const sale_opts *o, rds_pool *pool) {
     e->pool = pool;
     e->o.redis = NULL;
     if (o->redis && !(e->mux = mux_new(o->redis, o->pipelines, 1024))) goto err;
+    if (e->mux) mux_set_wait(e->mux, o->wait_replicas, o->wait_timeout_ms);
     for (int i = 0; i < NSTRIPES; i++) pthread_mutex_init(&e->stripes[i].mu, NULL);
     return e;
 err:
@@ -907,6 +944,7 @@ void sale_get_stats(sale_engine *e, sale_stats *out) {
     if (e->mux) mux_get_stats(e->mux, &ms);
     out->pipeline_commands = ms.commands;
     out->pipeline_flushes = ms.flushes;
+    out->replication_short = atomic_load_explicit(&e->repl_short, memory_order_relaxed);
 }
 
 static unsigned hash(const char *s) {
@@ -978,6 +1016,11 @@ static void run_batch(sale_engine *e, const char *sku, const sale_req **reqs, sa
             }
             fail = err;
         }
+    }
+    if (v.short_n) {
+        atomic_fetch_add_explicit(&e->repl_short, (uint64_t)v.short_n, memory_order_relaxed);
+        log_warn("sale", "commit not replicated in time sku=%s sales=%d replicas=%d wanted=%d", sku,
+                 v.short_n, v.replicas, e->o.wait_replicas);
     }
     if (fail) {
         log_warn("sale", "batch failed sku=%s n=%zu error=\"%s\"", sku, n, fail);

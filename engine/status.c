@@ -160,6 +160,12 @@ static void render_sale(buf *b, const status_sources *s) {
         "# TYPE nerve_sale_pipeline_round_trips_total counter\n"
         "nerve_sale_pipeline_round_trips_total %llu\n",
         (unsigned long long)ss.pipeline_commands, (unsigned long long)ss.pipeline_flushes);
+    out(b,
+        "# HELP nerve_sale_replication_short_total Sales committed on the Redis primary that "
+        "fewer replicas than sale.wait_replicas acknowledged in time (answered 503).\n"
+        "# TYPE nerve_sale_replication_short_total counter\n"
+        "nerve_sale_replication_short_total %llu\n",
+        (unsigned long long)ss.replication_short);
 }
 
 static void render_eval(buf *b, eval *ev) {

@@ -30,7 +30,7 @@ root="${1:-.}"
 # rds_cluster (the slot routing of rds.h's clients in redis.mode cluster) is
 # its own layer over rds (its connections, rds_int.h) and cluster (the slot
 # map): rds.c reaches it only through the rds_route_* hooks of rds_int.h.
-layers="${DEPS_LAYERS:-version webui jsonck log clock notify backoff url httpc sku hist salewin scope tslot park rds mux cluster rds_cluster keys sgroup lock config cli sale queue bus rules live declog
+layers="${DEPS_LAYERS:-version webui jsonck log clock notify backoff url httpc sku hist salewin scope tslot park sentinel rds mux cluster rds_cluster keys sgroup lock config cli sale queue bus rules live declog
     counters killswitch panic actions policy evaluator ledger stress keys_cli killswitch_cli status conns framing http daemon reload_cli main}"
 
 cd "$root" || exit 2

@@ -93,6 +93,11 @@ typedef struct cfg {
     int idempotency_ttl_s; /* 1..31536000, default 86400 */
     int max_batch;         /* sales of one SKU committed per lock, 1..1024, default 128 */
     int sale_pipelines;    /* Redis connections the commits share (mux.h), 1..64, default 2 */
+    /* sale.wait_replicas (0..16, 0 = off): WAIT for this many replicas after
+     * each commit, at most sale.wait_timeout_ms (1..60000, default 200,
+     * below redis.command_timeout_ms). */
+    int sale_wait_replicas;
+    int sale_wait_timeout_ms;
 
     /* rules */
     char *rules_dir;    /* default "rules" */
@@ -152,6 +157,7 @@ typedef struct cfg {
     /* secrets: environment only (NERVE_ADMIN_TOKEN, NERVE_PANIC_TOKEN); NULL when unset */
     char *admin_token; /* the admin token named "admin" */
     char *panic_token;
+    char *sentinel_password; /* NERVE_SENTINEL_PASSWORD: AUTH to the sentinels (sentinel.h) */
     /* More admin tokens, each with a name the audit records:
      * NERVE_ADMIN_TOKENS=name:token,... (environment only). */
     cfg_token *admin_tokens;
@@ -170,11 +176,12 @@ cfg *cfg_load(const char *path, char *const *sets, size_t nsets, char **errors);
  * many differ. */
 size_t cfg_diff(const cfg *a, const cfg *b, const char **keys, size_t max);
 
-/* The Redis connection options C describes (redis.url, its timeouts, and
- * cluster routing for redis.mode cluster): 0, or -1 with why in ERR (a
- * redis.url that does not parse; redis.mode sentinel, which this build
- * validates but cannot run yet).
- * One place, so that the daemon and every command reach Redis the same way. */
+/* The Redis connection options C describes (redis.url, its timeouts; for
+ * redis.mode cluster, cluster routing from the seed node; in sentinel mode
+ * the sentinels and master too: RO->sentinel is then the process' shared
+ * resolver, sentinel.h): 0, or -1 with why in ERR (a redis.url that does
+ * not parse, a sentinel set that cannot be built). One place, so that the
+ * daemon and every command reach Redis the same way. */
 int cfg_redis_opts(const cfg *c, rds_opts *ro, char *err, size_t errlen);
 
 /* Free a cfg; NULL is fine. */

@@ -21,6 +21,12 @@
  * that need an order between their commands (sale.c's per-SKU batches) keep
  * at most one in flight.
  *
+ * Replication (sale.wait_replicas): with mux_set_wait, every round trip
+ * ends with `WAIT N TIMEOUT` after its commands, on the same connection.
+ * WAIT covers every write the connection made before it, so one per round
+ * trip covers the whole batch: each command of it learns how many replicas
+ * acknowledged (mux_res.replicas) for the price of one extra reply.
+ *
  * Faults: the connections are rds_clients (reconnect with capped backoff).
  * A command written but never answered fails with mux_res.unknown = 1 (it
  * may have run); one that was never written fails with unknown = 0.
@@ -44,8 +50,14 @@ void mux_free(mux *m);
 
 typedef struct mux_res {
     int unknown;   /* failed after it was written: it may have run */
+    int replicas;  /* with mux_set_wait: the replicas WAIT counted after the
+                    * command (-1: WAIT failed or timed out of the connection) */
     char err[200]; /* why it failed */
 } mux_res;
+
+/* From now on, end every round trip with WAIT REPLICAS TIMEOUT_MS
+ * (REPLICAS 0: no WAIT, the default). Call before the first command. */
+void mux_set_wait(mux *m, int replicas, int timeout_ms);
 
 /* Send one command through a shared pipeline and wait for its reply.
  * Returns the reply (a Redis error is a REDIS_REPLY_ERROR reply, not NULL),

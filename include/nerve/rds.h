@@ -40,6 +40,9 @@ typedef struct rds_opts {
      * routes each command to the node serving its key's slot (see "Redis
      * Cluster" below). 0 = one server, exactly as before. */
     int cluster;
+    /* redis.mode: sentinel: where the primary is (sentinel.h); HOST and
+     * PORT are then unused. NULL: connect to HOST:PORT. Not owned. */
+    struct snt *sentinel;
 } rds_opts;
 
 /* Parse redis://[user:pass@]host[:port][/db] (also `:pass@`, `pass@`,
@@ -53,9 +56,11 @@ int rds_parse_url(const char *url, rds_opts *o, char *err, size_t errlen);
 /* Open a connection to O's server the one way nerve does: connect and
  * command timeouts, TCP keepalive, AUTH (user and password, or password
  * only) and SELECT when O asks for them. Used by rds_client and by the bus's
- * subscriber. Returns the context (the caller frees it with redisFree), or
- * NULL with "connect HOST:PORT: ...", "AUTH: ..." or "SELECT: ..." in ERR.
- * Thread-safe (no shared state). */
+ * subscriber. With O->sentinel the server is the primary the sentinels name,
+ * checked with ROLE (asked again once when it is dead or not a primary:
+ * sentinel.h). Returns the context (the caller frees it with redisFree), or
+ * NULL with "connect HOST:PORT: ...", "AUTH: ..." or "SELECT: ..." (or the
+ * sentinels' answer) in ERR. Thread-safe. */
 redisContext *rds_connect(const rds_opts *o, char *err, size_t errlen);
 
 typedef struct rds_client rds_client;
@@ -66,7 +71,10 @@ void rds_client_free(rds_client *c);
 
 /* Run one command (printf-style as redisCommand, or argv form). Returns the
  * reply, or NULL on a connection problem (rds_errstr says which); an error
- * reply from Redis is returned as a REDIS_REPLY_ERROR reply, not NULL. */
+ * reply from Redis is returned as a REDIS_REPLY_ERROR reply, not NULL. A
+ * -READONLY reply (the server was demoted to a replica under this
+ * connection) is returned as well, and the connection is replaced before
+ * the next command (in sentinel mode, by one to the new primary). */
 redisReply *rds_command(rds_client *c, const char *fmt, ...);
 redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const size_t *argvlen);
 

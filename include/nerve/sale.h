@@ -115,7 +115,16 @@ typedef struct sale_opts {
     const rds_opts *redis; /* commits share sale_engine's pipelines to it (mux.h); NULL:
                               each thread commits on its client from the pool */
     int pipelines;         /* connections of those pipelines; < 1 counts as 1 */
-    sale_gate_fn gate;     /* may be NULL */
+    /* sale.wait_replicas: after each commit, WAIT until this many replicas
+     * acknowledged it, at most wait_timeout_ms (0: no WAIT). A sale that
+     * fewer acknowledged is in the primary but may not survive a failover:
+     * it answers SALE_UNAVAILABLE ("retry with the same order_id", which
+     * then answers the recorded sale, replicated by then, as a duplicate, or
+     * sells it again when a failover lost it), counted in
+     * sale_stats.replication_short. */
+    int wait_replicas;
+    int wait_timeout_ms;
+    sale_gate_fn gate; /* may be NULL */
     void *gate_ud;
 } sale_opts;
 
@@ -156,6 +165,9 @@ typedef struct sale_stats {
     /* The shared pipelines (mux.h): commit scripts sent, and the round trips
      * that carried them (their ratio is the commits per round trip). */
     uint64_t pipeline_commands, pipeline_flushes;
+    /* Sales committed on the primary that fewer than sale.wait_replicas
+     * replicas acknowledged in time (answered 503). */
+    uint64_t replication_short;
 } sale_stats;
 
 /* Count one answered sale with STATUS (DUPLICATE: a repeated order_id) that

@@ -19,7 +19,10 @@
 #   nopubsub, noledger  streams on, with bus.pubsub_input=false or with
 #          ledger.enabled=false: where the streams' cost goes;
 #   pg     the config's rules with the ledger in a throwaway PostgreSQL
-#          (initdb in the temporary directory, Unix socket only, fsync on).
+#          (initdb in the temporary directory, Unix socket only, fsync on);
+#   replica0, replica1  the config's rules on a redis-server with one
+#          replica (REPLICAOF, another redis-server), sale.wait_replicas 0
+#          and 1 (issue 15: what WAIT after each commit costs).
 # Each other daemon's SQLite ledger is in the temporary directory.
 # Scenarios (SCENARIOS, in this order by default):
 #   ceiling      wrk POST /sale against the ceiling server: what the HTTP
@@ -36,6 +39,9 @@
 #   After hot (on main, SQLite) and hot-pg: the ledger's lag when wrk stopped
 #   (nerve_ledger_lag_seconds) and how long after it the ledger held every
 #   sale (nerve_ledger_rows_total{table="sales"} >= nerve_sales_total{result="ok"}).
+#   hot-replica, hot-wait  hot SKU on a Redis with one replica, with
+#                sale.wait_replicas 0, then 1; hot-wait's row gives it as a
+#                share of hot-replica                     [replica0, replica1]
 #   hot-rule     the same with the sale_request rule                      [rule]
 #   hot-reload   hot SKU while POST /admin/reload runs every 100 ms       [main]
 #   plain-spread 1,000 SKUs on the plain server: the reference of spread
@@ -73,7 +79,7 @@
 #   CONNECTIONS=64    wrk connections;  WRK_THREADS=2  wrk threads
 #   SERVER_THREADS    CivetWeb worker threads of nerve and of the ceiling
 #                     (default: server.threads of NERVE_CONFIG; README, "Threads")
-#   SCENARIOS="ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle"
+#   SCENARIOS="ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-replica hot-wait hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle"
 #                     (also: scale-conns scale-instances)
 #   SCALE_DURATION=5s wrk duration of each scaling run;  SCALE_CONNS="16 64 256"
 #   SCALE_INSTANCES="1 2 3"
@@ -123,7 +129,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
-SCENARIOS=${SCENARIOS:-ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle}
+SCENARIOS=${SCENARIOS:-ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-replica hot-wait hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle}
 SCALE_DURATION=${SCALE_DURATION:-5s}
 SCALE_CONNS=${SCALE_CONNS:-16 64 256}
 SCALE_INSTANCES=${SCALE_INSTANCES:-1 2 3}
@@ -171,7 +177,7 @@ cd "$root" || exit 2
 die() { echo "bench: $*" >&2; exit 2; }
 note() { echo "bench: $*" >&2; }
 
-known="ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle scale-conns scale-instances"
+known="ceiling plain-hot hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-replica hot-wait hot-rule hot-reload plain-spread spread spread-rule reload kill rules eval idle scale-conns scale-instances"
 for s in $SCENARIOS; do
     case " $known " in *" $s "*) ;; *) die "unknown scenario '$s' ($known)" ;; esac
 done
@@ -204,7 +210,7 @@ for tool in wrk redis-server redis-cli timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make deps-bench installs it)"
 done
 need_nerve=0
-for s in hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-rule spread spread-rule hot-reload reload kill idle \
+for s in hot hot-nostreams hot-nopubsub hot-noledger hot-pg hot-replica hot-wait hot-rule spread spread-rule hot-reload reload kill idle \
     scale-conns scale-instances; do
     want $s && need_nerve=1
 done
@@ -669,6 +675,13 @@ use() {
                 I_DESC[$name]="no ledger"
                 args=(--set "ledger.enabled=false")
                 ;;
+            replica0)
+                I_DESC[$name]="+ 1 replica"
+                ;;
+            replica1)
+                I_DESC[$name]="+ 1 replica, wait_replicas 1"
+                args=(--set "sale.wait_replicas=1")
+                ;;
             pg)
                 I_DESC[$name]="+ PostgreSQL"
                 [ -n "$PG_PID" ] || setup_fail "nerve pg: PostgreSQL is not running"
@@ -686,6 +699,7 @@ use() {
                 ;;
         esac
         start_redis "$name"
+        case $name in replica[01]) start_replica "$name" ;; esac
         start_nerve "$name" "${args[@]}"
         I_NPORT[$name]=$NPORT I_RPORT[$name]=$RPORT I_PID[$name]=$NERVE_PID I_RPID[$name]=$REDIS_PID
         I_STATE[$name]=up
@@ -723,6 +737,22 @@ retire() {
     collect "$1"
     stop "${I_PID[$1]}"
     stop "${I_RPID[$1]}" 2
+    if [ -n "${I_REPLICA_PID[$1]:-}" ]; then stop "${I_REPLICA_PID[$1]}" 2; fi
+}
+
+# start_replica NAME: a second redis-server, replica of the current one
+# (RPORT), waited for (master_link_status:up); RPORT and REDIS_PID stay the
+# primary's.
+declare -A I_REPLICA_PID
+start_replica() {
+    local name=$1 pport=$RPORT ppid=$REDIS_PID
+    start_redis "$name-replica"
+    I_REPLICA_PID[$name]=$REDIS_PID
+    redis-cli -p "$RPORT" REPLICAOF 127.0.0.1 "$pport" >/dev/null
+    local rport=$RPORT
+    replica_up() { redis-cli -p "$rport" INFO replication 2>/dev/null | grep -q '^master_link_status:up'; }
+    wait_until 10 "$REDIS_PID" replica_up || setup_fail "redis replica ($name) did not sync"
+    RPORT=$pport REDIS_PID=$ppid
 }
 
 # --- wrk runs ------------------------------------------------------------------
@@ -1548,6 +1578,8 @@ label() {
         hot-nopubsub) echo "hot SKU, no Pub/Sub input" ;;
         hot-noledger) echo "hot SKU, no ledger" ;;
         hot-pg) echo "hot SKU, PostgreSQL ledger" ;;
+        hot-replica) echo "hot SKU, 1 replica" ;;
+        hot-wait) echo "hot SKU, wait_replicas 1" ;;
         hot-ledger) echo "ledger after hot SKU, SQLite" ;;
         hot-pg-ledger) echo "ledger after hot SKU, PgSQL" ;;
         hot-rule) echo "hot SKU + sale rule" ;;
@@ -1585,6 +1617,8 @@ for s in $SCENARIOS; do
             run_sale hot-pg scenario_hot_pg
             if [ -n "${I_STATE[pg]:-}" ]; then retire pg; stop_pg; fi
             ;;
+        hot-replica) run_sale hot-replica scenario_hot hot-replica replica0; retire replica0 ;;
+        hot-wait) run_sale hot-wait scenario_hot hot-wait replica1; retire replica1 ;;
         hot-rule) run_sale hot-rule scenario_hot hot-rule rule ;;
         spread) run_sale spread scenario_spread spread main ;;
         spread-rule) run_sale spread-rule scenario_spread spread-rule rule ;;
@@ -1621,6 +1655,8 @@ reference() {
         spread) if [ -n "${RPS[plain-spread]:-}" ]; then echo plain-spread; else echo ceiling; fi ;;
         hot-rule | hot-reload | hot-pg) echo hot ;;
         hot-nopubsub | hot-noledger) echo hot-nostreams ;;
+        hot-replica) echo hot ;;
+        hot-wait) echo hot-replica ;;
         spread-rule) echo spread ;;
     esac
 }
@@ -1706,7 +1742,7 @@ row_fields() {
             fi
             TGT_COL+=", $(p99_target "$name")"
             ;;
-        hot-nopubsub | hot-noledger | hot-pg)
+        hot-nopubsub | hot-noledger | hot-pg | hot-replica | hot-wait)
             if [ "${FIG[$name]}" = "not run" ]; then
                 TGT_COL="not run: ${PG_MISSING%% (*}"
                 return 0

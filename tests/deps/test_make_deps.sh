@@ -38,6 +38,8 @@ PG_PKGS="postgresql"
 FUZZ_PKGS="clang libclang-rt-14-dev"
 # The status page's test drives a real browser (issue 14).
 BROWSER_PKGS="chromium chromium-driver python3-selenium"
+# test_sentinel.c starts Debian's redis-sentinel (issue 15).
+SENTINEL_PKGS="redis-sentinel"
 
 # The sources that need cmocka: those that include cmocka.h, directly or
 # through a header of tests/ (harness.h), wherever they live.
@@ -211,7 +213,7 @@ check() {
         test|asan)
             installed_before "libcmocka-dev" "$CMOCKA_COMPILE" \
                 "the first compile of a source that includes cmocka.h"
-            installed_before "libcmocka-dev $REDIS_PKGS $PG_PKGS $BROWSER_PKGS" '^run tests/run\.sh' "tests/run.sh"
+            installed_before "libcmocka-dev $REDIS_PKGS $PG_PKGS $BROWSER_PKGS $SENTINEL_PKGS" '^run tests/run\.sh' "tests/run.sh"
             not_installed "wrk $FUZZ_PKGS" "make $target does not bench or fuzz" ;;
         run)
             installed_before "$REDIS_PKGS" '^run tests/lib/run-local\.sh' "tests/lib/run-local.sh"

@@ -535,7 +535,14 @@ static int redis_launch(h_redis *r)
     char *argv[24];
     int n = 0;
     const char *bin = getenv("REDIS_SERVER");
-    argv[n++] = (char *)(bin && *bin ? bin : "redis-server");
+    if (r->sentinel) {
+        /* Debian's redis-sentinel, with the config file it needs (and
+         * rewrites) in its directory, the cwd. */
+        argv[n++] = "redis-sentinel";
+        argv[n++] = "sentinel.conf";
+    } else {
+        argv[n++] = (char *)(bin && *bin ? bin : "redis-server");
+    }
     argv[n++] = "--port";
     argv[n++] = port;
     argv[n++] = "--bind";
@@ -592,7 +599,7 @@ static int redis_launch(h_redis *r)
     return -1;
 }
 
-static h_redis *redis_start(bool aof, bool cluster)
+static h_redis *redis_start(bool aof, bool cluster, const char *sentinel_conf)
 {
     static int seq;
     h_init();
@@ -601,6 +608,7 @@ static h_redis *redis_start(bool aof, bool cluster)
         return NULL;
     r->aof = aof;
     r->cluster = cluster;
+    r->sentinel = sentinel_conf != NULL;
     r->owned = in_test;
     snprintf(r->dir, sizeof r->dir, "%s/redis-%d", tmpdir, ++seq);
     snprintf(r->log, sizeof r->log, "%s/redis.log", r->dir);
@@ -608,6 +616,16 @@ static h_redis *redis_start(bool aof, bool cluster)
         printf("harness: mkdir %s: %s\n", r->dir, strerror(errno));
         free(r);
         return NULL;
+    }
+    if (sentinel_conf) {
+        char conf[PATH_MAX];
+        snprintf(conf, sizeof conf, "%s/sentinel.conf", r->dir);
+        FILE *f = fopen(conf, "w");
+        if (f == NULL || fputs(sentinel_conf, f) < 0 || fclose(f) != 0) {
+            printf("harness: %s: %s\n", conf, strerror(errno));
+            free(r);
+            return NULL;
+        }
     }
     for (int attempt = 0; attempt < 5; attempt++) {
         r->port = cluster ? free_cluster_port() : h_free_port();
@@ -623,12 +641,17 @@ static h_redis *redis_start(bool aof, bool cluster)
 
 h_redis *h_redis_start(bool aof)
 {
-    return redis_start(aof, false);
+    return redis_start(aof, false, NULL);
 }
 
 h_redis *h_redis_start_cluster_node(void)
 {
-    return redis_start(false, true);
+    return redis_start(false, true, NULL);
+}
+
+h_redis *h_redis_start_sentinel(const char *conf)
+{
+    return redis_start(false, false, conf);
 }
 
 int h_redis_stop(h_redis *r)

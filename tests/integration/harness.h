@@ -110,6 +110,7 @@ typedef struct h_redis {
     bool paused;
     bool owned;                 /* started inside a test: stopped by teardown */
     bool cluster;               /* --cluster-enabled yes (harness_cluster.c) */
+    bool sentinel;              /* a redis-sentinel (harness_sentinel.c) */
     char dir[128];
     char log[160];
     redisContext *ctx;          /* h_redis_cmd's connection */
@@ -168,6 +169,39 @@ void h_cluster_free(h_cluster *c);
 /* One cluster node started (h_redis_start without AOF, with
  * --cluster-enabled yes), not yet part of any cluster. */
 h_redis *h_redis_start_cluster_node(void);
+
+/* --- Redis Sentinel (harness_sentinel.c) ------------------------------- */
+
+/* A redis-sentinel on a free port, in its own directory, started with the
+ * config file text CONF (`sentinel monitor ...` lines; the harness adds
+ * port, bind and dir on the command line). Owned and stopped like a
+ * redis-server. NULL on failure (the reason printed). */
+h_redis *h_redis_start_sentinel(const char *conf);
+
+#define H_SENTINELS    3
+#define H_SENTINEL_MASTER "nerve-primary"
+
+/* A Sentinel deployment: a primary, one replica (REPLICAOF, waited for
+ * master_link_status:up) and H_SENTINELS sentinels watching the primary as
+ * H_SENTINEL_MASTER with quorum 2, down-after-milliseconds DOWN_AFTER_MS
+ * and failover-timeout FAILOVER_TIMEOUT_MS, waited for (30 s) until every
+ * sentinel knows the replica and the other sentinels (else a failover could
+ * not happen). The servers are the set's (teardown leaves them): free with
+ * h_sentinel_free. URL (for redis.url) is the redis-sentinel:// URL of the
+ * three sentinels and the master. NULL on failure, after printing why. */
+typedef struct h_sentinel_set {
+    h_redis *primary, *replica; /* as started: a failover swaps their roles */
+    h_redis *sentinels[H_SENTINELS];
+    char url[200];
+    double start_secs;
+} h_sentinel_set;
+h_sentinel_set *h_sentinel_start(int down_after_ms, int failover_timeout_ms);
+void h_sentinel_free(h_sentinel_set *s);
+/* The port of the primary the first answering sentinel names, -1 when none
+ * answers. */
+int h_sentinel_primary_port(h_sentinel_set *s);
+/* The set's server on PORT (primary or replica), NULL when neither. */
+h_redis *h_sentinel_server(h_sentinel_set *s, int port);
 
 /* --- the daemon -------------------------------------------------------- */
 

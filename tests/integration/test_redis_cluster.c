@@ -12,8 +12,8 @@
  *   - `nerve serve` in standalone mode pointed at a cluster node exits 1
  *     naming the node (also as an ACL user without INFO, and when the node
  *     only answers after the daemon started); with redis.mode cluster it
- *     refuses a server that is not a cluster node, and redis.mode sentinel
- *     as not supported yet.
+ *     refuses a server that is not a cluster node (sentinel mode:
+ *     test_sentinel.c).
  *
  * (Named test_redis_cluster, not test_cluster: the unit test
  * tests/unit/test_cluster.c already builds as build/tests/test_cluster.)
@@ -305,9 +305,6 @@ static void test_other_modes_refused(void **state)
              plain->port);
     serve_refuses(h_redis_url(plain, url, sizeof url),
                   (const char *const[]){ "redis.mode=cluster", NULL }, want);
-    serve_refuses("redis-sentinel://127.0.0.1:1/mymaster",
-                  (const char *const[]){ "redis.mode=sentinel", NULL },
-                  "redis.mode sentinel is not supported yet by this build");
     h_pass();
 }
 

@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "nerve/config.h"
+#include "nerve/sentinel.h"
 
 #define FX "tests/unit/config/"
 #define NELEM(a) (sizeof (a) / sizeof (a)[0])
@@ -30,6 +31,7 @@
 static const char *const env_vars[] = {
     "REDIS_URL", "NERVE_LISTEN", "NERVE_RULES_DIR", "NERVE_PANIC_URL",
     "NERVE_ADMIN_TOKEN", "NERVE_PANIC_TOKEN", "NERVE_ADMIN_TOKENS", "NERVE_RESUME_URL",
+    "NERVE_SENTINEL_PASSWORD",
 };
 
 /* Every test starts from an environment without nerve's variables. */
@@ -189,6 +191,11 @@ static const bad_case bad_cases[] = {
       "--set redis.url: database 3: Redis Cluster has only database 0 (redis.mode: cluster)\n" },
     { "--set cross-key check", FX "empty.yaml", { "panic.backoff_max_ms=50", NULL },
       "--set panic.backoff_max_ms: must not be below panic.backoff_initial_ms (100)\n" },
+    { "--set WAIT outlasting the command timeout", FX "empty.yaml",
+      { "sale.wait_replicas=1", "sale.wait_timeout_ms=1000", NULL },
+      "--set sale.wait_timeout_ms: must be below redis.command_timeout_ms (1000) when sale.wait_replicas is set\n" },
+    { "--set wait_replicas out of range", FX "empty.yaml", { "sale.wait_replicas=17", NULL },
+      "--set sale.wait_replicas: must be between 0 and 16 (got 17)\n" },
     { "file and --set errors together", FX "bad_unknown.yaml", { "server.threads=0", NULL },
       FX "bad_unknown.yaml:3:3: server.thread: unknown key\n"
       "--set server.threads: must be between 1 and 1024 (got 0)\n" },
@@ -445,9 +452,10 @@ static void test_shipped_config(void **state)
     cfg_free(c);
 }
 
-/* The three deployments, each described one way; standalone and cluster
- * (a seed node, routed) get connection options from cfg_redis_opts in this
- * build, sentinel says so instead of being reached as one server. */
+/* The three deployments, each described one way, each with connection
+ * options from cfg_redis_opts: standalone; cluster (a seed node, routed);
+ * sentinel (the primary's credentials and db, and a resolver for the
+ * sentinels). */
 static void test_redis_modes(void **state)
 {
     static const char *const cluster[] = { "redis.mode=cluster", "redis.url=redis://n1:7000", NULL };
@@ -485,14 +493,25 @@ static void test_redis_modes(void **state)
     c = load_ok(FX "empty.yaml", by_url);
     assert_string_equal(c->redis_mode, "sentinel");
     assert_int_equal(c->n_redis_sentinels, 0);
-    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
-    assert_non_null(strstr(err, "redis.mode sentinel is not supported yet by this build"));
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_non_null(ro.sentinel);
+    assert_string_equal(ro.user, "nerve");
+    assert_string_equal(ro.pass, "pw");
+    assert_int_equal(ro.db, 2);
+    snt *by_url_snt = ro.sentinel;
+    /* The same configuration again (another command, another module):
+     * the same resolver, whose cache they share. */
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_ptr_equal(ro.sentinel, by_url_snt);
     cfg_free(c);
 
     c = load_ok(FX "empty.yaml", by_keys);
     assert_list(c->redis_sentinels, c->n_redis_sentinels, sents, 2);
     assert_string_equal(c->redis_master_name, "mymaster");
-    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), -1);
+    assert_int_equal(cfg_redis_opts(c, &ro, err, sizeof err), 0);
+    assert_non_null(ro.sentinel);
+    assert_true(ro.sentinel != by_url_snt);
+    assert_string_equal(ro.pass, "");
     cfg_free(c);
 }
 
@@ -581,6 +600,12 @@ static void test_env_overrides(void **state)
     assert_string_equal(c->panic_webhook_url, "http://127.0.0.1:9/stop");
     assert_string_equal(c->rules_dir, "/from/env");
     assert_string_equal(c->panic_token, "tok");
+    assert_null(c->sentinel_password);
+    cfg_free(c);
+
+    setenv("NERVE_SENTINEL_PASSWORD", "sentinel-pw", 1);
+    c = load_ok(FX "empty.yaml", NULL);
+    assert_string_equal(c->sentinel_password, "sentinel-pw");
     cfg_free(c);
 }
 
