@@ -705,6 +705,13 @@ static void cross_check(loader *L) {
         cfg_errf(L, key_at(L, "sale.wait_timeout_ms"), "sale.wait_timeout_ms",
                  "must be below redis.command_timeout_ms (%d) when sale.wait_replicas is set",
                  c->redis_command_timeout_ms);
+    /* WAIT counts the replicas of the writes made on its own connection: in
+     * a cluster the commits of one batch go to several primaries, and a WAIT
+     * (no key) to one of them would vouch for the others' sales. */
+    if (c->sale_wait_replicas > 0 && c->redis_mode && !strcmp(c->redis_mode, "cluster"))
+        cfg_errf(L, key_at(L, "sale.wait_replicas"), "sale.wait_replicas",
+                 "is not supported with redis.mode cluster in this build (WAIT would have to "
+                 "follow each primary's commits); use 0, or redis.mode sentinel");
     if (c->panic_backoff_initial_ms <= c->panic_backoff_max_ms) return;
     if (alo->kind != AT_DEFAULT)
         cfg_errf(L, alo, lo->key, "must not exceed panic.backoff_max_ms (%d)",

@@ -513,6 +513,17 @@ static void test_redis_modes(void **state)
     assert_true(ro.sentinel != by_url_snt);
     assert_string_equal(ro.pass, "");
     cfg_free(c);
+
+    /* WAIT vouches for its own connection's writes: with a cluster's
+     * batches spread over primaries it would vouch for the wrong ones. */
+    static const char *const cl_wait[] = { "redis.mode=cluster", "redis.url=redis://n1:7000",
+                                           "sale.wait_replicas=1", NULL };
+    char *errs = NULL;
+    assert_null(cfg_load(FX "empty.yaml", (char *const *)cl_wait, 3, &errs));
+    assert_non_null(errs);
+    assert_non_null(
+        strstr(errs, "--set sale.wait_replicas: is not supported with redis.mode cluster"));
+    free(errs);
 }
 
 static void test_set(void **state)
