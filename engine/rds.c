@@ -258,14 +258,27 @@ int rds_conn_ensure(rds_client *c, rds_conn *n, const rds_opts *o) {
     /* Read before connecting: a switch during the connect replaces it. */
     if (o->sentinel) n->gen = snt_generation(o->sentinel);
     n->ctx = rds_connect(o, c->errstr, sizeof c->errstr);
+    if (n->ctx && moved(n, o)) {
+        /* A failover began while it connected: it may be to the old
+         * primary. Once more, to the one the sentinels name now. */
+        redisFree(n->ctx);
+        n->gen = snt_generation(o->sentinel);
+        n->ctx = rds_connect(o, c->errstr, sizeof c->errstr);
+    }
     if (!n->ctx) {
         drop(o, n);
         return -1;
     }
+    static _Atomic unsigned long serials;
+    n->serial = atomic_fetch_add_explicit(&serials, 1, memory_order_relaxed) + 1;
     n->down = 0;
     n->fails = 0;
     c->errstr[0] = 0;
     return 0;
+}
+
+unsigned long rds_conn_serial(const rds_client *c) {
+    return c->cl || !c->one.ctx ? 0 : c->one.serial;
 }
 
 /* After a NULL reply the context is unusable: remember why and drop it. */
@@ -288,7 +301,10 @@ static void *failed(rds_client *c) {
  * (demoted in a failover while this connection stayed open): nothing ran,
  * and the connection is replaced before the next command (ensure). */
 static redisReply *answered(rds_client *c, redisReply *r) {
-    if (snt_readonly_reply(r)) c->one.readonly = 1;
+    /* Sentinel mode only: on one Redis a replica named by mistake (or a
+     * VIP not flipped yet) would otherwise be reconnected to on every
+     * write of every thread, with no backoff (found in review). */
+    if (c->o.sentinel && snt_readonly_reply(r)) c->one.readonly = 1;
     return r;
 }
 

@@ -542,13 +542,31 @@ static redisReply *run_at(rds_client *c, const char *cmd, size_t len, int ci, in
     }
 }
 
+/* The connection index of every primary of the current map (-1: none),
+ * malloc'd, *N of them. Taken before anything is sent: a node that fails
+ * makes run_at/append_to refresh the map, which may then have fewer nodes,
+ * and node_conn(c, i) past the new map's end would read out of bounds
+ * (found in review). Connection indices stay valid: the table only grows. */
+static int *primaries(rds_client *c, int *n) {
+    int nn = cl_map_nnodes(c->cl->map->m);
+    int *cis = malloc((size_t)(nn > 0 ? nn : 1) * sizeof *cis);
+    if (!cis) {
+        rds_set_error(c, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < nn; i++) cis[i] = node_conn(c, i);
+    *n = nn;
+    return cis;
+}
+
 /* Every primary gets CMD; the first success is the reply (SCRIPT LOAD
  * answers the same sha everywhere). */
 static redisReply *broadcast(rds_client *c, const char *cmd, size_t len) {
     redisReply *best = NULL;
-    int nn = cl_map_nnodes(c->cl->map->m);
+    int nn = 0, *cis = primaries(c, &nn);
+    if (!cis) return NULL;
     for (int i = 0; i < nn; i++) {
-        int ci = node_conn(c, i);
+        int ci = cis[i];
         if (ci < 0) continue;
         redisReply *rr = run_at(c, cmd, len, ci, 0, RDS_CLUSTER_REDIRECTS);
         if (!rr) continue;
@@ -559,6 +577,7 @@ static redisReply *broadcast(rds_client *c, const char *cmd, size_t len) {
             freeReplyObject(rr);
         }
     }
+    free(cis);
     if (best) c->unknown = 0;
     return best;
 }
@@ -698,15 +717,24 @@ int rds_route_append(rds_client *c, int argc, const char **argv, const size_t *a
     c->unknown = 0;
     if (len < 0 || sync_map(c)) goto fail;
     if (slot == SLOT_ALL) {
-        /* One entry per primary; the first owns CMD and counts the parts. */
-        int nn = cl_map_nnodes(r->map->m);
-        for (int i = 0; i < nn; i++) {
-            int ci = node_conn(c, i);
-            if (ci < 0 || append_to(c, ci, cmd, (size_t)len)) goto fail;
-            if (push(c, ci, i ? 0 : nn, i ? NULL : cmd, (size_t)len)) goto fail;
-            if (i == 0) owned = 1;
+        /* One entry per primary that took it; the first owns CMD and counts
+         * the parts. A primary that cannot be reached is skipped (as
+         * broadcast does), not the whole pipeline: a SCRIPT LOAD after a
+         * failover must not fail every other node's commits with it. */
+        int nn = 0, k = 0, *cis = primaries(c, &nn);
+        if (!cis) goto fail;
+        for (int i = 0; i < nn; i++)
+            if (cis[i] >= 0 && append_to(c, cis[i], cmd, (size_t)len) == 0) cis[k++] = cis[i];
+        for (int j = 0; j < k; j++) {
+            if (push(c, cis[j], j ? 0 : k, j ? NULL : cmd, (size_t)len)) {
+                free(cis);
+                goto fail;
+            }
+            if (j == 0) owned = 1;
         }
-        return 0;
+        free(cis);
+        if (k > 0) return 0;
+        goto fail;
     }
     int ci = slot >= 0 ? slot_conn(c, slot) : any_conn(c);
     if (ci >= 0 && (r->conns[ci].pending > 0 || node_ensure(c, ci) == 0)) {

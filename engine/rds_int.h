@@ -17,6 +17,7 @@ typedef struct rds_conn {
     int pending;            /* appended commands whose replies are not read yet */
     int readonly;           /* answered -READONLY: replace the connection */
     unsigned long gen;      /* sentinel mode: snt_generation when it connected */
+    unsigned long serial;   /* which connection this is (rds_conn_serial) */
 } rds_conn;
 
 typedef struct rds_route rds_route; /* rds_cluster.c */

@@ -351,8 +351,13 @@ static redisReply *commit_send(commit_via *v, const sale_opts *o, int nkeys, int
             v->unknown = rds_outcome_unknown(v->c);
             snprintf(err, errlen, "redis: %s", rds_errstr(v->c));
         } else if (o->wait_replicas > 0) {
+            /* Only a WAIT on the commit's own connection vouches for it: a
+             * connection replaced in between (a failover) would count the
+             * new primary's replicas for a sale it never saw. */
+            unsigned long conn = rds_conn_serial(v->c);
             redisReply *w = rds_command(v->c, "WAIT %d %d", o->wait_replicas, o->wait_timeout_ms);
-            if (w && w->type == REDIS_REPLY_INTEGER) v->replicas = (int)w->integer;
+            if (w && w->type == REDIS_REPLY_INTEGER && conn && rds_conn_serial(v->c) == conn)
+                v->replicas = (int)w->integer;
             freeReplyObject(w);
         }
         return r;

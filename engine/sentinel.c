@@ -289,8 +289,15 @@ unsigned long snt_generation(const snt *s) {
  * that the promoted replica never receives: measured, nearly every sale of
  * that second was lost. So no connection goes to any primary until the
  * announcement (or HOLD_MS), and the open ones are replaced (generation). */
-static void hold(snt *s) {
+static void hold(snt *s, const char *old_host, int old_port) {
     pthread_mutex_lock(&s->mu);
+    /* A late message (heard from one sentinel after another's
+     * +switch-master) is about a primary we already left: no new pause
+     * (found in review). */
+    if (s->known && (strcmp(s->primary.host, old_host) != 0 || s->primary.port != old_port)) {
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     s->hold_until_ms = clock_now_ms() + HOLD_MS;
     s->known = 0;
     atomic_fetch_add_explicit(&s->switches, 1, memory_order_release);
@@ -315,9 +322,9 @@ static void on_message(snt *s, const redisReply *r) {
     chan = r->element[1]->str;
     msg = r->element[2]->str;
     if (!strcmp(chan, "+failover-state-send-slaveof-noone")) {
-        if ((at = strstr(msg, " @ ")) && sscanf(at + 3, "%64s", name) == 1 &&
+        if ((at = strstr(msg, " @ ")) && sscanf(at + 3, "%64s %255s %d", name, host, &port) == 3 &&
             !strcmp(name, s->master))
-            hold(s);
+            hold(s, host, port);
     } else if (!strcmp(chan, "+switch-master")) {
         /* %64s and %255s: the buffers' sizes less the NUL. */
         if (sscanf(msg, "%64s %*s %*d %255s %d", name, host, &port) == 3 &&
@@ -388,6 +395,9 @@ static void *watch_main(void *arg) {
     while (!atomic_load_explicit(&s->watch_stop, memory_order_acquire)) {
         int subscribed = 0;
         for (int i = 0; i < n; i++) {
+            /* Stop between subscriptions too: each may take a connect
+             * timeout when sentinels are unreachable. */
+            if (atomic_load_explicit(&s->watch_stop, memory_order_acquire)) break;
             if (!cs[i] && clock_now_ms() >= retry_at[i]) {
                 if ((cs[i] = subscribe(s, &addrs[i])) != NULL) {
                     subscribed = 1;
@@ -399,6 +409,7 @@ static void *watch_main(void *arg) {
             pf[i].events = POLLIN;
             pf[i].revents = 0;
         }
+        if (atomic_load_explicit(&s->watch_stop, memory_order_acquire)) break;
         if (subscribed) {
             /* A switch announced while we were not listening: the next
              * connection asks the sentinels (and sees it). */

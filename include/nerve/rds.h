@@ -84,6 +84,13 @@ redisReply *rds_commandargv(rds_client *c, int argc, const char **argv, const si
 int rds_appendargv(rds_client *c, int argc, const char **argv, const size_t *argvlen);
 redisReply *rds_get_reply(rds_client *c);
 
+/* Which connection C's next command goes out on (one server or sentinel
+ * mode; 0 in cluster mode or when not connected): two equal values mean
+ * the commands between them shared one connection. WAIT counts only the
+ * writes of its own connection, so a caller that WAITs after a commit
+ * checks the commit and the WAIT went out on the same one. */
+unsigned long rds_conn_serial(const rds_client *c);
+
 /* The last connection error, "" if none. */
 const char *rds_errstr(const rds_client *c);
 /* 1 when the last failure happened after a command had been sent (Redis may
