@@ -166,6 +166,12 @@ h_cluster *h_cluster_start(int n);
 h_cluster *h_cluster_start_replicas(int n, int replicas, int node_timeout_ms);
 /* Stop every node and free. NULL is fine. */
 void h_cluster_free(h_cluster *c);
+/* The node of C whose port is PORT, or NULL. */
+h_redis *h_cluster_node_at(const h_cluster *c, int port);
+/* A library client on R (2 s timeouts, 100 ms reconnect backoff), routing
+ * through the cluster with R as its seed when ROUTED; fails the test when
+ * it cannot be made. */
+struct rds_client *h_rds_client(const h_redis *r, bool routed);
 /* One cluster node started (h_redis_start without AOF, with
  * --cluster-enabled yes), not yet part of any cluster. */
 h_redis *h_redis_start_cluster_node(void);

@@ -5,6 +5,8 @@
  * waits about a second inside). */
 #include "harness.h"
 
+#include "nerve/rds.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,4 +134,27 @@ void h_cluster_free(h_cluster *c)
     for (int i = 0; i < c->n; i++)
         h_redis_free(c->nodes[i]);
     free(c);
+}
+
+h_redis *h_cluster_node_at(const h_cluster *c, int port)
+{
+    for (int i = 0; i < c->n; i++)
+        if (c->nodes[i]->port == port)
+            return c->nodes[i];
+    return NULL;
+}
+
+rds_client *h_rds_client(const h_redis *r, bool routed)
+{
+    rds_opts o;
+    char url[64], err[256];
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = o.command_timeout_ms = 2000;
+    o.reconnect_max_ms = 100;
+    o.cluster = routed;
+    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err))
+        fail_msg("%s", err);
+    rds_client *c = rds_client_new(&o);
+    assert_non_null(c);
+    return c;
 }

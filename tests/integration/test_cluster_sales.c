@@ -44,28 +44,6 @@ static h_cluster *cl;
 
 /* ---- the cluster as the test sees it --------------------------------------- */
 
-static rds_client *client_of(const h_redis *r)
-{
-    rds_opts o;
-    char url[64], err[256];
-    memset(&o, 0, sizeof o);
-    o.connect_timeout_ms = o.command_timeout_ms = 2000;
-    o.reconnect_max_ms = 100;
-    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err))
-        fail_msg("%s", err);
-    rds_client *c = rds_client_new(&o);
-    assert_non_null(c);
-    return c;
-}
-
-static h_redis *node_at(int port)
-{
-    for (int i = 0; i < cl->n; i++)
-        if (cl->nodes[i]->port == port)
-            return cl->nodes[i];
-    return NULL;
-}
-
 /* The slot map as a live node sees it now (the caller frees it). */
 static cl_map *map_now(void)
 {
@@ -73,7 +51,7 @@ static cl_map *map_now(void)
     for (int i = 0; i < cl->n; i++) {
         if (!cl->nodes[i]->pid)
             continue;
-        rds_client *c = client_of(cl->nodes[i]);
+        rds_client *c = h_rds_client(cl->nodes[i], false);
         cl_map *m = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
         rds_client_free(c);
         if (m)
@@ -96,7 +74,7 @@ static h_redis *owner_of(const char *sku)
     cl_map *m = map_now();
     const cl_node *n = cl_map_node(m, sku_slot(sku));
     assert_non_null(n);
-    h_redis *r = node_at(n->primary.port);
+    h_redis *r = h_cluster_node_at(cl, n->primary.port);
     cl_map_free(m);
     assert_non_null(r);
     return r;
@@ -195,24 +173,9 @@ static int teardown(void **state)
 
 /* ---- rds routing, through the library ------------------------------------------ */
 
-static rds_client *router_at(const h_redis *seed)
-{
-    rds_opts o;
-    char url[64], err[256];
-    memset(&o, 0, sizeof o);
-    o.connect_timeout_ms = o.command_timeout_ms = 2000;
-    o.reconnect_max_ms = 100;
-    o.cluster = 1;
-    if (rds_parse_url(h_redis_url(seed, url, sizeof url), &o, err, sizeof err))
-        fail_msg("%s", err);
-    rds_client *c = rds_client_new(&o);
-    assert_non_null(c);
-    return c;
-}
-
 static rds_client *router(void)
 {
-    return router_at(cl->nodes[0]);
+    return h_rds_client(cl->nodes[0], true);
 }
 
 static void expect_str(redisReply *r, const char *want, const char *what)
@@ -350,7 +313,7 @@ static void test_rds_redirects_in_pipeline(void **state)
     for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
         if (cl_map_node_at(m, i) != from)
             to = cl_map_node_at(m, i);
-    h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
+    h_redis *src = h_cluster_node_at(cl, from->primary.port), *dst = h_cluster_node_at(cl, to->primary.port);
     char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
     snprintf(src_id, sizeof src_id, "%s", from->primary.id);
     snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
@@ -484,7 +447,7 @@ static void test_slot_migration_under_load(void **state)
     for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
         if (cl_map_node_at(m, i) != from)
             to = cl_map_node_at(m, i);
-    h_redis *src = node_at(from->primary.port), *dst = node_at(to->primary.port);
+    h_redis *src = h_cluster_node_at(cl, from->primary.port), *dst = h_cluster_node_at(cl, to->primary.port);
     char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
     snprintf(src_id, sizeof src_id, "%s", from->primary.id);
     snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
@@ -628,7 +591,7 @@ static void test_kill_switch_on_cluster(void **state)
     h_resp_free(&r);
     /* The first record stays, on the node of its slot. */
     cl_map *m = map_now();
-    h_redis *node = node_at(cl_map_node(m, cl_keyslot(rec_key, strlen(rec_key)))->primary.port);
+    h_redis *node = h_cluster_node_at(cl, cl_map_node(m, cl_keyslot(rec_key, strlen(rec_key)))->primary.port);
     cl_map_free(m);
     assert_non_null(node);
     redisReply *rec = h_redis_cmd(node, "GET %s", rec_key);
@@ -654,7 +617,7 @@ static h_redis *replica_of(const char *sku)
     cl_map *m = map_now();
     const cl_node *n = cl_map_node(m, sku_slot(sku));
     assert_true(n && n->nreplicas >= 1);
-    h_redis *r = node_at(n->replicas[0].port);
+    h_redis *r = h_cluster_node_at(cl, n->replicas[0].port);
     cl_map_free(m);
     assert_non_null(r);
     return r;
@@ -741,7 +704,7 @@ static void test_primary_killed_replica_takes_over(void **state)
      * one dead node does not fail the other nodes' commands. */
     {
         h_redis *seed = replica; /* alive, and knows the map */
-        rds_client *c = router_at(seed);
+        rds_client *c = h_rds_client(seed, true);
         for (int i = 0; i < 3; i++) {
             const char *argv[] = { "GET", pkeys[i] };
             assert_int_equal(rds_appendargv(c, 2, argv, NULL), 0);

@@ -34,29 +34,6 @@
 static h_cluster *cl;
 static cl_map *map;
 
-static rds_client *client_of(const h_redis *r)
-{
-    rds_opts o;
-    char url[64], err[256];
-    memset(&o, 0, sizeof o);
-    o.connect_timeout_ms = o.command_timeout_ms = 2000;
-    o.reconnect_max_ms = 100;
-    if (rds_parse_url(h_redis_url(r, url, sizeof url), &o, err, sizeof err))
-        fail_msg("%s", err);
-    rds_client *c = rds_client_new(&o);
-    assert_non_null(c);
-    return c;
-}
-
-/* The harness node whose port is PORT, or NULL. */
-static h_redis *node_at(int port)
-{
-    for (int i = 0; i < cl->n; i++)
-        if (cl->nodes[i]->port == port)
-            return cl->nodes[i];
-    return NULL;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -64,7 +41,7 @@ static int setup(void **state)
     if (!(cl = h_cluster_start(3)))
         return -1;
     printf("# cluster of 3 primaries started in %.2f s\n", cl->start_secs);
-    rds_client *c = client_of(cl->nodes[0]);
+    rds_client *c = h_rds_client(cl->nodes[0], false);
     map = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
     rds_client_free(c);
     if (!map)
@@ -88,7 +65,7 @@ static void test_map_covers_every_slot(void **state)
     for (int i = 0; i < 3; i++) {
         const cl_node *n = cl_map_node_at(map, i);
         assert_string_equal(n->primary.host, "127.0.0.1");
-        if (!node_at(n->primary.port))
+        if (!h_cluster_node_at(cl, n->primary.port))
             fail_msg("the map names port %d, not a node of the cluster", n->primary.port);
         assert_int_equal(strlen(n->primary.id), 40);
         assert_int_equal(n->nreplicas, 0);
@@ -96,7 +73,7 @@ static void test_map_covers_every_slot(void **state)
     /* Every node's own view gives the same map. */
     for (int i = 1; i < 3; i++) {
         char err[256];
-        rds_client *c = client_of(cl->nodes[i]);
+        rds_client *c = h_rds_client(cl->nodes[i], false);
         cl_map *m = cl_map_fetch(c, "127.0.0.1", err, sizeof err);
         rds_client_free(c);
         if (!m)
@@ -123,7 +100,7 @@ static void route_key(const char *key, int *nodes_seen)
     freeReplyObject(r);
     const cl_node *n = cl_map_node(map, slot);
     assert_non_null(n);
-    h_redis *node = node_at(n->primary.port);
+    h_redis *node = h_cluster_node_at(cl, n->primary.port);
     assert_non_null(node);
     r = h_redis_cmd(node, "SET %s 1", key);
     assert_non_null(r);
@@ -182,7 +159,7 @@ static void test_moved_and_ask(void **state)
     assert_true(keys_sku(k, H_PREFIX, H_PARTITIONS, "stock", "sku-moved") > 0);
     int slot = cl_keyslot(k, strlen(k));
     const cl_node *owner = cl_map_node(map, slot);
-    h_redis *src = node_at(owner->primary.port), *other = NULL;
+    h_redis *src = h_cluster_node_at(cl, owner->primary.port), *other = NULL;
     for (int i = 0; i < 3 && !other; i++)
         if (cl->nodes[i] != src)
             other = cl->nodes[i];
