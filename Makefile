@@ -174,7 +174,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/integration/%.o $(HARN_OBJ) $(LIB) | $(TDEPS_ST
 # The sale core (parse, lock, commit) alone: exactly these objects, with
 # hiredis and cJSON and no Lua, libcurl, libyaml or CivetWeb. That it links
 # is the test that the sale path depends on nothing above it.
-SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale mux park keys lock rds rds_cluster cluster backoff clock tslot jsonck log sku hist salewin)
+SALE_CORE_OBJ := $(patsubst %,$(BUILD)/engine/%.o,sale mux park keys lock rds rds_cluster cluster sentinel backoff clock tslot jsonck log sku hist salewin)
 CORE_BIN      := $(BUILD)/tests/test_sale_core
 $(BUILD)/tests/core/%.o: tests/core/%.c | $(TDEPS_STAMP)
 	$(compile)
