@@ -29,6 +29,7 @@ static const char *const families[] = {
     "nerve_lock_wait_seconds histogram",
     "nerve_sale_pipeline_commands_total counter",
     "nerve_sale_pipeline_round_trips_total counter",
+    "nerve_sale_replication_short_total counter",
     "nerve_events_total counter",
     "nerve_events_invalid_total counter",
     "nerve_events_deferred_total counter",
