@@ -844,9 +844,9 @@ typedef enum {
 } body_policy;
 
 typedef struct route_def {
-    const char *path; /* exact, or a prefix up to a {placeholder} (or when it
-                                 * ends in '/'): the (decoded) rest is the
-                                 * handler's ARG */
+    const char *path; /* matched exactly, or as a prefix up to its "{name}"
+                       * ("/stock/{sku}") or its trailing '/': the decoded
+                       * rest of the path is the handler's ARG */
     unsigned methods; /* M_*: GET brings HEAD; every route answers OPTIONS */
     int admin;        /* needs Authorization: Bearer NERVE_ADMIN_TOKEN */
     body_policy body;

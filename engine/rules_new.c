@@ -1,11 +1,11 @@
 /* rules_new.c -- `nerve rules new NAME --on CHANNEL` (see rules_new.h).
  *
- * The templates below are Lua source with placeholders (@NAME@, @CHANNEL@,
- * @WHAT@, @DESC@): one head shared by every kind (comment, name, on, the
- * params declaration's opening) and one body per kind of channel (its one
- * parameter, evaluate, fixtures). Each body's fixtures pass against its own
- * evaluate, and its default parameter makes it decide something on
- * rules/examples/events.jsonl; test_rules_new checks both for every kind.
+ * The templates below are Lua source in which @NAME@, @CHANNEL@, @WHAT@
+ * and @DESC@ stand for the rule's values: one head shared by every kind
+ * (comment, name, on, the params declaration's opening) and one body per
+ * kind of channel (its one parameter, evaluate, fixtures). Each body's
+ * fixtures pass against its own evaluate, and its default parameter makes
+ * it decide something on rules/examples/events.jsonl; test_rules_new checks both for every kind.
  *
  * The file is written to a temporary file in the same directory and then
  * linked to its name (refused when the name exists) or, with --force,
@@ -460,7 +460,7 @@ static void put(struct buf *b, const char *s, size_t n) {
     b->p[b->len] = '\0';
 }
 
-/* Append template T with its placeholders replaced by VALS[i] for KEYS[i]. */
+/* Append template T to B, each @KEYS[i]@ in it written as VALS[i]. */
 static void expand(struct buf *b, const char *t, const char *const *keys, const char *const *vals) {
     while (*t) {
         const char *at = strchr(t, '@');

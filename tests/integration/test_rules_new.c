@@ -319,7 +319,7 @@ static void test_index(void **state) {
     h_resp_free(&r);
 
     /* / is not a prefix: unknown paths are still 404, and the routes with a
-     * placeholder still take their argument. */
+     * {name} part (/stock/{sku}) still take their argument. */
     assert_int_equal(h_http(daemon_, "GET", "/nowhere", NULL, &r, NULL), 404);
     H_ASSERT_ERROR(&r, 404, "not_found");
     h_resp_free(&r);
