@@ -5,7 +5,8 @@
  * (comment, name, on, the params declaration's opening) and one body per
  * kind of channel (its one parameter, evaluate, fixtures). Each body's
  * fixtures pass against its own evaluate, and its default parameter makes
- * it decide something on rules/examples/events.jsonl; test_rules_new checks both for every kind.
+ * it decide something on rules/examples/events.jsonl; test_rules_new
+ * checks both for every kind.
  *
  * The file is written to a temporary file in the same directory and then
  * linked to its name (refused when the name exists) or, with --force,
