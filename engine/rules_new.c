@@ -58,6 +58,15 @@ static const char head_tpl[] =
     "  -- and a key the config leaves out gets its default.\n"
     "  params = {\n";
 
+
+/* What every template says of its fixtures (each body ends the sentence:
+ * "deployment." or with what its fixtures add). */
+#define FIXTURES_DOC \
+    "  -- Fixtures: run in order by `nerve check` and every reload (a failing one\n" \
+    "  -- refuses the reload), on one ctx.state that starts empty. `expect` lists\n" \
+    "  -- the decisions, in order; each entry gives only the fields it checks.\n" \
+    "  -- `params` replaces the config's, so the fixtures test the rule, not the\n"
+
 static const char inventory_tpl[] =
     "    low_stock = { type = \"integer\", default = 10, min = 0,\n"
     "                  description = \"alert when a SKU's stock is at or under this\" },\n"
@@ -100,12 +109,7 @@ static const char inventory_tpl[] =
     "      reason = string.format(\"stock of %s is %s, at or under %s\", sku, tostring(stock), tostring(low)),\n"
     "    }\n"
     "  end,\n"
-    "\n"
-    "  -- Fixtures: run in order by `nerve check` and every reload (a failing one\n"
-    "  -- refuses the reload), on one ctx.state that starts empty. `expect` lists\n"
-    "  -- the decisions, in order; each entry gives only the fields it checks.\n"
-    "  -- `params` replaces the config's, so the fixtures test the rule, not the\n"
-    "  -- deployment.\n"
+    "\n" FIXTURES_DOC "  -- deployment.\n"
     "  tests = {\n"
     "    { -- plenty of stock: no decision\n"
     "      channel = \"@CHANNEL@\", params = { @NAME@ = { low_stock = 10 } },\n"
@@ -187,12 +191,7 @@ static const char sales_tpl[] =
     "                             tostring(event.order_id), sku, value, tostring(qty), price, big, n),\n"
     "    }\n"
     "  end,\n"
-    "\n"
-    "  -- Fixtures: run in order by `nerve check` and every reload (a failing one\n"
-    "  -- refuses the reload), on one ctx.state that starts empty. `expect` lists\n"
-    "  -- the decisions, in order; each entry gives only the fields it checks.\n"
-    "  -- `params` replaces the config's, so the fixtures test the rule, not the\n"
-    "  -- deployment.\n"
+    "\n" FIXTURES_DOC "  -- deployment.\n"
     "  tests = {\n"
     "    { -- a small order: no decision\n"
     "      channel = \"@CHANNEL@\", params = { @NAME@ = { big_order = 500 } },\n"
@@ -256,12 +255,7 @@ static const char sale_request_tpl[] =
     "      reason = string.format(\"qty %s of %s is over the maximum of %d per order\", tostring(qty), sku, max),\n"
     "    }\n"
     "  end,\n"
-    "\n"
-    "  -- Fixtures: run in order by `nerve check` and every reload (a failing one\n"
-    "  -- refuses the reload), on one ctx.state that starts empty. `expect` lists\n"
-    "  -- the decisions, in order; each entry gives only the fields it checks.\n"
-    "  -- `params` replaces the config's, so the fixtures test the rule, not the\n"
-    "  -- deployment.\n"
+    "\n" FIXTURES_DOC "  -- deployment.\n"
     "  tests = {\n"
     "    { -- within the limit: the sale goes on\n"
     "      channel = \"@CHANNEL@\", params = { @NAME@ = { max_qty = 100 } },\n"
@@ -319,12 +313,7 @@ static const char amount_tpl[] =
     "      reason = string.format(\"%s on %s adds up to %.2f, over %.2f\", kind, day, total, max),\n"
     "    }\n"
     "  end,\n"
-    "\n"
-    "  -- Fixtures: run in order by `nerve check` and every reload (a failing one\n"
-    "  -- refuses the reload), on one ctx.state that starts empty. `expect` lists\n"
-    "  -- the decisions, in order; each entry gives only the fields it checks.\n"
-    "  -- `params` replaces the config's, so the fixtures test the rule, not the\n"
-    "  -- deployment; `now` sets ctx.now (2026-01-01 here).\n"
+    "\n" FIXTURES_DOC "  -- deployment; `now` sets ctx.now (2026-01-01 here).\n"
     "  tests = {\n"
     "    { -- under the limit: no decision\n"
     "      channel = \"@CHANNEL@\", now = 1767225600, params = { @NAME@ = { max_total = 1000 } },\n"
