@@ -80,6 +80,26 @@ static h_redis *owner_of(const char *sku)
     return r;
 }
 
+/* The primary serving SLOT (*SRC, its node id in SRC_ID) and another
+ * primary to move it to (*DST, DST_ID). */
+static void migration_ends(int slot, h_redis **src, char *src_id, h_redis **dst, char *dst_id)
+{
+    cl_map *m = map_now();
+    const cl_node *from = cl_map_node(m, slot), *to = NULL;
+    assert_non_null(from);
+    for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
+        if (cl_map_node_at(m, i) != from)
+            to = cl_map_node_at(m, i);
+    assert_non_null(to);
+    *src = h_cluster_node_at(cl, from->primary.port);
+    *dst = h_cluster_node_at(cl, to->primary.port);
+    snprintf(src_id, CL_ID_MAX, "%s", from->primary.id);
+    snprintf(dst_id, CL_ID_MAX, "%s", to->primary.id);
+    cl_map_free(m);
+    assert_non_null(*src);
+    assert_non_null(*dst);
+}
+
 /* SKU's stock as Redis holds it, read on its primary. */
 static long long stock_of(const char *sku)
 {
@@ -308,16 +328,9 @@ static void test_rds_redirects_in_pipeline(void **state)
     assert_true(r && r->type == REDIS_REPLY_STATUS);
     freeReplyObject(r);
     int slot = cl_keyslot(k1, strlen(k1));
-    cl_map *m = map_now();
-    const cl_node *from = cl_map_node(m, slot), *to = NULL;
-    for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
-        if (cl_map_node_at(m, i) != from)
-            to = cl_map_node_at(m, i);
-    h_redis *src = h_cluster_node_at(cl, from->primary.port), *dst = h_cluster_node_at(cl, to->primary.port);
+    h_redis *src, *dst;
     char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
-    snprintf(src_id, sizeof src_id, "%s", from->primary.id);
-    snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
-    cl_map_free(m);
+    migration_ends(slot, &src, src_id, &dst, dst_id);
 
     redisReply *x = h_redis_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, src_id);
     assert_true(x && x->type == REDIS_REPLY_STATUS);
@@ -442,16 +455,9 @@ static void test_slot_migration_under_load(void **state)
     h_daemon *d = start_daemon();
     H_SET_STOCK(d, sku, initial);
     int slot = sku_slot(sku);
-    cl_map *m = map_now();
-    const cl_node *from = cl_map_node(m, slot), *to = NULL;
-    for (int i = 0; i < cl_map_nnodes(m) && !to; i++)
-        if (cl_map_node_at(m, i) != from)
-            to = cl_map_node_at(m, i);
-    h_redis *src = h_cluster_node_at(cl, from->primary.port), *dst = h_cluster_node_at(cl, to->primary.port);
+    h_redis *src, *dst;
     char src_id[CL_ID_MAX], dst_id[CL_ID_MAX];
-    snprintf(src_id, sizeof src_id, "%s", from->primary.id);
-    snprintf(dst_id, sizeof dst_id, "%s", to->primary.id);
-    cl_map_free(m);
+    migration_ends(slot, &src, src_id, &dst, dst_id);
     assert_non_null(src);
     assert_non_null(dst);
 
