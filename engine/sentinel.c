@@ -101,26 +101,39 @@ static struct timeval tv_ms(int ms) {
     return tv;
 }
 
+/* A connection to sentinel A, the one way nerve opens them: connect and
+ * command timeouts, TCP keepalive (a half-open watch link is noticed), AUTH
+ * with NERVE_SENTINEL_PASSWORD when set. NULL with WHY when it fails. */
+static redisContext *connect_sentinel(const snt *s, const snt_addr *a, char *why, size_t whylen) {
+    redisContext *c = redisConnectWithTimeout(a->host, a->port, tv_ms(s->connect_timeout_ms));
+    if (!c || c->err) {
+        snprintf(why, whylen, "%s", c ? c->errstr : "out of memory");
+        if (c) redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv_ms(s->command_timeout_ms));
+    redisEnableKeepAlive(c);
+    if (s->pass[0]) {
+        redisReply *r = redisCommand(c, "AUTH %s", s->pass);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "AUTH: %s", r ? r->str : c->errstr);
+            freeReplyObject(r);
+            redisFree(c);
+            return NULL;
+        }
+        freeReplyObject(r);
+    }
+    return c;
+}
+
 /* Ask sentinel A where the master is. SNT_OK with OUT set; SNT_UNKNOWN when
  * it answered that it does not know the master; SNT_DOWN otherwise. WHY
  * gets a short reason in both failure cases. */
 static int ask(const snt *s, const snt_addr *a, snt_addr *out, char *why, size_t whylen) {
     int rc = SNT_DOWN;
     redisReply *r = NULL;
-    redisContext *c = redisConnectWithTimeout(a->host, a->port, tv_ms(s->connect_timeout_ms));
-    if (!c || c->err) {
-        snprintf(why, whylen, "%s", c ? c->errstr : "out of memory");
-        goto out;
-    }
-    redisSetTimeout(c, tv_ms(s->command_timeout_ms));
-    if (s->pass[0]) {
-        r = redisCommand(c, "AUTH %s", s->pass);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(why, whylen, "AUTH: %s", r ? r->str : c->errstr);
-            goto out;
-        }
-        freeReplyObject(r);
-    }
+    redisContext *c = connect_sentinel(s, a, why, whylen);
+    if (!c) goto out;
     r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master);
     if (!r) {
         snprintf(why, whylen, "%s", c->errstr);
@@ -341,15 +354,10 @@ static void on_message(snt *s, const redisReply *r) {
 
 /* Connect to A and subscribe; NULL when it does not answer. */
 static redisContext *subscribe(const snt *s, const snt_addr *a) {
-    redisContext *c = redisConnectWithTimeout(a->host, a->port, tv_ms(s->connect_timeout_ms));
+    char why[256];
+    redisContext *c = connect_sentinel(s, a, why, sizeof why);
     redisReply *r = NULL;
-    int ok = c && !c->err;
-    if (ok) redisSetTimeout(c, tv_ms(s->command_timeout_ms));
-    if (ok && s->pass[0]) {
-        r = redisCommand(c, "AUTH %s", s->pass);
-        ok = r && r->type != REDIS_REPLY_ERROR;
-        freeReplyObject(r);
-    }
+    int ok = c != NULL;
     /* Two channels: two confirmations, the second read as a message (and
      * ignored) by the loop. */
     if (ok) {
